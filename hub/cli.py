@@ -1,0 +1,203 @@
+"""The `podbay` command: check a config, list GPUs, start the portal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, load_config
+from .discovery import DiscoveryError, discover_nvml, parse_smi_output
+from .inventory import gpus_to_decls
+
+
+def cmd_config_check(args) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    n_dev = sum(len(n.gpus) for n in cfg.nodes)
+    print(f"{args.file}: valid — {len(cfg.images)} images, {len(cfg.profiles)} profiles, "
+          f"{len(cfg.nodes)} nodes ({n_dev} GPUs declared), {len(cfg.volumes)} volumes, {len(cfg.teams)} teams")
+    return 0
+
+
+def cmd_gpus(args) -> int:
+    try:
+        if args.from_file:
+            gpus = parse_smi_output(Path(args.from_file).read_text())
+        else:
+            gpus = discover_nvml()
+    except (DiscoveryError, OSError) as e:
+        print(f"podbay gpus: {e}", file=sys.stderr)
+        if not args.from_file:
+            print("Give saved output instead: podbay gpus --from-file nvidia-smi-L.txt", file=sys.stderr)
+        return 1
+    if args.as_inventory:
+        missing = [g.index for g in gpus if not g.uuid] + [
+            f"{g.index}:{m.index}" for g in gpus for m in g.mig_devices if not m.uuid]
+        decls = gpus_to_decls(gpus)
+        node = {"name": args.node, "pool": args.pool,
+                "gpus": [d.model_dump(exclude_none=True) for d in decls]}
+        print(yaml.safe_dump({"nodes": [node]}, sort_keys=False), end="")
+        if missing:
+            print(f"# MIG devices without UUIDs were left out ({', '.join(map(str, missing))}): "
+                  "nvidia-smi -q -x does not print them; use nvidia-smi -L output.", file=sys.stderr)
+        return 0
+    if args.json:
+        print(json.dumps([g.to_dict() for g in gpus], indent=2))
+        return 0
+    for g in gpus:
+        mem = f", {g.memory_mib} MiB" if g.memory_mib else ""
+        mig = ", MIG on" if g.mig_enabled else ""
+        print(f"GPU {g.index}: {g.model}{mem}{mig}  {g.uuid or ''}")
+        for m in g.mig_devices:
+            print(f"  MIG {m.profile or '?':<12} device {m.index}  {m.uuid or '(no UUID in this output)'}")
+    if not gpus:
+        print("no GPUs found")
+    return 0
+
+
+def _wait_for_hub(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/hub/api", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def cmd_up(args) -> int:
+    config = Path(args.config).absolute()
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        print(f"podbay: refusing to start, the configuration is invalid.\n{e.render()}", file=sys.stderr)
+        return 1
+    from .hubconfig import find_proxy
+    try:
+        find_proxy()
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 1
+
+    data_dir = Path(args.data_dir).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    hub_config = data_dir / "jupyterhub_config.py"
+    hub_config.write_text("from podbay.hub.hubconfig import configure\n\nconfigure(c)  # noqa: F821\n")
+    password = os.environ.get("PODBAY_DEMO_PASSWORD") or secrets.token_urlsafe(9)
+    env = {
+        **os.environ,
+        "PODBAY_CONFIG": str(config),
+        "PODBAY_DATA_DIR": str(data_dir),
+        "PODBAY_PORT": str(args.port),
+        "PODBAY_DEMO_PASSWORD": password,
+        "PODBAY_KEEP_WORKSPACES": "1" if args.keep_workspaces else "0",
+        # The hub finds jupyterhub-singleuser and the proxy beside this Python.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    if args.spawner:
+        env["PODBAY_SPAWNER"] = args.spawner
+    url = f"http://127.0.0.1:{args.port}"
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(hub_config)],
+        cwd=data_dir, env=env, start_new_session=True,
+    )
+    stopping = False
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            print("\npodbay: stopping the hub, its proxy and the workspaces…", file=sys.stderr)
+            hub.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if _wait_for_hub(url, hub, args.start_timeout):
+        teams = {m: t for t, team in cfg.teams.items() for m in team.members}
+        who = ", ".join(
+            f"{u} ({'admin' if u in cfg.admins else 'team ' + teams[u] if u in teams else 'no team'})"
+            for u in cfg.demo_users())
+        print(f"\npodbay is running at {url}\n"
+              f"  log in as {who}\n"
+              f"  password: {password}\n"
+              f"  data: {data_dir}\n"
+              "  Ctrl-C stops everything.\n", flush=True)
+    elif hub.poll() is None and not stopping:
+        print(f"podbay: the hub did not answer at {url} within {args.start_timeout:.0f}s", file=sys.stderr)
+        stop(signal.SIGTERM, None)
+    try:
+        code = hub.wait(timeout=None)
+    except KeyboardInterrupt:
+        code = hub.wait()
+    _kill_leftovers(hub, data_dir)
+    return 0 if stopping else code
+
+
+def _kill_leftovers(hub: subprocess.Popen, data_dir: Path) -> None:
+    """The hub stops its proxy and workspaces itself; this only catches what a crash left."""
+    try:
+        os.killpg(hub.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    pid_file = data_dir / "proxy.pid"
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+        pid_file.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="podbay", description="Self-service GPU workspaces on JupyterHub.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="work with podbay.yaml")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file; exit 1 with every error if invalid")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    gpus = sub.add_parser("gpus", help="list this machine's GPUs (NVML) or those of saved nvidia-smi output")
+    gpus.add_argument("--from-file", metavar="FILE", help="saved `nvidia-smi -L` or `nvidia-smi -q -x` output")
+    gpus.add_argument("--json", action="store_true", help="print JSON")
+    gpus.add_argument("--as-inventory", action="store_true", help="print a nodes: entry for podbay.yaml")
+    gpus.add_argument("--node", default=os.uname().nodename.split(".")[0].lower(), help="node name for --as-inventory")
+    gpus.add_argument("--pool", default="dev", help="pool for --as-inventory")
+    gpus.set_defaults(func=cmd_gpus)
+
+    up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
+    up.add_argument("--config", default="config/podbay.yaml", help="podbay.yaml (default: %(default)s)")
+    up.add_argument("--port", type=int, default=8000, help="public port on 127.0.0.1; the hub uses +1, the proxy API +2")
+    up.add_argument("--data-dir", default=".podbay", help="ledger, homes, logs (default: %(default)s)")
+    up.add_argument("--keep-workspaces", action="store_true",
+                    help="leave workspaces running when the hub stops, for restarts")
+    up.add_argument("--spawner", help=argparse.SUPPRESS)
+    up.add_argument("--start-timeout", type=float, default=60, help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

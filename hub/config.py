@@ -1,0 +1,480 @@
+"""podbay.yaml: the one file in which the platform team describes images, GPU profiles,
+pools, the node inventory, volumes, teams and quotas.
+
+Loading is two passes: pydantic checks the shape of each entry, then `_check_semantics`
+checks what refers to what (a profile's pool exists, a MIG profile exists on the GPUs of
+that pool, …). Every error carries its place (`profiles[3]`) and, when the file is YAML,
+its line, so `podbay config check` can print all of them at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .gpu import GPU_UUID, MIG_NAME, MIG_UUID, family_for, known_mig_profiles, layout_fits
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+UserName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class _Model(BaseModel):
+    # Typos in an operator's file must be errors, not silently ignored keys.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Image(_Model):
+    name: Slug
+    display_name: str
+    description: str = ""
+    # The container image for the docker and kubernetes backends. The local backend runs
+    # the hub's own Python environment and treats the image as a label.
+    image: str
+    default: bool = False
+
+
+PROFILE_ID = re.compile(
+    r"^(?:(?P<cpu>cpu)|mig-(?P<mig>\S+)|shared-1/(?P<replicas>\d+)|gpu-(?P<count>\d+))$"
+)
+
+
+@dataclass(frozen=True)
+class ProfileKind:
+    kind: Literal["cpu", "mig", "shared", "full"]
+    mig_profile: str | None = None
+    replicas: int | None = None
+    count: int = 0
+
+
+def parse_profile_id(profile_id: str) -> ProfileKind:
+    m = PROFILE_ID.match(profile_id)
+    if not m:
+        raise ValueError(
+            f"profile id {profile_id!r} is not one of cpu, mig-<profile> (mig-1g.10gb), "
+            "shared-1/<N> (shared-1/4) or gpu-<N> (gpu-2)"
+        )
+    if m["cpu"]:
+        return ProfileKind("cpu")
+    if m["mig"]:
+        name = m["mig"]
+        base = split_ci(name)[1]
+        if not MIG_NAME.match(base):
+            raise ValueError(f"{name!r} is not a MIG profile name like 1g.10gb or 3g.40gb")
+        return ProfileKind("mig", mig_profile=name, count=1)
+    if m["replicas"]:
+        n = int(m["replicas"])
+        if n < 2:
+            raise ValueError(f"shared-1/{n}: a time-sliced share needs at least 2 replicas")
+        return ProfileKind("shared", replicas=n, count=1)
+    n = int(m["count"])
+    if n < 1:
+        raise ValueError("gpu-0 asks for no GPU: use the cpu profile")
+    return ProfileKind("full", count=n)
+
+
+def split_ci(mig_name: str) -> tuple[int | None, str]:
+    """`2c.7g.40gb` (a compute instance) → (2, "7g.40gb"); `3g.40gb` → (None, "3g.40gb")."""
+    m = re.match(r"^(\d+)c\.(.+)$", mig_name)
+    return (int(m[1]), m[2]) if m else (None, mig_name)
+
+
+class Profile(_Model):
+    id: str
+    display_name: str | None = None
+    description: str = ""
+    pools: list[str] = ["dev"]
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        parse_profile_id(v)
+        return v
+
+    @property
+    def spec(self) -> ProfileKind:
+        return parse_profile_id(self.id)
+
+    @property
+    def title(self) -> str:
+        if self.display_name:
+            return self.display_name
+        s = self.spec
+        return {
+            "cpu": "CPU only",
+            "mig": f"MIG slice {s.mig_profile}",
+            "shared": f"Shared GPU (1/{s.replicas})",
+            "full": f"{s.count} whole GPU{'s' if s.count > 1 else ''}",
+        }[s.kind]
+
+
+class Pool(_Model):
+    description: str = ""
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+
+
+class MigDeviceDecl(_Model):
+    profile: str
+    uuid: str
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, v: str) -> str:
+        if not MIG_UUID.match(v):
+            raise ValueError(f"{v!r} is not a MIG device UUID (MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+        return v
+
+
+class GpuDecl(_Model):
+    index: int = Field(ge=0)
+    uuid: str
+    model: str
+    memory_mib: int | None = Field(default=None, gt=0)
+    # A list means MIG mode is on, with these devices.
+    mig: list[MigDeviceDecl] | None = None
+    # Time-slicing: this GPU is offered as N shares (no memory isolation between them).
+    replicas: int | None = Field(default=None, ge=2, le=64)
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, v: str) -> str:
+        if not GPU_UUID.match(v):
+            raise ValueError(f"{v!r} is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+        return v
+
+
+class TimeSlicing(_Model):
+    replicas: int = Field(ge=2, le=64)
+    gpus: list[int]
+
+
+class Node(_Model):
+    name: Slug
+    pool: str
+    gpus: list[GpuDecl] = []
+    # Ask NVML on this machine at hub start instead of declaring `gpus`.
+    discover: bool = False
+    # With `discover`: which discovered GPUs (by index) to offer as time-sliced shares.
+    time_slicing: TimeSlicing | None = None
+
+
+class Access(_Model):
+    teams: list[str] = []
+    users: list[str] = []
+
+    @property
+    def everyone(self) -> bool:
+        return not self.teams and not self.users
+
+
+class Volume(_Model):
+    name: Slug
+    description: str = ""
+    # Local backend: a directory (relative paths live under the data directory).
+    source: str
+    # Where it appears in the workspace; relative to the home directory.
+    mount_path: str | None = None
+    read_only: bool = True
+    allow: Access = Access()
+
+    @property
+    def target(self) -> str:
+        return self.mount_path or f"data/{self.name}"
+
+
+class Quota(_Model):
+    gpu_units: Decimal = Field(default=Decimal(0), ge=0, description="GPU units held by workspaces at once")
+    workspaces_per_user: int = Field(default=2, ge=1)
+    job_gpus: int = Field(default=0, ge=0, description="whole GPUs held by training jobs at once")
+
+    @property
+    def units(self) -> Fraction:
+        return Fraction(self.gpu_units)
+
+
+class Team(_Model):
+    display_name: str | None = None
+    members: list[UserName] = []
+    quota: Quota = Quota()
+
+
+class PodbayConfig(_Model):
+    images: list[Image] = Field(min_length=1)
+    profiles: list[Profile] = Field(min_length=1)
+    pools: dict[str, Pool] = {"dev": Pool(), "training": Pool()}
+    nodes: list[Node] = []
+    volumes: list[Volume] = []
+    teams: dict[Slug, Team] = {}
+    # Quota for users who are in no team.
+    default_quota: Quota = Quota(gpu_units=Decimal(0), workspaces_per_user=1, job_gpus=0)
+    admins: list[UserName] = []
+
+    # Lookups used everywhere else.
+    def image(self, name: str) -> Image | None:
+        return next((i for i in self.images if i.name == name), None)
+
+    def profile(self, pid: str) -> Profile | None:
+        return next((p for p in self.profiles if p.id == pid), None)
+
+    def volume(self, name: str) -> Volume | None:
+        return next((v for v in self.volumes if v.name == name), None)
+
+    @property
+    def default_image(self) -> Image:
+        return next((i for i in self.images if i.default), self.images[0])
+
+    def teams_of(self, user: str, groups: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Teams in config order: declared members, or JupyterHub groups of the same name."""
+        return [t for t, team in self.teams.items() if user in team.members or t in groups]
+
+    def demo_users(self) -> list[str]:
+        users = {m for t in self.teams.values() for m in t.members} | set(self.admins)
+        return sorted(users)
+
+
+# --- errors -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    loc: tuple[str | int, ...]
+    message: str
+    line: int | None = None
+
+    @property
+    def place(self) -> str:
+        out = ""
+        for part in self.loc:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        return out or "(top level)"
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.place}: {self.message}{where}"
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str | Path, issues: list[ConfigIssue]):
+        self.path = str(path)
+        self.issues = issues
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        n = len(self.issues)
+        lines = [f"{self.path}: {n} error{'s' if n != 1 else ''}"]
+        lines += [f"  {i}" for i in self.issues]
+        return "\n".join(lines)
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each path in a YAML document to its 1-based line."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    out: dict[tuple, int] = {}
+
+    def walk(node, path):
+        out[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                out[path + (k.value,)] = k.start_mark.line + 1
+                walk(v, path + (k.value,))
+                out[path + (k.value,)] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _located(issues: list[ConfigIssue], lines: dict[tuple, int]) -> list[ConfigIssue]:
+    out = []
+    for issue in issues:
+        loc = issue.loc
+        while loc and loc not in lines:
+            loc = loc[:-1]
+        out.append(ConfigIssue(issue.loc, issue.message, lines.get(loc)))
+    return sorted(out, key=lambda i: i.line or 0)
+
+
+def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        elif e["type"] == "missing":
+            msg = "required, but missing"
+        elif e["type"] == "string_pattern_mismatch":
+            msg = f"{e['input']!r} must be lower-case letters, digits and '-'"
+        issues.append(ConfigIssue(tuple(e["loc"]), msg))
+    return issues
+
+
+def parse_config(data: Any, path: str | Path = "<config>", text: str | None = None) -> PodbayConfig:
+    lines = _line_index(text) if text else {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [ConfigIssue((), "the file must be a mapping (images:, profiles:, …)")])
+    try:
+        cfg = PodbayConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(path, _located(_pydantic_issues(e), lines)) from None
+    issues = _check_semantics(cfg)
+    if issues:
+        raise ConfigError(path, _located(issues, lines))
+    return cfg
+
+
+def load_config(path: str | Path) -> PodbayConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(path, [ConfigIssue((), f"cannot read the file: {e.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(
+            path, [ConfigIssue((), f"not valid YAML: {problem}", mark.line + 1 if mark else None)]
+        ) from None
+    return parse_config(data, path, text)
+
+
+# --- what refers to what ------------------------------------------------------
+
+
+def _dupes(items, key):
+    seen, out = set(), []
+    for i, item in enumerate(items):
+        k = key(item)
+        if k in seen:
+            out.append((i, k))
+        seen.add(k)
+    return out
+
+
+def _check_semantics(cfg: PodbayConfig) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+
+    def err(loc, msg):
+        issues.append(ConfigIssue(tuple(loc), msg))
+
+    for i, name in _dupes(cfg.images, lambda x: x.name):
+        err(("images", i, "name"), f"image {name!r} is declared twice")
+    if sum(1 for im in cfg.images if im.default) > 1:
+        err(("images",), "more than one image says default: true")
+    for i, pid in _dupes(cfg.profiles, lambda x: x.id):
+        err(("profiles", i, "id"), f"profile {pid!r} is declared twice")
+    for i, name in _dupes(cfg.volumes, lambda x: x.name):
+        err(("volumes", i, "name"), f"volume {name!r} is declared twice")
+    for i, name in _dupes(cfg.nodes, lambda x: x.name):
+        err(("nodes", i, "name"), f"node {name!r} is declared twice")
+
+    uuids: dict[str, tuple] = {}
+    for n, node in enumerate(cfg.nodes):
+        if node.pool not in cfg.pools:
+            err(("nodes", n, "pool"), f"pool {node.pool!r} is not declared under pools: ({', '.join(cfg.pools)})")
+        if node.discover and node.gpus:
+            err(("nodes", n), "give either discover: true or a gpus: list, not both")
+        if node.time_slicing and not node.discover:
+            err(("nodes", n, "time_slicing"), "time_slicing is for discovered GPUs; declared GPUs set replicas:")
+        for i, _idx in _dupes(node.gpus, lambda g: g.index):
+            err(("nodes", n, "gpus", i, "index"), f"GPU index {node.gpus[i].index} appears twice on this node")
+        for g, gpu in enumerate(node.gpus):
+            loc = ("nodes", n, "gpus", g)
+            for where, uuid in [(loc + ("uuid",), gpu.uuid)] + [
+                (loc + ("mig", m, "uuid"), d.uuid) for m, d in enumerate(gpu.mig or [])
+            ]:
+                if uuid in uuids:
+                    err(where, f"UUID {uuid} is already used at {ConfigIssue(uuids[uuid], '').place}")
+                uuids.setdefault(uuid, where)
+            if gpu.mig is not None and gpu.replicas:
+                err(loc, "podbay does not time-slice MIG devices: give either mig: or replicas:")
+            if gpu.mig is None:
+                continue
+            family = family_for(gpu.model, gpu.memory_mib)
+            if family is None:
+                err(loc + ("mig",), f"{gpu.model} does not support MIG")
+                continue
+            gi_profiles: dict[str, int] = {}
+            bad = False
+            for m, dev in enumerate(gpu.mig):
+                ci, base = split_ci(dev.profile)
+                if base not in family.profiles:
+                    err(loc + ("mig", m, "profile"), f"MIG profile {dev.profile} does not exist on {gpu.model}")
+                    bad = True
+                    continue
+                gi_profiles[base] = gi_profiles.get(base, 0) + (ci or family.profiles[base].compute_slices)
+            if not bad:
+                # Compute instances of one GPU instance share it: count whole instances.
+                layout = [
+                    p for p, used in gi_profiles.items()
+                    for _ in range(-(-used // family.profiles[p].compute_slices))
+                ]
+                if not layout_fits(family, layout):
+                    err(loc + ("mig",), f"MIG layout {' + '.join(sorted(layout))} does not fit on one {gpu.model}")
+
+    for p, prof in enumerate(cfg.profiles):
+        loc = ("profiles", p)
+        for pool in prof.pools:
+            if pool not in cfg.pools:
+                err(loc + ("pools",), f"pool {pool!r} is not declared under pools: ({', '.join(cfg.pools)})")
+        issues += [ConfigIssue(loc, msg) for msg in _profile_fit_problems(cfg, prof)]
+
+    for v, vol in enumerate(cfg.volumes):
+        for t, team in enumerate(vol.allow.teams):
+            if team not in cfg.teams:
+                err(("volumes", v, "allow", "teams", t), f"team {team!r} is not declared under teams:")
+        target = vol.target
+        if target.startswith("/") or ".." in Path(target).parts:
+            err(("volumes", v, "mount_path"), "mount_path must be a path inside the home directory, like data/imagenet")
+    return issues
+
+
+def _profile_fit_problems(cfg: PodbayConfig, prof: Profile) -> list[str]:
+    """Whether a profile can ever be placed on the declared inventory of its pools.
+
+    Pools with no declared nodes (the kubernetes backend, where the device plugin owns the
+    inventory) are only checked for a MIG name that exists on some GPU."""
+    spec = prof.spec
+    if spec.kind == "cpu":
+        return []
+    nodes = [n for n in cfg.nodes if n.pool in prof.pools]
+    if spec.kind == "mig" and split_ci(spec.mig_profile)[1] not in known_mig_profiles():
+        return [f"MIG profile {spec.mig_profile} does not exist on any GPU podbay knows"]
+    if not nodes or any(n.discover for n in nodes):
+        return []
+    gpus = [g for n in nodes for g in n.gpus]
+    pools = ", ".join(prof.pools)
+    if spec.kind == "mig":
+        mig_gpus = [g for g in gpus if g.mig is not None]
+        if not mig_gpus:
+            return [f"no GPU in pool {pools} is in MIG mode, so {prof.id} can never start"]
+        if any(spec.mig_profile in {d.profile for d in g.mig} for g in mig_gpus):
+            return []
+        models = sorted({g.model for g in mig_gpus})
+        missing = [m for m in models if split_ci(spec.mig_profile)[1] not in
+                   family_for(m, next(g.memory_mib for g in mig_gpus if g.model == m)).profiles]
+        if missing:
+            return [f"MIG profile {spec.mig_profile} does not exist on {m}" for m in missing]
+        return [f"no GPU in pool {pools} has a {spec.mig_profile} MIG device"]
+    if spec.kind == "shared":
+        if not any(g.replicas == spec.replicas for g in gpus):
+            return [f"no GPU in pool {pools} is time-sliced into {spec.replicas} (replicas: {spec.replicas})"]
+        return []
+    most = max((sum(1 for g in n.gpus if g.mig is None and not g.replicas) for n in nodes), default=0)
+    if most < spec.count:
+        return [f"no node in pool {pools} has {spec.count} whole GPUs (the most is {most})"]
+    return []

@@ -1,0 +1,282 @@
+"""Which device belongs to which workspace or job, for the local and docker backends.
+
+On one machine nobody else assigns devices, so podbay keeps a ledger: one allocation per
+workspace or job, one claim row per device it holds. A unique constraint on
+(node, device) makes a double claim impossible even between processes; the quota check
+and the claim happen in one transaction that holds the write lock (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: a table lock), so two racing spawns cannot both squeeze under a
+quota either.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Iterable
+
+from sqlalchemy import (
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from .config import ProfileKind, Quota
+from .inventory import Device, Inventory
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AllocationRow(Base):
+    __tablename__ = "podbay_allocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # "workspace:<user>/<server>" or "job:<id>": one live allocation per thing that runs.
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    team: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
+    profile: Mapped[str] = mapped_column(String(64))
+    units_num: Mapped[int] = mapped_column(Integer, default=0)
+    units_den: Mapped[int] = mapped_column(Integer, default=1)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[float] = mapped_column(default=time.time)
+    # What the backend needs to find it again (a pid, a container id), as JSON.
+    ref: Mapped[str] = mapped_column(Text, default="{}")
+
+    claims: Mapped[list["ClaimRow"]] = relationship(
+        back_populates="allocation", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ClaimRow(Base):
+    __tablename__ = "podbay_claims"
+    __table_args__ = (UniqueConstraint("node", "device", name="one_claim_per_device"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    allocation_id: Mapped[int] = mapped_column(ForeignKey("podbay_allocations.id", ondelete="CASCADE"))
+    node: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(255))
+    visible_id: Mapped[str] = mapped_column(String(255))
+
+    allocation: Mapped[AllocationRow] = relationship(back_populates="claims")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    key: str
+    kind: str
+    user: str
+    team: str | None
+    profile: str
+    units: Fraction
+    gpus: int
+    devices: tuple[str, ...]  # visible ids, in claim order
+    node: str | None
+    ref: dict
+    created: float
+
+    @classmethod
+    def from_row(cls, row: AllocationRow) -> "Allocation":
+        claims = sorted(row.claims, key=lambda c: c.id)
+        return cls(
+            key=row.key, kind=row.kind, user=row.user, team=row.team, profile=row.profile,
+            units=Fraction(row.units_num, row.units_den), gpus=row.gpus,
+            devices=tuple(c.visible_id for c in claims),
+            node=claims[0].node if claims else None,
+            ref=json.loads(row.ref or "{}"), created=row.created,
+        )
+
+
+class ClaimRefused(Exception):
+    """A claim that cannot be granted; the message is meant for the user."""
+
+
+class QuotaExceeded(ClaimRefused):
+    pass
+
+
+class NoCapacity(ClaimRefused):
+    pass
+
+
+def fmt_units(u: Fraction) -> str:
+    """GPU units for people: 1, 0.5, 0.43 (3/7)."""
+    if u.denominator == 1:
+        return str(u.numerator)
+    return f"{float(u):.2f}".rstrip("0").rstrip(".")
+
+
+def _sqlite_engine(url: str):
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        # Let SQLAlchemy's "begin" below decide how transactions start.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        # Take the write lock up front: a reader that later writes would otherwise fail
+        # with "database is locked" instead of waiting its turn.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Ledger:
+    def __init__(self, url: str, inventory: Inventory):
+        self.url = url
+        self.inventory = inventory
+        self.engine = _sqlite_engine(url) if url.startswith("sqlite") else create_engine(url, pool_pre_ping=True)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _locked(self) -> Session:
+        session = self._session()
+        if self.engine.dialect.name == "postgresql":
+            session.execute(text("LOCK TABLE podbay_allocations IN SHARE ROW EXCLUSIVE MODE"))
+        return session
+
+    # --- reading -----------------------------------------------------------------
+
+    def taken(self, session: Session | None = None) -> set[tuple[str, str]]:
+        s = session or self._session()
+        try:
+            return set(s.execute(select(ClaimRow.node, ClaimRow.device)).tuples())
+        finally:
+            if session is None:
+                s.close()
+
+    def allocations(self, kind: str | None = None, user: str | None = None) -> list[Allocation]:
+        with self._session() as s:
+            q = select(AllocationRow)
+            if kind:
+                q = q.where(AllocationRow.kind == kind)
+            if user:
+                q = q.where(AllocationRow.user == user)
+            return [Allocation.from_row(r) for r in s.scalars(q.order_by(AllocationRow.id))]
+
+    def get(self, key: str) -> Allocation | None:
+        with self._session() as s:
+            row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
+            return Allocation.from_row(row) if row else None
+
+    def units_in_use(self, team: str | None, user: str, session: Session | None = None) -> Fraction:
+        """GPU units held by workspaces of a team (or of a user who is in no team)."""
+        s = session or self._session()
+        try:
+            q = select(AllocationRow.units_num, AllocationRow.units_den).where(AllocationRow.kind == "workspace")
+            q = q.where(AllocationRow.team == team) if team else q.where(
+                AllocationRow.team.is_(None), AllocationRow.user == user)
+            return sum((Fraction(n, d) for n, d in s.execute(q)), Fraction(0))
+        finally:
+            if session is None:
+                s.close()
+
+    def workspaces_of(self, user: str, session: Session | None = None) -> int:
+        s = session or self._session()
+        try:
+            return s.scalar(select(func.count()).select_from(AllocationRow).where(
+                AllocationRow.kind == "workspace", AllocationRow.user == user)) or 0
+        finally:
+            if session is None:
+                s.close()
+
+    # --- writing -----------------------------------------------------------------
+
+    def claim(self, *, key: str, kind: str, user: str, team: str | None, profile_id: str,
+              spec: ProfileKind, pools: list[str], quota: Quota, ref: dict | None = None) -> Allocation:
+        """Check the quota and claim devices in one transaction; raise ClaimRefused if not."""
+        for _attempt in range(3):
+            try:
+                with self._locked() as s, s.begin():
+                    return self._claim_locked(s, key, kind, user, team, profile_id, spec, pools, quota, ref)
+            except IntegrityError as e:
+                # Only reachable on a backend without the lock above: someone else
+                # claimed the same device between our read and our insert. Pick again.
+                if "one_claim_per_device" not in str(e) and "podbay_claims" not in str(e):
+                    raise
+        raise NoCapacity(f"the devices for {profile_id} were taken by others while claiming; try again")
+
+    def _claim_locked(self, s: Session, key, kind, user, team, profile_id, spec, pools, quota, ref):
+        if s.scalar(select(AllocationRow.id).where(AllocationRow.key == key)):
+            raise ClaimRefused(f"{key} already holds devices; stop it first")
+        who = f"team {team}" if team else "you (you are in no team)"
+        if kind == "workspace":
+            n = self.workspaces_of(user, s)
+            if n >= quota.workspaces_per_user:
+                raise QuotaExceeded(
+                    f"you already run {n} workspace{'s' if n != 1 else ''}, the most your quota allows "
+                    f"({quota.workspaces_per_user}); stop one first"
+                )
+        devices = self.inventory.pick(spec, pools, self.taken(s))
+        units = sum((d.weight for d in devices or []), Fraction(0))
+        if kind == "workspace" and units:
+            used = self.units_in_use(team, user, s)
+            if used + units > quota.units:
+                raise QuotaExceeded(
+                    f"{profile_id} needs {fmt_units(units)} GPU units, but {who} already "
+                    f"use{'s' if team else ''} {fmt_units(used)} of {fmt_units(quota.units)}; "
+                    "stop a GPU workspace or pick a smaller profile"
+                )
+        if devices is None:
+            raise NoCapacity(
+                f"no {profile_id} is free in pool {', '.join(pools)} right now; "
+                "pick another profile or try again when one is released"
+            )
+        row = AllocationRow(
+            key=key, kind=kind, user=user, team=team, profile=profile_id,
+            units_num=units.numerator, units_den=units.denominator,
+            gpus=sum(1 for d in devices if d.kind == "full"), ref=json.dumps(ref or {}),
+        )
+        row.claims = [ClaimRow(node=d.node, device=d.key, visible_id=d.visible_id) for d in devices]
+        s.add(row)
+        s.flush()
+        return Allocation.from_row(row)
+
+    def set_ref(self, key: str, ref: dict) -> None:
+        with self._session() as s, s.begin():
+            row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
+            if row is not None:
+                row.ref = json.dumps(ref)
+
+    def release(self, key: str) -> bool:
+        with self._session() as s, s.begin():
+            row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
+            if row is None:
+                return False
+            s.delete(row)
+            return True
+
+    def reconcile(self, alive: Callable[[Allocation], bool], kinds: Iterable[str] = ("workspace",)) -> list[str]:
+        """Release allocations whose workspace or job no longer runs; return their keys."""
+        dead = [a.key for kind in kinds for a in self.allocations(kind) if not alive(a)]
+        for key in dead:
+            self.release(key)
+        return dead
+
+    def devices_of(self, allocation: Allocation) -> list[Device]:
+        with self._session() as s:
+            rows = s.execute(select(ClaimRow.node, ClaimRow.device).join(AllocationRow).where(
+                AllocationRow.key == allocation.key)).tuples()
+            return [self.inventory.by_key[r] for r in rows if r in self.inventory.by_key]
+
+    def dispose(self) -> None:
+        self.engine.dispose()

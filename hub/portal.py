@@ -1,0 +1,186 @@
+"""The decisions every front end shares: who may take what, and what is free.
+
+The spawn form, user_options validation and (later) the REST service all ask this one
+object, so the form can never offer what the server would refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
+from .inventory import Inventory
+from .ledger import Ledger, fmt_units
+
+
+class OptionsRefused(Exception):
+    """user_options that cannot be honoured; the message is meant for the user."""
+
+
+class WorkspaceOptions(BaseModel):
+    """What a user may ask for when starting a workspace (form or REST API)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = None
+    profile: str = "cpu"
+    volumes: list[str] = Field(default_factory=list)
+    team: str | None = None
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    profile: Profile
+    units: Fraction
+    free: int  # -1: unlimited
+    total: int
+    reason: str | None  # why it can't be taken now, or None
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class VolumeChoice:
+    volume: Volume
+
+
+@dataclass
+class Request:
+    image: Image
+    profile: Profile
+    volumes: list[Volume]
+    team: str | None
+    quota: Quota
+    pools: list[str] = field(default_factory=list)
+
+
+class Portal:
+    def __init__(self, cfg: PodbayConfig, ledger: Ledger, data_dir: Path):
+        self.cfg = cfg
+        self.ledger = ledger
+        self.inventory: Inventory = ledger.inventory
+        self.data_dir = Path(data_dir)
+
+    @classmethod
+    def open(cls, config_path: str | Path, db_url: str, data_dir: str | Path) -> "Portal":
+        cfg = load_config(config_path)
+        return cls(cfg, Ledger(db_url, Inventory.from_config(cfg)), Path(data_dir))
+
+    # --- people --------------------------------------------------------------------
+
+    def team_for(self, user: str, groups: list[str], requested: str | None = None) -> str | None:
+        teams = self.cfg.teams_of(user, groups)
+        if requested is not None:
+            if requested not in teams:
+                raise OptionsRefused(
+                    f"you are not in team {requested!r}"
+                    + (f"; your teams: {', '.join(teams)}" if teams else "")
+                )
+            return requested
+        return teams[0] if teams else None
+
+    def quota_for(self, team: str | None) -> Quota:
+        return self.cfg.teams[team].quota if team else self.cfg.default_quota
+
+    def may_mount(self, volume: Volume, user: str, teams: list[str]) -> bool:
+        a = volume.allow
+        return a.everyone or user in a.users or bool(set(teams) & set(a.teams)) or user in self.cfg.admins
+
+    def volumes_for(self, user: str, groups: list[str]) -> list[Volume]:
+        teams = self.cfg.teams_of(user, groups)
+        return [v for v in self.cfg.volumes if self.may_mount(v, user, teams)]
+
+    def volume_source(self, volume: Volume) -> Path:
+        src = Path(volume.source)
+        return src if src.is_absolute() else self.data_dir / src
+
+    # --- what is free --------------------------------------------------------------
+
+    def profile_units(self, profile: Profile) -> Fraction:
+        """GPU units one workspace of this profile weighs (the first candidate's weight)."""
+        spec = profile.spec
+        if spec.kind == "cpu":
+            return Fraction(0)
+        if spec.kind == "full":
+            return Fraction(spec.count)
+        cands = self.inventory.candidates(spec, profile.pools)
+        if cands:
+            return cands[0].weight
+        if spec.kind == "shared":
+            return Fraction(1, spec.replicas)
+        g = int(spec.mig_profile.split("c.")[0] if "c." in spec.mig_profile else spec.mig_profile.split("g")[0])
+        return Fraction(g, 7)
+
+    def choices(self, user: str, groups: list[str], team: str | None = None) -> list[ProfileChoice]:
+        team = self.team_for(user, groups, team)
+        quota = self.quota_for(team)
+        taken = self.ledger.taken()
+        used = self.ledger.units_in_use(team, user)
+        left = quota.units - used
+        n_ws = self.ledger.workspaces_of(user)
+        out = []
+        for p in self.cfg.profiles:
+            spec = p.spec
+            units = self.profile_units(p)
+            total = self.inventory.total_count(spec, p.pools)
+            free = self.inventory.free_count(spec, p.pools, taken)
+            reason = None
+            if n_ws >= quota.workspaces_per_user:
+                reason = f"you already run {n_ws} of {quota.workspaces_per_user} workspaces"
+            elif units > left:
+                who = f"team {team}" if team else "users without a team"
+                reason = (f"needs {fmt_units(units)} GPU units; {who} has "
+                          f"{fmt_units(max(left, Fraction(0)))} of {fmt_units(quota.units)} left")
+            elif free == 0:
+                reason = "none free right now" if total else "none on the nodes of this pool"
+            out.append(ProfileChoice(p, units, free, total, reason))
+        return out
+
+    def remaining_units(self, user: str, groups: list[str], team: str | None = None) -> tuple[Fraction, Fraction]:
+        team = self.team_for(user, groups, team)
+        quota = self.quota_for(team)
+        return quota.units - self.ledger.units_in_use(team, user), quota.units
+
+    # --- validation ----------------------------------------------------------------
+
+    def validate(self, user: str, groups: list[str], raw: dict[str, Any] | None) -> Request:
+        """Turn raw user_options into a Request, or raise OptionsRefused saying why."""
+        try:
+            opts = WorkspaceOptions.model_validate(raw or {})
+        except ValidationError as e:
+            problems = []
+            for err in e.errors():
+                name = ".".join(str(x) for x in err["loc"]) or "options"
+                if err["type"] == "extra_forbidden":
+                    problems.append(f"unknown option {name!r} (podbay takes image, profile, volumes, team)")
+                else:
+                    problems.append(f"{name}: {err['msg']}")
+            raise OptionsRefused("; ".join(problems)) from None
+
+        image = self.cfg.image(opts.image) if opts.image else self.cfg.default_image
+        if image is None:
+            names = ", ".join(i.name for i in self.cfg.images)
+            raise OptionsRefused(f"unknown image {opts.image!r}; choose one of: {names}")
+        profile = self.cfg.profile(opts.profile)
+        if profile is None:
+            ids = ", ".join(p.id for p in self.cfg.profiles)
+            raise OptionsRefused(f"unknown GPU profile {opts.profile!r}; choose one of: {ids}")
+        team = self.team_for(user, groups, opts.team)
+        teams = self.cfg.teams_of(user, groups)
+        volumes = []
+        for name in dict.fromkeys(opts.volumes):
+            vol = self.cfg.volume(name)
+            if vol is None:
+                raise OptionsRefused(f"unknown volume {name!r}")
+            if not self.may_mount(vol, user, teams):
+                who = ", ".join(vol.allow.teams + vol.allow.users)
+                raise OptionsRefused(f"you may not mount volume {name!r} (it is for {who})")
+            volumes.append(vol)
+        return Request(image, profile, volumes, team, self.quota_for(team), profile.pools)

@@ -1,0 +1,1 @@
+"""One module per backend, so a local install never imports docker or kubernetes."""

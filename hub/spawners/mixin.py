@@ -1,0 +1,193 @@
+"""What podbay adds to any JupyterHub spawner.
+
+`PodbaySpawnerMixin` comes first in the bases and calls `super()` everywhere, so the same
+class combines with LocalProcessSpawner, DockerSpawner and KubeSpawner. It brings the
+options form, strict user_options validation, quota and volume checks, device claims in
+the ledger, and the workspace's GPU environment. A backend subclass adds only what is
+specific to where the workspace runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+from jupyterhub.spawner import SpawnException
+from traitlets import Unicode, default
+from traitlets.config import Configurable
+
+from ..ledger import Allocation, ClaimRefused, QuotaExceeded, fmt_units
+from ..portal import OptionsRefused, Portal, Request
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("podbay.hub", "templates"),
+    autoescape=True,
+)
+
+
+@lru_cache(maxsize=None)
+def shared_portal(config_file: str, db_url: str, data_dir: str) -> Portal:
+    """One Portal per hub process: spawners share its config, inventory and ledger."""
+    return Portal.open(config_file, db_url, data_dir)
+
+
+class PodbaySpawnerMixin(Configurable):
+    config_file = Unicode(
+        config=True,
+        help="""Path of podbay.yaml (images, GPU profiles, inventory, volumes, teams).
+
+        c.PodbaySpawnerMixin.config_file = "/etc/podbay/podbay.yaml"
+        """,
+    )
+
+    @default("config_file")
+    def _default_config_file(self):
+        return os.environ.get("PODBAY_CONFIG", "podbay.yaml")
+
+    data_dir = Unicode(
+        config=True,
+        help="""Where podbay keeps its ledger, homes, workspace logs and demo volumes.
+
+        c.PodbaySpawnerMixin.data_dir = "/var/lib/podbay"
+        """,
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self):
+        return os.environ.get("PODBAY_DATA_DIR", os.path.abspath(".podbay"))
+
+    db_url = Unicode(
+        config=True,
+        help="""SQLAlchemy URL of the device ledger; SQLite in data_dir by default.
+
+        c.PodbaySpawnerMixin.db_url = "postgresql://podbay@db/podbay"
+        """,
+    )
+
+    @default("db_url")
+    def _default_db_url(self):
+        return os.environ.get("PODBAY_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'ledger.sqlite'}"
+
+    @property
+    def portal(self) -> Portal:
+        return shared_portal(os.path.abspath(self.config_file), self.db_url, os.path.abspath(self.data_dir))
+
+    @property
+    def podbay_key(self) -> str:
+        return f"workspace:{self.user.name}/{self.name}"
+
+    def _groups(self) -> list[str]:
+        return [g.name for g in self.user.groups]
+
+    # --- the form --------------------------------------------------------------------
+
+    @default("options_form")
+    def _default_options_form(self):
+        # A callable, so availability is computed each time the page is shown.
+        return PodbaySpawnerMixin._render_options_form
+
+    @staticmethod
+    def _render_options_form(spawner: "PodbaySpawnerMixin") -> str:
+        portal, user, groups = spawner.portal, spawner.user.name, spawner._groups()
+        team = portal.team_for(user, groups)
+        choices = portal.choices(user, groups, team)
+        left, total = portal.remaining_units(user, groups, team)
+        quota = portal.quota_for(team)
+        available = [c.profile.id for c in choices if c.available]
+        default_profile = "cpu" if "cpu" in available else (available[0] if available else None)
+        return _TEMPLATES.get_template("options_form.html").render(
+            team=team,
+            teams=portal.cfg.teams_of(user, groups),
+            units_left=fmt_units(max(left, 0)),
+            units_total=fmt_units(total),
+            workspaces=portal.ledger.workspaces_of(user),
+            workspaces_max=quota.workspaces_per_user,
+            images=portal.cfg.images,
+            default_image=portal.cfg.default_image.name,
+            choices=choices,
+            default_profile=default_profile,
+            volumes=portal.volumes_for(user, groups),
+            fmt_units=fmt_units,
+        )
+
+    def options_from_form(self, formdata):
+        options = {}
+        for key in ("image", "profile", "team"):
+            values = formdata.get(key) or []
+            if values and values[0]:
+                options[key] = values[0]
+        options["volumes"] = list(formdata.get("volumes", []))
+        return options
+
+    # --- start and stop ----------------------------------------------------------------
+
+    podbay_request: Request | None = None
+    podbay_allocation: Allocation | None = None
+
+    async def start(self):
+        portal = self.portal
+        try:
+            request = portal.validate(self.user.name, self._groups(), self.user_options)
+            # JupyterHub never starts a server that runs, so anything still held under this
+            # name belongs to a workspace that died without being stopped.
+            await asyncio.to_thread(portal.ledger.release, self.podbay_key)
+            allocation = await asyncio.to_thread(
+                portal.ledger.claim,
+                key=self.podbay_key, kind="workspace", user=self.user.name, team=request.team,
+                profile_id=request.profile.id, spec=request.profile.spec, pools=request.pools,
+                quota=request.quota,
+            )
+        except OptionsRefused as e:
+            raise SpawnException(f"Cannot start this workspace: {e}.", reason="options") from None
+        except QuotaExceeded as e:
+            raise SpawnException(f"Quota: {e}.", reason="quota", status_code=403) from None
+        except ClaimRefused as e:
+            raise SpawnException(f"No capacity: {e}.", reason="capacity", status_code=503) from None
+        self.podbay_request, self.podbay_allocation = request, allocation
+        self.log.info("%s claimed %s for %s: %s", self.podbay_key, request.profile.id,
+                      request.team or "no team", ", ".join(allocation.devices) or "no device")
+        try:
+            self.podbay_prepare(request)
+            return await super().start()
+        except BaseException:
+            await asyncio.to_thread(portal.ledger.release, self.podbay_key)
+            raise
+
+    def podbay_prepare(self, request: Request) -> None:
+        """Hook for backends: turn the validated request into spawner settings
+        (mounts, device requests, resources) just before the backend starts."""
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        finally:
+            # Keep the devices claimed while the workspace may still be using them.
+            if await self.poll() is not None:
+                if await asyncio.to_thread(self.portal.ledger.release, self.podbay_key):
+                    self.log.info("%s released its devices", self.podbay_key)
+            else:
+                self.log.error("%s did not stop; its devices stay claimed", self.podbay_key)
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(self.podbay_env())
+        return env
+
+    def podbay_env(self) -> dict[str, str]:
+        req, alloc = self.podbay_request, self.podbay_allocation
+        if req is None or alloc is None:
+            return {}
+        devices = ",".join(dict.fromkeys(alloc.devices))
+        return {
+            # NGC images see every GPU unless told otherwise: "void" hides them all.
+            "CUDA_VISIBLE_DEVICES": devices,
+            "NVIDIA_VISIBLE_DEVICES": devices or "void",
+            "PODBAY_PROFILE": req.profile.id,
+            "PODBAY_IMAGE": req.image.name,
+            "PODBAY_TEAM": req.team or "",
+            "PODBAY_GPU_UNITS": fmt_units(alloc.units),
+            "PODBAY_VOLUMES": ",".join(v.name for v in req.volumes),
+        }

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The README's two commands:
+#   bash scripts/dev.sh up    set up everything and start podbay in embedded mode
+#   bash scripts/dev.sh test  set up everything (browser included) and run every test
+# Both are safe to run again: each step skips what is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${PODBAY_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+setup_python() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  log "installing podbay and its test tools into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e '.[test]'
+}
+
+setup_proxy() {
+  if [ ! -x "$VENV/node/node_modules/.bin/configurable-http-proxy" ]; then
+    command -v npm >/dev/null || { log "npm is missing: install Node.js (apt-get install nodejs npm)"; exit 1; }
+    log "installing configurable-http-proxy from npm"
+    npm install --silent --no-audit --no-fund --prefix "$VENV/node" configurable-http-proxy@^4 >&2
+  fi
+  # Beside the venv's python, where the hub looks for it first.
+  ln -sf "../node/node_modules/.bin/configurable-http-proxy" "$VENV/bin/configurable-http-proxy"
+}
+
+setup_system() {
+  # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests.
+  local missing=()
+  command -v unshare >/dev/null || missing+=(util-linux)
+  if [ "${1:-}" = test ]; then
+    command -v chromium >/dev/null || missing+=(chromium)
+  fi
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} from Debian's packages"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+  fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  up)
+    setup_system
+    setup_python
+    setup_proxy
+    exec "$VENV/bin/podbay" up "$@"
+    ;;
+  test)
+    setup_system test
+    setup_python
+    setup_proxy
+    export PODBAY_REQUIRE_ALL="${CI:-}"
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: bash scripts/dev.sh up [podbay up options] | test [pytest options]" >&2
+    exit 2
+    ;;
+esac
