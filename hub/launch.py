@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> None:
 
     for spec in args.bind:
         src, dst, mode = spec.rsplit(":", 2)
-        os.makedirs(dst, exist_ok=True)
+        try:
+            os.makedirs(dst, exist_ok=True)
+        except OSError as e:
+            sys.exit(f"podbay: cannot mount volume {src} at {dst}: {e.strerror}")
         opts = ["-o", "ro"] if mode == "ro" else []
         done = subprocess.run(["mount", "--bind", *opts, src, dst], capture_output=True, text=True)
         if done.returncode != 0:

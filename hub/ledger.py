@@ -159,7 +159,7 @@ class Ledger:
     def taken(self, session: Session | None = None) -> set[tuple[str, str]]:
         s = session or self._session()
         try:
-            return set(s.execute(select(ClaimRow.node, ClaimRow.device)).tuples())
+            return {(node, dev) for node, dev in s.execute(select(ClaimRow.node, ClaimRow.device))}
         finally:
             if session is None:
                 s.close()
@@ -275,8 +275,8 @@ class Ledger:
     def devices_of(self, allocation: Allocation) -> list[Device]:
         with self._session() as s:
             rows = s.execute(select(ClaimRow.node, ClaimRow.device).join(AllocationRow).where(
-                AllocationRow.key == allocation.key)).tuples()
-            return [self.inventory.by_key[r] for r in rows if r in self.inventory.by_key]
+                AllocationRow.key == allocation.key))
+            return [self.inventory.by_key[(n, d)] for n, d in rows if (n, d) in self.inventory.by_key]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -74,7 +74,12 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
     def is_alive(cls, allocation: Allocation) -> bool:
         """Whether the process recorded for this allocation is still the one we started."""
         pid, started = allocation.ref.get("pid"), allocation.ref.get("start_time")
-        return bool(pid) and started is not None and _proc_start_time(pid) == started
+        if not pid:
+            # Claimed but not launched yet: a spawn may be in progress in the hub right now
+            # (this also runs in `jupyterhub token` and other hub commands). Only a claim
+            # older than any start could be is known to be dead.
+            return time.time() - allocation.created < 300
+        return started is not None and _proc_start_time(pid) == started
 
     async def start(self):
         self._base_cmd = getattr(self, "_base_cmd", None) or list(self.cmd)

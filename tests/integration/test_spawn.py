@@ -1,0 +1,179 @@
+"""Workspaces through a real JupyterHub's REST API, on the small test inventory.
+
+The tests in this module share one hub and run in order: they use devices up, free
+them, and restart the hub while workspaces run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import environ_of
+
+pytestmark = pytest.mark.hub
+
+MIG_1G = {"MIG-11111111-0003-4000-8000-000000000003", "MIG-11111111-0004-4000-8000-000000000004"}
+SHARED = "GPU-11111111-0000-4000-8000-000000000001"
+WHOLE = {"GPU-11111111-0000-4000-8000-000000000002", "GPU-11111111-0000-4000-8000-000000000003"}
+
+
+@pytest.mark.parametrize(
+    "user, name, profile, expect",
+    [
+        pytest.param("alice", "cpu", "cpu", lambda ids: ids == [], id="cpu"),
+        pytest.param("alice", "mig", "mig-1g.10gb", lambda ids: len(ids) == 1 and ids[0] in MIG_1G, id="mig"),
+        pytest.param("alice", "shared", "shared-1/2", lambda ids: ids == [SHARED], id="shared"),
+        pytest.param("bob", "whole", "gpu-1", lambda ids: len(ids) == 1 and ids[0] in WHOLE, id="full"),
+    ],
+)
+def test_each_profile_gets_its_devices(hub, user, name, profile, expect):
+    r = hub.start_server(user, name, {"image": "pytorch", "profile": profile})
+    assert r.status_code in (201, 202), r.text
+    env = environ_of(hub.workspace_pid(user, name))
+    ids = [d for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d]
+    assert expect(ids), ids
+    assert env["NVIDIA_VISIBLE_DEVICES"] == (",".join(ids) or "void")
+    assert env["PODBAY_PROFILE"] == profile
+    assert env["PODBAY_IMAGE"] == "pytorch"
+
+
+def test_a_used_up_profile_is_refused_with_its_reason(hub):
+    # alice already holds one of the two 1g.10gb devices.
+    assert hub.start_server("alice", "mig2", {"profile": "mig-1g.10gb"}).status_code in (201, 202)
+    r = hub.start_server("alice", "mig3", {"profile": "mig-1g.10gb"})
+    assert r.status_code == 503, r.text
+    assert "no mig-1g.10gb is free" in r.json()["message"]
+    with hub.api("alice") as api:
+        assert "mig3" not in api.get("/users/alice").json()["servers"]
+
+
+def test_quota_refusals_say_what_to_do(hub):
+    # bob (team nlp, 1 GPU unit) holds gpu-1 already.
+    r = hub.start_server("bob", "more", {"profile": "shared-1/2"})
+    assert r.status_code == 403, r.text
+    msg = r.json()["message"]
+    assert "needs 0.5 GPU units" in msg and "team nlp" in msg and "stop a GPU workspace" in msg
+    # ...and a CPU workspace is fine, up to his two workspaces.
+    assert hub.start_server("bob", "notes", {"profile": "cpu"}).status_code in (201, 202)
+    r = hub.start_server("bob", "third", {"profile": "cpu"})
+    assert r.status_code == 403 and "you already run 2 workspaces" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "options, status, words",
+    [
+        pytest.param({"image": "nope"}, 400, "unknown image 'nope'", id="image"),
+        pytest.param({"profile": "gpu-7"}, 400, "unknown GPU profile 'gpu-7'", id="profile"),
+        pytest.param({"volumes": ["secret"]}, 400, "unknown volume 'secret'", id="volume"),
+        pytest.param({"volumes": ["corpora"]}, 400, "may not mount volume 'corpora'", id="forbidden-volume"),
+        pytest.param({"colour": "blue"}, 400, "unknown option 'colour'", id="unknown-key"),
+        pytest.param({"volumes": "scratch"}, 400, "volumes", id="wrong-type"),
+        pytest.param({"team": "nlp"}, 400, "not in team 'nlp'", id="team"),
+    ],
+)
+def test_bad_options_are_refused_and_claim_nothing(hub, options, status, words):
+    ledger = hub.ledger()
+    before = ledger.taken()
+    r = hub.start_server("alice", "bad", options)
+    assert r.status_code == status, r.text
+    assert words in r.json()["message"]
+    assert ledger.taken() == before
+    ledger.dispose()
+
+
+def test_stop_frees_the_devices(hub):
+    ledger = hub.ledger()
+    mig_pid_env = environ_of(hub.workspace_pid("alice", "mig"))["CUDA_VISIBLE_DEVICES"]
+    hub.stop_server("alice", "mig")
+    assert ledger.get("workspace:alice/mig") is None
+    assert ("dev-01", mig_pid_env) not in ledger.taken()
+    # The freed device is what the next request gets.
+    assert hub.start_server("alice", "mig3", {"profile": "mig-1g.10gb"}).status_code in (201, 202)
+    assert environ_of(hub.workspace_pid("alice", "mig3"))["CUDA_VISIBLE_DEVICES"] == mig_pid_env
+    ledger.dispose()
+
+
+def test_volumes_are_mounted_and_read_only_ones_are_not_writable(hub):
+    r = hub.start_server("alice", "data", {"profile": "cpu", "volumes": ["imagenet", "scratch"]})
+    assert r.status_code in (201, 202), r.text
+    pid = hub.workspace_pid("alice", "data")
+    home = hub.data_dir / "homes" / "alice"
+    (hub.data_dir / "volumes" / "imagenet" / "README").write_text("imagenet\n")
+
+    def inside(script: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", "-t", str(pid), "-m", "sh", "-c", script],
+                              capture_output=True, text=True)
+
+    assert inside(f"cat {home}/data/imagenet/README").stdout == "imagenet\n"
+    denied = inside(f"touch {home}/data/imagenet/new")
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    assert inside(f"echo hi > {home}/data/scratch/note && cat {home}/data/scratch/note").stdout == "hi\n"
+    assert (hub.data_dir / "volumes" / "scratch" / "note").read_text() == "hi\n"
+    assert environ_of(pid)["PODBAY_VOLUMES"] == "imagenet,scratch"
+    hub.stop_server("alice", "data")
+
+
+def test_a_workspace_that_dies_while_starting_fails_at_once_with_its_log(hub):
+    # A file where the volume's mount point must go: the launcher cannot mount and exits.
+    home = hub.data_dir / "homes" / "alice"
+    blocker = home / "data" / "scratch"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    if blocker.is_dir():
+        blocker.rmdir()
+    blocker.write_text("in the way\n")
+    ledger = hub.ledger()
+    before = ledger.taken()
+    t0 = time.monotonic()
+    r = hub.start_server("alice", "doomed", {"profile": "mig-3g.40gb", "volumes": ["scratch"]})
+    elapsed = time.monotonic() - t0
+    blocker.unlink()
+    assert r.status_code == 500, r.text
+    msg = r.json()["message"]
+    assert "exited with status" in msg and "cannot mount volume" in msg
+    assert elapsed < 8, f"took {elapsed:.1f}s to report the failure"
+    assert ledger.taken() == before
+    ledger.dispose()
+
+
+def test_restart_keeps_workspaces_and_their_devices(hub):
+    ledger = hub.ledger()
+    held = ledger.taken()
+    pids = {k: hub.workspace_pid(*k) for k in [("alice", "shared"), ("bob", "whole")]}
+    hub.stop()
+    for pid in pids.values():
+        os.kill(pid, 0)  # still running without a hub
+    hub.start()
+    for (user, name), pid in pids.items():
+        server = hub.wait_ready(user, name, timeout=30)
+        assert server["ready"]
+        os.kill(pid, 0)
+    assert ledger.taken() == held
+    # No double claim after the restart: the second shared slot is the only one left.
+    r = hub.start_server("alice", "shared2", {"profile": "shared-1/2"})
+    assert r.status_code in (201, 202), r.text
+    r = hub.start_server("alice", "shared3", {"profile": "shared-1/2"})
+    assert r.status_code == 503, r.text
+    keys = [k for _node, k in ledger.taken()]
+    assert len(keys) == len(set(keys))
+    ledger.dispose()
+
+
+def test_restart_releases_devices_of_workspaces_that_died_meanwhile(hub):
+    ledger = hub.ledger()
+    pid = hub.workspace_pid("alice", "shared2")
+    hub.stop()
+    os.kill(pid, 9)
+    hub.start()
+    assert ledger.get("workspace:alice/shared2") is None
+    assert ("dev-01", f"{SHARED}::1") not in ledger.taken() or ("dev-01", f"{SHARED}::0") not in ledger.taken()
+    ledger.dispose()
+
+
+def test_logs_are_kept_per_workspace(hub):
+    log = Path(hub.data_dir) / "logs" / "alice" / "cpu.log"
+    assert "podbay: starting" in log.read_text()
