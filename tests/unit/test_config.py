@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podbay.hub.cli import main
+from podbay.hub.config import ConfigError, load_config, parse_config
+
+from tests.conftest import ROOT
+
+DEMO = ROOT / "config" / "podbay.yaml"
+
+
+@pytest.fixture
+def demo() -> dict:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def errors_of(data: dict, tmp_path: Path) -> list[str]:
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    return [str(i) for i in e.value.issues]
+
+
+def test_demo_config_is_valid_and_simulates_a_dgx():
+    cfg = load_config(DEMO)
+    dev, train = cfg.nodes
+    assert [len(g.mig or []) for g in dev.gpus[:2]] == [7, 4]
+    assert [g.mig[i].profile for g in dev.gpus[1:2] for i in range(4)] == ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]
+    assert [g.replicas for g in dev.gpus[2:4]] == [4, 4]
+    assert all(g.mig is None and g.replicas is None for g in dev.gpus[4:])
+    assert len(train.gpus) == 8 and train.pool == "training"
+    assert cfg.teams_of("alice") == ["vision"] and cfg.teams_of("bob") == ["nlp"]
+    assert cfg.admins == ["admin"]
+
+
+def edit(data, path, value):
+    *head, last = path
+    node = data
+    for key in head:
+        node = node[key]
+    node[last] = value
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        pytest.param(("profiles", 1, "id"), "mig-1g.5gb",
+                     "profiles[1]: MIG profile 1g.5gb does not exist on NVIDIA A100-SXM4-80GB", id="mig-model"),
+        pytest.param(("profiles", 1, "id"), "mig-banana", "profiles[1].id: 'banana' is not a MIG profile name", id="mig-name"),
+        pytest.param(("profiles", 1, "id"), "tpu-1", "profiles[1].id: profile id 'tpu-1' is not one of", id="id"),
+        pytest.param(("profiles", 1, "pools"), ["gpu-farm"], "profiles[1].pools: pool 'gpu-farm' is not declared", id="pool"),
+        pytest.param(("profiles", 5, "id"), "shared-1/3", "profiles[5]: no GPU in pool dev is time-sliced into 3", id="shared"),
+        pytest.param(("profiles", 7, "id"), "gpu-5", "profiles[7]: no node in pool dev has 5 whole GPUs (the most is 4)", id="full"),
+        pytest.param(("nodes", 0, "gpus", 0, "uuid"), "GPU-123", "nodes[0].gpus[0].uuid: 'GPU-123' is not a GPU UUID", id="uuid"),
+        pytest.param(("nodes", 0, "gpus", 5, "uuid"), None, "nodes[0].gpus[5].uuid: required, but missing", id="missing"),
+        pytest.param(("nodes", 0, "gpus", 4, "mig"), [{"profile": "1g.10gb", "uuid": "MIG-aaaaaaaa-0000-4000-8000-000000000000"}] * 2,
+                     "nodes[0].gpus[4].mig[1].uuid: UUID MIG-aaaaaaaa-0000-4000-8000-000000000000 is already used at "
+                     "nodes[0].gpus[4].mig[0].uuid", id="dup-uuid"),
+        pytest.param(("nodes", 0, "gpus", 1, "mig", 0, "profile"), "4g.40gb",
+                     "nodes[0].gpus[1].mig: MIG layout 1g.10gb + 1g.10gb + 2g.20gb + 4g.40gb does not fit", id="layout"),
+        pytest.param(("nodes", 0, "pool"), "interactive", "nodes[0].pool: pool 'interactive' is not declared", id="node-pool"),
+        pytest.param(("volumes", 0, "allow", "teams"), ["visio"], "volumes[0].allow.teams[0]: team 'visio' is not declared", id="team"),
+        pytest.param(("volumes", 0, "mount_path"), "/etc", "volumes[0].mount_path: mount_path must be a path inside the home", id="mount"),
+        pytest.param(("teams", "vision", "quota", "gpu_units"), -1, "teams.vision.quota.gpu_units:", id="quota"),
+        pytest.param(("images", 0, "colour"), "red", "images[0].colour: unknown key (a typo?)", id="typo"),
+    ],
+)
+def test_errors_name_their_place(demo, tmp_path, path, value, expected):
+    if value is None:
+        *head, last = path
+        node = demo
+        for key in head:
+            node = node[key]
+        del node[last]
+    else:
+        edit(demo, path, value)
+    errors = errors_of(demo, tmp_path)
+    assert any(e.startswith(expected) for e in errors), errors
+    assert all("(line " in e for e in errors), errors
+
+
+def test_all_errors_are_reported_at_once(demo, tmp_path):
+    edit(demo, ("profiles", 1, "id"), "mig-1g.5gb")
+    edit(demo, ("volumes", 0, "allow", "teams"), ["visio"])
+    edit(demo, ("images", 1, "name"), "pytorch")
+    errors = errors_of(demo, tmp_path)
+    assert [e.split(":")[0] for e in errors] == ["images[1].name", "profiles[1]", "volumes[0].allow.teams[0]"]
+
+
+def test_a100_40gb_example_from_the_issue(tmp_path):
+    data = {
+        "images": [{"name": "pt", "display_name": "PyTorch", "image": "pt"}],
+        "profiles": [{"id": "cpu"}, {"id": "gpu-1"}, {"id": "mig-2g.10gb"}, {"id": "mig-1g.10gb"}],
+        "nodes": [{"name": "a100", "pool": "dev", "gpus": [
+            {"index": 0, "uuid": "GPU-4200ccc0-2667-d4cb-9137-f932c716232a", "model": "NVIDIA A100-SXM4-40GB",
+             "mig": [{"profile": "2g.10gb", "uuid": "MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f"}]},
+            {"index": 1, "uuid": "GPU-0aa11ebd-627f-af3f-1a0d-4e1fd92fd7b0", "model": "NVIDIA A100-SXM4-40GB"}]}],
+    }
+    # 1g.10gb exists on an A100-40GB (two memory slices), but no GPU here is cut that way.
+    assert errors_of(data, tmp_path) == ["profiles[3]: no GPU in pool dev has a 1g.10gb MIG device (line 9)"]
+
+
+def test_wrong_mig_profile_for_the_model(tmp_path):
+    data = {
+        "images": [{"name": "pt", "display_name": "PyTorch", "image": "pt"}],
+        "profiles": [{"id": "cpu"}, {"id": "mig-1g.10gb"}],
+        "nodes": [{"name": "a100", "pool": "dev", "gpus": [
+            {"index": 0, "uuid": "GPU-4200ccc0-2667-d4cb-9137-f932c716232a", "model": "NVIDIA A100-SXM4-40GB",
+             "mig": [{"profile": "1g.5gb", "uuid": "MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f"}]}]}],
+    }
+    assert errors_of(data, tmp_path)[0].startswith("profiles[1]: no GPU in pool dev has a 1g.10gb MIG device")
+    data["nodes"][0]["gpus"][0]["mig"][0]["profile"] = "1g.20gb"
+    assert "nodes[0].gpus[0].mig[0].profile: MIG profile 1g.20gb does not exist on NVIDIA A100-SXM4-40GB (line 16)" in \
+        errors_of(data, tmp_path)
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    path = tmp_path / "podbay.yaml"
+    path.write_text("images:\n  - name: x\n    display_name: [unclosed\nprofiles: []\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "not valid YAML" in str(e.value) and "(line " in str(e.value)
+
+
+def test_not_a_mapping():
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        parse_config(["a list"])
+
+
+def test_config_check_cli(demo, tmp_path, capsys):
+    assert main(["config", "check", str(DEMO)]) == 0
+    assert "valid" in capsys.readouterr().out
+    edit(demo, ("profiles", 1, "id"), "mig-1g.5gb")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(demo, sort_keys=False))
+    assert main(["config", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "profiles[1]: MIG profile 1g.5gb does not exist on NVIDIA A100-SXM4-80GB" in err
+    assert main(["config", "check", str(tmp_path / "missing.yaml")]) == 1
+    assert "cannot read the file" in capsys.readouterr().err
+
+
+def test_hub_refuses_to_start_on_an_invalid_config(demo, tmp_path):
+    edit(demo, ("profiles", 1, "id"), "mig-1g.5gb")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(demo, sort_keys=False))
+    hub_config = tmp_path / "jupyterhub_config.py"
+    hub_config.write_text("from podbay.hub.hubconfig import configure\nconfigure(c)\n")
+    env = {"PODBAY_CONFIG": str(bad), "PODBAY_DATA_DIR": str(tmp_path), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(hub_config)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "profiles[1]: MIG profile 1g.5gb does not exist on NVIDIA A100-SXM4-80GB" in done.stderr
+    # podbay up says the same before starting anything.
+    done = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(bad),
+                           "--data-dir", str(tmp_path / "up")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "profiles[1]: MIG profile 1g.5gb" in done.stderr
+
+
+def test_copy_is_not_shared(demo):
+    # parse twice from the same dict: validation must not mutate the input.
+    before = copy.deepcopy(demo)
+    parse_config(demo)
+    assert demo == before

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+from fractions import Fraction
+
+import pytest
+
+from podbay.hub.config import Quota, load_config, parse_profile_id
+from podbay.hub.inventory import Inventory
+from podbay.hub.ledger import ClaimRefused, Ledger, NoCapacity, QuotaExceeded, fmt_units
+
+from tests.conftest import ROOT, TEST_CONFIG
+
+BIG = Quota(gpu_units=100, workspaces_per_user=100, job_gpus=100)
+
+
+def make_ledger(tmp_path, config=TEST_CONFIG) -> Ledger:
+    return Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}", Inventory.from_config(load_config(config)))
+
+
+def claim(ledger, key, profile, user="alice", team="vision", quota=BIG, kind="workspace"):
+    return ledger.claim(key=key, kind=kind, user=user, team=team, profile_id=profile,
+                        spec=parse_profile_id(profile), pools=["dev"], quota=quota)
+
+
+def test_claim_and_release(tmp_path):
+    ledger = make_ledger(tmp_path)
+    a = claim(ledger, "workspace:alice/a", "mig-3g.40gb")
+    assert a.devices == ("MIG-11111111-0001-4000-8000-000000000001",) and a.units == Fraction(3, 7)
+    with pytest.raises(NoCapacity, match="no mig-3g.40gb is free"):
+        claim(ledger, "workspace:alice/b", "mig-3g.40gb")
+    assert ledger.release("workspace:alice/a")
+    assert not ledger.release("workspace:alice/a")
+    assert claim(ledger, "workspace:alice/b", "mig-3g.40gb").devices == a.devices
+
+
+def test_same_key_twice_is_refused(tmp_path):
+    ledger = make_ledger(tmp_path)
+    claim(ledger, "workspace:alice/a", "cpu")
+    with pytest.raises(ClaimRefused, match="already holds devices"):
+        claim(ledger, "workspace:alice/a", "cpu")
+
+
+def test_shared_slots_pack_onto_one_gpu_and_carry_the_bare_uuid(tmp_path):
+    ledger = make_ledger(tmp_path)
+    a = claim(ledger, "workspace:alice/a", "shared-1/2")
+    b = claim(ledger, "workspace:alice/b", "shared-1/2")
+    assert a.devices == b.devices == ("GPU-11111111-0000-4000-8000-000000000001",)
+    assert ledger.taken() == {("dev-01", "GPU-11111111-0000-4000-8000-000000000001::0"),
+                              ("dev-01", "GPU-11111111-0000-4000-8000-000000000001::1")}
+    with pytest.raises(NoCapacity):
+        claim(ledger, "workspace:alice/c", "shared-1/2")
+
+
+def test_whole_gpus_come_from_one_node(tmp_path):
+    ledger = make_ledger(tmp_path)
+    a = claim(ledger, "workspace:alice/a", "gpu-2")
+    assert set(a.devices) == {"GPU-11111111-0000-4000-8000-000000000002", "GPU-11111111-0000-4000-8000-000000000003"}
+    assert a.units == 2 and a.gpus == 2
+    with pytest.raises(NoCapacity):
+        claim(ledger, "workspace:alice/b", "gpu-1")
+
+
+@pytest.mark.parametrize(
+    "held, asked, units, fits",
+    [
+        pytest.param([], "gpu-1", 1, True, id="exactly-the-quota"),
+        pytest.param(["mig-1g.10gb"], "gpu-1", 1, False, id="one-seventh-over"),
+        pytest.param(["mig-1g.10gb"] * 2, "mig-3g.40gb", 1, True, id="five-sevenths"),
+        pytest.param(["shared-1/2"], "shared-1/2", 1, True, id="two-halves"),
+        pytest.param(["shared-1/2", "mig-3g.40gb"], "mig-1g.10gb", 1, False, id="fifteen-fourteenths"),
+        pytest.param(["shared-1/2", "mig-1g.10gb"], "mig-1g.10gb", 1, True, id="eleven-fourteenths"),
+        pytest.param([], "mig-1g.10gb", 0, False, id="no-units"),
+        pytest.param([], "cpu", 0, True, id="cpu-needs-none"),
+    ],
+)
+def test_quota_arithmetic(tmp_path, held, asked, units, fits):
+    ledger = make_ledger(tmp_path)
+    quota = Quota(gpu_units=units, workspaces_per_user=10)
+    for i, p in enumerate(held):
+        claim(ledger, f"workspace:alice/h{i}", p, quota=BIG)
+    if fits:
+        claim(ledger, "workspace:alice/new", asked, quota=quota)
+    else:
+        with pytest.raises(QuotaExceeded, match="GPU units"):
+            claim(ledger, "workspace:alice/new", asked, quota=quota)
+        assert ledger.get("workspace:alice/new") is None
+
+
+def test_quota_counts_the_team_not_the_user(tmp_path):
+    ledger = make_ledger(tmp_path)
+    quota = Quota(gpu_units=1, workspaces_per_user=5)
+    claim(ledger, "workspace:alice/a", "shared-1/2", user="alice", team="vision", quota=quota)
+    claim(ledger, "workspace:carol/a", "shared-1/2", user="carol", team="vision", quota=quota)
+    with pytest.raises(QuotaExceeded, match="team vision already uses 1 of 1"):
+        claim(ledger, "workspace:carol/b", "mig-1g.10gb", user="carol", team="vision", quota=quota)
+    # Someone in no team is counted alone.
+    claim(ledger, "workspace:dave/a", "mig-1g.10gb", user="dave", team=None, quota=quota)
+    assert ledger.units_in_use(None, "dave") == Fraction(1, 7)
+    assert ledger.units_in_use("vision", "alice") == 1
+
+
+def test_workspaces_per_user(tmp_path):
+    ledger = make_ledger(tmp_path)
+    quota = Quota(gpu_units=0, workspaces_per_user=2)
+    claim(ledger, "workspace:alice/a", "cpu", quota=quota)
+    claim(ledger, "workspace:alice/b", "cpu", quota=quota)
+    with pytest.raises(QuotaExceeded, match="you already run 2 workspaces"):
+        claim(ledger, "workspace:alice/c", "cpu", quota=quota)
+
+
+def test_reconcile_releases_what_no_longer_runs(tmp_path):
+    ledger = make_ledger(tmp_path)
+    claim(ledger, "workspace:alice/a", "gpu-1")
+    claim(ledger, "workspace:alice/b", "gpu-1")
+    ledger.set_ref("workspace:alice/a", {"pid": 1})
+    released = ledger.reconcile(lambda a: a.ref.get("pid") == 1)
+    assert released == ["workspace:alice/b"]
+    assert [a.key for a in ledger.allocations()] == ["workspace:alice/a"]
+
+
+def test_fmt_units():
+    assert [fmt_units(Fraction(x)) for x in (0, 1, Fraction(1, 2), Fraction(3, 7), Fraction(9, 4))] == \
+        ["0", "1", "0.5", "0.43", "2.25"]
+
+
+def _race(db_url: str, config: str, key: str, barrier, results) -> None:
+    ledger = Ledger(db_url, Inventory.from_config(load_config(config)))
+    barrier.wait()
+    try:
+        a = claim(ledger, key, "mig-3g.40gb")
+        results.put((key, a.devices))
+    except NoCapacity:
+        results.put((key, None))
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_two_processes_racing_for_the_last_device(tmp_path, round_):
+    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG))).dispose()  # create the tables
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(db_url, str(TEST_CONFIG), f"workspace:u{i}/x", barrier, results))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    winners = [o for o in outcomes if o[1] is not None]
+    assert len(winners) == 1, outcomes
+    ledger = make_ledger(tmp_path)
+    assert len(ledger.allocations()) == 1 and len(ledger.taken()) == 1
+
+
+def test_demo_inventory_counts():
+    inv = Inventory.from_config(load_config(ROOT / "config" / "podbay.yaml"))
+    counts = {p: inv.total_count(parse_profile_id(p), ["dev"]) for p in
+              ["mig-1g.10gb", "mig-2g.20gb", "mig-3g.40gb", "shared-1/4", "gpu-1", "gpu-2", "gpu-4"]}
+    assert counts == {"mig-1g.10gb": 9, "mig-2g.20gb": 1, "mig-3g.40gb": 1, "shared-1/4": 8,
+                      "gpu-1": 4, "gpu-2": 2, "gpu-4": 1}
+    assert inv.total_count(parse_profile_id("gpu-8"), ["training"]) == 1
