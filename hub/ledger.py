@@ -182,10 +182,13 @@ class Ledger:
         """GPU units held by workspaces of a team (or of a user who is in no team)."""
         s = session or self._session()
         try:
-            q = select(AllocationRow.units_num, AllocationRow.units_den).where(AllocationRow.kind == "workspace")
+            # Summed per denominator in SQL (there are only a few: 1, 7, 4, the replicas),
+            # so a team holding a thousand claims costs a handful of Fractions, not a thousand.
+            q = (select(AllocationRow.units_den, func.sum(AllocationRow.units_num))
+                 .where(AllocationRow.kind == "workspace").group_by(AllocationRow.units_den))
             q = q.where(AllocationRow.team == team) if team else q.where(
                 AllocationRow.team.is_(None), AllocationRow.user == user)
-            return sum((Fraction(n, d) for n, d in s.execute(q)), Fraction(0))
+            return sum((Fraction(n, d) for d, n in s.execute(q)), Fraction(0))
         finally:
             if session is None:
                 s.close()

@@ -59,6 +59,7 @@ class Hub:
     data_dir: Path
     port: int
     keep_workspaces: bool = True
+    spawner: str | None = None
     proc: subprocess.Popen | None = None
     tokens: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
@@ -83,6 +84,8 @@ class Hub:
                "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.keep_workspaces:
             cmd.append("--keep-workspaces")
+        if self.spawner:
+            cmd += ["--spawner", self.spawner]
         env = {**self.env, "PODBAY_DEMO_PASSWORD": PASSWORD}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
