@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Iterable
 
 from sqlalchemy import (
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -52,7 +54,7 @@ class AllocationRow(Base):
     units_num: Mapped[int] = mapped_column(Integer, default=0)
     units_den: Mapped[int] = mapped_column(Integer, default=1)
     gpus: Mapped[int] = mapped_column(Integer, default=0)
-    created: Mapped[float] = mapped_column(default=time.time)
+    created: Mapped[float] = mapped_column(Float, default=time.time)
     # What the backend needs to find it again (a pid, a container id), as JSON.
     ref: Mapped[str] = mapped_column(Text, default="{}")
 
@@ -145,8 +147,22 @@ class Ledger:
         self.url = url
         self.inventory = inventory
         self.engine = _sqlite_engine(url) if url.startswith("sqlite") else create_engine(url, pool_pre_ping=True)
-        Base.metadata.create_all(self.engine)
+        self._migrate()
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _migrate(self) -> None:
+        """Bring the schema to the newest revision (alembic), under the write lock."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Two processes starting at once must not both create the tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7466821)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
 
     def _locked(self) -> Session:
         session = self._session()

@@ -160,3 +160,22 @@ def test_demo_inventory_counts():
     assert counts == {"mig-1g.10gb": 9, "mig-2g.20gb": 1, "mig-3g.40gb": 1, "shared-1/4": 8,
                       "gpu-1": 4, "gpu-2": 2, "gpu-4": 1}
     assert inv.total_count(parse_profile_id("gpu-8"), ["training"]) == 1
+
+
+def test_migrations_match_the_models(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from podbay.hub.ledger import Base
+
+    ledger = make_ledger(tmp_path)
+    with ledger.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": "podbay_alembic_version"})
+        diff = compare_metadata(ctx, Base.metadata)
+    ledger.dispose()
+    assert diff == []
+
+
+def test_opening_an_existing_ledger_keeps_its_claims(tmp_path):
+    claim(make_ledger(tmp_path), "workspace:alice/a", "gpu-1")
+    assert [a.key for a in make_ledger(tmp_path).allocations()] == ["workspace:alice/a"]
