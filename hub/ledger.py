@@ -164,12 +164,6 @@ class Ledger:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-    def _locked(self) -> Session:
-        session = self._session()
-        if self.engine.dialect.name == "postgresql":
-            session.execute(text("LOCK TABLE podbay_allocations IN SHARE ROW EXCLUSIVE MODE"))
-        return session
-
     # --- reading -----------------------------------------------------------------
 
     def taken(self, session: Session | None = None) -> set[tuple[str, str]]:
@@ -225,7 +219,10 @@ class Ledger:
         """Check the quota and claim devices in one transaction; raise ClaimRefused if not."""
         for _attempt in range(3):
             try:
-                with self._locked() as s, s.begin():
+                with self._session() as s, s.begin():
+                    if self.engine.dialect.name == "postgresql":
+                        # SQLite's BEGIN IMMEDIATE, in PostgreSQL's words: one claimer at a time.
+                        s.execute(text("LOCK TABLE podbay_allocations IN SHARE ROW EXCLUSIVE MODE"))
                     return self._claim_locked(s, key, kind, user, team, profile_id, spec, pools, quota, ref)
             except IntegrityError as e:
                 # Only reachable on a backend without the lock above: someone else

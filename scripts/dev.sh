@@ -35,11 +35,14 @@ setup_proxy() {
 }
 
 setup_system() {
-  # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests.
+  # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests;
+  # PostgreSQL backs the ledger's production-database tests.
   local missing=()
   command -v unshare >/dev/null || missing+=(util-linux)
   if [ "${1:-}" = test ]; then
     command -v chromium >/dev/null || missing+=(chromium)
+    # The ledger's tests run against a real PostgreSQL too.
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   fi
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} from Debian's packages"

@@ -14,8 +14,22 @@ from tests.conftest import ROOT, TEST_CONFIG
 BIG = Quota(gpu_units=100, workspaces_per_user=100, job_gpus=100)
 
 
-def make_ledger(tmp_path, config=TEST_CONFIG) -> Ledger:
-    return Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}", Inventory.from_config(load_config(config)))
+def make_ledger(db_url: str, config=TEST_CONFIG) -> Ledger:
+    return Ledger(db_url, Inventory.from_config(load_config(config)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Each backend the ledger supports, empty."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    from sqlalchemy import create_engine, text
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS podbay_claims, podbay_allocations, podbay_alembic_version"))
+    engine.dispose()
+    return url
 
 
 def claim(ledger, key, profile, user="alice", team="vision", quota=BIG, kind="workspace"):
@@ -23,8 +37,8 @@ def claim(ledger, key, profile, user="alice", team="vision", quota=BIG, kind="wo
                         spec=parse_profile_id(profile), pools=["dev"], quota=quota)
 
 
-def test_claim_and_release(tmp_path):
-    ledger = make_ledger(tmp_path)
+def test_claim_and_release(db_url):
+    ledger = make_ledger(db_url)
     a = claim(ledger, "workspace:alice/a", "mig-3g.40gb")
     assert a.devices == ("MIG-11111111-0001-4000-8000-000000000001",) and a.units == Fraction(3, 7)
     with pytest.raises(NoCapacity, match="no mig-3g.40gb is free"):
@@ -34,15 +48,15 @@ def test_claim_and_release(tmp_path):
     assert claim(ledger, "workspace:alice/b", "mig-3g.40gb").devices == a.devices
 
 
-def test_same_key_twice_is_refused(tmp_path):
-    ledger = make_ledger(tmp_path)
+def test_same_key_twice_is_refused(db_url):
+    ledger = make_ledger(db_url)
     claim(ledger, "workspace:alice/a", "cpu")
     with pytest.raises(ClaimRefused, match="already holds devices"):
         claim(ledger, "workspace:alice/a", "cpu")
 
 
-def test_shared_slots_pack_onto_one_gpu_and_carry_the_bare_uuid(tmp_path):
-    ledger = make_ledger(tmp_path)
+def test_shared_slots_pack_onto_one_gpu_and_carry_the_bare_uuid(db_url):
+    ledger = make_ledger(db_url)
     a = claim(ledger, "workspace:alice/a", "shared-1/2")
     b = claim(ledger, "workspace:alice/b", "shared-1/2")
     assert a.devices == b.devices == ("GPU-11111111-0000-4000-8000-000000000001",)
@@ -52,8 +66,8 @@ def test_shared_slots_pack_onto_one_gpu_and_carry_the_bare_uuid(tmp_path):
         claim(ledger, "workspace:alice/c", "shared-1/2")
 
 
-def test_whole_gpus_come_from_one_node(tmp_path):
-    ledger = make_ledger(tmp_path)
+def test_whole_gpus_come_from_one_node(db_url):
+    ledger = make_ledger(db_url)
     a = claim(ledger, "workspace:alice/a", "gpu-2")
     assert set(a.devices) == {"GPU-11111111-0000-4000-8000-000000000002", "GPU-11111111-0000-4000-8000-000000000003"}
     assert a.units == 2 and a.gpus == 2
@@ -74,8 +88,8 @@ def test_whole_gpus_come_from_one_node(tmp_path):
         pytest.param([], "cpu", 0, True, id="cpu-needs-none"),
     ],
 )
-def test_quota_arithmetic(tmp_path, held, asked, units, fits):
-    ledger = make_ledger(tmp_path)
+def test_quota_arithmetic(db_url, held, asked, units, fits):
+    ledger = make_ledger(db_url)
     quota = Quota(gpu_units=units, workspaces_per_user=10)
     for i, p in enumerate(held):
         claim(ledger, f"workspace:alice/h{i}", p, quota=BIG)
@@ -87,8 +101,8 @@ def test_quota_arithmetic(tmp_path, held, asked, units, fits):
         assert ledger.get("workspace:alice/new") is None
 
 
-def test_quota_counts_the_team_not_the_user(tmp_path):
-    ledger = make_ledger(tmp_path)
+def test_quota_counts_the_team_not_the_user(db_url):
+    ledger = make_ledger(db_url)
     quota = Quota(gpu_units=1, workspaces_per_user=5)
     claim(ledger, "workspace:alice/a", "shared-1/2", user="alice", team="vision", quota=quota)
     claim(ledger, "workspace:carol/a", "shared-1/2", user="carol", team="vision", quota=quota)
@@ -100,8 +114,8 @@ def test_quota_counts_the_team_not_the_user(tmp_path):
     assert ledger.units_in_use("vision", "alice") == 1
 
 
-def test_workspaces_per_user(tmp_path):
-    ledger = make_ledger(tmp_path)
+def test_workspaces_per_user(db_url):
+    ledger = make_ledger(db_url)
     quota = Quota(gpu_units=0, workspaces_per_user=2)
     claim(ledger, "workspace:alice/a", "cpu", quota=quota)
     claim(ledger, "workspace:alice/b", "cpu", quota=quota)
@@ -109,8 +123,8 @@ def test_workspaces_per_user(tmp_path):
         claim(ledger, "workspace:alice/c", "cpu", quota=quota)
 
 
-def test_reconcile_releases_what_no_longer_runs(tmp_path):
-    ledger = make_ledger(tmp_path)
+def test_reconcile_releases_what_no_longer_runs(db_url):
+    ledger = make_ledger(db_url)
     claim(ledger, "workspace:alice/a", "gpu-1")
     claim(ledger, "workspace:alice/b", "gpu-1")
     ledger.set_ref("workspace:alice/a", {"pid": 1})
@@ -134,10 +148,9 @@ def _race(db_url: str, config: str, key: str, barrier, results) -> None:
         results.put((key, None))
 
 
-@pytest.mark.parametrize("round_", range(5))
-def test_two_processes_racing_for_the_last_device(tmp_path, round_):
-    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG))).dispose()  # create the tables
+@pytest.mark.parametrize("round_", range(4))
+def test_two_processes_racing_for_the_last_device(db_url, round_):
+    Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG))).dispose()  # migrate first
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(db_url, str(TEST_CONFIG), f"workspace:u{i}/x", barrier, results))
@@ -149,8 +162,38 @@ def test_two_processes_racing_for_the_last_device(tmp_path, round_):
         p.join(30)
     winners = [o for o in outcomes if o[1] is not None]
     assert len(winners) == 1, outcomes
-    ledger = make_ledger(tmp_path)
+    ledger = Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG)))
     assert len(ledger.allocations()) == 1 and len(ledger.taken()) == 1
+    ledger.dispose()
+
+
+def test_quota_holds_under_concurrent_claims(db_url):
+    """Eight processes each ask for a 3/7 slice or a half GPU against one 1-unit quota: the
+    units granted never exceed it."""
+    Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG))).dispose()
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_quota_race, args=(db_url, str(TEST_CONFIG), i, barrier, results))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    ledger = Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG)))
+    assert 0 < ledger.units_in_use("vision", "alice") <= 1
+    ledger.dispose()
+
+
+def _quota_race(db_url: str, config: str, i: int, barrier, results) -> None:
+    ledger = Ledger(db_url, Inventory.from_config(load_config(config)))
+    barrier.wait()
+    profile = "shared-1/2" if i % 2 else "mig-3g.40gb"
+    try:
+        claim(ledger, f"workspace:alice/q{i}", profile, quota=Quota(gpu_units=1, workspaces_per_user=10))
+        results.put(True)
+    except ClaimRefused:
+        results.put(False)
 
 
 def test_demo_inventory_counts():
@@ -162,13 +205,13 @@ def test_demo_inventory_counts():
     assert inv.total_count(parse_profile_id("gpu-8"), ["training"]) == 1
 
 
-def test_migrations_match_the_models(tmp_path):
+def test_migrations_match_the_models(db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     from podbay.hub.ledger import Base
 
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(db_url)
     with ledger.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": "podbay_alembic_version"})
         diff = compare_metadata(ctx, Base.metadata)
@@ -176,6 +219,6 @@ def test_migrations_match_the_models(tmp_path):
     assert diff == []
 
 
-def test_opening_an_existing_ledger_keeps_its_claims(tmp_path):
-    claim(make_ledger(tmp_path), "workspace:alice/a", "gpu-1")
-    assert [a.key for a in make_ledger(tmp_path).allocations()] == ["workspace:alice/a"]
+def test_opening_an_existing_ledger_keeps_its_claims(db_url):
+    claim(make_ledger(db_url), "workspace:alice/a", "gpu-1")
+    assert [a.key for a in make_ledger(db_url).allocations()] == ["workspace:alice/a"]
