@@ -136,6 +136,7 @@ def cmd_up(args) -> int:
         print(f"\npodbay is running at {url}\n"
               f"  log in as {who}\n"
               f"  password: {password}\n"
+              f"  REST API: {url}/services/podbay/api/v1/ (OpenAPI: openapi.json)\n"
               f"  data: {data_dir}\n"
               "  Ctrl-C stops everything.\n", flush=True)
     elif hub.poll() is None and not stopping:
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
     up.add_argument("--config", default="config/podbay.yaml", help="podbay.yaml (default: %(default)s)")
-    up.add_argument("--port", type=int, default=8000, help="public port on 127.0.0.1; the hub uses +1, the proxy API +2")
+    up.add_argument("--port", type=int, default=8000, help="public port on 127.0.0.1; the hub uses +1, the proxy API +2, the service +3")
     up.add_argument("--data-dir", default=".podbay", help="ledger, homes, logs (default: %(default)s)")
     up.add_argument("--keep-workspaces", action="store_true",
                     help="leave workspaces running when the hub stops, for restarts")

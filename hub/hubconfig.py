@@ -5,7 +5,8 @@
 
 Settings come from the environment that `podbay up` prepares (and operators may set):
 PODBAY_CONFIG, PODBAY_DATA_DIR, PODBAY_PORT, PODBAY_DB_URL, PODBAY_DEMO_PASSWORD,
-PODBAY_KEEP_WORKSPACES, PODBAY_SPAWNER.
+PODBAY_KEEP_WORKSPACES, PODBAY_SPAWNER. Ports: the public one, +1 the hub, +2 the proxy's
+API, +3 podbay's REST service.
 """
 
 from __future__ import annotations
@@ -91,6 +92,22 @@ def configure(c) -> None:
     c.PodbaySpawnerMixin.data_dir = str(data_dir)
     db_url = _env("PODBAY_DB_URL") or f"sqlite:///{data_dir / 'ledger.sqlite'}"
     c.PodbaySpawnerMixin.db_url = db_url
+
+    # podbay's REST service, run and restarted by the hub, reachable under /services/podbay/.
+    c.JupyterHub.services = [{
+        "name": "podbay",
+        "url": f"http://127.0.0.1:{port + 3}",
+        "command": [sys.executable, "-m", "podbay.hub.service"],
+        "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
+                        "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        "display": False,
+    }]
+    # Only what it needs: resolve callers, read their groups and their servers' options.
+    c.JupyterHub.load_roles = [{
+        "name": "podbay-service",
+        "services": ["podbay"],
+        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
+    }]
 
     from .spawners.local import PodbayLocalSpawner
     from .spawners.mixin import shared_portal

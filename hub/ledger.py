@@ -242,6 +242,16 @@ class Ledger:
                     f"you already run {n} workspace{'s' if n != 1 else ''}, the most your quota allows "
                     f"({quota.workspaces_per_user}); stop one first"
                 )
+        if kind == "job" and spec.count:
+            q = select(func.coalesce(func.sum(AllocationRow.gpus), 0)).where(AllocationRow.kind == "job")
+            q = q.where(AllocationRow.team == team) if team else q.where(
+                AllocationRow.team.is_(None), AllocationRow.user == user)
+            used_gpus = s.scalar(q) or 0
+            if used_gpus + spec.count > quota.job_gpus:
+                raise QuotaExceeded(
+                    f"{who} already run{'s' if team else ''} jobs on {used_gpus} of "
+                    f"{quota.job_gpus} job GPUs; this job needs {spec.count}"
+                )
         devices = self.inventory.pick(spec, pools, self.taken(s))
         units = sum((d.weight for d in devices or []), Fraction(0))
         if kind == "workspace" and units:

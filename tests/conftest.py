@@ -33,8 +33,8 @@ def require(condition: bool, reason: str):
     pytest.skip(reason)
 
 
-def free_port_block(n: int = 3) -> int:
-    """A base port with n free consecutive ports (public, hub, proxy API)."""
+def free_port_block(n: int = 4) -> int:
+    """A base port with n free consecutive ports (public, hub, proxy API, podbay service)."""
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

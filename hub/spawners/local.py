@@ -19,17 +19,8 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from traitlets import Float, Integer, default
 
 from ..ledger import Allocation
+from ..procs import proc_start_time
 from .mixin import PodbaySpawnerMixin
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """The kernel's start time of a process, to tell it from a later one with the same pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ")".
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -79,7 +70,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
             # (this also runs in `jupyterhub token` and other hub commands). Only a claim
             # older than any start could be is known to be dead.
             return time.time() - allocation.created < 300
-        return started is not None and _proc_start_time(pid) == started
+        return started is not None and proc_start_time(pid) == started
 
     async def start(self):
         self._base_cmd = getattr(self, "_base_cmd", None) or list(self.cmd)
@@ -93,7 +84,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
             ip, port = await super().start()
         finally:
             log.close()
-        ref = {"pid": self.pid, "start_time": _proc_start_time(self.pid), "log": str(self.log_path)}
+        ref = {"pid": self.pid, "start_time": proc_start_time(self.pid), "log": str(self.log_path)}
         await asyncio.to_thread(self.portal.ledger.set_ref, self.podbay_key, ref)
         try:
             await self._wait_listening(ip, port)

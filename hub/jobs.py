@@ -1,0 +1,358 @@
+"""Training jobs: validation, the queue, and the scheduler that starts them in order.
+
+A job waits `queued` while its pool lacks free GPUs or its team is at its job quota, and
+starts in submission order as devices free up: the first job that does not fit blocks
+later ones in the same pool, so a big job is not starved by small ones. The job table
+lives beside the ledger, and the devices a job holds are ledger claims (`job:<id>`), so a
+workspace and a job can never share a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import Float, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .config import ProfileKind
+from .ledger import Base, ClaimRefused, NoCapacity, QuotaExceeded
+from .portal import OptionsRefused, Portal
+from .training import JobSpec, TrainingBackend
+
+log = logging.getLogger("podbay.jobs")
+
+STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "starting", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+JOB_POOL = "training"
+RESERVED_ENV = re.compile(r"^(CUDA_VISIBLE_DEVICES|NVIDIA_VISIBLE_DEVICES|NVIDIA_.*|PODBAY_.*|JUPYTERHUB_.*)$")
+
+
+class JobRow(Base):
+    __tablename__ = "podbay_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    team: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
+    image: Mapped[str] = mapped_column(String(255))
+    command: Mapped[str] = mapped_column(Text)
+    workdir: Mapped[str] = mapped_column(Text)
+    volumes: Mapped[str] = mapped_column(Text, default="[]")
+    env: Mapped[str] = mapped_column(Text, default="{}")
+    gpus: Mapped[int] = mapped_column(Integer)
+    pool: Mapped[str] = mapped_column(String(64))
+    from_workspace: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    devices: Mapped[str] = mapped_column(Text, default="[]")
+    created: Mapped[float] = mapped_column(Float)
+    started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ref: Mapped[str] = mapped_column(Text, default="{}")
+
+
+NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class JobRequest(BaseModel):
+    """A training job as a client submits it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME, description="lower-case letters, digits and '-', at most 63")
+    command: list[str] = Field(min_length=1, max_length=1000, description="argv, e.g. [\"python\", \"train.py\"]")
+    gpus: int = Field(default=1, ge=0, le=1024, description="whole GPUs of the training pool")
+    image: str | None = None
+    workdir: str | None = Field(default=None, max_length=4096, description="relative to the home directory")
+    volumes: list[str] | None = Field(default=None, max_length=64)
+    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    from_workspace: str | None = Field(default=None, max_length=255,
+                                       description="take image, volumes and working directory from this workspace")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v[0].strip():
+            raise ValueError("the program (the command's first item) is empty")
+        if any("\0" in a for a in v):
+            raise ValueError("command items may not contain NUL characters")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if RESERVED_ENV.match(key):
+                raise ValueError(f"{key} is set by podbay and cannot be given")
+            if "\0" in value:
+                raise ValueError(f"the value of {key} contains a NUL character")
+        return v
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    name: str
+    user: str
+    team: str | None
+    image: str
+    command: list[str]
+    workdir: str
+    volumes: list[str]
+    env: dict[str, str]
+    gpus: int
+    pool: str
+    from_workspace: str | None
+    state: str
+    exit_code: int | None
+    message: str
+    devices: list[str]
+    created: float
+    started: float | None
+    finished: float | None
+
+    @classmethod
+    def from_row(cls, r: JobRow) -> "Job":
+        return cls(r.id, r.name, r.user, r.team, r.image, json.loads(r.command), r.workdir,
+                   json.loads(r.volumes), json.loads(r.env), r.gpus, r.pool, r.from_workspace,
+                   r.state, r.exit_code, r.message, json.loads(r.devices), r.created, r.started,
+                   r.finished)
+
+
+class JobManager:
+    def __init__(self, portal: Portal, backend: TrainingBackend, clock=time.time):
+        self.portal = portal
+        self.backend = backend
+        self.clock = clock
+        self._session = portal.ledger._session
+        self._tick_lock = asyncio.Lock()
+        self.wakeup = asyncio.Event()
+
+    @property
+    def pool(self) -> str:
+        return JOB_POOL if JOB_POOL in self.portal.cfg.pools else next(iter(self.portal.cfg.pools))
+
+    def home_of(self, user: str) -> Path:
+        return self.portal.data_dir / "homes" / user
+
+    # --- submitting --------------------------------------------------------------------
+
+    def submit(self, user: str, groups: list[str], req: JobRequest,
+               workspace_options: dict[str, Any] | None = None) -> Job:
+        """Validate and queue a job; raise OptionsRefused with the reason if it can't be."""
+        portal, cfg = self.portal, self.portal.cfg
+        inherited = workspace_options or {}
+        if req.from_workspace is not None and workspace_options is None:
+            raise OptionsRefused(f"you have no workspace named {req.from_workspace!r}")
+        image_name = req.image or inherited.get("image") or cfg.default_image.name
+        image = cfg.image(image_name)
+        if image is None:
+            raise OptionsRefused(f"unknown image {image_name!r}; choose one of: "
+                                 + ", ".join(i.name for i in cfg.images))
+        team = portal.team_for(user, groups)
+        teams = cfg.teams_of(user, groups)
+        names = req.volumes if req.volumes is not None else list(inherited.get("volumes") or [])
+        for name in names:
+            vol = cfg.volume(name)
+            if vol is None:
+                raise OptionsRefused(f"unknown volume {name!r}")
+            if not portal.may_mount(vol, user, teams):
+                raise OptionsRefused(f"you may not mount volume {name!r}")
+        quota = portal.quota_for(team)
+        if req.gpus > quota.job_gpus:
+            who = f"team {team}" if team else "users without a team"
+            raise OptionsRefused(f"{who} may use at most {quota.job_gpus} job GPUs at once; this job asks for {req.gpus}")
+        per_node = Counter(d.node for d in portal.inventory.devices if d.pool == self.pool and d.kind == "full")
+        most = max(per_node.values(), default=0)
+        if req.gpus > most:
+            raise OptionsRefused(f"pool {self.pool} has at most {most} whole GPUs on one node; "
+                                 f"this job asks for {req.gpus}")
+        home = self.home_of(user)
+        rel = Path(req.workdir or ".")
+        if rel.is_absolute() or ".." in rel.parts:
+            raise OptionsRefused("workdir must be a path inside your home directory, like projects/resnet")
+        workdir = home / rel
+        if req.workdir and not workdir.is_dir():
+            raise OptionsRefused(f"working directory ~/{rel} does not exist")
+        workdir.mkdir(parents=True, exist_ok=True)
+        now = self.clock()
+        row = JobRow(
+            name=req.name, user=user, team=team, image=image.name, command=json.dumps(req.command),
+            workdir=str(workdir), volumes=json.dumps(names), env=json.dumps(req.env), gpus=req.gpus,
+            pool=self.pool, from_workspace=req.from_workspace, state="queued",
+            message="waiting for the scheduler", devices="[]", created=now, ref="{}",
+        )
+        with self._session() as s, s.begin():
+            s.add(row)
+            s.flush()
+            job = Job.from_row(row)
+        self.wakeup.set()
+        return job
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        with self._session() as s:
+            row = s.get(JobRow, job_id)
+            return Job.from_row(row) if row else None
+
+    def list(self, user: str | None = None, team: str | None = None, state: str | None = None,
+             limit: int = 500) -> list[Job]:
+        with self._session() as s:
+            q = select(JobRow)
+            if user:
+                q = q.where(JobRow.user == user)
+            if team:
+                q = q.where(JobRow.team == team)
+            if state:
+                q = q.where(JobRow.state == state)
+            return [Job.from_row(r) for r in s.scalars(q.order_by(JobRow.id.desc()).limit(limit))]
+
+    def _ref(self, job_id: int) -> dict:
+        with self._session() as s:
+            row = s.get(JobRow, job_id)
+            return json.loads(row.ref) if row else {}
+
+    def read_logs(self, job_id: int, offset: int = 0) -> bytes:
+        ref = self._ref(job_id)
+        return self.backend.read_logs(ref, offset) if ref else b""
+
+    def _update(self, job_id: int, **values) -> None:
+        with self._session() as s, s.begin():
+            row = s.get(JobRow, job_id)
+            for k, v in values.items():
+                setattr(row, k, json.dumps(v) if k in ("ref", "devices") else v)
+
+    # --- cancelling ----------------------------------------------------------------------
+
+    async def cancel(self, job_id: int) -> Job:
+        async with self._tick_lock:
+            job = self.get(job_id)
+            if job.state in TERMINAL:
+                return job
+            if job.state in ("starting", "running"):
+                await self.backend.cancel(self._ref(job_id))
+                status = await self.backend.status(self._ref(job_id))
+                code = status.exit_code if status.state == "exited" else None
+            else:
+                code = None
+            self._update(job_id, state="cancelled", exit_code=code, finished=self.clock(),
+                         message="cancelled by request")
+            await asyncio.to_thread(self.portal.ledger.release, f"job:{job_id}")
+            self.wakeup.set()
+            return self.get(job_id)
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """After a (re)start: learn what happened to the jobs the service believed active."""
+        async with self._tick_lock:
+            for job in self.list(state="starting") + self.list(state="running"):
+                ref = self._ref(job.id)
+                status = await self.backend.status(ref)
+                if status.state == "running":
+                    if job.state == "starting":
+                        self._update(job.id, state="running", started=job.started or self.clock(),
+                                     message="running")
+                elif status.state == "exited":
+                    await self._finish(job, status.exit_code)
+                elif job.state == "starting":
+                    # It never started: queue it again, with its place in line.
+                    await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
+                    self._update(job.id, state="queued", devices=[], message="requeued after a restart")
+                else:
+                    await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
+                    self._update(job.id, state="failed", finished=self.clock(), message=status.message)
+            # Claims of jobs that are not active any more (a crash between the two writes).
+            active = {f"job:{j.id}" for j in self.list(state="running") + self.list(state="starting")}
+            self.portal.ledger.reconcile(lambda a: a.key in active, kinds=("job",))
+
+    async def _finish(self, job: Job, code: int | None) -> None:
+        state = "succeeded" if code == 0 else "failed"
+        message = "finished" if code == 0 else f"exited with code {code}"
+        self._update(job.id, state=state, exit_code=code, finished=self.clock(), message=message)
+        await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
+
+    async def tick(self) -> None:
+        async with self._tick_lock:
+            for job in self.list(state="running"):
+                status = await self.backend.status(self._ref(job.id))
+                if status.state == "exited":
+                    await self._finish(job, status.exit_code)
+                elif status.state == "lost":
+                    await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
+                    self._update(job.id, state="failed", finished=self.clock(), message=status.message)
+            blocked: set[str] = set()
+            for job in reversed(self.list(state="queued")):
+                if job.pool in blocked:
+                    self._set_message(job, f"waiting for earlier jobs in pool {job.pool}")
+                    continue
+                await self._try_start(job, blocked)
+
+    def _set_message(self, job: Job, message: str) -> None:
+        if job.message != message:
+            self._update(job.id, message=message)
+
+    async def _try_start(self, job: Job, blocked: set[str]) -> None:
+        spec = ProfileKind("full", count=job.gpus) if job.gpus else ProfileKind("cpu")
+        try:
+            alloc = await asyncio.to_thread(
+                self.portal.ledger.claim, key=f"job:{job.id}", kind="job", user=job.user, team=job.team,
+                profile_id=f"gpu-{job.gpus}", spec=spec, pools=[job.pool],
+                quota=self.portal.quota_for(job.team))
+        except QuotaExceeded as e:
+            self._set_message(job, f"waiting: {e}")
+            return
+        except NoCapacity:
+            blocked.add(job.pool)
+            self._set_message(job, f"waiting for {job.gpus} free GPUs in pool {job.pool}")
+            return
+        except ClaimRefused as e:
+            self._update(job.id, state="failed", finished=self.clock(), message=str(e))
+            return
+        self._update(job.id, state="starting", devices=list(alloc.devices), ref={"job_id": job.id},
+                     message="starting")
+        vols = []
+        for name in job.volumes:
+            vol = self.portal.cfg.volume(name)
+            if vol is not None:
+                vols.append((str(self.portal.volume_source(vol)),
+                             str(self.home_of(job.user) / vol.target), vol.read_only))
+        spec_ = JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
+                        workdir=job.workdir, env=job.env, volumes=vols, devices=list(alloc.devices))
+        try:
+            ref = await self.backend.submit(spec_)
+        except Exception as e:
+            log.exception("job %s could not start", job.id)
+            await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
+            self._update(job.id, state="failed", finished=self.clock(), message=f"could not start: {e}")
+            return
+        self._update(job.id, state="running", ref={**ref, "job_id": job.id}, started=self.clock(),
+                     message="running")
+
+    async def run(self, interval: float = 0.5) -> None:
+        """The scheduler: a tick on every submission or cancellation, and every interval."""
+        await self.reconcile()
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; trying again")
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), interval)
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,443 @@
+"""podbay's REST service: catalog, capacity, quota, volumes and training jobs.
+
+JupyterHub runs it as a managed service under /services/podbay/; the API is under
+`api/v1/` there, its OpenAPI document at `api/v1/openapi.json`. Callers authenticate with
+JupyterHub API tokens (`Authorization: token …` or `Bearer …`), which the hub resolves.
+Every error is JSON `{"error": code, "message": sentence}` and never repeats a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
+from .ledger import fmt_units
+from .portal import OptionsRefused, Portal
+from .training.local import LocalBackend
+
+log = logging.getLogger("podbay.service")
+
+MAX_BODY = 256 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str):
+        self.status, self.error, self.message = status, error, message
+
+
+# --- who is calling ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    admin: bool
+    groups: tuple[str, ...]
+
+
+class HubClient:
+    """The hub's REST API, as this service sees it: resolving callers' tokens (cached for a
+    short while) and reading users' servers with the service's own token."""
+
+    def __init__(self, api_url: str, token: str, ttl: float = 30.0, transport=None):
+        self.http = httpx.AsyncClient(base_url=api_url.rstrip("/") + "/", timeout=10,
+                                      headers={"Authorization": f"token {token}"}, transport=transport)
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
+
+    async def resolve(self, token: str) -> Caller | None:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        hit = self._cache.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        try:
+            r = await self.http.get("user", headers={"Authorization": f"token {token}"})
+            if r.status_code in (401, 403):
+                caller = None
+            else:
+                r.raise_for_status()
+                model = r.json()
+                if model.get("kind", "user") != "user":
+                    caller = None
+                else:
+                    # A workspace's own token may not read the user's groups: ask as the service.
+                    full = await self.user(model["name"])
+                    caller = Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()))
+        except httpx.HTTPError as e:
+            raise ApiError(503, "hub_unavailable",
+                           f"JupyterHub's API is not reachable ({type(e).__name__}); try again shortly") from None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + self.ttl, caller)
+        return caller
+
+    async def user(self, name: str) -> dict[str, Any]:
+        r = await self.http.get(f"users/{name}", params={"include_stopped_servers": "1"})
+        r.raise_for_status()
+        return r.json()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+# --- response models (the OpenAPI schemas clients rely on) -------------------------------
+
+
+class ImageOut(BaseModel):
+    name: str
+    display_name: str
+    description: str
+    image: str
+    default: bool
+
+
+class ProfileOut(BaseModel):
+    id: str
+    title: str
+    kind: str
+    description: str
+    pools: list[str]
+    gpu_units: float
+    gpu_units_text: str
+    total: int
+    free: int
+    available: bool
+    reason: str | None
+
+
+class CatalogOut(BaseModel):
+    images: list[ImageOut]
+    profiles: list[ProfileOut]
+
+
+class UsageRow(BaseModel):
+    total: int
+    used: int
+    free: int
+
+
+class PoolCapacity(BaseModel):
+    pool: str
+    profiles: dict[str, UsageRow]
+    devices: dict[str, UsageRow]
+
+
+class CapacityOut(BaseModel):
+    pools: list[PoolCapacity]
+
+
+class QuotaOut(BaseModel):
+    gpu_units: float
+    workspaces_per_user: int
+    job_gpus: int
+
+
+class UsageOut(BaseModel):
+    gpu_units: float
+    workspaces: int
+    job_gpus: int
+
+
+class MeOut(BaseModel):
+    name: str
+    admin: bool
+    teams: list[str]
+    team: str | None
+    quota: QuotaOut
+    usage: UsageOut
+
+
+class VolumeOut(BaseModel):
+    name: str
+    description: str
+    mount_path: str
+    read_only: bool
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    user: str
+    team: str | None
+    image: str
+    command: list[str]
+    workdir: str
+    volumes: list[str]
+    env: dict[str, str]
+    gpus: int
+    pool: str
+    from_workspace: str | None
+    state: str
+    exit_code: int | None
+    message: str
+    devices: list[str]
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+
+
+ERRORS = {s: {"model": ErrorOut} for s in (400, 401, 403, 404, 413, 422, 503)}
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(**job.__dict__)
+
+
+# --- the app ---------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Refuse request bodies over a limit (413) before they are read into memory."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _error_response(413, "too_large", f"the request body is over {self.limit} bytes")(
+                scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, "too_large", f"the request body is over {self.limit} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _error_response(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "/services/podbay/",
+               run_scheduler: bool = True) -> FastAPI:
+    base = prefix.rstrip("/") + "/api/v1"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        task = asyncio.create_task(jobs.run()) if run_scheduler else None
+        yield
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await hub.aclose()
+
+    app = FastAPI(title="podbay", version="1", lifespan=lifespan,
+                  openapi_url=f"{base}/openapi.json", docs_url=f"{base}/docs", redoc_url=None,
+                  description="Catalog, capacity, quotas, volumes and training jobs of a podbay portal. "
+                              "Workspaces are JupyterHub named servers: use JupyterHub's REST API for them.")
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_req, exc: ApiError):
+        return _error_response(exc.status, exc.error, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e["loc"] if x not in ("body", "query", "path"))
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field"
+            parts.append(f"{where}: {msg}" if where else msg)
+        return _error_response(400, "invalid_request", "; ".join(parts) or "the request is not valid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req, exc: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(_req, exc: Exception):
+        log.exception("unhandled error")
+        return _error_response(500, "internal", "podbay hit an internal error; the platform team can find it in the service log")
+
+    async def caller(request: Request) -> Caller:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("token", "bearer") or not token:
+            raise ApiError(401, "unauthorized",
+                           "send a JupyterHub API token as 'Authorization: token <token>' (make one at /hub/token)")
+        who = await hub.resolve(token)
+        if who is None:
+            raise ApiError(401, "unauthorized",
+                           "the token is not valid (expired or revoked?); make a new one at /hub/token")
+        return who
+
+    def may_see(who: Caller, job: Job | None, job_id: int) -> Job:
+        if job is None:
+            raise ApiError(404, "not_found", f"there is no job {job_id}")
+        if job.user != who.name and not who.admin:
+            raise ApiError(403, "forbidden", f"job {job_id} belongs to another user")
+        return job
+
+    api = APIRouter(prefix=base, responses=ERRORS)
+
+    @api.get("/catalog", response_model=CatalogOut, summary="Images and GPU profiles, with what the caller may take now")
+    async def catalog(who: Caller = Depends(caller)):
+        choices = await asyncio.to_thread(portal.choices, who.name, list(who.groups))
+        return CatalogOut(
+            images=[ImageOut(**i.model_dump()) for i in portal.cfg.images],
+            profiles=[ProfileOut(id=c.profile.id, title=c.profile.title, kind=c.profile.spec.kind,
+                                 description=c.profile.description, pools=c.profile.pools,
+                                 gpu_units=float(c.units), gpu_units_text=fmt_units(c.units),
+                                 total=c.total, free=c.free, available=c.available, reason=c.reason)
+                      for c in choices])
+
+    @api.get("/capacity", response_model=CapacityOut, summary="Per pool: profiles and devices, total, used and free")
+    async def capacity(who: Caller = Depends(caller)):
+        return await asyncio.to_thread(_capacity, portal)
+
+    @api.get("/me", response_model=MeOut, summary="The caller, their teams, quota and usage")
+    async def me(who: Caller = Depends(caller)):
+        def compute():
+            team = portal.team_for(who.name, list(who.groups))
+            q = portal.quota_for(team)
+            job_gpus = sum(a.gpus for a in portal.ledger.allocations(kind="job")
+                           if (a.team == team if team else a.user == who.name and a.team is None))
+            return MeOut(
+                name=who.name, admin=who.admin, teams=portal.cfg.teams_of(who.name, list(who.groups)), team=team,
+                quota=QuotaOut(gpu_units=float(q.units), workspaces_per_user=q.workspaces_per_user, job_gpus=q.job_gpus),
+                usage=UsageOut(gpu_units=float(portal.ledger.units_in_use(team, who.name)),
+                               workspaces=portal.ledger.workspaces_of(who.name), job_gpus=job_gpus))
+        return await asyncio.to_thread(compute)
+
+    @api.get("/volumes", response_model=list[VolumeOut], summary="Volumes the caller may mount")
+    async def volumes(who: Caller = Depends(caller)):
+        return [VolumeOut(name=v.name, description=v.description, mount_path=f"~/{v.target}", read_only=v.read_only)
+                for v in portal.volumes_for(who.name, list(who.groups))]
+
+    @api.post("/jobs", response_model=JobOut, status_code=201, summary="Submit a training job")
+    async def submit(req: JobRequest, who: Caller = Depends(caller)):
+        ws_options = None
+        if req.from_workspace is not None:
+            try:
+                model = await hub.user(who.name)
+            except httpx.HTTPError:
+                raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
+            server = (model.get("servers") or {}).get(req.from_workspace)
+            ws_options = (server.get("user_options") or {}) if server is not None else None
+        try:
+            job = await asyncio.to_thread(jobs.submit, who.name, list(who.groups), req, ws_options)
+        except OptionsRefused as e:
+            raise ApiError(400, "invalid_job", str(e)) from None
+        return job_out(job)
+
+    @api.get("/jobs", response_model=list[JobOut], summary="Jobs: your own, or anyone's for admins")
+    async def list_jobs(who: Caller = Depends(caller),
+                        user: str | None = Query(None, max_length=255),
+                        team: str | None = Query(None, max_length=255),
+                        state: str | None = Query(None, pattern="^(" + "|".join(STATES) + ")$"),
+                        limit: int = Query(500, ge=1, le=5000)):
+        if not who.admin:
+            if user not in (None, who.name) or team is not None:
+                raise ApiError(403, "forbidden", "only admins can list other users' or teams' jobs")
+            user = who.name
+        return [job_out(j) for j in await asyncio.to_thread(jobs.list, user, team, state, limit)]
+
+    @api.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
+    async def get_job(job_id: int, who: Caller = Depends(caller)):
+        return job_out(may_see(who, jobs.get(job_id), job_id))
+
+    @api.get("/jobs/{job_id}/logs", response_class=PlainTextResponse,
+             summary="A job's output; follow=true streams until the job ends")
+    async def logs(job_id: int, who: Caller = Depends(caller), follow: bool = False):
+        may_see(who, jobs.get(job_id), job_id)
+        if not follow:
+            return PlainTextResponse(jobs.read_logs(job_id).decode(errors="replace"))
+        return StreamingResponse(_follow(jobs, job_id), media_type="text/plain; charset=utf-8")
+
+    @api.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a job")
+    async def cancel(job_id: int, who: Caller = Depends(caller)):
+        may_see(who, jobs.get(job_id), job_id)
+        return job_out(await jobs.cancel(job_id))
+
+    app.include_router(api)
+    return app
+
+
+async def _follow(jobs: JobManager, job_id: int, interval: float = 0.2) -> AsyncIterator[bytes]:
+    offset = 0
+    while True:
+        done = jobs.get(job_id).state in TERMINAL
+        chunk = jobs.read_logs(job_id, offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+        elif done:
+            return
+        else:
+            await asyncio.sleep(interval)
+
+
+def _capacity(portal: Portal) -> CapacityOut:
+    taken = portal.ledger.taken()
+    pools = []
+    for pool in portal.cfg.pools:
+        profiles = {}
+        for p in portal.cfg.profiles:
+            if pool in p.pools and p.spec.kind != "cpu":
+                total = portal.inventory.total_count(p.spec, [pool])
+                free = portal.inventory.free_count(p.spec, [pool], taken)
+                profiles[p.id] = UsageRow(total=total, used=total - free, free=free)
+        devices: dict[str, UsageRow] = {}
+        for d in portal.inventory.devices:
+            if d.pool != pool:
+                continue
+            key = {"full": "gpu", "mig": f"mig-{d.mig_profile}", "shared": f"shared-1/{d.replicas}"}[d.kind]
+            row = devices.setdefault(key, UsageRow(total=0, used=0, free=0))
+            row.total += 1
+            if (d.node, d.key) in taken:
+                row.used += 1
+            else:
+                row.free += 1
+        pools.append(PoolCapacity(pool=pool, profiles=profiles, devices=devices))
+    return CapacityOut(pools=pools)
+
+
+def main() -> None:
+    import uvicorn
+    from urllib.parse import urlparse
+
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s podbay-service] %(message)s")
+    env = os.environ
+    portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"])
+    backend = LocalBackend(portal.data_dir / "jobs")
+    jobs = JobManager(portal, backend)
+    hub = HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
+    app = create_app(portal, jobs, hub, env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/"))
+    url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
+    uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8003, log_level="info",
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Training-pool backends: where a job runs.
+
+The interface is deliberately small, so docker, kubernetes and slurm can implement it:
+`submit` starts a job on devices the ledger already claimed and returns a reference (a
+JSON-able dict the backend can find the job by after a restart); `status` says whether
+it still runs or how it ended; `read_logs` returns output from an offset; `cancel` stops
+it. What is local-specific (pids, files) stays inside the local backend's reference.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a backend needs to run one job."""
+
+    id: int
+    name: str
+    user: str
+    image: str
+    command: list[str]
+    workdir: str
+    env: dict[str, str]
+    volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, target, read_only)
+    devices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    state: Literal["running", "exited", "lost"]
+    exit_code: int | None = None
+    message: str = ""
+
+
+class TrainingBackend(ABC):
+    name: str
+
+    @abstractmethod
+    async def submit(self, job: JobSpec) -> dict:
+        """Start the job; return its reference."""
+
+    @abstractmethod
+    async def status(self, ref: dict) -> BackendStatus:
+        """Whether the job runs, or how it ended."""
+
+    @abstractmethod
+    async def cancel(self, ref: dict) -> None:
+        """Stop the job and everything it started."""
+
+    @abstractmethod
+    def read_logs(self, ref: dict, offset: int = 0) -> bytes:
+        """The job's output (stdout and stderr) from `offset` on."""
+
+    async def reconcile(self, refs: dict[int, dict]) -> dict[int, BackendStatus]:
+        """After a restart: the status of every job the service believed active."""
+        return {job_id: await self.status(ref) for job_id, ref in refs.items()}

@@ -1,0 +1,107 @@
+"""Jobs as local process groups, on devices from the same ledger as workspaces."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..procs import proc_start_time
+from . import BackendStatus, JobSpec, TrainingBackend
+
+
+class LocalBackend(TrainingBackend):
+    name = "local"
+
+    def __init__(self, jobs_dir: Path, kill_grace: float = 10.0):
+        self.jobs_dir = Path(jobs_dir)
+        self.kill_grace = kill_grace
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.jobs_dir / str(job_id)
+
+    async def submit(self, job: JobSpec) -> dict:
+        d = self.job_dir(job.id)
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in ("exit_code", "supervisor.pid"):
+            (d / stale).unlink(missing_ok=True)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": str(Path(job.workdir)),
+            **job.env,
+            "CUDA_VISIBLE_DEVICES": ",".join(dict.fromkeys(job.devices)),
+            "NVIDIA_VISIBLE_DEVICES": ",".join(dict.fromkeys(job.devices)) or "void",
+            "PODBAY_JOB_ID": str(job.id),
+            "PODBAY_JOB_NAME": job.name,
+            "PODBAY_IMAGE": job.image,
+        }
+        command = list(job.command)
+        if job.volumes:
+            binds = [f"--bind={src}:{dst}:{'ro' if ro else 'rw'}" for src, dst, ro in job.volumes]
+            unshare = ["unshare", "--mount", "--propagation", "private"]
+            if os.getuid() != 0:
+                unshare[1:1] = ["--user", "--map-current-user"]
+            command = unshare + [sys.executable, "-m", "podbay.hub.launch", *binds, "--"] + command
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "podbay.hub.jobrun", "--dir", str(d), "--", *command],
+            cwd=job.workdir, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        # Not waited on here: the supervisor records the exit code itself, and reaping is
+        # done by a thread so no zombie lingers while the service lives.
+        asyncio.get_running_loop().run_in_executor(None, proc.wait)
+        return {"pid": proc.pid, "start_time": proc_start_time(proc.pid), "dir": str(d)}
+
+    def _dir(self, ref: dict) -> Path:
+        # A job claimed but interrupted before its start was recorded has only its id.
+        return Path(ref["dir"]) if "dir" in ref else self.job_dir(ref["job_id"])
+
+    async def status(self, ref: dict) -> BackendStatus:
+        d = self._dir(ref)
+        code = _read_int(d / "exit_code")
+        if code is not None:
+            return BackendStatus("exited", code)
+        pid = ref.get("pid") or _read_int(d / "supervisor.pid")
+        if pid and proc_start_time(pid) is not None and (
+                ref.get("start_time") is None or proc_start_time(pid) == ref["start_time"]):
+            return BackendStatus("running")
+        # The supervisor may have written the code between the two reads.
+        code = _read_int(d / "exit_code")
+        if code is not None:
+            return BackendStatus("exited", code)
+        return BackendStatus("lost", message="the job's process ended without recording an exit code")
+
+    async def cancel(self, ref: dict) -> None:
+        pid = ref.get("pid") or _read_int(self._dir(ref) / "supervisor.pid")
+        if not pid or (await self.status(ref)).state != "running":
+            return
+        for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if (await self.status(ref)).state != "running":
+                    return
+                await asyncio.sleep(0.1)
+
+    def read_logs(self, ref: dict, offset: int = 0) -> bytes:
+        try:
+            with (self._dir(ref) / "output.log").open("rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return b""
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
