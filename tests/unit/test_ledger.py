@@ -209,6 +209,7 @@ def test_migrations_match_the_models(db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
+    import podbay.hub.jobs  # noqa: F401  (its table is part of the schema)
     from podbay.hub.ledger import Base
 
     ledger = make_ledger(db_url)

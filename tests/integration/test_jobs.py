@@ -1,0 +1,228 @@
+"""Training jobs through podbay's REST service, run by a real JupyterHub.
+
+The test inventory's training pool has two whole GPUs; alice (team vision) may hold four
+job GPUs, bob (team nlp) two.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import environ_of
+
+pytestmark = pytest.mark.hub
+
+
+@pytest.fixture(scope="module")
+def svc(hub):
+    return hub
+
+
+def api(hub, user: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+                        headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
+
+
+def wait_state(client: httpx.Client, job_id: int, states: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def submit(client: httpx.Client, **body) -> dict:
+    r = client.post("/jobs", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_submit_from_a_running_workspace(svc):
+    (svc.data_dir / "volumes" / "imagenet").mkdir(parents=True, exist_ok=True)
+    (svc.data_dir / "volumes" / "imagenet" / "train.txt").write_text("cat.jpg\n")
+    assert svc.start_server("alice", "dev", {"image": "base", "profile": "mig-1g.10gb",
+                                             "volumes": ["imagenet"]}).status_code in (201, 202)
+    with api(svc, "alice") as c:
+        job = submit(c, name="from-ws", from_workspace="dev", gpus=1,
+                     command=["sh", "-c", "echo image=$PODBAY_IMAGE gpus=$CUDA_VISIBLE_DEVICES; pwd; cat data/imagenet/train.txt"])
+        assert job["image"] == "base" and job["volumes"] == ["imagenet"] and job["from_workspace"] == "dev"
+        done = wait_state(c, job["id"], {"succeeded", "failed"})
+        assert done["state"] == "succeeded" and done["exit_code"] == 0, done
+        out = c.get(f"/jobs/{job['id']}/logs").text
+    assert "image=base gpus=GPU-22222222-0000-4000-8000-00000000000" in out
+    assert str(svc.data_dir / "homes" / "alice") in out and "cat.jpg" in out
+    # The workspace kept its MIG slice; the job had a training GPU of its own.
+    assert environ_of(svc.workspace_pid("alice", "dev"))["CUDA_VISIBLE_DEVICES"].startswith("MIG-")
+    assert done["devices"][0].startswith("GPU-22222222")
+
+
+def test_waits_behind_a_full_pool_then_runs_streams_and_ends(svc):
+    with api(svc, "alice") as c:
+        big = submit(c, name="big", gpus=2, command=["sleep", "300"])
+        wait_state(c, big["id"], {"running"})
+        small = submit(c, name="small", gpus=1,
+                       command=["sh", "-c", "for i in 1 2 3 4; do echo line $i; sleep 0.5; done; exit 3"])
+        time.sleep(1.5)
+        queued = c.get(f"/jobs/{small['id']}").json()
+        assert queued["state"] == "queued" and "waiting for 1 free GPUs in pool training" in queued["message"]
+
+        assert c.delete(f"/jobs/{big['id']}").json()["state"] == "cancelled"
+        wait_state(c, small["id"], {"running", "failed", "succeeded"})
+        # Follow the logs while it runs: the first line arrives before the job ends.
+        seen, t_first = [], None
+        with c.stream("GET", f"/jobs/{small['id']}/logs", params={"follow": "true"}) as r:
+            for line in r.iter_lines():
+                if line:
+                    seen.append(line)
+                    if t_first is None:
+                        t_first = time.monotonic()
+                        state_then = c.get(f"/jobs/{small['id']}").json()["state"]
+        assert seen == ["line 1", "line 2", "line 3", "line 4"]
+        assert state_then == "running"
+        done = c.get(f"/jobs/{small['id']}").json()
+        assert done["state"] == "failed" and done["exit_code"] == 3 and done["message"] == "exited with code 3"
+        # Logs are kept after the end.
+        assert c.get(f"/jobs/{small['id']}/logs").text.splitlines() == seen
+
+
+def test_cancel_ends_the_whole_process_group_and_frees_devices(svc):
+    with api(svc, "alice") as c:
+        pidfile = svc.data_dir / "homes" / "alice" / "child.pid"
+        job = submit(c, name="cancel-me", gpus=2,
+                     command=["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"])
+        wait_state(c, job["id"], {"running"})
+        deadline = time.monotonic() + 10
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        cancelled = c.delete(f"/jobs/{job['id']}").json()
+        assert cancelled["state"] == "cancelled"
+        time.sleep(0.3)
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+        cap = c.get("/capacity").json()
+        training = next(p for p in cap["pools"] if p["pool"] == "training")
+        assert training["devices"]["gpu"] == {"total": 2, "used": 0, "free": 2}
+
+
+def _service_pid(hub) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            if b"podbay.hub.service" in cmd and environ_of(int(entry.name)).get("PODBAY_DATA_DIR") == str(hub.data_dir):
+                return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError("podbay service not found")
+
+
+def test_kill_9_of_the_service_loses_nothing_and_runs_nothing_twice(svc):
+    with api(svc, "alice") as c:
+        marker = svc.data_dir / "homes" / "alice" / "runs.txt"
+        marker.unlink(missing_ok=True)
+        first = submit(c, name="survivor", gpus=2, command=["sh", "-c", f"echo run >> {marker}; sleep 4; echo ok"])
+        second = submit(c, name="next-in-line", gpus=2, command=["sh", "-c", f"echo second >> {marker}"])
+        wait_state(c, first["id"], {"running"})
+        old = _service_pid(svc)
+        os.kill(old, signal.SIGKILL)
+        # The hub notices and starts the service again (its poll runs every 30 s).
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if c.get("/me").status_code == 200 and _service_pid(svc) != old:
+                    break
+            except (httpx.HTTPError, AssertionError):
+                pass
+            time.sleep(0.5)
+        done = wait_state(c, first["id"], {"succeeded", "failed"}, timeout=30)
+        assert done["state"] == "succeeded" and done["exit_code"] == 0
+        assert c.get(f"/jobs/{first['id']}/logs").text == "ok\n"
+        assert wait_state(c, second["id"], {"succeeded", "failed"})["state"] == "succeeded"
+    assert marker.read_text() == "run\nsecond\n"
+
+
+def test_bob_cannot_touch_alices_jobs_or_vision_volumes(svc):
+    with api(svc, "alice") as alice:
+        job = submit(alice, name="private", gpus=0, command=["true"])
+    with api(svc, "bob") as bob:
+        for method, path in [("GET", f"/jobs/{job['id']}"), ("GET", f"/jobs/{job['id']}/logs"),
+                             ("DELETE", f"/jobs/{job['id']}")]:
+            r = bob.request(method, path)
+            assert r.status_code == 403 and r.json()["error"] == "forbidden", (method, path, r.text)
+        assert all(j["user"] == "bob" for j in bob.get("/jobs").json())
+        assert bob.get("/jobs", params={"user": "alice"}).status_code == 403
+        assert bob.get("/jobs", params={"team": "vision"}).status_code == 403
+        r = bob.post("/jobs", json={"name": "peek", "command": ["ls"], "gpus": 0, "volumes": ["imagenet"]})
+        assert r.status_code == 400 and "may not mount volume 'imagenet'" in r.json()["message"]
+        assert [v["name"] for v in bob.get("/volumes").json()] == ["scratch", "corpora"]
+    with api(svc, "admin") as admin:
+        users = {j["user"] for j in admin.get("/jobs").json()}
+        assert "alice" in users
+        assert {j["team"] for j in admin.get("/jobs", params={"team": "vision"}).json()} == {"vision"}
+        assert admin.get(f"/jobs/{job['id']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        pytest.param({"name": "x", "command": ["true"], "image": "nope"}, "unknown image 'nope'", id="image"),
+        pytest.param({"name": "x", "command": ["true"], "volumes": ["nope"]}, "unknown volume 'nope'", id="volume"),
+        pytest.param({"name": "x", "command": ["true"], "from_workspace": "nope"}, "no workspace named 'nope'", id="workspace"),
+        pytest.param({"name": "x", "command": ["true"], "gpus": 3}, "at most 2 whole GPUs on one node", id="pool-size"),
+        pytest.param({"name": "x", "command": ["true"], "gpus": 9}, "at most 4 job GPUs", id="team-quota"),
+        pytest.param({"name": "x", "command": []}, "command:", id="empty-command"),
+        pytest.param({"name": "x", "command": "python train.py"}, "command: Input should be a valid list", id="string-command"),
+        pytest.param({"name": "x", "command": [1, 2]}, "command.0:", id="non-string-command"),
+        pytest.param({"name": "x", "command": [""]}, "the program (the command's first item) is empty", id="blank-program"),
+        pytest.param({"name": "Not OK!", "command": ["true"]}, "name:", id="name"),
+        pytest.param({"name": "x", "command": ["true"], "env": {"CUDA_VISIBLE_DEVICES": "0"}}, "set by podbay", id="env"),
+        pytest.param({"name": "x", "command": ["true"], "workdir": "../bob"}, "inside your home", id="workdir"),
+        pytest.param({"name": "x", "command": ["true"], "colour": "blue"}, "colour: unknown field", id="unknown-field"),
+        pytest.param(["not", "an", "object"], "valid dictionary", id="not-an-object"),
+    ],
+)
+def test_bad_jobs_are_refused_and_nothing_is_queued(svc, body, words):
+    with api(svc, "alice") as c:
+        before = len(c.get("/jobs").json())
+        r = c.post("/jobs", json=body)
+        assert r.status_code == 400, r.text
+        assert set(r.json()) == {"error", "message"} and words in r.json()["message"], r.text
+        assert len(c.get("/jobs").json()) == before
+
+
+def test_oversized_body_is_refused(svc):
+    with api(svc, "alice") as c:
+        r = c.post("/jobs", json={"name": "big", "command": ["echo", "x" * 300_000]})
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+
+def test_auth_errors_never_echo_the_token(svc):
+    url = f"{svc.url}/services/podbay/api/v1/me"
+    assert httpx.get(url).status_code == 401
+    secret = "definitely-not-a-valid-token-123456"
+    for header in (f"token {secret}", f"Bearer {secret}"):
+        r = httpx.get(url, headers={"Authorization": header})
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        assert secret not in r.text
+    r = httpx.get(url, headers={"Authorization": f"Bearer {svc.token('bob')}"})
+    assert r.status_code == 200 and r.json()["name"] == "bob"
+
+
+def test_catalog_capacity_and_me_reflect_the_ledger(svc):
+    with api(svc, "bob") as c:
+        me = c.get("/me").json()
+        assert me["team"] == "nlp" and me["quota"] == {"gpu_units": 1.0, "workspaces_per_user": 2, "job_gpus": 2}
+        cat = {p["id"]: p for p in c.get("/catalog").json()["profiles"]}
+        # alice holds one 1g.10gb in her "dev" workspace.
+        assert cat["mig-1g.10gb"]["free"] == 1 and cat["mig-1g.10gb"]["available"]
+        assert not cat["gpu-2"]["available"] and "needs 2 GPU units" in cat["gpu-2"]["reason"]
+    assert httpx.get(f"{svc.url}/services/podbay/api/v1/openapi.json").json()["info"]["title"] == "podbay"
