@@ -5,7 +5,7 @@
 
 Settings come from the environment that `podbay up` prepares (and operators may set):
 PODBAY_CONFIG, PODBAY_DATA_DIR, PODBAY_PORT, PODBAY_DB_URL, PODBAY_DEMO_PASSWORD,
-PODBAY_KEEP_WORKSPACES, PODBAY_SPAWNER. Ports: the public one, +1 the hub, +2 the proxy's
+PODBAY_KEEP_WORKSPACES, PODBAY_SPAWNER, PODBAY_PAUSE_JOBS (queue jobs, start none). Ports: the public one, +1 the hub, +2 the proxy's
 API, +3 podbay's REST service.
 """
 
@@ -99,7 +99,8 @@ def configure(c) -> None:
         "url": f"http://127.0.0.1:{port + 3}",
         "command": [sys.executable, "-m", "podbay.hub.service"],
         "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
-                        "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                        "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0")},
         "display": False,
     }]
     # Only what it needs: resolve callers, read their groups and their servers' options.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
@@ -32,6 +32,8 @@ from .training.local import LocalBackend
 log = logging.getLogger("podbay.service")
 
 MAX_BODY = 256 * 1024
+# Job ids are database integers: refuse what no database row can have (found by fuzzing).
+JobId = Path(ge=1, le=2**31 - 1)
 
 
 class ApiError(Exception):
@@ -364,19 +366,19 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         return [job_out(j) for j in await asyncio.to_thread(jobs.list, user, team, state, limit)]
 
     @api.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
-    async def get_job(job_id: int, who: Caller = Depends(caller)):
+    async def get_job(job_id: int = JobId, who: Caller = Depends(caller)):
         return job_out(may_see(who, jobs.get(job_id), job_id))
 
     @api.get("/jobs/{job_id}/logs", response_class=PlainTextResponse,
              summary="A job's output; follow=true streams until the job ends")
-    async def logs(job_id: int, who: Caller = Depends(caller), follow: bool = False):
+    async def logs(job_id: int = JobId, who: Caller = Depends(caller), follow: bool = False):
         may_see(who, jobs.get(job_id), job_id)
         if not follow:
             return PlainTextResponse(jobs.read_logs(job_id).decode(errors="replace"))
         return StreamingResponse(_follow(jobs, job_id), media_type="text/plain; charset=utf-8")
 
     @api.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a job")
-    async def cancel(job_id: int, who: Caller = Depends(caller)):
+    async def cancel(job_id: int = JobId, who: Caller = Depends(caller)):
         may_see(who, jobs.get(job_id), job_id)
         return job_out(await jobs.cancel(job_id))
 
@@ -433,7 +435,12 @@ def main() -> None:
     backend = LocalBackend(portal.data_dir / "jobs")
     jobs = JobManager(portal, backend)
     hub = HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
-    app = create_app(portal, jobs, hub, env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/"))
+    # PODBAY_PAUSE_JOBS=1: accept and queue jobs but start none (maintenance of the pool).
+    paused = env.get("PODBAY_PAUSE_JOBS") == "1"
+    if paused:
+        log.warning("PODBAY_PAUSE_JOBS is set: jobs are queued, none is started")
+    app = create_app(portal, jobs, hub, env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/"),
+                     run_scheduler=not paused)
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
     uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8003, log_level="info",
                 access_log=False)

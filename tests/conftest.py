@@ -61,6 +61,7 @@ class Hub:
     port: int
     keep_workspaces: bool = True
     spawner: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     tokens: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
@@ -77,6 +78,7 @@ class Hub:
             "PODBAY_DATA_DIR": str(self.data_dir),
             "PODBAY_PORT": str(self.port),
             "PODBAY_DEMO_PASSWORD": PASSWORD,
+            **self.extra_env,
         }
 
     def start(self) -> None:
@@ -87,7 +89,7 @@ class Hub:
             cmd.append("--keep-workspaces")
         if self.spawner:
             cmd += ["--spawner", self.spawner]
-        env = {**self.env, "PODBAY_DEMO_PASSWORD": PASSWORD}
+        env = self.env
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
