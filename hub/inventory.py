@@ -80,6 +80,8 @@ class Inventory:
     def __init__(self, devices: list[Device]):
         self.devices = devices
         self.by_key = {(d.node, d.key): d for d in devices}
+        # The inventory never changes while it lives: candidates per (profile, pools) once.
+        self._candidates: dict[tuple, list[Device]] = {}
 
     @classmethod
     def from_config(cls, cfg: PodbayConfig,
@@ -100,6 +102,12 @@ class Inventory:
 
     def candidates(self, spec: ProfileKind, pools: list[str]) -> list[Device]:
         """Devices that could serve one unit of this profile, in the given pools."""
+        key = (spec, tuple(pools))
+        if key not in self._candidates:
+            self._candidates[key] = self._find_candidates(spec, pools)
+        return self._candidates[key]
+
+    def _find_candidates(self, spec: ProfileKind, pools: list[str]) -> list[Device]:
         def fits(d: Device) -> bool:
             if d.pool not in pools:
                 return False

@@ -137,7 +137,8 @@ class JobManager:
         self.portal = portal
         self.backend = backend
         self.clock = clock
-        self._session = portal.ledger._session
+        self._write = portal.ledger.write_session
+        self._read = portal.ledger.read_session
         self._tick_lock = asyncio.Lock()
         self.wakeup = asyncio.Event()
 
@@ -195,7 +196,7 @@ class JobManager:
             pool=self.pool, from_workspace=req.from_workspace, state="queued",
             message="waiting for the scheduler", devices="[]", created=now, ref="{}",
         )
-        with self._session() as s, s.begin():
+        with self._write() as s, s.begin():
             s.add(row)
             s.flush()
             job = Job.from_row(row)
@@ -205,13 +206,13 @@ class JobManager:
     # --- reading -------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(JobRow, job_id)
             return Job.from_row(row) if row else None
 
     def list(self, user: str | None = None, team: str | None = None, state: str | None = None,
              limit: int = 500) -> list[Job]:
-        with self._session() as s:
+        with self._read() as s:
             q = select(JobRow)
             if user:
                 q = q.where(JobRow.user == user)
@@ -222,7 +223,7 @@ class JobManager:
             return [Job.from_row(r) for r in s.scalars(q.order_by(JobRow.id.desc()).limit(limit))]
 
     def _ref(self, job_id: int) -> dict:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(JobRow, job_id)
             return json.loads(row.ref) if row else {}
 
@@ -231,7 +232,7 @@ class JobManager:
         return self.backend.read_logs(ref, offset) if ref else b""
 
     def _update(self, job_id: int, **values) -> None:
-        with self._session() as s, s.begin():
+        with self._write() as s, s.begin():
             row = s.get(JobRow, job_id)
             for k, v in values.items():
                 setattr(row, k, json.dumps(v) if k in ("ref", "devices") else v)

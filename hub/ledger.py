@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterable
 
@@ -29,6 +30,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -61,6 +63,13 @@ class AllocationRow(Base):
     claims: Mapped[list["ClaimRow"]] = relationship(
         back_populates="allocation", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class MetaRow(Base):
+    __tablename__ = "podbay_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
 
 
 class ClaimRow(Base):
@@ -102,6 +111,31 @@ class Allocation:
         )
 
 
+@dataclass
+class Snapshot:
+    """Everything readers ask about the ledger, as of one version of it. Forms, the catalog
+    and capacity read this instead of querying per profile; it is rebuilt only when a claim
+    or a release has bumped the version."""
+
+    version: int
+    taken: frozenset[tuple[str, str]]
+    units: dict[tuple[str | None, str | None], Fraction]
+    workspaces: dict[str, int]
+    job_gpus: dict[tuple[str | None, str | None], int]
+    memo: dict = field(default_factory=dict)
+
+    @staticmethod
+    def owner(team: str | None, user: str) -> tuple[str | None, str | None]:
+        # Teams share a quota; a user in no team is counted alone.
+        return (team, None) if team else (None, user)
+
+    def units_of(self, team: str | None, user: str) -> Fraction:
+        return self.units.get(self.owner(team, user), Fraction(0))
+
+    def job_gpus_of(self, team: str | None, user: str) -> int:
+        return self.job_gpus.get(self.owner(team, user), 0)
+
+
 class ClaimRefused(Exception):
     """A claim that cannot be granted; the message is meant for the user."""
 
@@ -121,7 +155,7 @@ def fmt_units(u: Fraction) -> str:
     return f"{float(u):.2f}".rstrip("0").rstrip(".")
 
 
-def _sqlite_engine(url: str):
+def _sqlite_engine(url: str, immediate: bool = True):
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -133,11 +167,12 @@ def _sqlite_engine(url: str):
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        # Take the write lock up front: a reader that later writes would otherwise fail
-        # with "database is locked" instead of waiting its turn.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if immediate:
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            # Take the write lock up front: a reader that later writes would otherwise fail
+            # with "database is locked" instead of waiting its turn.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -146,9 +181,16 @@ class Ledger:
     def __init__(self, url: str, inventory: Inventory):
         self.url = url
         self.inventory = inventory
-        self.engine = _sqlite_engine(url) if url.startswith("sqlite") else create_engine(url, pool_pre_ping=True)
+        sqlite = url.startswith("sqlite")
+        self.engine = _sqlite_engine(url) if sqlite else create_engine(url, pool_pre_ping=True)
+        # Reads (forms, catalog, capacity) need no write lock: with WAL they never wait for
+        # a claim in progress, and never make one wait.
+        self.read_engine = _sqlite_engine(url, immediate=False) if sqlite else self.engine
         self._migrate()
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.write_session = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_session = sessionmaker(self.read_engine, expire_on_commit=False)
+        self._snapshot: Snapshot | None = None
+        self._snapshot_lock = threading.Lock()
 
     def _migrate(self) -> None:
         """Bring the schema to the newest revision (alembic), under the write lock."""
@@ -166,8 +208,42 @@ class Ledger:
 
     # --- reading -----------------------------------------------------------------
 
+    def version(self) -> int:
+        with self.read_session() as s:
+            return s.scalar(select(MetaRow.value).where(MetaRow.key == "version")) or 0
+
+    def snapshot(self) -> Snapshot:
+        """The current state for readers: one small query when nothing changed."""
+        version = self.version()
+        with self._snapshot_lock:
+            snap = self._snapshot
+            if snap is not None and snap.version == version:
+                return snap
+            with self.read_session() as s:
+                # Read the version again inside the same read, so the snapshot is never newer
+                # than the version it is filed under.
+                version = s.scalar(select(MetaRow.value).where(MetaRow.key == "version")) or 0
+                taken = frozenset((n, d) for n, d in s.execute(select(ClaimRow.node, ClaimRow.device)))
+                units: dict = {}
+                workspaces: dict[str, int] = {}
+                job_gpus: dict = {}
+                rows = s.execute(select(AllocationRow.kind, AllocationRow.user, AllocationRow.team,
+                                        AllocationRow.units_num, AllocationRow.units_den, AllocationRow.gpus))
+                for kind, user, team, num, den, gpus in rows:
+                    owner = Snapshot.owner(team, user)
+                    if kind == "workspace":
+                        units[owner] = units.get(owner, Fraction(0)) + Fraction(num, den)
+                        workspaces[user] = workspaces.get(user, 0) + 1
+                    else:
+                        job_gpus[owner] = job_gpus.get(owner, 0) + gpus
+            self._snapshot = Snapshot(version, taken, units, workspaces, job_gpus)
+            return self._snapshot
+
+    def _bump(self, s: Session) -> None:
+        s.execute(update(MetaRow).where(MetaRow.key == "version").values(value=MetaRow.value + 1))
+
     def taken(self, session: Session | None = None) -> set[tuple[str, str]]:
-        s = session or self._session()
+        s = session or self.read_session()
         try:
             return {(node, dev) for node, dev in s.execute(select(ClaimRow.node, ClaimRow.device))}
         finally:
@@ -175,7 +251,7 @@ class Ledger:
                 s.close()
 
     def allocations(self, kind: str | None = None, user: str | None = None) -> list[Allocation]:
-        with self._session() as s:
+        with self.read_session() as s:
             q = select(AllocationRow)
             if kind:
                 q = q.where(AllocationRow.kind == kind)
@@ -184,13 +260,13 @@ class Ledger:
             return [Allocation.from_row(r) for r in s.scalars(q.order_by(AllocationRow.id))]
 
     def get(self, key: str) -> Allocation | None:
-        with self._session() as s:
+        with self.read_session() as s:
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             return Allocation.from_row(row) if row else None
 
     def units_in_use(self, team: str | None, user: str, session: Session | None = None) -> Fraction:
         """GPU units held by workspaces of a team (or of a user who is in no team)."""
-        s = session or self._session()
+        s = session or self.read_session()
         try:
             # Summed per denominator in SQL (there are only a few: 1, 7, 4, the replicas),
             # so a team holding a thousand claims costs a handful of Fractions, not a thousand.
@@ -204,7 +280,7 @@ class Ledger:
                 s.close()
 
     def workspaces_of(self, user: str, session: Session | None = None) -> int:
-        s = session or self._session()
+        s = session or self.read_session()
         try:
             return s.scalar(select(func.count()).select_from(AllocationRow).where(
                 AllocationRow.kind == "workspace", AllocationRow.user == user)) or 0
@@ -219,7 +295,7 @@ class Ledger:
         """Check the quota and claim devices in one transaction; raise ClaimRefused if not."""
         for _attempt in range(3):
             try:
-                with self._session() as s, s.begin():
+                with self.write_session() as s, s.begin():
                     if self.engine.dialect.name == "postgresql":
                         # SQLite's BEGIN IMMEDIATE, in PostgreSQL's words: one claimer at a time.
                         s.execute(text("LOCK TABLE podbay_allocations IN SHARE ROW EXCLUSIVE MODE"))
@@ -274,21 +350,23 @@ class Ledger:
         )
         row.claims = [ClaimRow(node=d.node, device=d.key, visible_id=d.visible_id) for d in devices]
         s.add(row)
+        self._bump(s)
         s.flush()
         return Allocation.from_row(row)
 
     def set_ref(self, key: str, ref: dict) -> None:
-        with self._session() as s, s.begin():
+        with self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             if row is not None:
                 row.ref = json.dumps(ref)
 
     def release(self, key: str) -> bool:
-        with self._session() as s, s.begin():
+        with self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             if row is None:
                 return False
             s.delete(row)
+            self._bump(s)
             return True
 
     def reconcile(self, alive: Callable[[Allocation], bool], kinds: Iterable[str] = ("workspace",)) -> list[str]:
@@ -299,10 +377,11 @@ class Ledger:
         return dead
 
     def devices_of(self, allocation: Allocation) -> list[Device]:
-        with self._session() as s:
+        with self.read_session() as s:
             rows = s.execute(select(ClaimRow.node, ClaimRow.device).join(AllocationRow).where(
                 AllocationRow.key == allocation.key))
             return [self.inventory.by_key[(n, d)] for n, d in rows if (n, d) in self.inventory.by_key]
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()

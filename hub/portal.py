@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
 from .inventory import Inventory
-from .ledger import Ledger, fmt_units
+from .ledger import Ledger, Snapshot, fmt_units
 
 
 class OptionsRefused(Exception):
@@ -121,16 +121,13 @@ class Portal:
     def choices(self, user: str, groups: list[str], team: str | None = None) -> list[ProfileChoice]:
         team = self.team_for(user, groups, team)
         quota = self.quota_for(team)
-        taken = self.ledger.taken()
-        used = self.ledger.units_in_use(team, user)
-        left = quota.units - used
-        n_ws = self.ledger.workspaces_of(user)
+        snap = self.ledger.snapshot()
+        left = quota.units - snap.units_of(team, user)
+        n_ws = snap.workspaces.get(user, 0)
         out = []
         for p in self.cfg.profiles:
-            spec = p.spec
             units = self.profile_units(p)
-            total = self.inventory.total_count(spec, p.pools)
-            free = self.inventory.free_count(spec, p.pools, taken)
+            total, free = self.counts(p.spec, p.pools, snap)
             reason = None
             if n_ws >= quota.workspaces_per_user:
                 reason = f"you already run {n_ws} of {quota.workspaces_per_user} workspaces"
@@ -143,10 +140,19 @@ class Portal:
             out.append(ProfileChoice(p, units, free, total, reason))
         return out
 
+    def counts(self, spec, pools: list[str], snap: Snapshot | None = None) -> tuple[int, int]:
+        """(total, free) allocations of a profile in pools, memoised per ledger version."""
+        snap = snap or self.ledger.snapshot()
+        key = (spec, tuple(pools))
+        if key not in snap.memo:
+            snap.memo[key] = (self.inventory.total_count(spec, pools),
+                              self.inventory.free_count(spec, pools, snap.taken))
+        return snap.memo[key]
+
     def remaining_units(self, user: str, groups: list[str], team: str | None = None) -> tuple[Fraction, Fraction]:
         team = self.team_for(user, groups, team)
         quota = self.quota_for(team)
-        return quota.units - self.ledger.units_in_use(team, user), quota.units
+        return quota.units - self.ledger.snapshot().units_of(team, user), quota.units
 
     # --- validation ----------------------------------------------------------------
 

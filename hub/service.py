@@ -323,13 +323,12 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         def compute():
             team = portal.team_for(who.name, list(who.groups))
             q = portal.quota_for(team)
-            job_gpus = sum(a.gpus for a in portal.ledger.allocations(kind="job")
-                           if (a.team == team if team else a.user == who.name and a.team is None))
+            snap = portal.ledger.snapshot()
             return MeOut(
                 name=who.name, admin=who.admin, teams=portal.cfg.teams_of(who.name, list(who.groups)), team=team,
                 quota=QuotaOut(gpu_units=float(q.units), workspaces_per_user=q.workspaces_per_user, job_gpus=q.job_gpus),
-                usage=UsageOut(gpu_units=float(portal.ledger.units_in_use(team, who.name)),
-                               workspaces=portal.ledger.workspaces_of(who.name), job_gpus=job_gpus))
+                usage=UsageOut(gpu_units=float(snap.units_of(team, who.name)),
+                               workspaces=snap.workspaces.get(who.name, 0), job_gpus=snap.job_gpus_of(team, who.name)))
         return await asyncio.to_thread(compute)
 
     @api.get("/volumes", response_model=list[VolumeOut], summary="Volumes the caller may mount")
@@ -401,14 +400,16 @@ async def _follow(jobs: JobManager, job_id: int, interval: float = 0.2) -> Async
 
 
 def _capacity(portal: Portal) -> CapacityOut:
-    taken = portal.ledger.taken()
+    snap = portal.ledger.snapshot()
+    if "capacity" in snap.memo:
+        return snap.memo["capacity"]
+    taken = snap.taken
     pools = []
     for pool in portal.cfg.pools:
         profiles = {}
         for p in portal.cfg.profiles:
             if pool in p.pools and p.spec.kind != "cpu":
-                total = portal.inventory.total_count(p.spec, [pool])
-                free = portal.inventory.free_count(p.spec, [pool], taken)
+                total, free = portal.counts(p.spec, [pool], snap)
                 profiles[p.id] = UsageRow(total=total, used=total - free, free=free)
         devices: dict[str, UsageRow] = {}
         for d in portal.inventory.devices:
@@ -422,7 +423,8 @@ def _capacity(portal: Portal) -> CapacityOut:
             else:
                 row.free += 1
         pools.append(PoolCapacity(pool=pool, profiles=profiles, devices=devices))
-    return CapacityOut(pools=pools)
+    snap.memo["capacity"] = CapacityOut(pools=pools)
+    return snap.memo["capacity"]
 
 
 def main() -> None:

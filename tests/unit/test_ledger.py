@@ -24,10 +24,11 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     url = request.getfixturevalue("postgres_url")
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import MetaData, create_engine
     engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS podbay_claims, podbay_allocations, podbay_alembic_version"))
+    existing = MetaData()
+    existing.reflect(engine)
+    existing.drop_all(engine)
     engine.dispose()
     return url
 
@@ -223,3 +224,19 @@ def test_migrations_match_the_models(db_url):
 def test_opening_an_existing_ledger_keeps_its_claims(db_url):
     claim(make_ledger(db_url), "workspace:alice/a", "gpu-1")
     assert [a.key for a in make_ledger(db_url).allocations()] == ["workspace:alice/a"]
+
+
+def test_snapshot_follows_claims_made_elsewhere(db_url):
+    reader, writer = make_ledger(db_url), make_ledger(db_url)
+    first = reader.snapshot()
+    assert first.taken == frozenset() and reader.snapshot() is first  # cached while nothing changes
+    claim(writer, "workspace:alice/a", "mig-3g.40gb")
+    claim(writer, "job:1", "gpu-1", kind="job")
+    snap = reader.snapshot()
+    assert snap is not first and len(snap.taken) == 2
+    assert snap.units_of("vision", "alice") == Fraction(3, 7) and snap.workspaces == {"alice": 1}
+    assert snap.job_gpus_of("vision", "alice") == 1
+    writer.release("workspace:alice/a")
+    assert reader.snapshot().units_of("vision", "alice") == 0
+    reader.dispose()
+    writer.dispose()
