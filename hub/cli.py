@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--spawner", help=argparse.SUPPRESS)
     up.add_argument("--start-timeout", type=float, default=60, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
+
+    from podbay.tui.cli import add_commands
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the portal (default: PODBAY_URL, the workspace's hub, or `podbay login`)")
+    common.add_argument("--token", help="an API token (default: PODBAY_TOKEN, or `podbay login`)")
+    add_commands(sub, common)
     return p
 
 

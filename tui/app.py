@@ -1,0 +1,358 @@
+"""`podbay tui`: k9s for GPU workspaces.
+
+`:ws`, `:jobs`, `:gpu`, `:vol` switch views; `/` filters (regex, `!` inverts); `?` shows
+the keys of the view; `esc` goes back; `r` refreshes. Only the visible view refreshes
+itself, in a worker, so typing is never blocked by the network. Every failure ends in a
+notification that says what to do (`_report`), never in a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import ContentSwitcher, Footer, Input, Label
+
+from .client import AuthError, ClientError, Forbidden, HubUnavailable, PodbayClient, Refused, Workspace
+from .screens import (Confirm, Connect, Details, Help, JobForm, Logs, NewWorkspace, SpawnProgress,
+                      SubmitJob, WorkspaceForm)
+from .views import CapacityView, JobsView, View, VolumesView, WorkspacesView
+
+VIEWS = {"ws": WorkspacesView, "jobs": JobsView, "gpu": CapacityView, "vol": VolumesView}
+ALIASES = {"ws": "ws", "workspaces": "ws", "jobs": "jobs", "job": "jobs", "j": "jobs", "gpu": "gpu",
+           "gpus": "gpu", "capacity": "gpu", "cap": "gpu", "vol": "vol", "volumes": "vol", "v": "vol"}
+
+VIEW_KEYS = {
+    "ws": [("n", "new workspace"), ("o", "open JupyterLab"), ("c", "connect VS Code"), ("e", "edit profile/volumes"),
+           ("s", "stop"), ("ctrl+d", "delete"), ("t", "move a job to the training pool"), ("d", "details")],
+    "jobs": [("l", "logs"), ("d", "details"), ("ctrl+d", "cancel")],
+    "gpu": [],
+    "vol": [],
+}
+COMMON_KEYS = [(":", "command (:ws :jobs :gpu :vol)"), ("/", "filter (regex, ! inverts)"), ("r", "refresh"),
+               ("esc", "back / clear filter"), ("?", "this help"), ("q", "quit")]
+
+
+class PodbayApp(App):
+    CSS_PATH = "podbay.tcss"
+    TITLE = "podbay"
+    BINDINGS = [
+        Binding(":", "command", "command", id="app.command"),
+        Binding("slash", "filter", "filter", id="app.filter"),
+        Binding("question_mark", "help", "help", id="app.help"),
+        Binding("r", "refresh", "refresh", id="app.refresh"),
+        Binding("escape", "back", "back", show=False, id="app.back"),
+        Binding("q", "quit", "quit", id="app.quit"),
+        Binding("n", "new", "new", id="ws.new"),
+        Binding("o", "open", "open", id="ws.open"),
+        Binding("c", "connect", "connect", id="ws.connect"),
+        Binding("e", "edit", "edit", id="ws.edit"),
+        Binding("s", "stop", "stop", id="ws.stop"),
+        Binding("t", "train", "to training", id="ws.train"),
+        Binding("l", "logs", "logs", id="job.logs"),
+        Binding("d", "details", "details", id="view.details"),
+        Binding("ctrl+d", "delete", "delete", id="view.delete"),
+    ]
+
+    def __init__(self, url: str, token: str, *, client: PodbayClient | None = None,
+                 refresh_interval: float = 5.0, exit_after_first_paint: bool = False):
+        super().__init__()
+        self.client = client or PodbayClient(url, token)
+        self.refresh_interval = refresh_interval
+        self.exit_after_first_paint = exit_after_first_paint
+        self.history: list[str] = []
+        self.current = "ws"
+
+    def compose(self) -> ComposeResult:
+        yield Label(f"podbay  {self.client.url}", id="topbar")
+        with ContentSwitcher(initial="ws", id="views"):
+            for key, cls in VIEWS.items():
+                yield cls(id=key)
+        yield Input(placeholder=":ws :jobs :gpu :vol", id="command", classes="prompt")
+        yield Input(placeholder="/filter (regex, ! inverts)", id="filter", classes="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#command").display = False
+        self.query_one("#filter").display = False
+        self.load_view()
+        self.set_interval(self.refresh_interval, self.load_view)
+        self.whoami()
+
+    # --- data ---------------------------------------------------------------------------
+
+    @property
+    def view(self) -> View:
+        return self.query_one(f"#{self.current}", View)
+
+    @work(exclusive=True, group="refresh")
+    async def load_view(self) -> None:
+        """Refresh the visible view only; the others wait until they are shown."""
+        view = self.view
+        try:
+            data = await view.load(self.client)
+        except ClientError as e:
+            self._report(e)
+            return
+        if view is self.view:
+            view.show(data)
+            self.sub_title = f"{view.title} ({len(data)})" + (f"  /{view.filter}" if view.filter else "")
+        if self.exit_after_first_paint:
+            self.call_after_refresh(self.exit)
+
+    @work(group="whoami")
+    async def whoami(self) -> None:
+        try:
+            model = await self.client.whoami()
+            self.query_one("#topbar", Label).update(f"podbay  {self.client.url}  user: {model['name']}")
+        except ClientError as e:
+            self._report(e)
+
+    def _report(self, e: Exception) -> None:
+        """The one place where failures become words."""
+        if isinstance(e, AuthError):
+            self.notify(f"{e}", title="Not logged in", severity="error", timeout=10)
+        elif isinstance(e, HubUnavailable):
+            self.notify(f"{e}", title="Hub unreachable", severity="error", timeout=8)
+        elif isinstance(e, Forbidden):
+            self.notify(str(e), title="Forbidden", severity="error")
+        elif isinstance(e, Refused):
+            title = {403: "Quota", 503: "No capacity"}.get(e.status, "Refused")
+            self.notify(str(e), title=title, severity="warning", timeout=10)
+        else:
+            self.notify(str(e), severity="error")
+
+    # --- navigation ---------------------------------------------------------------------------
+
+    def switch(self, key: str, remember: bool = True) -> None:
+        if key == self.current:
+            return
+        if remember:
+            self.history.append(self.current)
+        self.current = key
+        self.query_one(ContentSwitcher).current = key
+        self.view.focus()
+        self.sub_title = self.view.title
+        self.load_view()
+
+    def action_command(self) -> None:
+        box = self.query_one("#command", Input)
+        box.display = True
+        box.value = ""
+        box.focus()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.value = self.view.filter
+        box.focus()
+
+    @on(Input.Submitted, "#command")
+    def _run_command(self, event: Input.Submitted) -> None:
+        word = event.value.strip().lstrip(":").lower()
+        event.input.display = False
+        if word in ("q", "quit"):
+            self.exit()
+            return
+        if word not in ALIASES:
+            self.notify(f"unknown command :{word}; try :ws :jobs :gpu :vol", severity="warning")
+            self.view.focus()
+            return
+        self.switch(ALIASES[word])
+        self.view.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.view.filter = event.value
+        self.view.show(self.view.data)
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        event.input.display = False
+        self.view.focus()
+
+    def action_back(self) -> None:
+        for box_id in ("#command", "#filter"):
+            box = self.query_one(box_id, Input)
+            if box.display:
+                box.display = False
+                self.view.focus()
+                return
+        if self.view.filter:
+            self.view.filter = ""
+            self.view.show(self.view.data)
+        elif self.history:
+            self.switch(self.history.pop(), remember=False)
+
+    def action_help(self) -> None:
+        self.push_screen(Help(self.view.title, VIEW_KEYS[self.current] + COMMON_KEYS))
+
+    def action_refresh(self) -> None:
+        self.load_view()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Verbs only where they mean something: none of them acts while a prompt is open."""
+        if any(self.query_one(b, Input).has_focus for b in ("#command", "#filter")) and action not in ("back",):
+            return False
+        per_view = {"new": "ws", "open": "ws", "connect": "ws", "edit": "ws", "stop": "ws", "train": "ws",
+                    "logs": "jobs"}
+        if action in per_view:
+            return self.current == per_view[action]
+        return True
+
+    # --- workspaces ---------------------------------------------------------------------------
+
+    def _selected_ws(self) -> Workspace | None:
+        ws = self.view.selected() if self.current == "ws" else None
+        if ws is None:
+            self.notify("No workspace selected; n makes one.", severity="warning")
+        return ws
+
+    @work(group="forms")
+    async def action_new(self, name: str = "", current: dict | None = None, editing: bool = False) -> None:
+        try:
+            catalog, volumes, me = await asyncio.gather(self.client.catalog(), self.client.volumes(), self.client.me())
+        except ClientError as e:
+            self._report(e)
+            return
+        form: WorkspaceForm | None = await self.push_screen_wait(
+            NewWorkspace(catalog, volumes, me, name=name, current=current, editing=editing))
+        if form is None:
+            return
+        try:
+            if editing:
+                await self.client.stop_workspace(form.name)
+            await self.client.start_workspace(form.name, form.options)
+        except ClientError as e:
+            self._report(e)
+            self.load_view()
+            return
+        self.load_view()
+        await self.push_screen_wait(SpawnProgress(self.client, form.name))
+        self.load_view()
+
+    def action_edit(self) -> None:
+        ws = self._selected_ws()
+        if ws is None:
+            return
+
+        async def confirmed(ok: bool | None) -> None:
+            if ok:
+                self.action_new(ws.name, {"image": ws.image, "profile": ws.profile, "volumes": ws.volumes}, True)
+        if ws.state == "ready":
+            self.push_screen(Confirm(f"Editing restarts {ws.name} (your home is kept). Go on?"), confirmed)
+        else:
+            self.action_new(ws.name, {"image": ws.image, "profile": ws.profile, "volumes": ws.volumes}, True)
+
+    def action_open(self) -> None:
+        ws = self._selected_ws()
+        if ws is None:
+            return
+        if ws.state != "ready":
+            self.notify(f"{ws.name} is {ws.state}; e starts it again.", severity="warning")
+            return
+        url = self.client.lab_url(ws)
+        import webbrowser
+
+        opened = webbrowser.open(url) if _have_browser() else False
+        self.copy_to_clipboard(url)
+        self.notify(("Opened " if opened else "Copied: ") + url, timeout=15)
+
+    def action_connect(self) -> None:
+        ws = self._selected_ws()
+        if ws is None:
+            return
+        base = f"{self.client.url}/user/{self.client.user}/{ws.name}"
+        self.push_screen(Connect(
+            f"Connect VS Code to {ws.name}\n\n"
+            f"In the browser (code-server in the image):\n  {base}/vscode/\n\n"
+            f"From the desktop (the Jupyter extension):\n"
+            f"  1. Command palette → 'Jupyter: Specify Jupyter Server for Connections'\n"
+            f"  2. Existing server: {base}/?token=<a token from {self.client.url}/hub/token>\n\n"
+            "esc closes"))
+
+    def action_stop(self) -> None:
+        ws = self._selected_ws()
+        if ws is None:
+            return
+        self._ws_call(self.client.stop_workspace, ws.name, f"{ws.name} stopped")
+
+    @work(group="calls")
+    async def _ws_call(self, fn, name: str, done: str) -> None:
+        try:
+            await fn(name)
+            self.notify(done)
+        except ClientError as e:
+            self._report(e)
+        self.load_view()
+
+    def action_train(self) -> None:
+        ws = self._selected_ws()
+        if ws is None:
+            return
+
+        async def submitted(form: JobForm | None) -> None:
+            if form is None:
+                return
+            try:
+                job = await self.client.submit_job(form.body)
+            except ClientError as e:
+                self._report(e)
+                return
+            self.notify(f"job {job['id']} ({job['name']}) {job['state']} — :jobs to follow it")
+        self.push_screen(SubmitJob(ws.name), submitted)
+
+    # --- jobs and shared verbs ------------------------------------------------------------------
+
+    def action_logs(self) -> None:
+        job = self.view.selected()
+        if job is None:
+            self.notify("No job selected.", severity="warning")
+            return
+        self.push_screen(Logs(self.client, job))
+
+    def action_details(self) -> None:
+        item = self.view.selected()
+        if item is None:
+            return
+        data = item.__dict__ if isinstance(item, Workspace) else item
+        self.push_screen(Details(f"{self.view.title}: {self.view.key_of(item)}", data))
+
+    def action_delete(self) -> None:
+        item = self.view.selected()
+        if item is None:
+            return
+        if self.current == "ws":
+            async def ok(yes: bool | None) -> None:
+                if yes:
+                    self._ws_call(self.client.delete_workspace, item.name, f"{item.name} deleted")
+            self.push_screen(Confirm(f"Delete workspace {item.name}? Its home directory is kept."), ok)
+        elif self.current == "jobs":
+            async def ok(yes: bool | None) -> None:
+                if yes:
+                    self._cancel_job(item["id"])
+            self.push_screen(Confirm(f"Cancel job {item['id']} ({item['name']})?"), ok)
+
+    @work(group="calls")
+    async def _cancel_job(self, job_id: int) -> None:
+        try:
+            job = await self.client.cancel_job(job_id)
+            self.notify(f"job {job_id}: {job['state']}")
+        except ClientError as e:
+            self._report(e)
+        self.load_view()
+
+    async def on_unmount(self) -> None:
+        await self.client.aclose()
+
+
+def _have_browser() -> bool:
+    import os
+    import sys
+
+    return bool(os.environ.get("BROWSER") or os.environ.get("DISPLAY") or sys.platform == "darwin")
+
+
+__all__ = ["PodbayApp"]

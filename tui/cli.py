@@ -1,0 +1,347 @@
+"""The scriptable commands: `podbay login|logout|ws|job|capacity|tui`.
+
+Exit status: 0 success, 1 a refused or failed operation, 2 a usage error (argparse's).
+Every listing takes `--json`, which prints exactly what podbay's service (or, for
+workspaces, the client's Workspace records) returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import webbrowser
+from dataclasses import asdict
+from typing import Any, Awaitable, Callable
+
+from .client import ClientError, PodbayClient
+from .credentials import NotLoggedIn, forget, resolve, store
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    lines = ["  ".join(str(h).upper().ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _run(args, fn: Callable[[PodbayClient], Awaitable[int]]) -> int:
+    try:
+        creds = resolve(args.url, args.token)
+    except NotLoggedIn as e:
+        print(f"podbay: {e}", file=sys.stderr)
+        return 1
+
+    async def main():
+        async with PodbayClient(creds.url, creds.token) as client:
+            return await fn(client)
+
+    try:
+        return asyncio.run(main())
+    except ClientError as e:
+        print(f"podbay: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _can_open_browser() -> bool:
+    return bool(os.environ.get("BROWSER") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                or sys.platform == "darwin")
+
+
+# --- login ------------------------------------------------------------------------------
+
+
+def cmd_login(args) -> int:
+    url = (args.login_url or args.url or os.environ.get("PODBAY_URL") or "").rstrip("/")
+    if not url:
+        print("podbay: give the portal's address: podbay login https://podbay.example.org", file=sys.stderr)
+        return 2
+    token = args.token or os.environ.get("PODBAY_TOKEN")
+    if not token:
+        page = f"{url}/hub/token"
+        print(f"Make a token on {page} and paste it here.")
+        if _can_open_browser():
+            webbrowser.open(page)
+        try:
+            token = getpass.getpass("Token: ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 1
+    if not token:
+        print("podbay: no token given", file=sys.stderr)
+        return 1
+
+    async def check():
+        async with PodbayClient(url, token) as client:
+            return await client.whoami()
+
+    try:
+        who = asyncio.run(check())
+    except ClientError as e:
+        print(f"podbay: login failed: {e}", file=sys.stderr)
+        return 1
+    path = store(url, token)
+    print(f"Logged in to {url} as {who['name']} (saved in {path}).")
+    return 0
+
+
+def cmd_logout(args) -> int:
+    print("Logged out." if forget() else "Not logged in.")
+    return 0
+
+
+# --- workspaces ---------------------------------------------------------------------------
+
+
+def cmd_ws_ls(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        wss = await c.workspaces()
+        if args.json:
+            _print_json([asdict(w) for w in wss])
+        else:
+            print(_table([[w.name, w.state, w.image, w.profile, ",".join(w.volumes) or "-"] for w in wss],
+                         ["name", "state", "image", "profile", "volumes"]))
+        return 0
+    return _run(args, go)
+
+
+def cmd_ws_new(args) -> int:
+    options: dict[str, Any] = {"profile": args.profile, "volumes": args.volume or []}
+    if args.image:
+        options["image"] = args.image
+
+    async def go(c: PodbayClient) -> int:
+        await c.start_workspace(args.name, options)
+        if args.no_wait:
+            print(f"{args.name}: starting")
+            return 0
+        async for event in c.progress(args.name):
+            if not args.quiet:
+                print(f"[{event.get('progress', 0):>3}%] {event.get('message', '')}", flush=True)
+            if event.get("failed"):
+                return 1
+        ws = next((w for w in await c.workspaces() if w.name == args.name), None)
+        print(f"{args.name} is ready: {c.lab_url(ws)}" if ws else f"{args.name}: started")
+        return 0
+    return _run(args, go)
+
+
+def cmd_ws_stop(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        await c.stop_workspace(args.name)
+        print(f"{args.name}: stopped")
+        return 0
+    return _run(args, go)
+
+
+def cmd_ws_rm(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        await c.delete_workspace(args.name)
+        print(f"{args.name}: deleted (your home directory is kept)")
+        return 0
+    return _run(args, go)
+
+
+def cmd_ws_open(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        ws = next((w for w in await c.workspaces() if w.name == args.name), None)
+        if ws is None:
+            print(f"podbay: you have no workspace named {args.name!r}", file=sys.stderr)
+            return 1
+        if ws.state != "ready":
+            print(f"podbay: {args.name} is {ws.state}; start it with: podbay ws new {args.name}", file=sys.stderr)
+            return 1
+        url = c.lab_url(ws)
+        print(url)
+        if _can_open_browser():
+            webbrowser.open(url)
+        return 0
+    return _run(args, go)
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+def _job_rows(jobs: list[dict]) -> str:
+    return _table([[j["id"], j["name"], j["user"], j["state"], j["gpus"],
+                    "" if j["exit_code"] is None else j["exit_code"], j["message"]] for j in jobs],
+                  ["id", "name", "user", "state", "gpus", "exit", "message"])
+
+
+def cmd_job_submit(args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("podbay: give the command after --: podbay job submit --gpus 2 -- python train.py", file=sys.stderr)
+        return 2
+    env = {}
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"podbay: --env takes KEY=VALUE, not {item!r}", file=sys.stderr)
+            return 2
+        env[key] = value
+    body: dict[str, Any] = {"name": args.name or _default_job_name(command), "command": command,
+                            "gpus": args.gpus, "env": env}
+    for key in ("image", "workdir", "from_workspace"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    if args.volume is not None:
+        body["volumes"] = args.volume
+
+    async def go(c: PodbayClient) -> int:
+        job = await c.submit_job(body)
+        if args.json:
+            _print_json(job)
+        else:
+            print(f"job {job['id']} ({job['name']}) {job['state']}: podbay job logs -f {job['id']}")
+        return 0
+    return _run(args, go)
+
+
+def _default_job_name(command: list[str]) -> str:
+    import re
+    base = os.path.basename(command[-1] if command[0] in ("python", "python3") and len(command) > 1 else command[0])
+    name = re.sub(r"[^a-z0-9-]+", "-", base.lower().rsplit(".", 1)[0]).strip("-")
+    return (name or "job")[:63]
+
+
+def cmd_job_ls(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        jobs = await c.jobs(user=args.user, team=args.team, state=args.state)
+        if args.json:
+            _print_json(jobs)
+        else:
+            print(_job_rows(jobs))
+        return 0
+    return _run(args, go)
+
+
+def cmd_job_show(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        job = await c.job(args.id)
+        if args.json:
+            _print_json(job)
+        else:
+            for key, value in job.items():
+                print(f"{key:>15}: {value}")
+        return 0
+    return _run(args, go)
+
+
+def cmd_job_logs(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        if args.follow:
+            async for chunk in c.follow_logs(args.id):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(await c.logs(args.id))
+        return 0
+    return _run(args, go)
+
+
+def cmd_job_cancel(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        job = await c.cancel_job(args.id)
+        print(f"job {job['id']} ({job['name']}): {job['state']}")
+        return 0
+    return _run(args, go)
+
+
+def cmd_capacity(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        cap = await c.capacity()
+        if args.json:
+            _print_json(cap)
+            return 0
+        rows = [[p["pool"], name, r["used"], r["free"], r["total"]]
+                for p in cap["pools"] for name, r in p["profiles"].items()]
+        print(_table(rows, ["pool", "profile", "used", "free", "total"]))
+        return 0
+    return _run(args, go)
+
+
+def cmd_tui(args) -> int:
+    try:
+        creds = resolve(args.url, args.token)
+    except NotLoggedIn as e:
+        print(f"podbay: {e}", file=sys.stderr)
+        return 1
+    from .app import PodbayApp
+
+    PodbayApp(creds.url, creds.token).run()
+    return 0
+
+
+# --- wiring --------------------------------------------------------------------------------
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the client commands to the `podbay` parser (`common` carries --url/--token)."""
+    p = sub.add_parser("login", parents=[common], help="log in to a podbay portal with a token")
+    p.add_argument("login_url", nargs="?", metavar="URL", help="the portal, e.g. https://podbay.example.org")
+    p.set_defaults(func=cmd_login)
+    sub.add_parser("logout", parents=[common], help="forget the stored token").set_defaults(func=cmd_logout)
+
+    ws = sub.add_parser("ws", help="workspaces").add_subparsers(dest="ws_command", required=True)
+    p = ws.add_parser("ls", parents=[common], help="list your workspaces")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ws_ls)
+    p = ws.add_parser("new", parents=[common], help="start a workspace (and wait until it is ready)")
+    p.add_argument("name")
+    p.add_argument("--image")
+    p.add_argument("--profile", default="cpu", help="cpu, mig-1g.10gb, shared-1/4, gpu-1, … (default: cpu)")
+    p.add_argument("--volume", action="append", help="a volume to mount; repeat for more")
+    p.add_argument("--no-wait", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_ws_new)
+    for name, fn, text in [("stop", cmd_ws_stop, "stop a workspace (its home is kept)"),
+                           ("rm", cmd_ws_rm, "delete a stopped or running workspace"),
+                           ("open", cmd_ws_open, "print (and open) a workspace's JupyterLab URL")]:
+        p = ws.add_parser(name, parents=[common], help=text)
+        p.add_argument("name")
+        p.set_defaults(func=fn)
+
+    job = sub.add_parser("job", help="training jobs").add_subparsers(dest="job_command", required=True)
+    p = job.add_parser("submit", parents=[common], help="move a training run to the training pool")
+    p.add_argument("--name")
+    p.add_argument("--from-workspace", metavar="NAME", help="take image, volumes and working directory from it")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--image")
+    p.add_argument("--workdir")
+    p.add_argument("--volume", action="append")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
+    p.set_defaults(func=cmd_job_submit)
+    p = job.add_parser("ls", parents=[common], help="list jobs")
+    p.add_argument("--user")
+    p.add_argument("--team")
+    p.add_argument("--state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_job_ls)
+    p = job.add_parser("show", parents=[common], help="one job")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_job_show)
+    p = job.add_parser("logs", parents=[common], help="a job's output")
+    p.add_argument("id", type=int)
+    p.add_argument("-f", "--follow", action="store_true", help="stream until the job ends")
+    p.set_defaults(func=cmd_job_logs)
+    p = job.add_parser("cancel", parents=[common], help="cancel a job")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_job_cancel)
+
+    p = sub.add_parser("capacity", parents=[common], help="what is free, per pool and profile")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_capacity)
+    sub.add_parser("tui", parents=[common], help="the terminal UI").set_defaults(func=cmd_tui)

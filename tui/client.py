@@ -1,0 +1,249 @@
+"""One async client for everything the TUI and the commands do.
+
+Workspaces are JupyterHub named servers, so they go through JupyterHub's REST API (both
+the 5.x and the 6.x request body for starting one); everything else goes through
+podbay's service. Failures become a few exception types that carry a sentence a person
+can act on. One shared httpx client, timeouts set; tokens never appear in messages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+from urllib.parse import quote
+
+import httpx
+
+
+class ClientError(Exception):
+    """Something the user should read: `str(e)` says what happened and what to do."""
+
+
+class HubUnavailable(ClientError):
+    pass
+
+
+class AuthError(ClientError):
+    pass
+
+
+class Forbidden(ClientError):
+    pass
+
+
+class NotFound(ClientError):
+    pass
+
+
+class Refused(ClientError):
+    """The hub or the service refused the request (bad input, quota, capacity)."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "refused"):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass(frozen=True)
+class Workspace:
+    name: str
+    state: str  # ready, pending (starting/stopping), stopped
+    image: str
+    profile: str
+    volumes: list[str]
+    started: str | None
+    last_activity: str | None
+    url: str | None
+    pending: str | None
+
+    @classmethod
+    def from_model(cls, name: str, model: dict[str, Any]) -> "Workspace":
+        opts = model.get("user_options") or {}
+        if model.get("ready"):
+            state = "ready"
+        elif model.get("pending"):
+            state = model["pending"]  # "spawn" or "stop"
+            state = {"spawn": "starting", "stop": "stopping"}.get(state, state)
+        else:
+            state = "stopped"
+        return cls(name=name, state=state, image=opts.get("image", ""), profile=opts.get("profile", "cpu"),
+                   volumes=list(opts.get("volumes") or []), started=model.get("started"),
+                   last_activity=model.get("last_activity"), url=model.get("url"),
+                   pending=model.get("pending"))
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        body = r.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return r.text.strip()[:300] or r.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("detail") or body)
+    return str(body)
+
+
+class PodbayClient:
+    def __init__(self, url: str, token: str, user: str | None = None, *, timeout: float = 15.0,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        self.url = url.rstrip("/")
+        self.user = user
+        self._hub_major: int | None = None
+        self.http = httpx.AsyncClient(
+            headers={"Authorization": f"token {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=5.0), transport=transport,
+        )
+
+    @property
+    def hub_api(self) -> str:
+        return f"{self.url}/hub/api"
+
+    @property
+    def service_api(self) -> str:
+        return f"{self.url}/services/podbay/api/v1"
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> "PodbayClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def _request(self, method: str, url: str, **kw) -> httpx.Response:
+        try:
+            r = await self.http.request(method, url, **kw)
+        except httpx.TimeoutException:
+            raise HubUnavailable(f"{self.url} did not answer in time; is the hub up? Try again shortly.") from None
+        except httpx.HTTPError as e:
+            raise HubUnavailable(f"cannot reach {self.url} ({type(e).__name__}); is the hub running?") from None
+        self._raise_for(r)
+        return r
+
+    def _raise_for(self, r: httpx.Response) -> None:
+        if r.status_code < 400:
+            return
+        msg = _message(r)
+        if r.status_code == 401:
+            raise AuthError("your token was not accepted (expired or revoked?): run `podbay login` again")
+        if r.status_code == 403:
+            raise Forbidden(f"not allowed: {msg}")
+        if r.status_code == 404:
+            raise NotFound(msg)
+        if r.status_code in (502, 503, 504) and "podbay" not in msg.lower() and r.headers.get(
+                "content-type", "").startswith("text/html"):
+            raise HubUnavailable(f"{self.url} is up but the hub or service behind it is not ({r.status_code})")
+        code = "refused"
+        try:
+            code = r.json().get("error", code)
+        except Exception:
+            pass
+        raise Refused(msg, r.status_code, code)
+
+    # --- JupyterHub: who am I, workspaces ---------------------------------------------------
+
+    async def whoami(self) -> dict[str, Any]:
+        model = (await self._request("GET", f"{self.hub_api}/user")).json()
+        self.user = model["name"]
+        return model
+
+    async def hub_major(self) -> int:
+        if self._hub_major is None:
+            version = (await self._request("GET", f"{self.hub_api}/")).json().get("version", "5")
+            self._hub_major = int(version.split(".")[0])
+        return self._hub_major
+
+    async def _me(self) -> str:
+        if self.user is None:
+            await self.whoami()
+        return self.user
+
+    def _server_url(self, user: str, name: str) -> str:
+        return f"{self.hub_api}/users/{quote(user)}/servers/{quote(name)}"
+
+    async def workspaces(self) -> list[Workspace]:
+        user = await self._me()
+        r = await self._request("GET", f"{self.hub_api}/users/{quote(user)}",
+                                params={"include_stopped_servers": "1"})
+        servers = r.json().get("servers") or {}
+        return [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
+
+    async def start_workspace(self, name: str, options: dict[str, Any]) -> None:
+        user = await self._me()
+        # JupyterHub 6 wraps the options; 5.x takes them as the whole body.
+        body = {"user_options": options} if await self.hub_major() >= 6 else options
+        await self._request("POST", self._server_url(user, name), json=body, timeout=90)
+
+    async def stop_workspace(self, name: str) -> None:
+        await self._request("DELETE", self._server_url(await self._me(), name), timeout=90)
+
+    async def delete_workspace(self, name: str) -> None:
+        await self._request("DELETE", self._server_url(await self._me(), name), json={"remove": True}, timeout=90)
+
+    async def progress(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """JupyterHub's spawn progress events, until ready or failed."""
+        from httpx_sse import aconnect_sse
+
+        user = await self._me()
+        url = f"{self._server_url(user, name)}/progress"
+        try:
+            async with aconnect_sse(self.http, "GET", url, timeout=httpx.Timeout(None, connect=5.0)) as source:
+                self._raise_for(source.response)
+                async for event in source.aiter_sse():
+                    data = json.loads(event.data)
+                    yield data
+                    if data.get("ready") or data.get("failed"):
+                        return
+        except httpx.HTTPError as e:
+            raise HubUnavailable(f"lost the progress stream ({type(e).__name__})") from None
+
+    def lab_url(self, ws: Workspace) -> str:
+        return f"{self.url}{ws.url or ''}lab" if ws.url else f"{self.url}/hub/user-redirect/"
+
+    # --- podbay's service ------------------------------------------------------------------
+
+    async def _svc(self, method: str, path: str, **kw) -> Any:
+        r = await self._request(method, f"{self.service_api}/{path}", **kw)
+        return r.json()
+
+    async def catalog(self) -> dict[str, Any]:
+        return await self._svc("GET", "catalog")
+
+    async def capacity(self) -> dict[str, Any]:
+        return await self._svc("GET", "capacity")
+
+    async def me(self) -> dict[str, Any]:
+        return await self._svc("GET", "me")
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        return await self._svc("GET", "volumes")
+
+    async def jobs(self, **filters) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return await self._svc("GET", "jobs", params=params)
+
+    async def job(self, job_id: int) -> dict[str, Any]:
+        return await self._svc("GET", f"jobs/{job_id}")
+
+    async def submit_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._svc("POST", "jobs", json=body)
+
+    async def cancel_job(self, job_id: int) -> dict[str, Any]:
+        return await self._svc("DELETE", f"jobs/{job_id}", timeout=60)
+
+    async def logs(self, job_id: int) -> str:
+        r = await self._request("GET", f"{self.service_api}/jobs/{job_id}/logs")
+        return r.text
+
+    async def follow_logs(self, job_id: int) -> AsyncIterator[str]:
+        url = f"{self.service_api}/jobs/{job_id}/logs"
+        try:
+            async with self.http.stream("GET", url, params={"follow": "true"},
+                                        timeout=httpx.Timeout(None, connect=5.0)) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    self._raise_for(r)
+                async for chunk in r.aiter_text():
+                    yield chunk
+        except httpx.HTTPError as e:
+            raise HubUnavailable(f"lost the log stream ({type(e).__name__})") from None
