@@ -209,7 +209,9 @@ def cmd_job_submit(args) -> int:
 
 def _default_job_name(command: list[str]) -> str:
     import re
-    base = os.path.basename(command[-1] if command[0] in ("python", "python3") and len(command) > 1 else command[0])
+    # `python train.py …` is named after the script; anything else after the program.
+    script = next((a for a in command[1:2] if a.endswith(".py")), None)
+    base = os.path.basename(script or command[0])
     name = re.sub(r"[^a-z0-9-]+", "-", base.lower().rsplit(".", 1)[0]).strip("-")
     return (name or "job")[:63]
 

@@ -172,7 +172,18 @@ class PodbayClient:
         user = await self._me()
         # JupyterHub 6 wraps the options; 5.x takes them as the whole body.
         body = {"user_options": options} if await self.hub_major() >= 6 else options
-        await self._request("POST", self._server_url(user, name), json=body, timeout=90)
+        existed = any(w.name == name for w in await self.workspaces())
+        try:
+            await self._request("POST", self._server_url(user, name), json=body, timeout=90)
+        except Refused:
+            # JupyterHub keeps a record of a named server even when its first start is
+            # refused; a workspace that never ran should not linger in the list.
+            if not existed:
+                try:
+                    await self._request("DELETE", self._server_url(user, name), json={"remove": True})
+                except ClientError:
+                    pass
+            raise
 
     async def stop_workspace(self, name: str) -> None:
         await self._request("DELETE", self._server_url(await self._me(), name), timeout=90)

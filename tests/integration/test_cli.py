@@ -1,0 +1,115 @@
+"""The `podbay` client commands against a real hub and service."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import httpx
+import jsonschema
+import pytest
+
+pytestmark = pytest.mark.hub
+
+
+@pytest.fixture(scope="module")
+def cli(hub, tmp_path_factory):
+    xdg = tmp_path_factory.mktemp("xdg")
+
+    def run(*args, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("PODBAY_URL", "PODBAY_TOKEN", "JUPYTERHUB_"))}
+        return subprocess.run([sys.executable, "-m", "podbay.hub.cli", *args], capture_output=True, text=True,
+                              env={**base, "XDG_CONFIG_HOME": str(xdg), **(env or {})}, input=input, timeout=120)
+    run.xdg = xdg
+    return run
+
+
+@pytest.fixture(scope="module")
+def schemas(hub):
+    spec = httpx.get(f"{hub.url}/services/podbay/api/v1/openapi.json").json()
+
+    def validate(instance, name: str, array: bool = False):
+        ref = {"$ref": f"#/components/schemas/{name}"}
+        schema = {**({"type": "array", "items": ref} if array else ref), "components": spec["components"]}
+        jsonschema.validate(instance, schema)
+    return validate
+
+
+def test_not_logged_in_says_how(cli):
+    r = cli("ws", "ls")
+    assert r.returncode == 1 and "podbay login" in r.stderr
+
+
+def test_login_checks_the_token_and_stores_it_privately(hub, cli):
+    bad = cli("login", hub.url, "--token", "nope-not-a-token")
+    assert bad.returncode == 1 and "login failed" in bad.stderr
+    r = cli("login", hub.url, input=hub.token("alice") + "\n")
+    assert r.returncode == 0, r.stderr
+    assert f"Logged in to {hub.url} as alice" in r.stdout and f"{hub.url}/hub/token" in r.stdout
+    path = cli.xdg / "podbay" / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["url"] == hub.url
+
+
+def test_workspace_commands(hub, cli):
+    r = cli("ws", "new", "notes", "--profile", "mig-1g.10gb", "--volume", "scratch")
+    assert r.returncode == 0, r.stderr
+    assert f"notes is ready: {hub.url}/user/alice/notes/lab" in r.stdout
+    ls = json.loads(cli("ws", "ls", "--json").stdout)
+    assert [(w["name"], w["state"], w["profile"], w["volumes"]) for w in ls] == [
+        ("notes", "ready", "mig-1g.10gb", ["scratch"])]
+    assert cli("ws", "open", "notes").stdout.strip() == f"{hub.url}/user/alice/notes/lab"
+    refused = cli("ws", "new", "big", "--profile", "gpu-9")
+    assert refused.returncode == 1 and "unknown GPU profile 'gpu-9'" in refused.stderr
+    assert cli("ws", "stop", "notes").returncode == 0
+    assert json.loads(cli("ws", "ls", "--json").stdout)[0]["state"] == "stopped"
+    assert cli("ws", "rm", "notes").returncode == 0
+    assert json.loads(cli("ws", "ls", "--json").stdout) == []
+
+
+def test_job_commands_and_json_match_the_service_schema(hub, cli, schemas):
+    assert cli("ws", "new", "dev", "--profile", "cpu", "-q").returncode == 0
+    r = cli("job", "submit", "--from-workspace", "dev", "--gpus", "1", "--json", "--",
+            "python", "-c", "print('epoch 1'); print('epoch 2')")
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout)
+    schemas(job, "JobOut")
+    assert job["name"] == "python" and job["image"] == "pytorch"
+    logs = cli("job", "logs", "-f", str(job["id"]))
+    assert logs.returncode == 0 and logs.stdout.endswith("epoch 1\nepoch 2\n")
+    jobs = json.loads(cli("job", "ls", "--json").stdout)
+    schemas(jobs, "JobOut", array=True)
+    assert jobs[0]["state"] == "succeeded"
+    schemas(json.loads(cli("job", "show", str(job["id"]), "--json").stdout), "JobOut")
+    schemas(json.loads(cli("capacity", "--json").stdout), "CapacityOut")
+    assert "POOL" in cli("capacity").stdout
+
+
+def test_exit_codes(hub, cli):
+    assert cli("job", "submit", "--gpus", "1").returncode == 2          # no command: usage
+    assert cli("job", "logs", "not-a-number").returncode == 2           # usage
+    assert cli("job", "cancel", "999999").returncode == 1               # refused: no such job
+    r = cli("job", "submit", "--gpus", "99", "--", "true")
+    assert r.returncode == 1 and "job GPUs" in r.stderr
+
+
+def test_inside_a_workspace_no_login_is_needed(hub, cli):
+    env = {"JUPYTERHUB_API_URL": f"{hub.url}/hub/api", "JUPYTERHUB_API_TOKEN": hub.token("bob"),
+           "XDG_CONFIG_HOME": "/nonexistent"}
+    r = cli("job", "ls", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert all(j["user"] == "bob" for j in json.loads(r.stdout))
+
+
+def test_hub_down_is_a_clear_message(cli):
+    r = cli("ws", "ls", "--url", "http://127.0.0.1:9", "--token", "x")
+    assert r.returncode == 1 and "cannot reach http://127.0.0.1:9" in r.stderr
+
+
+def test_logout(cli):
+    assert cli("logout").stdout.strip() == "Logged out."
+    assert cli("ws", "ls").returncode == 1
