@@ -39,7 +39,7 @@ class PodbayApp(App):
     CSS_PATH = "podbay.tcss"
     TITLE = "podbay"
     BINDINGS = [
-        Binding(":", "command", "command", id="app.command"),
+        Binding("colon", "command", "command", key_display=":", id="app.command"),
         Binding("slash", "filter", "filter", id="app.filter"),
         Binding("question_mark", "help", "help", id="app.help"),
         Binding("r", "refresh", "refresh", id="app.refresh"),
@@ -77,6 +77,7 @@ class PodbayApp(App):
     def on_mount(self) -> None:
         self.query_one("#command").display = False
         self.query_one("#filter").display = False
+        self.view.focus()
         self.load_view()
         self.set_interval(self.refresh_interval, self.load_view)
         self.whoami()

@@ -124,7 +124,10 @@ class PodbayClient:
         if r.status_code < 400:
             return
         msg = _message(r)
-        if r.status_code == 401:
+        # JupyterHub answers a bad token with 403 ("Missing or invalid credentials", or no
+        # message at all on /user): that is a login problem, not a permission one.
+        if r.status_code == 401 or (r.status_code == 403 and (
+                "credentials" in msg.lower() or msg in ("None", "") or r.url.path.endswith("/hub/api/user"))):
             raise AuthError("your token was not accepted (expired or revoked?): run `podbay login` again")
         if r.status_code == 403:
             raise Forbidden(f"not allowed: {msg}")

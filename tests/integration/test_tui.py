@@ -1,0 +1,152 @@
+"""Pilot tests of the TUI against a real hub and service (no mocks of either)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from textual.widgets import Input, OptionList
+
+from podbay.tui.app import PodbayApp
+from podbay.tui.screens import Confirm, Help, Logs, NewWorkspace, SubmitJob
+
+pytestmark = pytest.mark.hub
+SIZE = (120, 40)
+
+
+async def until(pilot, condition, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def notes(app) -> list[str]:
+    return [f"{n.title}: {n.message}" for n in app._notifications]
+
+
+def app_for(hub, user="alice", **kw) -> PodbayApp:
+    return PodbayApp(hub.url, hub.token(user), refresh_interval=kw.pop("refresh_interval", 60), **kw)
+
+
+async def test_views_commands_filter_help_and_back(hub):
+    hub.start_server("alice", "alpha", {"profile": "cpu"})
+    hub.start_server("alice", "beta", {"profile": "mig-1g.10gb"})
+    app = app_for(hub)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.query_one("#ws")
+        await until(pilot, lambda: ws.row_count == 2, what="workspaces")
+        assert [ws.get_row_at(i)[0] for i in range(2)] == ["alpha", "beta"]
+
+        await pilot.press("slash", *"bet", "enter")
+        assert ws.row_count == 1 and ws.get_row_at(0)[0] == "beta"
+        await pilot.press("slash", "ctrl+a", "ctrl+k", *"!bet", "enter")
+        assert [ws.get_row_at(i)[0] for i in range(ws.row_count)] == ["alpha"]
+        await pilot.press("escape")  # clears the filter
+        assert ws.row_count == 2
+
+        await pilot.press(":", *"gpu", "enter")
+        assert app.current == "gpu"
+        cap = app.query_one("#gpu")
+        await until(pilot, lambda: cap.row_count > 0, what="capacity")
+        assert any(cap.get_row_at(i)[1] == "mig-1g.10gb" and cap.get_row_at(i)[2] == "1" for i in range(cap.row_count))
+        await pilot.press(":", *"vol", "enter")
+        assert app.current == "vol"
+        await pilot.press(":", *"nonsense", "enter")
+        assert any("unknown command :nonsense" in n for n in notes(app))
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, Help)
+        await pilot.press("escape")
+        await pilot.press("escape")
+        assert app.current == "gpu"
+        await pilot.press("escape")
+        assert app.current == "ws"
+
+
+async def test_new_workspace_form_progress_and_refusals(hub):
+    app = app_for(hub)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, NewWorkspace), what="the form")
+        form = app.screen
+        profiles = form.query_one("#profile", OptionList)
+        # beta holds one of two 1g.10gb slices, so one is left; 3g.40gb is free.
+        texts = {o.id: str(o.prompt) for o in (profiles.get_option_at_index(i) for i in range(profiles.option_count))}
+        assert "1/2 free" in texts["mig-1g.10gb"] and "(no memory isolation)" in texts["shared-1/2"]
+        form.query_one("#name", Input).value = "gamma"
+        profiles.highlighted = [o for o in texts].index("mig-3g.40gb")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: any("gamma is ready" in n for n in notes(app)), timeout=60, what="ready")
+        ws = app.query_one("#ws")
+        await until(pilot, lambda: "gamma" in [ws.get_row_at(i)[0] for i in range(ws.row_count)], what="row")
+    with hub.api("alice") as api:
+        server = api.get("/users/alice").json()["servers"]["gamma"]
+        assert server["ready"] and server["user_options"]["profile"] == "mig-3g.40gb"
+
+    # Now 3g.40gb is taken: the form shows why, and a forced request is refused with a note.
+    app = app_for(hub)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, NewWorkspace), what="the form")
+        profiles = app.screen.query_one("#profile", OptionList)
+        option = next(profiles.get_option_at_index(i) for i in range(profiles.option_count)
+                      if profiles.get_option_at_index(i).id == "mig-3g.40gb")
+        assert option.disabled and "none free right now" in str(option.prompt)
+
+
+async def test_stop_delete_and_edit_confirm_by_name(hub):
+    app = app_for(hub)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.query_one("#ws")
+        await until(pilot, lambda: ws.row_count >= 3, what="workspaces")
+        ws.move_cursor(row=[ws.get_row_at(i)[0] for i in range(ws.row_count)].index("alpha"))
+        await pilot.press("s")
+        await until(pilot, lambda: any("alpha stopped" in n for n in notes(app)), what="stop")
+        await pilot.press("ctrl+d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), what="confirm")
+        assert "Delete workspace alpha?" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await until(pilot, lambda: "alpha" not in [ws.get_row_at(i)[0] for i in range(ws.row_count)], what="deleted")
+
+
+async def test_move_a_job_then_logs_and_cancel(hub):
+    app = app_for(hub)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.query_one("#ws")
+        await until(pilot, lambda: ws.row_count >= 1, what="workspaces")
+        ws.move_cursor(row=[ws.get_row_at(i)[0] for i in range(ws.row_count)].index("beta"))
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, SubmitJob), what="job form")
+        app.screen.query_one("#command", Input).value = "sh -c 'echo step-1; sleep 120'"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: any("beta-train" in n for n in notes(app)), what="submitted")
+
+        await pilot.press(":", *"jobs", "enter")
+        jobs = app.query_one("#jobs")
+        await until(pilot, lambda: jobs.row_count == 1, what="jobs")
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, Logs) and "step-1" in app.screen.text, what="logs")
+        await pilot.press("escape")
+        await pilot.press("ctrl+d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), what="confirm")
+        assert "Cancel job" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await until(pilot, lambda: any(": cancelled" in n for n in notes(app)), what="cancelled")
+
+
+async def test_hub_down_and_bad_token_are_notifications_not_crashes(hub):
+    app = PodbayApp("http://127.0.0.1:9", "x", refresh_interval=60)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("Hub unreachable" in n for n in notes(app)), what="notification")
+        await pilot.press(":", *"jobs", "enter")  # still takes keys
+        assert app.current == "jobs"
+    app = PodbayApp(hub.url, "revoked-or-wrong", refresh_interval=60)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("Not logged in" in n and "podbay login" in n for n in notes(app)),
+                    what="auth notification")
+        await pilot.press("n")
+        await pilot.pause(0.5)
+        assert app.is_running
