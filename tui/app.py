@@ -57,19 +57,20 @@ class PodbayApp(App):
     ]
 
     def __init__(self, url: str, token: str, *, client: PodbayClient | None = None,
-                 refresh_interval: float = 5.0, exit_after_first_paint: bool = False):
+                 refresh_interval: float = 5.0, exit_after_first_paint: bool = False, clock=None):
         super().__init__()
         self.client = client or PodbayClient(url, token)
         self.refresh_interval = refresh_interval
         self.exit_after_first_paint = exit_after_first_paint
         self.history: list[str] = []
         self.current = "ws"
+        self.clock = clock
 
     def compose(self) -> ComposeResult:
         yield Label(f"podbay  {self.client.url}", id="topbar")
         with ContentSwitcher(initial="ws", id="views"):
             for key, cls in VIEWS.items():
-                yield cls(id=key)
+                yield cls(id=key, **({"clock": self.clock} if self.clock else {}))
         yield Input(placeholder=":ws :jobs :gpu :vol", id="command", classes="prompt")
         yield Input(placeholder="/filter (regex, ! inverts)", id="filter", classes="prompt")
         yield Footer()
@@ -201,6 +202,8 @@ class PodbayApp(App):
                     "logs": "jobs"}
         if action in per_view:
             return self.current == per_view[action]
+        if action == "delete":
+            return self.current in ("ws", "jobs")
         return True
 
     # --- workspaces ---------------------------------------------------------------------------

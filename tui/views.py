@@ -61,8 +61,9 @@ class View(DataTable):
     title = ""
     headers: tuple[str, ...] = ()
 
-    def __init__(self, **kw):
+    def __init__(self, clock=lambda: datetime.now(timezone.utc), **kw):
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self.clock = clock
         self.data: list[Any] = []
         self.filter = ""
 
@@ -123,7 +124,7 @@ class WorkspacesView(View):
 
     def cells(self, ws: Workspace) -> list[Any]:
         return [ws.name, ws.image or "-", ws.profile, ",".join(ws.volumes) or "-",
-                Text(ws.state, style=STATE_STYLE.get(ws.state, "")), age(ws.started)]
+                Text(ws.state, style=STATE_STYLE.get(ws.state, "")), age(ws.started, self.clock())]
 
 
 class JobsView(View):
@@ -139,7 +140,7 @@ class JobsView(View):
     def cells(self, job: dict) -> list[Any]:
         created = datetime.fromtimestamp(job["created"], timezone.utc).isoformat()
         return [str(job["id"]), job["name"], job["user"], Text(job["state"], style=STATE_STYLE.get(job["state"], "")),
-                str(job["gpus"]), "" if job["exit_code"] is None else str(job["exit_code"]), age(created),
+                str(job["gpus"]), "" if job["exit_code"] is None else str(job["exit_code"]), age(created, self.clock()),
                 job["message"]]
 
 
