@@ -41,6 +41,7 @@ setup_system() {
   command -v unshare >/dev/null || missing+=(util-linux)
   if [ "${1:-}" = test ]; then
     command -v chromium >/dev/null || missing+=(chromium)
+    command -v tmux >/dev/null || missing+=(tmux)
     # The ledger's tests run against a real PostgreSQL too.
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   fi

@@ -76,8 +76,11 @@ class PodbayApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#command").display = False
-        self.query_one("#filter").display = False
+        # Kept as attributes: queries run against the active screen, which may be a dialog.
+        self.command_box = self.query_one("#command", Input)
+        self.filter_box = self.query_one("#filter", Input)
+        self.command_box.display = False
+        self.filter_box.display = False
         self.view.focus()
         self.load_view()
         self.set_interval(self.refresh_interval, self.load_view)
@@ -87,7 +90,7 @@ class PodbayApp(App):
 
     @property
     def view(self) -> View:
-        return self.query_one(f"#{self.current}", View)
+        return self.screen_stack[0].query_one(f"#{self.current}", View)
 
     @work(exclusive=True, group="refresh")
     async def load_view(self) -> None:
@@ -108,7 +111,7 @@ class PodbayApp(App):
     async def whoami(self) -> None:
         try:
             model = await self.client.whoami()
-            self.query_one("#topbar", Label).update(f"podbay  {self.client.url}  user: {model['name']}")
+            self.screen_stack[0].query_one("#topbar", Label).update(f"podbay  {self.client.url}  user: {model['name']}")
         except ClientError as e:
             self._report(e)
 
@@ -134,22 +137,24 @@ class PodbayApp(App):
         if remember:
             self.history.append(self.current)
         self.current = key
-        self.query_one(ContentSwitcher).current = key
+        self.screen_stack[0].query_one(ContentSwitcher).current = key
         self.view.focus()
         self.sub_title = self.view.title
         self.load_view()
 
     def action_command(self) -> None:
-        box = self.query_one("#command", Input)
+        box = self.command_box
         box.display = True
         box.value = ""
-        box.focus()
+        # Focus now, not after a refresh: a fast ":jobs" must not leave "jobs" to the table
+        # (where o and s are verbs).
+        self.set_focus(box)
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.filter_box
         box.display = True
         box.value = self.view.filter
-        box.focus()
+        self.set_focus(box)
 
     @on(Input.Submitted, "#command")
     def _run_command(self, event: Input.Submitted) -> None:
@@ -176,8 +181,7 @@ class PodbayApp(App):
         self.view.focus()
 
     def action_back(self) -> None:
-        for box_id in ("#command", "#filter"):
-            box = self.query_one(box_id, Input)
+        for box in (self.command_box, self.filter_box):
             if box.display:
                 box.display = False
                 self.view.focus()
@@ -196,7 +200,7 @@ class PodbayApp(App):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Verbs only where they mean something: none of them acts while a prompt is open."""
-        if any(self.query_one(b, Input).has_focus for b in ("#command", "#filter")) and action not in ("back",):
+        if (self.command_box.has_focus or self.filter_box.has_focus) and action != "back":
             return False
         per_view = {"new": "ws", "open": "ws", "connect": "ws", "edit": "ws", "stop": "ws", "train": "ws",
                     "logs": "jobs"}

@@ -280,6 +280,10 @@ def cmd_tui(args) -> int:
         return 1
     from .app import PodbayApp
 
+    if args.first_paint:
+        # For benchmarks/tui_latency.py: start, paint the Workspaces view once, exit.
+        PodbayApp(creds.url, creds.token, exit_after_first_paint=True).run(headless=True)
+        return 0
     PodbayApp(creds.url, creds.token).run()
     return 0
 
@@ -346,4 +350,6 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = sub.add_parser("capacity", parents=[common], help="what is free, per pool and profile")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_capacity)
-    sub.add_parser("tui", parents=[common], help="the terminal UI").set_defaults(func=cmd_tui)
+    p = sub.add_parser("tui", parents=[common], help="the terminal UI")
+    p.add_argument("--first-paint", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_tui)

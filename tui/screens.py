@@ -193,7 +193,7 @@ class SubmitJob(ModalScreen[JobForm | None]):
         with Vertical(classes="dialog wide"):
             yield Label(f"Move a training run from {self.workspace} to the training pool", classes="title")
             yield Label("Same image, volumes and home directory as the workspace.")
-            yield Input(placeholder="command, e.g. python train.py --epochs 3", id="command")
+            yield Input(placeholder="command, e.g. python train.py --epochs 3", id="job-command")
             yield Input(value="1", placeholder="GPUs", id="gpus", type="integer")
             yield Input(value=f"{self.workspace}-train", placeholder="job name", id="jobname")
             with Horizontal(classes="buttons"):
@@ -207,7 +207,7 @@ class SubmitJob(ModalScreen[JobForm | None]):
         import shlex
 
         try:
-            command = shlex.split(self.query_one("#command", Input).value)
+            command = shlex.split(self.query_one("#job-command", Input).value)
         except ValueError as e:
             self.notify(f"The command does not parse: {e}", severity="warning")
             return
@@ -219,7 +219,8 @@ class SubmitJob(ModalScreen[JobForm | None]):
                               "gpus": int(gpus), "from_workspace": self.workspace}))
 
     @on(Input.Submitted)
-    def _enter(self) -> None:
+    def _enter(self, event: Input.Submitted) -> None:
+        event.stop()  # the app has prompts of its own that listen for Submitted
         self.action_submit()
 
     @on(Button.Pressed)

@@ -120,7 +120,7 @@ async def test_move_a_job_then_logs_and_cancel(hub):
         ws.move_cursor(row=[ws.get_row_at(i)[0] for i in range(ws.row_count)].index("beta"))
         await pilot.press("t")
         await until(pilot, lambda: isinstance(app.screen, SubmitJob), what="job form")
-        app.screen.query_one("#command", Input).value = "sh -c 'echo step-1; sleep 120'"
+        app.screen.query_one("#job-command", Input).value = "sh -c 'echo step-1; sleep 120'"
         await pilot.press("ctrl+s")
         await until(pilot, lambda: any("beta-train" in n for n in notes(app)), what="submitted")
 
