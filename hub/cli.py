@@ -13,14 +13,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
-from .config import ConfigError, load_config
-from .discovery import DiscoveryError, discover_nvml, parse_smi_output
-from .inventory import gpus_to_decls
+# The hub-side modules (pydantic schemas, NVML) load inside the commands that need them:
+# `podbay tui` and the client commands start faster without them.
 
 
 def cmd_config_check(args) -> int:
+    from .config import ConfigError, load_config
+
     try:
         cfg = load_config(args.file)
     except ConfigError as e:
@@ -33,11 +32,17 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_gpus(args) -> int:
+    import yaml
+
+    from . import discovery
+    from .discovery import DiscoveryError, parse_smi_output
+    from .inventory import gpus_to_decls
+
     try:
         if args.from_file:
             gpus = parse_smi_output(Path(args.from_file).read_text())
         else:
-            gpus = discover_nvml()
+            gpus = discovery.discover_nvml()
     except (DiscoveryError, OSError) as e:
         print(f"podbay gpus: {e}", file=sys.stderr)
         if not args.from_file:
@@ -82,6 +87,8 @@ def _wait_for_hub(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 
 def cmd_up(args) -> int:
+    from .config import ConfigError, load_config
+
     config = Path(args.config).absolute()
     try:
         cfg = load_config(config)

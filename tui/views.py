@@ -12,8 +12,8 @@ from textual.widgets import DataTable
 
 from .client import PodbayClient, Workspace
 
-# Big tables stay fast: show at most this many rows, newest first (filter to see others).
-MAX_ROWS = 500
+# Big tables stay fast: show a page of the newest rows (filter to reach the others).
+MAX_ROWS = 200
 
 
 def age(iso: str | None, now: datetime | None = None) -> str:
@@ -81,6 +81,10 @@ class View(DataTable):
 
     def show(self, data: list[Any]) -> None:
         """Redraw from data, keeping the cursor on the same row when it is still there."""
+        drawn = (self.filter, data)
+        if drawn == getattr(self, "_drawn", None):
+            return  # a quiet refresh that changed nothing costs nothing
+        self._drawn = drawn
         self.data = data
         selected = self.selected_key()
         self.clear()

@@ -136,11 +136,11 @@ def test_cli_json_and_inventory(capsys):
 
 
 def test_cli_without_driver_says_what_to_do(capsys, monkeypatch):
-    import podbay.hub.cli as cli
+    import podbay.hub.discovery as discovery
 
     def no_driver():
         raise DiscoveryError("NVML is not available on this machine (Driver Not Loaded)")
-    monkeypatch.setattr(cli, "discover_nvml", no_driver)
+    monkeypatch.setattr(discovery, "discover_nvml", no_driver)
     assert main(["gpus"]) == 1
     err = capsys.readouterr().err
     assert "NVML is not available" in err and "--from-file" in err
