@@ -129,8 +129,9 @@ class PodbayClient:
         if r.status_code == 401 or (r.status_code == 403 and (
                 "credentials" in msg.lower() or msg in ("None", "") or r.url.path.endswith("/hub/api/user"))):
             raise AuthError("your token was not accepted (expired or revoked?): run `podbay login` again")
-        if r.status_code == 403:
+        if r.status_code == 403 and not (r.request.method == "POST" and "/servers/" in r.url.path):
             raise Forbidden(f"not allowed: {msg}")
+        # A 403 when starting a workspace is podbay's quota refusal: handled as Refused below.
         if r.status_code == 404:
             raise NotFound(msg)
         if r.status_code in (502, 503, 504) and "podbay" not in msg.lower() and r.headers.get(
