@@ -15,7 +15,6 @@ import logging
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +101,11 @@ class JobRequest(BaseModel):
         return v
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(BaseModel):
+    """A training job as the service returns it (also its OpenAPI schema)."""
+
+    model_config = ConfigDict(frozen=True)
+
     id: int
     name: str
     user: str
@@ -126,10 +128,11 @@ class Job:
 
     @classmethod
     def from_row(cls, r: JobRow) -> "Job":
-        return cls(r.id, r.name, r.user, r.team, r.image, json.loads(r.command), r.workdir,
-                   json.loads(r.volumes), json.loads(r.env), r.gpus, r.pool, r.from_workspace,
-                   r.state, r.exit_code, r.message, json.loads(r.devices), r.created, r.started,
-                   r.finished)
+        return cls(id=r.id, name=r.name, user=r.user, team=r.team, image=r.image, command=json.loads(r.command),
+                   workdir=r.workdir, volumes=json.loads(r.volumes), env=json.loads(r.env), gpus=r.gpus,
+                   pool=r.pool, from_workspace=r.from_workspace, state=r.state, exit_code=r.exit_code,
+                   message=r.message, devices=json.loads(r.devices), created=r.created, started=r.started,
+                   finished=r.finished)
 
 
 class JobManager:

@@ -170,38 +170,12 @@ class VolumeOut(BaseModel):
     read_only: bool
 
 
-class JobOut(BaseModel):
-    id: int
-    name: str
-    user: str
-    team: str | None
-    image: str
-    command: list[str]
-    workdir: str
-    volumes: list[str]
-    env: dict[str, str]
-    gpus: int
-    pool: str
-    from_workspace: str | None
-    state: str
-    exit_code: int | None
-    message: str
-    devices: list[str]
-    created: float
-    started: float | None
-    finished: float | None
-
-
 class ErrorOut(BaseModel):
     error: str
     message: str
 
 
 ERRORS = {s: {"model": ErrorOut} for s in (400, 401, 403, 404, 413, 422, 503)}
-
-
-def job_out(job: Job) -> JobOut:
-    return JobOut(**job.__dict__)
 
 
 # --- the app ---------------------------------------------------------------------------
@@ -336,7 +310,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         return [VolumeOut(name=v.name, description=v.description, mount_path=f"~/{v.target}", read_only=v.read_only)
                 for v in portal.volumes_for(who.name, list(who.groups))]
 
-    @api.post("/jobs", response_model=JobOut, status_code=201, summary="Submit a training job")
+    @api.post("/jobs", response_model=Job, status_code=201, summary="Submit a training job")
     async def submit(req: JobRequest, who: Caller = Depends(caller)):
         ws_options = None
         if req.from_workspace is not None:
@@ -350,9 +324,9 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
             job = await asyncio.to_thread(jobs.submit, who.name, list(who.groups), req, ws_options)
         except OptionsRefused as e:
             raise ApiError(400, "invalid_job", str(e)) from None
-        return job_out(job)
+        return job
 
-    @api.get("/jobs", response_model=list[JobOut], summary="Jobs: your own, or anyone's for admins")
+    @api.get("/jobs", response_model=list[Job], summary="Jobs: your own, or anyone's for admins")
     async def list_jobs(who: Caller = Depends(caller),
                         user: str | None = Query(None, max_length=255),
                         team: str | None = Query(None, max_length=255),
@@ -362,11 +336,11 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
             if user not in (None, who.name) or team is not None:
                 raise ApiError(403, "forbidden", "only admins can list other users' or teams' jobs")
             user = who.name
-        return [job_out(j) for j in await asyncio.to_thread(jobs.list, user, team, state, limit)]
+        return await asyncio.to_thread(jobs.list, user, team, state, limit)
 
-    @api.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
+    @api.get("/jobs/{job_id}", response_model=Job, summary="One job")
     async def get_job(job_id: int = JobId, who: Caller = Depends(caller)):
-        return job_out(may_see(who, jobs.get(job_id), job_id))
+        return may_see(who, jobs.get(job_id), job_id)
 
     @api.get("/jobs/{job_id}/logs", response_class=PlainTextResponse,
              summary="A job's output; follow=true streams until the job ends")
@@ -376,10 +350,10 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
             return PlainTextResponse(jobs.read_logs(job_id).decode(errors="replace"))
         return StreamingResponse(_follow(jobs, job_id), media_type="text/plain; charset=utf-8")
 
-    @api.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a job")
+    @api.delete("/jobs/{job_id}", response_model=Job, summary="Cancel a job")
     async def cancel(job_id: int = JobId, who: Caller = Depends(caller)):
         may_see(who, jobs.get(job_id), job_id)
-        return job_out(await jobs.cancel(job_id))
+        return await jobs.cancel(job_id)
 
     app.include_router(api)
     return app

@@ -77,14 +77,14 @@ def test_job_commands_and_json_match_the_service_schema(hub, cli, schemas):
             "python", "-c", "print('epoch 1'); print('epoch 2')")
     assert r.returncode == 0, r.stderr
     job = json.loads(r.stdout)
-    schemas(job, "JobOut")
+    schemas(job, "Job")
     assert job["name"] == "python" and job["image"] == "pytorch"
     logs = cli("job", "logs", "-f", str(job["id"]))
     assert logs.returncode == 0 and logs.stdout.endswith("epoch 1\nepoch 2\n")
     jobs = json.loads(cli("job", "ls", "--json").stdout)
-    schemas(jobs, "JobOut", array=True)
+    schemas(jobs, "Job", array=True)
     assert jobs[0]["state"] == "succeeded"
-    schemas(json.loads(cli("job", "show", str(job["id"]), "--json").stdout), "JobOut")
+    schemas(json.loads(cli("job", "show", str(job["id"]), "--json").stdout), "Job")
     schemas(json.loads(cli("capacity", "--json").stdout), "CapacityOut")
     assert "POOL" in cli("capacity").stdout
 
