@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .config import ProfileKind, Quota
-from .inventory import Device, Inventory
+from .inventory import Inventory
 
 
 class Base(DeclarativeBase):
@@ -375,12 +375,6 @@ class Ledger:
         for key in dead:
             self.release(key)
         return dead
-
-    def devices_of(self, allocation: Allocation) -> list[Device]:
-        with self.read_session() as s:
-            rows = s.execute(select(ClaimRow.node, ClaimRow.device).join(AllocationRow).where(
-                AllocationRow.key == allocation.key))
-            return [self.inventory.by_key[(n, d)] for n, d in rows if (n, d) in self.inventory.by_key]
 
     def dispose(self) -> None:
         self.engine.dispose()

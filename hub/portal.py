@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
-from .inventory import Inventory
+from .inventory import Inventory, mig_weight
 from .ledger import Ledger, Snapshot, fmt_units
 
 
@@ -115,8 +115,8 @@ class Portal:
             return cands[0].weight
         if spec.kind == "shared":
             return Fraction(1, spec.replicas)
-        g = int(spec.mig_profile.split("c.")[0] if "c." in spec.mig_profile else spec.mig_profile.split("g")[0])
-        return Fraction(g, 7)
+        # No such device declared (kubernetes pools): the common 7-slice geometry.
+        return mig_weight("", None, spec.mig_profile)
 
     def choices(self, user: str, groups: list[str], team: str | None = None) -> list[ProfileChoice]:
         team = self.team_for(user, groups, team)
@@ -148,11 +148,6 @@ class Portal:
             snap.memo[key] = (self.inventory.total_count(spec, pools),
                               self.inventory.free_count(spec, pools, snap.taken))
         return snap.memo[key]
-
-    def remaining_units(self, user: str, groups: list[str], team: str | None = None) -> tuple[Fraction, Fraction]:
-        team = self.team_for(user, groups, team)
-        quota = self.quota_for(team)
-        return quota.units - self.ledger.snapshot().units_of(team, user), quota.units
 
     # --- validation ----------------------------------------------------------------
 

@@ -285,13 +285,14 @@ class PodbayApp(App):
         ws = self._selected_ws()
         if ws is None:
             return
-        self._ws_call(self.client.stop_workspace, ws.name, f"{ws.name} stopped")
+        self._call(self.client.stop_workspace, ws.name, f"{ws.name} stopped")
 
     @work(group="calls")
-    async def _ws_call(self, fn, name: str, done: str) -> None:
+    async def _call(self, fn, arg, done) -> None:
+        """Run one client call in a worker; `done` words its result for a notification."""
         try:
-            await fn(name)
-            self.notify(done)
+            result = await fn(arg)
+            self.notify(done(result) if callable(done) else done)
         except ClientError as e:
             self._report(e)
         self.load_view()
@@ -335,22 +336,13 @@ class PodbayApp(App):
         if self.current == "ws":
             async def ok(yes: bool | None) -> None:
                 if yes:
-                    self._ws_call(self.client.delete_workspace, item.name, f"{item.name} deleted")
+                    self._call(self.client.delete_workspace, item.name, f"{item.name} deleted")
             self.push_screen(Confirm(f"Delete workspace {item.name}? Its home directory is kept."), ok)
         elif self.current == "jobs":
             async def ok(yes: bool | None) -> None:
                 if yes:
-                    self._cancel_job(item["id"])
+                    self._call(self.client.cancel_job, item["id"], lambda job: f"job {job['id']}: {job['state']}")
             self.push_screen(Confirm(f"Cancel job {item['id']} ({item['name']})?"), ok)
-
-    @work(group="calls")
-    async def _cancel_job(self, job_id: int) -> None:
-        try:
-            job = await self.client.cancel_job(job_id)
-            self.notify(f"job {job_id}: {job['state']}")
-        except ClientError as e:
-            self._report(e)
-        self.load_view()
 
     async def on_unmount(self) -> None:
         await self.client.aclose()

@@ -94,8 +94,9 @@ class PodbaySpawnerMixin(Configurable):
         portal, user, groups = spawner.portal, spawner.user.name, spawner._groups()
         team = portal.team_for(user, groups)
         choices = portal.choices(user, groups, team)
-        left, total = portal.remaining_units(user, groups, team)
+        snap = portal.ledger.snapshot()  # the one choices() just used, unless the ledger moved
         quota = portal.quota_for(team)
+        left, total = quota.units - snap.units_of(team, user), quota.units
         available = [c.profile.id for c in choices if c.available]
         default_profile = "cpu" if "cpu" in available else (available[0] if available else None)
         return _TEMPLATES.get_template("options_form.html").render(
@@ -103,7 +104,7 @@ class PodbaySpawnerMixin(Configurable):
             teams=portal.cfg.teams_of(user, groups),
             units_left=fmt_units(max(left, 0)),
             units_total=fmt_units(total),
-            workspaces=portal.ledger.workspaces_of(user),
+            workspaces=snap.workspaces.get(user, 0),
             workspaces_max=quota.workspaces_per_user,
             images=portal.cfg.images,
             default_image=portal.cfg.default_image.name,

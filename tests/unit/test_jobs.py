@@ -95,3 +95,14 @@ def test_a_job_larger_than_any_node_is_refused(manager):
     with pytest.raises(OptionsRefused, match="at most 2 whole GPUs on one node"):
         sub(manager, "alice", name="huge", gpus=3, command=["true"])
     assert manager.list() == []
+
+
+async def test_the_oldest_job_starts_first_even_behind_a_long_queue(manager):
+    # The API lists a page of jobs; the scheduler must see every queued one.
+    big = sub(manager, "alice", name="big", gpus=2, command=["sleep", "30"])
+    await until(manager, big.id, {"running"})
+    first = sub(manager, "alice", name="first", gpus=2, command=["sleep", "30"])
+    for i in range(505):
+        sub(manager, "alice", name=f"later-{i}", gpus=2, command=["true"])
+    await manager.cancel(big.id)
+    await until(manager, first.id, {"running"})
