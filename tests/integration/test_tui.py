@@ -57,7 +57,7 @@ async def test_views_commands_filter_help_and_back(hub):
         await pilot.press(":", *"vol", "enter")
         assert app.current == "vol"
         await pilot.press(":", *"nonsense", "enter")
-        assert any("unknown command :nonsense" in n for n in notes(app))
+        await until(pilot, lambda: any("unknown command :nonsense" in n for n in notes(app)), what="notification")
         await pilot.press("question_mark")
         assert isinstance(app.screen, Help)
         await pilot.press("escape")
@@ -161,7 +161,7 @@ async def test_open_connect_details_and_edit(hub, tmp_path, monkeypatch):
         await until(pilot, lambda: ws.row_count >= 1, what="workspaces")
         ws.move_cursor(row=[ws.get_row_at(i)[0] for i in range(ws.row_count)].index("beta"))
         await pilot.press("o")
-        assert any(f"{hub.url}/user/alice/beta/lab" in n for n in notes(app))
+        await until(pilot, lambda: any(f"{hub.url}/user/alice/beta/lab" in n for n in notes(app)), what="notification")
         await pilot.press("c")
         text = str(app.screen.query_one("#connect").render())
         assert f"{hub.url}/user/alice/beta/vscode/" in text and "/hub/token" in text
@@ -199,7 +199,7 @@ async def test_logs_keys_and_refusal_notifications(hub, tmp_path, monkeypatch):
         await until(pilot, lambda: isinstance(app.screen, Logs) and "step-1" in app.screen.text, what="logs")
         await pilot.press("w")
         await pilot.press("f")
-        assert any("not following" in n for n in notes(app))
+        await until(pilot, lambda: any("not following" in n for n in notes(app)), what="notification")
         await pilot.press("ctrl+s")
         saved = list(tmp_path.glob("job-*-beta-train.log"))
         assert saved and "step-1" in saved[0].read_text()
@@ -224,7 +224,7 @@ async def test_logs_keys_and_refusal_notifications(hub, tmp_path, monkeypatch):
         assert option.disabled and "needs 2 GPU units" in str(option.prompt)
         profiles.highlighted = ids.index("gpu-2")
         await pilot.press("ctrl+s")
-        assert any("gpu-2 cannot be taken now" in n for n in notes(app))
+        await until(pilot, lambda: any("gpu-2 cannot be taken now" in n for n in notes(app)), what="notification")
         assert isinstance(app.screen, NewWorkspace)  # the form stays open to pick another
 
 
