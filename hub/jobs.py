@@ -214,7 +214,7 @@ class JobManager:
             return Job.from_row(row) if row else None
 
     def list(self, user: str | None = None, team: str | None = None, state: str | None = None,
-             limit: int = 500) -> list[Job]:
+             limit: int | None = 500) -> list[Job]:
         with self._read() as s:
             q = select(JobRow)
             if user:
@@ -223,7 +223,8 @@ class JobManager:
                 q = q.where(JobRow.team == team)
             if state:
                 q = q.where(JobRow.state == state)
-            return [Job.from_row(r) for r in s.scalars(q.order_by(JobRow.id.desc()).limit(limit))]
+            q = q.order_by(JobRow.id.desc())
+            return [Job.from_row(r) for r in s.scalars(q.limit(limit) if limit else q)]
 
     def _ref(self, job_id: int) -> dict:
         with self._read() as s:
@@ -264,7 +265,7 @@ class JobManager:
     async def reconcile(self) -> None:
         """After a (re)start: learn what happened to the jobs the service believed active."""
         async with self._tick_lock:
-            for job in self.list(state="starting") + self.list(state="running"):
+            for job in self.list(state="starting", limit=None) + self.list(state="running", limit=None):
                 ref = self._ref(job.id)
                 status = await self.backend.status(ref)
                 if status.state == "running":
@@ -281,7 +282,7 @@ class JobManager:
                     await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
                     self._update(job.id, state="failed", finished=self.clock(), message=status.message)
             # Claims of jobs that are not active any more (a crash between the two writes).
-            active = {f"job:{j.id}" for j in self.list(state="running") + self.list(state="starting")}
+            active = {f"job:{j.id}" for j in self.list(state="running", limit=None) + self.list(state="starting", limit=None)}
             self.portal.ledger.reconcile(lambda a: a.key in active, kinds=("job",))
 
     async def _finish(self, job: Job, code: int | None) -> None:
@@ -292,7 +293,7 @@ class JobManager:
 
     async def tick(self) -> None:
         async with self._tick_lock:
-            for job in self.list(state="running"):
+            for job in self.list(state="running", limit=None):
                 status = await self.backend.status(self._ref(job.id))
                 if status.state == "exited":
                     await self._finish(job, status.exit_code)
@@ -300,7 +301,7 @@ class JobManager:
                     await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
                     self._update(job.id, state="failed", finished=self.clock(), message=status.message)
             blocked: set[str] = set()
-            for job in reversed(self.list(state="queued")):
+            for job in reversed(self.list(state="queued", limit=None)):
                 if job.pool in blocked:
                     self._set_message(job, f"waiting for earlier jobs in pool {job.pool}")
                     continue

@@ -20,7 +20,7 @@ def manager(tmp_path):
     portal = Portal.open(TEST_CONFIG, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
     m = JobManager(portal, LocalBackend(tmp_path / "jobs", kill_grace=2))
     yield m
-    for job in m.list():
+    for job in m.list(limit=None):
         if job.state in ("running", "starting"):
             asyncio.run(m.cancel(job.id))
     portal.ledger.dispose()
@@ -105,4 +105,6 @@ async def test_the_oldest_job_starts_first_even_behind_a_long_queue(manager):
     for i in range(505):
         sub(manager, "alice", name=f"later-{i}", gpus=2, command=["true"])
     await manager.cancel(big.id)
-    await until(manager, first.id, {"running"})
+    await manager.tick()
+    assert manager.get(first.id).state == "running"
+    assert len(manager.list(state="queued", limit=None)) == 505
