@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,9 +53,10 @@ class LocalBackend(TrainingBackend):
             cwd=job.workdir, env=env, start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        # Not waited on here: the supervisor records the exit code itself, and reaping is
-        # done by a thread so no zombie lingers while the service lives.
-        asyncio.get_running_loop().run_in_executor(None, proc.wait)
+        # Not waited on here: the supervisor records the exit code itself. A daemon thread
+        # reaps it so no zombie lingers; not the loop's executor, whose shutdown would wait
+        # for every running job before the service could stop.
+        threading.Thread(target=proc.wait, name=f"reap-job-{job.id}", daemon=True).start()
         return {"pid": proc.pid, "start_time": proc_start_time(proc.pid), "dir": str(d)}
 
     def _dir(self, ref: dict) -> Path:
