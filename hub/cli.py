@@ -73,6 +73,37 @@ def cmd_gpus(args) -> int:
     return 0
 
 
+def cmd_images(args) -> int:
+    from .config import ConfigError, load_config
+    from .images import DockerUnavailable, ImageBuildError, build_image, buildable, docker_client, present
+
+    config = Path(args.config).absolute()
+    try:
+        cfg = load_config(config)
+        client = docker_client(timeout=3600)
+        if args.images_command == "ls":
+            found = present(client, cfg.images)
+            for image in cfg.images:
+                state = "present" if found[image.name] else (
+                    "missing: podbay images build " + image.name if image.build else "missing (no build folder)")
+                print(f"{image.name:<12} {image.image:<32} {state}")
+            return 0
+        images = buildable(cfg, args.names)
+        if not images:
+            print(f"podbay images: no image in {config} has a build folder", file=sys.stderr)
+            return 1
+        cache = Path(args.cache_dir).absolute()
+        for image in images:
+            image_id = build_image(client, image, config, cache, lambda line: print(line, flush=True))
+            print(f"built {image.name}: {image.image} ({image_id[:19]})", flush=True)
+        return 0
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+    except (DockerUnavailable, ImageBuildError) as e:
+        print(f"podbay images: {e}", file=sys.stderr)
+    return 1
+
+
 def _wait_for_hub(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,6 +148,8 @@ def cmd_up(args) -> int:
         # The hub finds jupyterhub-singleuser and the proxy beside this Python.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    if args.backend:
+        env["PODBAY_BACKEND"] = args.backend
     if args.spawner:
         env["PODBAY_SPAWNER"] = args.spawner
     url = f"http://127.0.0.1:{args.port}"
@@ -190,12 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.add_argument("--pool", default="dev", help="pool for --as-inventory")
     gpus.set_defaults(func=cmd_gpus)
 
+    images = sub.add_parser("images", help="build and list the catalog's workspace images (Docker)")
+    images_sub = images.add_subparsers(dest="images_command", required=True)
+    build = images_sub.add_parser("build", help="build catalog images that have a build folder")
+    build.add_argument("names", nargs="*", metavar="NAME", help="catalog names (default: every buildable image)")
+    build.add_argument("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "podbay"),
+                       help="debootstrap root and wheels are prepared here (default: %(default)s)")
+    ls = images_sub.add_parser("ls", help="which catalog images this Docker engine has")
+    for p_ in (build, ls):
+        p_.add_argument("--config", default=os.environ.get("PODBAY_CONFIG", "config/podbay.yaml"),
+                        help="podbay.yaml (default: %(default)s)")
+        p_.set_defaults(func=cmd_images)
+
     up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
     up.add_argument("--config", default="config/podbay.yaml", help="podbay.yaml (default: %(default)s)")
     up.add_argument("--port", type=int, default=8000, help="public port on 127.0.0.1; the hub uses +1, the proxy API +2, the service +3")
     up.add_argument("--data-dir", default=".podbay", help="ledger, homes, logs (default: %(default)s)")
     up.add_argument("--keep-workspaces", action="store_true",
                     help="leave workspaces running when the hub stops, for restarts")
+    up.add_argument("--backend", choices=["local", "docker"],
+                    help="where workspaces and jobs run: local processes (default) or Docker containers of the catalog's images")
     up.add_argument("--spawner", help=argparse.SUPPRESS)
     up.add_argument("--start-timeout", type=float, default=60, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)

@@ -37,6 +37,8 @@ class Image(_Model):
     # The container image for the docker and kubernetes backends. The local backend runs
     # the hub's own Python environment and treats the image as a label.
     image: str
+    # A folder with the image's Dockerfile, relative to this file: `podbay images build`.
+    build: str | None = None
     default: bool = False
 
 
@@ -177,8 +179,11 @@ class Access(_Model):
 class Volume(_Model):
     name: Slug
     description: str = ""
-    # Local backend: a directory (relative paths live under the data directory).
+    # A directory (relative paths live under the data directory), bind-mounted. The docker
+    # backend needs it as a path on the Docker host.
     source: str
+    # Docker backend: mount this Docker named volume instead of the source directory.
+    docker_volume: str | None = None
     # Where it appears in the workspace; relative to the home directory.
     mount_path: str | None = None
     read_only: bool = True
@@ -205,6 +210,27 @@ class Team(_Model):
     quota: Quota = Quota()
 
 
+class DockerSettings(_Model):
+    """The docker backend (one GPU server): what workspaces and jobs share."""
+
+    # Containers are <prefix>-<user>[--<workspace>] and <prefix>-job-<id>; homes <prefix>-home-<user>.
+    name_prefix: Slug = "podbay"
+    # One home volume per user, or one per named workspace.
+    home_per_workspace: bool = False
+    # Device-request driver; the NVIDIA container toolkit registers "nvidia".
+    gpu_driver: str = "nvidia"
+    # Jobs' network: the host's (like workspaces, on the loopback ports they choose), or none.
+    job_network: Literal["host", "none"] = "host"
+    # Seconds a cancelled job gets between SIGTERM and SIGKILL.
+    stop_grace: int = Field(default=10, ge=0)
+
+    def home_volume(self, escaped_user: str, escaped_workspace: str | None = None) -> str:
+        name = f"{self.name_prefix}-home-{escaped_user}"
+        if self.home_per_workspace and escaped_workspace:
+            name += f"--{escaped_workspace}"
+        return name
+
+
 class PodbayConfig(_Model):
     images: list[Image] = Field(min_length=1)
     profiles: list[Profile] = Field(min_length=1)
@@ -215,6 +241,7 @@ class PodbayConfig(_Model):
     # Quota for users who are in no team.
     default_quota: Quota = Quota(gpu_units=Decimal(0), workspaces_per_user=1, job_gpus=0)
     admins: list[UserName] = []
+    docker: DockerSettings = DockerSettings()
 
     # Lookups used everywhere else.
     def image(self, name: str) -> Image | None:

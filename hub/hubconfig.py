@@ -5,8 +5,8 @@
 
 Settings come from the environment that `podbay up` prepares (and operators may set):
 PODBAY_CONFIG, PODBAY_DATA_DIR, PODBAY_PORT, PODBAY_DB_URL, PODBAY_DEMO_PASSWORD,
-PODBAY_KEEP_WORKSPACES, PODBAY_SPAWNER, PODBAY_PAUSE_JOBS (queue jobs, start none). Ports: the public one, +1 the hub, +2 the proxy's
-API, +3 podbay's REST service.
+PODBAY_KEEP_WORKSPACES, PODBAY_BACKEND (local or docker), PODBAY_PAUSE_JOBS (queue jobs,
+start none). Ports: the public one, +1 the hub, +2 the proxy's API, +3 podbay's REST service.
 """
 
 from __future__ import annotations
@@ -75,17 +75,29 @@ def configure(c) -> None:
         c.DemoAuthenticator.password = password
         c.Authenticator.allowed_users = set(cfg.demo_users())
 
-    spawner = _env("PODBAY_SPAWNER", "podbay-local")
+    backend = _env("PODBAY_BACKEND", "local")
+    if backend not in ("local", "docker"):
+        print(f"podbay: unknown backend {backend!r} (PODBAY_BACKEND): use local or docker", file=sys.stderr)
+        raise SystemExit(1)
+    # PODBAY_SPAWNER picks plain JupyterHub spawners too, for benchmarks/ comparisons.
+    spawner = _env("PODBAY_SPAWNER", f"podbay-{backend}")
     c.JupyterHub.spawner_class = spawner
-    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
-    c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
     c.Spawner.default_url = "/lab"
     c.Spawner.http_timeout = 60
     c.Spawner.start_timeout = 90
+    if backend == "local":
+        singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
+        c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
     if spawner == "simple":
         # Plain JupyterHub, for comparisons (benchmarks/spawn_latency.py).
         c.SimpleLocalProcessSpawner.home_dir_template = str(data_dir / "plain-homes" / "{username}")
         c.Spawner.args = ["--allow-root"] if os.getuid() == 0 else []
+        return
+    if spawner == "docker":
+        # Plain DockerSpawner on the catalog's default image, for benchmarks/docker_spawn_latency.py:
+        # host networking needs what podbay-docker does by itself (issue 462).
+        from .config import load_config as _load
+        _configure_plain_docker(c, _load(config_file).default_image.image)
         return
 
     c.PodbaySpawnerMixin.config_file = config_file
@@ -100,7 +112,8 @@ def configure(c) -> None:
         "command": [sys.executable, "-m", "podbay.hub.service"],
         "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
                         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                        "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0")},
+                        "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0"), "PODBAY_BACKEND": backend,
+                        **({"DOCKER_HOST": os.environ["DOCKER_HOST"]} if os.environ.get("DOCKER_HOST") else {})},
         "display": False,
     }]
     # Only what it needs: resolve callers, read their groups and their servers' options.
@@ -110,7 +123,6 @@ def configure(c) -> None:
         "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
     }]
 
-    from .spawners.local import PodbayLocalSpawner
     from .spawners.mixin import shared_portal
 
     try:
@@ -123,7 +135,41 @@ def configure(c) -> None:
         if not Path(vol.source).is_absolute():
             # Relative sources are podbay's own (the demo's): create them.
             src.mkdir(parents=True, exist_ok=True)
-    released = portal.ledger.reconcile(PodbayLocalSpawner.is_alive)
+    if backend == "docker":
+        from .images import DockerUnavailable, docker_client
+        from .spawners.docker import PodbayDockerSpawner
+        try:
+            client = docker_client()
+        except DockerUnavailable as e:
+            print(f"podbay: refusing to start the docker backend: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        released = portal.ledger.reconcile(lambda a: PodbayDockerSpawner.is_alive(a, client), kinds=("workspace",))
+    else:
+        from .spawners.local import PodbayLocalSpawner
+        released = portal.ledger.reconcile(PodbayLocalSpawner.is_alive, kinds=("workspace",))
     if released:
         print(f"podbay: released devices of {len(released)} workspace(s) that no longer run: "
               + ", ".join(released), file=sys.stderr)
+
+
+def _configure_plain_docker(c, image: str) -> None:
+    from dockerspawner import DockerSpawner
+    from jupyterhub.utils import random_port
+
+    class PlainHostDockerSpawner(DockerSpawner):
+        async def start(self):
+            self.port = random_port()
+            return await super().start()
+
+        async def get_ip_and_port(self):
+            return "127.0.0.1", self.port
+
+    c.JupyterHub.spawner_class = PlainHostDockerSpawner
+    c.DockerSpawner.image = image
+    c.DockerSpawner.network_name = "host"
+    c.DockerSpawner.use_internal_ip = True
+    c.DockerSpawner.remove = True
+    c.DockerSpawner.pull_policy = "never"
+    c.DockerSpawner.ip = "127.0.0.1"
+    c.DockerSpawner.prefix = "plain"
+    c.DockerSpawner.volumes = {"plain-home-{username}": "/home/jovyan"}

@@ -189,9 +189,10 @@ class JobManager:
         if rel.is_absolute() or ".." in rel.parts:
             raise OptionsRefused("workdir must be a path inside your home directory, like projects/resnet")
         workdir = home / rel
-        if req.workdir and not workdir.is_dir():
-            raise OptionsRefused(f"working directory ~/{rel} does not exist")
-        workdir.mkdir(parents=True, exist_ok=True)
+        if self.backend.host_homes:
+            if req.workdir and not workdir.is_dir():
+                raise OptionsRefused(f"working directory ~/{rel} does not exist")
+            workdir.mkdir(parents=True, exist_ok=True)
         now = self.clock()
         row = JobRow(
             name=req.name, user=user, team=team, image=image.name, command=json.dumps(req.command),
@@ -265,9 +266,10 @@ class JobManager:
     async def reconcile(self) -> None:
         """After a (re)start: learn what happened to the jobs the service believed active."""
         async with self._tick_lock:
-            for job in self.list(state="starting", limit=None) + self.list(state="running", limit=None):
-                ref = self._ref(job.id)
-                status = await self.backend.status(ref)
+            active = self.list(state="starting", limit=None) + self.list(state="running", limit=None)
+            statuses = await self.backend.reconcile({job.id: self._ref(job.id) for job in active})
+            for job in active:
+                status = statuses[job.id]
                 if status.state == "running":
                     if job.state == "starting":
                         self._update(job.id, state="running", started=job.started or self.clock(),
@@ -334,10 +336,11 @@ class JobManager:
         for name in job.volumes:
             vol = self.portal.cfg.volume(name)
             if vol is not None:
-                vols.append((str(self.portal.volume_source(vol)),
+                vols.append((self.backend.mount_source(vol, str(self.portal.volume_source(vol))),
                              str(self.home_of(job.user) / vol.target), vol.read_only))
         spec_ = JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
-                        workdir=job.workdir, env=job.env, volumes=vols, devices=list(alloc.devices))
+                        workdir=job.workdir, env=job.env, volumes=vols, devices=list(alloc.devices),
+                        workspace=job.from_workspace)
         try:
             ref = await self.backend.submit(spec_)
         except Exception as e:

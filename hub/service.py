@@ -408,7 +408,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s podbay-service] %(message)s")
     env = os.environ
     portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"])
-    backend = LocalBackend(portal.data_dir / "jobs")
+    if env.get("PODBAY_BACKEND", "local") == "docker":
+        from .training.docker import DockerBackend
+        backend = DockerBackend(portal.cfg, portal.data_dir / "jobs", portal.data_dir / "homes")
+    else:
+        backend = LocalBackend(portal.data_dir / "jobs")
     jobs = JobManager(portal, backend)
     hub = HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
     # PODBAY_PAUSE_JOBS=1: accept and queue jobs but start none (maintenance of the pool).

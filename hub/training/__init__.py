@@ -27,6 +27,8 @@ class JobSpec:
     env: dict[str, str]
     volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, target, read_only)
     devices: list[str] = field(default_factory=list)
+    # The workspace it was moved from, if any (its home may be that workspace's own).
+    workspace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class BackendStatus:
 
 class TrainingBackend(ABC):
     name: str
+    # Whether users' homes are directories podbay sees (local), or live elsewhere (Docker
+    # volumes), so that a job's workdir cannot be checked before it runs.
+    host_homes: bool = True
+
+    def mount_source(self, volume, path: str) -> str:
+        """What to mount for a catalog volume whose directory is `path`."""
+        return path
 
     @abstractmethod
     async def submit(self, job: JobSpec) -> dict:

@@ -1,0 +1,221 @@
+"""`podbay-docker`: workspaces as containers of the catalog's images on one GPU server.
+
+The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
+
+- the image is the catalog entry the user chose (`allowed_images` maps catalog names to
+  image references, so DockerSpawner itself refuses anything else too);
+- the claimed GPUs go to Docker as a device request naming their exact UUIDs (`GPU-…`,
+  `MIG-…`), which the NVIDIA container runtime turns into the devices the container
+  sees; a CPU workspace gets `NVIDIA_VISIBLE_DEVICES=void` and no request;
+- catalog volumes are bind mounts (or Docker named volumes) under the home, read-only
+  where declared; the home is a named volume per user (or per workspace) that outlives
+  the container, which is created afresh on every start so that it never keeps the
+  devices of an earlier claim;
+- host networking, each workspace on its own port on 127.0.0.1. DockerSpawner would add
+  port bindings, which Docker discards or refuses with the host network (dockerspawner
+  issue 462), and then ask Docker for the published port; here no port is published
+  and the workspace is told which loopback port to listen on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from dockerspawner import DockerSpawner
+from jupyterhub.spawner import SpawnException
+from jupyterhub.utils import random_port
+from traitlets import Float, Integer, default
+
+from ..ledger import Allocation
+from .mixin import PodbaySpawnerMixin
+
+HOME = "/home/jovyan"
+
+
+class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
+    log_tail_lines = Integer(
+        12, config=True, help="How many lines of a workspace's output to show when it dies while starting.")
+    ready_poll_interval = Float(
+        0.05, config=True, help="Seconds between checks that a starting workspace listens or has died.")
+
+    # Names, homes and the GPU driver come from `docker:` in podbay.yaml, which the
+    # service's docker training backend reads too.
+    @property
+    def docker_settings(self):
+        return self.portal.cfg.docker
+
+    @default("prefix")
+    def _default_prefix(self):
+        return self.docker_settings.name_prefix
+
+    @default("network_name")
+    def _default_network_name(self):
+        return "host"
+
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self):
+        # With the host network there is nothing to publish: skip DockerSpawner's port
+        # bindings (issue 462); get_ip_and_port below answers instead.
+        return self.network_name == "host" or super()._default_use_ip()
+
+    @default("remove")
+    def _default_remove(self):
+        # A stopped container would come back with the devices of its first claim.
+        return True
+
+    @default("ip")
+    def _default_ip(self):
+        return "127.0.0.1" if self.network_name == "host" else "0.0.0.0"
+
+    @default("allowed_images")
+    def _default_allowed_images(self):
+        return {image.name: image.image for image in self.portal.cfg.images}
+
+    @default("image")
+    def _default_image(self):
+        return self.portal.cfg.default_image.image
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self):
+        return HOME
+
+    @default("pull_policy")
+    def _default_pull_policy(self):
+        # Workspace images are built on the server (podbay images build); a missing one is
+        # reported with that advice rather than looked for in a registry by default.
+        return "never"
+
+    # --- start -------------------------------------------------------------------------
+
+    def home_volume(self) -> str:
+        return self.docker_settings.home_volume(
+            self.escaped_name, self.escape(self.name.lower()) if self.name else None)
+
+    def podbay_prepare(self, request):
+        if self.network_name == "host":
+            # Every workspace shares the host's ports: each needs its own.
+            self.port = random_port()
+        self.image = request.image.image
+        volumes = {self.home_volume(): {"bind": HOME, "mode": "rw"}}
+        for vol in request.volumes:
+            if vol.docker_volume:
+                source = vol.docker_volume
+            else:
+                src = self.portal.volume_source(vol)
+                if not src.is_dir():
+                    raise SpawnException(
+                        f"Volume {vol.name} is not available: its source {src} does not exist on "
+                        "this server. Ask your platform team.", reason="volume", status_code=503)
+                source = str(src)
+            volumes[source] = {"bind": f"{HOME}/{vol.target}", "mode": "ro" if vol.read_only else "rw"}
+        self.volumes = volumes
+        self.read_only_volumes = {}
+        # Configured settings stay; podbay's own are redone on every start.
+        self._base_host_config = getattr(self, "_base_host_config", None) or dict(self.extra_host_config)
+        host_config = {**self._base_host_config, "auto_remove": False}  # keep a dead workspace's output
+        devices = list(dict.fromkeys(self.podbay_allocation.devices)) if self.podbay_allocation else []
+        if devices:
+            host_config["device_requests"] = [
+                {"driver": self.docker_settings.gpu_driver, "device_ids": devices, "capabilities": [["gpu"]]}]
+        self.extra_host_config = host_config
+        self._base_create_kwargs = getattr(self, "_base_create_kwargs", None) or dict(self.extra_create_kwargs)
+        labels = {**self._base_create_kwargs.get("labels", {}),
+                  "podbay.workspace": self.podbay_key, "podbay.user": self.user.name,
+                  "podbay.profile": request.profile.id, "podbay.image": request.image.name}
+        self.extra_create_kwargs = {**self._base_create_kwargs, "labels": labels}
+
+    async def pull_image(self, image):
+        try:
+            await super().pull_image(image)
+        except ImageNotFound:
+            name = self.podbay_request.image.name if self.podbay_request else image
+            raise SpawnException(
+                f"The image {image} of workspace image {name!r} is not on this server. "
+                f"The platform team builds it with: podbay images build {name}",
+                reason="image", status_code=503) from None
+        except (APIError, DockerException) as e:
+            raise SpawnException(f"The image {image} could not be pulled: {e}", reason="image",
+                                 status_code=503) from None
+
+    async def start(self):
+        try:
+            ip, port = await super().start()
+        except SpawnException:
+            raise
+        except (APIError, DockerException) as e:
+            await self._remove_quietly()
+            raise SpawnException(f"Docker could not start the workspace: {_docker_words(e)}",
+                                 reason="docker", status_code=503) from None
+        await asyncio.to_thread(self.portal.ledger.set_ref, self.podbay_key,
+                                {"container": self.object_id, "name": self.object_name})
+        try:
+            await self._wait_listening(ip, port)
+        except BaseException:
+            await self.stop(now=True)
+            raise
+        return ip, port
+
+    async def get_ip_and_port(self):
+        if self.network_name == "host":
+            return "127.0.0.1", self.port
+        return await super().get_ip_and_port()
+
+    async def _remove_quietly(self):
+        try:
+            if await self.get_object():
+                await self.remove_object()
+        except (APIError, DockerException):
+            pass
+
+    async def _wait_listening(self, ip: str, port: int) -> None:
+        """Return once the workspace listens; fail at once, with its output, if it exits."""
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            obj = await self.get_object()
+            state = obj["State"] if obj else None
+            if state is None or not state["Running"]:
+                code = state["ExitCode"] if state else "unknown"
+                tail = await self._logs_tail()
+                raise SpawnException(
+                    f"The workspace container exited with status {code} while starting. "
+                    f"Last lines of its output:\n{tail}", reason="exited", status_code=500)
+            try:
+                with socket.create_connection((ip, port), timeout=0.5):
+                    return
+            except OSError:
+                await asyncio.sleep(self.ready_poll_interval)
+
+    async def _logs_tail(self) -> str:
+        try:
+            out = await self.docker("logs", self.object_id or self.object_name, tail=self.log_tail_lines)
+        except (APIError, DockerException):
+            return "(no output: the container is gone)"
+        return out.decode(errors="replace").rstrip()
+
+    # --- the ledger at hub start ---------------------------------------------------------
+
+    @classmethod
+    def is_alive(cls, allocation: Allocation, client=None) -> bool:
+        """Whether the container recorded for this allocation still runs."""
+        container = allocation.ref.get("container")
+        if not container:
+            # Claimed, container not recorded yet: a spawn may be under way right now.
+            return time.time() - allocation.created < 300
+        if client is None:
+            from ..images import docker_client
+            client = docker_client()
+        try:
+            return bool(client.api.inspect_container(container)["State"]["Running"])
+        except NotFound:
+            return False
+
+
+def _docker_words(e: Exception) -> str:
+    text = getattr(e, "explanation", None) or str(e)
+    if "could not select device driver" in str(text):
+        return (f"{text}. This Docker engine has no GPU support: install the NVIDIA container "
+                "toolkit on the server (nvidia-ctk runtime configure --runtime=docker) and restart Docker.")
+    return str(text)

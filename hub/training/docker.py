@@ -1,0 +1,195 @@
+"""Jobs as containers on the Docker engine of one GPU server.
+
+A job is a container of its catalog image with the user's home volume at /home/jovyan,
+its catalog volumes and a device request for exactly the GPUs the ledger claimed. The
+container is labelled with the job's id and the install's name prefix: that, not memory,
+is how the backend finds its jobs after a restart. When a container has ended, its output
+and exit code are kept in the job's folder and the container is removed; a cancelled job
+is stopped (SIGTERM, then SIGKILL after the grace period) and removed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from docker.errors import APIError, NotFound
+from dockerspawner import DockerSpawner
+
+from ..config import PodbayConfig
+from . import BackendStatus, JobSpec, TrainingBackend
+
+log = logging.getLogger("podbay.training.docker")
+HOME = "/home/jovyan"
+
+
+class DockerBackend(TrainingBackend):
+    name = "docker"
+    # Homes are Docker volumes: podbay cannot look into them from the service.
+    host_homes = False
+
+    def __init__(self, cfg: PodbayConfig, jobs_dir: Path, homes_dir: Path, client=None):
+        self.cfg = cfg
+        self.settings = cfg.docker
+        self.jobs_dir = Path(jobs_dir)
+        # Where JobManager roots workdirs and volume targets; mapped onto /home/jovyan.
+        self.homes_dir = Path(homes_dir)
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            from ..images import docker_client
+            self._client = docker_client()
+        return self._client
+
+    def container_name(self, job_id: int) -> str:
+        return f"{self.settings.name_prefix}-job-{job_id}"
+
+    def mount_source(self, volume, path: str) -> str:
+        return volume.docker_volume or path
+
+    def _in_home(self, user: str, host_path: str) -> str:
+        rel = Path(host_path).relative_to(self.homes_dir / user)
+        return str(Path(HOME) / rel) if rel.parts else HOME
+
+    async def submit(self, job: JobSpec) -> dict:
+        return await asyncio.to_thread(self._submit, job)
+
+    def _submit(self, job: JobSpec) -> dict:
+        api = self.client.api
+        image = self.cfg.image(job.image)
+        ref_image = image.image if image else job.image
+        escape = DockerSpawner._escape
+        home = self.settings.home_volume(escape(job.user), escape(job.workspace.lower()) if job.workspace else None)
+        binds = {home: {"bind": HOME, "mode": "rw"}}
+        for source, target, read_only in job.volumes:
+            binds[source] = {"bind": self._in_home(job.user, target), "mode": "ro" if read_only else "rw"}
+        devices = list(dict.fromkeys(job.devices))
+        host_config = api.create_host_config(
+            binds=binds, network_mode=self.settings.job_network,
+            device_requests=[{"driver": self.settings.gpu_driver, "device_ids": devices,
+                              "capabilities": [["gpu"]]}] if devices else None)
+        env = {
+            **job.env,
+            # NGC images ask for every GPU in their own environment: "void" overrides that.
+            "NVIDIA_VISIBLE_DEVICES": ",".join(devices) or "void",
+            "PODBAY_JOB_ID": str(job.id),
+            "PODBAY_JOB_NAME": job.name,
+            "PODBAY_IMAGE": job.image,
+        }
+        name = self.container_name(job.id)
+        self._remove(name)  # one left by a submit that failed half-way
+        container = api.create_container(
+            image=ref_image, command=list(job.command), name=name, environment=env,
+            working_dir=self._in_home(job.user, job.workdir), host_config=host_config,
+            labels={"podbay.job": str(job.id), "podbay.prefix": self.settings.name_prefix,
+                    "podbay.user": job.user, "podbay.image": job.image})
+        try:
+            api.start(container["Id"])
+        except APIError:
+            self._remove(container["Id"])
+            raise
+        return {"container": container["Id"], "name": name}
+
+    def _dir(self, ref: dict) -> Path:
+        return self.jobs_dir / str(ref["job_id"])
+
+    def _find(self, ref: dict) -> dict | None:
+        """The job's container, by id or, for a job interrupted while starting, by name."""
+        for key in (ref.get("container"), self.container_name(ref["job_id"])):
+            if not key:
+                continue
+            try:
+                return self.client.api.inspect_container(key)
+            except NotFound:
+                continue
+        return None
+
+    def _archive(self, container: dict, ref: dict) -> int:
+        """Keep an ended container's output and exit code in the job folder, then remove it."""
+        d = self._dir(ref)
+        d.mkdir(parents=True, exist_ok=True)
+        code = int(container["State"]["ExitCode"])
+        (d / "output.log").write_bytes(self.client.api.logs(container["Id"], stdout=True, stderr=True))
+        (d / "exit_code").write_text(str(code))
+        self._remove(container["Id"])
+        return code
+
+    def _remove(self, key: str) -> None:
+        try:
+            self.client.api.remove_container(key, force=True)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code != 409:  # already being removed
+                raise
+
+    def _status(self, ref: dict) -> BackendStatus:
+        code = _read_int(self._dir(ref) / "exit_code")
+        if code is not None:
+            return BackendStatus("exited", code)
+        container = self._find(ref)
+        if container is None:
+            return BackendStatus("lost", message="the job's container is gone and left no exit code")
+        state = container["State"]
+        if state["Running"] or state["Status"] in ("created", "restarting"):
+            return BackendStatus("running")
+        return BackendStatus("exited", self._archive(container, ref))
+
+    async def status(self, ref: dict) -> BackendStatus:
+        return await asyncio.to_thread(self._status, ref)
+
+    async def cancel(self, ref: dict) -> None:
+        def stop():
+            container = self._find(ref)
+            if container is None:
+                return
+            if container["State"]["Running"]:
+                self.client.api.stop(container["Id"], timeout=self.settings.stop_grace)
+            self._archive(self.client.api.inspect_container(container["Id"]), ref)
+
+        await asyncio.to_thread(stop)
+
+    def read_logs(self, ref: dict, offset: int = 0) -> bytes:
+        if "job_id" not in ref:
+            return b""
+        container = None if (self._dir(ref) / "exit_code").exists() else self._find(ref)
+        if container is not None:
+            try:
+                return self.client.api.logs(container["Id"], stdout=True, stderr=True)[offset:]
+            except NotFound:
+                pass  # archived between the two calls
+        try:
+            with (self._dir(ref) / "output.log").open("rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return b""
+
+    async def reconcile(self, refs: dict[int, dict]) -> dict[int, BackendStatus]:
+        """Statuses of the jobs the service believed active; containers of this install
+        that belong to no such job (their job ended or was never recorded) are removed, so
+        no container holds GPUs the ledger thinks free."""
+        statuses = {job_id: await self.status({**ref, "job_id": job_id}) for job_id, ref in refs.items()}
+
+        def sweep():
+            found = self.client.api.containers(
+                all=True, filters={"label": [f"podbay.prefix={self.settings.name_prefix}", "podbay.job"]})
+            for c in found:
+                job_id = int(c["Labels"]["podbay.job"])
+                if job_id not in refs:
+                    log.warning("removing container %s of job %s, which is not active", c["Id"][:12], job_id)
+                    self._remove(c["Id"])
+
+        await asyncio.to_thread(sweep)
+        return statuses
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
