@@ -132,9 +132,13 @@ def configure(c) -> None:
         raise SystemExit(1) from None
     for vol in cfg.volumes:
         src = portal.volume_source(vol)
-        if not Path(vol.source).is_absolute():
+        if not Path(vol.source).is_absolute() and not (backend == "docker" and vol.docker_volume):
             # Relative sources are podbay's own (the demo's): create them.
             src.mkdir(parents=True, exist_ok=True)
+            if backend == "docker" and not vol.read_only:
+                # Containers run as jovyan (uid 1000): a shared writable volume is
+                # writable by all, sticky like /tmp so nobody deletes others' files.
+                src.chmod(0o1777)
     if backend == "docker":
         from .images import DockerUnavailable, docker_client
         from .spawners.docker import PodbayDockerSpawner

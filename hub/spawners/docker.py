@@ -123,7 +123,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         self.extra_host_config = host_config
         self._base_create_kwargs = getattr(self, "_base_create_kwargs", None) or dict(self.extra_create_kwargs)
         labels = {**self._base_create_kwargs.get("labels", {}),
-                  "podbay.workspace": self.podbay_key, "podbay.user": self.user.name,
+                  "podbay.prefix": self.docker_settings.name_prefix, "podbay.workspace": self.podbay_key, "podbay.user": self.user.name,
                   "podbay.profile": request.profile.id, "podbay.image": request.image.name}
         self.extra_create_kwargs = {**self._base_create_kwargs, "labels": labels}
 
