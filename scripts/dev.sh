@@ -52,6 +52,49 @@ setup_system() {
   fi
 }
 
+# Docker for the docker backend's tests: Debian's engine, started when none runs, with no
+# bridge network (host networking on 127.0.0.1 only) and with the GPU stand-in hook of
+# tests/gpu-shim on its PATH, so GPU device requests are accepted on a machine with no GPU.
+STARTED_DOCKERD=""
+setup_docker() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} from Debian's packages"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+  fi
+  if "$VENV/bin/python" -c 'import docker; docker.from_env().ping()' 2>/dev/null; then
+    return
+  fi
+  log "starting dockerd (no bridge network; GPU stand-in hook from tests/gpu-shim)"
+  mkdir -p "$VENV/docker"
+  local runner=()
+  [ "$(id -u)" = 0 ] || runner=(sudo --preserve-env=PATH,PODBAY_GPU_SHIM_LOG)
+  # A pid file left by an engine that did not stop cleanly keeps dockerd from starting.
+  if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    as_root rm -f /var/run/docker.pid
+  fi
+  PATH="$PWD/tests/gpu-shim:$PATH" PODBAY_GPU_SHIM_LOG=/run/podbay-gpu-shim \
+    "${runner[@]}" dockerd --bridge=none --iptables=false --ip-masq=false --ip-forward=false \
+    >"$VENV/docker/dockerd.log" 2>&1 &
+  STARTED_DOCKERD=$!
+  for _ in $(seq 1 60); do
+    if "$VENV/bin/python" -c 'import docker; docker.from_env().ping()' 2>/dev/null; then return; fi
+    sleep 0.5
+  done
+  log "dockerd did not start; its log:"; tail -20 "$VENV/docker/dockerd.log" >&2; exit 1
+}
+
+stop_docker() {
+  if [ -n "$STARTED_DOCKERD" ]; then
+    log "stopping the dockerd this run started"
+    as_root kill "$STARTED_DOCKERD" 2>/dev/null || true
+    wait "$STARTED_DOCKERD" 2>/dev/null || true
+  fi
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
   up)
@@ -64,8 +107,12 @@ case "$cmd" in
     setup_system test
     setup_python
     setup_proxy
+    setup_docker
     export PODBAY_REQUIRE_ALL="${CI:-}"
-    exec "$VENV/bin/python" -m pytest "$@"
+    status=0
+    "$VENV/bin/python" -m pytest "$@" || status=$?
+    stop_docker
+    exit "$status"
     ;;
   *)
     echo "usage: bash scripts/dev.sh up [podbay up options] | test [pytest options]" >&2

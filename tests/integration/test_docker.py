@@ -1,0 +1,273 @@
+"""The docker backend for real: a Docker engine, the registry-free workspace image that
+`podbay images build` makes, workspaces spawned through JupyterHub's REST API as
+containers, and training jobs as containers.
+
+There is no GPU here. The test setup starts dockerd with tests/gpu-shim on its PATH, which
+stands in for NVIDIA's runtime hook: dockerd then accepts GPU device requests, puts the
+requested IDs into the container's NVIDIA_VISIBLE_DEVICES and runs the hook, which records
+what it was asked for. Everything else (containers, mounts, users, networking) is real.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, Hub, free_port_block, require
+
+DOCKER_CONFIG = ROOT / "tests" / "data" / "podbay-docker.yaml"
+PREFIX = "podbaytest"
+SHIM_LOG = Path("/run/podbay-gpu-shim")
+IMAGE = "podbay/base:2026.11"
+
+pytestmark = pytest.mark.hub
+
+
+@pytest.fixture(scope="module")
+def docker():
+    from podbay.hub.images import DockerUnavailable, docker_client
+
+    try:
+        client = docker_client()
+    except DockerUnavailable as e:
+        require(False, str(e))
+    _sweep(client)
+    yield client
+    _sweep(client)
+    client.close()
+
+
+def _sweep(client) -> None:
+    """Containers and home volumes of earlier runs of these tests (never anything else)."""
+    for c in client.api.containers(all=True, filters={"label": f"podbay.prefix={PREFIX}"}):
+        client.api.remove_container(c["Id"], force=True)
+    for v in client.volumes.list(filters={"name": f"{PREFIX}-home-"}):
+        v.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def image(docker):
+    """The CPU base image, built the way an operator builds it: `podbay images build`."""
+    run = subprocess.run(
+        [sys.executable, "-m", "podbay.hub.cli", "images", "build", "base", "--config", str(DOCKER_CONFIG)],
+        capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"built base: {IMAGE}" in run.stdout
+    return docker.images.get(IMAGE)
+
+
+@pytest.fixture(scope="module")
+def dhub(tmp_path_factory, image):
+    h = Hub(config=DOCKER_CONFIG, data_dir=tmp_path_factory.mktemp("dockerhub"), port=free_port_block(),
+            keep_workspaces=False, extra_env={"PODBAY_BACKEND": "docker"})
+    h.start()
+    yield h
+    h.stop()
+
+
+def container_of(hub: Hub, docker, user: str, name: str) -> dict:
+    ledger = hub.ledger()
+    try:
+        alloc = ledger.get(f"workspace:{user}/{name}")
+    finally:
+        ledger.dispose()
+    assert alloc is not None and alloc.ref.get("container"), f"no container recorded for {user}/{name}"
+    return docker.api.inspect_container(alloc.ref["container"])
+
+
+def sh(docker, container: str, script: str) -> tuple[int, str]:
+    exec_id = docker.api.exec_create(container, ["sh", "-c", script])
+    out = docker.api.exec_start(exec_id).decode(errors="replace")
+    return docker.api.exec_inspect(exec_id)["ExitCode"], out
+
+
+def claimed(hub: Hub, key: str) -> list[str]:
+    ledger = hub.ledger()
+    try:
+        alloc = ledger.get(key)
+        return list(alloc.devices) if alloc else []
+    finally:
+        ledger.dispose()
+
+
+def test_image_is_registry_free_and_matches_the_hub(docker, image):
+    import jupyterhub
+
+    out = docker.containers.run(IMAGE, ["sh", "-c", "id; echo $HOME; jupyterhub-singleuser --version; "
+                                        "python -c 'import jupyterlab; print(jupyterlab.__version__)'"],
+                                network_mode="none", remove=True).decode()
+    lines = out.split("\n")
+    assert lines[0] == "uid=1000(jovyan) gid=100(users) groups=100(users)"
+    assert lines[1] == "/home/jovyan"
+    assert lines[2] == jupyterhub.__version__
+    # Nothing of the base came from a registry: its history starts at the imported root.
+    assert docker.images.get("podbay/debian-root:bookworm").id in {
+        layer["Id"] for layer in docker.api.history(IMAGE)}
+
+
+def test_cpu_workspace_is_a_container_with_volumes_and_no_gpu(dhub, docker):
+    (dhub.data_dir / "volumes" / "imagenet" / "README").write_text("imagenet sample\n")
+    r = dhub.start_server("alice", "cpu", {"profile": "cpu", "image": "base", "volumes": ["imagenet", "scratch"]})
+    assert r.status_code in (201, 202), r.text
+    c = container_of(dhub, docker, "alice", "cpu")
+    cid = c["Id"]
+    assert c["Config"]["Image"] == IMAGE
+    assert c["HostConfig"]["NetworkMode"] == "host"
+    assert not c["HostConfig"].get("PortBindings")
+    assert not c["HostConfig"].get("DeviceRequests")
+    assert not (SHIM_LOG / f"{cid}.json").exists(), "a CPU workspace must not ask the runtime for GPUs"
+
+    code, out = sh(docker, cid, "id -un; id -u; id -g; echo \"NV=$NVIDIA_VISIBLE_DEVICES CUDA=[$CUDA_VISIBLE_DEVICES]\"")
+    assert out.split("\n")[:4] == ["jovyan", "1000", "100", "NV=void CUDA=[]"], out
+    code, out = sh(docker, cid, "cat ~/data/imagenet/README && touch ~/data/imagenet/x")
+    assert code != 0 and "imagenet sample" in out and "Read-only file system" in out, out
+    code, out = sh(docker, cid, "echo shared > ~/data/scratch/from-alice && cat ~/data/scratch/from-alice")
+    assert code == 0 and "shared" in out, out
+    assert (dhub.data_dir / "volumes" / "scratch" / "from-alice").read_text() == "shared\n"
+
+    # Reachable through the proxy, and listening on the loopback only.
+    with httpx.Client(headers={"Authorization": f"token {dhub.token('alice')}"}) as http:
+        status = http.get(f"{dhub.url}/user/alice/cpu/api/status", timeout=30)
+    assert status.status_code == 200, status.text
+    port = urlparse(dict(e.split("=", 1) for e in c["Config"]["Env"])["JUPYTERHUB_SERVICE_URL"]).port
+    code, out = sh(docker, cid, "cat /proc/net/tcp")
+    listening = [line.split()[1] for line in out.splitlines()[1:] if line.split()[3] == "0A"]
+    assert f"0100007F:{port:04X}" in listening, (port, listening)
+    dhub.stop_server("alice", "cpu")
+
+
+def test_home_survives_stop_start_and_recreation(dhub, docker):
+    opts = {"profile": "cpu", "image": "base"}
+    dhub.start_server("alice", "home", opts)
+    first = container_of(dhub, docker, "alice", "home")["Id"]
+    code, out = sh(docker, first, "echo 'my notebook' > ~/notes.txt")
+    assert code == 0, out
+    dhub.stop_server("alice", "home")
+    with pytest.raises(Exception):
+        docker.api.inspect_container(first)  # the container is gone, the home is not
+    dhub.start_server("alice", "home", opts)
+    second = container_of(dhub, docker, "alice", "home")["Id"]
+    assert second != first
+    code, out = sh(docker, second, "cat ~/notes.txt; stat -c %U ~/notes.txt")
+    assert out.split("\n")[:2] == ["my notebook", "jovyan"], out
+    # Another workspace of the same user shares the per-user home.
+    dhub.start_server("alice", "home2", opts)
+    code, out = sh(docker, container_of(dhub, docker, "alice", "home2")["Id"], "cat ~/notes.txt")
+    assert out.strip() == "my notebook"
+    dhub.stop_server("alice", "home")
+    dhub.stop_server("alice", "home2")
+
+
+def test_gpu_workspaces_get_exactly_their_claimed_devices(dhub, docker):
+    dhub.start_server("alice", "mig", {"profile": "mig-1g.10gb", "image": "base"})
+    dhub.start_server("alice", "full", {"profile": "gpu-1", "image": "base"})
+    seen_ports = set()
+    for name in ("mig", "full"):
+        devices = claimed(dhub, f"workspace:alice/{name}")
+        assert len(devices) == 1
+        c = container_of(dhub, docker, "alice", name)
+        (request,) = c["HostConfig"]["DeviceRequests"]
+        assert request["Driver"] == "nvidia" and request["DeviceIDs"] == devices
+        assert request["Capabilities"] == [["gpu"]]
+        # What the container runtime was handed (recorded by the stand-in hook).
+        shim = SHIM_LOG / f"{c['Id']}.json"
+        require(shim.exists(), "dockerd does not run the GPU stand-in hook (start it as scripts/dev.sh test does)")
+        record = json.loads(shim.read_text())
+        assert record["args"] == ["prestart"]
+        assert record["env"]["NVIDIA_VISIBLE_DEVICES"] == devices[0]
+        env = dict(e.split("=", 1) for e in c["Config"]["Env"])
+        seen_ports.add(env["JUPYTERHUB_SERVICE_URL"])
+    assert claimed(dhub, "workspace:alice/mig")[0].startswith("MIG-")
+    assert claimed(dhub, "workspace:alice/full")[0].startswith("GPU-")
+    assert len(seen_ports) == 2, "each workspace needs its own port on the host network"
+    dhub.stop_server("alice", "mig")
+    dhub.stop_server("alice", "full")
+    assert claimed(dhub, "workspace:alice/mig") == [] and claimed(dhub, "workspace:alice/full") == []
+
+
+def test_only_catalog_images_and_built_ones(dhub, docker):
+    with dhub.api("alice") as api:
+        r = api.post("/users/alice/servers/other", json={"user_options": {"profile": "gpu-1", "image": "ubuntu:latest"}})
+        assert r.status_code == 400 and "unknown image 'ubuntu:latest'" in r.json()["message"]
+        r = api.post("/users/alice/servers/unbuilt", json={"user_options": {"profile": "gpu-1", "image": "pytorch"}})
+        assert r.status_code == 503, r.text
+        assert "podbay images build pytorch" in r.json()["message"]
+    assert claimed(dhub, "workspace:alice/unbuilt") == [], "a failed start must not keep its GPU"
+    assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-alice--unbuilt"})
+
+
+def _wait_job(api: httpx.Client, job_id: int, states: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not reach {states}: {job}")
+
+
+def test_training_job_runs_as_a_container_and_cancels(dhub, docker):
+    dhub.start_server("alice", "train", {"profile": "cpu", "image": "base", "volumes": ["imagenet"]})
+    sh(docker, container_of(dhub, docker, "alice", "train")["Id"], "mkdir -p ~/proj && echo 'lr=0.1' > ~/proj/cfg")
+    headers = {"Authorization": f"token {dhub.token('alice')}"}
+    with httpx.Client(base_url=f"{dhub.url}/services/podbay/api/v1", headers=headers, timeout=30) as api:
+        r = api.post("/jobs", json={
+            "name": "resnet", "from_workspace": "train", "gpus": 1, "workdir": "proj",
+            "command": ["sh", "-c", "id -un; pwd; cat cfg; cat ~/data/imagenet/README; "
+                                    "echo NV=$NVIDIA_VISIBLE_DEVICES; exit 3"]})
+        assert r.status_code == 201, r.text
+        job = _wait_job(api, r.json()["id"], {"succeeded", "failed"})
+        assert job["state"] == "failed" and job["exit_code"] == 3, job
+        (device,) = job["devices"]
+        logs = api.get(f"/jobs/{job['id']}/logs").text
+        assert logs.split("\n")[:5] == ["jovyan", "/home/jovyan/proj", "lr=0.1", "imagenet sample", f"NV={device}"], logs
+        assert not docker.api.containers(all=True, filters={"label": [f"podbay.prefix={PREFIX}", f"podbay.job={job['id']}"]})
+        assert claimed(dhub, f"job:{job['id']}") == []
+
+        r = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1,
+                                    "command": ["sh", "-c", "echo started; sleep 600"]})
+        job = _wait_job(api, r.json()["id"], {"running"})
+        (c,) = docker.api.containers(filters={"label": [f"podbay.prefix={PREFIX}", f"podbay.job={job['id']}"]})
+        assert c["Labels"]["podbay.user"] == "alice"
+        assert docker.api.inspect_container(c["Id"])["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == job["devices"]
+        deadline = time.monotonic() + 10
+        while "started" not in api.get(f"/jobs/{job['id']}/logs").text and time.monotonic() < deadline:
+            time.sleep(0.2)
+        r = api.delete(f"/jobs/{job['id']}")
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+        assert not docker.api.containers(all=True, filters={"id": c["Id"]}), "cancel removes the container"
+        assert claimed(dhub, f"job:{job['id']}") == []
+        assert "started" in api.get(f"/jobs/{job['id']}/logs").text, "output outlives the container"
+    dhub.stop_server("alice", "train")
+
+
+async def test_backend_finds_its_jobs_by_label_after_a_restart(docker, image, tmp_path):
+    """A backend that knows nothing (a restarted service) adopts a job that was running,
+    even one interrupted before its container id was recorded, and removes containers of
+    jobs that are not active, which would otherwise hold GPUs the ledger calls free."""
+    from podbay.hub.config import load_config
+    from podbay.hub.training import JobSpec
+    from podbay.hub.training.docker import DockerBackend
+
+    cfg = load_config(DOCKER_CONFIG)
+    homes = tmp_path / "homes"
+    first = DockerBackend(cfg, tmp_path / "jobs", homes, client=docker)
+    spec = dict(user="alice", image="base", command=["sleep", "600"], workdir=str(homes / "alice"), env={})
+    await first.submit(JobSpec(id=9001, name="adopted", **spec))
+    await first.submit(JobSpec(id=9002, name="orphan", **spec))
+
+    restarted = DockerBackend(cfg, tmp_path / "jobs", homes, client=docker)
+    statuses = await restarted.reconcile({9001: {"job_id": 9001}})
+    assert statuses[9001].state == "running"
+    assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-job-9002"})
+    await restarted.cancel({"job_id": 9001})
+    status = await restarted.status({"job_id": 9001})
+    assert status.state == "exited" and status.exit_code in (137, 143)
+    assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-job-9001"})
