@@ -128,7 +128,8 @@ def cmd_up(args) -> int:
         return 1
     from .hubconfig import find_proxy
     try:
-        find_proxy()
+        if os.environ.get("PODBAY_PROXY") != "external":
+            find_proxy()
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@
 Settings come from the environment that `podbay up` prepares (and operators may set):
 PODBAY_CONFIG, PODBAY_DATA_DIR, PODBAY_PORT, PODBAY_DB_URL, PODBAY_DEMO_PASSWORD,
 PODBAY_KEEP_WORKSPACES, PODBAY_BACKEND (local or docker), PODBAY_PAUSE_JOBS (queue jobs,
-start none). Ports: the public one, +1 the hub, +2 the proxy's API, +3 podbay's REST service.
+start none), PODBAY_PROXY=external (a proxy started elsewhere, with CONFIGPROXY_AUTH_TOKEN). Ports: the public one, +1 the hub, +2 the proxy's API, +3 podbay's REST service.
 """
 
 from __future__ import annotations
@@ -46,8 +46,13 @@ def configure(c) -> None:
     c.JupyterHub.bind_url = f"http://127.0.0.1:{port}"
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{port + 1}"
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{port + 2}"
-    c.ConfigurableHTTPProxy.command = [find_proxy()]
-    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
+    if _env("PODBAY_PROXY", "own") == "external":
+        # The proxy runs on its own (docker/compose.yaml); the hub shares its
+        # CONFIGPROXY_AUTH_TOKEN and only programs its routes.
+        c.ConfigurableHTTPProxy.should_start = False
+    else:
+        c.ConfigurableHTTPProxy.command = [find_proxy()]
+        c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.allow_named_servers = True
