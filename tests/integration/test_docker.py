@@ -65,8 +65,9 @@ def image(docker):
 
 @pytest.fixture(scope="module")
 def dhub(tmp_path_factory, image):
+    # --keep-workspaces, so that a restart can be tested; the docker fixture removes what is left.
     h = Hub(config=DOCKER_CONFIG, data_dir=tmp_path_factory.mktemp("dockerhub"), port=free_port_block(),
-            keep_workspaces=False, extra_env={"PODBAY_BACKEND": "docker"})
+            keep_workspaces=True, extra_env={"PODBAY_BACKEND": "docker"})
     h.start()
     yield h
     h.stop()
@@ -107,6 +108,11 @@ def test_image_is_registry_free_and_matches_the_hub(docker, image):
     assert lines[0] == "uid=1000(jovyan) gid=100(users) groups=100(users)"
     assert lines[1] == "/home/jovyan"
     assert lines[2] == jupyterhub.__version__
+    ls = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "images", "ls", "--config", str(DOCKER_CONFIG)],
+                        capture_output=True, text=True)
+    assert ls.returncode == 0, ls.stderr
+    rows = {line.split()[0]: line.split(None, 2)[2] for line in ls.stdout.splitlines()}
+    assert rows == {"base": "present", "pytorch": "missing (no build folder)", "broken": "present"}, ls.stdout
     # Nothing of the base came from a registry: its history starts at the imported root.
     assert docker.images.get("podbay/debian-root:bookworm").id in {
         layer["Id"] for layer in docker.api.history(IMAGE)}
@@ -201,6 +207,38 @@ def test_only_catalog_images_and_built_ones(dhub, docker):
         assert "podbay images build pytorch" in r.json()["message"]
     assert claimed(dhub, "workspace:alice/unbuilt") == [], "a failed start must not keep its GPU"
     assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-alice--unbuilt"})
+
+
+def test_a_workspace_that_dies_while_starting_fails_at_once_and_frees_its_gpu(dhub, docker):
+    t0 = time.monotonic()
+    r = dhub.start_server("alice", "doomed", {"profile": "mig-1g.10gb", "image": "broken"})
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 500, r.text
+    assert "container exited with status 0 while starting" in r.json()["message"]
+    assert elapsed < 8, f"took {elapsed:.1f}s to report the failure"
+    assert claimed(dhub, "workspace:alice/doomed") == []
+    assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-alice--doomed"})
+
+
+def test_hub_restart_keeps_running_containers_and_frees_dead_ones(dhub, docker):
+    dhub.start_server("alice", "stays", {"profile": "gpu-1", "image": "base"})
+    dhub.start_server("alice", "dies", {"profile": "mig-1g.10gb", "image": "base"})
+    stays, dies = (container_of(dhub, docker, "alice", n)["Id"] for n in ("stays", "dies"))
+    held = claimed(dhub, "workspace:alice/stays")
+    dhub.stop()
+    assert docker.api.inspect_container(stays)["State"]["Running"], "--keep-workspaces keeps containers"
+    docker.api.kill(dies)
+    dhub.start()
+    assert claimed(dhub, "workspace:alice/dies") == [], "a container that died meanwhile frees its GPU"
+    assert claimed(dhub, "workspace:alice/stays") == held
+    assert dhub.wait_ready("alice", "stays", timeout=30)["ready"]
+    assert container_of(dhub, docker, "alice", "stays")["Id"] == stays
+    dhub.stop_server("alice", "stays")
+    with dhub.api("alice") as api:
+        deadline = time.monotonic() + 30
+        while "dies" in api.get("/users/alice").json()["servers"] and time.monotonic() < deadline:
+            api.delete("/users/alice/servers/dies")
+            time.sleep(0.5)
 
 
 def _wait_job(api: httpx.Client, job_id: int, states: set[str], timeout: float = 60) -> dict:
