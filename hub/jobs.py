@@ -25,7 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .config import ProfileKind
 from .ledger import Base, ClaimRefused, NoCapacity, QuotaExceeded
 from .portal import OptionsRefused, Portal
-from .training import JobSpec, TrainingBackend
+from .training import BackendUnavailable, JobSpec, TrainingBackend
 
 log = logging.getLogger("podbay.jobs")
 
@@ -150,7 +150,8 @@ class JobManager:
         return JOB_POOL if JOB_POOL in self.portal.cfg.pools else next(iter(self.portal.cfg.pools))
 
     def home_of(self, user: str) -> Path:
-        return self.portal.data_dir / "homes" / user
+        """The home jobs work in: podbay's directory (local), or where the backend mounts it."""
+        return self.backend.home_of(user) or self.portal.data_dir / "homes" / user
 
     # --- submitting --------------------------------------------------------------------
 
@@ -343,6 +344,12 @@ class JobManager:
                         workspace=job.from_workspace)
         try:
             ref = await self.backend.submit(spec_)
+        except BackendUnavailable as e:
+            # Keep its place in line; nothing ran, so nothing is lost by trying again.
+            await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
+            self._update(job.id, state="queued", devices=[], ref={}, message=f"waiting: {e}")
+            blocked.add(job.pool)
+            return
         except Exception as e:
             log.exception("job %s could not start", job.id)
             await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")

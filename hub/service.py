@@ -410,7 +410,7 @@ def main() -> None:
     portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"])
     if env.get("PODBAY_BACKEND", "local") == "docker":
         from .training.docker import DockerBackend
-        backend = DockerBackend(portal.cfg, portal.data_dir / "jobs", portal.data_dir / "homes")
+        backend = DockerBackend(portal.cfg, portal.data_dir / "jobs")
     else:
         backend = LocalBackend(portal.data_dir / "jobs")
     jobs = JobManager(portal, backend)

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot be reached now (its engine is down): the job waits, it is not failed."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class TrainingBackend(ABC):
     # Whether users' homes are directories podbay sees (local), or live elsewhere (Docker
     # volumes), so that a job's workdir cannot be checked before it runs.
     host_homes: bool = True
+
+    def home_of(self, user: str) -> Path | None:
+        """The user's home as the job sees it, when it is not podbay's own directory."""
+        return None
 
     def mount_source(self, volume, path: str) -> str:
         """What to mount for a catalog volume whose directory is `path`."""

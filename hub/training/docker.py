@@ -15,10 +15,12 @@ import logging
 from pathlib import Path
 
 from docker.errors import APIError, NotFound
+from requests.exceptions import ConnectionError as RequestsConnectionError
 from dockerspawner import DockerSpawner
 
 from ..config import PodbayConfig
-from . import BackendStatus, JobSpec, TrainingBackend
+from ..images import DockerUnavailable
+from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend
 
 log = logging.getLogger("podbay.training.docker")
 HOME = "/home/jovyan"
@@ -29,19 +31,20 @@ class DockerBackend(TrainingBackend):
     # Homes are Docker volumes: podbay cannot look into them from the service.
     host_homes = False
 
-    def __init__(self, cfg: PodbayConfig, jobs_dir: Path, homes_dir: Path, client=None):
+    def __init__(self, cfg: PodbayConfig, jobs_dir: Path, client=None):
         self.cfg = cfg
         self.settings = cfg.docker
         self.jobs_dir = Path(jobs_dir)
-        # Where JobManager roots workdirs and volume targets; mapped onto /home/jovyan.
-        self.homes_dir = Path(homes_dir)
         self._client = client
 
     @property
     def client(self):
         if self._client is None:
             from ..images import docker_client
-            self._client = docker_client()
+            try:
+                self._client = docker_client()
+            except DockerUnavailable as e:
+                raise BackendUnavailable(str(e)) from None
         return self._client
 
     def container_name(self, job_id: int) -> str:
@@ -50,12 +53,16 @@ class DockerBackend(TrainingBackend):
     def mount_source(self, volume, path: str) -> str:
         return volume.docker_volume or path
 
-    def _in_home(self, user: str, host_path: str) -> str:
-        rel = Path(host_path).relative_to(self.homes_dir / user)
-        return str(Path(HOME) / rel) if rel.parts else HOME
+    def home_of(self, user: str) -> Path:
+        # Workdirs and volume targets are paths inside the container, under the home volume.
+        return Path(HOME)
 
     async def submit(self, job: JobSpec) -> dict:
-        return await asyncio.to_thread(self._submit, job)
+        try:
+            return await asyncio.to_thread(self._submit, job)
+        except RequestsConnectionError as e:
+            self._client = None
+            raise BackendUnavailable(f"Docker is not reachable ({e}); the job starts when it is back") from None
 
     def _submit(self, job: JobSpec) -> dict:
         api = self.client.api
@@ -65,7 +72,7 @@ class DockerBackend(TrainingBackend):
         home = self.settings.home_volume(escape(job.user), escape(job.workspace.lower()) if job.workspace else None)
         binds = {home: {"bind": HOME, "mode": "rw"}}
         for source, target, read_only in job.volumes:
-            binds[source] = {"bind": self._in_home(job.user, target), "mode": "ro" if read_only else "rw"}
+            binds[source] = {"bind": target, "mode": "ro" if read_only else "rw"}
         devices = list(dict.fromkeys(job.devices))
         host_config = api.create_host_config(
             binds=binds, network_mode=self.settings.job_network,
@@ -83,7 +90,7 @@ class DockerBackend(TrainingBackend):
         self._remove(name)  # one left by a submit that failed half-way
         container = api.create_container(
             image=ref_image, command=list(job.command), name=name, environment=env,
-            working_dir=self._in_home(job.user, job.workdir), host_config=host_config,
+            working_dir=job.workdir, host_config=host_config,
             labels={"podbay.job": str(job.id), "podbay.prefix": self.settings.name_prefix,
                     "podbay.user": job.user, "podbay.image": job.image})
         try:
@@ -155,12 +162,15 @@ class DockerBackend(TrainingBackend):
     def read_logs(self, ref: dict, offset: int = 0) -> bytes:
         if "job_id" not in ref:
             return b""
-        container = None if (self._dir(ref) / "exit_code").exists() else self._find(ref)
+        try:
+            container = None if (self._dir(ref) / "exit_code").exists() else self._find(ref)
+        except (BackendUnavailable, RequestsConnectionError):
+            container = None
         if container is not None:
             try:
                 return self.client.api.logs(container["Id"], stdout=True, stderr=True)[offset:]
-            except NotFound:
-                pass  # archived between the two calls
+            except (NotFound, RequestsConnectionError):
+                pass  # archived between the two calls, or the engine went away
         try:
             with (self._dir(ref) / "output.log").open("rb") as f:
                 f.seek(offset)

@@ -10,6 +10,7 @@ what it was asked for. Everything else (containers, mounts, users, networking) i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -263,6 +264,7 @@ def test_training_job_runs_as_a_container_and_cancels(dhub, docker):
         assert r.status_code == 201, r.text
         job = _wait_job(api, r.json()["id"], {"succeeded", "failed"})
         assert job["state"] == "failed" and job["exit_code"] == 3, job
+        assert job["workdir"] == "/home/jovyan/proj"
         (device,) = job["devices"]
         logs = api.get(f"/jobs/{job['id']}/logs").text
         assert logs.split("\n")[:5] == ["jovyan", "/home/jovyan/proj", "lr=0.1", "imagenet sample", f"NV={device}"], logs
@@ -295,13 +297,12 @@ async def test_backend_finds_its_jobs_by_label_after_a_restart(docker, image, tm
     from podbay.hub.training.docker import DockerBackend
 
     cfg = load_config(DOCKER_CONFIG)
-    homes = tmp_path / "homes"
-    first = DockerBackend(cfg, tmp_path / "jobs", homes, client=docker)
-    spec = dict(user="alice", image="base", command=["sleep", "600"], workdir=str(homes / "alice"), env={})
+    first = DockerBackend(cfg, tmp_path / "jobs", client=docker)
+    spec = dict(user="alice", image="base", command=["sleep", "600"], workdir="/home/jovyan", env={})
     await first.submit(JobSpec(id=9001, name="adopted", **spec))
     await first.submit(JobSpec(id=9002, name="orphan", **spec))
 
-    restarted = DockerBackend(cfg, tmp_path / "jobs", homes, client=docker)
+    restarted = DockerBackend(cfg, tmp_path / "jobs", client=docker)
     statuses = await restarted.reconcile({9001: {"job_id": 9001}})
     assert statuses[9001].state == "running"
     assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-job-9002"})
@@ -309,3 +310,27 @@ async def test_backend_finds_its_jobs_by_label_after_a_restart(docker, image, tm
     status = await restarted.status({"job_id": 9001})
     assert status.state == "exited" and status.exit_code in (137, 143)
     assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-job-9001"})
+
+
+async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, image, tmp_path, monkeypatch):
+    from podbay.hub.jobs import JobManager, JobRequest
+    from podbay.hub.portal import Portal
+    from podbay.hub.training.docker import DockerBackend
+
+    portal = Portal.open(DOCKER_CONFIG, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+    manager = JobManager(portal, DockerBackend(portal.cfg, tmp_path / "jobs"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    job = manager.submit("alice", [], JobRequest(name="patient", command=["echo", "ran once"], gpus=1))
+    await manager.tick()
+    waiting = manager.get(job.id)
+    assert waiting.state == "queued" and "Docker is not reachable" in waiting.message, waiting
+    assert portal.ledger.get(f"job:{job.id}") is None, "a waiting job holds no GPU"
+    monkeypatch.delenv("DOCKER_HOST")
+    deadline = time.monotonic() + 30
+    while manager.get(job.id).state not in ("succeeded", "failed") and time.monotonic() < deadline:
+        await manager.tick()
+        await asyncio.sleep(0.2)
+    done = manager.get(job.id)
+    assert done.state == "succeeded", done
+    assert manager.read_logs(job.id) == b"ran once\n"
+    portal.ledger.dispose()
