@@ -113,17 +113,21 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             volumes[source] = {"bind": f"{HOME}/{vol.target}", "mode": "ro" if vol.read_only else "rw"}
         self.volumes = volumes
         self.read_only_volumes = {}
-        # Configured settings stay; podbay's own are redone on every start.
-        self._base_host_config = getattr(self, "_base_host_config", None) or dict(self.extra_host_config)
+        # Should this spawner object serve a second start (JupyterHub 6.1 makes a new one per
+        # start, older versions kept one after a failed spawn), podbay's own settings, the
+        # devices above all, are redone from what was configured, never inherited.
+        if not hasattr(self, "_base_host_config"):
+            self._base_host_config = dict(self.extra_host_config)
+            self._base_create_kwargs = dict(self.extra_create_kwargs)
         host_config = {**self._base_host_config, "auto_remove": False}  # keep a dead workspace's output
         devices = list(dict.fromkeys(self.podbay_allocation.devices)) if self.podbay_allocation else []
         if devices:
             host_config["device_requests"] = [
                 {"driver": self.docker_settings.gpu_driver, "device_ids": devices, "capabilities": [["gpu"]]}]
         self.extra_host_config = host_config
-        self._base_create_kwargs = getattr(self, "_base_create_kwargs", None) or dict(self.extra_create_kwargs)
         labels = {**self._base_create_kwargs.get("labels", {}),
-                  "podbay.prefix": self.docker_settings.name_prefix, "podbay.workspace": self.podbay_key, "podbay.user": self.user.name,
+                  "podbay.prefix": self.docker_settings.name_prefix, "podbay.workspace": self.podbay_key,
+                  "podbay.user": self.user.name,
                   "podbay.profile": request.profile.id, "podbay.image": request.image.name}
         self.extra_create_kwargs = {**self._base_create_kwargs, "labels": labels}
 

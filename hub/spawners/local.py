@@ -75,7 +75,8 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
     async def start(self):
         # podbay_prepare puts the volume launcher in front of self.cmd; keep the configured
         # command so a second start of this spawner does not wrap it twice.
-        self._base_cmd = getattr(self, "_base_cmd", None) or list(self.cmd)
+        if not hasattr(self, "_base_cmd"):
+            self._base_cmd = list(self.cmd)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         log.write(f"--- podbay: starting at {time.ctime()}\n".encode())

@@ -197,6 +197,14 @@ def test_gpu_workspaces_get_exactly_their_claimed_devices(dhub, docker):
     dhub.stop_server("alice", "mig")
     dhub.stop_server("alice", "full")
     assert claimed(dhub, "workspace:alice/mig") == [] and claimed(dhub, "workspace:alice/full") == []
+    # A failed GPU start, then the same workspace without a GPU: no device request lingers.
+    r = dhub.start_server("alice", "retry", {"profile": "gpu-1", "image": "broken"})
+    assert r.status_code == 500, r.text
+    dhub.start_server("alice", "retry", {"profile": "cpu", "image": "base"})
+    c = container_of(dhub, docker, "alice", "retry")
+    assert not c["HostConfig"].get("DeviceRequests"), c["HostConfig"].get("DeviceRequests")
+    assert "NVIDIA_VISIBLE_DEVICES=void" in c["Config"]["Env"]
+    dhub.stop_server("alice", "retry")
 
 
 def test_only_catalog_images_and_built_ones(dhub, docker):
