@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import yaml
 import pytest
 
 from tests.conftest import ROOT, Hub, free_port_block, require
@@ -342,3 +343,31 @@ async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, 
     assert done.state == "succeeded", done
     assert manager.read_logs(job.id) == b"ran once\n"
     portal.ledger.dispose()
+
+
+def test_homes_per_workspace_where_configured(docker, image, tmp_path):
+    cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
+    cfg["docker"]["home_per_workspace"] = True
+    cfg["images"][0]["build"] = str(ROOT / "images" / "base")
+    config = tmp_path / "podbay.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "data").mkdir()
+    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=False,
+              extra_env={"PODBAY_BACKEND": "docker"})
+    hub.start()
+    try:
+        opts = {"profile": "cpu", "image": "base"}
+        hub.start_server("alice", "a", opts)
+        hub.start_server("alice", "b", opts)
+        a, b = (container_of(hub, docker, "alice", n) for n in ("a", "b"))
+        homes = {n: next(m["Name"] for m in c["Mounts"] if m["Destination"] == "/home/jovyan") for n, c in (("a", a), ("b", b))}
+        assert homes == {"a": f"{PREFIX}-home-alice--a", "b": f"{PREFIX}-home-alice--b"}
+        sh(docker, a["Id"], "echo only-a > ~/mine.txt")
+        code, _ = sh(docker, b["Id"], "test -e ~/mine.txt")
+        assert code == 1, "workspace b must not see a's home"
+        hub.stop_server("alice", "a")
+        hub.start_server("alice", "a", opts)
+        code, out = sh(docker, container_of(hub, docker, "alice", "a")["Id"], "cat ~/mine.txt")
+        assert out.strip() == "only-a"
+    finally:
+        hub.stop()
