@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from .gpu import GPU_UUID, MIG_NAME, MIG_UUID, family_for, known_mig_profiles, layout_fits
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 UserName = Annotated[str, Field(min_length=1, max_length=255)]
+# YAML reads `CODE_SERVER_NODE: 24` as a number; a build argument is text either way.
+BuildArg = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)]
 
 
 class _Model(BaseModel):
@@ -39,7 +41,17 @@ class Image(_Model):
     image: str
     # A folder with the image's Dockerfile, relative to this file: `podbay images build`.
     build: str | None = None
+    # Docker build arguments for it (CODE_SERVER_VERSION, CODE_SERVER_SOURCE: npm, …).
+    build_args: dict[str, BuildArg] = {}
     default: bool = False
+
+    @field_validator("build_args")
+    @classmethod
+    def _hub_version_is_fixed(cls, v: dict[str, str]) -> dict[str, str]:
+        if "JUPYTERHUB_VERSION" in v:
+            raise ValueError("JUPYTERHUB_VERSION is always the hub's own version "
+                             "(jupyterhub-singleuser must match it); remove it from build_args")
+        return v
 
 
 PROFILE_ID = re.compile(

@@ -3,20 +3,23 @@ the docker spawner and training backend share.
 
 A catalog entry may name a build folder (`build:` in podbay.yaml, relative to that file)
 holding a Dockerfile; `podbay images build` builds it through the docker SDK, tags it with
-the entry's `image:` and passes the hub's jupyterhub version, so jupyterhub-singleuser in
-the workspace always matches the hub. Two things are prepared for a Dockerfile that asks:
+the entry's `image:` and passes the entry's `build_args` and the hub's jupyterhub version,
+so jupyterhub-singleuser in the workspace always matches the hub. Two things are prepared
+for a Dockerfile that asks:
 
 - `FROM podbay/debian-root:bookworm`: a Debian root made with debootstrap on this host
   and imported into Docker, so the image needs no container registry at all;
 - `COPY wheels/`: the Python packages as wheels, prepared on this host with its pip; the
-  build then runs with no network.
+  build then runs with no network, unless CODE_SERVER_VERSION asks for code-server,
+  which comes from npm.
 
 Every build gets `common/` (the shared install script) and the host's CA bundle, which
-the script trusts when it has to reach PyPI or GitHub.
+the script trusts when it has to reach PyPI, npm or GitHub.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -31,6 +34,9 @@ from .config import Image, PodbayConfig
 
 DEBIAN_ROOT = "podbay/debian-root:bookworm"
 DEBIAN_SUITE = "bookworm"
+# Installed from wheels besides jupyterhub; the two proxies are used only where the
+# image also gets code-server, but they are small and keep one wheel set for all.
+WHEEL_PACKAGES = ["jupyterlab", "jupyter-server-proxy", "jupyter-vscode-proxy"]
 # What a workspace image's root needs before the install script runs.
 DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini", "procps"]
 
@@ -138,19 +144,21 @@ def root_python(client) -> str:
 
 
 def ensure_wheels(client, cache_dir: Path, progress: Progress) -> Path:
-    """Wheels of jupyterhub (the hub's version) and JupyterLab with everything they need,
-    downloaded by this host's pip for the Debian root's Python version and this platform."""
+    """Wheels of jupyterhub (the hub's version) and WHEEL_PACKAGES with everything they
+    need, downloaded by this host's pip for the Debian root's Python version and platform."""
     version, python = hub_version(), root_python(client)
-    wheels = cache_dir / f"wheels-jupyterhub-{version}-python-{python}"
+    wanted = [f"jupyterhub=={version}", *WHEEL_PACKAGES]
+    digest = hashlib.sha256(" ".join(wanted).encode()).hexdigest()[:8]
+    wheels = cache_dir / f"wheels-jupyterhub-{version}-python-{python}-{digest}"
     done = wheels / ".complete"
     if done.exists():
         return wheels
-    progress(f"downloading wheels of jupyterhub {version} and jupyterlab for Python {python} into {wheels}")
+    progress(f"downloading wheels of {', '.join(wanted)} for Python {python} into {wheels}")
     wheels.mkdir(parents=True, exist_ok=True)
     run = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
          "--only-binary=:all:", "--python-version", python, "--dest", str(wheels),
-         f"jupyterhub=={version}", "jupyterlab"],
+         *wanted],
         capture_output=True, text=True)
     if run.returncode != 0:
         raise ImageBuildError(f"pip could not download the wheels:\n{run.stderr[-2000:]}")
@@ -162,9 +170,13 @@ def build_image(client, image: Image, config_file: Path, cache_dir: Path, progre
     """Build one catalog image; return its id. Raises ImageBuildError with the build's words."""
     folder = build_dir(image, config_file)
     dockerfile = (folder / "Dockerfile").read_text()
-    offline = bool(re.search(rf"^FROM\s+{re.escape(DEBIAN_ROOT)}\b", dockerfile, re.M))
-    if offline:
+    buildargs = {**image.build_args, "JUPYTERHUB_VERSION": hub_version()}
+    registry_free = bool(re.search(rf"^FROM\s+{re.escape(DEBIAN_ROOT)}\b", dockerfile, re.M))
+    if registry_free:
         ensure_debian_root(client, cache_dir, progress)
+    # Everything a registry-free build needs is prepared here, so it gets no network at
+    # all, unless it is asked for code-server, which only the package registries have.
+    offline = registry_free and not buildargs.get("CODE_SERVER_VERSION")
     with tempfile.TemporaryDirectory(prefix="podbay-build-") as tmp:
         ctx = Path(tmp) / "context"
         shutil.copytree(folder, ctx)
@@ -181,7 +193,7 @@ def build_image(client, image: Image, config_file: Path, cache_dir: Path, progre
         image_id = None
         for chunk in client.api.build(
                 path=str(ctx), tag=image.image, rm=True, forcerm=True, decode=True, pull=False,
-                buildargs={"JUPYTERHUB_VERSION": hub_version()},
+                buildargs=buildargs,
                 # No bridge network: a registry-free build gets none at all, others the host's.
                 network_mode="none" if offline else "host"):
             if "error" in chunk:

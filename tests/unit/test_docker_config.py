@@ -25,6 +25,8 @@ def test_every_demo_image_builds_from_a_folder_with_the_shared_script():
         dockerfile = (build_dir(image, DEMO) / "Dockerfile").read_text()
         assert "install-workspace.sh" in dockerfile and "USER 1000:100" in dockerfile
         assert "ARG JUPYTERHUB_VERSION" in dockerfile
+        # VS Code in the browser: from GitHub's release or npm, as the catalog asks.
+        assert 'CODE_SERVER_SOURCE="$CODE_SERVER_SOURCE"' in dockerfile
         if image.name != "base":
             tag = re.search(r"^FROM nvcr\.io/nvidia/(\w+):(\d\d\.\d\d)-py3$", dockerfile, re.M)
             assert tag and tag.group(1) == image.name, dockerfile
@@ -94,3 +96,20 @@ def test_hub_image_and_compose_use_the_host_network_only():
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert '"--backend", "docker"' in dockerfile and "configurable-http-proxy" in dockerfile
     assert Path(ROOT / "docker" / "build.sh").read_text().count("--network host") == 1
+
+
+def test_build_args_are_text_and_cannot_change_the_hub_version(tmp_path):
+    base = next(i for i in load_config(DEMO).images if i.name == "base")
+    # The demo's CPU image gets VS Code from npm, so it needs no GitHub.
+    assert base.build_args == {"CODE_SERVER_VERSION": "4.139.1"}
+    data = yaml.safe_load(DEMO.read_text())
+    data["images"][3]["build_args"] = {"CODE_SERVER_NODE": 24, "CODE_SERVER_SOURCE": "npm"}
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path).images[3].build_args == {"CODE_SERVER_NODE": "24", "CODE_SERVER_SOURCE": "npm"}
+    data["images"][0]["build_args"] = {"JUPYTERHUB_VERSION": "4.0.0"}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert any("images[0].build_args" in str(i) and "hub's own version" in str(i) for i in e.value.issues), \
+        [str(i) for i in e.value.issues]
