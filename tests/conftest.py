@@ -23,6 +23,11 @@ TEST_CONFIG = ROOT / "tests" / "data" / "podbay-test.yaml"
 PASSWORD = "podbay-test-password"
 
 
+def pytest_collection_modifyitems(config, items):
+    # The docker tests last: scripts/dev.sh builds their image meanwhile.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/integration/test_docker.py"))
+
+
 def require(condition: bool, reason: str):
     """Skip when a real part is missing here; in CI (PODBAY_REQUIRE_ALL) fail instead,
     because the README's test command installs every part."""
@@ -229,3 +234,30 @@ def postgres_url():
     subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
                    capture_output=True)
     shutil.rmtree(data, ignore_errors=True)
+
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A real headless Chromium (Debian's), driven by Playwright."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    require(chromium is not None, "Chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+def browser_login(page, hub: Hub, user: str) -> None:
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", PASSWORD)
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/**")

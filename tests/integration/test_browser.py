@@ -4,31 +4,12 @@ start, land in JupyterLab."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
-from tests.conftest import PASSWORD, environ_of, require
+from tests.conftest import browser_login, environ_of
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
-
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    require(chromium is not None, "Chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
-
 
 def test_spawn_form_to_jupyterlab(hub, browser, tmp_path):
     # Take the only 3g.40gb, so the form must show it disabled with the reason.
@@ -36,11 +17,7 @@ def test_spawn_form_to_jupyterlab(hub, browser, tmp_path):
 
     page = browser.new_page()
     page.set_default_timeout(60_000)
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", "alice")
-    page.fill("#password_input", PASSWORD)
-    page.click("#login_submit")
-    page.wait_for_url("**/hub/**")
+    browser_login(page, hub, "alice")
 
     page.goto(f"{hub.url}/hub/spawn/alice/gpu-notebook")
     form = page.locator("#podbay-options")
