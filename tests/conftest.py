@@ -3,6 +3,7 @@ configurable-http-proxy and podbay-local) as a subprocess, driven over its REST 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -242,17 +243,27 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """A real headless Chromium (Debian's), driven by Playwright."""
+@contextlib.contextmanager
+def real_browser():
+    """A real headless Chromium (Debian's), driven by Playwright. Its sync API runs an
+    event loop in this thread while open, so asyncio tests cannot run until it is closed:
+    a module with such tests opens it in the one test that needs it."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     require(chromium is not None, "Chromium is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with real_browser() as b:
         yield b
-        b.close()
 
 
 def browser_login(page, hub: Hub, user: str) -> None:

@@ -23,7 +23,7 @@ import httpx
 import yaml
 import pytest
 
-from tests.conftest import ROOT, Hub, browser_login, free_port_block, require
+from tests.conftest import ROOT, Hub, browser_login, free_port_block, real_browser, require
 
 DOCKER_CONFIG = ROOT / "tests" / "data" / "podbay-docker.yaml"
 PREFIX = "podbaytest"
@@ -188,7 +188,7 @@ def test_home_survives_stop_start_and_recreation(dhub, docker):
 
 
 @pytest.mark.browser
-def test_vscode_opens_on_the_home_in_a_real_browser(dhub, docker, browser):
+def test_vscode_opens_on_the_home_in_a_real_browser(dhub, docker):
     # code-server came from npm with Node.js from PyPI (the image's build_args), and
     # jupyter-server-proxy serves it at /vscode/ inside the workspace, behind the hub.
     dhub.start_server("alice", "code", {"profile": "cpu", "image": "base"})
@@ -196,24 +196,26 @@ def test_vscode_opens_on_the_home_in_a_real_browser(dhub, docker, browser):
     code, out = sh(docker, cid, "echo 'print(1)' > ~/train.py && code-server --version")
     assert code == 0 and out.strip().splitlines()[-1].startswith("4.139.1 "), out
 
-    page = browser.new_page()
-    page.set_default_timeout(90_000)
-    browser_login(page, dhub, "alice")
-    # From JupyterLab's launcher, as a user finds it: the card opens VS Code in a new tab.
-    page.goto(f"{dhub.url}/user/alice/code/lab")
-    with page.expect_popup() as popup:
-        page.locator(".jp-LauncherCard", has_text="VS Code").click()
-    vscode = popup.value
-    vscode.set_default_timeout(90_000)
-    vscode.wait_for_url("**/user/alice/code/vscode/?folder=/home/jovyan")
-    vscode.locator(".monaco-workbench").wait_for()
-    # The explorer lists the home: the workbench talks to the server in the container
-    # over its websocket, through the proxy.
-    vscode.locator(".explorer-folders-view").get_by_text("train.py", exact=True).wait_for()
-    vscode.close()
-    page.close()
-    code, out = sh(docker, cid, "ps -o user=,args= -C node")
-    assert "jovyan" in out and "code-server" in out and "root" not in out, out
+    with real_browser() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(90_000)
+        browser_login(page, dhub, "alice")
+        # From JupyterLab's launcher, as a user finds it: the card opens VS Code in a new tab.
+        page.goto(f"{dhub.url}/user/alice/code/lab")
+        with page.expect_popup() as popup:
+            page.locator(".jp-LauncherCard", has_text="VS Code").click()
+        vscode = popup.value
+        vscode.set_default_timeout(90_000)
+        vscode.wait_for_url("**/user/alice/code/vscode/?folder=/home/jovyan")
+        vscode.locator(".monaco-workbench").wait_for()
+        # The explorer lists the home: the workbench talks to the server in the container
+        # over its websocket, through the proxy.
+        vscode.locator(".explorer-folders-view").get_by_text("train.py", exact=True).wait_for()
+    # code-server's node names its main thread, so look for it by its arguments.
+    code, out = sh(docker, cid, "ps -eo user=,args=")
+    processes = [line.split(None, 1) for line in out.strip().splitlines()]
+    assert any("code-server/out/node/entry.js" in args for _, args in processes), out
+    assert {user for user, _ in processes} == {"jovyan"}, out
     dhub.stop_server("alice", "code")
 
 
