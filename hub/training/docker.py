@@ -88,6 +88,10 @@ class DockerBackend(TrainingBackend):
         }
         name = self.container_name(job.id)
         self._remove(name)  # one left by a submit that failed half-way
+        # Job ids start again after the database is reset: an old job's exit code and
+        # output in this folder would otherwise be taken for the new job's.
+        for stale in ("exit_code", "output.log"):
+            (self._dir({"job_id": job.id}) / stale).unlink(missing_ok=True)
         container = api.create_container(
             image=ref_image, command=list(job.command), name=name, environment=env,
             working_dir=job.workdir, host_config=host_config,

@@ -308,6 +308,8 @@ def _wait_job(api: httpx.Client, job_id: int, states: set[str], timeout: float =
 
 
 def test_training_job_runs_as_a_container_and_cancels(dhub, docker):
+    (dhub.data_dir / "volumes" / "imagenet").mkdir(parents=True, exist_ok=True)
+    (dhub.data_dir / "volumes" / "imagenet" / "README").write_text("imagenet sample\n")
     dhub.start_server("alice", "train", {"profile": "cpu", "image": "base", "volumes": ["imagenet"]})
     sh(docker, container_of(dhub, docker, "alice", "train")["Id"], "mkdir -p ~/proj && echo 'lr=0.1' > ~/proj/cfg")
     headers = {"Authorization": f"token {dhub.token('alice')}"}
@@ -365,6 +367,31 @@ async def test_backend_finds_its_jobs_by_label_after_a_restart(docker, image, tm
     status = await restarted.status({"job_id": 9001})
     assert status.state == "exited" and status.exit_code in (137, 143)
     assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-job-9001"})
+
+
+async def test_a_job_folder_left_by_an_earlier_run_is_not_the_new_jobs(docker, image, tmp_path):
+    """Job ids start again after the service's database is reset, and the folders of the old
+    jobs may still be there: the new job must not report the old one's exit or output."""
+    from podbay.hub.config import load_config
+    from podbay.hub.training import JobSpec
+    from podbay.hub.training.docker import DockerBackend
+
+    backend = DockerBackend(load_config(DOCKER_CONFIG), tmp_path / "jobs", client=docker)
+    old = tmp_path / "jobs" / "9003"
+    old.mkdir(parents=True)
+    (old / "exit_code").write_text("7")
+    (old / "output.log").write_bytes(b"the old run\n")
+    ref = {**await backend.submit(JobSpec(id=9003, name="again", user="alice", image="base", workdir="/home/jovyan",
+                                          env={}, command=["sh", "-c", "echo the new run; sleep 600"])),
+           "job_id": 9003}
+    assert (await backend.status(ref)).state == "running"
+    deadline = time.monotonic() + 30
+    while backend.read_logs(ref) != b"the new run\n":
+        assert time.monotonic() < deadline, backend.read_logs(ref)
+        await asyncio.sleep(0.2)
+    await backend.cancel(ref)
+    assert (await backend.status(ref)).exit_code in (137, 143)
+    assert backend.read_logs(ref) == b"the new run\n"
 
 
 async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, image, tmp_path, monkeypatch):
