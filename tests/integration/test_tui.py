@@ -25,6 +25,12 @@ async def until(pilot, condition, timeout: float = 30.0, what: str = "condition"
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def form_ready(app, kind) -> bool:
+    # Pushed is not ready: the form's on_mount picks the current profile after its widgets
+    # exist, and would undo a choice made before it ran.
+    return isinstance(app.screen, kind) and app.screen.is_mounted
+
+
 def notes(app) -> list[str]:
     return [f"{n.title}: {n.message}" for n in app._notifications]
 
@@ -71,7 +77,7 @@ async def test_new_workspace_form_progress_and_refusals(hub):
     app = app_for(hub)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewWorkspace), what="the form")
+        await until(pilot, lambda: form_ready(app, NewWorkspace), what="the form")
         form = app.screen
         profiles = form.query_one("#profile", OptionList)
         # beta holds one of two 1g.10gb slices, so one is left; 3g.40gb is free.
@@ -91,7 +97,7 @@ async def test_new_workspace_form_progress_and_refusals(hub):
     app = app_for(hub)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewWorkspace), what="the form")
+        await until(pilot, lambda: form_ready(app, NewWorkspace), what="the form")
         profiles = app.screen.query_one("#profile", OptionList)
         option = next(profiles.get_option_at_index(i) for i in range(profiles.option_count)
                       if profiles.get_option_at_index(i).id == "mig-3g.40gb")
@@ -120,7 +126,7 @@ async def test_move_a_job_then_logs_and_cancel(hub):
         await until(pilot, lambda: ws.row_count >= 1, what="workspaces")
         ws.move_cursor(row=[ws.get_row_at(i)[0] for i in range(ws.row_count)].index("beta"))
         await pilot.press("t")
-        await until(pilot, lambda: isinstance(app.screen, SubmitJob), what="job form")
+        await until(pilot, lambda: form_ready(app, SubmitJob), what="job form")
         app.screen.query_one("#job-command", Input).value = "sh -c 'echo step-1; sleep 120'"
         await pilot.press("ctrl+s")
         await until(pilot, lambda: any("beta-train" in n for n in notes(app)), what="submitted")
@@ -175,7 +181,7 @@ async def test_open_connect_details_and_edit(hub, tmp_path, monkeypatch):
         await until(pilot, lambda: isinstance(app.screen, Confirm), what="confirm")
         assert "restarts beta" in str(app.screen.query_one("#question").render())
         await pilot.press("y")
-        await until(pilot, lambda: isinstance(app.screen, NewWorkspace), what="edit form")
+        await until(pilot, lambda: form_ready(app, NewWorkspace), what="edit form")
         form = app.screen
         assert form.query_one("#name", Input).disabled and form.query_one("#name", Input).value == "beta"
         profiles = form.query_one("#profile", OptionList)
@@ -215,7 +221,7 @@ async def test_logs_keys_and_refusal_notifications(hub, tmp_path, monkeypatch):
         app._report(refused.value)
         await until(pilot, lambda: any(n.startswith("Quota:") for n in notes(app)), what="quota note")
         app.action_new()
-        await until(pilot, lambda: isinstance(app.screen, NewWorkspace), what="form")
+        await until(pilot, lambda: form_ready(app, NewWorkspace), what="form")
         form = app.screen
         form.query_one("#name", Input).value = "greedy"
         profiles = form.query_one("#profile", OptionList)
