@@ -347,7 +347,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
     async def logs(job_id: int = JobId, who: Caller = Depends(caller), follow: bool = False):
         may_see(who, jobs.get(job_id), job_id)
         if not follow:
-            return PlainTextResponse(jobs.read_logs(job_id).decode(errors="replace"))
+            return PlainTextResponse((await asyncio.to_thread(jobs.read_logs, job_id)).decode(errors="replace"))
         return StreamingResponse(_follow(jobs, job_id), media_type="text/plain; charset=utf-8")
 
     @api.delete("/jobs/{job_id}", response_model=Job, summary="Cancel a job")
@@ -363,7 +363,8 @@ async def _follow(jobs: JobManager, job_id: int, interval: float = 0.2) -> Async
     offset = 0
     while True:
         done = jobs.get(job_id).state in TERMINAL
-        chunk = jobs.read_logs(job_id, offset)
+        # Off the event loop: a backend may ask its engine (Docker) for the output.
+        chunk = await asyncio.to_thread(jobs.read_logs, job_id, offset)
         if chunk:
             offset += len(chunk)
             yield chunk

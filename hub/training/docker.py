@@ -6,12 +6,17 @@ container is labelled with the job's id and the install's name prefix: that, not
 is how the backend finds its jobs after a restart. When a container has ended, its output
 and exit code are kept in the job's folder and the container is removed; a cancelled job
 is stopped (SIGTERM, then SIGKILL after the grace period) and removed the same way.
+
+While a job runs, its output is streamed once from the engine into a file in its folder
+(a spool), where every reader seeks to its offset: a follower polling a job that has
+written gigabytes does not make the engine send them all again on each poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 from docker.errors import APIError, NotFound
@@ -36,6 +41,8 @@ class DockerBackend(TrainingBackend):
         self.settings = cfg.docker
         self.jobs_dir = Path(jobs_dir)
         self._client = client
+        self._spools: dict[int, _Spool] = {}
+        self._spools_lock = threading.Lock()
 
     @property
     def client(self):
@@ -90,7 +97,7 @@ class DockerBackend(TrainingBackend):
         self._remove(name)  # one left by a submit that failed half-way
         # Job ids start again after the database is reset: an old job's exit code and
         # output in this folder would otherwise be taken for the new job's.
-        for stale in ("exit_code", "output.log"):
+        for stale in ("exit_code", "output.log", _Spool.FILE):
             (self._dir({"job_id": job.id}) / stale).unlink(missing_ok=True)
         container = api.create_container(
             image=ref_image, command=list(job.command), name=name, environment=env,
@@ -126,6 +133,9 @@ class DockerBackend(TrainingBackend):
         (d / "output.log").write_bytes(self.client.api.logs(container["Id"], stdout=True, stderr=True))
         (d / "exit_code").write_text(str(code))
         self._remove(container["Id"])
+        with self._spools_lock:
+            self._spools.pop(ref["job_id"], None)
+        (d / _Spool.FILE).unlink(missing_ok=True)
         return code
 
     def _remove(self, key: str) -> None:
@@ -166,21 +176,40 @@ class DockerBackend(TrainingBackend):
     def read_logs(self, ref: dict, offset: int = 0) -> bytes:
         if "job_id" not in ref:
             return b""
-        try:
-            container = None if (self._dir(ref) / "exit_code").exists() else self._find(ref)
-        except (BackendUnavailable, RequestsConnectionError):
-            container = None
-        if container is not None:
+        if not (self._dir(ref) / "exit_code").exists():
             try:
-                return self.client.api.logs(container["Id"], stdout=True, stderr=True)[offset:]
-            except (NotFound, RequestsConnectionError):
-                pass  # archived between the two calls, or the engine went away
+                source = self._live_output(ref, offset)
+            except (BackendUnavailable, RequestsConnectionError):
+                source = None  # the engine is away: what was archived or spooled is all there is
+            if isinstance(source, bytes):
+                return source
+            if source is not None:
+                return _read_from(source, offset)
+        return _read_from(self._dir(ref) / "output.log", offset)
+
+    def _live_output(self, ref: dict, offset: int) -> Path | bytes | None:
+        """Where a job that has not been archived has its output: its spool, started here
+        for a running container; the container's log itself for one that ended before any
+        spool was started (after a service restart); None when there is no container."""
+        job_id = ref["job_id"]
+        with self._spools_lock:
+            spool = self._spools.get(job_id)
+            if spool is not None and spool.streaming:
+                return spool.path
+            container = self._find(ref)
+            if container is None:
+                return spool.path if spool else None
+            if container["State"]["Running"]:
+                # A new stream starts at the container's first byte: the spool is always a
+                # prefix of the output, so readers' offsets stay good across a restart of it.
+                spool = self._spools[job_id] = _Spool(self.client.api, container["Id"], self._dir(ref) / _Spool.FILE)
+                return spool.path
+            if spool is not None:
+                return spool.path  # it streamed until the container ended; archived soon
         try:
-            with (self._dir(ref) / "output.log").open("rb") as f:
-                f.seek(offset)
-                return f.read()
-        except OSError:
-            return b""
+            return self.client.api.logs(container["Id"], stdout=True, stderr=True)[offset:]
+        except NotFound:
+            return None  # archived meanwhile
 
     async def reconcile(self, refs: dict[int, dict]) -> dict[int, BackendStatus]:
         """Statuses of the jobs the service believed active; containers of this install
@@ -199,6 +228,43 @@ class DockerBackend(TrainingBackend):
 
         await asyncio.to_thread(sweep)
         return statuses
+
+
+class _Spool:
+    """One running container's output, streamed from the engine into a file as it comes."""
+
+    FILE = "output.live"
+
+    def __init__(self, api, container_id: str, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        # A daemon thread: the stream ends with the container, and must not hold up the
+        # service's shutdown while the job runs on.
+        self._thread = threading.Thread(target=self._run, args=(api, container_id),
+                                        name=f"spool-{container_id[:12]}", daemon=True)
+        self._thread.start()
+
+    @property
+    def streaming(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self, api, container_id: str) -> None:
+        try:
+            with self.path.open("ab", buffering=0) as f:
+                for chunk in api.logs(container_id, stdout=True, stderr=True, stream=True, follow=True):
+                    f.write(chunk)
+        except Exception as e:  # noqa: BLE001 - the container or the engine went away
+            log.info("output stream of %s ended: %s", container_id[:12], e)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _read_int(path: Path) -> int | None:

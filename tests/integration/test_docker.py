@@ -394,6 +394,54 @@ async def test_a_job_folder_left_by_an_earlier_run_is_not_the_new_jobs(docker, i
     assert backend.read_logs(ref) == b"the new run\n"
 
 
+async def test_a_running_jobs_output_is_streamed_once_and_read_from_offsets(docker, image, tmp_path, monkeypatch):
+    """Followers poll a running job's output from their offsets: the engine sends it once,
+    into the job's spool, and is not asked for all of it again on each poll, and a restarted
+    service reads on from the same offsets."""
+    from podbay.hub.config import load_config
+    from podbay.hub.training import JobSpec
+    from podbay.hub.training.docker import DockerBackend
+
+    whole_reads, logs = [], docker.api.logs
+
+    def spy(container, *args, **kwargs):
+        if not kwargs.get("stream"):
+            whole_reads.append(container)
+        return logs(container, *args, **kwargs)
+
+    monkeypatch.setattr(docker.api, "logs", spy)
+    cfg = load_config(DOCKER_CONFIG)
+    backend = DockerBackend(cfg, tmp_path / "jobs", client=docker)
+    script = 'i=0; while [ $i -lt 3000 ]; do echo "line $i"; i=$((i+1)); done; echo half; sleep 3; echo end'
+    ref = {**await backend.submit(JobSpec(id=9004, name="chatty", user="alice", image="base", workdir="/home/jovyan",
+                                          env={}, command=["sh", "-c", script])), "job_id": 9004}
+    expected = b"".join(b"line %d\n" % i for i in range(3000)) + b"half\nend\n"
+
+    async def read_until(reader, got: bytes, end: bytes) -> bytes:
+        deadline = time.monotonic() + 30
+        while not got.endswith(end):
+            assert time.monotonic() < deadline, got[-200:]
+            got += reader.read_logs(ref, len(got))
+            await asyncio.sleep(0.02)
+        return got
+
+    got = await read_until(backend, b"", b"half\n")
+    # The service restarts (a backend that knows nothing, its own folder here so that the
+    # first one's stream cannot write into it): its readers go on from their offsets.
+    restarted = DockerBackend(cfg, tmp_path / "restarted", client=docker)
+    got = await read_until(restarted, got, b"end\n")
+    assert got == expected
+    assert whole_reads == [], "a running job's whole output was asked for again"
+
+    deadline = time.monotonic() + 30
+    while (status := await restarted.status(ref)).state == "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    assert status.exit_code == 0
+    assert restarted.read_logs(ref) == expected and restarted.read_logs(ref, len(expected) - 4) == b"end\n"
+    assert not (tmp_path / "restarted" / "9004" / "output.live").exists()
+
+
 async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, image, tmp_path, monkeypatch):
     from podbay.hub.jobs import JobManager, JobRequest
     from podbay.hub.portal import Portal
