@@ -76,3 +76,22 @@ class TrainingBackend(ABC):
     async def reconcile(self, refs: dict[int, dict]) -> dict[int, BackendStatus]:
         """After a restart: the status of every job the service believed active."""
         return {job_id: await self.status(ref) for job_id, ref in refs.items()}
+
+
+# Files in a job's folder, shared by the backends that keep one.
+
+def read_from(path: Path, offset: int) -> bytes:
+    """A file's bytes from `offset` on; nothing when it is not there (yet)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""
+
+
+def read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -25,7 +25,7 @@ from dockerspawner import DockerSpawner
 
 from ..config import PodbayConfig
 from ..images import DockerUnavailable
-from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend
+from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, read_from, read_int
 
 log = logging.getLogger("podbay.training.docker")
 HOME = "/home/jovyan"
@@ -148,7 +148,7 @@ class DockerBackend(TrainingBackend):
                 raise
 
     def _status(self, ref: dict) -> BackendStatus:
-        code = _read_int(self._dir(ref) / "exit_code")
+        code = read_int(self._dir(ref) / "exit_code")
         if code is not None:
             return BackendStatus("exited", code)
         container = self._find(ref)
@@ -184,8 +184,8 @@ class DockerBackend(TrainingBackend):
             if isinstance(source, bytes):
                 return source
             if source is not None:
-                return _read_from(source, offset)
-        return _read_from(self._dir(ref) / "output.log", offset)
+                return read_from(source, offset)
+        return read_from(self._dir(ref) / "output.log", offset)
 
     def _live_output(self, ref: dict, offset: int) -> Path | bytes | None:
         """Where a job that has not been archived has its output: its spool, started here
@@ -256,20 +256,3 @@ class _Spool:
                     f.write(chunk)
         except Exception as e:  # noqa: BLE001 - the container or the engine went away
             log.info("output stream of %s ended: %s", container_id[:12], e)
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-

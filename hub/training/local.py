@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..procs import proc_start_time
-from . import BackendStatus, JobSpec, TrainingBackend
+from . import BackendStatus, JobSpec, TrainingBackend, read_from, read_int
 
 
 class LocalBackend(TrainingBackend):
@@ -65,21 +65,21 @@ class LocalBackend(TrainingBackend):
 
     async def status(self, ref: dict) -> BackendStatus:
         d = self._dir(ref)
-        code = _read_int(d / "exit_code")
+        code = read_int(d / "exit_code")
         if code is not None:
             return BackendStatus("exited", code)
-        pid = ref.get("pid") or _read_int(d / "supervisor.pid")
+        pid = ref.get("pid") or read_int(d / "supervisor.pid")
         if pid and proc_start_time(pid) is not None and (
                 ref.get("start_time") is None or proc_start_time(pid) == ref["start_time"]):
             return BackendStatus("running")
         # The supervisor may have written the code between the two reads.
-        code = _read_int(d / "exit_code")
+        code = read_int(d / "exit_code")
         if code is not None:
             return BackendStatus("exited", code)
         return BackendStatus("lost", message="the job's process ended without recording an exit code")
 
     async def cancel(self, ref: dict) -> None:
-        pid = ref.get("pid") or _read_int(self._dir(ref) / "supervisor.pid")
+        pid = ref.get("pid") or read_int(self._dir(ref) / "supervisor.pid")
         if not pid or (await self.status(ref)).state != "running":
             return
         for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 5.0)):
@@ -94,16 +94,4 @@ class LocalBackend(TrainingBackend):
                 await asyncio.sleep(0.1)
 
     def read_logs(self, ref: dict, offset: int = 0) -> bytes:
-        try:
-            with (self._dir(ref) / "output.log").open("rb") as f:
-                f.seek(offset)
-                return f.read()
-        except OSError:
-            return b""
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+        return read_from(self._dir(ref) / "output.log", offset)
