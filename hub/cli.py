@@ -126,8 +126,11 @@ def cmd_up(args) -> int:
     except ConfigError as e:
         print(f"podbay: refusing to start, the configuration is invalid.\n{e.render()}", file=sys.stderr)
         return 1
-    from .hubconfig import find_proxy
+    from .hubconfig import check_public_ip, find_proxy, is_loopback
+    backend = args.backend or os.environ.get("PODBAY_BACKEND") or "local"
+    allow_unisolated = args.allow_unisolated or os.environ.get("PODBAY_ALLOW_UNISOLATED") == "1"
     try:
+        check_public_ip(args.ip, backend, allow_unisolated)
         if os.environ.get("PODBAY_PROXY") != "external":
             find_proxy()
     except SystemExit as e:
@@ -146,6 +149,8 @@ def cmd_up(args) -> int:
         "PODBAY_PORT": str(args.port),
         "PODBAY_DEMO_PASSWORD": password,
         "PODBAY_KEEP_WORKSPACES": "1" if args.keep_workspaces else "0",
+        "PODBAY_IP": args.ip,
+        "PODBAY_ALLOW_UNISOLATED": "1" if allow_unisolated else "0",
         # The hub finds jupyterhub-singleuser and the proxy beside this Python.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -153,7 +158,9 @@ def cmd_up(args) -> int:
         env["PODBAY_BACKEND"] = args.backend
     if args.spawner:
         env["PODBAY_SPAWNER"] = args.spawner
-    url = f"http://127.0.0.1:{args.port}"
+    # Asked for on the loopback: an address of all interfaces answers there too.
+    local_ip = "127.0.0.1" if args.ip in ("0.0.0.0", "::") or is_loopback(args.ip) else args.ip
+    url = f"http://{'[' + local_ip + ']' if ':' in local_ip else local_ip}:{args.port}"
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(hub_config)],
         cwd=data_dir, env=env, start_new_session=True,
@@ -179,6 +186,7 @@ def cmd_up(args) -> int:
               f"  password: {password}\n"
               f"  REST API: {url}/services/podbay/api/v1/ (OpenAPI: openapi.json)\n"
               f"  data: {data_dir}\n"
+              f"  backend: {_backend_words(backend, cfg)}\n"
               "  Ctrl-C stops everything.\n", flush=True)
     elif hub.poll() is None and not stopping:
         print(f"podbay: the hub did not answer at {url} within {args.start_timeout:.0f}s", file=sys.stderr)
@@ -189,6 +197,14 @@ def cmd_up(args) -> int:
         code = hub.wait()
     _kill_leftovers(hub, data_dir)
     return 0 if stopping else code
+
+
+def _backend_words(backend: str, cfg) -> str:
+    if backend == "docker":
+        if cfg.docker.network.mode == "host":
+            return "docker, on the host network: workspaces are NOT isolated from each other (one user only)"
+        return f"docker, each workspace in its own network namespace on {cfg.docker.network_name}"
+    return "local: workspaces run as this hub's user and are NOT isolated from each other (one person only)"
 
 
 def _kill_leftovers(hub: subprocess.Popen, data_dir: Path) -> None:
@@ -238,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
     up.add_argument("--config", default="config/podbay.yaml", help="podbay.yaml (default: %(default)s)")
-    up.add_argument("--port", type=int, default=8000, help="public port on 127.0.0.1; the hub uses +1, the proxy API +2, the service +3")
+    up.add_argument("--port", type=int, default=8000, help="public port; the hub uses +1, the proxy API +2, the service +3 (on 127.0.0.1)")
+    up.add_argument("--ip", default=os.environ.get("PODBAY_IP", "127.0.0.1"),
+                    help="public address (default: %(default)s); the local backend refuses any but the loopback")
+    up.add_argument("--allow-unisolated", action="store_true",
+                    help="let the local backend, whose workspaces are not isolated from each other, listen beyond the loopback")
     up.add_argument("--data-dir", default=".podbay", help="ledger, homes, logs (default: %(default)s)")
     up.add_argument("--keep-workspaces", action="store_true",
                     help="leave workspaces running when the hub stops, for restarts")

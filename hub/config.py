@@ -9,6 +9,7 @@ its line, so `podbay config check` can print all of them at once.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -222,6 +223,41 @@ class Team(_Model):
     quota: Quota = Quota()
 
 
+class DockerNetwork(_Model):
+    """Where workspace and job containers are on the network.
+
+    `bridge` (the default): a user-defined bridge network. Each container has its own
+    network namespace, so its loopback is its own; the hub reaches workspaces at their
+    address on the network, and workspaces reach the hub's API at the network's gateway,
+    the only address of the host the hub listens on for them.
+    `host`: every container shares the host's network, its loopback included, so every
+    workspace can reach whatever any other workspace, or the server itself, listens on at
+    127.0.0.1. Only for a server with one user."""
+
+    mode: Literal["bridge", "host"] = "bridge"
+    # The bridge network's name; "<name_prefix>-net" when unset.
+    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    # Create the network when it does not exist; false: it must exist (the operator's own).
+    create: bool = True
+    # false: an internal network, with no route beyond this server (Docker's --internal).
+    outbound: bool = True
+    # The IPv4 subnet of a network podbay creates, e.g. 10.213.0.0/24; Docker picks one when unset.
+    subnet: str | None = None
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet_is_ipv4(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            net = ipaddress.IPv4Network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not an IPv4 subnet such as 10.213.0.0/24 ({e})") from None
+        if net.prefixlen > 29:
+            raise ValueError(f"{v} has room for too few containers: use a /29 or larger")
+        return v
+
+
 class DockerSettings(_Model):
     """The docker backend (one GPU server): what workspaces and jobs share."""
 
@@ -231,10 +267,22 @@ class DockerSettings(_Model):
     home_per_workspace: bool = False
     # Device-request driver; the NVIDIA container toolkit registers "nvidia".
     gpu_driver: str = "nvidia"
-    # Jobs' network: the host's (like workspaces, on the loopback ports they choose), or none.
-    job_network: Literal["host", "none"] = "host"
+    network: DockerNetwork = DockerNetwork()
+    # Jobs' network: the workspaces' (above), or none at all.
+    job_network: Literal["workspaces", "none"] = "workspaces"
     # Seconds a cancelled job gets between SIGTERM and SIGKILL.
     stop_grace: int = Field(default=10, ge=0)
+
+    @property
+    def network_name(self) -> str:
+        """What containers are attached to: Docker's "host", or the bridge network's name."""
+        if self.network.mode == "host":
+            return "host"
+        return self.network.name or f"{self.name_prefix}-net"
+
+    @property
+    def job_network_name(self) -> str:
+        return "none" if self.job_network == "none" else self.network_name
 
     def home_volume(self, escaped_user: str, escaped_workspace: str | None = None) -> str:
         name = f"{self.name_prefix}-home-{escaped_user}"

@@ -6,13 +6,20 @@
 Settings come from the environment that `podbay up` prepares (and operators may set):
 PODBAY_CONFIG, PODBAY_DATA_DIR, PODBAY_PORT, PODBAY_DB_URL, PODBAY_DEMO_PASSWORD,
 PODBAY_KEEP_WORKSPACES, PODBAY_BACKEND (local or docker), PODBAY_PAUSE_JOBS (queue jobs,
-start none), PODBAY_PROXY=external (a proxy started elsewhere, with CONFIGPROXY_AUTH_TOKEN). Ports: the public one, +1 the hub, +2 the proxy's API, +3 podbay's REST service.
+start none), PODBAY_PROXY=external (a proxy started elsewhere, with CONFIGPROXY_AUTH_TOKEN),
+PODBAY_IP (the public address, 127.0.0.1 by default) and PODBAY_ALLOW_UNISOLATED=1 (the
+operator accepts a local backend on a non-loopback address). Ports: the public one, +1 the
+hub, +2 the proxy's API, +3 podbay's REST service. Only the public port may listen beyond
+the loopback; on the docker backend the hub's API listens on the workspace network's
+gateway, for the workspaces.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -37,13 +44,54 @@ def find_proxy() -> str:
     return found
 
 
+LOCAL_NOT_ISOLATED = (
+    "podbay: the local backend runs every workspace as this hub's own user ({user}), with no "
+    "isolation between workspaces: each user can read the others' files and reach what they "
+    "listen on. It is for one person trying podbay; for several users use the docker backend "
+    "(podbay up --backend docker) or Kubernetes.")
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_public_ip(ip: str, backend: str, allow_unisolated: bool) -> None:
+    """The local backend has no isolation between users: it listens on the loopback only,
+    unless the operator says, knowingly, that they accept that."""
+    if backend == "local" and not is_loopback(ip) and not allow_unisolated:
+        raise SystemExit(
+            f"podbay: refusing to listen on {ip} with the local backend: its workspaces all run "
+            "as the hub's own user and are not isolated from each other, so anyone who can log "
+            "in could reach every other user's files. Use the docker backend (--backend docker) "
+            "for several users, or, if you accept that, set PODBAY_ALLOW_UNISOLATED=1 "
+            "(podbay up --allow-unisolated).")
+
+
 def configure(c) -> None:
     config_file = os.path.abspath(_env("PODBAY_CONFIG", "config/podbay.yaml"))
     data_dir = Path(_env("PODBAY_DATA_DIR", ".podbay")).absolute()
     port = int(_env("PODBAY_PORT", "8000"))
+    public_ip = _env("PODBAY_IP", "127.0.0.1")
+    backend = _env("PODBAY_BACKEND", "local")
     data_dir.mkdir(parents=True, exist_ok=True)
+    check_public_ip(public_ip, backend, _env("PODBAY_ALLOW_UNISOLATED", "0") == "1")
 
-    c.JupyterHub.bind_url = f"http://127.0.0.1:{port}"
+    host = f"[{public_ip}]" if ":" in public_ip else public_ip
+    c.JupyterHub.bind_url = f"http://{host}:{port}"
+    # The hub's own port serves the proxy and the REST service on the loopback; on the
+    # docker backend it moves to the workspace network's gateway (below), for the workspaces.
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{port + 1}"
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{port + 2}"
     if _env("PODBAY_PROXY", "own") == "external":
@@ -80,7 +128,6 @@ def configure(c) -> None:
         c.DemoAuthenticator.password = password
         c.Authenticator.allowed_users = set(cfg.demo_users())
 
-    backend = _env("PODBAY_BACKEND", "local")
     if backend not in ("local", "docker"):
         print(f"podbay: unknown backend {backend!r} (PODBAY_BACKEND): use local or docker", file=sys.stderr)
         raise SystemExit(1)
@@ -91,6 +138,7 @@ def configure(c) -> None:
     c.Spawner.http_timeout = 60
     c.Spawner.start_timeout = 90
     if backend == "local":
+        print(LOCAL_NOT_ISOLATED.format(user=_user_name()), file=sys.stderr)
         singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
         c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
     if spawner == "simple":
@@ -152,6 +200,7 @@ def configure(c) -> None:
         except DockerUnavailable as e:
             print(f"podbay: refusing to start the docker backend: {e}", file=sys.stderr)
             raise SystemExit(1) from None
+        c.JupyterHub.hub_bind_url = docker_hub_bind_url(client, cfg.docker, port + 1)
         released = portal.ledger.reconcile(lambda a: PodbayDockerSpawner.is_alive(a, client), kinds=("workspace",))
     else:
         from .spawners.local import PodbayLocalSpawner
@@ -159,6 +208,33 @@ def configure(c) -> None:
     if released:
         print(f"podbay: released devices of {len(released)} workspace(s) that no longer run: "
               + ", ".join(released), file=sys.stderr)
+
+
+def docker_hub_bind_url(client, settings, hub_port: int) -> str:
+    """Where the hub's API listens on the docker backend: the workspace network's gateway,
+    which the workspaces reach and nothing beyond this server does (the host's loopback,
+    in host mode, with a warning of what that exposes)."""
+    from .dockernet import DockerNetworkError, ensure_network, host_mode_warning
+
+    try:
+        net = ensure_network(client, settings)
+    except DockerNetworkError as e:
+        raise SystemExit(f"podbay: refusing to start the docker backend: {e}") from None
+    if net is None:
+        print(host_mode_warning(settings), file=sys.stderr)
+        return f"http://127.0.0.1:{hub_port}"
+    try:
+        with socket.socket() as s:
+            s.bind((net.gateway, 0))
+    except OSError as e:
+        raise SystemExit(
+            f"podbay: refusing to start the docker backend: the hub must listen on {net.gateway}, "
+            f"the gateway of the workspace network {net.name}, but cannot ({e.strerror}). Run the hub "
+            "in the host's network namespace (network_mode: host, as docker/compose.yaml does).") from None
+    print(f"podbay: workspaces run on the Docker network {net.name} ({net.subnet}"
+          f"{', internal' if net.internal else ''}); the hub's API listens at {net.gateway}:{hub_port}",
+          file=sys.stderr)
+    return f"http://{net.gateway}:{hub_port}"
 
 
 def _configure_plain_docker(c, image: str) -> None:

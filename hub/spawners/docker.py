@@ -11,10 +11,14 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
   where declared; the home is a named volume per user (or per workspace) that outlives
   the container, which is created afresh on every start so that it never keeps the
   devices of an earlier claim;
-- host networking, each workspace on its own port on 127.0.0.1. DockerSpawner would add
-  port bindings, which Docker discards or refuses with the host network (dockerspawner
-  issue 462), and then ask Docker for the published port; here no port is published
-  and the workspace is told which loopback port to listen on.
+- each workspace in its own network namespace on the install's bridge network (see
+  dockernet.py): the hub reaches it at its address there, on port 8888, and it reaches the
+  hub's API at the network's gateway. Nothing it or another workspace listens on at
+  127.0.0.1 is visible to anyone else.
+- host networking only where the operator opts in (one user on the server): each
+  workspace then needs its own port on 127.0.0.1. DockerSpawner would add port bindings,
+  which Docker refuses with the host network (dockerspawner issue 462); here no port is
+  published and the workspace is told which loopback port to listen on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from urllib.parse import urlparse
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from dockerspawner import DockerSpawner
@@ -29,6 +34,7 @@ from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import random_port
 from traitlets import Float, Integer, default
 
+from ..dockernet import DockerNetworkError, ensure_network
 from ..ledger import Allocation
 from .mixin import PodbaySpawnerMixin
 
@@ -53,7 +59,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
 
     @default("network_name")
     def _default_network_name(self):
-        return "host"
+        return self.docker_settings.network_name
 
     @default("use_internal_ip")
     def _default_use_internal_ip(self):
@@ -145,6 +151,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                                  status_code=503) from None
 
     async def start(self):
+        await self._check_network()
         try:
             ip, port = await super().start()
         except SpawnException:
@@ -161,6 +168,26 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             await self.stop(now=True)
             raise
         return ip, port
+
+    async def _check_network(self) -> None:
+        """The workspace network is there (created again if it was removed), and the hub's
+        API, which listens on its gateway, is where the workspace will look for it."""
+        if self.network_name == "host":
+            return
+        settings = self.docker_settings
+        if self.network_name != settings.network_name:
+            return  # an operator's own DockerSpawner.network_name: theirs to keep right
+        try:
+            net = await asyncio.to_thread(ensure_network, self.client, settings)
+        except DockerNetworkError as e:
+            raise SpawnException(f"The workspace network is not usable: {e}", reason="network",
+                                 status_code=503) from None
+        hub_host = urlparse(self.hub.api_url).hostname
+        if net and hub_host != net.gateway:
+            raise SpawnException(
+                f"The workspace network {net.name} was created again with the gateway {net.gateway}, "
+                f"but the hub's API listens at {hub_host}: the workspace could not reach it. "
+                "Ask your platform team to restart the hub.", reason="network", status_code=503)
 
     async def get_ip_and_port(self):
         if self.network_name == "host":

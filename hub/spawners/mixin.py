@@ -191,4 +191,9 @@ class PodbaySpawnerMixin(Configurable):
             "PODBAY_TEAM": req.team or "",
             "PODBAY_GPU_UNITS": fmt_units(alloc.units),
             "PODBAY_VOLUMES": ",".join(v.name for v in req.volumes),
+            # code-server has no login of its own (jupyter-vscode-proxy runs it with --auth
+            # none): on a TCP port anyone who reaches that port would get the user's editor
+            # and terminal. A unix socket (mode 0600, in a private directory) is reachable
+            # only through the workspace's own Jupyter server, behind the hub's login.
+            "JUPYTER_VSCODE_PROXY_USE_SOCKET": "1",
         }

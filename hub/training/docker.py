@@ -24,6 +24,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from dockerspawner import DockerSpawner
 
 from ..config import PodbayConfig
+from ..dockernet import DockerNetworkError, ensure_network
 from ..images import DockerUnavailable
 from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, read_from, read_int
 
@@ -81,8 +82,14 @@ class DockerBackend(TrainingBackend):
         for source, target, read_only in job.volumes:
             binds[source] = {"bind": target, "mode": "ro" if read_only else "rw"}
         devices = list(dict.fromkeys(job.devices))
+        if self.settings.job_network_name not in ("none", "host"):
+            # Its own network namespace on the workspaces' network, made again if removed.
+            try:
+                ensure_network(api, self.settings)
+            except DockerNetworkError as e:
+                raise BackendUnavailable(f"the job's network is not usable: {e}") from None
         host_config = api.create_host_config(
-            binds=binds, network_mode=self.settings.job_network,
+            binds=binds, network_mode=self.settings.job_network_name,
             device_requests=[{"driver": self.settings.gpu_driver, "device_ids": devices,
                               "capabilities": [["gpu"]]}] if devices else None)
         env = {

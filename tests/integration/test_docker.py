@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +32,7 @@ DOCKER_CONFIG = ROOT / "tests" / "data" / "podbay-docker.yaml"
 PREFIX = "podbaytest"
 SHIM_LOG = Path("/run/podbay-gpu-shim")
 IMAGE = "podbay/base:2026.11"
+NETWORK = f"{PREFIX}-net"
 
 pytestmark = pytest.mark.hub
 
@@ -48,11 +52,13 @@ def docker():
 
 
 def _sweep(client) -> None:
-    """Containers and home volumes of earlier runs of these tests (never anything else)."""
+    """Containers, home volumes and networks of earlier runs of these tests (never anything else)."""
     for c in client.api.containers(all=True, filters={"label": f"podbay.prefix={PREFIX}"}):
         client.api.remove_container(c["Id"], force=True)
     for v in client.volumes.list(filters={"name": f"{PREFIX}-home-"}):
         v.remove(force=True)
+    for n in client.api.networks(filters={"label": f"podbay.prefix={PREFIX}"}):
+        client.api.remove_network(n["Id"])
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +147,7 @@ def test_cpu_workspace_is_a_container_with_volumes_and_no_gpu(dhub, docker):
     c = container_of(dhub, docker, "alice", "cpu")
     cid = c["Id"]
     assert c["Config"]["Image"] == IMAGE
-    assert c["HostConfig"]["NetworkMode"] == "host"
+    assert c["HostConfig"]["NetworkMode"] == NETWORK
     assert not c["HostConfig"].get("PortBindings")
     assert not c["HostConfig"].get("DeviceRequests")
     assert not (SHIM_LOG / f"{cid}.json").exists(), "a CPU workspace must not ask the runtime for GPUs"
@@ -154,15 +160,41 @@ def test_cpu_workspace_is_a_container_with_volumes_and_no_gpu(dhub, docker):
     assert code == 0 and "shared" in out, out
     assert (dhub.data_dir / "volumes" / "scratch" / "from-alice").read_text() == "shared\n"
 
-    # Reachable through the proxy, and listening on the loopback only.
+    # Reachable through the proxy, at its own address on the workspace network.
     with httpx.Client(headers={"Authorization": f"token {dhub.token('alice')}"}) as http:
         status = http.get(f"{dhub.url}/user/alice/cpu/api/status", timeout=30)
     assert status.status_code == 200, status.text
-    port = urlparse(dict(e.split("=", 1) for e in c["Config"]["Env"])["JUPYTERHUB_SERVICE_URL"]).port
-    code, out = sh(docker, cid, "cat /proc/net/tcp")
-    listening = [line.split()[1] for line in out.splitlines()[1:] if line.split()[3] == "0A"]
-    assert f"0100007F:{port:04X}" in listening, (port, listening)
+    env = dict(e.split("=", 1) for e in c["Config"]["Env"])
+    assert urlparse(env["JUPYTERHUB_SERVICE_URL"]).port == 8888
+    assert urlparse(env["JUPYTERHUB_API_URL"]).hostname == network_of(docker)["gateway"]
+    assert listening(docker, cid) == {("0.0.0.0", 8888)}
     dhub.stop_server("alice", "cpu")
+
+
+def network_of(docker, name: str = None) -> dict:
+    net = docker.api.inspect_network(name or NETWORK)
+    (ipam,) = net["IPAM"]["Config"]
+    return {"gateway": ipam["Gateway"], "subnet": ipam["Subnet"], "internal": net["Internal"],
+            "options": net["Options"], "labels": net["Labels"]}
+
+
+def listening(docker, container: str) -> set[tuple[str, int]]:
+    """The TCP sockets a container listens on, (address, port), from its own /proc/net/tcp;
+    not Docker's own DNS resolver, which every container on a user-defined network has at
+    127.0.0.11."""
+    code, out = sh(docker, container, "cat /proc/net/tcp /proc/net/tcp6")
+    found = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:
+            addr, port = fields[1].split(":")
+            if len(addr) == 8:
+                ip = ".".join(str(b) for b in reversed(bytes.fromhex(addr)))
+            else:
+                ip = "::" if set(addr) == {"0"} else addr
+            if ip != "127.0.0.11":
+                found.add((ip, int(port, 16)))
+    return found
 
 
 def test_home_survives_stop_start_and_recreation(dhub, docker):
@@ -222,7 +254,7 @@ def test_vscode_opens_on_the_home_in_a_real_browser(dhub, docker):
 def test_gpu_workspaces_get_exactly_their_claimed_devices(dhub, docker):
     dhub.start_server("alice", "mig", {"profile": "mig-1g.10gb", "image": "base"})
     dhub.start_server("alice", "full", {"profile": "gpu-1", "image": "base"})
-    seen_ports = set()
+    seen_addresses = set()
     for name in ("mig", "full"):
         devices = claimed(dhub, f"workspace:alice/{name}")
         assert len(devices) == 1
@@ -236,11 +268,10 @@ def test_gpu_workspaces_get_exactly_their_claimed_devices(dhub, docker):
         record = json.loads(shim.read_text())
         assert record["args"] == ["prestart"]
         assert record["env"]["NVIDIA_VISIBLE_DEVICES"] == devices[0]
-        env = dict(e.split("=", 1) for e in c["Config"]["Env"])
-        seen_ports.add(env["JUPYTERHUB_SERVICE_URL"])
+        seen_addresses.add(c["NetworkSettings"]["Networks"][NETWORK]["IPAddress"])
     assert claimed(dhub, "workspace:alice/mig")[0].startswith("MIG-")
     assert claimed(dhub, "workspace:alice/full")[0].startswith("GPU-")
-    assert len(seen_ports) == 2, "each workspace needs its own port on the host network"
+    assert len(seen_addresses) == 2, "each workspace has its own address on the workspace network"
     dhub.stop_server("alice", "mig")
     dhub.stop_server("alice", "full")
     assert claimed(dhub, "workspace:alice/mig") == [] and claimed(dhub, "workspace:alice/full") == []
@@ -252,6 +283,232 @@ def test_gpu_workspaces_get_exactly_their_claimed_devices(dhub, docker):
     assert not c["HostConfig"].get("DeviceRequests"), c["HostConfig"].get("DeviceRequests")
     assert "NVIDIA_VISIBLE_DEVICES=void" in c["Config"]["Env"]
     dhub.stop_server("alice", "retry")
+
+
+# --- isolation between users' workspaces -----------------------------------------------
+
+# Run inside bob's workspace: what it can connect to. No redirects are followed: a 302 to
+# the login page is an answer, not a way in.
+PROBE = r"""
+import json, socket, sys, urllib.error, urllib.request
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+opener = urllib.request.build_opener(NoRedirect)
+out = {}
+for name, t in json.loads(sys.argv[1]).items():
+    try:
+        if "url" in t:
+            with opener.open(urllib.request.Request(t["url"], headers=t.get("headers", {})), timeout=10) as r:
+                out[name] = [r.status, r.read(2000).decode(errors="replace")]
+        else:
+            socket.create_connection((t["host"], t["port"]), timeout=3).close()
+            out[name] = "open"
+    except urllib.error.HTTPError as e:
+        out[name] = [e.code, ""]
+    except ConnectionRefusedError:
+        out[name] = "refused"
+    except OSError as e:
+        out[name] = "unreachable: %s" % e
+print(json.dumps(out))
+"""
+
+ALICE_SECRET = "alice's private notes"
+ALICE_LOOPBACK_PORT = 47001  # a server alice starts on 127.0.0.1 in her workspace
+JOB_LOOPBACK_PORT = 47002  # and one her training job starts on 127.0.0.1 in its container
+
+
+def _address(container: dict) -> str | None:
+    return next((n["IPAddress"] for n in container["NetworkSettings"]["Networks"].values() if n.get("IPAddress")), None)
+
+
+def _serve_on_loopback(docker, container: str, port: int) -> None:
+    sh(docker, container, f"mkdir -p /tmp/srv && echo \"{ALICE_SECRET}\" > /tmp/srv/notes.txt && "
+                          f"cd /tmp/srv && (python3 -m http.server --bind 127.0.0.1 {port} >/dev/null 2>&1 &)")
+    deadline = time.monotonic() + 20
+    while ("127.0.0.1", port) not in listening(docker, container):
+        assert time.monotonic() < deadline, f"nothing listens on 127.0.0.1:{port}"
+        time.sleep(0.2)
+
+
+def cross_user_probe(hub: Hub, docker) -> dict:
+    """alice starts a workspace, opens VS Code in it, starts a server on its loopback and a
+    training job that does the same; bob, from a terminal in his own workspace, tries every
+    way to them, and to the hub's own loopback services, that the issue's scan found."""
+    hub.start_server("alice", "iso", {"profile": "cpu", "image": "base"})
+    hub.start_server("bob", "iso", {"profile": "cpu", "image": "base"})
+    alice, bob = container_of(hub, docker, "alice", "iso"), container_of(hub, docker, "bob", "iso")
+    facts: dict = {"alice_network": alice["HostConfig"]["NetworkMode"], "bob_network": bob["HostConfig"]["NetworkMode"]}
+
+    # alice's own way to VS Code: through the hub, with her login.
+    with httpx.Client(headers={"Authorization": f"token {hub.token('alice')}"}, timeout=120,
+                      follow_redirects=True) as http:
+        r = http.get(f"{hub.url}/user/alice/iso/vscode/")
+        facts["alice_vscode"] = r.status_code
+    code, ps = sh(docker, alice["Id"], "ps -eo args=")
+    facts["code_server"] = next((line for line in ps.splitlines() if "code-server/out/node/entry.js" in line), "")
+    if "--socket " in facts["code_server"]:
+        socket_path = facts["code_server"].split("--socket ", 1)[1].split()[0]
+        facts["code_server_socket"] = sh(docker, alice["Id"], f"stat -c '%a %U %F' {socket_path}")[1].strip()
+    _serve_on_loopback(docker, alice["Id"], ALICE_LOOPBACK_PORT)
+    facts["alice_listens"] = listening(docker, alice["Id"])
+
+    headers = {"Authorization": f"token {hub.token('alice')}"}
+    with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", headers=headers, timeout=30) as api:
+        r = api.post("/jobs", json={"name": "listener", "image": "base", "gpus": 1, "command": [
+            "python3", "-m", "http.server", "--bind", "127.0.0.1", str(JOB_LOOPBACK_PORT)]})
+        assert r.status_code == 201, r.text
+        job = _wait_job(api, r.json()["id"], {"running"})
+        (c,) = docker.api.containers(filters={"label": [f"podbay.prefix={PREFIX}", f"podbay.job={job['id']}"]})
+        job_container = docker.api.inspect_container(c["Id"])
+        facts["job_network"] = job_container["HostConfig"]["NetworkMode"]
+        deadline = time.monotonic() + 20
+        while ("127.0.0.1", JOB_LOOPBACK_PORT) not in listening(docker, c["Id"]):
+            assert time.monotonic() < deadline, "the job's server did not start"
+            time.sleep(0.2)
+
+        alice_ip = _address(alice) or "127.0.0.1"
+        alice_port = urlparse(dict(e.split("=", 1) for e in alice["Config"]["Env"])["JUPYTERHUB_SERVICE_URL"]).port
+        job_ip = _address(job_container) or "127.0.0.1"
+        hub_api = urlparse(dict(e.split("=", 1) for e in bob["Config"]["Env"])["JUPYTERHUB_API_URL"])
+        bob_token = hub.token("bob")
+        targets = {
+            "hub_api": {"url": f"{hub_api.scheme}://{hub_api.netloc}/hub/api"},
+            "alice_loopback": {"host": "127.0.0.1", "port": ALICE_LOOPBACK_PORT},
+            "alice_loopback_by_address": {"host": alice_ip, "port": ALICE_LOOPBACK_PORT},
+            "job_loopback": {"host": "127.0.0.1", "port": JOB_LOOPBACK_PORT},
+            "job_loopback_by_address": {"host": job_ip, "port": JOB_LOOPBACK_PORT},
+            "alice_jupyter_with_bobs_token": {
+                "url": f"http://{alice_ip}:{alice_port}/user/alice/iso/api/status",
+                "headers": {"Authorization": f"token {bob_token}"}},
+            "alice_jupyter_without_token": {"url": f"http://{alice_ip}:{alice_port}/user/alice/iso/api/status"},
+        }
+        for what, port in (("proxy_api", hub.port + 2), ("podbay_service", hub.port + 3), ("public_proxy", hub.port)):
+            for where in {"127.0.0.1", hub_api.hostname}:
+                targets[f"{what}@{where}"] = {"host": where, "port": port}
+        # Every other port alice's workspace listens on, code-server's above all.
+        for ip, port in facts["alice_listens"]:
+            if port not in (alice_port, ALICE_LOOPBACK_PORT):
+                targets[f"alice_port_{port}"] = {"host": "127.0.0.1" if ip == "127.0.0.1" else alice_ip, "port": port}
+        code, out = sh(docker, bob["Id"], f"python3 -c {shlex.quote(PROBE)} {shlex.quote(json.dumps(targets))}")
+        assert code == 0, out
+        facts["from_bob"] = json.loads(out.strip().splitlines()[-1])
+        facts["alice_ip"], facts["job_ip"] = alice_ip, job_ip
+
+        # Through the hub, with bob's own login: alice's workspace, and bob's own
+        # jupyter-server-proxy pointed at her loopback server or her address.
+        with httpx.Client(headers={"Authorization": f"token {bob_token}"}, timeout=60) as http:
+            facts["via_hub"] = {
+                "alice_workspace": http.get(f"{hub.url}/user/alice/iso/api/status").status_code,
+                "alice_vscode": http.get(f"{hub.url}/user/alice/iso/vscode/").status_code,
+            }
+            for name, path in (("bob_proxy_to_loopback", f"proxy/{ALICE_LOOPBACK_PORT}/notes.txt"),
+                               ("bob_proxy_to_alice", f"proxy/{alice_ip}:{ALICE_LOOPBACK_PORT}/notes.txt"),
+                               ("bob_proxy_to_job", f"proxy/{JOB_LOOPBACK_PORT}/")):
+                r = http.get(f"{hub.url}/user/bob/iso/{path}")
+                facts["via_hub"][name] = r.status_code
+                facts["via_hub"][name + "_leaks"] = ALICE_SECRET in r.text
+        api.delete(f"/jobs/{job['id']}")
+    hub.stop_server("alice", "iso")
+    hub.stop_server("bob", "iso")
+    return facts
+
+
+def test_users_workspaces_and_jobs_cannot_reach_each_other(dhub, docker):
+    facts = cross_user_probe(dhub, docker)
+    assert facts["alice_network"] == facts["bob_network"] == facts["job_network"] == NETWORK
+    net = network_of(docker)
+    # Created by podbay as the README says: containers apart where the engine enforces it.
+    assert net["options"].get("com.docker.network.bridge.enable_icc") == "false"
+    assert net["labels"]["podbay.prefix"] == PREFIX and not net["internal"]
+
+    # alice's own VS Code works, through the hub; it runs on a unix socket only she can use.
+    assert facts["alice_vscode"] == 200
+    assert "--socket " in facts["code_server"] and "--port" not in facts["code_server"], facts["code_server"]
+    assert facts["code_server_socket"] == "600 jovyan socket"
+    # Nothing of hers listens on TCP but her Jupyter server and what she started on loopback.
+    assert facts["alice_listens"] == {("0.0.0.0", 8888), ("127.0.0.1", ALICE_LOOPBACK_PORT)}
+
+    seen = facts["from_bob"]
+    assert seen["hub_api"][0] == 200, "workspaces reach the hub's API on the network's gateway"
+    for name in ("alice_loopback", "alice_loopback_by_address", "job_loopback", "job_loopback_by_address"):
+        assert seen[name] == "refused", (name, seen[name])
+    for name, result in seen.items():
+        if name.startswith(("proxy_api@", "podbay_service@", "public_proxy@", "alice_port_")):
+            assert result != "open", (name, result)
+    # Her Jupyter server is on the network (the hub must reach it) but answers only her.
+    assert seen["alice_jupyter_with_bobs_token"][0] == 403, seen["alice_jupyter_with_bobs_token"]
+    assert seen["alice_jupyter_without_token"][0] in (302, 403), seen["alice_jupyter_without_token"]
+    assert ALICE_SECRET not in json.dumps(seen)
+
+    via = facts["via_hub"]
+    assert via["alice_workspace"] in (403, 404) and via["alice_vscode"] in (302, 403, 404), via
+    assert not via["bob_proxy_to_loopback_leaks"] and not via["bob_proxy_to_alice_leaks"], via
+    assert via["bob_proxy_to_loopback"] != 200 and via["bob_proxy_to_alice"] == 403, via
+    assert via["bob_proxy_to_job"] != 200, via
+
+
+def test_the_host_network_is_an_opt_in_that_says_what_it_exposes(docker, image, tmp_path):
+    """The old setting, kept for a server with one user: the same probe then finds alice's
+    loopback server from bob's workspace, which is why it is not the default (and shows
+    that the probe above can fail)."""
+    cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
+    cfg["docker"]["network"] = {"mode": "host"}
+    config = tmp_path / "podbay.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "data").mkdir()
+    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=False,
+              extra_env={"PODBAY_BACKEND": "docker"})
+    hub.start()
+    try:
+        facts = cross_user_probe(hub, docker)
+    finally:
+        hub.stop()
+    assert "docker.network.mode is host. Every workspace and job shares this server's network" in \
+        hub.log_path.read_text()
+    assert facts["alice_network"] == facts["job_network"] == "host"
+    assert facts["from_bob"]["alice_loopback"] == "open"
+    assert facts["from_bob"]["job_loopback"] == "open"
+    assert facts["via_hub"]["bob_proxy_to_loopback_leaks"], facts["via_hub"]
+    # Even here VS Code is on a socket, not a port another workspace could find.
+    assert "--socket " in facts["code_server"], facts["code_server"]
+
+
+async def test_the_workspace_network_is_made_as_configured(docker):
+    """podbay creates its network with inter-container traffic off, internal where
+    outbound access is off, in the subnet asked for, and refuses one that differs."""
+    from podbay.hub.config import DockerSettings
+    from podbay.hub.dockernet import DockerNetworkError, ensure_network
+
+    name = f"{PREFIX}-net-internal"
+    settings = DockerSettings(name_prefix=PREFIX, network={"name": name, "outbound": False, "subnet": "10.213.7.0/24"})
+    net = ensure_network(docker, settings)
+    try:
+        assert net == (name, "10.213.7.1", "10.213.7.0/24", True, True)
+        inspected = network_of(docker, name)
+        assert inspected["internal"] and inspected["options"]["com.docker.network.bridge.enable_icc"] == "false"
+        assert ensure_network(docker.api, settings) == net, "a second call finds it as it is"
+        for change, words in (({"outbound": True}, "is internal (no outbound access), but podbay.yaml says "
+                                                    "docker.network.outbound: true"),
+                              ({"outbound": False, "subnet": "10.213.8.0/24"}, "has the subnet 10.213.7.0/24")):
+            other = DockerSettings(name_prefix=PREFIX, network={"name": name, **change})
+            with pytest.raises(DockerNetworkError, match=re.escape(words)):
+                ensure_network(docker, other)
+        missing = DockerSettings(name_prefix=PREFIX, network={"name": f"{PREFIX}-absent", "create": False})
+        with pytest.raises(DockerNetworkError, match="does not exist, and docker.network.create is false"):
+            ensure_network(docker, missing)
+        # A workspace on it reaches the host at the gateway, where the hub listens.
+        with socket.socket() as server:
+            server.bind((net.gateway, 0))
+            server.listen()
+            port = server.getsockname()[1]
+            out = docker.containers.run(IMAGE, ["python3", "-c", f"import socket; socket.create_connection(('{net.gateway}', {port}), timeout=5); print('reached the hub')"],
+                                        network=name, remove=True).decode()
+        assert out.strip() == "reached the hub"
+    finally:
+        docker.api.remove_network(name)
 
 
 def test_only_catalog_images_and_built_ones(dhub, docker):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from docker.errors import APIError
 
-from podbay.hub.config import ConfigError, load_config
+from podbay.hub.config import ConfigError, DockerSettings, load_config
 from podbay.hub.images import ImageBuildError, build_dir, buildable
 from podbay.hub.spawners.docker import _docker_words
 
@@ -50,7 +50,15 @@ def test_unknown_or_unbuildable_images_are_refused_with_the_catalog(tmp_path):
 
 def test_docker_settings_defaults_and_homes():
     d = load_config(DEMO).docker
-    assert (d.name_prefix, d.gpu_driver, d.job_network, d.home_per_workspace) == ("podbay", "nvidia", "host", False)
+    assert (d.name_prefix, d.gpu_driver, d.job_network, d.home_per_workspace) == ("podbay", "nvidia", "workspaces", False)
+    # Workspaces and jobs are on a bridge network unless the operator opts in to the host's.
+    assert (d.network.mode, d.network_name, d.job_network_name, d.network.outbound) == (
+        "bridge", "podbay-net", "podbay-net", True)
+    bare = DockerSettings(name_prefix="lab")
+    assert (bare.network_name, bare.job_network_name) == ("lab-net", "lab-net")
+    host = DockerSettings(network={"mode": "host"})
+    assert (host.network_name, host.job_network_name) == ("host", "host")
+    assert DockerSettings(job_network="none").job_network_name == "none"
     assert d.home_volume("alice", "dev") == "podbay-home-alice"
     per_ws = d.model_copy(update={"home_per_workspace": True})
     assert per_ws.home_volume("alice", "dev") == "podbay-home-alice--dev"
@@ -58,7 +66,13 @@ def test_docker_settings_defaults_and_homes():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"job_network": "bridge"}, "docker.job_network"),
+    ({"job_network": "host"}, "docker.job_network"),
+    ({"network": {"mode": "overlay"}}, "docker.network.mode"),
+    ({"network": {"name": "my net"}}, "docker.network.name"),
+    ({"network": {"subnet": "10.0.0.0/33"}}, "docker.network.subnet"),
+    ({"network": {"subnet": "fd00::/64"}}, "docker.network.subnet"),
+    ({"network": {"subnet": "10.0.0.0/30"}}, "docker.network.subnet"),
+    ({"network": {"internal": True}}, "docker.network.internal"),
     ({"name_prefix": "Pod Bay"}, "docker.name_prefix"),
     ({"stop_grace": -1}, "docker.stop_grace"),
     ({"gpus": "all"}, "docker.gpus"),
@@ -85,11 +99,17 @@ def test_a_docker_engine_without_the_nvidia_toolkit_is_explained():
     assert _docker_words(other) == "no space left on device"
 
 
-def test_hub_image_and_compose_use_the_host_network_only():
+def test_hub_image_and_compose_run_the_hub_and_proxy_on_the_host_network():
+    # Workspaces are on podbay's bridge network (created by the hub); the hub must be in
+    # the host's namespace to listen on its gateway, and the proxy's API stays on loopback.
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     for name, service in compose["services"].items():
         assert service["network_mode"] == "host", name
         assert "ports" not in service and "networks" not in service, name
+    proxy = compose["services"]["proxy"]["command"]
+    assert "--api-ip=127.0.0.1" in proxy
+    assert not any(arg.startswith(("--default-target", "--error-target")) for arg in proxy), \
+        "the hub is not on 127.0.0.1:8001 any more: it routes / to itself when it starts"
     hub = compose["services"]["hub"]
     assert "/var/lib/podbay:/var/lib/podbay" in hub["volumes"]
     assert hub["environment"]["PODBAY_PROXY"] == "external"
@@ -113,3 +133,29 @@ def test_build_args_are_text_and_cannot_change_the_hub_version(tmp_path):
         load_config(path)
     assert any("images[0].build_args" in str(i) and "hub's own version" in str(i) for i in e.value.issues), \
         [str(i) for i in e.value.issues]
+
+
+def test_images_run_vscode_on_a_unix_socket():
+    # code-server has no login: on a TCP port anyone reaching it gets the user's editor.
+    for dockerfile in (ROOT / "images").glob("*/Dockerfile"):
+        assert "JUPYTER_VSCODE_PROXY_USE_SOCKET=1" in dockerfile.read_text(), dockerfile
+
+
+@pytest.mark.parametrize("ip, backend, allowed, refused", [
+    ("127.0.0.1", "local", False, False),
+    ("::1", "local", False, False),
+    ("localhost", "local", False, False),
+    ("0.0.0.0", "local", False, True),
+    ("192.0.2.10", "local", False, True),
+    ("0.0.0.0", "local", True, False),
+    ("0.0.0.0", "docker", False, False),
+])
+def test_the_local_backend_listens_on_the_loopback_unless_told(ip, backend, allowed, refused):
+    from podbay.hub.hubconfig import check_public_ip
+
+    if not refused:
+        check_public_ip(ip, backend, allowed)
+        return
+    with pytest.raises(SystemExit) as e:
+        check_public_ip(ip, backend, allowed)
+    assert "not isolated" in str(e.value) and "PODBAY_ALLOW_UNISOLATED=1" in str(e.value)
