@@ -53,8 +53,10 @@ setup_system() {
 }
 
 # Docker for the docker backend's tests: Debian's engine, started when none runs, with no
-# bridge network (host networking on 127.0.0.1 only) and with the GPU stand-in hook of
-# tests/gpu-shim on its PATH, so GPU device requests are accepted on a machine with no GPU.
+# default bridge and no iptables rules (nothing is forwarded or NATed beyond this machine:
+# the tests' workspaces are on a bridge network the tests create, reachable from here
+# only), and with the GPU stand-in hook of tests/gpu-shim on its PATH, so GPU device
+# requests are accepted on a machine with no GPU.
 STARTED_DOCKERD=""
 setup_docker() {
   local missing=()
@@ -68,7 +70,7 @@ setup_docker() {
   if "$VENV/bin/python" -c 'import docker; docker.from_env().ping()' 2>/dev/null; then
     return
   fi
-  log "starting dockerd (no bridge network; GPU stand-in hook from tests/gpu-shim)"
+  log "starting dockerd (no default bridge, no iptables; GPU stand-in hook from tests/gpu-shim)"
   mkdir -p "$VENV/docker"
   local runner=()
   [ "$(id -u)" = 0 ] || runner=(sudo --preserve-env=PATH,PODBAY_GPU_SHIM_LOG)
