@@ -158,24 +158,6 @@ def configure(c) -> None:
     db_url = _env("PODBAY_DB_URL") or f"sqlite:///{data_dir / 'ledger.sqlite'}"
     c.PodbaySpawnerMixin.db_url = db_url
 
-    # podbay's REST service, run and restarted by the hub, reachable under /services/podbay/.
-    c.JupyterHub.services = [{
-        "name": "podbay",
-        "url": f"http://127.0.0.1:{port + 3}",
-        "command": [sys.executable, "-m", "podbay.hub.service"],
-        "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
-                        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                        "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0"), "PODBAY_BACKEND": backend,
-                        **({"DOCKER_HOST": os.environ["DOCKER_HOST"]} if os.environ.get("DOCKER_HOST") else {})},
-        "display": False,
-    }]
-    # Only what it needs: resolve callers, read their groups and their servers' options.
-    c.JupyterHub.load_roles = [{
-        "name": "podbay-service",
-        "services": ["podbay"],
-        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
-    }]
-
     from .spawners.mixin import shared_portal
 
     try:
@@ -200,20 +182,45 @@ def configure(c) -> None:
         except DockerUnavailable as e:
             print(f"podbay: refusing to start the docker backend: {e}", file=sys.stderr)
             raise SystemExit(1) from None
-        c.JupyterHub.hub_bind_url = docker_hub_bind_url(client, cfg.docker, port + 1)
+        # The hub's API and podbay's service listen where the workspaces reach them.
+        workspace_side = docker_workspace_side(client, cfg.docker, port + 1)
+        c.JupyterHub.hub_bind_url = f"http://{workspace_side}:{port + 1}"
         released = portal.ledger.reconcile(lambda a: PodbayDockerSpawner.is_alive(a, client), kinds=("workspace",))
     else:
         from .spawners.local import PodbayLocalSpawner
+        workspace_side = "127.0.0.1"
         released = portal.ledger.reconcile(PodbayLocalSpawner.is_alive, kinds=("workspace",))
     if released:
         print(f"podbay: released devices of {len(released)} workspace(s) that no longer run: "
               + ", ".join(released), file=sys.stderr)
 
+    # podbay's REST service, run and restarted by the hub, reachable under /services/podbay/
+    # through the proxy, and at service_url from the workspaces (their `podbay` commands).
+    service_url = f"http://{workspace_side}:{port + 3}"
+    c.PodbaySpawnerMixin.service_url = service_url
+    c.JupyterHub.services = [{
+        "name": "podbay",
+        "url": service_url,
+        "command": [sys.executable, "-m", "podbay.hub.service"],
+        "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
+                        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                        "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0"), "PODBAY_BACKEND": backend,
+                        **({"DOCKER_HOST": os.environ["DOCKER_HOST"]} if os.environ.get("DOCKER_HOST") else {})},
+        "display": False,
+    }]
+    # Only what it needs: resolve callers, read their groups and their servers' options.
+    c.JupyterHub.load_roles = [{
+        "name": "podbay-service",
+        "services": ["podbay"],
+        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
+    }]
 
-def docker_hub_bind_url(client, settings, hub_port: int) -> str:
-    """Where the hub's API listens on the docker backend: the workspace network's gateway,
-    which the workspaces reach and nothing beyond this server does (the host's loopback,
-    in host mode, with a warning of what that exposes)."""
+
+def docker_workspace_side(client, settings, hub_port: int) -> str:
+    """The address where, on the docker backend, the hub's API and podbay's service listen
+    for the workspaces: the workspace network's gateway, which they reach and nothing
+    beyond this server does (the loopback, in host mode, with a warning of what that
+    exposes)."""
     from .dockernet import DockerNetworkError, ensure_network, host_mode_warning
 
     try:
@@ -222,7 +229,7 @@ def docker_hub_bind_url(client, settings, hub_port: int) -> str:
         raise SystemExit(f"podbay: refusing to start the docker backend: {e}") from None
     if net is None:
         print(host_mode_warning(settings), file=sys.stderr)
-        return f"http://127.0.0.1:{hub_port}"
+        return "127.0.0.1"
     try:
         with socket.socket() as s:
             s.bind((net.gateway, 0))
@@ -234,7 +241,7 @@ def docker_hub_bind_url(client, settings, hub_port: int) -> str:
     print(f"podbay: workspaces run on the Docker network {net.name} ({net.subnet}"
           f"{', internal' if net.internal else ''}); the hub's API listens at {net.gateway}:{hub_port}",
           file=sys.stderr)
-    return f"http://{net.gateway}:{hub_port}"
+    return net.gateway
 
 
 def _configure_plain_docker(c, image: str) -> None:

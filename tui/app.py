@@ -57,9 +57,10 @@ class PodbayApp(App):
     ]
 
     def __init__(self, url: str, token: str, *, client: PodbayClient | None = None,
-                 refresh_interval: float = 5.0, exit_after_first_paint: bool = False, clock=None):
+                 refresh_interval: float = 5.0, exit_after_first_paint: bool = False, clock=None,
+                 service_url: str | None = None):
         super().__init__()
-        self.client = client or PodbayClient(url, token)
+        self.client = client or PodbayClient(url, token, service_url=service_url)
         self.refresh_interval = refresh_interval
         self.exit_after_first_paint = exit_after_first_paint
         self.history: list[str] = []

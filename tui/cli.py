@@ -36,7 +36,7 @@ def _run(args, fn: Callable[[PodbayClient], Awaitable[int]]) -> int:
         return 1
 
     async def main():
-        async with PodbayClient(creds.url, creds.token) as client:
+        async with PodbayClient(creds.url, creds.token, service_url=creds.service_url) as client:
             return await fn(client)
 
     try:
@@ -282,9 +282,10 @@ def cmd_tui(args) -> int:
 
     if args.first_paint:
         # For benchmarks/tui_latency.py: start, paint the Workspaces view once, exit.
-        PodbayApp(creds.url, creds.token, exit_after_first_paint=True).run(headless=True)
+        PodbayApp(creds.url, creds.token, exit_after_first_paint=True,
+                  service_url=creds.service_url).run(headless=True)
         return 0
-    PodbayApp(creds.url, creds.token).run()
+    PodbayApp(creds.url, creds.token, service_url=creds.service_url).run()
     return 0
 
 

@@ -84,8 +84,9 @@ def _message(r: httpx.Response) -> str:
 
 class PodbayClient:
     def __init__(self, url: str, token: str, user: str | None = None, *, timeout: float = 15.0,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, service_url: str | None = None):
         self.url = url.rstrip("/")
+        self.service_url = (service_url or url).rstrip("/")
         self.user = user
         self._hub_major: int | None = None
         self.http = httpx.AsyncClient(
@@ -99,7 +100,7 @@ class PodbayClient:
 
     @property
     def service_api(self) -> str:
-        return f"{self.url}/services/podbay/api/v1"
+        return f"{self.service_url}/services/podbay/api/v1"
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -2,7 +2,9 @@
 
 1. `--url` / `--token` flags;
 2. `PODBAY_URL` / `PODBAY_TOKEN`;
-3. inside a workspace, `JUPYTERHUB_API_URL` + `JUPYTERHUB_API_TOKEN` (no login needed);
+3. inside a workspace, `JUPYTERHUB_API_URL` + `JUPYTERHUB_API_TOKEN` (no login needed), with
+   podbay's service at `PODBAY_SERVICE_URL`: the hub's own port, which is what a workspace
+   reaches, serves the hub's API but not the services the proxy routes to;
 4. what `podbay login` stored in $XDG_CONFIG_HOME/podbay/credentials.json (mode 0600).
 """
 
@@ -23,6 +25,8 @@ class Credentials:
     url: str
     token: str
     source: str
+    # Where podbay's service is when it is not under `url` (inside a workspace).
+    service_url: str | None = None
 
 
 def config_dir() -> Path:
@@ -48,7 +52,8 @@ def resolve(url: str | None = None, token: str | None = None) -> Credentials:
         return Credentials((url or env["PODBAY_URL"]).rstrip("/"), token or env["PODBAY_TOKEN"], "PODBAY_URL/PODBAY_TOKEN")
     if env.get("JUPYTERHUB_API_URL") and env.get("JUPYTERHUB_API_TOKEN"):
         return Credentials((url or hub_base(env["JUPYTERHUB_API_URL"])).rstrip("/"),
-                           token or env["JUPYTERHUB_API_TOKEN"], "this workspace")
+                           token or env["JUPYTERHUB_API_TOKEN"], "this workspace",
+                           None if url else env.get("PODBAY_SERVICE_URL") or None)
     try:
         stored = json.loads(credentials_file().read_text())
         return Credentials((url or stored["url"]).rstrip("/"), token or stored["token"], str(credentials_file()))

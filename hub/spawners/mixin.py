@@ -71,6 +71,14 @@ class PodbaySpawnerMixin(Configurable):
     def _default_db_url(self):
         return os.environ.get("PODBAY_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'ledger.sqlite'}"
 
+    service_url = Unicode(
+        "",
+        config=True,
+        help="""Where workspaces reach podbay's REST service (its /services/podbay/api/v1 lives
+        under it), given to them as PODBAY_SERVICE_URL so that `podbay` works in a workspace
+        terminal with no login. hubconfig.configure sets it.""",
+    )
+
     @property
     def portal(self) -> Portal:
         return shared_portal(os.path.abspath(self.config_file), self.db_url, os.path.abspath(self.data_dir))
@@ -196,4 +204,5 @@ class PodbaySpawnerMixin(Configurable):
             # and terminal. A unix socket (mode 0600, in a private directory) is reachable
             # only through the workspace's own Jupyter server, behind the hub's login.
             "JUPYTER_VSCODE_PROXY_USE_SOCKET": "1",
+            **({"PODBAY_SERVICE_URL": self.service_url} if self.service_url else {}),
         }

@@ -12,6 +12,8 @@ import httpx
 import jsonschema
 import pytest
 
+from tests.conftest import environ_of
+
 pytestmark = pytest.mark.hub
 
 
@@ -98,11 +100,22 @@ def test_exit_codes(hub, cli):
 
 
 def test_inside_a_workspace_no_login_is_needed(hub, cli):
-    env = {"JUPYTERHUB_API_URL": f"{hub.url}/hub/api", "JUPYTERHUB_API_TOKEN": hub.token("bob"),
-           "XDG_CONFIG_HOME": "/nonexistent"}
+    # Exactly what a terminal in bob's workspace has: the hub's own port (not the proxy's,
+    # which does not serve the hub's services there), the workspace's token, and where
+    # podbay's service is.
+    assert hub.start_server("bob", "term", {"profile": "cpu"}).status_code in (201, 202)
+    ws_env = environ_of(hub.workspace_pid("bob", "term"))
+    env = {k: ws_env[k] for k in ("JUPYTERHUB_API_URL", "JUPYTERHUB_API_TOKEN", "PODBAY_SERVICE_URL")}
+    assert env["JUPYTERHUB_API_URL"] == f"http://127.0.0.1:{hub.port + 1}/hub/api"
+    env["XDG_CONFIG_HOME"] = "/nonexistent"
+    r = cli("job", "submit", "--name", "from-ws", "--from-workspace", "term", "--gpus", "1", "--",
+            "echo", "hi", env=env)
+    assert r.returncode == 0, r.stderr
     r = cli("job", "ls", "--json", env=env)
     assert r.returncode == 0, r.stderr
-    assert all(j["user"] == "bob" for j in json.loads(r.stdout))
+    jobs = json.loads(r.stdout)
+    assert "from-ws" in {j["name"] for j in jobs} and all(j["user"] == "bob" for j in jobs)
+    hub.stop_server("bob", "term")
 
 
 def test_hub_down_is_a_clear_message(cli):

@@ -290,7 +290,7 @@ def test_gpu_workspaces_get_exactly_their_claimed_devices(dhub, docker):
 # Run inside bob's workspace: what it can connect to. No redirects are followed: a 302 to
 # the login page is an answer, not a way in.
 PROBE = r"""
-import json, socket, sys, urllib.error, urllib.request
+import json, os, socket, sys, urllib.error, urllib.request
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
@@ -301,7 +301,10 @@ out = {}
 for name, t in json.loads(sys.argv[1]).items():
     try:
         if "url" in t:
-            with opener.open(urllib.request.Request(t["url"], headers=t.get("headers", {})), timeout=10) as r:
+            headers = t.get("headers", {})
+            if t.get("workspace_token"):  # this workspace's own, as its terminal has it
+                headers = {"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}
+            with opener.open(urllib.request.Request(t["url"], headers=headers), timeout=10) as r:
                 out[name] = [r.status, r.read(2000).decode(errors="replace")]
         else:
             socket.create_connection((t["host"], t["port"]), timeout=3).close()
@@ -372,10 +375,15 @@ def cross_user_probe(hub: Hub, docker) -> dict:
         alice_ip = _address(alice) or "127.0.0.1"
         alice_port = urlparse(dict(e.split("=", 1) for e in alice["Config"]["Env"])["JUPYTERHUB_SERVICE_URL"]).port
         job_ip = _address(job_container) or "127.0.0.1"
-        hub_api = urlparse(dict(e.split("=", 1) for e in bob["Config"]["Env"])["JUPYTERHUB_API_URL"])
+        bob_env = dict(e.split("=", 1) for e in bob["Config"]["Env"])
+        hub_api = urlparse(bob_env["JUPYTERHUB_API_URL"])
         bob_token = hub.token("bob")
         targets = {
             "hub_api": {"url": f"{hub_api.scheme}://{hub_api.netloc}/hub/api"},
+            # podbay's service, where a workspace's `podbay job submit` finds it.
+            "service_as_bob": {"url": f"{bob_env['PODBAY_SERVICE_URL']}/services/podbay/api/v1/me",
+                               "workspace_token": True},
+            "service_without_token": {"url": f"{bob_env['PODBAY_SERVICE_URL']}/services/podbay/api/v1/me"},
             "alice_loopback": {"host": "127.0.0.1", "port": ALICE_LOOPBACK_PORT},
             "alice_loopback_by_address": {"host": alice_ip, "port": ALICE_LOOPBACK_PORT},
             "job_loopback": {"host": "127.0.0.1", "port": JOB_LOOPBACK_PORT},
@@ -433,11 +441,16 @@ def test_users_workspaces_and_jobs_cannot_reach_each_other(dhub, docker):
 
     seen = facts["from_bob"]
     assert seen["hub_api"][0] == 200, "workspaces reach the hub's API on the network's gateway"
+    # ... and podbay's service there, as themselves only.
+    assert seen["service_as_bob"][0] == 200 and json.loads(seen["service_as_bob"][1])["name"] == "bob"
+    assert seen["service_without_token"][0] in (401, 403), seen["service_without_token"]
     for name in ("alice_loopback", "alice_loopback_by_address", "job_loopback", "job_loopback_by_address"):
         assert seen[name] == "refused", (name, seen[name])
+    gateway = network_of(docker)["gateway"]
     for name, result in seen.items():
-        if name.startswith(("proxy_api@", "podbay_service@", "public_proxy@", "alice_port_")):
+        if name.startswith(("proxy_api@", "public_proxy@", "podbay_service@127.0.0.1", "alice_port_")):
             assert result != "open", (name, result)
+    assert seen[f"podbay_service@{gateway}"] == "open"
     # Her Jupyter server is on the network (the hub must reach it) but answers only her.
     assert seen["alice_jupyter_with_bobs_token"][0] == 403, seen["alice_jupyter_with_bobs_token"]
     assert seen["alice_jupyter_without_token"][0] in (302, 403), seen["alice_jupyter_without_token"]
