@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "gpu"
+# A copy of ../shared/fixtures/gpu (sources in its README): a clone needs nothing beside it.
+FIXTURES = ROOT / "tests" / "fixtures" / "gpu"
 TEST_CONFIG = ROOT / "tests" / "data" / "podbay-test.yaml"
 PASSWORD = "podbay-test-password"
 

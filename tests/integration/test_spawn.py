@@ -40,6 +40,9 @@ def test_each_profile_gets_its_devices(hub, user, name, profile, expect):
     assert env["NVIDIA_VISIBLE_DEVICES"] == (",".join(ids) or "void")
     assert env["PODBAY_PROFILE"] == profile
     assert env["PODBAY_IMAGE"] == "pytorch"
+    # VS Code, where a workspace has it, on a private unix socket on this backend too.
+    assert env["JUPYTER_VSCODE_PROXY_USE_SOCKET"] == "1"
+    assert env["PODBAY_SERVICE_URL"] == f"http://127.0.0.1:{hub.port + 3}"
 
 
 def test_a_used_up_profile_is_refused_with_its_reason(hub):
