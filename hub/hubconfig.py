@@ -213,7 +213,17 @@ def configure(c) -> None:
         "name": "podbay-service",
         "services": ["podbay"],
         "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
+    }, {
+        # Every user may use podbay's service (JupyterHub 5+ grants no service by default);
+        # their tokens from /hub/token inherit it.
+        "name": "user",
+        "scopes": ["self", "access:services!service=podbay"],
     }]
+    # A workspace's own token (JUPYTERHUB_API_TOKEN): JupyterHub's `server` role, plus the
+    # service (so `podbay job submit` works in its terminal) and reading the user's own
+    # servers (`podbay ws ls`); nothing that starts, stops or makes tokens.
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
+                                     "access:services!service=podbay", "read:servers!user"]
 
 
 def docker_workspace_side(client, settings, hub_port: int) -> str:

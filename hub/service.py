@@ -49,6 +49,16 @@ class Caller:
     name: str
     admin: bool
     groups: tuple[str, ...]
+    # False when the token is a user's but lacks ACCESS_SCOPE: refused with a 403 naming it.
+    may_access: bool = True
+
+
+# The scope that lets a token use this service. JupyterHub resolves any token of a user,
+# whatever it was made for (a notebook extension's token, a narrowly scoped one): only
+# those granted access to podbay may act here. The hub config grants it to every user's
+# own tokens and to workspaces' tokens.
+ACCESS_SCOPE = "access:services!service=podbay"
+_ACCESS_SCOPES = {"access:services", ACCESS_SCOPE}
 
 
 class HubClient:
@@ -78,7 +88,8 @@ class HubClient:
                 else:
                     # A workspace's own token may not read the user's groups: ask as the service.
                     full = await self.user(model["name"])
-                    caller = Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()))
+                    caller = Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()),
+                                    may_access=bool(_ACCESS_SCOPES & set(model.get("scopes") or ())))
         except httpx.HTTPError as e:
             raise ApiError(503, "hub_unavailable",
                            f"JupyterHub's API is not reachable ({type(e).__name__}); try again shortly") from None
@@ -266,6 +277,11 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         if who is None:
             raise ApiError(401, "unauthorized",
                            "the token is not valid (expired or revoked?); make a new one at /hub/token")
+        if not who.may_access:
+            raise ApiError(403, "missing_scope",
+                           f"this token of {who.name} lacks the scope {ACCESS_SCOPE}, which podbay's service "
+                           "requires: use a token made at /hub/token without narrowing its scopes, or one "
+                           f"that includes {ACCESS_SCOPE}")
         return who
 
     def may_see(who: Caller, job: Job | None, job_id: int) -> Job:

@@ -115,6 +115,11 @@ def test_inside_a_workspace_no_login_is_needed(hub, cli):
     assert r.returncode == 0, r.stderr
     jobs = json.loads(r.stdout)
     assert "from-ws" in {j["name"] for j in jobs} and all(j["user"] == "bob" for j in jobs)
+    r = cli("ws", "ls", env=env)
+    assert r.returncode == 0 and "term" in r.stdout, r.stdout + r.stderr
+    # The workspace's token reads; it does not start or stop workspaces.
+    r = cli("ws", "new", "another", "--profile", "cpu", env=env)
+    assert r.returncode == 1 and "start:servers" in r.stderr, r.stdout + r.stderr
     hub.stop_server("bob", "term")
 
 

@@ -217,6 +217,24 @@ def test_auth_errors_never_echo_the_token(svc):
     assert r.status_code == 200 and r.json()["name"] == "bob"
 
 
+def test_only_tokens_granted_the_service_may_use_it(svc):
+    """A token of bob's made for something else (here: reading his name only) resolves to
+    bob at the hub, but is not a key to podbay: 403, naming the scope it lacks. A token
+    that has the scope, narrow otherwise, works."""
+    url = f"{svc.url}/services/podbay/api/v1/me"
+    with svc.api("bob") as hub_api:
+        def token(scopes):
+            r = hub_api.post("/users/bob/tokens", json={"scopes": scopes, "note": "scope test"})
+            assert r.status_code == 201, r.text
+            return r.json()["token"]
+        narrow, granted = token(["read:users:name!user=bob"]), token(["access:services!service=podbay"])
+    r = httpx.get(url, headers={"Authorization": f"token {narrow}"})
+    assert r.status_code == 403 and r.json()["error"] == "missing_scope", r.text
+    assert "access:services!service=podbay" in r.json()["message"] and narrow not in r.text
+    r = httpx.get(url, headers={"Authorization": f"token {granted}"})
+    assert r.status_code == 200 and r.json()["name"] == "bob", r.text
+
+
 def test_catalog_capacity_and_me_reflect_the_ledger(svc):
     with api(svc, "bob") as c:
         me = c.get("/me").json()
