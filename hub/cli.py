@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
     up.add_argument("--config", default="config/podbay.yaml", help="podbay.yaml (default: %(default)s)")
-    up.add_argument("--port", type=int, default=8000, help="public port; the hub uses +1, the proxy API +2, the service +3 (on 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="public port; the hub uses +1, the proxy API +2 (127.0.0.1 only), the service +3")
     up.add_argument("--ip", default=os.environ.get("PODBAY_IP", "127.0.0.1"),
                     help="public address (default: %(default)s); the local backend refuses any but the loopback")
     up.add_argument("--allow-unisolated", action="store_true",

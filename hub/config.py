@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .gpu import GPU_UUID, MIG_NAME, MIG_UUID, family_for, known_mig_profiles, layout_fits
 
@@ -223,6 +223,14 @@ class Team(_Model):
     quota: Quota = Quota()
 
 
+def docker_escape(text: str) -> str:
+    """A name part safe for Docker objects: DockerSpawner's default escaping (lowercase
+    letters and digits kept, anything else as -XX), so that existing homes keep their names."""
+    from escapism import escape
+
+    return escape(text, set("abcdefghijklmnopqrstuvwxyz0123456789"), escape_char="-").lower()
+
+
 class DockerNetwork(_Model):
     """Where workspace and job containers are on the network.
 
@@ -243,6 +251,26 @@ class DockerNetwork(_Model):
     outbound: bool = True
     # The IPv4 subnet of a network podbay creates, e.g. 10.213.0.0/24; Docker picks one when unset.
     subnet: str | None = None
+    # Containers may not connect to one another (Docker's enable_icc=false, enforced by its
+    # iptables rules); false accepts a network where they can, with a warning at start.
+    isolated: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _not_dockers_own(cls, v: str | None) -> str | None:
+        if v in ("bridge", "host", "none"):
+            raise ValueError(
+                f"{v!r} is one of Docker's own networks, not a network of podbay's: name another "
+                "(podbay creates it), or use mode: host for the host's network")
+        return v
+
+    @model_validator(mode="after")
+    def _host_mode_has_no_bridge_settings(self):
+        if self.mode == "host":
+            extra = [k for k in ("name", "subnet") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"mode: host uses the host's network: {', '.join(extra)} would be ignored; remove it")
+        return self
 
     @field_validator("subnet")
     @classmethod
@@ -270,6 +298,14 @@ class DockerSettings(_Model):
     network: DockerNetwork = DockerNetwork()
     # Jobs' network: the workspaces' (above), or none at all.
     job_network: Literal["workspaces", "none"] = "workspaces"
+
+    @field_validator("job_network", mode="before")
+    @classmethod
+    def _job_network_host_moved(cls, v):
+        if v == "host":
+            raise ValueError("job_network: host is gone: jobs share the workspaces' network "
+                             "(docker.network; mode: host puts both on the host's network), or none")
+        return v
     # Seconds a cancelled job gets between SIGTERM and SIGKILL.
     stop_grace: int = Field(default=10, ge=0)
 
@@ -284,10 +320,12 @@ class DockerSettings(_Model):
     def job_network_name(self) -> str:
         return "none" if self.job_network == "none" else self.network_name
 
-    def home_volume(self, escaped_user: str, escaped_workspace: str | None = None) -> str:
-        name = f"{self.name_prefix}-home-{escaped_user}"
-        if self.home_per_workspace and escaped_workspace:
-            name += f"--{escaped_workspace}"
+    def home_volume(self, user: str, workspace: str | None = None) -> str:
+        """The Docker volume of a user's home (or of one workspace's, where configured), the
+        same for the spawner and for jobs."""
+        name = f"{self.name_prefix}-home-{docker_escape(user)}"
+        if self.home_per_workspace and workspace:
+            name += f"--{docker_escape(workspace.lower())}"
         return name
 
 

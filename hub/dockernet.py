@@ -3,10 +3,10 @@ workspace and job container of an install.
 
 On it each container has its own network namespace: its loopback is its own, so nothing a
 user starts on 127.0.0.1 (code-server, TensorBoard, a dev server) is visible to anyone else,
-and the host's loopback services (the proxy's API, podbay's REST service, a database) are
-out of reach. The hub, on the host, reaches each workspace at its address on the network;
-workspaces reach the hub's API at the network's gateway, the host's own address on that
-bridge, which is the only address the hub listens on for them.
+and the host's loopback services (the proxy's API, a database) are out of reach. The hub, on
+the host, reaches each workspace at its address on the network; workspaces reach the hub's
+API and podbay's service at the network's gateway, the host's own address on that bridge,
+which is where these two listen (both ask for a token).
 
 A network podbay creates has inter-container communication off
 (`com.docker.network.bridge.enable_icc=false`), so on an engine that manages iptables (the
@@ -66,14 +66,18 @@ def ensure_network(client, settings: DockerSettings) -> WorkspaceNetwork | None:
         found = api.inspect_network(name)
     except NotFound:
         if not want.create:
+            options = [f"-o {ICC}=false"] if want.isolated else []
+            options += ["--internal"] if not want.outbound else []
+            options += [f"--subnet {want.subnet}"] if want.subnet else []
             raise DockerNetworkError(
                 f"the Docker network {name!r} (docker.network.name) does not exist, and "
                 "docker.network.create is false. Create it (docker network create --driver bridge "
-                f"-o {ICC}=false {'--internal ' if not want.outbound else ''}{name}) or let podbay "
-                "create it (create: true).") from None
-        found = _create(api, settings, name)
+                f"{' '.join(options + [name])}) or let podbay create it (create: true).") from None
+        found = None
     except APIError as e:
         raise DockerNetworkError(f"the Docker network {name!r} cannot be read: {e}") from None
+    if found is None:
+        found = _create(api, settings, name)
     return _check(found, settings)
 
 
@@ -90,18 +94,18 @@ def _create(api, settings: DockerSettings, name: str) -> dict:
     try:
         api.create_network(
             name, driver="bridge", internal=not want.outbound, ipam=ipam, check_duplicate=True,
-            options={ICC: "false"},
+            options={ICC: "false" if want.isolated else "true"},
             labels={"podbay.prefix": settings.name_prefix, "podbay.network": "workspaces"})
         log.info("created the workspace network %s", name)
     except APIError as e:
-        # The hub and the REST service may both create it at once: the loser finds it made.
-        try:
-            return api.inspect_network(name)
-        except NotFound:
-            pass
+        failure = e  # the hub and the REST service may both create it at once: the loser finds it made
+    else:
+        failure = None
+    try:
+        return api.inspect_network(name)
+    except (NotFound, APIError) as e:
         raise DockerNetworkError(f"podbay could not create the Docker network {name!r}: "
-                                 f"{getattr(e, 'explanation', None) or e}") from None
-    return api.inspect_network(name)
+                                 f"{getattr(failure or e, 'explanation', None) or failure or e}") from None
 
 
 def _check(found: dict, settings: DockerSettings) -> WorkspaceNetwork:
@@ -130,8 +134,13 @@ def _check(found: dict, settings: DockerSettings) -> WorkspaceNetwork:
             f"docker.network.subnet: {want.subnet}. Remove the network (docker network rm "
             f"{name}) or change the setting.")
     isolated = (found.get("Options") or {}).get(ICC) == "false"
+    if not isolated and want.isolated:
+        raise DockerNetworkError(
+            f"containers on the Docker network {name!r} can connect to one another ({ICC} is not "
+            "false), so every workspace could reach what other users' workspaces open on it. "
+            f"Remove the network (docker network rm {name}) for podbay to create it isolated, "
+            "or set docker.network.isolated: false to accept that.")
     if not isolated:
-        log.warning("containers on the Docker network %s can connect to one another (%s is not false): "
-                    "workspaces' open ports are reachable by other users' workspaces, behind "
-                    "Jupyter's own authentication only", name, ICC)
+        log.warning("containers on the Docker network %s can connect to one another (isolated: false): "
+                    "workspaces' open ports are reachable by other users' workspaces", name)
     return WorkspaceNetwork(name, gateway, str(subnet), internal, isolated)

@@ -185,7 +185,8 @@ def configure(c) -> None:
         # The hub's API and podbay's service listen where the workspaces reach them.
         workspace_side = docker_workspace_side(client, cfg.docker, port + 1)
         c.JupyterHub.hub_bind_url = f"http://{workspace_side}:{port + 1}"
-        released = portal.ledger.reconcile(lambda a: PodbayDockerSpawner.is_alive(a, client), kinds=("workspace",))
+        released = portal.ledger.reconcile(
+            lambda a: PodbayDockerSpawner.is_alive(a, client, cfg.docker.network_name), kinds=("workspace",))
     else:
         from .spawners.local import PodbayLocalSpawner
         workspace_side = "127.0.0.1"
@@ -228,9 +229,9 @@ def configure(c) -> None:
 
 def docker_workspace_side(client, settings, hub_port: int) -> str:
     """The address where, on the docker backend, the hub's API and podbay's service listen
-    for the workspaces: the workspace network's gateway, which they reach and nothing
-    beyond this server does (the loopback, in host mode, with a warning of what that
-    exposes)."""
+    for the workspaces: the workspace network's gateway, an address of this server on the
+    bridge, not a public one (the loopback, in host mode, with a warning of what that
+    exposes). Both ask every caller for a token."""
     from .dockernet import DockerNetworkError, ensure_network, host_mode_warning
 
     try:
@@ -247,7 +248,8 @@ def docker_workspace_side(client, settings, hub_port: int) -> str:
         raise SystemExit(
             f"podbay: refusing to start the docker backend: the hub must listen on {net.gateway}, "
             f"the gateway of the workspace network {net.name}, but cannot ({e.strerror}). Run the hub "
-            "in the host's network namespace (network_mode: host, as docker/compose.yaml does).") from None
+            "on the Docker host itself (not through a remote DOCKER_HOST), in its network namespace "
+            "(network_mode: host, as docker/compose.yaml does).") from None
     print(f"podbay: workspaces run on the Docker network {net.name} ({net.subnet}"
           f"{', internal' if net.internal else ''}); the hub's API listens at {net.gateway}:{hub_port}",
           file=sys.stderr)

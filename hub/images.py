@@ -36,7 +36,8 @@ DEBIAN_ROOT = "podbay/debian-root:bookworm"
 DEBIAN_SUITE = "bookworm"
 # Installed from wheels besides jupyterhub; the two proxies are used only where the
 # image also gets code-server, but they are small and keep one wheel set for all.
-WHEEL_PACKAGES = ["jupyterlab", "jupyter-server-proxy", "jupyter-vscode-proxy"]
+# The proxies at versions that run code-server on a unix socket (never a TCP port).
+WHEEL_PACKAGES = ["jupyterlab", "jupyter-server-proxy>=4.1", "jupyter-vscode-proxy>=0.7"]
 # What a workspace image's root needs before the install script runs.
 DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini", "procps"]
 

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .config import ProfileKind
 from .ledger import Base, ClaimRefused, NoCapacity, QuotaExceeded
 from .portal import OptionsRefused, Portal
+from .environment import job_env
 from .training import BackendUnavailable, JobSpec, TrainingBackend
 
 log = logging.getLogger("podbay.jobs")
@@ -339,8 +340,10 @@ class JobManager:
             if vol is not None:
                 vols.append((self.backend.mount_source(vol, str(self.portal.volume_source(vol))),
                              str(self.home_of(job.user) / vol.target), vol.read_only))
+        env = job_env(job_id=job.id, name=job.name, image=job.image, team=job.team, volumes=job.volumes,
+                      devices=alloc.devices, user_env=job.env)
         spec_ = JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
-                        workdir=job.workdir, env=job.env, volumes=vols, devices=list(alloc.devices),
+                        workdir=job.workdir, env=env, volumes=vols, devices=list(alloc.devices),
                         workspace=job.from_workspace)
         try:
             ref = await self.backend.submit(spec_)

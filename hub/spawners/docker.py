@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
-from urllib.parse import urlparse
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from dockerspawner import DockerSpawner
@@ -97,8 +97,9 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
     # --- start -------------------------------------------------------------------------
 
     def home_volume(self) -> str:
-        return self.docker_settings.home_volume(
-            self.escaped_name, self.escape(self.name.lower()) if self.name else None)
+        # Named by podbay's settings, not this spawner's (configurable) escape: the docker
+        # training backend mounts the same home for the same user without a spawner.
+        return self.docker_settings.home_volume(self.user.name, self.name or None)
 
     def podbay_prepare(self, request):
         if self.network_name == "host":
@@ -182,12 +183,13 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         except DockerNetworkError as e:
             raise SpawnException(f"The workspace network is not usable: {e}", reason="network",
                                  status_code=503) from None
-        hub_host = urlparse(self.hub.api_url).hostname
-        if net and hub_host != net.gateway:
+        if net is None or self.hub_connect_url or self.hub.connect_url:
+            return  # an operator's own connect URL: theirs to keep right
+        if self.hub.ip != net.gateway:
             raise SpawnException(
-                f"The workspace network {net.name} was created again with the gateway {net.gateway}, "
-                f"but the hub's API listens at {hub_host}: the workspace could not reach it. "
-                "Ask your platform team to restart the hub.", reason="network", status_code=503)
+                f"The hub's API listens at {self.hub.ip}, not at {net.gateway}, the gateway of the "
+                f"workspace network {net.name} (was the network created again?): the workspace could "
+                "not reach it. Ask your platform team to restart the hub.", reason="network", status_code=503)
 
     async def get_ip_and_port(self):
         if self.network_name == "host":
@@ -229,8 +231,13 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
     # --- the ledger at hub start ---------------------------------------------------------
 
     @classmethod
-    def is_alive(cls, allocation: Allocation, client=None) -> bool:
-        """Whether the container recorded for this allocation still runs."""
+    def is_alive(cls, allocation: Allocation, client=None, network: str | None = None) -> bool:
+        """Whether the container recorded for this allocation still runs.
+
+        With `network`, a running container on any other network (one started before the
+        workspace network was set up, on the host's network) is stopped and removed: kept, it
+        would stay reachable by every other workspace, and could not reach the hub, which no
+        longer listens where it looks. Its home is a volume and stays."""
         container = allocation.ref.get("container")
         if not container:
             # Claimed, container not recorded yet: a spawn may be under way right now.
@@ -239,9 +246,17 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             from ..images import docker_client
             client = docker_client()
         try:
-            return bool(client.api.inspect_container(container)["State"]["Running"])
+            found = client.api.inspect_container(container)
         except NotFound:
             return False
+        if not found["State"]["Running"]:
+            return False
+        if network and found["HostConfig"]["NetworkMode"] != network:
+            print(f"podbay: stopping {allocation.key}: its container is on the network "
+                  f"{found['HostConfig']['NetworkMode']!r}, not {network!r} (its home is kept)", file=sys.stderr)
+            client.api.remove_container(container, force=True)
+            return False
+        return True
 
 
 def _docker_words(e: Exception) -> str:

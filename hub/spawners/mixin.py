@@ -19,6 +19,7 @@ from jupyterhub.spawner import SpawnException
 from traitlets import Unicode, default
 from traitlets.config import Configurable
 
+from ..environment import workspace_env
 from ..ledger import Allocation, ClaimRefused, QuotaExceeded, fmt_units
 from ..portal import OptionsRefused, Portal, Request
 
@@ -189,20 +190,6 @@ class PodbaySpawnerMixin(Configurable):
         req, alloc = self.podbay_request, self.podbay_allocation
         if req is None or alloc is None:
             return {}
-        devices = ",".join(dict.fromkeys(alloc.devices))
-        return {
-            # NGC images see every GPU unless told otherwise: "void" hides them all.
-            "CUDA_VISIBLE_DEVICES": devices,
-            "NVIDIA_VISIBLE_DEVICES": devices or "void",
-            "PODBAY_PROFILE": req.profile.id,
-            "PODBAY_IMAGE": req.image.name,
-            "PODBAY_TEAM": req.team or "",
-            "PODBAY_GPU_UNITS": fmt_units(alloc.units),
-            "PODBAY_VOLUMES": ",".join(v.name for v in req.volumes),
-            # code-server has no login of its own (jupyter-vscode-proxy runs it with --auth
-            # none): on a TCP port anyone who reaches that port would get the user's editor
-            # and terminal. A unix socket (mode 0600, in a private directory) is reachable
-            # only through the workspace's own Jupyter server, behind the hub's login.
-            "JUPYTER_VSCODE_PROXY_USE_SOCKET": "1",
-            **({"PODBAY_SERVICE_URL": self.service_url} if self.service_url else {}),
-        }
+        return workspace_env(profile=req.profile.id, image=req.image.name, team=req.team,
+                             units=fmt_units(alloc.units), volumes=[v.name for v in req.volumes],
+                             devices=alloc.devices, service_url=self.service_url)

@@ -29,6 +29,8 @@ class JobSpec:
     image: str
     command: list[str]
     workdir: str
+    # Everything the job sees from podbay and its user (environment.job_env): backends add
+    # only what their own runtime needs (PATH for a process, nothing for a container).
     env: dict[str, str]
     volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, target, read_only)
     devices: list[str] = field(default_factory=list)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from docker.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
-from dockerspawner import DockerSpawner
 
 from ..config import PodbayConfig
 from ..dockernet import DockerNetworkError, ensure_network
+from ..environment import gpu_env
 from ..images import DockerUnavailable
 from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, read_from, read_int
 
@@ -76,8 +76,7 @@ class DockerBackend(TrainingBackend):
         api = self.client.api
         image = self.cfg.image(job.image)
         ref_image = image.image if image else job.image
-        escape = DockerSpawner._escape
-        home = self.settings.home_volume(escape(job.user), escape(job.workspace.lower()) if job.workspace else None)
+        home = self.settings.home_volume(job.user, job.workspace)
         binds = {home: {"bind": HOME, "mode": "rw"}}
         for source, target, read_only in job.volumes:
             binds[source] = {"bind": target, "mode": "ro" if read_only else "rw"}
@@ -92,14 +91,7 @@ class DockerBackend(TrainingBackend):
             binds=binds, network_mode=self.settings.job_network_name,
             device_requests=[{"driver": self.settings.gpu_driver, "device_ids": devices,
                               "capabilities": [["gpu"]]}] if devices else None)
-        env = {
-            **job.env,
-            # NGC images ask for every GPU in their own environment: "void" overrides that.
-            "NVIDIA_VISIBLE_DEVICES": ",".join(devices) or "void",
-            "PODBAY_JOB_ID": str(job.id),
-            "PODBAY_JOB_NAME": job.name,
-            "PODBAY_IMAGE": job.image,
-        }
+        env = {**gpu_env(devices), **job.env}  # job.env has them already, when built by the manager
         name = self.container_name(job.id)
         self._remove(name)  # one left by a submit that failed half-way
         # Job ids start again after the database is reset: an old job's exit code and

@@ -35,11 +35,6 @@ class LocalBackend(TrainingBackend):
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": str(Path(job.workdir)),
             **job.env,
-            "CUDA_VISIBLE_DEVICES": ",".join(dict.fromkeys(job.devices)),
-            "NVIDIA_VISIBLE_DEVICES": ",".join(dict.fromkeys(job.devices)) or "void",
-            "PODBAY_JOB_ID": str(job.id),
-            "PODBAY_JOB_NAME": job.name,
-            "PODBAY_IMAGE": job.image,
         }
         command = list(job.command)
         if job.volumes:

@@ -104,7 +104,15 @@ if [ -n "${CODE_SERVER_VERSION:-}" ]; then
   HOME=/tmp/code-server-check code-server --version && rm -rf /tmp/code-server-check
   # jupyter-vscode-proxy only describes code-server to jupyter-server-proxy (it does not
   # depend on it), which serves it at /vscode/ in the workspace.
-  pip_install jupyter-server-proxy jupyter-vscode-proxy
+  # Versions that run code-server on a unix socket (JUPYTER_VSCODE_PROXY_USE_SOCKET), and a
+  # check that they do: with an older one it would listen on a TCP port with no login.
+  pip_install "jupyter-server-proxy>=4.1" "jupyter-vscode-proxy>=0.7"
+  JUPYTER_VSCODE_PROXY_USE_SOCKET=1 /opt/podbay/bin/python -c '
+import jupyter_vscode_proxy as p
+c = p.setup_vscode()
+assert c.get("unix_socket") is True, c
+assert "--socket" in c["command"](port=0, unix_socket="/s"), "code-server would listen on TCP"
+'
 fi
 
 # Ubuntu 24.04 based images (NGC 24.xx and later) ship a user "ubuntu" with uid 1000.

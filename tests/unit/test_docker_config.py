@@ -63,10 +63,17 @@ def test_docker_settings_defaults_and_homes():
     per_ws = d.model_copy(update={"home_per_workspace": True})
     assert per_ws.home_volume("alice", "dev") == "podbay-home-alice--dev"
     assert per_ws.home_volume("alice", None) == "podbay-home-alice"
+    # Docker-safe, and as DockerSpawner's default escaping names them, so homes keep their names.
+    assert per_ws.home_volume("bob.smith", "Dev") == "podbay-home-bob-2esmith--dev"
+    from dockerspawner import DockerSpawner
+    for name in ("Bob.Smith", "ann-marie", "x@y.z", "jürgen"):
+        assert d.home_volume(name) == f"podbay-home-{DockerSpawner._escape(name)}"
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"job_network": "host"}, "docker.job_network"),
+    ({"job_network": "host"}, "docker.job_network: job_network: host is gone"),
+    ({"network": {"name": "bridge"}}, "one of Docker's own networks"),
+    ({"network": {"mode": "host", "subnet": "10.1.0.0/24"}}, "subnet would be ignored"),
     ({"network": {"mode": "overlay"}}, "docker.network.mode"),
     ({"network": {"name": "my net"}}, "docker.network.name"),
     ({"network": {"subnet": "10.0.0.0/33"}}, "docker.network.subnet"),
