@@ -339,7 +339,7 @@ def _serve_on_loopback(docker, container: str, port: int) -> None:
         time.sleep(0.2)
 
 
-def cross_user_probe(hub: Hub, docker) -> dict:
+def cross_user_probe(hub: Hub, docker, prefix: str = PREFIX) -> dict:
     """alice starts a workspace, opens VS Code in it, starts a server on its loopback and a
     training job that does the same; bob, from a terminal in his own workspace, tries every
     way to them, and to the hub's own loopback services, that the issue's scan found."""
@@ -367,7 +367,7 @@ def cross_user_probe(hub: Hub, docker) -> dict:
             "python3", "-m", "http.server", "--bind", "127.0.0.1", str(JOB_LOOPBACK_PORT)]})
         assert r.status_code == 201, r.text
         job = _wait_job(api, r.json()["id"], {"running"})
-        (c,) = docker.api.containers(filters={"label": [f"podbay.prefix={PREFIX}", f"podbay.job={job['id']}"]})
+        (c,) = docker.api.containers(filters={"label": [f"podbay.prefix={prefix}", f"podbay.job={job['id']}"]})
         job_container = docker.api.inspect_container(c["Id"])
         facts["job_network"] = job_container["HostConfig"]["NetworkMode"]
         deadline = time.monotonic() + 20
@@ -477,7 +477,7 @@ def test_the_host_network_is_an_opt_in_that_says_what_it_exposes(docker, image, 
               extra_env={"PODBAY_BACKEND": "docker"})
     hub.start()
     try:
-        facts = cross_user_probe(hub, docker)
+        facts = cross_user_probe(hub, docker, HOST_PREFIX)
         hub.start_server("alice", "legacy", {"profile": "gpu-1", "image": "base"})
         legacy = container_of(hub, docker, "alice", "legacy")["Id"]
         assert claimed(hub, "workspace:alice/legacy")
