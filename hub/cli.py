@@ -137,6 +137,12 @@ def cmd_up(args) -> int:
         print(e, file=sys.stderr)
         return 1
 
+    taken = _ports_taken(args.ip, args.port, external_proxy=os.environ.get("PODBAY_PROXY") == "external")
+    if taken:
+        print(f"podbay: {taken} is in use by another program. podbay needs the ports {args.port} to "
+              f"{args.port + 3}: choose others with --port (or stop that program).", file=sys.stderr)
+        return 1
+
     data_dir = Path(args.data_dir).absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     hub_config = data_dir / "jupyterhub_config.py"
@@ -197,6 +203,25 @@ def cmd_up(args) -> int:
         code = hub.wait()
     _kill_leftovers(hub, data_dir)
     return 0 if stopping else code
+
+
+def _ports_taken(ip: str, port: int, external_proxy: bool) -> str | None:
+    """The first of podbay's ports another program holds: the public one, the hub's (+1),
+    the proxy's API (+2) and the service's (+3). Checked before anything starts: otherwise
+    the proxy dies, the hub goes on, and whatever holds the port answers for podbay."""
+    import socket
+
+    wanted = [(ip, port), ("127.0.0.1", port + 1), ("127.0.0.1", port + 2), ("127.0.0.1", port + 3)]
+    if external_proxy:  # the proxy holds its own ports already
+        wanted = [wanted[1], wanted[3]]
+    for host, p in wanted:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, p))
+            except OSError:
+                return f"port {p} on {host}"
+    return None
 
 
 def _backend_words(backend: str, cfg) -> str:

@@ -7,7 +7,7 @@ Settings come from the environment that `podbay up` prepares (and operators may 
 PODBAY_CONFIG, PODBAY_DATA_DIR, PODBAY_PORT, PODBAY_DB_URL, PODBAY_DEMO_PASSWORD,
 PODBAY_KEEP_WORKSPACES, PODBAY_BACKEND (local or docker), PODBAY_PAUSE_JOBS (queue jobs,
 start none), PODBAY_PROXY=external (a proxy started elsewhere, with CONFIGPROXY_AUTH_TOKEN),
-PODBAY_IP (the public address, 127.0.0.1 by default) and PODBAY_ALLOW_UNISOLATED=1 (the
+PODBAY_HUB_DB_URL (the hub's own database), PODBAY_IP (the public address, 127.0.0.1 by default) and PODBAY_ALLOW_UNISOLATED=1 (the
 operator accepts a local backend on a non-loopback address). Ports: the public one, +1 the
 hub, +2 the proxy's API, +3 podbay's REST service. Only the public port may listen beyond
 the loopback; on the docker backend the hub's API listens on the workspace network's
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .inventory import InventoryError
+from .ledger import LedgerUnavailable, database_url
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -101,7 +102,9 @@ def configure(c) -> None:
     else:
         c.ConfigurableHTTPProxy.command = [find_proxy()]
         c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
-    c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
+    # The hub's own database: SQLite in the data directory, or PODBAY_HUB_DB_URL (PostgreSQL
+    # in production: `postgresql://…` with psycopg 3, as for the ledger).
+    c.JupyterHub.db_url = database_url(_env("PODBAY_HUB_DB_URL") or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}")
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.allow_named_servers = True
     # podbay's quota decides how many workspaces a user runs, not a flat limit.
@@ -155,14 +158,14 @@ def configure(c) -> None:
 
     c.PodbaySpawnerMixin.config_file = config_file
     c.PodbaySpawnerMixin.data_dir = str(data_dir)
-    db_url = _env("PODBAY_DB_URL") or f"sqlite:///{data_dir / 'ledger.sqlite'}"
+    db_url = database_url(_env("PODBAY_DB_URL") or f"sqlite:///{data_dir / 'ledger.sqlite'}")
     c.PodbaySpawnerMixin.db_url = db_url
 
     from .spawners.mixin import shared_portal
 
     try:
         portal = shared_portal(config_file, db_url, str(data_dir))
-    except InventoryError as e:
+    except (InventoryError, LedgerUnavailable) as e:
         print(f"podbay: refusing to start: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     for vol in cfg.volumes:

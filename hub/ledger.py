@@ -32,7 +32,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .config import ProfileKind, Quota
@@ -177,16 +177,53 @@ def _sqlite_engine(url: str, immediate: bool = True):
     return engine
 
 
+class LedgerUnavailable(RuntimeError):
+    """The ledger's database cannot be used; the message says what to do."""
+
+
+def database_url(url: str) -> str:
+    """PostgreSQL URLs as people write them (`postgresql://…`, `postgres://…`) name
+    SQLAlchemy's default driver, psycopg2, which podbay does not install: use psycopg 3,
+    which the `postgresql` extra does."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL too broken to parse is shown as it was given
+        return url.split("@")[-1]
+
+
 class Ledger:
     def __init__(self, url: str, inventory: Inventory):
+        url = database_url(url)
         self.url = url
         self.inventory = inventory
         sqlite = url.startswith("sqlite")
-        self.engine = _sqlite_engine(url) if sqlite else create_engine(url, pool_pre_ping=True)
+        try:
+            self.engine = _sqlite_engine(url) if sqlite else create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as e:
+            raise LedgerUnavailable(
+                f"the ledger database {_safe(url)} needs the Python module {e.name}, which is not "
+                "installed: pip install 'podbay[postgresql]' for PostgreSQL") from None
+        except Exception as e:  # noqa: BLE001 - sqlalchemy's URL and plugin errors vary
+            raise LedgerUnavailable(f"the ledger database URL {_safe(url)} is not usable: {e}") from None
         # Reads (forms, catalog, capacity) need no write lock: with WAL they never wait for
         # a claim in progress, and never make one wait.
         self.read_engine = _sqlite_engine(url, immediate=False) if sqlite else self.engine
-        self._migrate()
+        try:
+            self._migrate()
+        except OperationalError as e:
+            reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
+            raise LedgerUnavailable(
+                f"the ledger database {_safe(url)} cannot be reached ({reason}). Start it, or point "
+                "PODBAY_DB_URL (c.PodbaySpawnerMixin.db_url) at one that runs") from None
         self.write_session = sessionmaker(self.engine, expire_on_commit=False)
         self.read_session = sessionmaker(self.read_engine, expire_on_commit=False)
         self._snapshot: Snapshot | None = None

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
-from .ledger import fmt_units
+from .ledger import LedgerUnavailable, fmt_units
 from .portal import OptionsRefused, Portal
 from .training.local import LocalBackend
 
@@ -424,7 +424,10 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s podbay-service] %(message)s")
     env = os.environ
-    portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"])
+    try:
+        portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"])
+    except LedgerUnavailable as e:
+        raise SystemExit(f"podbay-service: {e}") from None
     if env.get("PODBAY_BACKEND", "local") == "docker":
         from .training.docker import DockerBackend
         backend = DockerBackend(portal.cfg, portal.data_dir / "jobs")

@@ -20,7 +20,7 @@ from traitlets import Unicode, default
 from traitlets.config import Configurable
 
 from ..environment import workspace_env
-from ..ledger import Allocation, ClaimRefused, QuotaExceeded, fmt_units
+from ..ledger import Allocation, ClaimRefused, QuotaExceeded, database_url, fmt_units
 from ..portal import OptionsRefused, Portal, Request
 
 _TEMPLATES = jinja2.Environment(
@@ -70,7 +70,7 @@ class PodbaySpawnerMixin(Configurable):
 
     @default("db_url")
     def _default_db_url(self):
-        return os.environ.get("PODBAY_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'ledger.sqlite'}"
+        return database_url(os.environ.get("PODBAY_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'ledger.sqlite'}")
 
     service_url = Unicode(
         "",

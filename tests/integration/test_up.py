@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -102,3 +103,61 @@ def test_an_operators_own_hub_config_refuses_it_too(monkeypatch, tmp_path):
     configure(c)
     assert c.JupyterHub.bind_url.startswith("http://0.0.0.0:")
     assert c.JupyterHub.hub_bind_url.startswith("http://127.0.0.1:"), "only the public port moves"
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_a_port_in_use_is_one_sentence_and_exit_1(tmp_path, offset):
+    port = free_port_block()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port + offset))
+        other.listen()
+        run = subprocess.run(
+            [sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(TEST_CONFIG),
+             "--port", str(port), "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr.strip() == (f"podbay: port {port + offset} on 127.0.0.1 is in use by another program. "
+                                  f"podbay needs the ports {port} to {port + 3}: choose others with --port "
+                                  "(or stop that program).")
+    assert "running at" not in run.stdout
+
+
+def test_a_ledger_database_that_cannot_be_reached_is_one_sentence(tmp_path):
+    dead = free_port_block(1)
+    run = subprocess.run(
+        [sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(TEST_CONFIG),
+         "--port", str(free_port_block()), "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=90,
+        env={**os.environ, "PODBAY_DB_URL": f"postgresql://podbay@127.0.0.1:{dead}/podbay"})
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out
+    assert (f"podbay: refusing to start: the ledger database postgresql+psycopg://podbay@127.0.0.1:{dead}/podbay "
+            "cannot be reached") in out, out
+    assert "Traceback" not in out and "running at" not in out
+
+
+def test_the_hub_and_its_ledger_on_postgresql(postgres_url, tmp_path):
+    """Production's databases, written as the README writes them (postgresql://, which
+    podbay reads as psycopg 3, the driver its `postgresql` extra installs)."""
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    from sqlalchemy import create_engine, text
+
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    hub = Hub(TEST_CONFIG, tmp_path, free_port_block(), keep_workspaces=False,
+              extra_env={"PODBAY_DB_URL": plain, "PODBAY_HUB_DB_URL": plain})
+    hub.start()
+    try:
+        assert hub.start_server("alice", "pg", {"profile": "mig-1g.10gb"}).status_code in (201, 202)
+        engine = create_engine(postgres_url)
+        with engine.connect() as db:
+            servers = db.execute(text("SELECT s.name FROM spawners s JOIN users u ON s.user_id = u.id "
+                                      "WHERE u.name = 'alice' AND s.server_id IS NOT NULL")).scalars().all()
+            claims = db.execute(text("SELECT key FROM podbay_allocations")).scalars().all()
+        assert "pg" in servers and "workspace:alice/pg" in claims
+        hub.stop_server("alice", "pg")
+        with engine.connect() as db:
+            assert db.execute(text("SELECT count(*) FROM podbay_allocations")).scalar() == 0
+        engine.dispose()
+        assert not (tmp_path / "jupyterhub.sqlite").exists() and not (tmp_path / "ledger.sqlite").exists()
+    finally:
+        hub.stop()
