@@ -74,10 +74,10 @@ def cmd_gpus(args) -> int:
 
 
 def cmd_images(args) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError, default_config_path, load_config
     from .images import DockerUnavailable, ImageBuildError, build_image, buildable, docker_client, present
 
-    config = Path(args.config).absolute()
+    config = Path(args.config or default_config_path()).absolute()
     try:
         cfg = load_config(config)
         client = docker_client(timeout=3600)
@@ -118,9 +118,9 @@ def _wait_for_hub(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 
 def cmd_up(args) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError, default_config_path, load_config
 
-    config = Path(args.config).absolute()
+    config = Path(args.config or default_config_path()).absolute()
     try:
         cfg = load_config(config)
     except ConfigError as e:
@@ -191,6 +191,7 @@ def cmd_up(args) -> int:
               f"  log in as {who}\n"
               f"  password: {password}\n"
               f"  REST API: {url}/services/podbay/api/v1/ (OpenAPI: openapi.json)\n"
+              f"  config: {config}\n"
               f"  data: {data_dir}\n"
               f"  backend: {_backend_words(backend, cfg)}\n"
               "  Ctrl-C stops everything.\n", flush=True)
@@ -273,12 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="debootstrap root and wheels are prepared here (default: %(default)s)")
     ls = images_sub.add_parser("ls", help="which catalog images this Docker engine has")
     for p_ in (build, ls):
-        p_.add_argument("--config", default=os.environ.get("PODBAY_CONFIG", "config/podbay.yaml"),
-                        help="podbay.yaml (default: %(default)s)")
+        p_.add_argument("--config", help="podbay.yaml (default: PODBAY_CONFIG, ./config/podbay.yaml, "
+                                         "or the demo that ships with podbay)")
         p_.set_defaults(func=cmd_images)
 
     up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
-    up.add_argument("--config", default="config/podbay.yaml", help="podbay.yaml (default: %(default)s)")
+    up.add_argument("--config", help="podbay.yaml (default: PODBAY_CONFIG, ./config/podbay.yaml, or the "
+                                     "demo that ships with podbay)")
     up.add_argument("--port", type=int, default=8000, help="public port; the hub uses +1, the proxy API +2 (127.0.0.1 only), the service +3")
     up.add_argument("--ip", default=os.environ.get("PODBAY_IP", "127.0.0.1"),
                     help="public address (default: %(default)s); the local backend refuses any but the loopback")

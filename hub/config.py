@@ -28,6 +28,21 @@ UserName = Annotated[str, Field(min_length=1, max_length=255)]
 BuildArg = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)]
 
 
+def default_config_path() -> Path:
+    """podbay.yaml when none is named: PODBAY_CONFIG; config/podbay.yaml of a checkout, run
+    from its top; else the demo that ships with the package (hub/demo links to the same
+    file), so a pip-installed podbay starts anywhere."""
+    import os
+
+    named = os.environ.get("PODBAY_CONFIG")
+    if named:
+        return Path(named)
+    here = Path("config/podbay.yaml")
+    if here.is_file():
+        return here
+    return Path(__file__).resolve().parent / "demo" / "podbay.yaml"
+
+
 class _Model(BaseModel):
     # Typos in an operator's file must be errors, not silently ignored keys.
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -23,7 +23,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, default_config_path
 from .inventory import InventoryError
 from .ledger import LedgerUnavailable, database_url
 
@@ -81,7 +81,7 @@ def check_public_ip(ip: str, backend: str, allow_unisolated: bool) -> None:
 
 
 def configure(c) -> None:
-    config_file = os.path.abspath(_env("PODBAY_CONFIG", "config/podbay.yaml"))
+    config_file = os.path.abspath(default_config_path())
     data_dir = Path(_env("PODBAY_DATA_DIR", ".podbay")).absolute()
     port = int(_env("PODBAY_PORT", "8000"))
     public_ip = _env("PODBAY_IP", "127.0.0.1")

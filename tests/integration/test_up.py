@@ -161,3 +161,32 @@ def test_the_hub_and_its_ledger_on_postgresql(postgres_url, tmp_path):
         assert not (tmp_path / "jupyterhub.sqlite").exists() and not (tmp_path / "ledger.sqlite").exists()
     finally:
         hub.stop()
+
+
+def test_podbay_up_anywhere_starts_the_demo_that_ships_with_it(tmp_path):
+    """Run outside a checkout, with no --config: the demo inside the package, not a search
+    for config/podbay.yaml in whatever directory the person is in."""
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    port = free_port_block()
+    env = {k: v for k, v in os.environ.items() if k != "PODBAY_CONFIG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podbay.hub.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**env, "PODBAY_DEMO_PASSWORD": PASSWORD})
+    banner = ""
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner += line
+        assert f"podbay is running at http://127.0.0.1:{port}" in banner, banner
+        from podbay.hub.config import load_config
+        shipped = Path(load_config.__code__.co_filename).parent / "demo" / "podbay.yaml"
+        assert f"config: {shipped}" in banner, banner
+        r = httpx.get(f"http://127.0.0.1:{port}/hub/api", timeout=5)
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
