@@ -179,12 +179,12 @@ def configure(c) -> None:
                 src.chmod(0o1777)
     if backend == "docker":
         from .images import DockerUnavailable, docker_client
-        from .spawners.docker import PodbayDockerSpawner
         try:
             client = docker_client()
         except DockerUnavailable as e:
             print(f"podbay: refusing to start the docker backend: {e}", file=sys.stderr)
             raise SystemExit(1) from None
+        from .spawners.docker import PodbayDockerSpawner
         # The hub's API and podbay's service listen where the workspaces reach them.
         workspace_side = docker_workspace_side(client, cfg.docker, port + 1)
         c.JupyterHub.hub_bind_url = f"http://{workspace_side}:{port + 1}"

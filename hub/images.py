@@ -52,8 +52,20 @@ class ImageBuildError(RuntimeError):
     pass
 
 
+def require_docker_extra() -> None:
+    """The docker backend's packages are an extra: say how to get them, not an ImportError."""
+    for module in ("docker", "dockerspawner"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise DockerUnavailable(
+                f"the docker backend needs the Python package {module}, which is not installed: "
+                "pip install 'podbay[docker]'") from None
+
+
 def docker_client(timeout: int = 120):
     """A docker SDK client for DOCKER_HOST (or the local socket), checked with a ping."""
+    require_docker_extra()
     import docker
     from docker.errors import DockerException
 

@@ -429,6 +429,11 @@ def main() -> None:
     except LedgerUnavailable as e:
         raise SystemExit(f"podbay-service: {e}") from None
     if env.get("PODBAY_BACKEND", "local") == "docker":
+        from .images import DockerUnavailable, require_docker_extra
+        try:
+            require_docker_extra()
+        except DockerUnavailable as e:
+            raise SystemExit(f"podbay-service: {e}") from None
         from .training.docker import DockerBackend
         backend = DockerBackend(portal.cfg, portal.data_dir / "jobs")
     else:

@@ -15,13 +15,13 @@ as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-setup_python() {
+setup_python() {  # $1: the extras (docker for `up --backend docker`; every one for the tests)
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
   log "installing podbay and its test tools into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e '.[test]'
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[$1]"
 }
 
 setup_proxy() {
@@ -119,13 +119,13 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   up)
     setup_system
-    setup_python
+    setup_python docker
     setup_proxy
     exec "$VENV/bin/podbay" up "$@"
     ;;
   test)
     setup_system test
-    setup_python
+    setup_python test,docker,postgresql
     setup_proxy
     setup_docker
     start_image_build "$@"

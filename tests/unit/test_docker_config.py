@@ -166,3 +166,31 @@ def test_the_local_backend_listens_on_the_loopback_unless_told(ip, backend, allo
     with pytest.raises(SystemExit) as e:
         check_public_ip(ip, backend, allowed)
     assert "not isolated" in str(e.value) and "PODBAY_ALLOW_UNISOLATED=1" in str(e.value)
+
+
+@pytest.mark.parametrize("missing", ["docker", "dockerspawner"])
+def test_the_docker_backend_without_its_extra_says_how_to_get_it(monkeypatch, missing):
+    import sys
+
+    from podbay.hub.images import DockerUnavailable, docker_client
+
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    with pytest.raises(DockerUnavailable, match=rf"needs the Python package {missing}, which is not installed: "
+                                                r"pip install 'podbay\[docker\]'"):
+        docker_client()
+
+
+def test_a_local_install_needs_no_docker_packages():
+    import subprocess
+    import sys
+
+    # The local path (config, hub configuration, service, the local spawner) imports neither.
+    code = ("import sys, builtins; real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    if name.split('.')[0] in ('docker', 'dockerspawner'): raise ImportError(name)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "import podbay.hub.config, podbay.hub.hubconfig, podbay.hub.service, podbay.hub.spawners.local\n"
+            "import podbay.hub.training.local, podbay.hub.cli, podbay.tui.cli\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
