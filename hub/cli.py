@@ -126,11 +126,17 @@ def cmd_up(args) -> int:
     except ConfigError as e:
         print(f"podbay: refusing to start, the configuration is invalid.\n{e.render()}", file=sys.stderr)
         return 1
+    from .backends import BackendError, chosen, load
     from .hubconfig import check_public_ip, find_proxy, is_loopback
-    backend = args.backend or os.environ.get("PODBAY_BACKEND") or "local"
+    backend = chosen(cfg, args.backend or os.environ.get("PODBAY_BACKEND"))
     allow_unisolated = args.allow_unisolated or os.environ.get("PODBAY_ALLOW_UNISOLATED") == "1"
     try:
-        check_public_ip(args.ip, backend, allow_unisolated)
+        plugin = load(backend)
+    except BackendError as e:
+        print(f"podbay: {e}", file=sys.stderr)
+        return 1
+    try:
+        check_public_ip(args.ip, plugin, allow_unisolated)
         if os.environ.get("PODBAY_PROXY") != "external":
             find_proxy()
     except SystemExit as e:
@@ -160,8 +166,7 @@ def cmd_up(args) -> int:
         # The hub finds jupyterhub-singleuser and the proxy beside this Python.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    if args.backend:
-        env["PODBAY_BACKEND"] = args.backend
+    env["PODBAY_BACKEND"] = backend
     if args.spawner:
         env["PODBAY_SPAWNER"] = args.spawner
     # Asked for on the loopback: an address of all interfaces answers there too.
@@ -193,7 +198,7 @@ def cmd_up(args) -> int:
               f"  REST API: {url}/services/podbay/api/v1/ (OpenAPI: openapi.json)\n"
               f"  config: {config}\n"
               f"  data: {data_dir}\n"
-              f"  backend: {_backend_words(backend, cfg)}\n"
+              f"  backend: {plugin.describe(cfg)}\n"
               "  Ctrl-C stops everything.\n", flush=True)
     elif hub.poll() is None and not stopping:
         print(f"podbay: the hub did not answer at {url} within {args.start_timeout:.0f}s", file=sys.stderr)
@@ -218,19 +223,14 @@ def _ports_taken(ip: str, port: int, external_proxy: bool) -> str | None:
     for host, p in wanted:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as s:
+            # As the servers themselves bind: connections of an earlier run in TIME_WAIT
+            # do not hold the port, a program listening on it does.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, p))
             except OSError:
                 return f"port {p} on {host}"
     return None
-
-
-def _backend_words(backend: str, cfg) -> str:
-    if backend == "docker":
-        if cfg.docker.network.mode == "host":
-            return "docker, on the host network: workspaces are NOT isolated from each other (one user only)"
-        return f"docker, each workspace in its own network namespace on {cfg.docker.network_name}"
-    return "local: workspaces run as this hub's user and are NOT isolated from each other (one person only)"
 
 
 def _kill_leftovers(hub: subprocess.Popen, data_dir: Path) -> None:
@@ -289,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".podbay", help="ledger, homes, logs (default: %(default)s)")
     up.add_argument("--keep-workspaces", action="store_true",
                     help="leave workspaces running when the hub stops, for restarts")
-    up.add_argument("--backend", choices=["local", "docker"],
-                    help="where workspaces and jobs run: local processes (default) or Docker containers of the catalog's images")
+    up.add_argument("--backend", help="where workspaces and jobs run, over podbay.yaml's backend: local "
+                                      "processes or Docker containers of the catalog's images (installed: "
+                                      "see podbay.backends entry points)")
     up.add_argument("--spawner", help=argparse.SUPPRESS)
     up.add_argument("--start-timeout", type=float, default=60, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)

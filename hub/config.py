@@ -354,6 +354,9 @@ class PodbayConfig(_Model):
     # Quota for users who are in no team.
     default_quota: Quota = Quota(gpu_units=Decimal(0), workspaces_per_user=1, job_gpus=0)
     admins: list[UserName] = []
+    # Where workspaces and jobs run: a `podbay.backends` entry point (local, docker, …),
+    # with its settings under its own key below. PODBAY_BACKEND or --backend override it.
+    backend: Slug = "local"
     docker: DockerSettings = DockerSettings()
 
     # Lookups used everywhere else.
@@ -511,6 +514,10 @@ def _check_semantics(cfg: PodbayConfig) -> list[ConfigIssue]:
     def err(loc, msg):
         issues.append(ConfigIssue(tuple(loc), msg))
 
+    from .backends import available
+
+    if cfg.backend not in available():
+        err(("backend",), f"unknown backend {cfg.backend!r}: the installed ones are {', '.join(sorted(available()))}")
     for i, name in _dupes(cfg.images, lambda x: x.name):
         err(("images", i, "name"), f"image {name!r} is declared twice")
     if sum(1 for im in cfg.images if im.default) > 1:

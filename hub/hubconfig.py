@@ -19,7 +19,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -68,12 +67,12 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def check_public_ip(ip: str, backend: str, allow_unisolated: bool) -> None:
-    """The local backend has no isolation between users: it listens on the loopback only,
+def check_public_ip(ip: str, backend, allow_unisolated: bool) -> None:
+    """A backend with no isolation between users (local) listens on the loopback only,
     unless the operator says, knowingly, that they accept that."""
-    if backend == "local" and not is_loopback(ip) and not allow_unisolated:
+    if not backend.isolates_users and not is_loopback(ip) and not allow_unisolated:
         raise SystemExit(
-            f"podbay: refusing to listen on {ip} with the local backend: its workspaces all run "
+            f"podbay: refusing to listen on {ip} with the {backend.name} backend: its workspaces all run "
             "as the hub's own user and are not isolated from each other, so anyone who can log "
             "in could reach every other user's files. Use the docker backend (--backend docker) "
             "for several users, or, if you accept that, set PODBAY_ALLOW_UNISOLATED=1 "
@@ -85,9 +84,7 @@ def configure(c) -> None:
     data_dir = Path(_env("PODBAY_DATA_DIR", ".podbay")).absolute()
     port = int(_env("PODBAY_PORT", "8000"))
     public_ip = _env("PODBAY_IP", "127.0.0.1")
-    backend = _env("PODBAY_BACKEND", "local")
     data_dir.mkdir(parents=True, exist_ok=True)
-    check_public_ip(public_ip, backend, _env("PODBAY_ALLOW_UNISOLATED", "0") == "1")
 
     host = f"[{public_ip}]" if ":" in public_ip else public_ip
     c.JupyterHub.bind_url = f"http://{host}:{port}"
@@ -122,6 +119,16 @@ def configure(c) -> None:
         print(f"podbay: refusing to start, the configuration is invalid.\n{e.render()}", file=sys.stderr)
         raise SystemExit(1) from None
 
+    from .backends import BackendError, chosen, load
+
+    backend = chosen(cfg, _env("PODBAY_BACKEND"))
+    try:
+        plugin = load(backend)
+    except BackendError as e:
+        print(f"podbay: {e} (PODBAY_BACKEND or backend: in podbay.yaml)", file=sys.stderr)
+        raise SystemExit(1) from None
+    check_public_ip(public_ip, plugin, _env("PODBAY_ALLOW_UNISOLATED", "0") == "1")
+
     c.JupyterHub.load_groups = {name: {"users": list(team.members)} for name, team in cfg.teams.items()}
     c.Authenticator.admin_users = set(cfg.admins)
     password = _env("PODBAY_DEMO_PASSWORD")
@@ -131,19 +138,15 @@ def configure(c) -> None:
         c.DemoAuthenticator.password = password
         c.Authenticator.allowed_users = set(cfg.demo_users())
 
-    if backend not in ("local", "docker"):
-        print(f"podbay: unknown backend {backend!r} (PODBAY_BACKEND): use local or docker", file=sys.stderr)
-        raise SystemExit(1)
     # PODBAY_SPAWNER picks plain JupyterHub spawners too, for benchmarks/ comparisons.
-    spawner = _env("PODBAY_SPAWNER", f"podbay-{backend}")
+    spawner = _env("PODBAY_SPAWNER", plugin.spawner)
     c.JupyterHub.spawner_class = spawner
     c.Spawner.default_url = "/lab"
     c.Spawner.http_timeout = 60
     c.Spawner.start_timeout = 90
-    if backend == "local":
+    if not plugin.isolates_users:
         print(LOCAL_NOT_ISOLATED.format(user=_user_name()), file=sys.stderr)
-        singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
-        c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
+    plugin.configure(c)
     if spawner == "simple":
         # Plain JupyterHub, for comparisons (benchmarks/spawn_latency.py).
         c.SimpleLocalProcessSpawner.home_dir_template = str(data_dir / "plain-homes" / "{username}")
@@ -168,32 +171,15 @@ def configure(c) -> None:
     except (InventoryError, LedgerUnavailable) as e:
         print(f"podbay: refusing to start: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    for vol in cfg.volumes:
-        src = portal.volume_source(vol)
-        if not Path(vol.source).is_absolute() and not (backend == "docker" and vol.docker_volume):
-            # Relative sources are podbay's own (the demo's): create them.
-            src.mkdir(parents=True, exist_ok=True)
-            if backend == "docker" and not vol.read_only:
-                # Containers run as jovyan (uid 1000): a shared writable volume is
-                # writable by all, sticky like /tmp so nobody deletes others' files.
-                src.chmod(0o1777)
-    if backend == "docker":
-        from .images import DockerUnavailable, docker_client
-        try:
-            client = docker_client()
-        except DockerUnavailable as e:
-            print(f"podbay: refusing to start the docker backend: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
-        from .spawners.docker import PodbayDockerSpawner
-        # The hub's API and podbay's service listen where the workspaces reach them.
-        workspace_side = docker_workspace_side(client, cfg.docker, port + 1)
-        c.JupyterHub.hub_bind_url = f"http://{workspace_side}:{port + 1}"
-        released = portal.ledger.reconcile(
-            lambda a: PodbayDockerSpawner.is_alive(a, client, cfg.docker.network_name), kinds=("workspace",))
-    else:
-        from .spawners.local import PodbayLocalSpawner
-        workspace_side = "127.0.0.1"
-        released = portal.ledger.reconcile(PodbayLocalSpawner.is_alive, kinds=("workspace",))
+    plugin.prepare_volumes(cfg, portal)
+    try:
+        # The engine is there; the hub's API and podbay's service listen where workspaces reach them.
+        side = plugin.start_hub(cfg, portal, port + 1)
+    except BackendError as e:
+        print(f"podbay: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    workspace_side, released = side.workspace_side, side.released
+    c.JupyterHub.hub_bind_url = f"http://{workspace_side}:{port + 1}"
     if released:
         print(f"podbay: released devices of {len(released)} workspace(s) that no longer run: "
               + ", ".join(released), file=sys.stderr)
@@ -228,35 +214,6 @@ def configure(c) -> None:
     # servers (`podbay ws ls`); nothing that starts, stops or makes tokens.
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
                                      "access:services!service=podbay", "read:servers!user"]
-
-
-def docker_workspace_side(client, settings, hub_port: int) -> str:
-    """The address where, on the docker backend, the hub's API and podbay's service listen
-    for the workspaces: the workspace network's gateway, an address of this server on the
-    bridge, not a public one (the loopback, in host mode, with a warning of what that
-    exposes). Both ask every caller for a token."""
-    from .dockernet import DockerNetworkError, ensure_network, host_mode_warning
-
-    try:
-        net = ensure_network(client, settings)
-    except DockerNetworkError as e:
-        raise SystemExit(f"podbay: refusing to start the docker backend: {e}") from None
-    if net is None:
-        print(host_mode_warning(settings), file=sys.stderr)
-        return "127.0.0.1"
-    try:
-        with socket.socket() as s:
-            s.bind((net.gateway, 0))
-    except OSError as e:
-        raise SystemExit(
-            f"podbay: refusing to start the docker backend: the hub must listen on {net.gateway}, "
-            f"the gateway of the workspace network {net.name}, but cannot ({e.strerror}). Run the hub "
-            "on the Docker host itself (not through a remote DOCKER_HOST), in its network namespace "
-            "(network_mode: host, as docker/compose.yaml does).") from None
-    print(f"podbay: workspaces run on the Docker network {net.name} ({net.subnet}"
-          f"{', internal' if net.internal else ''}); the hub's API listens at {net.gateway}:{hub_port}",
-          file=sys.stderr)
-    return net.gateway
 
 
 def _configure_plain_docker(c, image: str) -> None:

@@ -27,7 +27,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
 from .ledger import LedgerUnavailable, fmt_units
 from .portal import OptionsRefused, Portal
-from .training.local import LocalBackend
 
 log = logging.getLogger("podbay.service")
 
@@ -428,16 +427,12 @@ def main() -> None:
         portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"])
     except LedgerUnavailable as e:
         raise SystemExit(f"podbay-service: {e}") from None
-    if env.get("PODBAY_BACKEND", "local") == "docker":
-        from .images import DockerUnavailable, require_docker_extra
-        try:
-            require_docker_extra()
-        except DockerUnavailable as e:
-            raise SystemExit(f"podbay-service: {e}") from None
-        from .training.docker import DockerBackend
-        backend = DockerBackend(portal.cfg, portal.data_dir / "jobs")
-    else:
-        backend = LocalBackend(portal.data_dir / "jobs")
+    from .backends import BackendError, chosen, load
+
+    try:
+        backend = load(chosen(portal.cfg, env.get("PODBAY_BACKEND"))).training(portal)
+    except BackendError as e:
+        raise SystemExit(f"podbay-service: {e}") from None
     jobs = JobManager(portal, backend)
     hub = HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
     # PODBAY_PAUSE_JOBS=1: accept and queue jobs but start none (maintenance of the pool).

@@ -92,7 +92,7 @@ def image(docker):
 def dhub(tmp_path_factory, image):
     # --keep-workspaces, so that a restart can be tested; the docker fixture removes what is left.
     h = Hub(config=DOCKER_CONFIG, data_dir=tmp_path_factory.mktemp("dockerhub"), port=free_port_block(),
-            keep_workspaces=True, extra_env={"PODBAY_BACKEND": "docker"})
+            keep_workspaces=True)
     h.start()
     yield h
     h.stop()
@@ -473,8 +473,7 @@ def test_the_host_network_is_an_opt_in_that_says_what_it_exposes(docker, image, 
     config = tmp_path / "podbay.yaml"
     config.write_text(yaml.safe_dump(cfg))
     (tmp_path / "data").mkdir()
-    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=True,
-              extra_env={"PODBAY_BACKEND": "docker"})
+    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=True)
     hub.start()
     try:
         facts = cross_user_probe(hub, docker, HOST_PREFIX)
@@ -763,8 +762,7 @@ def test_homes_per_workspace_where_configured(docker, image, tmp_path):
     config = tmp_path / "podbay.yaml"
     config.write_text(yaml.safe_dump(cfg))
     (tmp_path / "data").mkdir()
-    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=False,
-              extra_env={"PODBAY_BACKEND": "docker"})
+    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=False)
     hub.start()
     try:
         opts = {"profile": "cpu", "image": "base"}

@@ -158,13 +158,14 @@ def test_images_run_vscode_on_a_unix_socket():
     ("0.0.0.0", "docker", False, False),
 ])
 def test_the_local_backend_listens_on_the_loopback_unless_told(ip, backend, allowed, refused):
+    from podbay.hub.backends import load
     from podbay.hub.hubconfig import check_public_ip
 
     if not refused:
-        check_public_ip(ip, backend, allowed)
+        check_public_ip(ip, load(backend), allowed)
         return
     with pytest.raises(SystemExit) as e:
-        check_public_ip(ip, backend, allowed)
+        check_public_ip(ip, load(backend), allowed)
     assert "not isolated" in str(e.value) and "PODBAY_ALLOW_UNISOLATED=1" in str(e.value)
 
 
@@ -194,3 +195,22 @@ def test_a_local_install_needs_no_docker_packages():
             "import podbay.hub.training.local, podbay.hub.cli, podbay.tui.cli\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_backend_is_chosen_in_podbay_yaml_among_the_installed_ones(tmp_path):
+    from podbay.hub.backends import BackendError, chosen, load
+
+    cfg = load_config(ROOT / "tests" / "data" / "podbay-docker.yaml")
+    assert chosen(cfg) == "docker" and chosen(cfg, "local") == "local"
+    assert load("docker").spawner == "podbay-docker" and load("local").spawner == "podbay-local"
+    assert load("local").isolates_users is False and load("docker").isolates_users is True
+    with pytest.raises(BackendError, match="unknown backend 'slurm': the installed ones are docker, local"):
+        load("slurm")
+    data = yaml.safe_load(DEMO.read_text())
+    data["backend"] = "kubernetes"
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    (issue,) = [str(i) for i in e.value.issues if "backend" in str(i)]
+    assert issue.startswith("backend: unknown backend 'kubernetes': the installed ones are docker, local (line ")
