@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import Hub, free_port_block  # noqa: E402
-from tests.integration.test_docker import DOCKER_CONFIG  # noqa: E402
+from tests.conftest import DOCKER_CONFIG  # noqa: E402
 
 
 def spawn_once(hub: Hub, options: dict | None) -> float:

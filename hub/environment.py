@@ -46,12 +46,14 @@ def workspace_env(*, profile: str, image: str, team: str | None, units: str, vol
 
 
 def job_env(*, job_id: int, name: str, image: str, team: str | None, volumes: Iterable[str],
-            devices: Iterable[str], user_env: dict[str, str] | None = None) -> dict[str, str]:
+            devices: Iterable[str], home: str, user_env: dict[str, str] | None = None) -> dict[str, str]:
     """A job's environment: the user's own variables first, podbay's over them (the
-    service refuses user variables with podbay's names)."""
+    service refuses user variables with podbay's names). HOME is the persistent home the
+    job's ~/data/<volume> paths live under, as in the workspace it came from."""
     devices = list(devices)
     return {
         **(user_env or {}),
+        "HOME": home,
         **gpu_env(devices),
         **_common(image, team, str(len(set(devices))), volumes),
         "PODBAY_JOB_ID": str(job_id),

@@ -34,7 +34,7 @@ STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "starting", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_POOL = "training"
-RESERVED_ENV = re.compile(r"^(CUDA_VISIBLE_DEVICES|NVIDIA_VISIBLE_DEVICES|NVIDIA_.*|PODBAY_.*|JUPYTERHUB_.*)$")
+RESERVED_ENV = re.compile(r"^(HOME|CUDA_VISIBLE_DEVICES|NVIDIA_VISIBLE_DEVICES|NVIDIA_.*|PODBAY_.*|JUPYTERHUB_.*)$")
 
 
 class JobRow(Base):
@@ -341,7 +341,7 @@ class JobManager:
                 vols.append((self.backend.mount_source(vol, str(self.portal.volume_source(vol))),
                              str(self.home_of(job.user) / vol.target), vol.read_only))
         env = job_env(job_id=job.id, name=job.name, image=job.image, team=job.team, volumes=job.volumes,
-                      devices=alloc.devices, user_env=job.env)
+                      devices=alloc.devices, home=str(self.home_of(job.user)), user_env=job.env)
         spec_ = JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
                         workdir=job.workdir, env=env, volumes=vols, devices=list(alloc.devices),
                         workspace=job.from_workspace)

@@ -18,6 +18,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="podbay.hub.launch")
     parser.add_argument("--bind", action="append", default=[], metavar="SRC:DST:ro|rw")
+    parser.add_argument("--quiet", action="store_true", help="say nothing of the mounts (a job's output is the user's)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"podbay: cannot mount volume {src} at {dst}: {done.stderr.strip()}")
         if mode == "ro" and not os.statvfs(dst).f_flag & os.ST_RDONLY:
             sys.exit(f"podbay: {dst} should be read-only but is writable; refusing to start")
-        print(f"podbay: mounted {src} at {dst} ({mode})", flush=True)
+        if not args.quiet:
+            print(f"podbay: mounted {src} at {dst} ({mode})", flush=True)
 
     os.execvp(command[0], command)
 

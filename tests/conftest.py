@@ -26,8 +26,13 @@ PASSWORD = "podbay-test-password"
 
 
 def pytest_collection_modifyitems(config, items):
-    # The docker tests last: scripts/dev.sh builds their image meanwhile.
-    items.sort(key=lambda item: item.nodeid.startswith("tests/integration/test_docker.py"))
+    # The docker tests last (the docker file, the contract suite's docker half): scripts/dev.sh
+    # builds their image meanwhile. A stable sort keeps each hub's tests together.
+    def needs_the_image(item) -> bool:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        return item.nodeid.startswith("tests/integration/test_docker.py") or params.get("engine") == "docker"
+
+    items.sort(key=needs_the_image)
 
 
 def require(condition: bool, reason: str):
@@ -273,3 +278,64 @@ def browser_login(page, hub: Hub, user: str) -> None:
     page.fill("#password_input", PASSWORD)
     page.click("#login_submit")
     page.wait_for_url("**/hub/**")
+
+
+# --- the docker engine and the workspace image, shared by the docker tests and the
+# backend contract suite ---------------------------------------------------------------
+
+DOCKER_CONFIG = ROOT / "tests" / "data" / "podbay-docker.yaml"
+IMAGE = "podbay/base:2026.11"
+# Name prefixes of the test deployments' containers, volumes and networks: the docker
+# tests' hub, their host-network hub, the contract suite's. Swept before and after.
+DOCKER_TEST_PREFIXES = ("podbaytest", "podbayhosttest", "podbaycontract")
+
+
+@pytest.fixture(scope="session")
+def docker():
+    from podbay.hub.images import DockerUnavailable, docker_client
+
+    try:
+        client = docker_client()
+    except DockerUnavailable as e:
+        require(False, str(e))
+    _sweep(client)
+    yield client
+    _sweep(client)
+    client.close()
+
+
+def _sweep(client) -> None:
+    """Containers, home volumes and networks of earlier runs of these tests (never anything else)."""
+    for prefix in DOCKER_TEST_PREFIXES:
+        for c in client.api.containers(all=True, filters={"label": f"podbay.prefix={prefix}"}):
+            client.api.remove_container(c["Id"], force=True)
+        for v in client.volumes.list(filters={"name": f"{prefix}-home-"}):
+            v.remove(force=True)
+        for n in client.api.networks(filters={"label": f"podbay.prefix={prefix}"}):
+            client.api.remove_network(n["Id"])
+
+
+@pytest.fixture(scope="session")
+def image(docker):
+    """The CPU base image, built the way an operator builds it: `podbay images build`.
+
+    scripts/dev.sh starts that same command in the background before the tests, since
+    code-server's native modules take minutes to compile, and names its output files in
+    PODBAY_TEST_IMAGE_BUILD; these tests run last and wait for it."""
+    started = os.environ.get("PODBAY_TEST_IMAGE_BUILD")
+    if started:
+        rc_file, deadline = Path(started + ".rc"), time.monotonic() + 1200
+        while not rc_file.exists():
+            assert time.monotonic() < deadline, f"the image build of scripts/dev.sh did not end: {started}.log"
+            time.sleep(1)
+        rc, output = int(rc_file.read_text()), Path(started + ".log").read_text()
+    else:
+        run = subprocess.run(
+            [sys.executable, "-m", "podbay.hub.cli", "images", "build", "base", "--config", str(DOCKER_CONFIG)],
+            capture_output=True, text=True, timeout=1200)
+        rc, output = run.returncode, run.stdout + run.stderr
+    assert rc == 0, output[-6000:]
+    assert f"built base: {IMAGE}" in output
+    return docker.images.get(IMAGE)
+
+

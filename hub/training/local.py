@@ -33,7 +33,6 @@ class LocalBackend(TrainingBackend):
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOME": str(Path(job.workdir)),
             **job.env,
         }
         command = list(job.command)
@@ -42,7 +41,7 @@ class LocalBackend(TrainingBackend):
             unshare = ["unshare", "--mount", "--propagation", "private"]
             if os.getuid() != 0:
                 unshare[1:1] = ["--user", "--map-current-user"]
-            command = unshare + [sys.executable, "-m", "podbay.hub.launch", *binds, "--"] + command
+            command = unshare + [sys.executable, "-m", "podbay.hub.launch", "--quiet", *binds, "--"] + command
         proc = subprocess.Popen(
             [sys.executable, "-m", "podbay.hub.jobrun", "--dir", str(d), "--", *command],
             cwd=job.workdir, env=env, start_new_session=True,

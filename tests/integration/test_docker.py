@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shlex
 import socket
@@ -26,66 +25,16 @@ import httpx
 import yaml
 import pytest
 
-from tests.conftest import ROOT, Hub, browser_login, free_port_block, real_browser, require
+from tests.conftest import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, Hub, browser_login, free_port_block, real_browser, require
 
-DOCKER_CONFIG = ROOT / "tests" / "data" / "podbay-docker.yaml"
-PREFIX = "podbaytest"
+
+PREFIX = DOCKER_TEST_PREFIXES[0]
 SHIM_LOG = Path("/run/podbay-gpu-shim")
-IMAGE = "podbay/base:2026.11"
 NETWORK = f"{PREFIX}-net"
 # The host-network hub's: its job ids start at 1 too, and must not name the other hub's containers.
-HOST_PREFIX = "podbayhosttest"
+HOST_PREFIX = DOCKER_TEST_PREFIXES[1]
 
 pytestmark = pytest.mark.hub
-
-
-@pytest.fixture(scope="module")
-def docker():
-    from podbay.hub.images import DockerUnavailable, docker_client
-
-    try:
-        client = docker_client()
-    except DockerUnavailable as e:
-        require(False, str(e))
-    _sweep(client)
-    yield client
-    _sweep(client)
-    client.close()
-
-
-def _sweep(client) -> None:
-    """Containers, home volumes and networks of earlier runs of these tests (never anything else)."""
-    for prefix in (PREFIX, HOST_PREFIX):
-        for c in client.api.containers(all=True, filters={"label": f"podbay.prefix={prefix}"}):
-            client.api.remove_container(c["Id"], force=True)
-        for v in client.volumes.list(filters={"name": f"{prefix}-home-"}):
-            v.remove(force=True)
-        for n in client.api.networks(filters={"label": f"podbay.prefix={prefix}"}):
-            client.api.remove_network(n["Id"])
-
-
-@pytest.fixture(scope="module")
-def image(docker):
-    """The CPU base image, built the way an operator builds it: `podbay images build`.
-
-    scripts/dev.sh starts that same command in the background before the tests, since
-    code-server's native modules take minutes to compile, and names its output files in
-    PODBAY_TEST_IMAGE_BUILD; these tests run last and wait for it."""
-    started = os.environ.get("PODBAY_TEST_IMAGE_BUILD")
-    if started:
-        rc_file, deadline = Path(started + ".rc"), time.monotonic() + 1200
-        while not rc_file.exists():
-            assert time.monotonic() < deadline, f"the image build of scripts/dev.sh did not end: {started}.log"
-            time.sleep(1)
-        rc, output = int(rc_file.read_text()), Path(started + ".log").read_text()
-    else:
-        run = subprocess.run(
-            [sys.executable, "-m", "podbay.hub.cli", "images", "build", "base", "--config", str(DOCKER_CONFIG)],
-            capture_output=True, text=True, timeout=1200)
-        rc, output = run.returncode, run.stdout + run.stderr
-    assert rc == 0, output[-6000:]
-    assert f"built base: {IMAGE}" in output
-    return docker.images.get(IMAGE)
 
 
 @pytest.fixture(scope="module")

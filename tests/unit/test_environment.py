@@ -11,7 +11,8 @@ GPUS = ["GPU-22222222-0000-4000-8000-000000000000", "GPU-22222222-0000-4000-8000
 def test_workspaces_and_jobs_see_the_same_names():
     ws = workspace_env(profile="mig-1g.10gb", image="pytorch", team="vision", units="1/7",
                        volumes=["imagenet"], devices=[MIG], service_url="http://10.0.0.1:8003")
-    job = job_env(job_id=7, name="resnet", image="pytorch", team="vision", volumes=["imagenet"], devices=GPUS)
+    job = job_env(job_id=7, name="resnet", image="pytorch", team="vision", volumes=["imagenet"], devices=GPUS,
+                  home="/home/jovyan")
     shared = {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PODBAY_IMAGE", "PODBAY_TEAM",
               "PODBAY_GPU_UNITS", "PODBAY_VOLUMES"}
     assert shared <= ws.keys() and shared <= job.keys()
@@ -19,7 +20,7 @@ def test_workspaces_and_jobs_see_the_same_names():
     assert job["CUDA_VISIBLE_DEVICES"] == ",".join(GPUS) and job["PODBAY_GPU_UNITS"] == "2"
     assert (ws["PODBAY_TEAM"], job["PODBAY_TEAM"]) == ("vision", "vision")
     assert ws["PODBAY_SERVICE_URL"] == "http://10.0.0.1:8003" and ws["JUPYTER_VSCODE_PROXY_USE_SOCKET"] == "1"
-    assert (job["PODBAY_JOB_ID"], job["PODBAY_JOB_NAME"]) == ("7", "resnet")
+    assert (job["PODBAY_JOB_ID"], job["PODBAY_JOB_NAME"], job["HOME"]) == ("7", "resnet", "/home/jovyan")
 
 
 def test_no_gpu_hides_every_gpu_and_a_device_is_named_once():
@@ -30,6 +31,6 @@ def test_no_gpu_hides_every_gpu_and_a_device_is_named_once():
 
 
 def test_podbays_names_win_over_the_users():
-    job = job_env(job_id=1, name="j", image="base", team=None, volumes=[], devices=[],
+    job = job_env(job_id=1, name="j", image="base", team=None, volumes=[], devices=[], home="/h",
                   user_env={"EPOCHS": "3", "CUDA_VISIBLE_DEVICES": "0"})
     assert job["EPOCHS"] == "3" and job["CUDA_VISIBLE_DEVICES"] == ""
