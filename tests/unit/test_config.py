@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 import yaml
 
 from podbay.hub.cli import main
@@ -165,8 +166,14 @@ def test_hub_refuses_to_start_on_an_invalid_config(demo, tmp_path):
     assert done.returncode == 1 and "profiles[1]: MIG profile 1g.5gb" in done.stderr
 
 
-def test_copy_is_not_shared(demo):
-    # parse twice from the same dict: validation must not mutate the input.
+def test_a_loaded_config_cannot_be_changed_behind_the_portals_back(demo):
+    # One PodbayConfig is shared by every spawner of a hub (and the service's requests):
+    # it must be frozen, and parsing must leave the operator's data alone.
     before = copy.deepcopy(demo)
-    parse_config(demo)
+    cfg = parse_config(demo)
     assert demo == before
+    with pytest.raises(ValidationError):
+        cfg.teams["vision"].quota.gpu_units = 100
+    with pytest.raises(ValidationError):
+        cfg.images[0].image = "evil:latest"
+    assert parse_config(demo) == cfg

@@ -168,33 +168,53 @@ def test_two_processes_racing_for_the_last_device(db_url, round_):
     ledger.dispose()
 
 
+RACERS = ["mig-3g.40gb", "shared-1/2", "mig-1g.10gb", "shared-1/2",
+          "mig-1g.10gb", "mig-3g.40gb", "shared-1/2", "mig-1g.10gb"]
+UNITS = {"mig-3g.40gb": Fraction(3, 7), "shared-1/2": Fraction(1, 2), "mig-1g.10gb": Fraction(1, 7)}
+
+
 def test_quota_holds_under_concurrent_claims(db_url):
-    """Eight processes each ask for a 3/7 slice or a half GPU against one 1-unit quota: the
-    units granted never exceed it."""
+    """Eight processes at once ask for slices of 3/7, 1/2 and 1/7 GPU against one 1-unit
+    quota. What is granted is exactly what is held, never above the quota, and every
+    refusal was right at the end state: a quota refusal would still overrun the quota, a
+    capacity refusal has no device of its kind left."""
     Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG))).dispose()
     ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_quota_race, args=(db_url, str(TEST_CONFIG), i, barrier, results))
-             for i in range(4)]
+    barrier, results = ctx.Barrier(len(RACERS)), ctx.Queue()
+    procs = [ctx.Process(target=_quota_race, args=(db_url, str(TEST_CONFIG), i, profile, barrier, results))
+             for i, profile in enumerate(RACERS)]
     for p in procs:
         p.start()
-    [results.get(timeout=60) for _ in procs]
+    outcomes = [results.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
     ledger = Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG)))
-    assert 0 < ledger.units_in_use("vision", "alice") <= 1
+    held = ledger.units_in_use("vision", "alice")
+    granted = [profile for _, profile, outcome in outcomes if outcome == "granted"]
+    assert granted, outcomes
+    assert held == sum(UNITS[p] for p in granted) <= 1, outcomes
+    assert {a.key for a in ledger.allocations()} == {f"workspace:alice/q{i}" for i, _, o in outcomes if o == "granted"}
+    taken = ledger.taken()
+    for i, profile, outcome in outcomes:
+        if outcome == "quota":
+            assert held + UNITS[profile] > 1, (i, profile, outcomes)
+        elif outcome == "capacity":
+            assert ledger.inventory.free_count(parse_profile_id(profile), ["dev"], taken) == 0, (i, profile)
+        else:
+            assert outcome == "granted", outcome
     ledger.dispose()
 
 
-def _quota_race(db_url: str, config: str, i: int, barrier, results) -> None:
+def _quota_race(db_url: str, config: str, i: int, profile: str, barrier, results) -> None:
     ledger = Ledger(db_url, Inventory.from_config(load_config(config)))
     barrier.wait()
-    profile = "shared-1/2" if i % 2 else "mig-3g.40gb"
     try:
         claim(ledger, f"workspace:alice/q{i}", profile, quota=Quota(gpu_units=1, workspaces_per_user=10))
-        results.put(True)
-    except ClaimRefused:
-        results.put(False)
+        results.put((i, profile, "granted"))
+    except QuotaExceeded:
+        results.put((i, profile, "quota"))
+    except NoCapacity:
+        results.put((i, profile, "capacity"))
 
 
 def test_demo_inventory_counts():

@@ -59,9 +59,16 @@ def fixed_app() -> PodbayApp:
 
 @pytest.mark.parametrize("command", ["ws", "jobs", "gpu", "vol"])
 def test_view_snapshot(snap_compare, command):
+    async def settled(pilot):
+        # Every load started (the view's, the top bar's) has ended and its result is drawn:
+        # no guess at how long that takes on a slow machine.
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
     async def go_to(pilot):
-        await pilot.pause(0.3)
+        await settled(pilot)
         if command != "ws":
             await pilot.press(":", *command, "enter")
-        await pilot.pause(0.3)
+            await settled(pilot)
+        assert pilot.app.current == command
     assert snap_compare(fixed_app(), terminal_size=(120, 40), run_before=go_to)
