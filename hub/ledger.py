@@ -228,6 +228,11 @@ class Ledger:
         self.read_session = sessionmaker(self.read_engine, expire_on_commit=False)
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
+        # Writers of this process queue here, in order, rather than at SQLite's lock, whose
+        # busy handler sleeps up to 100 ms between tries: in a storm of spawns that sleep,
+        # not the work, was the tail (benchmarks/spawn_storm.py). Other processes (the hub
+        # and the service) still meet at the database's own lock.
+        self._writers = threading.Lock()
 
     def _migrate(self) -> None:
         """Bring the schema to the newest revision (alembic), under the write lock."""
@@ -328,14 +333,23 @@ class Ledger:
     # --- writing -----------------------------------------------------------------
 
     def claim(self, *, key: str, kind: str, user: str, team: str | None, profile_id: str,
-              spec: ProfileKind, pools: list[str], quota: Quota, ref: dict | None = None) -> Allocation:
-        """Check the quota and claim devices in one transaction; raise ClaimRefused if not."""
+              spec: ProfileKind, pools: list[str], quota: Quota, ref: dict | None = None,
+              replace: bool = False) -> Allocation:
+        """Check the quota and claim devices in one transaction; raise ClaimRefused if not.
+
+        With `replace`, what `key` still holds is released in the same transaction first (a
+        workspace that died without being stopped): one write, not two, per start."""
         for _attempt in range(3):
             try:
-                with self.write_session() as s, s.begin():
+                with self._writers, self.write_session() as s, s.begin():
                     if self.engine.dialect.name == "postgresql":
                         # SQLite's BEGIN IMMEDIATE, in PostgreSQL's words: one claimer at a time.
                         s.execute(text("LOCK TABLE podbay_allocations IN SHARE ROW EXCLUSIVE MODE"))
+                    if replace:
+                        stale = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
+                        if stale is not None:
+                            s.delete(stale)
+                            s.flush()
                     return self._claim_locked(s, key, kind, user, team, profile_id, spec, pools, quota, ref)
             except IntegrityError as e:
                 # Only reachable on a backend without the lock above: someone else
@@ -392,13 +406,13 @@ class Ledger:
         return Allocation.from_row(row)
 
     def set_ref(self, key: str, ref: dict) -> None:
-        with self.write_session() as s, s.begin():
+        with self._writers, self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             if row is not None:
                 row.ref = json.dumps(ref)
 
     def release(self, key: str) -> bool:
-        with self.write_session() as s, s.begin():
+        with self._writers, self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             if row is None:
                 return False

@@ -134,6 +134,23 @@ def test_reconcile_releases_what_no_longer_runs(db_url):
     assert [a.key for a in ledger.allocations()] == ["workspace:alice/a"]
 
 
+def test_a_claim_can_replace_what_its_key_still_holds_in_one_transaction(db_url):
+    ledger = make_ledger(db_url)
+    first = claim(ledger, "workspace:alice/a", "mig-3g.40gb")
+    with pytest.raises(ClaimRefused, match="already holds devices"):
+        claim(ledger, "workspace:alice/a", "gpu-1")
+    version = ledger.version()
+    second = ledger.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision",
+                          profile_id="gpu-1", spec=parse_profile_id("gpu-1"), pools=["dev"], quota=BIG, replace=True)
+    assert second.devices != first.devices and [a.key for a in ledger.allocations()] == ["workspace:alice/a"]
+    assert ledger.version() == version + 1, "one write, one version"
+    # A refused replacement keeps what was held: the transaction is undone as a whole.
+    with pytest.raises(NoCapacity):
+        ledger.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision", profile_id="gpu-4",
+                     spec=parse_profile_id("gpu-4"), pools=["dev"], quota=BIG, replace=True)
+    assert ledger.get("workspace:alice/a").devices == second.devices
+
+
 def test_fmt_units():
     assert [fmt_units(Fraction(x)) for x in (0, 1, Fraction(1, 2), Fraction(3, 7), Fraction(9, 4))] == \
         ["0", "1", "0.5", "0.43", "2.25"]
