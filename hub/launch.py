@@ -15,6 +15,18 @@ import subprocess
 import sys
 
 
+def launcher(binds: list[tuple[str, str, bool]], quiet: bool = False) -> list[str]:
+    """The command prefix that runs what follows it with `binds` (source, target, read-only)
+    mounted in a private mount namespace: for workspaces (local spawner) and jobs (local
+    training backend) alike."""
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    if os.getuid() != 0:
+        # Without root, a user namespace grants the right to mount, as the same uid.
+        unshare[1:1] = ["--user", "--map-current-user"]
+    args = [f"--bind={src}:{dst}:{'ro' if ro else 'rw'}" for src, dst, ro in binds]
+    return unshare + [sys.executable, "-m", "podbay.hub.launch", *(["--quiet"] if quiet else []), *args, "--"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="podbay.hub.launch")
     parser.add_argument("--bind", action="append", default=[], metavar="SRC:DST:ro|rw")

@@ -24,29 +24,22 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
-import time
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import random_port
-from traitlets import Float, Integer, default
+from traitlets import default
 
 from ..dockernet import DockerNetworkError, ensure_network
 from ..ledger import Allocation
-from .mixin import PodbaySpawnerMixin
+from .mixin import PodbaySpawnerMixin, spawn_may_be_under_way
 
 HOME = "/home/jovyan"
 
 
 class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
-    log_tail_lines = Integer(
-        12, config=True, help="How many lines of a workspace's output to show when it dies while starting.")
-    ready_poll_interval = Float(
-        0.05, config=True, help="Seconds between checks that a starting workspace listens or has died.")
-
     # Names, homes and the GPU driver come from `docker:` in podbay.yaml, which the
     # service's docker training backend reads too.
     @property
@@ -164,7 +157,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         await asyncio.to_thread(self.portal.ledger.set_ref, self.podbay_key,
                                 {"container": self.object_id, "name": self.object_name})
         try:
-            await self._wait_listening(ip, port)
+            await self.wait_listening(ip, port, self._died)
         except BaseException:
             await self.stop(now=True)
             raise
@@ -203,23 +196,14 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         except (APIError, DockerException):
             pass
 
-    async def _wait_listening(self, ip: str, port: int) -> None:
-        """Return once the workspace listens; fail at once, with its output, if it exits."""
-        deadline = time.monotonic() + self.http_timeout
-        while time.monotonic() < deadline:
-            obj = await self.get_object()
-            state = obj["State"] if obj else None
-            if state is None or not state["Running"]:
-                code = state["ExitCode"] if state else "unknown"
-                tail = await self._logs_tail()
-                raise SpawnException(
-                    f"The workspace container exited with status {code} while starting. "
-                    f"Last lines of its output:\n{tail}", reason="exited", status_code=500)
-            try:
-                with socket.create_connection((ip, port), timeout=0.5):
-                    return
-            except OSError:
-                await asyncio.sleep(self.ready_poll_interval)
+    async def _died(self) -> str | None:
+        obj = await self.get_object()
+        state = obj["State"] if obj else None
+        if state is not None and state["Running"]:
+            return None
+        code = state["ExitCode"] if state else "unknown"
+        return (f"The workspace container exited with status {code} while starting. "
+                f"Last lines of its output:\n{await self._logs_tail()}")
 
     async def _logs_tail(self) -> str:
         try:
@@ -240,8 +224,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         longer listens where it looks. Its home is a volume and stays."""
         container = allocation.ref.get("container")
         if not container:
-            # Claimed, container not recorded yet: a spawn may be under way right now.
-            return time.time() - allocation.created < 300
+            return spawn_may_be_under_way(allocation)
         if client is None:
             from ..images import docker_client
             client = docker_client()

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import sys
 import time
 from pathlib import Path
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
-from traitlets import Float, Integer, default
+from traitlets import default
 
 from ..ledger import Allocation
 from ..procs import proc_start_time
-from .mixin import PodbaySpawnerMixin
+from ..launch import launcher
+from .mixin import PodbaySpawnerMixin, spawn_may_be_under_way
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -35,15 +34,6 @@ def _tail(path: Path, lines: int) -> str:
 
 
 class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
-    log_tail_lines = Integer(
-        12, config=True,
-        help="How many lines of a workspace's log to show when it dies while starting.",
-    )
-    ready_poll_interval = Float(
-        0.05, config=True,
-        help="Seconds between checks that a starting workspace listens or has died.",
-    )
-
     @default("home_dir_template")
     def _default_home_dir_template(self):
         return str(Path(self.data_dir) / "homes" / "{username}")
@@ -66,10 +56,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         """Whether the process recorded for this allocation is still the one we started."""
         pid, started = allocation.ref.get("pid"), allocation.ref.get("start_time")
         if not pid:
-            # Claimed but not launched yet: a spawn may be in progress in the hub right now
-            # (this also runs in `jupyterhub token` and other hub commands). Only a claim
-            # older than any start could be is known to be dead.
-            return time.time() - allocation.created < 300
+            return spawn_may_be_under_way(allocation)
         return started is not None and proc_start_time(pid) == started
 
     async def start(self):
@@ -90,7 +77,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         ref = {"pid": self.pid, "start_time": proc_start_time(self.pid), "log": str(self.log_path)}
         await asyncio.to_thread(self.portal.ledger.set_ref, self.podbay_key, ref)
         try:
-            await self._wait_listening(ip, port)
+            await self.wait_listening(ip, port, self._died)
         except BaseException:
             await self.stop(now=True)
             raise
@@ -112,33 +99,12 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
                 raise SpawnException(
                     f"Volume {vol.name} is not available: its source {src} does not exist. "
                     "Ask your platform team.", reason="volume", status_code=503)
-            binds += ["--bind", f"{src}:{home / vol.target}:{'ro' if vol.read_only else 'rw'}"]
-        unshare = ["unshare", "--mount", "--propagation", "private"]
-        if os.getuid() != 0:
-            # Without root, a user namespace grants the right to mount, as the same uid.
-            unshare[1:1] = ["--user", "--map-current-user"]
-        return unshare + [sys.executable, "-m", "podbay.hub.launch", *binds, "--"]
+            binds.append((str(src), str(home / vol.target), vol.read_only))
+        return launcher(binds)
 
-    async def _wait_listening(self, ip: str, port: int) -> None:
-        """Return once the workspace accepts connections; fail at once if it exits.
-
-        Without this the hub only notices a dead workspace when its HTTP timeout runs out
-        (JupyterHub 6.1 may even answer 500 "Exception is not set"). Here the user gets the
-        real cause: the last lines of the workspace's log.
-        """
-        deadline = time.monotonic() + self.http_timeout
-        while time.monotonic() < deadline:
-            status = self.proc.poll() if self.proc is not None else None
-            if status is not None:
-                tail = _tail(self.log_path, self.log_tail_lines)
-                raise SpawnException(
-                    f"The workspace exited with status {status} while starting. "
-                    f"Last lines of its log ({self.log_path}):\n{tail}",
-                    reason="exited", status_code=500)
-            try:
-                with socket.create_connection((ip, port), timeout=0.5):
-                    return
-            except OSError:
-                await asyncio.sleep(self.ready_poll_interval)
-        # Let the hub's own wait report the timeout in its usual words.
-
+    async def _died(self) -> str | None:
+        status = self.proc.poll() if self.proc is not None else None
+        if status is None:
+            return None
+        return (f"The workspace exited with status {status} while starting. "
+                f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path, self.log_tail_lines)}")

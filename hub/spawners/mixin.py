@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 from jupyterhub.spawner import SpawnException
-from traitlets import Unicode, default
+from traitlets import Float, Integer, Unicode, default
 from traitlets.config import Configurable
 
 from ..environment import workspace_env
@@ -28,6 +30,16 @@ _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("podbay.hub", "templates"),
     autoescape=True,
 )
+
+
+# A claim with nothing recorded yet (no pid, no container) may belong to a spawn under way,
+# in this hub or in `jupyterhub token` and other hub commands reconciling at start: only one
+# older than any start could be is known to be dead.
+SPAWN_GRACE = 300
+
+
+def spawn_may_be_under_way(allocation: Allocation) -> bool:
+    return time.time() - allocation.created < SPAWN_GRACE
 
 
 @lru_cache(maxsize=None)
@@ -80,6 +92,11 @@ class PodbaySpawnerMixin(Configurable):
         under it), given to them as PODBAY_SERVICE_URL so that `podbay` works in a workspace
         terminal with no login. hubconfig.configure sets it.""",
     )
+
+    log_tail_lines = Integer(
+        12, config=True, help="How many lines of a workspace's output to show when it dies while starting.")
+    ready_poll_interval = Float(
+        0.05, config=True, help="Seconds between checks that a starting workspace listens or has died.")
 
     @property
     def portal(self) -> Portal:
@@ -183,6 +200,25 @@ class PodbaySpawnerMixin(Configurable):
         except BaseException:
             await asyncio.to_thread(portal.ledger.release, self.podbay_key)
             raise
+
+    async def wait_listening(self, ip: str, port: int, died: Callable[[], Awaitable[str | None]]) -> None:
+        """Return once the workspace accepts connections; fail at once if it has died.
+
+        Without this the hub notices a dead workspace only when its HTTP timeout runs out
+        (JupyterHub 6.1 may even answer 500 "Exception is not set"). `died` answers None
+        while the workspace lives, else what the user should read: the exit status and the
+        last lines of its output."""
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            why = await died()
+            if why is not None:
+                raise SpawnException(why, reason="exited", status_code=500)
+            try:
+                with socket.create_connection((ip, port), timeout=0.5):
+                    return
+            except OSError:
+                await asyncio.sleep(self.ready_poll_interval)
+        # Past the deadline the hub's own wait reports the timeout in its usual words.
 
     def podbay_prepare(self, request: Request) -> None:
         """Hook for backends: turn the validated request into spawner settings

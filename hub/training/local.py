@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..procs import proc_start_time
+from ..launch import launcher
 from . import BackendStatus, JobSpec, TrainingBackend, read_from, read_int
 
 
@@ -37,11 +38,7 @@ class LocalBackend(TrainingBackend):
         }
         command = list(job.command)
         if job.volumes:
-            binds = [f"--bind={src}:{dst}:{'ro' if ro else 'rw'}" for src, dst, ro in job.volumes]
-            unshare = ["unshare", "--mount", "--propagation", "private"]
-            if os.getuid() != 0:
-                unshare[1:1] = ["--user", "--map-current-user"]
-            command = unshare + [sys.executable, "-m", "podbay.hub.launch", "--quiet", *binds, "--"] + command
+            command = launcher(job.volumes, quiet=True) + command
         proc = subprocess.Popen(
             [sys.executable, "-m", "podbay.hub.jobrun", "--dir", str(d), "--", *command],
             cwd=job.workdir, env=env, start_new_session=True,
