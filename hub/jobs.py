@@ -144,6 +144,8 @@ class JobManager:
         self._write = portal.ledger.write_session
         self._read = portal.ledger.read_session
         self._tick_lock = asyncio.Lock()
+        # Jobs being stopped by cancel (outside the lock): their futures end with the stop.
+        self._cancelling: dict[int, asyncio.Future] = {}
         self.wakeup = asyncio.Event()
 
     @property
@@ -238,82 +240,123 @@ class JobManager:
         ref = self._ref(job_id)
         return self.backend.read_logs(ref, offset) if ref else b""
 
-    def _update(self, job_id: int, **values) -> None:
+    def _write_fields(self, job_id: int, **values) -> None:
         with self._write() as s, s.begin():
             row = s.get(JobRow, job_id)
             for k, v in values.items():
                 setattr(row, k, json.dumps(v) if k in ("ref", "devices") else v)
 
+    # The scheduler and cancel run on the service's event loop: their database reads and
+    # writes go to threads, so that a write waiting for the database's lock (SQLite's busy
+    # timeout is 30 s) stalls no other request.
+
+    async def _update(self, job_id: int, **values) -> None:
+        await asyncio.to_thread(self._write_fields, job_id, **values)
+
+    async def _jobs(self, state: str) -> list[Job]:
+        return await asyncio.to_thread(self.list, None, None, state, None)
+
+    async def _job(self, job_id: int) -> Job | None:
+        return await asyncio.to_thread(self.get, job_id)
+
+    async def _job_ref(self, job_id: int) -> dict:
+        return await asyncio.to_thread(self._ref, job_id)
+
+    async def _release(self, job_id: int) -> None:
+        await asyncio.to_thread(self.portal.ledger.release, f"job:{job_id}")
+
     # --- cancelling ----------------------------------------------------------------------
 
     async def cancel(self, job_id: int) -> Job:
         async with self._tick_lock:
-            job = self.get(job_id)
-            if job.state in TERMINAL:
+            job = await self._job(job_id)
+            if job is None or job.state in TERMINAL:
                 return job
-            if job.state in ("starting", "running"):
-                await self.backend.cancel(self._ref(job_id))
-                status = await self.backend.status(self._ref(job_id))
-                code = status.exit_code if status.state == "exited" else None
+            if job.state not in ("starting", "running"):
+                # Queued: nothing runs, and under the lock the scheduler cannot start it now.
+                await self._update(job_id, state="cancelled", finished=self.clock(), message="cancelled by request")
+                self.wakeup.set()
+                return await self._job(job_id)
+            stopping = self._cancelling.get(job_id)
+            if stopping is None:
+                stopping = self._cancelling[job_id] = asyncio.get_running_loop().create_future()
+                ref = await self._job_ref(job_id)
             else:
-                code = None
-            self._update(job_id, state="cancelled", exit_code=code, finished=self.clock(),
-                         message="cancelled by request")
-            await asyncio.to_thread(self.portal.ledger.release, f"job:{job_id}")
-            self.wakeup.set()
-            return self.get(job_id)
+                ref = None  # another request is stopping it: wait for that one
+        if ref is None:
+            await asyncio.shield(stopping)
+            return await self._job(job_id)
+        # The stop itself (SIGTERM, the grace period, SIGKILL) runs outside the scheduler's
+        # lock: other jobs start and end meanwhile. The scheduler leaves this one alone.
+        try:
+            await self.backend.cancel(ref)
+            status = await self.backend.status(ref)
+        except BaseException:
+            async with self._tick_lock:
+                self._cancelling.pop(job_id).set_result(None)
+            raise
+        code = status.exit_code if status.state == "exited" else None
+        async with self._tick_lock:
+            await self._update(job_id, state="cancelled", exit_code=code, finished=self.clock(),
+                               message="cancelled by request")
+            await self._release(job_id)
+            self._cancelling.pop(job_id).set_result(None)
+        self.wakeup.set()
+        return await self._job(job_id)
 
     # --- scheduling ----------------------------------------------------------------------
 
     async def reconcile(self) -> None:
         """After a (re)start: learn what happened to the jobs the service believed active."""
         async with self._tick_lock:
-            active = self.list(state="starting", limit=None) + self.list(state="running", limit=None)
-            statuses = await self.backend.reconcile({job.id: self._ref(job.id) for job in active})
+            active = await self._jobs("starting") + await self._jobs("running")
+            statuses = await self.backend.reconcile({job.id: await self._job_ref(job.id) for job in active})
             for job in active:
                 status = statuses[job.id]
                 if status.state == "running":
                     if job.state == "starting":
-                        self._update(job.id, state="running", started=job.started or self.clock(),
+                        await self._update(job.id, state="running", started=job.started or self.clock(),
                                      message="running")
                 elif status.state == "exited":
                     await self._finish(job, status.exit_code)
                 elif job.state == "starting":
                     # It never started: queue it again, with its place in line.
-                    await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
-                    self._update(job.id, state="queued", devices=[], message="requeued after a restart")
+                    await self._release(job.id)
+                    await self._update(job.id, state="queued", devices=[], message="requeued after a restart")
                 else:
-                    await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
-                    self._update(job.id, state="failed", finished=self.clock(), message=status.message)
+                    await self._release(job.id)
+                    await self._update(job.id, state="failed", finished=self.clock(), message=status.message)
             # Claims of jobs that are not active any more (a crash between the two writes).
-            active = {f"job:{j.id}" for j in self.list(state="running", limit=None) + self.list(state="starting", limit=None)}
-            self.portal.ledger.reconcile(lambda a: a.key in active, kinds=("job",))
+            active = {f"job:{j.id}" for j in await self._jobs("running") + await self._jobs("starting")}
+            await asyncio.to_thread(self.portal.ledger.reconcile, lambda a: a.key in active, ("job",))
 
     async def _finish(self, job: Job, code: int | None) -> None:
         state = "succeeded" if code == 0 else "failed"
         message = "finished" if code == 0 else f"exited with code {code}"
-        self._update(job.id, state=state, exit_code=code, finished=self.clock(), message=message)
-        await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
+        await self._update(job.id, state=state, exit_code=code, finished=self.clock(), message=message)
+        await self._release(job.id)
 
     async def tick(self) -> None:
         async with self._tick_lock:
-            for job in self.list(state="running", limit=None):
-                status = await self.backend.status(self._ref(job.id))
+            for job in await self._jobs("running"):
+                if job.id in self._cancelling:
+                    continue  # cancel records how it ended
+                status = await self.backend.status(await self._job_ref(job.id))
                 if status.state == "exited":
                     await self._finish(job, status.exit_code)
                 elif status.state == "lost":
-                    await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
-                    self._update(job.id, state="failed", finished=self.clock(), message=status.message)
+                    await self._release(job.id)
+                    await self._update(job.id, state="failed", finished=self.clock(), message=status.message)
             blocked: set[str] = set()
-            for job in reversed(self.list(state="queued", limit=None)):
+            for job in reversed(await self._jobs("queued")):
                 if job.pool in blocked:
-                    self._set_message(job, f"waiting for earlier jobs in pool {job.pool}")
+                    await self._set_message(job, f"waiting for earlier jobs in pool {job.pool}")
                     continue
                 await self._try_start(job, blocked)
 
-    def _set_message(self, job: Job, message: str) -> None:
+    async def _set_message(self, job: Job, message: str) -> None:
         if job.message != message:
-            self._update(job.id, message=message)
+            await self._update(job.id, message=message)
 
     async def _try_start(self, job: Job, blocked: set[str]) -> None:
         spec = ProfileKind("full", count=job.gpus) if job.gpus else ProfileKind("cpu")
@@ -323,16 +366,16 @@ class JobManager:
                 profile_id=f"gpu-{job.gpus}", spec=spec, pools=[job.pool],
                 quota=self.portal.quota_for(job.team))
         except QuotaExceeded as e:
-            self._set_message(job, f"waiting: {e}")
+            await self._set_message(job, f"waiting: {e}")
             return
         except NoCapacity:
             blocked.add(job.pool)
-            self._set_message(job, f"waiting for {job.gpus} free GPUs in pool {job.pool}")
+            await self._set_message(job, f"waiting for {job.gpus} free GPUs in pool {job.pool}")
             return
         except ClaimRefused as e:
-            self._update(job.id, state="failed", finished=self.clock(), message=str(e))
+            await self._update(job.id, state="failed", finished=self.clock(), message=str(e))
             return
-        self._update(job.id, state="starting", devices=list(alloc.devices), ref={"job_id": job.id},
+        await self._update(job.id, state="starting", devices=list(alloc.devices), ref={"job_id": job.id},
                      message="starting")
         vols = []
         for name in job.volumes:
@@ -349,16 +392,16 @@ class JobManager:
             ref = await self.backend.submit(spec_)
         except BackendUnavailable as e:
             # Keep its place in line; nothing ran, so nothing is lost by trying again.
-            await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
-            self._update(job.id, state="queued", devices=[], ref={}, message=f"waiting: {e}")
+            await self._release(job.id)
+            await self._update(job.id, state="queued", devices=[], ref={}, message=f"waiting: {e}")
             blocked.add(job.pool)
             return
         except Exception as e:
             log.exception("job %s could not start", job.id)
-            await asyncio.to_thread(self.portal.ledger.release, f"job:{job.id}")
-            self._update(job.id, state="failed", finished=self.clock(), message=f"could not start: {e}")
+            await self._release(job.id)
+            await self._update(job.id, state="failed", finished=self.clock(), message=f"could not start: {e}")
             return
-        self._update(job.id, state="running", ref={**ref, "job_id": job.id}, started=self.clock(),
+        await self._update(job.id, state="running", ref={**ref, "job_id": job.id}, started=self.clock(),
                      message="running")
 
     async def run(self, interval: float = 0.5) -> None:

@@ -355,19 +355,19 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
 
     @api.get("/jobs/{job_id}", response_model=Job, summary="One job")
     async def get_job(job_id: int = JobId, who: Caller = Depends(caller)):
-        return may_see(who, jobs.get(job_id), job_id)
+        return may_see(who, await asyncio.to_thread(jobs.get, job_id), job_id)
 
     @api.get("/jobs/{job_id}/logs", response_class=PlainTextResponse,
              summary="A job's output; follow=true streams until the job ends")
     async def logs(job_id: int = JobId, who: Caller = Depends(caller), follow: bool = False):
-        may_see(who, jobs.get(job_id), job_id)
+        may_see(who, await asyncio.to_thread(jobs.get, job_id), job_id)
         if not follow:
             return PlainTextResponse((await asyncio.to_thread(jobs.read_logs, job_id)).decode(errors="replace"))
         return StreamingResponse(_follow(jobs, job_id), media_type="text/plain; charset=utf-8")
 
     @api.delete("/jobs/{job_id}", response_model=Job, summary="Cancel a job")
     async def cancel(job_id: int = JobId, who: Caller = Depends(caller)):
-        may_see(who, jobs.get(job_id), job_id)
+        may_see(who, await asyncio.to_thread(jobs.get, job_id), job_id)
         return await jobs.cancel(job_id)
 
     app.include_router(api)
@@ -377,7 +377,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
 async def _follow(jobs: JobManager, job_id: int, interval: float = 0.2) -> AsyncIterator[bytes]:
     offset = 0
     while True:
-        done = jobs.get(job_id).state in TERMINAL
+        done = (await asyncio.to_thread(jobs.get, job_id)).state in TERMINAL
         # Off the event loop: a backend may ask its engine (Docker) for the output.
         chunk = await asyncio.to_thread(jobs.read_logs, job_id, offset)
         if chunk:

@@ -6,8 +6,10 @@ job GPUs, bob (team nlp) two.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -244,3 +246,64 @@ def test_catalog_capacity_and_me_reflect_the_ledger(svc):
         assert cat["mig-1g.10gb"]["free"] == 1 and cat["mig-1g.10gb"]["available"]
         assert not cat["gpu-2"]["available"] and "needs 2 GPU units" in cat["gpu-2"]["reason"]
     assert httpx.get(f"{svc.url}/services/podbay/api/v1/openapi.json").json()["info"]["title"] == "podbay"
+
+
+def test_a_slow_database_write_does_not_stall_other_requests(svc):
+    """The scheduler records a job's end while another program holds the database's write
+    lock (a long transaction, a slow disk): that write waits, in a thread, and the service
+    goes on answering everyone else."""
+    with api(svc, "alice") as c:
+        assert c.get("/catalog").status_code == 200  # the caller's token, resolved and cached
+        job = submit(c, name="ends-while-locked", image="base", gpus=1, command=["sh", "-c", "sleep 1"])
+        wait_state(c, job["id"], {"running"})
+        db = sqlite3.connect(svc.data_dir / "ledger.sqlite", timeout=10, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            held_until = time.monotonic() + 4
+            slowest = 0.0
+            while time.monotonic() < held_until:  # the job ends meanwhile; its record waits
+                t0 = time.monotonic()
+                assert c.get("/catalog").status_code == 200
+                assert c.get(f"/jobs/{job['id']}").status_code == 200
+                slowest = max(slowest, time.monotonic() - t0)
+                time.sleep(0.1)
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert slowest < 1.0, f"a request took {slowest:.2f}s while a write waited for the lock"
+        assert wait_state(c, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
+
+
+def test_cancelling_a_slow_job_does_not_hold_up_the_others(svc):
+    """A job that ignores SIGTERM takes the whole grace period to stop: meanwhile the
+    scheduler starts and finishes other jobs, and a second cancel waits for the first."""
+    with api(svc, "alice") as c:
+        stubborn = submit(c, name="stubborn", image="base", gpus=1,
+                          command=["sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"])
+        wait_state(c, stubborn["id"], {"running"})
+        deadline = time.monotonic() + 10
+        while "up" not in c.get(f"/jobs/{stubborn['id']}/logs").text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            t0 = time.monotonic()
+            first = pool.submit(c.delete, f"/jobs/{stubborn['id']}")
+            time.sleep(0.5)
+            second = pool.submit(c.delete, f"/jobs/{stubborn['id']}")
+            quick = submit(c, name="meanwhile", image="base", gpus=1, command=["echo", "done"])
+            done = wait_state(c, quick["id"], {"succeeded", "failed"}, timeout=30)
+            finished_meanwhile = time.monotonic() - t0
+            r1, r2 = first.result(60), second.result(60)
+            cancel_took = time.monotonic() - t0
+        assert done["state"] == "succeeded"
+        assert r1.status_code == r2.status_code == 200 and r1.json()["state"] == r2.json()["state"] == "cancelled"
+        assert finished_meanwhile < cancel_took - 1, (finished_meanwhile, cancel_took)
+        assert claimed_job(svc, stubborn["id"]) == []
+
+
+def claimed_job(hub, job_id: int) -> list[str]:
+    ledger = hub.ledger()
+    try:
+        alloc = ledger.get(f"job:{job_id}")
+        return list(alloc.devices) if alloc else []
+    finally:
+        ledger.dispose()

@@ -77,7 +77,7 @@ async def test_restart_adopts_running_jobs_and_requeues_unstarted_ones(manager, 
     manager.portal.ledger.claim(key=f"job:{orphan.id}", kind="job", user="alice", team="vision",
                                 profile_id="gpu-1", spec=ProfileKind("full", count=1),
                                 pools=["training"], quota=manager.portal.quota_for("vision"))
-    manager._update(orphan.id, state="starting", ref={"job_id": orphan.id})
+    manager._write_fields(orphan.id, state="starting", ref={"job_id": orphan.id})
 
     # A new service process: a new manager over the same database and job directory.
     again = JobManager(Portal.open(TEST_CONFIG, manager.portal.ledger.url, tmp_path),
