@@ -105,12 +105,16 @@ def cmd_images(args) -> int:
 
 
 def _wait_for_hub(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    import ssl
+
+    # Our own proxy on this machine: its certificate names the public host, not 127.0.0.1.
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(f"{url}/hub/api", timeout=2):
+            with urllib.request.urlopen(f"{url}/hub/api", timeout=2, context=context):
                 return True
         except OSError:
             time.sleep(0.2)
@@ -162,6 +166,8 @@ def cmd_up(args) -> int:
         "PODBAY_DEMO_PASSWORD": password,
         "PODBAY_KEEP_WORKSPACES": "1" if args.keep_workspaces else "0",
         "PODBAY_IP": args.ip,
+        **({"PODBAY_SSL_CERT": str(Path(args.ssl_cert).absolute())} if args.ssl_cert else {}),
+        **({"PODBAY_SSL_KEY": str(Path(args.ssl_key).absolute())} if args.ssl_key else {}),
         "PODBAY_ALLOW_UNISOLATED": "1" if allow_unisolated else "0",
         # The hub finds jupyterhub-singleuser and the proxy beside this Python.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -171,7 +177,8 @@ def cmd_up(args) -> int:
         env["PODBAY_SPAWNER"] = args.spawner
     # Asked for on the loopback: an address of all interfaces answers there too.
     local_ip = "127.0.0.1" if args.ip in ("0.0.0.0", "::") or is_loopback(args.ip) else args.ip
-    url = f"http://{'[' + local_ip + ']' if ':' in local_ip else local_ip}:{args.port}"
+    tls = bool(args.ssl_cert or os.environ.get("PODBAY_SSL_CERT"))
+    url = f"{'https' if tls else 'http'}://{'[' + local_ip + ']' if ':' in local_ip else local_ip}:{args.port}"
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(hub_config)],
         cwd=data_dir, env=env, start_new_session=True,
@@ -284,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000, help="public port; the hub uses +1, the proxy API +2 (127.0.0.1 only), the service +3")
     up.add_argument("--ip", default=os.environ.get("PODBAY_IP", "127.0.0.1"),
                     help="public address (default: %(default)s); the local backend refuses any but the loopback")
+    up.add_argument("--ssl-cert", help="TLS certificate (PEM) for the public port (with --ssl-key)")
+    up.add_argument("--ssl-key", help="the certificate's private key")
     up.add_argument("--allow-unisolated", action="store_true",
                     help="let the local backend, whose workspaces are not isolated from each other, listen beyond the loopback")
     up.add_argument("--data-dir", default=".podbay", help="ledger, homes, logs (default: %(default)s)")

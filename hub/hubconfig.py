@@ -22,6 +22,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from traitlets import Bool, Integer, Unicode, default
+from traitlets.config import Configurable
+
 from .config import ConfigError, default_config_path
 from .inventory import InventoryError
 from .ledger import LedgerUnavailable, database_url
@@ -79,15 +82,96 @@ def check_public_ip(ip: str, backend, allow_unisolated: bool) -> None:
             "(podbay up --allow-unisolated).")
 
 
+class Podbay(Configurable):
+    """podbay's own settings for the hub, as `c.Podbay.<name>` in a jupyterhub_config.py
+    before `configure(c)`; each falls back to its environment variable (what `podbay up`
+    sets), then to the embedded default."""
+
+    config_file = Unicode(config=True, help="podbay.yaml (env PODBAY_CONFIG; else ./config/podbay.yaml or the shipped demo).")
+    data_dir = Unicode(config=True, help="Ledger, homes, logs, the hub's files (env PODBAY_DATA_DIR; default .podbay).")
+    ip = Unicode(config=True, help="The public address (env PODBAY_IP; default 127.0.0.1).")
+    port = Integer(config=True, help="The public port (env PODBAY_PORT; default 8000). The hub uses +1, "
+                                     "the proxy's API +2 (127.0.0.1 only), podbay's service +3.")
+    ssl_cert = Unicode(config=True, help="TLS certificate (PEM) for the public port (env PODBAY_SSL_CERT).")
+    ssl_key = Unicode(config=True, help="Its private key (env PODBAY_SSL_KEY).")
+    backend = Unicode(config=True, help="Overrides podbay.yaml's backend: (env PODBAY_BACKEND).")
+    db_url = Unicode(config=True, help="The ledger's database (env PODBAY_DB_URL; default SQLite in data_dir). "
+                                       "postgresql://… means psycopg 3.")
+    hub_db_url = Unicode(config=True, help="The hub's own database (env PODBAY_HUB_DB_URL; default SQLite in data_dir).")
+    keep_workspaces = Bool(config=True, help="Leave workspaces running when the hub stops (env PODBAY_KEEP_WORKSPACES=1).")
+    allow_unisolated = Bool(config=True, help="Let a backend that does not isolate users (local) listen beyond "
+                                              "the loopback (env PODBAY_ALLOW_UNISOLATED=1).")
+    http_timeout = Integer(60, config=True, help="Seconds a started workspace has to answer.")
+    start_timeout = Integer(90, config=True, help="Seconds a workspace has to start.")
+
+    @default("config_file")
+    def _config_file(self):
+        return os.path.abspath(default_config_path())
+
+    @default("data_dir")
+    def _data_dir(self):
+        return str(Path(_env("PODBAY_DATA_DIR", ".podbay")).absolute())
+
+    @default("ip")
+    def _ip(self):
+        return _env("PODBAY_IP", "127.0.0.1")
+
+    @default("port")
+    def _port(self):
+        return int(_env("PODBAY_PORT", "8000"))
+
+    @default("ssl_cert")
+    def _ssl_cert(self):
+        return _env("PODBAY_SSL_CERT", "")
+
+    @default("ssl_key")
+    def _ssl_key(self):
+        return _env("PODBAY_SSL_KEY", "")
+
+    @default("backend")
+    def _backend(self):
+        return _env("PODBAY_BACKEND", "")
+
+    @default("db_url")
+    def _db_url(self):
+        return database_url(_env("PODBAY_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'ledger.sqlite'}")
+
+    @default("hub_db_url")
+    def _hub_db_url(self):
+        return database_url(_env("PODBAY_HUB_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'jupyterhub.sqlite'}")
+
+    @default("keep_workspaces")
+    def _keep(self):
+        return _env("PODBAY_KEEP_WORKSPACES", "0") == "1"
+
+    @default("allow_unisolated")
+    def _allow(self):
+        return _env("PODBAY_ALLOW_UNISOLATED", "0") == "1"
+
+
 def configure(c) -> None:
-    config_file = os.path.abspath(default_config_path())
-    data_dir = Path(_env("PODBAY_DATA_DIR", ".podbay")).absolute()
-    port = int(_env("PODBAY_PORT", "8000"))
-    public_ip = _env("PODBAY_IP", "127.0.0.1")
+    settings = Podbay(config=c)
+    config_file = os.path.abspath(settings.config_file)
+    data_dir = Path(settings.data_dir).absolute()
+    port = settings.port
+    public_ip = settings.ip
     data_dir.mkdir(parents=True, exist_ok=True)
 
     host = f"[{public_ip}]" if ":" in public_ip else public_ip
-    c.JupyterHub.bind_url = f"http://{host}:{port}"
+    tls = bool(settings.ssl_cert or settings.ssl_key)
+    if tls and not (settings.ssl_cert and settings.ssl_key):
+        print("podbay: refusing to start: TLS needs both a certificate and its key "
+              "(c.Podbay.ssl_cert and ssl_key, or PODBAY_SSL_CERT and PODBAY_SSL_KEY)", file=sys.stderr)
+        raise SystemExit(1)
+    for path in filter(None, (settings.ssl_cert, settings.ssl_key)):
+        if not Path(path).is_file():
+            print(f"podbay: refusing to start: the TLS file {path} does not exist", file=sys.stderr)
+            raise SystemExit(1)
+    c.JupyterHub.bind_url = f"{'https' if tls else 'http'}://{host}:{port}"
+    if tls:
+        # The proxy serves the public port with them; the hub's own ports stay on the
+        # loopback (and the workspace network), in plain HTTP.
+        c.JupyterHub.ssl_cert, c.JupyterHub.ssl_key = settings.ssl_cert, settings.ssl_key
     # The hub's own port serves the proxy and the REST service on the loopback; on the
     # docker backend it moves to the workspace network's gateway (below), for the workspaces.
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{port + 1}"
@@ -101,15 +185,14 @@ def configure(c) -> None:
         c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     # The hub's own database: SQLite in the data directory, or PODBAY_HUB_DB_URL (PostgreSQL
     # in production: `postgresql://…` with psycopg 3, as for the ledger).
-    c.JupyterHub.db_url = database_url(_env("PODBAY_HUB_DB_URL") or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}")
+    c.JupyterHub.db_url = settings.hub_db_url
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.allow_named_servers = True
     # podbay's quota decides how many workspaces a user runs, not a flat limit.
     c.JupyterHub.named_server_limit_per_user = 0
     # With PODBAY_KEEP_WORKSPACES=1 a hub restart leaves workspaces running (and their
     # devices claimed); by default stopping the hub stops everything.
-    keep = _env("PODBAY_KEEP_WORKSPACES", "0") == "1"
-    c.JupyterHub.cleanup_servers = not keep
+    c.JupyterHub.cleanup_servers = not settings.keep_workspaces
 
     from .config import load_config
 
@@ -121,13 +204,13 @@ def configure(c) -> None:
 
     from .backends import BackendError, chosen, load
 
-    backend = chosen(cfg, _env("PODBAY_BACKEND"))
+    backend = chosen(cfg, settings.backend or None)
     try:
         plugin = load(backend)
     except BackendError as e:
         print(f"podbay: {e} (PODBAY_BACKEND or backend: in podbay.yaml)", file=sys.stderr)
         raise SystemExit(1) from None
-    check_public_ip(public_ip, plugin, _env("PODBAY_ALLOW_UNISOLATED", "0") == "1")
+    check_public_ip(public_ip, plugin, settings.allow_unisolated)
 
     c.JupyterHub.load_groups = {name: {"users": list(team.members)} for name, team in cfg.teams.items()}
     c.Authenticator.admin_users = set(cfg.admins)
@@ -142,8 +225,8 @@ def configure(c) -> None:
     spawner = _env("PODBAY_SPAWNER", plugin.spawner)
     c.JupyterHub.spawner_class = spawner
     c.Spawner.default_url = "/lab"
-    c.Spawner.http_timeout = 60
-    c.Spawner.start_timeout = 90
+    c.Spawner.http_timeout = settings.http_timeout
+    c.Spawner.start_timeout = settings.start_timeout
     if not plugin.isolates_users:
         print(LOCAL_NOT_ISOLATED.format(user=_user_name()), file=sys.stderr)
     plugin.configure(c)
@@ -161,7 +244,7 @@ def configure(c) -> None:
 
     c.PodbaySpawnerMixin.config_file = config_file
     c.PodbaySpawnerMixin.data_dir = str(data_dir)
-    db_url = database_url(_env("PODBAY_DB_URL") or f"sqlite:///{data_dir / 'ledger.sqlite'}")
+    db_url = settings.db_url
     c.PodbaySpawnerMixin.db_url = db_url
 
     from .spawners.mixin import shared_portal

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -190,3 +191,65 @@ def test_podbay_up_anywhere_starts_the_demo_that_ships_with_it(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def test_podbay_up_serves_the_public_port_over_tls(tmp_path):
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = free_port_block()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(TEST_CONFIG), "--port", str(port),
+         "--data-dir", str(tmp_path / "data"), "--ssl-cert", str(cert), "--ssl-key", str(key)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PODBAY_DEMO_PASSWORD": PASSWORD})
+    banner = ""
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner += line
+        assert f"podbay is running at https://127.0.0.1:{port}" in banner, banner
+        # The certificate is checked, the hub and podbay's service answer behind it.
+        trust = ssl.create_default_context(cafile=str(cert))
+        assert httpx.get(f"https://127.0.0.1:{port}/hub/api", verify=trust, timeout=10).status_code == 200
+        r = httpx.get(f"https://127.0.0.1:{port}/services/podbay/api/v1/openapi.json", verify=trust, timeout=10)
+        assert r.status_code == 200 and r.json()["info"]["title"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/hub/api", timeout=5)  # no plain HTTP on the public port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def test_an_operators_settings_in_their_own_hub_config(monkeypatch, tmp_path):
+    """c.Podbay.* before configure(c), the README's production form; env only as fallback."""
+    from traitlets.config import Config
+
+    from podbay.hub.hubconfig import configure
+
+    monkeypatch.setenv("PODBAY_IP", "127.0.0.2")  # overridden by the config below
+    monkeypatch.setenv("PODBAY_CONFIG", str(TEST_CONFIG))
+    c = Config()
+    c.Podbay.data_dir = str(tmp_path)
+    c.Podbay.ip = "127.0.0.1"
+    c.Podbay.port = 9443
+    c.Podbay.keep_workspaces = True
+    c.Podbay.start_timeout = 300
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    c.Podbay.ssl_cert, c.Podbay.ssl_key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    configure(c)
+    assert c.JupyterHub.bind_url == "https://127.0.0.1:9443"
+    assert c.JupyterHub.ssl_cert == str(tmp_path / "c.pem")
+    assert c.JupyterHub.hub_bind_url == "http://127.0.0.1:9444"
+    assert c.JupyterHub.cleanup_servers is False and c.Spawner.start_timeout == 300
+    assert c.JupyterHub.db_url == f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}"
+    c2 = Config()
+    c2.Podbay.data_dir = str(tmp_path)
+    c2.Podbay.ssl_cert = str(tmp_path / "c.pem")
+    with pytest.raises(SystemExit):
+        configure(c2)  # a certificate without its key
