@@ -3,7 +3,8 @@ entry points, so a new engine (Kubernetes, Slurm) is one module and one entry po
 another `if backend == …` in the hub configuration, the service or the command line.
 
 A deployment names its backend in podbay.yaml (`backend: docker`), its settings under the
-backend's own key (`docker:`); `PODBAY_BACKEND` or `podbay up --backend` override it for a run.
+backend's own key (`docker:`, in config.py's schema: a new backend adds its section there);
+`PODBAY_BACKEND` or `podbay up --backend` override it for a run.
 The plugin ties together what must match: the JupyterHub spawner (its entry point in
 `jupyterhub.spawners`), the training backend the REST service runs jobs on, and what the
 hub does at start (check the engine, find where workspaces reach the hub, reconcile the

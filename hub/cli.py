@@ -147,7 +147,8 @@ def cmd_up(args) -> int:
         print(e, file=sys.stderr)
         return 1
 
-    taken = _ports_taken(args.ip, args.port, external_proxy=os.environ.get("PODBAY_PROXY") == "external")
+    taken = _ports_taken(args.ip, args.port, external_proxy=os.environ.get("PODBAY_PROXY") == "external"
+                         or _our_proxy_left(Path(args.data_dir)))
     if taken:
         print(f"podbay: {taken} is in use by another program. podbay needs the ports {args.port} to "
               f"{args.port + 3}: choose others with --port (or stop that program).", file=sys.stderr)
@@ -216,6 +217,16 @@ def cmd_up(args) -> int:
         code = hub.wait()
     _kill_leftovers(hub, data_dir)
     return 0 if stopping else code
+
+
+def _our_proxy_left(data_dir: Path) -> bool:
+    """A proxy an earlier run of this data directory left (a crash): the hub stops it
+    itself at start, so its ports are not another program's."""
+    try:
+        pid = int((data_dir.absolute() / "proxy.pid").read_text())
+        return "configurable-http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return False
 
 
 def _ports_taken(ip: str, port: int, external_proxy: bool) -> str | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from traitlets import Bool, Integer, Unicode, default
 from traitlets.config import Configurable
 
-from .config import ConfigError, default_config_path
+from .config import ConfigError
 from .inventory import InventoryError
 from .ledger import LedgerUnavailable, database_url
 
@@ -106,7 +106,12 @@ class Podbay(Configurable):
 
     @default("config_file")
     def _config_file(self):
-        return os.path.abspath(default_config_path())
+        # Never the shipped demo here: a production hub with no file named must not start
+        # on the demo's made-up GPUs (`podbay up` names the demo itself when asked for none).
+        named = _env("PODBAY_CONFIG") or ("config/podbay.yaml" if Path("config/podbay.yaml").is_file() else None)
+        if not named:
+            raise SystemExit("podbay: no podbay.yaml named: set c.Podbay.config_file (or PODBAY_CONFIG)")
+        return os.path.abspath(named)
 
     @default("data_dir")
     def _data_dir(self):
@@ -185,7 +190,7 @@ def configure(c) -> None:
         c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     # The hub's own database: SQLite in the data directory, or PODBAY_HUB_DB_URL (PostgreSQL
     # in production: `postgresql://…` with psycopg 3, as for the ledger).
-    c.JupyterHub.db_url = settings.hub_db_url
+    c.JupyterHub.db_url = database_url(settings.hub_db_url)
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.allow_named_servers = True
     # podbay's quota decides how many workspaces a user runs, not a flat limit.
@@ -244,7 +249,7 @@ def configure(c) -> None:
 
     c.PodbaySpawnerMixin.config_file = config_file
     c.PodbaySpawnerMixin.data_dir = str(data_dir)
-    db_url = settings.db_url
+    db_url = database_url(settings.db_url)
     c.PodbaySpawnerMixin.db_url = db_url
 
     from .spawners.mixin import shared_portal

@@ -279,29 +279,36 @@ class JobManager:
                 return await self._job(job_id)
             stopping = self._cancelling.get(job_id)
             if stopping is None:
-                stopping = self._cancelling[job_id] = asyncio.get_running_loop().create_future()
                 ref = await self._job_ref(job_id)
+                self._cancelling[job_id] = asyncio.get_running_loop().create_future()
             else:
                 ref = None  # another request is stopping it: wait for that one
         if ref is None:
-            await asyncio.shield(stopping)
+            await asyncio.shield(stopping)  # the first cancel's failure is this one's too
             return await self._job(job_id)
         # The stop itself (SIGTERM, the grace period, SIGKILL) runs outside the scheduler's
-        # lock: other jobs start and end meanwhile. The scheduler leaves this one alone.
+        # lock: other jobs start and end meanwhile. The scheduler leaves this one alone until
+        # cancel has recorded how it ended, or failed, whatever happens here.
+        failure: BaseException | None = None
         try:
             await self.backend.cancel(ref)
             status = await self.backend.status(ref)
-        except BaseException:
+            code = status.exit_code if status.state == "exited" else None
             async with self._tick_lock:
-                self._cancelling.pop(job_id).set_result(None)
+                await self._update(job_id, state="cancelled", exit_code=code, finished=self.clock(),
+                                   message="cancelled by request")
+                await self._release(job_id)
+        except BaseException as e:
+            failure = e
             raise
-        code = status.exit_code if status.state == "exited" else None
-        async with self._tick_lock:
-            await self._update(job_id, state="cancelled", exit_code=code, finished=self.clock(),
-                               message="cancelled by request")
-            await self._release(job_id)
-            self._cancelling.pop(job_id).set_result(None)
-        self.wakeup.set()
+        finally:
+            done = self._cancelling.pop(job_id)
+            if failure is None:
+                done.set_result(None)
+            else:
+                done.set_exception(failure if isinstance(failure, Exception) else RuntimeError("cancel interrupted"))
+                done.exception()  # retrieved here: a lone cancel has nobody else waiting on it
+            self.wakeup.set()
         return await self._job(job_id)
 
     # --- scheduling ----------------------------------------------------------------------

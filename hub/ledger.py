@@ -155,8 +155,13 @@ def fmt_units(u: Fraction) -> str:
     return f"{float(u):.2f}".rstrip("0").rstrip(".")
 
 
+# Seconds a writer waits for the database (SQLite's busy timeout) and for this process's
+# other writers.
+WRITE_WAIT = 30.0
+
+
 def _sqlite_engine(url: str, immediate: bool = True):
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": WRITE_WAIT, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):
@@ -175,6 +180,21 @@ def _sqlite_engine(url: str, immediate: bool = True):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+class _BoundedLock:
+    """A lock whose wait gives up with the ledger's own words after `timeout` seconds."""
+
+    def __init__(self, timeout: float):
+        self._lock, self._timeout = threading.Lock(), timeout
+
+    def __enter__(self):
+        if not self._lock.acquire(timeout=self._timeout):
+            raise LedgerUnavailable(f"the ledger stayed busy for {self._timeout:.0f} s; try again shortly")
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
 
 
 class LedgerUnavailable(RuntimeError):
@@ -228,11 +248,12 @@ class Ledger:
         self.read_session = sessionmaker(self.read_engine, expire_on_commit=False)
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
-        # Writers of this process queue here, in order, rather than at SQLite's lock, whose
-        # busy handler sleeps up to 100 ms between tries: in a storm of spawns that sleep,
-        # not the work, was the tail (benchmarks/spawn_storm.py). Other processes (the hub
-        # and the service) still meet at the database's own lock.
-        self._writers = threading.Lock()
+        # Writers of this process wait here rather than at SQLite's lock, whose busy handler
+        # sleeps up to 100 ms between tries: in a storm of spawns that sleep, not the work,
+        # was the tail (benchmarks/spawn_storm.py). Other processes (the hub and the service)
+        # still meet at the database's own lock. The wait counts against the same budget as
+        # SQLite's busy timeout, so queued writers fail in 30 s, not 30 s each in turn.
+        self._writers = _BoundedLock(WRITE_WAIT)
 
     def _migrate(self) -> None:
         """Bring the schema to the newest revision (alembic), under the write lock."""
@@ -351,6 +372,11 @@ class Ledger:
                             s.delete(stale)
                             s.flush()
                     return self._claim_locked(s, key, kind, user, team, profile_id, spec, pools, quota, ref)
+            except ClaimRefused:
+                if replace:
+                    # What the dead holder had goes back even when the new claim is refused.
+                    self.release(key)
+                raise
             except IntegrityError as e:
                 # Only reachable on a backend without the lock above: someone else
                 # claimed the same device between our read and our insert. Pick again.

@@ -157,19 +157,21 @@ class PodbaySpawnerMixin(Configurable):
 
     async def start(self):
         portal = self.portal
-        # The user's groups are the hub's ORM objects: read them here, on the hub's loop.
+        # The user, the groups and the key are the hub's ORM objects: read them here, on the
+        # hub's loop, never in the thread below.
         groups, options = self._groups(), dict(self.user_options or {})
+        user, key = self.user.name, self.podbay_key
 
         def validate_and_claim():
             # One hop off the loop for the whole step, timed where it runs: what the hub's
             # loop adds while busy (a storm of spawns) is the hub's, not podbay's.
             t0 = time.perf_counter()
             try:
-                request = portal.validate(self.user.name, groups, options)
+                request = portal.validate(user, groups, options)
                 # JupyterHub never starts a server that runs, so anything still held under
                 # this name belongs to a workspace that died without being stopped.
                 allocation = portal.ledger.claim(
-                    key=self.podbay_key, kind="workspace", user=self.user.name, team=request.team,
+                    key=key, kind="workspace", user=user, team=request.team,
                     profile_id=request.profile.id, spec=request.profile.spec, pools=request.pools,
                     quota=request.quota, replace=True)
             except ClaimRefused as e:

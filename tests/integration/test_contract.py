@@ -46,6 +46,10 @@ class LocalDriver:
     def env(self, user: str, ws: str) -> dict[str, str]:
         return environ_of(self.hub.workspace_pid(user, ws))
 
+    def granted(self, user: str, ws: str) -> list[str]:
+        """The devices the engine was told to give the workspace: here, its environment."""
+        return [d for d in self.env(user, ws)["CUDA_VISIBLE_DEVICES"].split(",") if d]
+
     def sh(self, user: str, ws: str, script: str) -> tuple[int, str]:
         pid = self.hub.workspace_pid(user, ws)
         run = subprocess.run(["nsenter", "-t", str(pid), "-m", "sh", "-c", script.replace("~", self.home(user))],
@@ -87,6 +91,11 @@ class DockerDriver:
         # The workspace server's own environment (pid 1 is tini, with the container's).
         _, out = self.sh(user, ws, "cat /proc/$(pgrep -f jupyterhub-singleuser | head -1)/environ")
         return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+    def granted(self, user: str, ws: str) -> list[str]:
+        """The devices Docker was asked for: the container's device request."""
+        requests = self.docker.api.inspect_container(self._container(user, ws))["HostConfig"]["DeviceRequests"] or []
+        return [d for r in requests for d in r["DeviceIDs"]]
 
     def sh(self, user: str, ws: str, script: str) -> tuple[int, str]:
         exec_id = self.docker.api.exec_create(self._container(user, ws), ["sh", "-c", script])
@@ -164,6 +173,7 @@ def test_each_profile_kind_starts_with_exactly_its_devices_and_gives_them_back(e
     assert r.status_code in (201, 202), r.text
     held = claimed(hub, f"workspace:alice/{name}")
     assert devices(held), held
+    assert engine.granted("alice", name) == list(dict.fromkeys(held)), "the engine gives exactly the claim"
     env = engine.env("alice", name)
     # The same names on every backend that places devices itself (hub/environment.py).
     assert env["CUDA_VISIBLE_DEVICES"] == ",".join(held)
@@ -290,10 +300,15 @@ def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     hub = engine.hub
     hub.start_server("alice", "stays", {"profile": "gpu-1", "image": "base"})
     held = claimed(hub, "workspace:alice/stays")
+    scratch = hub.data_dir / "volumes" / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
     with service(hub, "alice") as api:
-        r = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1,
-                                    "command": ["sh", "-c", "echo before; sleep 4; echo after"]})
+        # It runs until the test says so, through the shared scratch volume: still running
+        # when the hub comes back, whatever the restart takes.
+        r = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1, "volumes": ["scratch"], "command": [
+            "sh", "-c", "echo before; while [ ! -e ~/data/scratch/go-on ]; do sleep 0.2; done; echo after"]})
         job = wait_job(api, r.json()["id"], {"running"})
+    job_devices = claimed(hub, f"job:{job['id']}")
     hub.stop()
     hub.start()
     assert claimed(hub, "workspace:alice/stays") == held, "a running workspace keeps its devices"
@@ -301,6 +316,10 @@ def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     with httpx.Client(headers={"Authorization": f"token {hub.token('alice')}"}) as http:
         assert http.get(f"{hub.url}/user/alice/stays/api/status", timeout=30).status_code == 200
     with service(hub, "alice") as api:
+        time.sleep(1)  # a scheduler tick or two after the restart
+        assert api.get(f"/jobs/{job['id']}").json()["state"] == "running"
+        assert claimed(hub, f"job:{job['id']}") == job_devices, "an adopted job keeps its GPU"
+        (scratch / "go-on").write_text("")
         done = wait_job(api, job["id"], {"succeeded", "failed"})
         assert done["state"] == "succeeded", done
         assert api.get(f"/jobs/{job['id']}/logs").text == "before\nafter\n", "nothing lost, nothing run twice"

@@ -267,6 +267,9 @@ def test_a_slow_database_write_does_not_stall_other_requests(svc):
                 assert c.get(f"/jobs/{job['id']}").status_code == 200
                 slowest = max(slowest, time.monotonic() - t0)
                 time.sleep(0.1)
+            # The job did end while the lock was held, and the scheduler's write of it waits.
+            assert (svc.data_dir / "jobs" / str(job["id"]) / "exit_code").exists()
+            assert c.get(f"/jobs/{job['id']}").json()["state"] == "running"
         finally:
             db.execute("ROLLBACK")
             db.close()

@@ -253,3 +253,15 @@ def test_an_operators_settings_in_their_own_hub_config(monkeypatch, tmp_path):
     c2.Podbay.ssl_cert = str(tmp_path / "c.pem")
     with pytest.raises(SystemExit):
         configure(c2)  # a certificate without its key
+    # PostgreSQL as the README writes it, set here rather than in the environment (checked
+    # before anything connects: the URL JupyterHub gets names psycopg 3).
+    c3 = Config()
+    c3.Podbay.data_dir = str(tmp_path)
+    c3.Podbay.hub_db_url = "postgresql://podbay@db.example.org/podbay"
+    configure(c3)
+    assert c3.JupyterHub.db_url == "postgresql+psycopg://podbay@db.example.org/podbay"
+    # A production hub with no podbay.yaml named does not start on the shipped demo.
+    monkeypatch.delenv("PODBAY_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="no podbay.yaml named: set c.Podbay.config_file"):
+        configure(Config())

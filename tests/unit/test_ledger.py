@@ -144,11 +144,11 @@ def test_a_claim_can_replace_what_its_key_still_holds_in_one_transaction(db_url)
                           profile_id="gpu-1", spec=parse_profile_id("gpu-1"), pools=["dev"], quota=BIG, replace=True)
     assert second.devices != first.devices and [a.key for a in ledger.allocations()] == ["workspace:alice/a"]
     assert ledger.version() == version + 1, "one write, one version"
-    # A refused replacement keeps what was held: the transaction is undone as a whole.
+    # Refused, the new claim takes nothing, and what the dead holder had still goes back.
     with pytest.raises(NoCapacity):
         ledger.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision", profile_id="gpu-4",
                      spec=parse_profile_id("gpu-4"), pools=["dev"], quota=BIG, replace=True)
-    assert ledger.get("workspace:alice/a").devices == second.devices
+    assert ledger.get("workspace:alice/a") is None and ledger.taken() == set()
 
 
 def test_fmt_units():
