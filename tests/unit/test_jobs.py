@@ -108,3 +108,28 @@ async def test_the_oldest_job_starts_first_even_behind_a_long_queue(manager):
     await manager.tick()
     assert manager.get(first.id).state == "running"
     assert len(manager.list(state="queued", limit=None)) == 505
+
+
+async def test_a_cancel_that_fails_is_reported_to_every_waiter_and_can_be_tried_again(manager, monkeypatch):
+    job = sub(manager, "alice", name="stuck", gpus=1, command=["sleep", "30"])
+    await until(manager, job.id, {"running"})
+    real_cancel, calls = manager.backend.cancel, []
+
+    async def engine_away(ref):
+        calls.append(ref)
+        await asyncio.sleep(0.3)
+        raise RuntimeError("the engine went away")
+
+    monkeypatch.setattr(manager.backend, "cancel", engine_away)
+    first = asyncio.create_task(manager.cancel(job.id))
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(manager.cancel(job.id))
+    for task in (first, second):
+        with pytest.raises(RuntimeError, match="the engine went away"):
+            await asyncio.wait_for(task, 5)
+    assert len(calls) == 1, "the second cancel waited for the first instead of stopping it again"
+    assert manager.get(job.id).state == "running" and manager._cancelling == {}
+    await manager.tick()  # the scheduler looks after it again
+    monkeypatch.setattr(manager.backend, "cancel", real_cancel)
+    assert (await manager.cancel(job.id)).state == "cancelled"
+    assert manager.portal.ledger.get(f"job:{job.id}") is None
