@@ -10,6 +10,7 @@ its line, so `podbay config check` can print all of them at once.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,8 +33,6 @@ def default_config_path() -> Path:
     """podbay.yaml when none is named: PODBAY_CONFIG; config/podbay.yaml of a checkout, run
     from its top; else the demo that ships with the package (hub/demo links to the same
     file), so a pip-installed podbay starts anywhere."""
-    import os
-
     named = os.environ.get("PODBAY_CONFIG")
     if named:
         return Path(named)

@@ -187,6 +187,38 @@ class Hub:
         return alloc.ref["pid"]
 
 
+def claimed(hub: Hub, key: str) -> list[str]:
+    """The devices the hub's ledger holds for a workspace or job key."""
+    ledger = hub.ledger()
+    try:
+        alloc = ledger.get(key)
+        return list(alloc.devices) if alloc else []
+    finally:
+        ledger.dispose()
+
+
+def wait_job(api: httpx.Client, job_id: int, states: set[str], timeout: float = 60) -> dict:
+    """Poll podbay's service (api: a client at its api/v1) until the job is in one of states."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def read_banner(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """What `podbay up` prints until its banner's last line (or it exits)."""
+    banner, deadline = "", time.monotonic() + timeout
+    while "Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        banner += line
+    return banner
+
+
 def have_proxy() -> bool:
     return (Path(sys.executable).parent / "configurable-http-proxy").exists() or bool(
         shutil.which("configurable-http-proxy"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Hub, environ_of, free_port_block, have_proxy, require
+from tests.conftest import ROOT, Hub, claimed, environ_of, free_port_block, have_proxy, require, wait_job
 
 CONFIG = ROOT / "tests" / "data" / "podbay-contract.yaml"
 BACKENDS = ["local", "docker"]
@@ -128,14 +128,6 @@ def engine(request, tmp_path_factory):
         ledger.dispose()
 
 
-def claimed(hub: Hub, key: str) -> list[str]:
-    ledger = hub.ledger()
-    try:
-        alloc = ledger.get(key)
-        return list(alloc.devices) if alloc else []
-    finally:
-        ledger.dispose()
-
 
 def service(hub: Hub, user: str) -> httpx.Client:
     return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
@@ -147,15 +139,6 @@ def free(hub: Hub, pool: str, profile: str) -> int:
         pools = {p["pool"]: p for p in api.get("/capacity").json()["pools"]}
     return pools[pool]["profiles"][profile]["free"]
 
-
-def wait_job(api: httpx.Client, job_id: int, states: set[str], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.get(f"/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} never reached {states}: {job}")
 
 
 # --- workspaces ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import httpx
 import yaml
 import pytest
 
-from tests.conftest import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, Hub, browser_login, free_port_block, real_browser, require
+from tests.conftest import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, claimed, wait_job, Hub, browser_login, free_port_block, real_browser, require
 
 
 PREFIX = DOCKER_TEST_PREFIXES[0]
@@ -62,14 +62,6 @@ def sh(docker, container: str, script: str) -> tuple[int, str]:
     out = docker.api.exec_start(exec_id).decode(errors="replace")
     return docker.api.exec_inspect(exec_id)["ExitCode"], out
 
-
-def claimed(hub: Hub, key: str) -> list[str]:
-    ledger = hub.ledger()
-    try:
-        alloc = ledger.get(key)
-        return list(alloc.devices) if alloc else []
-    finally:
-        ledger.dispose()
 
 
 def test_image_is_registry_free_and_matches_the_hub(docker, image):
@@ -315,7 +307,7 @@ def cross_user_probe(hub: Hub, docker, prefix: str = PREFIX) -> dict:
         r = api.post("/jobs", json={"name": "listener", "image": "base", "gpus": 1, "command": [
             "python3", "-m", "http.server", "--bind", "127.0.0.1", str(JOB_LOOPBACK_PORT)]})
         assert r.status_code == 201, r.text
-        job = _wait_job(api, r.json()["id"], {"running"})
+        job = wait_job(api, r.json()["id"], {"running"})
         (c,) = docker.api.containers(filters={"label": [f"podbay.prefix={prefix}", f"podbay.job={job['id']}"]})
         job_container = docker.api.inspect_container(c["Id"])
         facts["job_network"] = job_container["HostConfig"]["NetworkMode"]
@@ -533,15 +525,6 @@ def test_hub_restart_keeps_running_containers_and_frees_dead_ones(dhub, docker):
             time.sleep(0.5)
 
 
-def _wait_job(api: httpx.Client, job_id: int, states: set[str], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.get(f"/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach {states}: {job}")
-
 
 def test_training_job_runs_as_a_container_and_cancels(dhub, docker):
     (dhub.data_dir / "volumes" / "imagenet").mkdir(parents=True, exist_ok=True)
@@ -556,7 +539,7 @@ def test_training_job_runs_as_a_container_and_cancels(dhub, docker):
                                     "echo NV=$NVIDIA_VISIBLE_DEVICES; echo CUDA=$CUDA_VISIBLE_DEVICES; "
                                     "echo TEAM=$PODBAY_TEAM VOLUMES=$PODBAY_VOLUMES; exit 3"]})
         assert r.status_code == 201, r.text
-        job = _wait_job(api, r.json()["id"], {"succeeded", "failed"})
+        job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
         assert job["state"] == "failed" and job["exit_code"] == 3, job
         assert job["workdir"] == "/home/jovyan/proj"
         (device,) = job["devices"]
@@ -568,7 +551,7 @@ def test_training_job_runs_as_a_container_and_cancels(dhub, docker):
 
         r = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1,
                                     "command": ["sh", "-c", "echo started; sleep 600"]})
-        job = _wait_job(api, r.json()["id"], {"running"})
+        job = wait_job(api, r.json()["id"], {"running"})
         (c,) = docker.api.containers(filters={"label": [f"podbay.prefix={PREFIX}", f"podbay.job={job['id']}"]})
         assert c["Labels"]["podbay.user"] == "alice"
         assert docker.api.inspect_container(c["Id"])["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == job["devices"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import environ_of
+from tests.conftest import claimed, environ_of, wait_job
 
 pytestmark = pytest.mark.hub
 
@@ -29,16 +29,6 @@ def svc(hub):
 def api(hub, user: str) -> httpx.Client:
     return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
                         headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
-
-
-def wait_state(client: httpx.Client, job_id: int, states: set[str], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} never reached {states}: {job}")
 
 
 def submit(client: httpx.Client, **body) -> dict:
@@ -56,7 +46,7 @@ def test_submit_from_a_running_workspace(svc):
         job = submit(c, name="from-ws", from_workspace="dev", gpus=1,
                      command=["sh", "-c", "echo image=$PODBAY_IMAGE gpus=$CUDA_VISIBLE_DEVICES; pwd; cat data/imagenet/train.txt"])
         assert job["image"] == "base" and job["volumes"] == ["imagenet"] and job["from_workspace"] == "dev"
-        done = wait_state(c, job["id"], {"succeeded", "failed"})
+        done = wait_job(c, job["id"], {"succeeded", "failed"})
         assert done["state"] == "succeeded" and done["exit_code"] == 0, done
         out = c.get(f"/jobs/{job['id']}/logs").text
     assert "image=base gpus=GPU-22222222-0000-4000-8000-00000000000" in out
@@ -69,7 +59,7 @@ def test_submit_from_a_running_workspace(svc):
 def test_waits_behind_a_full_pool_then_runs_streams_and_ends(svc):
     with api(svc, "alice") as c:
         big = submit(c, name="big", gpus=2, command=["sleep", "300"])
-        wait_state(c, big["id"], {"running"})
+        wait_job(c, big["id"], {"running"})
         small = submit(c, name="small", gpus=1,
                        command=["sh", "-c", "for i in 1 2 3 4; do echo line $i; sleep 0.5; done; exit 3"])
         time.sleep(1.5)
@@ -77,7 +67,7 @@ def test_waits_behind_a_full_pool_then_runs_streams_and_ends(svc):
         assert queued["state"] == "queued" and "waiting for 1 free GPUs in pool training" in queued["message"]
 
         assert c.delete(f"/jobs/{big['id']}").json()["state"] == "cancelled"
-        wait_state(c, small["id"], {"running", "failed", "succeeded"})
+        wait_job(c, small["id"], {"running", "failed", "succeeded"})
         # Follow the logs while it runs: the first line arrives before the job ends.
         seen, t_first = [], None
         with c.stream("GET", f"/jobs/{small['id']}/logs", params={"follow": "true"}) as r:
@@ -100,7 +90,7 @@ def test_cancel_ends_the_whole_process_group_and_frees_devices(svc):
         pidfile = svc.data_dir / "homes" / "alice" / "child.pid"
         job = submit(c, name="cancel-me", gpus=2,
                      command=["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"])
-        wait_state(c, job["id"], {"running"})
+        wait_job(c, job["id"], {"running"})
         deadline = time.monotonic() + 10
         while not pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -133,7 +123,7 @@ def test_kill_9_of_the_service_loses_nothing_and_runs_nothing_twice(svc):
         marker.unlink(missing_ok=True)
         first = submit(c, name="survivor", gpus=2, command=["sh", "-c", f"echo run >> {marker}; sleep 4; echo ok"])
         second = submit(c, name="next-in-line", gpus=2, command=["sh", "-c", f"echo second >> {marker}"])
-        wait_state(c, first["id"], {"running"})
+        wait_job(c, first["id"], {"running"})
         old = _service_pid(svc)
         os.kill(old, signal.SIGKILL)
         # The hub notices and starts the service again (its poll runs every 30 s).
@@ -145,10 +135,10 @@ def test_kill_9_of_the_service_loses_nothing_and_runs_nothing_twice(svc):
             except (httpx.HTTPError, AssertionError):
                 pass
             time.sleep(0.5)
-        done = wait_state(c, first["id"], {"succeeded", "failed"}, timeout=30)
+        done = wait_job(c, first["id"], {"succeeded", "failed"}, timeout=30)
         assert done["state"] == "succeeded" and done["exit_code"] == 0
         assert c.get(f"/jobs/{first['id']}/logs").text == "ok\n"
-        assert wait_state(c, second["id"], {"succeeded", "failed"})["state"] == "succeeded"
+        assert wait_job(c, second["id"], {"succeeded", "failed"})["state"] == "succeeded"
     assert marker.read_text() == "run\nsecond\n"
 
 
@@ -255,7 +245,7 @@ def test_a_slow_database_write_does_not_stall_other_requests(svc):
     with api(svc, "alice") as c:
         assert c.get("/catalog").status_code == 200  # the caller's token, resolved and cached
         job = submit(c, name="ends-while-locked", image="base", gpus=1, command=["sh", "-c", "sleep 1"])
-        wait_state(c, job["id"], {"running"})
+        wait_job(c, job["id"], {"running"})
         db = sqlite3.connect(svc.data_dir / "ledger.sqlite", timeout=10, isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -274,7 +264,7 @@ def test_a_slow_database_write_does_not_stall_other_requests(svc):
             db.execute("ROLLBACK")
             db.close()
         assert slowest < 1.0, f"a request took {slowest:.2f}s while a write waited for the lock"
-        assert wait_state(c, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
+        assert wait_job(c, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
 
 
 def test_cancelling_a_slow_job_does_not_hold_up_the_others(svc):
@@ -283,7 +273,7 @@ def test_cancelling_a_slow_job_does_not_hold_up_the_others(svc):
     with api(svc, "alice") as c:
         stubborn = submit(c, name="stubborn", image="base", gpus=1,
                           command=["sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"])
-        wait_state(c, stubborn["id"], {"running"})
+        wait_job(c, stubborn["id"], {"running"})
         deadline = time.monotonic() + 10
         while "up" not in c.get(f"/jobs/{stubborn['id']}/logs").text and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -293,20 +283,12 @@ def test_cancelling_a_slow_job_does_not_hold_up_the_others(svc):
             time.sleep(0.5)
             second = pool.submit(c.delete, f"/jobs/{stubborn['id']}")
             quick = submit(c, name="meanwhile", image="base", gpus=1, command=["echo", "done"])
-            done = wait_state(c, quick["id"], {"succeeded", "failed"}, timeout=30)
+            done = wait_job(c, quick["id"], {"succeeded", "failed"}, timeout=30)
             finished_meanwhile = time.monotonic() - t0
             r1, r2 = first.result(60), second.result(60)
             cancel_took = time.monotonic() - t0
         assert done["state"] == "succeeded"
         assert r1.status_code == r2.status_code == 200 and r1.json()["state"] == r2.json()["state"] == "cancelled"
         assert finished_meanwhile < cancel_took - 1, (finished_meanwhile, cancel_took)
-        assert claimed_job(svc, stubborn["id"]) == []
+        assert claimed(svc, f"job:{stubborn['id']}") == []
 
-
-def claimed_job(hub, job_id: int) -> list[str]:
-    ledger = hub.ledger()
-    try:
-        alloc = ledger.get(f"job:{job_id}")
-        return list(alloc.devices) if alloc else []
-    finally:
-        ledger.dispose()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, TEST_CONFIG, Hub, free_port_block, have_proxy, require
+from tests.conftest import PASSWORD, TEST_CONFIG, Hub, free_port_block, have_proxy, read_banner, require
 
 pytestmark = pytest.mark.hub
 
@@ -37,13 +37,7 @@ def test_ctrl_c_stops_everything(tmp_path):
         [sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(TEST_CONFIG),
          "--port", str(port), "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    banner = ""
-    deadline = time.monotonic() + 60
-    while "Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        banner += line
+    banner = read_banner(proc)
     assert f"podbay is running at http://127.0.0.1:{port}" in banner, banner
     assert f"password: {PASSWORD}" in banner
     assert "alice (team vision)" in banner and "bob (team nlp)" in banner and "admin (admin)" in banner
@@ -174,14 +168,8 @@ def test_podbay_up_anywhere_starts_the_demo_that_ships_with_it(tmp_path):
         [sys.executable, "-m", "podbay.hub.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**env, "PODBAY_DEMO_PASSWORD": PASSWORD})
-    banner = ""
     try:
-        deadline = time.monotonic() + 60
-        while "Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            banner += line
+        banner = read_banner(proc)
         assert f"podbay is running at http://127.0.0.1:{port}" in banner, banner
         from podbay.hub.config import load_config
         shipped = Path(load_config.__code__.co_filename).parent / "demo" / "podbay.yaml"
@@ -204,14 +192,8 @@ def test_podbay_up_serves_the_public_port_over_tls(tmp_path):
         [sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(TEST_CONFIG), "--port", str(port),
          "--data-dir", str(tmp_path / "data"), "--ssl-cert", str(cert), "--ssl-key", str(key)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PODBAY_DEMO_PASSWORD": PASSWORD})
-    banner = ""
     try:
-        deadline = time.monotonic() + 60
-        while "Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            banner += line
+        banner = read_banner(proc)
         assert f"podbay is running at https://127.0.0.1:{port}" in banner, banner
         # The certificate is checked, the hub and podbay's service answer behind it.
         trust = ssl.create_default_context(cafile=str(cert))
