@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from podbay.hub.config import Quota, load_config, parse_profile_id  # noqa: E402
 from podbay.hub.inventory import Inventory  # noqa: E402
 from podbay.hub.jobs import JobRow  # noqa: E402
-from podbay.hub.ledger import Ledger  # noqa: E402
+from podbay.hub.quota import Demand, QuotaBook  # noqa: E402
+from podbay.hub.quota.placement import DevicePlacement  # noqa: E402
 from podbay.hub.procs import proc_start_time  # noqa: E402
 from tests.conftest import TEST_CONFIG, Hub, free_port_block  # noqa: E402
 
@@ -44,14 +45,16 @@ def write_config(path: Path, nodes: int) -> None:
 
 
 def fill_ledger(config: Path, data_dir: Path, claims: int, jobs: int) -> None:
-    ledger = Ledger(f"sqlite:///{data_dir / 'ledger.sqlite'}", Inventory.from_config(load_config(config)))
+    ledger = QuotaBook(f"sqlite:///{data_dir / 'ledger.sqlite'}")
+    placement = DevicePlacement(Inventory.from_config(load_config(config)))
+    gpu1 = Demand("gpu-1", parse_profile_id("gpu-1"), ("dev",))
     # Claims that reconciliation keeps: they point at this (living) process.
     ref = {"pid": os.getpid(), "start_time": proc_start_time(os.getpid())}
     quota = Quota(gpu_units=100_000, workspaces_per_user=100_000)
     for i in range(claims):
         key = f"workspace:user{i % 50}/ws{i}"
-        ledger.claim(key=key, kind="workspace", user=f"user{i % 50}", team="vision", profile_id="gpu-1",
-                     spec=parse_profile_id("gpu-1"), pools=["dev"], quota=quota)
+        ledger.claim(key=key, kind="workspace", user=f"user{i % 50}", team="vision", demand=gpu1, quota=quota,
+                     placement=placement)
         ledger.set_ref(key, ref)
     with ledger.write_session() as s, s.begin():
         now = time.time()

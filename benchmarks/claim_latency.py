@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from podbay.hub.config import Quota, parse_config, parse_profile_id  # noqa: E402
 from podbay.hub.inventory import Inventory  # noqa: E402
-from podbay.hub.ledger import Ledger  # noqa: E402
+from podbay.hub.quota import Demand, QuotaBook  # noqa: E402
+from podbay.hub.quota.placement import DevicePlacement  # noqa: E402
 
 
 def big_config(nodes: int):
@@ -42,11 +43,12 @@ def main() -> None:
     cfg = big_config(nodes=150)
     spec, quota = parse_profile_id("gpu-1"), Quota(gpu_units=10_000, workspaces_per_user=10_000)
     with tempfile.TemporaryDirectory() as tmp:
-        ledger = Ledger(args.db or f"sqlite:///{tmp}/ledger.sqlite", Inventory.from_config(cfg))
+        ledger = QuotaBook(args.db or f"sqlite:///{tmp}/ledger.sqlite")
+        placement, demand = DevicePlacement(Inventory.from_config(cfg)), Demand("gpu-1", spec, ("dev",))
 
         def claim(key: str) -> None:
-            ledger.claim(key=key, kind="workspace", user="bench", team="t", profile_id="gpu-1",
-                         spec=spec, pools=["dev"], quota=quota)
+            ledger.claim(key=key, kind="workspace", user="bench", team="t", demand=demand, quota=quota,
+                         placement=placement)
 
         for i in range(args.held):
             claim(f"workspace:bench/held-{i}")

@@ -4,7 +4,7 @@ A follower (`podbay jobs logs -f`, the TUI's log view) asks for the output from 
 every 0.2 s. The job here writes --mb MB and then sleeps; the follower has read all of it,
 so each poll finds nothing new. Measured, alternating, in one run:
 
-- podbay: DockerBackend.read_logs(ref, offset) — the output was streamed once into the
+- podbay: DockerBackend.output_from(ref, offset) (what read_logs reads): the output was streamed once into the
   job's spool, so a poll is a seek in a file;
 - whole: what a backend that asks the engine for the container's log on each poll pays
   (`docker logs`, as read_logs did before the spool), sliced at the offset.
@@ -55,11 +55,11 @@ async def main() -> None:
             offset, deadline = 0, time.monotonic() + 300
             while offset < total:
                 assert time.monotonic() < deadline, f"the job wrote {offset} of {total} bytes"
-                offset += len(backend.read_logs(ref, offset))
+                offset += len(backend.output_from(ref, offset))
                 await asyncio.sleep(0.05)
             times: dict[str, list[float]] = {"podbay": [], "whole": []}
             polls = {
-                "podbay": lambda: backend.read_logs(ref, offset),
+                "podbay": lambda: backend.output_from(ref, offset),
                 "whole": lambda: docker.api.logs(ref["container"], stdout=True, stderr=True)[offset:],
             }
             for i in range(args.n):

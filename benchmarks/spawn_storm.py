@@ -170,10 +170,10 @@ def overcommit(data: Path, config: Path) -> tuple[int, int]:
     """Devices held beyond their capacity, by the ledger and by the processes that run."""
     from podbay.hub.config import load_config
     from podbay.hub.inventory import Inventory
-    from podbay.hub.ledger import Ledger
+    from podbay.hub.quota import QuotaBook
 
     inventory = Inventory.from_config(load_config(config))
-    ledger = Ledger(f"sqlite:///{data / 'ledger.sqlite'}", inventory)
+    ledger = QuotaBook(f"sqlite:///{data / 'ledger.sqlite'}")
     # What each device can hold: 1 for a MIG slice or a whole GPU, `replicas` for a
     # time-sliced GPU (one inventory entry per slot, all with the GPU's UUID).
     capacity = Counter(d.visible_id for d in inventory.devices)

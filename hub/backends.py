@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the hub-side modules load only in the process that uses them
     from .config import PodbayConfig
+    from .inventory import Inventory
     from .portal import Portal
+    from .quota.capacity import CapacitySource
+    from .quota.placement import Placement
     from .training import TrainingBackend
 
 GROUP = "podbay.backends"
@@ -58,6 +61,21 @@ class Backend:
     def describe(self, cfg: "PodbayConfig") -> str:
         return self.name
 
+    def placement(self, inventory: "Inventory") -> "Placement | None":
+        """Who picks devices: podbay from its inventory, or nobody here (the engine does)."""
+        if not self.places_devices:
+            return None
+        from .quota.placement import DevicePlacement
+
+        return DevicePlacement(inventory)
+
+    def capacity(self, cfg: "PodbayConfig", inventory: "Inventory") -> "CapacitySource":
+        """What is free, for the form, the API and the TUI: on one machine, the inventory
+        minus the quota book's claims. A cluster backend returns its cluster's view."""
+        from .quota.capacity import InventoryCapacity
+
+        return InventoryCapacity(inventory)
+
     def configure(self, c) -> None:
         """Settings of the JupyterHub configuration this backend's spawner needs."""
 
@@ -91,7 +109,7 @@ class LocalBackend(Backend):
     def start_hub(self, cfg, portal, hub_port):
         from .spawners.local import PodbayLocalSpawner
 
-        return HubSide("127.0.0.1", portal.ledger.reconcile(PodbayLocalSpawner.is_alive, kinds=("workspace",)))
+        return HubSide("127.0.0.1", portal.book.reconcile(PodbayLocalSpawner.is_alive, kinds=("workspace",)))
 
     def training(self, portal):
         from .training.local import LocalBackend as LocalJobs
@@ -129,7 +147,7 @@ class DockerBackend(Backend):
         from .spawners.docker import PodbayDockerSpawner
 
         side = docker_workspace_side(client, cfg.docker, hub_port)
-        released = portal.ledger.reconcile(
+        released = portal.book.reconcile(
             lambda a: PodbayDockerSpawner.is_alive(a, client, cfg.docker.network_name), kinds=("workspace",))
         return HubSide(side, released)
 

@@ -145,6 +145,9 @@ class Profile(_Model):
 
 class Pool(_Model):
     description: str = ""
+    # The engine's queue for jobs of this pool, where the backend has one: a Kueue
+    # LocalQueue (kubernetes), a Slurm partition (slurm).
+    queue: str | None = None
     node_selector: dict[str, str] = {}
     tolerations: list[dict[str, Any]] = []
 

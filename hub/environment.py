@@ -18,9 +18,11 @@ from collections.abc import Iterable
 VSCODE_ON_SOCKET = {"JUPYTER_VSCODE_PROXY_USE_SOCKET": "1"}
 
 
-def gpu_env(devices: Iterable[str]) -> dict[str, str]:
-    """The devices podbay placed (local, docker). Where the engine places them itself
-    (Kubernetes' device plugin, Slurm's GRES), a backend sets none of this."""
+def gpu_env(devices: Iterable[str] | None) -> dict[str, str]:
+    """The devices podbay placed (local, docker). None: the engine places them itself
+    (Kubernetes' device plugin, Slurm's GRES) and sets these; podbay sets none of them."""
+    if devices is None:
+        return {}
     ids = ",".join(dict.fromkeys(devices))
     return {"CUDA_VISIBLE_DEVICES": ids, "NVIDIA_VISIBLE_DEVICES": ids or "void"}
 
@@ -35,7 +37,7 @@ def _common(image: str, team: str | None, units: str, volumes: Iterable[str]) ->
 
 
 def workspace_env(*, profile: str, image: str, team: str | None, units: str, volumes: Iterable[str],
-                  devices: Iterable[str], service_url: str = "") -> dict[str, str]:
+                  devices: Iterable[str] | None, service_url: str = "") -> dict[str, str]:
     return {
         **gpu_env(devices),
         **_common(image, team, units, volumes),
@@ -46,16 +48,18 @@ def workspace_env(*, profile: str, image: str, team: str | None, units: str, vol
 
 
 def job_env(*, job_id: int, name: str, image: str, team: str | None, volumes: Iterable[str],
-            devices: Iterable[str], home: str, user_env: dict[str, str] | None = None) -> dict[str, str]:
+            devices: Iterable[str] | None, gpus: int, home: str,
+            user_env: dict[str, str] | None = None) -> dict[str, str]:
     """A job's environment: the user's own variables first, podbay's over them (the
     service refuses user variables with podbay's names). HOME is the persistent home the
-    job's ~/data/<volume> paths live under, as in the workspace it came from."""
-    devices = list(devices)
+    job's ~/data/<volume> paths live under, as in the workspace it came from. `gpus` is
+    what it holds in all (PODBAY_GPU_UNITS), `devices` what podbay placed (None where the
+    engine places)."""
     return {
         **(user_env or {}),
         "HOME": home,
         **gpu_env(devices),
-        **_common(image, team, str(len(set(devices))), volumes),
+        **_common(image, team, str(gpus), volumes),
         "PODBAY_JOB_ID": str(job_id),
         "PODBAY_JOB_NAME": name,
     }

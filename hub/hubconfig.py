@@ -27,7 +27,7 @@ from traitlets.config import Configurable
 
 from .config import ConfigError
 from .inventory import InventoryError
-from .ledger import LedgerUnavailable, database_url
+from .quota import LedgerUnavailable, database_url
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -255,7 +255,7 @@ def configure(c) -> None:
     from .spawners.mixin import shared_portal
 
     try:
-        portal = shared_portal(config_file, db_url, str(data_dir))
+        portal = shared_portal(config_file, db_url, str(data_dir), plugin.name)
     except (InventoryError, LedgerUnavailable) as e:
         print(f"podbay: refusing to start: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,5 +1,8 @@
 """The claimable devices of the local and docker backends, built from the config.
 
+What is free is the capacity source's business (quota/capacity.py), which device a request
+gets the placement's (quota/placement.py).
+
 One `Device` is what one claim takes: a whole GPU, a MIG device, or one of the N
 time-sliced slots of a shared GPU. Its `key` is unique on its node (the ledger's unique
 constraint); its `visible_id` is what CUDA/NVIDIA_VISIBLE_DEVICES get. Slots of a shared
@@ -117,43 +120,3 @@ class Inventory:
                 return d.kind == "shared" and d.replicas == spec.replicas
             return spec.kind == "full" and d.kind == "full"
         return [d for d in self.devices if fits(d)] if spec.kind != "cpu" else []
-
-    def pick(self, spec: ProfileKind, pools: list[str], taken: set[tuple[str, str]]) -> list[Device] | None:
-        """Choose free devices for one allocation, or None when none fit.
-
-        Whole GPUs come from one node, best fit first, so big nodes stay whole for big
-        requests. Shares pack onto GPUs that are already shared, so whole GPUs stay free.
-        """
-        if spec.kind == "cpu":
-            return []
-        free = [d for d in self.candidates(spec, pools) if (d.node, d.key) not in taken]
-        if spec.kind == "full":
-            per_node: dict[str, list[Device]] = {}
-            for d in free:
-                per_node.setdefault(d.node, []).append(d)
-            fitting = [ds for ds in per_node.values() if len(ds) >= spec.count]
-            if not fitting:
-                return None
-            best = min(fitting, key=len)
-            return sorted(best, key=lambda d: d.gpu_index)[: spec.count]
-        if not free:
-            return None
-        if spec.kind == "shared":
-            busy = {(n, k.split("::")[0]) for n, k in taken}
-            free.sort(key=lambda d: ((d.node, d.visible_id) not in busy, d.node, d.gpu_index, d.key))
-        return [free[0]]
-
-    def free_count(self, spec: ProfileKind, pools: list[str], taken: set[tuple[str, str]]) -> int:
-        """How many more allocations of this profile fit right now."""
-        if spec.kind == "cpu":
-            return -1  # unlimited
-        free = [d for d in self.candidates(spec, pools) if (d.node, d.key) not in taken]
-        if spec.kind != "full":
-            return len(free)
-        per_node: dict[str, int] = {}
-        for d in free:
-            per_node[d.node] = per_node.get(d.node, 0) + 1
-        return sum(n // spec.count for n in per_node.values())
-
-    def total_count(self, spec: ProfileKind, pools: list[str]) -> int:
-        return self.free_count(spec, pools, set())

@@ -14,8 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
-from .inventory import Inventory, mig_weight
-from .ledger import Ledger, Snapshot, fmt_units
+from .inventory import Inventory
+from .quota import Demand, QuotaBook, Snapshot, fmt_units
+from .quota.capacity import CapacitySource, InventoryCapacity
+from .quota.placement import Placement
 
 
 class OptionsRefused(Exception):
@@ -59,19 +61,46 @@ class Request:
     team: str | None
     quota: Quota
     pools: list[str] = field(default_factory=list)
+    demand: Demand | None = None
 
 
 class Portal:
-    def __init__(self, cfg: PodbayConfig, ledger: Ledger, data_dir: Path):
+    """One deployment's config with its quota book, placement and capacity source.
+
+    `placement` is None where the engine places devices (Kubernetes, Slurm): then claims
+    record only the units a profile weighs, and workspaces get no CUDA_VISIBLE_DEVICES."""
+
+    def __init__(self, cfg: PodbayConfig, book: QuotaBook, data_dir: Path, *,
+                 placement: Placement | None, capacity: CapacitySource | None = None,
+                 inventory: Inventory | None = None):
         self.cfg = cfg
-        self.ledger = ledger
-        self.inventory: Inventory = ledger.inventory
+        self.book = book
+        self.inventory = inventory if inventory is not None else Inventory.from_config(cfg)
+        self.placement = placement
+        self.capacity = capacity or InventoryCapacity(self.inventory)
         self.data_dir = Path(data_dir)
 
     @classmethod
-    def open(cls, config_path: str | Path, db_url: str, data_dir: str | Path) -> "Portal":
+    def open(cls, config_path: str | Path, db_url: str, data_dir: str | Path, backend: str | None = None) -> "Portal":
+        """The portal of a deployment, with its backend's placement and capacity source
+        (`backend` overrides podbay.yaml's `backend:`)."""
+        from .backends import chosen, load
+
         cfg = load_config(config_path)
-        return cls(cfg, Ledger(db_url, Inventory.from_config(cfg)), Path(data_dir))
+        plugin = load(chosen(cfg, backend))
+        inventory = Inventory.from_config(cfg)
+        return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(inventory),
+                   capacity=plugin.capacity(cfg, inventory), inventory=inventory)
+
+    @property
+    def places_devices(self) -> bool:
+        return self.placement is not None
+
+    def claim(self, *, key: str, kind: str, user: str, team: str | None, demand: Demand, quota: Quota,
+              **kw):
+        """The quota book's claim, with this deployment's placement."""
+        return self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
+                               placement=self.placement, **kw)
 
     # --- people --------------------------------------------------------------------
 
@@ -104,24 +133,16 @@ class Portal:
     # --- what is free --------------------------------------------------------------
 
     def profile_units(self, profile: Profile) -> Fraction:
-        """GPU units one workspace of this profile weighs (the first candidate's weight)."""
-        spec = profile.spec
-        if spec.kind == "cpu":
-            return Fraction(0)
-        if spec.kind == "full":
-            return Fraction(spec.count)
-        cands = self.inventory.candidates(spec, profile.pools)
-        if cands:
-            return cands[0].weight
-        if spec.kind == "shared":
-            return Fraction(1, spec.replicas)
-        # No such device declared (kubernetes pools): the common 7-slice geometry.
-        return mig_weight("", None, spec.mig_profile)
+        """GPU units one workspace of this profile weighs."""
+        return self.capacity.unit_weight(profile.spec, profile.pools)
+
+    def demand(self, profile: Profile) -> Demand:
+        return Demand(profile.id, profile.spec, tuple(profile.pools), self.profile_units(profile))
 
     def choices(self, user: str, groups: list[str], team: str | None = None) -> list[ProfileChoice]:
         team = self.team_for(user, groups, team)
         quota = self.quota_for(team)
-        snap = self.ledger.snapshot()
+        snap = self.book.snapshot()
         left = quota.units - snap.units_of(team, user)
         n_ws = snap.workspaces.get(user, 0)
         out = []
@@ -141,13 +162,8 @@ class Portal:
         return out
 
     def counts(self, spec, pools: list[str], snap: Snapshot | None = None) -> tuple[int, int]:
-        """(total, free) allocations of a profile in pools, memoised per ledger version."""
-        snap = snap or self.ledger.snapshot()
-        key = (spec, tuple(pools))
-        if key not in snap.memo:
-            snap.memo[key] = (self.inventory.total_count(spec, pools),
-                              self.inventory.free_count(spec, pools, snap.taken))
-        return snap.memo[key]
+        """(total, free) workspaces of a profile in pools, from the backend's capacity source."""
+        return self.capacity.counts(spec, pools, snap or self.book.snapshot())
 
     # --- validation ----------------------------------------------------------------
 
@@ -184,4 +200,4 @@ class Portal:
                 who = ", ".join(vol.allow.teams + vol.allow.users)
                 raise OptionsRefused(f"you may not mount volume {name!r} (it is for {who})")
             volumes.append(vol)
-        return Request(image, profile, volumes, team, self.quota_for(team), profile.pools)
+        return Request(image, profile, volumes, team, self.quota_for(team), profile.pools, self.demand(profile))

@@ -25,8 +25,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
-from .ledger import LedgerUnavailable, fmt_units
+from .quota import LedgerUnavailable, fmt_units
 from .portal import OptionsRefused, Portal
+from .training import BadCursor
 
 log = logging.getLogger("podbay.service")
 
@@ -312,7 +313,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         def compute():
             team = portal.team_for(who.name, list(who.groups))
             q = portal.quota_for(team)
-            snap = portal.ledger.snapshot()
+            snap = portal.book.snapshot()
             return MeOut(
                 name=who.name, admin=who.admin, teams=portal.cfg.teams_of(who.name, list(who.groups)), team=team,
                 quota=QuotaOut(gpu_units=float(q.units), workspaces_per_user=q.workspaces_per_user, job_gpus=q.job_gpus),
@@ -358,12 +359,23 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         return may_see(who, await asyncio.to_thread(jobs.get, job_id), job_id)
 
     @api.get("/jobs/{job_id}/logs", response_class=PlainTextResponse,
-             summary="A job's output; follow=true streams until the job ends")
-    async def logs(job_id: int = JobId, who: Caller = Depends(caller), follow: bool = False):
+             summary="A job's output; follow=true streams until the job ends",
+             description="The `X-Podbay-Cursor` header of the answer is where the output read ends: "
+                         "pass it back as `cursor` to get only what came after.")
+    async def logs(job_id: int = JobId, who: Caller = Depends(caller), follow: bool = False,
+                   cursor: str | None = Query(None, max_length=1024, description="from a previous answer's "
+                                              "X-Podbay-Cursor header")):
         may_see(who, await asyncio.to_thread(jobs.get, job_id), job_id)
-        if not follow:
-            return PlainTextResponse((await asyncio.to_thread(jobs.read_logs, job_id)).decode(errors="replace"))
-        return StreamingResponse(_follow(jobs, job_id), media_type="text/plain; charset=utf-8")
+        try:
+            if not follow:
+                data, after = await jobs.read_logs(job_id, cursor)
+                return PlainTextResponse(data.decode(errors="replace"),
+                                         headers={"X-Podbay-Cursor": after} if after is not None else None)
+            # The first read here, so that a bad cursor is a 400, not a broken stream.
+            first = await jobs.read_logs(job_id, cursor)
+        except BadCursor as e:
+            raise ApiError(400, "bad_cursor", str(e)) from None
+        return StreamingResponse(_follow(jobs, job_id, first), media_type="text/plain; charset=utf-8")
 
     @api.delete("/jobs/{job_id}", response_model=Job, summary="Cancel a job")
     async def cancel(job_id: int = JobId, who: Caller = Depends(caller)):
@@ -374,26 +386,25 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
     return app
 
 
-async def _follow(jobs: JobManager, job_id: int, interval: float = 0.2) -> AsyncIterator[bytes]:
-    offset = 0
+async def _follow(jobs: JobManager, job_id: int, first: tuple[bytes, str | None],
+                  interval: float = 0.2) -> AsyncIterator[bytes]:
+    chunk, cursor = first
     while True:
-        done = (await asyncio.to_thread(jobs.get, job_id)).state in TERMINAL
-        # Off the event loop: a backend may ask its engine (Docker) for the output.
-        chunk = await asyncio.to_thread(jobs.read_logs, job_id, offset)
         if chunk:
-            offset += len(chunk)
             yield chunk
-        elif done:
+        # Read whether it had ended before reading on, so no output after the end is lost.
+        done = (await asyncio.to_thread(jobs.get, job_id)).state in TERMINAL
+        chunk, cursor = await jobs.read_logs(job_id, cursor)
+        if not chunk and done:
             return
-        else:
+        if not chunk:
             await asyncio.sleep(interval)
 
 
 def _capacity(portal: Portal) -> CapacityOut:
-    snap = portal.ledger.snapshot()
+    snap = portal.book.snapshot()
     if "capacity" in snap.memo:
         return snap.memo["capacity"]
-    taken = snap.taken
     pools = []
     for pool in portal.cfg.pools:
         profiles = {}
@@ -401,17 +412,8 @@ def _capacity(portal: Portal) -> CapacityOut:
             if pool in p.pools and p.spec.kind != "cpu":
                 total, free = portal.counts(p.spec, [pool], snap)
                 profiles[p.id] = UsageRow(total=total, used=total - free, free=free)
-        devices: dict[str, UsageRow] = {}
-        for d in portal.inventory.devices:
-            if d.pool != pool:
-                continue
-            key = {"full": "gpu", "mig": f"mig-{d.mig_profile}", "shared": f"shared-1/{d.replicas}"}[d.kind]
-            row = devices.setdefault(key, UsageRow(total=0, used=0, free=0))
-            row.total += 1
-            if (d.node, d.key) in taken:
-                row.used += 1
-            else:
-                row.free += 1
+        devices = {kind: UsageRow(total=u.total, used=u.used, free=u.free)
+                   for kind, u in portal.capacity.devices(pool, snap).items()}
         pools.append(PoolCapacity(pool=pool, profiles=profiles, devices=devices))
     snap.memo["capacity"] = CapacityOut(pools=pools)
     return snap.memo["capacity"]
@@ -423,12 +425,13 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s podbay-service] %(message)s")
     env = os.environ
-    try:
-        portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"])
-    except LedgerUnavailable as e:
-        raise SystemExit(f"podbay-service: {e}") from None
     from .backends import BackendError, chosen, load
 
+    try:
+        portal = Portal.open(env["PODBAY_CONFIG"], env["PODBAY_DB_URL"], env["PODBAY_DATA_DIR"],
+                             env.get("PODBAY_BACKEND"))
+    except (LedgerUnavailable, BackendError) as e:
+        raise SystemExit(f"podbay-service: {e}") from None
     try:
         backend = load(chosen(portal.cfg, env.get("PODBAY_BACKEND"))).training(portal)
     except BackendError as e:

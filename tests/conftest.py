@@ -171,11 +171,9 @@ class Hub:
         raise AssertionError(f"{user}/{name} did not stop")
 
     def ledger(self):
-        from podbay.hub.config import load_config
-        from podbay.hub.inventory import Inventory
-        from podbay.hub.ledger import Ledger
+        from podbay.hub.quota import QuotaBook
 
-        return Ledger(f"sqlite:///{self.data_dir / 'ledger.sqlite'}", Inventory.from_config(load_config(self.config)))
+        return QuotaBook(f"sqlite:///{self.data_dir / 'ledger.sqlite'}")
 
     def workspace_pid(self, user: str, name: str) -> int:
         ledger = self.ledger()

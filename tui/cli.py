@@ -172,9 +172,15 @@ def cmd_ws_open(args) -> int:
 
 
 def _job_rows(jobs: list[dict]) -> str:
-    return _table([[j["id"], j["name"], j["user"], j["state"], j["gpus"],
+    return _table([[j["id"], j["name"], j["user"], j["state"], _gpus(j),
                     "" if j["exit_code"] is None else j["exit_code"], j["message"]] for j in jobs],
                   ["id", "name", "user", "state", "gpus", "exit", "message"])
+
+
+def _gpus(job: dict) -> str:
+    """`2`, or `8×4` for a job across nodes (GPUs per node × nodes)."""
+    nodes = job.get("nodes", 1)
+    return f"{job.get('gpus_per_node', job['gpus'])}×{nodes}" if nodes > 1 else str(job["gpus"])
 
 
 def cmd_job_submit(args) -> int:
@@ -190,8 +196,8 @@ def cmd_job_submit(args) -> int:
             return 2
         env[key] = value
     body: dict[str, Any] = {"name": args.name or _default_job_name(command), "command": command,
-                            "gpus": args.gpus, "env": env}
-    for key in ("image", "workdir", "from_workspace"):
+                            "gpus_per_node": args.gpus, "nodes": args.nodes, "env": env}
+    for key in ("image", "workdir", "from_workspace", "pool"):
         if getattr(args, key):
             body[key] = getattr(args, key)
     if args.volume is not None:
@@ -322,7 +328,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = job.add_parser("submit", parents=[common], help="move a training run to the training pool")
     p.add_argument("--name")
     p.add_argument("--from-workspace", metavar="NAME", help="take image, volumes and working directory from it")
-    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--gpus", type=int, default=1, help="whole GPUs on each node (default: %(default)s)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the job spans (default: %(default)s)")
+    p.add_argument("--pool", help="the pool to run in (default: training)")
     p.add_argument("--image")
     p.add_argument("--workdir")
     p.add_argument("--volume", action="append")

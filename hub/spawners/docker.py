@@ -33,13 +33,15 @@ from jupyterhub.utils import random_port
 from traitlets import default
 
 from ..dockernet import DockerNetworkError, ensure_network
-from ..ledger import Allocation
+from ..quota import Allocation
 from .mixin import PodbaySpawnerMixin, spawn_may_be_under_way
 
 HOME = "/home/jovyan"
 
 
 class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
+    podbay_backend = "docker"
+
     # Names, homes and the GPU driver come from `docker:` in podbay.yaml, which the
     # service's docker training backend reads too.
     @property
@@ -154,7 +156,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             await self._remove_quietly()
             raise SpawnException(f"Docker could not start the workspace: {_docker_words(e)}",
                                  reason="docker", status_code=503) from None
-        await asyncio.to_thread(self.portal.ledger.set_ref, self.podbay_key,
+        await asyncio.to_thread(self.portal.book.set_ref, self.podbay_key,
                                 {"container": self.object_id, "name": self.object_name})
         try:
             await self.wait_listening(ip, port, self._died)

@@ -16,7 +16,7 @@ from pathlib import Path
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from traitlets import default
 
-from ..ledger import Allocation
+from ..quota import Allocation
 from ..procs import proc_start_time
 from ..launch import launcher
 from .mixin import PodbaySpawnerMixin, spawn_may_be_under_way
@@ -34,6 +34,8 @@ def _tail(path: Path, lines: int) -> str:
 
 
 class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
+    podbay_backend = "local"
+
     @default("home_dir_template")
     def _default_home_dir_template(self):
         return str(Path(self.data_dir) / "homes" / "{username}")
@@ -75,7 +77,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         finally:
             log.close()
         ref = {"pid": self.pid, "start_time": proc_start_time(self.pid), "log": str(self.log_path)}
-        await asyncio.to_thread(self.portal.ledger.set_ref, self.podbay_key, ref)
+        await asyncio.to_thread(self.portal.book.set_ref, self.podbay_key, ref)
         try:
             await self.wait_listening(ip, port, self._died)
         except BaseException:

@@ -23,7 +23,7 @@ from traitlets import Float, Integer, Unicode, default
 from traitlets.config import Configurable
 
 from ..environment import workspace_env
-from ..ledger import Allocation, ClaimRefused, QuotaExceeded, database_url, fmt_units
+from ..quota import Allocation, ClaimRefused, QuotaExceeded, database_url, fmt_units
 from ..portal import OptionsRefused, Portal, Request
 
 _TEMPLATES = jinja2.Environment(
@@ -43,9 +43,9 @@ def spawn_may_be_under_way(allocation: Allocation) -> bool:
 
 
 @lru_cache(maxsize=None)
-def shared_portal(config_file: str, db_url: str, data_dir: str) -> Portal:
-    """One Portal per hub process: spawners share its config, inventory and ledger."""
-    return Portal.open(config_file, db_url, data_dir)
+def shared_portal(config_file: str, db_url: str, data_dir: str, backend: str | None = None) -> Portal:
+    """One Portal per hub process: spawners share its config, quota book and capacity."""
+    return Portal.open(config_file, db_url, data_dir, backend)
 
 
 class PodbaySpawnerMixin(Configurable):
@@ -98,9 +98,13 @@ class PodbaySpawnerMixin(Configurable):
     ready_poll_interval = Float(
         0.05, config=True, help="Seconds between checks that a starting workspace listens or has died.")
 
+    # The `podbay.backends` plugin this spawner belongs to (its placement and capacity).
+    podbay_backend: str | None = None
+
     @property
     def portal(self) -> Portal:
-        return shared_portal(os.path.abspath(self.config_file), self.db_url, os.path.abspath(self.data_dir))
+        return shared_portal(os.path.abspath(self.config_file), self.db_url, os.path.abspath(self.data_dir),
+                             self.podbay_backend)
 
     @property
     def podbay_key(self) -> str:
@@ -121,7 +125,7 @@ class PodbaySpawnerMixin(Configurable):
         portal, user, groups = spawner.portal, spawner.user.name, spawner._groups()
         team = portal.team_for(user, groups)
         choices = portal.choices(user, groups, team)
-        snap = portal.ledger.snapshot()  # the one choices() just used, unless the ledger moved
+        snap = portal.book.snapshot()  # the one choices() just used, unless the ledger moved
         quota = portal.quota_for(team)
         left, total = quota.units - snap.units_of(team, user), quota.units
         available = [c.profile.id for c in choices if c.available]
@@ -170,10 +174,8 @@ class PodbaySpawnerMixin(Configurable):
                 request = portal.validate(user, groups, options)
                 # JupyterHub never starts a server that runs, so anything still held under
                 # this name belongs to a workspace that died without being stopped.
-                allocation = portal.ledger.claim(
-                    key=key, kind="workspace", user=user, team=request.team,
-                    profile_id=request.profile.id, spec=request.profile.spec, pools=request.pools,
-                    quota=request.quota, replace=True)
+                allocation = portal.claim(key=key, kind="workspace", user=user, team=request.team,
+                                          demand=request.demand, quota=request.quota, replace=True)
             except ClaimRefused as e:
                 e.elapsed_ms = (time.perf_counter() - t0) * 1000
                 raise
@@ -200,7 +202,7 @@ class PodbaySpawnerMixin(Configurable):
             self.podbay_prepare(request)
             return await super().start()
         except BaseException:
-            await asyncio.to_thread(portal.ledger.release, self.podbay_key)
+            await asyncio.to_thread(portal.book.release, self.podbay_key)
             raise
 
     async def wait_listening(self, ip: str, port: int, died: Callable[[], Awaitable[str | None]]) -> None:
@@ -232,7 +234,7 @@ class PodbaySpawnerMixin(Configurable):
         finally:
             # Keep the devices claimed while the workspace may still be using them.
             if await self.poll() is not None:
-                if await asyncio.to_thread(self.portal.ledger.release, self.podbay_key):
+                if await asyncio.to_thread(self.portal.book.release, self.podbay_key):
                     self.log.info("%s released its devices", self.podbay_key)
             else:
                 self.log.error("%s did not stop; its devices stay claimed", self.podbay_key)
@@ -248,4 +250,5 @@ class PodbaySpawnerMixin(Configurable):
             return {}
         return workspace_env(profile=req.profile.id, image=req.image.name, team=req.team,
                              units=fmt_units(alloc.units), volumes=[v.name for v in req.volumes],
-                             devices=alloc.devices, service_url=self.service_url)
+                             devices=alloc.devices if self.portal.places_devices else None,
+                             service_url=self.service_url)

@@ -1,10 +1,16 @@
 """Training-pool backends: where a job runs.
 
 The interface is deliberately small, so docker, kubernetes and slurm can implement it:
-`submit` starts a job on devices the ledger already claimed and returns a reference (a
-JSON-able dict the backend can find the job by after a restart); `status` says whether
-it still runs or how it ended; `read_logs` returns output from an offset; `cancel` stops
-it. What is local-specific (pids, files) stays inside the local backend's reference.
+`submit` hands a job to the engine (on devices the quota book already placed, where podbay
+places) and returns a reference (a JSON-able dict the backend can find the job by after a
+restart); `status` says whether the engine still holds it (`pending`, with its reason),
+runs it, or how it ended; `read_logs` returns output from an opaque cursor; `cancel` stops
+it. What is engine-specific (pids, files, container ids, Slurm job ids) stays inside the
+reference and the cursor.
+
+A backend with a scheduler of its own (Kueue, Slurm) sets `queues_jobs`: podbay then hands
+it every job at once instead of queueing them itself. One that can run a job across
+machines sets `multi_node`.
 """
 
 from __future__ import annotations
@@ -36,11 +42,17 @@ class JobSpec:
     devices: list[str] = field(default_factory=list)
     # The workspace it was moved from, if any (its home may be that workspace's own).
     workspace: str | None = None
+    gpus_per_node: int = 0
+    nodes: int = 1
+    pool: str = ""
+    # The engine's queue or partition for the pool (podbay.yaml's pools.<name>.queue).
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
 class BackendStatus:
-    state: Literal["running", "exited", "lost"]
+    # pending: accepted by the engine, not running yet (`message` says why, in its words).
+    state: Literal["pending", "running", "exited", "lost"]
     exit_code: int | None = None
     message: str = ""
 
@@ -50,6 +62,9 @@ class TrainingBackend(ABC):
     # Whether users' homes are directories podbay sees (local), or live elsewhere (Docker
     # volumes), so that a job's workdir cannot be checked before it runs.
     host_homes: bool = True
+    # Whether the engine queues jobs itself (podbay then does not) and spans machines.
+    queues_jobs: bool = False
+    multi_node: bool = False
 
     def home_of(self, user: str) -> Path | None:
         """The user's home as the job sees it, when it is not podbay's own directory."""
@@ -72,12 +87,26 @@ class TrainingBackend(ABC):
         """Stop the job and everything it started."""
 
     @abstractmethod
-    def read_logs(self, ref: dict, offset: int = 0) -> bytes:
-        """The job's output (stdout and stderr) from `offset` on."""
+    async def read_logs(self, ref: dict, cursor: str | None = None) -> tuple[bytes, str | None]:
+        """The job's output (stdout and stderr) from `cursor` on (None: the start), and the
+        cursor to read on from. Raise BadCursor for one this backend never gave out."""
 
     async def reconcile(self, refs: dict[int, dict]) -> dict[int, BackendStatus]:
         """After a restart: the status of every job the service believed active."""
         return {job_id: await self.status(ref) for job_id, ref in refs.items()}
+
+
+class BadCursor(ValueError):
+    """A log cursor that this backend did not give out."""
+
+
+def offset_of(cursor: str | None) -> int:
+    """The byte offset a file cursor stands for."""
+    if cursor is None:
+        return 0
+    if not cursor.isdigit() or len(cursor) > 20:
+        raise BadCursor(f"{cursor!r} is not a log cursor of this job; start without one")
+    return int(cursor)
 
 
 # Files in a job's folder, shared by the backends that keep one.

@@ -26,7 +26,7 @@ from ..config import PodbayConfig
 from ..dockernet import DockerNetworkError, ensure_network
 from ..environment import gpu_env
 from ..images import DockerUnavailable
-from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, read_from, read_int
+from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, offset_of, read_from, read_int
 
 log = logging.getLogger("podbay.training.docker")
 HOME = "/home/jovyan"
@@ -172,7 +172,14 @@ class DockerBackend(TrainingBackend):
 
         await asyncio.to_thread(stop)
 
-    def read_logs(self, ref: dict, offset: int = 0) -> bytes:
+    async def read_logs(self, ref: dict, cursor: str | None = None) -> tuple[bytes, str | None]:
+        offset = offset_of(cursor)
+        # Off the event loop: the engine may be asked for the output.
+        data = await asyncio.to_thread(self.output_from, ref, offset)
+        return data, str(offset + len(data))
+
+    def output_from(self, ref: dict, offset: int = 0) -> bytes:
+        """The job's output from a byte offset on (what read_logs reads, synchronously)."""
         if "job_id" not in ref:
             return b""
         if not (self._dir(ref) / "exit_code").exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..procs import proc_start_time
 from ..launch import launcher
-from . import BackendStatus, JobSpec, TrainingBackend, read_from, read_int
+from . import BackendStatus, JobSpec, TrainingBackend, offset_of, read_from, read_int
 
 
 class LocalBackend(TrainingBackend):
@@ -84,5 +84,7 @@ class LocalBackend(TrainingBackend):
                     return
                 await asyncio.sleep(0.1)
 
-    def read_logs(self, ref: dict, offset: int = 0) -> bytes:
-        return read_from(self._dir(ref) / "output.log", offset)
+    async def read_logs(self, ref: dict, cursor: str | None = None) -> tuple[bytes, str | None]:
+        offset = offset_of(cursor)
+        data = await asyncio.to_thread(read_from, self._dir(ref) / "output.log", offset)
+        return data, str(offset + len(data))

@@ -279,6 +279,27 @@ def test_jobs_fail_with_their_exit_code_wait_for_gpus_follow_and_cancel(engine):
         assert done["state"] == "succeeded" and api.get(f"/jobs/{nxt['id']}/logs").text == "my turn\n"
 
 
+def test_log_cursors_read_on_and_sizes_one_machine_cannot_hold_are_refused(engine):
+    with service(engine.hub, "alice") as api:
+        r = api.post("/jobs", json={"name": "count", "image": "base", "gpus": 0,
+                                    "command": ["sh", "-c", "echo one; echo two"]})
+        job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
+        assert job["state"] == "succeeded", job
+        logs = f"/jobs/{job['id']}/logs"
+        whole = api.get(logs)
+        assert whole.text == "one\ntwo\n"
+        # The cursor is the backend's own: handed back, it reads on where the last read ended.
+        after = api.get(logs, params={"cursor": whole.headers["X-Podbay-Cursor"]})
+        assert after.status_code == 200 and after.text == "", after.text
+        r = api.get(logs, params={"cursor": "page-7"})
+        assert r.status_code == 400 and r.json()["error"] == "bad_cursor", r.text
+        r = api.post("/jobs", json={"name": "wide", "image": "base", "gpus_per_node": 1, "nodes": 2,
+                                    "command": ["true"]})
+        assert r.status_code == 400 and "runs a job on one machine: ask for nodes: 1" in r.json()["message"], r.text
+        r = api.post("/jobs", json={"name": "where", "image": "base", "pool": "moon", "command": ["true"]})
+        assert r.status_code == 400 and "unknown pool 'moon'" in r.json()["message"], r.text
+
+
 def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     hub = engine.hub
     hub.start_server("alice", "stays", {"profile": "gpu-1", "image": "base"})

@@ -607,12 +607,12 @@ async def test_a_job_folder_left_by_an_earlier_run_is_not_the_new_jobs(docker, i
            "job_id": 9003}
     assert (await backend.status(ref)).state == "running"
     deadline = time.monotonic() + 30
-    while backend.read_logs(ref) != b"the new run\n":
-        assert time.monotonic() < deadline, backend.read_logs(ref)
+    while backend.output_from(ref) != b"the new run\n":
+        assert time.monotonic() < deadline, backend.output_from(ref)
         await asyncio.sleep(0.2)
     await backend.cancel(ref)
     assert (await backend.status(ref)).exit_code in (137, 143)
-    assert backend.read_logs(ref) == b"the new run\n"
+    assert backend.output_from(ref) == b"the new run\n"
 
 
 async def test_a_running_jobs_output_is_streamed_once_and_read_from_offsets(docker, image, tmp_path, monkeypatch):
@@ -642,7 +642,7 @@ async def test_a_running_jobs_output_is_streamed_once_and_read_from_offsets(dock
         deadline = time.monotonic() + 30
         while not got.endswith(end):
             assert time.monotonic() < deadline, got[-200:]
-            got += reader.read_logs(ref, len(got))
+            got += reader.output_from(ref, len(got))
             await asyncio.sleep(0.02)
         return got
 
@@ -659,7 +659,7 @@ async def test_a_running_jobs_output_is_streamed_once_and_read_from_offsets(dock
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
     assert status.exit_code == 0
-    assert restarted.read_logs(ref) == expected and restarted.read_logs(ref, len(expected) - 4) == b"end\n"
+    assert restarted.output_from(ref) == expected and restarted.output_from(ref, len(expected) - 4) == b"end\n"
     assert not (tmp_path / "restarted" / "9004" / "output.live").exists()
 
 
@@ -675,7 +675,7 @@ async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, 
     await manager.tick()
     waiting = manager.get(job.id)
     assert waiting.state == "queued" and "Docker is not reachable" in waiting.message, waiting
-    assert portal.ledger.get(f"job:{job.id}") is None, "a waiting job holds no GPU"
+    assert portal.book.get(f"job:{job.id}") is None, "a waiting job holds no GPU"
     monkeypatch.delenv("DOCKER_HOST")
     deadline = time.monotonic() + 30
     while manager.get(job.id).state not in ("succeeded", "failed") and time.monotonic() < deadline:
@@ -683,8 +683,8 @@ async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, 
         await asyncio.sleep(0.2)
     done = manager.get(job.id)
     assert done.state == "succeeded", done
-    assert manager.read_logs(job.id) == b"ran once\n"
-    portal.ledger.dispose()
+    assert (await manager.read_logs(job.id))[0] == b"ran once\n"
+    portal.book.dispose()
 
 
 def test_homes_per_workspace_where_configured(docker, image, tmp_path):

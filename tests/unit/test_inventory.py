@@ -5,6 +5,8 @@ import pytest
 from podbay.hub.config import parse_config, parse_profile_id
 from podbay.hub.discovery import DiscoveryError, parse_smi_output
 from podbay.hub.inventory import Inventory, InventoryError
+from podbay.hub.quota import Snapshot
+from podbay.hub.quota.capacity import InventoryCapacity
 
 from tests.conftest import FIXTURES
 
@@ -28,7 +30,8 @@ def test_discovered_mig_node_becomes_claimable_devices():
     assert [(d.kind, d.mig_profile, d.weight) for d in inv.devices] == [
         ("mig", "3g.40gb", Fraction(3, 7)), ("mig", "2g.20gb", Fraction(2, 7)),
         ("mig", "1g.10gb", Fraction(1, 7)), ("mig", "1g.10gb", Fraction(1, 7))]
-    assert inv.total_count(parse_profile_id("mig-1g.10gb"), ["dev"]) == 2
+    nothing_taken = Snapshot(0, frozenset(), {}, {}, {})
+    assert InventoryCapacity(inv).counts(parse_profile_id("mig-1g.10gb"), ["dev"], nothing_taken) == (2, 2)
 
 
 def test_discovered_gpus_can_be_time_sliced():

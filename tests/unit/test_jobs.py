@@ -6,10 +6,15 @@ import asyncio
 import time
 
 import pytest
+import yaml
 
-from podbay.hub.config import ProfileKind
+from podbay.hub.config import ProfileKind, parse_config
+from podbay.hub.inventory import Inventory
 from podbay.hub.jobs import JobManager, JobRequest
 from podbay.hub.portal import OptionsRefused, Portal
+from podbay.hub.quota import Demand, QuotaBook
+from podbay.hub.quota.capacity import InventoryCapacity
+from podbay.hub.training import BackendStatus, BadCursor, JobSpec, TrainingBackend
 from podbay.hub.training.local import LocalBackend
 
 from tests.conftest import TEST_CONFIG
@@ -23,7 +28,7 @@ def manager(tmp_path):
     for job in m.list(limit=None):
         if job.state in ("running", "starting"):
             asyncio.run(m.cancel(job.id))
-    portal.ledger.dispose()
+    portal.book.dispose()
 
 
 def sub(m: JobManager, user: str, team_groups=(), **kw):
@@ -74,21 +79,21 @@ async def test_restart_adopts_running_jobs_and_requeues_unstarted_ones(manager, 
     await until(manager, running.id, {"running"})
     # A second job that was claimed but whose start was never recorded (a crash in between).
     orphan = sub(manager, "alice", name="orphan", gpus=1, command=["echo", "once"])
-    manager.portal.ledger.claim(key=f"job:{orphan.id}", kind="job", user="alice", team="vision",
-                                profile_id="gpu-1", spec=ProfileKind("full", count=1),
-                                pools=["training"], quota=manager.portal.quota_for("vision"))
+    manager.portal.claim(key=f"job:{orphan.id}", kind="job", user="alice", team="vision",
+                         demand=Demand("gpu-1", ProfileKind("full", count=1), ("training",), gpus=1),
+                         quota=manager.portal.quota_for("vision"))
     manager._write_fields(orphan.id, state="starting", ref={"job_id": orphan.id})
 
     # A new service process: a new manager over the same database and job directory.
-    again = JobManager(Portal.open(TEST_CONFIG, manager.portal.ledger.url, tmp_path),
+    again = JobManager(Portal.open(TEST_CONFIG, manager.portal.book.url, tmp_path),
                        LocalBackend(tmp_path / "jobs"))
     await again.reconcile()
     assert again.get(orphan.id).state == "queued" and again.get(orphan.id).message == "requeued after a restart"
     assert again.get(running.id).state == "running"
     assert (await until(again, running.id, {"succeeded"})).exit_code == 0
     assert (await until(again, orphan.id, {"succeeded"})).exit_code == 0
-    assert again.read_logs(orphan.id) == b"once\n"
-    assert again.portal.ledger.allocations(kind="job") == []
+    assert (await again.read_logs(orphan.id))[0] == b"once\n"
+    assert again.portal.book.allocations(kind="job") == []
 
 
 def test_a_job_larger_than_any_node_is_refused(manager):
@@ -132,4 +137,139 @@ async def test_a_cancel_that_fails_is_reported_to_every_waiter_and_can_be_tried_
     await manager.tick()  # the scheduler looks after it again
     monkeypatch.setattr(manager.backend, "cancel", real_cancel)
     assert (await manager.cancel(job.id)).state == "cancelled"
-    assert manager.portal.ledger.get(f"job:{job.id}") is None
+    assert manager.portal.book.get(f"job:{job.id}") is None
+
+
+# --- an engine with its own queue (what Kueue and Slurm are to podbay) ---------------------
+
+
+class QueueingEngine(TrainingBackend):
+    """An engine that queues and places by itself, in memory: the test says when it runs,
+    ends or takes back a job. It stands in for Kueue and Slurm, whose own backends pass the
+    contract suite in their issues; here it shows what podbay does around such an engine."""
+
+    name = "engine"
+    queues_jobs = True
+    multi_node = True
+
+    def __init__(self):
+        self.specs: dict[int, JobSpec] = {}
+        self.state: dict[int, BackendStatus] = {}
+        self.cancelled: list[int] = []
+        self.output: dict[int, list[bytes]] = {}
+
+    async def submit(self, job):
+        self.specs[job.id] = job
+        self.state[job.id] = BackendStatus("pending", message="waiting for quota in ClusterQueue training")
+        return {"engine_id": f"e-{job.id}"}
+
+    async def status(self, ref):
+        return self.state[int(ref["engine_id"][2:])]
+
+    async def cancel(self, ref):
+        job_id = int(ref["engine_id"][2:])
+        self.cancelled.append(job_id)
+        self.state[job_id] = BackendStatus("exited", exit_code=143)
+
+    async def read_logs(self, ref, cursor=None):
+        # Pages, not bytes: podbay hands the cursor back as it got it.
+        pages = self.output.get(int(ref["engine_id"][2:]), [])
+        page = int(cursor.removeprefix("page-")) if cursor else 0
+        return b"".join(pages[page:]), f"page-{len(pages)}"
+
+
+@pytest.fixture
+def engine_manager(tmp_path):
+    data = yaml.safe_load(TEST_CONFIG.read_text())
+    data["pools"]["training"] = {"queue": "team-queue"}
+    cfg = parse_config(data)
+    portal = Portal(cfg, QuotaBook(f"sqlite:///{tmp_path / 'ledger.sqlite'}"), tmp_path, placement=None,
+                    capacity=InventoryCapacity(Inventory.from_config(cfg)))
+    yield JobManager(portal, QueueingEngine())
+    portal.book.dispose()
+
+
+async def test_an_engine_that_queues_gets_every_job_at_once(engine_manager):
+    m, engine = engine_manager, engine_manager.backend
+    # Two jobs of 2 GPUs × 2 nodes: together twice team vision's 4 job GPUs. podbay's own
+    # queue would hold the second; the engine gets both and its quota decides.
+    first = sub(m, "alice", name="first", gpus_per_node=2, nodes=2, command=["python", "train.py"])
+    second = sub(m, "alice", name="second", gpus_per_node=2, nodes=2, command=["python", "train.py"])
+    await m.tick()
+    assert set(engine.specs) == {first.id, second.id}
+    spec = engine.specs[first.id]
+    assert (spec.gpus_per_node, spec.nodes, spec.pool, spec.queue) == (2, 2, "training", "team-queue")
+    assert spec.devices == [] and "CUDA_VISIBLE_DEVICES" not in spec.env, "the engine places the GPUs"
+    assert spec.env["PODBAY_GPU_UNITS"] == "4" and spec.env["PODBAY_TEAM"] == "vision"
+    shown = m.get(first.id)
+    assert shown.state == "queued" and (shown.gpus, shown.gpus_per_node, shown.nodes) == (4, 2, 2)
+    assert shown.message == "queued in engine: waiting for quota in ClusterQueue training"
+    assert [j.id for j in m.list(state="queued")] == [second.id, first.id]
+    assert m.portal.book.snapshot().job_gpus_of("vision", "alice") == 0, "a pending job holds no GPU"
+
+    engine.state[first.id] = BackendStatus("running")
+    engine.state[second.id] = BackendStatus("running")
+    await m.tick()
+    assert m.get(first.id).state == m.get(second.id).state == "running"
+    assert m.portal.book.snapshot().job_gpus_of("vision", "alice") == 8, "what runs is what the book shows"
+
+    engine.state[first.id] = BackendStatus("exited", exit_code=0)
+    await m.tick()
+    assert m.get(first.id).state == "succeeded"
+    assert m.portal.book.snapshot().job_gpus_of("vision", "alice") == 4
+    cancelled = await m.cancel(second.id)
+    assert cancelled.state == "cancelled" and engine.cancelled == [second.id]
+    assert m.portal.book.allocations(kind="job") == []
+
+
+async def test_a_pending_job_is_cancelled_in_the_engine_and_survives_a_restart(engine_manager, tmp_path):
+    m, engine = engine_manager, engine_manager.backend
+    job = sub(m, "alice", name="wait", gpus_per_node=1, command=["true"])
+    other = sub(m, "alice", name="other", gpus_per_node=1, command=["true"])
+    await m.tick()
+    engine.state[other.id] = BackendStatus("pending", message="Resources")
+    again = JobManager(Portal(m.portal.cfg, QuotaBook(m.portal.book.url), tmp_path, placement=None,
+                              capacity=m.portal.capacity), engine)
+    await again.reconcile()
+    assert again.get(other.id).message == "queued in engine: Resources", "the engine's reason, after a restart"
+    assert (await again.cancel(job.id)).state == "cancelled" and engine.cancelled == [job.id]
+    # Taken back by the engine while running (preempted): queued again, holding nothing.
+    engine.state[other.id] = BackendStatus("running")
+    await again.tick()
+    assert again.portal.book.snapshot().job_gpus_of("vision", "alice") == 1
+    engine.state[other.id] = BackendStatus("pending", message="Preempted")
+    await again.tick()
+    assert again.get(other.id).state == "queued" and again.get(other.id).message == "queued in engine: Preempted"
+    assert again.portal.book.allocations(kind="job") == []
+    again.portal.book.dispose()
+
+
+async def test_log_cursors_are_the_engines_own(engine_manager):
+    m, engine = engine_manager, engine_manager.backend
+    job = sub(m, "alice", name="logs", gpus_per_node=0, command=["true"])
+    await m.tick()
+    engine.output[job.id] = [b"epoch 1\n"]
+    data, cursor = await m.read_logs(job.id)
+    assert (data, cursor) == (b"epoch 1\n", "page-1")
+    engine.output[job.id].append(b"epoch 2\n")
+    assert await m.read_logs(job.id, cursor) == (b"epoch 2\n", "page-2")
+
+
+async def test_a_local_file_cursor_reads_on_where_the_last_read_ended(manager):
+    job = sub(manager, "alice", name="cursor", gpus=0, command=["sh", "-c", "echo one; echo two"])
+    await until(manager, job.id, {"succeeded"})
+    data, cursor = await manager.read_logs(job.id)
+    assert data == b"one\ntwo\n" and cursor == "8"
+    assert await manager.read_logs(job.id, "4") == (b"two\n", "8")
+    with pytest.raises(BadCursor, match="not a log cursor"):
+        await manager.read_logs(job.id, "page-2")
+
+
+def test_one_machine_runs_a_job_on_one_node_and_pools_must_exist(manager):
+    with pytest.raises(OptionsRefused, match="the local backend runs a job on one machine: ask for nodes: 1"):
+        sub(manager, "alice", name="wide", gpus_per_node=1, nodes=2, command=["true"])
+    with pytest.raises(OptionsRefused, match="unknown pool 'gpu'; choose one of: dev, training"):
+        sub(manager, "alice", name="where", pool="gpu", command=["true"])
+    with pytest.raises(OptionsRefused, match=r"at most 4 job GPUs at once; this job asks for 2 × 3 nodes = 6"):
+        JobManager(manager.portal, QueueingEngine()).submit(
+            "alice", [], JobRequest(name="big", gpus_per_node=2, nodes=3, command=["true"]))

@@ -7,15 +7,29 @@ import pytest
 
 from podbay.hub.config import Quota, load_config, parse_profile_id
 from podbay.hub.inventory import Inventory
-from podbay.hub.ledger import ClaimRefused, Ledger, NoCapacity, QuotaExceeded, fmt_units
+from podbay.hub.quota import ClaimRefused, Demand, NoCapacity, QuotaBook, QuotaExceeded, Snapshot, fmt_units
+from podbay.hub.quota.capacity import InventoryCapacity
+from podbay.hub.quota.placement import DevicePlacement
 
 from tests.conftest import ROOT, TEST_CONFIG
 
 BIG = Quota(gpu_units=100, workspaces_per_user=100, job_gpus=100)
 
 
-def make_ledger(db_url: str, config=TEST_CONFIG) -> Ledger:
-    return Ledger(db_url, Inventory.from_config(load_config(config)))
+def make_ledger(db_url: str) -> QuotaBook:
+    return QuotaBook(db_url)
+
+
+def placement(config=TEST_CONFIG) -> DevicePlacement:
+    return DevicePlacement(Inventory.from_config(load_config(config)))
+
+
+def demand(profile: str, pools=("dev",)) -> Demand:
+    spec = parse_profile_id(profile)
+    return Demand(profile, spec, tuple(pools), gpus=spec.count if spec.kind == "full" else 0)
+
+
+NOTHING_TAKEN = Snapshot(0, frozenset(), {}, {}, {})
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -33,9 +47,9 @@ def db_url(request, tmp_path):
     return url
 
 
-def claim(ledger, key, profile, user="alice", team="vision", quota=BIG, kind="workspace"):
-    return ledger.claim(key=key, kind=kind, user=user, team=team, profile_id=profile,
-                        spec=parse_profile_id(profile), pools=["dev"], quota=quota)
+def claim(ledger, key, profile, user="alice", team="vision", quota=BIG, kind="workspace", config=TEST_CONFIG):
+    return ledger.claim(key=key, kind=kind, user=user, team=team, demand=demand(profile), quota=quota,
+                        placement=placement(config))
 
 
 def test_claim_and_release(db_url):
@@ -141,14 +155,42 @@ def test_a_claim_can_replace_what_its_key_still_holds_in_one_transaction(db_url)
         claim(ledger, "workspace:alice/a", "gpu-1")
     version = ledger.version()
     second = ledger.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision",
-                          profile_id="gpu-1", spec=parse_profile_id("gpu-1"), pools=["dev"], quota=BIG, replace=True)
+                          demand=demand("gpu-1"), quota=BIG, placement=placement(), replace=True)
     assert second.devices != first.devices and [a.key for a in ledger.allocations()] == ["workspace:alice/a"]
     assert ledger.version() == version + 1, "one write, one version"
     # Refused, the new claim takes nothing, and what the dead holder had still goes back.
     with pytest.raises(NoCapacity):
-        ledger.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision", profile_id="gpu-4",
-                     spec=parse_profile_id("gpu-4"), pools=["dev"], quota=BIG, replace=True)
+        ledger.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision",
+                     demand=demand("gpu-4"), quota=BIG, placement=placement(), replace=True)
     assert ledger.get("workspace:alice/a") is None and ledger.taken() == set()
+
+
+def test_where_the_engine_places_the_book_records_units_and_no_device(db_url):
+    """Kubernetes' device plugin or Slurm's GRES pick the devices: the quota book still
+    counts what the profile weighs against the team, and holds no device claim."""
+    book = make_ledger(db_url)
+    quota = Quota(gpu_units=1, workspaces_per_user=5)
+    half = Demand("shared-1/2", parse_profile_id("shared-1/2"), ("dev",), units=Fraction(1, 2))
+    a = book.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision", demand=half, quota=quota)
+    assert a.devices == () and a.units == Fraction(1, 2) and book.taken() == set()
+    book.claim(key="workspace:carol/a", kind="workspace", user="carol", team="vision", demand=half, quota=quota)
+    with pytest.raises(QuotaExceeded, match="team vision already uses 1 of 1"):
+        book.claim(key="workspace:carol/b", kind="workspace", user="carol", team="vision", demand=half, quota=quota)
+    assert book.snapshot().units_of("vision", "alice") == 1
+
+
+def test_a_job_the_engine_lets_run_is_recorded_past_podbays_job_quota(db_url):
+    """Where the engine queues (Kueue, Slurm), its quota decided the job may run: the book
+    records it (so usage is true) instead of refusing what already runs."""
+    book = make_ledger(db_url)
+    quota = Quota(gpu_units=0, workspaces_per_user=1, job_gpus=8)
+    eight = Demand("gpu-8", parse_profile_id("gpu-8"), ("training",), gpus=8)
+    book.claim(key="job:1", kind="job", user="alice", team="vision", demand=eight, quota=quota)
+    with pytest.raises(QuotaExceeded, match="already runs jobs on 8 of 8 job GPUs"):
+        book.claim(key="job:2", kind="job", user="alice", team="vision", demand=eight, quota=quota)
+    book.claim(key="job:2", kind="job", user="alice", team="vision", demand=eight, quota=quota,
+               enforce_job_quota=False)
+    assert book.snapshot().job_gpus_of("vision", "alice") == 16
 
 
 def test_fmt_units():
@@ -157,10 +199,10 @@ def test_fmt_units():
 
 
 def _race(db_url: str, config: str, key: str, barrier, results) -> None:
-    ledger = Ledger(db_url, Inventory.from_config(load_config(config)))
+    ledger = QuotaBook(db_url)
     barrier.wait()
     try:
-        a = claim(ledger, key, "mig-3g.40gb")
+        a = claim(ledger, key, "mig-3g.40gb", config=config)
         results.put((key, a.devices))
     except NoCapacity:
         results.put((key, None))
@@ -168,7 +210,7 @@ def _race(db_url: str, config: str, key: str, barrier, results) -> None:
 
 @pytest.mark.parametrize("round_", range(4))
 def test_two_processes_racing_for_the_last_device(db_url, round_):
-    Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG))).dispose()  # migrate first
+    QuotaBook(db_url).dispose()  # migrate first
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(db_url, str(TEST_CONFIG), f"workspace:u{i}/x", barrier, results))
@@ -180,7 +222,7 @@ def test_two_processes_racing_for_the_last_device(db_url, round_):
         p.join(30)
     winners = [o for o in outcomes if o[1] is not None]
     assert len(winners) == 1, outcomes
-    ledger = Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG)))
+    ledger = QuotaBook(db_url)
     assert len(ledger.allocations()) == 1 and len(ledger.taken()) == 1
     ledger.dispose()
 
@@ -195,7 +237,7 @@ def test_quota_holds_under_concurrent_claims(db_url):
     quota. What is granted is exactly what is held, never above the quota, and every
     refusal was right at the end state: a quota refusal would still overrun the quota, a
     capacity refusal has no device of its kind left."""
-    Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG))).dispose()
+    QuotaBook(db_url).dispose()
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(len(RACERS)), ctx.Queue()
     procs = [ctx.Process(target=_quota_race, args=(db_url, str(TEST_CONFIG), i, profile, barrier, results))
@@ -205,28 +247,29 @@ def test_quota_holds_under_concurrent_claims(db_url):
     outcomes = [results.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
-    ledger = Ledger(db_url, Inventory.from_config(load_config(TEST_CONFIG)))
+    ledger = QuotaBook(db_url)
     held = ledger.units_in_use("vision", "alice")
     granted = [profile for _, profile, outcome in outcomes if outcome == "granted"]
     assert granted, outcomes
     assert held == sum(UNITS[p] for p in granted) <= 1, outcomes
     assert {a.key for a in ledger.allocations()} == {f"workspace:alice/q{i}" for i, _, o in outcomes if o == "granted"}
-    taken = ledger.taken()
     for i, profile, outcome in outcomes:
         if outcome == "quota":
             assert held + UNITS[profile] > 1, (i, profile, outcomes)
         elif outcome == "capacity":
-            assert ledger.inventory.free_count(parse_profile_id(profile), ["dev"], taken) == 0, (i, profile)
+            capacity = InventoryCapacity(Inventory.from_config(load_config(TEST_CONFIG)))
+            assert capacity.counts(parse_profile_id(profile), ["dev"], ledger.snapshot())[1] == 0, (i, profile)
         else:
             assert outcome == "granted", outcome
     ledger.dispose()
 
 
 def _quota_race(db_url: str, config: str, i: int, profile: str, barrier, results) -> None:
-    ledger = Ledger(db_url, Inventory.from_config(load_config(config)))
+    ledger = QuotaBook(db_url)
     barrier.wait()
     try:
-        claim(ledger, f"workspace:alice/q{i}", profile, quota=Quota(gpu_units=1, workspaces_per_user=10))
+        claim(ledger, f"workspace:alice/q{i}", profile, quota=Quota(gpu_units=1, workspaces_per_user=10),
+              config=config)
         results.put((i, profile, "granted"))
     except QuotaExceeded:
         results.put((i, profile, "quota"))
@@ -235,12 +278,12 @@ def _quota_race(db_url: str, config: str, i: int, profile: str, barrier, results
 
 
 def test_demo_inventory_counts():
-    inv = Inventory.from_config(load_config(ROOT / "config" / "podbay.yaml"))
-    counts = {p: inv.total_count(parse_profile_id(p), ["dev"]) for p in
+    inv = InventoryCapacity(Inventory.from_config(load_config(ROOT / "config" / "podbay.yaml")))
+    counts = {p: inv.counts(parse_profile_id(p), ["dev"], NOTHING_TAKEN)[0] for p in
               ["mig-1g.10gb", "mig-2g.20gb", "mig-3g.40gb", "shared-1/4", "gpu-1", "gpu-2", "gpu-4"]}
     assert counts == {"mig-1g.10gb": 9, "mig-2g.20gb": 1, "mig-3g.40gb": 1, "shared-1/4": 8,
                       "gpu-1": 4, "gpu-2": 2, "gpu-4": 1}
-    assert inv.total_count(parse_profile_id("gpu-8"), ["training"]) == 1
+    assert inv.counts(parse_profile_id("gpu-8"), ["training"], NOTHING_TAKEN)[0] == 1
 
 
 def test_migrations_match_the_models(db_url):
@@ -248,7 +291,7 @@ def test_migrations_match_the_models(db_url):
     from alembic.migration import MigrationContext
 
     import podbay.hub.jobs  # noqa: F401  (its table is part of the schema)
-    from podbay.hub.ledger import Base
+    from podbay.hub.quota.book import Base
 
     ledger = make_ledger(db_url)
     with ledger.engine.connect() as conn:

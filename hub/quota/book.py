@@ -1,11 +1,15 @@
-"""Which device belongs to which workspace or job, for the local and docker backends.
+"""The quota book: who holds how many GPU units, workspaces and job GPUs, on every backend.
 
-On one machine nobody else assigns devices, so podbay keeps a ledger: one allocation per
-workspace or job, one claim row per device it holds. A unique constraint on
-(node, device) makes a double claim impossible even between processes; the quota check
-and the claim happen in one transaction that holds the write lock (SQLite: BEGIN
-IMMEDIATE; PostgreSQL: a table lock), so two racing spawns cannot both squeeze under a
-quota either.
+One allocation row per workspace or job that runs, with what it weighs against its team's
+quota. Where podbay also places devices (local, docker: nobody else assigns them on one
+machine), the same transaction records one claim row per device the placement picked; a
+unique constraint on (node, device) makes a double claim impossible even between
+processes. Where the engine places (Kubernetes' device plugin, Slurm's GRES) there are no
+claim rows: the allocation carries the units the profile weighs.
+
+The quota check, the placement and the record happen in one transaction that holds the
+write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: a table lock), so two racing spawns
+cannot both squeeze under a quota, nor both take one device.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from .config import ProfileKind, Quota
-from .inventory import Inventory
+from ..config import ProfileKind, Quota
+from .placement import Placement
 
 
 class Base(DeclarativeBase):
@@ -136,6 +140,21 @@ class Snapshot:
         return self.job_gpus.get(self.owner(team, user), 0)
 
 
+@dataclass(frozen=True)
+class Demand:
+    """What one workspace or job asks of the quota book."""
+
+    profile_id: str
+    # Per node, for jobs: `gpu-4` on each of `nodes` nodes.
+    spec: ProfileKind
+    pools: tuple[str, ...]
+    # GPU units a workspace weighs where the engine places (from the capacity source);
+    # where podbay places, the devices picked weigh it.
+    units: Fraction = Fraction(0)
+    # Whole GPUs a job holds, over all its nodes.
+    gpus: int = 0
+
+
 class ClaimRefused(Exception):
     """A claim that cannot be granted; the message is meant for the user."""
 
@@ -220,11 +239,10 @@ def _safe(url: str) -> str:
         return url.split("@")[-1]
 
 
-class Ledger:
-    def __init__(self, url: str, inventory: Inventory):
+class QuotaBook:
+    def __init__(self, url: str):
         url = database_url(url)
         self.url = url
-        self.inventory = inventory
         sqlite = url.startswith("sqlite")
         try:
             self.engine = _sqlite_engine(url) if sqlite else create_engine(url, pool_pre_ping=True)
@@ -243,7 +261,7 @@ class Ledger:
             reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
             raise LedgerUnavailable(
                 f"the ledger database {_safe(url)} cannot be reached ({reason}). Start it, or point "
-                "PODBAY_DB_URL (c.PodbaySpawnerMixin.db_url) at one that runs") from None
+                "PODBAY_DB_URL (c.Podbay.db_url) at one that runs") from None
         self.write_session = sessionmaker(self.engine, expire_on_commit=False)
         self.read_session = sessionmaker(self.read_engine, expire_on_commit=False)
         self._snapshot: Snapshot | None = None
@@ -261,7 +279,7 @@ class Ledger:
         from alembic.config import Config
 
         cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 # Two processes starting at once must not both create the tables.
@@ -353,13 +371,16 @@ class Ledger:
 
     # --- writing -----------------------------------------------------------------
 
-    def claim(self, *, key: str, kind: str, user: str, team: str | None, profile_id: str,
-              spec: ProfileKind, pools: list[str], quota: Quota, ref: dict | None = None,
-              replace: bool = False) -> Allocation:
-        """Check the quota and claim devices in one transaction; raise ClaimRefused if not.
+    def claim(self, *, key: str, kind: str, user: str, team: str | None, demand: Demand, quota: Quota,
+              placement: Placement | None = None, ref: dict | None = None, replace: bool = False,
+              enforce_job_quota: bool = True) -> Allocation:
+        """Check the quota, place devices (with a `placement`) and record it all in one
+        transaction; raise ClaimRefused if it cannot be granted.
 
         With `replace`, what `key` still holds is released in the same transaction first (a
-        workspace that died without being stopped): one write, not two, per start."""
+        workspace that died without being stopped): one write, not two, per start. Without
+        `enforce_job_quota` a job is recorded whatever its team already runs: an engine with
+        its own queue (Kueue, Slurm) holds the job until its own quota lets it run."""
         for _attempt in range(3):
             try:
                 with self._writers, self.write_session() as s, s.begin():
@@ -371,7 +392,8 @@ class Ledger:
                         if stale is not None:
                             s.delete(stale)
                             s.flush()
-                    return self._claim_locked(s, key, kind, user, team, profile_id, spec, pools, quota, ref)
+                    return self._claim_locked(s, key, kind, user, team, demand, quota, placement, ref,
+                                              enforce_job_quota)
             except ClaimRefused:
                 if replace:
                     # What the dead holder had goes back even when the new claim is refused.
@@ -382,9 +404,10 @@ class Ledger:
                 # claimed the same device between our read and our insert. Pick again.
                 if "one_claim_per_device" not in str(e) and "podbay_claims" not in str(e):
                     raise
-        raise NoCapacity(f"the devices for {profile_id} were taken by others while claiming; try again")
+        raise NoCapacity(f"the devices for {demand.profile_id} were taken by others while claiming; try again")
 
-    def _claim_locked(self, s: Session, key, kind, user, team, profile_id, spec, pools, quota, ref):
+    def _claim_locked(self, s: Session, key, kind, user, team, demand: Demand, quota: Quota,
+                      placement: Placement | None, ref, enforce_job_quota: bool):
         if s.scalar(select(AllocationRow.id).where(AllocationRow.key == key)):
             raise ClaimRefused(f"{key} already holds devices; stop it first")
         who = f"team {team}" if team else "you (you are in no team)"
@@ -395,35 +418,39 @@ class Ledger:
                     f"you already run {n} workspace{'s' if n != 1 else ''}, the most your quota allows "
                     f"({quota.workspaces_per_user}); stop one first"
                 )
-        if kind == "job" and spec.count:
+        if kind == "job" and demand.gpus and enforce_job_quota:
             q = select(func.coalesce(func.sum(AllocationRow.gpus), 0)).where(AllocationRow.kind == "job")
             q = q.where(AllocationRow.team == team) if team else q.where(
                 AllocationRow.team.is_(None), AllocationRow.user == user)
             used_gpus = s.scalar(q) or 0
-            if used_gpus + spec.count > quota.job_gpus:
+            if used_gpus + demand.gpus > quota.job_gpus:
                 raise QuotaExceeded(
                     f"{who} already run{'s' if team else ''} jobs on {used_gpus} of "
-                    f"{quota.job_gpus} job GPUs; this job needs {spec.count}"
+                    f"{quota.job_gpus} job GPUs; this job needs {demand.gpus}"
                 )
-        devices = self.inventory.pick(spec, pools, self.taken(s))
-        units = sum((d.weight for d in devices or []), Fraction(0))
+        if placement is not None:
+            devices = placement.pick(demand.spec, list(demand.pools), self.taken(s))
+            units = sum((d.weight for d in devices or []), Fraction(0))
+            gpus = sum(1 for d in devices or [] if d.kind == "full")
+        else:
+            devices, units, gpus = [], demand.units, demand.gpus
         if kind == "workspace" and units:
             used = self.units_in_use(team, user, s)
             if used + units > quota.units:
                 raise QuotaExceeded(
-                    f"{profile_id} needs {fmt_units(units)} GPU units, but {who} already "
+                    f"{demand.profile_id} needs {fmt_units(units)} GPU units, but {who} already "
                     f"use{'s' if team else ''} {fmt_units(used)} of {fmt_units(quota.units)}; "
                     "stop a GPU workspace or pick a smaller profile"
                 )
         if devices is None:
             raise NoCapacity(
-                f"no {profile_id} is free in pool {', '.join(pools)} right now; "
+                f"no {demand.profile_id} is free in pool {', '.join(demand.pools)} right now; "
                 "pick another profile or try again when one is released"
             )
         row = AllocationRow(
-            key=key, kind=kind, user=user, team=team, profile=profile_id,
+            key=key, kind=kind, user=user, team=team, profile=demand.profile_id,
             units_num=units.numerator, units_den=units.denominator,
-            gpus=sum(1 for d in devices if d.kind == "full"), ref=json.dumps(ref or {}),
+            gpus=gpus, ref=json.dumps(ref or {}),
         )
         row.claims = [ClaimRow(node=d.node, device=d.key, visible_id=d.visible_id) for d in devices]
         s.add(row)

@@ -1,0 +1,113 @@
+"""Capacity sources: what is free, per backend, for the spawn form, `catalog`, `capacity`,
+the TUI and the checks of a job's size.
+
+A backend gives one (`Backend.capacity`). On one machine it is the inventory and the quota
+book's device claims (`InventoryCapacity`); a cluster backend answers from the cluster's
+own view (Kubernetes' nodes and pods, Slurm's partitions and GRES). Answers are memoised
+per version of the quota book's snapshot, so a page of profiles costs one small query.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from fractions import Fraction
+
+from ..config import ProfileKind
+from ..inventory import Inventory, mig_weight
+from .book import Snapshot
+
+
+@dataclass
+class Usage:
+    total: int
+    used: int
+    free: int
+
+
+class CapacitySource(ABC):
+    @abstractmethod
+    def unit_weight(self, spec: ProfileKind, pools: list[str]) -> Fraction:
+        """GPU units one workspace of this profile weighs."""
+
+    @abstractmethod
+    def counts(self, spec: ProfileKind, pools: list[str], snap: Snapshot) -> tuple[int, int]:
+        """(total, free) workspaces of this profile in these pools; -1 free means unlimited."""
+
+    @abstractmethod
+    def devices(self, pool: str, snap: Snapshot) -> dict[str, Usage]:
+        """Devices of a pool by kind (`gpu`, `mig-1g.10gb`, `shared-1/4`): total, used, free."""
+
+    @abstractmethod
+    def most_gpus_per_node(self, pool: str) -> int:
+        """The most whole GPUs one node of the pool has: the largest `gpus_per_node` a job
+        there can ever get."""
+
+    def max_nodes(self, pool: str) -> int:
+        """The most nodes one job of the pool can span."""
+        return 1
+
+
+def default_weight(spec: ProfileKind) -> Fraction:
+    """A profile's weight without a declared device to ask: full = count, shared =
+    1/replicas, MIG = its compute slices in the common 7-slice geometry."""
+    if spec.kind == "cpu":
+        return Fraction(0)
+    if spec.kind == "full":
+        return Fraction(spec.count)
+    if spec.kind == "shared":
+        return Fraction(1, spec.replicas)
+    return mig_weight("", None, spec.mig_profile)
+
+
+class InventoryCapacity(CapacitySource):
+    """The local and docker backends: the declared (or discovered) inventory, minus what the
+    quota book's claims hold."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+
+    def unit_weight(self, spec, pools):
+        if spec.kind in ("mig", "shared"):
+            cands = self.inventory.candidates(spec, pools)
+            if cands:
+                return cands[0].weight  # the model's own geometry (A30 has 4 slices)
+        return default_weight(spec)
+
+    def _free(self, spec: ProfileKind, pools: list[str], taken) -> int:
+        if spec.kind == "cpu":
+            return -1  # unlimited
+        free = [d for d in self.inventory.candidates(spec, pools) if (d.node, d.key) not in taken]
+        if spec.kind != "full":
+            return len(free)
+        per_node: dict[str, int] = {}
+        for d in free:
+            per_node[d.node] = per_node.get(d.node, 0) + 1
+        return sum(n // spec.count for n in per_node.values())
+
+    def counts(self, spec, pools, snap):
+        key = ("counts", spec, tuple(pools))
+        if key not in snap.memo:
+            snap.memo[key] = (self._free(spec, pools, frozenset()), self._free(spec, pools, snap.taken))
+        return snap.memo[key]
+
+    def devices(self, pool, snap):
+        out: dict[str, Usage] = {}
+        for d in self.inventory.devices:
+            if d.pool != pool:
+                continue
+            kind = {"full": "gpu", "mig": f"mig-{d.mig_profile}", "shared": f"shared-1/{d.replicas}"}[d.kind]
+            row = out.setdefault(kind, Usage(0, 0, 0))
+            row.total += 1
+            if (d.node, d.key) in snap.taken:
+                row.used += 1
+            else:
+                row.free += 1
+        return out
+
+    def most_gpus_per_node(self, pool):
+        per_node: dict[str, int] = {}
+        for d in self.inventory.devices:
+            if d.pool == pool and d.kind == "full":
+                per_node[d.node] = per_node.get(d.node, 0) + 1
+        return max(per_node.values(), default=0)
