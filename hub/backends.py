@@ -3,12 +3,13 @@ entry points, so a new engine (Kubernetes, Slurm) is one module and one entry po
 another `if backend == …` in the hub configuration, the service or the command line.
 
 A deployment names its backend in podbay.yaml (`backend: docker`), its settings under the
-backend's own key (`docker:`, in config.py's schema: a new backend adds its section there);
+backend's own key (`docker:`, validated by the model the plugin declares in
+`settings_model`, with the plugin's own `check` for what only it knows);
 `PODBAY_BACKEND` or `podbay up --backend` override it for a run.
 The plugin ties together what must match: the JupyterHub spawner (its entry point in
-`jupyterhub.spawners`), the training backend the REST service runs jobs on, and what the
-hub does at start (check the engine, find where workspaces reach the hub, reconcile the
-ledger with what really runs).
+`jupyterhub.spawners`), the training backend the REST service runs jobs on, who places
+devices and where capacity comes from (quota/), and what the hub does at start (check the
+engine, find where workspaces reach the hub, reconcile the quota book with what runs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the hub-side modules load only in the process that uses them
+    from pydantic import BaseModel
+
     from .config import PodbayConfig
     from .inventory import Inventory
     from .portal import Portal
@@ -60,6 +63,20 @@ class Backend:
 
     def describe(self, cfg: "PodbayConfig") -> str:
         return self.name
+
+    @classmethod
+    def settings_model(cls) -> "type[BaseModel] | None":
+        """The schema of this backend's section of podbay.yaml (under its name), or None."""
+        return None
+
+    def check(self, cfg: "PodbayConfig") -> list[tuple[tuple, str]]:
+        """What is wrong in podbay.yaml for this backend only, as (place, sentence).
+
+        Here: a backend whose engine does not queue (podbay does) has no use for a pool's
+        `queue`; one whose engine does (Kueue, Slurm) overrides this."""
+        return [(("pools", name, "queue"),
+                 f"the {self.name} backend has no queue of its own (podbay queues its jobs): remove queue")
+                for name, pool in cfg.pools.items() if pool.queue]
 
     def placement(self, inventory: "Inventory") -> "Placement | None":
         """Who picks devices: podbay from its inventory, or nobody here (the engine does)."""
@@ -120,6 +137,12 @@ class LocalBackend(Backend):
 class DockerBackend(Backend):
     name = "docker"
     spawner = "podbay-docker"
+
+    @classmethod
+    def settings_model(cls):
+        from .config import DockerSettings
+
+        return DockerSettings
 
     def describe(self, cfg):
         if cfg.docker.network.mode == "host":

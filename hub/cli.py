@@ -26,7 +26,8 @@ def cmd_config_check(args) -> int:
         print(e.render(), file=sys.stderr)
         return 1
     n_dev = sum(len(n.gpus) for n in cfg.nodes)
-    print(f"{args.file}: valid — {len(cfg.images)} images, {len(cfg.profiles)} profiles, "
+    print(f"{args.file}: valid — backend {cfg.backend} (its section checked), {len(cfg.images)} images, "
+          f"{len(cfg.profiles)} profiles, "
           f"{len(cfg.nodes)} nodes ({n_dev} GPUs declared), {len(cfg.volumes)} volumes, {len(cfg.teams)} teams")
     return 0
 

@@ -13,13 +13,23 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from .gpu import GPU_UUID, MIG_NAME, MIG_UUID, family_for, known_mig_profiles, layout_fits
 
@@ -356,10 +366,10 @@ class PodbayConfig(_Model):
     # Quota for users who are in no team.
     default_quota: Quota = Quota(gpu_units=Decimal(0), workspaces_per_user=1, job_gpus=0)
     admins: list[UserName] = []
-    # Where workspaces and jobs run: a `podbay.backends` entry point (local, docker, …),
-    # with its settings under its own key below. PODBAY_BACKEND or --backend override it.
+    # Where workspaces and jobs run: a `podbay.backends` entry point (local, docker, …).
+    # PODBAY_BACKEND or --backend override it. Each installed backend's settings live under
+    # its own key (docker:), validated by the model the backend declares: see config_model().
     backend: Slug = "local"
-    docker: DockerSettings = DockerSettings()
 
     # Lookups used everywhere else.
     def image(self, name: str) -> Image | None:
@@ -458,6 +468,10 @@ def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
+            if len(e["loc"]) == 1:
+                from .backends import available
+                msg += (" A backend's settings go under its name, and only installed backends have "
+                        f"them: {', '.join(sorted(available()))}")
         elif e["type"] == "missing":
             msg = "required, but missing"
         elif e["type"] == "string_pattern_mismatch":
@@ -466,12 +480,27 @@ def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
     return issues
 
 
+@lru_cache(maxsize=1)
+def config_model() -> type[PodbayConfig]:
+    """PodbayConfig with one section per installed backend that has settings, named after
+    the backend (`docker:`) and validated by the model it declares (`Backend.settings_model`):
+    a new backend brings its section with its entry point, config.py does not change."""
+    from .backends import available, load
+
+    sections: dict[str, Any] = {}
+    for name in sorted(available()):
+        model = load(name).settings_model()
+        if model is not None:
+            sections[name] = (model, Field(default_factory=model))
+    return create_model("PodbayConfig", __base__=PodbayConfig, **sections)
+
+
 def parse_config(data: Any, path: str | Path = "<config>", text: str | None = None) -> PodbayConfig:
     lines = _line_index(text) if text else {}
     if not isinstance(data, dict):
         raise ConfigError(path, [ConfigIssue((), "the file must be a mapping (images:, profiles:, …)")])
     try:
-        cfg = PodbayConfig.model_validate(data)
+        cfg = config_model().model_validate(data)
     except ValidationError as e:
         raise ConfigError(path, _located(_pydantic_issues(e), lines)) from None
     issues = _check_semantics(cfg)
@@ -516,10 +545,14 @@ def _check_semantics(cfg: PodbayConfig) -> list[ConfigIssue]:
     def err(loc, msg):
         issues.append(ConfigIssue(tuple(loc), msg))
 
-    from .backends import available
+    from .backends import available, load
 
     if cfg.backend not in available():
         err(("backend",), f"unknown backend {cfg.backend!r}: the installed ones are {', '.join(sorted(available()))}")
+    else:
+        # What only the chosen backend knows is wrong (a queue where it has none, …).
+        for loc, msg in load(cfg.backend).check(cfg):
+            err(loc, msg)
     for i, name in _dupes(cfg.images, lambda x: x.name):
         err(("images", i, "name"), f"image {name!r} is declared twice")
     if sum(1 for im in cfg.images if im.default) > 1:

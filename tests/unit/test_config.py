@@ -5,12 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from importlib.metadata import EntryPoint
+
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import yaml
 
+from podbay.hub import backends
+from podbay.hub.backends import Backend
 from podbay.hub.cli import main
-from podbay.hub.config import ConfigError, load_config, parse_config
+from podbay.hub.config import ConfigError, config_model, load_config, parse_config
 
 from tests.conftest import ROOT
 
@@ -138,7 +142,7 @@ def test_not_a_mapping():
 
 def test_config_check_cli(demo, tmp_path, capsys):
     assert main(["config", "check", str(DEMO)]) == 0
-    assert "valid" in capsys.readouterr().out
+    assert "valid — backend local (its section checked)" in capsys.readouterr().out
     edit(demo, ("profiles", 1, "id"), "mig-1g.5gb")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(demo, sort_keys=False))
@@ -177,3 +181,62 @@ def test_a_loaded_config_cannot_be_changed_behind_the_portals_back(demo):
     with pytest.raises(ValidationError):
         cfg.images[0].image = "evil:latest"
     assert parse_config(demo) == cfg
+
+
+# --- each backend's own section ---------------------------------------------------------
+
+
+class LabSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    partition_prefix: str = "lab"
+    max_nodes: int = Field(default=4, ge=1)
+
+
+class LabBackend(Backend):
+    """A backend installed by another package: its section and its checks come with it."""
+
+    name = "lab"
+    spawner = "podbay-local"
+
+    @classmethod
+    def settings_model(cls):
+        return LabSettings
+
+    def check(self, cfg):
+        return [(("lab", "max_nodes"), "the lab has 2 nodes")] if cfg.lab.max_nodes > 2 else []
+
+
+@pytest.fixture
+def lab_installed(monkeypatch):
+    installed = {**backends.available(), "lab": EntryPoint("lab", f"{__name__}:LabBackend", backends.GROUP)}
+    monkeypatch.setattr(backends, "available", lambda: installed)
+    config_model.cache_clear()
+    yield
+    config_model.cache_clear()
+
+
+def test_a_backends_section_is_validated_by_its_own_model(demo, tmp_path, lab_installed):
+    demo["lab"] = {"partition_prefix": "gpu"}
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(demo, sort_keys=False))
+    assert load_config(path).lab.partition_prefix == "gpu"
+    demo["lab"] = {"max_nodes": 0, "partitions": 3}
+    assert sorted(e.split(" (line")[0] for e in errors_of(demo, tmp_path)) == [
+        "lab.max_nodes: Input should be greater than or equal to 1", "lab.partitions: unknown key (a typo?)"]
+    # Its own checks run when it is the deployment's backend.
+    demo.update(backend="lab", lab={"max_nodes": 3})
+    assert [e.split(" (line")[0] for e in errors_of(demo, tmp_path)] == ["lab.max_nodes: the lab has 2 nodes"]
+
+
+def test_a_section_of_a_backend_that_is_not_installed_says_which_are(demo, tmp_path):
+    demo["kubernetes"] = {"namespace": "podbay"}
+    (issue,) = errors_of(demo, tmp_path)
+    assert issue.startswith("kubernetes: unknown key (a typo?) A backend's settings go under its name, "
+                            "and only installed backends have them: docker, local"), issue
+
+
+def test_a_pool_queue_needs_a_backend_with_a_queue(demo, tmp_path):
+    demo["pools"]["training"]["queue"] = "batch"
+    (issue,) = errors_of(demo, tmp_path)
+    assert issue.startswith("pools.training.queue: the local backend has no queue of its own "
+                            "(podbay queues its jobs): remove queue"), issue

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+from importlib.metadata import EntryPoint
+
 import pytest
 import yaml
 
-from podbay.hub.config import ProfileKind, parse_config
-from podbay.hub.inventory import Inventory
+from podbay.hub import backends
+from podbay.hub.backends import Backend
+from podbay.hub.config import ProfileKind
 from podbay.hub.jobs import JobManager, JobRequest
 from podbay.hub.portal import OptionsRefused, Portal
 from podbay.hub.quota import Demand, QuotaBook
-from podbay.hub.quota.capacity import InventoryCapacity
 from podbay.hub.training import BackendStatus, BadCursor, JobSpec, TrainingBackend
 from podbay.hub.training.local import LocalBackend
 
@@ -178,14 +180,30 @@ class QueueingEngine(TrainingBackend):
         return b"".join(pages[page:]), f"page-{len(pages)}"
 
 
+class EnginePlugin(Backend):
+    """The deployment's backend plugin for that engine: it places devices and queues jobs."""
+
+    name = "engine"
+    spawner = "podbay-local"
+    places_devices = False
+
+    def check(self, cfg):
+        return []  # pools name the engine's queues
+
+    def training(self, portal):
+        return QueueingEngine()
+
+
 @pytest.fixture
-def engine_manager(tmp_path):
+def engine_manager(tmp_path, monkeypatch):
+    installed = {**backends.available(), "engine": EntryPoint("engine", f"{__name__}:EnginePlugin", backends.GROUP)}
+    monkeypatch.setattr(backends, "available", lambda: installed)
     data = yaml.safe_load(TEST_CONFIG.read_text())
-    data["pools"]["training"] = {"queue": "team-queue"}
-    cfg = parse_config(data)
-    portal = Portal(cfg, QuotaBook(f"sqlite:///{tmp_path / 'ledger.sqlite'}"), tmp_path, placement=None,
-                    capacity=InventoryCapacity(Inventory.from_config(cfg)))
-    yield JobManager(portal, QueueingEngine())
+    data.update(backend="engine", pools={**data["pools"], "training": {"queue": "team-queue"}})
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    portal = Portal.open(tmp_path / "podbay.yaml", f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+    assert portal.placement is None and not portal.places_devices
+    yield JobManager(portal, backends.load("engine").training(portal))
     portal.book.dispose()
 
 
