@@ -3,7 +3,7 @@ always with the Ledger's own connection, so SQLite's write lock covers the migra
 
 from alembic import context
 
-from podbay.hub.quota.book import Base
+from podbay.hub.quota.database import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata,

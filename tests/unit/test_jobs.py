@@ -84,7 +84,7 @@ async def test_restart_adopts_running_jobs_and_requeues_unstarted_ones(manager, 
     manager.portal.claim(key=f"job:{orphan.id}", kind="job", user="alice", team="vision",
                          demand=Demand("gpu-1", ProfileKind("full", count=1), ("training",), gpus=1),
                          quota=manager.portal.quota_for("vision"))
-    manager._write_fields(orphan.id, state="starting", ref={"job_id": orphan.id})
+    manager.store.write(orphan.id, state="starting", ref={"job_id": orphan.id})
 
     # A new service process: a new manager over the same database and job directory.
     again = JobManager(Portal.open(TEST_CONFIG, manager.portal.book.url, tmp_path),
@@ -135,7 +135,7 @@ async def test_a_cancel_that_fails_is_reported_to_every_waiter_and_can_be_tried_
         with pytest.raises(RuntimeError, match="the engine went away"):
             await asyncio.wait_for(task, 5)
     assert len(calls) == 1, "the second cancel waited for the first instead of stopping it again"
-    assert manager.get(job.id).state == "running" and manager._cancelling == {}
+    assert manager.get(job.id).state == "running" and manager.scheduler.cancelling == {}
     await manager.tick()  # the scheduler looks after it again
     monkeypatch.setattr(manager.backend, "cancel", real_cancel)
     assert (await manager.cancel(job.id)).state == "cancelled"

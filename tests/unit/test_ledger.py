@@ -125,8 +125,8 @@ def test_quota_counts_the_team_not_the_user(db_url):
         claim(ledger, "workspace:carol/b", "mig-1g.10gb", user="carol", team="vision", quota=quota)
     # Someone in no team is counted alone.
     claim(ledger, "workspace:dave/a", "mig-1g.10gb", user="dave", team=None, quota=quota)
-    assert ledger.units_in_use(None, "dave") == Fraction(1, 7)
-    assert ledger.units_in_use("vision", "alice") == 1
+    assert ledger.snapshot().units_of(None, "dave") == Fraction(1, 7)
+    assert ledger.snapshot().units_of("vision", "alice") == 1
 
 
 def test_workspaces_per_user(db_url):
@@ -248,7 +248,7 @@ def test_quota_holds_under_concurrent_claims(db_url):
     for p in procs:
         p.join(30)
     ledger = QuotaBook(db_url)
-    held = ledger.units_in_use("vision", "alice")
+    held = ledger.snapshot().units_of("vision", "alice")
     granted = [profile for _, profile, outcome in outcomes if outcome == "granted"]
     assert granted, outcomes
     assert held == sum(UNITS[p] for p in granted) <= 1, outcomes
@@ -291,7 +291,7 @@ def test_migrations_match_the_models(db_url):
     from alembic.migration import MigrationContext
 
     import podbay.hub.jobs  # noqa: F401  (its table is part of the schema)
-    from podbay.hub.quota.book import Base
+    from podbay.hub.quota.database import Base
 
     ledger = make_ledger(db_url)
     with ledger.engine.connect() as conn:

@@ -1,0 +1,124 @@
+"""Jobs as the REST service sees them: submissions checked against the catalog, the
+user's volumes and the team's quota, then left to the scheduler; reads; cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..portal import OptionsRefused, Portal
+from ..training import TrainingBackend
+from .model import JOB_POOL, Job, JobRequest, JobRow
+from .scheduler import Scheduler
+from .store import JobStore
+
+
+
+class JobManager:
+    def __init__(self, portal: Portal, backend: TrainingBackend, clock=time.time):
+        self.portal = portal
+        self.backend = backend
+        self.clock = clock
+        self.store = JobStore(portal.book)
+        self.scheduler = Scheduler(portal, backend, self.store, self.home_of, clock)
+
+    @property
+    def default_pool(self) -> str:
+        return JOB_POOL if JOB_POOL in self.portal.cfg.pools else next(iter(self.portal.cfg.pools))
+
+    def home_of(self, user: str) -> Path:
+        """The home jobs work in: podbay's directory (local), or where the backend mounts it."""
+        return self.backend.home_of(user) or self.portal.data_dir / "homes" / user
+
+    # --- submitting --------------------------------------------------------------------
+
+    def submit(self, user: str, groups: list[str], req: JobRequest,
+               workspace_options: dict[str, Any] | None = None) -> Job:
+        """Validate and queue a job; raise OptionsRefused with the reason if it can't be."""
+        portal, cfg = self.portal, self.portal.cfg
+        inherited = workspace_options or {}
+        if req.from_workspace is not None and workspace_options is None:
+            raise OptionsRefused(f"you have no workspace named {req.from_workspace!r}")
+        image_name = req.image or inherited.get("image") or cfg.default_image.name
+        image = cfg.image(image_name)
+        if image is None:
+            raise OptionsRefused(f"unknown image {image_name!r}; choose one of: "
+                                 + ", ".join(i.name for i in cfg.images))
+        pool = req.pool or self.default_pool
+        if pool not in cfg.pools:
+            raise OptionsRefused(f"unknown pool {pool!r}; choose one of: {', '.join(cfg.pools)}")
+        team = portal.team_for(user, groups)
+        teams = cfg.teams_of(user, groups)
+        names = req.volumes if req.volumes is not None else list(inherited.get("volumes") or [])
+        for name in names:
+            vol = cfg.volume(name)
+            if vol is None:
+                raise OptionsRefused(f"unknown volume {name!r}")
+            if not portal.may_mount(vol, user, teams):
+                raise OptionsRefused(f"you may not mount volume {name!r}")
+        if req.nodes > 1 and not self.backend.multi_node:
+            raise OptionsRefused(f"the {self.backend.name} backend runs a job on one machine: ask for nodes: 1 "
+                                 f"(and up to {portal.capacity.most_gpus_per_node(pool)} GPUs on it)")
+        total = req.gpus_per_node * req.nodes
+        quota = portal.quota_for(team)
+        if total > quota.job_gpus:
+            who = f"team {team}" if team else "users without a team"
+            raise OptionsRefused(f"{who} may use at most {quota.job_gpus} job GPUs at once; this job asks for "
+                                 + (f"{req.gpus_per_node} × {req.nodes} nodes = {total}" if req.nodes > 1 else str(total)))
+        most = portal.capacity.most_gpus_per_node(pool)
+        if req.gpus_per_node > most:
+            raise OptionsRefused(f"pool {pool} has at most {most} whole GPUs on one node; "
+                                 f"this job asks for {req.gpus_per_node}")
+        home = self.home_of(user)
+        rel = Path(req.workdir or ".")
+        if rel.is_absolute() or ".." in rel.parts:
+            raise OptionsRefused("workdir must be a path inside your home directory, like projects/resnet")
+        workdir = home / rel
+        if self.backend.host_homes:
+            if req.workdir and not workdir.is_dir():
+                raise OptionsRefused(f"working directory ~/{rel} does not exist")
+            workdir.mkdir(parents=True, exist_ok=True)
+        now = self.clock()
+        row = JobRow(
+            name=req.name, user=user, team=team, image=image.name, command=json.dumps(req.command),
+            workdir=str(workdir), volumes=json.dumps(names), env=json.dumps(req.env), gpus=req.gpus_per_node,
+            nodes=req.nodes, pool=pool, from_workspace=req.from_workspace, state="queued",
+            message="waiting for the scheduler", devices="[]", created=now, ref="{}",
+        )
+        job = self.store.add(row)
+        self.scheduler.wakeup.set()
+        return job
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        return self.store.get(job_id)
+
+    def list(self, user: str | None = None, team: str | None = None, state: str | None = None,
+             limit: int | None = 500) -> list[Job]:
+        """Jobs, newest first; `queued` includes those an engine holds."""
+        return self.store.list(user, team, state, limit)
+
+    async def read_logs(self, job_id: int, cursor: str | None = None) -> tuple[bytes, str | None]:
+        """Output from `cursor` on (None: from the start), and the cursor to continue from.
+        The cursor is the backend's own (a byte offset for files); callers only hand it back."""
+        ref = await self.store.job_ref(job_id)
+        if not ref:
+            return b"", cursor
+        return await self.backend.read_logs(ref, cursor)
+
+    # --- the scheduler's, for the service ----------------------------------------------
+
+    async def cancel(self, job_id: int) -> Job | None:
+        return await self.scheduler.cancel(job_id)
+
+    async def reconcile(self) -> None:
+        await self.scheduler.reconcile()
+
+    async def tick(self) -> None:
+        await self.scheduler.tick()
+
+    async def run(self, interval: float = 0.5) -> None:
+        await self.scheduler.run(interval)

@@ -1,0 +1,268 @@
+"""The scheduler: what starts a job, follows it, and ends it.
+
+Where the backend has no scheduler of its own (local, docker), podbay queues: a job waits
+`queued` while its pool lacks free GPUs or its team is at its job quota, and starts in
+submission order as devices free up; the first job that does not fit blocks later ones in
+the same pool, so a big job is not starved by small ones. The devices a job holds are
+claims in the same quota book as workspaces' (`job:<id>`), so a workspace and a job can
+never share a device.
+
+Where the backend queues itself (Kueue, Slurm: `TrainingBackend.queues_jobs`), podbay does
+not queue twice: a job is handed to the engine at once and stays `pending` there (shown to
+users as `queued`, with the engine's reason) until the engine runs it; the quota book
+records its GPUs from then on.
+
+It runs on the service's event loop; every database read and write goes through the
+store's async forms, in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import ProfileKind
+from ..environment import job_env
+from ..portal import Portal
+from ..quota import ClaimRefused, Demand, NoCapacity, QuotaExceeded
+from ..training import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend
+from .model import PENDING, TERMINAL, Job
+from .store import JobStore
+
+log = logging.getLogger("podbay.jobs")
+
+
+class Scheduler:
+    def __init__(self, portal: Portal, backend: TrainingBackend, store: JobStore,
+                 home_of: Callable[[str], Path], clock=time.time):
+        self.portal = portal
+        self.backend = backend
+        self.store = store
+        self.home_of = home_of
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        # Jobs being stopped by cancel (outside the lock): their futures end with the stop.
+        self.cancelling: dict[int, asyncio.Future] = {}
+        self.wakeup = asyncio.Event()
+
+    async def _release(self, job_id: int) -> None:
+        await asyncio.to_thread(self.portal.book.release, f"job:{job_id}")
+
+    def _demand(self, job: Job) -> Demand:
+        spec = ProfileKind("full", count=job.gpus_per_node) if job.gpus_per_node else ProfileKind("cpu")
+        return Demand(f"gpu-{job.gpus_per_node}" + (f"×{job.nodes}" if job.nodes > 1 else ""), spec,
+                      (job.pool,), gpus=job.gpus)
+
+    # --- cancelling ----------------------------------------------------------------------
+
+    async def cancel(self, job_id: int) -> Job:
+        async with self._lock:
+            job = await self.store.job(job_id)
+            if job is None or job.state in TERMINAL:
+                return job
+            stored = (await self.store.stored_states([job_id]))[job_id]
+            if stored == "queued":
+                # Only podbay holds it: nothing runs, and under the lock the scheduler cannot
+                # start it now.
+                await self.store.update(job_id, state="cancelled", finished=self.clock(), message="cancelled by request")
+                self.wakeup.set()
+                return await self.store.job(job_id)
+            stopping = self.cancelling.get(job_id)
+            if stopping is None:
+                ref = await self.store.job_ref(job_id)
+                self.cancelling[job_id] = asyncio.get_running_loop().create_future()
+            else:
+                ref = None  # another request is stopping it: wait for that one
+        if ref is None:
+            await asyncio.shield(stopping)  # the first cancel's failure is this one's too
+            return await self.store.job(job_id)
+        # The stop itself (SIGTERM, the grace period, SIGKILL; or the engine taking back a
+        # job it holds) runs outside the scheduler's lock: other jobs start and end
+        # meanwhile. The scheduler leaves this one alone until cancel has recorded how it
+        # ended, or failed, whatever happens here.
+        failure: BaseException | None = None
+        try:
+            await self.backend.cancel(ref)
+            status = await self.backend.status(ref)
+            code = status.exit_code if status.state == "exited" else None
+            async with self._lock:
+                await self.store.update(job_id, state="cancelled", exit_code=code, finished=self.clock(),
+                                   message="cancelled by request")
+                await self._release(job_id)
+        except BaseException as e:
+            failure = e
+            raise
+        finally:
+            done = self.cancelling.pop(job_id)
+            if failure is None:
+                done.set_result(None)
+            else:
+                done.set_exception(failure if isinstance(failure, Exception) else RuntimeError("cancel interrupted"))
+                done.exception()  # retrieved here: a lone cancel has nobody else waiting on it
+            self.wakeup.set()
+        return await self.store.job(job_id)
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """After a (re)start: learn what happened to the jobs the service believed active."""
+        async with self._lock:
+            active = await self.store.in_state("starting") + await self.store.in_state(PENDING) + await self.store.in_state("running")
+            statuses = await self.backend.reconcile({job.id: await self.store.job_ref(job.id) for job in active})
+            stored = await self.store.stored_states([j.id for j in active])
+            for job in active:
+                status = statuses[job.id]
+                if status.state == "exited":
+                    await self._finish(job, status.exit_code)
+                elif status.state in ("running", "pending"):
+                    await self._follow_engine(job, stored[job.id], status)
+                elif stored[job.id] == "starting":
+                    # It never started: queue it again, with its place in line.
+                    await self._release(job.id)
+                    await self.store.update(job.id, state="queued", devices=[], ref={}, message="requeued after a restart")
+                else:
+                    await self._release(job.id)
+                    await self.store.update(job.id, state="failed", finished=self.clock(), message=status.message)
+            # Claims of jobs that are not active any more (a crash between the two writes).
+            active = {f"job:{j.id}" for j in await self.store.in_state("running") + await self.store.in_state("starting")}
+            await asyncio.to_thread(self.portal.book.reconcile, lambda a: a.key in active, ("job",))
+
+    async def _finish(self, job: Job, code: int | None) -> None:
+        state = "succeeded" if code == 0 else "failed"
+        message = "finished" if code == 0 else f"exited with code {code}"
+        await self.store.update(job.id, state=state, exit_code=code, finished=self.clock(), message=message)
+        await self._release(job.id)
+
+    async def _follow_engine(self, job: Job, stored: str, status: BackendStatus) -> None:
+        """A job the engine runs or holds: record what it says."""
+        if status.state == "running":
+            if stored != "running":
+                if stored == PENDING:
+                    # From now on it holds GPUs: the quota book shows them. The engine's own
+                    # quota (Kueue's ClusterQueue, Slurm's QOS) decided it may run.
+                    await asyncio.to_thread(
+                        self.portal.book.claim, key=f"job:{job.id}", kind="job", user=job.user, team=job.team,
+                        demand=self._demand(job), quota=self.portal.quota_for(job.team), enforce_job_quota=False,
+                        replace=True)
+                await self.store.update(job.id, state="running", started=job.started or self.clock(), message="running")
+        elif status.state == "pending":
+            message = f"queued in {self.backend.name}: {status.message or 'waiting for the engine'}"
+            if stored == "running":
+                # Taken back by the engine (preempted, requeued): it holds nothing now.
+                await self._release(job.id)
+                await self.store.update(job.id, state=PENDING, message=message)
+            elif job.message != message:
+                await self.store.update(job.id, message=message)
+
+    async def tick(self) -> None:
+        async with self._lock:
+            if self.backend.queues_jobs:
+                # The engine gets new jobs first, so this tick already shows its reason.
+                for job in reversed(await self.store.in_state("queued")):
+                    await self._hand_over(job)
+            for stored in ("running", PENDING):
+                for job in await self.store.in_state(stored):
+                    if job.id in self.cancelling:
+                        continue  # cancel records how it ended
+                    status = await self.backend.status(await self.store.job_ref(job.id))
+                    if status.state == "exited":
+                        await self._finish(job, status.exit_code)
+                    elif status.state == "lost":
+                        await self._release(job.id)
+                        await self.store.update(job.id, state="failed", finished=self.clock(), message=status.message)
+                    else:
+                        await self._follow_engine(job, stored, status)
+            if self.backend.queues_jobs:
+                return
+            # Only podbay queues: in submission order, devices freed above already free.
+            blocked: set[str] = set()
+            for job in reversed(await self.store.in_state("queued")):
+                if job.pool in blocked:
+                    await self._set_message(job, f"waiting for earlier jobs in pool {job.pool}")
+                    continue
+                await self._try_start(job, blocked)
+
+    async def _set_message(self, job: Job, message: str) -> None:
+        if job.message != message:
+            await self.store.update(job.id, message=message)
+
+    def _spec(self, job: Job, devices: list[str] | None) -> JobSpec:
+        """What the backend runs: the job's request, its mounts and its environment."""
+        vols = []
+        for name in job.volumes:
+            vol = self.portal.cfg.volume(name)
+            if vol is not None:
+                vols.append((self.backend.mount_source(vol, str(self.portal.volume_source(vol))),
+                             str(self.home_of(job.user) / vol.target), vol.read_only))
+        env = job_env(job_id=job.id, name=job.name, image=job.image, team=job.team, volumes=job.volumes,
+                      devices=devices, gpus=job.gpus, home=str(self.home_of(job.user)), user_env=job.env)
+        pool = self.portal.cfg.pools.get(job.pool)
+        return JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
+                       workdir=job.workdir, env=env, volumes=vols, devices=list(devices or []),
+                       workspace=job.from_workspace, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
+                       pool=job.pool, queue=pool.queue if pool else None)
+
+    async def _hand_over(self, job: Job) -> None:
+        """An engine that queues gets the job at once: podbay does not queue it again."""
+        try:
+            ref = await self.backend.submit(self._spec(job, None))
+        except BackendUnavailable as e:
+            await self._set_message(job, f"waiting: {e}")
+            return
+        except Exception as e:
+            log.exception("job %s was not accepted", job.id)
+            await self.store.update(job.id, state="failed", finished=self.clock(), message=f"not accepted: {e}")
+            return
+        await self.store.update(job.id, state=PENDING, ref={**ref, "job_id": job.id},
+                           message=f"queued in {self.backend.name}: submitted")
+
+    async def _try_start(self, job: Job, blocked: set[str]) -> None:
+        try:
+            alloc = await asyncio.to_thread(
+                self.portal.claim, key=f"job:{job.id}", kind="job", user=job.user, team=job.team,
+                demand=self._demand(job), quota=self.portal.quota_for(job.team))
+        except QuotaExceeded as e:
+            await self._set_message(job, f"waiting: {e}")
+            return
+        except NoCapacity:
+            blocked.add(job.pool)
+            await self._set_message(job, f"waiting for {job.gpus} free GPUs in pool {job.pool}")
+            return
+        except ClaimRefused as e:
+            await self.store.update(job.id, state="failed", finished=self.clock(), message=str(e))
+            return
+        devices = list(alloc.devices) if self.portal.places_devices else None
+        await self.store.update(job.id, state="starting", devices=list(alloc.devices), ref={"job_id": job.id},
+                           message="starting")
+        try:
+            ref = await self.backend.submit(self._spec(job, devices))
+        except BackendUnavailable as e:
+            # Keep its place in line; nothing ran, so nothing is lost by trying again.
+            await self._release(job.id)
+            await self.store.update(job.id, state="queued", devices=[], ref={}, message=f"waiting: {e}")
+            blocked.add(job.pool)
+            return
+        except Exception as e:
+            log.exception("job %s could not start", job.id)
+            await self._release(job.id)
+            await self.store.update(job.id, state="failed", finished=self.clock(), message=f"could not start: {e}")
+            return
+        await self.store.update(job.id, state="running", ref={**ref, "job_id": job.id}, started=self.clock(),
+                           message="running")
+
+    async def run(self, interval: float = 0.5) -> None:
+        """The scheduler: a tick on every submission or cancellation, and every interval."""
+        await self.reconcile()
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; trying again")
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
