@@ -107,6 +107,8 @@ start_image_build() {
     case "$arg" in -*) ;; *) return ;; esac  # tests were picked: let them build it if they need it
   done
   local out="$PWD/$VENV/docker/image-build"
+  # Its folder exists already when this run started dockerd, not when an engine was running.
+  mkdir -p "$(dirname "$out")"
   rm -f "$out.rc" "$out.rc.tmp"
   log "building the docker tests' image in the background ($out.log)"
   ( "$VENV/bin/python" -m podbay.hub.cli images build base --config tests/data/podbay-docker.yaml \
