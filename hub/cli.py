@@ -21,12 +21,12 @@ def cmd_config_check(args) -> int:
     from .config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.file)
+        cfg = load_config(args.file, args.backend)
     except ConfigError as e:
         print(e.render(), file=sys.stderr)
         return 1
     n_dev = sum(len(n.gpus) for n in cfg.nodes)
-    print(f"{args.file}: valid — backend {cfg.backend} (its section checked), {len(cfg.images)} images, "
+    print(f"{args.file}: valid — backend {args.backend or cfg.backend} (its section checked), {len(cfg.images)} images, "
           f"{len(cfg.profiles)} profiles, "
           f"{len(cfg.nodes)} nodes ({n_dev} GPUs declared), {len(cfg.volumes)} volumes, {len(cfg.teams)} teams")
     return 0
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file; exit 1 with every error if invalid")
     check.add_argument("file")
+    check.add_argument("--backend", help="check for this backend instead of the file's backend:")
     check.set_defaults(func=cmd_config_check)
 
     gpus = sub.add_parser("gpus", help="list this machine's GPUs (NVML) or those of saved nvidia-smi output")

@@ -469,9 +469,8 @@ def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
             if len(e["loc"]) == 1:
-                from .backends import available
-                msg += (" A backend's settings go under its name, and only installed backends have "
-                        f"them: {', '.join(sorted(available()))}")
+                msg += ("; a backend's settings go under its name, for an installed backend only "
+                        f"(here: {', '.join(sections()) or 'none'}): install its package or remove the section")
         elif e["type"] == "missing":
             msg = "required, but missing"
         elif e["type"] == "string_pattern_mismatch":
@@ -489,13 +488,24 @@ def config_model() -> type[PodbayConfig]:
 
     sections: dict[str, Any] = {}
     for name in sorted(available()):
-        model = load(name).settings_model()
+        try:
+            model = load(name).settings_model()
+        except Exception:  # noqa: BLE001 - a broken plugin: said in its words if it is chosen
+            continue
         if model is not None:
             sections[name] = (model, Field(default_factory=model))
     return create_model("PodbayConfig", __base__=PodbayConfig, **sections)
 
 
-def parse_config(data: Any, path: str | Path = "<config>", text: str | None = None) -> PodbayConfig:
+def sections() -> list[str]:
+    """The backends whose settings podbay.yaml may hold, by name."""
+    return sorted(set(config_model().model_fields) - set(PodbayConfig.model_fields))
+
+
+def parse_config(data: Any, path: str | Path = "<config>", text: str | None = None,
+                 backend: str | None = None) -> PodbayConfig:
+    """Validate a podbay.yaml's data. `backend` is the one the run uses, when it overrides
+    the file's `backend:` (PODBAY_BACKEND, --backend): its checks run, not the file's."""
     lines = _line_index(text) if text else {}
     if not isinstance(data, dict):
         raise ConfigError(path, [ConfigIssue((), "the file must be a mapping (images:, profiles:, …)")])
@@ -503,13 +513,13 @@ def parse_config(data: Any, path: str | Path = "<config>", text: str | None = No
         cfg = config_model().model_validate(data)
     except ValidationError as e:
         raise ConfigError(path, _located(_pydantic_issues(e), lines)) from None
-    issues = _check_semantics(cfg)
+    issues = _check_semantics(cfg, backend or cfg.backend)
     if issues:
         raise ConfigError(path, _located(issues, lines))
     return cfg
 
 
-def load_config(path: str | Path) -> PodbayConfig:
+def load_config(path: str | Path, backend: str | None = None) -> PodbayConfig:
     p = Path(path)
     try:
         text = p.read_text()
@@ -523,7 +533,7 @@ def load_config(path: str | Path) -> PodbayConfig:
         raise ConfigError(
             path, [ConfigIssue((), f"not valid YAML: {problem}", mark.line + 1 if mark else None)]
         ) from None
-    return parse_config(data, path, text)
+    return parse_config(data, path, text, backend)
 
 
 # --- what refers to what ------------------------------------------------------
@@ -539,7 +549,7 @@ def _dupes(items, key):
     return out
 
 
-def _check_semantics(cfg: PodbayConfig) -> list[ConfigIssue]:
+def _check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
 
     def err(loc, msg):
@@ -547,12 +557,18 @@ def _check_semantics(cfg: PodbayConfig) -> list[ConfigIssue]:
 
     from .backends import available, load
 
-    if cfg.backend not in available():
-        err(("backend",), f"unknown backend {cfg.backend!r}: the installed ones are {', '.join(sorted(available()))}")
+    if backend not in available():
+        err(("backend",), f"unknown backend {backend!r}: the installed ones are {', '.join(sorted(available()))}")
     else:
-        # What only the chosen backend knows is wrong (a queue where it has none, …).
-        for loc, msg in load(cfg.backend).check(cfg):
-            err(loc, msg)
+        try:
+            plugin = load(backend)
+        except Exception as e:  # noqa: BLE001 - whatever the plugin's package raised on import
+            err(("backend",), f"the {backend} backend is installed but cannot be loaded ({type(e).__name__}: "
+                              f"{e}): reinstall its package, or choose another backend")
+        else:
+            # What only the run's backend knows is wrong (a queue where it has none, …).
+            for loc, msg in plugin.check(cfg):
+                err(loc, msg)
     for i, name in _dupes(cfg.images, lambda x: x.name):
         err(("images", i, "name"), f"image {name!r} is declared twice")
     if sum(1 for im in cfg.images if im.default) > 1:

@@ -202,7 +202,7 @@ def configure(c) -> None:
     from .config import load_config
 
     try:
-        cfg = load_config(config_file)
+        cfg = load_config(config_file, settings.backend or None)
     except ConfigError as e:
         print(f"podbay: refusing to start, the configuration is invalid.\n{e.render()}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -248,6 +248,8 @@ def configure(c) -> None:
         return
 
     c.PodbaySpawnerMixin.config_file = config_file
+    # The spawner's portal is the hub's: the same plugin's placement and capacity.
+    c.PodbaySpawnerMixin.podbay_backend = plugin.name
     c.PodbaySpawnerMixin.data_dir = str(data_dir)
     db_url = database_url(settings.db_url)
     c.PodbaySpawnerMixin.db_url = db_url

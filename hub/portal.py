@@ -86,7 +86,7 @@ class Portal:
         (`backend` overrides podbay.yaml's `backend:`)."""
         from .backends import chosen, load
 
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, backend)
         plugin = load(chosen(cfg, backend))
         inventory = Inventory.from_config(cfg)
         return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(inventory),

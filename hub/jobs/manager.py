@@ -88,7 +88,7 @@ class JobManager:
             message="waiting for the scheduler", devices="[]", created=now, ref="{}",
         )
         job = self.store.add(row)
-        self.scheduler.wakeup.set()
+        self.scheduler.wake()
         return job
 
     # --- reading -------------------------------------------------------------------------

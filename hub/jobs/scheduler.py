@@ -47,6 +47,22 @@ class Scheduler:
         # Jobs being stopped by cancel (outside the lock): their futures end with the stop.
         self.cancelling: dict[int, asyncio.Future] = {}
         self.wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Run a tick soon; callable from any thread (a submission is stored in a worker
+        thread, and asyncio's Event is not thread-safe)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # no scheduler runs (tests tick by hand; PODBAY_PAUSE_JOBS)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.wakeup.set()
+        else:
+            loop.call_soon_threadsafe(self.wakeup.set)
 
     async def _release(self, job_id: int) -> None:
         await asyncio.to_thread(self.portal.book.release, f"job:{job_id}")
@@ -137,24 +153,33 @@ class Scheduler:
         await self._release(job.id)
 
     async def _follow_engine(self, job: Job, stored: str, status: BackendStatus) -> None:
-        """A job the engine runs or holds: record what it says."""
+        """A job the engine runs or holds (stored starting, pending or running): record what
+        it says."""
+        if status.state == "pending" and not self.backend.queues_jobs:
+            # An engine with no queue of its own still starting what podbay placed (an image
+            # being pulled): it is running as far as podbay's queue goes, and keeps its devices.
+            status = BackendStatus("running", message=status.message)
         if status.state == "running":
+            if self.backend.queues_jobs and stored != "running":
+                # From now on it holds GPUs: the quota book shows them. The engine's own
+                # quota (Kueue's ClusterQueue, Slurm's QOS) decided it may run.
+                await asyncio.to_thread(
+                    self.portal.book.claim, key=f"job:{job.id}", kind="job", user=job.user, team=job.team,
+                    demand=self._demand(job), quota=self.portal.quota_for(job.team), enforce_job_quota=False,
+                    replace=True)
             if stored != "running":
-                if stored == PENDING:
-                    # From now on it holds GPUs: the quota book shows them. The engine's own
-                    # quota (Kueue's ClusterQueue, Slurm's QOS) decided it may run.
-                    await asyncio.to_thread(
-                        self.portal.book.claim, key=f"job:{job.id}", kind="job", user=job.user, team=job.team,
-                        demand=self._demand(job), quota=self.portal.quota_for(job.team), enforce_job_quota=False,
-                        replace=True)
                 await self.store.update(job.id, state="running", started=job.started or self.clock(), message="running")
         elif status.state == "pending":
             message = f"queued in {self.backend.name}: {status.message or 'waiting for the engine'}"
-            if stored == "running":
-                # Taken back by the engine (preempted, requeued): it holds nothing now.
+            if stored != PENDING:
+                # Running: taken back by the engine (preempted, requeued). Starting: handed
+                # over just before the service stopped. Either way it holds nothing now.
                 await self._release(job.id)
                 await self.store.update(job.id, state=PENDING, message=message)
-            elif job.message != message:
+                return
+            if await asyncio.to_thread(self.portal.book.get, f"job:{job.id}") is not None:
+                await self._release(job.id)  # claimed as it ran, but the service stopped before recording it
+            if job.message != message:
                 await self.store.update(job.id, message=message)
 
     async def tick(self) -> None:
@@ -206,18 +231,24 @@ class Scheduler:
                        pool=job.pool, queue=pool.queue if pool else None)
 
     async def _hand_over(self, job: Job) -> None:
-        """An engine that queues gets the job at once: podbay does not queue it again."""
+        """An engine that queues gets the job at once: podbay does not queue it again.
+
+        It is `starting` while handed over: a service that stops in between finds it that way
+        and asks the engine (by the job's id) whether it got it, rather than handing it over
+        twice."""
+        await self.store.update(job.id, state="starting", ref={"job_id": job.id},
+                                message=f"handing over to {self.backend.name}")
         try:
             ref = await self.backend.submit(self._spec(job, None))
         except BackendUnavailable as e:
-            await self._set_message(job, f"waiting: {e}")
+            await self.store.update(job.id, state="queued", ref={}, message=f"waiting: {e}")
             return
         except Exception as e:
             log.exception("job %s was not accepted", job.id)
             await self.store.update(job.id, state="failed", finished=self.clock(), message=f"not accepted: {e}")
             return
         await self.store.update(job.id, state=PENDING, ref={**ref, "job_id": job.id},
-                           message=f"queued in {self.backend.name}: submitted")
+                                message=f"queued in {self.backend.name}: submitted")
 
     async def _try_start(self, job: Job, blocked: set[str]) -> None:
         try:
@@ -255,6 +286,7 @@ class Scheduler:
 
     async def run(self, interval: float = 0.5) -> None:
         """The scheduler: a tick on every submission or cancellation, and every interval."""
+        self._loop = asyncio.get_running_loop()
         await self.reconcile()
         while True:
             try:

@@ -40,7 +40,9 @@ HOME = "/home/jovyan"
 
 
 class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
-    podbay_backend = "docker"
+    @default("podbay_backend")
+    def _default_podbay_backend(self):
+        return "docker"
 
     # Names, homes and the GPU driver come from `docker:` in podbay.yaml, which the
     # service's docker training backend reads too.

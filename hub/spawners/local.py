@@ -34,7 +34,9 @@ def _tail(path: Path, lines: int) -> str:
 
 
 class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
-    podbay_backend = "local"
+    @default("podbay_backend")
+    def _default_podbay_backend(self):
+        return "local"
 
     @default("home_dir_template")
     def _default_home_dir_template(self):

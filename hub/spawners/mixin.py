@@ -98,8 +98,12 @@ class PodbaySpawnerMixin(Configurable):
     ready_poll_interval = Float(
         0.05, config=True, help="Seconds between checks that a starting workspace listens or has died.")
 
-    # The `podbay.backends` plugin this spawner belongs to (its placement and capacity).
-    podbay_backend: str | None = None
+    podbay_backend = Unicode(
+        config=True,
+        help="""The `podbay.backends` plugin this spawner runs workspaces for: its placement (or
+        none, where the engine places devices) and capacity source. hubconfig.configure sets
+        it to the deployment's backend; a spawner class defaults to the backend it was written for.""",
+    )
 
     @property
     def portal(self) -> Portal:

@@ -76,11 +76,17 @@ class TrainingBackend(ABC):
 
     @abstractmethod
     async def submit(self, job: JobSpec) -> dict:
-        """Start the job; return its reference."""
+        """Start the job (or hand it to the engine's queue); return its reference.
+
+        A service that stopped during a submit calls it again for the same job id: it must
+        not leave two copies running (name the engine's job after the id, as the docker
+        backend names its container)."""
 
     @abstractmethod
     async def status(self, ref: dict) -> BackendStatus:
-        """Whether the job runs, or how it ended."""
+        """Whether the engine holds the job (pending), runs it, or how it ended. `ref` may
+        hold only `job_id` (a submit interrupted before its reference was recorded): find
+        the job by its id then, or answer lost."""
 
     @abstractmethod
     async def cancel(self, ref: dict) -> None:

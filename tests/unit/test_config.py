@@ -231,8 +231,33 @@ def test_a_backends_section_is_validated_by_its_own_model(demo, tmp_path, lab_in
 def test_a_section_of_a_backend_that_is_not_installed_says_which_are(demo, tmp_path):
     demo["kubernetes"] = {"namespace": "podbay"}
     (issue,) = errors_of(demo, tmp_path)
-    assert issue.startswith("kubernetes: unknown key (a typo?) A backend's settings go under its name, "
-                            "and only installed backends have them: docker, local"), issue
+    assert issue.startswith("kubernetes: unknown key (a typo?); a backend's settings go under its name, for an "
+                            "installed backend only (here: docker): install its package or remove the section"), issue
+
+
+def test_the_runs_backend_is_checked_not_only_the_files(demo, tmp_path, lab_installed):
+    """podbay up --backend (PODBAY_BACKEND) runs another backend than podbay.yaml names: its
+    checks are the ones that count."""
+    demo["lab"] = {"max_nodes": 3}
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(demo, sort_keys=False))
+    assert load_config(path).backend == "local"
+    with pytest.raises(ConfigError, match="lab.max_nodes: the lab has 2 nodes"):
+        load_config(path, backend="lab")
+    assert main(["config", "check", str(path), "--backend", "lab"]) == 1
+
+
+def test_a_backend_that_cannot_be_loaded_is_one_sentence(demo, tmp_path, monkeypatch):
+    installed = {**backends.available(), "broken": EntryPoint("broken", "podbay_no_such_module:Backend", backends.GROUP)}
+    monkeypatch.setattr(backends, "available", lambda: installed)
+    config_model.cache_clear()
+    try:
+        demo["backend"] = "broken"
+        (issue,) = errors_of(demo, tmp_path)
+    finally:
+        config_model.cache_clear()
+    assert issue.startswith("backend: the broken backend is installed but cannot be loaded (ModuleNotFoundError: "
+                            "No module named 'podbay_no_such_module'): reinstall its package"), issue
 
 
 def test_a_pool_queue_needs_a_backend_with_a_queue(demo, tmp_path):

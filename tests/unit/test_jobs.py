@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from fractions import Fraction
 
 from importlib.metadata import EntryPoint
 
@@ -159,23 +160,25 @@ class QueueingEngine(TrainingBackend):
         self.state: dict[int, BackendStatus] = {}
         self.cancelled: list[int] = []
         self.output: dict[int, list[bytes]] = {}
+        self.submits: list[int] = []
 
     async def submit(self, job):
+        self.submits.append(job.id)
         self.specs[job.id] = job
         self.state[job.id] = BackendStatus("pending", message="waiting for quota in ClusterQueue training")
         return {"engine_id": f"e-{job.id}"}
 
     async def status(self, ref):
-        return self.state[int(ref["engine_id"][2:])]
+        # Found by podbay's job id, as a real engine finds its jobs by their names.
+        return self.state.get(ref["job_id"], BackendStatus("lost", message="the engine has no such job"))
 
     async def cancel(self, ref):
-        job_id = int(ref["engine_id"][2:])
-        self.cancelled.append(job_id)
-        self.state[job_id] = BackendStatus("exited", exit_code=143)
+        self.cancelled.append(ref["job_id"])
+        self.state[ref["job_id"]] = BackendStatus("exited", exit_code=143)
 
     async def read_logs(self, ref, cursor=None):
         # Pages, not bytes: podbay hands the cursor back as it got it.
-        pages = self.output.get(int(ref["engine_id"][2:]), [])
+        pages = self.output.get(ref["job_id"], [])
         page = int(cursor.removeprefix("page-")) if cursor else 0
         return b"".join(pages[page:]), f"page-{len(pages)}"
 
@@ -291,3 +294,55 @@ def test_one_machine_runs_a_job_on_one_node_and_pools_must_exist(manager):
     with pytest.raises(OptionsRefused, match=r"at most 4 job GPUs at once; this job asks for 2 × 3 nodes = 6"):
         JobManager(manager.portal, QueueingEngine()).submit(
             "alice", [], JobRequest(name="big", gpus_per_node=2, nodes=3, command=["true"]))
+
+
+async def test_a_hand_over_cut_short_by_a_restart_is_not_handed_over_twice(engine_manager, tmp_path):
+    m, engine = engine_manager, engine_manager.backend
+    job = sub(m, "alice", name="once", gpus_per_node=1, command=["true"])
+    # The engine got it, but the service stopped before recording the engine's reference.
+    await engine.submit(m.scheduler._spec(m.get(job.id), None))
+    m.store.write(job.id, state="starting", ref={"job_id": job.id})
+    again = JobManager(Portal.open(tmp_path / "podbay.yaml", m.portal.book.url, tmp_path), engine)
+    await again.reconcile()
+    await again.tick()
+    assert engine.submits == [job.id], "handed over once"
+    shown = again.get(job.id)
+    assert shown.state == "queued" and shown.message == "queued in engine: waiting for quota in ClusterQueue training"
+    again.portal.book.dispose()
+
+
+class SlowStarter(QueueingEngine):
+    """An engine without a queue that says pending while it starts a job (an image pull)."""
+
+    queues_jobs = False
+    multi_node = False
+
+
+async def test_an_engine_without_a_queue_starting_slowly_keeps_the_devices_podbay_placed(manager):
+    m = JobManager(manager.portal, SlowStarter())
+    first = sub(m, "bob", name="first", gpus_per_node=2, command=["true"])
+    second = sub(m, "bob", name="second", gpus_per_node=1, command=["true"])
+    await m.tick()
+    await m.tick()
+    assert m.get(first.id).state == "running" and len(m.get(first.id).devices) == 2
+    assert m.portal.book.snapshot().job_gpus_of("nlp", "bob") == 2, "still holding its GPUs while the engine starts it"
+    assert m.get(second.id).state == "queued", "team nlp's 2 job GPUs are in use"
+
+
+def test_a_workspace_whose_engine_places_devices_gets_no_gpu_variable(engine_manager, tmp_path):
+    """The spawner takes the deployment's backend (hubconfig sets it): where the engine
+    places, the quota book counts the units and podbay names no device."""
+    from podbay.hub.spawners.local import PodbayLocalSpawner
+
+    spawner = PodbayLocalSpawner(config_file=str(tmp_path / "podbay.yaml"), data_dir=str(tmp_path),
+                                 db_url=engine_manager.portal.book.url, podbay_backend="engine")
+    portal = spawner.portal
+    assert not portal.places_devices
+    request = portal.validate("alice", [], {"profile": "mig-3g.40gb"})
+    spawner.podbay_request = request
+    spawner.podbay_allocation = portal.claim(key="workspace:alice/x", kind="workspace", user="alice",
+                                             team=request.team, demand=request.demand, quota=request.quota)
+    env = spawner.podbay_env()
+    assert not {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"} & env.keys()
+    assert (env["PODBAY_PROFILE"], env["PODBAY_GPU_UNITS"], env["PODBAY_TEAM"]) == ("mig-3g.40gb", "0.43", "vision")
+    assert portal.book.taken() == set() and portal.book.snapshot().units_of("vision", "alice") == Fraction(3, 7)
