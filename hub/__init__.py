@@ -1,2 +1,2 @@
-"""podbay's hub side: configuration, GPU inventory, the device ledger, the spawners and
+"""podbay's hub side: configuration, GPU inventory, the quota book, the spawners and
 the `podbay` command. Everything here runs beside JupyterHub."""

@@ -54,7 +54,7 @@ class Backend:
     name: str
     # The JupyterHub spawner, by its `jupyterhub.spawners` entry point.
     spawner: str
-    # Whether podbay places devices itself (the ledger picks UUIDs: local, docker) or the
+    # Whether podbay places devices itself (the quota book picks UUIDs: local, docker) or the
     # engine does (Kubernetes' device plugin, Slurm's GRES): then podbay never sets
     # CUDA_VISIBLE_DEVICES.
     places_devices: bool = True
@@ -103,7 +103,7 @@ class Backend:
                 portal.volume_source(vol).mkdir(parents=True, exist_ok=True)
 
     def start_hub(self, cfg: "PodbayConfig", portal: "Portal", hub_port: int) -> HubSide:
-        """Check the engine and reconcile the ledger; raise BackendError to refuse to start."""
+        """Check the engine and reconcile the quota book; raise BackendError to refuse to start."""
         raise NotImplementedError
 
     def training(self, portal: "Portal") -> "TrainingBackend":

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ssl-key", help="the certificate's private key")
     up.add_argument("--allow-unisolated", action="store_true",
                     help="let the local backend, whose workspaces are not isolated from each other, listen beyond the loopback")
-    up.add_argument("--data-dir", default=".podbay", help="ledger, homes, logs (default: %(default)s)")
+    up.add_argument("--data-dir", default=".podbay", help="quota book, homes, logs (default: %(default)s)")
     up.add_argument("--keep-workspaces", action="store_true",
                     help="leave workspaces running when the hub stops, for restarts")
     up.add_argument("--backend", help="where workspaces and jobs run, over podbay.yaml's backend: local "

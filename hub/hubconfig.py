@@ -95,7 +95,7 @@ class Podbay(Configurable):
     ssl_cert = Unicode(config=True, help="TLS certificate (PEM) for the public port (env PODBAY_SSL_CERT).")
     ssl_key = Unicode(config=True, help="Its private key (env PODBAY_SSL_KEY).")
     backend = Unicode(config=True, help="Overrides podbay.yaml's backend: (env PODBAY_BACKEND).")
-    db_url = Unicode(config=True, help="The ledger's database (env PODBAY_DB_URL; default SQLite in data_dir). "
+    db_url = Unicode(config=True, help="The quota book's database (env PODBAY_DB_URL; default SQLite in data_dir). "
                                        "postgresql://… means psycopg 3.")
     hub_db_url = Unicode(config=True, help="The hub's own database (env PODBAY_HUB_DB_URL; default SQLite in data_dir).")
     keep_workspaces = Bool(config=True, help="Leave workspaces running when the hub stops (env PODBAY_KEEP_WORKSPACES=1).")
@@ -189,7 +189,7 @@ def configure(c) -> None:
         c.ConfigurableHTTPProxy.command = [find_proxy()]
         c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     # The hub's own database: SQLite in the data directory, or PODBAY_HUB_DB_URL (PostgreSQL
-    # in production: `postgresql://…` with psycopg 3, as for the ledger).
+    # in production: `postgresql://…` with psycopg 3, as for the quota book).
     c.JupyterHub.db_url = database_url(settings.hub_db_url)
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.allow_named_servers = True

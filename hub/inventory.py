@@ -4,7 +4,7 @@ What is free is the capacity source's business (quota/capacity.py), which device
 gets the placement's (quota/placement.py).
 
 One `Device` is what one claim takes: a whole GPU, a MIG device, or one of the N
-time-sliced slots of a shared GPU. Its `key` is unique on its node (the ledger's unique
+time-sliced slots of a shared GPU. Its `key` is unique on its node (the quota book's unique
 constraint); its `visible_id` is what CUDA/NVIDIA_VISIBLE_DEVICES get. Slots of a shared
 GPU use the device plugin's annotated form `<uuid>::<n>` as key, and the bare UUID as
 visible id.

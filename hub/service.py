@@ -369,8 +369,9 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         try:
             if not follow:
                 data, after = await jobs.read_logs(job_id, cursor)
-                return PlainTextResponse(data.decode(errors="replace"),
-                                         headers={"X-Podbay-Cursor": after} if after is not None else None)
+                # The bytes as they are: a read may end inside a multi-byte character, which
+                # the next read (from the cursor) completes. Decoding here would break it twice.
+                return PlainTextResponse(data, headers={"X-Podbay-Cursor": after} if after is not None else None)
             # The first read here, so that a bad cursor is a 400, not a broken stream.
             first = await jobs.read_logs(job_id, cursor)
         except BadCursor as e:

@@ -36,13 +36,13 @@ setup_proxy() {
 
 setup_system() {
   # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests;
-  # PostgreSQL backs the ledger's production-database tests.
+  # PostgreSQL backs the quota book's production-database tests.
   local missing=()
   command -v unshare >/dev/null || missing+=(util-linux)
   if [ "${1:-}" = test ]; then
     command -v chromium >/dev/null || missing+=(chromium)
     command -v tmux >/dev/null || missing+=(tmux)
-    # The ledger's tests run against a real PostgreSQL too.
+    # The quota book's tests run against a real PostgreSQL too.
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   fi
   if [ "${#missing[@]}" -gt 0 ]; then

@@ -170,13 +170,13 @@ class Hub:
                 time.sleep(0.3)
         raise AssertionError(f"{user}/{name} did not stop")
 
-    def ledger(self):
+    def book(self):
         from podbay.hub.quota import QuotaBook
 
         return QuotaBook(f"sqlite:///{self.data_dir / 'ledger.sqlite'}")
 
     def workspace_pid(self, user: str, name: str) -> int:
-        ledger = self.ledger()
+        ledger = self.book()
         try:
             alloc = ledger.get(f"workspace:{user}/{name}")
         finally:
@@ -187,7 +187,7 @@ class Hub:
 
 def claimed(hub: Hub, key: str) -> list[str]:
     """The devices the hub's ledger holds for a workspace or job key."""
-    ledger = hub.ledger()
+    ledger = hub.book()
     try:
         alloc = ledger.get(key)
         return list(alloc.devices) if alloc else []
@@ -230,7 +230,7 @@ def hub(tmp_path_factory):
     yield h
     h.stop()
     # Workspaces survive hub restarts by design (--keep-workspaces): end the ones left.
-    ledger = h.ledger()
+    ledger = h.book()
     for alloc in ledger.allocations():
         pid = alloc.ref.get("pid")
         if pid:

@@ -106,7 +106,7 @@ class JobManager:
         The cursor is the backend's own (a byte offset for files); callers only hand it back."""
         ref = await self.store.job_ref(job_id)
         if not ref:
-            return b"", cursor
+            return b"", None  # not started: nothing yet, and the next read starts at the start
         return await self.backend.read_logs(ref, cursor)
 
     # --- the scheduler's, for the service ----------------------------------------------

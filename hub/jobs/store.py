@@ -13,7 +13,8 @@ from .model import PENDING, Job, JobRow
 
 class JobStore:
     def __init__(self, book: QuotaBook):
-        self._write = book.write_session
+        # Durable: a job the service answered 201 for is on disk, power loss or not.
+        self._write = book.db.durable_write_session
         self._read = book.read_session
 
     def add(self, row: JobRow) -> Job:

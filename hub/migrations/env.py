@@ -1,4 +1,4 @@
-"""Alembic environment for podbay's ledger. Run from Ledger (upgrade to head at start),
+"""Alembic environment for podbay's quota book. Run from Database (upgrade to head at start),
 always with the Ledger's own connection, so SQLite's write lock covers the migration."""
 
 from alembic import context

@@ -1,4 +1,4 @@
-"""Quota, placement and capacity: three things (DESIGN.md).
+"""Quota, placement and capacity: three things, apart.
 
 - `book`: the quota book, who holds how many GPU units, workspaces and job GPUs (every backend),
   kept in `database` (its tables, engines and migrations);

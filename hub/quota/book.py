@@ -57,7 +57,7 @@ class Allocation:
 
 @dataclass
 class Snapshot:
-    """Everything readers ask about the ledger, as of one version of it. Forms, the catalog
+    """Everything readers ask about the quota book, as of one version of it. Forms, the catalog
     and capacity read this instead of querying per profile; it is rebuilt only when a claim
     or a release has bumped the version."""
 
@@ -260,7 +260,9 @@ class QuotaBook:
         if placement is not None:
             devices = placement.pick(demand.spec, list(demand.pools), self.taken(s))
             units = sum((d.weight for d in devices or []), Fraction(0))
-            gpus = sum(1 for d in devices or [] if d.kind == "full")
+            # A job's GPUs are what it asked for in all (over its nodes); a workspace's, the
+            # whole GPUs picked.
+            gpus = demand.gpus or sum(1 for d in devices or [] if d.kind == "full")
         else:
             devices, units, gpus = [], demand.units, demand.gpus
         if kind == "workspace" and units:

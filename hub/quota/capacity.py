@@ -43,10 +43,6 @@ class CapacitySource(ABC):
         """The most whole GPUs one node of the pool has: the largest `gpus_per_node` a job
         there can ever get."""
 
-    def max_nodes(self, pool: str) -> int:
-        """The most nodes one job of the pool can span."""
-        return 1
-
 
 def default_weight(spec: ProfileKind) -> Fraction:
     """A profile's weight without a declared device to ask: full = count, shared =

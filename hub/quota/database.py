@@ -74,7 +74,7 @@ class ClaimRow(Base):
 WRITE_WAIT = 30.0
 
 
-def _sqlite_engine(url: str, immediate: bool = True):
+def _sqlite_engine(url: str, immediate: bool = True, durable: bool = False):
     engine = create_engine(url, connect_args={"timeout": WRITE_WAIT, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -84,12 +84,14 @@ def _sqlite_engine(url: str, immediate: bool = True):
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        # In WAL mode NORMAL syncs at checkpoints, not at every commit: a process crash loses
-        # nothing, a power loss may lose the last commits but never corrupts. That loss is
-        # harmless here: SQLite is for one machine, whose workspaces and jobs the power loss
-        # ends too, and the hub reconciles the book with what runs when it starts. It saves
-        # an fsync per claim (benchmarks/claim_latency.py: median 4.2 → 3.1 ms).
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # Claims and releases: in WAL mode NORMAL syncs at checkpoints, not at every commit.
+        # A process crash loses nothing; a power loss may lose the last commits, never
+        # corrupts. That loss is harmless for the book: SQLite is for one machine, whose
+        # workspaces and jobs the power loss ends too, and the hub reconciles the book with
+        # what runs when it starts. It saves an fsync per claim (benchmarks/claim_latency.py:
+        # median 4.2 → 3.1 ms). What users were told is stored (a job submitted: 201) is
+        # written `durable`, synced at every commit.
+        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cur.close()
 
     if immediate:
@@ -103,14 +105,14 @@ def _sqlite_engine(url: str, immediate: bool = True):
 
 
 class _BoundedLock:
-    """A lock whose wait gives up with the ledger's own words after `timeout` seconds."""
+    """A lock whose wait gives up in the quota book's own words after `timeout` seconds."""
 
     def __init__(self, timeout: float):
         self._lock, self._timeout = threading.Lock(), timeout
 
     def __enter__(self):
         if not self._lock.acquire(timeout=self._timeout):
-            raise LedgerUnavailable(f"the ledger stayed busy for {self._timeout:.0f} s; try again shortly")
+            raise LedgerUnavailable(f"the quota book's database stayed busy for {self._timeout:.0f} s; try again shortly")
         return self
 
     def __exit__(self, *exc):
@@ -118,7 +120,7 @@ class _BoundedLock:
 
 
 class LedgerUnavailable(RuntimeError):
-    """The ledger's database cannot be used; the message says what to do."""
+    """The quota book's database cannot be used; the message says what to do."""
 
 
 def database_url(url: str) -> str:
@@ -149,10 +151,10 @@ class Database:
             self.engine = _sqlite_engine(url) if sqlite else create_engine(url, pool_pre_ping=True)
         except ModuleNotFoundError as e:
             raise LedgerUnavailable(
-                f"the ledger database {_safe(url)} needs the Python module {e.name}, which is not "
+                f"the quota book's database {_safe(url)} needs the Python module {e.name}, which is not "
                 "installed: pip install 'podbay[postgresql]' for PostgreSQL") from None
         except Exception as e:  # noqa: BLE001 - sqlalchemy's URL and plugin errors vary
-            raise LedgerUnavailable(f"the ledger database URL {_safe(url)} is not usable: {e}") from None
+            raise LedgerUnavailable(f"the quota book's database URL {_safe(url)} is not usable: {e}") from None
         # Reads (forms, catalog, capacity) need no write lock: with WAL they never wait for
         # a claim in progress, and never make one wait.
         self.read_engine = _sqlite_engine(url, immediate=False) if sqlite else self.engine
@@ -161,9 +163,12 @@ class Database:
         except OperationalError as e:
             reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
             raise LedgerUnavailable(
-                f"the ledger database {_safe(url)} cannot be reached ({reason}). Start it, or point "
+                f"the quota book's database {_safe(url)} cannot be reached ({reason}). Start it, or point "
                 "PODBAY_DB_URL (c.Podbay.db_url) at one that runs") from None
         self.write_session = sessionmaker(self.engine, expire_on_commit=False)
+        self.durable_engine = _sqlite_engine(url, durable=True) if sqlite else self.engine
+        # Writes that must outlive a power loss once answered (the job table).
+        self.durable_write_session = sessionmaker(self.durable_engine, expire_on_commit=False)
         self.read_session = sessionmaker(self.read_engine, expire_on_commit=False)
         # Writers of this process wait here rather than at SQLite's lock, whose busy handler
         # sleeps up to 100 ms between tries: in a storm of spawns that sleep, not the work,
@@ -187,5 +192,5 @@ class Database:
             command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
-        self.engine.dispose()
-        self.read_engine.dispose()
+        for engine in {self.engine, self.read_engine, self.durable_engine}:
+            engine.dispose()

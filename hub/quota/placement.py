@@ -21,7 +21,7 @@ class Placement(Protocol):
 
 
 class DevicePlacement:
-    """Placement from the inventory: the ledger's claims say what is taken."""
+    """Placement from the inventory: the quota book's claims say what is taken."""
 
     def __init__(self, inventory: Inventory):
         self.inventory = inventory

@@ -216,7 +216,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             return "(no output: the container is gone)"
         return out.decode(errors="replace").rstrip()
 
-    # --- the ledger at hub start ---------------------------------------------------------
+    # --- the quota book at hub start -----------------------------------------------------
 
     @classmethod
     def is_alive(cls, allocation: Allocation, client=None, network: str | None = None) -> bool:

@@ -3,7 +3,7 @@
 `PodbaySpawnerMixin` comes first in the bases and calls `super()` everywhere, so the same
 class combines with LocalProcessSpawner, DockerSpawner and KubeSpawner. It brings the
 options form, strict user_options validation, quota and volume checks, device claims in
-the ledger, and the workspace's GPU environment. A backend subclass adds only what is
+the quota book, and the workspace's GPU environment. A backend subclass adds only what is
 specific to where the workspace runs.
 """
 
@@ -63,7 +63,7 @@ class PodbaySpawnerMixin(Configurable):
 
     data_dir = Unicode(
         config=True,
-        help="""Where podbay keeps its ledger, homes, workspace logs and demo volumes.
+        help="""Where podbay keeps its quota book, homes, workspace logs and demo volumes.
 
         c.PodbaySpawnerMixin.data_dir = "/var/lib/podbay"
         """,
@@ -75,7 +75,7 @@ class PodbaySpawnerMixin(Configurable):
 
     db_url = Unicode(
         config=True,
-        help="""SQLAlchemy URL of the device ledger; SQLite in data_dir by default.
+        help="""SQLAlchemy URL of the quota book; SQLite in data_dir by default.
 
         c.PodbaySpawnerMixin.db_url = "postgresql://podbay@db/podbay"
         """,
@@ -129,7 +129,7 @@ class PodbaySpawnerMixin(Configurable):
         portal, user, groups = spawner.portal, spawner.user.name, spawner._groups()
         team = portal.team_for(user, groups)
         choices = portal.choices(user, groups, team)
-        snap = portal.book.snapshot()  # the one choices() just used, unless the ledger moved
+        snap = portal.book.snapshot()  # the one choices() just used, unless the quota book moved
         quota = portal.quota_for(team)
         left, total = quota.units - snap.units_of(team, user), quota.units
         available = [c.profile.id for c in choices if c.available]

@@ -110,7 +110,7 @@ def offset_of(cursor: str | None) -> int:
     """The byte offset a file cursor stands for."""
     if cursor is None:
         return 0
-    if not cursor.isdigit() or len(cursor) > 20:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 20:
         raise BadCursor(f"{cursor!r} is not a log cursor of this job; start without one")
     return int(cursor)
 

@@ -1,7 +1,7 @@
 """Jobs as containers on the Docker engine of one GPU server.
 
 A job is a container of its catalog image with the user's home volume at /home/jovyan,
-its catalog volumes and a device request for exactly the GPUs the ledger claimed. The
+its catalog volumes and a device request for exactly the GPUs the quota book claimed. The
 container is labelled with the job's id and the install's name prefix: that, not memory,
 is how the backend finds its jobs after a restart. When a container has ended, its output
 and exit code are kept in the job's folder and the container is removed; a cancelled job
@@ -220,7 +220,7 @@ class DockerBackend(TrainingBackend):
     async def reconcile(self, refs: dict[int, dict]) -> dict[int, BackendStatus]:
         """Statuses of the jobs the service believed active; containers of this install
         that belong to no such job (their job ended or was never recorded) are removed, so
-        no container holds GPUs the ledger thinks free."""
+        no container holds GPUs the quota book thinks free."""
         statuses = {job_id: await self.status({**ref, "job_id": job_id}) for job_id, ref in refs.items()}
 
         def sweep():

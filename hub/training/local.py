@@ -1,4 +1,4 @@
-"""Jobs as local process groups, on devices from the same ledger as workspaces."""
+"""Jobs as local process groups, on devices from the same quota book as workspaces."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ class DockerDriver:
         return "/home/jovyan"
 
     def _container(self, user: str, ws: str) -> str:
-        ledger = self.hub.ledger()
+        ledger = self.hub.book()
         try:
             alloc = ledger.get(f"workspace:{user}/{ws}")
         finally:
@@ -121,7 +121,7 @@ def engine(request, tmp_path_factory):
     hub.stop()
     if request.param == "local":
         # Workspaces outlive the hub by design (--keep-workspaces): end the ones left.
-        ledger = hub.ledger()
+        ledger = hub.book()
         for alloc in ledger.allocations():
             if alloc.ref.get("pid"):
                 subprocess.run(["kill", str(alloc.ref["pid"])], capture_output=True)

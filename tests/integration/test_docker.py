@@ -48,7 +48,7 @@ def dhub(tmp_path_factory, image):
 
 
 def container_of(hub: Hub, docker, user: str, name: str) -> dict:
-    ledger = hub.ledger()
+    ledger = hub.book()
     try:
         alloc = ledger.get(f"workspace:{user}/{name}")
     finally:

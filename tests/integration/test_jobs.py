@@ -238,6 +238,23 @@ def test_catalog_capacity_and_me_reflect_the_ledger(svc):
     assert httpx.get(f"{svc.url}/services/podbay/api/v1/openapi.json").json()["info"]["title"] == "podbay"
 
 
+def test_logs_come_as_bytes_so_a_read_may_end_inside_a_character(svc):
+    """A cursor may fall inside a multi-byte character (a progress bar's █ being written):
+    the service sends the bytes as they are, and the next read completes the character,
+    where decoding each read would have turned both halves into U+FFFD."""
+    with api(svc, "alice") as c:
+        job = submit(c, name="utf8", image="base", gpus=0, command=["printf", "█ done\n"])
+        wait_job(c, job["id"], {"succeeded"})
+        logs = f"/jobs/{job['id']}/logs"
+        whole = c.get(logs)
+        assert whole.content == "█ done\n".encode() and whole.headers["X-Podbay-Cursor"] == "9"
+        # On the local backend the cursor is a byte offset: read the bar's first byte, then the rest.
+        first = c.get(logs, params={"cursor": "0"}).content[:1]
+        rest = c.get(logs, params={"cursor": "1"}).content
+        assert (first + rest).decode() == "█ done\n" and rest.startswith(b"\x96\x88")
+        assert c.get(logs, params={"cursor": "²"}).status_code == 400
+
+
 def test_a_slow_database_write_does_not_stall_other_requests(svc):
     """The scheduler records a job's end while another program holds the database's write
     lock (a long transaction, a slow disk): that write waits, in a thread, and the service

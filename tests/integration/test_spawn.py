@@ -80,7 +80,7 @@ def test_quota_refusals_say_what_to_do(hub):
     ],
 )
 def test_bad_options_are_refused_and_claim_nothing(hub, options, status, words):
-    ledger = hub.ledger()
+    ledger = hub.book()
     before = ledger.taken()
     r = hub.start_server("alice", "bad", options)
     assert r.status_code == status, r.text
@@ -90,7 +90,7 @@ def test_bad_options_are_refused_and_claim_nothing(hub, options, status, words):
 
 
 def test_stop_frees_the_devices(hub):
-    ledger = hub.ledger()
+    ledger = hub.book()
     mig_pid_env = environ_of(hub.workspace_pid("alice", "mig"))["CUDA_VISIBLE_DEVICES"]
     hub.stop_server("alice", "mig")
     assert ledger.get("workspace:alice/mig") is None
@@ -129,7 +129,7 @@ def test_a_workspace_that_dies_while_starting_fails_at_once_with_its_log(hub):
     if blocker.is_dir():
         blocker.rmdir()
     blocker.write_text("in the way\n")
-    ledger = hub.ledger()
+    ledger = hub.book()
     before = ledger.taken()
     t0 = time.monotonic()
     r = hub.start_server("alice", "doomed", {"profile": "mig-3g.40gb", "volumes": ["scratch"]})
@@ -144,7 +144,7 @@ def test_a_workspace_that_dies_while_starting_fails_at_once_with_its_log(hub):
 
 
 def test_restart_keeps_workspaces_and_their_devices(hub):
-    ledger = hub.ledger()
+    ledger = hub.book()
     held = ledger.taken()
     pids = {k: hub.workspace_pid(*k) for k in [("alice", "shared"), ("bob", "whole")]}
     hub.stop()
@@ -167,7 +167,7 @@ def test_restart_keeps_workspaces_and_their_devices(hub):
 
 
 def test_restart_releases_devices_of_workspaces_that_died_meanwhile(hub):
-    ledger = hub.ledger()
+    ledger = hub.book()
     pid = hub.workspace_pid("alice", "shared2")
     hub.stop()
     os.kill(pid, 9)

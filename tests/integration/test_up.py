@@ -63,7 +63,7 @@ def test_ctrl_c_stops_everything(tmp_path):
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/hub/api", timeout=2)
     # The workspace's devices were released on the way out.
-    ledger = hub.ledger()
+    ledger = hub.book()
     assert ledger.allocations() == []
     ledger.dispose()
 
@@ -126,7 +126,7 @@ def test_a_ledger_database_that_cannot_be_reached_is_one_sentence(tmp_path):
         env={**os.environ, "PODBAY_DB_URL": f"postgresql://podbay@127.0.0.1:{dead}/podbay"})
     out = run.stdout + run.stderr
     assert run.returncode != 0, out
-    assert (f"podbay: refusing to start: the ledger database postgresql+psycopg://podbay@127.0.0.1:{dead}/podbay "
+    assert (f"podbay: refusing to start: the quota book's database postgresql+psycopg://podbay@127.0.0.1:{dead}/podbay "
             "cannot be reached") in out, out
     assert "Traceback" not in out and "running at" not in out
 

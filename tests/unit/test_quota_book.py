@@ -16,7 +16,7 @@ from tests.conftest import ROOT, TEST_CONFIG
 BIG = Quota(gpu_units=100, workspaces_per_user=100, job_gpus=100)
 
 
-def make_ledger(db_url: str) -> QuotaBook:
+def make_book(db_url: str) -> QuotaBook:
     return QuotaBook(db_url)
 
 
@@ -53,7 +53,7 @@ def claim(ledger, key, profile, user="alice", team="vision", quota=BIG, kind="wo
 
 
 def test_claim_and_release(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     a = claim(ledger, "workspace:alice/a", "mig-3g.40gb")
     assert a.devices == ("MIG-11111111-0001-4000-8000-000000000001",) and a.units == Fraction(3, 7)
     with pytest.raises(NoCapacity, match="no mig-3g.40gb is free"):
@@ -64,14 +64,14 @@ def test_claim_and_release(db_url):
 
 
 def test_same_key_twice_is_refused(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     claim(ledger, "workspace:alice/a", "cpu")
     with pytest.raises(ClaimRefused, match="already holds devices"):
         claim(ledger, "workspace:alice/a", "cpu")
 
 
 def test_shared_slots_pack_onto_one_gpu_and_carry_the_bare_uuid(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     a = claim(ledger, "workspace:alice/a", "shared-1/2")
     b = claim(ledger, "workspace:alice/b", "shared-1/2")
     assert a.devices == b.devices == ("GPU-11111111-0000-4000-8000-000000000001",)
@@ -82,7 +82,7 @@ def test_shared_slots_pack_onto_one_gpu_and_carry_the_bare_uuid(db_url):
 
 
 def test_whole_gpus_come_from_one_node(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     a = claim(ledger, "workspace:alice/a", "gpu-2")
     assert set(a.devices) == {"GPU-11111111-0000-4000-8000-000000000002", "GPU-11111111-0000-4000-8000-000000000003"}
     assert a.units == 2 and a.gpus == 2
@@ -104,7 +104,7 @@ def test_whole_gpus_come_from_one_node(db_url):
     ],
 )
 def test_quota_arithmetic(db_url, held, asked, units, fits):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     quota = Quota(gpu_units=units, workspaces_per_user=10)
     for i, p in enumerate(held):
         claim(ledger, f"workspace:alice/h{i}", p, quota=BIG)
@@ -117,7 +117,7 @@ def test_quota_arithmetic(db_url, held, asked, units, fits):
 
 
 def test_quota_counts_the_team_not_the_user(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     quota = Quota(gpu_units=1, workspaces_per_user=5)
     claim(ledger, "workspace:alice/a", "shared-1/2", user="alice", team="vision", quota=quota)
     claim(ledger, "workspace:carol/a", "shared-1/2", user="carol", team="vision", quota=quota)
@@ -130,7 +130,7 @@ def test_quota_counts_the_team_not_the_user(db_url):
 
 
 def test_workspaces_per_user(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     quota = Quota(gpu_units=0, workspaces_per_user=2)
     claim(ledger, "workspace:alice/a", "cpu", quota=quota)
     claim(ledger, "workspace:alice/b", "cpu", quota=quota)
@@ -139,7 +139,7 @@ def test_workspaces_per_user(db_url):
 
 
 def test_reconcile_releases_what_no_longer_runs(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     claim(ledger, "workspace:alice/a", "gpu-1")
     claim(ledger, "workspace:alice/b", "gpu-1")
     ledger.set_ref("workspace:alice/a", {"pid": 1})
@@ -149,7 +149,7 @@ def test_reconcile_releases_what_no_longer_runs(db_url):
 
 
 def test_a_claim_can_replace_what_its_key_still_holds_in_one_transaction(db_url):
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     first = claim(ledger, "workspace:alice/a", "mig-3g.40gb")
     with pytest.raises(ClaimRefused, match="already holds devices"):
         claim(ledger, "workspace:alice/a", "gpu-1")
@@ -168,7 +168,7 @@ def test_a_claim_can_replace_what_its_key_still_holds_in_one_transaction(db_url)
 def test_where_the_engine_places_the_book_records_units_and_no_device(db_url):
     """Kubernetes' device plugin or Slurm's GRES pick the devices: the quota book still
     counts what the profile weighs against the team, and holds no device claim."""
-    book = make_ledger(db_url)
+    book = make_book(db_url)
     quota = Quota(gpu_units=1, workspaces_per_user=5)
     half = Demand("shared-1/2", parse_profile_id("shared-1/2"), ("dev",), units=Fraction(1, 2))
     a = book.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision", demand=half, quota=quota)
@@ -182,7 +182,7 @@ def test_where_the_engine_places_the_book_records_units_and_no_device(db_url):
 def test_a_job_the_engine_lets_run_is_recorded_past_podbays_job_quota(db_url):
     """Where the engine queues (Kueue, Slurm), its quota decided the job may run: the book
     records it (so usage is true) instead of refusing what already runs."""
-    book = make_ledger(db_url)
+    book = make_book(db_url)
     quota = Quota(gpu_units=0, workspaces_per_user=1, job_gpus=8)
     eight = Demand("gpu-8", parse_profile_id("gpu-8"), ("training",), gpus=8)
     book.claim(key="job:1", kind="job", user="alice", team="vision", demand=eight, quota=quota)
@@ -293,7 +293,7 @@ def test_migrations_match_the_models(db_url):
     import podbay.hub.jobs  # noqa: F401  (its table is part of the schema)
     from podbay.hub.quota.database import Base
 
-    ledger = make_ledger(db_url)
+    ledger = make_book(db_url)
     with ledger.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": "podbay_alembic_version"})
         diff = compare_metadata(ctx, Base.metadata)
@@ -302,12 +302,12 @@ def test_migrations_match_the_models(db_url):
 
 
 def test_opening_an_existing_ledger_keeps_its_claims(db_url):
-    claim(make_ledger(db_url), "workspace:alice/a", "gpu-1")
-    assert [a.key for a in make_ledger(db_url).allocations()] == ["workspace:alice/a"]
+    claim(make_book(db_url), "workspace:alice/a", "gpu-1")
+    assert [a.key for a in make_book(db_url).allocations()] == ["workspace:alice/a"]
 
 
 def test_snapshot_follows_claims_made_elsewhere(db_url):
-    reader, writer = make_ledger(db_url), make_ledger(db_url)
+    reader, writer = make_book(db_url), make_book(db_url)
     first = reader.snapshot()
     assert first.taken == frozenset() and reader.snapshot() is first  # cached while nothing changes
     claim(writer, "workspace:alice/a", "mig-3g.40gb")
@@ -320,3 +320,18 @@ def test_snapshot_follows_claims_made_elsewhere(db_url):
     assert reader.snapshot().units_of("vision", "alice") == 0
     reader.dispose()
     writer.dispose()
+
+
+def test_claims_skip_the_per_commit_sync_but_what_users_were_answered_does_not(tmp_path):
+    """A power loss may take the book's last claims (the workspaces die with the machine,
+    and the hub reconciles at start), never a job the service answered 201 for."""
+    book = QuotaBook(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    synchronous = "PRAGMA synchronous"  # 1 NORMAL, 2 FULL
+    with book.write_session() as s:
+        assert s.connection().exec_driver_sql(synchronous).scalar() == 1
+    with book.db.durable_write_session() as s:
+        assert s.connection().exec_driver_sql(synchronous).scalar() == 2
+    from podbay.hub.jobs import JobStore
+
+    assert JobStore(book)._write is book.db.durable_write_session
+    book.dispose()
