@@ -74,9 +74,15 @@ class Backend:
 
         Here: a backend whose engine does not queue (podbay does) has no use for a pool's
         `queue`; one whose engine does (Kueue, Slurm) overrides this."""
-        return [(("pools", name, "queue"),
-                 f"the {self.name} backend has no queue of its own (podbay queues its jobs): remove queue")
-                for name, pool in cfg.pools.items() if pool.queue]
+        out = [(("pools", name, "queue"),
+                f"the {self.name} backend has no queue of its own (podbay queues its jobs): remove queue")
+               for name, pool in cfg.pools.items() if pool.queue]
+        out += [(("volumes", i), f"the {self.name} backend mounts a directory: give source (pvc is for kubernetes)")
+                for i, vol in enumerate(cfg.volumes) if not vol.source and not self._mounts_without_source(vol)]
+        return out
+
+    def _mounts_without_source(self, vol) -> bool:
+        return False
 
     def placement(self, inventory: "Inventory") -> "Placement | None":
         """Who picks devices: podbay from its inventory, or nobody here (the engine does)."""
@@ -99,7 +105,7 @@ class Backend:
     def prepare_volumes(self, cfg: "PodbayConfig", portal: "Portal") -> None:
         """Relative volume sources are podbay's own (the demo's): create them."""
         for vol in cfg.volumes:
-            if not Path(vol.source).is_absolute():
+            if vol.source and not Path(vol.source).is_absolute():
                 portal.volume_source(vol).mkdir(parents=True, exist_ok=True)
 
     def start_hub(self, cfg: "PodbayConfig", portal: "Portal", hub_port: int) -> HubSide:
@@ -144,6 +150,9 @@ class DockerBackend(Backend):
 
         return DockerSettings
 
+    def _mounts_without_source(self, vol) -> bool:
+        return bool(vol.docker_volume)
+
     def describe(self, cfg):
         if cfg.docker.network.mode == "host":
             return "docker, on the host network: workspaces are NOT isolated from each other (one user only)"
@@ -151,7 +160,7 @@ class DockerBackend(Backend):
 
     def prepare_volumes(self, cfg, portal):
         for vol in cfg.volumes:
-            if Path(vol.source).is_absolute() or vol.docker_volume:
+            if vol.docker_volume or Path(vol.source).is_absolute():
                 continue
             src = portal.volume_source(vol)
             src.mkdir(parents=True, exist_ok=True)

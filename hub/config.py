@@ -221,9 +221,11 @@ class Volume(_Model):
     description: str = ""
     # A directory (relative paths live under the data directory), bind-mounted. The docker
     # backend needs it as a path on the Docker host.
-    source: str
+    source: str | None = None
     # Docker backend: mount this Docker named volume instead of the source directory.
     docker_volume: str | None = None
+    # Kubernetes backend: the existing PersistentVolumeClaim to mount (in podbay's namespace).
+    pvc: str | None = None
     # Where it appears in the workspace; relative to the home directory.
     mount_path: str | None = None
     read_only: bool = True
@@ -232,6 +234,12 @@ class Volume(_Model):
     @property
     def target(self) -> str:
         return self.mount_path or f"data/{self.name}"
+
+    @model_validator(mode="after")
+    def _has_a_source(self):
+        if not (self.source or self.docker_volume or self.pvc):
+            raise ValueError("give where the data is: source (a directory), docker_volume or pvc")
+        return self
 
 
 class Quota(_Model):

@@ -126,7 +126,10 @@ class Portal:
         teams = self.cfg.teams_of(user, groups)
         return [v for v in self.cfg.volumes if self.may_mount(v, user, teams)]
 
-    def volume_source(self, volume: Volume) -> Path:
+    def volume_source(self, volume: Volume) -> Path | None:
+        """The directory of a volume (None for one that is only a Docker volume or a PVC)."""
+        if volume.source is None:
+            return None
         src = Path(volume.source)
         return src if src.is_absolute() else self.data_dir / src
 

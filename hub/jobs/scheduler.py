@@ -220,7 +220,7 @@ class Scheduler:
         for name in job.volumes:
             vol = self.portal.cfg.volume(name)
             if vol is not None:
-                vols.append((self.backend.mount_source(vol, str(self.portal.volume_source(vol))),
+                vols.append((self.backend.mount_source(vol, self.portal.volume_source(vol)),
                              str(self.home_of(job.user) / vol.target), vol.read_only))
         env = job_env(job_id=job.id, name=job.name, image=job.image, team=job.team, volumes=job.volumes,
                       devices=devices, gpus=job.gpus, home=str(self.home_of(job.user)), user_env=job.env)

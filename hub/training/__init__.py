@@ -70,9 +70,10 @@ class TrainingBackend(ABC):
         """The user's home as the job sees it, when it is not podbay's own directory."""
         return None
 
-    def mount_source(self, volume, path: str) -> str:
-        """What to mount for a catalog volume whose directory is `path`."""
-        return path
+    def mount_source(self, volume, path: Path | None) -> str:
+        """What to mount for a catalog volume whose directory is `path` (None: it has none,
+        and the config check made sure this backend does not need one)."""
+        return str(path)
 
     @abstractmethod
     async def submit(self, job: JobSpec) -> dict:

@@ -58,8 +58,8 @@ class DockerBackend(TrainingBackend):
     def container_name(self, job_id: int) -> str:
         return f"{self.settings.name_prefix}-job-{job_id}"
 
-    def mount_source(self, volume, path: str) -> str:
-        return volume.docker_volume or path
+    def mount_source(self, volume, path: Path | None) -> str:
+        return volume.docker_volume or str(path)
 
     def home_of(self, user: str) -> Path:
         # Workdirs and volume targets are paths inside the container, under the home volume.

@@ -265,3 +265,12 @@ def test_a_pool_queue_needs_a_backend_with_a_queue(demo, tmp_path):
     (issue,) = errors_of(demo, tmp_path)
     assert issue.startswith("pools.training.queue: the local backend has no queue of its own "
                             "(podbay queues its jobs): remove queue"), issue
+
+
+def test_a_volume_says_where_its_data_is_and_the_backend_can_mount_it(demo, tmp_path):
+    demo["volumes"][0].pop("source")
+    (issue,) = errors_of(demo, tmp_path)
+    assert "volumes[0]: give where the data is: source (a directory), docker_volume or pvc" in issue
+    demo["volumes"][0]["pvc"] = "imagenet-ro"
+    (issue,) = errors_of(demo, tmp_path)
+    assert issue.startswith("volumes[0]: the local backend mounts a directory: give source (pvc is for kubernetes)")

@@ -1,0 +1,112 @@
+"""The `kubernetes:` section of podbay.yaml.
+
+How the NVIDIA GPU operator offers each pool's GPUs decides what a profile asks the
+scheduler for, so it is declared per pool, the way the operator was installed:
+
+    kubernetes:
+      namespace: podbay
+      pools:
+        dev:
+          mig_strategy: mixed              # nvidia.com/mig-1g.10gb: 1
+          time_slicing: {replicas: 4}      # nvidia.com/gpu.shared: 1 (renameByDefault)
+        training:
+          mig_strategy: none               # nvidia.com/gpu: N
+      resources:
+        default: {cpu: 2, memory: 8Gi}
+        gpu-1: {cpu: 8, memory: 64Gi, cpu_limit: 16, memory_limit: 96Gi}
+      home: {storage_class: standard, size: 20Gi}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A Kubernetes quantity: 8Gi, 500Mi, 2, 0.5, 1500m.
+QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _quantity(v: str | int | float | None) -> str | None:
+    if v is None:
+        return None
+    text = str(v)
+    if not QUANTITY.match(text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 2, 500m, 8Gi")
+    return text
+
+
+class TimeSlicing(_Model):
+    """The device plugin's `sharing.timeSlicing` for this pool's GPUs."""
+
+    replicas: int = Field(ge=2, le=64)
+    # renameByDefault: shares are advertised as nvidia.com/gpu.shared (the operator's
+    # recommended setting); false: as nvidia.com/gpu, on nodes whose product label ends in -SHARED.
+    rename_by_default: bool = True
+
+
+class PoolGpus(_Model):
+    """How the GPU operator offers the GPUs of one pool's nodes."""
+
+    # MIG: mixed (one resource per profile), single (every GPU of a node cut alike, offered
+    # as nvidia.com/gpu), none (whole GPUs, or time-sliced shares).
+    mig_strategy: Literal["none", "single", "mixed"] = "none"
+    # GPU Feature Discovery's nvidia.com/gpu.product of the pool's GPUs (NVIDIA-H100-80GB-HBM3):
+    # with the single strategy a MIG profile is a node selector on <product>-MIG-<profile>.
+    product: str | None = None
+    time_slicing: TimeSlicing | None = None
+
+    @model_validator(mode="after")
+    def _mig_or_sharing(self):
+        if self.mig_strategy != "none" and self.time_slicing is not None:
+            raise ValueError("podbay does not time-slice MIG devices: give mig_strategy or time_slicing, not both")
+        return self
+
+
+class Resources(_Model):
+    """CPU and memory of a workspace: requests, and limits (the requests when not given)."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+
+    _q = field_validator("cpu", "memory", "cpu_limit", "memory_limit", mode="before")(
+        lambda v: _quantity(v))
+
+
+class Home(_Model):
+    """Each user's persistent home: a PVC made from a storage class."""
+
+    storage_class: str | None = None  # None: the cluster's default class
+    size: str = "10Gi"
+    # One home per named workspace instead of one per user.
+    per_workspace: bool = False
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
+
+    _q = field_validator("size", mode="before")(lambda v: _quantity(v))
+
+
+class KubernetesSettings(_Model):
+    namespace: str = Field(default="podbay", pattern=DNS_LABEL)
+    # Pods, Jobs, Services and PVCs are named <prefix>-…
+    name_prefix: str = Field(default="podbay", pattern=DNS_LABEL, max_length=20)
+    pools: dict[str, PoolGpus] = {}
+    # By profile id; `default` for profiles not named.
+    resources: dict[str, Resources] = {"default": Resources(cpu="1", memory="4Gi")}
+    home: Home = Home()
+    # Kueue: jobs carry kueue.x-k8s.io/queue-name of their pool's `queue` (a LocalQueue in
+    # this namespace), or of their team's queue `<prefix>-<team>` when the pool names none.
+    kueue: bool = False
+
+    def pool(self, name: str) -> PoolGpus:
+        return self.pools.get(name, PoolGpus())
+
+    def resources_of(self, profile_id: str) -> Resources:
+        return self.resources.get(profile_id) or self.resources.get("default") or Resources()

@@ -1,0 +1,263 @@
+"""The kubernetes backend's pure parts: what each profile asks the scheduler for under each
+GPU-operator setup, the Job, Service and PVC builders (every object checked against the
+Kubernetes schemas, strict, for the oldest and newest versions podbay supports), and the
+capacity arithmetic on node objects carrying GPU Feature Discovery's recorded labels."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from podbay.hub.config import parse_config, parse_profile_id
+from podbay.hub.k8s.capacity import ClusterCapacity, pod_requests
+from podbay.hub.k8s.objects import (
+    GpuAsk,
+    ProfileUnavailable,
+    container_resources,
+    gpu_ask,
+    home_pvc,
+    labels,
+    node_selector_of,
+    tolerations_of,
+    training_job,
+    volume_mounts,
+)
+from podbay.hub.k8s.settings import KubernetesSettings, PoolGpus, TimeSlicing
+from podbay.hub.quota import Snapshot
+
+from tests.conftest import FIXTURES
+
+# z2jh 4.4 needs 1.28; kubernetes-validate's newest schemas are 1.37.
+VERSIONS = ["1.28", "1.37"]
+LABELS = FIXTURES / "k8s-node-labels"
+MIXED_H100 = json.loads((LABELS / "cloud-native-docs_h100_mig-mixed_all-balanced_node-labels.json").read_text())
+SINGLE_H100 = json.loads((LABELS / "cloud-native-docs_h100_mig-single_all-disabled_node-labels.json").read_text())
+NOTHING = Snapshot(0, frozenset(), {}, {}, {})
+
+
+def valid(obj: dict) -> None:
+    for version in VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise AssertionError(f"{obj['kind']} {obj['metadata']['name']} is not a valid {version} object: "
+                                 f"{e.message} at {list(e.path)}") from None
+
+
+MIXED = PoolGpus(mig_strategy="mixed")
+SINGLE = PoolGpus(mig_strategy="single", product="NVIDIA-A100-PCIE-40GB")
+RENAMED = PoolGpus(time_slicing=TimeSlicing(replicas=4))
+NOT_RENAMED = PoolGpus(time_slicing=TimeSlicing(replicas=4, rename_by_default=False), product="NVIDIA-A10G")
+WHOLE = PoolGpus()
+
+
+@pytest.mark.parametrize("profile, pool, ask", [
+    ("cpu", MIXED, GpuAsk()),
+    ("mig-1g.10gb", MIXED, GpuAsk({"nvidia.com/mig-1g.10gb": 1})),
+    ("mig-1g.5gb", SINGLE, GpuAsk({"nvidia.com/gpu": 1}, {"nvidia.com/gpu.product": "NVIDIA-A100-PCIE-40GB-MIG-1g.5gb"})),
+    ("shared-1/4", RENAMED, GpuAsk({"nvidia.com/gpu.shared": 1})),
+    ("shared-1/4", NOT_RENAMED, GpuAsk({"nvidia.com/gpu": 1}, {"nvidia.com/gpu.product": "NVIDIA-A10G-SHARED"})),
+    ("gpu-8", WHOLE, GpuAsk({"nvidia.com/gpu": 8})),
+    ("gpu-1", RENAMED, GpuAsk({"nvidia.com/gpu": 1})),
+    ("gpu-2", MIXED, GpuAsk({"nvidia.com/gpu": 2})),
+])
+def test_each_profile_kind_asks_what_the_pools_gpu_setup_offers(profile, pool, ask):
+    assert gpu_ask(parse_profile_id(profile), "dev", pool) == ask
+
+
+@pytest.mark.parametrize("profile, pool, words", [
+    ("mig-1g.10gb", WHOLE, "pool dev has no MIG (kubernetes.pools.dev.mig_strategy is none)"),
+    ("mig-1g.10gb", PoolGpus(mig_strategy="single"), "give kubernetes.pools.dev.product"),
+    ("shared-1/4", WHOLE, "pool dev is not time-sliced"),
+    ("shared-1/2", RENAMED, "time-slices each GPU into 4, not 2"),
+    ("shared-1/4", PoolGpus(time_slicing=TimeSlicing(replicas=4, rename_by_default=False)), "give kubernetes.pools.dev.product"),
+    ("gpu-1", NOT_RENAMED, "a whole GPU cannot be asked for there"),
+])
+def test_a_profile_the_pool_cannot_offer_says_what_to_change(profile, pool, words):
+    with pytest.raises(ProfileUnavailable, match=words.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+        gpu_ask(parse_profile_id(profile), "dev", pool)
+
+
+@pytest.fixture
+def cfg():
+    return parse_config({
+        "images": [{"name": "pytorch", "display_name": "PyTorch", "image": "nvcr.io/nvidia/pytorch:25.01-py3"}],
+        "profiles": [{"id": "cpu"}, {"id": "mig-1g.10gb"}, {"id": "gpu-8", "pools": ["training"]}],
+        "pools": {"dev": {"node_selector": {"podbay.io/pool": "dev"}},
+                  "training": {"node_selector": {"podbay.io/pool": "training"},
+                               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
+        "volumes": [{"name": "imagenet", "source": "/data/imagenet", "pvc": "imagenet-ro", "read_only": True},
+                    {"name": "scratch", "source": "/data/scratch", "pvc": "team-scratch", "read_only": False}],
+        "teams": {"vision": {"members": ["alice"], "quota": {"gpu_units": 4, "job_gpus": 16}}},
+    })
+
+
+SETTINGS = KubernetesSettings(namespace="podbay", kueue=True,
+                              pools={"dev": MIXED, "training": WHOLE},
+                              resources={"default": {"cpu": "1", "memory": "4Gi"},
+                                         "gpu-8": {"cpu": "32", "memory": "512Gi", "cpu_limit": "64"}},
+                              home={"storage_class": "nfs", "size": "50Gi"})
+
+
+def test_a_workspace_pod_has_its_gpu_resource_pool_volumes_and_labels(cfg):
+    spec = parse_profile_id("mig-1g.10gb")
+    ask = gpu_ask(spec, "dev", SETTINGS.pool("dev"))
+    vols, mounts = volume_mounts(cfg, SETTINGS, ["imagenet", "scratch"], "podbay-home-alice")
+    resources = container_resources(SETTINGS, "mig-1g.10gb", ask)
+    assert resources == {"requests": {"cpu": "1", "memory": "4Gi", "nvidia.com/mig-1g.10gb": "1"},
+                         "limits": {"cpu": "1", "memory": "4Gi", "nvidia.com/mig-1g.10gb": "1"}}
+    assert mounts == [{"name": "home", "mountPath": "/home/jovyan"},
+                      {"name": "data-imagenet", "mountPath": "/home/jovyan/data/imagenet", "readOnly": True},
+                      {"name": "data-scratch", "mountPath": "/home/jovyan/data/scratch", "readOnly": False}]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "jupyter-alice", "namespace": "podbay",
+                        "labels": labels(user="alice", team="vision", profile="mig-1g.10gb",
+                                         units=Fraction(1, 7), component="workspace")},
+           "spec": {"containers": [{"name": "notebook", "image": "nvcr.io/nvidia/pytorch:25.01-py3",
+                                    "resources": resources, "volumeMounts": mounts}],
+                    "volumes": vols, "nodeSelector": node_selector_of(cfg, "dev", ask),
+                    "tolerations": tolerations_of(cfg, "dev")}}
+    valid(pod)
+    assert pod["metadata"]["labels"]["podbay.io/units"] == "1-7"
+    assert "CUDA_VISIBLE_DEVICES" not in json.dumps(pod), "the device plugin sets it"
+
+
+def test_one_node_job_carries_the_teams_queue_and_starts_suspended(cfg):
+    (job,) = training_job(cfg, SETTINGS, job_id=7, name="resnet", user="alice", team="vision",
+                          image="nvcr.io/nvidia/pytorch:25.01-py3", command=["python", "train.py"],
+                          workdir="/home/jovyan/proj", env={"PODBAY_JOB_ID": "7"}, volumes=["imagenet"],
+                          gpus_per_node=8, nodes=1, pool="training", queue=None)
+    valid(job)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "podbay-vision"
+    assert job["spec"]["suspend"] is True and "completionMode" not in job["spec"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert pod["nodeSelector"] == {"podbay.io/pool": "training"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["volumes"][0] == {"name": "home", "persistentVolumeClaim": {"claimName": "podbay-home-alice"}}
+
+
+def test_a_two_node_job_is_an_indexed_job_with_a_headless_service_torchrun_can_use(cfg):
+    job, service = training_job(cfg, SETTINGS, job_id=12, name="llm", user="alice", team="vision",
+                                image="nvcr.io/nvidia/pytorch:25.01-py3",
+                                command=["torchrun", "--nnodes=2", "train.py"], workdir="/home/jovyan",
+                                env={}, volumes=[], gpus_per_node=8, nodes=2, pool="training", queue="big-jobs")
+    valid(job)
+    valid(service)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "big-jobs", "the pool's own queue"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"job-name": "podbay-job-12"}
+    assert spec["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"]
+           for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "podbay-job-12-0.podbay-job-12" and env["WORLD_SIZE"] == "2"
+    assert env["NODE_RANK"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def test_without_kueue_a_job_goes_straight_to_the_scheduler(cfg):
+    plain = SETTINGS.model_copy(update={"kueue": False})
+    (job,) = training_job(cfg, plain, job_id=1, name="j", user="bob", team=None, image="x", command=["true"],
+                          workdir="/home/jovyan", env={}, volumes=[], gpus_per_node=0, nodes=1, pool="dev", queue=None)
+    valid(job)
+    assert "suspend" not in job["spec"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void", "NGC images see no GPU without one"
+
+
+def test_homes_are_claims_from_the_storage_class(cfg):
+    pvc = home_pvc(SETTINGS, "alice@example.org", "vision")
+    valid(pvc)
+    assert pvc["metadata"]["name"] == "podbay-home-alice-40example-2eorg"
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}},
+                           "storageClassName": "nfs"}
+
+
+def test_settings_refuse_what_the_operator_cannot_do():
+    with pytest.raises(ValueError, match="does not time-slice MIG devices"):
+        PoolGpus(mig_strategy="mixed", time_slicing={"replicas": 4})
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        KubernetesSettings(resources={"default": {"memory": "8 GB"}})
+
+
+# --- capacity, as the scheduler counts ------------------------------------------------
+
+
+def node(name: str, labels: dict, allocatable: dict, pool: str = "dev") -> dict:
+    return {"metadata": {"name": name, "labels": {**labels, "podbay.io/pool": pool}},
+            "status": {"allocatable": {"cpu": "64", "memory": "512Gi", **allocatable}}}
+
+
+def pod(node_name: str, resources: dict, phase: str = "Running") -> dict:
+    return {"spec": {"nodeName": node_name, "containers": [{"name": "c", "resources": {"limits": resources}}]},
+            "status": {"phase": phase}}
+
+
+def mixed_allocatable(labels: dict) -> dict:
+    """What the device plugin advertises for GFD's MIG counts (mixed strategy)."""
+    return {f"nvidia.com/mig-{k[len('nvidia.com/mig-'):-len('.count')]}": v
+            for k, v in labels.items() if k.startswith("nvidia.com/mig-") and k.endswith(".count")}
+
+
+def test_free_is_allocatable_minus_the_requests_of_pods_that_have_not_ended(cfg):
+    nodes = [node("h100-a", MIXED_H100, mixed_allocatable(MIXED_H100)),
+             node("h100-b", MIXED_H100, mixed_allocatable(MIXED_H100)),
+             node("dgx-1", {}, {"nvidia.com/gpu": "8"}, pool="training")]
+    pods = [pod("h100-a", {"nvidia.com/mig-1g.10gb": "1"}),
+            pod("h100-a", {"nvidia.com/mig-1g.10gb": "1"}, phase="Succeeded"),  # ended: holds nothing
+            pod("h100-b", {"nvidia.com/mig-1g.10gb": "2"}),
+            pod("dgx-1", {"nvidia.com/gpu": "3"})]
+    capacity = ClusterCapacity(cfg, SETTINGS, lambda: (nodes, pods))
+    assert capacity.counts(parse_profile_id("mig-1g.10gb"), ["dev"], NOTHING) == (4, 1)
+    assert capacity.counts(parse_profile_id("mig-3g.40gb"), ["dev"], NOTHING) == (2, 2)
+    assert capacity.counts(parse_profile_id("gpu-8"), ["training"], NOTHING) == (1, 0)
+    assert capacity.counts(parse_profile_id("gpu-4"), ["training"], NOTHING) == (2, 1)
+    assert capacity.counts(parse_profile_id("cpu"), ["dev"], NOTHING) == (-1, -1)
+    assert capacity.most_gpus_per_node("training") == 8
+    devices = capacity.devices("dev", NOTHING)
+    assert (devices["mig-1g.10gb"].total, devices["mig-1g.10gb"].used, devices["mig-1g.10gb"].free) == (4, 3, 1)
+    # The H100's own geometry from its product label: 3g.40gb is 3 of 7 compute slices.
+    assert capacity.unit_weight(parse_profile_id("mig-3g.40gb"), ["dev"]) == Fraction(3, 7)
+
+
+def test_single_strategy_mig_nodes_are_found_by_their_product_label(cfg):
+    cut = {**SINGLE_H100, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb", "nvidia.com/gpu.count": "7"}
+    nodes = [node("h100-cut", cut, {"nvidia.com/gpu": "7"}), node("h100-whole", SINGLE_H100, {"nvidia.com/gpu": "1"})]
+    settings = KubernetesSettings(pools={"dev": {"mig_strategy": "single", "product": "NVIDIA-H100-80GB-HBM3"}})
+    capacity = ClusterCapacity(cfg, settings, lambda: (nodes, [pod("h100-cut", {"nvidia.com/gpu": "2"})]))
+    assert capacity.counts(parse_profile_id("mig-1g.10gb"), ["dev"], NOTHING) == (7, 5)
+    assert capacity.counts(parse_profile_id("gpu-1"), ["dev"], NOTHING) == (8, 6), \
+        "on a single-strategy pool nvidia.com/gpu counts MIG devices too: pools keep them apart"
+
+
+def test_nodes_that_say_what_the_config_does_not_know_are_reported(cfg):
+    odd = {**MIXED_H100, "nvidia.com/mig-9g.99gb.count": "1"}
+    nodes = [node("h100-a", MIXED_H100, mixed_allocatable(MIXED_H100)), node("h100-odd", odd, {})]
+    settings = KubernetesSettings(pools={"dev": {"mig_strategy": "single", "product": "NVIDIA-H100-80GB-HBM3"}})
+    problems = ClusterCapacity(cfg, settings, lambda: (nodes, [])).unknown()
+    assert "node h100-a (pool dev) uses the mixed MIG strategy, the config says single: its MIG devices are not counted" \
+        in problems
+    assert "node h100-odd (pool dev) offers MIG profiles podbay does not know: 9g.99gb" in problems
+    assert ClusterCapacity(cfg, SETTINGS, lambda: (nodes[:1], [])).unknown() == [], "as configured: nothing to say"
+
+
+def test_pod_requests_count_init_containers_as_the_scheduler_does():
+    p = {"spec": {"containers": [{"resources": {"requests": {"nvidia.com/gpu": "1"}}},
+                                 {"resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+                  "initContainers": [{"resources": {"limits": {"nvidia.com/gpu": "4"}}}]}}
+    assert pod_requests(p) == {"nvidia.com/gpu": 4}
+    assert yaml.safe_dump(p)  # plain data, as the API returns it
+
+
+def test_the_schema_check_is_strict():
+    """What the builders are held to: a misspelt field or a wrong type fails."""
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+               "spec": {"clusterIP": "None", "selector": {"a": "b"}, "ports": [{"port": 1}]}}
+    valid(service)
+    with pytest.raises(AssertionError, match="'clusterIp' was unexpected"):
+        valid({**service, "spec": {**service["spec"], "clusterIp": "None"}})
+    with pytest.raises(AssertionError, match="is not of type"):
+        valid({**service, "spec": {**service["spec"], "ports": [{"port": "one"}]}})
