@@ -104,6 +104,12 @@ class KubernetesSettings(_Model):
     # Kueue: jobs carry kueue.x-k8s.io/queue-name of their pool's `queue` (a LocalQueue in
     # this namespace), or of their team's queue `<prefix>-<team>` when the pool names none.
     kueue: bool = False
+    # What each team's ClusterQueue admits of CPU and memory (Kueue admits only covered
+    # resources); GPUs are the team's job_gpus.
+    kueue_cpu: str = "1000"
+    kueue_memory: str = "16Ti"
+
+    _q = field_validator("kueue_cpu", "kueue_memory", mode="before")(lambda v: _quantity(v))
 
     def pool(self, name: str) -> PoolGpus:
         return self.pools.get(name, PoolGpus())

@@ -261,3 +261,58 @@ def test_the_schema_check_is_strict():
         valid({**service, "spec": {**service["spec"], "clusterIp": "None"}})
     with pytest.raises(AssertionError, match="is not of type"):
         valid({**service, "spec": {**service["spec"], "ports": [{"port": "one"}]}})
+
+
+# --- what the chart lacks -------------------------------------------------------------
+
+
+def test_rbac_lets_the_hub_read_capacity_cluster_wide_and_run_jobs_in_its_namespace():
+    from podbay.hub.k8s.manifests import rbac
+
+    objs = rbac(SETTINGS, hub_account="hub", hub_namespace="jhub")
+    for obj in objs:
+        valid(obj)
+    cluster_role, _, role, binding = objs
+    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]
+    assert {"create", "delete"} <= set(role["rules"][0]["verbs"]) and role["rules"][0]["resources"] == ["jobs"]
+    assert role["metadata"]["namespace"] == "podbay"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "jhub"}]
+
+
+def test_time_slicing_config_for_the_pools_that_share(cfg):
+    from podbay.hub.k8s.manifests import time_slicing
+
+    settings = SETTINGS.model_copy(update={"pools": {"dev": RENAMED, "training": WHOLE}})
+    (cm,) = time_slicing(cfg, settings)
+    valid(cm)
+    assert list(cm["data"]) == ["dev"]
+    assert yaml.safe_load(cm["data"]["dev"]) == {"version": "v1", "sharing": {"timeSlicing": {
+        "renameByDefault": True, "failRequestsGreaterThanOne": True,
+        "resources": [{"name": "nvidia.com/gpu", "replicas": 4}]}}}
+    assert time_slicing(cfg, SETTINGS) == [], "no pool shares"
+
+
+def test_kueue_queues_give_each_team_its_job_gpus_in_one_cohort(cfg):
+    from podbay.hub.k8s.manifests import kueue
+
+    objs = kueue(cfg, SETTINGS)
+    by_kind: dict[str, list[dict]] = {}
+    for obj in objs:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+        # Kueue's CRDs have no schema here: their standard part (metadata) is checked strictly.
+        valid({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]})
+    assert [f["metadata"]["name"] for f in by_kind["ResourceFlavor"]] == ["podbay-dev", "podbay-training"]
+    assert by_kind["ResourceFlavor"][1]["spec"]["nodeLabels"] == {"podbay.io/pool": "training"}
+    vision = next(q for q in by_kind["ClusterQueue"] if q["metadata"]["name"] == "podbay-vision")
+    assert vision["spec"]["cohort"] == "podbay"
+    gpus = {f["name"]: next(r["nominalQuota"] for r in f["resources"] if r["name"] == "nvidia.com/gpu")
+            for f in vision["spec"]["resourceGroups"][0]["flavors"]}
+    assert gpus == {"podbay-dev": 16, "podbay-training": 16}
+    local = {q["metadata"]["name"]: q for q in by_kind["LocalQueue"]}
+    assert local["podbay-vision"]["spec"] == {"clusterQueue": "podbay-vision"}
+    assert local["podbay-vision"]["metadata"]["namespace"] == "podbay"
+    # The queue a job of the team names is one of these.
+    (job,) = training_job(cfg, SETTINGS, job_id=3, name="j", user="alice", team="vision", image="x",
+                          command=["true"], workdir="/home/jovyan", env={}, volumes=[], gpus_per_node=1,
+                          nodes=1, pool="training", queue=None)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] in local

@@ -1,0 +1,112 @@
+"""What the Zero to JupyterHub chart lacks for podbay, built from podbay.yaml: the hub's
+rights to read Nodes (capacity) and to run Jobs, Kueue's queues (one ClusterQueue per team,
+its job-GPU quota as nominalQuota, all in one cohort so idle quota can be borrowed; a
+LocalQueue per team in podbay's namespace), and the device plugin's time-slicing config for
+the pools that share GPUs."""
+
+from __future__ import annotations
+
+import yaml
+
+from ..config import PodbayConfig
+from .objects import GPU, SHARED
+from .settings import KubernetesSettings
+
+KUEUE = "kueue.x-k8s.io/v1beta1"
+
+
+def _meta(name: str, namespace: str | None = None) -> dict:
+    meta = {"name": name, "labels": {"app.kubernetes.io/managed-by": "podbay"}}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: str | None = None) -> list[dict]:
+    """The chart's hub Role covers pods, PVCs, secrets, services and events of its namespace:
+    capacity needs Nodes and every namespace's pods (their requests use the same GPUs), and
+    training jobs need batch/jobs in podbay's namespace."""
+    prefix, ns = settings.name_prefix, settings.namespace
+    subject = [{"kind": "ServiceAccount", "name": hub_account, "namespace": hub_namespace or ns}]
+    reader = f"{prefix}-capacity-reader"
+    runner = f"{prefix}-job-runner"
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": _meta(reader),
+         "rules": [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": _meta(reader),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
+         "subjects": subject},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(runner, ns),
+         "rules": [
+             {"apiGroups": ["batch"], "resources": ["jobs"],
+              "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
+             {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "persistentvolumeclaims", "events"],
+              "verbs": ["get", "list", "watch", "create", "delete"]},
+             {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "watch"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(runner, ns),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": runner},
+         "subjects": subject},
+    ]
+
+
+def kueue(cfg: PodbayConfig, settings: KubernetesSettings) -> list[dict]:
+    """A ResourceFlavor per pool (its node labels), a ClusterQueue per team with its job GPUs
+    as nominalQuota on each pool's flavor, in one cohort, and a LocalQueue per team. CPU and
+    memory are covered too (Kueue admits only what a queue covers), without a team limit."""
+    prefix = settings.name_prefix
+    objects: list[dict] = []
+    flavors = []
+    for pool, p in cfg.pools.items():
+        flavor = f"{prefix}-{pool}"
+        flavors.append(flavor)
+        spec = {"nodeLabels": dict(p.node_selector)} if p.node_selector else {}
+        if p.tolerations:
+            spec["tolerations"] = [dict(t) for t in p.tolerations]
+        objects.append({"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": _meta(flavor), "spec": spec})
+    gpu_names = sorted({GPU} | ({SHARED} if any(settings.pool(p).time_slicing for p in cfg.pools) else set()))
+    teams = dict(cfg.teams)
+    for team_name, team in [*teams.items(), ("no-team", None)]:
+        quota = team.quota if team else cfg.default_quota
+        queue = f"{prefix}-{team_name}"
+        covered = ["cpu", "memory", *gpu_names]
+        objects.append({"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": _meta(queue), "spec": {
+            "cohort": prefix,
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.namespace}},
+            "queueingStrategy": "BestEffortFIFO",
+            "resourceGroups": [{"coveredResources": covered, "flavors": [
+                {"name": flavor, "resources": [
+                    {"name": "cpu", "nominalQuota": settings.kueue_cpu},
+                    {"name": "memory", "nominalQuota": settings.kueue_memory},
+                    *({"name": g, "nominalQuota": quota.job_gpus} for g in gpu_names)]}
+                for flavor in flavors]}],
+        }})
+        objects.append({"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": _meta(queue, settings.namespace),
+                        "spec": {"clusterQueue": queue}})
+    return objects
+
+
+def time_slicing(cfg: PodbayConfig, settings: KubernetesSettings, namespace: str = "gpu-operator") -> list[dict]:
+    """The device plugin's config, one key per time-sliced pool (the GPU operator's
+    `devicePlugin.config.name` points at this ConfigMap; label a pool's nodes with
+    nvidia.com/device-plugin.config=<pool>)."""
+    data = {}
+    for pool in cfg.pools:
+        ts = settings.pool(pool).time_slicing
+        if ts is None:
+            continue
+        data[pool] = yaml.safe_dump({"version": "v1", "sharing": {"timeSlicing": {
+            "renameByDefault": ts.rename_by_default, "failRequestsGreaterThanOne": True,
+            "resources": [{"name": GPU, "replicas": ts.replicas}]}}}, sort_keys=False)
+    if not data:
+        return []
+    return [{"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": _meta(f"{settings.name_prefix}-time-slicing", namespace), "data": data}]
+
+
+def manifests(cfg: PodbayConfig, settings: KubernetesSettings, hub_account: str = "hub",
+              hub_namespace: str | None = None) -> list[dict]:
+    out = rbac(settings, hub_account, hub_namespace) + time_slicing(cfg, settings)
+    if settings.kueue:
+        out += kueue(cfg, settings)
+    return out
