@@ -127,7 +127,7 @@ case "$cmd" in
     ;;
   test)
     setup_system test
-    setup_python test,docker,postgresql
+    setup_python test,docker,postgresql,kubernetes
     setup_proxy
     setup_docker
     start_image_build "$@"

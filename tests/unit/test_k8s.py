@@ -316,3 +316,128 @@ def test_kueue_queues_give_each_team_its_job_gpus_in_one_cohort(cfg):
                           command=["true"], workdir="/home/jovyan", env={}, volumes=[], gpus_per_node=1,
                           nodes=1, pool="training", queue=None)
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] in local
+
+
+# --- the spawner: what KubeSpawner renders ------------------------------------------
+
+
+K8S_CONFIG = {
+    "backend": "kubernetes",
+    "images": [{"name": "pytorch", "display_name": "PyTorch", "image": "nvcr.io/nvidia/pytorch:25.01-py3"}],
+    "profiles": [{"id": "cpu"}, {"id": "mig-1g.10gb"}, {"id": "gpu-2"},
+                 {"id": "gpu-8", "pools": ["training"]}],
+    "pools": {"dev": {"node_selector": {"podbay.io/pool": "dev"}},
+              "training": {"node_selector": {"podbay.io/pool": "training"},
+                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
+    "volumes": [{"name": "imagenet", "pvc": "imagenet-ro", "allow": {"teams": ["vision"]}}],
+    "teams": {"vision": {"members": ["alice"], "quota": {"gpu_units": 8, "workspaces_per_user": 4, "job_gpus": 16}}},
+    "kubernetes": {"namespace": "ml", "pools": {"dev": {"mig_strategy": "mixed", "time_slicing": None},
+                                                "training": {}},
+                   "resources": {"default": {"cpu": "500m", "memory": "2Gi"},
+                                 "gpu-8": {"cpu": "32", "memory": "256Gi", "memory_limit": "400Gi"}},
+                   "home": {"storage_class": "nfs-homes", "size": "20Gi"}},
+}
+
+
+@pytest.fixture
+def kubernetes_installed(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from podbay.hub import backends
+    from podbay.hub.config import config_model
+
+    entry = EntryPoint("kubernetes", "podbay.hub.k8s.plugin:KubernetesBackend", backends.GROUP)
+    installed = {**backends.available(), "kubernetes": entry}
+    monkeypatch.setattr(backends, "available", lambda: installed)
+    config_model.cache_clear()
+    yield
+    config_model.cache_clear()
+
+
+@pytest.fixture
+def kube_spawner(kubernetes_installed, tmp_path, monkeypatch):
+    """A podbay-kubernetes spawner as kubespawner's own tests make one (no hub); its client
+    is configured from a kubeconfig that points at nothing, and nothing is called."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "none",
+        "clusters": [{"name": "none", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+        "users": [{"name": "none", "user": {}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(K8S_CONFIG))
+    from podbay.hub.spawners.kubernetes import PodbayKubeSpawner
+
+    def make(user="alice"):
+        spawner = PodbayKubeSpawner(_mock=True, config_file=str(tmp_path / "podbay.yaml"), data_dir=str(tmp_path),
+                                    db_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+        spawner.user.name = user
+        spawner.user.groups = []
+        return spawner
+    return make
+
+
+@pytest.mark.parametrize("profile, resources, selector", [
+    ("cpu", {}, {"podbay.io/pool": "dev"}),
+    ("mig-1g.10gb", {"nvidia.com/mig-1g.10gb": "1"}, {"podbay.io/pool": "dev"}),
+    ("gpu-2", {"nvidia.com/gpu": "2"}, {"podbay.io/pool": "dev"}),
+    ("gpu-8", {"nvidia.com/gpu": "8"}, {"podbay.io/pool": "training"}),
+])
+async def test_kubespawner_renders_each_profile_as_a_valid_pod(kube_spawner, profile, resources, selector):
+    from kubernetes_asyncio.client import ApiClient
+
+    spawner = kube_spawner()
+    portal = spawner.portal
+    assert not portal.places_devices
+    request = portal.validate("alice", [], {"profile": profile, "volumes": ["imagenet"]})
+    spawner.podbay_request = request
+    spawner.podbay_allocation = portal.claim(key="workspace:alice/", kind="workspace", user="alice",
+                                             team=request.team, demand=request.demand, quota=request.quota)
+    spawner.podbay_prepare(request)
+    async with ApiClient() as api:
+        pod = api.sanitize_for_serialization(await spawner.get_pod_manifest())
+        pvc = api.sanitize_for_serialization(spawner.get_pvc_manifest())
+    pod.setdefault("apiVersion", "v1")
+    pod.setdefault("kind", "Pod")
+    valid(pod)
+    (container,) = pod["spec"]["containers"]
+    gpu_limits = {k: v for k, v in container["resources"].get("limits", {}).items() if k.startswith("nvidia.com/")}
+    assert gpu_limits == resources
+    assert pod["spec"]["nodeSelector"] == selector
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "CUDA_VISIBLE_DEVICES" not in env, "the device plugin sets it"
+    assert env.get("NVIDIA_VISIBLE_DEVICES") == (None if resources else "void")
+    assert (env["PODBAY_PROFILE"], env["PODBAY_TEAM"]) == (profile, "vision")
+    assert pod["metadata"]["labels"]["podbay.io/team"] == "vision"
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts["/home/jovyan"] is False and mounts["/home/jovyan/data/imagenet"] is True
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"podbay-home-alice", "imagenet-ro"}
+    if profile == "gpu-8":
+        assert container["resources"]["requests"]["memory"] == 256 * 2**30
+        assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    pvc.update(apiVersion="v1", kind="PersistentVolumeClaim")
+    valid(pvc)
+    assert pvc["spec"]["storageClassName"] == "nfs-homes" and pvc["metadata"]["name"] == "podbay-home-alice"
+
+
+def test_config_check_knows_the_kubernetes_rules(kubernetes_installed, tmp_path):
+    from podbay.hub.config import ConfigError, load_config
+
+    data = copy_of(K8S_CONFIG)
+    data["profiles"].append({"id": "mig-3g.40gb", "pools": ["training"]})   # training has no MIG
+    data["volumes"].append({"name": "scratch", "source": "/scratch"})       # no PVC
+    data["pools"]["dev"]["queue"] = "dev-queue"                              # no Kueue
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    said = [str(i).split(" (line")[0] for i in e.value.issues]
+    assert "profiles[4]: mig-3g.40gb can never start: pool training has no MIG (kubernetes.pools.training.mig_strategy is none)" in said
+    assert "volumes[1]: the kubernetes backend mounts a PersistentVolumeClaim: give pvc" in said
+    assert "pools.dev.queue: a pool's queue is a Kueue LocalQueue: set kubernetes.kueue: true, or remove queue" in said
+    assert len(said) == 3, said
+
+
+def copy_of(data):
+    return json.loads(json.dumps(data))
