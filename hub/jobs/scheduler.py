@@ -228,7 +228,8 @@ class Scheduler:
         return JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
                        workdir=job.workdir, env=env, volumes=vols, devices=list(devices or []),
                        workspace=job.from_workspace, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
-                       pool=job.pool, queue=pool.queue if pool else None)
+                       pool=job.pool, queue=pool.queue if pool else None, team=job.team,
+                       volume_names=list(job.volumes))
 
     async def _hand_over(self, job: Job) -> None:
         """An engine that queues gets the job at once: podbay does not queue it again.

@@ -7,36 +7,12 @@ backend contract suite (tests/integration/test_contract.py) against an emulated 
 
 from __future__ import annotations
 
-import threading
-
 from ..backends import Backend
 from ..config import PodbayConfig
 from .capacity import ClusterCapacity
 from .objects import ProfileUnavailable, gpu_ask
 from .settings import KubernetesSettings
-
-
-class ClusterView:
-    """The Nodes and non-terminated Pods the capacity source counts, kept current by the
-    backend's watches. Readers (the form, the REST service's threads) take a consistent
-    pair; writers replace whole objects under a lock."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._nodes: dict[str, dict] = {}
-        self._pods: dict[str, dict] = {}
-
-    def put(self, kind: str, key: str, obj: dict | None) -> None:
-        with self._lock:
-            store = self._nodes if kind == "node" else self._pods
-            if obj is None:
-                store.pop(key, None)
-            else:
-                store[key] = obj
-
-    def __call__(self) -> tuple[list[dict], list[dict]]:
-        with self._lock:
-            return list(self._nodes.values()), list(self._pods.values())
+from .watch import ClusterView
 
 
 class KubernetesBackend(Backend):

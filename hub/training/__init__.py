@@ -47,6 +47,9 @@ class JobSpec:
     pool: str = ""
     # The engine's queue or partition for the pool (podbay.yaml's pools.<name>.queue).
     queue: str | None = None
+    team: str | None = None
+    # The catalog volumes by name, for engines that mount them by their own means (PVCs).
+    volume_names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
