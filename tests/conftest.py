@@ -369,3 +369,18 @@ def image(docker):
     return docker.images.get(IMAGE)
 
 
+@pytest.fixture
+def kubernetes_installed(monkeypatch):
+    """The kubernetes backend as an installed plugin (its entry point is not in pyproject.toml
+    until it passes the contract suite)."""
+    from importlib.metadata import EntryPoint
+
+    from podbay.hub import backends
+    from podbay.hub.config import config_model
+
+    entry = EntryPoint("kubernetes", "podbay.hub.k8s.plugin:KubernetesBackend", backends.GROUP)
+    installed = {**backends.available(), "kubernetes": entry}
+    monkeypatch.setattr(backends, "available", lambda: installed)
+    config_model.cache_clear()
+    yield
+    config_model.cache_clear()

@@ -8,9 +8,10 @@ Every namespace's pods count: a pod of another team's namespace uses the same GP
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
+
+from .api import read_json
 
 log = logging.getLogger("podbay.k8s.watch")
 
@@ -71,8 +72,7 @@ class ClusterWatch:
         pause = 0.5
         while True:
             try:
-                listed = await self._lists[kind](_preload_content=False, _request_timeout=self.request_timeout)
-                body = json.loads(await listed.read())
+                body = await read_json(self._lists[kind], _request_timeout=self.request_timeout)
                 self.view.replace(kind, {_key(o): o for o in body.get("items") or [] if _counts(kind, o)})
                 self._listed.add(kind)
                 if self._listed == set(self._lists):

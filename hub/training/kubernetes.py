@@ -14,11 +14,11 @@ it read was replaced.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from ..config import PodbayConfig
+from ..k8s.api import read_bytes, read_json
 from ..k8s.objects import training_job
 from . import BackendStatus, BackendUnavailable, BadCursor, JobSpec, TrainingBackend
 
@@ -82,18 +82,17 @@ class KubernetesJobs(TrainingBackend):
         from kubernetes_asyncio.client.exceptions import ApiException
 
         try:
-            resp = await self._call(self.batch.read_namespaced_job, self.job_name(ref["job_id"]),
-                                    self.settings.namespace, _preload_content=False)
+            return await self._call(read_json, self.batch.read_namespaced_job, self.job_name(ref["job_id"]),
+                                    self.settings.namespace)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return json.loads(await resp.read())
 
     async def _pods(self, ref: dict) -> list[dict]:
-        resp = await self._call(self.core.list_namespaced_pod, self.settings.namespace,
-                                label_selector=f"job-name={self.job_name(ref['job_id'])}", _preload_content=False)
-        items = json.loads(await resp.read()).get("items") or []
+        found = await self._call(read_json, self.core.list_namespaced_pod, self.settings.namespace,
+                                 label_selector=f"job-name={self.job_name(ref['job_id'])}")
+        items = found.get("items") or []
         # An emulated API server may ignore the selector: the label decides.
         name = self.job_name(ref["job_id"])
         return [p for p in items if (p.get("metadata", {}).get("labels") or {}).get("job-name") == name]
@@ -172,9 +171,7 @@ class KubernetesJobs(TrainingBackend):
         if pod_name != first:
             offset = 0  # a new pod (the first was replaced): its output from the start
         try:
-            resp = await self._call(self.core.read_namespaced_pod_log, first, self.settings.namespace,
-                                    _preload_content=False)
-            data = await resp.read()
+            data = await self._call(read_bytes, self.core.read_namespaced_pod_log, first, self.settings.namespace)
         except ApiException as e:
             if e.status in (400, 404):  # not started yet, or gone
                 return b"", f"{first}:{offset}"

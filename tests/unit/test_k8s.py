@@ -340,21 +340,6 @@ K8S_CONFIG = {
 
 
 @pytest.fixture
-def kubernetes_installed(monkeypatch):
-    from importlib.metadata import EntryPoint
-
-    from podbay.hub import backends
-    from podbay.hub.config import config_model
-
-    entry = EntryPoint("kubernetes", "podbay.hub.k8s.plugin:KubernetesBackend", backends.GROUP)
-    installed = {**backends.available(), "kubernetes": entry}
-    monkeypatch.setattr(backends, "available", lambda: installed)
-    config_model.cache_clear()
-    yield
-    config_model.cache_clear()
-
-
-@pytest.fixture
 def kube_spawner(kubernetes_installed, tmp_path, monkeypatch):
     """A podbay-kubernetes spawner as kubespawner's own tests make one (no hub); its client
     is configured from a kubeconfig that points at nothing, and nothing is called."""

@@ -1,0 +1,274 @@
+"""The kubernetes backend against an emulated API server (tests/k8s_emulator.py): the real
+kubernetes_asyncio client, podbay's watches, capacity and job backend; the tests play the
+kubelet, the Job controller and Kueue's admission, which nothing here runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+import yaml
+
+from tests.k8s_emulator import emulated_cluster
+from tests.unit.test_k8s import K8S_CONFIG, MIXED_H100, mixed_allocatable
+
+NS = "ml"
+# The emulator and the client live in the fixtures' loop: the tests run in the same one.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture
+async def cluster():
+    from kubernetes_asyncio import client
+
+    async with emulated_cluster() as (url, emu):
+        async with client.ApiClient(client.Configuration(host=url)) as api:
+            yield api, emu
+
+
+def gpu_node(name: str, pool: str, labels: dict, allocatable: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {**labels, "podbay.io/pool": pool}},
+            "status": {"allocatable": {"cpu": "64", "memory": "512Gi", **allocatable}}}
+
+
+def gpu_pod(name: str, node: str, limits: dict, namespace: str = "other-team") -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "resources": {"limits": limits}}]},
+            "status": {"phase": "Running"}}
+
+
+async def until(predicate, timeout: float = 10):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def config(tmp_path, **kubernetes):
+    data = json.loads(json.dumps(K8S_CONFIG))
+    data["kubernetes"].update(kubernetes)
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path / "podbay.yaml"
+
+
+async def test_capacity_follows_the_cluster_through_the_watch(cluster, kubernetes_installed, tmp_path):
+    from kubernetes_asyncio import client
+
+    from podbay.hub.config import load_config, parse_profile_id
+    from podbay.hub.k8s.capacity import ClusterCapacity
+    from podbay.hub.k8s.watch import ClusterView, ClusterWatch
+    from podbay.hub.quota import Snapshot
+
+    api, emu = cluster
+    await emu.add_object("v1/nodes", gpu_node("h100-a", "dev", MIXED_H100, mixed_allocatable(MIXED_H100)))
+    await emu.add_object("v1/nodes", gpu_node("dgx-1", "training", {}, {"nvidia.com/gpu": "8"}))
+    await emu.add_object("v1/pods", gpu_pod("busy", "dgx-1", {"nvidia.com/gpu": "6"}))
+    cfg = load_config(config(tmp_path))
+    view = ClusterView()
+    watcher = asyncio.create_task(ClusterWatch(view, client.CoreV1Api(api), watch_timeout=5).run())
+    capacity = ClusterCapacity(cfg, cfg.kubernetes, view)
+    nothing = Snapshot(0, frozenset(), {}, {}, {})
+
+    def free(profile, pool):
+        return capacity.counts(parse_profile_id(profile), [pool], nothing)[1]
+
+    try:
+        await until(view.ready.is_set)
+        assert free("mig-1g.10gb", "dev") == 2 and free("gpu-2", "training") == 1 and free("gpu-8", "training") == 0
+        # A workspace of another namespace takes a slice; the busy training pod ends.
+        await emu.add_object("v1/pods", gpu_pod("ws", "h100-a", {"nvidia.com/mig-1g.10gb": "1"}))
+        await emu.patch_object("v1/pods", "other-team", "busy", {"status": {"phase": "Succeeded"}})
+        await until(lambda: free("mig-1g.10gb", "dev") == 1 and free("gpu-8", "training") == 1)
+        await emu.delete_object("v1/pods", "other-team", "ws")
+        await until(lambda: free("mig-1g.10gb", "dev") == 2)
+        await emu.delete_object("v1/nodes", None, "dgx-1")
+        await until(lambda: capacity.most_gpus_per_node("training") == 0)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+class Controllers:
+    """What a cluster runs and the emulator does not: Kueue admits a suspended Job, the Job
+    controller makes its pods (`<job>-<index>` for an Indexed Job), the kubelet runs them."""
+
+    def __init__(self, emu):
+        self.emu = emu
+
+    async def admit(self, name: str) -> None:
+        await self.emu.patch_object("batch/v1/jobs", NS, name, {"spec": {"suspend": False}})
+
+    async def run_pods(self, name: str, log: str = "") -> None:
+        job = self.emu.get_object("batch/v1/jobs", NS, name)
+        for index in range(job["spec"].get("completions") or 1):
+            pod = f"{name}-{index}"
+            await self.emu.add_object("v1/pods", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": NS, "labels": {"job-name": name},
+                             "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+                "spec": job["spec"]["template"]["spec"], "status": {"phase": "Running"}})
+            self.emu.pod_logs[NS, pod] = log if index == 0 else "another rank\n"
+        await self.emu.patch_object("batch/v1/jobs", NS, name, {"status": {"active": job["spec"].get("parallelism") or 1}})
+
+    async def end(self, name: str, code: int) -> None:
+        job = self.emu.get_object("batch/v1/jobs", NS, name)
+        n = job["spec"].get("completions") or 1
+        for index in range(n):
+            await self.emu.patch_object("v1/pods", NS, f"{name}-{index}", {"status": {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "containerStatuses": [{"name": "job", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+                                       "state": {"terminated": {"exitCode": code}}}]}})
+        status = {"succeeded": n} if code == 0 else {"failed": 1}
+        await self.emu.patch_object("batch/v1/jobs", NS, name, {"status": {**status, "active": 0}})
+
+
+@pytest.fixture
+async def k8s_jobs(cluster, kubernetes_installed, tmp_path):
+    from podbay.hub.jobs import JobManager
+    from podbay.hub.portal import Portal
+    from podbay.hub.training.kubernetes import KubernetesJobs
+
+    api, emu = cluster
+    async with watched(api, emu):
+        path = config(tmp_path, kueue=True)
+        portal = Portal.open(path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+
+        def manager():
+            return JobManager(portal, KubernetesJobs(portal.cfg, api))
+        yield manager, Controllers(emu), emu
+        portal.book.dispose()
+
+
+@contextlib.asynccontextmanager
+async def watched(api, emu):
+    """Two DGX nodes in the training pool, watched into the backend's view as the hub does."""
+    from kubernetes_asyncio import client
+
+    from podbay.hub.k8s.plugin import KubernetesBackend
+    from podbay.hub.k8s.watch import ClusterWatch
+
+    for n in (1, 2):
+        await emu.add_object("v1/nodes", gpu_node(f"dgx-{n}", "training", {}, {"nvidia.com/gpu": "8"}))
+    view = KubernetesBackend.view
+    view.ready.clear()
+    task = asyncio.create_task(ClusterWatch(view, client.CoreV1Api(api), watch_timeout=5).run())
+    try:
+        await until(view.ready.is_set)
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_two_node_job_waits_for_kueue_runs_and_succeeds(k8s_jobs):
+    from podbay.hub.jobs import JobRequest
+
+    make, controllers, emu = k8s_jobs
+    m = make()
+    job = m.submit("alice", [], JobRequest(name="llm", gpus_per_node=8, nodes=2, pool="training",
+                                           command=["torchrun", "train.py"]))
+    await m.tick()
+    name = f"podbay-job-{job.id}"
+    created = emu.get_object("batch/v1/jobs", NS, name)
+    assert created["spec"]["completionMode"] == "Indexed" and created["spec"]["suspend"] is True
+    assert created["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "podbay-vision"
+    assert emu.get_object("v1/services", NS, name)["spec"]["clusterIP"] == "None"
+    shown = m.get(job.id)
+    assert shown.state == "queued" and shown.message == "queued in kubernetes: waiting for Kueue to admit it"
+    # Kueue's own reason, from the Workload it made for the Job.
+    await emu.add_object("kueue.x-k8s.io/v1beta1/workloads", {
+        "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+        "metadata": {"name": f"job-{name}-1a2b3", "namespace": NS,
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                          "uid": created["metadata"]["uid"]}]},
+        "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+                                   "message": "couldn't assign flavors to pod set main: insufficient quota for "
+                                              "nvidia.com/gpu in flavor podbay-training"}]}})
+    await m.tick()
+    assert m.get(job.id).message == ("queued in kubernetes: not admitted by Kueue: couldn't assign flavors to pod set "
+                                     "main: insufficient quota for nvidia.com/gpu in flavor podbay-training")
+    assert m.portal.book.snapshot().job_gpus_of("vision", "alice") == 0
+    await controllers.admit(name)
+    await controllers.run_pods(name, log="rank 0: epoch 1\n")
+    await m.tick()
+    assert m.get(job.id).state == "running"
+    assert m.portal.book.snapshot().job_gpus_of("vision", "alice") == 16, "8 GPUs on each of 2 nodes"
+    data, cursor = await m.read_logs(job.id)
+    assert data == b"rank 0: epoch 1\n" and cursor == f"{name}-0:16"
+    emu.pod_logs[NS, f"{name}-0"] += "rank 0: epoch 2\n"
+    assert await m.read_logs(job.id, cursor) == (b"rank 0: epoch 2\n", f"{name}-0:32")
+    await controllers.end(name, 0)
+    await m.tick()
+    done = m.get(job.id)
+    assert (done.state, done.exit_code) == ("succeeded", 0)
+    assert m.portal.book.allocations(kind="job") == []
+
+
+async def test_failure_cancel_and_a_restart_lose_nothing_and_start_nothing_twice(k8s_jobs):
+    from podbay.hub.jobs import JobRequest
+
+    make, controllers, emu = k8s_jobs
+    m = make()
+    bad = m.submit("alice", [], JobRequest(name="bad", gpus_per_node=1, pool="training", command=["false"]))
+    long = m.submit("alice", [], JobRequest(name="long", gpus_per_node=1, pool="training", command=["sleep", "1d"]))
+    waiting = m.submit("alice", [], JobRequest(name="waiting", gpus_per_node=1, pool="training", command=["true"]))
+    await m.tick()
+    for job in (bad, long):
+        await controllers.admit(f"podbay-job-{job.id}")
+        await controllers.run_pods(f"podbay-job-{job.id}")
+    await controllers.end(f"podbay-job-{bad.id}", 3)
+    await m.tick()
+    assert (m.get(bad.id).state, m.get(bad.id).exit_code) == ("failed", 3)
+    assert m.get(long.id).state == "running"
+
+    # The service restarts: a new manager finds every job by its name.
+    again = make()
+    await again.reconcile()
+    await again.tick()
+    assert again.get(long.id).state == "running" and again.get(waiting.id).state == "queued"
+    jobs = [k for k in emu.objects if k[0].plural == "jobs" and not emu.objects[k].deleted]
+    assert len(jobs) == 3, "nothing handed over twice"
+    # A second hand-over of the same job (a restart between create and record) finds it.
+    spec = again.scheduler._spec(again.get(waiting.id), None)
+    assert await again.backend.submit(spec) == {"name": f"podbay-job-{waiting.id}", "namespace": NS}
+
+    cancelled = await again.cancel(waiting.id)
+    assert cancelled.state == "cancelled"
+    assert emu.get_object("batch/v1/jobs", NS, f"podbay-job-{waiting.id}") is None
+    assert again.portal.book.snapshot().job_gpus_of("vision", "alice") == 1, "only the long one holds GPUs"
+    await again.cancel(long.id)
+    assert again.portal.book.allocations(kind="job") == []
+
+
+async def test_without_kueue_a_job_waits_with_the_schedulers_reason(cluster, kubernetes_installed, tmp_path):
+    from podbay.hub.jobs import JobManager
+    from podbay.hub.portal import Portal
+    from podbay.hub.training.kubernetes import KubernetesJobs
+
+    api, emu = cluster
+    async with watched(api, emu):
+        portal = Portal.open(config(tmp_path, kueue=False), f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+        m = JobManager(portal, KubernetesJobs(portal.cfg, api))
+        await scheduler_reason(m, emu)
+        portal.book.dispose()
+
+
+async def scheduler_reason(m, emu):
+    from podbay.hub.jobs import JobRequest
+
+    job = m.submit("alice", [], JobRequest(name="j", gpus_per_node=8, pool="training", command=["true"]))
+    await m.tick()
+    name = f"podbay-job-{job.id}"
+    assert "suspend" not in emu.get_object("batch/v1/jobs", NS, name)["spec"]
+    await emu.add_object("v1/pods", {"apiVersion": "v1", "kind": "Pod",
+                                     "metadata": {"name": f"{name}-x", "namespace": NS, "labels": {"job-name": name}},
+                                     "spec": {"containers": [{"name": "job", "image": "x"}]},
+                                     "status": {"phase": "Pending", "conditions": [
+                                         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                          "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}})
+    await m.tick()
+    assert m.get(job.id).message == ("queued in kubernetes: not scheduled: 0/3 nodes are available: "
+                                     "3 Insufficient nvidia.com/gpu.")

@@ -1,0 +1,207 @@
+"""An in-memory Kubernetes API server over HTTP for the kubernetes backend's tests: kmock's
+KubernetesEmulator, made to behave like an API server where podbay relies on it (see
+../shared/K8S.md for what kmock 0.8 lacks): discovery with trailing slashes, `watch=True`,
+metadata (namespace from the URL, uid, resourceVersion, creationTimestamp), label and field
+selectors on lists and watches, watches resumed from a resourceVersion and ended by
+timeoutSeconds, 201 on create, a Status on delete, pod logs, PUT. Test code plays the
+kubelet, the Job controller and Kueue through add_object / patch_object / delete_object,
+which running watches see.
+
+Nothing runs, schedules or garbage-collects here: that is the tests' part.
+"""
+import asyncio, contextlib, datetime, random, re, string, uuid  # noqa: E401
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+
+# 'group/version/plural' (core: 'v1/plural') -> (kind, namespaced, subresources)
+RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
+    'v1/namespaces': ('Namespace', False, {'status'}),
+    'v1/nodes': ('Node', False, {'status'}),
+    'v1/pods': ('Pod', True, {'status', 'log'}),
+    'v1/services': ('Service', True, {'status'}),
+    'v1/persistentvolumeclaims': ('PersistentVolumeClaim', True, {'status'}),
+    'v1/events': ('Event', True, set()),
+    'batch/v1/jobs': ('Job', True, {'status'}),
+    'kueue.x-k8s.io/v1beta1/workloads': ('Workload', True, {'status'}),
+}
+VERBS = {'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'}
+_TERM = re.compile(r'^(!?)([\w./-]+)(?:(==|=|!=)(.*)|\s+(in|notin)\s*\((.*)\))?$')
+
+
+def selector_matches(selector: str | None, get: Any) -> bool:
+    """Label/field selector: a=b, a==b, a!=b, a, !a, a in (x,y), a notin (x,y); comma = AND."""
+    for term in filter(str.strip, re.split(r',(?![^(]*\))', selector or '')):
+        if not (m := _TERM.match(term.strip())):
+            raise kmock.KubernetesError(400, 'BadRequest', f'unable to parse selector: {selector!r}')
+        neg, key, op, val, setop, vals = m.groups()
+        have = get(key.strip())
+        if not ((have == val.strip()) == (op != '!=') if op else (have is None) == bool(neg) if not setop
+                else (have in {v.strip() for v in vals.split(',')}) == (setop == 'in')):
+            return False
+    return True
+
+
+def _field(obj: Any, path: str) -> str:
+    for part in path.split('.'):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return '' if obj is None else str(obj)
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):
+    pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)  # (namespace, pod) -> log text
+    last_rv: int = attrs.field(default=0, init=False)
+    closing: bool = attrs.field(default=False, init=False)
+
+    def next_rv(self) -> str:
+        self.last_rv += 1
+        return str(self.last_rv)
+
+    def stamp(self, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        meta = obj.setdefault('metadata', {})
+        if namespace and not meta.get('namespace'):
+            meta['namespace'] = namespace
+        if not meta.get('name') and meta.get('generateName'):
+            meta['name'] = meta['generateName'] + ''.join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        meta.setdefault('uid', str(uuid.uuid4()))
+        meta.setdefault('creationTimestamp', datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ'))
+        meta['resourceVersion'] = self.next_rv()
+        return obj
+
+    def visible(self, request: kmock.Request, obj: dict[str, Any]) -> bool:
+        meta, params, rv = obj.get('metadata') or {}, request.params, request.params.get('resourceVersion', '')
+        return (request.namespace in (None, meta.get('namespace')) and request.name in (None, meta.get('name'))
+                and not (request.action == kmock.action.WATCH and rv.isdigit() and int(meta.get('resourceVersion') or 0) <= int(rv))
+                and selector_matches(params.get('labelSelector'), (meta.get('labels') or {}).get)
+                and selector_matches(params.get('fieldSelector'), lambda path: _field(obj, path)))
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if len(request.url.path) > 1 and request.url.path.endswith('/'):  # kubernetes_asyncio: GET /apis/, /api/v1/
+            object.__setattr__(request, 'url', request.url.with_path(request.url.path.rstrip('/')))
+        if request.resource is not None:
+            if request.method == 'GET' and request.params.get('watch', '').lower() in ('true', '1'):
+                object.__setattr__(request, 'action', kmock.action.WATCH)  # in place: keeps identity in emu.requests
+            key = (request.resource, request.namespace, request.name)
+            cur = self.objects[key] if request.name and key in self.objects and not self.objects[key].deleted else None
+            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                self.stamp(request.data, request.namespace)
+            elif request.action == kmock.action.UPDATE and cur is not None:
+                if isinstance(request.data, dict):  # merge & strategic patches: both as plain merge (lists replaced)
+                    request.data.setdefault('metadata', {})['resourceVersion'] = self.next_rv()
+                elif isinstance(request.data, list) and 'metadata' in cur:  # JSON patch
+                    request.data.append({'op': 'add', 'path': '/metadata/resourceVersion', 'value': self.next_rv()})
+            elif request.action == kmock.action.DELETE and cur is not None:
+                cur['metadata'] = dict(cur.raw.get('metadata') or {}, resourceVersion=self.next_rv())
+            elif request.method == 'PUT' and isinstance(request.data, dict):  # replace: whole object or /status
+                if cur is None:
+                    raise kmock.KubernetesObjectNotFoundError()
+                new = dict(cur.raw, status=request.data.get('status')) if request.subresource else dict(request.data)
+                meta = cur.raw['metadata']
+                new['metadata'] = {**meta, **(new.get('metadata') or {}), 'uid': meta.get('uid'), 'resourceVersion': self.next_rv()}
+                await self._emit(request.resource, 'MODIFIED', cur, lambda: cur.create(new))
+                return aiohttp.web.json_response(cur.raw)  # NB: PUT bypasses user reactions
+        response = await super()._handle(request)
+        if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
+            response.set_status(201)  # CustomObjectsApi.create_* returns None unless 201
+        return response
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        result = await super()._serve_list(request)
+        kind = self.resources[request.resource].kind
+        return dict(result, items=[obj for obj in result['items'] if self.visible(request, obj)],
+                    metadata={'resourceVersion': str(self.last_rv)}, kind=f'{kind}List' if kind else 'List',
+                    apiVersion='/'.join(filter(None, [request.resource.group, request.resource.version])))
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        # Re-implemented: the bus is marked under the lock together with the snapshot (no lost events);
+        # honours labelSelector, fieldSelector, resourceVersion, timeoutSeconds, and close_watches().
+        yield b''  # send the response headers now
+        bus = self._buses[request.resource]
+        async with self._lock:
+            marker = await bus.mark()
+            events = [{'type': 'ADDED', 'object': obj.raw} for (res, _, _), obj in self.objects.items()
+                      if res == request.resource and not obj.deleted]
+        loop, timeout = asyncio.get_running_loop(), request.params.get('timeoutSeconds')
+        deadline = loop.time() + float(timeout) if timeout else None
+        stream = aiter(bus.stream(since=marker))
+        try:
+            while not self.closing:
+                if not events:
+                    left = None if deadline is None else max(0.0, deadline - loop.time())
+                    events.append(await asyncio.wait_for(anext(stream), left))
+                event = events.pop(0)
+                if event is not None and self.visible(request, event['object']):
+                    yield event
+        except asyncio.TimeoutError:
+            pass  # server-side timeoutSeconds: end the stream cleanly
+        finally:
+            await stream.aclose()
+            await bus.unmark(marker)
+
+    async def close_watches(self) -> None:  # else Server exit hangs (>100 s) while a client holds a watch open
+        self.closing = True
+        for bus in list(self._buses.values()):
+            await bus.put(None)
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        obj = await super()._serve_fetch(request)  # 404 if the pod is absent
+        if request.subresource == 'log':  # kmock alone returns the pod JSON for .../pods/x/log
+            return self.pod_logs.get((request.namespace, request.name), '').encode()  # bytes = raw body
+        return obj
+
+    async def _serve_delete(self, request: kmock.Request) -> Any:
+        obj, res = await super()._serve_delete(request), request.resource
+        if res.plural == 'pods' or not self.objects[res, request.namespace, request.name].deleted:
+            return obj  # pods & finalizer-blocked objects: the object itself (as real K8s does)
+        return {'apiVersion': 'v1', 'kind': 'Status', 'metadata': {}, 'status': 'Success', 'details': {
+            'name': request.name, 'group': res.group, 'kind': res.plural, 'uid': obj.get('metadata', {}).get('uid')}}
+
+    # --- direct (non-HTTP) access for test code that plays the kubelet/controllers; watchers see it ---
+    async def _emit(self, res: Any, etype: str, obj: Any, change: Any) -> dict[str, Any]:
+        async with self._lock:
+            change()
+            raw = obj.last.raw if obj.deleted else obj.raw
+            await self._buses[kmock.resource(res)].put({'type': etype, 'object': raw})
+        return raw
+
+    async def add_object(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = self.stamp(dict(obj, metadata=dict(obj.get('metadata') or {})))
+        key = (kmock.resource(resource), obj['metadata'].get('namespace'), obj['metadata']['name'])
+        if key in self.objects and not self.objects[key].deleted:
+            raise KeyError(f'already exists: {key}')
+        if key not in self.objects:
+            self.objects[key] = []  # an empty history, i.e. "deleted"
+        return await self._emit(resource, 'ADDED', self.objects[key], lambda: self.objects[key].create(obj))
+
+    def get_object(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        key = (kmock.resource(resource), namespace, name)
+        return None if key not in self.objects or self.objects[key].deleted else self.objects[key].raw
+
+    async def patch_object(self, resource: str, namespace: str | None, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        obj = self.objects[resource, namespace, name]  # KeyError if it never existed
+        if obj.deleted:
+            raise KeyError(f'deleted: {resource} {namespace}/{name}')
+        patch = dict(patch, metadata=dict(patch.get('metadata') or {}, resourceVersion=self.next_rv()))
+        return await self._emit(resource, 'MODIFIED', obj, lambda: obj.patch(patch))  # merge; None deletes; lists replaced
+
+    async def delete_object(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
+        obj = self.objects[resource, namespace, name]
+        obj['metadata'] = dict(obj.raw.get('metadata') or {}, resourceVersion=self.next_rv())
+        return await self._emit(resource, 'DELETED', obj, obj.delete)  # soft-delete: history is kept
+
+
+@contextlib.asynccontextmanager
+async def emulated_cluster(resources: dict[str, tuple[str, bool, set[str]]] = RESOURCES) -> AsyncIterator[tuple[str, Emulator]]:
+    """Serve an Emulator on a free 127.0.0.1 port for the duration of the block; yield (url, emulator)."""
+    async with Emulator() as emu, kmock.Server(emu) as server:
+        for key, (kind, namespaced, subresources) in resources.items():
+            emu.resources[key] = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=namespaced,
+                                                    verbs=VERBS, subresources=subresources)
+        try:
+            yield str(server.url), emu
+        finally:
+            await emu.close_watches()
