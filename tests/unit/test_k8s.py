@@ -350,6 +350,10 @@ def kube_spawner(kubernetes_installed, tmp_path, monkeypatch):
         "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
         "users": [{"name": "none", "user": {}}]}))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    # kubernetes_asyncio reads KUBECONFIG once, when it is first imported (maybe by an earlier test).
+    from kubernetes_asyncio.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(K8S_CONFIG))
     from podbay.hub.spawners.kubernetes import PodbayKubeSpawner
 
