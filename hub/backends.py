@@ -108,6 +108,11 @@ class Backend:
             if vol.source and not Path(vol.source).is_absolute():
                 portal.volume_source(vol).mkdir(parents=True, exist_ok=True)
 
+    async def serve(self, portal: "Portal") -> None:
+        """What the backend keeps running while a process serves (the REST service runs it
+        for its lifetime): watches that keep the capacity source current. Nothing on one
+        machine."""
+
     def start_hub(self, cfg: "PodbayConfig", portal: "Portal", hub_port: int) -> HubSide:
         """Check the engine and reconcile the quota book; raise BackendError to refuse to start."""
         raise NotImplementedError

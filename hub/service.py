@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, AsyncIterator
 
 import httpx
@@ -223,17 +224,21 @@ def _error_response(status: int, error: str, message: str) -> JSONResponse:
 
 
 def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "/services/podbay/",
-               run_scheduler: bool = True) -> FastAPI:
+               run_scheduler: bool = True, background: Sequence[Callable[[], Awaitable[None]]] = ()) -> FastAPI:
     base = prefix.rstrip("/") + "/api/v1"
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        task = asyncio.create_task(jobs.run()) if run_scheduler else None
+        tasks = [asyncio.create_task(jobs.run())] if run_scheduler else []
+        # The backend's own (a cluster's watches), for as long as the service runs.
+        tasks += [asyncio.create_task(run()) for run in background]
         yield
-        if task:
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await jobs.backend.aclose()
         await hub.aclose()
 
     app = FastAPI(title="podbay", version="1", lifespan=lifespan,
@@ -434,7 +439,8 @@ def main() -> None:
     except (LedgerUnavailable, BackendError) as e:
         raise SystemExit(f"podbay-service: {e}") from None
     try:
-        backend = load(chosen(portal.cfg, env.get("PODBAY_BACKEND"))).training(portal)
+        plugin = load(chosen(portal.cfg, env.get("PODBAY_BACKEND")))
+        backend = plugin.training(portal)
     except BackendError as e:
         raise SystemExit(f"podbay-service: {e}") from None
     jobs = JobManager(portal, backend)
@@ -444,7 +450,7 @@ def main() -> None:
     if paused:
         log.warning("PODBAY_PAUSE_JOBS is set: jobs are queued, none is started")
     app = create_app(portal, jobs, hub, env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/"),
-                     run_scheduler=not paused)
+                     run_scheduler=not paused, background=[lambda: plugin.serve(portal)])
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
     uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8003, log_level="info",
                 access_log=False)

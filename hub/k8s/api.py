@@ -5,6 +5,7 @@ kubernetes_asyncio checks the status only when it deserialises the answer itself
 from __future__ import annotations
 
 import json
+import os
 
 
 async def read_json(call, *args, **kwargs) -> dict:
@@ -29,3 +30,26 @@ async def read_bytes(call, *args, **kwargs) -> bytes:
         error.body = body.decode(errors="replace")
         raise error
     return body
+
+
+async def api_client(kubeconfig: str | None = None):
+    """A client of the cluster podbay runs in (its service account), or of the kubeconfig's
+    current context."""
+    from kubernetes_asyncio import client, config
+
+    conf = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=conf)
+    except config.ConfigException:
+        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        try:
+            await config.load_kube_config(config_file=path, client_configuration=conf)
+        except (config.ConfigException, OSError) as e:
+            raise KubernetesUnreachable(
+                f"podbay is not in a cluster and cannot use the kubeconfig {path} ({e}): set "
+                "kubernetes.kubeconfig in podbay.yaml, or KUBECONFIG") from None
+    return client.ApiClient(conf)
+
+
+class KubernetesUnreachable(RuntimeError):
+    """No way to reach the API server; the message says what to set."""

@@ -1,5 +1,7 @@
 """The kubernetes backend's plugin: its podbay.yaml section and rules, no placement (the
-device plugin and the kube-scheduler place), capacity from the cluster's own view.
+device plugin and the kube-scheduler place), capacity from the cluster's own view (kept by
+the watches `serve` runs), training jobs as batch/v1 Jobs, and at hub start the quota book
+reconciled with the workspace pods that run.
 
 Not yet an installed `podbay.backends` entry point: it becomes one when it passes the
 backend contract suite (tests/integration/test_contract.py) against an emulated API server.
@@ -7,12 +9,16 @@ backend contract suite (tests/integration/test_contract.py) against an emulated 
 
 from __future__ import annotations
 
-from ..backends import Backend
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from ..backends import Backend, BackendError, HubSide
 from ..config import PodbayConfig
+from .api import KubernetesUnreachable, api_client, read_json
 from .capacity import ClusterCapacity
 from .objects import ProfileUnavailable, gpu_ask
 from .settings import KubernetesSettings
-from .watch import ClusterView
+from .watch import ClusterView, ClusterWatch
 
 
 class KubernetesBackend(Backend):
@@ -57,3 +63,60 @@ class KubernetesBackend(Backend):
 
     def capacity(self, cfg, inventory):
         return ClusterCapacity(cfg, cfg.kubernetes, self.view)
+
+    async def serve(self, portal) -> None:
+        """Keep the cluster view current for as long as the process serves."""
+        from kubernetes_asyncio import client
+
+        api = await api_client(portal.cfg.kubernetes.kubeconfig)
+        async with api:
+            await ClusterWatch(self.view, client.CoreV1Api(api)).run()
+
+    def training(self, portal):
+        from ..training.kubernetes import KubernetesJobs
+
+        settings = portal.cfg.kubernetes
+        return KubernetesJobs(portal.cfg, lambda: api_client(settings.kubeconfig))
+
+    def start_hub(self, cfg, portal, hub_port):
+        """Release what the quota book holds for workspaces whose pods are gone (a hub that
+        was down while they ended). Runs while the hub loads its configuration, on a loop of
+        its own in a thread (the hub's loop is already running then)."""
+        settings = cfg.kubernetes
+
+        async def running() -> set[tuple[str, str]]:
+            from kubernetes_asyncio import client
+
+            try:
+                api = await api_client(settings.kubeconfig)
+            except KubernetesUnreachable as e:
+                raise BackendError(f"refusing to start the kubernetes backend: {e}") from None
+            async with api:
+                try:
+                    pods = await read_json(client.CoreV1Api(api).list_namespaced_pod, settings.namespace,
+                                           label_selector="podbay.io/component=workspace", _request_timeout=30)
+                except Exception as e:  # noqa: BLE001 - the API server's or the network's words
+                    raise BackendError(f"refusing to start the kubernetes backend: the API server does not "
+                                       f"answer ({e}); check kubernetes.kubeconfig and the cluster") from None
+            alive = set()
+            for pod in pods.get("items") or []:
+                meta = pod.get("metadata") or {}
+                labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+                if labels.get("podbay.io/component") != "workspace" or meta.get("deletionTimestamp"):
+                    continue
+                if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    continue
+                # KubeSpawner's annotations carry the names as they are (labels, escaped).
+                alive.add((notes.get("hub.jupyter.org/username", ""), notes.get("hub.jupyter.org/servername", "")))
+            return alive
+
+        with ThreadPoolExecutor(1) as pool:
+            alive = pool.submit(asyncio.run, running()).result()
+        from ..spawners.mixin import spawn_may_be_under_way
+
+        def runs(allocation) -> bool:
+            user, _, server = allocation.key.removeprefix("workspace:").partition("/")
+            return (user, server) in alive or spawn_may_be_under_way(allocation)
+
+        released = portal.book.reconcile(runs, kinds=("workspace",))
+        return HubSide("127.0.0.1", released)

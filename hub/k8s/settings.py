@@ -95,6 +95,9 @@ class Home(_Model):
 
 class KubernetesSettings(_Model):
     namespace: str = Field(default="podbay", pattern=DNS_LABEL)
+    # How podbay reaches the API server: in a pod, its service account; elsewhere this
+    # kubeconfig file (None: KUBECONFIG, else ~/.kube/config).
+    kubeconfig: str | None = None
     # Pods, Jobs, Services and PVCs are named <prefix>-…
     name_prefix: str = Field(default="podbay", pattern=DNS_LABEL, max_length=20)
     pools: dict[str, PoolGpus] = {}

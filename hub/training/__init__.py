@@ -101,6 +101,9 @@ class TrainingBackend(ABC):
         """The job's output (stdout and stderr) from `cursor` on (None: the start), and the
         cursor to read on from. Raise BadCursor for one this backend never gave out."""
 
+    async def aclose(self) -> None:
+        """Let go of connections to the engine (the service is stopping)."""
+
     async def reconcile(self, refs: dict[int, dict]) -> dict[int, BackendStatus]:
         """After a restart: the status of every job the service believed active."""
         return {job_id: await self.status(ref) for job_id, ref in refs.items()}

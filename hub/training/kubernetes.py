@@ -33,13 +33,43 @@ class KubernetesJobs(TrainingBackend):
     multi_node = True
 
     def __init__(self, cfg: PodbayConfig, api_client):
+        """`api_client`: a kubernetes_asyncio ApiClient, or an async function that makes one
+        (on the service's loop, at first use: a client belongs to the loop it was made on)."""
         self.cfg = cfg
         self.settings = cfg.kubernetes
-        from kubernetes_asyncio import client
+        self._api = api_client
+        self._apis = None
 
-        self.core = client.CoreV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+    async def _ensure(self) -> None:
+        if self._apis is None:
+            from kubernetes_asyncio import client
+
+            from ..k8s.api import KubernetesUnreachable
+
+            api = self._api
+            if callable(api):
+                try:
+                    api = await api()
+                except KubernetesUnreachable as e:
+                    raise BackendUnavailable(str(e)) from None
+            self._apis = (client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api))
+
+    async def aclose(self) -> None:
+        if self._apis is not None and callable(self._api):  # a client it made itself
+            await self._apis[0].api_client.close()
+            self._apis = None
+
+    @property
+    def core(self):
+        return self._apis[0]
+
+    @property
+    def batch(self):
+        return self._apis[1]
+
+    @property
+    def custom(self):
+        return self._apis[2]
 
     def home_of(self, user: str) -> Path:
         return Path(HOME)
@@ -54,12 +84,14 @@ class KubernetesJobs(TrainingBackend):
         """An API call whose connection errors mean "try later", not "the job failed"."""
         from aiohttp import ClientError
 
+        await self._ensure()
         try:
             return await fn(*args, **kwargs)
         except (ClientError, OSError, TimeoutError) as e:
             raise BackendUnavailable(f"the Kubernetes API is not reachable ({e}); the job is handed over when it is back") from None
 
     async def submit(self, job: JobSpec) -> dict:
+        await self._ensure()
         from kubernetes_asyncio.client.exceptions import ApiException
 
         image = self.cfg.image(job.image)
@@ -98,6 +130,7 @@ class KubernetesJobs(TrainingBackend):
         return [p for p in items if (p.get("metadata", {}).get("labels") or {}).get("job-name") == name]
 
     async def status(self, ref: dict) -> BackendStatus:
+        await self._ensure()
         job = await self._job(ref)
         if job is None:
             return BackendStatus("lost", message="the job's Kubernetes Job is gone")
@@ -143,6 +176,7 @@ class KubernetesJobs(TrainingBackend):
         return "waiting for Kueue to admit it"
 
     async def cancel(self, ref: dict) -> None:
+        await self._ensure()
         from kubernetes_asyncio.client import V1DeleteOptions
         from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -156,6 +190,7 @@ class KubernetesJobs(TrainingBackend):
                     raise
 
     async def read_logs(self, ref: dict, cursor: str | None = None) -> tuple[bytes, str | None]:
+        await self._ensure()
         from kubernetes_asyncio.client.exceptions import ApiException
 
         pod_name, offset = None, 0

@@ -272,3 +272,65 @@ async def scheduler_reason(m, emu):
     await m.tick()
     assert m.get(job.id).message == ("queued in kubernetes: not scheduled: 0/3 nodes are available: "
                                      "3 Insufficient nvidia.com/gpu.")
+
+
+async def test_the_plugin_reconciles_watches_and_runs_jobs_through_its_kubeconfig(cluster, kubernetes_installed,
+                                                                                 tmp_path):
+    """What the hub and the service do with the backend: at hub start, release what the
+    book holds for workspace pods that are gone; while serving, keep the view current; run
+    jobs with a client of their own loop. All through the kubeconfig in podbay.yaml."""
+    from sqlalchemy import update
+
+    from podbay.hub.backends import BackendError, load
+    from podbay.hub.portal import Portal
+    from podbay.hub.quota.database import AllocationRow
+    from podbay.hub.training import JobSpec
+
+    api, emu = cluster
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulated",
+        "clusters": [{"name": "emulated", "cluster": {"server": api.configuration.host}}],
+        "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "tester"}}],
+        "users": [{"name": "tester", "user": {}}]}))
+    portal = Portal.open(config(tmp_path, kubeconfig=str(kubeconfig)), f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+                         tmp_path)
+    plugin = load("kubernetes")
+    for user, server in (("alice", "dev"), ("bob", "old")):
+        request = portal.validate(user, [], {"profile": "cpu"})
+        portal.claim(key=f"workspace:{user}/{server}", kind="workspace", user=user, team=request.team,
+                     demand=request.demand, quota=request.quota)
+    with portal.book.write_session() as s, s.begin():  # both started long before this hub
+        s.execute(update(AllocationRow).values(created=AllocationRow.created - 3600))
+    await emu.add_object("v1/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "jupyter-alice--dev", "namespace": NS,
+                     "labels": {"podbay.io/component": "workspace"},
+                     "annotations": {"hub.jupyter.org/username": "alice", "hub.jupyter.org/servername": "dev"}},
+        "spec": {"containers": [{"name": "notebook", "image": "x"}]}, "status": {"phase": "Running"}})
+    side = await asyncio.to_thread(plugin.start_hub, portal.cfg, portal, 8081)
+    assert side.released == ["workspace:bob/old"]
+    assert [a.key for a in portal.book.allocations("workspace")] == ["workspace:alice/dev"]
+
+    await emu.add_object("v1/nodes", gpu_node("dgx-1", "training", {}, {"nvidia.com/gpu": "8"}))
+    plugin.view.ready.clear()
+    serving = asyncio.create_task(plugin.serve(portal))
+    try:
+        await until(lambda: portal.capacity.most_gpus_per_node("training") == 8)
+        jobs = plugin.training(portal)
+        ref = await jobs.submit(JobSpec(id=5, name="t", user="alice", image="pytorch", command=["true"],
+                                        workdir="/home/jovyan", env={}, gpus_per_node=8, pool="training",
+                                        team="vision"))
+        assert ref == {"name": "podbay-job-5", "namespace": NS}
+        assert (await jobs.status({"job_id": 5})).state == "pending"
+        await jobs.aclose()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+    broken = config(tmp_path, kubeconfig=str(tmp_path / "missing"))
+    cfg = Portal.open(broken, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path).cfg
+    with pytest.raises(BackendError, match=r"refusing to start the kubernetes backend: podbay is not in a cluster "
+                                           r"and cannot use the kubeconfig .*missing"):
+        await asyncio.to_thread(plugin.start_hub, cfg, portal, 8081)
+    portal.book.dispose()
