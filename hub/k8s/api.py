@@ -9,15 +9,7 @@ import os
 
 
 async def read_json(call, *args, **kwargs) -> dict:
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    resp = await call(*args, _preload_content=False, **kwargs)
-    body = await resp.read()
-    if not 200 <= resp.status <= 299:
-        error = ApiException(status=resp.status, reason=resp.reason)
-        error.body = body.decode(errors="replace")
-        raise error
-    return json.loads(body)
+    return json.loads(await read_bytes(call, *args, **kwargs))
 
 
 async def read_bytes(call, *args, **kwargs) -> bytes:

@@ -19,8 +19,8 @@ from ..quota.book import Snapshot
 from ..quota.capacity import CapacitySource, Usage, default_weight
 from .objects import GPU, PRODUCT, SHARED, ProfileUnavailable, gpu_ask
 from .settings import KubernetesSettings
+from .watch import TERMINATED
 
-TERMINATED = ("Succeeded", "Failed")
 MIG_LABEL = "nvidia.com/mig-"
 
 
@@ -86,15 +86,25 @@ def gpu_nodes(nodes: Iterable[dict], pods: Iterable[dict]) -> list[NodeGpus]:
 class ClusterCapacity(CapacitySource):
     """What the cluster has free, for the form, `catalog`, `capacity` and the TUI.
 
-    `source` returns the current (nodes, pods); the backend's watch keeps them current."""
+    `source` returns the current (nodes, pods); the backend's watch keeps them current.
+    A source with a `version` (the ClusterView) is summed up once per version, not once per
+    profile of every catalog request."""
 
     def __init__(self, cfg: PodbayConfig, settings: KubernetesSettings, source):
         self.cfg, self.settings, self.source = cfg, settings, source
+        self._summed: tuple[int | None, list[NodeGpus]] = (None, [])
+
+    def _all_nodes(self) -> list[NodeGpus]:
+        version, summed = self._summed
+        current = getattr(self.source, "version", None)
+        if current is None or current != version:
+            summed = gpu_nodes(*self.source())
+            self._summed = (current, summed)
+        return summed
 
     def _nodes(self, pool: str) -> list[NodeGpus]:
         selector = dict(self.cfg.pools[pool].node_selector) if pool in self.cfg.pools else {}
-        nodes, pods = self.source()
-        return [n for n in gpu_nodes(nodes, pods) if all(n.labels.get(k) == v for k, v in selector.items())]
+        return [n for n in self._all_nodes() if all(n.labels.get(k) == v for k, v in selector.items())]
 
     def _fits(self, spec: ProfileKind, pool: str, nodes: list[NodeGpus], free: bool) -> int:
         try:

@@ -18,7 +18,7 @@ from .api import KubernetesUnreachable, api_client, read_json
 from .capacity import ClusterCapacity
 from .objects import ProfileUnavailable, gpu_ask
 from .settings import KubernetesSettings
-from .watch import ClusterView, ClusterWatch
+from .watch import TERMINATED, ClusterView, ClusterWatch
 
 
 class KubernetesBackend(Backend):
@@ -104,7 +104,7 @@ class KubernetesBackend(Backend):
                 labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
                 if labels.get("podbay.io/component") != "workspace" or meta.get("deletionTimestamp"):
                     continue
-                if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                if (pod.get("status") or {}).get("phase") in TERMINATED:
                     continue
                 # KubeSpawner's annotations carry the names as they are (labels, escaped).
                 alive.add((notes.get("hub.jupyter.org/username", ""), notes.get("hub.jupyter.org/servername", "")))

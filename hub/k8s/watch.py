@@ -26,13 +26,17 @@ class ClusterView:
         self._lock = threading.Lock()
         self._objects: dict[str, dict[str, dict]] = {"node": {}, "pod": {}}
         self.ready = threading.Event()
+        # Bumped by every change: readers keep what they computed from it until it moves.
+        self.version = 0
 
     def replace(self, kind: str, objects: dict[str, dict]) -> None:
         with self._lock:
             self._objects[kind] = dict(objects)
+            self.version += 1
 
     def put(self, kind: str, key: str, obj: dict | None) -> None:
         with self._lock:
+            self.version += 1
             if obj is None:
                 self._objects[kind].pop(key, None)
             else:

@@ -37,6 +37,16 @@ HOST_PREFIX = DOCKER_TEST_PREFIXES[1]
 pytestmark = pytest.mark.hub
 
 
+def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool) -> Hub:
+    """A hub of its own, started on this podbay.yaml (written under tmp_path)."""
+    config = tmp_path / "podbay.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "data").mkdir()
+    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=keep_workspaces)
+    hub.start()
+    return hub
+
+
 @pytest.fixture(scope="module")
 def dhub(tmp_path_factory, image):
     # --keep-workspaces, so that a restart can be tested; the docker fixture removes what is left.
@@ -411,11 +421,8 @@ def test_the_host_network_is_an_opt_in_that_says_what_it_exposes(docker, image, 
     stops a workspace left running on the host's network and frees its GPU."""
     cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
     cfg["docker"] = {"name_prefix": HOST_PREFIX, "network": {"mode": "host"}}
-    config = tmp_path / "podbay.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    (tmp_path / "data").mkdir()
-    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=True)
-    hub.start()
+    hub = hub_on(cfg, tmp_path, keep_workspaces=True)
+    config = hub.config
     try:
         facts = cross_user_probe(hub, docker, HOST_PREFIX)
         hub.start_server("alice", "legacy", {"profile": "gpu-1", "image": "base"})
@@ -691,11 +698,7 @@ def test_homes_per_workspace_where_configured(docker, image, tmp_path):
     cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
     cfg["docker"]["home_per_workspace"] = True
     cfg["images"][0]["build"] = str(ROOT / "images" / "base")
-    config = tmp_path / "podbay.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    (tmp_path / "data").mkdir()
-    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=False)
-    hub.start()
+    hub = hub_on(cfg, tmp_path, keep_workspaces=False)
     try:
         opts = {"profile": "cpu", "image": "base"}
         hub.start_server("alice", "a", opts)
