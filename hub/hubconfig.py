@@ -268,6 +268,7 @@ def configure(c) -> None:
     except BackendError as e:
         print(f"podbay: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    serve_in_hub(plugin, portal)
     workspace_side, released = side.workspace_side, side.released
     c.JupyterHub.hub_bind_url = f"http://{workspace_side}:{port + 1}"
     if released:
@@ -285,7 +286,8 @@ def configure(c) -> None:
         "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
                         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                         "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0"), "PODBAY_BACKEND": backend,
-                        **({"DOCKER_HOST": os.environ["DOCKER_HOST"]} if os.environ.get("DOCKER_HOST") else {})},
+                        # How to reach the engine, where the hub was told.
+                        **{k: os.environ[k] for k in ENGINE_ENV if os.environ.get(k)}},
         "display": False,
     }]
     # Only what it needs: resolve callers, read their groups and their servers' options.
@@ -304,6 +306,34 @@ def configure(c) -> None:
     # servers (`podbay ws ls`); nothing that starts, stops or makes tokens.
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
                                      "access:services!service=podbay", "read:servers!user"]
+
+
+# What the service needs to reach the backend's engine as the hub does: Docker's socket, a
+# kubeconfig, or (in a pod) the API server the service account's token is for.
+ENGINE_ENV = ("DOCKER_HOST", "KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+_serving: list = []
+
+
+def serve_in_hub(plugin, portal) -> None:
+    """The backend's background work (the cluster watch that the spawn form's and the claims'
+    capacity read) on the hub's loop, for the hub's lifetime. JupyterHub loads its
+    configuration on its running loop; a command that loads it with none (none does today)
+    gets no watch."""
+    import asyncio
+    import logging
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+
+    async def serve():
+        try:
+            await plugin.serve(portal)
+        except Exception:  # a watch that cannot start: capacity stays unknown, spawns are not refused for it
+            logging.getLogger("podbay").exception("the %s backend's background work stopped", plugin.name)
+
+    _serving.append(loop.create_task(serve()))
 
 
 def _configure_plain_docker(c, image: str) -> None:

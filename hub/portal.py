@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
 from .inventory import Inventory
 from .quota import Demand, QuotaBook, Snapshot, fmt_units
+from .quota.book import NoCapacity
 from .quota.capacity import CapacitySource, InventoryCapacity
 from .quota.placement import Placement
 
@@ -98,7 +99,12 @@ class Portal:
 
     def claim(self, *, key: str, kind: str, user: str, team: str | None, demand: Demand, quota: Quota,
               **kw):
-        """The quota book's claim, with this deployment's placement."""
+        """The quota book's claim, with this deployment's placement. Where the engine places,
+        a workspace the cluster has no room for now is refused before it is claimed."""
+        if self.placement is None and kind == "workspace":
+            why = self.capacity.shortage(demand.spec, list(demand.pools))
+            if why:
+                raise NoCapacity(f"no {demand.profile_id} is free: {why}")
         return self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
                                placement=self.placement, **kw)
 

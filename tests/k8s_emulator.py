@@ -11,6 +11,7 @@ Nothing runs, schedules or garbage-collects here: that is the tests' part.
 """
 import asyncio, contextlib, datetime, random, re, string, uuid  # noqa: E401
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -53,7 +54,8 @@ def _field(obj: Any, path: str) -> str:
 
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
-    pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)  # (namespace, pod) -> log text
+    # (namespace, pod) -> its log: text, or the file a stand-in kubelet writes it to
+    pod_logs: dict[tuple[str, str], str | Path] = attrs.field(factory=dict)
     last_rv: int = attrs.field(default=0, init=False)
     closing: bool = attrs.field(default=False, init=False)
 
@@ -70,6 +72,8 @@ class Emulator(kmock.KubernetesEmulator):
         meta.setdefault('uid', str(uuid.uuid4()))
         meta.setdefault('creationTimestamp', datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ'))
         meta['resourceVersion'] = self.next_rv()
+        if obj.get('kind') == 'Pod':  # as the API server defaults a new pod (KubeSpawner reads it at once)
+            obj['status'] = {'phase': 'Pending', 'qosClass': 'Burstable', **(obj.get('status') or {})}
         return obj
 
     def visible(self, request: kmock.Request, obj: dict[str, Any]) -> bool:
@@ -150,7 +154,10 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_fetch(self, request: kmock.Request) -> Any:
         obj = await super()._serve_fetch(request)  # 404 if the pod is absent
         if request.subresource == 'log':  # kmock alone returns the pod JSON for .../pods/x/log
-            return self.pod_logs.get((request.namespace, request.name), '').encode()  # bytes = raw body
+            log = self.pod_logs.get((request.namespace, request.name), '')
+            if isinstance(log, Path):
+                return log.read_bytes() if log.exists() else b''
+            return log.encode()  # bytes = raw body
         return obj
 
     async def _serve_delete(self, request: kmock.Request) -> Any:

@@ -138,6 +138,25 @@ class ClusterCapacity(CapacitySource):
             free += self._fits(spec, pool, nodes, free=True)
         return total, free
 
+    def shortage(self, spec, pools):
+        """Refuse at once what the scheduler could not place now, rather than leave a pod
+        Pending: nothing free of the profile's resource on any node of its pools. Two spawns
+        at once may both see the last one; the scheduler then leaves the second Pending, and
+        the spawner reports its reason (spawners/kubernetes.py)."""
+        if spec.kind == "cpu" or not getattr(self.source, "ready", None) or not self.source.ready.is_set():
+            return None  # no view of the cluster yet: the scheduler decides
+        total = free = 0
+        for pool in pools:
+            nodes = self._nodes(pool)
+            total += self._fits(spec, pool, nodes, free=False)
+            free += self._fits(spec, pool, nodes, free=True)
+        if free > 0:
+            return None
+        where = ", ".join(pools)
+        if total == 0:
+            return f"no node of {where} offers it"
+        return f"all {total} in {where} are in use; try another profile, or later"
+
     def devices(self, pool, snap):
         out: dict[str, Usage] = {}
         for node in self._nodes(pool):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # A Kubernetes quantity: 8Gi, 500Mi, 2, 0.5, 1500m.
 QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -60,13 +60,10 @@ class PoolGpus(_Model):
     # GPU Feature Discovery's nvidia.com/gpu.product of the pool's GPUs (NVIDIA-H100-80GB-HBM3):
     # with the single strategy a MIG profile is a node selector on <product>-MIG-<profile>.
     product: str | None = None
+    # Time-slicing shares the GPUs the device plugin offers as nvidia.com/gpu, never MIG
+    # devices; a pool may have both, on different nodes (the plugin's config is chosen per
+    # node, by its nvidia.com/device-plugin.config label).
     time_slicing: TimeSlicing | None = None
-
-    @model_validator(mode="after")
-    def _mig_or_sharing(self):
-        if self.mig_strategy != "none" and self.time_slicing is not None:
-            raise ValueError("podbay does not time-slice MIG devices: give mig_strategy or time_slicing, not both")
-        return self
 
 
 class Resources(_Model):

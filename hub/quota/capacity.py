@@ -43,6 +43,11 @@ class CapacitySource(ABC):
         """The most whole GPUs one node of the pool has: the largest `gpus_per_node` a job
         there can ever get."""
 
+    def shortage(self, spec: ProfileKind, pools: list[str]) -> str | None:
+        """Why one more workspace of this profile cannot start now, where the engine places
+        (the claim cannot find out by picking devices); None when it may."""
+        return None
+
 
 def default_weight(spec: ProfileKind) -> Fraction:
     """A profile's weight without a declared device to ask: full = count, shared =

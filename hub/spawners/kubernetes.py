@@ -11,8 +11,13 @@ does here (the backend has no placement, so the mixin's environment carries none
 
 from __future__ import annotations
 
+import asyncio
+import time
+from urllib.parse import urlparse
+
+from jupyterhub.spawner import SpawnException
 from kubespawner import KubeSpawner
-from traitlets import default
+from traitlets import Float, default
 
 from ..k8s.objects import (
     HOME,
@@ -30,7 +35,40 @@ from ..portal import Request
 from .mixin import PodbaySpawnerMixin
 
 
+# Waiting reasons after which a container will not start without someone changing something.
+NEVER_STARTS = {"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError",
+                "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
+
+
+def why_not_starting(pod: dict | None, unschedulable_for: float, grace: float) -> tuple[str, int] | None:
+    """What the user should read, and the status, when a workspace pod will not start: its
+    container ended, cannot start, or the scheduler has found no node for `grace` seconds."""
+    if pod is None:
+        return None
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if "terminated" in state:
+            t = state["terminated"]
+            return (f"The workspace exited with status {t.get('exitCode')} while starting"
+                    f"{' (' + t['reason'] + ')' if t.get('reason') else ''}.", 500)
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in NEVER_STARTS:
+            return f"The workspace's container cannot start: {waiting['reason']}: {waiting.get('message', '')}", 500
+    if status.get("phase") == "Failed":
+        return f"The workspace's pod failed: {status.get('reason', '')} {status.get('message', '')}".strip(), 500
+    for cond in status.get("conditions") or []:
+        if (cond.get("type"), cond.get("status"), cond.get("reason")) == ("PodScheduled", "False", "Unschedulable"):
+            if unschedulable_for >= grace:
+                return f"No capacity: the cluster has no node for this workspace now: {cond.get('message')}", 503
+    return None
+
+
 class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
+    unschedulable_grace = Float(
+        10, config=True,
+        help="Seconds a workspace pod may stay unschedulable (no node has its GPU free) before its start "
+             "fails with the scheduler's reason, instead of waiting for start_timeout.")
     @default("podbay_backend")
     def _default_podbay_backend(self):
         return "kubernetes"
@@ -43,6 +81,77 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
     @default("fs_gid")
     def _default_fs_gid(self):
         return 100
+
+    async def load_user_options(self):
+        """podbay's options (profile, image, volumes) were validated and applied in
+        podbay_prepare; KubeSpawner's profile_list is not used, and its own reading of a
+        `profile` option would refuse podbay's profile ids."""
+
+    async def _start(self):
+        """KubeSpawner's start, watched: a pod whose container ended or cannot start, or that no
+        node can take, fails the start at once with the kubelet's or the scheduler's words
+        (KubeSpawner alone waits for start_timeout), and is deleted. A pod is Running as soon as
+        its container started (no readiness probe): the start returns once the server in it
+        listens, as on the other backends."""
+        await self._start_watching_pods()
+        ref_key = f"{self.namespace}/{self.pod_name}"
+        old = (self.pod_reflector.pods.get(ref_key) or {}).get("metadata", {}).get("uid")
+        unschedulable_since: float | None = None
+
+        def trouble() -> tuple[str, int] | None:
+            nonlocal unschedulable_since
+            pod = self.pod_reflector.pods.get(ref_key)
+            if pod is None or pod["metadata"].get("uid") == old:
+                return None  # not made yet, or the previous pod, which KubeSpawner deletes first
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            if not any(c.get("reason") == "Unschedulable" for c in conditions):
+                unschedulable_since = None
+            elif unschedulable_since is None:
+                unschedulable_since = time.monotonic()
+            waited = time.monotonic() - unschedulable_since if unschedulable_since is not None else 0.0
+            return why_not_starting(pod, waited, self.unschedulable_grace)
+
+        async def fail(why: tuple[str, int]):
+            message, status = why
+            if status == 500:
+                message += await self._log_tail()
+            await KubeSpawner.stop(self, now=True)
+            raise SpawnException(message, reason="exited" if status == 500 else "capacity", status_code=status)
+
+        starting = asyncio.ensure_future(super()._start())
+        while True:
+            done, _ = await asyncio.wait([starting], timeout=self.ready_poll_interval)
+            if done:
+                url = starting.result()
+                break
+            why = trouble()
+            if why is not None:
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                await fail(why)
+
+        async def died() -> str | None:
+            why = trouble()
+            if why is None:
+                return None
+            message, _ = why
+            return message + await self._log_tail()
+
+        parsed = urlparse(url)
+        try:
+            await self.wait_listening(parsed.hostname, parsed.port or 80, died)
+        except SpawnException:
+            await KubeSpawner.stop(self, now=True)
+            raise
+        return url
+
+    async def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = await asyncio.wait_for(self.api.read_namespaced_pod_log(
+                self.pod_name, self.namespace, tail_lines=lines), self.k8s_api_request_timeout)
+        except Exception:  # noqa: BLE001 - a log we cannot read does not hide the reason
+            return ""
+        return f" Last lines of its log:\n{text}" if text else ""
 
     @property
     def k8s_settings(self):

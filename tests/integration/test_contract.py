@@ -1,15 +1,23 @@
 """The backend contract: what every backend does, tested the same way on each.
 
-One hub per backend (local, docker; kubernetes and slurm join in their issues), on the same
+One hub per backend (local, docker, kubernetes; slurm joins in its issue), on the same
 podbay.yaml (tests/data/podbay-contract.yaml), driven only through JupyterHub's REST API and
 podbay's service, as users drive it. What differs between engines is how a test looks
-inside a workspace (a process's mount namespace, a container) and how it makes one die at
-start: that is each backend's small driver below. A backend is done when it passes all of it.
+inside a workspace (a process's mount namespace, a container, a pod), how it makes one die
+at start, and what the engine decides itself (Kubernetes places devices and queues jobs):
+that is each backend's small driver below. A backend is done when it passes all of it.
+
+The kubernetes backend runs against the stand-in cluster of tests/k8s_cluster.py (an
+emulated API server with a scheduler, a kubelet with NVIDIA's device plugin, the Job
+controller and Kueue), which holds the same GPUs as the other backends' inventory.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +27,7 @@ import pytest
 from tests.conftest import ROOT, Hub, claimed, environ_of, free_port_block, have_proxy, require, wait_job
 
 CONFIG = ROOT / "tests" / "data" / "podbay-contract.yaml"
-BACKENDS = ["local", "docker"]
+BACKENDS = ["local", "docker", "kubernetes"]
 MIG = {"MIG-33333333-0003-4000-8000-000000000003", "MIG-33333333-0004-4000-8000-000000000004"}
 SHARED = "GPU-33333333-0000-4000-8000-000000000001"
 WHOLE = "GPU-33333333-0000-4000-8000-000000000002"
@@ -36,6 +44,11 @@ class LocalDriver:
     mount namespace (nsenter)."""
 
     name = "local"
+    # podbay picks the devices (the quota book holds their IDs) and runs jobs one machine each.
+    places_devices = True
+    multi_node = False
+    # Why a job that does not fit waits: podbay's own queue.
+    queued_because = "waiting"
 
     def __init__(self, hub: Hub):
         self.hub = hub
@@ -71,6 +84,9 @@ class DockerDriver:
     """Workspaces are containers: looked into with `docker exec`."""
 
     name = "docker"
+    places_devices = True
+    multi_node = False
+    queued_because = "waiting"
 
     def __init__(self, hub: Hub, docker):
         self.hub, self.docker = hub, docker
@@ -106,17 +122,103 @@ class DockerDriver:
         return {"profile": "mig-1g.10gb", "image": "broken"}, lambda: None
 
 
+class KubernetesDriver:
+    """Workspaces are pods of the stand-in cluster (tests/k8s_cluster.py): read through the
+    API server; looked into in the mount namespace its kubelet made for the container. The
+    PVCs are directories of its storage root, which is the hub's data directory's volumes/,
+    where the other backends keep the catalog's volumes too."""
+
+    name = "kubernetes"
+    # The device plugin picks devices; Kueue and the scheduler queue jobs, over several nodes.
+    places_devices = False
+    multi_node = True
+    queued_because = "queued in kubernetes: "
+    NS = "podbay-contract"
+
+    def __init__(self, hub: Hub, url: str):
+        self.hub, self.url = hub, url
+
+    def home(self, user: str) -> str:
+        return str(self.hub.data_dir / "volumes" / f"podbay-home-{user}")
+
+    def pod(self, user: str, ws: str) -> dict:
+        pods = httpx.get(f"{self.url}/api/v1/namespaces/{self.NS}/pods", timeout=10).json()["items"]
+        for pod in pods:
+            notes = pod["metadata"].get("annotations") or {}
+            if (notes.get("hub.jupyter.org/username"), notes.get("hub.jupyter.org/servername")) == (user, ws):
+                return pod
+        raise AssertionError(f"no pod for {user}/{ws}")
+
+    def pid(self, user: str, ws: str) -> int:
+        name = self.pod(user, ws)["metadata"]["name"]
+        return json.loads((self.hub.data_dir / "pods" / f"{self.NS}_{name}.json").read_text())["pid"]
+
+    def env(self, user: str, ws: str) -> dict[str, str]:
+        return environ_of(self.pid(user, ws))
+
+    def granted(self, user: str, ws: str) -> dict[str, str]:
+        """What the pod asks the scheduler for: its GPU resources."""
+        (container,) = self.pod(user, ws)["spec"]["containers"]
+        return {k: v for k, v in (container["resources"].get("limits") or {}).items() if k.startswith("nvidia.com/")}
+
+    def sh(self, user: str, ws: str, script: str) -> tuple[int, str]:
+        run = subprocess.run(["nsenter", "-t", str(self.pid(user, ws)), "-m", "sh", "-c",
+                              script.replace("~", "/home/jovyan")], capture_output=True, text=True)
+        return run.returncode, run.stdout + run.stderr
+
+    def doomed(self, user: str) -> tuple[dict, object]:
+        return {"profile": "mig-1g.10gb", "image": "broken"}, lambda: None
+
+
+@pytest.fixture(scope="module")
+def stand_in_cluster(tmp_path_factory):
+    """The stand-in cluster, with what `podbay k8s manifests` prints for the contract's
+    podbay.yaml applied (Kueue's queues); its storage root is the hub's data directory."""
+    require(os.geteuid() == 0, "the stand-in kubelet mounts volumes (needs root)")
+    data_dir = tmp_path_factory.mktemp("contract-kubernetes")
+    manifests = data_dir / "manifests.yaml"
+    out = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "k8s", "manifests", "--config", str(CONFIG)],
+                         capture_output=True, text=True, check=True)
+    manifests.write_text(out.stdout)
+    log = (data_dir / "cluster.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.k8s_cluster", "--state", str(data_dir),
+                             "--nodes", str(ROOT / "tests" / "data" / "k8s-contract-nodes.yaml"),
+                             "--apply", str(manifests)], cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
+    url = proc.stdout.readline().decode().removeprefix("ready ").strip()
+    assert url.startswith("http://"), (data_dir / "cluster.log").read_text()
+    kubeconfig = data_dir / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+        "clusters": [{"name": "stand-in", "cluster": {"server": url}}],
+        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "hub",
+                                                       "namespace": KubernetesDriver.NS}}],
+        "users": [{"name": "hub", "user": {}}]}))
+    yield data_dir, url, kubeconfig
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def engine(request, tmp_path_factory):
     require(have_proxy(), "configurable-http-proxy is not installed")
     docker = None
+    env = {"PODBAY_BACKEND": request.param}
     if request.param == "docker":
         docker = request.getfixturevalue("docker")
         request.getfixturevalue("image")
-    hub = Hub(config=CONFIG, data_dir=tmp_path_factory.mktemp(f"contract-{request.param}"), port=free_port_block(),
-              keep_workspaces=True, extra_env={"PODBAY_BACKEND": request.param})
+        data_dir = tmp_path_factory.mktemp(f"contract-{request.param}")
+    elif request.param == "kubernetes":
+        data_dir, url, kubeconfig = request.getfixturevalue("stand_in_cluster")
+        env["KUBECONFIG"] = str(kubeconfig)
+    else:
+        data_dir = tmp_path_factory.mktemp(f"contract-{request.param}")
+    hub = Hub(config=CONFIG, data_dir=data_dir, port=free_port_block(), keep_workspaces=True, extra_env=env)
     hub.start()
-    driver = DockerDriver(hub, docker) if docker else LocalDriver(hub)
+    if request.param == "kubernetes":
+        driver = KubernetesDriver(hub, url)
+    else:
+        driver = DockerDriver(hub, docker) if docker else LocalDriver(hub)
     yield driver
     hub.stop()
     if request.param == "local":
@@ -134,37 +236,64 @@ def service(hub: Hub, user: str) -> httpx.Client:
                         headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
 
 
-def free(hub: Hub, pool: str, profile: str) -> int:
+def free(hub: Hub, pool: str, profile: str, expect: int | None = None) -> int:
+    """What the service says is free; with `expect`, once it says so (an engine's view of
+    itself, like the cluster watch, follows a change within moments, not at once)."""
+    deadline = time.monotonic() + 10
     with service(hub, "alice") as api:
-        pools = {p["pool"]: p for p in api.get("/capacity").json()["pools"]}
-    return pools[pool]["profiles"][profile]["free"]
+        while True:
+            pools = {p["pool"]: p for p in api.get("/capacity").json()["pools"]}
+            n = pools[pool]["profiles"][profile]["free"]
+            if expect is None or n == expect or time.monotonic() > deadline:
+                return n
+            time.sleep(0.1)
 
 
 
 # --- workspaces ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profile, devices, units", [
-    ("cpu", lambda d: d == [], "0"),
-    ("mig-1g.10gb", lambda d: len(d) == 1 and d[0] in MIG, "0.14"),
-    ("shared-1/2", lambda d: d == [SHARED], "0.5"),
-    ("gpu-1", lambda d: d == [WHOLE], "1"),
+@pytest.mark.parametrize("profile, devices, units, asks", [
+    ("cpu", lambda d: d == [], "0", {}),
+    ("mig-1g.10gb", lambda d: len(d) == 1 and d[0] in MIG, "0.14", {"nvidia.com/mig-1g.10gb": "1"}),
+    ("shared-1/2", lambda d: d == [SHARED], "0.5", {"nvidia.com/gpu.shared": "1"}),
+    ("gpu-1", lambda d: d == [WHOLE], "1", {"nvidia.com/gpu": "1"}),
 ])
-def test_each_profile_kind_starts_with_exactly_its_devices_and_gives_them_back(engine, profile, devices, units):
+def test_each_profile_kind_starts_with_exactly_its_devices_and_gives_them_back(engine, profile, devices, units, asks):
     hub, name = engine.hub, profile.replace("/", "-").replace(".", "")
+    key = f"workspace:alice/{name}"
     r = hub.start_server("alice", name, {"profile": profile, "image": "base"})
     assert r.status_code in (201, 202), r.text
-    held = claimed(hub, f"workspace:alice/{name}")
-    assert devices(held), held
-    assert engine.granted("alice", name) == list(dict.fromkeys(held)), "the engine gives exactly the claim"
     env = engine.env("alice", name)
-    # The same names on every backend that places devices itself (hub/environment.py).
-    assert env["CUDA_VISIBLE_DEVICES"] == ",".join(held)
-    assert env["NVIDIA_VISIBLE_DEVICES"] == (",".join(held) or "void")
+    # What the container runtime is told to show: the same name on every backend.
+    seen = [d for d in env["NVIDIA_VISIBLE_DEVICES"].split(",") if d != "void"]
+    assert devices(seen), env["NVIDIA_VISIBLE_DEVICES"]
+    if not seen:
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "void", "NGC images would otherwise see every GPU"
+    if engine.places_devices:
+        held = claimed(hub, key)
+        assert held == seen, "the workspace gets exactly the claim"
+        assert engine.granted("alice", name) == list(dict.fromkeys(held)), "the engine gives exactly the claim"
+        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(held)
+    else:
+        # The engine placed them: the book holds the units, no device; the pod asked for the
+        # profile's resource and podbay set no device variable of its own.
+        assert claimed(hub, key) == [] and booked(hub, key)
+        assert engine.granted("alice", name) == asks
+        assert "CUDA_VISIBLE_DEVICES" not in env
     assert (env["PODBAY_PROFILE"], env["PODBAY_TEAM"], env["PODBAY_GPU_UNITS"]) == (profile, "vision", units)
     assert env["JUPYTER_VSCODE_PROXY_USE_SOCKET"] == "1" and env["PODBAY_SERVICE_URL"].startswith("http://")
     hub.stop_server("alice", name)
-    assert claimed(hub, f"workspace:alice/{name}") == []
+    assert not booked(hub, key)
+
+
+def booked(hub: Hub, key: str) -> bool:
+    """Whether the quota book holds anything under the key."""
+    ledger = hub.book()
+    try:
+        return ledger.get(key) is not None
+    finally:
+        ledger.dispose()
 
 
 def test_volumes_inside_read_only_where_declared_and_a_home_that_stays(engine):
@@ -190,9 +319,9 @@ def test_capacity_shows_what_a_workspace_takes_and_gives_back(engine):
     hub = engine.hub
     before = free(hub, "dev", "mig-1g.10gb")
     hub.start_server("alice", "cap", {"profile": "mig-1g.10gb", "image": "base"})
-    assert free(hub, "dev", "mig-1g.10gb") == before - 1
+    assert free(hub, "dev", "mig-1g.10gb", expect=before - 1) == before - 1
     hub.stop_server("alice", "cap")
-    assert free(hub, "dev", "mig-1g.10gb") == before
+    assert free(hub, "dev", "mig-1g.10gb", expect=before) == before
 
 
 def test_quota_and_access_refusals_claim_nothing(engine):
@@ -202,7 +331,7 @@ def test_quota_and_access_refusals_claim_nothing(engine):
         assert r.status_code == 403 and "Quota" in r.json()["message"], r.text
         r = api.post("/users/bob/servers/peek", json={"user_options": {"profile": "cpu", "volumes": ["reference"]}})
         assert r.status_code == 400 and "reference" in r.json()["message"], r.text
-    assert claimed(hub, "workspace:bob/big") == [] and claimed(hub, "workspace:bob/peek") == []
+    assert not booked(hub, "workspace:bob/big") and not booked(hub, "workspace:bob/peek")
     # What fits the quota starts.
     assert hub.start_server("bob", "small", {"profile": "shared-1/2", "image": "base"}).status_code in (201, 202)
     hub.stop_server("bob", "small")
@@ -220,7 +349,7 @@ def test_a_workspace_that_dies_while_starting_fails_at_once_and_frees_its_device
     assert r.status_code == 500, r.text
     assert "exited with status" in r.json()["message"], r.text
     assert elapsed < 10, f"{elapsed:.1f}s to report that the workspace died"
-    assert claimed(hub, "workspace:alice/doomed") == []
+    assert not booked(hub, "workspace:alice/doomed")
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -235,14 +364,16 @@ def test_a_job_moved_from_a_workspace_runs_with_its_image_data_and_environment(e
     with service(hub, "alice") as api:
         r = api.post("/jobs", json={"name": "train", "from_workspace": "dev", "gpus": 1, "workdir": "proj",
                                     "command": ["sh", "-c", "cat cfg; wc -l < ~/data/reference/labels.txt; "
-                                                "echo $CUDA_VISIBLE_DEVICES $PODBAY_TEAM $PODBAY_JOB_NAME"]})
+                                                "echo $NVIDIA_VISIBLE_DEVICES $PODBAY_TEAM $PODBAY_JOB_NAME"]})
         assert r.status_code == 201, r.text
         job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
         assert job["state"] == "succeeded" and job["exit_code"] == 0, job
-        (device,) = job["devices"]
-        assert device in TRAINING
-        assert api.get(f"/jobs/{job['id']}/logs").text == f"lr=0.1\n2\n{device} vision train\n"
-        assert claimed(hub, f"job:{job['id']}") == []
+        lines = api.get(f"/jobs/{job['id']}/logs").text.splitlines()
+        device = lines[2].split()[0]
+        assert device in TRAINING and lines == ["lr=0.1", "2", f"{device} vision train"], lines
+        # podbay knows the device where it placed it; elsewhere the engine alone does.
+        assert job["devices"] == ([device] if engine.places_devices else [])
+        assert not booked(hub, f"job:{job['id']}")
     hub.stop_server("alice", "dev")
 
 
@@ -261,8 +392,8 @@ def test_jobs_fail_with_their_exit_code_wait_for_gpus_follow_and_cancel(engine):
         nxt = r.json()
         time.sleep(1.5)
         waiting = api.get(f"/jobs/{nxt['id']}").json()
-        assert waiting["state"] == "queued" and "waiting" in waiting["message"], waiting
-        assert claimed(hub, f"job:{nxt['id']}") == []
+        assert waiting["state"] == "queued" and engine.queued_because in waiting["message"], waiting
+        assert not booked(hub, f"job:{nxt['id']}")
 
         # Following streams the output as it comes, until cancel ends the job.
         seen = b""
@@ -274,7 +405,7 @@ def test_jobs_fail_with_their_exit_code_wait_for_gpus_follow_and_cancel(engine):
         assert seen.startswith(b"tick 1\ntick 2\ntick 3\n"), seen
         r = api.delete(f"/jobs/{wide['id']}")
         assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
-        assert claimed(hub, f"job:{wide['id']}") == []
+        assert not booked(hub, f"job:{wide['id']}")
         done = wait_job(api, nxt["id"], {"succeeded", "failed"})
         assert done["state"] == "succeeded" and api.get(f"/jobs/{nxt['id']}/logs").text == "my turn\n"
 
@@ -294,8 +425,12 @@ def test_log_cursors_read_on_and_sizes_one_machine_cannot_hold_are_refused(engin
         r = api.get(logs, params={"cursor": "page-7"})
         assert r.status_code == 400 and r.json()["error"] == "bad_cursor", r.text
         r = api.post("/jobs", json={"name": "wide", "image": "base", "gpus_per_node": 1, "nodes": 2,
-                                    "command": ["true"]})
-        assert r.status_code == 400 and "runs a job on one machine: ask for nodes: 1" in r.json()["message"], r.text
+                                    "command": ["sh", "-c", "echo rank $NODE_RANK of $WORLD_SIZE"]})
+        if engine.multi_node:
+            job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
+            assert job["state"] == "succeeded" and api.get(f"/jobs/{job['id']}/logs").text == "rank 0 of 2\n", job
+        else:
+            assert r.status_code == 400 and "runs a job on one machine: ask for nodes: 1" in r.json()["message"], r.text
         r = api.post("/jobs", json={"name": "where", "image": "base", "pool": "moon", "command": ["true"]})
         assert r.status_code == 400 and "unknown pool 'moon'" in r.json()["message"], r.text
 
@@ -304,6 +439,7 @@ def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     hub = engine.hub
     hub.start_server("alice", "stays", {"profile": "gpu-1", "image": "base"})
     held = claimed(hub, "workspace:alice/stays")
+    assert booked(hub, "workspace:alice/stays")
     scratch = hub.data_dir / "volumes" / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     with service(hub, "alice") as api:
@@ -315,20 +451,22 @@ def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     job_devices = claimed(hub, f"job:{job['id']}")
     hub.stop()
     hub.start()
-    assert claimed(hub, "workspace:alice/stays") == held, "a running workspace keeps its devices"
+    assert booked(hub, "workspace:alice/stays") and claimed(hub, "workspace:alice/stays") == held, \
+        "a running workspace keeps its devices"
     assert hub.wait_ready("alice", "stays", timeout=30)["ready"]
     with httpx.Client(headers={"Authorization": f"token {hub.token('alice')}"}) as http:
         assert http.get(f"{hub.url}/user/alice/stays/api/status", timeout=30).status_code == 200
     with service(hub, "alice") as api:
         time.sleep(1)  # a scheduler tick or two after the restart
         assert api.get(f"/jobs/{job['id']}").json()["state"] == "running"
-        assert claimed(hub, f"job:{job['id']}") == job_devices, "an adopted job keeps its GPU"
+        assert booked(hub, f"job:{job['id']}") and claimed(hub, f"job:{job['id']}") == job_devices, \
+            "an adopted job keeps its GPU"
         (scratch / "go-on").write_text("")
         done = wait_job(api, job["id"], {"succeeded", "failed"})
         assert done["state"] == "succeeded", done
         assert api.get(f"/jobs/{job['id']}/logs").text == "before\nafter\n", "nothing lost, nothing run twice"
     hub.stop_server("alice", "stays")
-    assert claimed(hub, "workspace:alice/stays") == []
+    assert not booked(hub, "workspace:alice/stays")
 
 
 def test_the_contract_covers_every_installed_backend():

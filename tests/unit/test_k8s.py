@@ -177,8 +177,11 @@ def test_homes_are_claims_from_the_storage_class(cfg):
 
 
 def test_settings_refuse_what_the_operator_cannot_do():
-    with pytest.raises(ValueError, match="does not time-slice MIG devices"):
-        PoolGpus(mig_strategy="mixed", time_slicing={"replicas": 4})
+    # MIG nodes and time-sliced nodes in one pool: each profile asks for its own resource.
+    both = PoolGpus(mig_strategy="mixed", time_slicing={"replicas": 4})
+    assert gpu_ask(parse_profile_id("mig-1g.10gb"), "dev", both).resources == {"nvidia.com/mig-1g.10gb": 1}
+    assert gpu_ask(parse_profile_id("shared-1/4"), "dev", both).resources == {"nvidia.com/gpu.shared": 1}
+    assert gpu_ask(parse_profile_id("gpu-1"), "dev", both).resources == {"nvidia.com/gpu": 1}
     with pytest.raises(ValueError, match="not a Kubernetes quantity"):
         KubernetesSettings(resources={"default": {"memory": "8 GB"}})
 

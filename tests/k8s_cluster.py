@@ -1,0 +1,492 @@
+"""A small stand-in cluster for the kubernetes backend's end-to-end tests: the emulated API
+server (tests/k8s_emulator.py) with what a real cluster runs beside it and nothing here can:
+
+- a scheduler: binds a pending pod to a node that matches its node selector, tolerates the
+  node's taints and has its requests free (allocatable − requests of the node's pods that
+  have not ended), else leaves it Pending with an Unschedulable reason in the scheduler's words;
+- a kubelet with NVIDIA's device plugin: hands the pod device IDs of what it asked for
+  (NVIDIA_VISIBLE_DEVICES, as the plugin's envvar strategy does), mounts its PVCs (a
+  directory per claim under the storage root, read-only where the pod says so, fsGroup
+  applied) in a mount namespace of its own, and runs the container's command as a host
+  process as its runAsUser, on an address of its own (127.1.x.y: the pod IP), writing its
+  output where `kubectl logs` reads it, and reports it Running, then its exit code;
+- the Job controller: pods for a Job that is not suspended (`<job>-<index>-<suffix>` with
+  hostname `<job>-<index>` for an Indexed Job), the Job's status and conditions, and the
+  garbage collector (pods of a deleted Job go);
+- Kueue: a Workload per suspended Job of a LocalQueue, admitted (the Job unsuspended) while
+  its ClusterQueue's nominalQuota, or what its cohort leaves unused, covers it; otherwise
+  QuotaReserved False with Kueue's reason.
+
+Containers are the host's programs: an image is a name for an entrypoint and a command (the
+IMAGES table), its filesystem is the host's, with /home a tmpfs of the pod's own. Run as
+
+    python -m tests.k8s_cluster --state DIR --nodes nodes.yaml [--apply objects.yaml]
+
+It prints `ready <url>` when it serves, and ends every container it started on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shlex
+import signal
+import string
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.k8s_emulator import RESOURCES, Emulator, emulated_cluster
+
+KUEUE = "kueue.x-k8s.io/v1beta1"
+CLUSTER_RESOURCES = {
+    **RESOURCES,
+    f"{KUEUE}/clusterqueues": ("ClusterQueue", False, {"status"}),
+    f"{KUEUE}/localqueues": ("LocalQueue", True, {"status"}),
+    f"{KUEUE}/resourceflavors": ("ResourceFlavor", False, set()),
+}
+PLURALS = {kind: key for key, (kind, _, _) in CLUSTER_RESOURCES.items()}
+TERMINATED = {"Succeeded", "Failed"}
+# Where the device plugin keeps the IDs it hands out: a test-only annotation on the Node.
+DEVICES = "devices.test.podbay.io/"
+BIN = str(Path(sys.executable).parent)
+# image -> (entrypoint, cmd, (uid, gid)), as its Dockerfile says (images/base: USER 1000:100,
+# tini -- jupyterhub-singleuser).
+IMAGES: dict[str, tuple[list[str], list[str], tuple[int, int]]] = {
+    "podbay/base:2026.11": ([], ["jupyterhub-singleuser"], (1000, 100)),
+    "podbay/debian-root:bookworm": ([], ["bash"], (0, 0)),  # no terminal: bash exits at once
+}
+IMAGE_PATH = f"{BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def quantity(text: Any) -> float:
+    s = str(text)
+    for suffix, f in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40), ("m", 1e-3), ("k", 1e3),
+                      ("M", 1e6), ("G", 1e9)):
+        if s.endswith(suffix):
+            return float(s[: -len(suffix)]) * f
+    return float(s)
+
+
+def requests_of(pod: dict) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for c in pod["spec"].get("containers") or []:
+        res = c.get("resources") or {}
+        for k, v in {**(res.get("limits") or {}), **(res.get("requests") or {})}.items():
+            total[k] = total.get(k, 0) + quantity(v)
+    return total
+
+
+def condition(type_: str, status: str, reason: str = "", message: str = "") -> dict:
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-11-30T00:00:00Z"}
+
+
+class Container:
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path):
+        self.proc, self.log = proc, log
+
+
+class Cluster:
+    def __init__(self, emu: Emulator, state: Path):
+        self.emu, self.state = emu, state
+        self.storage = state / "volumes"
+        self.containers: dict[str, Container] = {}  # pod uid -> its process
+        self.ips = iter(f"127.1.{n // 250}.{n % 250 + 2}" for n in range(62500))
+
+    # --- reading the emulator's objects --------------------------------------------------
+
+    def objects(self, resource: str) -> list[dict]:
+        return [o.raw for (res, _, _), o in list(self.emu.objects.items())
+                if f"{res.group + '/' if res.group else ''}{res.version}/{res.plural}" == resource and not o.deleted]
+
+    async def patch(self, resource: str, obj: dict, patch: dict) -> None:
+        meta = obj["metadata"]
+        with contextlib.suppress(KeyError):  # gone meanwhile
+            await self.emu.patch_object(resource, meta.get("namespace"), meta["name"], patch)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.kueue()
+                await self.job_controller()
+                await self.scheduler()
+                await self.kubelet()
+            except Exception as e:  # noqa: BLE001 - a stand-in that stops would hang every test
+                print(f"stand-in cluster: {e!r}", file=sys.stderr, flush=True)
+            await asyncio.sleep(0.05)
+
+    # --- Kueue ----------------------------------------------------------------------------
+
+    async def kueue(self) -> None:
+        jobs = {j["metadata"]["uid"]: j for j in self.objects("batch/v1/jobs")}
+        workloads = self.objects(f"{KUEUE}/workloads")
+        owned = {wl["metadata"]["ownerReferences"][0]["uid"]: wl for wl in workloads}
+        for uid, job in jobs.items():
+            queue = (job["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+            if queue and uid not in owned and job["spec"].get("suspend"):
+                name = job["metadata"]["name"]
+                suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+                owned[uid] = await self.emu.add_object(f"{KUEUE}/workloads", {
+                    "apiVersion": KUEUE, "kind": "Workload",
+                    "metadata": {"name": f"job-{name}-{suffix}", "namespace": job["metadata"]["namespace"],
+                                 "labels": {"kueue.x-k8s.io/job-uid": uid},
+                                 "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                                      "uid": uid, "controller": True}]},
+                    "spec": {"queueName": queue, "podSets": [{"name": "main", "count": job["spec"].get("parallelism") or 1,
+                                                              "template": job["spec"]["template"]}]},
+                    "status": {}})
+        for uid, wl in list(owned.items()):
+            if uid not in jobs:  # the Job went: so does its Workload (garbage collection)
+                await self.emu.delete_object(f"{KUEUE}/workloads", wl["metadata"]["namespace"], wl["metadata"]["name"])
+                del owned[uid]
+        local = {(q["metadata"]["namespace"], q["metadata"]["name"]): q["spec"]["clusterQueue"]
+                 for q in self.objects(f"{KUEUE}/localqueues")}
+        cqs = {q["metadata"]["name"]: q for q in self.objects(f"{KUEUE}/clusterqueues")}
+
+        def usage(wl: dict) -> dict[str, float]:
+            count = wl["spec"]["podSets"][0]["count"]
+            pod = {"spec": wl["spec"]["podSets"][0]["template"]["spec"]}
+            return {k: v * count for k, v in requests_of(pod).items()}
+
+        def nominal(cq: dict) -> dict[str, float]:
+            out: dict[str, float] = {}
+            for group in cq["spec"].get("resourceGroups") or []:
+                for flavor in group["flavors"][:1]:  # podbay's jobs fit the first flavor that covers them
+                    for r in flavor["resources"]:
+                        out[r["name"]] = out.get(r["name"], 0) + quantity(r["nominalQuota"])
+            return out
+
+        def finished(wl: dict) -> bool:
+            job = jobs.get(wl["metadata"]["ownerReferences"][0]["uid"])
+            return job is None or any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
+                                      for c in (job.get("status") or {}).get("conditions") or [])
+
+        def admitted(wl: dict) -> bool:
+            return any(c["type"] == "Admitted" and c["status"] == "True" for c in (wl.get("status") or {}).get("conditions") or [])
+
+        used: dict[str, dict[str, float]] = {}
+        for wl in owned.values():
+            cq = local.get((wl["metadata"]["namespace"], wl["spec"]["queueName"]))
+            if cq and admitted(wl) and not finished(wl):
+                for k, v in usage(wl).items():
+                    used.setdefault(cq, {})[k] = used.setdefault(cq, {}).get(k, 0) + v
+        pending = sorted((wl for wl in owned.values() if not admitted(wl)), key=lambda w: int(w["metadata"]["resourceVersion"]))
+        for wl in pending:
+            cq_name = local.get((wl["metadata"]["namespace"], wl["spec"]["queueName"]))
+            cq = cqs.get(cq_name or "")
+            if cq is None:
+                reason = f"LocalQueue {wl['spec']['queueName']} doesn't exist"
+            else:
+                cohort = [q for q in cqs.values() if q["spec"].get("cohort") and q["spec"]["cohort"] == cq["spec"].get("cohort")] or [cq]
+                reason = ""
+                for resource, need in usage(wl).items():
+                    own = nominal(cq).get(resource)
+                    if own is None:
+                        reason = f"couldn't assign flavors to pod set main: resource {resource} unavailable in ClusterQueue"
+                        break
+                    # What the cohort's queues leave unused may be borrowed (no borrowingLimit).
+                    room = sum(nominal(q).get(resource, 0) - used.get(q["metadata"]["name"], {}).get(resource, 0)
+                               for q in cohort)
+                    if need > room:
+                        reason = (f"couldn't assign flavors to pod set main: insufficient unused quota for {resource} "
+                                  f"in flavor {cq['spec']['resourceGroups'][0]['flavors'][0]['name']}, "
+                                  f"{need - room:g} more needed")
+                        break
+            if reason:
+                conds = [condition("QuotaReserved", "False", "Pending", reason)]
+                if (wl.get("status") or {}).get("conditions") != conds:
+                    await self.patch(f"{KUEUE}/workloads", wl, {"status": {"conditions": conds}})
+                continue
+            for k, v in usage(wl).items():
+                used.setdefault(cq_name, {})[k] = used.setdefault(cq_name, {}).get(k, 0) + v
+            msg = f"Quota reserved in ClusterQueue {cq_name}"
+            await self.patch(f"{KUEUE}/workloads", wl, {"status": {"conditions": [
+                condition("QuotaReserved", "True", "QuotaReserved", msg),
+                condition("Admitted", "True", "Admitted", "The workload is admitted")]}})
+            job = jobs[wl["metadata"]["ownerReferences"][0]["uid"]]
+            await self.patch("batch/v1/jobs", job, {"spec": {"suspend": False}})
+
+    # --- the Job controller and the garbage collector ----------------------------------------
+
+    async def job_controller(self) -> None:
+        jobs = {j["metadata"]["uid"]: j for j in self.objects("batch/v1/jobs")}
+        pods_of: dict[str, list[dict]] = {}
+        for pod in self.objects("v1/pods"):
+            owner = next((o for o in pod["metadata"].get("ownerReferences") or [] if o.get("kind") == "Job"), None)
+            if owner is None:
+                continue
+            if owner["uid"] not in jobs:  # background propagation: the pods follow their Job
+                await self.emu.delete_object("v1/pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
+                continue
+            pods_of.setdefault(owner["uid"], []).append(pod)
+        for uid, job in jobs.items():
+            spec, status = job["spec"], job.get("status") or {}
+            if spec.get("suspend") or any(c["status"] == "True" for c in status.get("conditions") or []):
+                continue
+            pods = pods_of.get(uid, [])
+            n = spec.get("completions") or 1
+            if not pods:
+                for index in range(n):
+                    await self.emu.add_object("v1/pods", self.job_pod(job, index))
+                continue
+            phases = [p["status"].get("phase") for p in pods]
+            new = {"active": sum(p not in TERMINATED for p in phases), "succeeded": phases.count("Succeeded"),
+                   "failed": phases.count("Failed")}
+            if new["failed"] > (spec.get("backoffLimit") or 0):
+                new["conditions"] = [condition("Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]
+                for pod, phase in zip(pods, phases):
+                    if phase not in TERMINATED:  # the controller ends the other ranks
+                        await self.emu.delete_object("v1/pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
+            elif new["succeeded"] >= n:
+                new["conditions"] = [condition("Complete", "True")]
+            if any(status.get(k) != v for k, v in new.items()):
+                await self.patch("batch/v1/jobs", job, {"status": new})
+
+    def job_pod(self, job: dict, index: int) -> dict:
+        meta, spec = job["metadata"], job["spec"]
+        template = json.loads(json.dumps(spec["template"]))
+        indexed = spec.get("completionMode") == "Indexed"
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        name = f"{meta['name']}-{index}-{suffix}" if indexed else f"{meta['name']}-{suffix}"
+        labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": meta["name"],
+                  "batch.kubernetes.io/job-name": meta["name"], "controller-uid": meta["uid"]}
+        annotations = {}
+        pod_spec = template["spec"]
+        if indexed:
+            annotations["batch.kubernetes.io/job-completion-index"] = str(index)
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
+            pod_spec["hostname"] = f"{meta['name']}-{index}"
+            for c in pod_spec["containers"]:
+                c.setdefault("env", []).append({"name": "JOB_COMPLETION_INDEX", "value": str(index)})
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
+                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
+                "spec": pod_spec, "status": {"phase": "Pending"}}
+
+    # --- the scheduler -------------------------------------------------------------------------
+
+    async def scheduler(self) -> None:
+        pods = self.objects("v1/pods")
+        nodes = self.objects("v1/nodes")
+        used: dict[str, dict[str, float]] = {}
+        for pod in pods:
+            node = pod["spec"].get("nodeName")
+            if node and (pod.get("status") or {}).get("phase") not in TERMINATED:
+                for k, v in requests_of(pod).items():
+                    used.setdefault(node, {})[k] = used.setdefault(node, {}).get(k, 0) + v
+        for pod in sorted((p for p in pods if not p["spec"].get("nodeName")), key=lambda p: int(p["metadata"]["resourceVersion"])):
+            ask, why = requests_of(pod), {}
+            chosen = None
+            for node in nodes:
+                name, labels = node["metadata"]["name"], node["metadata"].get("labels") or {}
+                if any(labels.get(k) != v for k, v in (pod["spec"].get("nodeSelector") or {}).items()):
+                    why["node(s) didn't match Pod's node affinity/selector"] = why.get("node(s) didn't match Pod's node affinity/selector", 0) + 1
+                    continue
+                taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("effect") == "NoSchedule"]
+                if any(not self.tolerated(t, pod["spec"].get("tolerations") or []) for t in taints):
+                    key = "node(s) had untolerated taint {%s: }" % taints[0]["key"]
+                    why[key] = why.get(key, 0) + 1
+                    continue
+                alloc = {k: quantity(v) for k, v in (node["status"].get("allocatable") or {}).items()}
+                short = [k for k, v in ask.items() if v > alloc.get(k, 0) - used.get(name, {}).get(k, 0)]
+                if short:
+                    why[f"Insufficient {short[0]}"] = why.get(f"Insufficient {short[0]}", 0) + 1
+                    continue
+                chosen = name
+                break
+            if chosen:
+                for k, v in ask.items():
+                    used.setdefault(chosen, {})[k] = used.setdefault(chosen, {}).get(k, 0) + v
+                await self.patch("v1/pods", pod, {"spec": {"nodeName": chosen}, "status": {
+                    "phase": "Pending", "conditions": [condition("PodScheduled", "True")]}})
+            else:
+                msg = f"0/{len(nodes)} nodes are available: " + ", ".join(f"{n} {w}" for w, n in sorted(why.items())) + "."
+                conds = [condition("PodScheduled", "False", "Unschedulable", msg)]
+                if pod["status"].get("conditions") != conds:
+                    await self.patch("v1/pods", pod, {"status": {"phase": "Pending", "conditions": conds}})
+
+    @staticmethod
+    def tolerated(taint: dict, tolerations: list[dict]) -> bool:
+        return any((t.get("operator") == "Exists" and t.get("key") in (None, taint["key"]))
+                   or (t.get("key") == taint["key"] and t.get("value") == taint.get("value"))
+                   for t in tolerations if t.get("effect") in (None, taint.get("effect")))
+
+    # --- the kubelet, with the device plugin ----------------------------------------------------
+
+    async def kubelet(self) -> None:
+        alive = set()
+        for pod in self.objects("v1/pods"):
+            uid, node = pod["metadata"]["uid"], pod["spec"].get("nodeName")
+            alive.add(uid)
+            if not node or pod["status"].get("phase") in TERMINATED:
+                continue
+            if uid not in self.containers:
+                await self.start(pod)
+                continue
+            box = self.containers[uid]
+            if box.proc.returncode is not None and pod["status"].get("phase") == "Running":
+                code = box.proc.returncode
+                await self.patch("v1/pods", pod, {"status": {
+                    "phase": "Succeeded" if code == 0 else "Failed",
+                    "containerStatuses": [self.container_status(pod, {"terminated": {
+                        "exitCode": code, "reason": "Completed" if code == 0 else "Error"}}, ready=False)]}})
+        for uid in set(self.containers) - alive:  # deleted: SIGTERM, the grace period, SIGKILL
+            box = self.containers.pop(uid)
+            asyncio.ensure_future(self.kill(box.proc))
+
+    @staticmethod
+    async def kill(proc: asyncio.subprocess.Process, grace: float = 5) -> None:
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    def container_status(self, pod: dict, state: dict, ready: bool) -> dict:
+        c = pod["spec"]["containers"][0]
+        return {"name": c["name"], "image": c["image"], "imageID": f"docker-pullable://{c['image']}",
+                "ready": ready, "restartCount": 0, "started": "running" in state, "state": state}
+
+    def allocate(self, pod: dict) -> list[str]:
+        """The device plugin: IDs of the node's devices of each extended resource the pod
+        asks for, not held by another running pod on the node."""
+        node = self.emu.get_object("v1/nodes", None, pod["spec"]["nodeName"])
+        taken = {d for p in self.objects("v1/pods") if p["metadata"]["uid"] in self.containers
+                 and p["spec"].get("nodeName") == pod["spec"]["nodeName"]
+                 for d in (p["metadata"].get("annotations") or {}).get(DEVICES + "ids", "").split(",") if d}
+        out = []
+        for resource, n in requests_of(pod).items():
+            if not resource.startswith("nvidia.com/"):
+                continue
+            ids = json.loads(node["metadata"].get("annotations", {}).get(DEVICES + resource, "[]"))
+            free = [i for i in ids if i not in taken]
+            out += free[: int(n)]
+        return out
+
+    def field(self, pod: dict, path: str, ip: str) -> str:
+        if path.startswith("metadata.annotations['"):
+            return (pod["metadata"].get("annotations") or {}).get(path[len("metadata.annotations['"):-2], "")
+        if path.startswith("metadata.labels['"):
+            return (pod["metadata"].get("labels") or {}).get(path[len("metadata.labels['"):-2], "")
+        return {"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
+                "status.podIP": ip, "spec.nodeName": pod["spec"]["nodeName"]}.get(path, "")
+
+    async def start(self, pod: dict) -> None:
+        meta, spec = pod["metadata"], pod["spec"]
+        c = spec["containers"][0]
+        image = IMAGES.get(c["image"])
+        if image is None:
+            await self.patch("v1/pods", pod, {"status": {"containerStatuses": [self.container_status(pod, {"waiting": {
+                "reason": "ErrImagePull", "message": f'failed to pull and unpack image "{c["image"]}": not found'}},
+                ready=False)]}})
+            return
+        claims = {v["name"]: v["persistentVolumeClaim"] for v in spec.get("volumes") or [] if "persistentVolumeClaim" in v}
+        pvcs = {p["metadata"]["name"] for p in self.objects("v1/persistentvolumeclaims")
+                if p["metadata"]["namespace"] == meta["namespace"]}
+        missing = sorted(cl["claimName"] for cl in claims.values() if cl["claimName"] not in pvcs)
+        if missing:  # the kubelet waits for the claim (a real one: FailedScheduling, unbound PVC)
+            return
+        ip = next(self.ips)
+        devices = self.allocate(pod)
+        security = {**(spec.get("securityContext") or {}), **(c.get("securityContext") or {})}
+        entrypoint, cmd, (image_uid, image_gid) = image
+        uid, gid = security.get("runAsUser", image_uid), security.get("runAsGroup", image_gid)
+        fs_group = security.get("fsGroup")
+        env = {"PATH": IMAGE_PATH, "HOME": "/home/jovyan", "HOSTNAME": spec.get("hostname") or meta["name"]}
+        for e in c.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("fieldRef")
+            env[e["name"]] = self.field(pod, ref["fieldPath"], ip) if ref else str(e.get("value", ""))
+        if devices:
+            # A time-sliced share's ID is <GPU UUID>::<replica>; the container sees the GPU.
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(dict.fromkeys(d.split("::")[0] for d in devices))
+        if "JUPYTERHUB_SERVICE_URL" in env:
+            # Each pod has its own network namespace in a cluster; here they share the host's, so
+            # the server listens on its pod IP instead of 0.0.0.0 (KubeSpawner's default).
+            env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", ip)
+        script = ["set -e", "mount -t tmpfs pod-home /home", "mkdir -p /home/jovyan"]
+        for m in sorted(c.get("volumeMounts") or [], key=lambda m: len(m["mountPath"])):
+            claim = claims.get(m["name"])
+            if claim is None:
+                continue
+            src = self.storage / claim["claimName"]
+            src.mkdir(parents=True, exist_ok=True)
+            if fs_group is not None and not (m.get("readOnly") or claim.get("readOnly")):
+                os.chown(src, -1, fs_group)  # the kubelet applies the pod's fsGroup
+                os.chmod(src, 0o2775)
+            dst = shlex.quote(m["mountPath"])
+            script += [f"mkdir -p {dst}", f"mount --bind {shlex.quote(str(src))} {dst}"]
+            if m.get("readOnly") or claim.get("readOnly"):
+                script.append(f"mount -o remount,bind,ro {dst}")
+        argv = (c.get("command") or entrypoint) + (c.get("args") or ([] if c.get("command") else cmd))
+        workdir = c.get("workingDir") or "/"
+        # The pod's fsGroup is every container's supplementary group, as the kubelet makes it.
+        groups = [f"--groups={fs_group}"] if fs_group is not None else ["--clear-groups"]
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", *groups] if uid else []
+        script.append(f"cd {shlex.quote(workdir)} 2>/dev/null || cd /")
+        script.append("exec " + shlex.join(drop + argv))
+        log = self.state / "logs" / f"{meta['namespace']}_{meta['name']}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                "unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+                start_new_session=True)
+        self.containers[meta["uid"]] = Container(proc, log)
+        self.emu.pod_logs[meta["namespace"], meta["name"]] = log
+        (self.state / "pods").mkdir(exist_ok=True)
+        (self.state / "pods" / f"{meta['namespace']}_{meta['name']}.json").write_text(
+            json.dumps({"pid": proc.pid, "devices": devices, "ip": ip}))
+        await self.patch("v1/pods", pod, {
+            "metadata": {"annotations": {DEVICES + "ids": ",".join(devices)}},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1",
+                       "conditions": [condition("PodScheduled", "True"), condition("Ready", "True")],
+                       "containerStatuses": [self.container_status(pod, {"running": {"startedAt": "2026-11-30T00:00:00Z"}},
+                                                                   ready=True)]}})
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(self.kill(box.proc, grace=2) for box in self.containers.values()))
+
+
+async def serve(state: Path, nodes: Path, apply: list[Path]) -> None:
+    async with emulated_cluster(CLUSTER_RESOURCES) as (url, emu):
+        for path in [nodes, *apply]:
+            for obj in yaml.safe_load_all(path.read_text()):
+                if obj and obj.get("kind") in PLURALS:
+                    await emu.add_object(PLURALS[obj["kind"]], obj)
+        cluster = Cluster(emu, state)
+        task = asyncio.create_task(cluster.run())
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        (state / "url").write_text(url)
+        print(f"ready {url}", flush=True)
+        await stop.wait()
+        task.cancel()
+        await cluster.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--nodes", type=Path, required=True)
+    parser.add_argument("--apply", type=Path, action="append", default=[])
+    args = parser.parse_args()
+    args.state.mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(args.state, args.nodes, args.apply))
+
+
+if __name__ == "__main__":
+    main()
