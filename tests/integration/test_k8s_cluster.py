@@ -334,3 +334,56 @@ async def test_the_plugin_reconciles_watches_and_runs_jobs_through_its_kubeconfi
                                            r"and cannot use the kubeconfig .*missing"):
         await asyncio.to_thread(plugin.start_hub, cfg, portal, 8081)
     portal.book.dispose()
+
+
+async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, monkeypatch, capsys):
+    """config/helm/values.yaml's hub.config, then its extraConfig (configure_on_cluster), on
+    the hub's loop, against the stand-in cluster in a process of its own: podbay.yaml's teams
+    become groups, the quota book is reconciled, the cluster watch runs, the service gets the
+    API server's address; a wrong spawner or a broken podbay.yaml stop the hub with a reason."""
+    from traitlets.config import Config
+
+    from podbay.hub import hubconfig
+    from podbay.hub.k8s.plugin import KubernetesBackend
+    from tests.conftest import ROOT, stand_in_cluster_running
+
+    values = yaml.safe_load((ROOT / "config" / "helm" / "values.yaml").read_text())
+
+    def chart_config(podbay_yaml) -> Config:
+        c = Config(json.loads(json.dumps(values["hub"]["config"])))
+        c.PodbaySpawnerMixin.config_file = str(podbay_yaml)
+        c.PodbaySpawnerMixin.data_dir = str(tmp_path / "srv")
+        c.PodbaySpawnerMixin.db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        c.JupyterHub.services = [{"name": "podbay", **values["hub"]["services"]["podbay"]}]
+        return c
+
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    with stand_in_cluster_running(tmp_path, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml") as (_, kubeconfig):
+        c = chart_config(config(tmp_path, kubeconfig=str(kubeconfig)))
+        KubernetesBackend.view.ready.clear()
+        hubconfig.configure_on_cluster(c)
+        try:
+            assert c.JupyterHub.load_groups == {"vision": {"users": ["alice"]}}
+            (service,) = c.JupyterHub.services
+            assert service["environment"]["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+            assert service["environment"]["PODBAY_SERVICE_BIND"] == "0.0.0.0"
+            await until(KubernetesBackend.view.ready.is_set)
+            assert {n["metadata"]["name"] for n in KubernetesBackend.view()[0]} >= {"dev-01", "train-01"}
+        finally:
+            for task in hubconfig._serving:
+                task.cancel()
+            await asyncio.gather(*hubconfig._serving, return_exceptions=True)
+            hubconfig._serving.clear()
+
+        wrong = chart_config(config(tmp_path, kubeconfig=str(kubeconfig)))
+        wrong.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+        with pytest.raises(SystemExit):
+            hubconfig.configure_on_cluster(wrong)
+        assert "podbay's kubernetes backend needs 'podbay-kubernetes'" in capsys.readouterr().err
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("profiles: [{id: gpu-x}]\nkubernetes: {namespace: Not_A_Name}\n")
+        with pytest.raises(SystemExit):
+            hubconfig.configure_on_cluster(chart_config(broken))
+        err = capsys.readouterr().err
+        assert "refusing to start: the configuration is invalid" in err and "namespace" in err, err
