@@ -3,6 +3,8 @@
 #   BASE   base image (default python:3.11-slim-bookworm; podbay/debian-root:bookworm,
 #          made by `podbay images build base`, needs no registry)
 #   TAG    image tag (default podbay/hub:latest)
+#   DOCKERFILE  docker/Dockerfile (one GPU server) or docker/Dockerfile.k8s (the hub that the
+#          Zero to JupyterHub chart runs; tag it podbay/hub-k8s:2026.11)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ca=""
@@ -13,5 +15,5 @@ rm -f docker/ca/host-ca.crt
 [ -n "$ca" ] && cp "$ca" docker/ca/host-ca.crt
 trap 'rm -f docker/ca/host-ca.crt' EXIT
 # The build reaches Debian, npm and PyPI over the host's network: no bridge network.
-docker build --network host -f docker/Dockerfile \
+docker build --network host -f "${DOCKERFILE:-docker/Dockerfile}" \
   --build-arg "BASE=${BASE:-python:3.11-slim-bookworm}" -t "${TAG:-podbay/hub:latest}" .

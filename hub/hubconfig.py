@@ -240,6 +240,11 @@ def configure(c) -> None:
         c.SimpleLocalProcessSpawner.home_dir_template = str(data_dir / "plain-homes" / "{username}")
         c.Spawner.args = ["--allow-root"] if os.getuid() == 0 else []
         return
+    if spawner == "kubernetes":
+        # Plain KubeSpawner on the catalog's default image, for benchmarks/k8s_spawn_latency.py.
+        from .config import load_config as _load
+        _configure_plain_kubernetes(c, _load(config_file, "kubernetes"))
+        return
     if spawner == "docker":
         # Plain DockerSpawner on the catalog's default image, for benchmarks/docker_spawn_latency.py:
         # host networking needs what podbay-docker does by itself (issue 462).
@@ -393,6 +398,14 @@ def serve_in_hub(plugin, portal) -> None:
             logging.getLogger("podbay").exception("the %s backend's background work stopped", plugin.name)
 
     _serving.append(loop.create_task(serve()))
+
+
+def _configure_plain_kubernetes(c, cfg) -> None:
+    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+    c.KubeSpawner.namespace = cfg.kubernetes.namespace
+    c.KubeSpawner.image = cfg.default_image.image
+    c.KubeSpawner.uid = 1000
+    c.KubeSpawner.fs_gid = 100
 
 
 def _configure_plain_docker(c, image: str) -> None:

@@ -387,7 +387,8 @@ def kubernetes_installed(monkeypatch):
 
 
 @contextlib.contextmanager
-def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), namespace: str = "default"):
+def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), namespace: str = "default",
+                             controllers: bool = True):
     """The stand-in cluster (tests/k8s_cluster.py) in a process of its own, its storage and
     logs under `state`; yields its URL and a kubeconfig for it. Ending it ends its containers."""
     import json
@@ -395,6 +396,8 @@ def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), n
     cmd = [sys.executable, "-m", "tests.k8s_cluster", "--state", str(state), "--nodes", str(nodes)]
     for path in apply:
         cmd += ["--apply", str(path)]
+    if not controllers:
+        cmd.append("--no-controllers")
     with (state / "cluster.log").open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
     try:

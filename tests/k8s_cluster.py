@@ -460,14 +460,14 @@ class Cluster:
         await asyncio.gather(*(self.kill(box.proc, grace=2) for box in self.containers.values()))
 
 
-async def serve(state: Path, nodes: Path, apply: list[Path]) -> None:
+async def serve(state: Path, nodes: Path, apply: list[Path], controllers: bool = True) -> None:
     async with emulated_cluster(CLUSTER_RESOURCES) as (url, emu):
         for path in [nodes, *apply]:
             for obj in yaml.safe_load_all(path.read_text()):
                 if obj and obj.get("kind") in PLURALS:
                     await emu.add_object(PLURALS[obj["kind"]], obj)
         cluster = Cluster(emu, state)
-        task = asyncio.create_task(cluster.run())
+        task = asyncio.create_task(cluster.run() if controllers else asyncio.sleep(float("inf")))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -483,9 +483,11 @@ def main() -> None:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--nodes", type=Path, required=True)
     parser.add_argument("--apply", type=Path, action="append", default=[])
+    parser.add_argument("--no-controllers", action="store_true",
+                        help="the API server only: objects stay as applied (benchmarks of reading)")
     args = parser.parse_args()
     args.state.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(args.state, args.nodes, args.apply))
+    asyncio.run(serve(args.state, args.nodes, args.apply, controllers=not args.no_controllers))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ class ClusterCapacity(CapacitySource):
     def __init__(self, cfg: PodbayConfig, settings: KubernetesSettings, source):
         self.cfg, self.settings, self.source = cfg, settings, source
         self._summed: tuple[int | None, list[NodeGpus]] = (None, [])
+        # (version, spec, pools) -> (total, free), for the current version of the view only.
+        self._counted: dict[tuple, tuple[int, int]] = {}
 
     def _all_nodes(self) -> list[NodeGpus]:
         version, summed = self._summed
@@ -100,6 +102,7 @@ class ClusterCapacity(CapacitySource):
         if current is None or current != version:
             summed = gpu_nodes(*self.source())
             self._summed = (current, summed)
+            self._counted = {}
         return summed
 
     def _nodes(self, pool: str) -> list[NodeGpus]:
@@ -131,12 +134,18 @@ class ClusterCapacity(CapacitySource):
         # Not memoised on the book's snapshot: the cluster moves without the book knowing.
         if spec.kind == "cpu":
             return (-1, -1)
-        total = free = 0
-        for pool in pools:
-            nodes = self._nodes(pool)
-            total += self._fits(spec, pool, nodes, free=False)
-            free += self._fits(spec, pool, nodes, free=True)
-        return total, free
+        self._all_nodes()  # brings the view's version in, and forgets counts of an older one
+        # Keyed by the version too: a thread that counted an older view cannot file it as the new one's.
+        key = (self._summed[0], spec, tuple(pools))
+        counted = self._counted.get(key)
+        if counted is None or getattr(self.source, "version", None) is None:
+            total = free = 0
+            for pool in pools:
+                nodes = self._nodes(pool)
+                total += self._fits(spec, pool, nodes, free=False)
+                free += self._fits(spec, pool, nodes, free=True)
+            counted = self._counted[key] = (total, free)
+        return counted
 
     def shortage(self, spec, pools):
         """Refuse at once what the scheduler could not place now, rather than leave a pod
