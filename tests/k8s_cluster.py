@@ -416,7 +416,9 @@ class Cluster:
             # Each pod has its own network namespace in a cluster; here they share the host's, so
             # the server listens on its pod IP instead of 0.0.0.0 (KubeSpawner's default).
             env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", ip)
-        script = ["set -e", "mount -t tmpfs pod-home /home", "mkdir -p /home/jovyan"]
+        # The image's own /home/jovyan, its user's (under whatever volume mounts over it).
+        script = ["set -e", "mount -t tmpfs pod-home /home", "mkdir -p /home/jovyan",
+                  f"chown {image_uid}:{image_gid} /home/jovyan"]
         for m in sorted(c.get("volumeMounts") or [], key=lambda m: len(m["mountPath"])):
             claim = claims.get(m["name"])
             if claim is None:
