@@ -118,6 +118,8 @@ class ClusterCapacity(CapacitySource):
         for node in nodes:
             if any(node.labels.get(k) != v for k, v in ask.node_selector.items()):
                 continue
+            if spec.kind != "mig" and "-MIG-" in node.labels.get(PRODUCT, ""):
+                continue  # a node cut into MIG slices (single strategy) offers no whole GPU or share
             n += min((node.free(r) if free else node.allocatable.get(r, 0)) // c for r, c in ask.resources.items())
         return n
 

@@ -13,6 +13,7 @@ pool's GPUs (settings.PoolGpus), never a hard-coded resource:
 | shared-1/N | time_slicing, renameByDefault | nvidia.com/gpu.shared: 1 | |
 | shared-1/N | time_slicing, not renamed | nvidia.com/gpu: 1 | nvidia.com/gpu.product=<product>-SHARED |
 | gpu-N | no time-slicing, or renamed shares | nvidia.com/gpu: N | |
+| gpu-N | mig_strategy single, product given | nvidia.com/gpu: N | nvidia.com/gpu.product=<product> |
 
 The device plugin sets CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES itself for what it
 allocates: podbay never does here.
@@ -84,6 +85,10 @@ def gpu_ask(spec: ProfileKind, pool_name: str, pool: PoolGpus) -> GpuAsk:
         raise ProfileUnavailable(
             f"pool {pool_name} offers its time-sliced shares as nvidia.com/gpu: a whole GPU cannot be asked for "
             "there (set renameByDefault, time_slicing.rename_by_default: true)")
+    if pool.mig_strategy == "single" and pool.product:
+        # MIG nodes of the single strategy offer their slices as nvidia.com/gpu too: whole
+        # GPUs only on the nodes whose product is the plain model.
+        return GpuAsk({GPU: spec.count}, {PRODUCT: pool.product})
     return GpuAsk({GPU: spec.count})
 
 

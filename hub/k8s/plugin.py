@@ -10,6 +10,7 @@ backend contract suite (tests/integration/test_contract.py) against an emulated 
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from ..backends import Backend, BackendError, HubSide
@@ -19,6 +20,8 @@ from .capacity import ClusterCapacity
 from .objects import ProfileUnavailable, gpu_ask
 from .settings import KubernetesSettings
 from .watch import TERMINATED, ClusterView, ClusterWatch
+
+log = logging.getLogger("podbay.k8s")
 
 
 class KubernetesBackend(Backend):
@@ -65,12 +68,24 @@ class KubernetesBackend(Backend):
         return ClusterCapacity(cfg, cfg.kubernetes, self.view)
 
     async def serve(self, portal) -> None:
-        """Keep the cluster view current for as long as the process serves."""
+        """Keep the cluster view current for as long as the process serves, and say in the log
+        which nodes carry GPU labels the config does not know (they are not counted)."""
         from kubernetes_asyncio import client
 
         api = await api_client(portal.cfg.kubernetes.kubeconfig)
         async with api:
-            await ClusterWatch(self.view, client.CoreV1Api(api)).run()
+            await asyncio.gather(ClusterWatch(self.view, client.CoreV1Api(api)).run(),
+                                 self.report_unknown_nodes(portal))
+
+    async def report_unknown_nodes(self, portal, every: float = 60) -> None:
+        capacity = self.capacity(portal.cfg, None)
+        said: set[str] = set()
+        while True:
+            if self.view.ready.is_set():
+                for problem in set(await asyncio.to_thread(capacity.unknown)) - said:
+                    log.warning("%s", problem)
+                    said.add(problem)
+            await asyncio.sleep(every if self.view.ready.is_set() else 1)
 
     def training(self, portal):
         from ..training.kubernetes import KubernetesJobs

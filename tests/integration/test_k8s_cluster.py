@@ -387,3 +387,36 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
             hubconfig.configure_on_cluster(chart_config(broken))
         err = capsys.readouterr().err
         assert "refusing to start: the configuration is invalid" in err and "namespace" in err, err
+
+
+async def test_podbay_k8s_check_counts_the_cluster_and_names_the_nodes_it_does_not_know(tmp_path):
+    """`podbay k8s check` against the stand-in cluster: what is free per pool and profile, as
+    the form counts it, and a node whose GPU Feature Discovery labels say a MIG strategy the
+    config does not use is named (and the command fails), not silently counted."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, stand_in_cluster_running
+
+    contract = yaml.safe_load((ROOT / "tests" / "data" / "podbay-contract.yaml").read_text())
+    nodes = (ROOT / "tests" / "data" / "k8s-contract-nodes.yaml").read_text()
+    # A MIG node set up with the single strategy in a pool the config says is mixed.
+    nodes += "\n---\n" + yaml.safe_dump(gpu_node("odd-1", "dev", {
+        "nvidia.com/mig.strategy": "single", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb"},
+        {"nvidia.com/gpu": "7"}))
+    (tmp_path / "nodes.yaml").write_text(nodes)
+    with stand_in_cluster_running(tmp_path, tmp_path / "nodes.yaml") as (_, kubeconfig):
+        contract["kubernetes"]["kubeconfig"] = str(kubeconfig)
+        (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(contract))
+        run = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "podbay.hub.cli", "k8s", "check", "--config", str(tmp_path / "podbay.yaml")],
+            capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "5 nodes, 0 pods"
+    assert "  dev          mig-1g.10gb      2 free of 2" in lines
+    assert "  dev          shared-1/2       2 free of 2" in lines
+    # The odd node's 7 nvidia.com/gpu are MIG slices: not whole GPUs either.
+    assert "  dev          gpu-1            1 free of 1" in lines, run.stdout
+    assert ("warning: node odd-1 (pool dev) uses the single MIG strategy, the config says mixed: its MIG devices "
+            "are not counted") in lines, run.stdout

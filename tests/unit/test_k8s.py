@@ -232,8 +232,11 @@ def test_single_strategy_mig_nodes_are_found_by_their_product_label(cfg):
     settings = KubernetesSettings(pools={"dev": {"mig_strategy": "single", "product": "NVIDIA-H100-80GB-HBM3"}})
     capacity = ClusterCapacity(cfg, settings, lambda: (nodes, [pod("h100-cut", {"nvidia.com/gpu": "2"})]))
     assert capacity.counts(parse_profile_id("mig-1g.10gb"), ["dev"], NOTHING) == (7, 5)
-    assert capacity.counts(parse_profile_id("gpu-1"), ["dev"], NOTHING) == (8, 6), \
-        "on a single-strategy pool nvidia.com/gpu counts MIG devices too: pools keep them apart"
+    # A whole GPU asks for the plain model's product, so it never lands on a MIG slice, and
+    # the cut node's nvidia.com/gpu are not counted as whole GPUs.
+    whole = gpu_ask(parse_profile_id("gpu-1"), "dev", settings.pool("dev"))
+    assert whole.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert capacity.counts(parse_profile_id("gpu-1"), ["dev"], NOTHING) == (1, 1)
 
 
 def test_nodes_that_say_what_the_config_does_not_know_are_reported(cfg):
@@ -358,7 +361,12 @@ def kube_spawner(kubernetes_installed, tmp_path, monkeypatch):
 
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(K8S_CONFIG))
+    from podbay.hub.k8s.plugin import KubernetesBackend
     from podbay.hub.spawners.kubernetes import PodbayKubeSpawner
+
+    # No cluster view here (an earlier test may have left the process's one filled): the
+    # scheduler would decide, so nothing is refused for capacity.
+    monkeypatch.setattr(KubernetesBackend, "view", type(KubernetesBackend.view)())
 
     def make(user="alice"):
         spawner = PodbayKubeSpawner(_mock=True, config_file=str(tmp_path / "podbay.yaml"), data_dir=str(tmp_path),
