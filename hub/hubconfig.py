@@ -344,10 +344,18 @@ def configure_on_cluster(c) -> None:
                f"{plugin.spawner!r}")
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     # Teams are JupyterHub groups (the quota book reads a user's groups); an authenticator
-    # that manages groups itself (from the identity provider's claims) keeps them.
-    if not c.Authenticator.get("manage_groups", False):
-        c.JupyterHub.load_groups = {name: {"users": list(team.members)} for name, team in cfg.teams.items()}
-    c.Authenticator.admin_users = set(c.Authenticator.get("admin_users", set())) | set(cfg.admins)
+    # that manages groups itself (from the identity provider's claims, set on any
+    # authenticator's section) keeps them: JupyterHub refuses load_groups then.
+    if not any(_value(section.get("manage_groups"), False) for section in _sections(c)):
+        groups = dict(_value(c.JupyterHub.get("load_groups"), {}))
+        for name, team in cfg.teams.items():
+            users = list(dict.fromkeys([*(groups.get(name) or {}).get("users", []), *team.members]))
+            groups[name] = {**(groups.get(name) or {}), "users": users}
+        c.JupyterHub.load_groups = groups
+    # podbay.yaml's admins, beside whatever the deployment names, on every section that
+    # names admins (an authenticator's own section wins over Authenticator's).
+    for section in [c.Authenticator, *(sec for sec in _sections(c) if "admin_users" in sec)]:
+        section.admin_users = set(_value(section.get("admin_users"), set())) | set(cfg.admins)
     try:
         portal = shared_portal(os.path.abspath(settings.config_file), settings.db_url,
                                os.path.abspath(settings.data_dir), backend)
@@ -363,13 +371,29 @@ def configure_on_cluster(c) -> None:
     serve_in_hub(plugin, portal)
     # The managed service inherits little of the hub's environment: how to reach the API
     # server (the pod's service account) is passed on.
-    for service in c.JupyterHub.get("services", []):
+    for service in _value(c.JupyterHub.get("services"), []):
         if service.get("name") == "podbay":
             env = service.setdefault("environment", {})
             env.setdefault("PODBAY_BACKEND", backend)
             for k in ENGINE_ENV:
                 if os.environ.get(k):
                     env.setdefault(k, os.environ[k])
+
+
+def _sections(c) -> list:
+    from traitlets.config import Config
+
+    return [section for section in c.values() if isinstance(section, Config)]
+
+
+def _value(value, initial):
+    """A traitlets config value as it will be: one set with .add()/.append()/.update() is
+    still a LazyConfigValue here."""
+    from traitlets.config.loader import LazyConfigValue
+
+    if isinstance(value, LazyConfigValue):
+        return value.get_value(initial)
+    return initial if value is None else value
 
 
 # What the service needs to reach the backend's engine as the hub does: Docker's socket, a

@@ -100,13 +100,16 @@ class Portal:
     def claim(self, *, key: str, kind: str, user: str, team: str | None, demand: Demand, quota: Quota,
               **kw):
         """The quota book's claim, with this deployment's placement. Where the engine places,
-        a workspace the cluster has no room for now is refused before it is claimed."""
+        a workspace the cluster has no room for now is refused (after the quota, which comes
+        first, and after the book replaced what a dead holder of the key held)."""
+        allocation = self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
+                                     placement=self.placement, **kw)
         if self.placement is None and kind == "workspace":
             why = self.capacity.shortage(demand.spec, list(demand.pools))
             if why:
+                self.book.release(key)
                 raise NoCapacity(f"no {demand.profile_id} is free: {why}")
-        return self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
-                               placement=self.placement, **kw)
+        return allocation
 
     # --- people --------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ server (tests/k8s_emulator.py) with what a real cluster runs beside it and nothi
   (NVIDIA_VISIBLE_DEVICES, as the plugin's envvar strategy does), mounts its PVCs (a
   directory per claim under the storage root, read-only where the pod says so, fsGroup
   applied) in a mount namespace of its own, and runs the container's command as a host
-  process as its runAsUser, on an address of its own (127.1.x.y: the pod IP), writing its
-  output where `kubectl logs` reads it, and reports it Running, then its exit code;
+  process as its runAsUser, on an address of its own (127.N.x.y: the pod IP), writing its
+  output where `kubectl logs` reads it, and reports it Running, then its exit code (by its
+  restartPolicy: ended, or CrashLoopBackOff, without running it again);
 - the Job controller: pods for a Job that is not suspended (`<job>-<index>-<suffix>` with
   hostname `<job>-<index>` for an Indexed Job), the Job's status and conditions, and the
   garbage collector (pods of a deleted Job go);
@@ -98,7 +99,10 @@ class Cluster:
         self.emu, self.state = emu, state
         self.storage = state / "volumes"
         self.containers: dict[str, Container] = {}  # pod uid -> its process
-        self.ips = iter(f"127.1.{n // 250}.{n % 250 + 2}" for n in range(62500))
+        # Pod IPs on the loopback, in a /16 of this cluster's own: two stand-in clusters at once
+        # (a test run and a benchmark) do not hand out the same address and port.
+        net = random.randrange(2, 255)
+        self.ips = iter(f"127.{net}.{n // 250}.{n % 250 + 2}" for n in range(62500))
 
     # --- reading the emulator's objects --------------------------------------------------
 
@@ -158,7 +162,9 @@ class Cluster:
         def nominal(cq: dict) -> dict[str, float]:
             out: dict[str, float] = {}
             for group in cq["spec"].get("resourceGroups") or []:
-                for flavor in group["flavors"][:1]:  # podbay's jobs fit the first flavor that covers them
+                if len(group["flavors"]) != 1:
+                    raise ValueError("the stand-in Kueue models one flavor per queue, as podbay makes them")
+                for flavor in group["flavors"]:
                     for r in flavor["resources"]:
                         out[r["name"]] = out.get(r["name"], 0) + quantity(r["nominalQuota"])
             return out
@@ -287,6 +293,9 @@ class Cluster:
             chosen = None
             for node in nodes:
                 name, labels = node["metadata"]["name"], node["metadata"].get("labels") or {}
+                if (node.get("spec") or {}).get("unschedulable"):
+                    why["node(s) were unschedulable"] = why.get("node(s) were unschedulable", 0) + 1
+                    continue
                 if any(labels.get(k) != v for k, v in (pod["spec"].get("nodeSelector") or {}).items()):
                     why["node(s) didn't match Pod's node affinity/selector"] = why.get("node(s) didn't match Pod's node affinity/selector", 0) + 1
                     continue
@@ -332,12 +341,23 @@ class Cluster:
                 await self.start(pod)
                 continue
             box = self.containers[uid]
-            if box.proc.returncode is not None and pod["status"].get("phase") == "Running":
+            statuses = pod["status"].get("containerStatuses") or [{}]
+            if box.proc.returncode is not None and "running" in statuses[0].get("state", {}):
                 code = box.proc.returncode
-                await self.patch("v1/pods", pod, {"status": {
-                    "phase": "Succeeded" if code == 0 else "Failed",
-                    "containerStatuses": [self.container_status(pod, {"terminated": {
-                        "exitCode": code, "reason": "Completed" if code == 0 else "Error"}}, ready=False)]}})
+                ended = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+                policy = pod["spec"].get("restartPolicy", "Always")
+                if policy == "Never" or (policy == "OnFailure" and code == 0):
+                    await self.patch("v1/pods", pod, {"status": {
+                        "phase": "Succeeded" if code == 0 else "Failed",
+                        "containerStatuses": [self.container_status(pod, {"terminated": ended}, ready=False)]}})
+                else:
+                    # The kubelet would restart it, and back off: the pod stays Running and keeps
+                    # its devices (this stand-in does not run it again).
+                    status = self.container_status(pod, {"waiting": {
+                        "reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}},
+                        ready=False)
+                    status.update(lastState={"terminated": ended}, restartCount=1)
+                    await self.patch("v1/pods", pod, {"status": {"containerStatuses": [status]}})
         for uid in set(self.containers) - alive:  # deleted: SIGTERM, the grace period, SIGKILL
             box = self.containers.pop(uid)
             asyncio.ensure_future(self.kill(box.proc))

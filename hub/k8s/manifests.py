@@ -1,15 +1,15 @@
 """What the Zero to JupyterHub chart lacks for podbay, built from podbay.yaml: the hub's
 rights to read Nodes (capacity) and to run Jobs, Kueue's queues (one ClusterQueue per team,
-its job-GPU quota as nominalQuota, all in one cohort so idle quota can be borrowed; a
-LocalQueue per team in podbay's namespace), and the device plugin's time-slicing config for
-the pools that share GPUs."""
+its job-GPU quota as nominalQuota of one flavor, all in one cohort so idle quota can be
+borrowed; a LocalQueue per team in podbay's namespace), and the device plugin's
+time-slicing config for the pools that share GPUs."""
 
 from __future__ import annotations
 
 import yaml
 
 from ..config import PodbayConfig
-from .objects import GPU, SHARED
+from .objects import GPU
 from .settings import KubernetesSettings
 
 KUEUE = "kueue.x-k8s.io/v1beta1"
@@ -51,35 +51,29 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
 
 
 def kueue(cfg: PodbayConfig, settings: KubernetesSettings) -> list[dict]:
-    """A ResourceFlavor per pool (its node labels), a ClusterQueue per team with its job GPUs
-    as nominalQuota on each pool's flavor, in one cohort, and a LocalQueue per team. CPU and
-    memory are covered too (Kueue admits only what a queue covers), without a team limit."""
+    """One ResourceFlavor, a ClusterQueue per team with its job GPUs as nominalQuota, in one
+    cohort (idle quota is borrowed), and a LocalQueue per team in podbay's namespace.
+
+    One flavor, not one per pool: a team's job_gpus is what its jobs hold at once in all
+    pools together, and Kueue counts quota per flavor (a flavor per pool would give a team
+    job_gpus in each). The flavor has no node labels: each job carries its pool's node
+    selector and tolerations itself. Jobs ask for whole GPUs only; CPU and memory are
+    covered too (Kueue admits only what a queue covers), without a team limit."""
     prefix = settings.name_prefix
-    objects: list[dict] = []
-    flavors = []
-    for pool, p in cfg.pools.items():
-        flavor = f"{prefix}-{pool}"
-        flavors.append(flavor)
-        spec = {"nodeLabels": dict(p.node_selector)} if p.node_selector else {}
-        if p.tolerations:
-            spec["tolerations"] = [dict(t) for t in p.tolerations]
-        objects.append({"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": _meta(flavor), "spec": spec})
-    gpu_names = sorted({GPU} | ({SHARED} if any(settings.pool(p).time_slicing for p in cfg.pools) else set()))
-    teams = dict(cfg.teams)
-    for team_name, team in [*teams.items(), ("no-team", None)]:
+    flavor = f"{prefix}-gpus"
+    objects: list[dict] = [{"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": _meta(flavor), "spec": {}}]
+    for team_name, team in [*cfg.teams.items(), ("no-team", None)]:
         quota = team.quota if team else cfg.default_quota
         queue = f"{prefix}-{team_name}"
-        covered = ["cpu", "memory", *gpu_names]
         objects.append({"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": _meta(queue), "spec": {
             "cohort": prefix,
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.namespace}},
             "queueingStrategy": "BestEffortFIFO",
-            "resourceGroups": [{"coveredResources": covered, "flavors": [
+            "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU], "flavors": [
                 {"name": flavor, "resources": [
                     {"name": "cpu", "nominalQuota": settings.kueue_cpu},
                     {"name": "memory", "nominalQuota": settings.kueue_memory},
-                    *({"name": g, "nominalQuota": quota.job_gpus} for g in gpu_names)]}
-                for flavor in flavors]}],
+                    {"name": GPU, "nominalQuota": quota.job_gpus}]}]}],
         }})
         objects.append({"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": _meta(queue, settings.namespace),
                         "spec": {"clusterQueue": queue}})

@@ -1,10 +1,8 @@
 """The kubernetes backend's plugin: its podbay.yaml section and rules, no placement (the
 device plugin and the kube-scheduler place), capacity from the cluster's own view (kept by
 the watches `serve` runs), training jobs as batch/v1 Jobs, and at hub start the quota book
-reconciled with the workspace pods that run.
-
-Not yet an installed `podbay.backends` entry point: it becomes one when it passes the
-backend contract suite (tests/integration/test_contract.py) against an emulated API server.
+reconciled with the workspace pods that run. It passes the backend contract suite
+(tests/integration/test_contract.py) against the stand-in cluster of tests/k8s_cluster.py.
 """
 
 from __future__ import annotations
@@ -73,9 +71,13 @@ class KubernetesBackend(Backend):
         from kubernetes_asyncio import client
 
         api = await api_client(portal.cfg.kubernetes.kubeconfig)
-        async with api:
-            await asyncio.gather(ClusterWatch(self.view, client.CoreV1Api(api)).run(),
-                                 self.report_unknown_nodes(portal))
+        try:
+            async with api:
+                await asyncio.gather(ClusterWatch(self.view, client.CoreV1Api(api)).run(),
+                                     self.report_unknown_nodes(portal))
+        finally:
+            # A view nobody keeps current any more refuses nothing (capacity.shortage).
+            self.view.ready.clear()
 
     async def report_unknown_nodes(self, portal, every: float = 60) -> None:
         capacity = self.capacity(portal.cfg, None)

@@ -42,7 +42,9 @@ NEVER_STARTS = {"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "Cr
 
 def why_not_starting(pod: dict | None, unschedulable_for: float, grace: float) -> tuple[str, int] | None:
     """What the user should read, and the status, when a workspace pod will not start: its
-    container ended, cannot start, or the scheduler has found no node for `grace` seconds."""
+    container ended or cannot start, or for `grace` seconds no node has had the GPU it asks
+    for. Other reasons the scheduler waits (a volume being bound, a node being added by an
+    autoscaler, a preemption under way) are left to the start timeout."""
     if pod is None:
         return None
     status = pod.get("status") or {}
@@ -53,22 +55,33 @@ def why_not_starting(pod: dict | None, unschedulable_for: float, grace: float) -
             return (f"The workspace exited with status {t.get('exitCode')} while starting"
                     f"{' (' + t['reason'] + ')' if t.get('reason') else ''}.", 500)
         waiting = state.get("waiting") or {}
+        last = (cs.get("lastState") or {}).get("terminated")
+        if waiting.get("reason") == "CrashLoopBackOff" and last:
+            # The kubelet restarts it (restartPolicy OnFailure): the exit is in the last state.
+            return (f"The workspace exited with status {last.get('exitCode')} while starting "
+                    f"(restarted {cs.get('restartCount', 0)} times).", 500)
         if waiting.get("reason") in NEVER_STARTS:
             return f"The workspace's container cannot start: {waiting['reason']}: {waiting.get('message', '')}", 500
     if status.get("phase") == "Failed":
         return f"The workspace's pod failed: {status.get('reason', '')} {status.get('message', '')}".strip(), 500
+    if status.get("nominatedNodeName"):
+        return None  # the scheduler is making room by preemption
     for cond in status.get("conditions") or []:
         if (cond.get("type"), cond.get("status"), cond.get("reason")) == ("PodScheduled", "False", "Unschedulable"):
-            if unschedulable_for >= grace:
-                return f"No capacity: the cluster has no node for this workspace now: {cond.get('message')}", 503
+            message = cond.get("message") or ""
+            if "Insufficient nvidia.com/" in message and unschedulable_for >= grace:
+                return f"No capacity: the cluster has no node for this workspace now: {message}", 503
     return None
 
 
 class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
     unschedulable_grace = Float(
         10, config=True,
-        help="Seconds a workspace pod may stay unschedulable (no node has its GPU free) before its start "
-             "fails with the scheduler's reason, instead of waiting for start_timeout.")
+        help="Seconds a workspace pod may stay unschedulable because no node has its GPU free (the "
+             "scheduler's 'Insufficient nvidia.com/…') before its start fails with the scheduler's words, "
+             "instead of waiting for start_timeout. With a cluster autoscaler that adds GPU nodes, make it "
+             "longer than a node takes to join.")
+
     @default("podbay_backend")
     def _default_podbay_backend(self):
         return "kubernetes"
@@ -111,24 +124,36 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
             waited = time.monotonic() - unschedulable_since if unschedulable_since is not None else 0.0
             return why_not_starting(pod, waited, self.unschedulable_grace)
 
-        async def fail(why: tuple[str, int]):
-            message, status = why
-            if status == 500:
-                message += await self._log_tail()
-            await KubeSpawner.stop(self, now=True)
+        async def delete():
+            # The pod goes; if deleting it fails, the user still reads why it did not start.
+            try:
+                await KubeSpawner.stop(self, now=True)
+            except Exception:  # noqa: BLE001
+                self.log.exception("%s: could not delete the pod that did not start", self.podbay_key)
+
+        async def fail(message: str, status: int):
+            await delete()
             raise SpawnException(message, reason="exited" if status == 500 else "capacity", status_code=status)
 
         starting = asyncio.ensure_future(super()._start())
-        while True:
-            done, _ = await asyncio.wait([starting], timeout=self.ready_poll_interval)
-            if done:
-                url = starting.result()
-                break
-            why = trouble()
-            if why is not None:
+        try:
+            while True:
+                done, _ = await asyncio.wait([starting], timeout=self.ready_poll_interval)
+                if done:
+                    url = starting.result()
+                    break
+                why = trouble()
+                if why is not None:
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+                    message, status = why
+                    await fail(message + (await self._log_tail() if status == 500 else ""), status)
+        finally:
+            # Cancelled from outside (the hub's start timeout): KubeSpawner's start must not go
+            # on and make a pod after the claim was released.
+            if not starting.done():
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
-                await fail(why)
 
         async def died() -> str | None:
             why = trouble()
@@ -141,7 +166,7 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         try:
             await self.wait_listening(parsed.hostname, parsed.port or 80, died)
         except SpawnException:
-            await KubeSpawner.stop(self, now=True)
+            await delete()
             raise
         return url
 
@@ -152,6 +177,8 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         except Exception:  # noqa: BLE001 - a log we cannot read does not hide the reason
             return ""
         return f" Last lines of its log:\n{text}" if text else ""
+
+    _configured: tuple[dict, list, dict] | None = None
 
     @property
     def k8s_settings(self):
@@ -170,8 +197,13 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         self.mem_guarantee, self.mem_limit = bytes_of(requests.get("memory")), bytes_of(limits.get("memory"))
         self.extra_resource_limits = {k: str(v) for k, v in ask.resources.items()}
         self.extra_resource_guarantees = dict(self.extra_resource_limits)
-        self.node_selector = node_selector_of(cfg, pool, ask)
-        self.tolerations = tolerations_of(cfg, pool)
+        # Over the deployment's own (the chart's singleuser.nodeSelector, scheduling.userPods.tolerations),
+        # kept from before the first workspace: a spawner object serves every start of its server.
+        if self._configured is None:
+            self._configured = (dict(self.node_selector), list(self.tolerations), dict(self.extra_labels))
+        node_selector, tolerations, extra_labels = self._configured
+        self.node_selector = {**node_selector, **node_selector_of(cfg, pool, ask)}
+        self.tolerations = [*tolerations, *tolerations_of(cfg, pool)]
         claim = home_claim_name(settings, self.user.name, self.name)
         # KubeSpawner makes the home PVC the first time, from podbay's storage class.
         self.storage_pvc_ensure = True
@@ -184,7 +216,7 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         self.notebook_dir = HOME
         # Over the deployment's own labels (the chart's hub.jupyter.org/network-access-hub lets
         # the workspace reach the hub through its NetworkPolicy).
-        self.extra_labels = {**self.extra_labels, **labels(user=self.user.name, team=request.team, profile=request.profile.id,
+        self.extra_labels = {**extra_labels, **labels(user=self.user.name, team=request.team, profile=request.profile.id,
                                    units=self.portal.profile_units(request.profile), component="workspace")}
         if not ask.resources:
             # NGC images ask for every GPU in their own environment: a CPU workspace sees none.

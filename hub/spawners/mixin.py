@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
@@ -222,10 +221,13 @@ class PodbaySpawnerMixin(Configurable):
             if why is not None:
                 raise SpawnException(why, reason="exited", status_code=500)
             try:
-                with socket.create_connection((ip, port), timeout=0.5):
-                    return
-            except OSError:
+                # Without blocking the hub's loop (on a cluster the address is another node's).
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 0.5)
+            except (OSError, asyncio.TimeoutError):
                 await asyncio.sleep(self.ready_poll_interval)
+            else:
+                writer.close()
+                return
         # Past the deadline the hub's own wait reports the timeout in its usual words.
 
     def podbay_prepare(self, request: Request) -> None:

@@ -357,14 +357,34 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
         c.JupyterHub.services = [{"name": "podbay", **values["hub"]["services"]["podbay"]}]
         return c
 
+    from sqlalchemy import update
+
+    from podbay.hub.portal import Portal
+    from podbay.hub.quota.database import AllocationRow
+
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     with stand_in_cluster_running(tmp_path, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml") as (_, kubeconfig):
-        c = chart_config(config(tmp_path, kubeconfig=str(kubeconfig)))
+        podbay_yaml = config(tmp_path, kubeconfig=str(kubeconfig))
+        data = yaml.safe_load(podbay_yaml.read_text())
+        data["admins"] = ["ops"]
+        podbay_yaml.write_text(yaml.safe_dump(data))
+        # A workspace claimed long before this hub, whose pod is gone: the start releases it.
+        portal = Portal.open(podbay_yaml, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+        request = portal.validate("alice", [], {"profile": "cpu"})
+        portal.claim(key="workspace:alice/gone", kind="workspace", user="alice", team=request.team,
+                     demand=request.demand, quota=request.quota)
+        with portal.book.write_session() as session, session.begin():
+            session.execute(update(AllocationRow).values(created=AllocationRow.created - 3600))
+        c = chart_config(podbay_yaml)
+        c.JupyterHub.load_groups = {"staff": {"users": ["carol"]}}  # the deployment's own group stays
+        c.GenericOAuthenticator.admin_users = {"root"}  # an authenticator's own admins, beside podbay's
         KubernetesBackend.view.ready.clear()
         hubconfig.configure_on_cluster(c)
         try:
-            assert c.JupyterHub.load_groups == {"vision": {"users": ["alice"]}}
+            assert c.JupyterHub.load_groups == {"staff": {"users": ["carol"]}, "vision": {"users": ["alice"]}}
+            assert c.GenericOAuthenticator.admin_users == {"root", "ops"} and c.Authenticator.admin_users == {"ops"}
+            assert portal.book.get("workspace:alice/gone") is None, "reconciled with the pods that run"
             (service,) = c.JupyterHub.services
             assert service["environment"]["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
             assert service["environment"]["PODBAY_SERVICE_BIND"] == "0.0.0.0"
@@ -375,6 +395,18 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
                 task.cancel()
             await asyncio.gather(*hubconfig._serving, return_exceptions=True)
             hubconfig._serving.clear()
+
+        # An authenticator that manages groups (from the provider's claims): no load_groups, or
+        # JupyterHub would refuse to start.
+        managed = chart_config(podbay_yaml)
+        managed.GenericOAuthenticator.manage_groups = True
+        hubconfig.configure_on_cluster(managed)
+        for task in hubconfig._serving:
+            task.cancel()
+        await asyncio.gather(*hubconfig._serving, return_exceptions=True)
+        hubconfig._serving.clear()
+        assert "load_groups" not in managed.JupyterHub
+        portal.book.dispose()
 
         wrong = chart_config(config(tmp_path, kubeconfig=str(kubeconfig)))
         wrong.JupyterHub.spawner_class = "kubespawner.KubeSpawner"

@@ -93,6 +93,12 @@ def test_the_values_settings_are_the_spawners_own():
     settings = values["hub"]["config"]["PodbaySpawnerMixin"]
     assert set(settings) <= set(PodbaySpawnerMixin.class_trait_names(config=True)), settings
     assert not set(values["hub"]["config"]) - {"JupyterHub", "PodbaySpawnerMixin", "Spawner", Podbay.__name__}
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.spawner import Spawner
+
+    for cls in (JupyterHub, Spawner):
+        keys = set(values["hub"]["config"].get(cls.__name__, {}))
+        assert keys <= set(cls.class_trait_names(config=True)), keys - set(cls.class_trait_names(config=True))
     mixin = PodbaySpawnerMixin(config=Config(values["hub"]["config"]))
     assert (mixin.config_file, mixin.podbay_backend) == ("/etc/podbay/podbay.yaml", "kubernetes")
 

@@ -307,13 +307,15 @@ def test_kueue_queues_give_each_team_its_job_gpus_in_one_cohort(cfg):
         by_kind.setdefault(obj["kind"], []).append(obj)
         # Kueue's CRDs have no schema here: their standard part (metadata) is checked strictly.
         valid({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]})
-    assert [f["metadata"]["name"] for f in by_kind["ResourceFlavor"]] == ["podbay-dev", "podbay-training"]
-    assert by_kind["ResourceFlavor"][1]["spec"]["nodeLabels"] == {"podbay.io/pool": "training"}
+    # One flavor: Kueue counts quota per flavor, and a team's job GPUs are for all pools together.
+    assert [(f["metadata"]["name"], f["spec"]) for f in by_kind["ResourceFlavor"]] == [("podbay-gpus", {})]
     vision = next(q for q in by_kind["ClusterQueue"] if q["metadata"]["name"] == "podbay-vision")
     assert vision["spec"]["cohort"] == "podbay"
+    (group,) = vision["spec"]["resourceGroups"]
+    assert group["coveredResources"] == ["cpu", "memory", "nvidia.com/gpu"]
     gpus = {f["name"]: next(r["nominalQuota"] for r in f["resources"] if r["name"] == "nvidia.com/gpu")
-            for f in vision["spec"]["resourceGroups"][0]["flavors"]}
-    assert gpus == {"podbay-dev": 16, "podbay-training": 16}
+            for f in group["flavors"]}
+    assert gpus == {"podbay-gpus": 16}
     local = {q["metadata"]["name"]: q for q in by_kind["LocalQueue"]}
     assert local["podbay-vision"]["spec"] == {"clusterQueue": "podbay-vision"}
     assert local["podbay-vision"]["metadata"]["namespace"] == "podbay"
@@ -441,3 +443,40 @@ def test_config_check_knows_the_kubernetes_rules(kubernetes_installed, tmp_path)
 
 def copy_of(data):
     return json.loads(json.dumps(data))
+
+
+def _pod(**status) -> dict:
+    return {"metadata": {"name": "jupyter-alice"}, "status": {"phase": "Pending", **status}}
+
+
+def _unschedulable(message: str) -> dict:
+    return {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}
+
+
+@pytest.mark.parametrize("pod, waited, said", [
+    (None, 0, None),
+    (_pod(), 0, None),
+    # The container ended, or the kubelet backs off restarting it (KubeSpawner's OnFailure).
+    (_pod(phase="Failed", containerStatuses=[{"state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]), 0,
+     ("The workspace exited with status 3 while starting (Error).", 500)),
+    (_pod(phase="Running", containerStatuses=[{"restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                               "lastState": {"terminated": {"exitCode": 1}}}]), 0,
+     ("The workspace exited with status 1 while starting (restarted 2 times).", 500)),
+    (_pod(containerStatuses=[{"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]), 0,
+     ("The workspace's container cannot start: ImagePullBackOff: not found", 500)),
+    # A first pull error may pass (a registry that hiccups): not yet.
+    (_pod(containerStatuses=[{"state": {"waiting": {"reason": "ErrImagePull"}}}]), 0, None),
+    # No node has the GPU free: after the grace, with the scheduler's words.
+    (_pod(**_unschedulable("0/4 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.")), 3, None),
+    (_pod(**_unschedulable("0/4 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.")), 10,
+     ("No capacity: the cluster has no node for this workspace now: 0/4 nodes are available: "
+      "1 Insufficient nvidia.com/mig-1g.10gb.", 503)),
+    # Other waits are the start timeout's: a volume being bound, a preemption under way.
+    (_pod(**_unschedulable("0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims.")), 60, None),
+    (_pod(nominatedNodeName="dev-01", **_unschedulable("0/4 nodes are available: 1 Insufficient nvidia.com/gpu.")),
+     60, None),
+])
+def test_why_a_workspace_pod_does_not_start(pod, waited, said):
+    from podbay.hub.spawners.kubernetes import why_not_starting
+
+    assert why_not_starting(pod, waited, grace=10) == said
