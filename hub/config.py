@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     create_model,
     field_validator,
@@ -255,7 +256,83 @@ class Quota(_Model):
 class Team(_Model):
     display_name: str | None = None
     members: list[UserName] = []
+    # The identity provider's groups that make a person a member (auth: oidc): "/ai/vision",
+    # "vision-devs". Names at the provider need not be the team's.
+    idp_groups: list[str] = []
     quota: Quota = Quota()
+
+
+# Environment variable names: what a secret's name may be.
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Auth(_Model):
+    """Who may log in, and how (`auth:`).
+
+    demo: the embedded mode's shared password (`podbay up` on the loopback only).
+    oidc: any OpenID Connect provider (Keycloak, Entra ID, Okta, GitLab), configured from
+    its issuer by discovery; the provider's groups decide teams, who may log in and admins.
+    github, gitlab, azuread: OAuthenticator's own classes, their settings under `options`."""
+
+    type: Literal["demo", "oidc", "github", "gitlab", "azuread"] = "demo"
+    issuer: str | None = None
+    client_id: str | None = None
+    # The client secret never in this file: the name of an environment variable that holds
+    # it, or a file (a mounted Kubernetes Secret) that does.
+    client_secret_env: Annotated[str, StringConstraints(pattern=ENV_NAME)] | None = None
+    client_secret_file: str | None = None
+    # The claim that names the user, and the one that lists their groups; dotted for nested
+    # claims (Keycloak's realm roles: realm_access.roles).
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    scopes: list[str] = ["openid", "profile", "email"]
+    # Who may log in: members of these groups, of any team's idp_groups, or of admin_groups.
+    allowed_groups: list[str] = []
+    admin_groups: list[str] = []
+    # Everyone the provider authenticates (then those in no team get the default quota).
+    allow_all: bool = False
+    # The provider's access token in the workspace's environment (OAUTH_ACCESS_TOKEN), for
+    # data services that accept it.
+    pass_access_token: bool = False
+    # Where the provider sends people back: the hub's public URL + /hub/oauth_callback
+    # (what you register at the provider). `podbay up` knows its own; on a cluster, give it.
+    callback_url: str | None = None
+    # The OAuthenticator class's own settings, passed through (e.g. GitHub's allowed_organizations).
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.type == "demo":
+            return self
+        missing = [k for k in ("client_id",) if not getattr(self, k)]
+        if self.type == "oidc" and not self.issuer:
+            missing.insert(0, "issuer")
+        if missing:
+            raise ValueError(f"auth type {self.type} needs {' and '.join(missing)}")
+        if self.issuer is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.issuer):
+            raise ValueError(f"auth.issuer must be the provider's URL (https://…), not {self.issuer!r}")
+        if bool(self.client_secret_env) == bool(self.client_secret_file):
+            raise ValueError("give the client secret's place as one of client_secret_env (an environment "
+                             "variable's name) or client_secret_file, not the secret itself")
+        return self
+
+    def client_secret(self) -> str:
+        """The secret, from its variable or file; ValueError saying which is missing."""
+        if self.client_secret_env:
+            value = os.environ.get(self.client_secret_env, "")
+            if not value:
+                raise ValueError(f"the environment variable {self.client_secret_env} (auth.client_secret_env) "
+                                 "is not set: it holds the client secret the identity provider issued")
+            return value
+        path = Path(self.client_secret_file or "")
+        try:
+            value = path.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read the client secret from {path} (auth.client_secret_file): "
+                             f"{e.strerror}") from None
+        if not value:
+            raise ValueError(f"{path} (auth.client_secret_file) is empty")
+        return value
 
 
 def docker_escape(text: str) -> str:
@@ -374,6 +451,7 @@ class PodbayConfig(_Model):
     # Quota for users who are in no team.
     default_quota: Quota = Quota(gpu_units=Decimal(0), workspaces_per_user=1, job_gpus=0)
     admins: list[UserName] = []
+    auth: Auth = Auth()
     # Where workspaces and jobs run: a `podbay.backends` entry point (local, docker, …).
     # PODBAY_BACKEND or --backend override it. Each installed backend's settings live under
     # its own key (docker:), validated by the model the backend declares: see config_model().
@@ -394,8 +472,10 @@ class PodbayConfig(_Model):
         return next((i for i in self.images if i.default), self.images[0])
 
     def teams_of(self, user: str, groups: list[str] | tuple[str, ...] = ()) -> list[str]:
-        """Teams in config order: declared members, or JupyterHub groups of the same name."""
-        return [t for t, team in self.teams.items() if user in team.members or t in groups]
+        """Teams in config order: declared members, JupyterHub groups of the same name, or
+        the identity provider's groups a team lists (which the login keeps in step)."""
+        return [t for t, team in self.teams.items()
+                if user in team.members or t in groups or any(g in groups for g in team.idp_groups)]
 
     def demo_users(self) -> list[str]:
         users = {m for t in self.teams.values() for m in t.members} | set(self.admins)

@@ -59,6 +59,14 @@ setup_helm() {
   mv "$VENV/bin/helm.tmp" "$VENV/bin/helm"
 }
 
+# The login tests' identity provider (tests/idp: oidc-provider, pinned by its lock file).
+setup_idp() {
+  if [ ! -d tests/idp/node_modules/oidc-provider ]; then
+    log "installing the test identity provider (npm ci in tests/idp)"
+    npm ci --silent --no-audit --no-fund --prefix tests/idp >&2
+  fi
+}
+
 setup_system() {
   # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests;
   # PostgreSQL backs the quota book's production-database tests.
@@ -155,6 +163,7 @@ case "$cmd" in
     setup_python test,docker,postgresql,kubernetes
     setup_proxy
     setup_helm
+    setup_idp
     setup_docker
     start_image_build "$@"
     export PODBAY_REQUIRE_ALL="${CI:-}"
