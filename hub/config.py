@@ -294,6 +294,8 @@ class Auth(_Model):
     # The provider's access token in the workspace's environment (OAUTH_ACCESS_TOKEN), for
     # data services that accept it.
     pass_access_token: bool = False
+    # How long a token from `podbay login` (approved in the browser) lasts.
+    cli_token_days: float = Field(30, gt=0, le=365)
     # Where the provider sends people back: the hub's public URL + /hub/oauth_callback
     # (what you register at the provider). `podbay up` knows its own; on a cluster, give it.
     callback_url: str | None = None

@@ -293,12 +293,16 @@ def configure(c) -> None:
                         # How to reach the engine, where the hub was told.
                         **{k: os.environ[k] for k in ENGINE_ENV if os.environ.get(k)}},
         "display": False,
+        # Its pages (`podbay login`'s approval) log people in through the hub, without a
+        # "grant access to podbay?" page of the hub's own: it is part of the portal.
+        "oauth_no_confirm": True,
     }]
     # Only what it needs: resolve callers, read their groups and their servers' options.
     c.JupyterHub.load_roles = [{
         "name": "podbay-service",
         "services": ["podbay"],
-        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
+        # tokens: to make the narrow token of a `podbay login` that its owner approved.
+        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers", "tokens"],
     }, {
         # Every user may use podbay's service (JupyterHub 5+ grants no service by default);
         # their tokens from /hub/token inherit it.

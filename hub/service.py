@@ -99,6 +99,10 @@ class HubClient:
         self._cache[key] = (time.monotonic() + self.ttl, caller)
         return caller
 
+    def forget(self, token: str) -> None:
+        """Drop a token from the cache (it was revoked)."""
+        self._cache.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+
     async def user(self, name: str) -> dict[str, Any]:
         r = await self.http.get(f"users/{name}", params={"include_stopped_servers": "1"})
         r.raise_for_status()
@@ -224,7 +228,8 @@ def _error_response(status: int, error: str, message: str) -> JSONResponse:
 
 
 def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "/services/podbay/",
-               run_scheduler: bool = True, background: Sequence[Callable[[], Awaitable[None]]] = ()) -> FastAPI:
+               run_scheduler: bool = True, background: Sequence[Callable[[], Awaitable[None]]] = (),
+               pairing=None) -> FastAPI:
     base = prefix.rstrip("/") + "/api/v1"
 
     @contextlib.asynccontextmanager
@@ -240,12 +245,16 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
                 await task
         await jobs.backend.aclose()
         await hub.aclose()
+        if pairing is not None:
+            await pairing.http.aclose()
 
     app = FastAPI(title="podbay", version="1", lifespan=lifespan,
                   openapi_url=f"{base}/openapi.json", docs_url=f"{base}/docs", redoc_url=None,
                   description="Catalog, capacity, quotas, volumes and training jobs of a podbay portal. "
                               "Workspaces are JupyterHub named servers: use JupyterHub's REST API for them.")
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    if pairing is not None:
+        app.include_router(pairing)
 
     @app.exception_handler(ApiError)
     async def _api_error(_req, exc: ApiError):
@@ -449,8 +458,17 @@ def main() -> None:
     paused = env.get("PODBAY_PAUSE_JOBS") == "1"
     if paused:
         log.warning("PODBAY_PAUSE_JOBS is set: jobs are queued, none is started")
-    app = create_app(portal, jobs, hub, env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/"),
-                     run_scheduler=not paused, background=[lambda: plugin.serve(portal)])
+    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/")
+    # `podbay login` pairs with a browser session: the browser logs in to the hub by OAuth.
+    from jupyterhub.services.auth import HubOAuth
+
+    from .pairing import pairing_router
+
+    oauth = HubOAuth(api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0) if env.get("JUPYTERHUB_CLIENT_ID") else None
+    pairing = pairing_router(prefix, env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"],
+                             int(portal.cfg.auth.cli_token_days * 86400), oauth, hub.forget)
+    app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=[lambda: plugin.serve(portal)],
+                     pairing=pairing)
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
     # On a cluster the URL names the hub's Service, which the pod cannot bind: PODBAY_SERVICE_BIND
     # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.

@@ -60,12 +60,70 @@ def _can_open_browser() -> bool:
 # --- login ------------------------------------------------------------------------------
 
 
+SERVICE = "/services/podbay"
+
+
+def pair(url: str) -> str | None:
+    """Log in by approving a code in a browser (hub/pairing.py); the token, or None where
+    the portal has no pairing (an older one: paste a token instead). Exits 1 on refusal."""
+    import socket
+    import time
+
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=15) as http:
+        try:
+            r = http.post(f"{SERVICE}/api/v1/pairings", json={"host": socket.gethostname()})
+        except httpx.HTTPError as e:
+            raise SystemExit(f"podbay: {url} does not answer ({type(e).__name__}): check the address") from None
+        if r.status_code == 404:
+            return None
+        if r.status_code != 201:
+            raise SystemExit(f"podbay: the portal refused to start a login ({r.status_code}): "
+                             f"{_message(r)}")
+        started = r.json()
+        link = f"{url}{started['verification_path']}"
+        print(f"To log in, open\n\n    {link}\n\nin a browser, log in, and check that it shows the code "
+              f"{started['user_code']}.", flush=True)
+        if _can_open_browser():
+            webbrowser.open(link)
+        deadline = time.monotonic() + started["expires_in"]
+        while time.monotonic() < deadline:
+            time.sleep(started.get("interval", 2))
+            try:
+                r = http.post(f"{SERVICE}/api/v1/pairings/token", json={"device_code": started["device_code"]})
+            except httpx.HTTPError:
+                continue  # the portal restarting: keep asking until the code expires
+            if r.status_code == 200:
+                return r.json()["token"]
+            error = r.json().get("error") if r.headers.get("content-type", "").startswith("application/json") else None
+            if error != "authorization_pending":
+                raise SystemExit(f"podbay: login failed: {_message(r)}")
+        raise SystemExit("podbay: login failed: the code expired before it was approved; run `podbay login` again")
+
+
+def _message(r) -> str:
+    try:
+        return r.json().get("message") or r.text
+    except ValueError:
+        return r.text[:200]
+
+
 def cmd_login(args) -> int:
     url = (args.login_url or args.url or os.environ.get("PODBAY_URL") or "").rstrip("/")
     if not url:
         print("podbay: give the portal's address: podbay login https://podbay.example.org", file=sys.stderr)
         return 2
     token = args.token or os.environ.get("PODBAY_TOKEN")
+    if not token and not args.paste:
+        try:
+            token = pair(url)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
+        except SystemExit as e:
+            print(e, file=sys.stderr)
+            return 1
     if not token:
         page = f"{url}/hub/token"
         print(f"Make a token on {page} and paste it here.")
@@ -95,6 +153,25 @@ def cmd_login(args) -> int:
 
 
 def cmd_logout(args) -> int:
+    """Revoke the saved token at the hub (podbay's service does it), then forget it."""
+    import httpx
+
+    from .credentials import credentials_file
+
+    try:
+        stored = json.loads(credentials_file().read_text())
+    except (OSError, ValueError):
+        stored = None
+    if stored and stored.get("url") and stored.get("token"):
+        try:
+            r = httpx.delete(f"{stored['url']}{SERVICE}/api/v1/session", timeout=15,
+                             headers={"Authorization": f"token {stored['token']}"})
+            if r.status_code not in (200, 401):
+                print(f"podbay: the portal did not revoke the token ({r.status_code}: {_message(r)}); "
+                      "it is forgotten here", file=sys.stderr)
+        except httpx.HTTPError as e:
+            print(f"podbay: {stored['url']} does not answer ({type(e).__name__}): the token is forgotten here "
+                  "but not revoked; it expires by itself", file=sys.stderr)
     print("Logged out." if forget() else "Not logged in.")
     return 0
 
@@ -300,8 +377,9 @@ def cmd_tui(args) -> int:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the client commands to the `podbay` parser (`common` carries --url/--token)."""
-    p = sub.add_parser("login", parents=[common], help="log in to a podbay portal with a token")
+    p = sub.add_parser("login", parents=[common], help="log in to a podbay portal: approve a code in a browser")
     p.add_argument("login_url", nargs="?", metavar="URL", help="the portal, e.g. https://podbay.example.org")
+    p.add_argument("--paste", action="store_true", help="paste a token made at /hub/token instead")
     p.set_defaults(func=cmd_login)
     sub.add_parser("logout", parents=[common], help="forget the stored token").set_defaults(func=cmd_logout)
 

@@ -49,7 +49,7 @@ def test_not_logged_in_says_how(cli):
 def test_login_checks_the_token_and_stores_it_privately(hub, cli):
     bad = cli("login", hub.url, "--token", "nope-not-a-token")
     assert bad.returncode == 1 and "login failed" in bad.stderr
-    r = cli("login", hub.url, input=hub.token("alice") + "\n")
+    r = cli("login", hub.url, "--paste", input=hub.token("alice") + "\n")
     assert r.returncode == 0, r.stderr
     assert f"Logged in to {hub.url} as alice" in r.stdout and f"{hub.url}/hub/token" in r.stdout
     path = cli.xdg / "podbay" / "credentials.json"

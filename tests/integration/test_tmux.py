@@ -1,8 +1,9 @@
-"""End to end in a real terminal (tmux): log in, create a workspace in the TUI, wait for
-it, move a job to the training pool, read its logs."""
+"""End to end in a real terminal (tmux): log in by approving the code in a browser, create a
+workspace in the TUI, wait for it, move a job to the training pool, read its logs; log out."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import require
+from tests.conftest import browser_login, require
 
 pytestmark = pytest.mark.hub
 PODBAY = str(Path(sys.executable).parent / "podbay")
@@ -41,16 +43,38 @@ class Tmux:
         raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
 
 
-def test_login_workspace_job_and_logs_in_a_real_terminal(hub, tmp_path):
+def approve(browser, hub, user: str, link: str, code: str) -> str:
+    """A browser session of `user` opens the link, checks the code and approves; the page's words."""
+    page = browser.new_context().new_page()
+    try:
+        browser_login(page, hub, user)
+        page.goto(link)
+        assert page.inner_text("#user-code") == code
+        assert page.inner_text("#who") == user and page.inner_text("#host")
+        page.click("#approve")
+        return page.inner_text("#done")
+    finally:
+        page.context.close()
+
+
+def test_login_workspace_job_and_logs_in_a_real_terminal(hub, tmp_path, browser):
     require(shutil.which("tmux") is not None, "tmux is not installed")
     tmux = Tmux(f"podbay-test-{os.getpid()}")
     env = f"XDG_CONFIG_HOME={tmp_path} TERM=xterm-256color"
-    tmux("new-session", "-d", "-s", "e2e", "-x", "120", "-y", "40", "bash --norc --noprofile")
+    tmux("new-session", "-d", "-s", "e2e", "-x", "160", "-y", "40", "bash --norc --noprofile")
     try:
         tmux.keys(f"export {env}; {PODBAY} login {hub.url}", "Enter")
-        tmux.wait_for("Token:")
-        tmux.keys(hub.token("alice"), "Enter")
+        screen = tmux.wait_for("check that it shows the code")
+        link = next(word for word in screen.split() if word.startswith(f"{hub.url}/services/podbay/pair?code="))
+        code = link.rsplit("=", 1)[1]
+        assert f"the code {code}." in screen
+        assert "Return to your terminal" in approve(browser, hub, "alice", link, code)
         tmux.wait_for("Logged in to")
+        token = json.loads((tmp_path / "podbay" / "credentials.json").read_text())["token"]
+        with httpx.Client(base_url=f"{hub.url}/hub/api", headers={"Authorization": f"token {token}"}) as api:
+            assert api.get("/user").json()["name"] == "alice"
+            # Only what the TUI and CLI need: it cannot make tokens of its own.
+            assert api.post("/users/alice/tokens", json={}).status_code == 403
 
         tmux.keys(f"{PODBAY} tui", "Enter")
         tmux.wait_for("user: alice")
@@ -82,5 +106,52 @@ def test_login_workspace_job_and_logs_in_a_real_terminal(hub, tmp_path):
         time.sleep(1)
         tmux.keys("echo back-in-$((40+2))", "Enter")
         tmux.wait_for("back-in-42", timeout=10)
+        tmux.keys(f"{PODBAY} logout", "Enter")
+        tmux.wait_for("Logged out.")
+        # Revoked at the hub, not only forgotten here.
+        assert httpx.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"}).status_code == 403
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+
+
+def test_the_token_is_the_approvers_and_a_code_works_once(hub, tmp_path, browser):
+    """bob approves a code (a command line alice started, say): it logs in as bob, never as
+    alice; the same code cannot be approved again, and a refused one fails the login."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODBAY_", "JUPYTERHUB_"))}
+    env.update(XDG_CONFIG_HOME=str(tmp_path), BROWSER="")
+
+    def login() -> tuple[subprocess.Popen, str, str]:
+        proc = subprocess.Popen([PODBAY, "login", hub.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        for line in proc.stdout:
+            if "/services/podbay/pair?code=" in line:
+                link = line.strip()
+                return proc, link, link.rsplit("=", 1)[1]
+        raise AssertionError(proc.stderr.read())
+
+    proc, link, code = login()
+    assert "Return to your terminal: it is logged in as bob." in approve(browser, hub, "bob", link, code)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and f"Logged in to {hub.url} as bob" in out, err
+    token = json.loads((tmp_path / "podbay" / "credentials.json").read_text())["token"]
+    assert httpx.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"}).json()["name"] == "bob"
+    # The same link again, in alice's browser: it cannot be used twice.
+    page = browser.new_context().new_page()
+    try:
+        browser_login(page, hub, "alice")
+        page.goto(link)
+        assert "unknown, has expired or was used already" in page.inner_text("#refused")
+    finally:
+        page.context.close()
+
+    proc, link, code = login()
+    page = browser.new_context().new_page()
+    try:
+        browser_login(page, hub, "alice")
+        page.goto(link)
+        page.click("#deny")
+        assert page.inner_text("#done") == "The command line was not logged in."
+    finally:
+        page.context.close()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "podbay: login failed: the login was refused in the browser" in err, err

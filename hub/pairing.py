@@ -1,0 +1,299 @@
+"""`podbay login` without copying a token: the command line pairs with a browser session,
+in the manner of OAuth's device authorization grant (RFC 8628).
+
+1. The CLI asks for a pairing (`POST api/v1/pairings`, no credentials): it gets a secret
+   device code, which it keeps, and a short user code, which it shows with a link.
+2. A person opens the link in a browser, logs in to the hub as usual (through the identity
+   provider), sees which computer asks, from where and when, what the token may do and for
+   how long, and approves or refuses.
+3. The CLI polls with its device code (`POST api/v1/pairings/token`) and, once approved,
+   gets a token of the approving person, made by the hub with only the scopes the TUI and
+   CLI need and the lifetime the operator set. It is handed out once.
+
+Codes expire in minutes and are single-use; only a logged-in person can approve, and the
+token is theirs. Pairings live in this service's memory: a restart of the service forgets
+the ones under way (the CLI then says the code expired). `DELETE api/v1/session` revokes the
+token it is called with (`podbay logout`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+# What a paired CLI/TUI may do: see the person's own servers, start and stop them, and use
+# podbay's service. Not: make tokens, act on other users, administer the hub.
+CLI_SCOPES = ["read:users!user", "read:servers!user", "servers!user", "access:services!service=podbay"]
+SCOPE_WORDS = {
+    "read:users!user": "read your name and groups",
+    "read:servers!user": "list your workspaces",
+    "servers!user": "start and stop your workspaces",
+    "access:services!service=podbay": "use podbay's service (catalog, capacity, jobs)",
+}
+# Letters that cannot be mistaken for each other (no 0/O, 1/I/L, 5/S, 2/Z, 8/B).
+ALPHABET = "ACDEFGHJKMNPQRTUVWXY"
+SESSION_COOKIE = "podbay-pairing-session"
+STATE_COOKIE = "podbay-pairing-state"
+
+
+def user_code() -> str:
+    raw = "".join(secrets.choice(ALPHABET) for _ in range(8))
+    return f"{raw[:4]}-{raw[4:]}"
+
+
+def normalize(code: str) -> str:
+    raw = "".join(c for c in code.upper() if c.isalnum())
+    return f"{raw[:4]}-{raw[4:]}" if len(raw) == 8 else raw
+
+
+@dataclass
+class Pairing:
+    device_code: str
+    user_code: str
+    host: str
+    address: str
+    agent: str
+    created: float
+    expires: float
+    approved_by: str | None = None
+    denied: bool = False
+    token: dict[str, Any] | None = field(default=None, repr=False)
+    taken: bool = False
+
+
+class Pairings:
+    """The pairings under way, by device code and by user code."""
+
+    def __init__(self, ttl: float = 600, most: int = 1000, clock=time.time):
+        self.ttl, self.most, self.clock = ttl, most, clock
+        self._by_device: dict[str, Pairing] = {}
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        for key in [k for k, p in self._by_device.items() if p.expires < now - 60]:
+            del self._by_device[key]
+
+    def start(self, host: str, address: str, agent: str) -> Pairing:
+        self._sweep()
+        if len(self._by_device) >= self.most:
+            raise OverflowError("too many logins under way; try again in a few minutes")
+        now = self.clock()
+        taken = {p.user_code for p in self._by_device.values()}
+        code = user_code()
+        while code in taken:
+            code = user_code()
+        p = Pairing(secrets.token_urlsafe(32), code, host[:100], address, agent[:200], now, now + self.ttl)
+        self._by_device[p.device_code] = p
+        return p
+
+    def by_device(self, device_code: str) -> Pairing | None:
+        return self._by_device.get(device_code)
+
+    def by_user_code(self, code: str) -> Pairing | None:
+        code = normalize(code)
+        return next((p for p in self._by_device.values() if hmac.compare_digest(p.user_code, code)), None)
+
+    def live(self, p: Pairing) -> bool:
+        return not p.taken and not p.denied and p.expires >= self.clock()
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)} · podbay</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}
+code{{font-size:1.3rem;letter-spacing:.1rem}} .origin{{background:#f4f7fb;padding:.75rem;border-radius:.3rem}}
+button{{font-size:1rem;padding:.4rem 1rem;margin-right:.5rem}}</style></head>
+<body><h1>{html.escape(title)}</h1>{body}</body></html>""", status_code=status)
+
+
+def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int, oauth=None,
+                   forget_token=None) -> APIRouter:
+    """The pairing endpoints under `prefix` (the service's URL prefix). `oauth` is
+    JupyterHub's HubOAuth for this service (the browser's login to the hub); `forget_token`
+    drops a revoked token from the service's cache of callers."""
+    router = APIRouter()
+    pairings = Pairings()
+    hub = httpx.AsyncClient(base_url=hub_api.rstrip("/") + "/", timeout=10,
+                            headers={"Authorization": f"token {service_token}"})
+    secret = hashlib.sha256(f"podbay-pairing:{service_token}".encode()).digest()
+
+    def csrf(session: str, code: str) -> str:
+        return hmac.new(secret, f"{session}\n{code}".encode(), hashlib.sha256).hexdigest()
+
+    def origin(request: Request) -> str:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        return forwarded.split(",")[0].strip() or (request.client.host if request.client else "?")
+
+    @router.post(f"{prefix}api/v1/pairings", status_code=201, summary="Start logging in a command line",
+                 tags=["login"])
+    async def start(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        host = str((body if isinstance(body, dict) else {}).get("host") or "an unnamed computer")
+        try:
+            p = pairings.start(host, origin(request), request.headers.get("user-agent", ""))
+        except OverflowError as e:
+            return JSONResponse({"error": "busy", "message": str(e)}, status_code=503)
+        return {"device_code": p.device_code, "user_code": p.user_code,
+                "verification_path": f"{prefix}pair?code={p.user_code}",
+                "expires_in": int(p.expires - p.created), "interval": 2}
+
+    @router.post(f"{prefix}api/v1/pairings/token", summary="The token of an approved pairing, once",
+                 tags=["login"])
+    async def token(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        device_code = str(body.get("device_code", "")) if isinstance(body, dict) else ""
+        p = pairings.by_device(device_code)
+
+        def refuse(error: str, message: str, status: int = 400):
+            return JSONResponse({"error": error, "message": message}, status_code=status)
+
+        if p is None or p.expires < pairings.clock():
+            return refuse("expired_token", "this login code has expired: run `podbay login` again")
+        if p.taken:
+            return refuse("expired_token", "this login code was used already: run `podbay login` again")
+        if p.denied:
+            return refuse("access_denied", "the login was refused in the browser")
+        if p.token is None:
+            return refuse("authorization_pending", "waiting for the code to be approved in a browser")
+        p.taken = True
+        out, p.token = p.token, None
+        return out
+
+    async def person(request: Request) -> dict | None:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token or oauth is None:
+            return None
+        try:
+            return await oauth.user_for_token(token, use_cache=False, sync=False)
+        except Exception:  # noqa: BLE001 - an expired or revoked session: log in again
+            return None
+
+    def login(request: Request) -> RedirectResponse:
+        state = secrets.token_urlsafe(16)
+        target = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
+        r = RedirectResponse(f"{oauth.login_url}&state={state}", status_code=302)
+        r.set_cookie(STATE_COOKIE, f"{state}|{target}", max_age=600, httponly=True, samesite="lax", path=prefix)
+        return r
+
+    @router.get(f"{prefix}oauth_callback", include_in_schema=False)
+    async def oauth_callback(request: Request, code: str = "", state: str = ""):
+        saved, _, target = request.cookies.get(STATE_COOKIE, "").partition("|")
+        if not code or not saved or not hmac.compare_digest(saved, state):
+            return _page("Login failed", "<p>The login did not come back as it left (an old or forged link). "
+                                         f"<a href='{html.escape(prefix)}pair'>Start again</a>.</p>", 400)
+        token = await oauth.token_for_code(code, sync=False)
+        if not target.startswith(prefix):
+            target = f"{prefix}pair"
+        r = RedirectResponse(target, status_code=302)
+        r.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", path=prefix)
+        r.delete_cookie(STATE_COOKIE, path=prefix)
+        return r
+
+    def describe(p: Pairing) -> str:
+        minutes = max(0, int((pairings.clock() - p.created) // 60))
+        asked = "just now" if minutes == 0 else f"{minutes} minute{'s' if minutes > 1 else ''} ago"
+        return (f"<div class='origin'>The command line on <b id='host'>{html.escape(p.host)}</b>, from "
+                f"<span id='address'>{html.escape(p.address)}</span>, asked {asked} "
+                f"(<span id='agent'>{html.escape(p.agent)}</span>).</div>")
+
+    @router.get(f"{prefix}pair", include_in_schema=False)
+    async def pair_page(request: Request, code: str = ""):
+        who = await person(request)
+        if who is None:
+            return login(request)
+        if not code:
+            return _page("Log in a command line", """<p>Enter the code your terminal shows.</p>
+<form method="get"><input name="code" id="code" autofocus placeholder="ABCD-EFGH"> <button>Continue</button></form>""")
+        p = pairings.by_user_code(code)
+        if p is None or not pairings.live(p):
+            return _page("This code cannot be used", "<p id='refused'>This code is unknown, has expired or was "
+                                                     "used already. Run <code>podbay login</code> again.</p>", 400)
+        can = "".join(f"<li>{html.escape(SCOPE_WORDS[s])}</li>" for s in CLI_SCOPES)
+        days = lifetime / 86400
+        valid = f"{days:g} days" if days >= 1 else f"{lifetime // 3600} hours"
+        session = request.cookies.get(SESSION_COOKIE, "")
+        return _page("Log in a command line", f"""{describe(p)}
+<p>Code <code id="user-code">{html.escape(p.user_code)}</code>: check that your terminal shows the same.</p>
+<p>Approving gives it a token as <b id="who">{html.escape(who['name'])}</b>, valid for {valid}, that can:</p>
+<ul>{can}</ul>
+<form method="post">
+<input type="hidden" name="code" value="{html.escape(p.user_code)}">
+<input type="hidden" name="csrf" value="{csrf(session, p.user_code)}">
+<button name="action" value="approve" id="approve">Approve</button>
+<button name="action" value="deny" id="deny">Refuse</button></form>""")
+
+    @router.post(f"{prefix}pair", include_in_schema=False)
+    async def pair_decide(request: Request):
+        # A plain form (parsed here: no multipart parser needed for three fields).
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        code, action, csrf_token = (form.get(k, [""])[0] for k in ("code", "action", "csrf"))
+        who = await person(request)
+        if who is None:
+            return login(request)
+        session = request.cookies.get(SESSION_COOKIE, "")
+        p = pairings.by_user_code(code)
+        if not hmac.compare_digest(csrf_token, csrf(session, normalize(code))):
+            return _page("Not approved", "<p>This form did not come from this page: open the link again.</p>", 400)
+        if p is None or not pairings.live(p) or p.approved_by is not None:
+            return _page("This code cannot be used", "<p id='refused'>This code is unknown, has expired or was "
+                                                     "used already. Run <code>podbay login</code> again.</p>", 400)
+        if action != "approve":
+            p.denied = True
+            return _page("Refused", "<p id='done'>The command line was not logged in.</p>")
+        note = f"podbay login on {p.host} from {p.address}, approved in the browser"
+        r = await hub.post(f"users/{who['name']}/tokens",
+                           json={"note": note[:200], "expires_in": lifetime, "scopes": CLI_SCOPES})
+        if r.status_code >= 400:
+            return _page("Not approved", f"<p>The hub did not make the token ({r.status_code}): tell the platform "
+                                         "team.</p>", 502)
+        made = r.json()
+        p.approved_by = who["name"]
+        p.token = {"token": made["token"], "token_id": made.get("id"), "user": who["name"],
+                   "expires_at": made.get("expires_at"), "scopes": CLI_SCOPES}
+        return _page("Approved", f"<p id='done'>Return to your terminal: it is logged in as "
+                                 f"{html.escape(who['name'])}.</p>")
+
+    @router.delete(f"{prefix}api/v1/session", summary="Revoke the token this call is made with (podbay logout)",
+                   tags=["login"])
+    async def revoke(request: Request):
+        _, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if not token:
+            return JSONResponse({"error": "unauthorized", "message": "no token to revoke"}, status_code=401)
+        r = await hub.get("user", headers={"Authorization": f"token {token}"})
+        if r.status_code != 200:
+            return JSONResponse({"error": "unauthorized", "message": "the token is not valid (already revoked "
+                                                                     "or expired)"}, status_code=401)
+        model = r.json()
+        token_id = model.get("token_id")
+        if model.get("kind", "user") != "user" or not token_id:
+            return JSONResponse({"error": "unsupported", "message": "this token cannot be revoked here"},
+                                status_code=400)
+        d = await hub.delete(f"users/{model['name']}/tokens/{token_id}")
+        if d.status_code not in (200, 204, 404):
+            return JSONResponse({"error": "hub_error", "message": f"the hub did not revoke it ({d.status_code})"},
+                                status_code=502)
+        if forget_token is not None:
+            forget_token(token)
+        return {"revoked": token_id, "user": model["name"]}
+
+    router.pairings = pairings  # for tests and for the service's shutdown
+    router.http = hub
+    return router
