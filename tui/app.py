@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.widgets import ContentSwitcher, Footer, Input, Label
 
 from .client import AuthError, ClientError, Forbidden, HubUnavailable, PodbayClient, Refused, Workspace
-from .screens import (Confirm, Connect, Details, Help, JobForm, Logs, NewWorkspace, SpawnProgress,
+from .screens import (Confirm, Connect, Details, Help, JobForm, Login, Logs, NewWorkspace, SpawnProgress,
                       SubmitJob, WorkspaceForm)
 from .views import CapacityView, JobsView, View, VolumesView, WorkspacesView
 
@@ -56,11 +56,13 @@ class PodbayApp(App):
         Binding("ctrl+d", "delete", "delete", id="view.delete"),
     ]
 
-    def __init__(self, url: str, token: str, *, client: PodbayClient | None = None,
+    def __init__(self, url: str, token: str | None, *, client: PodbayClient | None = None,
                  refresh_interval: float = 5.0, exit_after_first_paint: bool = False, clock=None,
                  service_url: str | None = None):
         super().__init__()
-        self.client = client or PodbayClient(url, token, service_url=service_url)
+        # No token: the app opens on the login screen.
+        self.logged_in = token is not None
+        self.client = client or PodbayClient(url, token or "", service_url=service_url)
         self.refresh_interval = refresh_interval
         self.exit_after_first_paint = exit_after_first_paint
         self.history: list[str] = []
@@ -83,9 +85,29 @@ class PodbayApp(App):
         self.command_box.display = False
         self.filter_box.display = False
         self.view.focus()
-        self.load_view()
         self.set_interval(self.refresh_interval, self.load_view)
+        if not self.logged_in:
+            self.login("Not logged in.")
+            return
+        self.load_view()
         self.whoami()
+
+    def login(self, reason: str) -> None:
+        """The login screen, once at a time; a new login reloads everything."""
+        if any(isinstance(s, Login) for s in self.screen_stack):
+            return
+
+        def done(token: str | None) -> None:
+            if token is None:
+                if not self.logged_in:
+                    self.exit()
+                return
+            self.logged_in = True
+            self.client.use_token(token)
+            self.whoami()
+            self.load_view()
+
+        self.push_screen(Login(self.client.url, reason), done)
 
     # --- data ---------------------------------------------------------------------------
 
@@ -96,6 +118,8 @@ class PodbayApp(App):
     @work(exclusive=True, group="refresh")
     async def load_view(self) -> None:
         """Refresh the visible view only; the others wait until they are shown."""
+        if not self.logged_in:
+            return
         view = self.view
         try:
             data = await view.load(self.client)
@@ -120,6 +144,8 @@ class PodbayApp(App):
         """The one place where failures become words."""
         if isinstance(e, AuthError):
             self.notify(f"{e}", title="Not logged in", severity="error", timeout=10)
+            if self.logged_in:
+                self.login("Your login expired or was revoked: log in again.")
         elif isinstance(e, HubUnavailable):
             self.notify(f"{e}", title="Hub unreachable", severity="error", timeout=8)
         elif isinstance(e, Forbidden):

@@ -65,41 +65,27 @@ SERVICE = "/services/podbay"
 
 def pair(url: str) -> str | None:
     """Log in by approving a code in a browser (hub/pairing.py); the token, or None where
-    the portal has no pairing (an older one: paste a token instead). Exits 1 on refusal."""
+    the portal has no pairing (an older one: paste a token instead). SystemExit with the
+    reason when it fails."""
     import socket
-    import time
 
-    import httpx
+    from .client import start_pairing, wait_for_pairing
 
-    with httpx.Client(base_url=url, timeout=15) as http:
-        try:
-            r = http.post(f"{SERVICE}/api/v1/pairings", json={"host": socket.gethostname()})
-        except httpx.HTTPError as e:
-            raise SystemExit(f"podbay: {url} does not answer ({type(e).__name__}): check the address") from None
-        if r.status_code == 404:
+    async def go():
+        started = await start_pairing(url, socket.gethostname())
+        if started is None:
             return None
-        if r.status_code != 201:
-            raise SystemExit(f"podbay: the portal refused to start a login ({r.status_code}): "
-                             f"{_message(r)}")
-        started = r.json()
         link = f"{url}{started['verification_path']}"
         print(f"To log in, open\n\n    {link}\n\nin a browser, log in, and check that it shows the code "
               f"{started['user_code']}.", flush=True)
         if _can_open_browser():
             webbrowser.open(link)
-        deadline = time.monotonic() + started["expires_in"]
-        while time.monotonic() < deadline:
-            time.sleep(started.get("interval", 2))
-            try:
-                r = http.post(f"{SERVICE}/api/v1/pairings/token", json={"device_code": started["device_code"]})
-            except httpx.HTTPError:
-                continue  # the portal restarting: keep asking until the code expires
-            if r.status_code == 200:
-                return r.json()["token"]
-            error = r.json().get("error") if r.headers.get("content-type", "").startswith("application/json") else None
-            if error != "authorization_pending":
-                raise SystemExit(f"podbay: login failed: {_message(r)}")
-        raise SystemExit("podbay: login failed: the code expired before it was approved; run `podbay login` again")
+        return (await wait_for_pairing(url, started))["token"]
+
+    try:
+        return asyncio.run(go())
+    except ClientError as e:
+        raise SystemExit(f"podbay: {e}") from None
 
 
 def _message(r) -> str:
@@ -356,12 +342,18 @@ def cmd_capacity(args) -> int:
 
 
 def cmd_tui(args) -> int:
+    from .app import PodbayApp
+
     try:
         creds = resolve(args.url, args.token)
     except NotLoggedIn as e:
-        print(f"podbay: {e}", file=sys.stderr)
-        return 1
-    from .app import PodbayApp
+        url = args.url or os.environ.get("PODBAY_URL")
+        if not url or args.first_paint:
+            print(f"podbay: {e}", file=sys.stderr)
+            return 1
+        # A portal named but no login: the TUI opens on its login screen.
+        PodbayApp(url.rstrip("/"), None).run()
+        return 0
 
     if args.first_paint:
         # For benchmarks/tui_latency.py: start, paint the Workspaces view once, exit.

@@ -82,6 +82,53 @@ def _message(r: httpx.Response) -> str:
     return str(body)
 
 
+class LoginFailed(ClientError):
+    pass
+
+
+async def start_pairing(url: str, host: str, transport: httpx.AsyncBaseTransport | None = None) -> dict | None:
+    """Ask podbay's service for a login code (hub/pairing.py): its answer, or None where the
+    portal has none (an older podbay: paste a token instead)."""
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=15, transport=transport) as http:
+        try:
+            r = await http.post("/services/podbay/api/v1/pairings", json={"host": host})
+        except httpx.HTTPError as e:
+            raise HubUnavailable(f"{url} does not answer ({type(e).__name__}): check the address") from None
+    if r.status_code == 404:
+        return None
+    if r.status_code != 201:
+        raise LoginFailed(f"the portal refused to start a login ({r.status_code}): {_message(r)}")
+    return r.json()
+
+
+async def wait_for_pairing(url: str, started: dict, clock=None, sleep=None,
+                           transport: httpx.AsyncBaseTransport | None = None) -> dict:
+    """Poll until the code is approved: the token's record ({token, user, expires_at, …});
+    LoginFailed with the portal's words when it is refused, used or expired."""
+    import asyncio
+    import time
+
+    clock, sleep = clock or time.monotonic, sleep or asyncio.sleep
+    deadline = clock() + started["expires_in"]
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=15, transport=transport) as http:
+        while clock() < deadline:
+            await sleep(started.get("interval", 2))
+            try:
+                r = await http.post("/services/podbay/api/v1/pairings/token",
+                                    json={"device_code": started["device_code"]})
+            except httpx.HTTPError:
+                continue  # the portal restarting: ask again until the code expires
+            if r.status_code == 200:
+                return r.json()
+            try:
+                error = r.json().get("error")
+            except ValueError:
+                error = None
+            if error != "authorization_pending":
+                raise LoginFailed(f"login failed: {_message(r)}")
+    raise LoginFailed("login failed: the code expired before it was approved; log in again")
+
+
 class PodbayClient:
     def __init__(self, url: str, token: str, user: str | None = None, *, timeout: float = 15.0,
                  transport: httpx.AsyncBaseTransport | None = None, service_url: str | None = None):
@@ -93,6 +140,10 @@ class PodbayClient:
             headers={"Authorization": f"token {token}", "Accept": "application/json"},
             timeout=httpx.Timeout(timeout, connect=5.0), transport=transport,
         )
+
+    def use_token(self, token: str) -> None:
+        """A new login's token for every request from now on."""
+        self.http.headers["Authorization"] = f"token {token}"
 
     @property
     def hub_api(self) -> str:

@@ -16,7 +16,7 @@ from textual.widgets import (Button, Footer, Input, Label, Log, OptionList, Prog
                              SelectionList, Static)
 from textual.widgets.option_list import Option
 
-from .client import ClientError, PodbayClient
+from .client import ClientError, PodbayClient, start_pairing, wait_for_pairing
 
 
 class Confirm(ModalScreen[bool]):
@@ -314,3 +314,61 @@ class Help(ModalScreen[None]):
         with Vertical(classes="dialog"):
             yield Label(f"Keys — {self.heading}", classes="title")
             yield Static("\n".join(f"{k:>8}  {d}" for k, d in self.keys), id="help")
+
+
+class Login(ModalScreen[str | None]):
+    """Log in without copying a token: the portal's code and link, approved in a browser
+    (hub/pairing.py); dismissed with the new token (also stored, as `podbay login` does), or
+    None when the person leaves."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel", id="login.cancel"),
+                Binding("r", "retry", "new code", id="login.retry")]
+
+    def __init__(self, url: str, reason: str):
+        super().__init__()
+        self.url, self.reason = url, reason
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Log in to {self.url}", classes="title")
+            yield Label(self.reason, id="reason")
+            yield Static("", id="code")
+            yield Static("", id="link")
+            yield Label("Asking the portal for a code…", id="status")
+
+    def on_mount(self) -> None:
+        self.pair()
+
+    @work(exclusive=True, group="login")
+    async def pair(self) -> None:
+        import os
+        import socket
+        import webbrowser
+
+        from .credentials import store
+
+        status = self.query_one("#status", Label)
+        try:
+            started = await start_pairing(self.url, socket.gethostname())
+            if started is None:
+                status.update("This portal cannot pair a terminal: run `podbay login --paste` outside the TUI.")
+                return
+            link = f"{self.url}{started['verification_path']}"
+            self.query_one("#code", Static).update(f"Code: {started['user_code']}")
+            self.query_one("#link", Static).update(f"Open {link} in a browser, log in, and approve.")
+            status.update("Waiting for the approval… (escape leaves)")
+            if os.environ.get("BROWSER") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+                webbrowser.open(link)
+            record = await wait_for_pairing(self.url, started)
+        except ClientError as e:
+            status.update(f"{e}. Press r for a new code, escape to leave.")
+            return
+        store(self.url, record["token"])
+        self.app.notify(f"Logged in as {record['user']}")
+        self.dismiss(record["token"])
+
+    def action_retry(self) -> None:
+        self.pair()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -10,7 +10,7 @@ from textual.widgets import Input, OptionList
 
 from podbay.tui.app import PodbayApp
 from podbay.tui.client import Refused
-from podbay.tui.screens import Confirm, Help, Logs, NewWorkspace, SubmitJob
+from podbay.tui.screens import Confirm, Help, Login, Logs, NewWorkspace, SubmitJob
 
 pytestmark = pytest.mark.hub
 SIZE = (120, 40)
@@ -154,6 +154,11 @@ async def test_hub_down_and_bad_token_are_notifications_not_crashes(hub):
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: any("Not logged in" in n and "podbay login" in n for n in notes(app)),
                     what="auth notification")
+        # Not a traceback: the login screen, saying why, with a code to approve.
+        await until(pilot, lambda: isinstance(app.screen, Login), what="the login screen")
+        assert "log in again" in str(app.screen.query_one("#reason").render())
+        await until(pilot, lambda: "Code: " in str(app.screen.query_one("#code").render()), what="a code")
+        await pilot.press("escape")
         refusals = sum("Not logged in" in n for n in notes(app))
         # An action that needs the service says the same again, and opens no form it
         # could not fill.
@@ -161,6 +166,39 @@ async def test_hub_down_and_bad_token_are_notifications_not_crashes(hub):
         await until(pilot, lambda: sum("Not logged in" in n for n in notes(app)) > refusals,
                     what="the refusal of n")
         assert not isinstance(app.screen, NewWorkspace)
+
+
+async def test_with_no_login_the_tui_opens_on_a_login_screen_that_a_browser_approves(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    app = PodbayApp(hub.url, None, refresh_interval=60)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, Login), what="the login screen")
+        await until(pilot, lambda: "Open " in str(app.screen.query_one("#link").render()), what="the link")
+        link = str(app.screen.query_one("#link").render()).split()[1]
+        await approve_over_http(hub, "alice", link)
+        await until(pilot, lambda: "user: alice" in str(app.query_one("#topbar").render()), what="logged in")
+        assert not isinstance(app.screen, Login)
+    stored = (tmp_path / "podbay" / "credentials.json").read_text()
+    assert hub.url in stored
+
+
+async def approve_over_http(hub, user: str, link: str) -> None:
+    """What a person does in a browser, over HTTP: log in to the hub, open the link (the
+    service's OAuth with the hub), approve the code it shows."""
+    import re
+
+    from tests.conftest import PASSWORD
+
+    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as http:
+        await http.get(f"{hub.url}/hub/login")
+        r = await http.post(f"{hub.url}/hub/login", data={"username": user, "password": PASSWORD,
+                                                          "_xsrf": http.cookies.get("_xsrf", "")})
+        assert r.status_code == 200, r.text[:300]
+        page = await http.get(link)
+        fields = dict(re.findall(r'name="(code|csrf)" value="([^"]+)"', page.text))
+        assert set(fields) == {"code", "csrf"}, page.text[:500]
+        r = await http.post(f"{hub.url}/services/podbay/pair", data={**fields, "action": "approve"})
+        assert "Return to your terminal" in r.text, r.text[:500]
 
 
 async def test_open_connect_details_and_edit(hub, tmp_path, monkeypatch):
