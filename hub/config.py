@@ -58,6 +58,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _settings_env(v: dict[str, str]) -> dict[str, str]:
+    from .environment import check_env_name
+
+    for name, value in v.items():
+        check_env_name(name)
+        if "\0" in str(value):
+            raise ValueError(f"the value of {name} contains a NUL character")
+    return {k: str(val) for k, val in v.items()}
+
+
 class Image(_Model):
     name: Slug
     display_name: str
@@ -70,6 +80,10 @@ class Image(_Model):
     # Docker build arguments for it (CODE_SERVER_VERSION, CODE_SERVER_SOURCE: npm, …).
     build_args: dict[str, BuildArg] = {}
     default: bool = False
+    # Settings every workspace and job of this image gets (not secrets: podbay.yaml is no place for them).
+    env: dict[str, str] = {}
+
+    _env = field_validator("env")(lambda v: _settings_env(v))
 
     @field_validator("build_args")
     @classmethod
@@ -260,6 +274,12 @@ class Team(_Model):
     # "vision-devs". Names at the provider need not be the team's.
     idp_groups: list[str] = []
     quota: Quota = Quota()
+    # Settings every workspace and job of a member gets, for the services around the cluster
+    # (WANDB_BASE_URL, WANDB_ENTITY, WANDB_PROJECT); a person's own keys are secrets
+    # (`podbay secrets set`), not here.
+    env: dict[str, str] = {}
+
+    _env = field_validator("env")(lambda v: _settings_env(v))
 
 
 # Environment variable names: what a secret's name may be.

@@ -9,7 +9,29 @@ podbay's service is, a job its id and name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+# Names podbay sets, or that decide what a workspace is (its devices, its identity towards
+# the hub): nobody sets them through podbay.yaml's env:, a secret or a job's env.
+RESERVED_ENV = re.compile(r"^(HOME|USER|PATH|CUDA_VISIBLE_DEVICES|NVIDIA_VISIBLE_DEVICES|NVIDIA_.*|PODBAY_.*"
+                          r"|JUPYTERHUB_.*|JPY_.*|OAUTH_ACCESS_TOKEN)$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env_name(name: str) -> None:
+    """ValueError saying why a variable of this name cannot be set by a person or a team."""
+    if not ENV_NAME.match(name):
+        raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
+    if RESERVED_ENV.match(name):
+        raise ValueError(f"{name} is set by podbay and cannot be given")
+
+
+def settings_env(image_env: dict[str, str], team_env: dict[str, str], secrets: dict[str, str]) -> dict[str, str]:
+    """What the platform team and the person add to every workspace and job: the image's
+    settings, the team's over them (WANDB_ENTITY), the person's secrets over both
+    (WANDB_API_KEY)."""
+    return {**image_env, **team_env, **secrets}
 
 # code-server has no login of its own (jupyter-vscode-proxy runs it with --auth none): on a
 # TCP port anyone who reaches that port would get the user's editor and terminal. A unix

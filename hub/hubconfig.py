@@ -224,6 +224,10 @@ def configure(c) -> None:
     except AuthError as e:
         print(f"podbay: refusing to start: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    # The provider's tokens (auth state) and people's secrets are kept encrypted: with the
+    # operator's key, or one the hub makes in its data directory.
+    if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
+        os.environ["JUPYTERHUB_CRYPT_KEY"] = _crypt_key(data_dir)
 
     # PODBAY_SPAWNER picks plain JupyterHub spawners too, for benchmarks/ comparisons.
     spawner = _env("PODBAY_SPAWNER", plugin.spawner)
@@ -290,6 +294,8 @@ def configure(c) -> None:
         "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
                         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                         "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0"), "PODBAY_BACKEND": backend,
+                        # People's secrets: the service opens them for the jobs it starts.
+                        "PODBAY_SECRETS_KEY": os.environ["JUPYTERHUB_CRYPT_KEY"],
                         # How to reach the engine, where the hub was told.
                         **{k: os.environ[k] for k in ENGINE_ENV if os.environ.get(k)}},
         "display": False,
@@ -348,11 +354,6 @@ def configure_auth(c, cfg, public_url: str | None, data_dir: Path, public_ip: st
     if not callback:
         raise AuthError("give auth.callback_url: the hub's public URL + /hub/oauth_callback, as registered at "
                         "the identity provider")
-    # The provider's tokens are kept (encrypted) for refreshing before a spawn and, if asked,
-    # for the workspace: a key of the hub's own when the operator (or the chart: its
-    # CryptKeeper.keys) set none.
-    if not os.environ.get("JUPYTERHUB_CRYPT_KEY") and not c.CryptKeeper.get("keys"):
-        os.environ["JUPYTERHUB_CRYPT_KEY"] = _crypt_key(data_dir)
     if auth.type == "oidc":
         doc = discover(auth.issuer)
         c.JupyterHub.authenticator_class = "podbay-oidc"
@@ -492,12 +493,19 @@ def configure_on_cluster(c) -> None:
         print(f"podbay: released what {len(side.released)} workspace(s) that no longer run held: "
               + ", ".join(side.released), file=sys.stderr)
     serve_in_hub(plugin, portal)
+    # People's secrets are opened with the hub's crypt key (the chart's CryptKeeper.keys).
+    keys = _value(c.CryptKeeper.get("keys"), [])
+    key = (keys[0] if keys else None) or os.environ.get("JUPYTERHUB_CRYPT_KEY")
+    if key:
+        os.environ["PODBAY_SECRETS_KEY"] = key
     # The managed service inherits little of the hub's environment: how to reach the API
-    # server (the pod's service account) is passed on.
+    # server (the pod's service account) and the key are passed on.
     for service in _value(c.JupyterHub.get("services"), []):
         if service.get("name") == "podbay":
             env = service.setdefault("environment", {})
             env.setdefault("PODBAY_BACKEND", backend)
+            if key:
+                env.setdefault("PODBAY_SECRETS_KEY", key)
             for k in ENGINE_ENV:
                 if os.environ.get(k):
                     env.setdefault(k, os.environ[k])

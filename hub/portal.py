@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
 from .inventory import Inventory
+from .environment import settings_env
 from .quota import Demand, QuotaBook, Snapshot, fmt_units
 from .quota.book import NoCapacity
 from .quota.capacity import CapacitySource, InventoryCapacity
@@ -79,6 +80,7 @@ class Portal:
         self.inventory = inventory if inventory is not None else Inventory.from_config(cfg)
         self.placement = placement
         self.capacity = capacity or InventoryCapacity(self.inventory)
+        self._secrets = None
         self.data_dir = Path(data_dir)
 
     @classmethod
@@ -110,6 +112,24 @@ class Portal:
                 self.book.release(key)
                 raise NoCapacity(f"no {demand.profile_id} is free: {why}")
         return allocation
+
+    # --- settings and secrets ----------------------------------------------------------
+
+    @property
+    def secrets(self):
+        from .secrets import SecretStore, key_from_env
+
+        if self._secrets is None:
+            self._secrets = SecretStore(self.book, key_from_env())
+        return self._secrets
+
+    def settings_env(self, user: str, team: str | None, image: str, with_secrets: bool = True) -> dict[str, str]:
+        """What podbay.yaml (the image's and the team's env:) and the person (their secrets)
+        add to a workspace or job; SecretsUnavailable when there are secrets and no key."""
+        img = self.cfg.image(image)
+        team_cfg = self.cfg.teams.get(team) if team else None
+        return settings_env(dict(img.env) if img else {}, dict(team_cfg.env) if team_cfg else {},
+                            self.secrets.values(user) if with_secrets else {})
 
     # --- people --------------------------------------------------------------------
 

@@ -21,13 +21,14 @@ from typing import Any, AsyncIterator
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
 from .quota import LedgerUnavailable, fmt_units
 from .portal import OptionsRefused, Portal
+from .secrets import SecretRefused, SecretsUnavailable, SecretStore, key_from_env
 from .training import BadCursor
 
 log = logging.getLogger("podbay.service")
@@ -113,6 +114,17 @@ class HubClient:
 
 
 # --- response models (the OpenAPI schemas clients rely on) -------------------------------
+
+
+class SecretOut(BaseModel):
+    name: str
+    updated: float
+
+
+class SecretIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # SecretStr: never in a repr, a log line or a validation error.
+    value: SecretStr = Field(max_length=8192)
 
 
 class ImageOut(BaseModel):
@@ -231,6 +243,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
                run_scheduler: bool = True, background: Sequence[Callable[[], Awaitable[None]]] = (),
                pairing=None) -> FastAPI:
     base = prefix.rstrip("/") + "/api/v1"
+    secrets = SecretStore(portal.book, key_from_env())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -339,6 +352,28 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
     async def volumes(who: Caller = Depends(caller)):
         return [VolumeOut(name=v.name, description=v.description, mount_path=f"~/{v.target}", read_only=v.read_only)
                 for v in portal.volumes_for(who.name, list(who.groups))]
+
+    @api.get("/secrets", response_model=list[SecretOut], summary="Your secrets' names (never their values)")
+    async def list_secrets(who: Caller = Depends(caller)):
+        return [SecretOut(**s) for s in await asyncio.to_thread(secrets.names, who.name)]
+
+    @api.put("/secrets/{name}", status_code=204, summary="Set one of your secrets, for every workspace and job you start")
+    async def put_secret(body: SecretIn, name: str = Path(max_length=255), who: Caller = Depends(caller)):
+        try:
+            await asyncio.to_thread(secrets.put, who.name, name, body.value.get_secret_value())
+        except SecretRefused as e:
+            raise ApiError(400, "invalid_secret", str(e)) from None
+        except SecretsUnavailable as e:
+            raise ApiError(503, "secrets_unavailable", str(e)) from None
+        log.info("%s set the secret %s", who.name, name)
+        return Response(status_code=204)
+
+    @api.delete("/secrets/{name}", status_code=204, summary="Remove one of your secrets")
+    async def delete_secret(name: str = Path(max_length=255), who: Caller = Depends(caller)):
+        if not await asyncio.to_thread(secrets.remove, who.name, name):
+            raise ApiError(404, "not_found", f"you have no secret {name}")
+        log.info("%s removed the secret %s", who.name, name)
+        return Response(status_code=204)
 
     @api.post("/jobs", response_model=Job, status_code=201, summary="Submit a training job")
     async def submit(req: JobRequest, who: Caller = Depends(caller)):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -426,6 +427,11 @@ class Cluster:
         uid, gid = security.get("runAsUser", image_uid), security.get("runAsGroup", image_gid)
         fs_group = security.get("fsGroup")
         env = {"PATH": IMAGE_PATH, "HOME": "/home/jovyan", "HOSTNAME": spec.get("hostname") or meta["name"]}
+        for source in c.get("envFrom") or []:  # a Secret's keys, as the kubelet reads them at start
+            ref = source.get("secretRef") or {}
+            secret = self.emu.get_object("v1/secrets", meta["namespace"], ref.get("name", "")) or {}
+            data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+            env.update(data)
         for e in c.get("env") or []:
             ref = (e.get("valueFrom") or {}).get("fieldRef")
             env[e["name"]] = self.field(pod, ref["fieldPath"], ip) if ref else str(e.get("value", ""))

@@ -9,7 +9,7 @@ which running watches see.
 
 Nothing runs, schedules or garbage-collects here: that is the tests' part.
 """
-import asyncio, contextlib, datetime, random, re, string, uuid  # noqa: E401
+import asyncio, base64, contextlib, datetime, random, re, string, uuid  # noqa: E401
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     'v1/pods': ('Pod', True, {'status', 'log'}),
     'v1/services': ('Service', True, {'status'}),
     'v1/persistentvolumeclaims': ('PersistentVolumeClaim', True, {'status'}),
+    'v1/secrets': ('Secret', True, set()),
     'v1/events': ('Event', True, set()),
     'batch/v1/jobs': ('Job', True, {'status'}),
     'kueue.x-k8s.io/v1beta1/workloads': ('Workload', True, {'status'}),
@@ -44,6 +45,14 @@ def selector_matches(selector: str | None, get: Any) -> bool:
                 else (have in {v.strip() for v in vals.split(',')}) == (setop == 'in')):
             return False
     return True
+
+
+def fold_string_data(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Secret's stringData written into data (base64), as the API server stores it."""
+    if obj.get('kind') == 'Secret' and obj.get('stringData'):
+        obj['data'] = {**(obj.get('data') or {}),
+                       **{k: base64.b64encode(str(v).encode()).decode() for k, v in obj.pop('stringData').items()}}
+    return obj
 
 
 def _field(obj: Any, path: str) -> str:
@@ -72,6 +81,7 @@ class Emulator(kmock.KubernetesEmulator):
         meta.setdefault('uid', str(uuid.uuid4()))
         meta.setdefault('creationTimestamp', datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ'))
         meta['resourceVersion'] = self.next_rv()
+        fold_string_data(obj)
         if obj.get('kind') == 'Pod':  # as the API server defaults a new pod (KubeSpawner reads it at once)
             obj['status'] = {'phase': 'Pending', 'qosClass': 'Burstable', **(obj.get('status') or {})}
         return obj
@@ -103,7 +113,7 @@ class Emulator(kmock.KubernetesEmulator):
             elif request.method == 'PUT' and isinstance(request.data, dict):  # replace: whole object or /status
                 if cur is None:
                     raise kmock.KubernetesObjectNotFoundError()
-                new = dict(cur.raw, status=request.data.get('status')) if request.subresource else dict(request.data)
+                new = dict(cur.raw, status=request.data.get('status')) if request.subresource else fold_string_data(dict(request.data))
                 meta = cur.raw['metadata']
                 new['metadata'] = {**meta, **(new.get('metadata') or {}), 'uid': meta.get('uid'), 'resourceVersion': self.next_rv()}
                 await self._emit(request.resource, 'MODIFIED', cur, lambda: cur.create(new))

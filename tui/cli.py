@@ -328,6 +328,43 @@ def cmd_job_cancel(args) -> int:
     return _run(args, go)
 
 
+def cmd_secrets(args) -> int:
+    """Your secrets: set (the value from a prompt or standard input, never the command
+    line, where ps and shell history would show it), list (names only), remove."""
+    value = None
+    if args.secrets_command == "set":
+        if sys.stdin.isatty():
+            try:
+                value = getpass.getpass(f"Value of {args.name} (not shown): ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return 1
+        else:
+            value = sys.stdin.read().rstrip("\n")
+
+    async def go(c: PodbayClient) -> int:
+        if args.secrets_command == "ls":
+            items = await c.secrets()
+            if getattr(args, "json", False):
+                _print_json(items)
+            elif not items:
+                print("No secrets. podbay secrets set NAME gives every workspace and job you start one.")
+            else:
+                import datetime
+
+                print(_table([[s["name"], datetime.datetime.fromtimestamp(s["updated"]).strftime("%Y-%m-%d %H:%M")]
+                              for s in items], ["name", "set"]))
+            return 0
+        if args.secrets_command == "set":
+            await c.set_secret(args.name, value)
+            print(f"{args.name} is set: workspaces and jobs you start from now on get it.")
+            return 0
+        await c.delete_secret(args.name)
+        print(f"{args.name} is removed (running workspaces keep it until they stop).")
+        return 0
+    return _run(args, go)
+
+
 def cmd_capacity(args) -> int:
     async def go(c: PodbayClient) -> int:
         cap = await c.capacity()
@@ -393,6 +430,18 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         p = ws.add_parser(name, parents=[common], help=text)
         p.add_argument("name")
         p.set_defaults(func=fn)
+
+    sec = sub.add_parser("secrets", help="your secrets for workspaces and jobs (WANDB_API_KEY, …)").add_subparsers(
+        dest="secrets_command", required=True)
+    p = sec.add_parser("ls", parents=[common], help="their names (never their values)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_secrets)
+    p = sec.add_parser("set", parents=[common], help="set one; the value from a prompt or standard input")
+    p.add_argument("name", help="an environment variable name, e.g. WANDB_API_KEY")
+    p.set_defaults(func=cmd_secrets)
+    p = sec.add_parser("rm", parents=[common], help="remove one")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_secrets)
 
     job = sub.add_parser("job", help="training jobs").add_subparsers(dest="job_command", required=True)
     p = job.add_parser("submit", parents=[common], help="move a training run to the training pool")

@@ -285,6 +285,15 @@ class PodbayClient:
     async def volumes(self) -> list[dict[str, Any]]:
         return await self._svc("GET", "volumes")
 
+    async def secrets(self) -> list[dict[str, Any]]:
+        return await self._svc("GET", "secrets")
+
+    async def set_secret(self, name: str, value: str) -> None:
+        await self._request("PUT", f"{self.service_api}/secrets/{quote(name)}", json={"value": value})
+
+    async def delete_secret(self, name: str) -> None:
+        await self._request("DELETE", f"{self.service_api}/secrets/{quote(name)}")
+
     async def jobs(self, **filters) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
         return await self._svc("GET", "jobs", params=params)

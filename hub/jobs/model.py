@@ -9,12 +9,12 @@ users see that as `queued`, with the engine's reason in `message`.
 from __future__ import annotations
 
 import json
-import re
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from ..environment import check_env_name
 from ..quota.database import Base
 
 STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled")
@@ -23,7 +23,6 @@ ACTIVE = ("queued", "starting", "running")
 PENDING = "pending"
 TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_POOL = "training"
-RESERVED_ENV = re.compile(r"^(HOME|CUDA_VISIBLE_DEVICES|NVIDIA_VISIBLE_DEVICES|NVIDIA_.*|PODBAY_.*|JUPYTERHUB_.*)$")
 
 
 class JobRow(Base):
@@ -87,10 +86,7 @@ class JobRequest(BaseModel):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-            if RESERVED_ENV.match(key):
-                raise ValueError(f"{key} is set by podbay and cannot be given")
+            check_env_name(key)
             if "\0" in value:
                 raise ValueError(f"the value of {key} contains a NUL character")
         return v

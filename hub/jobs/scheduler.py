@@ -222,14 +222,18 @@ class Scheduler:
             if vol is not None:
                 vols.append((self.backend.mount_source(vol, self.portal.volume_source(vol)),
                              str(self.home_of(job.user) / vol.target), vol.read_only))
+        # The image's and the team's settings and the person's secrets, the job's own env over them.
+        apart = getattr(self.backend, "secrets_apart", False)
+        settings = self.portal.settings_env(job.user, job.team, job.image, with_secrets=not apart)
         env = job_env(job_id=job.id, name=job.name, image=job.image, team=job.team, volumes=job.volumes,
-                      devices=devices, gpus=job.gpus, home=str(self.home_of(job.user)), user_env=job.env)
+                      devices=devices, gpus=job.gpus, home=str(self.home_of(job.user)),
+                      user_env={**settings, **job.env})
         pool = self.portal.cfg.pools.get(job.pool)
         return JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
                        workdir=job.workdir, env=env, volumes=vols, devices=list(devices or []),
                        workspace=job.from_workspace, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
                        pool=job.pool, queue=pool.queue if pool else None, team=job.team,
-                       volume_names=list(job.volumes))
+                       volume_names=list(job.volumes), secrets=self.portal.secrets.values(job.user) if apart else {})
 
     async def _hand_over(self, job: Job) -> None:
         """An engine that queues gets the job at once: podbay does not queue it again.

@@ -45,3 +45,16 @@ async def api_client(kubeconfig: str | None = None):
 
 class KubernetesUnreachable(RuntimeError):
     """No way to reach the API server; the message says what to set."""
+
+
+async def apply_secret(core, obj: dict) -> None:
+    """Create the Secret, or replace it whole (keys removed since go too)."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    meta = obj["metadata"]
+    try:
+        await core.create_namespaced_secret(meta["namespace"], obj)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        await core.replace_namespaced_secret(meta["name"], meta["namespace"], obj)

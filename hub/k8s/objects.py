@@ -213,6 +213,20 @@ def container_resources(settings: KubernetesSettings, profile_id: str, ask: GpuA
     return out
 
 
+def user_secret_name(settings: KubernetesSettings, user: str) -> str:
+    return f"{settings.name_prefix}-secrets-{safe_name(user)}"[:253]
+
+
+def user_secret(settings: KubernetesSettings, user: str, values: dict[str, str]) -> dict:
+    """A person's secrets as one Secret of podbay's namespace: their workspaces and jobs take
+    it as environment (envFrom), so the values are in no pod spec."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": user_secret_name(settings, user), "namespace": settings.namespace,
+                         "labels": {f"{LABEL}/user": label_value(user), f"{LABEL}/component": "secrets",
+                                    "app.kubernetes.io/managed-by": "podbay"}},
+            "stringData": dict(values)}
+
+
 def env_list(env: dict[str, str]) -> list[dict]:
     return [{"name": k, "value": v} for k, v in env.items()]
 
@@ -220,7 +234,7 @@ def env_list(env: dict[str, str]) -> list[dict]:
 def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int, name: str, user: str,
                  team: str | None, image: str, command: list[str], workdir: str, env: dict[str, str],
                  volumes: list[str], gpus_per_node: int, nodes: int, pool: str, queue: str | None,
-                 workspace: str | None = None) -> list[dict]:
+                 workspace: str | None = None, secret: str | None = None) -> list[dict]:
     """A training job as a batch/v1 Job (an Indexed Job with a headless Service across
     nodes, so torchrun works unchanged), with the workspace's image, home and volumes."""
     spec = ProfileKind("full", count=gpus_per_node) if gpus_per_node else ProfileKind("cpu")
@@ -246,6 +260,8 @@ def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int
                  "resources": {"limits": limits, "requests": dict(limits)} if limits else {}}
     if not ask.resources:
         container["env"] = container_env + env_list({"NVIDIA_VISIBLE_DEVICES": "void"})
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never", "containers": [container], "volumes": vols,
         "nodeSelector": node_selector_of(cfg, pool, ask), "tolerations": tolerations_of(cfg, pool),

@@ -31,7 +31,10 @@ from ..k8s.objects import (
     tolerations_of,
     volume_mounts,
 )
+from ..k8s.api import apply_secret
+from ..k8s.objects import user_secret
 from ..portal import Request
+from ..secrets import SecretsUnavailable
 from .mixin import PodbaySpawnerMixin
 
 
@@ -106,6 +109,7 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         (KubeSpawner alone waits for start_timeout), and is deleted. A pod is Running as soon as
         its container started (no readiness probe): the start returns once the server in it
         listens, as on the other backends."""
+        await self._hand_over_secrets()
         await self._start_watching_pods()
         ref_key = f"{self.namespace}/{self.pod_name}"
         old = (self.pod_reflector.pods.get(ref_key) or {}).get("metadata", {}).get("uid")
@@ -170,6 +174,22 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
             raise
         return url
 
+    async def _hand_over_secrets(self) -> None:
+        """The person's secrets as their Secret (brought up to date: a removed one goes), taken
+        by the workspace as environment (envFrom): no value in the pod spec."""
+        try:
+            values = await asyncio.to_thread(self.portal.secrets.values, self.user.name)
+        except SecretsUnavailable as e:
+            raise SpawnException(f"Cannot start this workspace: {e}.", reason="secrets", status_code=503) from None
+        base = dict(self._configured[3]) if self._configured else dict(self.extra_container_config)
+        if not values:
+            self.extra_container_config = base
+            return
+        obj = user_secret(self.k8s_settings, self.user.name, values)
+        await apply_secret(self.api, obj)
+        self.extra_container_config = {**base, "envFrom": [*base.get("envFrom", []),
+                                                           {"secretRef": {"name": obj["metadata"]["name"]}}]}
+
     async def _log_tail(self, lines: int = 20) -> str:
         try:
             text = await asyncio.wait_for(self.api.read_namespaced_pod_log(
@@ -178,7 +198,8 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
             return ""
         return f" Last lines of its log:\n{text}" if text else ""
 
-    _configured: tuple[dict, list, dict] | None = None
+    _configured: tuple[dict, list, dict, dict] | None = None
+    podbay_secrets_apart = True
 
     @property
     def k8s_settings(self):
@@ -200,8 +221,9 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         # Over the deployment's own (the chart's singleuser.nodeSelector, scheduling.userPods.tolerations),
         # kept from before the first workspace: a spawner object serves every start of its server.
         if self._configured is None:
-            self._configured = (dict(self.node_selector), list(self.tolerations), dict(self.extra_labels))
-        node_selector, tolerations, extra_labels = self._configured
+            self._configured = (dict(self.node_selector), list(self.tolerations), dict(self.extra_labels),
+                                dict(self.extra_container_config))
+        node_selector, tolerations, extra_labels, _ = self._configured
         self.node_selector = {**node_selector, **node_selector_of(cfg, pool, ask)}
         self.tolerations = [*tolerations, *tolerations_of(cfg, pool)]
         claim = home_claim_name(settings, self.user.name, self.name)

@@ -24,6 +24,7 @@ from traitlets.config import Configurable
 from ..environment import workspace_env
 from ..quota import Allocation, ClaimRefused, QuotaExceeded, database_url, fmt_units
 from ..portal import OptionsRefused, Portal, Request
+from ..secrets import SecretsUnavailable
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("podbay.hub", "templates"),
@@ -161,6 +162,10 @@ class PodbaySpawnerMixin(Configurable):
 
     podbay_request: Request | None = None
     podbay_allocation: Allocation | None = None
+    podbay_settings: dict[str, str] = {}
+    # A backend that hands secrets over its own way (Kubernetes: a Secret) keeps them out of
+    # the environment podbay builds.
+    podbay_secrets_apart = False
 
     async def start(self):
         portal = self.portal
@@ -175,6 +180,10 @@ class PodbaySpawnerMixin(Configurable):
             t0 = time.perf_counter()
             try:
                 request = portal.validate(user, groups, options)
+                # The image's and team's settings and the person's secrets (read before the
+                # claim: a secret that cannot be opened refuses the start, claiming nothing).
+                settings = portal.settings_env(user, request.team, request.image.name,
+                                               with_secrets=not self.podbay_secrets_apart)
                 # JupyterHub never starts a server that runs, so anything still held under
                 # this name belongs to a workspace that died without being stopped.
                 allocation = portal.claim(key=key, kind="workspace", user=user, team=request.team,
@@ -182,6 +191,7 @@ class PodbaySpawnerMixin(Configurable):
             except ClaimRefused as e:
                 e.elapsed_ms = (time.perf_counter() - t0) * 1000
                 raise
+            self.podbay_settings = settings
             return request, allocation, (time.perf_counter() - t0) * 1000
 
         t_loop = time.perf_counter()
@@ -189,6 +199,8 @@ class PodbaySpawnerMixin(Configurable):
             request, allocation, elapsed_ms = await asyncio.to_thread(validate_and_claim)
         except OptionsRefused as e:
             raise SpawnException(f"Cannot start this workspace: {e}.", reason="options") from None
+        except SecretsUnavailable as e:
+            raise SpawnException(f"Cannot start this workspace: {e}.", reason="secrets", status_code=503) from None
         except QuotaExceeded as e:
             self.log.info("%s refused (quota) in %.1f ms", self.podbay_key, e.elapsed_ms)
             raise SpawnException(f"Quota: {e}.", reason="quota", status_code=403) from None
@@ -254,7 +266,8 @@ class PodbaySpawnerMixin(Configurable):
         req, alloc = self.podbay_request, self.podbay_allocation
         if req is None or alloc is None:
             return {}
-        return workspace_env(profile=req.profile.id, image=req.image.name, team=req.team,
-                             units=fmt_units(alloc.units), volumes=[v.name for v in req.volumes],
-                             devices=alloc.devices if self.portal.places_devices else None,
-                             service_url=self.service_url)
+        own = workspace_env(profile=req.profile.id, image=req.image.name, team=req.team,
+                            units=fmt_units(alloc.units), volumes=[v.name for v in req.volumes],
+                            devices=alloc.devices if self.portal.places_devices else None,
+                            service_url=self.service_url)
+        return {**self.podbay_settings, **own}

@@ -50,6 +50,9 @@ class JobSpec:
     team: str | None = None
     # The catalog volumes by name, for engines that mount them by their own means (PVCs).
     volume_names: list[str] = field(default_factory=list)
+    # The person's secrets, for a backend that hands them over its own way (secrets_apart:
+    # a Kubernetes Secret); elsewhere they are in `env`.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import logging
 from pathlib import Path
 
 from ..config import PodbayConfig
-from ..k8s.api import read_bytes, read_json
-from ..k8s.objects import training_job
+from ..k8s.api import apply_secret, read_bytes, read_json
+from ..k8s.objects import training_job, user_secret
 from . import BackendStatus, BackendUnavailable, BadCursor, JobSpec, TrainingBackend
 
 log = logging.getLogger("podbay.training.kubernetes")
@@ -29,6 +29,7 @@ HOME = "/home/jovyan"
 class KubernetesJobs(TrainingBackend):
     name = "kubernetes"
     host_homes = False
+    secrets_apart = True
     queues_jobs = True
     multi_node = True
 
@@ -95,11 +96,17 @@ class KubernetesJobs(TrainingBackend):
         from kubernetes_asyncio.client.exceptions import ApiException
 
         image = self.cfg.image(job.image)
+        secret = None
+        if job.secrets:
+            # The person's secrets as their Secret, brought up to date: the Job takes it by name.
+            obj = user_secret(self.settings, job.user, job.secrets)
+            await self._call(apply_secret, self.core, obj)
+            secret = obj["metadata"]["name"]
         objects = training_job(
             self.cfg, self.settings, job_id=job.id, name=job.name, user=job.user, team=job.team,
             image=image.image if image else job.image, command=job.command, workdir=job.workdir, env=job.env,
             volumes=job.volume_names, gpus_per_node=job.gpus_per_node, nodes=job.nodes, pool=job.pool,
-            queue=job.queue, workspace=job.workspace)
+            queue=job.queue, workspace=job.workspace, secret=secret)
         ns = self.settings.namespace
         for obj in reversed(objects):  # the Service first: the ranks look each other up at once
             create = self.batch.create_namespaced_job if obj["kind"] == "Job" else self.core.create_namespaced_service

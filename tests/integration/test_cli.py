@@ -131,3 +131,16 @@ def test_hub_down_is_a_clear_message(cli):
 def test_logout(cli):
     assert cli("logout").stdout.strip() == "Logged out."
     assert cli("ws", "ls").returncode == 1
+
+
+def test_secrets_are_set_from_stdin_listed_by_name_and_removed(hub, cli):
+    auth = ["--url", hub.url, "--token", hub.token("alice")]
+    r = cli("secrets", "set", "HF_TOKEN", *auth, input="hf-secret-value\n")
+    assert r.returncode == 0 and "HF_TOKEN is set" in r.stdout, r.stderr
+    r = cli("secrets", "ls", *auth)
+    assert "HF_TOKEN" in r.stdout and "hf-secret-value" not in r.stdout
+    refused = cli("secrets", "set", "JUPYTERHUB_API_TOKEN", *auth, input="x\n")
+    assert refused.returncode == 1 and "set by podbay" in refused.stderr
+    assert cli("secrets", "rm", "HF_TOKEN", *auth).returncode == 0
+    gone = cli("secrets", "rm", "HF_TOKEN", *auth)
+    assert gone.returncode == 1 and "you have no secret HF_TOKEN" in gone.stderr

@@ -452,6 +452,40 @@ def test_log_cursors_read_on_and_sizes_one_machine_cannot_hold_are_refused(engin
         assert r.status_code == 400 and "unknown pool 'moon'" in r.json()["message"], r.text
 
 
+def test_team_and_image_settings_and_a_persons_secrets_reach_workspaces_and_jobs(engine):
+    hub = engine.hub
+    with service(hub, "alice") as api:
+        r = api.put("/secrets/WANDB_API_KEY", json={"value": "k-alice-123"})
+        assert r.status_code == 204, r.text
+        r = api.put("/secrets/PODBAY_TEAM", json={"value": "x"})
+        assert r.status_code == 400 and "set by podbay" in r.text and "x" not in r.json()["message"].split()
+        # Never shown back: names only.
+        assert [s["name"] for s in api.get("/secrets").json()] == ["WANDB_API_KEY"]
+        assert "k-alice-123" not in api.get("/secrets").text
+    hub.start_server("alice", "wandb", {"profile": "cpu", "image": "base"})
+    env = engine.env("alice", "wandb")
+    assert (env["WANDB_BASE_URL"], env["WANDB_ENTITY"], env["WANDB_PROJECT"], env["WANDB_API_KEY"]) == (
+        "http://wandb.test", "vision-lab", "contract", "k-alice-123")
+    if engine.name == "kubernetes":
+        # Taken from the person's Secret: the value is in no pod spec.
+        (container,) = engine.pod("alice", "wandb")["spec"]["containers"]
+        assert "k-alice-123" not in json.dumps(container)
+        assert container["envFrom"] == [{"secretRef": {"name": "podbay-secrets-alice"}}]
+    hub.stop_server("alice", "wandb")
+    with service(hub, "alice") as api:
+        r = api.post("/jobs", json={"name": "tracked", "image": "base", "gpus": 0,
+                                    "command": ["sh", "-c", "echo $WANDB_ENTITY $WANDB_API_KEY"]})
+        job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
+        assert job["state"] == "succeeded" and api.get(f"/jobs/{job['id']}/logs").text == "vision-lab k-alice-123\n"
+        assert api.delete("/secrets/WANDB_API_KEY").status_code == 204
+        assert api.delete("/secrets/WANDB_API_KEY").status_code == 404
+    # bob's team has no such settings, and alice's secret is hers.
+    hub.start_server("bob", "plain", {"profile": "cpu", "image": "base"})
+    env = engine.env("bob", "plain")
+    assert "WANDB_API_KEY" not in env and "WANDB_ENTITY" not in env and env["WANDB_BASE_URL"] == "http://wandb.test"
+    hub.stop_server("bob", "plain")
+
+
 def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     hub = engine.hub
     hub.start_server("alice", "stays", {"profile": "gpu-1", "image": "base"})

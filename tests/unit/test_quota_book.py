@@ -291,6 +291,7 @@ def test_migrations_match_the_models(db_url):
     from alembic.migration import MigrationContext
 
     import podbay.hub.jobs  # noqa: F401  (its table is part of the schema)
+    import podbay.hub.secrets  # noqa: F401  (so is this one)
     from podbay.hub.quota.database import Base
 
     ledger = make_book(db_url)
