@@ -362,6 +362,7 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
     from podbay.hub.portal import Portal
     from podbay.hub.quota.database import AllocationRow
 
+    monkeypatch.setenv("PODBAY_SECRETS_KEY", "test-key")  # configure_on_cluster sets it: this test's only
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     with stand_in_cluster_running(tmp_path, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml") as (_, kubeconfig):

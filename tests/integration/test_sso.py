@@ -187,6 +187,8 @@ def hub_config_error(tmp_path, monkeypatch, capsys, cfg: Path, **env) -> str:
 
     from podbay.hub.hubconfig import configure
 
+    # configure() puts a crypt key of the hub's own into the environment: this test's only.
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "test-key")
     for k, v in {"PODBAY_CONFIG": str(cfg), "PODBAY_DATA_DIR": str(tmp_path / "data"), **env}.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SystemExit):
@@ -244,3 +246,27 @@ def test_config_check_knows_the_auth_section(tmp_path):
         {"type": "oidc", "issuer": "https://id.example", "client_id": "podbay"})
     assert "auth.client_secret_env" in check({"type": "oidc", "issuer": "https://id.example", "client_id": "podbay",
                                               "client_secret_env": "not a name"})
+
+
+def test_the_other_providers_are_oauthenticators_own_with_options_passed_through(tmp_path, monkeypatch):
+    from traitlets.config import Config
+
+    from podbay.hub.hubconfig import configure
+
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["auth"] = {"type": "github", "client_id": "Iv1.podbay", "client_secret_env": "PODBAY_OIDC_SECRET",
+                   "options": {"allowed_organizations": ["example-ai"]}}
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(cfg))
+    for k, v in {"PODBAY_CONFIG": str(tmp_path / "podbay.yaml"), "PODBAY_DATA_DIR": str(tmp_path / "data"),
+                 "PODBAY_OIDC_SECRET": SECRET}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("PODBAY_DEMO_PASSWORD", raising=False)
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "test-key")
+    c = Config()
+    configure(c)
+    gh = c.GitHubOAuthenticator
+    assert c.JupyterHub.authenticator_class == "github"
+    assert (gh.client_id, gh.client_secret, gh.allowed_organizations) == ("Iv1.podbay", SECRET, ["example-ai"])
+    assert gh.oauth_callback_url == f"http://127.0.0.1:{c.JupyterHub.bind_url.rsplit(':', 1)[1]}/hub/oauth_callback"
+    # Teams from podbay.yaml's members, as groups (GitHub's teams are not podbay's).
+    assert c.JupyterHub.load_groups["vision"] == {"users": ["alice"]}

@@ -91,6 +91,7 @@ def test_an_operators_own_hub_config_refuses_it_too(monkeypatch, tmp_path):
                         "PODBAY_IP": "0.0.0.0", "PODBAY_BACKEND": "local"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("PODBAY_ALLOW_UNISOLATED", raising=False)
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "test-key")  # configure() would leave its own in the environment
     with pytest.raises(SystemExit, match="refusing to listen on 0.0.0.0"):
         configure(Config())
     monkeypatch.setenv("PODBAY_ALLOW_UNISOLATED", "1")
@@ -214,6 +215,7 @@ def test_an_operators_settings_in_their_own_hub_config(monkeypatch, tmp_path):
     from podbay.hub.hubconfig import configure
 
     monkeypatch.setenv("PODBAY_IP", "127.0.0.2")  # overridden by the config below
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "test-key")  # configure() would leave its own in the environment
     monkeypatch.setenv("PODBAY_CONFIG", str(TEST_CONFIG))
     c = Config()
     c.Podbay.data_dir = str(tmp_path)
