@@ -9,6 +9,7 @@ notification that says what to do (`_report`), never in a crash.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -16,13 +17,14 @@ from textual.binding import Binding
 from textual.widgets import ContentSwitcher, Footer, Input, Label
 
 from .client import AuthError, ClientError, Forbidden, HubUnavailable, PodbayClient, Refused, Workspace
-from .screens import (Confirm, Connect, Details, Help, JobForm, Login, Logs, NewWorkspace, SpawnProgress,
-                      SubmitJob, WorkspaceForm)
-from .views import CapacityView, JobsView, View, VolumesView, WorkspacesView
+from .screens import (Confirm, Connect, Details, Help, JobForm, Login, Logs, NewWorkspace, SetSecret,
+                      SpawnProgress, SubmitJob, WorkspaceForm)
+from .views import CapacityView, JobsView, SecretsView, View, VolumesView, WorkspacesView
 
-VIEWS = {"ws": WorkspacesView, "jobs": JobsView, "gpu": CapacityView, "vol": VolumesView}
+VIEWS = {"ws": WorkspacesView, "jobs": JobsView, "gpu": CapacityView, "vol": VolumesView, "sec": SecretsView}
 ALIASES = {"ws": "ws", "workspaces": "ws", "jobs": "jobs", "job": "jobs", "j": "jobs", "gpu": "gpu",
-           "gpus": "gpu", "capacity": "gpu", "cap": "gpu", "vol": "vol", "volumes": "vol", "v": "vol"}
+           "gpus": "gpu", "capacity": "gpu", "cap": "gpu", "vol": "vol", "volumes": "vol", "v": "vol",
+           "sec": "sec", "secrets": "sec"}
 
 VIEW_KEYS = {
     "ws": [("n", "new workspace"), ("o", "open JupyterLab"), ("c", "connect VS Code"), ("e", "edit profile/volumes"),
@@ -30,8 +32,9 @@ VIEW_KEYS = {
     "jobs": [("l", "logs"), ("d", "details"), ("ctrl+d", "cancel")],
     "gpu": [],
     "vol": [],
+    "sec": [("n", "set a secret"), ("ctrl+d", "remove")],
 }
-COMMON_KEYS = [(":", "command (:ws :jobs :gpu :vol)"), ("/", "filter (regex, ! inverts)"), ("r", "refresh"),
+COMMON_KEYS = [(":", "command (:ws :jobs :gpu :vol :sec)"), ("/", "filter (regex, ! inverts)"), ("r", "refresh"),
                ("esc", "back / clear filter"), ("?", "this help"), ("q", "quit")]
 
 
@@ -229,12 +232,14 @@ class PodbayApp(App):
         """Verbs only where they mean something: none of them acts while a prompt is open."""
         if (self.command_box.has_focus or self.filter_box.has_focus) and action != "back":
             return False
-        per_view = {"new": "ws", "open": "ws", "connect": "ws", "edit": "ws", "stop": "ws", "train": "ws",
+        per_view = {"open": "ws", "connect": "ws", "edit": "ws", "stop": "ws", "train": "ws",
                     "logs": "jobs"}
         if action in per_view:
             return self.current == per_view[action]
+        if action == "new":
+            return self.current in ("ws", "sec")
         if action == "delete":
-            return self.current in ("ws", "jobs")
+            return self.current in ("ws", "jobs", "sec")
         return True
 
     # --- workspaces ---------------------------------------------------------------------------
@@ -247,6 +252,12 @@ class PodbayApp(App):
 
     @work(group="forms")
     async def action_new(self, name: str = "", current: dict | None = None, editing: bool = False) -> None:
+        if self.current == "sec":
+            secret = await self.push_screen_wait(SetSecret())
+            if secret is not None:
+                self._call(functools.partial(self.client.set_secret, secret.name), secret.value,
+                           f"{secret.name} is set: workspaces and jobs you start from now on get it")
+            return
         try:
             catalog, volumes, me = await asyncio.gather(self.client.catalog(), self.client.volumes(), self.client.me())
         except ClientError as e:
@@ -370,6 +381,12 @@ class PodbayApp(App):
                 if yes:
                     self._call(self.client.cancel_job, item["id"], lambda job: f"job {job['id']}: {job['state']}")
             self.push_screen(Confirm(f"Cancel job {item['id']} ({item['name']})?"), ok)
+        elif self.current == "sec":
+            async def ok(yes: bool | None) -> None:
+                if yes:
+                    self._call(self.client.delete_secret, item["name"], f"{item['name']} removed")
+            self.push_screen(Confirm(f"Remove the secret {item['name']}? Running workspaces keep it until they stop."),
+                             ok)
 
     async def on_unmount(self) -> None:
         await self.client.aclose()

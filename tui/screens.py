@@ -372,3 +372,38 @@ class Login(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class SecretForm:
+    name: str
+    value: str
+
+
+class SetSecret(ModalScreen[SecretForm | None]):
+    """A secret's name and value; the value is typed hidden and never shown again."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel", id="secret.cancel"),
+                Binding("ctrl+s", "save", "save", id="secret.save")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Set a secret for your workspaces and jobs", classes="title")
+            yield Input(placeholder="NAME (e.g. WANDB_API_KEY)", id="secret-name")
+            yield Input(placeholder="value", password=True, id="secret-value")
+            yield Label("ctrl+s saves, escape cancels", id="hint")
+
+    def action_save(self) -> None:
+        name = self.query_one("#secret-name", Input).value.strip()
+        value = self.query_one("#secret-value", Input).value
+        if not name or not value:
+            self.query_one("#hint", Label).update("Give a name and a value.")
+            return
+        self.dismiss(SecretForm(name, value))
+
+    @on(Input.Submitted, "#secret-value")
+    def _submitted(self) -> None:
+        self.action_save()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

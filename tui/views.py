@@ -177,3 +177,20 @@ class VolumesView(View):
     def cells(self, vol: dict) -> list[Any]:
         return [vol["name"], vol["mount_path"], "read-only" if vol["read_only"] else "read-write",
                 vol["description"]]
+
+
+class SecretsView(View):
+    """Your secrets: names and when they were set, never the values."""
+
+    title = "Secrets"
+    headers = ("NAME", "SET")
+
+    async def load(self, client: PodbayClient) -> list[dict]:
+        return await client.secrets()
+
+    def key_of(self, secret: dict) -> str:
+        return secret["name"]
+
+    def cells(self, secret: dict) -> list[Any]:
+        when = datetime.fromtimestamp(secret["updated"], timezone.utc)
+        return [secret["name"], age(when.isoformat(), self.clock())]

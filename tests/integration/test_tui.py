@@ -10,7 +10,7 @@ from textual.widgets import Input, OptionList
 
 from podbay.tui.app import PodbayApp
 from podbay.tui.client import Refused
-from podbay.tui.screens import Confirm, Help, Login, Logs, NewWorkspace, SubmitJob
+from podbay.tui.screens import Confirm, Help, Login, Logs, NewWorkspace, SetSecret, SubmitJob
 
 pytestmark = pytest.mark.hub
 SIZE = (120, 40)
@@ -302,3 +302,26 @@ def test_jupyterhub_5_gets_the_options_as_the_whole_body():
             await c.start_workspace("w", {"profile": "cpu"})
     asyncio.run(go())
     assert seen["body"] == {"profile": "cpu"}
+
+
+async def test_secrets_are_set_hidden_listed_by_name_and_removed(hub):
+    app = app_for(hub, "bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(":", *"sec", "enter")
+        assert app.current == "sec"
+        await pilot.press("n")
+        await until(pilot, lambda: form_ready(app, SetSecret), what="the secret form")
+        value = app.screen.query_one("#secret-value")
+        assert value.password, "typed hidden"
+        await pilot.click("#secret-name")
+        await pilot.press(*"WANDB_API_KEY")
+        await pilot.click("#secret-value")
+        await pilot.press(*"tui-secret-42", "enter")
+        sec = app.query_one("#sec")
+        await until(pilot, lambda: sec.row_count == 1, what="the secret listed")
+        assert sec.get_row_at(0)[0] == "WANDB_API_KEY"
+        assert "tui-secret-42" not in " ".join(map(str, sec.get_row_at(0)))
+        await pilot.press("ctrl+d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), what="confirm")
+        await pilot.press("y")
+        await until(pilot, lambda: sec.row_count == 0, what="the secret removed")
