@@ -350,7 +350,8 @@ def configure_auth(c, cfg, public_url: str | None, data_dir: Path, public_ip: st
         secret = auth.client_secret()
     except ValueError as e:
         raise AuthError(str(e)) from None
-    callback = auth.callback_url or (f"{public_url}/hub/oauth_callback" if public_url else None)
+    unspecified = public_ip is not None and public_ip in ("0.0.0.0", "::")
+    callback = auth.callback_url or (f"{public_url}/hub/oauth_callback" if public_url and not unspecified else None)
     if not callback:
         raise AuthError("give auth.callback_url: the hub's public URL + /hub/oauth_callback, as registered at "
                         "the identity provider")
@@ -383,7 +384,8 @@ def configure_auth(c, cfg, public_url: str | None, data_dir: Path, public_ip: st
                    "azuread": "AzureAdOAuthenticator"}
         c.JupyterHub.authenticator_class = auth.type
         section = c[classes[auth.type]]
-        c.JupyterHub.load_groups = teams
+        if not auth.options.get("manage_groups"):  # JupyterHub refuses load_groups with it
+            c.JupyterHub.load_groups = teams
         if auth.allow_all:
             section.allow_all = True
     section.client_id = auth.client_id
@@ -424,10 +426,13 @@ def _crypt_key(data_dir: Path) -> str:
     import secrets
 
     path = data_dir / "jupyterhub_crypt_key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists() or not path.read_text().strip():
+        # Written whole under another name, then moved: never an empty key file.
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+        os.replace(tmp, path)
     return path.read_text().strip()
 
 
@@ -494,8 +499,8 @@ def configure_on_cluster(c) -> None:
               + ", ".join(side.released), file=sys.stderr)
     serve_in_hub(plugin, portal)
     # People's secrets are opened with the hub's crypt key (the chart's CryptKeeper.keys).
-    keys = _value(c.CryptKeeper.get("keys"), [])
-    key = (keys[0] if keys else None) or os.environ.get("JUPYTERHUB_CRYPT_KEY")
+    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in _value(c.CryptKeeper.get("keys"), [])]
+    key = ";".join(keys) or os.environ.get("JUPYTERHUB_CRYPT_KEY")
     if key:
         os.environ["PODBAY_SECRETS_KEY"] = key
     # The managed service inherits little of the hub's environment: how to reach the API

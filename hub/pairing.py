@@ -27,10 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from urllib.parse import parse_qs
+import logging
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+log = logging.getLogger("podbay.pairing")
 
 # What a paired CLI/TUI may do: see the person's own servers, start and stop them, and use
 # podbay's service. Not: make tokens, act on other users, administer the hub.
@@ -75,19 +78,26 @@ class Pairing:
 class Pairings:
     """The pairings under way, by device code and by user code."""
 
-    def __init__(self, ttl: float = 600, most: int = 1000, clock=time.time):
-        self.ttl, self.most, self.clock = ttl, most, clock
+    def __init__(self, ttl: float = 600, most: int = 1000, per_address: int = 10, clock=time.time):
+        self.ttl, self.most, self.per_address, self.clock = ttl, most, per_address, clock
         self._by_device: dict[str, Pairing] = {}
+        # Tokens made for an approval that no command line came for: revoked at the next chance.
+        self.orphans: list[tuple[str, str]] = []
 
     def _sweep(self) -> None:
         now = self.clock()
         for key in [k for k, p in self._by_device.items() if p.expires < now - 60]:
-            del self._by_device[key]
+            p = self._by_device.pop(key)
+            if p.token is not None and not p.taken and p.token.get("token_id"):
+                self.orphans.append((p.token["user"], p.token["token_id"]))
 
     def start(self, host: str, address: str, agent: str) -> Pairing:
         self._sweep()
         if len(self._by_device) >= self.most:
             raise OverflowError("too many logins under way; try again in a few minutes")
+        mine = sum(1 for p in self._by_device.values() if p.address == address and self.live(p))
+        if mine >= self.per_address:
+            raise OverflowError(f"{mine} logins from {address} are under way already; finish or wait for them")
         now = self.clock()
         taken = {p.user_code for p in self._by_device.values()}
         code = user_code()
@@ -109,7 +119,8 @@ class Pairings:
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)} · podbay</title>
+    return HTMLResponse(headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                 "Content-Security-Policy": "frame-ancestors 'none'"}, content=f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)} · podbay</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}
 code{{font-size:1.3rem;letter-spacing:.1rem}} .origin{{background:#f4f7fb;padding:.75rem;border-radius:.3rem}}
@@ -132,8 +143,18 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         return hmac.new(secret, f"{session}\n{code}".encode(), hashlib.sha256).hexdigest()
 
     def origin(request: Request) -> str:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        return forwarded.split(",")[0].strip() or (request.client.host if request.client else "?")
+        # The entry the proxy in front of the service appended (the last): those before it
+        # are whatever the caller sent.
+        forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+        return forwarded[-1] if forwarded else (request.client.host if request.client else "?")
+
+    def browser_navigation(request: Request, clicked: bool = False) -> bool:
+        """Only a page the person opened (and, to approve, a button they pressed): a script on
+        the same origin (another user's workspace page, without subdomain_host) cannot read
+        or submit it for them. Fetch Metadata, sent by every current browser."""
+        h = request.headers
+        ok = h.get("sec-fetch-mode") == "navigate" and h.get("sec-fetch-dest") == "document"
+        return ok and (h.get("sec-fetch-user") == "?1" if clicked else True)
 
     @router.post(f"{prefix}api/v1/pairings", status_code=201, summary="Start logging in a command line",
                  tags=["login"])
@@ -202,19 +223,30 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         if not target.startswith(prefix):
             target = f"{prefix}pair"
         r = RedirectResponse(target, status_code=302)
-        r.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", path=prefix)
+        https = request.headers.get("x-forwarded-proto", request.url.scheme) == "https"
+        r.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", path=prefix, secure=https)
         r.delete_cookie(STATE_COOKIE, path=prefix)
         return r
+
+    async def revoke_orphans() -> None:
+        while pairings.orphans:
+            user, token_id = pairings.orphans.pop()
+            try:
+                await hub.delete(f"users/{quote(user)}/tokens/{quote(str(token_id))}")
+            except httpx.HTTPError:
+                log.warning("could not revoke the uncollected login token %s of %s", token_id, user)
 
     def describe(p: Pairing) -> str:
         minutes = max(0, int((pairings.clock() - p.created) // 60))
         asked = "just now" if minutes == 0 else f"{minutes} minute{'s' if minutes > 1 else ''} ago"
-        return (f"<div class='origin'>The command line on <b id='host'>{html.escape(p.host)}</b>, from "
+        return (f"<div class='origin'>A command line that calls itself <b id='host'>{html.escape(p.host)}</b>, from "
                 f"<span id='address'>{html.escape(p.address)}</span>, asked {asked} "
                 f"(<span id='agent'>{html.escape(p.agent)}</span>).</div>")
 
     @router.get(f"{prefix}pair", include_in_schema=False)
     async def pair_page(request: Request, code: str = ""):
+        if not browser_navigation(request):
+            return _page("Open this in your browser", "<p>This page only works opened in a browser tab.</p>", 403)
         who = await person(request)
         if who is None:
             return login(request)
@@ -244,6 +276,8 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         # A plain form (parsed here: no multipart parser needed for three fields).
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         code, action, csrf_token = (form.get(k, [""])[0] for k in ("code", "action", "csrf"))
+        if not browser_navigation(request, clicked=True):
+            return _page("Not approved", "<p>Approve with the button on the page, in your browser.</p>", 403)
         who = await person(request)
         if who is None:
             return login(request)
@@ -257,14 +291,18 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         if action != "approve":
             p.denied = True
             return _page("Refused", "<p id='done'>The command line was not logged in.</p>")
+        # Claimed before the hub is asked: a second approval (another tab, a double click)
+        # finds it taken and makes no second token.
+        p.approved_by = who["name"]
+        await revoke_orphans()
         note = f"podbay login on {p.host} from {p.address}, approved in the browser"
-        r = await hub.post(f"users/{who['name']}/tokens",
+        r = await hub.post(f"users/{quote(who['name'])}/tokens",
                            json={"note": note[:200], "expires_in": lifetime, "scopes": CLI_SCOPES})
         if r.status_code >= 400:
+            p.approved_by = None
             return _page("Not approved", f"<p>The hub did not make the token ({r.status_code}): tell the platform "
                                          "team.</p>", 502)
         made = r.json()
-        p.approved_by = who["name"]
         p.token = {"token": made["token"], "token_id": made.get("id"), "user": who["name"],
                    "expires_at": made.get("expires_at"), "scopes": CLI_SCOPES}
         return _page("Approved", f"<p id='done'>Return to your terminal: it is logged in as "
@@ -286,7 +324,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         if model.get("kind", "user") != "user" or not token_id:
             return JSONResponse({"error": "unsupported", "message": "this token cannot be revoked here"},
                                 status_code=400)
-        d = await hub.delete(f"users/{model['name']}/tokens/{token_id}")
+        d = await hub.delete(f"users/{quote(model['name'])}/tokens/{quote(str(token_id))}")
         if d.status_code not in (200, 204, 404):
             return JSONResponse({"error": "hub_error", "message": f"the hub did not revoke it ({d.status_code})"},
                                 status_code=502)

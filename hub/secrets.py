@@ -16,7 +16,7 @@ import hashlib
 import os
 import time
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Float, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -46,19 +46,25 @@ class SecretRefused(ValueError):
     """A name or value podbay does not take; the message says why (never with the value)."""
 
 
-def key_from_env(env=os.environ) -> str | None:
+def key_from_env(env=os.environ) -> list[str]:
+    """The hub's keys, newest first (JupyterHub rotates by putting a new key in front)."""
     raw = env.get("PODBAY_SECRETS_KEY") or env.get("JUPYTERHUB_CRYPT_KEY") or ""
-    first = raw.replace(",", ";").split(";")[0].strip()
-    return first or None
+    return [k.strip() for k in raw.replace(",", ";").split(";") if k.strip()]
+
+
+def _fernet(key: str) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"podbay-secrets:" + key.encode()).digest()))
 
 
 class SecretStore:
-    def __init__(self, book, key: str | None):
+    def __init__(self, book, keys: list[str] | str | None):
         self._write, self._read = book.write_session, book.read_session
-        self._fernet = (Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"podbay-secrets:" + key.encode()).digest()))
-                        if key else None)
+        keys = [keys] if isinstance(keys, str) else list(keys or [])
+        # Encrypts with the first key, opens with any: a rotated key keeps old secrets readable
+        # (and they are written again with the new one when read).
+        self._fernet = MultiFernet([_fernet(k) for k in keys]) if keys else None
 
-    def _box(self) -> Fernet:
+    def _box(self) -> MultiFernet:
         if self._fernet is None:
             raise SecretsUnavailable("secrets need the hub's crypt key: set JUPYTERHUB_CRYPT_KEY for the hub "
                                      "(openssl rand -hex 32)")
@@ -104,11 +110,15 @@ class SecretStore:
         if not rows:
             return {}
         box = self._box()
-        out = {}
+        out, unreadable = {}, []
         for name, token in rows:
             try:
                 out[name] = box.decrypt(token.encode()).decode()
             except InvalidToken:
-                raise SecretsUnavailable(f"the secret {name} was stored with another crypt key: set it again "
-                                         f"(podbay secrets set {name})") from None
+                unreadable.append(name)
+        if unreadable:
+            names = ", ".join(unreadable)
+            raise SecretsUnavailable(f"your secrets {names} were stored with a crypt key the hub no longer has: set "
+                                     f"them again (podbay secrets set NAME), or give the hub its old key after the "
+                                     f"new one (JUPYTERHUB_CRYPT_KEY=new;old)")
         return out

@@ -353,6 +353,18 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         return [VolumeOut(name=v.name, description=v.description, mount_path=f"~/{v.target}", read_only=v.read_only)
                 for v in portal.volumes_for(who.name, list(who.groups))]
 
+    async def sync_secrets(user: str) -> None:
+        """Where the engine keeps a copy (a Kubernetes Secret), bring it up to date now; if the
+        engine is out of reach, the person's next start does."""
+        sync = getattr(jobs.backend, "sync_secrets", None)
+        if sync is None:
+            return
+        try:
+            await sync(user, await asyncio.to_thread(secrets.values, user))
+        except Exception as e:  # noqa: BLE001 - the engine's words, never a value
+            log.warning("could not bring %s's secrets to the engine now (%s); their next start will",
+                        user, type(e).__name__)
+
     @api.get("/secrets", response_model=list[SecretOut], summary="Your secrets' names (never their values)")
     async def list_secrets(who: Caller = Depends(caller)):
         return [SecretOut(**s) for s in await asyncio.to_thread(secrets.names, who.name)]
@@ -366,6 +378,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         except SecretsUnavailable as e:
             raise ApiError(503, "secrets_unavailable", str(e)) from None
         log.info("%s set the secret %s", who.name, name)
+        await sync_secrets(who.name)
         return Response(status_code=204)
 
     @api.delete("/secrets/{name}", status_code=204, summary="Remove one of your secrets")
@@ -373,6 +386,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         if not await asyncio.to_thread(secrets.remove, who.name, name):
             raise ApiError(404, "not_found", f"you have no secret {name}")
         log.info("%s removed the secret %s", who.name, name)
+        await sync_secrets(who.name)
         return Response(status_code=204)
 
     @api.post("/jobs", response_model=Job, status_code=201, summary="Submit a training job")

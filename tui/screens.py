@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -377,7 +377,7 @@ class Login(ModalScreen[str | None]):
 @dataclass(frozen=True)
 class SecretForm:
     name: str
-    value: str
+    value: str = field(repr=False)
 
 
 class SetSecret(ModalScreen[SecretForm | None]):

@@ -47,6 +47,25 @@ class KubernetesUnreachable(RuntimeError):
     """No way to reach the API server; the message says what to set."""
 
 
+async def sync_user_secret(core, settings, user: str, values: dict[str, str]) -> str | None:
+    """The person's Secret as their secrets are now: written whole, or deleted when they have
+    none (a removed secret leaves the cluster). Its name, or None."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from .objects import user_secret, user_secret_name
+
+    if values:
+        obj = user_secret(settings, user, values)
+        await apply_secret(core, obj)
+        return obj["metadata"]["name"]
+    try:
+        await core.delete_namespaced_secret(user_secret_name(settings, user), settings.namespace)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    return None
+
+
 async def apply_secret(core, obj: dict) -> None:
     """Create the Secret, or replace it whole (keys removed since go too)."""
     from kubernetes_asyncio.client.exceptions import ApiException

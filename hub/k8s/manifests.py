@@ -43,7 +43,7 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
              {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "persistentvolumeclaims", "events"],
               "verbs": ["get", "list", "watch", "create", "delete"]},
              # People's secrets, one Secret each, which their workspaces and jobs take as environment.
-             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "delete"]},
              {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "watch"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(runner, ns),

@@ -31,8 +31,7 @@ from ..k8s.objects import (
     tolerations_of,
     volume_mounts,
 )
-from ..k8s.api import apply_secret
-from ..k8s.objects import user_secret
+from ..k8s.api import sync_user_secret
 from ..portal import Request
 from ..secrets import SecretsUnavailable
 from .mixin import PodbaySpawnerMixin
@@ -182,13 +181,12 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         except SecretsUnavailable as e:
             raise SpawnException(f"Cannot start this workspace: {e}.", reason="secrets", status_code=503) from None
         base = dict(self._configured[3]) if self._configured else dict(self.extra_container_config)
-        if not values:
-            self.extra_container_config = base
-            return
-        obj = user_secret(self.k8s_settings, self.user.name, values)
-        await apply_secret(self.api, obj)
-        self.extra_container_config = {**base, "envFrom": [*base.get("envFrom", []),
-                                                           {"secretRef": {"name": obj["metadata"]["name"]}}]}
+        name = await sync_user_secret(self.api, self.k8s_settings, self.user.name, values)
+        # A person's secret wins over a team's setting of the same name, as on every backend:
+        # in a pod spec `env` would win over `envFrom`, so the setting is left out.
+        self.podbay_settings = {k: v for k, v in self.podbay_settings.items() if k not in values}
+        self.extra_container_config = base if name is None else {
+            **base, "envFrom": [*base.get("envFrom", []), {"secretRef": {"name": name}}]}
 
     async def _log_tail(self, lines: int = 20) -> str:
         try:

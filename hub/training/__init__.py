@@ -37,7 +37,7 @@ class JobSpec:
     workdir: str
     # Everything the job sees from podbay and its user (environment.job_env): backends add
     # only what their own runtime needs (PATH for a process, nothing for a container).
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)
     volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (source, target, read_only)
     devices: list[str] = field(default_factory=list)
     # The workspace it was moved from, if any (its home may be that workspace's own).

@@ -18,8 +18,8 @@ import logging
 from pathlib import Path
 
 from ..config import PodbayConfig
-from ..k8s.api import apply_secret, read_bytes, read_json
-from ..k8s.objects import training_job, user_secret
+from ..k8s.api import read_bytes, read_json, sync_user_secret
+from ..k8s.objects import training_job
 from . import BackendStatus, BackendUnavailable, BadCursor, JobSpec, TrainingBackend
 
 log = logging.getLogger("podbay.training.kubernetes")
@@ -96,15 +96,13 @@ class KubernetesJobs(TrainingBackend):
         from kubernetes_asyncio.client.exceptions import ApiException
 
         image = self.cfg.image(job.image)
-        secret = None
-        if job.secrets:
-            # The person's secrets as their Secret, brought up to date: the Job takes it by name.
-            obj = user_secret(self.settings, job.user, job.secrets)
-            await self._call(apply_secret, self.core, obj)
-            secret = obj["metadata"]["name"]
+        # The person's secrets as their Secret, brought up to date: the Job takes it by name, and
+        # a secret wins over a setting of the same name (in a pod spec env would win over envFrom).
+        secret = await self._call(sync_user_secret, self.core, self.settings, job.user, job.secrets)
+        env = {k: v for k, v in job.env.items() if k not in job.secrets}
         objects = training_job(
             self.cfg, self.settings, job_id=job.id, name=job.name, user=job.user, team=job.team,
-            image=image.image if image else job.image, command=job.command, workdir=job.workdir, env=job.env,
+            image=image.image if image else job.image, command=job.command, workdir=job.workdir, env=env,
             volumes=job.volume_names, gpus_per_node=job.gpus_per_node, nodes=job.nodes, pool=job.pool,
             queue=job.queue, workspace=job.workspace, secret=secret)
         ns = self.settings.namespace
@@ -116,6 +114,11 @@ class KubernetesJobs(TrainingBackend):
                 if e.status != 409:  # already there: this job was handed over before a restart
                     raise
         return {"name": self.job_name(job.id), "namespace": ns}
+
+    async def sync_secrets(self, user: str, values: dict[str, str]) -> None:
+        """A person changed their secrets: their Secret follows at once (a removed key leaves
+        the cluster now, not at their next start)."""
+        await self._call(sync_user_secret, self.core, self.settings, user, values)
 
     async def _job(self, ref: dict) -> dict | None:
         from kubernetes_asyncio.client.exceptions import ApiException

@@ -381,6 +381,8 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
         c.JupyterHub.load_groups = {"staff": {"users": ["carol"]}}  # the deployment's own group stays
         c.GenericOAuthenticator.admin_users = {"root"}  # an authenticator's own admins, beside podbay's
         KubernetesBackend.view.ready.clear()
+        # Only this test's background work (an earlier test's may belong to a loop now closed).
+        hubconfig._serving.clear()
         hubconfig.configure_on_cluster(c)
         try:
             assert c.JupyterHub.load_groups == {"staff": {"users": ["carol"]}, "vision": {"users": ["alice"]}}

@@ -194,10 +194,17 @@ async def approve_over_http(hub, user: str, link: str) -> None:
         r = await http.post(f"{hub.url}/hub/login", data={"username": user, "password": PASSWORD,
                                                           "_xsrf": http.cookies.get("_xsrf", "")})
         assert r.status_code == 200, r.text[:300]
-        page = await http.get(link)
+        # What a browser says of a page the person opened, and of a button they pressed.
+        navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+        page = await http.get(link, headers=navigate)
         fields = dict(re.findall(r'name="(code|csrf)" value="([^"]+)"', page.text))
         assert set(fields) == {"code", "csrf"}, page.text[:500]
-        r = await http.post(f"{hub.url}/services/podbay/pair", data={**fields, "action": "approve"})
+        # A script on the hub's origin (another user's workspace page) cannot submit it for them.
+        scripted = await http.post(f"{hub.url}/services/podbay/pair", data={**fields, "action": "approve"},
+                                   headers={"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"})
+        assert scripted.status_code == 403
+        r = await http.post(f"{hub.url}/services/podbay/pair", data={**fields, "action": "approve"},
+                            headers={**navigate, "Sec-Fetch-User": "?1"})
         assert "Return to your terminal" in r.text, r.text[:500]
 
 

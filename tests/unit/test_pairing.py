@@ -77,3 +77,27 @@ def test_a_refused_pairing_says_so(service):
     pairings.by_device(started["device_code"]).denied = True
     r = client.post("/services/podbay/api/v1/pairings/token", json={"device_code": started["device_code"]})
     assert r.json() == {"error": "access_denied", "message": "the login was refused in the browser"}
+
+
+def test_the_approval_page_is_for_a_browser_tab_only(service):
+    client, _ = service
+    r = client.get("/services/podbay/pair", params={"code": "ABCD-EFGH"})
+    assert r.status_code == 403 and "opened in a browser tab" in r.text
+    assert r.headers["content-security-policy"] == "frame-ancestors 'none'" and r.headers["cache-control"] == "no-store"
+    r = client.post("/services/podbay/pair", content="code=ABCD-EFGH&action=approve",
+                    headers={"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+    assert r.status_code == 403, "approving needs the person's own click (Sec-Fetch-User)"
+
+
+def test_the_origin_is_the_proxys_entry_and_one_address_cannot_fill_the_table(service):
+    client, pairings = service
+    forged = client.post("/services/podbay/api/v1/pairings", json={"host": "laptop"},
+                         headers={"X-Forwarded-For": "10.1.2.3 (alice's desk), 192.0.2.7"}).json()
+    assert pairings.by_device(forged["device_code"]).address == "192.0.2.7"
+    for _ in range(9):
+        assert client.post("/services/podbay/api/v1/pairings", json={},
+                           headers={"X-Forwarded-For": "192.0.2.7"}).status_code == 201
+    r = client.post("/services/podbay/api/v1/pairings", json={}, headers={"X-Forwarded-For": "192.0.2.7"})
+    assert r.status_code == 503 and "10 logins from 192.0.2.7 are under way" in r.json()["message"]
+    assert client.post("/services/podbay/api/v1/pairings", json={},
+                       headers={"X-Forwarded-For": "192.0.2.8"}).status_code == 201

@@ -49,11 +49,18 @@ def test_without_the_key_or_with_another_one_it_says_what_to_do(book):
         SecretStore(book, None).put("alice", "A", "1")
     SecretStore(book, "one-key").put("alice", "A", "1")
     assert SecretStore(book, None).values("bob") == {}, "someone with no secrets needs no key"
-    with pytest.raises(SecretsUnavailable, match="stored with another crypt key: set it again"):
+    with pytest.raises(SecretsUnavailable, match="set them again"):
         SecretStore(book, "another-key").values("alice")
 
 
-def test_the_key_is_the_hubs():
-    assert key_from_env({"JUPYTERHUB_CRYPT_KEY": "k1;k2"}) == "k1"
-    assert key_from_env({"PODBAY_SECRETS_KEY": "p", "JUPYTERHUB_CRYPT_KEY": "k"}) == "p"
-    assert key_from_env({}) is None
+def test_the_keys_are_the_hubs_and_a_rotated_one_still_opens_old_secrets(book):
+    assert key_from_env({"JUPYTERHUB_CRYPT_KEY": "k1;k2"}) == ["k1", "k2"]
+    assert key_from_env({"PODBAY_SECRETS_KEY": "p", "JUPYTERHUB_CRYPT_KEY": "k"}) == ["p"]
+    assert key_from_env({}) == []
+    SecretStore(book, ["old"]).put("alice", "A", "1")
+    # JupyterHub rotates by putting the new key first: old secrets open, new ones use the new key.
+    rotated = SecretStore(book, ["new", "old"])
+    assert rotated.values("alice") == {"A": "1"}
+    rotated.put("alice", "B", "2")
+    with pytest.raises(SecretsUnavailable, match="your secrets A were stored with a crypt key the hub no longer"):
+        SecretStore(book, ["new"]).values("alice")
