@@ -135,7 +135,6 @@ def test_the_providers_groups_decide_who_gets_in_their_team_and_who_is_an_admin(
     token = environ_of(hub.workspace_pid("alice", "data"))["OAUTH_ACCESS_TOKEN"]
     me = httpx.get(f"{issuer}/me", headers={"Authorization": f"Bearer {token}"})
     assert me.status_code == 200 and me.json()["preferred_username"] == "alice", me.text
-    hub.stop_server("alice", "data")
 
     # bob is in no allowed group: a page that says so, and no account.
     page = login(browser, hub, "bob", "bob-pw")
@@ -150,6 +149,14 @@ def test_the_providers_groups_decide_who_gets_in_their_team_and_who_is_an_admin(
     assert "You are in no team" in page.inner_text("#podbay-quota")
     page.context.close()
     assert user_model(hub, "alice")["groups"] == ["gpu-users"]
+    # The workspace she started in the team keeps it until it stops.
+    book = hub.book()
+    try:
+        assert book.get("workspace:alice/data").team == "vision"
+    finally:
+        book.dispose()
+    assert environ_of(hub.workspace_pid("alice", "data"))["PODBAY_TEAM"] == "vision"
+    hub.stop_server("alice", "data")
 
 
 def test_a_login_that_goes_wrong_says_why_and_makes_no_user(sso, browser):
