@@ -126,14 +126,18 @@ class Hub:
                 self.proc.wait()
 
     def token(self, user: str) -> str:
+        """The user's token the tests share (never revoke it: new_token makes one to lose)."""
         if user not in self.tokens:
-            hub_config = self.data_dir / "jupyterhub_config.py"
-            out = subprocess.run(
-                [sys.executable, "-m", "jupyterhub", "token", user, "-f", str(hub_config)],
-                cwd=self.data_dir, env=self.env, capture_output=True, text=True, check=True,
-            )
-            self.tokens[user] = out.stdout.strip().splitlines()[-1]
+            self.tokens[user] = self.new_token(user)
         return self.tokens[user]
+
+    def new_token(self, user: str) -> str:
+        hub_config = self.data_dir / "jupyterhub_config.py"
+        out = subprocess.run(
+            [sys.executable, "-m", "jupyterhub", "token", user, "-f", str(hub_config)],
+            cwd=self.data_dir, env=self.env, capture_output=True, text=True, check=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
 
     def api(self, user: str) -> httpx.Client:
         return httpx.Client(base_url=f"{self.url}/hub/api",

@@ -49,7 +49,8 @@ def test_not_logged_in_says_how(cli):
 def test_login_checks_the_token_and_stores_it_privately(hub, cli):
     bad = cli("login", hub.url, "--token", "nope-not-a-token")
     assert bad.returncode == 1 and "login failed" in bad.stderr
-    r = cli("login", hub.url, "--paste", input=hub.token("alice") + "\n")
+    # A token of its own: test_logout revokes it at the hub.
+    r = cli("login", hub.url, "--paste", input=hub.new_token("alice") + "\n")
     assert r.returncode == 0, r.stderr
     assert f"Logged in to {hub.url} as alice" in r.stdout and f"{hub.url}/hub/token" in r.stdout
     path = cli.xdg / "podbay" / "credentials.json"
@@ -128,9 +129,12 @@ def test_hub_down_is_a_clear_message(cli):
     assert r.returncode == 1 and "cannot reach http://127.0.0.1:9" in r.stderr
 
 
-def test_logout(cli):
+def test_logout_revokes_the_token_at_the_hub(hub, cli):
+    token = json.loads((cli.xdg / "podbay" / "credentials.json").read_text())["token"]
+    assert httpx.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"}).status_code == 200
     assert cli("logout").stdout.strip() == "Logged out."
     assert cli("ws", "ls").returncode == 1
+    assert httpx.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"}).status_code == 403
 
 
 def test_secrets_are_set_from_stdin_listed_by_name_and_removed(hub, cli):
