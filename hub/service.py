@@ -29,6 +29,7 @@ from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
 from .quota import LedgerUnavailable, fmt_units
 from .portal import OptionsRefused, Portal
 from .secrets import SecretRefused, SecretsUnavailable, SecretStore, key_from_env
+from .sshkeys import KeyRefused, KeyStore
 from .training import BadCursor
 
 log = logging.getLogger("podbay.service")
@@ -125,6 +126,19 @@ class SecretIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # SecretStr: never in a repr, a log line or a validation error.
     value: SecretStr = Field(max_length=8192)
+
+
+class SshKeyOut(BaseModel):
+    fingerprint: str
+    type: str
+    comment: str
+    added: float
+
+
+class SshKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # One line of a .pub file.
+    key: str = Field(max_length=16384)
 
 
 class ImageOut(BaseModel):
@@ -244,6 +258,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
                pairing=None) -> FastAPI:
     base = prefix.rstrip("/") + "/api/v1"
     secrets = SecretStore(portal.book, key_from_env())
+    keys = KeyStore(portal.book)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -387,6 +402,26 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
             raise ApiError(404, "not_found", f"you have no secret {name}")
         log.info("%s removed the secret %s", who.name, name)
         await sync_secrets(who.name)
+        return Response(status_code=204)
+
+    @api.get("/keys", response_model=list[SshKeyOut], summary="Your SSH public keys")
+    async def list_keys(who: Caller = Depends(caller)):
+        return [SshKeyOut(**k) for k in await asyncio.to_thread(keys.list, who.name)]
+
+    @api.post("/keys", response_model=SshKeyOut, status_code=201, summary="Register an SSH public key")
+    async def add_key(body: SshKeyIn, who: Caller = Depends(caller)):
+        try:
+            added = await asyncio.to_thread(keys.add, who.name, body.key)
+        except KeyRefused as e:
+            raise ApiError(400, "invalid_key", str(e)) from None
+        log.info("%s registered the SSH key %s", who.name, added["fingerprint"])
+        return SshKeyOut(**added)
+
+    @api.delete("/keys/{fingerprint:path}", status_code=204, summary="Remove one of your SSH keys")
+    async def delete_key(fingerprint: str = Path(max_length=64), who: Caller = Depends(caller)):
+        if not await asyncio.to_thread(keys.remove, who.name, fingerprint):
+            raise ApiError(404, "not_found", f"you have no key {fingerprint}")
+        log.info("%s removed the SSH key %s", who.name, fingerprint)
         return Response(status_code=204)
 
     @api.post("/jobs", response_model=Job, status_code=201, summary="Submit a training job")

@@ -365,6 +365,44 @@ def cmd_secrets(args) -> int:
     return _run(args, go)
 
 
+def cmd_keys(args) -> int:
+    """Your SSH public keys: add one (a .pub file, by default your ~/.ssh/id_ed25519.pub or
+    id_rsa.pub), list them, remove one by fingerprint."""
+    line = None
+    if args.keys_command == "add":
+        from pathlib import Path
+
+        candidates = [Path(args.file).expanduser()] if args.file else [
+            Path("~/.ssh/id_ed25519.pub").expanduser(), Path("~/.ssh/id_ecdsa.pub").expanduser(),
+            Path("~/.ssh/id_rsa.pub").expanduser()]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            print(f"podbay: no public key at {', '.join(map(str, candidates))}: make one with "
+                  "ssh-keygen -t ed25519, or name the .pub file", file=sys.stderr)
+            return 1
+        line = path.read_text().strip().splitlines()[0] if path.read_text().strip() else ""
+
+    async def go(c: PodbayClient) -> int:
+        if args.keys_command == "ls":
+            items = await c.keys()
+            if getattr(args, "json", False):
+                _print_json(items)
+            elif not items:
+                print("No SSH keys. podbay keys add registers your ~/.ssh/id_ed25519.pub.")
+            else:
+                print(_table([[k["fingerprint"], k["type"], k["comment"]] for k in items],
+                             ["fingerprint", "type", "comment"]))
+            return 0
+        if args.keys_command == "add":
+            added = await c.add_key(line)
+            print(f"Added {added['type']} key {added['fingerprint']} {added['comment']}".rstrip())
+            return 0
+        await c.delete_key(args.fingerprint)
+        print(f"Removed {args.fingerprint}.")
+        return 0
+    return _run(args, go)
+
+
 def cmd_capacity(args) -> int:
     async def go(c: PodbayClient) -> int:
         cap = await c.capacity()
@@ -430,6 +468,18 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         p = ws.add_parser(name, parents=[common], help=text)
         p.add_argument("name")
         p.set_defaults(func=fn)
+
+    keys = sub.add_parser("keys", help="your SSH public keys, for SSH into workspaces").add_subparsers(
+        dest="keys_command", required=True)
+    p = keys.add_parser("ls", parents=[common], help="list them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys)
+    p = keys.add_parser("add", parents=[common], help="register a public key (default ~/.ssh/id_ed25519.pub)")
+    p.add_argument("file", nargs="?", help="a .pub file")
+    p.set_defaults(func=cmd_keys)
+    p = keys.add_parser("rm", parents=[common], help="remove one, by its fingerprint (SHA256:…)")
+    p.add_argument("fingerprint")
+    p.set_defaults(func=cmd_keys)
 
     sec = sub.add_parser("secrets", help="your secrets for workspaces and jobs (WANDB_API_KEY, …)").add_subparsers(
         dest="secrets_command", required=True)

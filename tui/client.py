@@ -285,6 +285,15 @@ class PodbayClient:
     async def volumes(self) -> list[dict[str, Any]]:
         return await self._svc("GET", "volumes")
 
+    async def keys(self) -> list[dict[str, Any]]:
+        return await self._svc("GET", "keys")
+
+    async def add_key(self, line: str) -> dict[str, Any]:
+        return await self._svc("POST", "keys", json={"key": line})
+
+    async def delete_key(self, fingerprint: str) -> None:
+        await self._request("DELETE", f"{self.service_api}/keys/{quote(fingerprint, safe=':')}")
+
     async def secrets(self) -> list[dict[str, Any]]:
         return await self._svc("GET", "secrets")
 

@@ -148,3 +148,22 @@ def test_secrets_are_set_from_stdin_listed_by_name_and_removed(hub, cli):
     assert cli("secrets", "rm", "HF_TOKEN", *auth).returncode == 0
     gone = cli("secrets", "rm", "HF_TOKEN", *auth)
     assert gone.returncode == 1 and "you have no secret HF_TOKEN" in gone.stderr
+
+
+def test_ssh_keys_are_added_from_a_pub_file_listed_and_removed(hub, cli, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f", str(tmp_path / "k")],
+                   check=True)
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(tmp_path / "k.pub")],
+                                 capture_output=True, text=True, check=True).stdout.split()[1]
+    auth = ["--url", hub.url, "--token", hub.token("alice")]
+    r = cli("keys", "add", str(tmp_path / "k.pub"), *auth)
+    assert r.returncode == 0 and f"Added ssh-ed25519 key {fingerprint} alice@laptop" in r.stdout, r.stderr
+    again = cli("keys", "add", str(tmp_path / "k.pub"), *auth)
+    assert again.returncode == 1 and "registered this key already" in again.stderr
+    private = cli("keys", "add", str(tmp_path / "k"), *auth)
+    assert private.returncode == 1 and "this is a private key" in private.stderr
+    listed = json.loads(cli("keys", "ls", "--json", *auth).stdout)
+    assert [(k["fingerprint"], k["comment"]) for k in listed] == [(fingerprint, "alice@laptop")]
+    # Fingerprints carry / and + (base64): removed by the one ls shows.
+    assert cli("keys", "rm", fingerprint, *auth).returncode == 0
+    assert json.loads(cli("keys", "ls", "--json", *auth).stdout) == []

@@ -292,6 +292,7 @@ def test_migrations_match_the_models(db_url):
 
     import podbay.hub.jobs  # noqa: F401  (its table is part of the schema)
     import podbay.hub.secrets  # noqa: F401  (so is this one)
+    import podbay.hub.sshkeys  # noqa: F401  (and this one)
     from podbay.hub.quota.database import Base
 
     ledger = make_book(db_url)

@@ -1,0 +1,57 @@
+"""SSH public keys (hub/sshkeys.py), made by the real ssh-keygen: the fingerprint podbay shows
+is the one OpenSSH prints; private keys and damaged lines are refused."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from podbay.hub.quota import QuotaBook
+from podbay.hub.sshkeys import KeyRefused, KeyStore, parse
+from tests.conftest import require
+
+
+def keygen(tmp_path, kind: str, bits: list[str] = ()) -> tuple[str, str, str]:
+    """(public key line, private key text, OpenSSH's SHA256 fingerprint)."""
+    require(shutil.which("ssh-keygen") is not None, "ssh-keygen is not installed")
+    path = tmp_path / f"id_{kind}"
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, *bits, "-N", "", "-C", f"alice@{kind}", "-f", str(path)],
+                   check=True)
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", f"{path}.pub"], capture_output=True, text=True,
+                         check=True).stdout
+    return (tmp_path / f"id_{kind}.pub").read_text(), path.read_text(), out.split()[1]
+
+
+@pytest.mark.parametrize("kind, bits", [("ed25519", []), ("rsa", ["-b", "2048"]), ("ecdsa", ["-b", "256"])])
+def test_the_fingerprint_is_openssh_own(tmp_path, kind, bits):
+    public, private, fingerprint = keygen(tmp_path, kind, bits)
+    key, fp, comment = parse(public)
+    assert fp == fingerprint and comment == f"alice@{kind}" and public.startswith(key)
+    with pytest.raises(KeyRefused, match="this is a private key"):
+        parse(private)
+
+
+def test_damaged_and_foreign_lines_are_refused(tmp_path):
+    public, _, _ = keygen(tmp_path, "ed25519")
+    kind, blob, _ = public.split()
+    with pytest.raises(KeyRefused, match="not an SSH public key"):
+        parse("hello world")
+    with pytest.raises(KeyRefused, match="damaged"):
+        parse(f"{kind} {blob[:-8]}!!!!")
+    with pytest.raises(KeyRefused, match="says it is ssh-rsa but its data is ssh-ed25519"):
+        parse(f"ssh-rsa {blob}")
+
+
+def test_keys_are_per_person_once_each_and_make_an_authorized_keys_file(tmp_path):
+    book = QuotaBook(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    store = KeyStore(book)
+    public, _, fingerprint = keygen(tmp_path, "ed25519")
+    assert store.add("alice", public)["fingerprint"] == fingerprint
+    with pytest.raises(KeyRefused, match="registered this key already"):
+        store.add("alice", public)
+    assert store.list("bob") == [] and [k["fingerprint"] for k in store.list("alice")] == [fingerprint]
+    assert store.authorized_keys("alice") == public.strip() + "\n"
+    assert store.remove("alice", fingerprint) and store.authorized_keys("alice") == ""
+    book.dispose()
