@@ -16,7 +16,6 @@ tests/data/podbay-docker.yaml`, which the docker tests also do):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.spawn_latency import summarize  # noqa: E402
 from tests.conftest import Hub, free_port_block  # noqa: E402
 from tests.conftest import DOCKER_CONFIG  # noqa: E402
 
@@ -75,13 +75,7 @@ def main() -> None:
             podbay.stop()
             for c in docker.api.containers(all=True, filters={"name": "plain-alice"}):
                 docker.api.remove_container(c["Id"], force=True)
-    ratios = [p / q for p, q in zip(times["podbay"], times["plain"])]
-    mp, mq = statistics.median(times["podbay"]), statistics.median(times["plain"])
-    print(f"spawns per hub: {args.n}")
-    print(f"median plain DockerSpawner: {mq:.3f}s")
-    print(f"median podbay-docker (mig-1g.10gb claim + device request): {mp:.3f}s")
-    print(f"ratio of medians podbay/plain: {mp / mq:.3f}  (median of per-round ratios "
-          f"{statistics.median(ratios):.3f}; target <= 1.05)")
+    summarize(times, str(args.n), "plain DockerSpawner", "podbay-docker (mig-1g.10gb claim + device request)")
 
 
 if __name__ == "__main__":

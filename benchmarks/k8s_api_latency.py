@@ -27,12 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.api_latency import load, pct  # noqa: E402
-from podbay.hub.config import Quota, load_config, parse_profile_id  # noqa: E402
-from podbay.hub.inventory import Inventory  # noqa: E402
-from podbay.hub.procs import proc_start_time  # noqa: E402
-from podbay.hub.quota import Demand, QuotaBook  # noqa: E402
-from podbay.hub.quota.placement import DevicePlacement  # noqa: E402
+from benchmarks.api_latency import fill_ledger, load, pct  # noqa: E402
 from tests.conftest import Hub, free_port_block, stand_in_cluster_running  # noqa: E402
 
 NODES, GPUS, PODS = 200, 8, 5000
@@ -74,20 +69,6 @@ def cluster_objects(path: Path) -> None:
     path.write_text(yaml.safe_dump_all(docs))
 
 
-def fill_local(config_path: Path, data_dir: Path, claims: int) -> None:
-    book = QuotaBook(f"sqlite:///{data_dir / 'ledger.sqlite'}")
-    placement = DevicePlacement(Inventory.from_config(load_config(config_path)))
-    gpu1 = Demand("gpu-1", parse_profile_id("gpu-1"), ("dev",))
-    ref = {"pid": __import__("os").getpid(), "start_time": proc_start_time(__import__("os").getpid())}
-    quota = Quota(gpu_units=100_000, workspaces_per_user=100_000)
-    for i in range(claims):
-        key = f"workspace:user{i % 50}/ws{i}"
-        book.claim(key=key, kind="workspace", user=f"user{i % 50}", team="vision", demand=gpu1, quota=quota,
-                   placement=placement)
-        book.set_ref(key, ref)
-    book.dispose()
-
-
 def measure(hub: Hub, clients: int, seconds: float) -> dict[str, list[float]]:
     headers = {"Authorization": f"token {hub.token('alice')}"}
     api = f"{hub.url}/services/podbay/api/v1"
@@ -108,7 +89,7 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "local").mkdir()
         config(tmp / "local" / "podbay.yaml", "local")
-        fill_local(tmp / "local" / "podbay.yaml", tmp / "local", claims=1000)
+        fill_ledger(tmp / "local" / "podbay.yaml", tmp / "local", claims=1000, jobs=0)
         hub = Hub(tmp / "local" / "podbay.yaml", tmp / "local", free_port_block(), keep_workspaces=True)
         hub.start()
         try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.spawn_latency import spawn_once  # noqa: E402
+from benchmarks.spawn_latency import spawn_once, summarize  # noqa: E402
 from tests.conftest import Hub, free_port_block, stand_in_cluster_running  # noqa: E402
 
 CONTRACT = ROOT / "tests" / "data" / "podbay-contract.yaml"
@@ -64,13 +63,8 @@ def main() -> None:
                 for hub in hubs.values():
                     hub.stop()
     shutil.rmtree(tmp, ignore_errors=True)
-    ratios = [p / q for p, q in zip(times["podbay"], times["plain"])]
-    mp, mq = statistics.median(times["podbay"]), statistics.median(times["plain"])
-    print(f"spawns per hub: {args.n}, against the stand-in cluster")
-    print(f"median plain KubeSpawner: {mq:.3f}s")
-    print(f"median podbay-kubernetes (mig-1g.10gb): {mp:.3f}s")
-    print(f"ratio of medians podbay/plain: {mp / mq:.3f}  (median of per-round ratios "
-          f"{statistics.median(ratios):.3f}; target <= 1.05)")
+    summarize(times, f"{args.n}, against the stand-in cluster", "plain KubeSpawner",
+              "podbay-kubernetes (mig-1g.10gb)")
 
 
 if __name__ == "__main__":

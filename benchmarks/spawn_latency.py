@@ -35,6 +35,17 @@ def spawn_once(hub: Hub, options: dict | None) -> float:
     return elapsed
 
 
+def summarize(times: dict[str, list[float]], n: str, plain: str, podbay: str) -> None:
+    """Medians of the alternating runs and the ratio podbay/plain (target <= 1.05)."""
+    ratios = [p / q for p, q in zip(times["podbay"], times["plain"])]
+    mp, mq = statistics.median(times["podbay"]), statistics.median(times["plain"])
+    print(f"spawns per hub: {n}")
+    print(f"median {plain}: {mq:.3f}s")
+    print(f"median {podbay}: {mp:.3f}s")
+    print(f"ratio of medians podbay/plain: {mp / mq:.3f}  (median of per-round ratios "
+          f"{statistics.median(ratios):.3f}; target <= 1.05)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=15, help="spawns per hub (default %(default)s)")
@@ -60,12 +71,7 @@ def main() -> None:
         finally:
             plain.stop()
             podbay.stop()
-    ratios = [p / q for p, q in zip(times["podbay"], times["plain"])]
-    mp, mq = statistics.median(times["podbay"]), statistics.median(times["plain"])
-    print(f"spawns per hub: {args.n}")
-    print(f"median plain SimpleLocalProcessSpawner: {mq:.3f}s")
-    print(f"median podbay-local (mig-1g.10gb claim): {mp:.3f}s")
-    print(f"ratio of medians podbay/plain: {mp / mq:.3f}  (median of per-round ratios {statistics.median(ratios):.3f}; target <= 1.05)")
+    summarize(times, str(args.n), "plain SimpleLocalProcessSpawner", "podbay-local (mig-1g.10gb claim)")
 
 
 if __name__ == "__main__":

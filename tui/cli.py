@@ -380,7 +380,8 @@ def cmd_keys(args) -> int:
             print(f"podbay: no public key at {', '.join(map(str, candidates))}: make one with "
                   "ssh-keygen -t ed25519, or name the .pub file", file=sys.stderr)
             return 1
-        line = path.read_text().strip().splitlines()[0] if path.read_text().strip() else ""
+        lines = path.read_text().strip().splitlines()
+        line = lines[0] if lines else ""
 
     async def go(c: PodbayClient) -> int:
         if args.keys_command == "ls":

@@ -13,15 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from tests.conftest import ROOT, require
+from tests.unit.test_k8s import valid  # strict, for the oldest and newest versions podbay supports
 
 CHART = ROOT / "tests" / "data" / "z2jh" / "jupyterhub"
 VALUES = ROOT / "config" / "helm" / "values.yaml"
-VALIDATE = ["1.28", "1.37"]
 
 
 def helm() -> str:
@@ -35,15 +34,6 @@ def render(*values: Path, kube: str = "1.33.0") -> subprocess.CompletedProcess:
     for v in values:
         args += ["-f", str(v)]
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
-
-
-def valid(doc: dict) -> None:
-    for version in VALIDATE:
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']} is not a valid {version} object: "
-                                 f"{e.message} at {list(e.path)}") from None
 
 
 @pytest.mark.parametrize("kube", ["1.28.0", "1.33.0"])
