@@ -14,6 +14,8 @@ engine, find where workspaces reach the hub, reconcile the quota book with what 
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import sys
 from dataclasses import dataclass
@@ -63,6 +65,15 @@ class Backend:
 
     def describe(self, cfg: "PodbayConfig") -> str:
         return self.name
+
+    def workspace_login(self) -> str:
+        """The account a workspace runs as, which `podbay ssh` logs in to: the images' user
+        (images/common/install-workspace.sh makes jovyan, uid 1000)."""
+        return "jovyan"
+
+    def workspace_home(self, data_dir: Path, user: str) -> str:
+        """Where a person's persistent home is, seen from inside their workspace."""
+        return "/home/jovyan"
 
     @classmethod
     def settings_model(cls) -> "type[BaseModel] | None":
@@ -128,6 +139,13 @@ class LocalBackend(Backend):
 
     def describe(self, cfg):
         return "local: workspaces run as this hub's user and are NOT isolated from each other (one person only)"
+
+    def workspace_login(self):
+        return pwd.getpwuid(os.getuid()).pw_name
+
+    def workspace_home(self, data_dir, user):
+        # PodbayLocalSpawner's home_dir_template.
+        return str(Path(data_dir) / "homes" / user)
 
     def configure(self, c):
         # The hub's own environment's jupyterhub-singleuser: the workspace runs this Python.

@@ -37,9 +37,15 @@ DEBIAN_SUITE = "bookworm"
 # Installed from wheels besides jupyterhub; the two proxies are used only where the
 # image also gets code-server, but they are small and keep one wheel set for all.
 # The proxies at versions that run code-server on a unix socket (never a TCP port).
-WHEEL_PACKAGES = ["jupyterlab", "jupyter-server-proxy>=4.1", "jupyter-vscode-proxy>=0.7"]
-# What a workspace image's root needs before the install script runs.
-DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini", "procps"]
+WHEEL_PACKAGES = ["jupyterlab", "jupyter-server-proxy>=4.3", "jupyter-vscode-proxy>=0.7"]
+# What a workspace image's root needs before the install script runs; openssh-server for
+# SSH into workspaces through the hub (its sshd runs as the workspace's user, see
+# workspace/podbay_sshd.py).
+DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini", "procps", "openssh-server"]
+# The root records what it was made with: one made with another package list is made again.
+ROOT_LABEL = "podbay.debian-packages"
+# Copied into every build's common/ (the install script puts it in the image).
+SSHD_LAUNCHER = Path(__file__).resolve().parent / "workspace" / "podbay_sshd.py"
 
 Progress = Callable[[str], None]
 
@@ -121,9 +127,12 @@ def ensure_debian_root(client, cache_dir: Path, progress: Progress) -> None:
     """Import a debootstrap-made Debian root as podbay/debian-root, once."""
     from docker.errors import ImageNotFound
 
+    wanted = ",".join(DEBIAN_PACKAGES)
     try:
-        client.images.get(DEBIAN_ROOT)
-        return
+        found = client.images.get(DEBIAN_ROOT)
+        if (found.labels or {}).get(ROOT_LABEL) == wanted:
+            return
+        progress(f"{DEBIAN_ROOT} was made with other packages than {wanted}: making it again")
     except ImageNotFound:
         pass
     if not shutil.which("debootstrap"):
@@ -146,7 +155,8 @@ def ensure_debian_root(client, cache_dir: Path, progress: Progress) -> None:
         progress(f"importing the root as {DEBIAN_ROOT}")
         repo, tag = DEBIAN_ROOT.rsplit(":", 1)
         client.api.import_image_from_file(str(tarball), repository=repo, tag=tag,
-                                          changes=["ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]'])
+                                          changes=["ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]',
+                                                   f"LABEL {ROOT_LABEL}={wanted}"])
 
 
 def root_python(client) -> str:
@@ -196,6 +206,8 @@ def build_image(client, image: Image, config_file: Path, cache_dir: Path, progre
         common = folder.parent / "common"
         if common.is_dir() and not (ctx / "common").exists():
             shutil.copytree(common, ctx / "common")
+        if (ctx / "common").is_dir():
+            shutil.copyfile(SSHD_LAUNCHER, ctx / "common" / SSHD_LAUNCHER.name)
         ca = host_ca_bundle()
         if ca and (ctx / "common").is_dir():
             shutil.copyfile(ca, ctx / "common" / "host-ca.crt")

@@ -35,13 +35,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 log = logging.getLogger("podbay.pairing")
 
-# What a paired CLI/TUI may do: see the person's own servers, start and stop them, and use
-# podbay's service. Not: make tokens, act on other users, administer the hub.
-CLI_SCOPES = ["read:users!user", "read:servers!user", "servers!user", "access:services!service=podbay"]
+# What a paired CLI/TUI may do: see the person's own servers, start and stop them, reach
+# them (`podbay ssh` tunnels through the workspace's Jupyter server), and use podbay's
+# service. Not: make tokens, act on other users, administer the hub.
+CLI_SCOPES = ["read:users!user", "read:servers!user", "servers!user", "access:servers!user",
+              "access:services!service=podbay"]
 SCOPE_WORDS = {
     "read:users!user": "read your name and groups",
     "read:servers!user": "list your workspaces",
     "servers!user": "start and stop your workspaces",
+    "access:servers!user": "reach your workspaces (podbay ssh)",
     "access:services!service=podbay": "use podbay's service (catalog, capacity, jobs)",
 }
 # Letters that cannot be mistaken for each other (no 0/O, 1/I/L, 5/S, 2/Z, 8/B).

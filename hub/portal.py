@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +20,9 @@ from .quota import Demand, QuotaBook, Snapshot, fmt_units
 from .quota.book import NoCapacity
 from .quota.capacity import CapacitySource, InventoryCapacity
 from .quota.placement import Placement
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 
 class OptionsRefused(Exception):
@@ -74,8 +77,11 @@ class Portal:
 
     def __init__(self, cfg: PodbayConfig, book: QuotaBook, data_dir: Path, *,
                  placement: Placement | None, capacity: CapacitySource | None = None,
-                 inventory: Inventory | None = None):
+                 inventory: Inventory | None = None, plugin: "Backend | None" = None):
         self.cfg = cfg
+        # The backend: what else it knows about its workspaces (the account and home SSH
+        # logs in to).
+        self.plugin = plugin
         self.book = book
         self.inventory = inventory if inventory is not None else Inventory.from_config(cfg)
         self.placement = placement
@@ -93,7 +99,8 @@ class Portal:
         plugin = load(chosen(cfg, backend))
         inventory = Inventory.from_config(cfg)
         return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(inventory),
-                   capacity=plugin.capacity(cfg, inventory), inventory=inventory)
+                   capacity=plugin.capacity(cfg, inventory), inventory=inventory,
+                   plugin=plugin)
 
     @property
     def places_devices(self) -> bool:

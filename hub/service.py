@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, AsyncIterator
+from urllib.parse import quote
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -25,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .backends import Backend
 from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
 from .quota import LedgerUnavailable, fmt_units
 from .portal import OptionsRefused, Portal
@@ -110,6 +112,17 @@ class HubClient:
         r.raise_for_status()
         return r.json()
 
+    async def new_token(self, user: str, note: str, seconds: int, scopes: list[str]) -> dict[str, Any]:
+        """A token of `user`'s with only `scopes` (the service role's `tokens` scope)."""
+        try:
+            r = await self.http.post(f"users/{quote(user)}/tokens",
+                                     json={"note": note[:200], "expires_in": seconds, "scopes": scopes})
+        except httpx.HTTPError:
+            raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
+        if r.status_code >= 400:
+            raise ApiError(502, "hub_refused", f"the hub did not make the token ({r.status_code}): tell the platform team")
+        return r.json()
+
     async def aclose(self) -> None:
         await self.http.aclose()
 
@@ -133,6 +146,28 @@ class SshKeyOut(BaseModel):
     type: str
     comment: str
     added: float
+
+
+class SshOut(BaseModel):
+    # The account a workspace runs as: SSH logs in to it (`User` in ~/.ssh/config).
+    login: str
+    # The persistent home, where SSH sessions start.
+    home: str
+    # The workspace's sshd, under a running workspace's URL: raw TCP over a WebSocket.
+    path: str = "sshd/"
+    keys: int
+
+
+class JupyterTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    days: int = Field(30, ge=1, le=90)
+
+
+class JupyterTokenOut(BaseModel):
+    token: str
+    expires_at: str | None
+    scopes: list[str]
+    note: str
 
 
 class SshKeyIn(BaseModel):
@@ -423,6 +458,37 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
             raise ApiError(404, "not_found", f"you have no key {fingerprint}")
         log.info("%s removed the SSH key %s", who.name, fingerprint)
         return Response(status_code=204)
+
+    @api.get("/keys/authorized_keys", response_class=PlainTextResponse,
+             summary="Your keys as an authorized_keys file (what a workspace's sshd asks at each login)")
+    async def authorized_keys(who: Caller = Depends(caller)):
+        return PlainTextResponse(await asyncio.to_thread(keys.authorized_keys, who.name))
+
+    @api.get("/ssh", response_model=SshOut, summary="How SSH reaches your workspaces")
+    async def ssh(who: Caller = Depends(caller)):
+        plugin = portal.plugin or Backend()
+        return SshOut(login=plugin.workspace_login(), home=plugin.workspace_home(portal.data_dir, who.name),
+                      keys=len(await asyncio.to_thread(keys.list, who.name)))
+
+    @api.post("/workspaces/{name}/jupyter-token", response_model=JupyterTokenOut, status_code=201,
+              summary="A token for VS Code's Jupyter extension, good for this one workspace only")
+    async def jupyter_token(body: JupyterTokenIn | None = None, name: str = Path(max_length=255),
+                            who: Caller = Depends(caller)):
+        try:
+            model = await hub.user(who.name)
+        except httpx.HTTPError:
+            raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
+        if name not in (model.get("servers") or {}):
+            raise ApiError(404, "not_found", f"you have no workspace named {name}")
+        # Reach this workspace and read it (the extension lists the person's servers and asks
+        # for their names): nothing that starts, stops, or reaches another one.
+        scopes = [f"access:servers!server={who.name}/{name}", f"read:servers!server={who.name}/{name}",
+                  f"read:users:name!user={who.name}"]
+        note = f"VS Code Jupyter extension, workspace {name} (podbay ws open --vscode)"
+        days = (body or JupyterTokenIn()).days
+        made = await hub.new_token(who.name, note, days * 86400, scopes)
+        log.info("%s made a Jupyter extension token for %s", who.name, name)
+        return JupyterTokenOut(token=made["token"], expires_at=made.get("expires_at"), scopes=scopes, note=note)
 
     @api.post("/jobs", response_model=Job, status_code=201, summary="Submit a training job")
     async def submit(req: JobRequest, who: Caller = Depends(caller)):

@@ -223,10 +223,167 @@ def cmd_ws_open(args) -> int:
         if ws.state != "ready":
             print(f"podbay: {args.name} is {ws.state}; start it with: podbay ws new {args.name}", file=sys.stderr)
             return 1
+        if args.vscode:
+            print(await vscode_text(c, ws, args.days))
+            return 0
         url = c.lab_url(ws)
         print(url)
         if _can_open_browser():
             webbrowser.open(url)
+        return 0
+    return _run(args, go)
+
+
+async def vscode_text(c: PodbayClient, ws, days: int = 30) -> str:
+    """How to open a workspace in desktop VS Code, both ways, with a fresh token for the
+    Jupyter extension (good for this workspace only)."""
+    from .ssh import host_alias
+
+    made = await c.jupyter_token(ws.name, days)
+    info = await c.ssh_info()
+    server = c.server_url(ws)
+    until = f"until {made['expires_at'][:10]}" if made.get("expires_at") else "until you revoke it"
+    return "\n".join([
+        "Jupyter extension (notebooks on this workspace's kernels): Select Kernel → Existing JupyterHub Server",
+        f"    URL       {server}",
+        f"    username  {c.user}",
+        f"    token     {made['token']}",
+        f"  (the token reaches {ws.name} only, {until}; revoke it at {c.url}/hub/token)",
+        "  or Existing Jupyter Server, as one URL:",
+        f"    {server}?token={made['token']}",
+        "",
+        "Remote-SSH (the whole editor, terminal and debugger in the workspace), once `podbay ssh-config --write` ran:",
+        f"    vscode://vscode-remote/ssh-remote+{host_alias(ws.name)}{info['home']}",
+        f"    or Remote-SSH: Connect to Host… → {host_alias(ws.name)}",
+    ])
+
+
+# --- SSH ----------------------------------------------------------------------------------
+
+
+def cmd_ssh_proxy(args) -> int:
+    """OpenSSH's ProxyCommand: the connection over the hub's WebSocket, with the stored login."""
+    from .ssh import SshRefused, bridge, preflight
+
+    status_file = os.environ.get("PODBAY_SSH_PROXY_STATUS")
+    try:
+        creds = resolve(args.url, args.token)
+        _user, _name, url = preflight(creds, args.workspace)
+        return bridge(url, creds.token)
+    except (NotLoggedIn, SshRefused) as e:
+        print(f"podbay: {e}", file=sys.stderr, flush=True)
+        if status_file:
+            # `podbay ssh` reads it: the sentence was said, ssh's own words are not needed.
+            with open(status_file, "w") as f:
+                f.write("refused\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_ssh(args) -> int:
+    import shutil
+    import subprocess
+    import tempfile
+
+    from .ssh import host_alias, known_host_name, proxy_command
+
+    program = shutil.which("ssh")
+    if program is None:
+        print("podbay: OpenSSH's client (ssh) is not installed: apt-get install openssh-client, "
+              "or your system's equivalent", file=sys.stderr)
+        return 1
+    try:
+        creds = resolve(args.url, args.token)
+    except NotLoggedIn as e:
+        print(f"podbay: {e}", file=sys.stderr)
+        return 1
+    name = args.name.removeprefix("podbay.")
+
+    async def prepare(c: PodbayClient):
+        ws = next((w for w in await c.workspaces() if w.name == name), None)
+        if ws is None:
+            raise SystemExit(f"podbay: you have no workspace named {name}: podbay ws new {name} makes one")
+        if ws.state == "stopped" and args.start:
+            options: dict[str, Any] = {"profile": ws.profile, "volumes": ws.volumes}
+            if ws.image:
+                options["image"] = ws.image
+            await c.start_workspace(name, options)
+        if ws.state == "starting" or (ws.state == "stopped" and args.start):
+            async for event in c.progress(name):
+                print(f"[{event.get('progress', 0):>3}%] {event.get('message', '')}", file=sys.stderr, flush=True)
+                if event.get("failed"):
+                    raise SystemExit(f"podbay: {name} did not start")
+        elif ws.state != "ready":
+            raise SystemExit(f"podbay: {name} is {ws.state}: start it with podbay ssh --start {name}")
+        info = await c.ssh_info()
+        if not info["keys"]:
+            raise SystemExit("podbay: you have no SSH key registered with podbay, and workspaces take no "
+                             "passwords: podbay keys add (your ~/.ssh/id_ed25519.pub)")
+        return c.user, info["login"]
+
+    try:
+        user, login = asyncio.run(_with_client(creds, prepare))
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 1
+    except ClientError as e:
+        print(f"podbay: {e}", file=sys.stderr)
+        return 1
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    with tempfile.TemporaryDirectory(prefix="podbay-ssh-") as tmp:
+        status = os.path.join(tmp, "status")
+        # The proxy uses this very login, whichever way it was given here.
+        env = {**os.environ, "PODBAY_URL": creds.url, "PODBAY_TOKEN": creds.token, "PODBAY_SSH_PROXY_STATUS": status}
+        argv = [program, "-o", f"ProxyCommand={proxy_command(name)}",
+                "-o", f"HostKeyAlias={known_host_name(creds.url, user, name)}",
+                "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=30", "-l", login]
+        for spec in args.local_forward or []:
+            argv += ["-L", spec]
+        for identity in args.identity or []:
+            argv += ["-i", identity]
+        for option in args.option or []:
+            argv += ["-o", option]
+        argv += [host_alias(name), *command]
+        try:
+            rc = subprocess.run(argv, env=env).returncode
+        except KeyboardInterrupt:
+            return 130
+        if rc == 255:
+            if not os.path.exists(status):
+                print(f"podbay: ssh could not log in to {name}. If it said \"Permission denied (publickey)\", "
+                      "the key it offered is not one you registered: podbay keys ls lists yours, "
+                      "podbay keys add FILE.pub adds one", file=sys.stderr)
+            return 1
+        return rc
+
+
+async def _with_client(creds, fn):
+    async with PodbayClient(creds.url, creds.token, service_url=creds.service_url) as client:
+        return await fn(client)
+
+
+def cmd_ssh_config(args) -> int:
+    from pathlib import Path
+
+    from .ssh import config_block, write_config
+
+    async def go(c: PodbayClient) -> int:
+        names = [w.name for w in await c.workspaces()]
+        info = await c.ssh_info()
+        block = config_block(c.url, c.user, info["login"], names)
+        if not args.write:
+            print(block, end="")
+            return 0
+        path = Path(args.file).expanduser()
+        changed = write_config(path, block)
+        hosts = ", ".join(f"podbay.{n}" for n in names) or "none yet"
+        print(f"{'Wrote' if changed else 'Already up to date:'} podbay's hosts in {path} ({hosts}; "
+              "podbay.NAME for workspaces made later).")
+        if not info["keys"]:
+            print("You have no SSH key registered yet: podbay keys add", file=sys.stderr)
         return 0
     return _run(args, go)
 
@@ -468,7 +625,31 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                            ("open", cmd_ws_open, "print (and open) a workspace's JupyterLab URL")]:
         p = ws.add_parser(name, parents=[common], help=text)
         p.add_argument("name")
+        if name == "open":
+            p.add_argument("--vscode", action="store_true",
+                           help="print how to open it in desktop VS Code: a token for the Jupyter extension, "
+                                "and the Remote-SSH link")
+            p.add_argument("--days", type=int, default=30, help="how long that token lasts (1-90, default 30)")
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("ssh", parents=[common], help="a shell, or a command, in a workspace over SSH through the hub")
+    p.add_argument("name", metavar="WORKSPACE")
+    p.add_argument("--start", action="store_true", help="start it first if it is stopped")
+    p.add_argument("-L", dest="local_forward", action="append", metavar="[ADDR:]PORT:HOST:HOSTPORT",
+                   help="forward a local port into the workspace (as ssh -L); repeat for more")
+    p.add_argument("-i", dest="identity", action="append", metavar="FILE", help="the private key to use (as ssh -i)")
+    p.add_argument("-o", dest="option", action="append", metavar="OPTION", help="an ssh option (as ssh -o)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command (default: a shell)")
+    p.set_defaults(func=cmd_ssh)
+    p = sub.add_parser("ssh-proxy", parents=[common],
+                       help="ssh's ProxyCommand: the connection over the hub, with your podbay login")
+    p.add_argument("workspace", metavar="WORKSPACE", help="NAME, podbay.NAME, or USER/NAME (admins)")
+    p.set_defaults(func=cmd_ssh_proxy)
+    p = sub.add_parser("ssh-config", parents=[common],
+                       help="Host entries for ssh, scp, rsync and VS Code Remote-SSH (podbay.NAME)")
+    p.add_argument("--write", action="store_true", help="write them into ~/.ssh/config, in a block podbay owns")
+    p.add_argument("--file", default="~/.ssh/config", help="the file --write writes (default: %(default)s)")
+    p.set_defaults(func=cmd_ssh_config)
 
     keys = sub.add_parser("keys", help="your SSH public keys, for SSH into workspaces").add_subparsers(
         dest="keys_command", required=True)

@@ -294,6 +294,18 @@ class PodbayClient:
     async def delete_key(self, fingerprint: str) -> None:
         await self._request("DELETE", f"{self.service_api}/keys/{quote(fingerprint, safe=':')}")
 
+    async def ssh_info(self) -> dict[str, Any]:
+        """The account SSH logs in to in workspaces, and how many keys the person has."""
+        return await self._svc("GET", "ssh")
+
+    async def jupyter_token(self, name: str, days: int = 30) -> dict[str, Any]:
+        """A token for VS Code's Jupyter extension, good for this one workspace."""
+        return await self._svc("POST", f"workspaces/{quote(name, safe='')}/jupyter-token", json={"days": days})
+
+    def server_url(self, ws: Workspace) -> str:
+        """The workspace's Jupyter server, as a Jupyter client connects to it."""
+        return f"{self.url}{ws.url}" if ws.url else f"{self.url}/user/{quote(self.user or '')}/{quote(ws.name)}/"
+
     async def secrets(self) -> list[dict[str, Any]]:
         return await self._svc("GET", "secrets")
 

@@ -8,7 +8,8 @@
 #   - code-server (VS Code in the browser), when asked for: from its release tarball, or
 #     from npm where only the package registries can be reached (see below);
 #   - the user jovyan (uid 1000, gid 100) with /home/jovyan, which podbay mounts as the
-#     persistent home.
+#     persistent home;
+#   - OpenSSH's sshd behind the Jupyter server, for `podbay ssh` and VS Code's Remote-SSH.
 # GPU visibility is left to the container runtime (NVIDIA_VISIBLE_DEVICES per workspace).
 #
 # Environment: JUPYTERHUB_VERSION (required), CODE_SERVER_VERSION (optional),
@@ -106,7 +107,7 @@ if [ -n "${CODE_SERVER_VERSION:-}" ]; then
   # depend on it), which serves it at /vscode/ in the workspace.
   # Versions that run code-server on a unix socket (JUPYTER_VSCODE_PROXY_USE_SOCKET), and a
   # check that they do: with an older one it would listen on a TCP port with no login.
-  pip_install "jupyter-server-proxy>=4.1" "jupyter-vscode-proxy>=0.7"
+  pip_install "jupyter-server-proxy>=4.3" "jupyter-vscode-proxy>=0.7"
   JUPYTER_VSCODE_PROXY_USE_SOCKET=1 /opt/podbay/bin/python -c '
 import jupyter_vscode_proxy as p
 c = p.setup_vscode()
@@ -123,3 +124,27 @@ fi
 getent group 100 >/dev/null || groupadd --gid 100 users
 useradd --create-home --home-dir /home/jovyan --uid 1000 --gid 100 --shell /bin/bash jovyan
 ln -sf /opt/podbay/bin/jupyterhub-singleuser /usr/local/bin/jupyterhub-singleuser
+
+# SSH into the workspace through the hub (podbay ssh, VS Code Remote-SSH): OpenSSH's sshd,
+# run as jovyan by jupyter-server-proxy on the workspace's loopback, and reached only as a
+# WebSocket under the workspace's URL (sshd/). podbay_sshd.py (copied in by podbay images
+# build) starts it: keys from podbay's service at each login, host key on the home.
+if [ -f "$here/podbay_sshd.py" ]; then
+  if ! [ -x /usr/sbin/sshd ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      openssh-server >/dev/null
+    rm -rf /var/lib/apt/lists/*
+  fi
+  # The package's own host keys would be the same in every workspace: the launcher makes
+  # one per person, on the persistent home.
+  rm -f /etc/ssh/ssh_host_*
+  install -d /opt/podbay/lib /opt/podbay/etc/jupyter/jupyter_server_config.d
+  install -m 0644 "$here/podbay_sshd.py" /opt/podbay/lib/podbay_sshd.py
+  cat > /opt/podbay/etc/jupyter/jupyter_server_config.d/podbay-sshd.json <<'JSON'
+{"ServerProxy": {"servers": {"sshd": {
+  "command": ["/opt/podbay/bin/python", "-I", "/opt/podbay/lib/podbay_sshd.py", "serve", "{port}"],
+  "raw_socket_proxy": true, "timeout": 60, "launcher_entry": {"enabled": false}}}}}
+JSON
+  # jupyter-server-proxy serves it; images built without code-server have not installed it yet.
+  pip_install "jupyter-server-proxy>=4.3"
+fi

@@ -1,0 +1,209 @@
+"""SSH into workspaces through the hub: `podbay ssh`, `podbay ssh-proxy`, `podbay ssh-config`.
+
+Nothing but the hub's own URL is reached. The workspace's sshd listens on its loopback and
+is proxied by its Jupyter server as raw TCP over a WebSocket (hub/workspace/podbay_sshd.py);
+`podbay ssh-proxy` is OpenSSH's ProxyCommand that carries the connection over that WebSocket
+with the stored podbay login, so `ssh`, `scp`, `rsync` and VS Code's Remote-SSH work as
+with any host. Before it connects, it asks the hub whether the workspace runs and the
+token may reach it, so a refusal is one sentence rather than an SSH protocol error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from .credentials import Credentials
+
+HOST_PREFIX = "podbay."
+BEGIN = "# >>> podbay >>>"
+END = "# <<< podbay <<<"
+
+
+class SshRefused(Exception):
+    """Why the connection cannot be made, as a sentence for the person."""
+
+
+def podbay_command() -> list[str]:
+    """This podbay, as a command another program (ssh) can run: the console script beside
+    this Python, or the module under this Python."""
+    script = Path(sys.executable).parent / "podbay"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "podbay.hub.cli"]
+
+
+def proxy_command(workspace: str) -> str:
+    # ssh runs it through the shell, after expanding %-tokens: quote for the one, double % for the other.
+    return " ".join(shlex.quote(a) for a in [*podbay_command(), "ssh-proxy", workspace]).replace("%", "%%")
+
+
+def host_alias(workspace: str) -> str:
+    return f"{HOST_PREFIX}{workspace}"
+
+
+def known_host_name(hub_url: str, user: str, workspace: str) -> str:
+    """The name a workspace's host key is kept under in known_hosts: one per portal, person and
+    workspace, so two portals' workspaces of the same name never look like a changed key."""
+    return f"podbay-{urlsplit(hub_url).netloc}-{user}-{workspace}"
+
+
+def parse_target(target: str, me: str) -> tuple[str, str]:
+    """`NAME` (one of mine) or `USER/NAME` (someone else's, for admins) → (user, name)."""
+    if target.startswith(HOST_PREFIX):
+        target = target[len(HOST_PREFIX):]
+    user, _, name = target.rpartition("/")
+    if not name:
+        raise SshRefused("name a workspace: podbay ssh NAME (podbay ws ls lists them)")
+    return (user or me), name
+
+
+def websocket_url(hub_url: str, user: str, workspace: str) -> str:
+    parts = urlsplit(hub_url)
+    scheme = {"https": "wss", "http": "ws"}[parts.scheme]
+    path = f"{parts.path.rstrip('/')}/user/{quote(user, safe='')}/{quote(workspace, safe='')}/sshd/"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def preflight(creds: Credentials, target: str, http: httpx.Client | None = None) -> tuple[str, str, str]:
+    """(user, workspace, WebSocket URL) of a running workspace this login may reach, or
+    SshRefused saying why not."""
+    client = http or httpx.Client(timeout=httpx.Timeout(15, connect=5))
+    headers = {"Authorization": f"token {creds.token}"}
+    api = f"{creds.url}/hub/api"
+    try:
+        try:
+            r = client.get(f"{api}/user", headers=headers)
+            if r.status_code in (401, 403):
+                raise SshRefused("your podbay login was not accepted (expired or revoked?): run `podbay login` again")
+            if r.status_code >= 400:
+                raise SshRefused(f"the hub at {creds.url} answered {r.status_code}: is it running?")
+            me = r.json()
+            user, name = parse_target(target, me["name"])
+            r = client.get(f"{api}/users/{quote(user)}", params={"include_stopped_servers": "1"}, headers=headers)
+        except httpx.HTTPError as e:
+            raise SshRefused(f"cannot reach the hub at {creds.url} ({type(e).__name__}): is it running?") from None
+        whose = "you have" if user == me["name"] else f"{user} has"
+        if r.status_code in (403, 404):
+            raise SshRefused(f"{me['name']} may not reach {user}'s workspaces" if user != me["name"] else
+                             "this podbay login cannot list your workspaces: run `podbay login` again")
+        server = (r.json().get("servers") or {}).get(name)
+        if server is None:
+            raise SshRefused(f"{whose} no workspace named {name}: podbay ws ls lists them")
+        if not server.get("ready"):
+            if server.get("pending") == "spawn":
+                raise SshRefused(f"{name} is starting: try again when podbay ws ls shows it ready")
+            raise SshRefused(f"{name} is not running: start it with podbay ssh --start {name} (or podbay ws new {name})")
+        scopes = {s.split("!")[0] for s in me.get("scopes") or []}
+        if not scopes & {"access:servers", "admin-ui", "inherit"}:
+            raise SshRefused("this podbay login may not reach workspaces (it was made before podbay ssh): "
+                             "run `podbay login` again")
+        return user, name, websocket_url(creds.url, user, name)
+    finally:
+        if http is None:
+            client.close()
+
+
+def bridge(url: str, token: str, infd: int = 0, outfd: int = 1) -> int:
+    """Carry bytes between standard input/output and the workspace's sshd until either side
+    closes. SSH's own encryption rides inside; the WebSocket adds nothing to compress."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        ws = connect(url, additional_headers={"Authorization": f"token {token}"}, compression=None,
+                     max_size=None, open_timeout=30, user_agent_header="podbay-ssh-proxy")
+    except InvalidStatus as e:
+        status = e.response.status_code
+        if status in (401, 403):
+            raise SshRefused(f"the workspace refused this login ({status}): it belongs to someone else, or the "
+                             "login is too old: run `podbay login` again") from None
+        raise SshRefused(f"the workspace's SSH server is not reachable ({status}): its image may have no "
+                         "sshd (ask your platform team), or it is stopping") from None
+    except (OSError, TimeoutError) as e:
+        raise SshRefused(f"cannot reach the workspace ({type(e).__name__}): {e}") from None
+
+    def upstream():
+        try:
+            while True:
+                data = os.read(infd, 1 << 16)
+                if not data:
+                    break
+                ws.send(data)
+        except (ConnectionClosed, OSError):
+            pass
+        finally:
+            ws.close()
+
+    threading.Thread(target=upstream, daemon=True).start()
+    try:
+        for message in ws:
+            data = message if isinstance(message, bytes) else message.encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(outfd, view):]
+    except (ConnectionClosed, BrokenPipeError):
+        pass
+    finally:
+        ws.close()
+    return 0
+
+
+# --- ~/.ssh/config ----------------------------------------------------------------------
+
+
+def config_block(hub_url: str, user: str, login: str, workspaces: list[str]) -> str:
+    """podbay's block for ~/.ssh/config: one Host per workspace (VS Code's Remote-SSH lists
+    them), and podbay.* for those made later."""
+    lines = [BEGIN,
+             f"# Written by `podbay ssh-config --write` for {user} at {hub_url}; it replaces what is",
+             "# between these two lines each time. Your own entries belong outside them."]
+    for name in sorted(workspaces):
+        lines += [f"Host {host_alias(name)}",
+                  f"    User {login}",
+                  f"    ProxyCommand {proxy_command(name)}",
+                  f"    HostKeyAlias {known_host_name(hub_url, user, name)}",
+                  "    StrictHostKeyChecking accept-new",
+                  "    ServerAliveInterval 30"]
+    # %h is the name given to ssh (podbay.NAME); ssh-proxy takes the prefix off.
+    lines += [f"Host {host_alias('*')}",
+              f"    User {login}",
+              f"    ProxyCommand {proxy_command('HOST').replace('HOST', '%h')}",
+              "    StrictHostKeyChecking accept-new",
+              "    ServerAliveInterval 30"]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def merge_config(text: str, block: str) -> str:
+    """`text` with podbay's block replaced, or put first where there is none: ssh takes the
+    first value it finds for an option, so a `Host *` of the person's own further down
+    cannot override podbay's ProxyCommand. Everything outside the block is kept as it is."""
+    pattern = re.compile(rf"^{re.escape(BEGIN)}\n.*?^{re.escape(END)}\n?", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda _m: block, text, count=1)
+    return block + ("\n" + text if text else "")
+
+
+def write_config(path: Path, block: str) -> bool:
+    """Write the block into an ssh config file; False where nothing changed."""
+    old = path.read_text() if path.exists() else ""
+    new = merge_config(old, block)
+    if new == old:
+        return False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.podbay-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    if path.exists():
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+    os.replace(tmp, path)
+    return True
