@@ -69,7 +69,8 @@ setup_idp() {
 
 setup_system() {
   # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests;
-  # PostgreSQL backs the quota book's production-database tests.
+  # PostgreSQL backs the quota book's production-database tests; OpenSSH (both ends) and
+  # nss_wrapper for SSH into workspaces, which the tests drive with the real client.
   local missing=()
   command -v unshare >/dev/null || missing+=(util-linux)
   if [ "${1:-}" = test ]; then
@@ -77,11 +78,24 @@ setup_system() {
     command -v tmux >/dev/null || missing+=(tmux)
     # The quota book's tests run against a real PostgreSQL too.
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    command -v ssh >/dev/null || missing+=(openssh-client)
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || missing+=(libnss-wrapper)
   fi
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} from Debian's packages"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+    # Only the programs: no system SSH server or database is started (the tests start
+    # their own, on loopback). policy-rc.d is Debian's way to say so to the packages.
+    local policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+      as_root chmod 755 "$policy"
+    fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2 || {
+      [ -z "$policy" ] || as_root rm -f "$policy"; exit 1; }
+    [ -z "$policy" ] || as_root rm -f "$policy"
   fi
 }
 

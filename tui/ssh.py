@@ -143,8 +143,10 @@ def bridge(url: str, token: str, infd: int = 0, outfd: int = 1) -> int:
             ws.close()
 
     threading.Thread(target=upstream, daemon=True).start()
+    received = False
     try:
         for message in ws:
+            received = True
             data = message if isinstance(message, bytes) else message.encode()
             view = memoryview(data)
             while view:
@@ -153,6 +155,11 @@ def bridge(url: str, token: str, infd: int = 0, outfd: int = 1) -> int:
         pass
     finally:
         ws.close()
+    if not received:
+        # sshd greets first: nothing at all means it did not start (the workspace's log says why).
+        raise SshRefused("the workspace's SSH server closed the connection without a word: it may not be "
+                         "installed where the workspace runs (openssh-server; and libnss-wrapper for the local "
+                         "backend). The workspace's log says why; tell your platform team")
     return 0
 
 

@@ -104,6 +104,36 @@ def wrapped_passwd(runtime: str, user: pwd.struct_passwd, home: str) -> dict[str
     return {"LD_PRELOAD": library, "NSS_WRAPPER_PASSWD": path, "NSS_WRAPPER_GROUP": "/etc/group"}
 
 
+def sshd_command(sshd: str, port: int, login: str, host_key: str, keys_command: str,
+                 env: dict[str, str]) -> list[str]:
+    """sshd's command line: no configuration file of the system's, only these settings."""
+    options = {
+        "ListenAddress": f"127.0.0.1:{port}",
+        "AllowUsers": login,
+        "AuthenticationMethods": "publickey",
+        "PubkeyAuthentication": "yes",
+        "PasswordAuthentication": "no",
+        "KbdInteractiveAuthentication": "no",
+        "AuthorizedKeysFile": "none",
+        "AuthorizedKeysCommand": keys_command,
+        "AuthorizedKeysCommandUser": login,
+        "PidFile": "none",
+        "PrintMotd": "no",
+        "PrintLastLog": "no",
+        "X11Forwarding": "no",
+        "Subsystem": "sftp internal-sftp",
+        "ClientAliveInterval": "30",
+        "LogLevel": "INFO",
+    }
+    args = [sshd, "-D", "-e", "-f", "none", "-h", host_key]
+    for name, value in options.items():
+        args += ["-o", f"{name} {value}"]
+    pairs = session_env(env)
+    if pairs:
+        args += ["-o", "SetEnv " + " ".join(pairs)]
+    return args
+
+
 def serve(port: int) -> int:
     sshd = find("sshd") or fail("the OpenSSH server is not installed in this workspace (openssh-server)")
     service = os.environ.get("PODBAY_SERVICE_URL") or fail("PODBAY_SERVICE_URL is not set: cannot read keys")
@@ -128,30 +158,7 @@ def serve(port: int) -> int:
         # the system's Python, running this file.
         python = os.path.realpath(sys.executable)
         keys_command = " ".join([python, *(quoted(a) for a in ("-I", os.path.abspath(__file__), "keys", "%u", runtime))])
-        options = {
-            "ListenAddress": f"127.0.0.1:{port}",
-            "AllowUsers": user.pw_name,
-            "AuthenticationMethods": "publickey",
-            "PubkeyAuthentication": "yes",
-            "PasswordAuthentication": "no",
-            "KbdInteractiveAuthentication": "no",
-            "AuthorizedKeysFile": "none",
-            "AuthorizedKeysCommand": keys_command,
-            "AuthorizedKeysCommandUser": user.pw_name,
-            "PidFile": "none",
-            "PrintMotd": "no",
-            "PrintLastLog": "no",
-            "X11Forwarding": "no",
-            "Subsystem": "sftp internal-sftp",
-            "ClientAliveInterval": "30",
-            "LogLevel": "INFO",
-        }
-        args = [sshd, "-D", "-e", "-f", "none", "-h", host_key(home)]
-        for name, value in options.items():
-            args += ["-o", f"{name} {value}"]
-        pairs = session_env(dict(os.environ))
-        if pairs:
-            args += ["-o", "SetEnv " + " ".join(pairs)]
+        args = sshd_command(sshd, port, user.pw_name, host_key(home), keys_command, dict(os.environ))
         child = subprocess.Popen(args, env=env)
 
         def forward(signum, frame):

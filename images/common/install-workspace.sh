@@ -138,9 +138,10 @@ if [ -f "$here/podbay_sshd.py" ]; then
   # The package's own host keys would be the same in every workspace: the launcher makes
   # one per person, on the persistent home.
   rm -f /etc/ssh/ssh_host_*
-  install -d /opt/podbay/lib /opt/podbay/etc/jupyter/jupyter_server_config.d
+  install -d /opt/podbay/lib /opt/podbay/etc/jupyter
   install -m 0644 "$here/podbay_sshd.py" /opt/podbay/lib/podbay_sshd.py
-  cat > /opt/podbay/etc/jupyter/jupyter_server_config.d/podbay-sshd.json <<'JSON'
+  # Not in jupyter_server_config.d/: Jupyter reads only extensions' switches from there.
+  cat > /opt/podbay/etc/jupyter/jupyter_server_config.json <<'JSON'
 {"ServerProxy": {"servers": {"sshd": {
   "command": ["/opt/podbay/bin/python", "-I", "/opt/podbay/lib/podbay_sshd.py", "serve", "{port}"],
   "raw_socket_proxy": true, "timeout": 60, "launcher_entry": {"enabled": false}}}}}

@@ -173,6 +173,62 @@ def test_home_survives_stop_start_and_recreation(dhub, docker):
     dhub.stop_server("alice", "home2")
 
 
+def test_ssh_into_a_container_workspace_through_the_hub(dhub, docker, tmp_path_factory):
+    """The image's sshd, as jovyan, behind the workspace's Jupyter server; the real OpenSSH
+    client with `ProxyCommand podbay ssh-proxy` (tests/integration/test_ssh.py does all of it
+    on the local backend)."""
+    from tests.integration.test_ssh import Person, free_port
+
+    person = Person(dhub, tmp_path_factory.mktemp("alice-laptop"), "alice")
+    assert person.podbay("login", dhub.url, "--token", dhub.new_token("alice")).returncode == 0
+    assert person.podbay("keys", "add", f"{person.key}.pub").returncode == 0
+    opts = {"profile": "mig-1g.10gb", "image": "base", "volumes": ["scratch"]}
+    dhub.start_server("alice", "ssh", opts)
+    try:
+        r = person.podbay("ssh", *person.ssh_options(), "ssh", "--",
+                          'id -un; echo "$HOME"; pwd; echo "$NVIDIA_VISIBLE_DEVICES"; ls -d ~/data/scratch')
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["jovyan", "/home/jovyan", "/home/jovyan",
+                                         *claimed(dhub, "workspace:alice/ssh"), "/home/jovyan/data/scratch"]
+        assert person.podbay("ssh-config", "--write").returncode == 0
+        payload = tmp_path_factory.mktemp("payload") / "weights.bin"
+        payload.write_bytes(bytes(range(256)) * 4096)
+        scp = subprocess.run(["scp", "-F", str(person.config), *person.ssh_options(), str(payload),
+                              "podbay.ssh:weights.bin"], capture_output=True, text=True, env=person.env, timeout=60)
+        assert scp.returncode == 0, scp.stderr
+        cid = container_of(dhub, docker, "alice", "ssh")["Id"]
+        code, out = sh(docker, cid, "sha256sum < /home/jovyan/weights.bin; stat -c %U /home/jovyan/weights.bin")
+        import hashlib
+
+        assert out.split()[0] == hashlib.sha256(payload.read_bytes()).hexdigest() and out.split()[-1] == "jovyan"
+        # A server on the workspace's own loopback, which nothing outside it can reach but the tunnel.
+        inner, outer = free_port(), free_port()
+        tunnel = subprocess.Popen(
+            ["ssh", "-F", str(person.config), *person.ssh_options(), "-L", f"127.0.0.1:{outer}:127.0.0.1:{inner}",
+             "podbay.ssh", f"cd ~ && exec python3 -m http.server {inner} --bind 127.0.0.1"],
+            env=person.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline, got = time.monotonic() + 30, None
+            while got is None and time.monotonic() < deadline:
+                assert tunnel.poll() is None, tunnel.stderr.read().decode()
+                try:
+                    got = httpx.get(f"http://127.0.0.1:{outer}/weights.bin", timeout=5).content
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            assert got == payload.read_bytes()
+        finally:
+            tunnel.terminate()
+            tunnel.wait(10)
+        # A new container after a restart: the host key is the one on the home.
+        dhub.stop_server("alice", "ssh")
+        dhub.start_server("alice", "ssh", opts)
+        assert container_of(dhub, docker, "alice", "ssh")["Id"] != cid
+        again = person.ssh("-o", "StrictHostKeyChecking=yes", "podbay.ssh", "cat ~/weights.bin | wc -c")
+        assert again.returncode == 0 and again.stdout.strip() == str(len(payload.read_bytes())), again.stderr
+    finally:
+        dhub.stop_server("alice", "ssh")
+
+
 @pytest.mark.browser
 def test_vscode_opens_on_the_home_in_a_real_browser(dhub, docker):
     # code-server came from npm with Node.js from PyPI (the image's build_args), and
