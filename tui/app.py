@@ -308,16 +308,73 @@ class PodbayApp(App):
 
     def action_connect(self) -> None:
         ws = self._selected_ws()
-        if ws is None:
+        if ws is not None:
+            self._connect(ws)
+
+    @work(group="calls")
+    async def _connect(self, ws: Workspace) -> None:
+        from .ssh import host_alias
+
+        try:
+            info = await self.client.ssh_info()
+        except ClientError as e:
+            self._report(e)
             return
-        base = f"{self.client.url}/user/{self.client.user}/{ws.name}"
-        self.push_screen(Connect(
-            f"Connect VS Code to {ws.name}\n\n"
-            f"In the browser (code-server in the image):\n  {base}/vscode/\n\n"
-            f"From the desktop (the Jupyter extension):\n"
-            f"  1. Command palette → 'Jupyter: Specify Jupyter Server for Connections'\n"
-            f"  2. Existing server: {base}/?token=<a token from {self.client.url}/hub/token>\n\n"
-            "esc closes"))
+        host = host_alias(ws.name)
+        link = f"vscode://vscode-remote/ssh-remote+{host}{info['home']}"
+        server = self.client.server_url(ws)
+        keys = (f"{info['keys']} SSH key(s) registered (podbay keys ls)" if info["keys"] else
+                "No SSH key registered yet: podbay keys add (workspaces take no passwords)")
+        running = "" if ws.state == "ready" else f"\n{ws.name} is {ws.state}: podbay ssh --start {ws.name} starts it.\n"
+        text = (f"Connect to {ws.name}\n{running}\n"
+                f"VS Code in the browser (code-server):\n  {server}vscode/\n\n"
+                "Desktop VS Code, Remote-SSH (editor, terminal and debugger in the workspace):\n"
+                "  1. w writes podbay's hosts into ~/.ssh/config (again after new workspaces)\n"
+                f"  2. Remote-SSH: Connect to Host… → {host}, or open\n     {link}\n"
+                f"  From a terminal: ssh {host}   (or: podbay ssh {ws.name})\n"
+                f"  {keys}\n\n"
+                "Desktop VS Code, Jupyter extension (notebooks on this workspace's kernels):\n"
+                "  j makes a token for this workspace only, then Select Kernel → Existing JupyterHub Server\n\n"
+                "s copy ssh · v copy the Remote-SSH link · j Jupyter token · w write ~/.ssh/config · esc close")
+        self.push_screen(Connect(text, {"ssh": f"ssh {host}", "vscode": link},
+                                 on_jupyter=lambda screen: self._jupyter_token(screen, ws),
+                                 on_write=self._write_ssh_config))
+
+    @work(group="calls")
+    async def _jupyter_token(self, screen: Connect, ws: Workspace) -> None:
+        try:
+            made = await self.client.jupyter_token(ws.name)
+        except ClientError as e:
+            screen.show(str(e))
+            return
+        server = self.client.server_url(ws)
+        self.copy_to_clipboard(f"{server}?token={made['token']}")
+        screen.show(f"Jupyter extension → Existing JupyterHub Server:\n  URL       {server}\n"
+                    f"  username  {self.client.user}\n  token     {made['token']}\n"
+                    f"Copied as one URL (Existing Jupyter Server). It reaches {ws.name} only, until "
+                    f"{(made.get('expires_at') or 'revoked')[:10]}.")
+
+    @work(group="calls")
+    async def _write_ssh_config(self, screen: Connect) -> None:
+        from pathlib import Path
+
+        from .ssh import config_block, write_config
+
+        try:
+            names = [w.name for w in await self.client.workspaces()]
+            info = await self.client.ssh_info()
+        except ClientError as e:
+            screen.show(str(e))
+            return
+        path = Path("~/.ssh/config").expanduser()
+        try:
+            changed = await asyncio.to_thread(write_config, path, config_block(self.client.url, self.client.user,
+                                                                              info["login"], names))
+        except OSError as e:
+            screen.show(f"Could not write {path}: {e.strerror}")
+            return
+        screen.show(f"{'Wrote' if changed else 'Already up to date:'} podbay's hosts in {path} "
+                    f"({', '.join(f'podbay.{n}' for n in names)}).")
 
     def action_stop(self) -> None:
         ws = self._selected_ws()

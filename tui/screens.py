@@ -292,15 +292,39 @@ class Details(Screen[None]):
 
 
 class Connect(ModalScreen[None]):
-    BINDINGS = [Binding("escape,enter", "dismiss", "close", id="connect.close")]
+    """Both ways into a workspace from desktop VS Code (and a terminal), with the exact
+    commands; keys copy them, make a Jupyter token, or write podbay's ~/.ssh/config block."""
 
-    def __init__(self, text: str):
+    BINDINGS = [Binding("escape,enter", "dismiss", "close", id="connect.close"),
+                Binding("s", "copy('ssh')", "copy ssh", id="connect.ssh"),
+                Binding("v", "copy('vscode')", "copy Remote-SSH link", id="connect.vscode"),
+                Binding("j", "jupyter", "Jupyter token", id="connect.jupyter"),
+                Binding("w", "write_config", "write ~/.ssh/config", id="connect.write")]
+
+    def __init__(self, text: str, copies: dict[str, str], on_jupyter, on_write):
         super().__init__()
-        self.text = text
+        self.text, self.copies = text, copies
+        self.on_jupyter, self.on_write = on_jupyter, on_write
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
             yield Static(self.text, id="connect")
+            yield Static("", id="connect-result")
+        yield Footer()
+
+    def show(self, text: str) -> None:
+        self.query_one("#connect-result", Static).update(text)
+
+    def action_copy(self, what: str) -> None:
+        value = self.copies[what]
+        self.app.copy_to_clipboard(value)
+        self.show(f"Copied: {value}")
+
+    def action_jupyter(self) -> None:
+        self.on_jupyter(self)
+
+    def action_write_config(self) -> None:
+        self.on_write(self)
 
 
 class Help(ModalScreen[None]):

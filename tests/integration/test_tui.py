@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -10,7 +11,7 @@ from textual.widgets import Input, OptionList
 
 from podbay.tui.app import PodbayApp
 from podbay.tui.client import Refused
-from podbay.tui.screens import Confirm, Help, Login, Logs, NewWorkspace, SetSecret, SubmitJob
+from podbay.tui.screens import Confirm, Connect, Help, Login, Logs, NewWorkspace, SetSecret, SubmitJob
 
 pytestmark = pytest.mark.hub
 SIZE = (120, 40)
@@ -217,9 +218,25 @@ async def test_open_connect_details_and_edit(hub, tmp_path, monkeypatch):
         ws.move_cursor(row=[ws.get_row_at(i)[0] for i in range(ws.row_count)].index("beta"))
         await pilot.press("o")
         await until(pilot, lambda: any(f"{hub.url}/user/alice/beta/lab" in n for n in notes(app)), what="notification")
+        monkeypatch.setenv("HOME", str(tmp_path))
         await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, Connect), what="connect")
         text = str(app.screen.query_one("#connect").render())
-        assert f"{hub.url}/user/alice/beta/vscode/" in text and "/hub/token" in text
+        assert f"{hub.url}/user/alice/beta/vscode/" in text and "ssh podbay.beta" in text
+        assert f"vscode://vscode-remote/ssh-remote+podbay.beta{hub.data_dir / 'homes' / 'alice'}" in text
+        await pilot.press("s")
+        assert app.clipboard == "ssh podbay.beta"
+        result = app.screen.query_one("#connect-result")
+        await pilot.press("j")
+        await until(pilot, lambda: "token " in str(result.render()), what="jupyter token")
+        token = re.search(r"token\s+(\S+)", str(result.render())).group(1)
+        assert app.clipboard == f"{hub.url}/user/alice/beta/?token={token}"
+        async with httpx.AsyncClient() as http:
+            status = await http.get(f"{hub.url}/user/alice/beta/api/status", headers={"Authorization": f"token {token}"})
+        assert status.status_code == 200
+        await pilot.press("w")
+        await until(pilot, lambda: "Wrote" in str(result.render()), what="ssh config written")
+        assert "Host podbay.beta" in (tmp_path / ".ssh" / "config").read_text()
         await pilot.press("escape")
         await pilot.press("d")
         assert '"profile": "mig-1g.10gb"' in str(app.screen.query_one("#details").render())
