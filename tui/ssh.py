@@ -10,11 +10,11 @@ token may reach it, so a refusal is one sentence rather than an SSH protocol err
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
 import sys
-import threading
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -114,12 +114,16 @@ def preflight(creds: Credentials, target: str, http: httpx.Client | None = None)
 def bridge(url: str, token: str, infd: int = 0, outfd: int = 1) -> int:
     """Carry bytes between standard input/output and the workspace's sshd until either side
     closes. SSH's own encryption rides inside; the WebSocket adds nothing to compress."""
+    return asyncio.run(_bridge(url, token, infd, outfd))
+
+
+async def _bridge(url: str, token: str, infd: int, outfd: int) -> int:
+    from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
-    from websockets.sync.client import connect
 
     try:
-        ws = connect(url, additional_headers={"Authorization": f"token {token}"}, compression=None,
-                     max_size=None, open_timeout=30, user_agent_header="podbay-ssh-proxy")
+        ws = await connect(url, additional_headers={"Authorization": f"token {token}"}, compression=None,
+                           max_size=None, open_timeout=30, user_agent_header="podbay-ssh-proxy")
     except InvalidStatus as e:
         status = e.response.status_code
         if status in (401, 403):
@@ -130,31 +134,36 @@ def bridge(url: str, token: str, infd: int = 0, outfd: int = 1) -> int:
     except (OSError, TimeoutError) as e:
         raise SshRefused(f"cannot reach the workspace ({type(e).__name__}): {e}") from None
 
-    def upstream():
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), open(infd, "rb", buffering=0, closefd=False))
+    out_transport, out_protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, open(outfd, "wb", buffering=0, closefd=False))
+    writer = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+    received = False
+
+    async def upstream():
         try:
-            while True:
-                data = os.read(infd, 1 << 16)
-                if not data:
-                    break
-                ws.send(data)
+            while data := await reader.read(1 << 18):
+                await ws.send(data)
         except (ConnectionClosed, OSError):
             pass
-        finally:
-            ws.close()
+        await ws.close()
 
-    threading.Thread(target=upstream, daemon=True).start()
-    received = False
-    try:
-        for message in ws:
-            received = True
-            data = message if isinstance(message, bytes) else message.encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(outfd, view):]
-    except (ConnectionClosed, BrokenPipeError):
-        pass
-    finally:
-        ws.close()
+    async def downstream():
+        nonlocal received
+        try:
+            async for message in ws:
+                received = True
+                writer.write(message if isinstance(message, bytes) else message.encode())
+                await writer.drain()
+        except (ConnectionClosed, OSError):
+            pass
+
+    up = asyncio.create_task(upstream())
+    await downstream()
+    up.cancel()
+    await ws.close()
     if not received:
         # sshd greets first: nothing at all means it did not start (the workspace's log says why).
         raise SshRefused("the workspace's SSH server closed the connection without a word: it may not be "
