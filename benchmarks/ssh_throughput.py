@@ -12,15 +12,18 @@ directly at its loopback port. Both measure:
   round trip p50/p95.
 
 Prints both ratios hub/plain (throughput: plain/hub time; a tunnel costing more than 2×
-plain SSH is worth a look).
+plain SSH is worth a look). `--layers` also copies along the way, to see what each part
+costs: straight to the workspace's sshd port (its settings, no tunnel), over the WebSocket
+to the workspace's Jupyter server (no configurable-http-proxy), and through the hub.
 
-    .venv/bin/python benchmarks/ssh_throughput.py --mb 500 -n 1000
+    .venv/bin/python benchmarks/ssh_throughput.py --mb 500 -n 1000 --layers
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -85,6 +88,30 @@ def command_latencies(person: Person, target: list[str], n: int, control: Path) 
     return times
 
 
+def layers(hub: Hub, person: Person, payload: Path, mb: int) -> None:
+    """The same copy along parts of the way (ports read from `ss`)."""
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+    sshd_port = next(re.search(r":(\d+) ", line).group(1) for line in listening if '"sshd"' in line)
+    pid = hub.workspace_pid("alice", WS)
+    jupyter_port = next(re.search(r"127\.0\.0\.1:(\d+) ", line).group(1) for line in listening if f"pid={pid}," in line)
+    token = hub.token("alice")
+
+    def bridge_to(port: int) -> str:
+        code = (f"from podbay.tui.ssh import bridge; "
+                f"bridge('ws://127.0.0.1:{port}/user/alice/{WS}/sshd/', '{token}')")
+        return f"{sys.executable} -c \"{code}\""
+
+    ways = {"the workspace's sshd, no tunnel": ["-o", "ProxyCommand=none", "-o", "HostKeyAlias=none",
+                                                 "-o", "StrictHostKeyChecking=no", "-P", sshd_port],
+            "WebSocket to the Jupyter server": ["-o", f"ProxyCommand={bridge_to(int(jupyter_port))}"],
+            "WebSocket through the hub": []}
+    for name, extra in ways.items():
+        host = "127.0.0.1" if "-P" in extra else f"podbay.{WS}"
+        best = min(scp_seconds(person, ["-F", str(person.config), *person.ssh_options(), *extra,
+                                        f"{host}:payload.bin"], payload) for _ in range(2))
+        print(f"  layers: {name}: {mb / best:.1f} MB/s", flush=True)
+
+
 def pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100)[int(q) - 1] if len(xs) > 1 else xs[0]
 
@@ -94,6 +121,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=500, help="size of the copied file in MB (default %(default)s)")
     ap.add_argument("-n", type=int, default=1000, help="small commands over one connection (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=2, help="copies per way, alternating (default %(default)s)")
+    ap.add_argument("--layers", action="store_true", help="also copy along parts of the way")
     args = ap.parse_args()
     if not shutil.which("ssh"):
         raise SystemExit("OpenSSH's client is not installed")
@@ -131,6 +159,8 @@ def main() -> None:
                 for name, dest in (order if i % 2 == 0 else order[::-1]):
                     copies[name].append(scp_seconds(person, dest, payload))
                     print(f"  scp {name}: {args.mb / copies[name][-1]:.1f} MB/s", flush=True)
+            if args.layers:
+                layers(hub, person, payload, args.mb)
             lat = {"plain": command_latencies(person, direct, args.n, tmp / "cm-plain"),
                    "hub": command_latencies(person, via_hub, args.n, tmp / "cm-hub")}
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -66,6 +67,12 @@ class LocalDriver:
     def home(self, user: str) -> str:
         return str(self.hub.data_dir / "homes" / user)
 
+    def inside_home(self, user: str) -> str:
+        return self.home(user)
+
+    # The account workspaces run as, which SSH logs in to: the hub's own.
+    login = pwd.getpwuid(os.getuid()).pw_name
+
     def env(self, user: str, ws: str) -> dict[str, str]:
         return environ_of(self.hub.workspace_pid(user, ws))
 
@@ -103,6 +110,11 @@ class DockerDriver:
 
     def home(self, user: str) -> str:
         return "/home/jovyan"
+
+    def inside_home(self, user: str) -> str:
+        return "/home/jovyan"
+
+    login = "jovyan"
 
     def _container(self, user: str, ws: str) -> str:
         ledger = self.hub.book()
@@ -150,6 +162,11 @@ class KubernetesDriver:
 
     def home(self, user: str) -> str:
         return str(self.hub.data_dir / "volumes" / f"podbay-home-{user}")
+
+    def inside_home(self, user: str) -> str:
+        return "/home/jovyan"
+
+    login = "jovyan"
 
     def pod(self, user: str, ws: str) -> dict:
         pods = httpx.get(f"{self.url}/api/v1/namespaces/{self.NS}/pods", timeout=10).json()["items"]
@@ -352,6 +369,29 @@ def test_quota_and_access_refusals_claim_nothing(engine):
     # What fits the quota starts.
     assert hub.start_server("bob", "small", {"profile": "shared-1/2", "image": "base"}).status_code in (201, 202)
     hub.stop_server("bob", "small")
+
+
+def test_ssh_through_the_hub_as_the_workspaces_account_in_its_home(engine, tmp_path_factory):
+    """`podbay ssh` with the real OpenSSH client, through the hub and the workspace's Jupyter
+    server (tests/integration/test_ssh.py has the rest of SSH, on the local and docker backends)."""
+    from tests.integration.test_ssh import Person
+
+    hub = engine.hub
+    person = Person(hub, tmp_path_factory.mktemp(f"laptop-{engine.name}"), "alice")
+    assert person.podbay("login", hub.url, "--token", hub.new_token("alice")).returncode == 0
+    assert person.podbay("keys", "add", f"{person.key}.pub").returncode == 0
+    hub.start_server("alice", "ssh", {"profile": "mig-1g.10gb", "image": "base", "volumes": ["scratch"]})
+    try:
+        r = person.podbay("ssh", *person.ssh_options(), "ssh", "--",
+                          'id -un; pwd; echo "$NVIDIA_VISIBLE_DEVICES"; ls -d "$HOME/data/scratch"; '
+                          'echo "from ssh" > "$HOME/from-ssh.txt"')
+        assert r.returncode == 0, r.stderr
+        home = engine.inside_home("alice")
+        assert r.stdout.splitlines() == [engine.login, home, engine.env("alice", "ssh")["NVIDIA_VISIBLE_DEVICES"],
+                                         f"{home}/data/scratch"]
+        assert engine.sh("alice", "ssh", "cat ~/from-ssh.txt")[1].strip() == "from ssh"
+    finally:
+        hub.stop_server("alice", "ssh")
 
 
 def test_a_workspace_that_dies_while_starting_fails_at_once_and_frees_its_devices(engine):
