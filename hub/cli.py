@@ -413,8 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands whose words after `--` are a command line for elsewhere, taken whole: argparse
+# cannot put them in a positional after options that follow the other positionals
+# (`podbay ssh dev --start -- nvidia-smi`).
+PASS_THROUGH = {"ssh"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] | None = None
+    if argv and argv[0] in PASS_THROUGH and "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if rest is not None:
+        args.command = [*args.command, *rest]
     return args.func(args)
 
 

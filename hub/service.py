@@ -56,6 +56,14 @@ class Caller:
     groups: tuple[str, ...]
     # False when the token is a user's but lacks ACCESS_SCOPE: refused with a 403 naming it.
     may_access: bool = True
+    # The token's own scopes, as the hub resolved them.
+    scopes: frozenset[str] = frozenset()
+
+    def reaches_all_workspaces(self) -> bool:
+        """Whether this token may reach every one of the person's workspaces: what making a
+        token for one, or a key that opens them all, must not exceed. A workspace's own token
+        reaches only itself."""
+        return bool({"access:servers", f"access:servers!user={self.name}"} & self.scopes)
 
 
 # The scope that lets a token use this service. JupyterHub resolves any token of a user,
@@ -93,8 +101,9 @@ class HubClient:
                 else:
                     # A workspace's own token may not read the user's groups: ask as the service.
                     full = await self.user(model["name"])
+                    scopes = frozenset(model.get("scopes") or ())
                     caller = Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()),
-                                    may_access=bool(_ACCESS_SCOPES & set(model.get("scopes") or ())))
+                                    may_access=bool(_ACCESS_SCOPES & scopes), scopes=scopes)
         except httpx.HTTPError as e:
             raise ApiError(503, "hub_unavailable",
                            f"JupyterHub's API is not reachable ({type(e).__name__}); try again shortly") from None
@@ -443,8 +452,15 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
     async def list_keys(who: Caller = Depends(caller)):
         return [SshKeyOut(**k) for k in await asyncio.to_thread(keys.list, who.name)]
 
+    def open_every_workspace(who: Caller, what: str) -> None:
+        if not who.reaches_all_workspaces():
+            raise ApiError(403, "forbidden", f"{what} needs a login that reaches all your workspaces (podbay login on "
+                                             "your own computer), not a workspace's token or a narrower one")
+
     @api.post("/keys", response_model=SshKeyOut, status_code=201, summary="Register an SSH public key")
     async def add_key(body: SshKeyIn, who: Caller = Depends(caller)):
+        # A key opens every workspace, for as long as it is registered.
+        open_every_workspace(who, "registering an SSH key")
         try:
             added = await asyncio.to_thread(keys.add, who.name, body.key)
         except KeyRefused as e:
@@ -454,6 +470,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
 
     @api.delete("/keys/{fingerprint:path}", status_code=204, summary="Remove one of your SSH keys")
     async def delete_key(fingerprint: str = Path(max_length=64), who: Caller = Depends(caller)):
+        open_every_workspace(who, "removing an SSH key")
         if not await asyncio.to_thread(keys.remove, who.name, fingerprint):
             raise ApiError(404, "not_found", f"you have no key {fingerprint}")
         log.info("%s removed the SSH key %s", who.name, fingerprint)
@@ -474,6 +491,8 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
               summary="A token for VS Code's Jupyter extension, good for this one workspace only")
     async def jupyter_token(body: JupyterTokenIn | None = None, name: str = Path(max_length=255),
                             who: Caller = Depends(caller)):
+        # Never more than the caller has: a workspace's token may not mint one for another.
+        open_every_workspace(who, "a token for the Jupyter extension")
         try:
             model = await hub.user(who.name)
         except httpx.HTTPError:

@@ -65,8 +65,9 @@ IMAGES: dict[str, tuple[list[str], list[str], tuple[int, int]]] = {
     "podbay/debian-root:bookworm": ([], ["bash"], (0, 0)),  # no terminal: bash exits at once
 }
 IMAGE_PATH = f"{BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# What images/common/install-workspace.sh puts in the workspace images besides the command:
-# the account jovyan (uid 1000, gid 100) and Jupyter's entry for the workspace's sshd.
+# What images/common/install-workspace.sh puts in the workspace images besides the command
+# (and the sshd entry, which podbay's own environment registers too): the account jovyan
+# (uid 1000, gid 100).
 WORKSPACE_IMAGES = {"podbay/base:2026.11"}
 
 
@@ -449,12 +450,8 @@ class Cluster:
         script = ["set -e", "mount -t tmpfs pod-home /home", "mkdir -p /home/jovyan",
                   f"chown {image_uid}:{image_gid} /home/jovyan"]
         if c["image"] in WORKSPACE_IMAGES:
-            # Mounted (the state folder is private to root), where only this pod sees them.
-            passwd, jupyter = self.workspace_image_files()
-            script += [f"mount --bind {shlex.quote(str(passwd))} /etc/passwd",
-                       "mount -t tmpfs -o mode=0755 pod-image /mnt",
-                       f"cp -r {shlex.quote(str(jupyter))} /mnt/jupyter", "chmod -R a+rX /mnt/jupyter"]
-            env["JUPYTER_CONFIG_PATH"] = "/mnt/jupyter"
+            # Mounted (the state folder is private to root), where only this pod sees it.
+            script.append(f"mount --bind {shlex.quote(str(self.workspace_image_passwd()))} /etc/passwd")
         for m in sorted(c.get("volumeMounts") or [], key=lambda m: len(m["mountPath"])):
             claim = claims.get(m["name"])
             if claim is None:
@@ -494,21 +491,14 @@ class Cluster:
                        "containerStatuses": [self.container_status(pod, {"running": {"startedAt": "2026-11-30T00:00:00Z"}},
                                                                    ready=True)]}})
 
-    def workspace_image_files(self) -> tuple[Path, Path]:
-        """The workspace image's /etc/passwd (the host's, with jovyan as uid 1000) and its
-        Jupyter configuration folder (the sshd entry), made once."""
-        from podbay.hub.spawners.local import SSHD, sshd_server
-
-        passwd, jupyter = self.state / "image" / "passwd", self.state / "image" / "jupyter"
+    def workspace_image_passwd(self) -> Path:
+        """The workspace image's /etc/passwd: the host's, with jovyan as uid 1000."""
+        passwd = self.state / "image" / "passwd"
         if not passwd.exists():
-            jupyter.mkdir(parents=True, exist_ok=True)
+            passwd.parent.mkdir(parents=True, exist_ok=True)
             lines = [line for line in Path("/etc/passwd").read_text().splitlines() if line.split(":")[2:3] != ["1000"]]
             passwd.write_text("\n".join([*lines, "jovyan:x:1000:100::/home/jovyan:/bin/bash"]) + "\n")
-            # The launcher needs only the standard library: the pod's `python3` on its PATH (the
-            # image's is /opt/podbay/bin/python).
-            (jupyter / "jupyter_server_config.json").write_text(json.dumps(
-                {"ServerProxy": {"servers": {"sshd": sshd_server("python3", str(SSHD))}}}))
-        return passwd, jupyter
+        return passwd
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.kill(box.proc, grace=2) for box in self.containers.values()))

@@ -239,8 +239,8 @@ async def vscode_text(c: PodbayClient, ws, days: int = 30) -> str:
     Jupyter extension (good for this workspace only)."""
     from .ssh import host_alias
 
+    info = await c.ssh_info()  # first: a token made and then not shown would be lost
     made = await c.jupyter_token(ws.name, days)
-    info = await c.ssh_info()
     server = c.server_url(ws)
     until = f"until {made['expires_at'][:10]}" if made.get("expires_at") else "until you revoke it"
     return "\n".join([
@@ -314,6 +314,8 @@ def cmd_ssh(args) -> int:
                 print(f"[{event.get('progress', 0):>3}%] {event.get('message', '')}", file=sys.stderr, flush=True)
                 if event.get("failed"):
                     raise SystemExit(f"podbay: {name} did not start")
+        elif ws.state == "stopping":
+            raise SystemExit(f"podbay: {name} is stopping: run podbay ssh --start {name} once it stopped")
         elif ws.state != "ready":
             raise SystemExit(f"podbay: {name} is {ws.state}: start it with podbay ssh --start {name}")
         info = await c.ssh_info()
@@ -331,21 +333,21 @@ def cmd_ssh(args) -> int:
         print(f"podbay: {e}", file=sys.stderr)
         return 1
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
     with tempfile.TemporaryDirectory(prefix="podbay-ssh-") as tmp:
         status = os.path.join(tmp, "status")
         # The proxy uses this very login, whichever way it was given here.
         env = {**os.environ, "PODBAY_URL": creds.url, "PODBAY_TOKEN": creds.token, "PODBAY_SSH_PROXY_STATUS": status}
-        argv = [program, "-o", f"ProxyCommand={proxy_command(name)}",
-                "-o", f"HostKeyAlias={known_host_name(creds.url, user, name)}",
-                "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=30", "-l", login]
+        # The person's own options first: ssh keeps the first value it is given.
+        argv = [program]
+        for option in args.option or []:
+            argv += ["-o", option]
+        argv += ["-o", f"ProxyCommand={proxy_command(name)}",
+                 "-o", f"HostKeyAlias={known_host_name(creds.url, user, name)}",
+                 "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=30", "-l", login]
         for spec in args.local_forward or []:
             argv += ["-L", spec]
         for identity in args.identity or []:
             argv += ["-i", identity]
-        for option in args.option or []:
-            argv += ["-o", option]
         argv += [host_alias(name), *command]
         try:
             rc = subprocess.run(argv, env=env).returncode
@@ -639,11 +641,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="forward a local port into the workspace (as ssh -L); repeat for more")
     p.add_argument("-i", dest="identity", action="append", metavar="FILE", help="the private key to use (as ssh -i)")
     p.add_argument("-o", dest="option", action="append", metavar="OPTION", help="an ssh option (as ssh -o)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command (default: a shell)")
+    # Not REMAINDER: options after the name (podbay ssh dev --start) stay options.
+    p.add_argument("command", nargs="*", help="-- then the command line (default: a shell)")
     p.set_defaults(func=cmd_ssh)
     p = sub.add_parser("ssh-proxy", parents=[common],
                        help="ssh's ProxyCommand: the connection over the hub, with your podbay login")
-    p.add_argument("workspace", metavar="WORKSPACE", help="NAME, podbay.NAME, or USER/NAME (admins)")
+    p.add_argument("workspace", metavar="WORKSPACE", help="NAME or podbay.NAME")
     p.set_defaults(func=cmd_ssh_proxy)
     p = sub.add_parser("ssh-config", parents=[common],
                        help="Host entries for ssh, scp, rsync and VS Code Remote-SSH (podbay.NAME)")

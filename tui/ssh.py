@@ -11,6 +11,7 @@ token may reach it, so a refusal is one sentence rather than an SSH protocol err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -52,63 +53,73 @@ def host_alias(workspace: str) -> str:
 def known_host_name(hub_url: str, user: str, workspace: str) -> str:
     """The name a workspace's host key is kept under in known_hosts: one per portal, person and
     workspace, so two portals' workspaces of the same name never look like a changed key."""
-    return f"podbay-{urlsplit(hub_url).netloc}-{user}-{workspace}"
+    parts = urlsplit(hub_url)
+    portal = (parts.netloc + parts.path.rstrip("/")).replace("/", "_").replace(":", "_")
+    return f"podbay-{portal}-{user}-{workspace}"
 
 
-def parse_target(target: str, me: str) -> tuple[str, str]:
-    """`NAME` (one of mine) or `USER/NAME` (someone else's, for admins) → (user, name)."""
-    if target.startswith(HOST_PREFIX):
-        target = target[len(HOST_PREFIX):]
-    user, _, name = target.rpartition("/")
-    if not name:
-        raise SshRefused("name a workspace: podbay ssh NAME (podbay ws ls lists them)")
-    return (user or me), name
+def workspace_name(target: str) -> str:
+    """`NAME` or `podbay.NAME` (as ssh names the host) → NAME. Only the person's own: the
+    workspace's sshd takes only its owner's keys."""
+    name = target[len(HOST_PREFIX):] if target.startswith(HOST_PREFIX) else target
+    if not name or "/" in name:
+        raise SshRefused("name one of your workspaces: podbay ssh NAME (podbay ws ls lists them)")
+    return name
 
 
-def websocket_url(hub_url: str, user: str, workspace: str) -> str:
+def websocket_url(hub_url: str, server_path: str) -> str:
+    """The sshd WebSocket under a workspace's URL, as the hub gives it (its base URL and its
+    way of escaping names included)."""
     parts = urlsplit(hub_url)
     scheme = {"https": "wss", "http": "ws"}[parts.scheme]
-    path = f"{parts.path.rstrip('/')}/user/{quote(user, safe='')}/{quote(workspace, safe='')}/sshd/"
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
+    return urlunsplit((scheme, parts.netloc, server_path.rstrip("/") + "/sshd/", "", ""))
 
 
 def preflight(creds: Credentials, target: str, http: httpx.Client | None = None) -> tuple[str, str, str]:
-    """(user, workspace, WebSocket URL) of a running workspace this login may reach, or
-    SshRefused saying why not."""
+    """(user, workspace, WebSocket URL) of a running workspace of the person's that this
+    login may reach, or SshRefused saying why not."""
     client = http or httpx.Client(timeout=httpx.Timeout(15, connect=5))
     headers = {"Authorization": f"token {creds.token}"}
     api = f"{creds.url}/hub/api"
+    name = workspace_name(target)
     try:
         try:
             r = client.get(f"{api}/user", headers=headers)
             if r.status_code in (401, 403):
                 raise SshRefused("your podbay login was not accepted (expired or revoked?): run `podbay login` again")
-            if r.status_code >= 400:
-                raise SshRefused(f"the hub at {creds.url} answered {r.status_code}: is it running?")
-            me = r.json()
-            user, name = parse_target(target, me["name"])
+            me = _json(r, creds.url)
+            user = me["name"]
             r = client.get(f"{api}/users/{quote(user)}", params={"include_stopped_servers": "1"}, headers=headers)
         except httpx.HTTPError as e:
             raise SshRefused(f"cannot reach the hub at {creds.url} ({type(e).__name__}): is it running?") from None
-        whose = "you have" if user == me["name"] else f"{user} has"
-        if r.status_code in (403, 404):
-            raise SshRefused(f"{me['name']} may not reach {user}'s workspaces" if user != me["name"] else
-                             "this podbay login cannot list your workspaces: run `podbay login` again")
-        server = (r.json().get("servers") or {}).get(name)
+        if r.status_code == 403:
+            raise SshRefused("this podbay login cannot list your workspaces: run `podbay login` again")
+        server = (_json(r, creds.url).get("servers") or {}).get(name)
         if server is None:
-            raise SshRefused(f"{whose} no workspace named {name}: podbay ws ls lists them")
+            raise SshRefused(f"you have no workspace named {name}: podbay ws ls lists them")
         if not server.get("ready"):
             if server.get("pending") == "spawn":
                 raise SshRefused(f"{name} is starting: try again when podbay ws ls shows it ready")
-            raise SshRefused(f"{name} is not running: start it with podbay ssh --start {name} (or podbay ws new {name})")
+            if server.get("pending") == "stop":
+                raise SshRefused(f"{name} is stopping: start it again with podbay ssh --start {name} once it stopped")
+            raise SshRefused(f"{name} is stopped: start it with podbay ssh --start {name} (or podbay ws new {name})")
         scopes = {s.split("!")[0] for s in me.get("scopes") or []}
-        if not scopes & {"access:servers", "admin-ui", "inherit"}:
+        if not scopes & {"access:servers", "inherit"}:
             raise SshRefused("this podbay login may not reach workspaces (it was made before podbay ssh): "
                              "run `podbay login` again")
-        return user, name, websocket_url(creds.url, user, name)
+        return user, name, websocket_url(creds.url, server.get("url") or f"/user/{quote(user)}/{quote(name)}/")
     finally:
         if http is None:
             client.close()
+
+
+def _json(r: httpx.Response, url: str) -> dict:
+    try:
+        if r.status_code < 400:
+            return r.json()
+    except ValueError:
+        pass
+    raise SshRefused(f"the hub at {url} answered {r.status_code} (not JupyterHub's API): is it running?")
 
 
 def bridge(url: str, token: str, infd: int = 0, outfd: int = 1) -> int:
@@ -122,8 +133,10 @@ async def _bridge(url: str, token: str, infd: int, outfd: int) -> int:
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
     try:
+        # No WebSocket pings: SSH keeps the connection alive itself (ServerAliveInterval), and
+        # a ping's answer can wait behind a long upload. HTTPS_PROXY is honoured.
         ws = await connect(url, additional_headers={"Authorization": f"token {token}"}, compression=None,
-                           max_size=None, open_timeout=30, user_agent_header="podbay-ssh-proxy")
+                           max_size=None, open_timeout=30, ping_interval=None, user_agent_header="podbay-ssh-proxy")
     except InvalidStatus as e:
         status = e.response.status_code
         if status in (401, 403):
@@ -163,7 +176,12 @@ async def _bridge(url: str, token: str, infd: int, outfd: int) -> int:
     up = asyncio.create_task(upstream())
     await downstream()
     up.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await up
     await ws.close()
+    with contextlib.suppress(OSError):
+        await writer.drain()  # what sshd said last reaches ssh
+    writer.close()
     if not received:
         # sshd greets first: nothing at all means it did not start (the workspace's log says why).
         raise SshRefused("the workspace's SSH server closed the connection without a word: it may not be "
@@ -176,11 +194,13 @@ async def _bridge(url: str, token: str, infd: int, outfd: int) -> int:
 
 
 def config_block(hub_url: str, user: str, login: str, workspaces: list[str]) -> str:
-    """podbay's block for ~/.ssh/config: one Host per workspace (VS Code's Remote-SSH lists
-    them), and podbay.* for those made later."""
+    """podbay's block for ~/.ssh/config: one Host per workspace, which VS Code's Remote-SSH
+    lists. It ends with `Host *`, so that options at the top of the person's own file, which
+    follows, still apply to every host as before."""
     lines = [BEGIN,
              f"# Written by `podbay ssh-config --write` for {user} at {hub_url}; it replaces what is",
-             "# between these two lines each time. Your own entries belong outside them."]
+             "# between these two lines each time (run it again for new workspaces). Your own",
+             "# entries belong outside them."]
     for name in sorted(workspaces):
         lines += [f"Host {host_alias(name)}",
                   f"    User {login}",
@@ -188,13 +208,7 @@ def config_block(hub_url: str, user: str, login: str, workspaces: list[str]) -> 
                   f"    HostKeyAlias {known_host_name(hub_url, user, name)}",
                   "    StrictHostKeyChecking accept-new",
                   "    ServerAliveInterval 30"]
-    # %h is the name given to ssh (podbay.NAME); ssh-proxy takes the prefix off.
-    lines += [f"Host {host_alias('*')}",
-              f"    User {login}",
-              f"    ProxyCommand {proxy_command('HOST').replace('HOST', '%h')}",
-              "    StrictHostKeyChecking accept-new",
-              "    ServerAliveInterval 30"]
-    lines.append(END)
+    lines += ["Host *", END]
     return "\n".join(lines) + "\n"
 
 
@@ -202,22 +216,27 @@ def merge_config(text: str, block: str) -> str:
     """`text` with podbay's block replaced, or put first where there is none: ssh takes the
     first value it finds for an option, so a `Host *` of the person's own further down
     cannot override podbay's ProxyCommand. Everything outside the block is kept as it is."""
-    pattern = re.compile(rf"^{re.escape(BEGIN)}\n.*?^{re.escape(END)}\n?", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(BEGIN)}[ \t]*\r?\n.*?^{re.escape(END)}[ \t]*(\r?\n)?", re.S | re.M)
     if pattern.search(text):
         return pattern.sub(lambda _m: block, text, count=1)
     return block + ("\n" + text if text else "")
 
 
 def write_config(path: Path, block: str) -> bool:
-    """Write the block into an ssh config file; False where nothing changed."""
-    old = path.read_text() if path.exists() else ""
+    """Write the block into an ssh config file; False where nothing changed. A link (a
+    dotfiles manager's) is followed: its target is written, the link stays."""
+    path = path.resolve()
+    old = ""
+    if path.exists():
+        with open(path, newline="") as f:  # line ends as they are (CRLF stays CRLF)
+            old = f.read()
     new = merge_config(old, block)
     if new == old:
         return False
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.podbay-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", newline="") as f:
         f.write(new)
     if path.exists():
         os.chmod(tmp, path.stat().st_mode & 0o777)

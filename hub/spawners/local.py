@@ -9,9 +9,7 @@ volume is read-only even for root, and one workspace's mounts are invisible to o
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -22,16 +20,6 @@ from ..quota import Allocation
 from ..procs import proc_start_time
 from ..launch import launcher
 from .mixin import PodbaySpawnerMixin, spawn_may_be_under_way
-
-SSHD = Path(__file__).resolve().parent.parent / "workspace" / "podbay_sshd.py"
-
-
-def sshd_server(python: str, script: str) -> dict:
-    """jupyter-server-proxy's entry for the workspace's sshd (workspace/podbay_sshd.py): raw
-    TCP over the WebSocket at <workspace>/sshd/, no launcher tile. The images carry the
-    same entry (images/common/install-workspace.sh)."""
-    return {"command": [python, "-I", script, "serve", "{port}"], "raw_socket_proxy": True,
-            "timeout": 60, "launcher_entry": {"enabled": False}}
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -102,25 +90,6 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
     def podbay_prepare(self, request):
         # Volumes are per workspace: wrap the configured command in the mount launcher.
         self.cmd = self._launch_prefix() + self._base_cmd
-
-    def get_env(self):
-        env = super().get_env()
-        # The workspace runs from podbay's own environment: Jupyter finds the sshd entry in a
-        # configuration folder of podbay's, ahead of any the operator set.
-        folder = self._jupyter_config()
-        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(filter(None, [folder, env.get("JUPYTER_CONFIG_PATH")]))
-        return env
-
-    def _jupyter_config(self) -> str:
-        folder = Path(self.data_dir) / "jupyter"
-        text = json.dumps({"ServerProxy": {"servers": {"sshd": sshd_server(sys.executable, str(SSHD))}}}, indent=1)
-        path = folder / "jupyter_server_config.json"
-        if not path.exists() or path.read_text() != text:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-        return str(folder)
 
     def _launch_prefix(self) -> list[str]:
         req = self.podbay_request

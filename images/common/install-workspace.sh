@@ -138,14 +138,14 @@ if [ -f "$here/podbay_sshd.py" ]; then
   # The package's own host keys would be the same in every workspace: the launcher makes
   # one per person, on the persistent home.
   rm -f /etc/ssh/ssh_host_*
-  install -d /opt/podbay/lib /opt/podbay/etc/jupyter
-  install -m 0644 "$here/podbay_sshd.py" /opt/podbay/lib/podbay_sshd.py
-  # Not in jupyter_server_config.d/: Jupyter reads only extensions' switches from there.
-  cat > /opt/podbay/etc/jupyter/jupyter_server_config.json <<'JSON'
-{"ServerProxy": {"servers": {"sshd": {
-  "command": ["/opt/podbay/bin/python", "-I", "/opt/podbay/lib/podbay_sshd.py", "serve", "{port}"],
-  "raw_socket_proxy": true, "timeout": 60, "launcher_entry": {"enabled": false}}}}}
-JSON
+  # Registered as jupyter-server-proxy's `sshd` server through an entry point (a
+  # distribution of one module), which no one's ServerProxy.servers setting can replace.
+  site="$(/opt/podbay/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  install -m 0644 "$here/podbay_sshd.py" "$site/podbay_sshd.py"
+  install -d "$site/podbay_sshd-1.0.dist-info"
+  printf 'Metadata-Version: 2.1\nName: podbay-sshd\nVersion: 1.0\n' > "$site/podbay_sshd-1.0.dist-info/METADATA"
+  printf '[jupyter_serverproxy_servers]\nsshd = podbay_sshd:setup_sshd\n' \
+    > "$site/podbay_sshd-1.0.dist-info/entry_points.txt"
   # jupyter-server-proxy serves it; images built without code-server have not installed it yet.
   pip_install "jupyter-server-proxy>=4.3"
 fi

@@ -177,7 +177,7 @@ def test_ssh_into_a_container_workspace_through_the_hub(dhub, docker, tmp_path_f
     """The image's sshd, as jovyan, behind the workspace's Jupyter server; the real OpenSSH
     client with `ProxyCommand podbay ssh-proxy` (tests/integration/test_ssh.py does all of it
     on the local backend)."""
-    from tests.integration.test_ssh import Person, free_port
+    from tests.integration.test_ssh import Person, free_port, kernel_prints
 
     person = Person(dhub, tmp_path_factory.mktemp("alice-laptop"), "alice")
     assert person.podbay("login", dhub.url, "--token", dhub.new_token("alice")).returncode == 0
@@ -201,6 +201,14 @@ def test_ssh_into_a_container_workspace_through_the_hub(dhub, docker, tmp_path_f
         import hashlib
 
         assert out.split()[0] == hashlib.sha256(payload.read_bytes()).hexdigest() and out.split()[-1] == "jovyan"
+        sh(docker, cid, "echo 'written in the container' > /home/jovyan/out.txt")
+        back = payload.parent / "out.txt"
+        scp = subprocess.run(["scp", "-F", str(person.config), *person.ssh_options(), "podbay.ssh:out.txt", str(back)],
+                             capture_output=True, text=True, env=person.env, timeout=60)
+        assert scp.returncode == 0 and back.read_text() == "written in the container\n", scp.stderr
+        stranger = person.keygen("stranger")
+        refused = person.podbay("ssh", "ssh", *person.ssh_options(stranger), "--", "true")
+        assert refused.returncode == 1 and "not one you registered" in refused.stderr
         # A server on the workspace's own loopback, which nothing outside it can reach but the tunnel.
         inner, outer = free_port(), free_port()
         tunnel = subprocess.Popen(
@@ -225,6 +233,12 @@ def test_ssh_into_a_container_workspace_through_the_hub(dhub, docker, tmp_path_f
         assert container_of(dhub, docker, "alice", "ssh")["Id"] != cid
         again = person.ssh("-o", "StrictHostKeyChecking=yes", "podbay.ssh", "cat ~/weights.bin | wc -c")
         assert again.returncode == 0 and again.stdout.strip() == str(len(payload.read_bytes())), again.stderr
+        # VS Code's Jupyter extension, with the token podbay ws open --vscode prints.
+        opened = person.podbay("ws", "open", "ssh", "--vscode")
+        assert opened.returncode == 0, opened.stderr
+        token = re.search(r"token\s+(\S+)", opened.stdout).group(1)
+        assert kernel_prints(f"{dhub.url}/user/alice/ssh/", token, "import os; print(os.environ['NVIDIA_VISIBLE_DEVICES'])") \
+            == ",".join(claimed(dhub, "workspace:alice/ssh"))
     finally:
         dhub.stop_server("alice", "ssh")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import claimed, require
+from tests.conftest import claimed, environ_of, require
 
 pytestmark = pytest.mark.hub
 
@@ -187,11 +187,39 @@ def test_the_host_key_stays_across_a_restart(hub, alice):
     assert stopped.returncode == 1
     assert f"{WS} is stopped: start it with podbay ssh --start {WS}" in stopped.stderr
     # --start brings it back with the options it had, with podbay ws new's progress.
-    r = alice.podbay("ssh", "--start", *alice.ssh_options(), "-o", "StrictHostKeyChecking=yes", WS, "--",
+    # Options after the name are options, and the person's own -o wins over podbay's.
+    r = alice.podbay("ssh", WS, "--start", "-o", "StrictHostKeyChecking=yes", *alice.ssh_options(), "--",
                      "echo", "$PODBAY_PROFILE")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "mig-1g.10gb" and "100%]" in r.stderr
     assert alice.known_hosts.read_text() == before  # no new or changed key recorded
+    strict = alice.podbay("ssh", WS, "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=/dev/null",
+                          *alice.ssh_options(), "--", "true")
+    assert strict.returncode == 1 and "Host key verification failed" in strict.stderr
+
+
+def test_another_persons_registered_key_opens_nothing_here(hub, alice):
+    """bob's key, registered with podbay, over a tunnel alice's login opened: the workspace
+    asks for alice's keys only."""
+    bob_key = alice.keygen(f"bob-{uuid.uuid4().hex[:6]}")
+    with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+                      headers={"Authorization": f"token {hub.token('bob')}"}) as bob:
+        assert bob.post("/keys", json={"key": Path(f"{bob_key}.pub").read_text()}).status_code == 201
+    r = alice.podbay_ssh("true", key=bob_key)
+    assert r.returncode == 1 and "not one you registered" in r.stderr
+
+
+def test_nothing_secret_on_sshds_command_line(hub, alice):
+    assert alice.podbay_ssh("true").returncode == 0
+    token = environ_of(hub.workspace_pid("alice", WS))["JUPYTERHUB_API_TOKEN"]
+    lines = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "comm").read_text().strip() == "sshd":
+                lines.append((d / "cmdline").read_bytes().decode(errors="replace"))
+        except OSError:
+            continue
+    assert lines and not [line for line in lines if token in line or "SetEnv" in line]
 
 
 def test_refusals_are_one_sentence_and_leave_nothing_running(hub, alice, tmp_path):
@@ -207,17 +235,19 @@ def test_refusals_are_one_sentence_and_leave_nothing_running(hub, alice, tmp_pat
     nobody = {"XDG_CONFIG_HOME": str(tmp_path / "empty")}
     assert "not logged in" in refused(nobody, "ssh-proxy", WS)
     assert "not logged in" in refused(nobody, "ssh", WS)
+    # A token of another person's reaches that person's workspaces only.
     bob = {"PODBAY_URL": hub.url, "PODBAY_TOKEN": hub.token("bob")}
-    assert "bob may not reach alice's workspaces" in refused(bob, "ssh-proxy", f"alice/{WS}")
+    assert f"you have no workspace named {WS}" in refused(bob, "ssh-proxy", WS)
+    assert f"you have no workspace named {WS}" in refused(bob, "ssh", WS)
     assert "you have no workspace named nosuch" in refused({}, "ssh-proxy", "nosuch")
     dead = {"PODBAY_URL": f"http://127.0.0.1:{free_port()}", "PODBAY_TOKEN": hub.token("alice")}
     assert "cannot reach the hub" in refused(dead, "ssh-proxy", WS)
     assert "cannot reach" in refused(dead, "ssh", WS)
     # Through ssh itself: the proxy's sentence, then podbay ssh's exit status 1.
     r = subprocess.run(["ssh", *alice.ssh_options(), "-o", f"ProxyCommand={sys.executable} -m podbay.hub.cli "
-                        f"ssh-proxy alice/{WS}", f"podbay.{WS}", "true"], capture_output=True, text=True,
+                        f"ssh-proxy {WS}", f"podbay.{WS}", "true"], capture_output=True, text=True,
                        env={**alice.env, **bob}, timeout=30, stdin=subprocess.DEVNULL)
-    assert r.returncode == 255 and "bob may not reach alice's workspaces" in r.stderr
+    assert r.returncode == 255 and f"you have no workspace named {WS}" in r.stderr
     assert proxies_left(WS) == []
 
 
@@ -250,9 +280,36 @@ def test_ssh_config_write_keeps_the_rest_and_is_idempotent(hub, alice):
     assert alice.config.stat().st_mode & 0o777 == 0o600
 
 
-def test_the_jupyter_extension_path_with_the_printed_token(hub, alice):
+def kernel_prints(server: str, token: str, code: str) -> str:
+    """What VS Code's Jupyter extension does with a server and a token: list the kernelspecs,
+    start a kernel, run code over the kernel's WebSocket, read its output."""
     from websockets.sync.client import connect
 
+    auth = {"Authorization": f"token {token}"}
+    specs = httpx.get(f"{server}api/kernelspecs", headers=auth, timeout=30)
+    assert specs.status_code == 200 and "python3" in specs.json()["kernelspecs"], specs.text
+    kernel = httpx.post(f"{server}api/kernels", headers=auth, json={"name": "python3"}, timeout=60).json()
+    try:
+        ws_url = server.replace("http://", "ws://") + f"api/kernels/{kernel['id']}/channels"
+        with connect(ws_url, additional_headers=auth, open_timeout=30) as ws:
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps({
+                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "", "session": msg_id,
+                           "version": "5.3", "date": ""},
+                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                            "allow_stdin": False}}))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                msg = json.loads(ws.recv(timeout=60))
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                    return msg["content"]["text"].strip()
+        raise AssertionError("the kernel printed nothing")
+    finally:
+        httpx.delete(f"{server}api/kernels/{kernel['id']}", headers=auth, timeout=30)
+
+
+def test_the_jupyter_extension_path_with_the_printed_token(hub, alice):
     r = alice.podbay("ws", "open", WS, "--vscode")
     assert r.returncode == 0, r.stderr
     fields = dict(line.split(None, 1) for line in r.stdout.splitlines()
@@ -261,27 +318,22 @@ def test_the_jupyter_extension_path_with_the_printed_token(hub, alice):
     assert server == f"{hub.url}/user/alice/{WS}/" and fields["username"].strip() == "alice"
     assert f"vscode://vscode-remote/ssh-remote+podbay.{WS}{hub.data_dir / 'homes' / 'alice'}" in r.stdout
     auth = {"Authorization": f"token {token}"}
-    specs = httpx.get(f"{server}api/kernelspecs", headers=auth, timeout=30)
-    assert specs.status_code == 200 and "python3" in specs.json()["kernelspecs"]
-    kernel = httpx.post(f"{server}api/kernels", headers=auth, json={"name": "python3"}, timeout=60).json()
+    assert [kernel_prints(server, token, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])")] == \
+        claimed(hub, f"workspace:alice/{WS}")
+    # Good for reaching this workspace only: not another running one, it starts nothing and
+    # makes no tokens.
+    hub.start_server("alice", "other", {"profile": "cpu"})
     try:
-        ws_url = server.replace("http://", "ws://") + f"api/kernels/{kernel['id']}/channels"
-        with connect(ws_url, additional_headers=auth, open_timeout=30) as ws:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "alice", "session": msg_id,
-                           "version": "5.3", "date": ""},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])", "silent": False,
-                            "store_history": False, "user_expressions": {}, "allow_stdin": False}}))
-            deadline, out = time.monotonic() + 60, None
-            while out is None and time.monotonic() < deadline:
-                msg = json.loads(ws.recv(timeout=60))
-                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-                    out = msg["content"]["text"].strip()
-        assert [out] == claimed(hub, f"workspace:alice/{WS}")
+        assert httpx.get(f"{hub.url}/user/alice/other/api/status", headers=auth).status_code == 403
+        assert httpx.get(f"{hub.url}/user/alice/other/api/status",
+                         headers={"Authorization": f"token {hub.token('alice')}"}).status_code == 200
     finally:
-        httpx.delete(f"{server}api/kernels/{kernel['id']}", headers=auth, timeout=30)
-    # Good for reaching this workspace only: it starts nothing and makes no tokens.
-    assert httpx.post(f"{hub.url}/hub/api/users/alice/servers/other", headers=auth, json={}).status_code == 403
+        hub.stop_server("alice", "other")
+    assert httpx.post(f"{hub.url}/hub/api/users/alice/servers/another", headers=auth, json={}).status_code == 403
     assert httpx.post(f"{hub.url}/hub/api/users/alice/tokens", headers=auth, json={}).status_code == 403
+    # Code in a workspace, with the workspace's own token, may not make one (nor register keys).
+    own = {"Authorization": f"token {environ_of(hub.workspace_pid('alice', WS))['JUPYTERHUB_API_TOKEN']}"}
+    service = f"{hub.url}/services/podbay/api/v1"
+    assert httpx.post(f"{service}/workspaces/{WS}/jupyter-token", headers=own, json={}).status_code == 403
+    assert httpx.post(f"{service}/keys", headers=own,
+                      json={"key": Path(f"{alice.key}.pub").read_text()}).status_code == 403

@@ -33,12 +33,16 @@ def test_the_block_gives_each_workspace_its_proxy_login_and_key_alias(tmp_path):
     assert dev["proxycommand"].endswith("ssh-proxy dev")
     assert dev["hostkeyalias"] == "podbay-podbay.example.org-alice-dev"
     assert dev["stricthostkeychecking"] == "accept-new"
-    # One made after the block was written goes through the catch-all, named as typed.
-    later = ssh_effective(config, "podbay.later")
-    assert later["user"] == "jovyan" and later["proxycommand"].endswith("ssh-proxy %h")
-    assert "hostkeyalias" not in later
     text = config.read_text()
-    assert text.index("Host podbay.dev") < text.index("Host podbay.train") < text.index("Host podbay.*")
+    assert text.index("Host podbay.dev") < text.index("Host podbay.train")
+    # No catch-all: a host name ssh is handed from elsewhere (a repository's submodule URL,
+    # say) never reaches a shell through a %h.
+    assert "%h" not in text and "proxycommand" not in ssh_effective(config, "podbay.other")
+
+
+def test_portals_on_one_host_keep_their_keys_apart():
+    assert ssh.known_host_name("https://h.example.org/a", "alice", "dev") != \
+        ssh.known_host_name("https://h.example.org/b", "alice", "dev")
 
 
 def test_the_proxy_command_survives_the_shell_and_percent_tokens(tmp_path, monkeypatch):
@@ -51,24 +55,28 @@ def test_the_proxy_command_survives_the_shell_and_percent_tokens(tmp_path, monke
     monkeypatch.setattr(sys, "executable", str(odd / "python"))
     config = tmp_path / "config"
     config.write_text(ssh.config_block(HUB, "alice", "jovyan", ["dev"]))
-    for host, given in (("podbay.dev", "dev"), ("podbay.later", "podbay.later")):
+    for host, given in (("podbay.dev", "dev"),):
         subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={tmp_path}/kh",
                         host, "true"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
         assert record.read_text().splitlines() == [str(odd / "podbay"), "ssh-proxy", given]
 
 
 def test_writing_keeps_everything_else_and_twice_changes_nothing(tmp_path):
-    own = "Include ~/.ssh/work\n\nHost bastion\n    User me\n\nHost *\n    ProxyCommand nc %h %p\n"
+    # Options at the top apply to every host: they must go on doing so below podbay's block.
+    own = ("User corp\nIdentityFile ~/.ssh/work_key\n\nHost bastion\n    HostName 192.0.2.10\n\n"
+           "Host *\n    ProxyCommand nc %h %p\n")
     path = tmp_path / ".ssh" / "config"
     path.parent.mkdir()
     path.write_text(own)
     path.chmod(0o640)
+    before = {host: ssh_effective(path, host) for host in ("bastion", "example.org")}
     block = ssh.config_block(HUB, "alice", "jovyan", ["dev"])
     assert ssh.write_config(path, block) is True
     assert path.read_text() == block + "\n" + own
+    assert {host: ssh_effective(path, host) for host in ("bastion", "example.org")} == before
+    assert before["bastion"]["user"] == "corp" and "~/.ssh/work_key" in before["bastion"]["identityfile"]
     # First, so the person's `Host *` ProxyCommand cannot take over podbay's hosts.
     assert ssh_effective(path, "podbay.dev")["proxycommand"].endswith("ssh-proxy dev")
-    assert ssh_effective(path, "bastion")["proxycommand"] == "nc %h %p"
     assert ssh.write_config(path, block) is False
     assert path.stat().st_mode & 0o777 == 0o640
     # New workspaces replace the block in place; the rest is untouched.
@@ -76,6 +84,22 @@ def test_writing_keeps_everything_else_and_twice_changes_nothing(tmp_path):
     assert ssh.write_config(path, newer) is True
     assert path.read_text() == newer + "\n" + own
     assert path.read_text().count(ssh.BEGIN) == 1
+
+
+def test_a_linked_config_and_windows_line_ends(tmp_path):
+    dotfiles = tmp_path / "dotfiles" / "ssh_config"
+    dotfiles.parent.mkdir()
+    dotfiles.write_bytes(b"Host bastion\r\n    User me\r\n")
+    link = tmp_path / "config"
+    link.symlink_to(dotfiles)
+    block = ssh.config_block(HUB, "alice", "jovyan", ["dev"])
+    assert ssh.write_config(link, block) is True
+    assert link.is_symlink() and dotfiles.read_bytes().endswith(b"Host bastion\r\n    User me\r\n")
+    # A block written with CRLF line ends (an editor's) is still found, not doubled.
+    dotfiles.write_bytes(dotfiles.read_bytes().replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n"))
+    assert ssh.write_config(link, block) is True
+    assert dotfiles.read_bytes().count(ssh.BEGIN.encode()) == 1
+    assert ssh.write_config(link, block) is False
 
 
 def test_a_new_config_is_private(tmp_path):
@@ -86,21 +110,21 @@ def test_a_new_config_is_private(tmp_path):
     assert not list(path.parent.glob(".config.podbay-*"))
 
 
-@pytest.mark.parametrize("target, user, name", [
-    ("dev", "alice", "dev"), ("podbay.dev", "alice", "dev"), ("bob/train", "bob", "train")])
-def test_targets(target, user, name):
-    assert ssh.parse_target(target, "alice") == (user, name)
+@pytest.mark.parametrize("target, name", [("dev", "dev"), ("podbay.dev", "dev")])
+def test_targets(target, name):
+    assert ssh.workspace_name(target) == name
 
 
-def test_an_empty_target_is_refused():
-    with pytest.raises(ssh.SshRefused, match="name a workspace"):
-        ssh.parse_target("bob/", "alice")
+@pytest.mark.parametrize("target", ["", "podbay.", "bob/train"])
+def test_only_ones_own_workspaces_are_named(target):
+    with pytest.raises(ssh.SshRefused, match="name one of your workspaces"):
+        ssh.workspace_name(target)
 
 
 def test_websocket_urls_follow_the_hub():
-    assert ssh.websocket_url("https://h.example.org/prefix", "al ice", "dev") == \
-        "wss://h.example.org/prefix/user/al%20ice/dev/sshd/"
-    assert ssh.websocket_url("http://127.0.0.1:8000", "alice", "a/b") == "ws://127.0.0.1:8000/user/alice/a%2Fb/sshd/"
+    assert ssh.websocket_url("https://h.example.org/prefix", "/prefix/user/al%40ice/dev/") == \
+        "wss://h.example.org/prefix/user/al%40ice/dev/sshd/"
+    assert ssh.websocket_url("http://127.0.0.1:8000", "/user/alice/dev/") == "ws://127.0.0.1:8000/user/alice/dev/sshd/"
 
 
 def test_sshd_reads_the_settings_and_the_sessions_environment_as_meant(tmp_path, capsys):
@@ -111,10 +135,12 @@ def test_sshd_reads_the_settings_and_the_sessions_environment_as_meant(tmp_path,
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     env = {"WANDB_API_KEY": 'a "quoted" \\ value', "SPACED": "two  spaces", "HASH": "$HOME#not-a-comment",
            "MULTI": "one\ntwo", "HOME": "/elsewhere", "PATH": "/opt/podbay/bin:/usr/bin", "SSH_AUTH_SOCK": "/x"}
-    keys_command = f'/usr/bin/python3 "-I" "/opt/my tools/podbay_sshd.py" keys %u {tmp_path}'
-    args = podbay_sshd.sshd_command(sshd, 2222, "jovyan", str(key), keys_command, env)
+    command = f'/usr/bin/env "/opt/my tools/python" "-I" "/opt/my tools/podbay_sshd.py" keys %u {tmp_path}'
+    config = tmp_path / "sshd_config"
+    config.write_text(podbay_sshd.sshd_config(2222, "jovyan", {
+        "AuthorizedKeysFile": "none", "AuthorizedKeysCommand": command, "AuthorizedKeysCommandUser": "jovyan"}, env))
     assert "MULTI has a line break" in capsys.readouterr().err  # said why that one is left out
-    run = subprocess.run([args[0], "-T", *args[1:]], capture_output=True, text=True)
+    run = subprocess.run([sshd, "-T", "-f", str(config), "-h", str(key)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     settings: dict[str, list[str]] = {}
     for line in run.stdout.splitlines():
@@ -123,12 +149,95 @@ def test_sshd_reads_the_settings_and_the_sessions_environment_as_meant(tmp_path,
     assert settings["listenaddress"] == ["127.0.0.1:2222"]
     assert settings["allowusers"] == ["jovyan"] and settings["authorizedkeysfile"] == ["none"]
     assert settings["passwordauthentication"] == ["no"] and settings["authenticationmethods"] == ["publickey"]
-    assert settings["authorizedkeyscommand"] == [keys_command]
+    assert settings["authorizedkeyscommand"] == [command]
     assert sorted(settings["setenv"]) == sorted([
         'HASH=$HOME#not-a-comment', 'PATH=/opt/podbay/bin:/usr/bin', 'SPACED=two  spaces',
         'WANDB_API_KEY=a "quoted" \\ value'])
 
 
+def test_what_sshd_takes_as_a_keys_command():
+    assert podbay_sshd.root_owned("/usr/bin/env")
+    assert not podbay_sshd.root_owned("/tmp")  # writable by all
+    assert not podbay_sshd.root_owned("/nonexistent/python")
+
+
 def test_keys_are_read_only_for_the_workspaces_own_account(tmp_path, capsys):
     assert podbay_sshd.keys("someone-else-entirely", str(tmp_path)) == 1
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("user_namespace", [False, True], ids=["command", "file-in-a-user-namespace"])
+def test_a_workspace_of_another_account_takes_registered_keys_only(tmp_path, user_namespace):
+    """The launcher as a non-root account (nobody), as a local hub run by a person or an
+    image's jovyan has it; in a user namespace (a non-root local hub's volumes), where sshd
+    would refuse any keys command, from the file it refreshes. nobody's shell refuses every
+    session, which says the login itself was accepted."""
+    import http.server
+    import os
+    import socket
+    import tempfile
+    import threading
+    import time
+
+    sshd = podbay_sshd.find("sshd")
+    require(sshd and os.geteuid() == 0 and Path("/usr/bin/python3").exists(),
+            "needs root (to become nobody), OpenSSH's server and the system's python3")
+    key = tmp_path / "id"
+    stranger = tmp_path / "stranger"
+    for path in (key, stranger):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    registered = Path(f"{key}.pub").read_text()
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/services/podbay/api/v1/keys/authorized_keys" and \
+                self.headers.get("Authorization") == "token workspace-token"
+            body = registered.encode() if ok else b""
+            self.send_response(200 if ok else 403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    service = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    home = Path(tempfile.mkdtemp(prefix="podbay-nobody-"))  # nobody must reach it: not under pytest's 0700 tmp
+    home.chmod(0o755)
+    os.chown(home, 65534, 65534)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                *(["unshare", "--user", "--map-current-user"] if user_namespace else []),
+                "env", f"HOME={home}", f"PODBAY_SERVICE_URL=http://127.0.0.1:{service.server_port}",
+                "JUPYTERHUB_API_TOKEN=workspace-token", "/usr/bin/python3", "-I", podbay_sshd.__file__, "serve", str(port)]
+    log = tmp_path / "sshd.log"
+    proc = subprocess.Popen(launcher, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while "Server listening" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        def login(identity: Path) -> subprocess.CompletedProcess:
+            return subprocess.run(["ssh", "-i", str(identity), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                                   "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+                                   "-p", str(port), "nobody@127.0.0.1", "true"], capture_output=True, text=True,
+                                  timeout=30, stdin=subprocess.DEVNULL)
+        accepted = login(key)
+        assert "account is currently not available" in accepted.stdout + accepted.stderr, accepted.stderr
+        assert "Accepted publickey for nobody" in log.read_text()
+        refused = login(stranger)
+        assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
+        assert ("keys are read every" in log.read_text()) is user_namespace
+        assert (home / ".ssh" / "podbay_host_ed25519_key").exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        service.shutdown()
+        subprocess.run(["rm", "-rf", str(home)])
+    # The launcher ends its sshd with it: nothing listens on the port any more.
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
