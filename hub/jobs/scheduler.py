@@ -132,7 +132,7 @@ class Scheduler:
             for job in active:
                 status = statuses[job.id]
                 if status.state == "exited":
-                    await self._finish(job, status.exit_code)
+                    await self._finish(job, status.exit_code, status.message)
                 elif status.state in ("running", "pending"):
                     await self._follow_engine(job, stored[job.id], status)
                 elif stored[job.id] == "starting":
@@ -146,9 +146,9 @@ class Scheduler:
             active = {f"job:{j.id}" for j in await self.store.in_state("running") + await self.store.in_state("starting")}
             await asyncio.to_thread(self.portal.book.reconcile, lambda a: a.key in active, ("job",))
 
-    async def _finish(self, job: Job, code: int | None) -> None:
+    async def _finish(self, job: Job, code: int | None, message: str = "") -> None:
         state = "succeeded" if code == 0 else "failed"
-        message = "finished" if code == 0 else f"exited with code {code}"
+        message = "finished" if code == 0 else (message or f"exited with code {code}")
         await self.store.update(job.id, state=state, exit_code=code, finished=self.clock(), message=message)
         await self._release(job.id)
 
@@ -194,7 +194,7 @@ class Scheduler:
                         continue  # cancel records how it ended
                     status = await self.backend.status(await self.store.job_ref(job.id))
                     if status.state == "exited":
-                        await self._finish(job, status.exit_code)
+                        await self._finish(job, status.exit_code, status.message)
                     elif status.state == "lost":
                         await self._release(job.id)
                         await self.store.update(job.id, state="failed", finished=self.clock(), message=status.message)

@@ -71,6 +71,9 @@ class TrainingBackend(ABC):
     # Whether the engine queues jobs itself (podbay then does not) and spans machines.
     queues_jobs: bool = False
     multi_node: bool = False
+    # Whether the engine enforces teams' job-GPU limits itself (Slurm's associations): podbay
+    # then refuses no job for its own job_gpus quota, and the engine queues it.
+    enforces_job_quota: bool = False
 
     def home_of(self, user: str) -> Path | None:
         """The user's home as the job sees it, when it is not podbay's own directory."""

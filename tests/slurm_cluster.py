@@ -1,0 +1,249 @@
+"""A real Slurm cluster on the loopback, for the slurm backend's tests.
+
+Debian's Slurm 22.05 daemons, each started here with a configuration written here:
+
+- munged with a key of its own (its socket in the state folder: nothing of the system's);
+- MariaDB on a free loopback port with a data folder of its own, and slurmdbd on it, so that
+  finished jobs, their exit codes and the accounts' limits are real accounting;
+- slurmctld and two slurmd nodes (Slurm's multiple-slurmd support: one host, two node names
+  on their own ports), each with four GPUs as GRES on device files that stand for GPUs (Slurm
+  counts and hands out GRES by file; it needs no driver);
+- two partitions (`gpu`, `debug`), and two accounts (`vision`, limited to 4 GPUs at once;
+  `nlp`, to 1).
+
+Everything runs as root (SlurmUser=root), with no cgroups (proctrack/linuxproc) and no
+system service touched. `python -m tests.slurm_cluster --state DIR` runs one until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLUSTER = "podbaytest"
+NODES = ("n1", "n2")
+GPUS_PER_NODE = 4
+# team account -> its GRES limit (GrpTRES=gres/gpu=N)
+ACCOUNTS = {"vision": 4, "nlp": 1}
+PROGRAMS = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd",
+            "sbatch", "squeue", "sacct", "sacctmgr", "scontrol", "sinfo", "scancel")
+
+
+def missing_programs() -> list[str]:
+    return [p for p in PROGRAMS if not shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class SlurmCluster:
+    state: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def conf(self) -> Path:
+        return self.state / "etc" / "slurm.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What Slurm's commands need to reach this cluster."""
+        return {"SLURM_CONF": str(self.conf), "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin"}
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), capture_output=True, text=True, env={**os.environ, **self.env},
+                              check=check, timeout=timeout)
+
+    def daemon(self, name: str, argv: list[str]) -> None:
+        log = (self.state / "log" / f"{name}.out").open("ab")
+        self.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **self.env}, start_new_session=True)
+
+    def stop_daemon(self, name: str, timeout: float = 15) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def start_daemon_again(self, name: str) -> None:
+        """slurmctld after a test stopped it (state kept in StateSaveLocation)."""
+        argv = {"slurmctld": ["slurmctld", "-D"]}[name]
+        self.daemon(name, argv)
+        wait_for(lambda: self.run("scontrol", "ping", check=False).returncode == 0 and
+                 "UP" in self.run("scontrol", "ping", check=False).stdout, 30, "slurmctld to answer again")
+
+    def stop(self) -> None:
+        for name in ["slurmd-n2", "slurmd-n1", "slurmctld", "slurmdbd", "mariadb"]:
+            self.stop_daemon(name)
+        pid = self.state / "munge" / "munged.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid.read_text()), signal.SIGTERM)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def start(state: Path) -> SlurmCluster:
+    """Start the cluster in `state` (made empty first); ready when both nodes are idle and the
+    accounts exist."""
+    if state.exists():
+        shutil.rmtree(state)
+    for sub in ("etc", "munge", "state", "log", "db", "run", *(f"spool/{n}" for n in NODES),
+                *(f"dev/{n}" for n in NODES)):
+        (state / sub).mkdir(parents=True)
+    # munge's socket folder must be enterable by everyone (it checks).
+    for path in (state, state / "munge"):
+        path.chmod(0o755)
+    cluster = SlurmCluster(state)
+    try:
+        _start(cluster)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _start(c: SlurmCluster) -> None:
+    s = c.state
+    ctld, slurmd, n1, n2, dbd, db = free_ports(6)
+    munge = s / "munge"
+    subprocess.run(["mungekey", "--create", f"--keyfile={munge / 'munge.key'}", "--bits=1024"], check=True)
+    subprocess.run(["munged", f"--socket={munge / 'munge.sock'}", f"--key-file={munge / 'munge.key'}",
+                    f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'munged.log'}",
+                    f"--seed-file={munge / 'munged.seed'}", "--num-threads=4"], check=True)
+    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={s / 'db'}", "--user=root",
+                    "--auth-root-authentication-method=normal", "--skip-test-db"], check=True, capture_output=True)
+    c.daemon("mariadb", ["mariadbd", "--no-defaults", f"--datadir={s / 'db'}", f"--socket={s / 'db' / 'mysql.sock'}",
+                         f"--port={db}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={s / 'run' / 'mariadb.pid'}",
+                         "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
+                         "--innodb-log-file-size=16M"])
+    wait_for(lambda: subprocess.run(["mariadb-admin", "--no-defaults", f"--socket={s / 'db' / 'mysql.sock'}", "-uroot",
+                                     "ping"], capture_output=True).returncode == 0, 60, "MariaDB")
+    for node in NODES:
+        for i in range(GPUS_PER_NODE):
+            (s / "dev" / node / f"nvidia{i}").symlink_to("/dev/null")
+    host = socket.gethostname().split(".")[0]
+    nodes = "\n".join(
+        f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs=8 RealMemory=8000 "
+        f"Gres=gpu:a100:{GPUS_PER_NODE} State=UNKNOWN" for node, port in zip(NODES, (n1, n2)))
+    (s / "etc" / "slurm.conf").write_text(f"""\
+ClusterName={CLUSTER}
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld}
+SlurmdPort={slurmd}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={munge / 'munge.sock'}
+StateSaveLocation={s / 'state'}
+SlurmdSpoolDir={s / 'spool'}/%n
+SlurmctldPidFile={s / 'run'}/slurmctld.pid
+SlurmdPidFile={s / 'run'}/slurmd-%n.pid
+SlurmctldLogFile={s / 'log'}/slurmctld.log
+SlurmdLogFile={s / 'log'}/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/linux
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=100
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1,bf_interval=1
+MpiDefault=none
+ReturnToService=2
+SlurmdParameters=config_overrides
+GresTypes=gpu
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={dbd}
+AccountingStoragePass={munge / 'munge.sock'}
+AccountingStorageEnforce=associations,limits,qos
+AccountingStorageTRES=gres/gpu,gres/gpu:a100
+JobCompType=jobcomp/none
+MinJobAge=300
+KillWait=1
+OverTimeLimit=0
+InactiveLimit=0
+MessageTimeout=5
+{nodes}
+PartitionName=gpu Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes={','.join(NODES)} MaxTime=60 State=UP
+""")
+    (s / "etc" / "gres.conf").write_text("".join(
+        f"NodeName={node} Name=gpu Type=a100 File={s / 'dev' / node}/nvidia[0-{GPUS_PER_NODE - 1}]\n" for node in NODES))
+    dbd_conf = s / "etc" / "slurmdbd.conf"
+    dbd_conf.write_text(f"""\
+AuthType=auth/munge
+AuthInfo=socket={munge / 'munge.sock'}
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort={dbd}
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db}
+StorageUser=root
+StorageLoc=slurm_acct_db
+PidFile={s / 'run'}/slurmdbd.pid
+LogFile={s / 'log'}/slurmdbd.log
+""")
+    dbd_conf.chmod(0o600)
+    c.daemon("slurmdbd", ["slurmdbd", "-D"])
+    wait_for(lambda: c.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0, 60, "slurmdbd")
+    c.run("sacctmgr", "-i", "add", "cluster", CLUSTER)
+    c.daemon("slurmctld", ["slurmctld", "-D", "-i"])
+    for node in NODES:
+        c.daemon(f"slurmd-{node}", ["slurmd", "-D", "-N", node])
+    wait_for(lambda: c.run("sinfo", "-h", "-N", "-p", "gpu", "-o", "%N %T", check=False).stdout.split().count("idle")
+             == len(NODES), 60, "both nodes idle")
+    # gres/gpu is a TRES once slurmctld registered with slurmdbd: limits come after.
+    wait_for(lambda: "gpu" in c.run("sacctmgr", "-n", "-P", "list", "tres", "type=gres", check=False).stdout, 30,
+             "the gres/gpu TRES")
+    for account, gpus in ACCOUNTS.items():
+        c.run("sacctmgr", "-i", "add", "account", account, f"GrpTRES=gres/gpu={gpus}")
+    c.run("sacctmgr", "-i", "add", "user", "root", f"Account={','.join(ACCOUNTS)}", f"DefaultAccount={next(iter(ACCOUNTS))}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state", type=Path, required=True)
+    args = ap.parse_args()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    cluster = start(args.state.resolve())
+    print(f"export SLURM_CONF={cluster.conf}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
