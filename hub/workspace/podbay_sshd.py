@@ -61,7 +61,10 @@ def setup_sshd() -> dict:
     """jupyter-server-proxy's `sshd` server (entry point `jupyter_serverproxy_servers`):
     raw TCP over the WebSocket at <workspace>/sshd/, no launcher tile. An entry point, not
     `ServerProxy.servers` configuration, which a person's own would replace."""
-    return {"command": [sys.executable, "-I", os.path.abspath(__file__), "serve", "{port}"],
+    # The server's own Python (standard library only is needed), or python3 on PATH where
+    # this account may not run that one again.
+    python = sys.executable if os.access(sys.executable, os.X_OK) else "python3"
+    return {"command": [python, "-I", os.path.abspath(__file__), "serve", "{port}"],
             "raw_socket_proxy": True, "timeout": 60, "launcher_entry": {"enabled": False}}
 
 
