@@ -70,7 +70,8 @@ setup_idp() {
 setup_system() {
   # unshare/mount (util-linux) mount volumes; Chromium drives the spawn-page tests;
   # PostgreSQL backs the quota book's production-database tests; OpenSSH (both ends) and
-  # nss_wrapper for SSH into workspaces, which the tests drive with the real client.
+  # nss_wrapper for SSH into workspaces, which the tests drive with the real client; Slurm,
+  # munge and MariaDB (for slurmdbd) for the slurm backend's.
   local missing=()
   command -v unshare >/dev/null || missing+=(util-linux)
   if [ "${1:-}" = test ]; then
@@ -81,6 +82,12 @@ setup_system() {
     command -v ssh >/dev/null || missing+=(openssh-client)
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || missing+=(libnss-wrapper)
+    # A real Slurm for the slurm backend's tests (tests/slurm_cluster.py starts its daemons).
+    local slurm=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
+    local pkg
+    for pkg in "${slurm[@]}"; do
+      dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
   fi
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} from Debian's packages"

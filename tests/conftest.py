@@ -373,6 +373,40 @@ def image(docker):
     return docker.images.get(IMAGE)
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real Slurm cluster on the loopback (tests/slurm_cluster.py), one for the whole run."""
+    from tests import slurm_cluster as sc
+
+    missing = sc.missing_programs()
+    require(not missing, f"Slurm's programs are not installed: {', '.join(missing)}")
+    require(os.geteuid() == 0, "the test Slurm runs its daemons as root")
+    # munged wants every folder above its socket open to all: not pytest's private ones.
+    state = Path(tempfile.mkdtemp(prefix="podbay-slurm-"))
+    state.chmod(0o755)
+    cluster = sc.start(state / "cluster")
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm_installed(monkeypatch):
+    """The slurm backend as an installed plugin, in this process (its entry point is not in
+    pyproject.toml until it passes the contract suite)."""
+    from importlib.metadata import EntryPoint
+
+    from podbay.hub import backends
+    from podbay.hub.config import config_model
+
+    entry = EntryPoint("slurm", "podbay.hub.slurm:SlurmBackend", backends.GROUP)
+    installed = {**backends.available(), "slurm": entry}
+    monkeypatch.setattr(backends, "available", lambda: installed)
+    config_model.cache_clear()
+    yield
+    config_model.cache_clear()
+
+
 @pytest.fixture
 def kubernetes_installed(monkeypatch):
     """The kubernetes backend as an installed plugin (its entry point is not in pyproject.toml

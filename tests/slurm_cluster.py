@@ -8,7 +8,7 @@ Debian's Slurm 22.05 daemons, each started here with a configuration written her
 - slurmctld and two slurmd nodes (Slurm's multiple-slurmd support: one host, two node names
   on their own ports), each with four GPUs as GRES on device files that stand for GPUs (Slurm
   counts and hands out GRES by file; it needs no driver);
-- two partitions (`gpu`, `debug`), and two accounts (`vision`, limited to 4 GPUs at once;
+- two partitions (`gpu`, `debug`), and two accounts (`vision`, limited to 8 GPUs at once;
   `nlp`, to 1).
 
 Everything runs as root (SlurmUser=root), with no cgroups (proctrack/linuxproc) and no
@@ -32,7 +32,7 @@ CLUSTER = "podbaytest"
 NODES = ("n1", "n2")
 GPUS_PER_NODE = 4
 # team account -> its GRES limit (GrpTRES=gres/gpu=N)
-ACCOUNTS = {"vision": 4, "nlp": 1}
+ACCOUNTS = {"vision": 8, "nlp": 1}
 PROGRAMS = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd",
             "sbatch", "squeue", "sacct", "sacctmgr", "scontrol", "sinfo", "scancel")
 
@@ -92,6 +92,10 @@ class SlurmCluster:
         self.daemon(name, argv)
         wait_for(lambda: self.run("scontrol", "ping", check=False).returncode == 0 and
                  "UP" in self.run("scontrol", "ping", check=False).stdout, 30, "slurmctld to answer again")
+        # Its nodes are UNKNOWN until their slurmd registers again.
+        wait_for(lambda: not any("unk" in state or "not_resp" in state for state in
+                                 self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()),
+                 60, "the nodes to register again")
 
     def stop(self) -> None:
         for name in ["slurmd-n2", "slurmd-n1", "slurmctld", "slurmdbd", "mariadb"]:

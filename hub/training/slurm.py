@@ -182,24 +182,25 @@ class SlurmJobs(TrainingBackend):
     async def _find(self, job_id: int) -> dict | None:
         """The Slurm job of a podbay job, by its name: in the queue, or in accounting."""
         name = self.slurm_name(job_id)
-        text = await self.commands.arun("squeue", "-h", "-a", f"--name={name}", "-o", "%i|%k")
-        for line in text.splitlines():
-            slurm_id, _, comment = line.partition("|")
-            return self._ref(slurm_id, comment, job_id)
-        text = await self.commands.arun("sacct", "-n", "-X", "-P", f"--name={name}", "-S", "now-30days",
-                                        "-o", "JobID,Comment")
+        # Jobs slurmctld still holds, ended ones too (for MinJobAge), then accounting.
+        text = await self.commands.arun("squeue", "-h", "-t", "all", f"--name={name}", "-o", "%i|%Z")
+        if not text.strip():
+            text = await self.commands.arun("sacct", "-n", "-X", "-P", f"--name={name}", "-S", "now-60days",
+                                            "-o", "JobID,WorkDir")
         for line in reversed(text.splitlines()):
-            slurm_id, _, comment = line.partition("|")
-            if slurm_id:
-                return self._ref(slurm_id, comment, job_id)
+            slurm_id, _, workdir = line.partition("|")
+            if slurm_id.strip():
+                return self._ref(slurm_id.strip(), workdir, job_id)
         return None
 
-    def _ref(self, slurm_id: str, comment: str, job_id: int) -> dict:
+    def _ref(self, slurm_id: str, workdir: str, job_id: int) -> dict:
+        """Its output file, found from its working directory, which is in its owner's home."""
         ref = {"slurm_id": slurm_id}
-        # "podbay job 17 of alice: name"
-        parts = comment.split()
-        if len(parts) >= 5 and parts[:2] == ["podbay", "job"] and parts[3] == "of":
-            ref["output"] = str(self.job_dir(parts[4].rstrip(":"), job_id) / "output.log")
+        try:
+            user = Path(workdir).relative_to(self.homes).parts[0]
+        except (ValueError, IndexError):
+            return ref
+        ref["output"] = str(self.job_dir(user, job_id) / "output.log")
         return ref
 
     async def _slurm_id(self, ref: dict) -> tuple[str | None, dict]:
