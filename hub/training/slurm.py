@@ -146,7 +146,8 @@ class SlurmJobs(TrainingBackend):
         if s.container == "pyxis":
             home = job.env.get("HOME", "")
             mounts = [f"{home}:{home}"] + [f"{src}:{dst}" + (":ro" if ro else "") for src, dst, ro in job.volumes]
-            srun += [f"--container-image={enroot_image(job.image)}", f"--container-mounts={','.join(mounts)}",
+            entry = self.cfg.image(job.image)  # the catalog's name → its registry reference
+            srun += [f"--container-image={enroot_image(entry.image if entry else job.image)}", f"--container-mounts={','.join(mounts)}",
                      f"--container-workdir={job.workdir}", "--no-container-mount-home"]
         elif job.volumes:
             # No container: the volumes appear under the home in a mount namespace of the task's.

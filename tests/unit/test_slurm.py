@@ -1,0 +1,103 @@
+"""The slurm backend's pure parts: the batch script (Pyxis's flags included, which cannot run
+here), Slurm's node lines, end states and reasons."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from podbay.hub.config import parse_config
+from podbay.hub.slurm import parse_nodes
+from podbay.hub.training import JobSpec
+from podbay.hub.training.slurm import SlurmJobs, enroot_image, exit_code, reason_words
+
+
+@pytest.fixture
+def jobs(slurm_installed, tmp_path):
+    cfg = parse_config({
+        "backend": "slurm",
+        "images": [{"name": "pytorch", "display_name": "PyTorch", "image": "nvcr.io/nvidia/pytorch:25.08-py3"}],
+        "profiles": [{"id": "cpu"}],
+        "pools": {"dev": {}, "training": {"queue": "batch"}},
+        "teams": {"vision": {"members": ["alice"]}},
+        "slurm": {"accounts": {"vision": "cv-lab"}, "qos": "normal", "gpu_type": "h100", "time_limit": "2-00:00:00"},
+    })
+    return SlurmJobs(cfg, tmp_path / "homes")
+
+
+def job(**kw) -> JobSpec:
+    base = dict(id=17, name="resnet", user="alice", image="pytorch",
+                command=["torchrun", "--nproc-per-node=8", "train.py", "--lr", "3e-4; rm -rf /"],
+                workdir="/home/alice/projects/resnet", env={"HOME": "/home/alice", "SECRET": "x"},
+                volumes=[("/data/imagenet", "/home/alice/data/imagenet", True), ("/scratch/a", "/home/alice/data/scratch", False)],
+                gpus_per_node=8, nodes=4, pool="training", queue="batch", team="vision")
+    return JobSpec(**{**base, **kw})
+
+
+def test_the_batch_script_as_slurm_and_pyxis_read_it(jobs, tmp_path):
+    script = jobs.script(job(), tmp_path / "out.log")
+    directives = [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert directives == [
+        "--job-name=podbay-17", "--partition=batch", "--nodes=4", "--ntasks-per-node=1", "--time=2-00:00:00",
+        "--chdir=/home/alice/projects/resnet", f"--output={tmp_path / 'out.log'}", f"--error={tmp_path / 'out.log'}",
+        "--open-mode=append", "--export=ALL", "--account=cv-lab", "--qos=normal", "--gres=gpu:h100:8"]
+    srun = shlex.split(script.splitlines()[-1])
+    assert srun[:3] == ["srun", "--ntasks-per-node=1", "--chdir=/home/alice/projects/resnet"]
+    assert "--container-image=nvcr.io#nvidia/pytorch:25.08-py3" in srun
+    assert ("--container-mounts=/home/alice:/home/alice,/data/imagenet:/home/alice/data/imagenet:ro,"
+            "/scratch/a:/home/alice/data/scratch") in srun
+    assert "--container-workdir=/home/alice/projects/resnet" in srun
+    # The command, word for word (a shell never re-reads it), after the per-node rank.
+    assert srun[-5:] == ["torchrun", "--nproc-per-node=8", "train.py", "--lr", "3e-4; rm -rf /"]
+    assert 'export NODE_RANK="$SLURM_NODEID"' in srun[srun.index("bash") + 2]
+    assert 'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in script
+    assert "SECRET" not in script  # the environment goes to sbatch, not into the file
+
+
+def test_a_job_with_no_gpus_and_no_team_asks_for_none(jobs, tmp_path):
+    script = jobs.script(job(gpus_per_node=0, team=None, nodes=1), tmp_path / "o")
+    assert "--gres" not in script and "--account" not in script
+
+
+@pytest.mark.parametrize("image, enroot", [
+    ("nvcr.io/nvidia/pytorch:25.08-py3", "nvcr.io#nvidia/pytorch:25.08-py3"),
+    ("registry.example.org:5000/team/img:1", "registry.example.org:5000#team/img:1"),
+    ("ubuntu:24.04", "ubuntu:24.04"), ("library/ubuntu", "library/ubuntu")])
+def test_images_as_enroot_names_them(image, enroot):
+    assert enroot_image(image) == enroot
+
+
+def test_node_lines():
+    text = ("NodeName=dgx01 Arch=x86_64 CoresPerSocket=56 State=MIXED Partitions=batch,debug "
+            "CfgTRES=cpu=224,mem=2000G,billing=224,gres/gpu=8,gres/gpu:h100=8 AllocTRES=cpu=16,gres/gpu=3,gres/gpu:h100=3\n"
+            "NodeName=dgx02 State=IDLE+DRAIN Partitions=batch CfgTRES=cpu=224,gres/gpu=8 AllocTRES= "
+            "Reason=bad dimm [root@2026-11-30T10:00:00]\n"
+            "NodeName=dgx03 State=DOWN* Partitions=batch CfgTRES=cpu=224,gres/gpu=8 AllocTRES= Reason=Not responding\n"
+            "NodeName=cpu01 State=IDLE Partitions=cpu CfgTRES=cpu=64,mem=512G AllocTRES=\n")
+    nodes = {n.name: n for n in parse_nodes(text)}
+    assert (nodes["dgx01"].gpus, nodes["dgx01"].gpus_used, nodes["dgx01"].usable) == (8, 3, True)
+    assert nodes["dgx01"].partitions == ["batch", "debug"]
+    assert (nodes["dgx02"].usable, nodes["dgx02"].reason) == (False, "bad dimm")
+    assert (nodes["dgx03"].usable, nodes["dgx03"].reason) == (False, "Not responding")
+    assert nodes["cpu01"].gpus == 0
+
+
+def test_reasons_and_exit_codes():
+    assert reason_words("Resources") == "Resources: waiting for GPUs to free up"
+    assert reason_words("(QOSMaxGRESPerUser)") == "QOSMaxGRESPerUser: the QOS's per-user GPU limit is reached"
+    assert reason_words("SomethingNew") == "SomethingNew"
+    assert reason_words("None") == "waiting in Slurm's queue"
+    assert exit_code("2:0") == (2, 0) and exit_code("0:9") == (0, 9) and exit_code("") == (0, 0)
+
+
+def test_settings_are_checked(slurm_installed):
+    from podbay.hub.config import ConfigError
+
+    with pytest.raises(ConfigError, match="time_limit"):
+        parse_config({"backend": "slurm", "images": [{"name": "a", "display_name": "A", "image": "a"}],
+                      "profiles": [{"id": "cpu"}], "pools": {"training": {"queue": "batch"}},
+                      "slurm": {"time_limit": "two hours"}})
+    with pytest.raises(ConfigError, match="no pool names a Slurm partition"):
+        parse_config({"backend": "slurm", "images": [{"name": "a", "display_name": "A", "image": "a"}],
+                      "profiles": [{"id": "cpu"}], "pools": {"training": {}}})
