@@ -534,7 +534,7 @@ def _value(value, initial):
 
 # What the service needs to reach the backend's engine as the hub does: Docker's socket, a
 # kubeconfig, or (in a pod) the API server the service account's token is for.
-ENGINE_ENV = ("DOCKER_HOST", "KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+ENGINE_ENV = ("DOCKER_HOST", "KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "SLURM_CONF")
 _serving: list = []
 
 

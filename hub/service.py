@@ -218,10 +218,22 @@ class UsageRow(BaseModel):
     free: int
 
 
+class NodeOut(BaseModel):
+    """A node of a pool whose engine reports them (Slurm): its state in the engine's words."""
+    name: str
+    state: str
+    # Whether it takes new jobs (not down, drained, draining, …), and why not.
+    usable: bool
+    reason: str = ""
+    gpus: int
+    gpus_used: int
+
+
 class PoolCapacity(BaseModel):
     pool: str
     profiles: dict[str, UsageRow]
     devices: dict[str, UsageRow]
+    nodes: list[NodeOut] = []
 
 
 class CapacityOut(BaseModel):
@@ -598,7 +610,10 @@ def _capacity(portal: Portal) -> CapacityOut:
                 profiles[p.id] = UsageRow(total=total, used=total - free, free=free)
         devices = {kind: UsageRow(total=u.total, used=u.used, free=u.free)
                    for kind, u in portal.capacity.devices(pool, snap).items()}
-        pools.append(PoolCapacity(pool=pool, profiles=profiles, devices=devices))
+        states = getattr(portal.capacity, "node_states", lambda _pool: [])(pool)
+        nodes = [NodeOut(name=n.name, state=n.state, usable=n.usable, reason=n.reason, gpus=n.gpus,
+                         gpus_used=n.gpus_used) for n in states]
+        pools.append(PoolCapacity(pool=pool, profiles=profiles, devices=devices, nodes=nodes))
     snap.memo["capacity"] = CapacityOut(pools=pools)
     return snap.memo["capacity"]
 

@@ -40,7 +40,10 @@ TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 
 class SlurmSettings(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # slurm.conf for the commands (SLURM_CONF); None: the node's own (/etc/slurm/slurm.conf).
+    # The pools whose jobs Slurm runs, each with its partition (a pool's `queue` names one
+    # too); the others are this node's (workspaces).
+    partitions: dict[str, str] = {}
+    # slurm.conf for the commands (SLURM_CONF); None: SLURM_CONF, else the node's own.
     conf: str | None = None
     # Where sbatch, squeue, sacct, scancel, scontrol live, if not on PATH.
     bin_dir: str | None = None
@@ -71,6 +74,12 @@ class SlurmSettings(_Model):
         if not TIME.match(v):
             raise ValueError("a Slurm time: minutes, HH:MM:SS or D-HH:MM:SS")
         return v
+
+    def partition(self, cfg: PodbayConfig, pool: str) -> str | None:
+        if pool in self.partitions:
+            return self.partitions[pool]
+        p = cfg.pools.get(pool)
+        return p.queue if p else None
 
     def account_for(self, team: str | None) -> str | None:
         return self.accounts.get(team, team) if team else self.default_account
@@ -211,8 +220,7 @@ class SlurmCapacity(CapacitySource):
         self.local = InventoryCapacity(inventory)
 
     def partition(self, pool: str) -> str | None:
-        p = self.cfg.pools.get(pool)
-        return p.queue if p else None
+        return self.cfg.slurm.partition(self.cfg, pool)
 
     def nodes(self, pool: str) -> list[SlurmNode]:
         partition = self.partition(pool)
@@ -268,14 +276,20 @@ class SlurmBackend(LocalBackend):
         return SlurmSettings
 
     def describe(self, cfg):
-        pools = ", ".join(f"{name} → partition {p.queue}" for name, p in cfg.pools.items() if p.queue) or "none"
+        pools = ", ".join(f"{name} → partition {cfg.slurm.partition(cfg, name)}" for name in cfg.pools
+                          if cfg.slurm.partition(cfg, name)) or "none"
         return f"slurm: workspaces on this node (NOT isolated from each other), training pools on Slurm ({pools})"
 
     def check(self, cfg):
         out = [(("volumes", i), "the slurm backend mounts a directory: give source (pvc is for kubernetes)")
                for i, vol in enumerate(cfg.volumes) if not vol.source]
-        if not any(p.queue for p in cfg.pools.values()):
-            out.append((("pools",), "no pool names a Slurm partition: give the training pool its queue: <partition>"))
+        settings: SlurmSettings = cfg.slurm
+        for name in settings.partitions:
+            if name not in cfg.pools:
+                out.append((("slurm", "partitions", name), f"pool {name!r} is not declared under pools:"))
+        if not any(settings.partition(cfg, name) for name in cfg.pools):
+            out.append((("pools",), "no pool names a Slurm partition: give the training pool one "
+                                    "(slurm: partitions: {training: <partition>}, or the pool's queue)"))
         return out
 
     def capacity(self, cfg, inventory):

@@ -32,7 +32,8 @@ CLUSTER = "podbaytest"
 NODES = ("n1", "n2")
 GPUS_PER_NODE = 4
 # team account -> its GRES limit (GrpTRES=gres/gpu=N)
-ACCOUNTS = {"vision": 8, "nlp": 1}
+# The contract suite's teams have accounts of their own, limited as their job_gpus are.
+ACCOUNTS = {"vision": 8, "nlp": 1, "contract-vision": 2, "contract-nlp": 1}
 PROGRAMS = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd",
             "sbatch", "squeue", "sacct", "sacctmgr", "scontrol", "sinfo", "scancel")
 

@@ -572,6 +572,11 @@ def cmd_capacity(args) -> int:
         rows = [[p["pool"], name, r["used"], r["free"], r["total"]]
                 for p in cap["pools"] for name, r in p["profiles"].items()]
         print(_table(rows, ["pool", "profile", "used", "free", "total"]))
+        out = [[p["pool"], n["name"], n["state"], n["reason"] or "-", f"{n['gpus_used']}/{n['gpus']}"]
+               for p in cap["pools"] for n in p.get("nodes") or [] if not n["usable"]]
+        if out:
+            print("\nNodes that take no jobs now:")
+            print(_table(out, ["pool", "node", "state", "reason", "gpus used"]))
         return 0
     return _run(args, go)
 

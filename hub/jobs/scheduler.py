@@ -232,7 +232,8 @@ class Scheduler:
         return JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
                        workdir=job.workdir, env=env, volumes=vols, devices=list(devices or []),
                        workspace=job.from_workspace, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
-                       pool=job.pool, queue=pool.queue if pool else None, team=job.team,
+                       pool=job.pool, queue=self.backend.queue_of(job.pool) or (pool.queue if pool else None),
+                       team=job.team,
                        volume_names=list(job.volumes), secrets=self.portal.secrets.values(job.user) if apart else {})
 
     async def _hand_over(self, job: Job) -> None:

@@ -75,6 +75,11 @@ class TrainingBackend(ABC):
     # then refuses no job for its own job_gpus quota, and the engine queues it.
     enforces_job_quota: bool = False
 
+    def queue_of(self, pool: str) -> str | None:
+        """The engine's queue for a pool, where the backend's settings say (Slurm's
+        partitions); None: the pool's own `queue`."""
+        return None
+
     def home_of(self, user: str) -> Path | None:
         """The user's home as the job sees it, when it is not podbay's own directory."""
         return None

@@ -105,6 +105,9 @@ class SlurmJobs(TrainingBackend):
         self.homes = Path(homes)
         self.commands = commands_for(self.settings)
 
+    def queue_of(self, pool: str) -> str | None:
+        return self.settings.partition(self.cfg, pool)
+
     # --- names and files -----------------------------------------------------------------
 
     def slurm_name(self, job_id: int) -> str:
@@ -152,8 +155,12 @@ class SlurmJobs(TrainingBackend):
         elif job.volumes:
             # No container: the volumes appear under the home in a mount namespace of the task's.
             command = launcher(job.volumes, quiet=True) + command
-        # NODE_RANK is each task's own: set where the task starts.
-        per_node = 'export NODE_RANK="$SLURM_NODEID"; exec "$@"'
+        # NODE_RANK is each task's own: set where the task starts. Slurm names the GPUs it
+        # gave in CUDA_VISIBLE_DEVICES; NVIDIA_VISIBLE_DEVICES says the same, as on podbay's
+        # other backends (void: none), unless the runtime set it.
+        per_node = ('export NODE_RANK="$SLURM_NODEID"; '
+                    '[ -n "$NVIDIA_VISIBLE_DEVICES" ] || export NVIDIA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-void}"; '
+                    'exec "$@"')
         lines.append(shlex.join([*srun, "bash", "-c", per_node, "podbay-job", *command]))
         return "\n".join(lines) + "\n"
 
