@@ -252,6 +252,15 @@ class UsageOut(BaseModel):
     job_gpus: int
 
 
+class JobLimitOut(BaseModel):
+    """A team's job GPUs as the engine that runs its jobs enforces them (Slurm's account)."""
+    source: str
+    account: str
+    # None: no limit (or the engine could not be asked).
+    gpus: int | None
+    gpus_in_use: int | None
+
+
 class MeOut(BaseModel):
     name: str
     admin: bool
@@ -259,6 +268,8 @@ class MeOut(BaseModel):
     team: str | None
     quota: QuotaOut
     usage: UsageOut
+    # Where the engine enforces the team's job GPUs instead of quota.job_gpus.
+    job_limit: JobLimitOut | None = None
 
 
 class VolumeOut(BaseModel):
@@ -417,7 +428,9 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
                 quota=QuotaOut(gpu_units=float(q.units), workspaces_per_user=q.workspaces_per_user, job_gpus=q.job_gpus),
                 usage=UsageOut(gpu_units=float(snap.units_of(team, who.name)),
                                workspaces=snap.workspaces.get(who.name, 0), job_gpus=snap.job_gpus_of(team, who.name)))
-        return await asyncio.to_thread(compute)
+        out = await asyncio.to_thread(compute)
+        limit = await jobs.backend.team_limit(out.team)
+        return out.model_copy(update={"job_limit": JobLimitOut(**limit)}) if limit else out
 
     @api.get("/volumes", response_model=list[VolumeOut], summary="Volumes the caller may mount")
     async def volumes(who: Caller = Depends(caller)):

@@ -35,6 +35,8 @@ from .training import BackendUnavailable
 # What Slurm's commands say when the controller (or slurmdbd) cannot be reached.
 UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused", "Zero Bytes were transmitted",
                "Unable to connect to database", "slurmdbd: Connection", "Connection timed out", "Slurm backup controller")
+# The most GPUs on a node of a pool Slurm has never described: no job is refused for its size.
+UNKNOWN_SIZE = 1 << 20
 TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 
 
@@ -199,14 +201,15 @@ class NodeView:
     error: str | None = None
 
     def nodes(self) -> list[SlurmNode]:
+        """The nodes as Slurm last said; while it cannot be asked, the last answer (sizes
+        stay known, `error` says why nothing counts as free)."""
         now = time.monotonic()
         if now - self._at >= self.refresh:
             try:
                 text = self.commands.run("scontrol", "show", "node", "--oneliner")
                 self._nodes, self.error = parse_nodes(text, self.commands.settings.gres), None
             except (BackendUnavailable, SlurmError) as e:
-                # Nothing known rather than something old: a pool shows no free GPU.
-                self._nodes, self.error = [], str(e)
+                self.error = str(e)
             self._at = now
         return self._nodes
 
@@ -243,7 +246,7 @@ class SlurmCapacity(CapacitySource):
                 continue  # Slurm hands out whole GPUs
             for node in self.nodes(pool):
                 total += node.gpus // spec.count
-                if node.usable:
+                if node.usable and not self.view.error:
                     free += max(node.gpus - node.gpus_used, 0) // spec.count
         return total, free
 
@@ -254,7 +257,7 @@ class SlurmCapacity(CapacitySource):
         for node in self.nodes(pool):
             row.total += node.gpus
             row.used += min(node.gpus_used, node.gpus)
-            row.free += max(node.gpus - node.gpus_used, 0) if node.usable else 0
+            row.free += max(node.gpus - node.gpus_used, 0) if node.usable and not self.view.error else 0
         return {"gpu": row} if row.total else {}
 
     def node_states(self, pool: str) -> list[SlurmNode]:
@@ -263,7 +266,10 @@ class SlurmCapacity(CapacitySource):
     def most_gpus_per_node(self, pool):
         if not self.partition(pool):
             return self.local.most_gpus_per_node(pool)
-        return max((n.gpus for n in self.nodes(pool)), default=0)
+        nodes = self.nodes(pool)
+        if not nodes and self.view.error:
+            return UNKNOWN_SIZE  # never heard from Slurm: it decides when it answers
+        return max((n.gpus for n in nodes), default=0)
 
 
 class SlurmBackend(LocalBackend):

@@ -67,6 +67,12 @@ class JobManager:
             who = f"team {team}" if team else "users without a team"
             raise OptionsRefused(f"{who} may use at most {quota.job_gpus} job GPUs at once; this job asks for "
                                  + (f"{req.gpus_per_node} × {req.nodes} nodes = {total}" if req.nodes > 1 else str(total)))
+        # What the engine would reject outright, in its words (Slurm: an unknown account or
+        # partition), before podbay's own view of the pool's size.
+        try:
+            self.backend.check_submit(team=team, pool=pool, gpus_per_node=req.gpus_per_node, nodes=req.nodes)
+        except ValueError as e:
+            raise OptionsRefused(str(e)) from None
         most = portal.capacity.most_gpus_per_node(pool)
         if req.gpus_per_node > most:
             raise OptionsRefused(f"pool {pool} has at most {most} whole GPUs on one node; "

@@ -75,6 +75,16 @@ class TrainingBackend(ABC):
     # then refuses no job for its own job_gpus quota, and the engine queues it.
     enforces_job_quota: bool = False
 
+    def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int) -> None:
+        """Refuse now, with the engine's words (raise ValueError), a job the engine would
+        reject outright; an engine out of reach refuses nothing (the job waits for it).
+        Called in a worker thread."""
+
+    async def team_limit(self, team: str | None) -> dict | None:
+        """The team's job-GPU limit as the engine enforces it, and what it uses now; None
+        where podbay's own quota is the limit."""
+        return None
+
     def queue_of(self, pool: str) -> str | None:
         """The engine's queue for a pool, where the backend's settings say (Slurm's
         partitions); None: the pool's own `queue`."""

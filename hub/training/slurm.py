@@ -23,6 +23,7 @@ NODE_FAIL, OUT_OF_MEMORY, PREEMPTED, …) fail with Slurm's state as the reason.
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 from pathlib import Path
 
@@ -83,6 +84,19 @@ def reason_words(reason: str) -> str:
     return f"{reason}: {meaning}" if meaning else reason
 
 
+def account_gpus(text: str, account: str, gres: str = "gpu") -> tuple[int | None, int | None]:
+    """(limit, in use) of an account's GPUs from `scontrol show assoc_mgr flags=assoc`: the
+    account's own record (no user), its GrpTRES `gres/gpu=LIMIT(USED)`, N for no limit."""
+    for record in re.split(r"\n(?=\S)", text):
+        if not re.match(rf"ClusterName=\S+ Account={re.escape(account)} UserName= ", record):
+            continue
+        m = re.search(rf"GrpTRES=\S*?(?<![\w/:])gres/{re.escape(gres)}=(N|\d+)\((\d+)\)", record)
+        if m:
+            return (None if m.group(1) == "N" else int(m.group(1))), int(m.group(2))
+        return None, None
+    return None, None
+
+
 def exit_code(text: str) -> tuple[int, int]:
     """sacct's ExitCode `code:signal`."""
     code, _, sig = (text or "0:0").partition(":")
@@ -108,6 +122,43 @@ class SlurmJobs(TrainingBackend):
     def queue_of(self, pool: str) -> str | None:
         return self.settings.partition(self.cfg, pool)
 
+    def _request(self, *, team: str | None, partition: str | None, gpus_per_node: int, nodes: int) -> list[str]:
+        """The request's sbatch options (the script's #SBATCH lines say the same)."""
+        s = self.settings
+        args = [f"--partition={partition}", f"--nodes={nodes}", "--ntasks-per-node=1", f"--time={s.time_limit}"]
+        account = s.account_for(team)
+        if account:
+            args.append(f"--account={account}")
+        if s.qos:
+            args.append(f"--qos={s.qos}")
+        if gpus_per_node:
+            args.append(f"--gres={s.gpus(gpus_per_node)}")
+        return args
+
+    def check_submit(self, *, team, pool, gpus_per_node, nodes):
+        partition = self.queue_of(pool)
+        if not partition:
+            raise ValueError(f"pool {pool} has no Slurm partition: ask your platform team")
+        try:
+            self.commands.run("sbatch", "--test-only",
+                              *self._request(team=team, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes),
+                              "--wrap=true")
+        except BackendUnavailable:
+            return  # the job waits for Slurm, which decides then
+        except SlurmError as e:
+            raise ValueError(f"Slurm refuses this job: {e.args[0].removeprefix('allocation failure: ')}") from None
+
+    async def team_limit(self, team):
+        account = self.settings.account_for(team)
+        if not account:
+            return None
+        try:
+            text = await self.commands.arun("scontrol", "show", "assoc_mgr", f"accounts={account}", "flags=assoc")
+        except (BackendUnavailable, SlurmError):
+            return {"source": "slurm", "account": account, "gpus": None, "gpus_in_use": None}
+        limit, used = account_gpus(text, account, self.settings.gres)
+        return {"source": "slurm", "account": account, "gpus": limit, "gpus_in_use": used}
+
     # --- names and files -----------------------------------------------------------------
 
     def slurm_name(self, job_id: int) -> str:
@@ -119,24 +170,11 @@ class SlurmJobs(TrainingBackend):
     def script(self, job: JobSpec, out: Path) -> str:
         """The batch script: the #SBATCH lines, then the command once per node."""
         s = self.settings
-        lines = ["#!/bin/bash",
-                 f"#SBATCH --job-name={self.slurm_name(job.id)}",
-                 f"#SBATCH --partition={job.queue}",
-                 f"#SBATCH --nodes={job.nodes}",
-                 "#SBATCH --ntasks-per-node=1",
-                 f"#SBATCH --time={s.time_limit}",
-                 f"#SBATCH --chdir={job.workdir}",
-                 f"#SBATCH --output={out}",
-                 f"#SBATCH --error={out}",
-                 "#SBATCH --open-mode=append",
-                 "#SBATCH --export=ALL"]
-        account = s.account_for(job.team)
-        if account:
-            lines.append(f"#SBATCH --account={account}")
-        if s.qos:
-            lines.append(f"#SBATCH --qos={s.qos}")
-        if job.gpus_per_node:
-            lines.append(f"#SBATCH --gres={s.gpus(job.gpus_per_node)}")
+        request = self._request(team=job.team, partition=job.queue, gpus_per_node=job.gpus_per_node, nodes=job.nodes)
+        lines = ["#!/bin/bash", f"#SBATCH --job-name={self.slurm_name(job.id)}"]
+        lines += [f"#SBATCH {arg}" for arg in request]
+        lines += [f"#SBATCH --chdir={job.workdir}", f"#SBATCH --output={out}", f"#SBATCH --error={out}",
+                  "#SBATCH --open-mode=append", "#SBATCH --export=ALL"]
         lines += [
             "",
             "# What torchrun and srun need across nodes: the allocation's first node leads.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,194 @@ async def test_the_pools_capacity_is_slurms(jobs, slurm_cluster):
     finally:
         slurm_cluster.run("scontrol", "update", "NodeName=n2", "State=RESUME")
         await jobs.cancel(ref)
+
+
+# --- through podbay's REST API, CLI and hub ------------------------------------------------
+
+CONTRACT = Path(__file__).resolve().parent.parent / "data" / "podbay-contract.yaml"
+
+
+@pytest.fixture(scope="module")
+def shub(slurm_cluster, tmp_path_factory):
+    """A hub on the slurm backend (the contract's podbay.yaml), with Slurm's commands behind a
+    folder of their own whose sbatch takes two seconds, as a busy controller does: long enough
+    to stop the service in the middle of a submit. Bob's team has an account Slurm does not
+    know, and a pool names a partition it does not have."""
+    import shutil
+
+    import yaml
+
+    from tests.conftest import Hub, free_port_block, have_proxy, require
+
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    tmp = tmp_path_factory.mktemp("slurm-hub")
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    for name in ("squeue", "sacct", "scancel", "scontrol", "sinfo", "sacctmgr"):
+        (bin_dir / name).symlink_to(shutil.which(name))
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncase \"$*\" in *--test-only*) ;; *) touch {tmp}/sbatch-started; "
+                                    f"sleep 2;; esac\nexec {shutil.which('sbatch')} \"$@\"\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    cfg = yaml.safe_load(CONTRACT.read_text())
+    cfg["images"][0].pop("build", None)
+    cfg["pools"]["ghost"] = {}
+    cfg["slurm"] = {**cfg["slurm"], "bin_dir": str(bin_dir), "job_prefix": "api",
+                    "partitions": {"training": "gpu", "ghost": "nosuch"},
+                    "accounts": {"vision": "contract-vision", "nlp": "no-such-account"}}
+    config = tmp / "podbay.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    (tmp / "data").mkdir()
+    hub = Hub(config=config, data_dir=tmp / "data", port=free_port_block(), keep_workspaces=False,
+              extra_env={"PODBAY_BACKEND": "slurm", "SLURM_CONF": str(slurm_cluster.conf)})
+    hub.start()
+    hub.sbatch_started = tmp / "sbatch-started"
+    yield hub
+    hub.stop()
+
+
+def service(hub, user="alice"):
+    import httpx
+
+    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+                        headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
+
+
+def slurm_jobs_named(cluster, name: str) -> list[str]:
+    """Every Slurm job of that name, ended ones included: what slurmctld holds and what
+    accounting recorded (it hears of a job a moment after slurmctld)."""
+    held = cluster.run("squeue", "-h", "-t", "all", f"--name={name}", "-o", "%i").stdout
+    recorded = cluster.run("sacct", "-n", "-X", "-P", f"--name={name}", "-S", "now-1days", "-o", "JobID").stdout
+    return sorted(set(held.split()) | set(recorded.split()))
+
+
+def test_what_slurm_would_reject_is_refused_at_submit_in_its_words(shub):
+    with service(shub, "bob") as bob:
+        r = bob.post("/jobs", json={"name": "x", "image": "base", "gpus": 1, "command": ["true"]})
+        assert r.status_code == 400, r.text
+        assert r.json()["message"] == ("Slurm refuses this job: Invalid account or account/partition "
+                                       "combination specified")
+    with service(shub) as alice:
+        r = alice.post("/jobs", json={"name": "x", "image": "base", "gpus": 1, "pool": "ghost", "command": ["true"]})
+        assert r.status_code == 400 and "Invalid partition name specified" in r.json()["message"], r.text
+        # Over the team's limit is not refused: Slurm queues it (and says why).
+        me = alice.get("/me").json()
+        assert me["job_limit"] == {"source": "slurm", "account": "contract-vision", "gpus": 2, "gpus_in_use": 0}
+
+
+def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):
+    from tests.conftest import wait_job
+
+    with service(shub) as api:
+        job = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1, "command": ["sleep", "300"]}).json()
+        job = wait_job(api, job["id"], {"running"}, timeout=60)
+        (slurm_id,) = slurm_jobs_named(slurm_cluster, f"api-{job['id']}")
+        assert api.get("/me").json()["job_limit"]["gpus_in_use"] == 1
+        slurm_cluster.run("scontrol", "update", f"JobId={slurm_id}", "EndTime=now")
+        done = wait_job(api, job["id"], {"failed", "succeeded"}, timeout=90)
+        assert done["state"] == "failed" and done["message"].startswith("TIMEOUT: it ran past its time limit"), done
+
+
+def test_jobs_wait_while_slurm_is_down_and_nothing_is_lost(shub, slurm_cluster):
+    from tests.conftest import wait_job
+
+    slurm_cluster.stop_daemon("slurmctld")
+    try:
+        with service(shub) as api:
+            r = api.post("/jobs", json={"name": "patient", "image": "base", "gpus": 1, "command": ["echo", "done"]})
+            assert r.status_code == 201, r.text
+            deadline = time.monotonic() + 60
+            while "Slurm is not reachable" not in (job := api.get(f"/jobs/{r.json()['id']}").json())["message"]:
+                assert time.monotonic() < deadline, job
+                time.sleep(0.5)
+            assert job["state"] == "queued" and job["message"].startswith("waiting: Slurm is not reachable")
+    finally:
+        slurm_cluster.start_daemon_again("slurmctld")
+    with service(shub) as api:
+        done = wait_job(api, job["id"], {"succeeded", "failed"}, timeout=90)
+        assert done["state"] == "succeeded" and api.get(f"/jobs/{job['id']}/logs").text == "done\n"
+    assert len(slurm_jobs_named(slurm_cluster, f"api-{job['id']}")) == 1
+
+
+def test_a_service_killed_during_a_submit_and_a_run_leaves_one_slurm_job_each(shub, slurm_cluster):
+    import os
+    import signal
+
+    from tests.conftest import environ_of, wait_job
+
+    def service_pid() -> int:
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and b"podbay.hub.service" in (entry / "cmdline").read_bytes() and \
+                        environ_of(int(entry.name)).get("PODBAY_DATA_DIR") == str(shub.data_dir):
+                    return int(entry.name)
+            except OSError:
+                continue
+        raise AssertionError("podbay's service is not running")
+
+    with service(shub) as api:
+        running = api.post("/jobs", json={"name": "runs", "image": "base", "gpus": 1, "command": [
+            "sh", "-c", "echo start; sleep 6; echo end"]}).json()
+        wait_job(api, running["id"], {"running"}, timeout=60)
+        shub.sbatch_started.unlink(missing_ok=True)
+        handed = api.post("/jobs", json={"name": "handed", "image": "base", "gpus": 1, "command": ["echo", "once"]}).json()
+        deadline = time.monotonic() + 30
+        while not shub.sbatch_started.exists():
+            assert time.monotonic() < deadline, "sbatch never started"
+            time.sleep(0.05)
+        old = service_pid()
+        os.kill(old, signal.SIGKILL)  # sbatch is still submitting: nothing recorded its Slurm id
+    # The hub starts the service again (it looks every 30 s); it asks Slurm by name.
+    deadline = time.monotonic() + 90
+    with service(shub) as api:
+        while True:
+            try:
+                if service_pid() != old and api.get("/me").status_code == 200:
+                    break
+            except (AssertionError, OSError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "the hub did not start the service again"
+            time.sleep(0.5)
+        first = wait_job(api, running["id"], {"succeeded", "failed"}, timeout=90)
+        second = wait_job(api, handed["id"], {"succeeded", "failed"}, timeout=90)
+        assert (first["state"], second["state"]) == ("succeeded", "succeeded"), (first, second)
+        assert api.get(f"/jobs/{running['id']}/logs").text == "start\nend\n"
+        assert api.get(f"/jobs/{handed['id']}/logs").text == "once\n"
+    for job in (running, handed):
+        assert len(slurm_jobs_named(slurm_cluster, f"api-{job['id']}")) == 1, job
+
+
+def test_the_cli_shows_slurms_reason_and_the_pools_nodes(shub, slurm_cluster, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_job
+
+    env = {"PODBAY_URL": shub.url, "PODBAY_TOKEN": shub.token("alice"), "XDG_CONFIG_HOME": str(tmp_path)}
+
+    def podbay(*args):
+        import os
+
+        return subprocess.run([sys.executable, "-m", "podbay.hub.cli", *args], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=60)
+
+    with service(shub) as api:
+        wide = api.post("/jobs", json={"name": "wide", "image": "base", "gpus": 2, "command": ["sleep", "60"]}).json()
+        wait_job(api, wide["id"], {"running"}, timeout=60)
+        nxt = api.post("/jobs", json={"name": "next", "image": "base", "gpus": 1, "command": ["true"]}).json()
+        deadline = time.monotonic() + 30
+        while "AssocGrpGRES" not in api.get(f"/jobs/{nxt['id']}").json()["message"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    listing = podbay("job", "ls")
+    line = next(x for x in listing.stdout.splitlines() if x.split()[:2] == [str(nxt["id"]), "next"])
+    assert "queued" in line and "queued in slurm: AssocGrpGRES: the team's account is at its GPU limit" in line
+    slurm_cluster.run("scontrol", "update", "NodeName=n2", "State=DRAIN", "Reason=fan swap")
+    try:
+        time.sleep(6)  # podbay asks Slurm about its nodes every few seconds
+        cap = podbay("capacity")
+        assert "Nodes that take no jobs now" in cap.stdout and "fan swap" in cap.stdout, cap.stdout
+    finally:
+        slurm_cluster.run("scontrol", "update", "NodeName=n2", "State=RESUME")
+        with service(shub) as api:
+            for job in (nxt, wide):
+                api.delete(f"/jobs/{job['id']}")

@@ -10,7 +10,7 @@ import pytest
 from podbay.hub.config import parse_config
 from podbay.hub.slurm import parse_nodes
 from podbay.hub.training import JobSpec
-from podbay.hub.training.slurm import SlurmJobs, enroot_image, exit_code, reason_words
+from podbay.hub.training.slurm import SlurmJobs, account_gpus, enroot_image, exit_code, reason_words
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def test_the_batch_script_as_slurm_and_pyxis_read_it(jobs, tmp_path):
     directives = [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH")]
     assert directives == [
         "--job-name=podbay-17", "--partition=batch", "--nodes=4", "--ntasks-per-node=1", "--time=2-00:00:00",
-        "--chdir=/home/alice/projects/resnet", f"--output={tmp_path / 'out.log'}", f"--error={tmp_path / 'out.log'}",
-        "--open-mode=append", "--export=ALL", "--account=cv-lab", "--qos=normal", "--gres=gpu:h100:8"]
+        "--account=cv-lab", "--qos=normal", "--gres=gpu:h100:8", "--chdir=/home/alice/projects/resnet",
+        f"--output={tmp_path / 'out.log'}", f"--error={tmp_path / 'out.log'}", "--open-mode=append", "--export=ALL"]
     srun = shlex.split(script.splitlines()[-1])
     assert srun[:3] == ["srun", "--ntasks-per-node=1", "--chdir=/home/alice/projects/resnet"]
     assert "--container-image=nvcr.io#nvidia/pytorch:25.08-py3" in srun
@@ -101,3 +101,24 @@ def test_settings_are_checked(slurm_installed):
     with pytest.raises(ConfigError, match="no pool names a Slurm partition"):
         parse_config({"backend": "slurm", "images": [{"name": "a", "display_name": "A", "image": "a"}],
                       "profiles": [{"id": "cpu"}], "pools": {"training": {}}})
+
+
+ASSOC_MGR = """Current Association Manager state
+
+Association Records
+
+ClusterName=pod Account=cv-lab UserName= Partition= Priority=0 ID=5
+    GrpJobs=N(1) GrpJobsAccrue=N(0)
+    GrpTRES=cpu=N(1),mem=N(100),node=N(1),billing=N(1),gres/gpu=16(9),gres/gpu:h100=N(9)
+    GrpTRESMins=cpu=N(0),gres/gpu=N(0)
+ClusterName=pod Account=cv-lab UserName=alice(1000) Partition= Priority=0 ID=8
+    GrpTRES=cpu=N(1),gres/gpu=4(2),gres/gpu:h100=N(2)
+ClusterName=pod Account=open UserName= Partition= Priority=0 ID=9
+    GrpTRES=cpu=N(0),gres/gpu=N(3)
+"""
+
+
+def test_an_accounts_gpu_limit_and_use():
+    assert account_gpus(ASSOC_MGR, "cv-lab") == (16, 9)  # the account's own record, not alice's
+    assert account_gpus(ASSOC_MGR, "open") == (None, 3)
+    assert account_gpus(ASSOC_MGR, "missing") == (None, None)
