@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .backends import LocalBackend
 from .config import PodbayConfig, ProfileKind, _Model
@@ -37,7 +37,7 @@ UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connec
                "Unable to connect to database", "slurmdbd: Connection", "Connection timed out", "Slurm backup controller")
 # The most GPUs on a node of a pool Slurm has never described: no job is refused for its size.
 UNKNOWN_SIZE = 1 << 20
-TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+TIME = re.compile(r"^(\d{1,3}-)?\d{1,5}(:\d{2}){0,2}$")
 
 
 class SlurmSettings(_Model):
@@ -54,8 +54,10 @@ class SlurmSettings(_Model):
     accounts: dict[str, str] = {}
     default_account: str | None = None
     qos: str | None = None
-    # --time for every job (Slurm's format: minutes, HH:MM:SS, D-HH:MM:SS).
+    # --time of a job that asks for none, and the most one may ask for (Slurm's format:
+    # minutes, HH:MM:SS, D-HH:MM:SS; None: the partition's own maximum decides).
     time_limit: str = "04:00:00"
+    time_max: str | None = None
     # The GRES that counts GPUs, and a type to ask for (gpu:a100:N), if any.
     gres: str = Field("gpu", pattern=r"^[a-z][a-z0-9_]*$")
     gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -70,12 +72,18 @@ class SlurmSettings(_Model):
     # Seconds a Slurm command may take.
     timeout: float = Field(30.0, ge=1, le=600)
 
-    @field_validator("time_limit")
+    @field_validator("time_limit", "time_max")
     @classmethod
-    def _slurm_time(cls, v: str) -> str:
-        if not TIME.match(v):
+    def _slurm_time(cls, v: str | None) -> str | None:
+        if v is not None and not TIME.match(v):
             raise ValueError("a Slurm time: minutes, HH:MM:SS or D-HH:MM:SS")
         return v
+
+    @model_validator(mode="after")
+    def _default_within_max(self):
+        if self.time_max and seconds(self.time_limit) > seconds(self.time_max):
+            raise ValueError(f"time_limit {self.time_limit} is above time_max {self.time_max}")
+        return self
 
     def partition(self, cfg: PodbayConfig, pool: str) -> str | None:
         if pool in self.partitions:
@@ -89,6 +97,20 @@ class SlurmSettings(_Model):
     def gpus(self, n: int) -> str:
         """The GRES request for n GPUs on each node."""
         return f"{self.gres}:{self.gpu_type}:{n}" if self.gpu_type else f"{self.gres}:{n}"
+
+
+def seconds(text: str) -> int:
+    """A Slurm time in seconds: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    days, _, rest = text.rpartition("-") if "-" in text else ("", "", text)
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + s
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return (parts[0] * 60 + parts[1]) * 60 + parts[2]
 
 
 class SlurmError(RuntimeError):

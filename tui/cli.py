@@ -419,7 +419,7 @@ def cmd_job_submit(args) -> int:
         env[key] = value
     body: dict[str, Any] = {"name": args.name or _default_job_name(command), "command": command,
                             "gpus_per_node": args.gpus, "nodes": args.nodes, "env": env}
-    for key in ("image", "workdir", "from_workspace", "pool"):
+    for key in ("image", "workdir", "from_workspace", "pool", "time_limit"):
         if getattr(args, key):
             body[key] = getattr(args, key)
     if args.volume is not None:
@@ -689,6 +689,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--from-workspace", metavar="NAME", help="take image, volumes and working directory from it")
     p.add_argument("--gpus", type=int, default=1, help="whole GPUs on each node (default: %(default)s)")
     p.add_argument("--nodes", type=int, default=1, help="nodes the job spans (default: %(default)s)")
+    p.add_argument("--time", dest="time_limit", metavar="LIMIT",
+                   help="how long it may run (Slurm's format: 90, 12:00:00, 2-00:00:00; slurm pools only)")
     p.add_argument("--pool", help="the pool to run in (default: training)")
     p.add_argument("--image")
     p.add_argument("--workdir")

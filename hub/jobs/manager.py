@@ -70,7 +70,8 @@ class JobManager:
         # What the engine would reject outright, in its words (Slurm: an unknown account or
         # partition), before podbay's own view of the pool's size.
         try:
-            self.backend.check_submit(team=team, pool=pool, gpus_per_node=req.gpus_per_node, nodes=req.nodes)
+            self.backend.check_submit(team=team, pool=pool, gpus_per_node=req.gpus_per_node, nodes=req.nodes,
+                                      time_limit=req.time_limit)
         except ValueError as e:
             raise OptionsRefused(str(e)) from None
         most = portal.capacity.most_gpus_per_node(pool)
@@ -90,7 +91,7 @@ class JobManager:
         row = JobRow(
             name=req.name, user=user, team=team, image=image.name, command=json.dumps(req.command),
             workdir=str(workdir), volumes=json.dumps(names), env=json.dumps(req.env), gpus=req.gpus_per_node,
-            nodes=req.nodes, pool=pool, from_workspace=req.from_workspace, state="queued",
+            nodes=req.nodes, pool=pool, from_workspace=req.from_workspace, state="queued", time_limit=req.time_limit,
             message="waiting for the scheduler", devices="[]", created=now, ref="{}",
         )
         job = self.store.add(row)

@@ -40,6 +40,8 @@ class JobRow(Base):
     # Per node; `nodes` of them.
     gpus: Mapped[int] = mapped_column(Integer)
     nodes: Mapped[int] = mapped_column(Integer, default=1)
+    # The engine's time limit for it (Slurm's format), where the engine enforces one.
+    time_limit: Mapped[str | None] = mapped_column(String(32), nullable=True)
     pool: Mapped[str] = mapped_column(String(64))
     from_workspace: Mapped[str | None] = mapped_column(String(255), nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
@@ -72,6 +74,9 @@ class JobRequest(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, max_length=256)
     from_workspace: str | None = Field(default=None, max_length=255,
                                        description="take image, volumes and working directory from this workspace")
+    time_limit: str | None = Field(default=None, pattern=r"^(\d{1,3}-)?\d{1,5}(:\d{2}){0,2}$",
+                                   description="how long it may run, as Slurm writes it (minutes, HH:MM:SS, "
+                                               "D-HH:MM:SS); where the engine limits time (slurm)")
 
     @field_validator("command")
     @classmethod
@@ -111,6 +116,7 @@ class Job(BaseModel):
     nodes: int
     pool: str
     from_workspace: str | None
+    time_limit: str | None = None
     state: str = Field(description="queued (also while the engine holds it), starting, running, "
                                     "succeeded, failed or cancelled")
     exit_code: int | None
@@ -126,6 +132,7 @@ class Job(BaseModel):
         return cls(id=r.id, name=r.name, user=r.user, team=r.team, image=r.image, command=json.loads(r.command),
                    workdir=r.workdir, volumes=json.loads(r.volumes), env=json.loads(r.env), gpus=r.gpus * nodes,
                    gpus_per_node=r.gpus, nodes=nodes, pool=r.pool, from_workspace=r.from_workspace,
+                   time_limit=r.time_limit,
                    state="queued" if r.state == PENDING else r.state, exit_code=r.exit_code,
                    message=r.message, devices=json.loads(r.devices), created=r.created, started=r.started,
                    finished=r.finished)

@@ -233,7 +233,7 @@ class Scheduler:
                        workdir=job.workdir, env=env, volumes=vols, devices=list(devices or []),
                        workspace=job.from_workspace, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
                        pool=job.pool, queue=self.backend.queue_of(job.pool) or (pool.queue if pool else None),
-                       team=job.team,
+                       team=job.team, time_limit=job.time_limit,
                        volume_names=list(job.volumes), secrets=self.portal.secrets.values(job.user) if apart else {})
 
     async def _hand_over(self, job: Job) -> None:

@@ -53,6 +53,8 @@ class JobSpec:
     # The person's secrets, for a backend that hands them over its own way (secrets_apart:
     # a Kubernetes Secret); elsewhere they are in `env`.
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    # How long it may run (Slurm's format), where the engine limits time; None: its default.
+    time_limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,13 @@ class TrainingBackend(ABC):
     # then refuses no job for its own job_gpus quota, and the engine queues it.
     enforces_job_quota: bool = False
 
-    def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int) -> None:
+    def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int,
+                     time_limit: str | None = None) -> None:
         """Refuse now, with the engine's words (raise ValueError), a job the engine would
         reject outright; an engine out of reach refuses nothing (the job waits for it).
         Called in a worker thread."""
+        if time_limit is not None:
+            raise ValueError(f"the {self.name} backend does not limit a job's time: leave time_limit out")
 
     async def team_limit(self, team: str | None) -> dict | None:
         """The team's job-GPU limit as the engine enforces it, and what it uses now; None

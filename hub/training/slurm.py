@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..config import PodbayConfig
 from ..launch import launcher
-from ..slurm import Commands, SlurmError, SlurmSettings
+from ..slurm import Commands, SlurmError, SlurmSettings, seconds
 from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, offset_of, read_from
 
 RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -122,10 +122,12 @@ class SlurmJobs(TrainingBackend):
     def queue_of(self, pool: str) -> str | None:
         return self.settings.partition(self.cfg, pool)
 
-    def _request(self, *, team: str | None, partition: str | None, gpus_per_node: int, nodes: int) -> list[str]:
+    def _request(self, *, team: str | None, partition: str | None, gpus_per_node: int, nodes: int,
+                 time_limit: str | None = None) -> list[str]:
         """The request's sbatch options (the script's #SBATCH lines say the same)."""
         s = self.settings
-        args = [f"--partition={partition}", f"--nodes={nodes}", "--ntasks-per-node=1", f"--time={s.time_limit}"]
+        args = [f"--partition={partition}", f"--nodes={nodes}", "--ntasks-per-node=1",
+                f"--time={time_limit or s.time_limit}"]
         account = s.account_for(team)
         if account:
             args.append(f"--account={account}")
@@ -135,13 +137,17 @@ class SlurmJobs(TrainingBackend):
             args.append(f"--gres={s.gpus(gpus_per_node)}")
         return args
 
-    def check_submit(self, *, team, pool, gpus_per_node, nodes):
+    def check_submit(self, *, team, pool, gpus_per_node, nodes, time_limit=None):
         partition = self.queue_of(pool)
         if not partition:
             raise ValueError(f"pool {pool} has no Slurm partition: ask your platform team")
+        most = self.settings.time_max
+        if time_limit and most and seconds(time_limit) > seconds(most):
+            raise ValueError(f"time_limit {time_limit} is above the most a job may ask for here, {most}")
         try:
             self.commands.run("sbatch", "--test-only",
-                              *self._request(team=team, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes),
+                              *self._request(team=team, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes,
+                                             time_limit=time_limit),
                               "--wrap=true")
         except BackendUnavailable:
             return  # the job waits for Slurm, which decides then
@@ -170,7 +176,8 @@ class SlurmJobs(TrainingBackend):
     def script(self, job: JobSpec, out: Path) -> str:
         """The batch script: the #SBATCH lines, then the command once per node."""
         s = self.settings
-        request = self._request(team=job.team, partition=job.queue, gpus_per_node=job.gpus_per_node, nodes=job.nodes)
+        request = self._request(team=job.team, partition=job.queue, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
+                                time_limit=job.time_limit)
         lines = ["#!/bin/bash", f"#SBATCH --job-name={self.slurm_name(job.id)}"]
         lines += [f"#SBATCH {arg}" for arg in request]
         lines += [f"#SBATCH --chdir={job.workdir}", f"#SBATCH --output={out}", f"#SBATCH --error={out}",

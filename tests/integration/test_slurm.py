@@ -247,7 +247,7 @@ def shub(slurm_cluster, tmp_path_factory):
     cfg = yaml.safe_load(CONTRACT.read_text())
     cfg["images"][0].pop("build", None)
     cfg["pools"]["ghost"] = {}
-    cfg["slurm"] = {**cfg["slurm"], "bin_dir": str(bin_dir), "job_prefix": "api",
+    cfg["slurm"] = {**cfg["slurm"], "bin_dir": str(bin_dir), "job_prefix": "api", "time_max": "1-00:00:00",
                     "partitions": {"training": "gpu", "ghost": "nosuch"},
                     "accounts": {"vision": "contract-vision", "nlp": "no-such-account"}}
     config = tmp / "podbay.yaml"
@@ -285,6 +285,9 @@ def test_what_slurm_would_reject_is_refused_at_submit_in_its_words(shub):
     with service(shub) as alice:
         r = alice.post("/jobs", json={"name": "x", "image": "base", "gpus": 1, "pool": "ghost", "command": ["true"]})
         assert r.status_code == 400 and "Invalid partition name specified" in r.json()["message"], r.text
+        r = alice.post("/jobs", json={"name": "x", "image": "base", "gpus": 1, "time_limit": "2-00:00:00",
+                                      "command": ["true"]})
+        assert r.status_code == 400 and "above the most a job may ask for here, 1-00:00:00" in r.json()["message"]
         # Over the team's limit is not refused: Slurm queues it (and says why).
         me = alice.get("/me").json()
         assert me["job_limit"] == {"source": "slurm", "account": "contract-vision", "gpus": 2, "gpus_in_use": 0}
@@ -294,9 +297,12 @@ def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):
     from tests.conftest import wait_job
 
     with service(shub) as api:
-        job = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1, "command": ["sleep", "300"]}).json()
+        job = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1, "time_limit": "2",
+                                      "command": ["sleep", "300"]}).json()
+        assert job["time_limit"] == "2"
         job = wait_job(api, job["id"], {"running"}, timeout=60)
         (slurm_id,) = slurm_jobs_named(slurm_cluster, f"api-{job['id']}")
+        assert "TimeLimit=00:02:00" in slurm_cluster.run("scontrol", "show", "job", slurm_id).stdout
         assert api.get("/me").json()["job_limit"]["gpus_in_use"] == 1
         slurm_cluster.run("scontrol", "update", f"JobId={slurm_id}", "EndTime=now")
         done = wait_job(api, job["id"], {"failed", "succeeded"}, timeout=90)

@@ -229,11 +229,11 @@ def test_a_backends_section_is_validated_by_its_own_model(demo, tmp_path, lab_in
 
 
 def test_a_section_of_a_backend_that_is_not_installed_says_which_are(demo, tmp_path):
-    demo["slurm"] = {"partition": "gpu"}
+    demo["lsf"] = {"queue": "gpu"}
     (issue,) = errors_of(demo, tmp_path)
-    assert issue.startswith("slurm: unknown key (a typo?); a backend's settings go under its name, for an "
-                            "installed backend only (here: docker, kubernetes): install its package or remove the "
-                            "section"), issue
+    assert issue.startswith("lsf: unknown key (a typo?); a backend's settings go under its name, for an "
+                            "installed backend only (here: docker, kubernetes, slurm): install its package or remove "
+                            "the section"), issue
 
 
 def test_the_runs_backend_is_checked_not_only_the_files(demo, tmp_path, lab_installed):

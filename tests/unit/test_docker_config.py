@@ -205,13 +205,13 @@ def test_the_backend_is_chosen_in_podbay_yaml_among_the_installed_ones(tmp_path)
     assert chosen(cfg) == "docker" and chosen(cfg, "local") == "local"
     assert load("docker").spawner == "podbay-docker" and load("local").spawner == "podbay-local"
     assert load("local").isolates_users is False and load("docker").isolates_users is True
-    with pytest.raises(BackendError, match="unknown backend 'slurm': the installed ones are docker, kubernetes, local"):
-        load("slurm")
+    with pytest.raises(BackendError, match="unknown backend 'lsf': the installed ones are docker, kubernetes, local, slurm"):
+        load("lsf")
     data = yaml.safe_load(DEMO.read_text())
-    data["backend"] = "slurm"
+    data["backend"] = "lsf"
     path = tmp_path / "podbay.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as e:
         load_config(path)
     (issue,) = [str(i) for i in e.value.issues if "backend" in str(i)]
-    assert issue.startswith("backend: unknown backend 'slurm': the installed ones are docker, kubernetes, local (line ")
+    assert issue.startswith("backend: unknown backend 'lsf': the installed ones are docker, kubernetes, local, slurm (line ")

@@ -122,3 +122,32 @@ def test_an_accounts_gpu_limit_and_use():
     assert account_gpus(ASSOC_MGR, "cv-lab") == (16, 9)  # the account's own record, not alice's
     assert account_gpus(ASSOC_MGR, "open") == (None, 3)
     assert account_gpus(ASSOC_MGR, "missing") == (None, None)
+
+
+def test_time_limits(slurm_installed, jobs, tmp_path):
+    from podbay.hub.slurm import seconds
+
+    assert [seconds(t) for t in ("90", "10:30", "12:00:00", "2-00", "2-01:30", "1-00:00:01")] == \
+        [5400, 630, 43200, 172800, 178200, 86401]
+    script = jobs.script(job(time_limit="12:00:00"), tmp_path / "o")
+    assert "#SBATCH --time=12:00:00" in script
+    capped = SlurmJobs(parse_config({
+        "backend": "slurm", "images": [{"name": "a", "display_name": "A", "image": "a"}], "profiles": [{"id": "cpu"}],
+        "pools": {"dev": {}, "training": {"queue": "batch"}}, "slurm": {"time_limit": "60", "time_max": "1-00:00:00"}}),
+        tmp_path)
+    with pytest.raises(ValueError, match="above the most a job may ask for here, 1-00:00:00"):
+        capped.check_submit(team=None, pool="training", gpus_per_node=0, nodes=1, time_limit="2-00:00:00")
+    from podbay.hub.config import ConfigError
+
+    with pytest.raises(ConfigError, match="above time_max"):
+        parse_config({"backend": "slurm", "images": [{"name": "a", "display_name": "A", "image": "a"}],
+                      "profiles": [{"id": "cpu"}], "pools": {"dev": {}, "training": {"queue": "batch"}},
+                      "slurm": {"time_limit": "2-00:00:00", "time_max": "1-00:00:00"}})
+
+
+def test_engines_that_limit_no_time_refuse_a_time_limit(tmp_path):
+    from podbay.hub.training.local import LocalBackend
+
+    with pytest.raises(ValueError, match="the local backend does not limit a job's time"):
+        LocalBackend(tmp_path).check_submit(team=None, pool="training", gpus_per_node=1, nodes=1, time_limit="60")
+    LocalBackend(tmp_path).check_submit(team=None, pool="training", gpus_per_node=1, nodes=1)
