@@ -61,7 +61,7 @@ def main() -> None:
     try:
         env = {**os.environ, **cluster.env}
         # The partition full: everything submitted from now on waits.
-        cluster.run("sbatch", "-A", "vision", "-p", "gpu", "-N", "2", "--gres=gpu:4", "--wrap", "sleep 3600")
+        cluster.run("sbatch", "-A", "vision", "-p", "gpu", "-N", "2", "--gres=gpu:4", "-o", "/dev/null", "--wrap", "sleep 3600")
         cfg = yaml.safe_load(CONTRACT.read_text())
         cfg["images"][0].pop("build", None)
         cfg["teams"]["vision"]["quota"]["job_gpus"] = 1000
@@ -80,7 +80,7 @@ def main() -> None:
 
         def via_sbatch(_client) -> float:
             return timed(lambda: subprocess.run(
-                ["sbatch", "--parsable", "-A", "contract-vision", "-p", "gpu", "--gres=gpu:1", "-J", "plain",
+                ["sbatch", "--parsable", "-A", "contract-vision", "-p", "gpu", "--gres=gpu:1", "-J", "plain", "-o", "/dev/null",
                  "--wrap", "true"], env=env, check=True, capture_output=True))
 
         results: dict[str, list[float]] = {}

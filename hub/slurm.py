@@ -61,6 +61,10 @@ class SlurmSettings(_Model):
     # The GRES that counts GPUs, and a type to ask for (gpu:a100:N), if any.
     gres: str = Field("gpu", pattern=r"^[a-z][a-z0-9_]*$")
     gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    # What each GPU comes with (--cpus-per-gpu, --mem-per-gpu, e.g. 16 and 200G): without
+    # them a job gets one CPU per node and the partition's default memory.
+    cpus_per_gpu: int | None = Field(None, ge=1, le=1024)
+    mem_per_gpu: str | None = Field(None, pattern=r"^\d+[KMGT]?$")
     # pyxis: the job runs in the catalog image (srun --container-image, Enroot); none: as a
     # process on the nodes, for sites whose software is a shared tree.
     container: Literal["pyxis", "none"] = "pyxis"
@@ -81,6 +85,8 @@ class SlurmSettings(_Model):
 
     @model_validator(mode="after")
     def _default_within_max(self):
+        if seconds(self.time_limit) == 0 or (self.time_max and seconds(self.time_max) == 0):
+            raise ValueError("a time limit of 0 is no limit at all in Slurm: give one")
         if self.time_max and seconds(self.time_limit) > seconds(self.time_max):
             raise ValueError(f"time_limit {self.time_limit} is above time_max {self.time_max}")
         return self
@@ -117,6 +123,11 @@ class SlurmError(RuntimeError):
     """Slurm refused (its words, for the person)."""
 
 
+# What Slurm's commands get of the service's environment: nothing else (the service holds
+# secrets, and SBATCH_*/SLURM_* variables would change what sbatch does).
+PASSED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "SLURM_CONF")
+
+
 @dataclass
 class Commands:
     """Slurm's commands, with this deployment's slurm.conf."""
@@ -125,7 +136,7 @@ class Commands:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_CONF", "PATH", "LANG", "LC_", "HOME", "USER"))}
+        env = {k: v for k, v in os.environ.items() if k in PASSED_ENV or k.startswith("LC_")}
         if self.settings.conf:
             env["SLURM_CONF"] = self.settings.conf
         return env
@@ -141,33 +152,34 @@ class Commands:
             raise BackendUnavailable(f"Slurm is not reachable ({words}); waiting for it")
         raise SlurmError(words.removeprefix("sbatch: error: ").removeprefix("error: "))
 
-    def run(self, name: str, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
+    def run(self, name: str, *args: str, timeout: float | None = None) -> str:
         argv = [self.program(name), *args]
+        timeout = timeout or self.settings.timeout
         try:
-            r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=self.settings.timeout,
-                               env=env if env is not None else self.env)
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env,
+                               stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise BackendUnavailable(f"{argv[0]} is not installed on this node (Slurm's client, slurm-client)") from None
         except subprocess.TimeoutExpired:
-            raise BackendUnavailable(f"{name} did not answer in {self.settings.timeout:g}s; waiting for Slurm") from None
+            raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
         return self._result(argv, r.returncode, r.stdout, r.stderr)
 
-    async def arun(self, name: str, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
+    async def arun(self, name: str, *args: str, stdin: str | None = None, pass_fds: tuple[int, ...] = (),
+                   timeout: float | None = None) -> str:
         argv = [self.program(name), *args]
+        timeout = timeout or self.settings.timeout
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env if env is not None else self.env)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, pass_fds=pass_fds)
         except FileNotFoundError:
             raise BackendUnavailable(f"{argv[0]} is not installed on this node (Slurm's client, slurm-client)") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None),
-                                              self.settings.timeout)
+            out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), timeout)
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
-            raise BackendUnavailable(f"{name} did not answer in {self.settings.timeout:g}s; waiting for Slurm") from None
+            raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
         return self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
@@ -228,7 +240,8 @@ class NodeView:
         now = time.monotonic()
         if now - self._at >= self.refresh:
             try:
-                text = self.commands.run("scontrol", "show", "node", "--oneliner")
+                # Short: the spawn form asks on the hub's loop.
+                text = self.commands.run("scontrol", "show", "node", "--oneliner", timeout=3)
                 self._nodes, self.error = parse_nodes(text, self.commands.settings.gres), None
             except (BackendUnavailable, SlurmError) as e:
                 self.error = str(e)

@@ -392,8 +392,8 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture
 def slurm_installed(monkeypatch):
-    """The slurm backend as an installed plugin, in this process (its entry point is not in
-    pyproject.toml until it passes the contract suite)."""
+    """The slurm backend's settings section in this process, also where the package was
+    installed before its entry point was added (an old editable install)."""
     from importlib.metadata import EntryPoint
 
     from podbay.hub import backends

@@ -99,6 +99,12 @@ class SlurmCluster:
                  60, "the nodes to register again")
 
     def stop(self) -> None:
+        # Jobs first: a slurmd that stops leaves its jobs' slurmstepd running.
+        if "slurmctld" in self.procs:
+            with contextlib.suppress(Exception):
+                self.run("scancel", "--user=root", check=False, timeout=10)
+                wait_for(lambda: not self.run("squeue", "-h", check=False, timeout=10).stdout.strip(), 15,
+                         "the jobs to end")
         for name in ["slurmd-n2", "slurmd-n1", "slurmctld", "slurmdbd", "mariadb"]:
             self.stop_daemon(name)
         pid = self.state / "munge" / "munged.pid"

@@ -87,6 +87,14 @@ class JobRequest(BaseModel):
             raise ValueError("command items may not contain NUL characters")
         return v
 
+    @field_validator("workdir", "name")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        # Paths and names reach engines' command lines and files: no line breaks or controls.
+        if v is not None and any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("may not contain control characters (line breaks, tabs, …)")
+        return v
+
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:

@@ -185,14 +185,23 @@ class Scheduler:
     async def tick(self) -> None:
         async with self._lock:
             if self.backend.queues_jobs:
-                # The engine gets new jobs first, so this tick already shows its reason.
+                # The engine gets new jobs first, so this tick already shows its reason; once
+                # it cannot be reached, the others wait for the next tick.
                 for job in reversed(await self.store.in_state("queued")):
-                    await self._hand_over(job)
+                    if not await self._hand_over(job):
+                        break
             for stored in ("running", PENDING):
                 for job in await self.store.in_state(stored):
                     if job.id in self.cancelling:
                         continue  # cancel records how it ended
-                    status = await self.backend.status(await self.store.job_ref(job.id))
+                    try:
+                        status = await self.backend.status(await self.store.job_ref(job.id))
+                    except BackendUnavailable:
+                        return  # the engine is out of reach: every job stays as it was until it is back
+                    except Exception:
+                        # One job the engine cannot answer for does not stop the others.
+                        log.exception("could not read the state of job %s; trying again", job.id)
+                        continue
                     if status.state == "exited":
                         await self._finish(job, status.exit_code, status.message)
                     elif status.state == "lost":
@@ -233,28 +242,29 @@ class Scheduler:
                        workdir=job.workdir, env=env, volumes=vols, devices=list(devices or []),
                        workspace=job.from_workspace, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
                        pool=job.pool, queue=self.backend.queue_of(job.pool) or (pool.queue if pool else None),
-                       team=job.team, time_limit=job.time_limit,
+                       team=job.team, time_limit=job.time_limit, created=job.created,
                        volume_names=list(job.volumes), secrets=self.portal.secrets.values(job.user) if apart else {})
 
-    async def _hand_over(self, job: Job) -> None:
+    async def _hand_over(self, job: Job) -> bool:
         """An engine that queues gets the job at once: podbay does not queue it again.
 
         It is `starting` while handed over: a service that stops in between finds it that way
         and asks the engine (by the job's id) whether it got it, rather than handing it over
         twice."""
-        await self.store.update(job.id, state="starting", ref={"job_id": job.id},
+        await self.store.update(job.id, state="starting", ref={"job_id": job.id, "created": job.created},
                                 message=f"handing over to {self.backend.name}")
         try:
             ref = await self.backend.submit(self._spec(job, None))
         except BackendUnavailable as e:
             await self.store.update(job.id, state="queued", ref={}, message=f"waiting: {e}")
-            return
+            return False
         except Exception as e:
             log.exception("job %s was not accepted", job.id)
             await self.store.update(job.id, state="failed", finished=self.clock(), message=f"not accepted: {e}")
-            return
-        await self.store.update(job.id, state=PENDING, ref={**ref, "job_id": job.id},
+            return True
+        await self.store.update(job.id, state=PENDING, ref={**ref, "job_id": job.id, "created": job.created},
                                 message=f"queued in {self.backend.name}: submitted")
+        return True
 
     async def _try_start(self, job: Job, blocked: set[str]) -> None:
         try:

@@ -55,6 +55,8 @@ class JobSpec:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     # How long it may run (Slurm's format), where the engine limits time; None: its default.
     time_limit: str | None = None
+    # When podbay made it (epoch seconds): an engine that finds jobs by name takes none older.
+    created: float | None = None
 
 
 @dataclass(frozen=True)

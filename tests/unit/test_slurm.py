@@ -36,12 +36,15 @@ def job(**kw) -> JobSpec:
 
 
 def test_the_batch_script_as_slurm_and_pyxis_read_it(jobs, tmp_path):
-    script = jobs.script(job(), tmp_path / "out.log")
-    directives = [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert directives == [
+    out = tmp_path / "out.log"
+    assert jobs.sbatch_args(job(), out, 7) == [
         "--job-name=podbay-17", "--partition=batch", "--nodes=4", "--ntasks-per-node=1", "--time=2-00:00:00",
         "--account=cv-lab", "--qos=normal", "--gres=gpu:h100:8", "--chdir=/home/alice/projects/resnet",
-        f"--output={tmp_path / 'out.log'}", f"--error={tmp_path / 'out.log'}", "--open-mode=append", "--export=ALL"]
+        f"--output={out}", f"--error={out}", "--open-mode=append", "--dependency=singleton", "--export=ALL",
+        "--export-file=7", "--comment=podbay job 17 of alice: resnet", "--parsable"]
+    script = jobs.script(job(), out)
+    # Nothing sbatch would read as an option (the command line carries them all).
+    assert not [line for line in script.splitlines() if line.startswith("#SBATCH")]
     srun = shlex.split(script.splitlines()[-1])
     assert srun[:3] == ["srun", "--ntasks-per-node=1", "--chdir=/home/alice/projects/resnet"]
     assert "--container-image=nvcr.io#nvidia/pytorch:25.08-py3" in srun
@@ -52,12 +55,27 @@ def test_the_batch_script_as_slurm_and_pyxis_read_it(jobs, tmp_path):
     assert srun[-5:] == ["torchrun", "--nproc-per-node=8", "train.py", "--lr", "3e-4; rm -rf /"]
     assert 'export NODE_RANK="$SLURM_NODEID"' in srun[srun.index("bash") + 2]
     assert 'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in script
-    assert "SECRET" not in script  # the environment goes to sbatch, not into the file
+    assert "SECRET" not in script  # the environment goes to sbatch through a file descriptor
+    assert jobs.export_env(job()).split(b"\0")[1:3] == [b"HOME=/home/alice", b"SECRET=x"]
+
+
+def test_a_jobs_environment_cannot_change_what_sbatch_is_told(jobs, tmp_path, monkeypatch):
+    """SBATCH_* variables override #SBATCH lines: podbay's options are on the command line,
+    and sbatch's own environment is the service's few, never the job's."""
+    monkeypatch.setenv("LANGSMITH_API_KEY", "service-secret")
+    monkeypatch.setenv("SBATCH_ACCOUNT", "someone-elses")
+    env = jobs.commands.env
+    assert "LANGSMITH_API_KEY" not in env and "SBATCH_ACCOUNT" not in env and "PATH" in env
+    hostile = job(env={"HOME": "/home/alice", "SBATCH_ACCOUNT": "other", "LD_PRELOAD": "/tmp/x.so"})
+    args = jobs.sbatch_args(hostile, tmp_path / "o", 3)
+    assert "--account=cv-lab" in args
+    # They reach the job (it is the person's own environment), not sbatch.
+    assert b"SBATCH_ACCOUNT=other\0" in jobs.export_env(hostile)
 
 
 def test_a_job_with_no_gpus_and_no_team_asks_for_none(jobs, tmp_path):
-    script = jobs.script(job(gpus_per_node=0, team=None, nodes=1), tmp_path / "o")
-    assert "--gres" not in script and "--account" not in script
+    args = jobs.sbatch_args(job(gpus_per_node=0, team=None, nodes=1), tmp_path / "o", 3)
+    assert not [a for a in args if a.startswith(("--gres", "--account", "--cpus-per-gpu"))]
 
 
 @pytest.mark.parametrize("image, enroot", [
@@ -89,6 +107,7 @@ def test_reasons_and_exit_codes():
     assert reason_words("SomethingNew") == "SomethingNew"
     assert reason_words("None") == "waiting in Slurm's queue"
     assert exit_code("2:0") == (2, 0) and exit_code("0:9") == (0, 9) and exit_code("") == (0, 0)
+    assert exit_code("garbled") == (1, 0)
 
 
 def test_settings_are_checked(slurm_installed):
@@ -129,8 +148,9 @@ def test_time_limits(slurm_installed, jobs, tmp_path):
 
     assert [seconds(t) for t in ("90", "10:30", "12:00:00", "2-00", "2-01:30", "1-00:00:01")] == \
         [5400, 630, 43200, 172800, 178200, 86401]
-    script = jobs.script(job(time_limit="12:00:00"), tmp_path / "o")
-    assert "#SBATCH --time=12:00:00" in script
+    assert "--time=12:00:00" in jobs.sbatch_args(job(time_limit="12:00:00"), tmp_path / "o", 3)
+    with pytest.raises(ValueError, match="time_limit 0 would be no limit"):
+        jobs.check_submit(team=None, pool="training", gpus_per_node=0, nodes=1, time_limit="0")
     capped = SlurmJobs(parse_config({
         "backend": "slurm", "images": [{"name": "a", "display_name": "A", "image": "a"}], "profiles": [{"id": "cpu"}],
         "pools": {"dev": {}, "training": {"queue": "batch"}}, "slurm": {"time_limit": "60", "time_max": "1-00:00:00"}}),
