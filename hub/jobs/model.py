@@ -136,6 +136,7 @@ class Job(BaseModel):
 
     @classmethod
     def from_row(cls, r: JobRow) -> "Job":
+        """From a row of the jobs table (an ORM object or a plain row)."""
         nodes = r.nodes or 1
         return cls(id=r.id, name=r.name, user=r.user, team=r.team, image=r.image, command=json.loads(r.command),
                    workdir=r.workdir, volumes=json.loads(r.volumes), env=json.loads(r.env), gpus=r.gpus * nodes,

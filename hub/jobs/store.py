@@ -38,7 +38,8 @@ class JobStore:
         """Jobs, newest first. `state` is what users see (`queued` includes the engine's
         pending jobs), or, with `stored`, the state as stored."""
         with self._read() as s:
-            q = select(JobRow)
+            # The table's columns, not ORM objects: a listing only reads them.
+            q = select(*JobRow.__table__.columns)
             if user:
                 q = q.where(JobRow.user == user)
             if team:
@@ -48,7 +49,7 @@ class JobStore:
             elif state:
                 q = q.where(JobRow.state == state)
             q = q.order_by(JobRow.id.desc())
-            return [Job.from_row(r) for r in s.scalars(q.limit(limit) if limit else q)]
+            return [Job.from_row(r) for r in s.execute(q.limit(limit) if limit else q)]
 
     def ref(self, job_id: int) -> dict:
         """What the backend finds the job by."""
