@@ -27,14 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import slurm_cluster as sc  # noqa: E402
-from tests.conftest import Hub, free_port_block  # noqa: E402
 
-CONTRACT = Path(__file__).resolve().parent.parent / "tests" / "data" / "podbay-contract.yaml"
 
 
 def pct(xs: list[float], q: int) -> float:
@@ -62,15 +59,7 @@ def main() -> None:
         env = {**os.environ, **cluster.env}
         # The partition full: everything submitted from now on waits.
         cluster.run("sbatch", "-A", "vision", "-p", "gpu", "-N", "2", "--gres=gpu:4", "-o", "/dev/null", "--wrap", "sleep 3600")
-        cfg = yaml.safe_load(CONTRACT.read_text())
-        cfg["images"][0].pop("build", None)
-        cfg["teams"]["vision"]["quota"]["job_gpus"] = 1000
-        config = state / "podbay.yaml"
-        config.write_text(yaml.safe_dump(cfg))
-        (state / "data").mkdir()
-        hub = Hub(config=config, data_dir=state / "data", port=free_port_block(), keep_workspaces=False,
-                  extra_env={"PODBAY_BACKEND": "slurm", "SLURM_CONF": str(cluster.conf)})
-        hub.start()
+        hub = sc.start_hub(cluster, state)
         token = hub.token("alice")
         api = f"{hub.url}/services/podbay/api/v1"
         body = {"name": "bench", "image": "base", "gpus": 1, "command": ["true"]}

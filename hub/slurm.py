@@ -334,9 +334,7 @@ class SlurmBackend(LocalBackend):
         return out
 
     def capacity(self, cfg, inventory):
-        from .training.slurm import commands_for
-
-        return SlurmCapacity(cfg, inventory, NodeView(commands_for(cfg.slurm), cfg.slurm.refresh))
+        return SlurmCapacity(cfg, inventory, NodeView(Commands(cfg.slurm), cfg.slurm.refresh))
 
     def training(self, portal):
         from .training.slurm import SlurmJobs

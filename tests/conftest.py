@@ -391,23 +391,6 @@ def slurm_cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def slurm_installed(monkeypatch):
-    """The slurm backend's settings section in this process, also where the package was
-    installed before its entry point was added (an old editable install)."""
-    from importlib.metadata import EntryPoint
-
-    from podbay.hub import backends
-    from podbay.hub.config import config_model
-
-    entry = EntryPoint("slurm", "podbay.hub.slurm:SlurmBackend", backends.GROUP)
-    installed = {**backends.available(), "slurm": entry}
-    monkeypatch.setattr(backends, "available", lambda: installed)
-    config_model.cache_clear()
-    yield
-    config_model.cache_clear()
-
-
-@pytest.fixture
 def kubernetes_installed(monkeypatch):
     """The kubernetes backend as an installed plugin (its entry point is not in pyproject.toml
     until it passes the contract suite)."""

@@ -112,6 +112,26 @@ class SlurmCluster:
             os.kill(int(pid.read_text()), signal.SIGTERM)
 
 
+def start_hub(cluster: SlurmCluster, folder: Path, edit=None):
+    """A started hub on the slurm backend, on the contract's podbay.yaml (its image not built
+    here) as `edit(cfg)` changes it, with its files in `folder`."""
+    import yaml
+
+    from tests.conftest import Hub, free_port_block
+
+    cfg = yaml.safe_load((Path(__file__).parent / "data" / "podbay-contract.yaml").read_text())
+    cfg["images"][0].pop("build", None)
+    if edit is not None:
+        edit(cfg)
+    config = folder / "podbay.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    (folder / "data").mkdir()
+    hub = Hub(config=config, data_dir=folder / "data", port=free_port_block(), keep_workspaces=False,
+              extra_env={"PODBAY_BACKEND": "slurm", "SLURM_CONF": str(cluster.conf)})
+    hub.start()
+    return hub
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -66,10 +66,6 @@ REASONS = {
 }
 
 
-def commands_for(settings: SlurmSettings) -> Commands:
-    return Commands(settings)
-
-
 def enroot_image(image: str) -> str:
     """A registry reference as Enroot names it: `nvcr.io/nvidia/pytorch:25.08-py3` →
     `nvcr.io#nvidia/pytorch:25.08-py3` (the registry before a #)."""
@@ -123,7 +119,7 @@ class SlurmJobs(TrainingBackend):
         self.cfg = cfg
         self.settings: SlurmSettings = cfg.slurm
         self.homes = Path(homes)
-        self.commands = commands_for(self.settings)
+        self.commands = Commands(self.settings)
         self._queue: tuple[float, dict[str, tuple[str, str]]] = (-1e9, {})
         self._queue_lock = asyncio.Lock()
         self._limits: dict[str, tuple[float, tuple[int | None, int | None]]] = {}

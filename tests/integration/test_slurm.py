@@ -33,7 +33,7 @@ def config(cluster, **slurm):
 
 
 @pytest.fixture
-def jobs(slurm_cluster, slurm_installed, tmp_path):
+def jobs(slurm_cluster, tmp_path):
     backend = SlurmJobs(config(slurm_cluster), tmp_path / "homes")
     yield backend
     # Nothing of one test's left running for the next.
@@ -221,7 +221,6 @@ async def test_the_pools_capacity_is_slurms(jobs, slurm_cluster):
 
 # --- through podbay's REST API, CLI and hub ------------------------------------------------
 
-CONTRACT = Path(__file__).resolve().parent.parent / "data" / "podbay-contract.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +231,8 @@ def shub(slurm_cluster, tmp_path_factory):
     know, and a pool names a partition it does not have."""
     import shutil
 
-    import yaml
-
-    from tests.conftest import Hub, free_port_block, have_proxy, require
+    from tests.conftest import have_proxy, require
+    from tests.slurm_cluster import start_hub
 
     require(have_proxy(), "configurable-http-proxy is not installed")
     tmp = tmp_path_factory.mktemp("slurm-hub")
@@ -245,18 +243,13 @@ def shub(slurm_cluster, tmp_path_factory):
     (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncase \"$*\" in *--test-only*) ;; *) touch {tmp}/sbatch-started; "
                                     f"sleep 2;; esac\nexec {shutil.which('sbatch')} \"$@\"\n")
     (bin_dir / "sbatch").chmod(0o755)
-    cfg = yaml.safe_load(CONTRACT.read_text())
-    cfg["images"][0].pop("build", None)
-    cfg["pools"]["ghost"] = {}
-    cfg["slurm"] = {**cfg["slurm"], "bin_dir": str(bin_dir), "job_prefix": "api", "time_max": "1-00:00:00",
-                    "partitions": {"training": "gpu", "ghost": "nosuch"},
-                    "accounts": {"vision": "contract-vision", "nlp": "no-such-account"}}
-    config = tmp / "podbay.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    (tmp / "data").mkdir()
-    hub = Hub(config=config, data_dir=tmp / "data", port=free_port_block(), keep_workspaces=False,
-              extra_env={"PODBAY_BACKEND": "slurm", "SLURM_CONF": str(slurm_cluster.conf)})
-    hub.start()
+
+    def edit(cfg):
+        cfg["pools"]["ghost"] = {}
+        cfg["slurm"] = {**cfg["slurm"], "bin_dir": str(bin_dir), "job_prefix": "api", "time_max": "1-00:00:00",
+                        "partitions": {"training": "gpu", "ghost": "nosuch"},
+                        "accounts": {"vision": "contract-vision", "nlp": "no-such-account"}}
+    hub = start_hub(slurm_cluster, tmp, edit)
     hub.sbatch_started = tmp / "sbatch-started"
     yield hub
     hub.stop()

@@ -14,7 +14,7 @@ from podbay.hub.training.slurm import SlurmJobs, account_gpus, enroot_image, exi
 
 
 @pytest.fixture
-def jobs(slurm_installed, tmp_path):
+def jobs(tmp_path):
     cfg = parse_config({
         "backend": "slurm",
         "images": [{"name": "pytorch", "display_name": "PyTorch", "image": "nvcr.io/nvidia/pytorch:25.08-py3"}],
@@ -110,7 +110,7 @@ def test_reasons_and_exit_codes():
     assert exit_code("garbled") == (1, 0)
 
 
-def test_settings_are_checked(slurm_installed):
+def test_settings_are_checked():
     from podbay.hub.config import ConfigError
 
     with pytest.raises(ConfigError, match="time_limit"):
@@ -143,7 +143,7 @@ def test_an_accounts_gpu_limit_and_use():
     assert account_gpus(ASSOC_MGR, "missing") == (None, None)
 
 
-def test_time_limits(slurm_installed, jobs, tmp_path):
+def test_time_limits(jobs, tmp_path):
     from podbay.hub.slurm import seconds
 
     assert [seconds(t) for t in ("90", "10:30", "12:00:00", "2-00", "2-01:30", "1-00:00:01")] == \
