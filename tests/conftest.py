@@ -46,13 +46,19 @@ def require(condition: bool, reason: str):
 
 
 def free_port_block(n: int = 4) -> int:
-    """A base port with n free consecutive ports (public, hub, proxy API, podbay service)."""
+    """A base port with n free consecutive ports (public, hub, proxy API, podbay service).
+
+    Below the kernel's ephemeral range: a port from it may be taken between this check and
+    the bind, by any outgoing connection, even the hub's own one that waits for its service
+    on that very port (TCP connects to itself when its source port is the port it dials)."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
+        base = random.randrange(10000, max(low, 10000 + 2 * n) - n)
         ok = True
         for p in range(base, base + n):
             with socket.socket() as s:

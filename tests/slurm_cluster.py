@@ -43,14 +43,11 @@ def missing_programs() -> list[str]:
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n free ports, below the kernel's ephemeral range (tests/conftest.py says why)."""
+    from tests.conftest import free_port_block
+
+    base = free_port_block(n)
+    return list(range(base, base + n))
 
 
 @dataclass
