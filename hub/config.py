@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from .gpu import GPU_UUID, MIG_NAME, MIG_UUID, family_for, known_mig_profiles, layout_fits
+from .usage.settings import IdleSettings, UsageSettings
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 UserName = Annotated[str, Field(min_length=1, max_length=255)]
@@ -180,6 +181,9 @@ class Pool(_Model):
 class MigDeviceDecl(_Model):
     profile: str
     uuid: str
+    # The GPU instance id (`nvidia-smi -L` of old drivers, NVML, `nvidia-smi mig -lgi`): how
+    # DCGM names a MIG instance's utilisation (GPU_I_ID), which carries no MIG UUID.
+    gpu_instance: int | None = Field(default=None, ge=0)
 
     @field_validator("uuid")
     @classmethod
@@ -478,6 +482,9 @@ class PodbayConfig(_Model):
     # PODBAY_BACKEND or --backend override it. Each installed backend's settings live under
     # its own key (docker:), validated by the model the backend declares: see config_model().
     backend: Slug = "local"
+    # GPU utilisation (where it is read, how long it is kept) and the idle rules.
+    usage: UsageSettings = UsageSettings()
+    idle: IdleSettings = IdleSettings()
 
     # Lookups used everywhere else.
     def image(self, name: str) -> Image | None:
@@ -689,6 +696,19 @@ def _check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
         err(("volumes", i, "name"), f"volume {name!r} is declared twice")
     for i, name in _dupes(cfg.nodes, lambda x: x.name):
         err(("nodes", i, "name"), f"node {name!r} is declared twice")
+
+    for r, rule in enumerate(cfg.idle.rules):
+        for i, pool in enumerate(rule.pools):
+            if pool not in cfg.pools:
+                err(("idle", "rules", r, "pools", i), f"pool {pool!r} is not declared under pools: ({', '.join(cfg.pools)})")
+        for i, pid in enumerate(rule.profiles):
+            if cfg.profile(pid) is None:
+                err(("idle", "rules", r, "profiles", i), f"profile {pid!r} is not declared under profiles:")
+    if any(rule.action == "release-gpu" for rule in cfg.idle.rules):
+        cpu = cfg.profile(cfg.idle.cpu_profile)
+        if cpu is None or cpu.spec.kind != "cpu":
+            err(("idle", "cpu_profile"), f"release-gpu restarts workspaces on the CPU profile {cfg.idle.cpu_profile!r}, "
+                                         "which must be declared under profiles: (id: cpu)")
 
     uuids: dict[str, tuple] = {}
     for n, node in enumerate(cfg.nodes):

@@ -308,18 +308,42 @@ def configure(c) -> None:
         "name": "podbay-service",
         "services": ["podbay"],
         # tokens: to make the narrow token of a `podbay login` that its owner approved.
-        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers", "tokens"],
+        # servers: the idle rules' release-gpu and stop (hub/usage/policy.py).
+        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers", "tokens", "servers"],
     }, {
         # Every user may use podbay's service (JupyterHub 5+ grants no service by default);
         # their tokens from /hub/token inherit it.
         "name": "user",
         "scopes": ["self", "access:services!service=podbay"],
     }]
+    configure_culler(c, cfg)
     # A workspace's own token (JUPYTERHUB_API_TOKEN): JupyterHub's `server` role, plus the
     # service (so `podbay job submit` works in its terminal) and reading the user's own
     # servers (`podbay ws ls`); nothing that starts, stops or makes tokens.
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
                                      "access:services!service=podbay", "read:servers!user"]
+
+
+def configure_culler(c, cfg) -> None:
+    """podbay.yaml's idle.culler as jupyterhub-idle-culler, a managed service of the hub's
+    with only the scopes it needs: whole workspaces nobody used (browser, terminal, kernels)
+    are stopped after idle.culler.timeout, GPU or not. (The GPU-aware rules are podbay's
+    service's: hub/usage/policy.py.)"""
+    culler = cfg.idle.culler
+    if culler is None:
+        return
+    args = [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={int(culler.timeout)}",
+            f"--cull-every={int(culler.every)}", f"--concurrency={culler.concurrency}"]
+    if culler.max_age:
+        args.append(f"--max-age={int(culler.max_age)}")
+    services = [s for s in _value(c.JupyterHub.get("services"), []) if s.get("name") != "idle-culler"]
+    c.JupyterHub.services = [*services, {"name": "idle-culler", "command": args, "display": False}]
+    roles = [r for r in _value(c.JupyterHub.get("load_roles"), []) if r.get("name") != "podbay-idle-culler"]
+    c.JupyterHub.load_roles = [*roles, {
+        "name": "podbay-idle-culler", "services": ["idle-culler"],
+        # What jupyterhub-idle-culler's README lists for culling servers (not users).
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    }]
 
 
 class AuthError(Exception):
@@ -514,6 +538,10 @@ def configure_on_cluster(c) -> None:
             for k in ENGINE_ENV:
                 if os.environ.get(k):
                     env.setdefault(k, os.environ[k])
+    # On a cluster the chart's own culler (cull.enabled) is the same jupyterhub-idle-culler:
+    # podbay.yaml's idle.culler is used only where the chart runs none.
+    if not any(s.get("name") == "jupyterhub-idle-culler" for s in _value(c.JupyterHub.get("services"), [])):
+        configure_culler(c, cfg)
 
 
 def _sections(c) -> list:

@@ -33,6 +33,9 @@ class Device:
     model: str
     mig_profile: str | None = None
     replicas: int | None = None
+    # MIG: the parent GPU's UUID and the GPU instance id (how DCGM names its utilisation).
+    parent_uuid: str | None = None
+    gpu_instance: int | None = None
 
 
 def mig_weight(model: str, memory_mib: int | None, profile: str) -> Fraction:
@@ -49,7 +52,8 @@ def devices_of_gpu(node: Node, gpu: GpuDecl) -> list[Device]:
     if gpu.mig is not None:
         return [
             Device(key=d.uuid, visible_id=d.uuid, kind="mig", mig_profile=d.profile,
-                   weight=mig_weight(gpu.model, gpu.memory_mib, d.profile), **common)
+                   weight=mig_weight(gpu.model, gpu.memory_mib, d.profile), parent_uuid=gpu.uuid,
+                   gpu_instance=d.gpu_instance, **common)
             for d in gpu.mig
         ]
     if gpu.replicas:
@@ -67,7 +71,7 @@ def gpus_to_decls(gpus: list[Gpu], time_sliced: dict[int, int] | None = None) ->
     for g in gpus:
         mig = None
         if g.mig_enabled:
-            mig = [MigDeviceDecl(profile=m.profile, uuid=m.uuid) for m in g.mig_devices
+            mig = [MigDeviceDecl(profile=m.profile, uuid=m.uuid, gpu_instance=m.gpu_instance_id) for m in g.mig_devices
                    if m.uuid and m.profile]
         replicas = (time_sliced or {}).get(g.index) if not g.mig_enabled else None
         decls.append(GpuDecl(index=g.index, uuid=g.uuid, model=g.model, memory_mib=g.memory_mib,

@@ -33,6 +33,9 @@ from .portal import OptionsRefused, Portal
 from .secrets import SecretRefused, SecretsUnavailable, SecretStore, key_from_env
 from .sshkeys import KeyRefused, KeyStore
 from .training import BadCursor
+from .usage.policy import IdlePolicy, Sampler
+from .usage.settings import fmt_duration
+from .usage.store import UsageStore
 
 log = logging.getLogger("podbay.service")
 
@@ -279,6 +282,53 @@ class VolumeOut(BaseModel):
     read_only: bool
 
 
+class NoticeOut(BaseModel):
+    workspace: str
+    kind: str = Field(description="warning: an action is coming; or the action taken (release-gpu, stop, warn)")
+    profile: str
+    at: float = Field(description="when (unix time): the warning's, or the action's")
+    deadline: float | None = Field(None, description="warning: when the action will be taken")
+    action: str | None = None
+    state: str | None = Field(None, description="actions: started, done or failed")
+    message: str
+
+
+class KeepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hours: float = Field(gt=0, le=24 * 30, description="keep the GPU this many hours from now, idle or not")
+
+
+class KeepOut(BaseModel):
+    workspace: str
+    keep_until: float
+
+
+class UsageRowOut(BaseModel):
+    key: str | None = Field(description="the user, team, profile or pool")
+    gpu_hours_held: float
+    gpu_hours_used: float
+    utilization: float | None = Field(description="mean utilisation while held, percent (null: never measured)")
+    holdings: int
+
+
+class IdleJobOut(BaseModel):
+    job_id: int
+    user: str
+    profile: str
+    gpus: int
+    hours: float
+
+
+class ShowbackOut(BaseModel):
+    since: float
+    until: float
+    by: str
+    rows: list[UsageRowOut]
+    total: UsageRowOut
+    idle_jobs: list[IdleJobOut] = Field(description="jobs that ended in the period and never used their GPUs")
+    hourly: list[dict] = Field(default_factory=list, description="mean utilisation per hour (for charts)")
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str
@@ -325,16 +375,20 @@ def _error_response(status: int, error: str, message: str) -> JSONResponse:
 
 def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "/services/podbay/",
                run_scheduler: bool = True, background: Sequence[Callable[[], Awaitable[None]]] = (),
-               pairing=None) -> FastAPI:
+               pairing=None, sampler: Sampler | None = None) -> FastAPI:
     base = prefix.rstrip("/") + "/api/v1"
     secrets = SecretStore(portal.book, key_from_env())
     keys = KeyStore(portal.book)
+    usage = UsageStore(portal.book)
+    policy = IdlePolicy(portal.cfg, portal.cfg.usage.interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         tasks = [asyncio.create_task(jobs.run())] if run_scheduler else []
         # The backend's own (a cluster's watches), for as long as the service runs.
         tasks += [asyncio.create_task(run()) for run in background]
+        if sampler is not None:
+            tasks.append(asyncio.create_task(sampler.run()))
         yield
         for task in tasks:
             task.cancel()
@@ -342,6 +396,8 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await jobs.backend.aclose()
+        if sampler is not None:
+            await sampler.source.aclose()
         await hub.aclose()
         if pairing is not None:
             await pairing.http.aclose()
@@ -537,6 +593,117 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         log.info("%s made a Jupyter extension token for %s", who.name, name)
         return JupyterTokenOut(token=made["token"], expires_at=made.get("expires_at"), scopes=scopes, note=note)
 
+    def notices_of(user: str) -> list[NoticeOut]:
+        now = time.time()
+        warned, acts = usage.notices(user, now)
+        out = []
+        for h in warned:
+            rule = policy.rule(h)
+            if rule is None:
+                continue
+            since = max(h.idle_since or now, h.keep_until or 0)
+            deadline = None if rule.action == "warn" else max(since + rule.after, (h.warned_at or now) + rule.warn_before)
+            what = {"release-gpu": "its GPU is released (it restarts on the CPU profile with the same image, volumes "
+                                   "and home; running kernels end)",
+                    "stop": "it is stopped (running kernels end)"}.get(rule.action)
+            message = (f"{h.server} ({h.profile}) has used its GPU below {rule.below:g}% for "
+                       f"{fmt_duration(now - (h.idle_since or now))}. "
+                       + (f"In {fmt_duration(max(0.0, deadline - now))} {what}. " if deadline else
+                          "Stop it, or restart it on the CPU profile, if you no longer need the GPU. ")
+                       + "Any GPU activity resets the clock"
+                       + (f"; `podbay ws keep {h.server} --hours N` keeps it longer (at most "
+                          f"{fmt_duration(portal.cfg.idle.keep_max)})." if portal.cfg.idle.keep_max else "."))
+            out.append(NoticeOut(workspace=h.server, kind="warning", profile=h.profile, at=h.warned_at or now,
+                                 deadline=deadline, action=rule.action, message=message))
+        for a in acts:
+            if a.action == "warn":
+                continue
+            out.append(NoticeOut(workspace=a.server, kind=a.action, profile=a.profile, at=a.at, action=a.action,
+                                 state=a.state, message=f"{a.server} ({a.profile}): {a.message}"))
+        return out
+
+    @api.get("/notices", response_model=list[NoticeOut],
+             summary="Idle GPU warnings on your workspaces, and what the idle rules did lately")
+    async def notices(who: Caller = Depends(caller)):
+        return await asyncio.to_thread(notices_of, who.name)
+
+    @api.post("/workspaces/{name}/keep", response_model=KeepOut,
+              summary="Keep a workspace's GPU for some hours even if it is idle")
+    async def keep(body: KeepIn, name: str = Path(max_length=255), who: Caller = Depends(caller)):
+        most = portal.cfg.idle.keep_max
+        if not most:
+            raise ApiError(403, "keep_not_allowed", "this portal does not let GPUs be kept while idle "
+                                                    "(idle.keep_max is 0): use the GPU, or ask the platform team")
+        if body.hours * 3600 > most:
+            raise ApiError(400, "keep_too_long", f"at most {fmt_duration(most)} ahead (idle.keep_max); "
+                                                 f"ask again then if you still need it")
+        until = time.time() + body.hours * 3600
+        held = await asyncio.to_thread(usage.keep, who.name, name, until)
+        if held is None:
+            raise ApiError(404, "not_found", f"you have no running workspace named {name}")
+        log.info("%s keeps the GPU of %s until %s", who.name, name, time.strftime("%H:%M", time.localtime(until)))
+        return KeepOut(workspace=name, keep_until=until)
+
+    @api.get("/usage", response_model=ShowbackOut,
+             summary="GPU-hours held and used, and utilisation while held, per user, team, profile or pool",
+             description="Your own usage; a team's if you are in it (`team=`); anyone's for admins.")
+    async def showback(who: Caller = Depends(caller),
+                       since: float | None = Query(None, description="unix time; default: 30 days ago"),
+                       until: float | None = Query(None, description="unix time; default: now"),
+                       by: str = Query("user", pattern="^(user|team|profile|pool)$"),
+                       user: str | None = Query(None, max_length=255),
+                       team: str | None = Query(None, max_length=255)):
+        now = time.time()
+        until = now if until is None else until
+        since = until - 30 * 86400 if since is None else since
+        if since >= until:
+            raise ApiError(400, "invalid_request", "since must be before until")
+        if not who.admin:
+            if team is not None:
+                if team not in portal.cfg.teams_of(who.name, list(who.groups)):
+                    raise ApiError(403, "forbidden", f"you are not in team {team}: you may see your own usage "
+                                                     "and your teams'")
+            elif user not in (None, who.name):
+                raise ApiError(403, "forbidden", "only admins can see other users' usage")
+            else:
+                user = who.name
+
+        def compute():
+            rows = usage.usage(since, until, by, user=user, team=team)
+            held = sum(r["gpu_hours_held"] for r in rows)
+            used = sum(r["gpu_hours_used"] for r in rows)
+            measured = [r for r in rows if r["utilization"] is not None]
+            held_m = sum(r["gpu_hours_used"] * 100 / r["utilization"] for r in measured if r["utilization"])
+            total = UsageRowOut(key=None, gpu_hours_held=held, gpu_hours_used=used,
+                                utilization=(used / held_m * 100) if held_m else (0.0 if measured else None),
+                                holdings=sum(r["holdings"] for r in rows))
+            jobs_idle = [IdleJobOut(job_id=int(h.key.split(":", 1)[1]), user=h.user, profile=h.profile, gpus=h.gpus,
+                                    hours=((h.ended or now) - h.started) / 3600)
+                         for h in usage.idle_jobs(since, until, user=user)
+                         if team is None or h.team == team]
+            return ShowbackOut(since=since, until=until, by=by,
+                               rows=[UsageRowOut(key=r[by], **{k: r[k] for k in ("gpu_hours_held", "gpu_hours_used",
+                                                                                   "utilization", "holdings")})
+                                     for r in rows],
+                               total=total, idle_jobs=jobs_idle,
+                               hourly=usage.hourly(since, until, user=user) if until - since <= 93 * 86400 else [])
+        return await asyncio.to_thread(compute)
+
+    from .usage.metrics import PodbayCollector, registry_for
+
+    registry = registry_for(PodbayCollector(portal, jobs, usage, sampler, lambda: _capacity(portal)))
+
+    @api.get("/metrics", response_class=PlainTextResponse,
+             summary="Prometheus metrics: capacity, claims, the job queue, GPU-hours, idle actions",
+             description="For admins' tokens, or any token with JupyterHub's read:metrics scope.")
+    async def metrics(who: Caller = Depends(caller)):
+        if not (who.admin or "read:metrics" in who.scopes):
+            raise ApiError(403, "forbidden", "metrics are for admins, or a token with the read:metrics scope")
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = await asyncio.to_thread(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     @api.post("/jobs", response_model=Job, status_code=201, summary="Submit a training job")
     async def submit(req: JobRequest, who: Caller = Depends(caller)):
         ws_options = None
@@ -671,8 +838,13 @@ def main() -> None:
     oauth = HubOAuth(api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0) if env.get("JUPYTERHUB_CLIENT_ID") else None
     pairing = pairing_router(prefix, env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"],
                              int(portal.cfg.auth.cli_token_days * 86400), oauth, hub.forget)
+    from .usage.policy import HubServers
+
+    job_pods = getattr(getattr(portal.cfg, "kubernetes", None), "name_prefix", None) if plugin.name == "kubernetes" else None
+    sampler = Sampler(portal.cfg, UsageStore(portal.book), portal.inventory, HubServers(hub.http),
+                      job_pod_prefix=job_pods)
     app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=[lambda: plugin.serve(portal)],
-                     pairing=pairing)
+                     pairing=pairing, sampler=sampler)
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
     # On a cluster the URL names the hub's Service, which the pod cannot bind: PODBAY_SERVICE_BIND
     # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..quota import QuotaBook
 from .model import PENDING, Job, JobRow
@@ -50,6 +50,15 @@ class JobStore:
                 q = q.where(JobRow.state == state)
             q = q.order_by(JobRow.id.desc())
             return [Job.from_row(r) for r in s.execute(q.limit(limit) if limit else q)]
+
+    def count_by_state(self) -> dict[str, int]:
+        """Jobs per state as users see them (the engine's pending ones are queued)."""
+        with self._read() as s:
+            out: dict[str, int] = {}
+            for state, n in s.execute(select(JobRow.state, func.count()).group_by(JobRow.state)):
+                state = "queued" if state == PENDING else state
+                out[state] = out.get(state, 0) + n
+            return out
 
     def ref(self, job_id: int) -> dict:
         """What the backend finds the job by."""

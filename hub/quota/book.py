@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterable
@@ -25,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..config import ProfileKind, Quota
-from .database import AllocationRow, ClaimRow, Database, MetaRow
+from .database import AllocationRow, ClaimRow, Database, HoldingRow, MetaRow
 from .placement import Placement
 
 
@@ -204,6 +205,8 @@ class QuotaBook:
                         # One statement; its claims go with it (ON DELETE CASCADE).
                         stale = s.scalar(delete(AllocationRow).where(AllocationRow.key == key)
                                          .returning(AllocationRow.id))
+                        if stale is not None:
+                            self._end_holding(s, key)
                     return self._claim_locked(s, key, kind, user, team, demand, quota, placement, ref,
                                               enforce_job_quota, check_key=not replace)
             except ClaimRefused:
@@ -284,6 +287,13 @@ class QuotaBook:
         )
         row.claims = [ClaimRow(node=d.node, device=d.key, visible_id=d.visible_id) for d in devices]
         s.add(row)
+        # The history (showback, the idle clock), in the same transaction as the claim.
+        s.add(HoldingRow(
+            key=key, kind=kind, user=user, team=team, profile=demand.profile_id,
+            pool=devices[0].pool if devices else (demand.pools[0] if demand.pools else None),
+            units_num=units.numerator, units_den=units.denominator, gpus=gpus,
+            devices=json.dumps([[d.node, d.visible_id] for d in devices]), ref=json.dumps(ref or {}),
+            started=time.time()))
         self._bump(s)
         s.flush()
         return Allocation.from_row(row)
@@ -300,8 +310,14 @@ class QuotaBook:
             if row is None:
                 return False
             s.delete(row)
+            self._end_holding(s, key)
             self._bump(s)
             return True
+
+    @staticmethod
+    def _end_holding(s: Session, key: str) -> None:
+        s.execute(update(HoldingRow).where(HoldingRow.key == key, HoldingRow.ended.is_(None))
+                  .values(ended=time.time()))
 
     def reconcile(self, alive: Callable[[Allocation], bool], kinds: Iterable[str] = ("workspace",)) -> list[str]:
         """Release allocations whose workspace or job no longer runs; return their keys."""

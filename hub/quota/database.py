@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     Float,
+    Index,
     ForeignKey,
     Integer,
     String,
@@ -67,6 +68,73 @@ class ClaimRow(Base):
     visible_id: Mapped[str] = mapped_column(String(255))
 
     allocation: Mapped[AllocationRow] = relationship(back_populates="claims")
+
+
+class HoldingRow(Base):
+    """Who held what, from when to when: one row per workspace or job start, kept after it
+    ends (showback), with the idle clock of the GPU it holds. Written in the same
+    transactions as the allocation it mirrors, so the history cannot miss a claim."""
+
+    __tablename__ = "podbay_holdings"
+    __table_args__ = (Index("holdings_open", "ended", "kind"), Index("holdings_period", "started", "ended"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    team: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    profile: Mapped[str] = mapped_column(String(64))
+    pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    units_num: Mapped[int] = mapped_column(Integer, default=0)
+    units_den: Mapped[int] = mapped_column(Integer, default=1)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    # [[node, visible id], …]: what utilisation samples are matched against.
+    devices: Mapped[str] = mapped_column(Text, default="[]")
+    ref: Mapped[str] = mapped_column(Text, default="{}")
+    started: Mapped[float] = mapped_column(Float)
+    ended: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Utilisation over the whole holding (percent): samples, their sum and the highest.
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    util_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    util_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The idle clock: the last sample's time, since when every sample was idle, when the
+    # person was warned, until when they asked to keep the GPU, and the action taken.
+    last_sample: Mapped[float | None] = mapped_column(Float, nullable=True)
+    idle_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    keep_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    acted: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class UsageHourRow(Base):
+    """Utilisation of one holding in one hour: the compact time series showback and the
+    charts read. One row per holding per hour it was measured."""
+
+    __tablename__ = "podbay_usage_hours"
+
+    holding_id: Mapped[int] = mapped_column(ForeignKey("podbay_holdings.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True)  # unix time // 3600
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    util_sum: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class IdleActionRow(Base):
+    """An idle rule's action on a workspace: recorded before it is carried out, so that a
+    restart of the service finishes it rather than repeating or forgetting it."""
+
+    __tablename__ = "podbay_idle_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holding_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    server: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(16))
+    profile: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float, index=True)
+    # started → done | failed
+    state: Mapped[str] = mapped_column(String(16), default="started")
+    message: Mapped[str] = mapped_column(Text, default="")
 
 
 # Seconds a writer waits for the database (SQLite's busy timeout) and for this process's

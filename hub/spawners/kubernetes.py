@@ -97,6 +97,10 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
     def _default_fs_gid(self):
         return 100
 
+    def podbay_claim_ref(self) -> dict:
+        # DCGM's exporter labels a pod's GPU series with namespace and pod.
+        return {"pod": f"{self.namespace}/{self.pod_name}"}
+
     async def load_user_options(self):
         """podbay's options (profile, image, volumes) were validated and applied in
         podbay_prepare; KubeSpawner's profile_list is not used, and its own reading of a

@@ -167,12 +167,18 @@ class PodbaySpawnerMixin(Configurable):
     # the environment podbay builds.
     podbay_secrets_apart = False
 
+    def podbay_claim_ref(self) -> dict:
+        """What the claim records to find the workspace again before the backend says more
+        (Kubernetes: its pod, which DCGM's exporter names in its utilisation series)."""
+        return {}
+
     async def start(self):
         portal = self.portal
         # The user, the groups and the key are the hub's ORM objects: read them here, on the
         # hub's loop, never in the thread below.
         groups, options = self._groups(), dict(self.user_options or {})
         user, key = self.user.name, self.podbay_key
+        claim_ref = self.podbay_claim_ref()
 
         def validate_and_claim():
             # One hop off the loop for the whole step, timed where it runs: what the hub's
@@ -187,7 +193,8 @@ class PodbaySpawnerMixin(Configurable):
                 # JupyterHub never starts a server that runs, so anything still held under
                 # this name belongs to a workspace that died without being stopped.
                 allocation = portal.claim(key=key, kind="workspace", user=user, team=request.team,
-                                          demand=request.demand, quota=request.quota, replace=True)
+                                          demand=request.demand, quota=request.quota, replace=True,
+                                          ref=claim_ref)
             except ClaimRefused as e:
                 e.elapsed_ms = (time.perf_counter() - t0) * 1000
                 raise

@@ -1,0 +1,305 @@
+"""Matching utilisation to holdings, the idle clock, and the idle rules' actions.
+
+Every `usage.interval` the service reads the source once, matches each reading to what
+holds that device (by GPU UUID, MIG instance or pod), records the round, and runs the idle
+rules over the open GPU workspaces:
+
+- any sample at or above the rule's `below` is activity: the clock and any notice reset;
+- a workspace idle for `after − warn_before` gets a notice (the hub's home page, the CLI and
+  TUI, `podbay notices` inside the workspace), saying when and what will happen and how to
+  keep the GPU;
+- idle for `after`, and warned at least `warn_before` ago: the action (`release-gpu` restarts
+  it on the CPU profile with the same image, volumes and home; `stop` stops it).
+
+Nothing is decided without measurements: a device without a reading (no exporter on its
+node, a MIG instance under NVML, a source that is down) keeps its clock where it was, and a
+gap of more than three intervals starts the idle streak again. The clock, notices and
+actions are in the database, so a restart of the service neither forgets nor repeats them.
+Jobs are measured (showback, jobs that never used their GPUs) but never acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Callable
+
+import httpx
+
+from ..config import PodbayConfig
+from ..inventory import Inventory
+from .settings import IdleRule, fmt_duration
+from .sources import Reading, Source, SourceUnavailable
+from .store import Holding, Round, UsageStore
+
+log = logging.getLogger("podbay.usage")
+
+# A gap of this many intervals without a reading breaks an idle streak.
+GAP_INTERVALS = 3
+
+
+class Matcher:
+    """Which readings measure a holding's devices."""
+
+    def __init__(self, inventory: Inventory | None, job_pod_prefix: str | None = None):
+        # MIG UUID → (parent GPU UUID, GPU instance id, profile)
+        self.mig = {}
+        per_profile: dict[tuple[str, str], int] = defaultdict(int)
+        for d in (inventory.devices if inventory else []):
+            if d.kind == "mig" and d.parent_uuid:
+                self.mig[d.visible_id] = (d.parent_uuid, d.gpu_instance, d.mig_profile)
+                per_profile[(d.parent_uuid, d.mig_profile)] += 1
+        # A profile found once on its GPU identifies its instance even without the GI id.
+        self.unique_profile = {k for k, n in per_profile.items() if n == 1}
+        self.job_pod_prefix = job_pod_prefix
+
+    def index(self, readings: list[Reading]) -> dict:
+        by: dict = defaultdict(list)
+        for r in readings:
+            if r.gpu_instance is not None:
+                by[("gi", r.uuid, r.gpu_instance)].append(r.util)
+                if r.mig_profile:
+                    by[("profile", r.uuid, r.mig_profile)].append(r.util)
+            else:
+                by[("uuid", r.uuid)].append(r.util)
+            if r.pod:
+                by[("pod", r.pod)].append(r.util)
+        return by
+
+    def measure(self, holding: Holding, by: dict) -> tuple[float, float] | None:
+        """(mean, max) utilisation of the holding's devices now, or None if none was read."""
+        utils: list[float] = []
+        for _node, visible in holding.devices:
+            found = by.get(("uuid", visible))
+            if not found and visible in self.mig:
+                parent, gi, profile = self.mig[visible]
+                found = by.get(("gi", parent, gi)) if gi is not None else None
+                if not found and (parent, profile) in self.unique_profile:
+                    found = by.get(("profile", parent, profile))
+            if found:
+                utils.append(max(found))
+        if not holding.devices:
+            # Where the engine places (Kubernetes): the pod mapping of DCGM's exporter.
+            pod = holding.ref.get("pod")
+            if pod:
+                utils += by.get(("pod", pod), [])
+            elif holding.kind == "job" and self.job_pod_prefix:
+                job_id = holding.key.split(":", 1)[1]
+                prefix = f"{self.job_pod_prefix}-job-{job_id}-"
+                utils += [u for (kind, *rest), us in by.items() if kind == "pod" and rest[0].split("/", 1)[-1].startswith(prefix) for u in us]
+        if not utils:
+            return None
+        return sum(utils) / len(utils), max(utils)
+
+
+def notice_text(h: Holding, rule: IdleRule, now: float, deadline: float) -> str:
+    idle = fmt_duration(now - (h.idle_since or now))
+    what = {"release-gpu": "its GPU will be released: it restarts on the CPU profile with the same image, "
+                           "volumes and home (save your notebooks; running kernels end)",
+            "stop": "it will be stopped (save your notebooks; running kernels end)",
+            "warn": "please stop it or restart it on the CPU profile if you no longer need the GPU"}[rule.action]
+    when = "" if rule.action == "warn" else f" In {fmt_duration(max(0, deadline - now))} "
+    return (f"Workspace {h.server} ({h.profile}) has used its GPU below {rule.below:g}% for {idle}." + when
+            + (what if rule.action == "warn" else what) + ". Any GPU activity resets the clock; "
+            f"`podbay ws keep {h.server} --for 2h` keeps it longer.")
+
+
+class IdlePolicy:
+    def __init__(self, cfg: PodbayConfig, interval: float):
+        self.cfg, self.interval = cfg, interval
+
+    def rule(self, h: Holding) -> IdleRule | None:
+        if h.kind != "workspace" or not h.holds_gpu:
+            return None
+        return self.cfg.idle.rule_for(h.pool, h.profile)
+
+    def step(self, h: Holding, measured: tuple[float, float] | None, now: float) -> tuple[dict, dict | None]:
+        """The holding's new clock columns and the action to record, if any."""
+        rule = self.rule(h)
+        clock: dict = {}
+        if measured is not None:
+            clock["last_sample"] = now
+            gap = h.last_sample is None or now - h.last_sample > GAP_INTERVALS * self.interval
+            if rule is not None:
+                if measured[1] >= rule.below:
+                    if h.idle_since is not None or h.warned_at is not None:
+                        clock.update(idle_since=None, warned_at=None)
+                elif h.idle_since is None or gap:
+                    clock["idle_since"] = now
+                    clock["warned_at"] = None
+        if rule is None or h.acted:
+            return clock, None
+        idle_since = clock.get("idle_since", h.idle_since)
+        warned_at = clock.get("warned_at", h.warned_at)
+        if idle_since is None:
+            return clock, None
+        # A keep ends where the clock starts again.
+        since = max(idle_since, h.keep_until or 0)
+        if h.keep_until and h.keep_until > now:
+            return clock, None
+        idle_for = now - since
+        deadline = since + rule.after
+        if rule.action == "warn":
+            if idle_for >= rule.after and warned_at is None:
+                clock["warned_at"] = now
+                return clock, {"action": "warn", "message": notice_text(h, rule, now, deadline)}
+            return clock, None
+        if warned_at is None:
+            if idle_for >= rule.after - rule.warn_before:
+                clock["warned_at"] = now
+                return clock, None
+            return clock, None
+        # Never without the notice's full time, even when the service was down meanwhile.
+        if now >= max(deadline, warned_at + rule.warn_before):
+            clock["acted"] = rule.action
+            return clock, {"action": rule.action, "message": f"idle below {rule.below:g}% since "
+                           f"{time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(since))} "
+                           f"(rule {rule.name or self.cfg.idle.rules.index(rule) + 1})"}
+        return clock, None
+
+
+class HubServers:
+    """Stopping and restarting a person's workspace through JupyterHub's REST API, as the
+    service (its role has the `servers` scope)."""
+
+    def __init__(self, http: httpx.AsyncClient):
+        self.http = http
+        self._major: int | None = None
+
+    async def options(self, user: str, server: str) -> dict | None:
+        r = await self.http.get(f"users/{user}", params={"include_stopped_servers": "1"})
+        r.raise_for_status()
+        model = (r.json().get("servers") or {}).get(server)
+        return None if model is None else dict(model.get("user_options") or {})
+
+    async def running(self, user: str, server: str) -> bool:
+        r = await self.http.get(f"users/{user}")
+        r.raise_for_status()
+        model = (r.json().get("servers") or {}).get(server)
+        return bool(model and (model.get("ready") or model.get("pending")) and not model.get("stopped"))
+
+    async def stop(self, user: str, server: str, timeout: float = 120) -> None:
+        r = await self.http.delete(f"users/{user}/servers/{server}")
+        if r.status_code not in (202, 204, 404):
+            raise RuntimeError(f"the hub refused to stop it ({r.status_code}: {r.text[:200]})")
+        deadline = time.monotonic() + timeout
+        while await self.running(user, server):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"it did not stop within {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+
+    async def start(self, user: str, server: str, options: dict) -> None:
+        if self._major is None:
+            r = await self.http.get("")
+            self._major = int(str(r.json().get("version", "6")).split(".")[0])
+        # JupyterHub 6 takes {"user_options": …}; 5.x the options as the whole body.
+        body = {"user_options": options} if self._major >= 6 else options
+        r = await self.http.post(f"users/{user}/servers/{server}", json=body)
+        if r.status_code not in (201, 202):
+            raise RuntimeError(f"the hub did not start it on the CPU profile ({r.status_code}: {r.text[:300]})")
+
+
+class Sampler:
+    """The service's loop: read, match, record, apply the idle rules, carry out actions."""
+
+    def __init__(self, cfg: PodbayConfig, store: UsageStore, inventory: Inventory | None,
+                 servers: HubServers | None, source: Source | None = None, clock: Callable[[], float] = time.time,
+                 job_pod_prefix: str | None = None):
+        self.cfg, self.store, self.servers = cfg, store, servers
+        self.interval = cfg.usage.interval
+        self.source = source or Source(cfg.usage.source)
+        self.matcher = Matcher(inventory, job_pod_prefix)
+        self.policy = IdlePolicy(cfg, self.interval)
+        self.clock = clock
+        self.last_error: str | None = None
+        self.rounds = 0
+
+    async def run(self) -> None:
+        await self.resume()
+        pruned_at = 0.0
+        while True:
+            started = time.monotonic()
+            try:
+                await self.round()
+            except Exception:  # noqa: BLE001 - the next round tries again; never stop measuring
+                log.exception("a usage round failed")
+            if time.monotonic() - pruned_at > 3600:
+                pruned_at = time.monotonic()
+                try:
+                    await asyncio.to_thread(self.store.prune, self.clock(), self.cfg.usage.retention_days)
+                except Exception:  # noqa: BLE001
+                    log.exception("pruning old usage failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def round(self) -> Round:
+        now = self.clock()
+        try:
+            readings = await self.source.read()
+            self.last_error = None
+        except SourceUnavailable as e:
+            if self.last_error != str(e):
+                log.warning("GPU utilisation not read: %s; no idle clock advances until it is", e)
+            self.last_error = str(e)
+            readings = []
+        by = self.matcher.index(readings)
+        holdings = await asyncio.to_thread(self.store.open_holdings)
+        rnd = Round(now=now)
+        pending = []
+        for h in holdings:
+            measured = self.matcher.measure(h, by) if h.holds_gpu else None
+            if measured is not None:
+                rnd.measured[h.id] = measured
+            clock, action = self.policy.step(h, measured, now)
+            if clock:
+                rnd.clock[h.id] = clock
+            if action is not None and action["action"] != "warn":
+                rnd.actions.append(dict(holding_id=h.id, user=h.user, server=h.server, action=action["action"],
+                                        profile=h.profile, at=now, state="started", message=action["message"]))
+                pending.append(h)
+            elif action is not None:
+                rnd.actions.append(dict(holding_id=h.id, user=h.user, server=h.server, action="warn",
+                                        profile=h.profile, at=now, state="done", message=action["message"]))
+        ids = await asyncio.to_thread(self.store.write_round, rnd)
+        self.rounds += 1
+        acted = [a for a in zip(ids, rnd.actions) if a[1]["state"] == "started"]
+        for action_id, values in acted:
+            await self.carry_out(action_id, values["user"], values["server"], values["action"])
+        return rnd
+
+    async def resume(self) -> None:
+        """Finish actions a previous run recorded but did not see through."""
+        for row in await asyncio.to_thread(self.store.unfinished_actions):
+            log.info("finishing the %s of %s/%s begun before a restart", row.action, row.user, row.server)
+            await self.carry_out(row.id, row.user, row.server, row.action, resumed=True)
+
+    async def carry_out(self, action_id: int, user: str, server: str, action: str, resumed: bool = False) -> None:
+        if self.servers is None:
+            await asyncio.to_thread(self.store.finish_action, action_id, "failed", "no hub to act through")
+            return
+        try:
+            if action == "stop":
+                await self.servers.stop(user, server)
+                message = "stopped: its GPU was idle"
+            else:
+                options = await self.servers.options(user, server)
+                if options is None:
+                    await asyncio.to_thread(self.store.finish_action, action_id, "failed",
+                                            "the workspace no longer exists")
+                    return
+                cpu = self.cfg.idle.cpu_profile
+                if resumed and options.get("profile") == cpu and await self.servers.running(user, server):
+                    message = f"restarted on {cpu}: its GPU was idle"
+                else:
+                    await self.servers.stop(user, server)
+                    await self.servers.start(user, server, {**options, "profile": cpu})
+                    message = f"restarted on {cpu} (same image, volumes and home): its GPU was idle"
+            log.info("idle rule: %s/%s %s", user, server, message)
+            await asyncio.to_thread(self.store.finish_action, action_id, "done", message)
+        except Exception as e:  # noqa: BLE001 - recorded for the person and the operator
+            log.warning("idle rule: could not %s %s/%s: %s", action, user, server, e)
+            await asyncio.to_thread(self.store.finish_action, action_id, "failed", f"{type(e).__name__}: {e}")
+
+
+__all__ = ["HubServers", "IdlePolicy", "Matcher", "Sampler", "notice_text"]

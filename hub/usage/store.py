@@ -1,0 +1,263 @@
+"""Holdings and their utilisation in podbay's database: what the idle rules, showback and
+/metrics read.
+
+A holding is one start of a workspace or job (the quota book writes it with the claim and
+ends it with the release). Utilisation is kept per holding per hour (`podbay_usage_hours`):
+one row per held thing per hour, whatever the sampling interval, for `usage.retention_days`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from sqlalchemy import and_, case, delete, func, or_, select, update
+
+from ..quota.book import QuotaBook
+from ..quota.database import HoldingRow, IdleActionRow, UsageHourRow
+
+
+@dataclass
+class Holding:
+    id: int
+    key: str
+    kind: str
+    user: str
+    team: str | None
+    profile: str
+    pool: str | None
+    units: Fraction
+    gpus: int
+    devices: list[tuple[str, str]]
+    ref: dict
+    started: float
+    ended: float | None
+    samples: int = 0
+    util_sum: float = 0.0
+    util_max: float | None = None
+    last_sample: float | None = None
+    idle_since: float | None = None
+    warned_at: float | None = None
+    keep_until: float | None = None
+    acted: str | None = None
+
+    @classmethod
+    def from_row(cls, row: HoldingRow) -> "Holding":
+        return cls(id=row.id, key=row.key, kind=row.kind, user=row.user, team=row.team, profile=row.profile,
+                   pool=row.pool, units=Fraction(row.units_num, row.units_den), gpus=row.gpus,
+                   devices=[tuple(d) for d in json.loads(row.devices or "[]")], ref=json.loads(row.ref or "{}"),
+                   started=row.started, ended=row.ended, samples=row.samples, util_sum=row.util_sum,
+                   util_max=row.util_max, last_sample=row.last_sample, idle_since=row.idle_since,
+                   warned_at=row.warned_at, keep_until=row.keep_until, acted=row.acted)
+
+    @property
+    def server(self) -> str | None:
+        """The workspace's name (JupyterHub's server name), for workspace holdings."""
+        if self.kind != "workspace":
+            return None
+        return self.key.split(":", 1)[1].split("/", 1)[1]
+
+    @property
+    def holds_gpu(self) -> bool:
+        return self.units > 0 or self.gpus > 0
+
+
+# The idle clock's columns: what a round may change on a holding.
+CLOCK = ("last_sample", "idle_since", "warned_at", "acted")
+
+
+@dataclass
+class Round:
+    """What one sampling round writes, in one transaction."""
+
+    now: float
+    # holding id → (mean, max) utilisation measured now
+    measured: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # holding id → idle clock columns to set
+    clock: dict[int, dict] = field(default_factory=dict)
+    # IdleActionRow values to record (an action about to be carried out)
+    actions: list[dict] = field(default_factory=list)
+
+
+class UsageStore:
+    def __init__(self, book: QuotaBook):
+        self.book = book
+        self.db = book.db
+
+    # --- the sampler's side --------------------------------------------------------------
+
+    def open_holdings(self, kind: str | None = None) -> list[Holding]:
+        with self.db.read_session() as s:
+            q = select(HoldingRow).where(HoldingRow.ended.is_(None))
+            if kind:
+                q = q.where(HoldingRow.kind == kind)
+            return [Holding.from_row(r) for r in s.scalars(q.order_by(HoldingRow.id))]
+
+    def write_round(self, rnd: Round) -> list[int]:
+        """Record a round's samples, idle clocks and actions; return the new actions' ids."""
+        hour = int(rnd.now // 3600)
+        ids = []
+        with self.db.writers, self.db.write_session() as s, s.begin():
+            if rnd.measured:
+                rows = [{"holding_id": hid, "hour": hour, "samples": 1, "util_sum": mean}
+                        for hid, (mean, _peak) in rnd.measured.items()]
+                s.execute(_upsert_hours(self.db.engine.dialect.name, rows))
+                for hid, (mean, peak) in rnd.measured.items():
+                    s.execute(update(HoldingRow).where(HoldingRow.id == hid).values(
+                        samples=HoldingRow.samples + 1, util_sum=HoldingRow.util_sum + mean,
+                        util_max=func.max(func.coalesce(HoldingRow.util_max, peak), peak)
+                        if self.db.engine.dialect.name == "sqlite"
+                        else func.greatest(func.coalesce(HoldingRow.util_max, peak), peak)))
+            for hid, values in rnd.clock.items():
+                s.execute(update(HoldingRow).where(HoldingRow.id == hid).values(**values))
+            for values in rnd.actions:
+                row = IdleActionRow(**values)
+                s.add(row)
+                s.flush()
+                ids.append(row.id)
+        return ids
+
+    def finish_action(self, action_id: int, state: str, message: str) -> None:
+        with self.db.writers, self.db.write_session() as s, s.begin():
+            s.execute(update(IdleActionRow).where(IdleActionRow.id == action_id)
+                      .values(state=state, message=message[:2000]))
+
+    def unfinished_actions(self) -> list[IdleActionRow]:
+        with self.db.read_session() as s:
+            return list(s.scalars(select(IdleActionRow).where(IdleActionRow.state == "started")
+                                  .order_by(IdleActionRow.id)))
+
+    def prune(self, now: float, retention_days: int) -> int:
+        """Drop what is older than the retention: ended holdings (their hours go with them)
+        and hours of long holdings. Returns the rows removed."""
+        cutoff = now - retention_days * 86400
+        with self.db.writers, self.db.write_session() as s, s.begin():
+            hours = s.execute(delete(UsageHourRow).where(UsageHourRow.hour < int(cutoff // 3600))).rowcount
+            held = s.execute(delete(HoldingRow).where(HoldingRow.ended.is_not(None), HoldingRow.ended < cutoff)).rowcount
+            acts = s.execute(delete(IdleActionRow).where(IdleActionRow.at < cutoff)).rowcount
+        return (hours or 0) + (held or 0) + (acts or 0)
+
+    # --- what people see -----------------------------------------------------------------
+
+    def keep(self, user: str, server: str, until: float) -> Holding | None:
+        key = f"workspace:{user}/{server}"
+        with self.db.writers, self.db.write_session() as s, s.begin():
+            row = s.scalar(select(HoldingRow).where(HoldingRow.key == key, HoldingRow.ended.is_(None)))
+            if row is None:
+                return None
+            # The notice is answered: a new one comes if it is still idle when the keep ends.
+            row.keep_until, row.warned_at = until, None
+            s.flush()
+            return Holding.from_row(row)
+
+    def notices(self, user: str, now: float, days: float = 7) -> tuple[list[Holding], list[IdleActionRow]]:
+        """The person's warned workspaces and the actions taken on theirs lately."""
+        with self.db.read_session() as s:
+            warned = [Holding.from_row(r) for r in s.scalars(
+                select(HoldingRow).where(HoldingRow.user == user, HoldingRow.ended.is_(None),
+                                         HoldingRow.warned_at.is_not(None), HoldingRow.acted.is_(None)))]
+            acts = list(s.scalars(select(IdleActionRow).where(IdleActionRow.user == user,
+                                                              IdleActionRow.at >= now - days * 86400)
+                                  .order_by(IdleActionRow.at.desc()).limit(20)))
+        return warned, acts
+
+    def action_counts(self) -> dict[tuple[str, str], int]:
+        with self.db.read_session() as s:
+            return {(a, st): n for a, st, n in s.execute(
+                select(IdleActionRow.action, IdleActionRow.state, func.count()).group_by(IdleActionRow.action,
+                                                                                        IdleActionRow.state))}
+
+    def usage(self, since: float, until: float, by: str, user: str | None = None,
+              team: str | None = None) -> list[dict]:
+        """Held and used GPU-hours between `since` and `until`, per `by` (user, team, profile,
+        pool). Held: GPU units × hours held within the period. Used: held × the mean
+        utilisation measured within the period (holdings never measured count as held only)."""
+        column = {"user": HoldingRow.user, "team": HoldingRow.team, "profile": HoldingRow.profile,
+                  "pool": HoldingRow.pool}[by]
+        now = time.time()
+        end = func.coalesce(HoldingRow.ended, min(now, until))
+        lo = func.max(HoldingRow.started, since) if self.db.engine.dialect.name == "sqlite" else func.greatest(HoldingRow.started, since)
+        hi = func.min(end, until) if self.db.engine.dialect.name == "sqlite" else func.least(end, until)
+        weight = _weight()
+        measured = (select(UsageHourRow.holding_id, func.sum(UsageHourRow.util_sum).label("s"),
+                           func.sum(UsageHourRow.samples).label("n"))
+                    .where(UsageHourRow.hour >= int(since // 3600), UsageHourRow.hour <= int(until // 3600))
+                    .group_by(UsageHourRow.holding_id).subquery())
+        held_h = (hi - lo) / 3600.0 * weight
+        mean = measured.c.s / func.nullif(measured.c.n, 0)
+        q = (select(column.label("key"), func.sum(held_h), func.sum(held_h * func.coalesce(mean, 0) / 100.0),
+                    func.sum(case((measured.c.n > 0, held_h), else_=0.0)), func.count(HoldingRow.id))
+             .select_from(HoldingRow).outerjoin(measured, measured.c.holding_id == HoldingRow.id)
+             .where(HoldingRow.started < until, or_(HoldingRow.ended.is_(None), HoldingRow.ended > since),
+                    or_(HoldingRow.units_num > 0, HoldingRow.gpus > 0))
+             .group_by(column).order_by(column))
+        if user is not None:
+            q = q.where(HoldingRow.user == user)
+        if team is not None:
+            q = q.where(HoldingRow.team == team)
+        with self.db.read_session() as s:
+            rows = s.execute(q).all()
+        out = []
+        for key, held, used, held_measured, n in rows:
+            held, used, held_measured = float(held or 0), float(used or 0), float(held_measured or 0)
+            out.append({by: key, "gpu_hours_held": held, "gpu_hours_used": used,
+                        # Utilisation while held, over the hours it was measured.
+                        "utilization": (used / held_measured * 100) if held_measured else None,
+                        "holdings": int(n)})
+        return out
+
+    def hourly(self, since: float, until: float, user: str | None = None) -> list[dict]:
+        """Per hour: mean utilisation of the GPUs measured (for charts)."""
+        q = (select(UsageHourRow.hour, func.sum(UsageHourRow.util_sum), func.sum(UsageHourRow.samples))
+             .join(HoldingRow, HoldingRow.id == UsageHourRow.holding_id)
+             .where(UsageHourRow.hour >= int(since // 3600), UsageHourRow.hour <= int(until // 3600))
+             .group_by(UsageHourRow.hour).order_by(UsageHourRow.hour))
+        if user is not None:
+            q = q.where(HoldingRow.user == user)
+        with self.db.read_session() as s:
+            return [{"hour": h * 3600, "utilization": (u / n) if n else None} for h, u, n in s.execute(q)]
+
+    def idle_jobs(self, since: float, until: float, user: str | None = None) -> list[Holding]:
+        """Jobs that ended in the period, were measured, and never used their GPUs."""
+        q = select(HoldingRow).where(HoldingRow.kind == "job", HoldingRow.ended.is_not(None),
+                                     and_(HoldingRow.ended >= since, HoldingRow.ended <= until),
+                                     HoldingRow.samples > 0, HoldingRow.util_max <= 0)
+        if user is not None:
+            q = q.where(HoldingRow.user == user)
+        with self.db.read_session() as s:
+            return [Holding.from_row(r) for r in s.scalars(q.order_by(HoldingRow.ended))]
+
+    def totals(self) -> list[tuple[str | None, str, float, float]]:
+        """(team, kind, held GPU-hours, used GPU-hours) over everything kept: /metrics' counters."""
+        now = time.time()
+        end = func.coalesce(HoldingRow.ended, now)
+        held = (end - HoldingRow.started) / 3600.0 * _weight()
+        mean = HoldingRow.util_sum / func.nullif(HoldingRow.samples, 0)
+        q = (select(HoldingRow.team, HoldingRow.kind, func.sum(held), func.sum(held * func.coalesce(mean, 0) / 100.0))
+             .where(or_(HoldingRow.units_num > 0, HoldingRow.gpus > 0)).group_by(HoldingRow.team, HoldingRow.kind))
+        with self.db.read_session() as s:
+            return [(t, k, float(h or 0), float(u or 0)) for t, k, h, u in s.execute(q)]
+
+
+def _weight():
+    """GPU units a holding weighs: a job's whole GPUs (where the engine places, its units are
+    not recorded), a workspace's units (a MIG slice weighs its share of a GPU)."""
+    return case((HoldingRow.kind == "job", HoldingRow.gpus * 1.0),
+                else_=HoldingRow.units_num * 1.0 / HoldingRow.units_den)
+
+
+def _upsert_hours(dialect: str, rows: list[dict]):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(UsageHourRow).values(rows)
+    return stmt.on_conflict_do_update(
+        index_elements=[UsageHourRow.holding_id, UsageHourRow.hour],
+        set_={"samples": UsageHourRow.samples + stmt.excluded.samples,
+              "util_sum": UsageHourRow.util_sum + stmt.excluded.util_sum})
+
+
+__all__ = ["CLOCK", "Holding", "Round", "UsageStore"]
