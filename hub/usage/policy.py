@@ -129,7 +129,9 @@ class IdlePolicy:
                 elif h.idle_since is None or gap:
                     clock["idle_since"] = now
                     clock["warned_at"] = None
-        if rule is None or h.acted:
+        # Decided only on a measurement: a round without one (no exporter, the source down)
+        # never warns or acts on time alone.
+        if rule is None or h.acted or measured is None:
             return clock, None
         idle_since = clock.get("idle_since", h.idle_since)
         warned_at = clock.get("warned_at", h.warned_at)

@@ -1,0 +1,403 @@
+"""GPU usage: DCGM/Prometheus/NVML readings matched to claims, the idle clock, showback
+numbers from a scripted history, and /metrics as Prometheus parses it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import types
+from fractions import Fraction
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from podbay.hub.config import ConfigError, parse_config
+from podbay.hub.inventory import Inventory
+from podbay.hub.jobs import JobManager
+from podbay.hub.portal import Portal
+from podbay.hub.quota import QuotaBook
+from podbay.hub.quota.database import HoldingRow, UsageHourRow
+from podbay.hub.service import HubClient, create_app
+from podbay.hub.training.local import LocalBackend
+from podbay.hub.usage.policy import IdlePolicy, Matcher, Sampler
+from podbay.hub.usage.settings import parse_duration
+from podbay.hub.usage.sources import Source, parse_dcgm, parse_prometheus, read_nvml
+from podbay.hub.usage.store import Holding, Round, UsageStore
+
+from tests.conftest import TEST_CONFIG
+
+DCGM = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "dcgm"
+GPU0 = "GPU-11111111-0000-4000-8000-000000000000"  # MIG: 3g.40gb, 2g.20gb, 2 × 1g.10gb
+SHARED = "GPU-11111111-0000-4000-8000-000000000001"  # 2 slots
+FULL2 = "GPU-11111111-0000-4000-8000-000000000002"
+
+
+def exporter_text(gpus: dict[str, float], mig: dict[tuple[str, int, str], float] = (), host="dev-01") -> str:
+    """What dcgm-exporter 3.x/4.x serves (the fixtures' label set), for the given values."""
+    lines = ["# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).", "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
+    for i, (uuid, v) in enumerate(gpus.items()):
+        lines.append(f'DCGM_FI_DEV_GPU_UTIL{{gpu="{i}",UUID="{uuid}",device="nvidia{i}",modelName="NVIDIA A100-SXM4-80GB",'
+                     f'Hostname="{host}",DCGM_FI_DRIVER_VERSION="550.54.15"}} {v:g}')
+    lines += ["# HELP DCGM_FI_PROF_GR_ENGINE_ACTIVE Ratio of time the graphics engine is active.",
+              "# TYPE DCGM_FI_PROF_GR_ENGINE_ACTIVE gauge"]
+    for (uuid, gi, profile), v in dict(mig).items():
+        lines.append(f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{gpu="0",UUID="{uuid}",device="nvidia0",modelName="NVIDIA A100-SXM4-80GB",'
+                     f'GPU_I_PROFILE="{profile}",GPU_I_ID="{gi}",Hostname="{host}"}} {v:.6f}')
+    return "\n".join(lines) + "\n"
+
+
+# --- reading the sources ----------------------------------------------------------------
+
+
+def test_recorded_dcgm_exporter_outputs_are_read():
+    t4 = parse_dcgm((DCGM / "datadog-integrations-core_dcgm_tests_fixtures_metrics.txt").read_text())
+    # The T4's DCGM_FI_DEV_GPU_UTIL; the file's unlabelled dummy ENGINE_ACTIVE has no UUID.
+    assert [(r.uuid, r.util, r.gpu_instance) for r in t4] == [("GPU-20c56d28-0da5-6d26-a36a-e7af1ce2586e", 0.0, None)]
+    issues = parse_dcgm((DCGM / "github-issue-excerpts_pod-labelled-and-mig-series.prom").read_text())
+    by_uuid = {r.uuid: r for r in issues}
+    # A MIG instance (GPU_I_ID 1 of a 4g.40gb) in lower-cased names, and a pod's full GPU
+    # with the old pod_name/pod_namespace labels.
+    mig = by_uuid["GPU-af2c63a8-8c8b-21cc-581a-bab6bba89d08"]
+    assert (mig.gpu_instance, mig.mig_profile, mig.util, mig.pod) == (1, "4g.40gb", 0.0, None)
+    pod = by_uuid["GPU-931446e6-0413-2864-5b76-11227dcda4ae"]
+    assert pod.pod == "ai-1/d85np-t6mdg" and pod.util == pytest.approx(0.8246)
+    # dcgm-exporter 1.x's dcgm_gpu_utilization, its empty pod labels meaning no pod.
+    old = by_uuid["GPU-c1f38265-5e7c-0a81-14a0-240a35ea8160"]
+    assert old.util == 0 and old.pod is None
+
+
+def test_a_mig_gpus_own_util_series_is_not_taken_for_an_instance():
+    text = exporter_text({GPU0: 87, FULL2: 12}, {(GPU0, 1, "3g.40gb"): 0.0, (GPU0, 7, "1g.10gb"): 0.5})
+    readings = {(r.uuid, r.gpu_instance): r.util for r in parse_dcgm(text)}
+    assert readings == {(GPU0, 1): 0.0, (GPU0, 7): 50.0, (FULL2, None): 12.0}
+
+
+def test_broken_exporter_text_is_a_source_error():
+    from podbay.hub.usage.sources import SourceUnavailable
+
+    with pytest.raises(SourceUnavailable, match="not Prometheus text format"):
+        parse_dcgm('DCGM_FI_DEV_GPU_UTIL{UUID="x" 5\n')
+
+
+def test_prometheus_query_answers():
+    body = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"__name__": "DCGM_FI_DEV_GPU_UTIL", "UUID": FULL2, "Hostname": "dev-01"}, "value": [1, "42"]},
+        {"metric": {"__name__": "DCGM_FI_DEV_GPU_UTIL", "UUID": "GPU-x", "pod": "w", "namespace": "ns"}, "value": [1, "NaN"]}]}}
+    mig = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"UUID": GPU0, "GPU_I_ID": "2", "GPU_I_PROFILE": "2g.20gb"}, "value": [1, "0.25"]}]}}
+    got = {(r.uuid, r.gpu_instance): r.util for r in parse_prometheus([("dcgm_fi_dev_gpu_util", body),
+                                                                      ("dcgm_fi_prof_gr_engine_active", mig)])}
+    assert got == {(FULL2, None): 42.0, (GPU0, 2): 25.0}
+
+
+async def test_dcgm_source_reads_every_exporter_and_survives_one_down():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "down":
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, text=exporter_text({FULL2: 3}))
+
+    cfg = parse_config({"images": [{"name": "a", "display_name": "A", "image": "x"}], "profiles": [{"id": "cpu"}],
+                        "usage": {"source": {"type": "dcgm", "urls": ["http://up:9400/metrics", "http://down:9400/metrics"]}}})
+    source = Source(cfg.usage.source, transport=httpx.MockTransport(handler))
+    assert [(r.uuid, r.util) for r in await source.read()] == [(FULL2, 3.0)]
+    assert "down:9400" in source.failed[0]
+    await source.aclose()
+
+
+def test_nvml_reads_whole_gpus_and_skips_mig(monkeypatch):
+    class Rates:
+        gpu = 61
+
+    class NVMLError(Exception):
+        pass
+
+    devices = [("GPU-aaaaaaaa-0000-4000-8000-000000000000", 0), ("GPU-bbbbbbbb-0000-4000-8000-000000000000", 1)]
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: len(devices),
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetUUID=lambda h: devices[h][0].encode(),
+        nvmlDeviceGetMigMode=lambda h: (devices[h][1], devices[h][1]),
+        nvmlDeviceGetUtilizationRates=lambda h: Rates(), NVMLError=NVMLError)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert [(r.uuid, r.util) for r in read_nvml()] == [(devices[0][0], 61.0)]
+
+
+# --- matching readings to what people hold -------------------------------------------------
+
+
+def holding(devices, kind="workspace", profile="gpu-1", ref=None, key="workspace:alice/w", **kw) -> Holding:
+    return Holding(id=1, key=key, kind=kind, user="alice", team="vision", profile=profile, pool="dev",
+                   units=Fraction(1), gpus=1, devices=devices, ref=ref or {}, started=0, ended=None, **kw)
+
+
+def test_claims_are_matched_by_gpu_uuid_mig_instance_and_pod(tmp_path):
+    raw = yaml.safe_load(TEST_CONFIG.read_text())
+    # The 3g.40gb's GPU instance id is declared; the 1g.10gb's are not (two of them: no match).
+    raw["nodes"][0]["gpus"][0]["mig"][0]["gpu_instance"] = 2
+    inv = Inventory.from_config(parse_config(raw))
+    m = Matcher(inv)
+    text = exporter_text({SHARED: 30, FULL2: 0}, {(GPU0, 2, "3g.40gb"): 0.9, (GPU0, 3, "2g.20gb"): 0.0,
+                                                  (GPU0, 9, "1g.10gb"): 0.7})
+    by = m.index(parse_dcgm(text))
+    assert m.measure(holding([("dev-01", FULL2)]), by) == (0.0, 0.0)
+    # Both slots of a shared GPU see the GPU's utilisation (no per-slot counter exists).
+    assert m.measure(holding([("dev-01", SHARED)]), by) == (30.0, 30.0)
+    assert m.measure(holding([("dev-01", "MIG-11111111-0001-4000-8000-000000000001")]), by) == (90.0, 90.0)
+    # No GI id declared, but the only 2g.20gb on its GPU.
+    assert m.measure(holding([("dev-01", "MIG-11111111-0002-4000-8000-000000000002")]), by) == (0.0, 0.0)
+    # Two 1g.10gb without ids: which one DCGM measured is unknown, so neither is measured.
+    assert m.measure(holding([("dev-01", "MIG-11111111-0003-4000-8000-000000000003")]), by) is None
+    # Two GPUs: mean for showback, max for the idle rule.
+    assert m.measure(holding([("dev-01", FULL2), ("dev-01", SHARED)]), by) == (15.0, 30.0)
+    # Kubernetes: the exporter's pod labels.
+    pods = m.index(parse_dcgm((DCGM / "github-issue-excerpts_pod-labelled-and-mig-series.prom").read_text()))
+    assert m.measure(holding([], ref={"pod": "ai-1/d85np-t6mdg"}), pods)[0] == pytest.approx(0.8246)
+    jobs = Matcher(None, job_pod_prefix="podbay")
+    by = jobs.index(parse_dcgm('DCGM_FI_DEV_GPU_UTIL{UUID="GPU-a",pod="podbay-job-7-0-x1",namespace="ns"} 55\n'))
+    assert jobs.measure(holding([], kind="job", key="job:7"), by) == (55.0, 55.0)
+    assert jobs.measure(holding([], kind="job", key="job:70"), by) is None
+
+
+# --- the idle clock -------------------------------------------------------------------------
+
+
+RULES = {"images": [{"name": "a", "display_name": "A", "image": "x"}],
+         "profiles": [{"id": "cpu"}, {"id": "gpu-1"}, {"id": "mig-1g.10gb", "pools": ["dev"]}],
+         "usage": {"interval": 60},
+         "idle": {"rules": [{"profiles": ["mig-1g.10gb"], "below": 5, "after": "1h", "action": "warn"},
+                            {"pools": ["dev"], "below": 5, "after": "2h", "warn_before": "30m", "action": "release-gpu"}],
+                  "keep_max": "4h"}}
+
+
+def run(policy, h: Holding, samples: list[tuple[float, float | None]]):
+    """Feed (time, util) samples; apply the clock; return the actions with their times."""
+    out = []
+    for t, util in samples:
+        clock, action = policy.step(h, None if util is None else (util, util), t)
+        for k, v in clock.items():
+            setattr(h, k, v)
+        if action:
+            out.append((t, action["action"]))
+    return out
+
+
+def test_idle_gpu_is_warned_then_released_and_activity_resets_the_clock():
+    policy = IdlePolicy(parse_config(RULES), 60)
+    h = holding([("n", FULL2)])
+    minutes = [(m * 60.0, 1.0) for m in range(0, 200)]
+    acted = run(policy, h, minutes[:91])
+    assert acted == [] and h.warned_at == 90 * 60.0  # at after − warn_before
+    assert run(policy, h, minutes[91:121]) == [(120 * 60.0, "release-gpu")]
+    # Acted once, whatever follows.
+    assert run(policy, h, minutes[121:]) == [] and h.acted == "release-gpu"
+
+    busy = holding([("n", FULL2)])
+    samples = [(m * 60.0, 50.0 if m % 60 == 59 else 0.0) for m in range(300)]
+    assert run(policy, busy, samples) == []  # a burst every hour: never idle for two
+
+
+def test_no_action_without_the_full_notice_and_gaps_restart_the_clock():
+    policy = IdlePolicy(parse_config(RULES), 60)
+    h = holding([("n", FULL2)])
+    run(policy, h, [(0.0, 0.0)])
+    # The service was down for 3 h: the gap restarts the idle streak at the next sample.
+    assert run(policy, h, [(3 * 3600.0, 0.0)]) == [] and h.idle_since == 3 * 3600.0
+    # Without readings nothing moves.
+    assert run(policy, h, [(6 * 3600.0, None)]) == [] and h.warned_at is None
+    # Long idle but never warned (its notice was answered by a keep that just ended): the
+    # action waits the notice's full 30 minutes.
+    h2 = holding([("n", FULL2)], idle_since=0.0, last_sample=3 * 3600.0, keep_until=3 * 3600.0)
+    acted = run(policy, h2, [(3 * 3600.0 + m * 60, 0.0) for m in range(1, 200)])
+    assert acted == [(3 * 3600.0 + 120 * 60, "release-gpu")]
+    assert h2.warned_at == 3 * 3600.0 + 90 * 60
+
+
+def test_keep_until_holds_the_action_and_warn_rules_only_warn():
+    policy = IdlePolicy(parse_config(RULES), 60)
+    h = holding([("n", FULL2)], keep_until=4 * 3600.0)
+    assert run(policy, h, [(m * 60.0, 0.0) for m in range(0, 4 * 60)]) == []
+    mig = holding([("n", "MIG-x")], profile="mig-1g.10gb")
+    assert run(policy, mig, [(m * 60.0, 0.0) for m in range(0, 300)]) == [(3600.0, "warn")]
+    assert mig.acted is None
+    # CPU workspaces and jobs are never the rules' business.
+    cpu = holding([], profile="cpu")
+    cpu.units, cpu.gpus = Fraction(0), 0
+    assert policy.rule(cpu) is None
+    assert policy.rule(holding([("n", FULL2)], kind="job", key="job:3")) is None
+
+
+def test_idle_settings_are_checked():
+    assert parse_duration("90s") == 90 and parse_duration("2h") == 7200 and parse_duration(30) == 30
+    bad = json.loads(json.dumps(RULES))
+    bad["idle"]["rules"][1]["warn_before"] = "3h"
+    with pytest.raises(ConfigError, match="warn_before .* must be shorter than after"):
+        parse_config(bad)
+    bad = json.loads(json.dumps(RULES))
+    bad["idle"]["rules"][1]["pools"] = ["nowhere"]
+    bad["profiles"] = [{"id": "gpu-1"}]
+    with pytest.raises(ConfigError) as e:
+        parse_config(bad)
+    assert "pool 'nowhere' is not declared" in str(e.value) and "CPU profile 'cpu'" in str(e.value)
+    with pytest.raises(ConfigError, match="needs urls"):
+        parse_config({**RULES, "usage": {"source": {"type": "dcgm"}}})
+
+
+# --- showback ----------------------------------------------------------------------------
+
+
+H = 3600.0
+T0 = 1_700_000_000.0 // H * H  # on an hour
+
+
+def script(store: UsageStore, rows: list[dict], util: dict[int, list[tuple[int, float]]]):
+    """Holdings and their hourly utilisation, as the sampler would have written them."""
+    with store.db.write_session() as s, s.begin():
+        for i, r in enumerate(rows, 1):
+            s.add(HoldingRow(id=i, key=r.get("key", f"workspace:{r['user']}/w{i}"), kind=r.get("kind", "workspace"),
+                             user=r["user"], team=r.get("team"), profile=r["profile"], pool=r["pool"],
+                             units_num=r.get("units", Fraction(1)).numerator, units_den=r.get("units", Fraction(1)).denominator,
+                             gpus=r.get("gpus", 1), started=T0 + r["start"] * H,
+                             ended=None if r.get("end") is None else T0 + r["end"] * H,
+                             samples=sum(1 for _ in util.get(i, [])), util_max=max((u for _, u in util.get(i, [])), default=None)))
+            for hour, u in util.get(i, []):
+                s.add(UsageHourRow(holding_id=i, hour=int(T0 // H) + hour, samples=60, util_sum=60 * u))
+
+
+@pytest.fixture
+def store(tmp_path):
+    book = QuotaBook(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    yield UsageStore(book)
+    book.dispose()
+
+
+def test_showback_from_a_scripted_history(store):
+    script(store, [
+        # alice: a whole GPU for 10 h, at 50 % for all of them.
+        {"user": "alice", "team": "vision", "profile": "gpu-1", "pool": "dev", "start": 0, "end": 10},
+        # bob: a 3g.40gb (3/7 GPU) for 7 h, never measured.
+        {"user": "bob", "team": "nlp", "profile": "mig-3g.40gb", "pool": "dev", "units": Fraction(3, 7), "gpus": 0,
+         "start": 2, "end": 9},
+        # alice's job: 2 GPUs for 4 h at 0 %: reported as never using them.
+        {"user": "alice", "team": "vision", "kind": "job", "key": "job:12", "profile": "gpu-2", "pool": "training",
+         "units": Fraction(2), "gpus": 2, "start": 1, "end": 5},
+        # a CPU workspace weighs nothing.
+        {"user": "carol", "profile": "cpu", "pool": "dev", "units": Fraction(0), "gpus": 0, "start": 0, "end": 10},
+    ], {1: [(h, 50.0) for h in range(10)], 3: [(h, 0.0) for h in range(1, 5)]})
+    by_user = {r["user"]: r for r in store.usage(T0, T0 + 24 * H, "user")}
+    assert set(by_user) == {"alice", "bob"}
+    assert by_user["alice"]["gpu_hours_held"] == pytest.approx(10 + 8)
+    assert by_user["alice"]["gpu_hours_used"] == pytest.approx(5)
+    assert by_user["alice"]["utilization"] == pytest.approx(5 / 18 * 100)
+    assert by_user["bob"]["gpu_hours_held"] == pytest.approx(3)
+    assert by_user["bob"]["gpu_hours_used"] == 0 and by_user["bob"]["utilization"] is None
+    by_pool = {r["pool"]: r["gpu_hours_held"] for r in store.usage(T0, T0 + 24 * H, "pool")}
+    assert by_pool == {"dev": pytest.approx(13), "training": pytest.approx(8)}
+    # Part of a period: hours 4–6 only.
+    part = {r["profile"]: r for r in store.usage(T0 + 4 * H, T0 + 6 * H, "profile")}
+    assert part["gpu-1"]["gpu_hours_held"] == pytest.approx(2) and part["gpu-1"]["gpu_hours_used"] == pytest.approx(1)
+    assert part["gpu-2"]["gpu_hours_held"] == pytest.approx(2)
+    assert part["mig-3g.40gb"]["gpu_hours_held"] == pytest.approx(2 * 3 / 7)
+    assert [h.key for h in store.idle_jobs(T0, T0 + 24 * H)] == ["job:12"]
+    assert {r["team"]: round(r["gpu_hours_held"], 6) for r in store.usage(T0, T0 + 24 * H, "team", team="nlp")} == {"nlp": 3.0}
+    # Retention: what ended before the cutoff goes, with its hours.
+    assert store.prune(T0 + 9.5 * H + 86400, 1) > 0
+    assert {r["user"] for r in store.usage(T0, T0 + 24 * H, "user")} == {"alice"}
+
+
+# --- the service: notices, keep, usage and /metrics --------------------------------------
+
+
+def fake_hub(users: dict[str, dict]) -> HubClient:
+    """JupyterHub's API as the service calls it: tokens are user names."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.rstrip("/")
+        token = request.headers["authorization"].split()[-1]
+        if path.endswith("/user"):
+            if token not in users:
+                return httpx.Response(403)
+            return httpx.Response(200, json={"name": token, "kind": "user",
+                                             "scopes": ["access:services!service=podbay", *users[token].get("scopes", [])]})
+        name = path.rsplit("/", 1)[-1]
+        return httpx.Response(200, json={"name": name, "admin": users[name].get("admin", False),
+                                         "groups": users[name].get("groups", []), "servers": {}})
+
+    return HubClient("http://hub/hub/api", "service-token", transport=httpx.MockTransport(handler))
+
+
+@pytest.fixture
+def service(tmp_path):
+    from fastapi.testclient import TestClient
+
+    raw = yaml.safe_load(TEST_CONFIG.read_text())
+    raw["idle"] = {"rules": [{"pools": ["dev"], "below": 5, "after": "2h", "warn_before": "30m",
+                              "action": "release-gpu"}], "keep_max": "4h"}
+    cfg_path = tmp_path / "podbay.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    portal = Portal.open(cfg_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+    jobs = JobManager(portal, LocalBackend(tmp_path / "jobs"))
+    hub = fake_hub({"alice": {"groups": ["vision"]}, "bob": {"groups": ["nlp"]}, "admin": {"admin": True},
+                    "scraper": {"scopes": ["read:metrics"]}})
+    app = create_app(portal, jobs, hub, run_scheduler=False)
+    with TestClient(app) as client:
+        client.podbay = portal
+        yield client
+    portal.book.dispose()
+
+
+def as_(user):
+    return {"Authorization": f"token {user}"}
+
+
+def test_notices_keep_usage_and_metrics_through_the_service(service):
+    from podbay.hub.config import parse_profile_id
+    from podbay.hub.quota import Demand
+
+    portal = service.podbay
+    cfg = portal.cfg
+    alloc = portal.claim(key="workspace:alice/train", kind="workspace", user="alice", team="vision",
+                         demand=Demand("gpu-1", parse_profile_id("gpu-1"), ("dev",)), quota=portal.quota_for("vision"))
+    store = UsageStore(portal.book)
+    sampler = Sampler(cfg, store, portal.inventory, None)
+    h = store.open_holdings()[0]
+    # Idle for 100 minutes, as the sampler saw it.
+    now = time.time()
+    store.write_round(Round(
+        now=now, measured={h.id: (0.0, 0.0)}, clock={h.id: {"last_sample": now, "idle_since": now - 100 * 60,
+                                                             "warned_at": now - 10 * 60}}))
+    notes = service.get("/services/podbay/api/v1/notices", headers=as_("alice")).json()
+    assert len(notes) == 1 and notes[0]["kind"] == "warning" and notes[0]["workspace"] == "train"
+    assert notes[0]["action"] == "release-gpu" and "In 20m its GPU is released" in notes[0]["message"]
+    assert service.get("/services/podbay/api/v1/notices", headers=as_("bob")).json() == []
+    # Keep: within keep_max, only one's own running workspace.
+    r = service.post("/services/podbay/api/v1/workspaces/train/keep", json={"hours": 5}, headers=as_("alice"))
+    assert r.status_code == 400 and "at most 4h" in r.json()["message"]
+    assert service.post("/services/podbay/api/v1/workspaces/train/keep", json={"hours": 2},
+                        headers=as_("bob")).status_code == 404
+    r = service.post("/services/podbay/api/v1/workspaces/train/keep", json={"hours": 2}, headers=as_("alice"))
+    assert r.status_code == 200 and r.json()["keep_until"] > now + 7000
+    assert service.get("/services/podbay/api/v1/notices", headers=as_("alice")).json() == []
+    # Usage: one's own; a team's only for its members; anyone's for admins.
+    mine = service.get("/services/podbay/api/v1/usage", headers=as_("alice")).json()
+    assert [row["key"] for row in mine["rows"]] == ["alice"] and mine["total"]["gpu_hours_held"] > 0
+    assert service.get("/services/podbay/api/v1/usage", params={"team": "vision"}, headers=as_("bob")).status_code == 403
+    assert service.get("/services/podbay/api/v1/usage", params={"user": "alice"}, headers=as_("bob")).status_code == 403
+    assert service.get("/services/podbay/api/v1/usage", params={"by": "team"}, headers=as_("admin")).status_code == 200
+    # /metrics: admins or read:metrics, in Prometheus' text format.
+    assert service.get("/services/podbay/api/v1/metrics", headers=as_("alice")).status_code == 403
+    text = service.get("/services/podbay/api/v1/metrics", headers=as_("scraper")).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    used = {(s.labels["pool"], s.labels["kind"], s.labels["state"]): s.value
+            for s in families["podbay_capacity_devices"].samples}
+    assert used[("dev", "gpu", "used")] == 1 and used[("dev", "gpu", "free")] == 1
+    assert used[("dev", "mig-1g.10gb", "free")] == 2
+    held = {(s.labels["team"], s.labels["kind"]): s.value for s in families["podbay_gpu_units_held"].samples}
+    assert held == {("vision", "workspace"): 1.0}
+    assert {s.labels["kind"]: s.value for s in families["podbay_claims"].samples} == {"workspace": 1, "job": 0}
+    util = families["podbay_workspace_gpu_utilization"].samples
+    assert [(s.labels["key"], s.value) for s in util] == [("workspace:alice/train", 0.0)]
+    assert families["podbay_gpu_hours_held"].type == "counter"
+    assert sampler.policy.rule(h) is not None and alloc.devices
