@@ -810,6 +810,9 @@ def main() -> None:
     from urllib.parse import urlparse
 
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s podbay-service] %(message)s")
+    # One line per request would be one per exporter per usage.interval: the service says
+    # what matters in its own words.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     env = os.environ
     from .backends import BackendError, chosen, load
 

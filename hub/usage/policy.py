@@ -13,7 +13,7 @@ rules over the open GPU workspaces:
 
 Nothing is decided without measurements: a device without a reading (no exporter on its
 node, a MIG instance under NVML, a source that is down) keeps its clock where it was, and a
-gap of more than three intervals starts the idle streak again. The clock, notices and
+gap of more than three intervals (and five minutes) starts the idle streak again. The clock, notices and
 actions are in the database, so a restart of the service neither forgets nor repeats them.
 Jobs are measured (showback, jobs that never used their GPUs) but never acted on.
 """
@@ -36,8 +36,10 @@ from .store import Holding, Round, UsageStore
 
 log = logging.getLogger("podbay.usage")
 
-# A gap of this many intervals without a reading breaks an idle streak.
+# A gap of this many intervals without a reading (and at least GAP_FLOOR seconds: a restart
+# of the hub or the service is not a gap) breaks an idle streak.
 GAP_INTERVALS = 3
+GAP_FLOOR = 300.0
 
 
 class Matcher:
@@ -121,7 +123,7 @@ class IdlePolicy:
         clock: dict = {}
         if measured is not None:
             clock["last_sample"] = now
-            gap = h.last_sample is None or now - h.last_sample > GAP_INTERVALS * self.interval
+            gap = h.last_sample is None or now - h.last_sample > max(GAP_INTERVALS * self.interval, GAP_FLOOR)
             if rule is not None:
                 if measured[1] >= rule.below:
                     if h.idle_since is not None or h.warned_at is not None:

@@ -1,0 +1,197 @@
+"""The GPU idle rules end to end: a real JupyterHub and podbay's service on the local
+backend, utilisation from a DCGM exporter stand-in on the loopback that serves the
+exporter's text format with values the test changes as it goes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import TEST_CONFIG, Hub, claimed, free_port_block, have_proxy, require, wait_job
+from tests.unit.test_usage import exporter_text
+
+pytestmark = pytest.mark.hub
+
+
+class Exporter:
+    """dcgm-exporter's /metrics for the test inventory's whole and shared GPUs: 0 % unless set."""
+
+    def __init__(self, uuids: list[str]):
+        self.util = {u: 0.0 for u in uuids}
+        self.scrapes = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.scrapes += 1
+                body = exporter_text(dict(outer.util)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def idle_hub(tmp_path_factory):
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    raw = yaml.safe_load(TEST_CONFIG.read_text())
+    uuids = [g["uuid"] for n in raw["nodes"] for g in n["gpus"] if not g.get("mig")]
+    exporter = Exporter(uuids)
+    root = tmp_path_factory.mktemp("idle")
+    raw["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
+    raw["idle"] = {"keep_max": "1h", "rules": [
+        {"name": "shares", "profiles": ["shared-1/2"], "below": 5, "after": "6s", "warn_before": "3s", "action": "stop"},
+        {"name": "dev", "pools": ["dev"], "below": 5, "after": "8s", "warn_before": "4s", "action": "release-gpu"},
+        # Everything else, jobs included if they were ever the rules' business (they are not).
+        {"name": "rest", "below": 5, "after": "4s", "warn_before": "2s", "action": "stop"}]}
+    for v in raw["volumes"]:
+        (root / v["source"]).mkdir(parents=True)
+    config = root / "podbay.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    hub = Hub(config=config, data_dir=root / "data", port=free_port_block())
+    hub.data_dir.mkdir()
+    hub.exporter = exporter
+    hub.start()
+    yield hub
+    hub.stop()
+    exporter.close()
+    import os
+    import signal
+
+    ledger = hub.book()
+    for alloc in ledger.allocations():
+        if alloc.ref.get("pid"):
+            try:
+                os.kill(alloc.ref["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    ledger.dispose()
+
+
+def service(hub, user: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+                        headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
+
+
+def wait_for(what, check, timeout=60.0, every=0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def db(hub) -> sqlite3.Connection:
+    return sqlite3.connect(hub.data_dir / "ledger.sqlite")
+
+
+def server(hub, user, name) -> dict | None:
+    with hub.api(user) as api:
+        return api.get(f"/users/{user}").json()["servers"].get(name)
+
+
+def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_across_a_hub_restart(idle_hub):
+    hub = idle_hub
+    with service(hub, "alice") as alice:
+        # A job on the training pool at 0 % for its whole run: measured, reported, never touched.
+        job = alice.post("/jobs", json={"name": "quiet", "gpus": 1, "command": ["sleep", "120"]}).json()
+        wait_job(alice, job["id"], {"running"})
+        # Two GPU workspaces; one will be busy.
+        hub.start_server("alice", "busy", {"profile": "gpu-1"})
+        busy_gpu = claimed(hub, "workspace:alice/busy")
+        hub.exporter.util[busy_gpu[0]] = 72.0
+        hub.start_server("alice", "idle", {"profile": "gpu-1", "volumes": ["scratch"], "image": "base"})
+        idle_gpu = claimed(hub, "workspace:alice/idle")
+        assert idle_gpu and idle_gpu != busy_gpu
+        home = hub.data_dir / "homes" / "alice"
+        (home / "notes.txt").write_text("written before the GPU was released\n")
+
+        # The notice comes first (idle 8 s − 4 s before), with what will happen and how to keep it.
+        warning = wait_for("the notice", lambda: [n for n in alice.get("/notices").json()
+                                                  if n["workspace"] == "idle" and n["kind"] == "warning"], 30)[0]
+        assert warning["action"] == "release-gpu" and warning["deadline"] > time.time() - 2
+        assert "Any GPU activity resets the clock" in warning["message"] and "podbay ws keep idle" in warning["message"]
+        # The hub's home page shows it too.
+        # (The busy workspace is never warned.)
+        assert not [n for n in alice.get("/notices").json() if n["workspace"] == "busy"]
+
+        # The hub (and podbay's service with it) restarts in the middle: the clock is kept.
+        with db(hub) as conn:
+            before = conn.execute("SELECT idle_since, warned_at FROM podbay_holdings WHERE key=? AND ended IS NULL",
+                                  ("workspace:alice/idle",)).fetchone()
+        hub.stop()
+        hub.start()
+        with db(hub) as conn:
+            after = conn.execute("SELECT idle_since FROM podbay_holdings WHERE key=? AND ended IS NULL",
+                                 ("workspace:alice/idle",)).fetchone()
+        assert after is None or after[0] == before[0]
+
+        done = wait_for("the release", lambda: [n for n in alice.get("/notices").json()
+                                                if n["kind"] == "release-gpu" and n["state"] == "done"], 60)
+        assert len(done) == 1 and done[0]["workspace"] == "idle"
+        model = wait_for("the CPU restart", lambda: (s := server(hub, "alice", "idle")) and s["ready"] and s, 60)
+        assert model["user_options"]["profile"] == "cpu"
+        assert model["user_options"]["volumes"] == ["scratch"] and model["user_options"]["image"] == "base"
+        # Its GPU went back: no claim, and the pool shows it free.
+        assert claimed(hub, "workspace:alice/idle") == []
+        pool = next(p for p in alice.get("/capacity").json()["pools"] if p["pool"] == "dev")
+        assert pool["profiles"]["gpu-1"] == {"total": 2, "used": 1, "free": 1}
+        assert (home / "notes.txt").read_text() == "written before the GPU was released\n"
+        # The busy one and the job are as they were.
+        assert claimed(hub, "workspace:alice/busy") == busy_gpu and server(hub, "alice", "busy")["ready"]
+        assert alice.get(f"/jobs/{job['id']}").json()["state"] == "running"
+        # Acted once, across the restart.
+        with db(hub) as conn:
+            acts = conn.execute("SELECT action, state FROM podbay_idle_actions WHERE server='idle'").fetchall()
+        assert acts == [("release-gpu", "done")]
+
+        # The job never used its GPU: showback says so once it ends.
+        alice.delete(f"/jobs/{job['id']}")
+        wait_job(alice, job["id"], {"cancelled"})
+        usage = alice.get("/usage").json()
+        assert [j["job_id"] for j in usage["idle_jobs"]] == [job["id"]]
+        assert usage["total"]["gpu_hours_held"] > 0
+        hub.stop_server("alice", "busy")
+        hub.stop_server("alice", "idle")
+
+
+def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
+    hub = idle_hub
+    with service(hub, "bob") as bob:
+        hub.start_server("bob", "share", {"profile": "shared-1/2"})
+        gpu = claimed(hub, "workspace:bob/share")
+        # Kept for an hour: no notice, no stop, however idle.
+        r = bob.post("/workspaces/share/keep", json={"hours": 2})
+        assert r.status_code == 400 and "at most 1h" in r.json()["message"]
+        assert bob.post("/workspaces/share/keep", json={"hours": 1}).status_code == 200
+        time.sleep(8)
+        assert server(hub, "bob", "share")["ready"] and not bob.get("/notices").json()
+        # The keep is taken back (a shorter one); then idle → warned → stopped.
+        with db(hub) as conn:
+            conn.execute("UPDATE podbay_holdings SET keep_until=? WHERE key=? AND ended IS NULL",
+                         (time.time(), "workspace:bob/share"))
+        notes = wait_for("the stop", lambda: [n for n in bob.get("/notices").json() if n["state"] == "done"], 40)
+        assert [(n["kind"], n["workspace"]) for n in notes] == [("stop", "share")]
+        assert server(hub, "bob", "share") is None or not server(hub, "bob", "share")["ready"]
+        assert claimed(hub, "workspace:bob/share") == [] and gpu
