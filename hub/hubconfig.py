@@ -317,11 +317,38 @@ def configure(c) -> None:
         "scopes": ["self", "access:services!service=podbay"],
     }]
     configure_culler(c, cfg)
+    configure_pages(c, portal)
     # A workspace's own token (JUPYTERHUB_API_TOKEN): JupyterHub's `server` role, plus the
     # service (so `podbay job submit` works in its terminal) and reading the user's own
     # servers (`podbay ws ls`); nothing that starts, stops or makes tokens.
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
                                      "access:services!service=podbay", "read:servers!user"]
+
+
+def configure_pages(c, portal) -> None:
+    """The hub's own pages show podbay's: links to its pages in the navigation bar, and the
+    idle GPU notices on the home page (read from the quota book's database on render)."""
+    import logging
+    import time
+
+    from .usage.policy import IdlePolicy, notices_for
+    from .usage.store import UsageStore
+
+    store, policy = UsageStore(portal.book), IdlePolicy(portal.cfg, portal.cfg.usage.interval)
+
+    def notices(user) -> list[dict]:
+        try:
+            return notices_for(portal.cfg, store, policy, user.name, time.time()) if user is not None else []
+        except Exception:  # noqa: BLE001 - the home page must render whatever the database says
+            logging.getLogger("podbay").exception("podbay's notices could not be read")
+            return []
+
+    base = _value(c.JupyterHub.get("base_url"), "/") or "/"
+    base = base if base.endswith("/") else base + "/"
+    paths = [str(Path(__file__).parent / "templates" / "hub")]
+    c.JupyterHub.template_paths = paths + [p for p in _value(c.JupyterHub.get("template_paths"), []) if p not in paths]
+    c.JupyterHub.template_vars = {**_value(c.JupyterHub.get("template_vars"), {}),
+                                  "podbay_pages": f"{base}services/podbay/pages/", "podbay_notices": notices}
 
 
 def configure_culler(c, cfg) -> None:
@@ -542,6 +569,7 @@ def configure_on_cluster(c) -> None:
     # podbay.yaml's idle.culler is used only where the chart runs none.
     if not any(s.get("name") == "jupyterhub-idle-culler" for s in _value(c.JupyterHub.get("services"), [])):
         configure_culler(c, cfg)
+    configure_pages(c, portal)
 
 
 def _sections(c) -> list:

@@ -131,6 +131,27 @@ button{{font-size:1rem;padding:.4rem 1rem;margin-right:.5rem}}</style></head>
 <body><h1>{html.escape(title)}</h1>{body}</body></html>""", status_code=status)
 
 
+async def session_user(request: Request, oauth) -> dict | None:
+    """The hub's user model of the browser's session with this service (its OAuth login to
+    the hub), or None: not logged in, or the session expired or was revoked."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token or oauth is None:
+        return None
+    try:
+        return await oauth.user_for_token(token, use_cache=False, sync=False)
+    except Exception:  # noqa: BLE001 - an expired or revoked session: log in again
+        return None
+
+
+def login_redirect(request: Request, oauth, prefix: str) -> RedirectResponse:
+    """To the hub's login, coming back to this page (oauth_callback below)."""
+    state = secrets.token_urlsafe(16)
+    target = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
+    r = RedirectResponse(f"{oauth.login_url}&state={state}", status_code=302)
+    r.set_cookie(STATE_COOKIE, f"{state}|{target}", max_age=600, httponly=True, samesite="lax", path=prefix)
+    return r
+
+
 def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int, oauth=None,
                    forget_token=None) -> APIRouter:
     """The pairing endpoints under `prefix` (the service's URL prefix). `oauth` is
@@ -201,20 +222,10 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         return out
 
     async def person(request: Request) -> dict | None:
-        token = request.cookies.get(SESSION_COOKIE)
-        if not token or oauth is None:
-            return None
-        try:
-            return await oauth.user_for_token(token, use_cache=False, sync=False)
-        except Exception:  # noqa: BLE001 - an expired or revoked session: log in again
-            return None
+        return await session_user(request, oauth)
 
     def login(request: Request) -> RedirectResponse:
-        state = secrets.token_urlsafe(16)
-        target = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
-        r = RedirectResponse(f"{oauth.login_url}&state={state}", status_code=302)
-        r.set_cookie(STATE_COOKIE, f"{state}|{target}", max_age=600, httponly=True, samesite="lax", path=prefix)
-        return r
+        return login_redirect(request, oauth, prefix)
 
     @router.get(f"{prefix}oauth_callback", include_in_schema=False)
     async def oauth_callback(request: Request, code: str = "", state: str = ""):

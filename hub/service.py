@@ -33,7 +33,7 @@ from .portal import OptionsRefused, Portal
 from .secrets import SecretRefused, SecretsUnavailable, SecretStore, key_from_env
 from .sshkeys import KeyRefused, KeyStore
 from .training import BadCursor
-from .usage.policy import IdlePolicy, Sampler
+from .usage.policy import IdlePolicy, Sampler, notices_for
 from .usage.settings import fmt_duration
 from .usage.store import UsageStore
 
@@ -375,7 +375,7 @@ def _error_response(status: int, error: str, message: str) -> JSONResponse:
 
 def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "/services/podbay/",
                run_scheduler: bool = True, background: Sequence[Callable[[], Awaitable[None]]] = (),
-               pairing=None, sampler: Sampler | None = None) -> FastAPI:
+               pairing=None, sampler: Sampler | None = None, pages=None) -> FastAPI:
     base = prefix.rstrip("/") + "/api/v1"
     secrets = SecretStore(portal.book, key_from_env())
     keys = KeyStore(portal.book)
@@ -409,6 +409,8 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     if pairing is not None:
         app.include_router(pairing)
+    if pages is not None:
+        app.include_router(pages)
 
     @app.exception_handler(ApiError)
     async def _api_error(_req, exc: ApiError):
@@ -594,33 +596,7 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         return JupyterTokenOut(token=made["token"], expires_at=made.get("expires_at"), scopes=scopes, note=note)
 
     def notices_of(user: str) -> list[NoticeOut]:
-        now = time.time()
-        warned, acts = usage.notices(user, now)
-        out = []
-        for h in warned:
-            rule = policy.rule(h)
-            if rule is None:
-                continue
-            since = max(h.idle_since or now, h.keep_until or 0)
-            deadline = None if rule.action == "warn" else max(since + rule.after, (h.warned_at or now) + rule.warn_before)
-            what = {"release-gpu": "its GPU is released (it restarts on the CPU profile with the same image, volumes "
-                                   "and home; running kernels end)",
-                    "stop": "it is stopped (running kernels end)"}.get(rule.action)
-            message = (f"{h.server} ({h.profile}) has used its GPU below {rule.below:g}% for "
-                       f"{fmt_duration(now - (h.idle_since or now))}. "
-                       + (f"In {fmt_duration(max(0.0, deadline - now))} {what}. " if deadline else
-                          "Stop it, or restart it on the CPU profile, if you no longer need the GPU. ")
-                       + "Any GPU activity resets the clock"
-                       + (f"; `podbay ws keep {h.server} --hours N` keeps it longer (at most "
-                          f"{fmt_duration(portal.cfg.idle.keep_max)})." if portal.cfg.idle.keep_max else "."))
-            out.append(NoticeOut(workspace=h.server, kind="warning", profile=h.profile, at=h.warned_at or now,
-                                 deadline=deadline, action=rule.action, message=message))
-        for a in acts:
-            if a.action == "warn":
-                continue
-            out.append(NoticeOut(workspace=a.server, kind=a.action, profile=a.profile, at=a.at, action=a.action,
-                                 state=a.state, message=f"{a.server} ({a.profile}): {a.message}"))
-        return out
+        return [NoticeOut(**n) for n in notices_for(portal.cfg, usage, policy, user, time.time())]
 
     @api.get("/notices", response_model=list[NoticeOut],
              summary="Idle GPU warnings on your workspaces, and what the idle rules did lately")
@@ -846,8 +822,12 @@ def main() -> None:
     job_pods = getattr(getattr(portal.cfg, "kubernetes", None), "name_prefix", None) if plugin.name == "kubernetes" else None
     sampler = Sampler(portal.cfg, UsageStore(portal.book), portal.inventory, HubServers(hub.http),
                       job_pod_prefix=job_pods)
+    from .pages import pages_router
+
+    pages = pages_router(prefix, portal, jobs, oauth,
+                         hashlib.sha256(f"podbay-pages:{env['JUPYTERHUB_API_TOKEN']}".encode()).digest())
     app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=[lambda: plugin.serve(portal)],
-                     pairing=pairing, sampler=sampler)
+                     pairing=pairing, sampler=sampler, pages=pages)
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
     # On a cluster the URL names the hub's Service, which the pod cannot bind: PODBAY_SERVICE_BIND
     # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.

@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import sys
+import time
 import webbrowser
 from dataclasses import asdict
 from typing import Any, Awaitable, Callable
@@ -173,6 +174,85 @@ def cmd_ws_ls(args) -> int:
         else:
             print(_table([[w.name, w.state, w.image, w.profile, ",".join(w.volumes) or "-"] for w in wss],
                          ["name", "state", "image", "profile", "volumes"]))
+            # Where people look: an idle GPU's warning before anything happens to it.
+            await _print_notices(c, warnings_only=True, lead="\n")
+        return 0
+    return _run(args, go)
+
+
+async def _print_notices(c: PodbayClient, warnings_only: bool = False, lead: str = "") -> int:
+    try:
+        notes = await c.notices()
+    except ClientError:
+        return 0  # an older portal without notices: the listing stands on its own
+    notes = [n for n in notes if n["kind"] == "warning" or not warnings_only]
+    for i, n in enumerate(notes):
+        when = time.strftime("%a %H:%M", time.localtime(n["at"]))
+        mark = "!" if n["kind"] == "warning" else ("x" if n.get("state") == "failed" else "-")
+        print(f"{lead if i == 0 else ''}{mark} {when}  {n['message']}")
+    return len(notes)
+
+
+def cmd_notices(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        if args.json:
+            _print_json(await c.notices())
+        elif not await _print_notices(c):
+            print("No notices: none of your workspaces' GPUs is idle.")
+        return 0
+    return _run(args, go)
+
+
+def cmd_ws_keep(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        out = await c.keep(args.name, args.hours)
+        print(f"{args.name} keeps its GPU until {time.strftime('%a %H:%M', time.localtime(out['keep_until']))}, "
+              "idle or not.")
+        return 0
+    return _run(args, go)
+
+
+def _period(text: str | None, default: float | None) -> float | None:
+    """Unix time from `2026-11-01`, `2026-11-01T08:00`, or `7d`/`12h` ago."""
+    if text is None:
+        return default
+    import re
+    from datetime import datetime
+
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)([mhdw])", text.strip()):
+        return time.time() - float(m[1]) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[m[2]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SystemExit(f"podbay: {text!r} is neither a date (2026-11-01, 2026-11-01T08:00) nor a time ago (7d, 12h)")
+
+
+def cmd_usage(args) -> int:
+    since = _period(args.since, None)
+    until = _period(args.until, None)
+
+    async def go(c: PodbayClient) -> int:
+        out = await c.usage(since=since, until=until, by=args.by, user=args.user, team=args.team)
+        if args.json:
+            _print_json(out)
+            return 0
+
+        def pct(v):
+            return "-" if v is None else f"{v:.0f}%"
+
+        rows = [[r["key"] or "-", f"{r['gpu_hours_held']:.1f}", f"{r['gpu_hours_used']:.1f}", pct(r["utilization"]),
+                 r["holdings"]] for r in out["rows"]]
+        t = out["total"]
+        rows.append(["total", f"{t['gpu_hours_held']:.1f}", f"{t['gpu_hours_used']:.1f}", pct(t["utilization"]),
+                     t["holdings"]])
+        fmt = "%Y-%m-%d %H:%M"
+        print(f"GPU usage {time.strftime(fmt, time.localtime(out['since']))} – "
+              f"{time.strftime(fmt, time.localtime(out['until']))}, per {out['by']}")
+        print(_table(rows, [out["by"], "GPU-h held", "GPU-h used", "util", "starts"]))
+        if out["idle_jobs"]:
+            print("\nJobs that never used their GPUs:")
+            print(_table([[j["job_id"], j["user"], j["profile"], j["gpus"], f"{j['hours']:.1f}"]
+                          for j in out["idle_jobs"]], ["job", "user", "profile", "gpus", "hours"]))
         return 0
     return _run(args, go)
 
@@ -627,6 +707,21 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_ws_new)
+    p = ws.add_parser("keep", parents=[common], help="keep a workspace's GPU for some hours even while it is idle")
+    p.add_argument("name")
+    p.add_argument("--hours", type=float, default=2.0, help="how long (default 2; the portal sets the most)")
+    p.set_defaults(func=cmd_ws_keep)
+    p = sub.add_parser("notices", parents=[common], help="idle GPU warnings on your workspaces, and what was done")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_notices)
+    p = sub.add_parser("usage", parents=[common], help="GPU-hours held and used, per user, team, profile or pool")
+    p.add_argument("--since", help="a date (2026-11-01) or a time ago (7d); default 30 days ago")
+    p.add_argument("--until", help="a date, or a time ago; default now")
+    p.add_argument("--by", choices=["user", "team", "profile", "pool"], default="user")
+    p.add_argument("--user", help="someone else's (admins)")
+    p.add_argument("--team", help="a team's (its members, admins)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_usage)
     for name, fn, text in [("stop", cmd_ws_stop, "stop a workspace (its home is kept)"),
                            ("rm", cmd_ws_rm, "delete a stopped or running workspace"),
                            ("open", cmd_ws_open, "print (and open) a workspace's JupyterLab URL")]:

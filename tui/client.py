@@ -282,6 +282,16 @@ class PodbayClient:
     async def me(self) -> dict[str, Any]:
         return await self._svc("GET", "me")
 
+    async def notices(self) -> list[dict[str, Any]]:
+        """Idle GPU warnings on the person's workspaces and the idle rules' recent actions."""
+        return await self._svc("GET", "notices")
+
+    async def keep(self, name: str, hours: float) -> dict[str, Any]:
+        return await self._svc("POST", f"workspaces/{quote(name, safe='')}/keep", json={"hours": hours})
+
+    async def usage(self, **params) -> dict[str, Any]:
+        return await self._svc("GET", "usage", params={k: v for k, v in params.items() if v is not None})
+
     async def volumes(self) -> list[dict[str, Any]]:
         return await self._svc("GET", "volumes")
 

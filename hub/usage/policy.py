@@ -96,18 +96,6 @@ class Matcher:
         return sum(utils) / len(utils), max(utils)
 
 
-def notice_text(h: Holding, rule: IdleRule, now: float, deadline: float) -> str:
-    idle = fmt_duration(now - (h.idle_since or now))
-    what = {"release-gpu": "its GPU will be released: it restarts on the CPU profile with the same image, "
-                           "volumes and home (save your notebooks; running kernels end)",
-            "stop": "it will be stopped (save your notebooks; running kernels end)",
-            "warn": "please stop it or restart it on the CPU profile if you no longer need the GPU"}[rule.action]
-    when = "" if rule.action == "warn" else f" In {fmt_duration(max(0, deadline - now))} "
-    return (f"Workspace {h.server} ({h.profile}) has used its GPU below {rule.below:g}% for {idle}." + when
-            + (what if rule.action == "warn" else what) + ". Any GPU activity resets the clock; "
-            f"`podbay ws keep {h.server} --for 2h` keeps it longer.")
-
-
 class IdlePolicy:
     def __init__(self, cfg: PodbayConfig, interval: float):
         self.cfg, self.interval = cfg, interval
@@ -148,7 +136,8 @@ class IdlePolicy:
         if rule.action == "warn":
             if idle_for >= rule.after and warned_at is None:
                 clock["warned_at"] = now
-                return clock, {"action": "warn", "message": notice_text(h, rule, now, deadline)}
+                return clock, {"action": "warn", "message": f"idle below {rule.below:g}% for "
+                                                            f"{fmt_duration(now - idle_since)}: warned"}
             return clock, None
         if warned_at is None:
             if idle_for >= rule.after - rule.warn_before:
@@ -162,6 +151,38 @@ class IdlePolicy:
                            f"{time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(since))} "
                            f"(rule {rule.name or self.cfg.idle.rules.index(rule) + 1})"}
         return clock, None
+
+
+def notices_for(cfg: PodbayConfig, store: UsageStore, policy: "IdlePolicy", user: str, now: float) -> list[dict]:
+    """What a person is told: warnings on their idle GPU workspaces (what will happen, when,
+    and how to keep the GPU), then what the idle rules did to theirs lately. The service's
+    /notices, the CLI and TUI, and the hub's home page all show these."""
+    warned, acts = store.notices(user, now)
+    out = []
+    for h in warned:
+        rule = policy.rule(h)
+        if rule is None:
+            continue
+        since = max(h.idle_since or now, h.keep_until or 0)
+        deadline = None if rule.action == "warn" else max(since + rule.after, (h.warned_at or now) + rule.warn_before)
+        what = {"release-gpu": "its GPU is released (it restarts on the CPU profile with the same image, volumes "
+                               "and home; running kernels end)",
+                "stop": "it is stopped (running kernels end)"}.get(rule.action)
+        message = (f"{h.server} ({h.profile}) has used its GPU below {rule.below:g}% for "
+                   f"{fmt_duration(now - (h.idle_since or now))}. "
+                   + (f"In {fmt_duration(max(0.0, deadline - now))} {what}. " if deadline else
+                      "Stop it, or restart it on the CPU profile, if you no longer need the GPU. ")
+                   + "Any GPU activity resets the clock"
+                   + (f"; `podbay ws keep {h.server} --hours N` keeps it longer (at most "
+                      f"{fmt_duration(cfg.idle.keep_max)})." if cfg.idle.keep_max else "."))
+        out.append(dict(workspace=h.server, kind="warning", profile=h.profile, at=h.warned_at or now,
+                        deadline=deadline, action=rule.action, state=None, message=message))
+    for a in acts:
+        if a.action == "warn":
+            continue
+        out.append(dict(workspace=a.server, kind=a.action, profile=a.profile, at=a.at, deadline=None,
+                        action=a.action, state=a.state, message=f"{a.server} ({a.profile}): {a.message}"))
+    return out
 
 
 class HubServers:
@@ -306,4 +327,4 @@ class Sampler:
             await asyncio.to_thread(self.store.finish_action, action_id, "failed", f"{type(e).__name__}: {e}")
 
 
-__all__ = ["HubServers", "IdlePolicy", "Matcher", "Sampler", "notice_text"]
+__all__ = ["HubServers", "IdlePolicy", "Matcher", "Sampler", "notices_for"]

@@ -41,3 +41,87 @@ def test_spawn_form_to_jupyterlab(hub, browser, tmp_path):
     assert env["CUDA_VISIBLE_DEVICES"].startswith("MIG-")
     assert env["PODBAY_VOLUMES"] == "imagenet"
     page.close()
+
+
+def test_podbays_pages_capacity_jobs_and_usage(hub, browser, tmp_path):
+    """podbay's own pages through the hub: linked from its navigation bar, behind its login."""
+    import time
+
+    import httpx
+    import yaml
+
+    from tests.conftest import TEST_CONFIG, wait_job
+
+    shots = str(os.environ.get("PODBAY_SCREENSHOT_DIR", tmp_path))
+
+    def svc(user):
+        return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+                            headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
+
+    with svc("alice") as alice, svc("bob") as bob:
+        talk = alice.post("/jobs", json={"name": "talk", "gpus": 1, "command": [
+            "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 1; done"]}).json()
+        long = alice.post("/jobs", json={"name": "long", "gpus": 0, "command": ["sleep", "120"]}).json()
+        theirs = bob.post("/jobs", json={"name": "bobs", "gpus": 0, "command": ["sleep", "60"]}).json()
+        wait_job(alice, talk["id"], {"running"})
+
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    browser_login(page, hub, "alice")
+    page.goto(f"{hub.url}/hub/home")
+    page.click("#podbay-nav-capacity")
+    page.wait_for_url("**/services/podbay/pages/capacity")
+    # Every GPU of the inventory, every device on it, with its holder.
+    inventory = yaml.safe_load(TEST_CONFIG.read_text())
+    for node in inventory["nodes"]:
+        shown = page.locator(f'[data-node="{node["name"]}"] .gpu')
+        assert shown.count() == len(node["gpus"]), node["name"]
+        for gpu in node["gpus"]:
+            keys = ([m["uuid"] for m in gpu["mig"]] if gpu.get("mig") else
+                    [f'{gpu["uuid"]}::{n}' for n in range(gpu["replicas"])] if gpu.get("replicas") else [gpu["uuid"]])
+            for key in keys:
+                assert page.locator(f'[data-device="{key}"]').count() == 1, key
+    # alice's 3g.40gb (from the spawn test) is hers; the training GPU her job holds too.
+    assert page.get_attribute('[data-device="MIG-11111111-0001-4000-8000-000000000001"]', "data-holder") == "alice"
+    held = page.locator('[data-node="train-01"] .dev.mine')
+    assert held.count() == 1 and "job:" in held.inner_text()
+    assert page.locator('[data-node="dev-01"] .dev.free').count() >= 1
+    page.screenshot(path=f"{shots}/pages-capacity.png", full_page=True)
+
+    page.click("text=Jobs")
+    page.wait_for_url("**/pages/jobs")
+    listed = {int(row.get_attribute("data-job")) for row in page.locator("#jobs tbody tr").all()}
+    assert {talk["id"], long["id"]} <= listed and theirs["id"] not in listed
+    # Another's job, by its URL: refused.
+    assert page.goto(f"{hub.url}/services/podbay/pages/jobs/{theirs['id']}").status == 403
+    # Logs follow as the job writes: an early line while it runs, the last one later.
+    page.goto(f"{hub.url}/services/podbay/pages/jobs/{talk['id']}")
+    page.wait_for_selector("#logs:has-text('line-1')")
+    early = page.inner_text("#logs")
+    assert "line-8" not in early
+    page.wait_for_selector("#logs:has-text('line-8')", timeout=30_000)
+    # Once it ends, the page shows how it ended.
+    page.wait_for_selector("#state:has-text('succeeded')", timeout=30_000)
+    assert "line-8" in page.inner_text("#logs") and page.locator("#cancel").count() == 0
+    page.screenshot(path=f"{shots}/pages-job.png", full_page=True)
+    # Cancel with the page's button.
+    page.goto(f"{hub.url}/services/podbay/pages/jobs/{long['id']}")
+    with page.expect_navigation() as nav:
+        page.click("#cancel button")
+    assert nav.value.ok, (nav.value.status, page.content()[:500])
+    deadline = time.monotonic() + 30
+    while page.inner_text("#state") != "cancelled" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+    assert page.inner_text("#state") == "cancelled"
+    # A forged cancel (no page token) is refused.
+    r = page.request.post(f"{hub.url}/services/podbay/pages/jobs/{talk['id']}/cancel", form={"csrf": "x"})
+    assert r.status == 403
+
+    page.goto(f"{hub.url}/services/podbay/pages/usage?days=1")
+    page.wait_for_selector("body[data-charts=drawn]")
+    assert page.locator('#usage tr[data-key="alice"]').count() == 1
+    page.screenshot(path=f"{shots}/pages-usage.png", full_page=True)
+    page.close()
+    with svc("bob") as bob:
+        bob.delete(f"/jobs/{theirs['id']}")
