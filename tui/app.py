@@ -19,12 +19,13 @@ from textual.widgets import ContentSwitcher, Footer, Input, Label
 from .client import AuthError, ClientError, Forbidden, HubUnavailable, PodbayClient, Refused, Workspace
 from .screens import (Confirm, Connect, Details, Help, JobForm, Login, Logs, NewWorkspace, SetSecret,
                       SpawnProgress, SubmitJob, WorkspaceForm)
-from .views import CapacityView, JobsView, SecretsView, View, VolumesView, WorkspacesView
+from .views import CapacityView, JobsView, SecretsView, UsageView, View, VolumesView, WorkspacesView
 
-VIEWS = {"ws": WorkspacesView, "jobs": JobsView, "gpu": CapacityView, "vol": VolumesView, "sec": SecretsView}
+VIEWS = {"ws": WorkspacesView, "jobs": JobsView, "gpu": CapacityView, "vol": VolumesView, "sec": SecretsView,
+         "usage": UsageView}
 ALIASES = {"ws": "ws", "workspaces": "ws", "jobs": "jobs", "job": "jobs", "j": "jobs", "gpu": "gpu",
            "gpus": "gpu", "capacity": "gpu", "cap": "gpu", "vol": "vol", "volumes": "vol", "v": "vol",
-           "sec": "sec", "secrets": "sec"}
+           "sec": "sec", "secrets": "sec", "usage": "usage", "u": "usage"}
 
 VIEW_KEYS = {
     "ws": [("n", "new workspace"), ("o", "open JupyterLab"), ("c", "connect VS Code"), ("e", "edit profile/volumes"),
@@ -33,8 +34,9 @@ VIEW_KEYS = {
     "gpu": [],
     "vol": [],
     "sec": [("n", "set a secret"), ("ctrl+d", "remove")],
+    "usage": [],
 }
-COMMON_KEYS = [(":", "command (:ws :jobs :gpu :vol :sec)"), ("/", "filter (regex, ! inverts)"), ("r", "refresh"),
+COMMON_KEYS = [(":", "command (:ws :jobs :gpu :vol :sec :usage)"), ("/", "filter (regex, ! inverts)"), ("r", "refresh"),
                ("esc", "back / clear filter"), ("?", "this help"), ("q", "quit")]
 
 
@@ -132,8 +134,26 @@ class PodbayApp(App):
         if view is self.view:
             view.show(data)
             self.sub_title = f"{view.title} ({len(data)})" + (f"  /{view.filter}" if view.filter else "")
+        if self.current == "ws":
+            await self._notices()
         if self.exit_after_first_paint:
             self.call_after_refresh(self.exit)
+
+    async def _notices(self) -> None:
+        """An idle GPU's warning, once, where the person looks (the notices of podbay's
+        service; an older portal without them says nothing)."""
+        try:
+            notes = await self.client.notices()
+        except ClientError:
+            return
+        seen = self.__dict__.setdefault("_seen_notices", set())
+        for n in notes:
+            key = (n["workspace"], n["kind"], n["at"])
+            if key in seen:
+                continue
+            seen.add(key)
+            self.notify(n["message"], title="GPU idle" if n["kind"] == "warning" else "Idle GPU rule",
+                        severity="warning" if n["kind"] == "warning" else "information", timeout=30)
 
     @work(group="whoami")
     async def whoami(self) -> None:
@@ -194,7 +214,7 @@ class PodbayApp(App):
             self.exit()
             return
         if word not in ALIASES:
-            self.notify(f"unknown command :{word}; try :ws :jobs :gpu :vol", severity="warning")
+            self.notify(f"unknown command :{word}; try :ws :jobs :gpu :vol :sec :usage", severity="warning")
             self.view.focus()
             return
         self.switch(ALIASES[word])

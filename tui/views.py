@@ -194,3 +194,23 @@ class SecretsView(View):
     def cells(self, secret: dict) -> list[Any]:
         when = datetime.fromtimestamp(secret["updated"], timezone.utc)
         return [secret["name"], age(when.isoformat(), self.clock())]
+
+
+class UsageView(View):
+    """GPU-hours held and used over the last 30 days: yours (admins: per user)."""
+
+    title = "Usage (30 days)"
+    headers = ("WHO", "GPU-H HELD", "GPU-H USED", "UTIL", "STARTS", "")
+
+    async def load(self, client: PodbayClient) -> list[dict]:
+        out = await client.usage(by="user")
+        return [*out["rows"], {**out["total"], "key": "total"}] if out["rows"] else []
+
+    def key_of(self, row: dict) -> str:
+        return str(row["key"])
+
+    def cells(self, row: dict) -> list[Any]:
+        util = row["utilization"]
+        return [str(row["key"] or "-"), f"{row['gpu_hours_held']:.1f}", f"{row['gpu_hours_used']:.1f}",
+                "-" if util is None else f"{util:.0f}%", str(row["holdings"]),
+                bar(round(util or 0), 100) if util is not None else ""]

@@ -61,6 +61,12 @@ async def test_views_commands_filter_help_and_back(hub):
         cap = app.query_one("#gpu")
         await until(pilot, lambda: cap.row_count > 0, what="capacity")
         assert any(cap.get_row_at(i)[1] == "mig-1g.10gb" and cap.get_row_at(i)[2] == "1" for i in range(cap.row_count))
+        # :usage: alice's GPU-hours so far (beta holds a MIG slice), and the total.
+        await pilot.press(":", *"usage", "enter")
+        use = app.query_one("#usage")
+        await until(pilot, lambda: use.row_count == 2, what="usage")
+        assert [use.get_row_at(i)[0] for i in range(2)] == ["alice", "total"]
+        assert int(use.get_row_at(0)[4]) >= 1
         await pilot.press(":", *"vol", "enter")
         assert app.current == "vol"
         await pilot.press(":", *"nonsense", "enter")
@@ -68,6 +74,8 @@ async def test_views_commands_filter_help_and_back(hub):
         await pilot.press("question_mark")
         assert isinstance(app.screen, Help)
         await pilot.press("escape")
+        await pilot.press("escape")
+        assert app.current == "usage"
         await pilot.press("escape")
         assert app.current == "gpu"
         await pilot.press("escape")
