@@ -5,6 +5,7 @@ exporter's text format with values the test changes as it goes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -15,7 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import TEST_CONFIG, Hub, claimed, free_port_block, have_proxy, require, wait_job
+from tests.conftest import (TEST_CONFIG, Hub, browser_login, claimed, free_port_block, have_proxy, real_browser,
+                            require, wait_job)
 from tests.unit.test_usage import exporter_text
 
 pytestmark = pytest.mark.hub
@@ -58,9 +60,11 @@ def idle_hub(tmp_path_factory):
     exporter = Exporter(uuids)
     root = tmp_path_factory.mktemp("idle")
     raw["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
-    raw["idle"] = {"keep_max": "1h", "rules": [
+    # jupyterhub-idle-culler, managed by the hub: a day's timeout, so it culls nothing here,
+    # checking every 2 s (what it may do is its role's: checked below).
+    raw["idle"] = {"keep_max": "1h", "culler": {"timeout": "1d", "every": "2s"}, "rules": [
         {"name": "shares", "profiles": ["shared-1/2"], "below": 5, "after": "6s", "warn_before": "3s", "action": "stop"},
-        {"name": "dev", "pools": ["dev"], "below": 5, "after": "8s", "warn_before": "4s", "action": "release-gpu"},
+        {"name": "dev", "pools": ["dev"], "below": 5, "after": "14s", "warn_before": "10s", "action": "release-gpu"},
         # Everything else, jobs included if they were ever the rules' business (they are not).
         {"name": "rest", "below": 5, "after": "4s", "warn_before": "2s", "action": "stop"}]}
     for v in raw["volumes"]:
@@ -74,7 +78,6 @@ def idle_hub(tmp_path_factory):
     yield hub
     hub.stop()
     exporter.close()
-    import os
     import signal
 
     ledger = hub.book()
@@ -111,9 +114,12 @@ def server(hub, user, name) -> dict | None:
         return api.get(f"/users/{user}").json()["servers"].get(name)
 
 
-def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_across_a_hub_restart(idle_hub):
+def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_across_a_hub_restart(idle_hub, tmp_path):
     hub = idle_hub
-    with service(hub, "alice") as alice:
+    shots = str(os.environ.get("PODBAY_SCREENSHOT_DIR", tmp_path))
+    with real_browser() as browser, service(hub, "alice") as alice:
+        page = browser.new_page()
+        browser_login(page, hub, "alice")
         # A job on the training pool at 0 % for its whole run: measured, reported, never touched.
         job = alice.post("/jobs", json={"name": "quiet", "gpus": 1, "command": ["sleep", "120"]}).json()
         wait_job(alice, job["id"], {"running"})
@@ -132,7 +138,11 @@ def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_acros
                                                   if n["workspace"] == "idle" and n["kind"] == "warning"], 30)[0]
         assert warning["action"] == "release-gpu" and warning["deadline"] > time.time() - 2
         assert "Any GPU activity resets the clock" in warning["message"] and "podbay ws keep idle" in warning["message"]
-        # The hub's home page shows it too.
+        # The hub's home page shows it too (the browser logged in before, to be quick).
+        page.goto(f"{hub.url}/hub/home")
+        shown = page.inner_text('#podbay-notices [data-workspace="idle"]')
+        assert "GPU idle" in shown and "podbay ws keep idle" in shown
+        page.screenshot(path=f"{shots}/hub-home-notice.png", full_page=True)
         # (The busy workspace is never warned.)
         assert not [n for n in alice.get("/notices").json() if n["workspace"] == "busy"]
 
@@ -195,3 +205,17 @@ def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
         assert [(n["kind"], n["workspace"]) for n in notes] == [("stop", "share")]
         assert server(hub, "bob", "share") is None or not server(hub, "bob", "share")["ready"]
         assert claimed(hub, "workspace:bob/share") == [] and gpu
+
+
+def test_jupyterhub_idle_culler_runs_as_a_managed_service_with_its_role(idle_hub):
+    hub = idle_hub
+    with hub.api("admin") as api:
+        services = api.get("/services").json()
+    culler = services["idle-culler"]
+    assert "jupyterhub_idle_culler" in " ".join(culler["command"]) and "--timeout=86400" in culler["command"]
+    assert culler["roles"] == ["podbay-idle-culler"]
+    # It lists users and their servers every 2 s; its role lets it (no 403 in the hub's log).
+    log = hub.log_path
+    wait_for("the culler's round", lambda: "(idle-culler@" in log.read_text() and
+             any("200 GET /hub/api/users" in line and "idle-culler@" in line for line in log.read_text().splitlines()), 30)
+    assert not [line for line in log.read_text().splitlines() if "idle-culler@" in line and " 403 " in line]

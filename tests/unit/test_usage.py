@@ -401,3 +401,16 @@ def test_notices_keep_usage_and_metrics_through_the_service(service):
     assert [(s.labels["key"], s.value) for s in util] == [("workspace:alice/train", 0.0)]
     assert families["podbay_gpu_hours_held"].type == "counter"
     assert sampler.policy.rule(h) is not None and alloc.devices
+
+
+def test_the_grafana_dashboard_reads_only_what_metrics_exports(service):
+    import re
+
+    text = service.get("/services/podbay/api/v1/metrics", headers=as_("admin")).text
+    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    # Families with no sample yet (no jobs, no actions) still announce themselves.
+    exported |= set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    exported |= {n + "_total" for n in re.findall(r"^# TYPE (\S+) counter", text, re.M)}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "config" / "grafana-podbay.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"\bpodbay_[a-z_]+", t["expr"])}
+    assert used and used <= exported, used - exported
