@@ -25,6 +25,7 @@ import httpx
 import yaml
 import pytest
 
+from tests.dcgm_exporter import Exporter
 from tests.conftest import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, claimed, wait_job, Hub, browser_login, free_port_block, real_browser, require
 
 
@@ -49,12 +50,27 @@ def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool) -> Hub:
 
 @pytest.fixture(scope="module")
 def dhub(tmp_path_factory, image):
+    # The docker test config, with GPU utilisation from a DCGM exporter stand-in: every GPU
+    # busy unless a test says otherwise, and an idle rule for gpu-1 workspaces.
+    cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
+    exporter = Exporter([g["uuid"] for n in cfg["nodes"] for g in n["gpus"] if not g.get("mig")], default=100.0)
+    for im in cfg["images"]:
+        if im.get("build"):
+            im["build"] = str((DOCKER_CONFIG.parent / im["build"]).resolve())
+    cfg["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
+    cfg["idle"] = {"rules": [{"profiles": ["gpu-1"], "below": 5, "after": "8s", "warn_before": "4s",
+                              "action": "release-gpu"}]}
+    root = tmp_path_factory.mktemp("dockerhub")
+    config = root / "podbay.yaml"
+    config.write_text(yaml.safe_dump(cfg))
     # --keep-workspaces, so that a restart can be tested; the docker fixture removes what is left.
-    h = Hub(config=DOCKER_CONFIG, data_dir=tmp_path_factory.mktemp("dockerhub"), port=free_port_block(),
-            keep_workspaces=True)
+    h = Hub(config=config, data_dir=root / "data", port=free_port_block(), keep_workspaces=True)
+    h.data_dir.mkdir()
+    h.exporter = exporter
     h.start()
     yield h
     h.stop()
+    exporter.close()
 
 
 def container_of(hub: Hub, docker, user: str, name: str) -> dict:
@@ -785,3 +801,33 @@ def test_homes_per_workspace_where_configured(docker, image, tmp_path):
         assert out.strip() == "only-a"
     finally:
         hub.stop()
+
+
+def test_an_idle_gpu_container_is_restarted_on_cpu_with_its_home(dhub, docker):
+    """The idle rule on the docker backend: a new container on the CPU profile, the same
+    image, volumes and home volume; the GPU's claim released."""
+    opts = {"profile": "gpu-1", "image": "base", "volumes": ["scratch"]}
+    dhub.start_server("alice", "idlegpu", opts)
+    gpu = claimed(dhub, "workspace:alice/idlegpu")
+    first = container_of(dhub, docker, "alice", "idlegpu")
+    assert gpu and first["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == gpu
+    code, out = sh(docker, first["Id"], "echo 'before the release' > ~/idle-notes.txt")
+    assert code == 0, out
+    dhub.exporter.util[gpu[0]] = 0.0
+    with httpx.Client(base_url=f"{dhub.url}/services/podbay/api/v1",
+                      headers={"Authorization": f"token {dhub.token('alice')}"}, timeout=30) as api:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            done = [n for n in api.get("/notices").json() if n["kind"] == "release-gpu" and n["state"] == "done"]
+            if done:
+                break
+            time.sleep(0.5)
+        assert done and done[0]["workspace"] == "idlegpu", api.get("/notices").json()
+    dhub.wait_ready("alice", "idlegpu")
+    second = container_of(dhub, docker, "alice", "idlegpu")
+    assert second["Id"] != first["Id"] and not second["HostConfig"].get("DeviceRequests")
+    assert "NVIDIA_VISIBLE_DEVICES=void" in second["Config"]["Env"]
+    code, out = sh(docker, second["Id"], "cat ~/idle-notes.txt; test -d ~/data/scratch && echo scratch-mounted")
+    assert out.split("\n")[:2] == ["before the release", "scratch-mounted"], out
+    assert claimed(dhub, "workspace:alice/idlegpu") == []
+    dhub.stop_server("alice", "idlegpu")

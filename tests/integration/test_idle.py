@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,38 +15,9 @@ import yaml
 
 from tests.conftest import (TEST_CONFIG, Hub, browser_login, claimed, free_port_block, have_proxy, real_browser,
                             require, wait_job)
-from tests.unit.test_usage import exporter_text
+from tests.dcgm_exporter import Exporter
 
 pytestmark = pytest.mark.hub
-
-
-class Exporter:
-    """dcgm-exporter's /metrics for the test inventory's whole and shared GPUs: 0 % unless set."""
-
-    def __init__(self, uuids: list[str]):
-        self.util = {u: 0.0 for u in uuids}
-        self.scrapes = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.scrapes += 1
-                body = exporter_text(dict(outer.util)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +25,7 @@ def idle_hub(tmp_path_factory):
     require(have_proxy(), "configurable-http-proxy is not installed")
     raw = yaml.safe_load(TEST_CONFIG.read_text())
     uuids = [g["uuid"] for n in raw["nodes"] for g in n["gpus"] if not g.get("mig")]
-    exporter = Exporter(uuids)
+    exporter = Exporter(uuids, default=0.0)
     root = tmp_path_factory.mktemp("idle")
     raw["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
     # jupyterhub-idle-culler, managed by the hub: a day's timeout, so it culls nothing here,

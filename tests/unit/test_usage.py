@@ -29,25 +29,12 @@ from podbay.hub.usage.sources import Source, parse_dcgm, parse_prometheus, read_
 from podbay.hub.usage.store import Holding, Round, UsageStore
 
 from tests.conftest import TEST_CONFIG
+from tests.dcgm_exporter import exporter_text
 
 DCGM = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "dcgm"
 GPU0 = "GPU-11111111-0000-4000-8000-000000000000"  # MIG: 3g.40gb, 2g.20gb, 2 × 1g.10gb
 SHARED = "GPU-11111111-0000-4000-8000-000000000001"  # 2 slots
 FULL2 = "GPU-11111111-0000-4000-8000-000000000002"
-
-
-def exporter_text(gpus: dict[str, float], mig: dict[tuple[str, int, str], float] = (), host="dev-01") -> str:
-    """What dcgm-exporter 3.x/4.x serves (the fixtures' label set), for the given values."""
-    lines = ["# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).", "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
-    for i, (uuid, v) in enumerate(gpus.items()):
-        lines.append(f'DCGM_FI_DEV_GPU_UTIL{{gpu="{i}",UUID="{uuid}",device="nvidia{i}",modelName="NVIDIA A100-SXM4-80GB",'
-                     f'Hostname="{host}",DCGM_FI_DRIVER_VERSION="550.54.15"}} {v:g}')
-    lines += ["# HELP DCGM_FI_PROF_GR_ENGINE_ACTIVE Ratio of time the graphics engine is active.",
-              "# TYPE DCGM_FI_PROF_GR_ENGINE_ACTIVE gauge"]
-    for (uuid, gi, profile), v in dict(mig).items():
-        lines.append(f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{gpu="0",UUID="{uuid}",device="nvidia0",modelName="NVIDIA A100-SXM4-80GB",'
-                     f'GPU_I_PROFILE="{profile}",GPU_I_ID="{gi}",Hostname="{host}"}} {v:.6f}')
-    return "\n".join(lines) + "\n"
 
 
 # --- reading the sources ----------------------------------------------------------------
