@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 import sys
 
 import httpx
@@ -118,6 +119,9 @@ def test_inside_a_workspace_no_login_is_needed(hub, cli):
     assert "from-ws" in {j["name"] for j in jobs} and all(j["user"] == "bob" for j in jobs)
     r = cli("ws", "ls", env=env)
     assert r.returncode == 0 and "term" in r.stdout, r.stdout + r.stderr
+    # The idle GPU notices are read there too (none: this hub measures no GPU).
+    r = cli("notices", env=env)
+    assert r.returncode == 0 and "No notices" in r.stdout, r.stdout + r.stderr
     # The workspace's token reads; it does not start or stop workspaces.
     r = cli("ws", "new", "another", "--profile", "cpu", env=env)
     assert r.returncode == 1 and "start:servers" in r.stderr, r.stdout + r.stderr
@@ -167,3 +171,26 @@ def test_ssh_keys_are_added_from_a_pub_file_listed_and_removed(hub, cli, tmp_pat
     # Fingerprints carry / and + (base64): removed by the one ls shows.
     assert cli("keys", "rm", fingerprint, *auth).returncode == 0
     assert json.loads(cli("keys", "ls", "--json", *auth).stdout) == []
+
+
+def test_usage_and_keep(hub, cli, schemas):
+    # bob holds a MIG slice for a moment: GPU-hours held, nothing measured (no source here).
+    assert cli("ws", "new", "held", "--profile", "mig-1g.10gb", "-q",
+               env={"PODBAY_URL": hub.url, "PODBAY_TOKEN": hub.token("bob")}).returncode == 0
+    bob = {"PODBAY_URL": hub.url, "PODBAY_TOKEN": hub.token("bob")}
+    time.sleep(1)
+    out = json.loads(cli("usage", "--json", "--since", "1d", env=bob).stdout)
+    schemas(out, "ShowbackOut")
+    assert [r["key"] for r in out["rows"]] == ["bob"] and out["rows"][0]["gpu_hours_held"] > 0
+    assert out["rows"][0]["utilization"] is None
+    table = cli("usage", "--by", "profile", env=bob).stdout
+    assert "mig-1g.10gb" in table and "total" in table and "GPU-H HELD" in table
+    refused = cli("usage", "--user", "alice", env=bob)
+    assert refused.returncode == 1 and "only admins" in refused.stderr
+    bad = cli("usage", "--since", "last tuesday", env=bob)
+    assert bad.returncode != 0 and "neither a date" in bad.stderr
+    r = cli("ws", "keep", "held", "--hours", "2", env=bob)
+    assert r.returncode == 0 and "held keeps its GPU until" in r.stdout, r.stderr
+    r = cli("ws", "keep", "nothing", env=bob)
+    assert r.returncode == 1 and "no running workspace named nothing" in r.stderr
+    assert cli("ws", "rm", "held", env=bob).returncode == 0
