@@ -662,7 +662,8 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
                                                                                    "utilization", "holdings")})
                                      for r in rows],
                                total=total, idle_jobs=jobs_idle,
-                               hourly=usage.hourly(since, until, user=user) if until - since <= 93 * 86400 else [])
+                               hourly=usage.hourly(since, until, user=user, team=team)
+                               if until - since <= 93 * 86400 else [])
         return await asyncio.to_thread(compute)
 
     from .usage.metrics import PodbayCollector, registry_for

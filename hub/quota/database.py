@@ -132,9 +132,11 @@ class IdleActionRow(Base):
     action: Mapped[str] = mapped_column(String(16))
     profile: Mapped[str] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float, index=True)
-    # started → done | failed
+    # started → (release-gpu: restarting, once stopped) → done | failed | skipped
     state: Mapped[str] = mapped_column(String(16), default="started")
     message: Mapped[str] = mapped_column(Text, default="")
+    # release-gpu: the workspace's options, kept before it is stopped (JSON)
+    options: Mapped[str] = mapped_column(Text, default="{}")
 
 
 # Seconds a writer waits for the database (SQLite's busy timeout) and for this process's

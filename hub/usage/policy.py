@@ -21,6 +21,7 @@ Jobs are measured (showback, jobs that never used their GPUs) but never acted on
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import defaultdict
@@ -290,41 +291,61 @@ class Sampler:
         self.rounds += 1
         acted = [a for a in zip(ids, rnd.actions) if a[1]["state"] == "started"]
         for action_id, values in acted:
-            await self.carry_out(action_id, values["user"], values["server"], values["action"])
+            await self.carry_out(action_id, values["holding_id"], values["user"], values["server"], values["action"])
         return rnd
 
     async def resume(self) -> None:
         """Finish actions a previous run recorded but did not see through."""
         for row in await asyncio.to_thread(self.store.unfinished_actions):
             log.info("finishing the %s of %s/%s begun before a restart", row.action, row.user, row.server)
-            await self.carry_out(row.id, row.user, row.server, row.action, resumed=True)
+            await self.carry_out(row.id, row.holding_id, row.user, row.server, row.action, step=row.state,
+                                 options=json.loads(row.options or "{}"))
 
-    async def carry_out(self, action_id: int, user: str, server: str, action: str, resumed: bool = False) -> None:
+    async def carry_out(self, action_id: int, holding_id: int | None, user: str, server: str, action: str,
+                        step: str = "started", options: dict | None = None) -> None:
+        """Stop, or stop and start on the CPU profile, the workspace the rule decided on, and
+        only that one: if the person stopped it or started it anew since, nothing is done.
+        A release-gpu records the workspace's options before stopping it, so that a restart
+        of the service in between still starts it again on the CPU profile."""
+        finish = self.store.finish_action
         if self.servers is None:
-            await asyncio.to_thread(self.store.finish_action, action_id, "failed", "no hub to act through")
+            await asyncio.to_thread(finish, action_id, "failed", "no hub to act through")
             return
+        key = f"workspace:{user}/{server}"
         try:
+            current = await asyncio.to_thread(self.store.open_holding_id, key)
+            if step == "restarting" and current not in (None, holding_id):
+                # Started anew since it was stopped: by this action (before a restart of the
+                # service let it say so) if it runs on the CPU profile, else by the person.
+                now = await self.servers.options(user, server) or {}
+                done = now.get("profile") == self.cfg.idle.cpu_profile
+                await asyncio.to_thread(finish, action_id, "done" if done else "skipped",
+                                        "restarted on the CPU profile: its GPU was idle" if done else
+                                        "it was started anew before the rule acted")
+                return
+            if step == "started" and current != holding_id:
+                await asyncio.to_thread(finish, action_id, "skipped",
+                                        "it was stopped or started anew before the rule acted")
+                return
             if action == "stop":
                 await self.servers.stop(user, server)
                 message = "stopped: its GPU was idle"
             else:
-                options = await self.servers.options(user, server)
-                if options is None:
-                    await asyncio.to_thread(self.store.finish_action, action_id, "failed",
-                                            "the workspace no longer exists")
-                    return
                 cpu = self.cfg.idle.cpu_profile
-                if resumed and options.get("profile") == cpu and await self.servers.running(user, server):
-                    message = f"restarted on {cpu}: its GPU was idle"
-                else:
-                    await self.servers.stop(user, server)
-                    await self.servers.start(user, server, {**options, "profile": cpu})
-                    message = f"restarted on {cpu} (same image, volumes and home): its GPU was idle"
+                if step == "started":
+                    options = await self.servers.options(user, server)
+                    if options is None:
+                        await asyncio.to_thread(finish, action_id, "skipped", "the workspace no longer exists")
+                        return
+                    await asyncio.to_thread(self.store.set_action, action_id, "restarting", options)
+                await self.servers.stop(user, server)
+                await self.servers.start(user, server, {**(options or {}), "profile": cpu})
+                message = f"restarted on {cpu} (same image, volumes and home): its GPU was idle"
             log.info("idle rule: %s/%s %s", user, server, message)
-            await asyncio.to_thread(self.store.finish_action, action_id, "done", message)
+            await asyncio.to_thread(finish, action_id, "done", message)
         except Exception as e:  # noqa: BLE001 - recorded for the person and the operator
             log.warning("idle rule: could not %s %s/%s: %s", action, user, server, e)
-            await asyncio.to_thread(self.store.finish_action, action_id, "failed", f"{type(e).__name__}: {e}")
+            await asyncio.to_thread(finish, action_id, "failed", f"{type(e).__name__}: {e}")
 
 
 __all__ = ["HubServers", "IdlePolicy", "Matcher", "Sampler", "notices_for"]

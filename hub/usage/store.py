@@ -135,10 +135,20 @@ class UsageStore:
             s.execute(update(IdleActionRow).where(IdleActionRow.id == action_id)
                       .values(state=state, message=message[:2000]))
 
+    def set_action(self, action_id: int, state: str, options: dict) -> None:
+        with self.db.writers, self.db.write_session() as s, s.begin():
+            s.execute(update(IdleActionRow).where(IdleActionRow.id == action_id)
+                      .values(state=state, options=json.dumps(options)))
+
     def unfinished_actions(self) -> list[IdleActionRow]:
         with self.db.read_session() as s:
-            return list(s.scalars(select(IdleActionRow).where(IdleActionRow.state == "started")
+            return list(s.scalars(select(IdleActionRow).where(IdleActionRow.state.in_(("started", "restarting")))
                                   .order_by(IdleActionRow.id)))
+
+    def open_holding_id(self, key: str) -> int | None:
+        """The holding of what runs under `key` now, if anything does."""
+        with self.db.read_session() as s:
+            return s.scalar(select(HoldingRow.id).where(HoldingRow.key == key, HoldingRow.ended.is_(None)))
 
     def prune(self, now: float, retention_days: int) -> int:
         """Drop what is older than the retention: ended holdings (their hours go with them)
@@ -170,6 +180,7 @@ class UsageStore:
                 select(HoldingRow).where(HoldingRow.user == user, HoldingRow.ended.is_(None),
                                          HoldingRow.warned_at.is_not(None), HoldingRow.acted.is_(None)))]
             acts = list(s.scalars(select(IdleActionRow).where(IdleActionRow.user == user,
+                                                              IdleActionRow.state != "skipped",
                                                               IdleActionRow.at >= now - days * 86400)
                                   .order_by(IdleActionRow.at.desc()).limit(20)))
         return warned, acts
@@ -219,7 +230,7 @@ class UsageStore:
                         "holdings": int(n)})
         return out
 
-    def hourly(self, since: float, until: float, user: str | None = None) -> list[dict]:
+    def hourly(self, since: float, until: float, user: str | None = None, team: str | None = None) -> list[dict]:
         """Per hour: mean utilisation of the GPUs measured (for charts)."""
         q = (select(UsageHourRow.hour, func.sum(UsageHourRow.util_sum), func.sum(UsageHourRow.samples))
              .join(HoldingRow, HoldingRow.id == UsageHourRow.holding_id)
@@ -227,6 +238,8 @@ class UsageStore:
              .group_by(UsageHourRow.hour).order_by(UsageHourRow.hour))
         if user is not None:
             q = q.where(HoldingRow.user == user)
+        if team is not None:
+            q = q.where(HoldingRow.team == team)
         with self.db.read_session() as s:
             return [{"hour": h * 3600, "utilization": (u / n) if n else None} for h, u, n in s.execute(q)]
 

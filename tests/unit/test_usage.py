@@ -401,3 +401,76 @@ def test_the_grafana_dashboard_reads_only_what_metrics_exports(service):
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "config" / "grafana-podbay.json").read_text())
     used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"\bpodbay_[a-z_]+", t["expr"])}
     assert used and used <= exported, used - exported
+
+
+class FakeServers:
+    """The hub's servers as the idle rules act on them: the calls, and the claims they make."""
+
+    def __init__(self, portal, options):
+        self.portal, self.options_of, self.calls = portal, options, []
+
+    async def options(self, user, server):
+        return dict(self.options_of) if self.options_of is not None else None
+
+    async def running(self, user, server):
+        return self.portal.book.get(f"workspace:{user}/{server}") is not None
+
+    async def stop(self, user, server):
+        self.calls.append(("stop", server))
+        self.portal.book.release(f"workspace:{user}/{server}")
+
+    async def start(self, user, server, options):
+        self.calls.append(("start", server, options["profile"]))
+        claim(self.portal, server, options["profile"])
+
+
+def claim(portal, server, profile):
+    from podbay.hub.config import parse_profile_id
+    from podbay.hub.quota import Demand
+
+    return portal.claim(key=f"workspace:alice/{server}", kind="workspace", user="alice", team="vision",
+                        demand=Demand(profile, parse_profile_id(profile), ("dev",)), quota=portal.quota_for("vision"))
+
+
+async def test_release_gpu_acts_on_the_workspace_it_decided_on_and_survives_a_restart(service):
+    portal = service.podbay
+    store = UsageStore(portal.book)
+    servers = FakeServers(portal, {"profile": "gpu-1", "image": "base", "volumes": ["scratch"]})
+    sampler = Sampler(portal.cfg, store, portal.inventory, servers)
+
+    def record(holding_id):
+        return store.write_round(Round(now=time.time(), actions=[dict(
+            holding_id=holding_id, user="alice", server="w", action="release-gpu", profile="gpu-1",
+            at=time.time(), state="started", message="idle")]))[0]
+
+    def state(action_id):
+        return next(a for a in store.notices("alice", time.time())[1] if a.id == action_id).state
+
+    # The person restarted it since the rule decided: nothing is stopped.
+    claim(portal, "w", "gpu-1")
+    stale = record(store.open_holding_id("workspace:alice/w") + 1000)
+    await sampler.carry_out(stale, store.open_holding_id("workspace:alice/w") + 1000, "alice", "w", "release-gpu")
+    assert servers.calls == [] and store.unfinished_actions() == []
+    # The one it decided on: stopped, started on cpu with its options.
+    hid = store.open_holding_id("workspace:alice/w")
+    act = record(hid)
+    await sampler.carry_out(act, hid, "alice", "w", "release-gpu")
+    assert servers.calls == [("stop", "w"), ("start", "w", "cpu")] and state(act) == "done"
+    assert portal.book.get("workspace:alice/w").profile == "cpu"
+    portal.book.release("workspace:alice/w")
+
+    # The service stopped after stopping the workspace, before starting it on cpu: the
+    # options it kept start it on cpu when it comes back, once.
+    claim(portal, "x", "gpu-1")
+    hid = store.open_holding_id("workspace:alice/x")
+    act = store.write_round(Round(now=time.time(), actions=[dict(
+        holding_id=hid, user="alice", server="x", action="release-gpu", profile="gpu-1", at=time.time(),
+        state="started", message="idle")]))[0]
+    store.set_action(act, "restarting", {"profile": "gpu-1", "image": "base"})
+    portal.book.release("workspace:alice/x")
+    servers.calls.clear()
+    await sampler.resume()
+    assert servers.calls == [("stop", "x"), ("start", "x", "cpu")]
+    assert store.unfinished_actions() == [] and portal.book.get("workspace:alice/x").profile == "cpu"
+    await sampler.resume()
+    assert servers.calls == [("stop", "x"), ("start", "x", "cpu")]

@@ -61,6 +61,7 @@ def upgrade() -> None:
         sa.Column("at", sa.Float, nullable=False, index=True),
         sa.Column("state", sa.String(16), nullable=False, server_default="started"),
         sa.Column("message", sa.Text, nullable=False, server_default=""),
+        sa.Column("options", sa.Text, nullable=False, server_default="{}"),
     )
     # What runs now was claimed before holdings were kept: its history starts here. (Table
     # objects, not SQL text: `user` is a reserved word in PostgreSQL.)
