@@ -704,6 +704,10 @@ def _check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
         for i, pid in enumerate(rule.profiles):
             if cfg.profile(pid) is None:
                 err(("idle", "rules", r, "profiles", i), f"profile {pid!r} is not declared under profiles:")
+        if rule.action != "warn" and rule.warn_before < 2 * cfg.usage.interval:
+            err(("idle", "rules", r, "warn_before"),
+                f"warn_before ({rule.warn_before:g} s) must give the notice at least two rounds of usage.interval "
+                f"({cfg.usage.interval:g} s) before the {rule.action}")
     if any(rule.action == "release-gpu" for rule in cfg.idle.rules):
         cpu = cfg.profile(cfg.idle.cpu_profile)
         if cpu is None or cpu.spec.kind != "cpu":

@@ -44,8 +44,10 @@ WHEEL_PACKAGES = ["jupyterlab", "jupyter-server-proxy>=4.3", "jupyter-vscode-pro
 DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini", "procps", "openssh-server"]
 # The root records what it was made with: one made with another package list is made again.
 ROOT_LABEL = "podbay.debian-packages"
-# Copied into every build's common/ (the install script puts it in the image).
+# Copied into every build's common/ (the install script puts them in the image): the sshd
+# launcher, and the idle GPU notices that login shells print.
 SSHD_LAUNCHER = Path(__file__).resolve().parent / "workspace" / "podbay_sshd.py"
+WORKSPACE_FILES = [SSHD_LAUNCHER, SSHD_LAUNCHER.parent / "podbay_notices.py"]
 
 Progress = Callable[[str], None]
 
@@ -207,7 +209,8 @@ def build_image(client, image: Image, config_file: Path, cache_dir: Path, progre
         if common.is_dir() and not (ctx / "common").exists():
             shutil.copytree(common, ctx / "common")
         if (ctx / "common").is_dir():
-            shutil.copyfile(SSHD_LAUNCHER, ctx / "common" / SSHD_LAUNCHER.name)
+            for path in WORKSPACE_FILES:
+                shutil.copyfile(path, ctx / "common" / path.name)
         ca = host_ca_bundle()
         if ca and (ctx / "common").is_dir():
             shutil.copyfile(ca, ctx / "common" / "host-ca.crt")

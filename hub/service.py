@@ -613,10 +613,27 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         if body.hours * 3600 > most:
             raise ApiError(400, "keep_too_long", f"at most {fmt_duration(most)} ahead (idle.keep_max); "
                                                  f"ask again then if you still need it")
-        until = time.time() + body.hours * 3600
+        now = time.time()
+        until = now + body.hours * 3600
+        current = await asyncio.to_thread(usage.open_holding, f"workspace:{who.name}/{name}")
+        if current is None:
+            raise ApiError(404, "not_found", f"you have no running workspace named {name}")
+        rule = policy.rule(current)
+        if rule is not None and current.idle_since is not None:
+            # However often it is asked (a script may): at most keep_max beyond when this
+            # idle streak's action would have come. Any GPU activity starts a new streak.
+            cap = current.idle_since + rule.after + most
+            if cap <= now:
+                raise ApiError(409, "keep_used_up", f"{name}'s GPU has been kept idle for as long as this portal "
+                                                    f"allows ({fmt_duration(most)}); use it, or stop the workspace")
+            until = min(until, cap)
         held = await asyncio.to_thread(usage.keep, who.name, name, until)
         if held is None:
             raise ApiError(404, "not_found", f"you have no running workspace named {name}")
+        if held.acted:
+            raise ApiError(409, "too_late", f"the idle rule is already acting on {name} ({held.acted}); "
+                                            "start it again once it has")
+        until = held.keep_until
         log.info("%s keeps the GPU of %s until %s", who.name, name, time.strftime("%H:%M", time.localtime(until)))
         return KeepOut(workspace=name, keep_until=until)
 
@@ -648,10 +665,9 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
             rows = usage.usage(since, until, by, user=user, team=team)
             held = sum(r["gpu_hours_held"] for r in rows)
             used = sum(r["gpu_hours_used"] for r in rows)
-            measured = [r for r in rows if r["utilization"] is not None]
-            held_m = sum(r["gpu_hours_used"] * 100 / r["utilization"] for r in measured if r["utilization"])
+            held_m = sum(r["gpu_hours_measured"] for r in rows)
             total = UsageRowOut(key=None, gpu_hours_held=held, gpu_hours_used=used,
-                                utilization=(used / held_m * 100) if held_m else (0.0 if measured else None),
+                                utilization=(used / held_m * 100) if held_m else None,
                                 holdings=sum(r["holdings"] for r in rows))
             jobs_idle = [IdleJobOut(job_id=int(h.key.split(":", 1)[1]), user=h.user, profile=h.profile, gpus=h.gpus,
                                     hours=((h.ended or now) - h.started) / 3600)

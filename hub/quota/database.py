@@ -119,6 +119,16 @@ class UsageHourRow(Base):
     util_sum: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class CounterRow(Base):
+    """What pruning took out of the history, so that /metrics' counters never go down:
+    `held|<team>|<kind>`, `used|<team>|<kind>` (GPU-hours), `actions|<action>`."""
+
+    __tablename__ = "podbay_counters"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class IdleActionRow(Base):
     """An idle rule's action on a workspace: recorded before it is carried out, so that a
     restart of the service finishes it rather than repeating or forgetting it."""

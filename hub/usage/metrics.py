@@ -69,10 +69,10 @@ class PodbayCollector(Collector):
         yield held_h
         yield used_h
 
-        acts = CounterMetricFamily("podbay_idle_actions", "Idle rules' actions taken (warn, release-gpu, stop)",
-                                   labels=["action", "state"])
-        for (action, state), n in sorted(self.store.action_counts().items()):
-            acts.add_metric([action, state], n)
+        acts = CounterMetricFamily("podbay_idle_actions", "Idle rules' actions taken (warn, release-gpu, stop), "
+                                   "carried out or not", labels=["action"])
+        for action, n in sorted(self.store.action_counts().items()):
+            acts.add_metric([action], n)
         yield acts
 
         util = GaugeMetricFamily("podbay_workspace_gpu_utilization", "Mean GPU utilisation (percent) of each "

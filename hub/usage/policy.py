@@ -147,7 +147,7 @@ class IdlePolicy:
             return clock, None
         # Never without the notice's full time, even when the service was down meanwhile.
         if now >= max(deadline, warned_at + rule.warn_before):
-            clock["acted"] = rule.action
+            # `acted` is set with the action's record, only if nothing (a keep) came between.
             return clock, {"action": rule.action, "message": f"idle below {rule.below:g}% since "
                            f"{time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(since))} "
                            f"(rule {rule.name or self.cfg.idle.rules.index(rule) + 1})"}
@@ -216,7 +216,7 @@ class HubServers:
                 raise RuntimeError(f"it did not stop within {timeout:.0f} s")
             await asyncio.sleep(0.5)
 
-    async def start(self, user: str, server: str, options: dict) -> None:
+    async def start(self, user: str, server: str, options: dict, timeout: float = 600) -> None:
         if self._major is None:
             r = await self.http.get("")
             self._major = int(str(r.json().get("version", "6")).split(".")[0])
@@ -224,7 +224,20 @@ class HubServers:
         body = {"user_options": options} if self._major >= 6 else options
         r = await self.http.post(f"users/{user}/servers/{server}", json=body)
         if r.status_code not in (201, 202):
-            raise RuntimeError(f"the hub did not start it on the CPU profile ({r.status_code}: {r.text[:300]})")
+            raise RuntimeError(f"the hub did not start it ({r.status_code}: {r.text[:300]})")
+        # 202: still starting. Done only when it is ready; a start that fails is a failure.
+        deadline = time.monotonic() + timeout
+        while True:
+            got = await self.http.get(f"users/{user}")
+            got.raise_for_status()
+            model = (got.json().get("servers") or {}).get(server) or {}
+            if model.get("ready"):
+                return
+            if not model.get("pending"):
+                raise RuntimeError("it did not come up (its log in the hub says why)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"it was not ready within {timeout:.0f} s")
+            await asyncio.sleep(0.5)
 
 
 class Sampler:
@@ -235,7 +248,7 @@ class Sampler:
                  job_pod_prefix: str | None = None):
         self.cfg, self.store, self.servers = cfg, store, servers
         self.interval = cfg.usage.interval
-        self.source = source or Source(cfg.usage.source)
+        self.source = source or Source(cfg.usage.source, window=cfg.usage.interval)
         self.matcher = Matcher(inventory, job_pod_prefix)
         self.policy = IdlePolicy(cfg, self.interval)
         self.clock = clock
@@ -287,10 +300,11 @@ class Sampler:
             elif action is not None:
                 rnd.actions.append(dict(holding_id=h.id, user=h.user, server=h.server, action="warn",
                                         profile=h.profile, at=now, state="done", message=action["message"]))
-        ids = await asyncio.to_thread(self.store.write_round, rnd)
+        recorded = await asyncio.to_thread(self.store.write_round, rnd)
         self.rounds += 1
-        acted = [a for a in zip(ids, rnd.actions) if a[1]["state"] == "started"]
-        for action_id, values in acted:
+        for action_id, values in recorded:
+            if values["state"] != "started":
+                continue
             await self.carry_out(action_id, values["holding_id"], values["user"], values["server"], values["action"])
         return rnd
 
@@ -345,7 +359,25 @@ class Sampler:
             await asyncio.to_thread(finish, action_id, "done", message)
         except Exception as e:  # noqa: BLE001 - recorded for the person and the operator
             log.warning("idle rule: could not %s %s/%s: %s", action, user, server, e)
-            await asyncio.to_thread(finish, action_id, "failed", f"{type(e).__name__}: {e}")
+            if action == "release-gpu" and await self._stopped(user, server):
+                # Stopped, not started again: the GPU is back in the pool, the home and
+                # volumes are kept; the person starts it again (the notice says how).
+                await asyncio.to_thread(finish, action_id, "failed",
+                                        f"stopped to release its idle GPU, but starting it on {self.cfg.idle.cpu_profile} "
+                                        f"failed ({type(e).__name__}: {e}). Your home and volumes are kept: start it "
+                                        f"again with `podbay ws new {server} --profile {self.cfg.idle.cpu_profile}`")
+                return
+            # Not stopped (the hub refused or is down): it keeps its GPU for now, with a new
+            # notice, and the rule tries again after warn_before.
+            await asyncio.to_thread(finish, action_id, "failed", f"{type(e).__name__}: {e}; tried again later")
+            if holding_id is not None:
+                await asyncio.to_thread(self.store.retry_later, holding_id, self.clock())
+
+    async def _stopped(self, user: str, server: str) -> bool:
+        try:
+            return not await self.servers.running(user, server)
+        except Exception:  # noqa: BLE001 - the hub is not reachable: not known to be stopped
+            return False
 
 
 __all__ = ["HubServers", "IdlePolicy", "Matcher", "Sampler", "notices_for"]

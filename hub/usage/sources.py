@@ -121,8 +121,11 @@ def parse_prometheus(answers: list[tuple[str, dict]]) -> list[Reading]:
 class Source:
     """Reads every device's utilisation once per call to `read()`."""
 
-    def __init__(self, settings: UsageSource, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, settings: UsageSource, transport: httpx.AsyncBaseTransport | None = None,
+                 window: float = 60.0):
         self.settings = settings
+        # Prometheus: the window each ask covers (usage.interval).
+        self.window = window
         self.http = httpx.AsyncClient(timeout=settings.timeout, transport=transport)
 
     async def read(self) -> list[Reading]:
@@ -158,7 +161,10 @@ class Source:
         base = self.settings.url.rstrip("/")
         answers = []
         for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"):
-            query = f"{name}{{{self.settings.selector}}}" if self.settings.selector else name
+            series = f"{name}{{{self.settings.selector}}}" if self.settings.selector else name
+            # The highest value over the last interval: Prometheus scrapes more often than
+            # podbay asks, and a burst between two asks is activity all the same.
+            query = f"max_over_time({series}[{max(int(self.window), 1)}s])"
             try:
                 r = await self.http.get(f"{base}/api/v1/query", params={"query": query})
             except httpx.HTTPError as e:

@@ -16,7 +16,7 @@ from fractions import Fraction
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 
 from ..quota.book import QuotaBook
-from ..quota.database import HoldingRow, IdleActionRow, UsageHourRow
+from ..quota.database import CounterRow, HoldingRow, IdleActionRow, UsageHourRow
 
 
 @dataclass
@@ -95,13 +95,14 @@ class UsageStore:
                 q = q.where(HoldingRow.kind == kind)
             return [Holding.from_row(r) for r in s.scalars(q.order_by(HoldingRow.id))]
 
-    def write_round(self, rnd: Round) -> list[int]:
-        """Record a round's samples, idle clocks and actions; return the new actions' ids.
+    def write_round(self, rnd: Round) -> list[tuple[int, dict]]:
+        """Record a round's samples, idle clocks and actions; return the actions recorded,
+        with their ids.
 
         One statement per kind of change, run for all holdings at once (executemany): a
         round of 2,000 devices is three statements, not 4,000 (benchmarks/usage_policy.py)."""
         hour = int(rnd.now // 3600)
-        ids = []
+        recorded: list[tuple[int, dict]] = []
         table = HoldingRow.__table__
         with self.db.writers, self.db.write_session() as s, s.begin():
             conn = s.connection()
@@ -124,11 +125,28 @@ class UsageStore:
                 conn.execute(update(table).where(table.c.id == bindparam("hid"))
                              .values(**{c: bindparam(f"v_{c}") for c in cols}), params)
             for values in rnd.actions:
+                if values["state"] == "started":
+                    # The action is taken only if nothing came between the decision and
+                    # now: a keep, an end, another action.
+                    hid = values["holding_id"]
+                    took = conn.execute(update(table).where(
+                        table.c.id == hid, table.c.acted.is_(None), table.c.ended.is_(None),
+                        or_(table.c.keep_until.is_(None), table.c.keep_until <= rnd.now))
+                        .values(acted=values["action"])).rowcount
+                    if took != 1:
+                        continue
                 row = IdleActionRow(**values)
                 s.add(row)
                 s.flush()
-                ids.append(row.id)
-        return ids
+                recorded.append((row.id, values))
+        return recorded
+
+    def retry_later(self, holding_id: int, now: float) -> None:
+        """An action that could not be carried out (the workspace still runs): a new notice
+        now, and the rule's next try after its warn_before."""
+        with self.db.writers, self.db.write_session() as s, s.begin():
+            s.execute(update(HoldingRow).where(HoldingRow.id == holding_id, HoldingRow.ended.is_(None))
+                      .values(acted=None, warned_at=now))
 
     def finish_action(self, action_id: int, state: str, message: str) -> None:
         with self.db.writers, self.db.write_session() as s, s.begin():
@@ -152,22 +170,50 @@ class UsageStore:
 
     def prune(self, now: float, retention_days: int) -> int:
         """Drop what is older than the retention: ended holdings (their hours go with them)
-        and hours of long holdings. Returns the rows removed."""
+        and hours of long holdings. What they added to /metrics' counters is kept in
+        podbay_counters first, in the same transaction. Returns the rows removed."""
         cutoff = now - retention_days * 86400
+        old_holding = and_(HoldingRow.ended.is_not(None), HoldingRow.ended < cutoff)
         with self.db.writers, self.db.write_session() as s, s.begin():
+            add: dict[str, float] = {}
+            for team, kind, held, used in s.execute(self._totals_query(now).where(old_holding)):
+                add[f"held|{team or ''}|{kind}"] = float(held or 0)
+                add[f"used|{team or ''}|{kind}"] = float(used or 0)
+            for action, n in s.execute(select(IdleActionRow.action, func.count())
+                                       .where(IdleActionRow.at < cutoff).group_by(IdleActionRow.action)):
+                add[f"actions|{action}"] = float(n)
+            for key, value in add.items():
+                if value:
+                    row = s.get(CounterRow, key)
+                    if row is None:
+                        s.add(CounterRow(key=key, value=value))
+                    else:
+                        row.value += value
             hours = s.execute(delete(UsageHourRow).where(UsageHourRow.hour < int(cutoff // 3600))).rowcount
-            held = s.execute(delete(HoldingRow).where(HoldingRow.ended.is_not(None), HoldingRow.ended < cutoff)).rowcount
+            held = s.execute(delete(HoldingRow).where(old_holding)).rowcount
             acts = s.execute(delete(IdleActionRow).where(IdleActionRow.at < cutoff)).rowcount
         return (hours or 0) + (held or 0) + (acts or 0)
 
+    def counters(self, kind: str) -> dict[tuple[str, ...], float]:
+        with self.db.read_session() as s:
+            return {tuple(k.split("|")[1:]): v for k, v in
+                    s.execute(select(CounterRow.key, CounterRow.value).where(CounterRow.key.like(f"{kind}|%")))}
+
     # --- what people see -----------------------------------------------------------------
 
+    def open_holding(self, key: str) -> Holding | None:
+        with self.db.read_session() as s:
+            row = s.scalar(select(HoldingRow).where(HoldingRow.key == key, HoldingRow.ended.is_(None)))
+            return Holding.from_row(row) if row else None
+
     def keep(self, user: str, server: str, until: float) -> Holding | None:
+        """Keep the GPU until `until`. None: nothing runs under that name; a holding whose
+        `acted` is set: too late, the rule's action is under way."""
         key = f"workspace:{user}/{server}"
         with self.db.writers, self.db.write_session() as s, s.begin():
             row = s.scalar(select(HoldingRow).where(HoldingRow.key == key, HoldingRow.ended.is_(None)))
-            if row is None:
-                return None
+            if row is None or row.acted:
+                return Holding.from_row(row) if row else None
             # The notice is answered: a new one comes if it is still idle when the keep ends.
             row.keep_until, row.warned_at = until, None
             s.flush()
@@ -185,11 +231,14 @@ class UsageStore:
                                   .order_by(IdleActionRow.at.desc()).limit(20)))
         return warned, acts
 
-    def action_counts(self) -> dict[tuple[str, str], int]:
+    def action_counts(self) -> dict[str, float]:
+        """Idle actions taken, per action, ever (pruned ones counted in podbay_counters)."""
+        out = {k[0]: v for k, v in self.counters("actions").items()}
         with self.db.read_session() as s:
-            return {(a, st): n for a, st, n in s.execute(
-                select(IdleActionRow.action, IdleActionRow.state, func.count()).group_by(IdleActionRow.action,
-                                                                                        IdleActionRow.state))}
+            for action, n in s.execute(select(IdleActionRow.action, func.count()).where(
+                    IdleActionRow.state != "skipped").group_by(IdleActionRow.action)):
+                out[action] = out.get(action, 0.0) + n
+        return out
 
     def usage(self, since: float, until: float, by: str, user: str | None = None,
               team: str | None = None) -> list[dict]:
@@ -207,7 +256,9 @@ class UsageStore:
                            func.sum(UsageHourRow.samples).label("n"))
                     .where(UsageHourRow.hour >= int(since // 3600), UsageHourRow.hour <= int(until // 3600))
                     .group_by(UsageHourRow.holding_id).subquery())
-        held_h = (hi - lo) / 3600.0 * weight
+        # A period partly or wholly in the future holds nothing there.
+        span = func.max(hi - lo, 0.0) if self.db.engine.dialect.name == "sqlite" else func.greatest(hi - lo, 0.0)
+        held_h = span / 3600.0 * weight
         mean = measured.c.s / func.nullif(measured.c.n, 0)
         q = (select(column.label("key"), func.sum(held_h), func.sum(held_h * func.coalesce(mean, 0) / 100.0),
                     func.sum(case((measured.c.n > 0, held_h), else_=0.0)), func.count(HoldingRow.id))
@@ -227,7 +278,7 @@ class UsageStore:
             out.append({by: key, "gpu_hours_held": held, "gpu_hours_used": used,
                         # Utilisation while held, over the hours it was measured.
                         "utilization": (used / held_measured * 100) if held_measured else None,
-                        "holdings": int(n)})
+                        "gpu_hours_measured": held_measured, "holdings": int(n)})
         return out
 
     def hourly(self, since: float, until: float, user: str | None = None, team: str | None = None) -> list[dict]:
@@ -253,16 +304,28 @@ class UsageStore:
         with self.db.read_session() as s:
             return [Holding.from_row(r) for r in s.scalars(q.order_by(HoldingRow.ended))]
 
-    def totals(self) -> list[tuple[str | None, str, float, float]]:
-        """(team, kind, held GPU-hours, used GPU-hours) over everything kept: /metrics' counters."""
-        now = time.time()
+    @staticmethod
+    def _totals_query(now: float):
         end = func.coalesce(HoldingRow.ended, now)
         held = (end - HoldingRow.started) / 3600.0 * _weight()
         mean = HoldingRow.util_sum / func.nullif(HoldingRow.samples, 0)
-        q = (select(HoldingRow.team, HoldingRow.kind, func.sum(held), func.sum(held * func.coalesce(mean, 0) / 100.0))
-             .where(or_(HoldingRow.units_num > 0, HoldingRow.gpus > 0)).group_by(HoldingRow.team, HoldingRow.kind))
+        return (select(HoldingRow.team, HoldingRow.kind, func.sum(held), func.sum(held * func.coalesce(mean, 0) / 100.0))
+                .where(or_(HoldingRow.units_num > 0, HoldingRow.gpus > 0)).group_by(HoldingRow.team, HoldingRow.kind))
+
+    def totals(self) -> list[tuple[str | None, str, float, float]]:
+        """(team, kind, held GPU-hours, used GPU-hours) ever: what is kept, and what pruning
+        took out (podbay_counters). /metrics' counters."""
+        out: dict[tuple[str, str], list[float]] = {}
+        for (team, kind), v in self.counters("held").items():
+            out.setdefault((team, kind), [0.0, 0.0])[0] += v
+        for (team, kind), v in self.counters("used").items():
+            out.setdefault((team, kind), [0.0, 0.0])[1] += v
         with self.db.read_session() as s:
-            return [(t, k, float(h or 0), float(u or 0)) for t, k, h, u in s.execute(q)]
+            for team, kind, h, u in s.execute(self._totals_query(time.time())):
+                row = out.setdefault((team or "", kind), [0.0, 0.0])
+                row[0] += float(h or 0)
+                row[1] += float(u or 0)
+        return [(t or None, k, h, u) for (t, k), (h, u) in sorted(out.items())]
 
 
 def _weight():

@@ -146,6 +146,14 @@ if [ -f "$here/podbay_sshd.py" ]; then
   printf 'Metadata-Version: 2.1\nName: podbay-sshd\nVersion: 1.0\n' > "$site/podbay_sshd-1.0.dist-info/METADATA"
   printf '[jupyter_serverproxy_servers]\nsshd = podbay_sshd:setup_sshd\n' \
     > "$site/podbay_sshd-1.0.dist-info/entry_points.txt"
+  # Idle GPU notices (podbay's idle rules) in every login shell: JupyterLab's terminals and
+  # SSH sessions. Quiet and quick when there is nothing to say.
+  if [ -f "$here/podbay_notices.py" ]; then
+    install -m 0644 "$here/podbay_notices.py" "$site/podbay_notices.py"
+    printf '%s\n' '# podbay: idle GPU warnings at login (hub/workspace/podbay_notices.py)' \
+      '[ -n "$PS1" ] && [ -n "$JUPYTERHUB_API_TOKEN" ] && /opt/podbay/bin/python -m podbay_notices 2>&1 || true' \
+      > /etc/profile.d/podbay-notices.sh
+  fi
   # jupyter-server-proxy serves it; images built without code-server have not installed it yet.
   pip_install "jupyter-server-proxy>=4.3"
 fi

@@ -58,7 +58,7 @@ def dhub(tmp_path_factory, image):
         if im.get("build"):
             im["build"] = str((DOCKER_CONFIG.parent / im["build"]).resolve())
     cfg["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
-    cfg["idle"] = {"rules": [{"profiles": ["gpu-1"], "below": 5, "after": "8s", "warn_before": "4s",
+    cfg["idle"] = {"rules": [{"profiles": ["gpu-1"], "below": 5, "after": "14s", "warn_before": "10s",
                               "action": "release-gpu"}]}
     root = tmp_path_factory.mktemp("dockerhub")
     config = root / "podbay.yaml"
@@ -816,6 +816,16 @@ def test_an_idle_gpu_container_is_restarted_on_cpu_with_its_home(dhub, docker):
     dhub.exporter.util[gpu[0]] = 0.0
     with httpx.Client(base_url=f"{dhub.url}/services/podbay/api/v1",
                       headers={"Authorization": f"token {dhub.token('alice')}"}, timeout=30) as api:
+        deadline = time.monotonic() + 30
+        while not [n for n in api.get("/notices").json() if n["kind"] == "warning"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        # A terminal opened in the workspace now (a login shell, as JupyterLab's are) says so.
+        exec_id = docker.api.exec_create(first["Id"], ["bash", "-lic", "true"], user="1000")
+        login = docker.api.exec_start(exec_id).decode(errors="replace")
+        assert "podbay: GPU idle: idlegpu (gpu-1) has used its GPU below 5%" in login, login
+        # A command over SSH or VS Code's (not interactive) gets nothing extra.
+        exec_id = docker.api.exec_create(first["Id"], ["bash", "-lc", "echo quiet"], user="1000")
+        assert docker.api.exec_start(exec_id).decode(errors="replace").strip() == "quiet"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             done = [n for n in api.get("/notices").json() if n["kind"] == "release-gpu" and n["state"] == "done"]

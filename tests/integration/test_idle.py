@@ -116,15 +116,13 @@ def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_acros
 
         # The hub (and podbay's service with it) restarts in the middle: the clock is kept.
         with db(hub) as conn:
-            before = conn.execute("SELECT idle_since, warned_at FROM podbay_holdings WHERE key=? AND ended IS NULL",
-                                  ("workspace:alice/idle",)).fetchone()
+            hid, before = conn.execute("SELECT id, idle_since FROM podbay_holdings WHERE key=? AND ended IS NULL",
+                                       ("workspace:alice/idle",)).fetchone()
         hub.stop()
         hub.start()
         with db(hub) as conn:
-            after = conn.execute("SELECT idle_since FROM podbay_holdings WHERE key=? AND ended IS NULL",
-                                 ("workspace:alice/idle",)).fetchone()
-        assert after is None or after[0] == before[0]
-
+            after = conn.execute("SELECT idle_since FROM podbay_holdings WHERE id=?", (hid,)).fetchone()[0]
+        assert after == before  # the same idle streak, not one begun again at the restart
         done = wait_for("the release", lambda: [n for n in alice.get("/notices").json()
                                                 if n["kind"] == "release-gpu" and n["state"] == "done"], 60)
         assert len(done) == 1 and done[0]["workspace"] == "idle"
@@ -159,16 +157,25 @@ def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
     with service(hub, "bob") as bob:
         hub.start_server("bob", "share", {"profile": "shared-1/2"})
         gpu = claimed(hub, "workspace:bob/share")
+        gpu_uuid = gpu[0]  # a share's visible id is its GPU's UUID
         # Kept for an hour: no notice, no stop, however idle.
         r = bob.post("/workspaces/share/keep", json={"hours": 2})
         assert r.status_code == 400 and "at most 1h" in r.json()["message"]
         assert bob.post("/workspaces/share/keep", json={"hours": 1}).status_code == 200
         time.sleep(8)
         assert server(hub, "bob", "share")["ready"] and not bob.get("/notices").json()
-        # The keep is taken back (a shorter one); then idle → warned → stopped.
+        # The keep is taken back (a shorter one). The GPU is used for a while: no streak,
+        # no notice. Then idle → warned → stopped.
+        hub.exporter.util[gpu_uuid] = 60.0
         with db(hub) as conn:
             conn.execute("UPDATE podbay_holdings SET keep_until=? WHERE key=? AND ended IS NULL",
                          (time.time(), "workspace:bob/share"))
+        time.sleep(8)
+        with db(hub) as conn:
+            streak = conn.execute("SELECT idle_since FROM podbay_holdings WHERE key=? AND ended IS NULL",
+                                  ("workspace:bob/share",)).fetchone()[0]
+        assert streak is None and not bob.get("/notices").json() and server(hub, "bob", "share")["ready"]
+        hub.exporter.util[gpu_uuid] = 0.0
         notes = wait_for("the stop", lambda: [n for n in bob.get("/notices").json() if n["state"] == "done"], 40)
         assert [(n["kind"], n["workspace"]) for n in notes] == [("stop", "share")]
         assert server(hub, "bob", "share") is None or not server(hub, "bob", "share")["ready"]

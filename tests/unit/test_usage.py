@@ -168,6 +168,8 @@ def run(policy, h: Holding, samples: list[tuple[float, float | None]]):
             setattr(h, k, v)
         if action:
             out.append((t, action["action"]))
+            if action["action"] != "warn":
+                h.acted = action["action"]  # as the store records it with the action
     return out
 
 
@@ -248,16 +250,32 @@ def script(store: UsageStore, rows: list[dict], util: dict[int, list[tuple[int, 
                              units_num=r.get("units", Fraction(1)).numerator, units_den=r.get("units", Fraction(1)).denominator,
                              gpus=r.get("gpus", 1), started=T0 + r["start"] * H,
                              ended=None if r.get("end") is None else T0 + r["end"] * H,
-                             samples=sum(1 for _ in util.get(i, [])), util_max=max((u for _, u in util.get(i, [])), default=None)))
+                             samples=60 * len(util.get(i, [])), util_sum=sum(60 * u for _, u in util.get(i, [])),
+                             util_max=max((u for _, u in util.get(i, [])), default=None)))
             for hour, u in util.get(i, []):
                 s.add(UsageHourRow(holding_id=i, hour=int(T0 // H) + hour, samples=60, util_sum=60 * u))
 
 
-@pytest.fixture
-def store(tmp_path):
-    book = QuotaBook(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The store on each database the quota book supports (PostgreSQL: a real server)."""
+    book = QuotaBook(_empty(request, tmp_path))
     yield UsageStore(book)
     book.dispose()
+
+
+def _empty(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    from sqlalchemy import MetaData, create_engine
+
+    engine = create_engine(url)
+    existing = MetaData()
+    existing.reflect(engine)
+    existing.drop_all(engine)
+    engine.dispose()
+    return url
 
 
 def test_showback_from_a_scripted_history(store):
@@ -289,9 +307,15 @@ def test_showback_from_a_scripted_history(store):
     assert part["mig-3g.40gb"]["gpu_hours_held"] == pytest.approx(2 * 3 / 7)
     assert [h.key for h in store.idle_jobs(T0, T0 + 24 * H)] == ["job:12"]
     assert {r["team"]: round(r["gpu_hours_held"], 6) for r in store.usage(T0, T0 + 24 * H, "team", team="nlp")} == {"nlp": 3.0}
-    # Retention: what ended before the cutoff goes, with its hours.
+    # /metrics' counters: every GPU-hour ever held and used, per team and kind.
+    before = {(t, k): (h, u) for t, k, h, u in store.totals()}
+    assert before[("vision", "workspace")] == pytest.approx((10, 5))
+    assert before[("vision", "job")] == pytest.approx((8, 0)) and before[("nlp", "workspace")][0] == pytest.approx(3)
+    # Retention: what ended before the cutoff goes, with its hours; the counters keep it.
     assert store.prune(T0 + 9.5 * H + 86400, 1) > 0
     assert {r["user"] for r in store.usage(T0, T0 + 24 * H, "user")} == {"alice"}
+    after = {(t, k): (h, u) for t, k, h, u in store.totals()}
+    assert after == pytest.approx(before)
 
 
 # --- the service: notices, keep, usage and /metrics --------------------------------------
@@ -344,11 +368,9 @@ def test_notices_keep_usage_and_metrics_through_the_service(service):
     from podbay.hub.quota import Demand
 
     portal = service.podbay
-    cfg = portal.cfg
-    alloc = portal.claim(key="workspace:alice/train", kind="workspace", user="alice", team="vision",
-                         demand=Demand("gpu-1", parse_profile_id("gpu-1"), ("dev",)), quota=portal.quota_for("vision"))
+    portal.claim(key="workspace:alice/train", kind="workspace", user="alice", team="vision",
+                 demand=Demand("gpu-1", parse_profile_id("gpu-1"), ("dev",)), quota=portal.quota_for("vision"))
     store = UsageStore(portal.book)
-    sampler = Sampler(cfg, store, portal.inventory, None)
     h = store.open_holdings()[0]
     # Idle for 100 minutes, as the sampler saw it.
     now = time.time()
@@ -387,7 +409,6 @@ def test_notices_keep_usage_and_metrics_through_the_service(service):
     util = families["podbay_workspace_gpu_utilization"].samples
     assert [(s.labels["key"], s.value) for s in util] == [("workspace:alice/train", 0.0)]
     assert families["podbay_gpu_hours_held"].type == "counter"
-    assert sampler.policy.rule(h) is not None and alloc.devices
 
 
 def test_the_grafana_dashboard_reads_only_what_metrics_exports(service):
@@ -438,34 +459,71 @@ async def test_release_gpu_acts_on_the_workspace_it_decided_on_and_survives_a_re
     servers = FakeServers(portal, {"profile": "gpu-1", "image": "base", "volumes": ["scratch"]})
     sampler = Sampler(portal.cfg, store, portal.inventory, servers)
 
-    def record(holding_id):
-        return store.write_round(Round(now=time.time(), actions=[dict(
-            holding_id=holding_id, user="alice", server="w", action="release-gpu", profile="gpu-1",
-            at=time.time(), state="started", message="idle")]))[0]
+    def record(holding_id, server="w"):
+        got = store.write_round(Round(now=time.time(), actions=[dict(
+            holding_id=holding_id, user="alice", server=server, action="release-gpu", profile="gpu-1",
+            at=time.time(), state="started", message="idle")]))
+        return got[0][0] if got else None
 
     def state(action_id):
         return next(a for a in store.notices("alice", time.time())[1] if a.id == action_id).state
 
-    # The person restarted it since the rule decided: nothing is stopped.
+    # Decided on, then the person restarted it before the action: nothing is stopped.
     claim(portal, "w", "gpu-1")
-    stale = record(store.open_holding_id("workspace:alice/w") + 1000)
-    await sampler.carry_out(stale, store.open_holding_id("workspace:alice/w") + 1000, "alice", "w", "release-gpu")
+    first = store.open_holding_id("workspace:alice/w")
+    stale = record(first)
+    portal.book.release("workspace:alice/w")
+    claim(portal, "w", "gpu-1")
+    await sampler.carry_out(stale, first, "alice", "w", "release-gpu")
     assert servers.calls == [] and store.unfinished_actions() == []
-    # The one it decided on: stopped, started on cpu with its options.
+    # A keep that came before the action's record: no action is recorded.
     hid = store.open_holding_id("workspace:alice/w")
+    store.keep("alice", "w", time.time() + 600)
+    assert record(hid) is None
+    with store.db.write_session() as s, s.begin():
+        s.execute(HoldingRow.__table__.update().where(HoldingRow.id == hid).values(keep_until=None))
+    # The one it decided on: stopped, started on cpu with its options.
     act = record(hid)
+    # Once the action is under way, a keep is too late.
+    assert store.keep("alice", "w", time.time() + 600).acted == "release-gpu"
     await sampler.carry_out(act, hid, "alice", "w", "release-gpu")
     assert servers.calls == [("stop", "w"), ("start", "w", "cpu")] and state(act) == "done"
     assert portal.book.get("workspace:alice/w").profile == "cpu"
     portal.book.release("workspace:alice/w")
 
+    # The hub refuses the stop: it keeps its GPU, a new notice, and the rule tries again later.
+    claim(portal, "v", "gpu-1")
+    hid = store.open_holding_id("workspace:alice/v")
+    act = record(hid, "v")
+
+    async def refuse(user, server):
+        raise RuntimeError("the hub refused to stop it (503)")
+    servers.stop = refuse
+    await sampler.carry_out(act, hid, "alice", "v", "release-gpu")
+    h = store.open_holding("workspace:alice/v")
+    assert state(act) == "failed" and h.acted is None and h.warned_at is not None
+    del servers.stop
+    portal.book.release("workspace:alice/v")
+
+    # Stopped, but the start on cpu fails: told so, with how to start it again.
+    claim(portal, "u", "gpu-1")
+    hid = store.open_holding_id("workspace:alice/u")
+    act = record(hid, "u")
+
+    async def broken(user, server, options):
+        raise RuntimeError("it did not come up")
+    servers.start = broken
+    await sampler.carry_out(act, hid, "alice", "u", "release-gpu")
+    note = next(a for a in store.notices("alice", time.time())[1] if a.id == act)
+    assert note.state == "failed" and "podbay ws new u --profile cpu" in note.message
+    assert portal.book.get("workspace:alice/u") is None  # its GPU is back in the pool
+    del servers.start
+
     # The service stopped after stopping the workspace, before starting it on cpu: the
     # options it kept start it on cpu when it comes back, once.
     claim(portal, "x", "gpu-1")
     hid = store.open_holding_id("workspace:alice/x")
-    act = store.write_round(Round(now=time.time(), actions=[dict(
-        holding_id=hid, user="alice", server="x", action="release-gpu", profile="gpu-1", at=time.time(),
-        state="started", message="idle")]))[0]
+    act = record(hid, "x")
     store.set_action(act, "restarting", {"profile": "gpu-1", "image": "base"})
     portal.book.release("workspace:alice/x")
     servers.calls.clear()
@@ -474,3 +532,72 @@ async def test_release_gpu_acts_on_the_workspace_it_decided_on_and_survives_a_re
     assert store.unfinished_actions() == [] and portal.book.get("workspace:alice/x").profile == "cpu"
     await sampler.resume()
     assert servers.calls == [("stop", "x"), ("start", "x", "cpu")]
+
+
+def test_what_runs_at_the_upgrade_gets_a_holding_with_its_devices(tmp_path):
+    import sqlite3
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    engine = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[2] / "hub" / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
+        db.execute("INSERT INTO podbay_allocations (id, key, kind, user, team, profile, units_num, units_den, gpus, "
+                   "created, ref) VALUES (1, 'workspace:a/w', 'workspace', 'a', 't', 'gpu-1', 1, 1, 1, 5.0, '{}')")
+        db.execute(f"INSERT INTO podbay_claims (allocation_id, node, device, visible_id) VALUES (1, 'n', '{FULL2}', '{FULL2}')")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
+        rows = db.execute("SELECT key, devices, started, ended FROM podbay_holdings").fetchall()
+    assert rows == [("workspace:a/w", json.dumps([["n", FULL2]]), 5.0, None)]
+
+
+def test_a_workspace_login_shell_prints_the_notices(monkeypatch, capsys):
+    """hub/workspace/podbay_notices.py, as the images' /etc/profile.d runs it: the person's
+    warnings from the service with the workspace's token; silent when the service is away."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hub" / "workspace"))
+    import podbay_notices
+
+    seen = []
+    body = json.dumps([
+        {"workspace": "w", "kind": "warning", "at": time.time(), "message": "w (gpu-1) has used its GPU below 5% for 1h."},
+        {"workspace": "v", "kind": "stop", "at": time.time() - 7200, "message": "v (gpu-1): stopped: its GPU was idle"},
+        {"workspace": "u", "kind": "stop", "at": time.time() - 9 * 86400, "message": "old news"}]).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers["Authorization"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PODBAY_SERVICE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "workspace-token")
+    assert podbay_notices.main() == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["podbay: GPU idle: w (gpu-1) has used its GPU below 5% for 1h.",
+                   "podbay: v (gpu-1): stopped: its GPU was idle"]
+    assert seen == [("/services/podbay/api/v1/notices", "token workspace-token")]
+    server.shutdown()
+    server.server_close()
+    # Nobody answers: nothing printed, no wait beyond the timeout.
+    t0 = time.monotonic()
+    assert podbay_notices.main() == 0 and capsys.readouterr().err == "" and time.monotonic() - t0 < 3

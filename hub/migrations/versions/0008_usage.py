@@ -5,6 +5,8 @@ Revision ID: 0008
 Revises: 0007
 """
 
+import json
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -63,6 +65,11 @@ def upgrade() -> None:
         sa.Column("message", sa.Text, nullable=False, server_default=""),
         sa.Column("options", sa.Text, nullable=False, server_default="{}"),
     )
+    op.create_table(
+        "podbay_counters",
+        sa.Column("key", sa.String(512), primary_key=True),
+        sa.Column("value", sa.Float, nullable=False, server_default="0"),
+    )
     # What runs now was claimed before holdings were kept: its history starts here. (Table
     # objects, not SQL text: `user` is a reserved word in PostgreSQL.)
     cols = ["key", "kind", "user", "team", "profile", "units_num", "units_den", "gpus", "ref"]
@@ -70,9 +77,22 @@ def upgrade() -> None:
     holdings = sa.table("podbay_holdings", *(sa.column(c) for c in [*cols, "started"]))
     op.execute(holdings.insert().from_select(
         [*cols, "started"], sa.select(*(allocations.c[c] for c in cols), allocations.c.created)))
+    # With their devices, so that utilisation is matched to them from the first round.
+    claims = sa.table("podbay_claims", *(sa.column(c) for c in ("id", "allocation_id", "node", "visible_id")))
+    ids = sa.table("podbay_allocations", sa.column("id"), sa.column("key"))
+    devices: dict[str, list] = {}
+    bind = op.get_bind()
+    for key, node, visible in bind.execute(
+            sa.select(ids.c.key, claims.c.node, claims.c.visible_id)
+            .select_from(claims.join(ids, ids.c.id == claims.c.allocation_id)).order_by(claims.c.id)):
+        devices.setdefault(key, []).append([node, visible])
+    keyed = sa.table("podbay_holdings", sa.column("key"), sa.column("devices"))
+    for key, devs in devices.items():
+        bind.execute(keyed.update().where(keyed.c.key == key).values(devices=json.dumps(devs)))
 
 
 def downgrade() -> None:
+    op.drop_table("podbay_counters")
     op.drop_table("podbay_idle_actions")
     op.drop_table("podbay_usage_hours")
     op.drop_table("podbay_holdings")
