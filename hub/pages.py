@@ -61,10 +61,11 @@ def holders(portal: "Portal") -> dict[tuple[str, str], dict]:
 
 def capacity_picture(portal: "Portal") -> list[dict]:
     """Pools → nodes → GPUs → devices (a whole GPU, its MIG slices, its shared slots), each
-    with its holder or none. Where the engine places (Kubernetes, Slurm) podbay knows counts
-    per node, not devices: each node shows its GPUs used and free."""
+    with its holder or none. A pool whose devices podbay does not place (Kubernetes, a
+    Slurm partition) shows what its engine says of each node: GPUs used and free."""
     pools: dict[str, dict] = {name: {"name": name, "nodes": {}} for name in portal.cfg.pools}
-    if portal.places_devices:
+    placed = {d.pool for d in portal.inventory.devices} if portal.places_devices else set()
+    if placed:
         held = holders(portal)
         for d in portal.inventory.devices:
             node = pools.setdefault(d.pool, {"name": d.pool, "nodes": {}})["nodes"].setdefault(
@@ -82,15 +83,16 @@ def capacity_picture(portal: "Portal") -> list[dict]:
                     # A MIG GPU's unsliced room (its holes) is what its slices do not cover.
                     covered = sum(dev["weight"] for dev in gpu["devices"]) if gpu["kind"] == "mig" else 1
                     gpu["unsliced"] = max(0.0, 1 - covered)
-    else:
-        for name in pools:
-            for n in getattr(portal.capacity, "node_states", lambda _p: [])(name):
-                pools[name]["nodes"][n.name] = {
-                    "name": n.name, "state": n.state, "reason": n.reason,
-                    "gpus": {i: {"index": i, "model": "", "kind": "full", "replicas": None, "unsliced": 0,
-                                 "free_units": "", "devices": [{"label": "GPU", "id": f"{n.name}/{i}", "weight": 1,
-                                                                "holder": {"what": "in use"} if i < n.gpus_used else None}]}
-                             for i in range(n.gpus)}}
+    for name in pools:
+        if name in placed:
+            continue
+        for n in getattr(portal.capacity, "node_states", lambda _p: [])(name):
+            pools[name]["nodes"][n.name] = {
+                "name": n.name, "state": n.state, "reason": n.reason,
+                "gpus": {i: {"index": i, "model": "", "kind": "full", "replicas": None, "unsliced": 0,
+                             "free_units": "", "devices": [{"label": "GPU", "id": f"{n.name}/{i}", "weight": 1,
+                                                            "holder": {"what": "in use"} if i < n.gpus_used else None}]}
+                         for i in range(n.gpus)}}
     out = []
     for pool in pools.values():
         nodes = [dict(node, gpus=[node["gpus"][k] for k in sorted(node["gpus"])]) for node in pool["nodes"].values()]

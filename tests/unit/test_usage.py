@@ -601,3 +601,27 @@ def test_a_workspace_login_shell_prints_the_notices(monkeypatch, capsys):
     # Nobody answers: nothing printed, no wait beyond the timeout.
     t0 = time.monotonic()
     assert podbay_notices.main() == 0 and capsys.readouterr().err == "" and time.monotonic() - t0 < 3
+
+
+def test_the_capacity_picture_where_an_engine_places(tmp_path):
+    """A pool podbay does not place (a Slurm partition beside local workspaces, or all of
+    Kubernetes) is drawn from its engine's node states: GPUs used and free, state, reason."""
+    from types import SimpleNamespace
+
+    from podbay.hub.pages import _ENV, capacity_picture
+
+    portal = Portal.open(TEST_CONFIG, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+    nodes = {"training": [SimpleNamespace(name="dgx-1", state="mixed", reason=None, gpus=8, gpus_used=3),
+                          SimpleNamespace(name="dgx-2", state="drained", reason="bad DIMM", gpus=8, gpus_used=0)]}
+    # Only the dev pool's devices are podbay's to place here (as with the slurm backend).
+    portal.inventory.devices = [d for d in portal.inventory.devices if d.pool == "dev"]
+    portal.capacity = SimpleNamespace(node_states=lambda pool: nodes.get(pool, []))
+    picture = {p["name"]: p for p in capacity_picture(portal)}
+    assert [n["name"] for n in picture["dev"]["nodes"]] == ["dev-01"]
+    dgx = {n["name"]: n for n in picture["training"]["nodes"]}
+    assert len(dgx["dgx-1"]["gpus"]) == 8
+    assert sum(1 for g in dgx["dgx-1"]["gpus"] if g["devices"][0]["holder"]) == 3
+    html = _ENV.get_template("capacity.html").render(prefix="/s/", base="/s/pages/", who={"name": "alice"},
+                                                     hub_home="/hub/home", pools=list(picture.values()), places=True)
+    assert "drained: bad DIMM" in html and html.count('data-node="dgx-2"') == 1
+    portal.book.dispose()
