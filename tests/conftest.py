@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # A copy of ../shared/fixtures/gpu (sources in its README): a clone needs nothing beside it.
@@ -195,6 +196,16 @@ class Hub:
         return alloc.ref["pid"]
 
 
+def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool) -> Hub:
+    """A hub of its own, started on this podbay.yaml (written under tmp_path)."""
+    config = tmp_path / "podbay.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "data").mkdir()
+    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=keep_workspaces)
+    hub.start()
+    return hub
+
+
 def claimed(hub: Hub, key: str) -> list[str]:
     """The devices the hub's ledger holds for a workspace or job key."""
     ledger = hub.book()
@@ -281,6 +292,21 @@ def postgres_url():
     subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
                    capture_output=True)
     shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Each backend the ledger supports, empty."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    from sqlalchemy import MetaData, create_engine
+    engine = create_engine(url)
+    existing = MetaData()
+    existing.reflect(engine)
+    existing.drop_all(engine)
+    engine.dispose()
+    return url
 
 
 CHROMIUM_FLAGS = [

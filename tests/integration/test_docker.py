@@ -26,7 +26,7 @@ import yaml
 import pytest
 
 from tests.dcgm_exporter import Exporter
-from tests.conftest import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, claimed, wait_job, Hub, browser_login, free_port_block, real_browser, require
+from tests.conftest import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, claimed, wait_job, Hub, browser_login, hub_on, real_browser, require
 
 
 PREFIX = DOCKER_TEST_PREFIXES[0]
@@ -36,16 +36,6 @@ NETWORK = f"{PREFIX}-net"
 HOST_PREFIX = DOCKER_TEST_PREFIXES[1]
 
 pytestmark = pytest.mark.hub
-
-
-def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool) -> Hub:
-    """A hub of its own, started on this podbay.yaml (written under tmp_path)."""
-    config = tmp_path / "podbay.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    (tmp_path / "data").mkdir()
-    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=keep_workspaces)
-    hub.start()
-    return hub
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +50,9 @@ def dhub(tmp_path_factory, image):
     cfg["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
     cfg["idle"] = {"rules": [{"profiles": ["gpu-1"], "below": 5, "after": "14s", "warn_before": "10s",
                               "action": "release-gpu"}]}
-    root = tmp_path_factory.mktemp("dockerhub")
-    config = root / "podbay.yaml"
-    config.write_text(yaml.safe_dump(cfg))
     # --keep-workspaces, so that a restart can be tested; the docker fixture removes what is left.
-    h = Hub(config=config, data_dir=root / "data", port=free_port_block(), keep_workspaces=True)
-    h.data_dir.mkdir()
+    h = hub_on(cfg, tmp_path_factory.mktemp("dockerhub"), keep_workspaces=True)
     h.exporter = exporter
-    h.start()
     yield h
     h.stop()
     exporter.close()

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import (TEST_CONFIG, Hub, browser_login, claimed, free_port_block, have_proxy, real_browser,
-                            require, wait_job)
+from tests.conftest import (TEST_CONFIG, browser_login, claimed, have_proxy, hub_on, real_browser, require,
+                            wait_job)
 from tests.dcgm_exporter import Exporter
 
 pytestmark = pytest.mark.hub
@@ -37,12 +37,8 @@ def idle_hub(tmp_path_factory):
         {"name": "rest", "below": 5, "after": "4s", "warn_before": "2s", "action": "stop"}]}
     for v in raw["volumes"]:
         (root / v["source"]).mkdir(parents=True)
-    config = root / "podbay.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    hub = Hub(config=config, data_dir=root / "data", port=free_port_block())
-    hub.data_dir.mkdir()
+    hub = hub_on(raw, root, keep_workspaces=True)
     hub.exporter = exporter
-    hub.start()
     yield hub
     hub.stop()
     exporter.close()

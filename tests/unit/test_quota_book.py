@@ -32,21 +32,6 @@ def demand(profile: str, pools=("dev",)) -> Demand:
 NOTHING_TAKEN = Snapshot(0, frozenset(), {}, {}, {})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """Each backend the ledger supports, empty."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    url = request.getfixturevalue("postgres_url")
-    from sqlalchemy import MetaData, create_engine
-    engine = create_engine(url)
-    existing = MetaData()
-    existing.reflect(engine)
-    existing.drop_all(engine)
-    engine.dispose()
-    return url
-
-
 def claim(ledger, key, profile, user="alice", team="vision", quota=BIG, kind="workspace", config=TEST_CONFIG):
     return ledger.claim(key=key, kind=kind, user=user, team=team, demand=demand(profile), quota=quota,
                         placement=placement(config))

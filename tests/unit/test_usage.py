@@ -256,26 +256,12 @@ def script(store: UsageStore, rows: list[dict], util: dict[int, list[tuple[int, 
                 s.add(UsageHourRow(holding_id=i, hour=int(T0 // H) + hour, samples=60, util_sum=60 * u))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
+@pytest.fixture
+def store(db_url):
     """The store on each database the quota book supports (PostgreSQL: a real server)."""
-    book = QuotaBook(_empty(request, tmp_path))
+    book = QuotaBook(db_url)
     yield UsageStore(book)
     book.dispose()
-
-
-def _empty(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    url = request.getfixturevalue("postgres_url")
-    from sqlalchemy import MetaData, create_engine
-
-    engine = create_engine(url)
-    existing = MetaData()
-    existing.reflect(engine)
-    existing.drop_all(engine)
-    engine.dispose()
-    return url
 
 
 def test_showback_from_a_scripted_history(store):
