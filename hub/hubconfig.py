@@ -325,6 +325,24 @@ def configure(c) -> None:
                                      "access:services!service=podbay", "read:servers!user"]
 
 
+class _OnFirstUse:
+    """A list read when a template first looks at it (`{% if %}`, `{% for %}`), not before."""
+
+    def __init__(self, read):
+        self._read, self._items = read, None
+
+    def _get(self) -> list:
+        if self._items is None:
+            self._items = self._read()
+        return self._items
+
+    def __bool__(self) -> bool:
+        return bool(self._get())
+
+    def __iter__(self):
+        return iter(self._get())
+
+
 def configure_pages(c, portal) -> None:
     """The hub's own pages show podbay's: links to its pages in the navigation bar, and the
     idle GPU notices on the home page (read from the quota book's database on render)."""
@@ -336,12 +354,16 @@ def configure_pages(c, portal) -> None:
 
     store, policy = UsageStore(portal.book), IdlePolicy(portal.cfg, portal.cfg.usage.interval)
 
-    def notices(user) -> list[dict]:
+    def read(name: str) -> list[dict]:
         try:
-            return notices_for(portal.cfg, store, policy, user.name, time.time()) if user is not None else []
+            return notices_for(portal.cfg, store, policy, name, time.time())
         except Exception:  # noqa: BLE001 - the home page must render whatever the database says
             logging.getLogger("podbay").exception("podbay's notices could not be read")
             return []
+
+    def notices(user) -> "_OnFirstUse | list":
+        # JupyterHub calls this for every page it renders; only the home page looks.
+        return _OnFirstUse(lambda: read(user.name)) if user is not None else []
 
     base = _value(c.JupyterHub.get("base_url"), "/") or "/"
     base = base if base.endswith("/") else base + "/"

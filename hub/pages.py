@@ -117,8 +117,7 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", oauth, secre
         return hmac.new(secret, request.cookies.get(SESSION_COOKIE, "").encode(), hashlib.sha256).hexdigest()
 
     async def person(request: Request):
-        who = await session_user(request, oauth)
-        return who
+        return await session_user(request, oauth)
 
     async def page_or_login(request: Request):
         who = await person(request)

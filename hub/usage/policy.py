@@ -285,7 +285,6 @@ class Sampler:
         by = self.matcher.index(readings)
         holdings = await asyncio.to_thread(self.store.open_holdings)
         rnd = Round(now=now)
-        pending = []
         for h in holdings:
             measured = self.matcher.measure(h, by) if h.holds_gpu else None
             if measured is not None:
@@ -296,7 +295,6 @@ class Sampler:
             if action is not None and action["action"] != "warn":
                 rnd.actions.append(dict(holding_id=h.id, user=h.user, server=h.server, action=action["action"],
                                         profile=h.profile, at=now, state="started", message=action["message"]))
-                pending.append(h)
             elif action is not None:
                 rnd.actions.append(dict(holding_id=h.id, user=h.user, server=h.server, action="warn",
                                         profile=h.profile, at=now, state="done", message=action["message"]))

@@ -14,6 +14,7 @@ them (see the fixtures' dcgm-exporter#272 excerpt).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 import httpx
@@ -135,8 +136,6 @@ class Source:
         if kind == "prometheus":
             return await self._prometheus()
         if kind == "nvml":
-            import asyncio
-
             return await asyncio.to_thread(read_nvml)
         return []
 

@@ -86,6 +86,13 @@ class UsageStore:
         self.book = book
         self.db = book.db
 
+    def _greatest_least(self):
+        """SQL's larger and smaller of two values: SQLite's two-argument max/min are
+        PostgreSQL's greatest/least (whose max/min are aggregates)."""
+        if self.db.engine.dialect.name == "sqlite":
+            return func.max, func.min
+        return func.greatest, func.least
+
     # --- the sampler's side --------------------------------------------------------------
 
     def open_holdings(self, kind: str | None = None) -> list[Holding]:
@@ -110,7 +117,7 @@ class UsageStore:
                 conn.execute(_upsert_hours(self.db.engine.dialect.name, [
                     {"holding_id": hid, "hour": hour, "samples": 1, "util_sum": mean}
                     for hid, (mean, _peak) in rnd.measured.items()]))
-                greatest = func.max if self.db.engine.dialect.name == "sqlite" else func.greatest
+                greatest, _least = self._greatest_least()
                 conn.execute(
                     update(table).where(table.c.id == bindparam("hid")).values(
                         samples=table.c.samples + 1, util_sum=table.c.util_sum + bindparam("mean"),
@@ -249,15 +256,15 @@ class UsageStore:
                   "pool": HoldingRow.pool}[by]
         now = time.time()
         end = func.coalesce(HoldingRow.ended, min(now, until))
-        lo = func.max(HoldingRow.started, since) if self.db.engine.dialect.name == "sqlite" else func.greatest(HoldingRow.started, since)
-        hi = func.min(end, until) if self.db.engine.dialect.name == "sqlite" else func.least(end, until)
+        greatest, least = self._greatest_least()
+        lo, hi = greatest(HoldingRow.started, since), least(end, until)
         weight = _weight()
         measured = (select(UsageHourRow.holding_id, func.sum(UsageHourRow.util_sum).label("s"),
                            func.sum(UsageHourRow.samples).label("n"))
                     .where(UsageHourRow.hour >= int(since // 3600), UsageHourRow.hour <= int(until // 3600))
                     .group_by(UsageHourRow.holding_id).subquery())
         # A period partly or wholly in the future holds nothing there.
-        span = func.max(hi - lo, 0.0) if self.db.engine.dialect.name == "sqlite" else func.greatest(hi - lo, 0.0)
+        span = greatest(hi - lo, 0.0)
         held_h = span / 3600.0 * weight
         mean = measured.c.s / func.nullif(measured.c.n, 0)
         q = (select(column.label("key"), func.sum(held_h), func.sum(held_h * func.coalesce(mean, 0) / 100.0),
