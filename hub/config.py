@@ -37,6 +37,10 @@ from .usage.settings import IdleSettings, UsageSettings
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 UserName = Annotated[str, Field(min_length=1, max_length=255)]
+# What a login name may be unless a deployment says otherwise (auth.username_pattern): what
+# identity providers' usernames and e-mail addresses use, nothing that means something in a
+# URL or a path.
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._@+-]{0,127}$"
 # YAML reads `CODE_SERVER_NODE: 24` as a number; a build argument is text either way.
 BuildArg = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)]
 
@@ -318,6 +322,11 @@ class Auth(_Model):
     # The provider's access token in the workspace's environment (OAUTH_ACCESS_TOKEN), for
     # data services that accept it.
     pass_access_token: bool = False
+    # Names a login may have (JupyterHub's Authenticator.username_pattern, matched after the
+    # name is lowercased). The default keeps out everything with a meaning in a URL or a
+    # path (`#`, `?`, `/`, `%`, spaces): a deployment whose provider names people otherwise
+    # may widen it. Team members and admins in this file must match it.
+    username_pattern: str = USERNAME_PATTERN
     # How long a token from `podbay login` (approved in the browser) lasts.
     cli_token_days: float = Field(30, gt=0, le=365)
     # Where the provider sends people back: the hub's public URL + /hub/oauth_callback
@@ -325,6 +334,18 @@ class Auth(_Model):
     callback_url: str | None = None
     # The OAuthenticator class's own settings, passed through (e.g. GitHub's allowed_organizations).
     options: dict[str, Any] = {}
+
+    @field_validator("username_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"auth.username_pattern is not a regular expression: {e}") from None
+        return v
+
+    def name_allowed(self, name: str) -> bool:
+        return re.fullmatch(self.username_pattern, name) is not None
 
     @model_validator(mode="after")
     def _complete(self):
@@ -686,6 +707,16 @@ def _check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
             # What only the run's backend knows is wrong (a queue where it has none, …).
             for loc, msg in plugin.check(cfg):
                 err(loc, msg)
+    for team_name, team in cfg.teams.items():
+        for i, member in enumerate(team.members):
+            if not cfg.auth.name_allowed(member):
+                err(("teams", team_name, "members", i),
+                    f"{member!r} is not a name anyone can log in with (auth.username_pattern "
+                    f"{cfg.auth.username_pattern}): names are lowercase, without #, ?, / or spaces")
+    for i, admin in enumerate(cfg.admins):
+        if not cfg.auth.name_allowed(admin):
+            err(("admins", i), f"{admin!r} is not a name anyone can log in with (auth.username_pattern "
+                               f"{cfg.auth.username_pattern}): names are lowercase, without #, ?, / or spaces")
     for i, name in _dupes(cfg.images, lambda x: x.name):
         err(("images", i, "name"), f"image {name!r} is declared twice")
     if sum(1 for im in cfg.images if im.default) > 1:

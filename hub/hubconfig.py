@@ -218,6 +218,7 @@ def configure(c) -> None:
     check_public_ip(public_ip, plugin, settings.allow_unisolated)
 
     c.Authenticator.admin_users = set(cfg.admins)
+    limit_usernames(c, cfg)
     scheme = "https" if tls else "http"
     try:
         configure_auth(c, cfg, f"{scheme}://{host}:{port}", data_dir, public_ip)
@@ -395,6 +396,15 @@ def configure_culler(c, cfg) -> None:
     }]
 
 
+def limit_usernames(c, cfg) -> None:
+    """JupyterHub's username_pattern from podbay.yaml (auth.username_pattern), unless the
+    deployment's own config sets one: no login gets a name that means something in a URL or
+    a path (`admin#x`, `alice?x`, `alice/../admin`)."""
+    if any("username_pattern" in section for section in [c.Authenticator, *_sections(c)]):
+        return
+    c.Authenticator.username_pattern = cfg.auth.username_pattern
+
+
 class AuthError(Exception):
     """A login that cannot work as configured; the message says what to change."""
 
@@ -558,6 +568,7 @@ def configure_on_cluster(c) -> None:
     # names admins (an authenticator's own section wins over Authenticator's).
     for section in [c.Authenticator, *(sec for sec in _sections(c) if "admin_users" in sec)]:
         section.admin_users = set(_value(section.get("admin_users"), set())) | set(cfg.admins)
+    limit_usernames(c, cfg)
     try:
         portal = shared_portal(os.path.abspath(settings.config_file), settings.db_url,
                                os.path.abspath(settings.data_dir), backend)

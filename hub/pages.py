@@ -11,8 +11,6 @@ forbids inline ones); a page's data for its script is JSON in a non-executed blo
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -27,7 +25,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
-from .pairing import login_redirect, session_user
+from .browser import PAGE_HEADERS, BrowserSession, navigation, no_metadata, page_script
 from .quota import fmt_units
 from .quota.database import AllocationRow, ClaimRow
 from .usage.settings import fmt_duration
@@ -43,9 +41,6 @@ _ENV = Environment(loader=FileSystemLoader(HERE / "templates" / "pages"), autoes
 _ENV.filters["hours"] = lambda v: f"{v:.1f}"
 _ENV.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
 _ENV.filters["duration"] = fmt_duration
-HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-           "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                      "img-src 'self' data:; frame-ancestors 'none'"}
 
 
 def holders(portal: "Portal") -> dict[tuple[str, str], dict]:
@@ -100,7 +95,10 @@ def capacity_picture(portal: "Portal") -> list[dict]:
     return out
 
 
-def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", oauth, secret: bytes) -> APIRouter:
+def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: BrowserSession) -> APIRouter:
+    """The pages under `prefix`pages/. Each is served only to a top-level navigation of the
+    person's own tab, and its actions and its script's reads need a token only the page
+    holds (hub/browser.py says why and what that does not cover)."""
     router = APIRouter(include_in_schema=False)
     usage = UsageStore(portal.book)
     base = f"{prefix}pages/"
@@ -109,22 +107,24 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", oauth, secre
 
     def render(name: str, who: dict, status: int = 200, **ctx) -> HTMLResponse:
         html = _ENV.get_template(name).render(prefix=prefix, base=base, who=who, hub_home=hub_home, **ctx)
-        return HTMLResponse(html, status_code=status, headers=HEADERS)
-
-    def csrf(request: Request) -> str:
-        from .pairing import SESSION_COOKIE
-
-        return hmac.new(secret, request.cookies.get(SESSION_COOKIE, "").encode(), hashlib.sha256).hexdigest()
+        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
     async def person(request: Request):
-        return await session_user(request, oauth)
+        return await session.user(request)
 
     async def page_or_login(request: Request):
+        """(the person, None), or (None, the answer): not a tab's own navigation (a script's
+        fetch or a frame, which must not read the page or its tokens), or a login first."""
+        if not navigation(request):
+            why = ("This browser did not say how the page was opened, which browsers do only for HTTPS "
+                   "addresses: use the hub's HTTPS address." if no_metadata(request)
+                   else "This page only opens in a browser tab.")
+            return None, HTMLResponse(why, 403, headers=PAGE_HEADERS)
         who = await person(request)
         if who is None:
-            if oauth is None:
+            if session.oauth is None:
                 return None, HTMLResponse("podbay's pages need the hub's login (JupyterHub OAuth)", 503)
-            return None, login_redirect(request, oauth, prefix)
+            return None, session.login_redirect(request)
         return who, None
 
     def may_see(who: dict, job_id: int):
@@ -167,10 +167,16 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", oauth, secre
         if job is None:
             message = "This job belongs to another user." if status == 403 else f"There is no job {job_id}."
             return render("error.html", who, status=status, message=message)
-        return render("job.html", who, job=job, csrf=csrf(request), terminal=job.state in ("succeeded", "failed", "cancelled"))
+        return render("job.html", who, job=job, csrf=session.page_token(request, "cancel", job_id),
+                      logs_token=session.page_token(request, "logs", job_id), terminal=job.state in ("succeeded", "failed", "cancelled"))
 
     @router.get(f"{base}jobs/{{job_id}}/logs")
     async def job_logs(request: Request, job_id: int):
+        # Only the job page's own script: it holds this job's token (a script of another page
+        # on the hub's origin cannot read the page to learn it).
+        if not page_script(request) or not session.page_token_ok(
+                request, request.headers.get("x-podbay-page", ""), "logs", job_id):
+            return Response("reload the job's page", 403)
         who = await person(request)
         if who is None:
             return Response("log in again", 401)
@@ -186,13 +192,15 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", oauth, secre
 
     @router.post(f"{base}jobs/{{job_id}}/cancel")
     async def job_cancel(request: Request, job_id: int):
+        # The page's own button, pressed by the person, with this job's token from the page.
+        if not navigation(request, action=True):
+            return Response("cancel with the button on the job's page", 403)
         who = await person(request)
         if who is None:
             return Response("log in again", 401)
         # A urlencoded form (as pairing.py reads its own: no multipart parser needed).
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        # The page's own button: a token only the page knows, sent by the same origin.
-        if not hmac.compare_digest((form.get("csrf") or [""])[0], csrf(request)):
+        if not session.page_token_ok(request, (form.get("csrf") or [""])[0], "cancel", job_id):
             return Response("this form is stale: reload the page", 403)
         job, status = await asyncio.to_thread(may_see, who, job_id)
         if job is None:

@@ -18,7 +18,6 @@ token it is called with (`podbay logout`).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import html
 import secrets
@@ -28,10 +27,22 @@ from typing import Any
 
 import httpx
 import logging
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+from .browser import (
+    PAGE_HEADERS,
+    SESSION_COOKIE,
+    STATE_COOKIE,
+    BrowserSession,
+    TrustedProxies,
+    https,
+    navigation,
+    no_metadata,
+)
+from .hubapi import user_path
 
 log = logging.getLogger("podbay.pairing")
 
@@ -49,8 +60,6 @@ SCOPE_WORDS = {
 }
 # Letters that cannot be mistaken for each other (no 0/O, 1/I/L, 5/S, 2/Z, 8/B).
 ALPHABET = "ACDEFGHJKMNPQRTUVWXY"
-SESSION_COOKIE = "podbay-pairing-session"
-STATE_COOKIE = "podbay-pairing-state"
 
 
 def user_code() -> str:
@@ -122,8 +131,7 @@ class Pairings:
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                                 "Content-Security-Policy": "frame-ancestors 'none'"}, content=f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)} · podbay</title>
+    return HTMLResponse(headers=PAGE_HEADERS, content=f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)} · podbay</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}
 code{{font-size:1.3rem;letter-spacing:.1rem}} .origin{{background:#f4f7fb;padding:.75rem;border-radius:.3rem}}
@@ -131,54 +139,30 @@ button{{font-size:1rem;padding:.4rem 1rem;margin-right:.5rem}}</style></head>
 <body><h1>{html.escape(title)}</h1>{body}</body></html>""", status_code=status)
 
 
-async def session_user(request: Request, oauth) -> dict | None:
-    """The hub's user model of the browser's session with this service (its OAuth login to
-    the hub), or None: not logged in, or the session expired or was revoked."""
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token or oauth is None:
-        return None
-    try:
-        return await oauth.user_for_token(token, use_cache=False, sync=False)
-    except Exception:  # noqa: BLE001 - an expired or revoked session: log in again
-        return None
+def not_in_a_tab(request: Request) -> HTMLResponse:
+    if no_metadata(request):
+        return _page("Open this over HTTPS", "<p>This browser did not say how the page was opened, which browsers "
+                                             "do only for HTTPS addresses: ask the platform team for the hub's "
+                                             "HTTPS address.</p>", 403)
+    return _page("Open this in your browser", "<p>This page only works opened in a browser tab.</p>", 403)
 
 
-def login_redirect(request: Request, oauth, prefix: str) -> RedirectResponse:
-    """To the hub's login, coming back to this page (oauth_callback below)."""
-    state = secrets.token_urlsafe(16)
-    target = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
-    r = RedirectResponse(f"{oauth.login_url}&state={state}", status_code=302)
-    r.set_cookie(STATE_COOKIE, f"{state}|{target}", max_age=600, httponly=True, samesite="lax", path=prefix)
-    return r
-
-
-def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int, oauth=None,
-                   forget_token=None) -> APIRouter:
-    """The pairing endpoints under `prefix` (the service's URL prefix). `oauth` is
-    JupyterHub's HubOAuth for this service (the browser's login to the hub); `forget_token`
-    drops a revoked token from the service's cache of callers."""
+def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
+                   session: BrowserSession | None = None, forget_token=None,
+                   proxies: TrustedProxies | None = None) -> APIRouter:
+    """The pairing endpoints under `prefix` (the service's URL prefix). `session` is the
+    browser's login to the hub (the service's OAuth; hub/browser.py); `forget_token` drops a
+    revoked token from the service's cache of callers; `proxies` are the addresses whose
+    X-Forwarded-For is believed."""
     router = APIRouter()
     pairings = Pairings()
+    proxies = proxies or TrustedProxies.parse(None)
     hub = httpx.AsyncClient(base_url=hub_api.rstrip("/") + "/", timeout=10,
                             headers={"Authorization": f"token {service_token}"})
-    secret = hashlib.sha256(f"podbay-pairing:{service_token}".encode()).digest()
+    oauth = session.oauth if session else None
 
-    def csrf(session: str, code: str) -> str:
-        return hmac.new(secret, f"{session}\n{code}".encode(), hashlib.sha256).hexdigest()
-
-    def origin(request: Request) -> str:
-        # The entry the proxy in front of the service appended (the last): those before it
-        # are whatever the caller sent.
-        forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
-        return forwarded[-1] if forwarded else (request.client.host if request.client else "?")
-
-    def browser_navigation(request: Request, clicked: bool = False) -> bool:
-        """Only a page the person opened (and, to approve, a button they pressed): a script on
-        the same origin (another user's workspace page, without subdomain_host) cannot read
-        or submit it for them. Fetch Metadata, sent by every current browser."""
-        h = request.headers
-        ok = h.get("sec-fetch-mode") == "navigate" and h.get("sec-fetch-dest") == "document"
-        return ok and (h.get("sec-fetch-user") == "?1" if clicked else True)
+    def csrf(request: Request, code: str) -> str:
+        return session.page_token(request, "pair", code)
 
     @router.post(f"{prefix}api/v1/pairings", status_code=201, summary="Start logging in a command line",
                  tags=["login"])
@@ -189,7 +173,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
             body = {}
         host = str((body if isinstance(body, dict) else {}).get("host") or "an unnamed computer")
         try:
-            p = pairings.start(host, origin(request), request.headers.get("user-agent", ""))
+            p = pairings.start(host, proxies.client(request), request.headers.get("user-agent", ""))
         except OverflowError as e:
             return JSONResponse({"error": "busy", "message": str(e)}, status_code=503)
         return {"device_code": p.device_code, "user_code": p.user_code,
@@ -222,10 +206,13 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         return out
 
     async def person(request: Request) -> dict | None:
-        return await session_user(request, oauth)
+        return await session.user(request) if session else None
 
-    def login(request: Request) -> RedirectResponse:
-        return login_redirect(request, oauth, prefix)
+    def login(request: Request):
+        if session is None or oauth is None:
+            return _page("Not available", "<p>Logging in a command line needs the hub's login (JupyterHub "
+                                          "OAuth): tell the platform team.</p>", 503)
+        return session.login_redirect(request)
 
     @router.get(f"{prefix}oauth_callback", include_in_schema=False)
     async def oauth_callback(request: Request, code: str = "", state: str = ""):
@@ -233,12 +220,17 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         if not code or not saved or not hmac.compare_digest(saved, state):
             return _page("Login failed", "<p>The login did not come back as it left (an old or forged link). "
                                          f"<a href='{html.escape(prefix)}pair'>Start again</a>.</p>", 400)
+        if session is None or oauth is None:
+            return login(request)
         token = await oauth.token_for_code(code, sync=False)
-        if not target.startswith(prefix):
+        # Only this service's own pages, and no other host (`//evil`, `/\\evil`).
+        if not target.startswith(prefix) or "//" in target or "\\" in target:
             target = f"{prefix}pair"
         r = RedirectResponse(target, status_code=302)
-        https = request.headers.get("x-forwarded-proto", request.url.scheme) == "https"
-        r.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", path=prefix, secure=https)
+        # The one token a session may hold: the one the hub just issued to this service's
+        # OAuth client, signed, so no other token of the person's can be set as one.
+        r.set_cookie(SESSION_COOKIE, session.cookie_value(token), httponly=True, samesite="lax", path=prefix,
+                     secure=https(request))
         r.delete_cookie(STATE_COOKIE, path=prefix)
         return r
 
@@ -246,7 +238,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         while pairings.orphans:
             user, token_id = pairings.orphans.pop()
             try:
-                await hub.delete(f"users/{quote(user)}/tokens/{quote(str(token_id))}")
+                await hub.delete(user_path(user, "tokens", token_id))
             except httpx.HTTPError:
                 log.warning("could not revoke the uncollected login token %s of %s", token_id, user)
 
@@ -259,8 +251,8 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
 
     @router.get(f"{prefix}pair", include_in_schema=False)
     async def pair_page(request: Request, code: str = ""):
-        if not browser_navigation(request):
-            return _page("Open this in your browser", "<p>This page only works opened in a browser tab.</p>", 403)
+        if not navigation(request):
+            return not_in_a_tab(request)
         who = await person(request)
         if who is None:
             return login(request)
@@ -274,14 +266,13 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         can = "".join(f"<li>{html.escape(SCOPE_WORDS[s])}</li>" for s in CLI_SCOPES)
         days = lifetime / 86400
         valid = f"{days:g} days" if days >= 1 else f"{lifetime // 3600} hours"
-        session = request.cookies.get(SESSION_COOKIE, "")
         return _page("Log in a command line", f"""{describe(p)}
 <p>Code <code id="user-code">{html.escape(p.user_code)}</code>: check that your terminal shows the same.</p>
 <p>Approving gives it a token as <b id="who">{html.escape(who['name'])}</b>, valid for {valid}, that can:</p>
 <ul>{can}</ul>
 <form method="post">
 <input type="hidden" name="code" value="{html.escape(p.user_code)}">
-<input type="hidden" name="csrf" value="{csrf(session, p.user_code)}">
+<input type="hidden" name="csrf" value="{csrf(request, p.user_code)}">
 <button name="action" value="approve" id="approve">Approve</button>
 <button name="action" value="deny" id="deny">Refuse</button></form>""")
 
@@ -290,14 +281,13 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         # A plain form (parsed here: no multipart parser needed for three fields).
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         code, action, csrf_token = (form.get(k, [""])[0] for k in ("code", "action", "csrf"))
-        if not browser_navigation(request, clicked=True):
+        if not navigation(request, action=True):
             return _page("Not approved", "<p>Approve with the button on the page, in your browser.</p>", 403)
         who = await person(request)
         if who is None:
             return login(request)
-        session = request.cookies.get(SESSION_COOKIE, "")
         p = pairings.by_user_code(code)
-        if not hmac.compare_digest(csrf_token, csrf(session, normalize(code))):
+        if not hmac.compare_digest(csrf_token, csrf(request, normalize(code))):
             return _page("Not approved", "<p>This form did not come from this page: open the link again.</p>", 400)
         if p is None or not pairings.live(p) or p.approved_by is not None:
             return _page("This code cannot be used", "<p id='refused'>This code is unknown, has expired or was "
@@ -310,7 +300,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         p.approved_by = who["name"]
         await revoke_orphans()
         note = f"podbay login on {p.host} from {p.address}, approved in the browser"
-        r = await hub.post(f"users/{quote(who['name'])}/tokens",
+        r = await hub.post(user_path(who["name"], "tokens"),
                            json={"note": note[:200], "expires_in": lifetime, "scopes": CLI_SCOPES})
         if r.status_code >= 400:
             p.approved_by = None
@@ -338,7 +328,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         if model.get("kind", "user") != "user" or not token_id:
             return JSONResponse({"error": "unsupported", "message": "this token cannot be revoked here"},
                                 status_code=400)
-        d = await hub.delete(f"users/{quote(model['name'])}/tokens/{quote(str(token_id))}")
+        d = await hub.delete(user_path(model["name"], "tokens", token_id))
         if d.status_code not in (200, 204, 404):
             return JSONResponse({"error": "hub_error", "message": f"the hub did not revoke it ({d.status_code})"},
                                 status_code=502)

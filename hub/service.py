@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, AsyncIterator
-from urllib.parse import quote
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .backends import Backend
+from .hubapi import user_path
 from .jobs import STATES, TERMINAL, Job, JobManager, JobRequest
 from .quota import LedgerUnavailable, fmt_units
 from .portal import OptionsRefused, Portal
@@ -120,14 +120,14 @@ class HubClient:
         self._cache.pop(hashlib.sha256(token.encode()).hexdigest(), None)
 
     async def user(self, name: str) -> dict[str, Any]:
-        r = await self.http.get(f"users/{name}", params={"include_stopped_servers": "1"})
+        r = await self.http.get(user_path(name), params={"include_stopped_servers": "1"})
         r.raise_for_status()
         return r.json()
 
     async def new_token(self, user: str, note: str, seconds: int, scopes: list[str]) -> dict[str, Any]:
         """A token of `user`'s with only `scopes` (the service role's `tokens` scope)."""
         try:
-            r = await self.http.post(f"users/{quote(user)}/tokens",
+            r = await self.http.post(user_path(user, "tokens"),
                                      json={"note": note[:200], "expires_in": seconds, "scopes": scopes})
         except httpx.HTTPError:
             raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
@@ -826,29 +826,39 @@ def main() -> None:
     if paused:
         log.warning("PODBAY_PAUSE_JOBS is set: jobs are queued, none is started")
     prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/services/podbay/")
-    # `podbay login` pairs with a browser session: the browser logs in to the hub by OAuth.
+    # `podbay login` pairs with a browser session, and podbay's pages live in one: the
+    # browser logs in to the hub by OAuth (hub/browser.py).
     from jupyterhub.services.auth import HubOAuth
 
+    from .browser import BrowserSession, TrustedProxies
+    from .pages import pages_router
     from .pairing import pairing_router
 
     oauth = HubOAuth(api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0) if env.get("JUPYTERHUB_CLIENT_ID") else None
+    session = BrowserSession(oauth, hashlib.sha256(f"podbay-session:{env['JUPYTERHUB_API_TOKEN']}".encode()).digest(),
+                             prefix)
+    url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
+    bind = env.get("PODBAY_SERVICE_BIND") or url.hostname or "127.0.0.1"
+    # Whose X-Forwarded-For is believed: the proxy's. By default this machine's own addresses
+    # (the proxy runs beside the hub: the loopback, or the address the service listens on,
+    # the docker network's gateway); a workspace calling the service directly is counted by
+    # its own address.
+    own = [bind] if bind not in ("0.0.0.0", "::", "") else []
+    proxies = TrustedProxies.parse(env.get("PODBAY_TRUSTED_PROXIES"), ["127.0.0.0/8", "::1/128", *own])
     pairing = pairing_router(prefix, env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"],
-                             int(portal.cfg.auth.cli_token_days * 86400), oauth, hub.forget)
+                             int(portal.cfg.auth.cli_token_days * 86400), session, hub.forget, proxies)
     from .usage.policy import HubServers
 
     job_pods = getattr(getattr(portal.cfg, "kubernetes", None), "name_prefix", None) if plugin.name == "kubernetes" else None
     sampler = Sampler(portal.cfg, UsageStore(portal.book), portal.inventory, HubServers(hub.http),
                       job_pod_prefix=job_pods)
-    from .pages import pages_router
-
-    pages = pages_router(prefix, portal, jobs, oauth,
-                         hashlib.sha256(f"podbay-pages:{env['JUPYTERHUB_API_TOKEN']}".encode()).digest())
+    pages = pages_router(prefix, portal, jobs, session)
     app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=[lambda: plugin.serve(portal)],
                      pairing=pairing, sampler=sampler, pages=pages)
-    url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
     # On a cluster the URL names the hub's Service, which the pod cannot bind: PODBAY_SERVICE_BIND
     # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.
-    uvicorn.run(app, host=env.get("PODBAY_SERVICE_BIND") or url.hostname or "127.0.0.1", port=url.port or 8003,
+    # proxy_headers off: the peer stays the peer (TrustedProxies decides whose header counts).
+    uvicorn.run(app, host=bind, port=url.port or 8003, proxy_headers=False,
                 log_level="info",
                 access_log=False)
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class Hub:
     proc: subprocess.Popen | None = None
     tokens: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    # The proxy's API token, so a test can add a route of its own (what a workspace serves).
+    proxy_token: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def url(self) -> str:
@@ -97,6 +100,7 @@ class Hub:
             "PODBAY_DATA_DIR": str(self.data_dir),
             "PODBAY_PORT": str(self.port),
             "PODBAY_DEMO_PASSWORD": PASSWORD,
+            "CONFIGPROXY_AUTH_TOKEN": self.proxy_token,
             **self.extra_env,
         }
 
@@ -180,6 +184,25 @@ class Hub:
                     return
                 time.sleep(0.3)
         raise AssertionError(f"{user}/{name} did not stop")
+
+    def add_route(self, path: str, target: str) -> None:
+        """Route `path` on the hub's origin to `target`, as the hub routes a workspace's URL to
+        its server: whatever that server answers is served from the hub's origin."""
+        r = httpx.post(f"http://127.0.0.1:{self.port + 2}/api/routes{path}", json={"target": target},
+                       headers={"Authorization": f"token {self.proxy_token}"}, timeout=10)
+        assert r.status_code == 201, r.text
+
+    def remove_server(self, user: str, name: str) -> None:
+        """Delete a named server for good (podbay ws rm, the hub's delete button)."""
+        with self.api(user) as api:
+            r = api.request("DELETE", f"/users/{user}/servers/{name}", json={"remove": True})
+            assert r.status_code in (202, 204), r.text
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if name not in api.get(f"/users/{user}", params={"include_stopped_servers": "1"}).json()["servers"]:
+                    return
+                time.sleep(0.3)
+        raise AssertionError(f"{user}/{name} was not removed")
 
     def book(self):
         from podbay.hub.quota import QuotaBook

@@ -36,6 +36,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import signal
 import string
 import sys
@@ -108,6 +109,8 @@ class Cluster:
         # (a test run and a benchmark) do not hand out the same address and port.
         net = random.randrange(2, 255)
         self.ips = iter(f"127.{net}.{n // 250}.{n % 250 + 2}" for n in range(62500))
+        # (namespace, claim) of every PVC seen: the provisioner's volumes.
+        self.claims: set[tuple[str, str]] = set()
 
     # --- reading the emulator's objects --------------------------------------------------
 
@@ -127,6 +130,7 @@ class Cluster:
                 await self.job_controller()
                 await self.scheduler()
                 await self.kubelet()
+                await self.provisioner()
             except Exception as e:  # noqa: BLE001 - a stand-in that stops would hang every test
                 print(f"stand-in cluster: {e!r}", file=sys.stderr, flush=True)
             await asyncio.sleep(0.05)
@@ -334,6 +338,21 @@ class Cluster:
                    for t in tolerations if t.get("effect") in (None, taint.get("effect")))
 
     # --- the kubelet, with the device plugin ----------------------------------------------------
+
+    # --- the storage provisioner ----------------------------------------------------------
+
+    async def provisioner(self) -> None:
+        """A dynamic provisioner with the default reclaimPolicy Delete: once a claim is deleted
+        and no pod uses it any more (the pvc-protection finalizer holds it until then), its
+        volume and every file on it are deleted."""
+        now = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in self.objects("v1/persistentvolumeclaims")}
+        self.claims |= now
+        used = {(p["metadata"]["namespace"], v["persistentVolumeClaim"]["claimName"])
+                for p in self.objects("v1/pods") if p["metadata"]["uid"] in self.containers
+                for v in p["spec"].get("volumes") or [] if "persistentVolumeClaim" in v}
+        for key in self.claims - now - used:
+            self.claims.discard(key)
+            await asyncio.to_thread(shutil.rmtree, self.storage / key[1], True)
 
     async def kubelet(self) -> None:
         alive = set()

@@ -215,11 +215,11 @@ class PodbayClient:
         return self.user
 
     def _server_url(self, user: str, name: str) -> str:
-        return f"{self.hub_api}/users/{quote(user)}/servers/{quote(name)}"
+        return f"{self.hub_api}/users/{quote(user, safe='')}/servers/{quote(name, safe='')}"
 
     async def workspaces(self) -> list[Workspace]:
         user = await self._me()
-        r = await self._request("GET", f"{self.hub_api}/users/{quote(user)}",
+        r = await self._request("GET", f"{self.hub_api}/users/{quote(user, safe='')}",
                                 params={"include_stopped_servers": "1"})
         servers = r.json().get("servers") or {}
         return [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
@@ -314,16 +314,16 @@ class PodbayClient:
 
     def server_url(self, ws: Workspace) -> str:
         """The workspace's Jupyter server, as a Jupyter client connects to it."""
-        return f"{self.url}{ws.url}" if ws.url else f"{self.url}/user/{quote(self.user or '')}/{quote(ws.name)}/"
+        return f"{self.url}{ws.url}" if ws.url else f"{self.url}/user/{quote(self.user or '', safe='')}/{quote(ws.name, safe='')}/"
 
     async def secrets(self) -> list[dict[str, Any]]:
         return await self._svc("GET", "secrets")
 
     async def set_secret(self, name: str, value: str) -> None:
-        await self._request("PUT", f"{self.service_api}/secrets/{quote(name)}", json={"value": value})
+        await self._request("PUT", f"{self.service_api}/secrets/{quote(name, safe='')}", json={"value": value})
 
     async def delete_secret(self, name: str) -> None:
-        await self._request("DELETE", f"{self.service_api}/secrets/{quote(name)}")
+        await self._request("DELETE", f"{self.service_api}/secrets/{quote(name, safe='')}")
 
     async def jobs(self, **filters) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}

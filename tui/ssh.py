@@ -89,7 +89,7 @@ def preflight(creds: Credentials, target: str, http: httpx.Client | None = None)
                 raise SshRefused("your podbay login was not accepted (expired or revoked?): run `podbay login` again")
             me = _json(r, creds.url)
             user = me["name"]
-            r = client.get(f"{api}/users/{quote(user)}", params={"include_stopped_servers": "1"}, headers=headers)
+            r = client.get(f"{api}/users/{quote(user, safe='')}", params={"include_stopped_servers": "1"}, headers=headers)
         except httpx.HTTPError as e:
             raise SshRefused(f"cannot reach the hub at {creds.url} ({type(e).__name__}): is it running?") from None
         if r.status_code == 403:
@@ -107,7 +107,7 @@ def preflight(creds: Credentials, target: str, http: httpx.Client | None = None)
         if not scopes & {"access:servers", "inherit"}:
             raise SshRefused("this podbay login may not reach workspaces (it was made before podbay ssh): "
                              "run `podbay login` again")
-        return user, name, websocket_url(creds.url, server.get("url") or f"/user/{quote(user)}/{quote(name)}/")
+        return user, name, websocket_url(creds.url, server.get("url") or f"/user/{quote(user, safe='')}/{quote(name, safe='')}/")
     finally:
         if http is None:
             client.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A Kubernetes quantity: 8Gi, 500Mi, 2, 0.5, 1500m.
 QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -85,9 +85,20 @@ class Home(_Model):
     size: str = "10Gi"
     # One home per named workspace instead of one per user.
     per_workspace: bool = False
+    # With per_workspace: deleting a workspace (podbay ws rm, the hub's delete button) deletes
+    # its own home too. Off by default: a home is never deleted by podbay otherwise, and one
+    # shared by all of a person's workspaces never is (KubeSpawner's delete_pvc would).
+    delete_with_workspace: bool = False
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
 
     _q = field_validator("size", mode="before")(lambda v: _quantity(v))
+
+    @model_validator(mode="after")
+    def _only_own_homes_go(self):
+        if self.delete_with_workspace and not self.per_workspace:
+            raise ValueError("home.delete_with_workspace needs home.per_workspace: true (a home shared by all "
+                             "of a person's workspaces is never deleted with one of them)")
+        return self
 
 
 class KubernetesSettings(_Model):

@@ -192,6 +192,24 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         self.extra_container_config = base if name is None else {
             **base, "envFrom": [*base.get("envFrom", []), {"secretRef": {"name": name}}]}
 
+    async def delete_forever(self):
+        """JupyterHub calls this when a named server is removed (and for the default one when
+        the user is removed). KubeSpawner's would delete `pvc_name`, which is podbay's one
+        home of the person, shared by every workspace: their files would go with one
+        workspace. podbay deletes a home only when homes are per workspace and the operator
+        chose to remove them with it; a catalog volume never."""
+        home = self.k8s_settings.home
+        if not (self.name and home.per_workspace and home.delete_with_workspace):
+            self.log.info("%s removed; its home %s is kept", self.podbay_key,
+                          home_claim_name(self.k8s_settings, self.user.name, self.name))
+            return
+        # Named from settings, not from pvc_name: a spawner that never started this run
+        # (after a hub restart) still has KubeSpawner's template there.
+        claim = home_claim_name(self.k8s_settings, self.user.name, self.name)
+        self.log.info("%s removed; deleting its own home %s (home.delete_with_workspace)", self.podbay_key, claim)
+        self.namespace = self.k8s_settings.namespace
+        await self._make_delete_pvc_request(claim, self.k8s_api_request_timeout)
+
     async def _log_tail(self, lines: int = 20) -> str:
         try:
             text = await asyncio.wait_for(self.api.read_namespaced_pod_log(

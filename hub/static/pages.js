@@ -5,7 +5,7 @@
   const pre = document.getElementById("logs");
   if (!pre) return;
   const decoder = new TextDecoder();
-  fetch(pre.dataset.src, { credentials: "same-origin" }).then(async (r) => {
+  fetch(pre.dataset.src, { credentials: "same-origin", headers: { "X-Podbay-Page": pre.dataset.token } }).then(async (r) => {
     if (!r.ok || !r.body) {
       pre.textContent = "The output cannot be read (" + r.status + "): reload the page.";
       return;

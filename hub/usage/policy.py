@@ -30,6 +30,7 @@ from typing import Callable
 import httpx
 
 from ..config import PodbayConfig
+from ..hubapi import user_path
 from ..inventory import Inventory
 from .settings import IdleRule, fmt_duration
 from .sources import Reading, Source, SourceUnavailable
@@ -195,19 +196,19 @@ class HubServers:
         self._major: int | None = None
 
     async def options(self, user: str, server: str) -> dict | None:
-        r = await self.http.get(f"users/{user}", params={"include_stopped_servers": "1"})
+        r = await self.http.get(user_path(user), params={"include_stopped_servers": "1"})
         r.raise_for_status()
         model = (r.json().get("servers") or {}).get(server)
         return None if model is None else dict(model.get("user_options") or {})
 
     async def running(self, user: str, server: str) -> bool:
-        r = await self.http.get(f"users/{user}")
+        r = await self.http.get(user_path(user))
         r.raise_for_status()
         model = (r.json().get("servers") or {}).get(server)
         return bool(model and (model.get("ready") or model.get("pending")) and not model.get("stopped"))
 
     async def stop(self, user: str, server: str, timeout: float = 120) -> None:
-        r = await self.http.delete(f"users/{user}/servers/{server}")
+        r = await self.http.delete(user_path(user, "servers", server))
         if r.status_code not in (202, 204, 404):
             raise RuntimeError(f"the hub refused to stop it ({r.status_code}: {r.text[:200]})")
         deadline = time.monotonic() + timeout
@@ -222,13 +223,13 @@ class HubServers:
             self._major = int(str(r.json().get("version", "6")).split(".")[0])
         # JupyterHub 6 takes {"user_options": …}; 5.x the options as the whole body.
         body = {"user_options": options} if self._major >= 6 else options
-        r = await self.http.post(f"users/{user}/servers/{server}", json=body)
+        r = await self.http.post(user_path(user, "servers", server), json=body)
         if r.status_code not in (201, 202):
             raise RuntimeError(f"the hub did not start it ({r.status_code}: {r.text[:300]})")
         # 202: still starting. Done only when it is ready; a start that fails is a failure.
         deadline = time.monotonic() + timeout
         while True:
-            got = await self.http.get(f"users/{user}")
+            got = await self.http.get(user_path(user))
             got.raise_for_status()
             model = (got.json().get("servers") or {}).get(server) or {}
             if model.get("ready"):

@@ -125,3 +125,113 @@ def test_podbays_pages_capacity_jobs_and_usage(hub, browser, tmp_path):
     page.close()
     with svc("bob") as bob:
         bob.delete(f"/jobs/{theirs['id']}")
+
+
+# bob's page, served from the hub's origin (his workspace serves what he wants). It tries
+# everything a same-origin script can against alice, who opens it while logged in: the
+# approval page of bob's `podbay login` code in a window it opens (one click), a form that
+# approves it with what it read (a second click), and podbay's pages and their actions read
+# and posted with fetch. What it got is in window.got for the test to read.
+ATTACK = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>A puzzle</title></head><body>
+<button id="one">Open the puzzle</button> <button id="two">Check the answer</button>
+<script>
+const q = new URLSearchParams(location.search);
+const code = q.get("code"), job = q.get("job");
+window.got = {};
+function read(w) {
+  try { return w.document.querySelector("input[name=csrf]").value; }
+  catch (e) { return "blocked: " + e.name; }
+}
+document.getElementById("one").onclick = () => {
+  window.w = window.open("/services/podbay/pair?code=" + code);
+};
+document.getElementById("two").onclick = () => {
+  const f = document.createElement("form");
+  f.method = "post"; f.action = "/services/podbay/pair"; f.target = "_blank";
+  for (const [k, v] of [["code", code], ["csrf", read(window.w)], ["action", "approve"]]) {
+    const i = document.createElement("input"); i.type = "hidden"; i.name = k; i.value = v; f.append(i);
+  }
+  document.body.append(f); f.submit();
+};
+async function status(url, init) {
+  try { const r = await fetch(url, Object.assign({credentials: "include"}, init)); return r.status + " " + (await r.text()).slice(0, 200); }
+  catch (e) { return "error: " + e; }
+}
+window.probe = async () => {
+  const pages = "/services/podbay/pages/";
+  return {
+    pair: await status("/services/podbay/pair?code=" + code),
+    jobs: await status(pages + "jobs"),
+    job: await status(pages + "jobs/" + job),
+    logs: await status(pages + "jobs/" + job + "/logs", {headers: {"X-Podbay-Page": "guessed"}}),
+    cancel: await status(pages + "jobs/" + job + "/cancel", {method: "POST", body: new URLSearchParams({csrf: "x"})}),
+  };
+};
+</script></body></html>"""
+
+
+def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor(hub, browser, tmp_path):
+    """The attack of a workspace on its visitor, in a real Chromium: bob starts `podbay login`
+    and gets alice, logged in to the hub and podbay's pages, to open a page he serves from the
+    hub's origin. With one click it opens the approval page of his code; with a second it
+    posts the approval with what it could read. alice's token never reaches bob's command
+    line; podbay's pages answer none of its reads and actions."""
+    import http.server
+    import threading
+
+    import httpx
+
+    from tests.conftest import wait_job
+
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "index.html").write_text(ATTACK)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "attack"))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hub.add_route("/user/bob/puzzle", f"http://127.0.0.1:{server.server_port}")
+    context = browser.new_context()
+    try:
+        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60) as anon:
+            bobs = anon.post("/pairings", json={"host": "bobs-laptop"}).json()
+        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
+                          headers={"Authorization": f"token {hub.token('alice')}"}) as alice:
+            job = alice.post("/jobs", json={"name": "secret-output", "gpus": 0, "command": [
+                "sh", "-c", "echo API_KEY=hunter2; sleep 120"]}).json()
+            wait_job(alice, job["id"], {"running"})
+
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        browser_login(page, hub, "alice")
+        # alice has used podbay's pages: her browser holds their session.
+        page.goto(f"{hub.url}/services/podbay/pages/jobs/{job['id']}")
+        page.wait_for_selector("#logs:has-text('API_KEY')")
+
+        page.goto(f"{hub.url}/user/bob/puzzle/index.html?code={bobs['user_code']}&job={job['id']}")
+        with context.expect_page() as opened:
+            page.click("#one")
+        popup = opened.value
+        popup.wait_for_selector("#approve")  # the page alice sees: bob's code, for her to refuse
+        real = popup.get_attribute("input[name=csrf]", "value")
+        stolen = page.evaluate("() => read(window.w)")
+        assert real and stolen != real, "bob's page read the approval form through its window"
+        # The second click posts an approval with whatever the first could read.
+        with context.expect_page() as posted:
+            page.click("#two")
+        posted.value.wait_for_load_state()
+        assert "Not approved" in posted.value.content()
+
+        probe = page.evaluate("() => window.probe()")
+        for what, answer in probe.items():
+            assert answer.startswith("403"), (what, answer)
+        assert "hunter2" not in str(probe)
+
+        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60) as anon:
+            r = anon.post("/pairings/token", json={"device_code": bobs["device_code"]})
+        assert r.json()["error"] == "authorization_pending", "alice's token reached bob's command line"
+        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
+                          headers={"Authorization": f"token {hub.token('alice')}"}) as alice:
+            assert alice.get(f"/jobs/{job['id']}").json()["state"] == "running", "bob's page cancelled it"
+            alice.delete(f"/jobs/{job['id']}")
+    finally:
+        context.close()
+        server.shutdown()

@@ -362,6 +362,25 @@ def test_volumes_inside_read_only_where_declared_and_a_home_that_stays(engine):
     hub.stop_server("alice", "vols")
 
 
+def test_removing_one_workspace_keeps_the_home_and_the_other_workspaces_files(engine):
+    """`podbay ws rm`, the TUI's delete, the hub's delete button: the workspace goes, never the
+    person's home (every one of their workspaces uses it) nor a shared volume. The stand-in
+    cluster deletes a deleted claim's files once no pod uses it, as a provisioner does."""
+    hub = engine.hub
+    for ws in ("stays", "goes"):
+        hub.start_server("alice", ws, {"profile": "cpu", "image": "base", "volumes": ["scratch"]})
+    code, out = engine.sh("alice", "stays", "mkdir -p ~/project && echo mine > ~/project/kept.txt "
+                                             "&& echo ours > ~/data/scratch/kept.txt")
+    assert code == 0, out
+    hub.remove_server("alice", "goes")
+    # Every workspace of the person stopped, so nothing holds the home any more.
+    hub.stop_server("alice", "stays")
+    hub.start_server("alice", "stays", {"profile": "cpu", "image": "base", "volumes": ["scratch"]})
+    assert engine.sh("alice", "stays", "cat ~/project/kept.txt ~/data/scratch/kept.txt") == (0, "mine\nours\n")
+    hub.remove_server("alice", "stays")
+    assert (hub.data_dir / "volumes" / "scratch" / "kept.txt").read_text() == "ours\n"
+
+
 def test_capacity_shows_what_a_workspace_takes_and_gives_back(engine):
     hub = engine.hub
     before = free(hub, "dev", "mig-1g.10gb")

@@ -213,7 +213,7 @@ async def approve_over_http(hub, user: str, link: str) -> None:
                                    headers={"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"})
         assert scripted.status_code == 403
         r = await http.post(f"{hub.url}/services/podbay/pair", data={**fields, "action": "approve"},
-                            headers={**navigate, "Sec-Fetch-User": "?1"})
+                            headers={**navigate, "Sec-Fetch-User": "?1", "Sec-Fetch-Site": "same-origin"})
         assert "Return to your terminal" in r.text, r.text[:500]
 
 

@@ -9,6 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from podbay.hub.browser import SESSION_COOKIE, BrowserSession, TrustedProxies
 from podbay.hub.pairing import Pairings, normalize, pairing_router
 
 
@@ -41,12 +42,17 @@ def test_a_code_expires_and_is_swept():
     assert pairings.by_device(p.device_code) is None
 
 
-@pytest.fixture
-def service():
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600)
+def app_of(router) -> FastAPI:
     app = FastAPI()
     app.include_router(router)
-    with TestClient(app) as client:
+    return app
+
+
+@pytest.fixture
+def service():
+    """The pairing endpoints, called through the proxy (a loopback peer, trusted by default)."""
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600)
+    with TestClient(app_of(router), client=("127.0.0.1", 50000)) as client:
         yield client, router.pairings
 
 
@@ -81,12 +87,95 @@ def test_a_refused_pairing_says_so(service):
 
 def test_the_approval_page_is_for_a_browser_tab_only(service):
     client, _ = service
-    r = client.get("/services/podbay/pair", params={"code": "ABCD-EFGH"})
+    # A script's fetch on the same origin cannot read it.
+    r = client.get("/services/podbay/pair", params={"code": "ABCD-EFGH"},
+                   headers={"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "same-origin"})
     assert r.status_code == 403 and "opened in a browser tab" in r.text
-    assert r.headers["content-security-policy"] == "frame-ancestors 'none'" and r.headers["cache-control"] == "no-store"
-    r = client.post("/services/podbay/pair", content="code=ABCD-EFGH&action=approve",
-                    headers={"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"] and r.headers["cache-control"] == "no-store"
+    # No page that opens it keeps a handle on it (window.open from a workspace's page).
+    assert r.headers["cross-origin-opener-policy"] == "same-origin"
+    navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    r = client.post("/services/podbay/pair", content="code=ABCD-EFGH&action=approve", headers=navigate)
     assert r.status_code == 403, "approving needs the person's own click (Sec-Fetch-User)"
+    r = client.post("/services/podbay/pair", content="code=ABCD-EFGH&action=approve",
+                    headers={**navigate, "Sec-Fetch-User": "?1", "Sec-Fetch-Site": "same-site"})
+    assert r.status_code == 403, "a form another origin posts (a workspace on a subdomain) is not the page's"
+    # A browser that sends no Fetch Metadata (plain HTTP beyond the loopback) is told why.
+    assert "HTTPS" in client.get("/services/podbay/pair").text
+
+
+def test_a_caller_other_than_the_proxy_is_counted_by_its_own_address():
+    """A workspace calls the service directly (docker: the gateway's port; Kubernetes:
+    hub:8083): what it says in X-Forwarded-For is not believed, so rotating it neither fills
+    the table nor shows a forged address on the approval page; logins through the proxy go on."""
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600)
+    app = app_of(router)
+    with TestClient(app, client=("172.30.0.5", 40000)) as workspace, \
+            TestClient(app, client=("127.0.0.1", 50000)) as proxy:
+        made = [workspace.post("/services/podbay/api/v1/pairings", json={},
+                               headers={"X-Forwarded-For": f"10.0.{i // 250}.{i % 250}"}) for i in range(30)]
+        assert sum(r.status_code == 201 for r in made) == 10
+        assert made[-1].status_code == 503 and "from 172.30.0.5" in made[-1].json()["message"]
+        assert {p.address for p in router.pairings._by_device.values()} == {"172.30.0.5"}
+        real = proxy.post("/services/podbay/api/v1/pairings", json={"host": "laptop"},
+                          headers={"X-Forwarded-For": "192.0.2.7"})
+        assert real.status_code == 201
+        assert router.pairings.by_device(real.json()["device_code"]).address == "192.0.2.7"
+
+
+def test_trusted_proxies_are_addresses_and_networks():
+    proxies = TrustedProxies.parse("10.0.0.0/24, 192.0.2.1")
+    assert proxies.trusts("10.0.0.9") and proxies.trusts("192.0.2.1")
+    assert not proxies.trusts("10.0.1.1") and not proxies.trusts("127.0.0.1") and not proxies.trusts("testclient")
+    assert TrustedProxies.parse(None).trusts("127.0.0.1") and not TrustedProxies.parse("").trusts("127.0.0.1")
+
+
+class FakeOAuth:
+    """HubOAuth's part the session uses: every token is some user's (as the hub resolves any
+    valid token of a person, whatever it was made for)."""
+
+    login_url = "/hub/api/oauth2/authorize?client_id=service-podbay"
+
+    async def user_for_token(self, token, use_cache=False, sync=False):
+        return {"kind": "user", "name": "alice", "admin": False}
+
+
+def test_only_a_cookie_the_service_made_at_a_login_is_a_session():
+    """A workspace's own JUPYTERHUB_API_TOKEN, or the token a VS Code link carries, set as
+    the cookie, is no login (the hub would say whose it is): only the signed token that the
+    OAuth callback stored."""
+    session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
+        for forged in ("workspace-api-token", "vscode-link-token", "workspace-api-token.0123abcd"):
+            client.cookies.set(SESSION_COOKIE, forged, path="/services/podbay/")
+            r = client.get("/services/podbay/pair", headers=navigate)
+            assert r.status_code == 302 and r.headers["location"].startswith(FakeOAuth.login_url), forged
+        client.cookies.set(SESSION_COOKIE, session.cookie_value("oauth-token"), path="/services/podbay/")
+        r = client.get("/services/podbay/pair", headers=navigate)
+        assert r.status_code == 200 and "Enter the code" in r.text
+    # Another service's key signs nothing this one accepts.
+    other = BrowserSession(FakeOAuth(), b"x" * 32, "/services/podbay/")
+    assert other.cookie_value("t") != session.cookie_value("t")
+
+
+def test_the_login_comes_back_only_to_the_services_own_pages():
+    session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+
+    async def token_for_code(code, sync=False):
+        return "oauth-token"
+
+    session.oauth.token_for_code = token_for_code
+    with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
+        for target, lands in [("/services/podbay/pages/jobs", "/services/podbay/pages/jobs"),
+                              ("/services/podbay//evil.example/x", "/services/podbay/pair"),
+                              ("https://evil.example/", "/services/podbay/pair")]:
+            client.cookies.set("podbay-login-state", f"s1|{target}", path="/services/podbay/")
+            r = client.get("/services/podbay/oauth_callback", params={"code": "c", "state": "s1"})
+            assert r.headers["location"] == lands
+            assert session.token_of(r.cookies[SESSION_COOKIE]) == "oauth-token"
 
 
 def test_the_origin_is_the_proxys_entry_and_one_address_cannot_fill_the_table(service):

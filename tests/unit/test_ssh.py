@@ -4,6 +4,7 @@ line (read back by the real `sshd -T`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,10 @@ def test_sshd_reads_the_settings_and_the_sessions_environment_as_meant(tmp_path,
     config.write_text(podbay_sshd.sshd_config(2222, "jovyan", {
         "AuthorizedKeysFile": "none", "AuthorizedKeysCommand": command, "AuthorizedKeysCommandUser": "jovyan"}, env))
     assert "MULTI has a line break" in capsys.readouterr().err  # said why that one is left out
+    if os.getuid() == 0:
+        # Root's sshd wants its privilege separation directory even for -T; podbay_sshd makes it
+        # before it runs sshd (this test runs sshd itself, maybe before anything else made it).
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     run = subprocess.run([sshd, "-T", "-f", str(config), "-h", str(key)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     settings: dict[str, list[str]] = {}

@@ -1,0 +1,175 @@
+"""The browser's side of podbay's service: the login session of its pages (the service's OAuth
+login to the hub), who a caller is, and what keeps a script on the hub's origin from acting
+for the person in front of the browser.
+
+Without JupyterHub's `subdomain_host` every workspace is served from the hub's origin, and
+whoever runs a workspace decides what it serves: a page there is same-origin with podbay's
+pages. What stands between such a page and a visitor's session, in layers:
+
+1. `Cross-Origin-Opener-Policy: same-origin` on every page: a page that opens one
+   (`window.open`) is put in another browsing context group and holds no handle on it, so
+   it cannot read its document (the approval form, its token) nor script it.
+2. Fetch Metadata: a page is served only to a top-level navigation (Sec-Fetch-Mode
+   `navigate`, Sec-Fetch-Dest `document`). A script's `fetch()` and a frame get a 403
+   (and X-Frame-Options / `frame-ancestors 'none'` keep frames out in older browsers).
+3. Actions (approving a login, cancelling a job) are forms posted from the page itself:
+   same origin, a navigation, a button the person pressed (Sec-Fetch-User), and a token
+   derived from the session and from what is acted on, which only the page holds.
+4. What a page's own script reads (a job's live logs) needs a token only that page holds.
+5. The session cookie holds only a token the hub issued to podbay's OAuth client when the
+   person logged in here, signed by the service (`BrowserSession.cookie_value`): any other
+   token of theirs (a workspace's own, one a VS Code link carries) is not a session.
+
+What no header can stop on a shared origin: a service worker that a workspace registers in
+a visitor's browser for the hub's whole origin sees every later request of that browser to
+it, the hub's own pages (its token page) included. Only origins of their own for workspaces
+(`subdomain_host`) end that; the README says what an operator must set.
+
+Browsers send Fetch Metadata only to secure origins (HTTPS, or the loopback): a page that
+gets none is refused, with a sentence saying to use HTTPS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Iterable
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse
+
+SESSION_COOKIE = "podbay-session"
+STATE_COOKIE = "podbay-login-state"
+
+# Every HTML page of the service (pairing and pages).
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # No opener keeps a handle on the page, and the page keeps none on its opener.
+    "Cross-Origin-Opener-Policy": "same-origin",
+    # Its bytes are not embedded by another site (<img>, <script> of another origin).
+    "Cross-Origin-Resource-Policy": "same-origin",
+    # A link out of the page does not carry its address (a login code) to the next site.
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+}
+
+
+def navigation(request: Request, *, action: bool = False) -> bool:
+    """A top-level page load in a browser tab; with `action`, a form of this origin posted
+    by a button the person pressed. A script's fetch, a frame, or a form another site posts
+    is not one."""
+    h = request.headers
+    ok = h.get("sec-fetch-mode") == "navigate" and h.get("sec-fetch-dest") == "document"
+    if action:
+        ok = ok and h.get("sec-fetch-site") == "same-origin" and h.get("sec-fetch-user") == "?1"
+    return ok
+
+
+def page_script(request: Request) -> bool:
+    """A request a page's own script makes (fetch, same origin): never a navigation or frame."""
+    h = request.headers
+    return (h.get("sec-fetch-site") == "same-origin" and h.get("sec-fetch-mode") in ("cors", "same-origin")
+            and h.get("sec-fetch-dest") == "empty")
+
+
+def no_metadata(request: Request) -> bool:
+    """A browser that sent no Fetch Metadata at all: an insecure origin (plain HTTP beyond the
+    loopback), where browsers send none."""
+    return "sec-fetch-mode" not in request.headers
+
+
+class BrowserSession:
+    """The service's OAuth login to the hub, kept in a cookie under the service's prefix."""
+
+    def __init__(self, oauth, secret: bytes, prefix: str):
+        self.oauth, self.secret, self.prefix = oauth, secret, prefix
+
+    def mac(self, *parts: object) -> str:
+        return hmac.new(self.secret, "\n".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()
+
+    def cookie_value(self, token: str) -> str:
+        """The cookie for a token the hub issued to this service's OAuth client at a login."""
+        return f"{token}.{self.mac('session', token)}"
+
+    def token_of(self, cookie: str) -> str | None:
+        """The token in a cookie this service made; else None."""
+        token, _, mac = cookie.rpartition(".")
+        if not token or not hmac.compare_digest(mac, self.mac("session", token)):
+            return None
+        return token
+
+    def token(self, request: Request) -> str | None:
+        return self.token_of(request.cookies.get(SESSION_COOKIE, ""))
+
+    def raw(self, request: Request) -> str:
+        """The cookie as sent: what page tokens are bound to."""
+        return request.cookies.get(SESSION_COOKIE, "")
+
+    async def user(self, request: Request) -> dict | None:
+        """The hub's model of the person logged in here, or None: not logged in, a cookie this
+        service did not make, or a session the hub expired or revoked."""
+        token = self.token(request)
+        if token is None or self.oauth is None:
+            return None
+        try:
+            model = await self.oauth.user_for_token(token, use_cache=False, sync=False)
+        except Exception:  # noqa: BLE001 - an expired or revoked session: log in again
+            return None
+        if not model or model.get("kind", "user") != "user":
+            return None
+        return model
+
+    def page_token(self, request: Request, *what: object) -> str:
+        """A token for one page's form or script: bound to this session and to `what`."""
+        return self.mac("page", self.raw(request), *what)
+
+    def page_token_ok(self, request: Request, given: str, *what: object) -> bool:
+        return bool(self.raw(request)) and hmac.compare_digest(given or "", self.page_token(request, *what))
+
+    def login_redirect(self, request: Request) -> RedirectResponse:
+        """To the hub's login, coming back to this page (the pairing router's oauth_callback)."""
+        state = secrets.token_urlsafe(16)
+        target = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
+        r = RedirectResponse(f"{self.oauth.login_url}&state={state}", status_code=302)
+        r.set_cookie(STATE_COOKIE, f"{state}|{target}", max_age=600, httponly=True, samesite="lax",
+                     path=self.prefix, secure=https(request))
+        return r
+
+
+def https(request: Request) -> bool:
+    return request.headers.get("x-forwarded-proto", request.url.scheme) == "https"
+
+
+class TrustedProxies:
+    """The addresses whose X-Forwarded-For is believed: the proxy in front of the service.
+    Anyone else (a workspace calling the service directly) is counted by their own address,
+    whatever header they send."""
+
+    def __init__(self, entries: Iterable[str]):
+        self.networks = [ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip()]
+
+    @classmethod
+    def parse(cls, text: str | None, default: Iterable[str] = ("127.0.0.0/8", "::1/128")) -> "TrustedProxies":
+        """From PODBAY_TRUSTED_PROXIES (addresses or networks, comma-separated)."""
+        return cls(text.split(",") if text is not None else default)
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def client(self, request: Request) -> str:
+        """The caller's address: the entry the trusted proxy appended to X-Forwarded-For (the
+        last one; those before it are whatever the caller sent), or the peer's own."""
+        peer = request.client.host if request.client else "?"
+        if not self.trusts(peer):
+            return peer
+        forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+        return forwarded[-1] if forwarded else peer
