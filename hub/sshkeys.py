@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import struct
 import time
+import unicodedata
 
 from sqlalchemy import Float, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
@@ -37,11 +38,20 @@ class SshKeyRow(Base):
     added: Mapped[float] = mapped_column(Float, default=time.time)
 
 
+def _control(c: str) -> bool:
+    return c != "\t" and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
+
+
 def parse(line: str) -> tuple[str, str, str]:
     """(type and base64 blob as one authorized_keys line, its SHA256 fingerprint, comment)."""
     text = line.strip()
     if "PRIVATE KEY" in text:
         raise KeyRefused("this is a private key: give the public one (the .pub file), and keep this one to yourself")
+    if any(_control(c) for c in text):
+        # A line break would add a second line to authorized_keys (with options such as
+        # command=) that nobody sees listed, counts or can remove.
+        raise KeyRefused("a public key is one line: this one has a line break or another control character "
+                         "(paste the .pub file's single line)")
     parts = text.split(None, 2)
     if len(parts) < 2 or parts[0] not in KEY_TYPES:
         raise KeyRefused("not an SSH public key: expected a line like 'ssh-ed25519 AAAA… you@laptop' "
@@ -91,4 +101,7 @@ class KeyStore:
         """The person's keys as an authorized_keys file."""
         with self._read() as s:
             rows = s.scalars(select(SshKeyRow).where(SshKeyRow.user == user).order_by(SshKeyRow.added)).all()
-        return "".join(f"{r.key} {r.comment}".rstrip() + "\n" for r in rows)
+        # One line per key whatever a row holds (one stored before control characters were
+        # refused): no comment adds a line.
+        return "".join(f"{r.key} {''.join(' ' if _control(c) else c for c in r.comment)}".rstrip() + "\n"
+                       for r in rows)

@@ -14,6 +14,10 @@ server (tests/k8s_emulator.py) with what a real cluster runs beside it and nothi
 - the Job controller: pods for a Job that is not suspended (`<job>-<index>-<suffix>` with
   hostname `<job>-<index>` for an Indexed Job), the Job's status and conditions, and the
   garbage collector (pods of a deleted Job go);
+- Pod Security admission at the `restricted` level for every namespace (a Namespace's own
+  pod-security.kubernetes.io/enforce label says otherwise): a pod below it is refused with
+  the API server's words, and a Job's pods are not made (a FailedCreate event instead);
+- a storage provisioner with reclaimPolicy Delete: a deleted claim's files go once no pod uses it;
 - Kueue: a Workload per suspended Job of a LocalQueue, admitted (the Job unsuspended) while
   its ClusterQueue's nominalQuota, or what its cohort leaves unused, covers it; otherwise
   QuotaReserved False with Kueue's reason.
@@ -95,14 +99,89 @@ def condition(type_: str, status: str, reason: str = "", message: str = "") -> d
             "lastTransitionTime": "2026-11-30T00:00:00Z"}
 
 
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                   "projected", "secret"}
+
+
+def pod_security_violations(pod: dict) -> list[str]:
+    """What the Pod Security admission of Kubernetes (k8s.io/pod-security-admission, its
+    `restricted` level, latest version) refuses in a pod, in its own words."""
+    spec = pod.get("spec") or {}
+    psc = spec.get("securityContext") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    out: list[str] = []
+    host = [k for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)]
+    if host:
+        out.append(f"host namespaces ({', '.join(f'{k}=true' for k in host)})")
+    privileged = [c["name"] for c in containers if (c.get("securityContext") or {}).get("privileged")]
+    if privileged:
+        out.append(f"privileged ({_names(privileged)} must not set securityContext.privileged=true)")
+    escalating = [c["name"] for c in containers if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is not False]
+    if escalating:
+        out.append(f"allowPrivilegeEscalation != false ({_names(escalating)} must set "
+                   "securityContext.allowPrivilegeEscalation=false)")
+    undropped = [c["name"] for c in containers
+                 if "ALL" not in (((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") or [])]
+    added = [c["name"] for c in containers
+             if set(((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []) - {"NET_BIND_SERVICE"}]
+    if undropped or added:
+        words = []
+        if undropped:
+            words.append(f'{_names(undropped)} must set securityContext.capabilities.drop=["ALL"]')
+        if added:
+            words.append(f"{_names(added)} must not include capabilities other than NET_BIND_SERVICE in "
+                         "securityContext.capabilities.add")
+        out.append(f"unrestricted capabilities ({'; '.join(words)})")
+    volumes = [v["name"] for v in spec.get("volumes") or [] if not set(v) - {"name"} <= ALLOWED_VOLUMES]
+    if volumes:
+        out.append(f"restricted volume types ({', '.join(f'volume {n!r}' for n in volumes)})")
+    if not psc.get("runAsNonRoot"):
+        roots = [c["name"] for c in containers if (c.get("securityContext") or {}).get("runAsNonRoot") is not True]
+        if roots:
+            out.append(f"runAsNonRoot != true (pod or {_names(roots)} must set securityContext.runAsNonRoot=true)")
+    if psc.get("runAsUser") == 0 or any((c.get("securityContext") or {}).get("runAsUser") == 0 for c in containers):
+        out.append("runAsUser=0 (pod and containers must not set runAsUser=0)")
+
+    def confined(sc: dict) -> bool:
+        return ((sc or {}).get("seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost")
+
+    if not confined(psc):
+        loose = [c["name"] for c in containers if not confined(c.get("securityContext"))]
+        if loose:
+            out.append(f'seccompProfile (pod or {_names(loose)} must set securityContext.seccompProfile.type to '
+                       '"RuntimeDefault" or "Localhost")')
+    return out
+
+
+def _names(names: list[str]) -> str:
+    quoted = ", ".join(f'"{n}"' for n in names)
+    return f"container {quoted}" if len(names) == 1 else f"containers {quoted}"
+
+
+def pod_security_refusal(pod: dict, level: str) -> str | None:
+    """The API server's refusal of a pod in a namespace that enforces `level`, or None."""
+    if level != "restricted":
+        return None
+    found = pod_security_violations(pod)
+    if not found:
+        return None
+    name = (pod.get("metadata") or {}).get("name") or (pod.get("metadata") or {}).get("generateName", "")
+    return f'pods "{name}" is forbidden: violates PodSecurity "restricted:latest": {", ".join(found)}'
+
+
 class Container:
     def __init__(self, proc: asyncio.subprocess.Process, log: Path):
         self.proc, self.log = proc, log
 
 
 class Cluster:
-    def __init__(self, emu: Emulator, state: Path):
+    def __init__(self, emu: Emulator, state: Path, pod_security: str = "restricted"):
         self.emu, self.state = emu, state
+        # Pod Security admission, as a cluster whose AdmissionConfiguration defaults every
+        # namespace to `enforce: <level>` (a Namespace's pod-security.kubernetes.io/enforce
+        # label says otherwise for it): what podbay's docs ask for its namespace.
+        self.pod_security = pod_security
+        emu.admit = self.admit
         self.storage = state / "volumes"
         self.containers: dict[str, Container] = {}  # pod uid -> its process
         # Pod IPs on the loopback, in a /16 of this cluster's own: two stand-in clusters at once
@@ -111,6 +190,16 @@ class Cluster:
         self.ips = iter(f"127.{net}.{n // 250}.{n % 250 + 2}" for n in range(62500))
         # (namespace, claim) of every PVC seen: the provisioner's volumes.
         self.claims: set[tuple[str, str]] = set()
+
+    def enforced(self, namespace: str | None) -> str:
+        ns = self.emu.get_object("v1/namespaces", None, namespace or "") or {}
+        return ((ns.get("metadata") or {}).get("labels") or {}).get("pod-security.kubernetes.io/enforce",
+                                                                      self.pod_security)
+
+    def admit(self, plural: str, namespace: str | None, obj: dict) -> str | None:
+        if plural != "pods":
+            return None
+        return pod_security_refusal(obj, self.enforced(namespace))
 
     # --- reading the emulator's objects --------------------------------------------------
 
@@ -248,8 +337,14 @@ class Cluster:
             pods = pods_of.get(uid, [])
             n = spec.get("completions") or 1
             if not pods:
-                for index in range(n):
-                    await self.emu.add_object("v1/pods", self.job_pod(job, index))
+                made = [self.job_pod(job, index) for index in range(n)]
+                refused = self.admit("pods", job["metadata"]["namespace"], made[0])
+                if refused:
+                    # As the Job controller: no pod, a FailedCreate event on the Job (once here).
+                    await self.event(job, "FailedCreate", f"Error creating: {refused}")
+                    continue
+                for pod in made:
+                    await self.emu.add_object("v1/pods", pod)
                 continue
             phases = [p["status"].get("phase") for p in pods]
             new = {"active": sum(p not in TERMINATED for p in phases), "succeeded": phases.count("Succeeded"),
@@ -263,6 +358,16 @@ class Cluster:
                 new["conditions"] = [condition("Complete", "True")]
             if any(status.get(k) != v for k, v in new.items()):
                 await self.patch("batch/v1/jobs", job, {"status": new})
+
+    async def event(self, obj: dict, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        name = f"{meta['name']}.{reason.lower()}"
+        if self.emu.get_object("v1/events", meta["namespace"], name) is None:
+            await self.emu.add_object("v1/events", {
+                "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason, "message": message,
+                "metadata": {"name": name, "namespace": meta["namespace"]},
+                "involvedObject": {"kind": obj.get("kind", "Job"), "name": meta["name"], "namespace": meta["namespace"],
+                                   "uid": meta["uid"]}})
 
     def job_pod(self, job: dict, index: int) -> dict:
         meta, spec = job["metadata"], job["spec"]
@@ -489,6 +594,11 @@ class Cluster:
         # The pod's fsGroup is every container's supplementary group, as the kubelet makes it.
         groups = [f"--groups={fs_group}"] if fs_group is not None else ["--clear-groups"]
         drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", *groups] if uid else []
+        csc = c.get("securityContext") or {}
+        if drop and "ALL" in ((csc.get("capabilities") or {}).get("drop") or []):
+            drop += ["--inh-caps=-all", "--bounding-set=-all"]  # as the runtime drops them
+        if drop and csc.get("allowPrivilegeEscalation") is False:
+            drop.append("--no-new-privs")  # the kernel's no_new_privs, which the runtime sets
         script.append(f"cd {shlex.quote(workdir)} 2>/dev/null || cd /")
         script.append("exec " + shlex.join(drop + argv))
         log = self.state / "logs" / f"{meta['namespace']}_{meta['name']}.log"

@@ -28,6 +28,7 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     'v1/secrets': ('Secret', True, set()),
     'v1/events': ('Event', True, set()),
     'batch/v1/jobs': ('Job', True, {'status'}),
+    'networking.k8s.io/v1/networkpolicies': ('NetworkPolicy', True, set()),
     'kueue.x-k8s.io/v1beta1/workloads': ('Workload', True, {'status'}),
 }
 VERBS = {'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'}
@@ -65,6 +66,8 @@ def _field(obj: Any, path: str) -> str:
 class Emulator(kmock.KubernetesEmulator):
     # (namespace, pod) -> its log: text, or the file a stand-in kubelet writes it to
     pod_logs: dict[tuple[str, str], str | Path] = attrs.field(factory=dict)
+    # Admission: (resource, namespace, object) -> a refusal's message, or None to admit.
+    admit: Any = attrs.field(default=None)
     last_rv: int = attrs.field(default=0, init=False)
     closing: bool = attrs.field(default=False, init=False)
 
@@ -102,6 +105,9 @@ class Emulator(kmock.KubernetesEmulator):
             key = (request.resource, request.namespace, request.name)
             cur = self.objects[key] if request.name and key in self.objects and not self.objects[key].deleted else None
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                refused = self.admit and self.admit(str(request.resource.plural), request.namespace, request.data)
+                if refused:
+                    raise kmock.KubernetesError(403, 'Forbidden', refused)
                 self.stamp(request.data, request.namespace)
             elif request.action == kmock.action.UPDATE and cur is not None:
                 if isinstance(request.data, dict):  # merge & strategic patches: both as plain merge (lists replaced)

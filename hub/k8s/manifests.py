@@ -1,5 +1,5 @@
 """What the Zero to JupyterHub chart lacks for podbay, built from podbay.yaml: the hub's
-rights to read Nodes (capacity) and to run Jobs, Kueue's queues (one ClusterQueue per team,
+rights to read Nodes (capacity) and to run Jobs, the NetworkPolicy of training-job pods, Kueue's queues (one ClusterQueue per team,
 its job-GPU quota as nominalQuota of one flavor, all in one cohort so idle quota can be
 borrowed; a LocalQueue per team in podbay's namespace), and the device plugin's
 time-slicing config for the pools that share GPUs."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import yaml
 
 from ..config import PodbayConfig
-from .objects import GPU
+from .objects import GPU, LABEL
 from .settings import KubernetesSettings
 
 KUEUE = "kueue.x-k8s.io/v1beta1"
@@ -45,6 +45,9 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
              # People's secrets, one Secret each, which their workspaces and jobs take as environment.
              {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "delete"]},
              {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "watch"]},
+             # A multi-node job's own policy: its pods reach one another (NCCL, the rendezvous).
+             {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+              "verbs": ["get", "create", "delete"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(runner, ns),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": runner},
@@ -100,9 +103,34 @@ def time_slicing(cfg: PodbayConfig, settings: KubernetesSettings, namespace: str
              "metadata": _meta(f"{settings.name_prefix}-time-slicing", namespace), "data": data}]
 
 
+# What a pod may reach beyond the cluster: every address but the private ranges (other pods,
+# nodes, Services), link-local (the cloud metadata server at 169.254.169.254, which hands out
+# the node's credentials) and the carrier-grade NAT range some clusters use for pods.
+NOT_THE_CLUSTER = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"]
+DNS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+
+
+def job_network_policy(settings: KubernetesSettings) -> dict:
+    """Training-job pods are in no policy of the chart (it selects singleuser-server pods): this
+    one lets nothing in and lets them reach only DNS and addresses outside the cluster, as the
+    chart's singleuser policy does for workspaces. A multi-node job adds its own
+    (objects.job_peer_policy): its pods reach one another, nobody else's."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(f"{settings.name_prefix}-jobs", settings.namespace),
+            "spec": {"podSelector": {"matchLabels": {f"{LABEL}/component": "job"}},
+                     "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [],
+                     "egress": [
+                         {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": NOT_THE_CLUSTER}}]},
+                         {"ports": DNS, "to": [
+                             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+                             *({"ipBlock": {"cidr": cidr}} for cidr in NOT_THE_CLUSTER[:3])]},
+                     ]}}
+
+
 def manifests(cfg: PodbayConfig, settings: KubernetesSettings, hub_account: str = "hub",
               hub_namespace: str | None = None) -> list[dict]:
-    out = rbac(settings, hub_account, hub_namespace) + time_slicing(cfg, settings)
+    out = rbac(settings, hub_account, hub_namespace) + time_slicing(cfg, settings) + [job_network_policy(settings)]
     if settings.kueue:
         out += kueue(cfg, settings)
     return out

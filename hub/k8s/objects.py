@@ -21,6 +21,7 @@ allocates: podbay never does here.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -108,10 +109,24 @@ def safe_name(text: str) -> str:
     return escape(text, safe=_SAFE, escape_char="-").lower()
 
 
+def k8s_name(text: str, limit: int = 253) -> str:
+    """A name within `limit` characters that stays unique: one that fits is kept as it is (the
+    names of homes and secrets that exist already do not change); a longer one is cut and
+    ends in a hash of the whole, so two long names sharing a prefix never become one (and
+    never end in '-', which the API server refuses)."""
+    if len(text) <= limit and not text.endswith("-"):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[:limit - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
 def label_value(text: str) -> str:
     """A label value: 63 characters at most, of [A-Za-z0-9._-], starting and ending alphanumeric."""
-    out = "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:63]
-    return out.strip("._-")
+    out = "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("._-")
+    if len(out) > 63:  # two long names sharing a prefix stay two
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        out = f"{out[:52].rstrip('._-')}-{digest}"
+    return out
 
 
 def labels(*, user: str, team: str | None, profile: str, units: Fraction | None = None,
@@ -154,7 +169,7 @@ def home_claim_name(settings: KubernetesSettings, user: str, workspace: str | No
     name = f"{settings.name_prefix}-home-{safe_name(user)}"
     if settings.home.per_workspace and workspace:
         name += f"--{safe_name(workspace)}"
-    return name[:253]
+    return k8s_name(name)
 
 
 def home_pvc(settings: KubernetesSettings, user: str, team: str | None, workspace: str | None = None) -> dict:
@@ -181,7 +196,7 @@ def volume_mounts(cfg: PodbayConfig, settings: KubernetesSettings, names: list[s
         vol = cfg.volume(name)
         if vol is None or not vol.pvc:
             continue
-        key = f"data-{safe_name(name)}"[:63]
+        key = k8s_name(f"data-{safe_name(name)}", 63)
         volumes.append({"name": key, "persistentVolumeClaim": {"claimName": vol.pvc, "readOnly": vol.read_only}})
         mounts.append({"name": key, "mountPath": f"{HOME}/{vol.target}", "readOnly": vol.read_only})
     return volumes, mounts
@@ -214,7 +229,7 @@ def container_resources(settings: KubernetesSettings, profile_id: str, ask: GpuA
 
 
 def user_secret_name(settings: KubernetesSettings, user: str) -> str:
-    return f"{settings.name_prefix}-secrets-{safe_name(user)}"[:253]
+    return k8s_name(f"{settings.name_prefix}-secrets-{safe_name(user)}")
 
 
 def user_secret(settings: KubernetesSettings, user: str, values: dict[str, str]) -> dict:
@@ -229,6 +244,23 @@ def user_secret(settings: KubernetesSettings, user: str, values: dict[str, str])
 
 def env_list(env: dict[str, str]) -> list[dict]:
     return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def job_peer_policy(settings: KubernetesSettings, job_name: str, meta_labels: dict[str, str]) -> dict:
+    """A multi-node job's pods reach one another (NCCL, torchrun's rendezvous on MASTER_PORT),
+    on top of the namespace's policy for job pods (manifests.job_network_policy), which lets
+    nothing in. The Job controller labels each pod with its Job's name."""
+    peers = [{"podSelector": {"matchLabels": {"job-name": job_name}}}]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": job_name, "namespace": settings.namespace, "labels": dict(meta_labels)},
+            "spec": {"podSelector": {"matchLabels": {"job-name": job_name}}, "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [{"from": peers}], "egress": [{"to": peers}]}}
+
+
+# What Kubernetes' `restricted` Pod Security Standard asks of every pod and container: podbay's
+# images run as jovyan and need no capability.
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int, name: str, user: str,
@@ -256,7 +288,7 @@ def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
     limits = {k: str(v) for k, v in ask.resources.items()}
     container = {"name": "job", "image": image, "command": list(command), "workingDir": workdir,
-                 "env": container_env, "volumeMounts": mounts,
+                 "env": container_env, "volumeMounts": mounts, "securityContext": dict(RESTRICTED_CONTAINER),
                  "resources": {"limits": limits, "requests": dict(limits)} if limits else {}}
     if not ask.resources:
         container["env"] = container_env + env_list({"NVIDIA_VISIBLE_DEVICES": "void"})
@@ -266,7 +298,9 @@ def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int
         "restartPolicy": "Never", "containers": [container], "volumes": vols,
         "nodeSelector": node_selector_of(cfg, pool, ask), "tolerations": tolerations_of(cfg, pool),
         # jovyan, as in the workspace, so the home's files are the user's own.
-        "securityContext": {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100},
+        "securityContext": {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100, **RESTRICTED_POD},
+        # A job has no business with the Kubernetes API.
+        "automountServiceAccountToken": False,
     }
     job_spec: dict[str, Any] = {"backoffLimit": 0, "template": {"metadata": {"labels": dict(meta_labels)},
                                                                 "spec": pod_spec}}
@@ -283,6 +317,7 @@ def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int
                                  "ports": [{"name": "rendezvous", "port": MASTER_PORT}],
                                  # The ranks find each other before they are ready.
                                  "publishNotReadyAddresses": True}})
+        objects.append(job_peer_policy(settings, job_name, meta_labels))
     job = {"apiVersion": "batch/v1", "kind": "Job",
            "metadata": {"name": job_name, "namespace": settings.namespace, "labels": meta_labels},
            "spec": job_spec}

@@ -21,6 +21,8 @@ from traitlets import Float, default
 
 from ..k8s.objects import (
     HOME,
+    RESTRICTED_CONTAINER,
+    RESTRICTED_POD,
     bytes_of,
     cores,
     container_resources,
@@ -96,6 +98,16 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
     @default("fs_gid")
     def _default_fs_gid(self):
         return 100
+
+    # Kubernetes' `restricted` Pod Security Standard (podbay's images need nothing more): a
+    # deployment whose image needs root or a capability configures these itself.
+    @default("pod_security_context")
+    def _default_pod_security_context(self):
+        return dict(RESTRICTED_POD)
+
+    @default("container_security_context")
+    def _default_container_security_context(self):
+        return dict(RESTRICTED_CONTAINER)
 
     def podbay_claim_ref(self) -> dict:
         # DCGM's exporter labels a pod's GPU series with namespace and pod.

@@ -53,7 +53,8 @@ class KubernetesJobs(TrainingBackend):
                     api = await api()
                 except KubernetesUnreachable as e:
                     raise BackendUnavailable(str(e)) from None
-            self._apis = (client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api))
+            self._apis = (client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api),
+                          client.NetworkingV1Api(api))
 
     async def aclose(self) -> None:
         if self._apis is not None and callable(self._api):  # a client it made itself
@@ -71,6 +72,10 @@ class KubernetesJobs(TrainingBackend):
     @property
     def custom(self):
         return self._apis[2]
+
+    @property
+    def networking(self):
+        return self._apis[3]
 
     def home_of(self, user: str) -> Path:
         return Path(HOME)
@@ -106,8 +111,11 @@ class KubernetesJobs(TrainingBackend):
             volumes=job.volume_names, gpus_per_node=job.gpus_per_node, nodes=job.nodes, pool=job.pool,
             queue=job.queue, workspace=job.workspace, secret=secret)
         ns = self.settings.namespace
-        for obj in reversed(objects):  # the Service first: the ranks look each other up at once
-            create = self.batch.create_namespaced_job if obj["kind"] == "Job" else self.core.create_namespaced_service
+        creators = {"Job": self.batch.create_namespaced_job, "Service": self.core.create_namespaced_service,
+                    "NetworkPolicy": self.networking.create_namespaced_network_policy}
+        # The policy and the Service first: the ranks reach and look each other up at once.
+        for obj in reversed(objects):
+            create = creators[obj["kind"]]
             try:
                 await self._call(create, ns, obj)
             except ApiException as e:
@@ -156,7 +164,25 @@ class KubernetesJobs(TrainingBackend):
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         if running and len(running) >= (spec.get("parallelism") or 1):
             return BackendStatus("running")
+        if not pods:
+            refused = await self._refused(job)
+            if refused:
+                return BackendStatus("pending", message=refused)
         return BackendStatus("pending", message=_pending_reason(pods))
+
+    async def _refused(self, job: dict) -> str | None:
+        """Why the Job controller makes no pod: the API server refused them (Pod Security
+        admission, a quota), which its FailedCreate event says."""
+        name = job["metadata"]["name"]
+        try:
+            found = await self._call(read_json, self.core.list_namespaced_event, self.settings.namespace,
+                                     field_selector=f"involvedObject.name={name}")
+        except Exception:  # noqa: BLE001 - no events to read is no reason to give
+            return None
+        for ev in reversed(found.get("items") or []):
+            if ev.get("reason") == "FailedCreate" and (ev.get("involvedObject") or {}).get("name") == name:
+                return f"the cluster refuses its pods (tell the platform team): {ev.get('message', '')}"
+        return None
 
     async def _exit_code(self, ref: dict) -> int:
         for pod in await self._pods(ref):
@@ -192,7 +218,8 @@ class KubernetesJobs(TrainingBackend):
 
         name, ns = self.job_name(ref["job_id"]), self.settings.namespace
         # Background: the Job goes now, its pods after it (SIGTERM, their grace period).
-        for delete in (self.batch.delete_namespaced_job, self.core.delete_namespaced_service):
+        for delete in (self.batch.delete_namespaced_job, self.core.delete_namespaced_service,
+                       self.networking.delete_namespaced_network_policy):
             try:
                 await self._call(delete, name, ns, body=V1DeleteOptions(propagation_policy="Background"))
             except ApiException as e:

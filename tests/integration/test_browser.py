@@ -183,8 +183,9 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
 
     from tests.conftest import wait_job
 
-    (tmp_path / "attack").mkdir()
-    (tmp_path / "attack" / "index.html").write_text(ATTACK)
+    # The proxy passes the whole path on, as it does to a workspace's server.
+    (tmp_path / "attack" / "user" / "bob" / "puzzle").mkdir(parents=True)
+    (tmp_path / "attack" / "user" / "bob" / "puzzle" / "index.html").write_text(ATTACK)
     handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "attack"))  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -480,3 +480,22 @@ def test_why_a_workspace_pod_does_not_start(pod, waited, said):
     from podbay.hub.spawners.kubernetes import why_not_starting
 
     assert why_not_starting(pod, waited, grace=10) == said
+
+
+def test_long_names_stay_unique_and_valid_for_any_username():
+    """Names are cut to what Kubernetes takes; two long usernames sharing a prefix must not
+    get each other's home or secrets, and a cut name must not end in '-'."""
+    from podbay.hub.k8s.objects import home_claim_name, k8s_name, label_value, user_secret, user_secret_name
+
+    long_a, long_b = "a" * 300 + "-alice", "a" * 300 + "-bob"
+    for name_of in (home_claim_name, user_secret_name):
+        a, b = name_of(SETTINGS, long_a), name_of(SETTINGS, long_b)
+        assert a != b and len(a) <= 253 and len(b) <= 253 and a[-1].isalnum()
+    # Cut where a '-' would be left last.
+    assert k8s_name("b" * 52 + "-" + "c" * 20, 63)[-1].isalnum() and len(k8s_name("d" * 70, 63)) == 63
+    valid(home_pvc(SETTINGS, long_a, None))
+    valid(user_secret(SETTINGS, long_a, {"K": "v"}))
+    # Names that fit keep the name they always had: existing homes are found again.
+    assert home_claim_name(SETTINGS, "alice") == "podbay-home-alice"
+    assert label_value(long_a) != label_value(long_b) and len(label_value(long_a)) <= 63
+    assert label_value("alice") == "alice"

@@ -55,3 +55,27 @@ def test_keys_are_per_person_once_each_and_make_an_authorized_keys_file(tmp_path
     assert store.authorized_keys("alice") == public.strip() + "\n"
     assert store.remove("alice", fingerprint) and store.authorized_keys("alice") == ""
     book.dispose()
+
+
+def test_a_line_break_or_control_character_in_a_key_is_refused_and_never_makes_a_second_line(tmp_path):
+    """A comment with a line break would add a hidden authorized_keys line of its own
+    (`command=…` and another key), not listed, not counted, not removable."""
+    public, _, _ = keygen(tmp_path, "ed25519")
+    kind, blob, _ = public.split()
+    for evil in (f"{kind} {blob} laptop\ncommand=\"sh\" {kind} {blob}", f"{kind} {blob} a\rb",
+                 f"{kind} {blob} a\x00b", f"{kind} {blob} a\u2028b", f"{kind}\n{blob}"):
+        with pytest.raises(KeyRefused, match="one line"):
+            parse(evil)
+    # A row stored before the refusal existed still makes one line.
+    book = QuotaBook(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    store = KeyStore(book)
+    store.add("alice", public)
+    from sqlalchemy import update
+
+    from podbay.hub.sshkeys import SshKeyRow
+
+    with book.write_session() as s, s.begin():
+        s.execute(update(SshKeyRow).values(comment="x\ncommand=\"sh\" ssh-ed25519 AAAA"))
+    text = store.authorized_keys("alice")
+    assert text.count("\n") == 1 and text.startswith(f"{kind} {blob} x command=")
+    book.dispose()
