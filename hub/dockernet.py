@@ -42,6 +42,15 @@ class WorkspaceNetwork(NamedTuple):
     isolated: bool  # inter-container communication off
 
 
+def restricted_host_config(base: dict | None = None) -> dict:
+    """What every workspace and job container runs with: no capability (a deployment's own
+    cap_add or security_opt in DockerSpawner.extra_host_config is kept), and no privilege
+    gained through setuid programs."""
+    base = base or {}
+    return {"cap_drop": ["ALL"], "cap_add": list(base.get("cap_add") or []),
+            "security_opt": list(dict.fromkeys([*(base.get("security_opt") or []), "no-new-privileges:true"]))}
+
+
 def host_mode_warning(settings: DockerSettings) -> str:
     return (
         "podbay: WARNING: docker.network.mode is host. Every workspace and job shares this "

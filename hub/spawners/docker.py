@@ -24,6 +24,9 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import os
 import sys
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -32,7 +35,7 @@ from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import random_port
 from traitlets import default
 
-from ..dockernet import DockerNetworkError, ensure_network
+from ..dockernet import DockerNetworkError, ensure_network, restricted_host_config
 from ..quota import Allocation
 from .mixin import PodbaySpawnerMixin, spawn_may_be_under_way
 
@@ -63,6 +66,19 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         # With the host network there is nothing to publish: skip DockerSpawner's port
         # bindings (issue 462); get_ip_and_port below answers instead.
         return self.network_name == "host" or super()._default_use_ip()
+
+    @default("object_name")
+    def _object_name_default(self):
+        """Docker's embedded DNS answers the name of every container on the workspace network
+        to any other (and no resolv.conf keeps a workspace from asking it directly): a name
+        saying whose workspace it is would hand its address to every other user. The name is
+        a keyed hash of the user and workspace instead (the same at every start, so a
+        leftover is found again); the labels say whose it is. A running container keeps the
+        name it had (DockerSpawner's state)."""
+        key = os.environ.get("JUPYTERHUB_CRYPT_KEY", "") or os.environ.get("PODBAY_SECRETS_KEY", "")
+        digest = hmac.new(f"podbay-container:{key}".encode(), f"{self.user.name}\n{self.name}".encode(),
+                          hashlib.sha256).hexdigest()[:20]
+        return f"{self.docker_settings.name_prefix}-ws-{digest}"
 
     @default("remove")
     def _default_remove(self):
@@ -123,7 +139,11 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         if not hasattr(self, "_base_host_config"):
             self._base_host_config = dict(self.extra_host_config)
             self._base_create_kwargs = dict(self.extra_create_kwargs)
-        host_config = {**self._base_host_config, "auto_remove": False}  # keep a dead workspace's output
+        host_config = {**self._base_host_config, "auto_remove": False,  # keep a dead workspace's output
+                       # Nothing in a workspace needs a capability (it runs as jovyan): none,
+                       # NET_RAW included (no ARP or spoofing games on the shared bridge), and
+                       # no setuid program gains any.
+                       **restricted_host_config(self._base_host_config)}
         devices = list(dict.fromkeys(self.podbay_allocation.devices)) if self.podbay_allocation else []
         if devices:
             host_config["device_requests"] = [

@@ -23,7 +23,7 @@ from docker.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from ..config import PodbayConfig
-from ..dockernet import DockerNetworkError, ensure_network
+from ..dockernet import DockerNetworkError, ensure_network, restricted_host_config
 from ..environment import gpu_env
 from ..images import DockerUnavailable
 from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, offset_of, read_from, read_int
@@ -88,7 +88,7 @@ class DockerBackend(TrainingBackend):
             except DockerNetworkError as e:
                 raise BackendUnavailable(f"the job's network is not usable: {e}") from None
         host_config = api.create_host_config(
-            binds=binds, network_mode=self.settings.job_network_name,
+            binds=binds, network_mode=self.settings.job_network_name, **restricted_host_config(),
             device_requests=[{"driver": self.settings.gpu_driver, "device_ids": devices,
                               "capabilities": [["gpu"]]}] if devices else None)
         env = {**gpu_env(devices), **job.env}  # job.env has them already, when built by the manager

@@ -325,7 +325,12 @@ opener = urllib.request.build_opener(NoRedirect)
 out = {}
 for name, t in json.loads(sys.argv[1]).items():
     try:
-        if "url" in t:
+        if "resolve" in t:  # a name, through the container's resolver and Docker's own DNS
+            out[name] = "resolved: " + socket.gethostbyname(t["resolve"])
+        elif "raw" in t:  # a raw socket: ARP and spoofing games on the shared bridge
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+            out[name] = "open"
+        elif "url" in t:
             headers = t.get("headers", {})
             if t.get("workspace_token"):  # this workspace's own, as its terminal has it
                 headers = {"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}
@@ -338,6 +343,10 @@ for name, t in json.loads(sys.argv[1]).items():
         out[name] = [e.code, ""]
     except ConnectionRefusedError:
         out[name] = "refused"
+    except socket.gaierror:
+        out[name] = "unresolved"
+    except PermissionError:
+        out[name] = "not permitted"
     except OSError as e:
         out[name] = "unreachable: %s" % e
 print(json.dumps(out))
@@ -415,6 +424,10 @@ def cross_user_probe(hub: Hub, docker, prefix: str = PREFIX) -> dict:
                 "url": f"http://{alice_ip}:{alice_port}/user/alice/iso/api/status",
                 "headers": {"Authorization": f"token {bob_token}"}},
             "alice_jupyter_without_token": {"url": f"http://{alice_ip}:{alice_port}/user/alice/iso/api/status"},
+            # The names DockerSpawner would give her workspace: they say whose it is.
+            "alice_by_her_name": {"resolve": f"{prefix}-alice--iso"},
+            "alice_by_her_user": {"resolve": f"{prefix}-alice"},
+            "raw_socket": {"raw": True},
         }
         for what, port in (("proxy_api", hub.port + 2), ("podbay_service", hub.port + 3), ("public_proxy", hub.port)):
             for where in {"127.0.0.1", hub_api.hostname}:
@@ -422,6 +435,8 @@ def cross_user_probe(hub: Hub, docker, prefix: str = PREFIX) -> dict:
         code, out = sh(docker, bob["Id"], f"python3 -c {shlex.quote(PROBE)} {shlex.quote(json.dumps(targets))}")
         assert code == 0, out
         facts["from_bob"] = json.loads(out.strip().splitlines()[-1])
+        facts["bob_capabilities"] = sh(docker, bob["Id"], "grep -E '^Cap(Eff|Bnd)|^NoNewPrivs' /proc/1/status")[1]
+        facts["alice_name"] = alice["Name"].lstrip("/")
         facts["alice_ip"], facts["job_ip"] = alice_ip, job_ip
 
         # Through the hub, with bob's own login: alice's workspace, and bob's own
@@ -477,6 +492,13 @@ def test_users_workspaces_and_jobs_cannot_reach_each_other(dhub, docker):
         result = seen[name]
         assert (isinstance(result, str) and result != "open") or result[0] in answers, (name, result)
     assert ALICE_SECRET not in json.dumps(seen)
+    # bob cannot find her workspace by a name that says whose it is, nor play with raw packets:
+    # his workspace has no capability and gains none.
+    assert "alice" not in facts["alice_name"], facts["alice_name"]
+    assert seen["alice_by_her_name"] == seen["alice_by_her_user"] == "unresolved", seen
+    assert seen["raw_socket"] == "not permitted", seen
+    caps = dict(line.split(":", 1) for line in facts["bob_capabilities"].split("\n") if ":" in line)
+    assert int(caps["CapEff"], 16) == int(caps["CapBnd"], 16) == 0 and caps["NoNewPrivs"].strip() == "1", caps
 
     via = facts["via_hub"]
     assert via["alice_workspace"] in (403, 404) and via["alice_vscode"] in (302, 403, 404), via

@@ -455,3 +455,59 @@ async def test_podbay_k8s_check_counts_the_cluster_and_names_the_nodes_it_does_n
     assert "  dev          gpu-1            1 free of 1" in lines, run.stdout
     assert ("warning: node odd-1 (pool dev) uses the single MIG strategy, the config says mixed: its MIG devices "
             "are not counted") in lines, run.stdout
+
+
+async def test_the_stand_in_admits_pods_as_pod_security_restricted_does_and_a_refused_job_says_why(
+        kubernetes_installed, tmp_path):
+    """The stand-in cluster refuses what the API server's Pod Security admission refuses at
+    the `restricted` level (every namespace here, as podbay's docs ask for its own): podbay's
+    workspace and job pods pass; a pod below it is refused in the API server's words, and a
+    Job whose pods are refused makes none, and podbay says so rather than "waiting"."""
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from podbay.hub.config import load_config
+    from podbay.hub.k8s.objects import training_job
+    from podbay.hub.training.kubernetes import KubernetesJobs
+    from tests.k8s_cluster import CLUSTER_RESOURCES, Cluster
+
+    cfg = load_config(config(tmp_path, kueue=False), "kubernetes")
+    settings = cfg.kubernetes
+    async with emulated_cluster(CLUSTER_RESOURCES) as (url, emu):
+        cluster = Cluster(emu, tmp_path)
+        async with client.ApiClient(client.Configuration(host=url)) as api:
+            core = client.CoreV1Api(api)
+            plain = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+                     "spec": {"containers": [{"name": "c", "image": "x"}]}}
+            with pytest.raises(ApiException) as refused:
+                await core.create_namespaced_pod(NS, plain)
+            assert refused.value.status == 403
+            body = json.loads(refused.value.body)["message"]
+            assert body.startswith('pods "plain" is forbidden: violates PodSecurity "restricted:latest": '
+                                   "allowPrivilegeEscalation != false")
+            assert 'must set securityContext.capabilities.drop=["ALL"]' in body and "runAsNonRoot != true" in body
+            # A namespace its operator labelled privileged admits it.
+            await emu.add_object("v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                "name": "lab", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})
+            await core.create_namespaced_pod("lab", plain)
+
+            def job(job_id: int) -> dict:
+                (made,) = training_job(cfg, settings, job_id=job_id, name="j", user="alice", team="vision",
+                                       image="podbay/base:2026.11", command=["true"], workdir="/home/jovyan",
+                                       env={}, volumes=[], gpus_per_node=1, nodes=1, pool="training", queue=None)
+                return made
+
+            batch = client.BatchV1Api(api)
+            await batch.create_namespaced_job(settings.namespace, job(1))
+            rooted = job(2)
+            rooted["spec"]["template"]["spec"]["securityContext"] = {"runAsUser": 0}
+            await batch.create_namespaced_job(settings.namespace, rooted)
+            await cluster.job_controller()
+            pods = {p["metadata"]["labels"]["job-name"] for p in cluster.objects("v1/pods")
+                    if p["metadata"]["namespace"] == settings.namespace}
+            assert pods == {"podbay-job-1"}, "podbay's job pod is admitted, the root one is not"
+            status = await KubernetesJobs(cfg, api).status({"job_id": 2})
+            assert status.state == "pending"
+            assert status.message.startswith("the cluster refuses its pods (tell the platform team): Error creating: "
+                                             'pods "podbay-job-2-')
+            assert "runAsUser=0" in status.message

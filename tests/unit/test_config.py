@@ -275,3 +275,30 @@ def test_a_volume_says_where_its_data_is_and_the_backend_can_mount_it(demo, tmp_
     demo["volumes"][0]["pvc"] = "imagenet-ro"
     (issue,) = errors_of(demo, tmp_path)
     assert issue.startswith("volumes[0]: the local backend mounts a directory: give source (pvc is for kubernetes)")
+
+
+def test_member_and_admin_names_must_be_names_anyone_can_log_in_with(demo, tmp_path):
+    """podbay's default username_pattern keeps out what means something in a URL; a config
+    naming such a member would give a team to a name nobody can have."""
+    data = copy.deepcopy(demo)
+    team = next(iter(data["teams"]))
+    data["teams"][team]["members"] = ["admin#x", "alice?x", "ok.name@example.org"]
+    data["admins"] = ["alice/../admin"]
+    errors = errors_of(data, tmp_path)
+    assert any(f"teams.{team}.members[0]" in e and "'admin#x' is not a name anyone can log in with" in e
+               for e in errors), errors
+    assert any(f"teams.{team}.members[1]" in e for e in errors) and any("admins[0]" in e for e in errors), errors
+    assert not any("ok.name@example.org" in e for e in errors)
+    # A deployment whose provider names people otherwise widens it, and says so.
+    data["auth"] = {"username_pattern": r"^.+$"}
+    parse_config(data)
+    data["auth"] = {"username_pattern": "("}
+    assert any("auth.username_pattern is not a regular expression" in e for e in errors_of(data, tmp_path))
+
+
+def test_hub_urls_take_a_name_as_one_segment():
+    from podbay.hub.hubapi import user_path
+
+    assert user_path("admin#x") == "users/admin%23x"
+    assert user_path("alice?x", "servers", "a/b") == "users/alice%3Fx/servers/a%2Fb"
+    assert user_path("alice/../admin", "tokens", 7) == "users/alice%2F..%2Fadmin/tokens/7"

@@ -499,3 +499,98 @@ def test_long_names_stay_unique_and_valid_for_any_username():
     assert home_claim_name(SETTINGS, "alice") == "podbay-home-alice"
     assert label_value(long_a) != label_value(long_b) and len(label_value(long_a)) <= 63
     assert label_value("alice") == "alice"
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _peer_matches(peer: dict, policy_ns: str, end: dict) -> bool:
+    import ipaddress
+
+    if "ipBlock" in peer:
+        ip = ipaddress.ip_address(end["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(e) for e in block.get("except") or [])
+    if "pod" not in end:
+        return False
+    if "namespaceSelector" in peer:
+        if not _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": end["ns"]}):
+            return False
+    elif end["ns"] != policy_ns:
+        return False
+    return _selects(peer.get("podSelector") or {}, end["labels"])
+
+
+def _ports_match(rule: dict, port: tuple[int, str]) -> bool:
+    ports = rule.get("ports")
+    return not ports or any((p.get("port"), p.get("protocol", "TCP")) == port for p in ports)
+
+
+def reachable(policies: list[dict], src: dict, dst: dict, port: tuple[int, str] = (443, "TCP")) -> bool:
+    """NetworkPolicy's meaning (networking.k8s.io/v1): a connection is allowed when the source
+    pod's egress and the destination pod's ingress each are either selected by no policy of
+    that direction, or allowed by a rule of one that selects it. Ends are pods ({"pod", "ns",
+    "labels", "ip"}) or addresses ({"ip"})."""
+    def side(pod: dict, direction: str, other: dict) -> bool:
+        if "pod" not in pod:
+            return True  # an address outside the cluster has no policy
+        mine = [p for p in policies if p["metadata"]["namespace"] == pod["ns"]
+                and _selects(p["spec"]["podSelector"], pod["labels"]) and direction in p["spec"]["policyTypes"]]
+        if not mine:
+            return True
+        key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+        return any(_ports_match(rule, port) and (not rule.get(peers) or any(
+            _peer_matches(peer, p["metadata"]["namespace"], other) for peer in rule[peers]))
+            for p in mine for rule in p["spec"].get(key) or [])
+    return side(src, "Egress", dst) and side(dst, "Ingress", src)
+
+
+def test_job_pods_reach_their_own_ranks_dns_and_the_internet_and_nothing_of_others(cfg):
+    """bob's job must not reach alice's job pods (the rendezvous on 29500, TensorBoard), nor
+    the cloud metadata server, nor other namespaces; a multi-node job's ranks reach each other."""
+    from podbay.hub.k8s.manifests import job_network_policy
+
+    def objects(job_id, user):
+        return training_job(cfg, SETTINGS, job_id=job_id, name="j", user=user, team=None, image="x", command=["t"],
+                            workdir="/", env={}, volumes=[], gpus_per_node=8, nodes=2, pool="training", queue=None)
+
+    alices, bobs = objects(1, "alice"), objects(2, "bob")
+    policies = [job_network_policy(SETTINGS), *(o for o in alices + bobs if o["kind"] == "NetworkPolicy")]
+    for p in policies:
+        valid(p)
+    ns = SETTINGS.namespace
+
+    def rank(objs, index, ip):
+        labels = {**objs[0]["spec"]["template"]["metadata"]["labels"], "job-name": objs[0]["metadata"]["name"],
+                  "batch.kubernetes.io/job-completion-index": str(index)}
+        return {"pod": f"{objs[0]['metadata']['name']}-{index}", "ns": ns, "labels": labels, "ip": ip}
+
+    a0, a1, b0 = rank(alices, 0, "10.1.0.10"), rank(alices, 1, "10.1.0.11"), rank(bobs, 0, "10.1.0.20")
+    rendezvous = (29500, "TCP")
+    assert reachable(policies, a1, a0, rendezvous) and reachable(policies, a0, a1, rendezvous)
+    assert not reachable(policies, b0, a0, rendezvous), "another user's job reaches alice's ranks"
+    workspace = {"pod": "jupyter-bob", "ns": ns, "labels": {"component": "singleuser-server"}, "ip": "10.1.0.30"}
+    assert not reachable(policies, workspace, a0, (6006, "TCP")), "a workspace reaches a job's TensorBoard"
+    assert not reachable(policies, a0, {"ip": "169.254.169.254"}, (80, "TCP")), "the cloud metadata server"
+    other = {"pod": "db", "ns": "finance", "labels": {"app": "db"}, "ip": "10.2.0.5"}
+    assert not reachable(policies, a0, other, (5432, "TCP"))
+    dns = {"pod": "coredns", "ns": "kube-system", "labels": {"k8s-app": "kube-dns"}, "ip": "10.96.0.10"}
+    assert reachable(policies, a0, dns, (53, "UDP")) and not reachable(policies, a0, dns, (443, "TCP"))
+    assert reachable(policies, a0, {"ip": "151.101.0.223"}, (443, "TCP")), "pip and datasets from the internet"
+
+
+def test_job_and_workspace_pods_meet_the_restricted_pod_security_standard(cfg):
+    """What the stand-in cluster's admission (the API server's Pod Security `restricted`) checks."""
+    from tests.k8s_cluster import pod_security_violations
+
+    (job,) = training_job(cfg, SETTINGS, job_id=3, name="j", user="alice", team=None, image="x", command=["t"],
+                          workdir="/", env={}, volumes=["imagenet"], gpus_per_node=1, nodes=1, pool="training",
+                          queue=None)
+    pod = {"metadata": {"name": "p"}, "spec": job["spec"]["template"]["spec"]}
+    assert pod_security_violations(pod) == []
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    pod["spec"]["containers"][0]["securityContext"] = {}
+    assert [v.split(" (")[0] for v in pod_security_violations(pod)] == ["allowPrivilegeEscalation != false",
+                                                                       "unrestricted capabilities"]
