@@ -236,3 +236,32 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
     finally:
         context.close()
         server.shutdown()
+
+
+def test_only_the_services_own_login_is_a_session_not_a_workspace_or_vscode_token(hub):
+    """Any token of alice's names her to the hub. Set as podbay's session cookie, a workspace's
+    own JUPYTERHUB_API_TOKEN or the token `podbay ws open --vscode` prints would approve a
+    pairing and mint a token broader than itself: neither is a session, each is sent to log in."""
+    import httpx
+
+    from podbay.hub.browser import SESSION_COOKIE
+
+    assert hub.start_server("alice", "tokens", {"profile": "cpu"}).status_code in (201, 202)
+    workspace_token = environ_of(hub.workspace_pid("alice", "tokens"))["JUPYTERHUB_API_TOKEN"]
+    with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
+                      headers={"Authorization": f"token {hub.token('alice')}"}) as api:
+        r = api.post("/workspaces/tokens/jupyter-token", json={"days": 1})
+        assert r.status_code == 201, r.text
+        vscode_token = r.json()["token"]
+        code = httpx.post(f"{hub.url}/services/podbay/api/v1/pairings", json={"host": "x"}).json()["user_code"]
+    navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
+    for token in (workspace_token, vscode_token):
+        # The hub knows whose it is...
+        assert httpx.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"}).status_code == 200
+        with httpx.Client(cookies={SESSION_COOKIE: token}, timeout=60) as browser:
+            r = browser.get(f"{hub.url}/services/podbay/pair", params={"code": code}, headers=navigate)
+            # ... and podbay still asks for a login of its own.
+            assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"], r.text[:300]
+            r = browser.get(f"{hub.url}/services/podbay/pages/jobs", headers=navigate)
+            assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]
+    hub.stop_server("alice", "tokens")

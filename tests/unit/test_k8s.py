@@ -141,12 +141,15 @@ def test_one_node_job_carries_the_teams_queue_and_starts_suspended(cfg):
 
 
 def test_a_two_node_job_is_an_indexed_job_with_a_headless_service_torchrun_can_use(cfg):
-    job, service = training_job(cfg, SETTINGS, job_id=12, name="llm", user="alice", team="vision",
-                                image="nvcr.io/nvidia/pytorch:25.01-py3",
-                                command=["torchrun", "--nnodes=2", "train.py"], workdir="/home/jovyan",
-                                env={}, volumes=[], gpus_per_node=8, nodes=2, pool="training", queue="big-jobs")
+    job, service, policy = training_job(cfg, SETTINGS, job_id=12, name="llm", user="alice", team="vision",
+                                        image="nvcr.io/nvidia/pytorch:25.01-py3",
+                                        command=["torchrun", "--nnodes=2", "train.py"], workdir="/home/jovyan",
+                                        env={}, volumes=[], gpus_per_node=8, nodes=2, pool="training",
+                                        queue="big-jobs")
     valid(job)
     valid(service)
+    valid(policy)
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["podSelector"] == {"matchLabels": {"job-name": "podbay-job-12"}}
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "big-jobs", "the pool's own queue"
