@@ -39,6 +39,7 @@ from collections.abc import Iterable
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse
+from starlette.requests import cookie_parser
 
 SESSION_COOKIE = "podbay-session"
 STATE_COOKIE = "podbay-login-state"
@@ -77,6 +78,26 @@ def page_script(request: Request) -> bool:
             and h.get("sec-fetch-dest") == "empty")
 
 
+def own_navigation(request: Request) -> bool:
+    """A page the person opened themselves: typed, pasted, a bookmark, or a link a program
+    (`podbay login`) handed to the browser. No page, of any site, made this request."""
+    return request.headers.get("sec-fetch-site") == "none"
+
+
+def cookie_once(request: Request, name: str) -> str:
+    """The cookie `name`, only if the request carries exactly one: a page of a workspace on
+    the same site can set another of that name for a wider path (cookie tossing), which the
+    browser would send beside the service's own."""
+    found = [value for part in request.headers.get("cookie", "").split(";")
+             for key, value in cookie_parser(part).items() if key == name]  # unquoted as Starlette does
+    return found[0] if len(found) == 1 else ""
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two texts of any characters (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 def no_metadata(request: Request) -> bool:
     """A browser that sent no Fetch Metadata at all: an insecure origin (plain HTTP beyond the
     loopback), where browsers send none."""
@@ -99,16 +120,16 @@ class BrowserSession:
     def token_of(self, cookie: str) -> str | None:
         """The token in a cookie this service made; else None."""
         token, _, mac = cookie.rpartition(".")
-        if not token or not hmac.compare_digest(mac, self.mac("session", token)):
+        if not token or not same(mac, self.mac("session", token)):
             return None
         return token
 
     def token(self, request: Request) -> str | None:
-        return self.token_of(request.cookies.get(SESSION_COOKIE, ""))
+        return self.token_of(self.raw(request))
 
     def raw(self, request: Request) -> str:
         """The cookie as sent: what page tokens are bound to."""
-        return request.cookies.get(SESSION_COOKIE, "")
+        return cookie_once(request, SESSION_COOKIE)
 
     async def user(self, request: Request) -> dict | None:
         """The hub's model of the person logged in here, or None: not logged in, a cookie this
@@ -126,18 +147,26 @@ class BrowserSession:
 
     def page_token(self, request: Request, *what: object) -> str:
         """A token for one page's form or script: bound to this session and to `what`."""
-        return self.mac("page", self.raw(request), *what)
+        return self.token_for_cookie(self.raw(request), *what)
+
+    def token_for_cookie(self, cookie: str, *what: object) -> str:
+        return self.mac("page", cookie, *what)
 
     def page_token_ok(self, request: Request, given: str, *what: object) -> bool:
-        return bool(self.raw(request)) and hmac.compare_digest(given or "", self.page_token(request, *what))
+        return bool(self.raw(request)) and same(given or "", self.page_token(request, *what))
 
     def login_redirect(self, request: Request) -> RedirectResponse:
-        """To the hub's login, coming back to this page (the pairing router's oauth_callback)."""
+        """To the hub's login, coming back to this page (the pairing router's oauth_callback),
+        remembering whether the person opened it themselves (own_navigation)."""
         state = secrets.token_urlsafe(16)
         target = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
+        own = "own" if own_navigation(request) else "sent"
         r = RedirectResponse(f"{self.oauth.login_url}&state={state}", status_code=302)
-        r.set_cookie(STATE_COOKIE, f"{state}|{target}", max_age=600, httponly=True, samesite="lax",
+        r.set_cookie(STATE_COOKIE, f"{state}|{own}|{target}", max_age=600, httponly=True, samesite="lax",
                      path=self.prefix, secure=https(request))
+        # A session cookie another page set for a wider path would shadow the one this login
+        # makes: it goes.
+        r.delete_cookie(SESSION_COOKIE, path="/")
         return r
 
 
@@ -152,6 +181,8 @@ class TrustedProxies:
 
     def __init__(self, entries: Iterable[str]):
         self.networks = [ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip()]
+        # Addresses found at run time (Kubernetes: the proxy pods', k8s.api.follow_pod_addresses).
+        self.found: set[str] = set()
 
     @classmethod
     def parse(cls, text: str | None, default: Iterable[str] = ("127.0.0.0/8", "::1/128")) -> "TrustedProxies":
@@ -163,7 +194,7 @@ class TrustedProxies:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return any(ip in net for net in self.networks)
+        return str(ip) in self.found or any(ip in net for net in self.networks)
 
     def client(self, request: Request) -> str:
         """The caller's address: the entry the trusted proxy appended to X-Forwarded-For (the

@@ -448,7 +448,8 @@ class DockerNetwork(_Model):
 class DockerSettings(_Model):
     """The docker backend (one GPU server): what workspaces and jobs share."""
 
-    # Containers are <prefix>-<user>[--<workspace>] and <prefix>-job-<id>; homes <prefix>-home-<user>.
+    # Containers are <prefix>-ws-<hash> and <prefix>-job-<id>-<hash> (names that do not say whose
+    # they are: dockernet.opaque_name); homes <prefix>-home-<user>.
     name_prefix: Slug = "podbay"
     # One home volume per user, or one per named workspace.
     home_per_workspace: bool = False
@@ -712,6 +713,12 @@ def _check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
             if not cfg.auth.name_allowed(member):
                 err(("teams", team_name, "members", i),
                     f"{member!r} is not a name anyone can log in with (auth.username_pattern "
+                    f"{cfg.auth.username_pattern}): names are lowercase, without #, ?, / or spaces")
+    for v, volume in enumerate(cfg.volumes):
+        for i, user in enumerate(volume.allow.users):
+            if not cfg.auth.name_allowed(user):
+                err(("volumes", v, "allow", "users", i),
+                    f"{user!r} is not a name anyone can log in with (auth.username_pattern "
                     f"{cfg.auth.username_pattern}): names are lowercase, without #, ?, / or spaces")
     for i, admin in enumerate(cfg.admins):
         if not cfg.auth.name_allowed(admin):

@@ -19,8 +19,11 @@ authentication.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
+import os
 from typing import NamedTuple
 
 from .config import DockerSettings
@@ -40,6 +43,23 @@ class WorkspaceNetwork(NamedTuple):
     subnet: str
     internal: bool
     isolated: bool  # inter-container communication off
+
+
+def opaque_name(prefix: str, kind: str, *parts: object) -> str:
+    """A container name that does not say whose it is. Docker's embedded DNS answers every
+    container's name on the workspace network to any other container there (no resolv.conf
+    keeps a workspace from asking it directly): `podbay-alice--dev` would hand her address to
+    everyone. A keyed hash of `parts` is the same at every start (a leftover is found again)
+    and cannot be guessed; labels say whose the container is. The key is the hub's crypt key
+    (the first, when several are given for a rotation), which the hub and podbay's service
+    both hold."""
+    return f"{prefix}-{kind}-{keyed_digest(*parts)}"
+
+
+def keyed_digest(*parts: object) -> str:
+    key = (os.environ.get("JUPYTERHUB_CRYPT_KEY") or os.environ.get("PODBAY_SECRETS_KEY") or "").split(";")[0]
+    return hmac.new(f"podbay-container:{key}".encode(), "\n".join(map(str, parts)).encode(),
+                    hashlib.sha256).hexdigest()[:20]
 
 
 def restricted_host_config(base: dict | None = None) -> dict:

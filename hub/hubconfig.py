@@ -219,6 +219,7 @@ def configure(c) -> None:
 
     c.Authenticator.admin_users = set(cfg.admins)
     limit_usernames(c, cfg)
+    harden_pages(c, backend)
     scheme = "https" if tls else "http"
     try:
         configure_auth(c, cfg, f"{scheme}://{host}:{port}", data_dir, public_ip)
@@ -396,6 +397,22 @@ def configure_culler(c, cfg) -> None:
     }]
 
 
+def harden_pages(c, backend: str) -> None:
+    """The hub's own pages get Cross-Origin-Opener-Policy too (a workspace's page that opens
+    one keeps no handle on it), and a multi-user deployment on one origin is told what that
+    leaves open."""
+    settings = dict(_value(c.JupyterHub.get("tornado_settings"), {}))
+    headers = dict(settings.get("headers") or {})
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    c.JupyterHub.tornado_settings = {**settings, "headers": headers}
+    if backend != "local" and not _value(c.JupyterHub.get("subdomain_host"), ""):
+        print("podbay: WARNING: every workspace is served from the hub's own origin (no "
+              "c.JupyterHub.subdomain_host): a page a workspace serves runs as whoever opens it on "
+              "the hub's origin, and can act for them on the hub itself (JupyterHub's token page "
+              "included). Set subdomain_host (a wildcard DNS name and certificate) for a portal "
+              "with several people.", file=sys.stderr)
+
+
 def limit_usernames(c, cfg) -> None:
     """JupyterHub's username_pattern from podbay.yaml (auth.username_pattern), unless the
     deployment's own config sets one: no login gets a name that means something in a URL or
@@ -569,6 +586,7 @@ def configure_on_cluster(c) -> None:
     for section in [c.Authenticator, *(sec for sec in _sections(c) if "admin_users" in sec)]:
         section.admin_users = set(_value(section.get("admin_users"), set())) | set(cfg.admins)
     limit_usernames(c, cfg)
+    harden_pages(c, backend)
     try:
         portal = shared_portal(os.path.abspath(settings.config_file), settings.db_url,
                                os.path.abspath(settings.data_dir), backend)

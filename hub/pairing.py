@@ -18,7 +18,6 @@ token it is called with (`podbay logout`).
 
 from __future__ import annotations
 
-import hmac
 import html
 import secrets
 import time
@@ -27,7 +26,8 @@ from typing import Any
 
 import httpx
 import logging
-from urllib.parse import parse_qs
+import posixpath
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
@@ -38,9 +38,12 @@ from .browser import (
     STATE_COOKIE,
     BrowserSession,
     TrustedProxies,
+    cookie_once,
     https,
     navigation,
     no_metadata,
+    own_navigation,
+    same,
 )
 from .hubapi import user_path
 
@@ -124,7 +127,7 @@ class Pairings:
 
     def by_user_code(self, code: str) -> Pairing | None:
         code = normalize(code)
-        return next((p for p in self._by_device.values() if hmac.compare_digest(p.user_code, code)), None)
+        return next((p for p in self._by_device.values() if same(p.user_code, code)), None)
 
     def live(self, p: Pairing) -> bool:
         return not p.taken and not p.denied and p.expires >= self.clock()
@@ -216,23 +219,38 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
 
     @router.get(f"{prefix}oauth_callback", include_in_schema=False)
     async def oauth_callback(request: Request, code: str = "", state: str = ""):
-        saved, _, target = request.cookies.get(STATE_COOKIE, "").partition("|")
-        if not code or not saved or not hmac.compare_digest(saved, state):
-            return _page("Login failed", "<p>The login did not come back as it left (an old or forged link). "
-                                         f"<a href='{html.escape(prefix)}pair'>Start again</a>.</p>", 400)
+        saved, _, rest = cookie_once(request, STATE_COOKIE).partition("|")
+        own, _, target = rest.partition("|")
+        if not code or not saved or not same(saved, state):
+            r = _page("Login failed", "<p>The login did not come back as it left (an old or forged link). "
+                                      f"<a href='{html.escape(prefix)}pair'>Start again</a>.</p>", 400)
+            r.delete_cookie(STATE_COOKIE, path="/")
+            return r
         if session is None or oauth is None:
             return login(request)
         token = await oauth.token_for_code(code, sync=False)
-        # Only this service's own pages, and no other host (`//evil`, `/\\evil`).
-        if not target.startswith(prefix) or "//" in target or "\\" in target:
-            target = f"{prefix}pair"
+        target = own_page(target)
+        cookie = session.cookie_value(token)
+        if own == "own" and urlsplit(target).path == f"{prefix}pair":
+            # The person opened the pairing link themselves before logging in: it shows its
+            # code as if they had (see pair_page).
+            target += ("&" if "?" in target else "?") + f"entry={session.token_for_cookie(cookie, 'entry')}"
         r = RedirectResponse(target, status_code=302)
         # The one token a session may hold: the one the hub just issued to this service's
         # OAuth client, signed, so no other token of the person's can be set as one.
-        r.set_cookie(SESSION_COOKIE, session.cookie_value(token), httponly=True, samesite="lax", path=prefix,
-                     secure=https(request))
+        r.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="lax", path=prefix, secure=https(request))
         r.delete_cookie(STATE_COOKIE, path=prefix)
         return r
+
+    def own_page(target: str) -> str:
+        """Where a login comes back to: one of this service's own pages, never another path of
+        the hub's origin (`…/podbay/../../user/bob/`) or another host (`//evil`, `/\\evil`)."""
+        parts = urlsplit(target)
+        path = posixpath.normpath(parts.path) + ("/" if parts.path.endswith("/") else "")
+        if (parts.scheme or parts.netloc or "\\" in target or path.startswith("//")
+                or not path.startswith(prefix)):
+            return f"{prefix}pair"
+        return path + (f"?{parts.query}" if parts.query else "")
 
     async def revoke_orphans() -> None:
         while pairings.orphans:
@@ -249,16 +267,27 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
                 f"<span id='address'>{html.escape(p.address)}</span>, asked {asked} "
                 f"(<span id='agent'>{html.escape(p.agent)}</span>).</div>")
 
+    def enter_code(request: Request, sent: bool) -> HTMLResponse:
+        why = ("<p id='sent'>A page or a link brought you here with a code. Approve only a code that "
+               "<b>your own terminal</b> shows after you ran <code>podbay login</code>: type it here.</p>"
+               if sent else "<p>Enter the code your terminal shows.</p>")
+        return _page("Log in a command line", f"""{why}
+<form method="get"><input name="code" id="code" autofocus placeholder="ABCD-EFGH" autocomplete="off">
+<input type="hidden" name="entry" value="{session.page_token(request, 'entry')}"> <button>Continue</button></form>""")
+
     @router.get(f"{prefix}pair", include_in_schema=False)
-    async def pair_page(request: Request, code: str = ""):
+    async def pair_page(request: Request, code: str = "", entry: str = ""):
         if not navigation(request):
             return not_in_a_tab(request)
         who = await person(request)
         if who is None:
             return login(request)
-        if not code:
-            return _page("Log in a command line", """<p>Enter the code your terminal shows.</p>
-<form method="get"><input name="code" id="code" autofocus placeholder="ABCD-EFGH"> <button>Continue</button></form>""")
+        # The code is shown for approval only where the person brought it: the link their
+        # terminal opened (or they pasted), or this page's own form they typed it into. A page
+        # of any site, a workspace's on the hub's origin included, that sends them here with
+        # another's code (one click, or a double click timed over the button) gets the form.
+        if not code or not (own_navigation(request) or session.page_token_ok(request, entry, "entry")):
+            return enter_code(request, sent=bool(code))
         p = pairings.by_user_code(code)
         if p is None or not pairings.live(p):
             return _page("This code cannot be used", "<p id='refused'>This code is unknown, has expired or was "
@@ -287,7 +316,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         if who is None:
             return login(request)
         p = pairings.by_user_code(code)
-        if not hmac.compare_digest(csrf_token, csrf(request, normalize(code))):
+        if not same(csrf_token, csrf(request, normalize(code))):
             return _page("Not approved", "<p>This form did not come from this page: open the link again.</p>", 400)
         if p is None or not pairings.live(p) or p.approved_by is not None:
             return _page("This code cannot be used", "<p id='refused'>This code is unknown, has expired or was "

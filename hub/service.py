@@ -798,6 +798,14 @@ def _capacity(portal: Portal) -> CapacityOut:
     return snap.memo["capacity"]
 
 
+def _own_namespace() -> str | None:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def main() -> None:
     import uvicorn
     from urllib.parse import urlparse
@@ -845,6 +853,14 @@ def main() -> None:
     # its own address.
     own = [bind] if bind not in ("0.0.0.0", "::", "") else []
     proxies = TrustedProxies.parse(env.get("PODBAY_TRUSTED_PROXIES"), ["127.0.0.0/8", "::1/128", *own])
+    background = [lambda: plugin.serve(portal)]
+    if env.get("PODBAY_TRUSTED_PROXY_PODS"):
+        # On a cluster the proxy is a pod of its own, found by its labels (the chart's
+        # app=jupyterhub,component=proxy) in the hub's namespace.
+        from .k8s.api import follow_pod_addresses
+
+        namespace = env.get("POD_NAMESPACE") or _own_namespace() or "default"
+        background.append(lambda: follow_pod_addresses(env["PODBAY_TRUSTED_PROXY_PODS"], namespace, proxies.found))
     pairing = pairing_router(prefix, env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"],
                              int(portal.cfg.auth.cli_token_days * 86400), session, hub.forget, proxies)
     from .usage.policy import HubServers
@@ -853,7 +869,7 @@ def main() -> None:
     sampler = Sampler(portal.cfg, UsageStore(portal.book), portal.inventory, HubServers(hub.http),
                       job_pod_prefix=job_pods)
     pages = pages_router(prefix, portal, jobs, session)
-    app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=[lambda: plugin.serve(portal)],
+    app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=background,
                      pairing=pairing, sampler=sampler, pages=pages)
     # On a cluster the URL names the hub's Service, which the pod cannot bind: PODBAY_SERVICE_BIND
     # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.

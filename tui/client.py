@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
 
@@ -265,7 +265,7 @@ class PodbayClient:
             raise HubUnavailable(f"lost the progress stream ({type(e).__name__})") from None
 
     def lab_url(self, ws: Workspace) -> str:
-        return f"{self.url}{ws.url or ''}lab" if ws.url else f"{self.url}/hub/user-redirect/"
+        return f"{self.server_url(ws)}lab" if ws.url else f"{self.url}/hub/user-redirect/"
 
     # --- podbay's service ------------------------------------------------------------------
 
@@ -314,7 +314,9 @@ class PodbayClient:
 
     def server_url(self, ws: Workspace) -> str:
         """The workspace's Jupyter server, as a Jupyter client connects to it."""
-        return f"{self.url}{ws.url}" if ws.url else f"{self.url}/user/{quote(self.user or '', safe='')}/{quote(ws.name, safe='')}/"
+        # The hub gives a path, or with subdomain_host the workspace's own origin.
+        return (urljoin(self.url + "/", ws.url) if ws.url else
+                f"{self.url}/user/{quote(self.user or '', safe='')}/{quote(ws.name, safe='')}/")
 
     async def secrets(self) -> list[dict[str, Any]]:
         return await self._svc("GET", "secrets")

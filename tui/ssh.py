@@ -17,7 +17,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -70,9 +70,10 @@ def workspace_name(target: str) -> str:
 def websocket_url(hub_url: str, server_path: str) -> str:
     """The sshd WebSocket under a workspace's URL, as the hub gives it (its base URL and its
     way of escaping names included)."""
-    parts = urlsplit(hub_url)
+    # A path on the hub, or (with subdomain_host) a URL on the workspace's own origin.
+    parts = urlsplit(urljoin(hub_url, server_path))
     scheme = {"https": "wss", "http": "ws"}[parts.scheme]
-    return urlunsplit((scheme, parts.netloc, server_path.rstrip("/") + "/sshd/", "", ""))
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/sshd/", "", ""))
 
 
 def preflight(creds: Credentials, target: str, http: httpx.Client | None = None) -> tuple[str, str, str]:

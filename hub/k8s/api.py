@@ -77,3 +77,28 @@ async def apply_secret(core, obj: dict) -> None:
         if e.status != 409:
             raise
         await core.replace_namespaced_secret(meta["name"], meta["namespace"], obj)
+
+
+async def follow_pod_addresses(selector: str, namespace: str, into: set[str], interval: float = 15,
+                               kubeconfig: str | None = None) -> None:
+    """Keep `into` the IPs of the pods `selector` names in `namespace` (the chart's proxy pods,
+    whose X-Forwarded-For podbay's service believes): listed again every `interval` seconds,
+    the last answer kept while the API server is away."""
+    import asyncio
+    import logging
+
+    from kubernetes_asyncio import client
+
+    log = logging.getLogger("podbay.k8s")
+    api = None
+    while True:
+        try:
+            api = api or await api_client(kubeconfig)
+            found = await read_json(client.CoreV1Api(api).list_namespaced_pod, namespace, label_selector=selector)
+            ips = {(p.get("status") or {}).get("podIP") for p in found.get("items") or []
+                   if (p.get("status") or {}).get("phase") == "Running"}
+            into.clear()
+            into.update(ip for ip in ips if ip)
+        except Exception as e:  # noqa: BLE001 - the last answer stands until the next one
+            log.warning("cannot list the proxy pods (%s in %s): %s", selector, namespace, e)
+        await asyncio.sleep(interval)

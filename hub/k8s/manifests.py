@@ -112,9 +112,12 @@ DNS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
 
 def job_network_policy(settings: KubernetesSettings) -> dict:
     """Training-job pods are in no policy of the chart (it selects singleuser-server pods): this
-    one lets nothing in and lets them reach only DNS and addresses outside the cluster, as the
-    chart's singleuser policy does for workspaces. A multi-node job adds its own
-    (objects.job_peer_policy): its pods reach one another, nobody else's."""
+    one lets nothing in, and lets them reach DNS (on any address: kube-dns, NodeLocal
+    DNSCache at 169.254.20.10, GKE's Cloud DNS at 169.254.169.254) and addresses outside the
+    cluster, as the chart's singleuser policy does for workspaces, plus the site's own
+    `kubernetes.job_egress` rules (a pip mirror, object storage, MLflow inside the network).
+    A multi-node job adds its own (objects.job_peer_policy): its pods reach one another,
+    nobody else's."""
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _meta(f"{settings.name_prefix}-jobs", settings.namespace),
             "spec": {"podSelector": {"matchLabels": {f"{LABEL}/component": "job"}},
@@ -122,9 +125,8 @@ def job_network_policy(settings: KubernetesSettings) -> dict:
                      "ingress": [],
                      "egress": [
                          {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": NOT_THE_CLUSTER}}]},
-                         {"ports": DNS, "to": [
-                             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
-                             *({"ipBlock": {"cidr": cidr}} for cidr in NOT_THE_CLUSTER[:3])]},
+                         {"ports": DNS},
+                         *(dict(rule) for rule in settings.job_egress),
                      ]}}
 
 

@@ -119,6 +119,10 @@ class KubernetesSettings(_Model):
     # resources); GPUs are the team's job_gpus.
     kueue_cpu: str = "1000"
     kueue_memory: str = "16Ti"
+    # Egress rules (NetworkPolicy's own form) that job pods get beyond DNS and addresses
+    # outside the cluster: what the site's workspaces get through the chart's
+    # singleuser.networkPolicy.egress, e.g. [{to: [{ipBlock: {cidr: 10.20.0.0/16}}], ports: [{port: 443}]}].
+    job_egress: list[dict] = []
 
     _q = field_validator("kueue_cpu", "kueue_memory", mode="before")(lambda v: _quantity(v))
 

@@ -24,9 +24,6 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import os
 import sys
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -35,7 +32,7 @@ from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import random_port
 from traitlets import default
 
-from ..dockernet import DockerNetworkError, ensure_network, restricted_host_config
+from ..dockernet import DockerNetworkError, ensure_network, opaque_name, restricted_host_config
 from ..quota import Allocation
 from .mixin import PodbaySpawnerMixin, spawn_may_be_under_way
 
@@ -69,16 +66,10 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
 
     @default("object_name")
     def _object_name_default(self):
-        """Docker's embedded DNS answers the name of every container on the workspace network
-        to any other (and no resolv.conf keeps a workspace from asking it directly): a name
-        saying whose workspace it is would hand its address to every other user. The name is
-        a keyed hash of the user and workspace instead (the same at every start, so a
-        leftover is found again); the labels say whose it is. A running container keeps the
-        name it had (DockerSpawner's state)."""
-        key = os.environ.get("JUPYTERHUB_CRYPT_KEY", "") or os.environ.get("PODBAY_SECRETS_KEY", "")
-        digest = hmac.new(f"podbay-container:{key}".encode(), f"{self.user.name}\n{self.name}".encode(),
-                          hashlib.sha256).hexdigest()[:20]
-        return f"{self.docker_settings.name_prefix}-ws-{digest}"
+        """Not `<prefix>-<user>--<workspace>`, which Docker's DNS would hand to every other
+        workspace (dockernet.opaque_name). A running container keeps the name it had
+        (DockerSpawner's state)."""
+        return opaque_name(self.docker_settings.name_prefix, "ws", self.user.name, self.name)
 
     @default("remove")
     def _default_remove(self):

@@ -23,7 +23,7 @@ from docker.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from ..config import PodbayConfig
-from ..dockernet import DockerNetworkError, ensure_network, restricted_host_config
+from ..dockernet import DockerNetworkError, ensure_network, keyed_digest, restricted_host_config
 from ..environment import gpu_env
 from ..images import DockerUnavailable
 from . import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend, offset_of, read_from, read_int
@@ -56,7 +56,9 @@ class DockerBackend(TrainingBackend):
         return self._client
 
     def container_name(self, job_id: int) -> str:
-        return f"{self.settings.name_prefix}-job-{job_id}"
+        # The job's id is there for whoever reads `docker ps`; the hash keeps other
+        # workspaces from finding it by name (dockernet.opaque_name).
+        return f"{self.settings.name_prefix}-job-{job_id}-{keyed_digest('job', job_id)}"
 
     def mount_source(self, volume, path: Path | None) -> str:
         return volume.docker_volume or str(path)

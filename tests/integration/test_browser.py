@@ -138,8 +138,8 @@ ATTACK = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>A puzzle</ti
 const q = new URLSearchParams(location.search);
 const code = q.get("code"), job = q.get("job");
 window.got = {};
-function read(w) {
-  try { return w.document.querySelector("input[name=csrf]").value; }
+function read(w, field) {
+  try { return w.document.querySelector("input[name=" + (field || "csrf") + "]").value; }
   catch (e) { return "blocked: " + e.name; }
 }
 document.getElementById("one").onclick = () => {
@@ -211,10 +211,14 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
         with context.expect_page() as opened:
             page.click("#one")
         popup = opened.value
-        popup.wait_for_selector("#approve")  # the page alice sees: bob's code, for her to refuse
-        real = popup.get_attribute("input[name=csrf]", "value")
-        stolen = page.evaluate("() => read(window.w)")
-        assert real and stolen != real, "bob's page read the approval form through its window"
+        # A page sent her there: she is asked for the code her own terminal shows, bob's is
+        # not offered for approval.
+        popup.wait_for_selector("#sent")
+        assert popup.locator("#approve").count() == 0 and bobs["user_code"] not in popup.content()
+        # Nor can bob's page read the form's token through its window, to fill in his code.
+        real = popup.get_attribute("input[name=entry]", "value")
+        stolen = page.evaluate("() => read(window.w, 'entry')")
+        assert real and stolen != real, "bob's page read the pairing form through its window"
         # The second click posts an approval with whatever the first could read.
         with context.expect_page() as posted:
             page.click("#two")
@@ -265,3 +269,29 @@ def test_only_the_services_own_login_is_a_session_not_a_workspace_or_vscode_toke
             r = browser.get(f"{hub.url}/services/podbay/pages/jobs", headers=navigate)
             assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]
     hub.stop_server("alice", "tokens")
+
+
+def test_the_link_a_terminal_opens_before_the_login_still_shows_its_code_after_it(hub, browser):
+    """`podbay login` opens its link in a browser that has not logged in yet: the hub's login
+    comes first, then the approval of that code (the service remembers that the person
+    opened the link themselves)."""
+    import httpx
+
+    from tests.conftest import PASSWORD
+
+    code = httpx.post(f"{hub.url}/services/podbay/api/v1/pairings", json={"host": "laptop"}).json()["user_code"]
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{hub.url}/services/podbay/pair?code={code}")
+        page.wait_for_selector("#username_input")
+        page.fill("#username_input", "alice")
+        page.fill("#password_input", PASSWORD)
+        page.click("#login_submit")
+        page.wait_for_selector("#approve")
+        assert page.inner_text("#user-code") == code and page.inner_text("#who") == "alice"
+        page.click("#deny")
+        assert page.inner_text("#done") == "The command line was not logged in."
+    finally:
+        context.close()

@@ -511,3 +511,41 @@ async def test_the_stand_in_admits_pods_as_pod_security_restricted_does_and_a_re
             assert status.message.startswith("the cluster refuses its pods (tell the platform team): Error creating: "
                                              'pods "podbay-job-2-')
             assert "runAsUser=0" in status.message
+
+
+async def test_the_service_believes_forwarded_addresses_from_the_proxy_pods_only(cluster, kubernetes_installed,
+                                                                                tmp_path, monkeypatch):
+    """On a cluster the proxy is a pod of its own: the service follows the addresses of the
+    pods the chart labels as the proxy (PODBAY_TRUSTED_PROXY_PODS), never a workspace pod's."""
+    from podbay.hub.browser import TrustedProxies
+    from podbay.hub.k8s.api import follow_pod_addresses
+
+    api, emu = cluster
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": api.configuration.host}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {}}]}))
+    for name, labels, ip in [("proxy-7d9", {"app": "jupyterhub", "component": "proxy"}, "10.1.0.4"),
+                             ("jupyter-bob", {"app": "jupyterhub", "component": "singleuser-server"}, "10.1.0.9")]:
+        await emu.add_object("v1/pods", {"apiVersion": "v1", "kind": "Pod",
+                                         "metadata": {"name": name, "namespace": NS, "labels": labels},
+                                         "spec": {"containers": [{"name": "c", "image": "x"}]},
+                                         "status": {"phase": "Running", "podIP": ip}})
+    proxies = TrustedProxies.parse("")
+    task = asyncio.create_task(follow_pod_addresses("app=jupyterhub,component=proxy", NS, proxies.found,
+                                                    interval=0.05, kubeconfig=str(kubeconfig)))
+    try:
+        await until(lambda: proxies.trusts("10.1.0.4"))
+        assert not proxies.trusts("10.1.0.9")
+        # A new proxy pod (a rollout): its address, and the old one's no more.
+        await emu.delete_object("v1/pods", NS, "proxy-7d9")
+        await emu.add_object("v1/pods", {"apiVersion": "v1", "kind": "Pod",
+                                         "metadata": {"name": "proxy-8e1", "namespace": NS,
+                                                      "labels": {"app": "jupyterhub", "component": "proxy"}},
+                                         "spec": {"containers": [{"name": "c", "image": "x"}]},
+                                         "status": {"phase": "Running", "podIP": "10.1.0.5"}})
+        await until(lambda: proxies.trusts("10.1.0.5") and not proxies.trusts("10.1.0.4"))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -205,7 +205,8 @@ async def approve_over_http(hub, user: str, link: str) -> None:
         assert r.status_code == 200, r.text[:300]
         # What a browser says of a page the person opened, and of a button they pressed.
         navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-        page = await http.get(link, headers=navigate)
+        # Opened by the person (the link their terminal shows): Sec-Fetch-Site none.
+        page = await http.get(link, headers={**navigate, "Sec-Fetch-Site": "none"})
         fields = dict(re.findall(r'name="(code|csrf)" value="([^"]+)"', page.text))
         assert set(fields) == {"code", "csrf"}, page.text[:500]
         # A script on the hub's origin (another user's workspace page) cannot submit it for them.

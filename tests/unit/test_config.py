@@ -284,7 +284,9 @@ def test_member_and_admin_names_must_be_names_anyone_can_log_in_with(demo, tmp_p
     team = next(iter(data["teams"]))
     data["teams"][team]["members"] = ["admin#x", "alice?x", "ok.name@example.org"]
     data["admins"] = ["alice/../admin"]
+    data["volumes"][0]["allow"] = {"users": ["Bob Smith"]}
     errors = errors_of(data, tmp_path)
+    assert any("volumes[0].allow.users[0]" in e and "'Bob Smith'" in e for e in errors), errors
     assert any(f"teams.{team}.members[0]" in e and "'admin#x' is not a name anyone can log in with" in e
                for e in errors), errors
     assert any(f"teams.{team}.members[1]" in e for e in errors) and any("admins[0]" in e for e in errors), errors

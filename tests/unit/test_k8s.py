@@ -581,7 +581,17 @@ def test_job_pods_reach_their_own_ranks_dns_and_the_internet_and_nothing_of_othe
     assert not reachable(policies, a0, other, (5432, "TCP"))
     dns = {"pod": "coredns", "ns": "kube-system", "labels": {"k8s-app": "kube-dns"}, "ip": "10.96.0.10"}
     assert reachable(policies, a0, dns, (53, "UDP")) and not reachable(policies, a0, dns, (443, "TCP"))
+    # NodeLocal DNSCache and GKE's Cloud DNS answer on link-local addresses.
+    for resolver in ("169.254.20.10", "169.254.169.254"):
+        assert reachable(policies, a0, {"ip": resolver}, (53, "UDP")), resolver
     assert reachable(policies, a0, {"ip": "151.101.0.223"}, (443, "TCP")), "pip and datasets from the internet"
+    mirror = {"ip": "10.20.0.8"}
+    assert not reachable(policies, a0, mirror, (443, "TCP"))
+    # The site opens what its jobs need inside the network, as the chart's egress does for workspaces.
+    opened = SETTINGS.model_copy(update={"job_egress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                                                         "ports": [{"port": 443, "protocol": "TCP"}]}]})
+    valid(job_network_policy(opened))
+    assert reachable([job_network_policy(opened), *policies[1:]], a0, mirror, (443, "TCP"))
 
 
 def test_job_and_workspace_pods_meet_the_restricted_pod_security_standard(cfg):

@@ -170,12 +170,78 @@ def test_the_login_comes_back_only_to_the_services_own_pages():
     session.oauth.token_for_code = token_for_code
     with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
         for target, lands in [("/services/podbay/pages/jobs", "/services/podbay/pages/jobs"),
-                              ("/services/podbay//evil.example/x", "/services/podbay/pair"),
+                              ("/services/podbay//evil.example/x", "/services/podbay/evil.example/x"),
+                              ("//evil.example/services/podbay/", "/services/podbay/pair"),
+                              ("/services/podbay/../../user/bob/x/", "/services/podbay/pair"),
                               ("https://evil.example/", "/services/podbay/pair")]:
-            client.cookies.set("podbay-login-state", f"s1|{target}", path="/services/podbay/")
+            client.cookies.set("podbay-login-state", f"s1|sent|{target}", path="/services/podbay/")
             r = client.get("/services/podbay/oauth_callback", params={"code": "c", "state": "s1"})
             assert r.headers["location"] == lands
             assert session.token_of(r.cookies[SESSION_COOKIE]) == "oauth-token"
+        # The pairing link the person opened themselves keeps showing its code after the login:
+        # the whole round, with the cookies as the service sets them (quoted, as browsers keep them).
+        client.cookies.clear()
+        r = client.get("/services/podbay/pair", params={"code": "ABCD-EFGH"},
+                       headers={"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"})
+        assert r.status_code == 302 and r.headers["location"].startswith(FakeOAuth.login_url)
+        state = r.headers["location"].rsplit("state=", 1)[1]
+        r = client.get("/services/podbay/oauth_callback", params={"code": "c", "state": state})
+        cookie = r.cookies[SESSION_COOKIE]
+        assert r.headers["location"] == ("/services/podbay/pair?code=ABCD-EFGH&entry="
+                                         + session.token_for_cookie(cookie, "entry"))
+
+
+def test_a_code_shows_for_approval_only_where_the_person_brought_it():
+    """A page of any site (a workspace's on the hub's origin too) that sends a logged-in
+    person to the approval of another's code, for one click or a double click timed over the
+    button, gets a form asking for the code their own terminal shows."""
+    session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
+        code = client.post("/services/podbay/api/v1/pairings", json={}).json()["user_code"]
+        client.cookies.set(SESSION_COOKIE, session.cookie_value("oauth-token"), path="/services/podbay/")
+        for site in ("same-origin", "cross-site", "same-site"):
+            r = client.get("/services/podbay/pair", params={"code": code}, headers={**nav, "Sec-Fetch-Site": site})
+            assert r.status_code == 200 and "id='sent'" in r.text and 'name="csrf"' not in r.text, site
+            assert code not in r.text
+        # Opened by the person (the terminal's link, pasted): shown.
+        r = client.get("/services/podbay/pair", params={"code": code}, headers={**nav, "Sec-Fetch-Site": "none"})
+        assert 'id="approve"' in r.text and code in r.text
+        # Typed into the page's own form (its token), from the form the page showed.
+        entry = re.search(r'name="entry" value="([0-9a-f]+)"', client.get(
+            "/services/podbay/pair", headers={**nav, "Sec-Fetch-Site": "none"}).text).group(1)
+        r = client.get("/services/podbay/pair", params={"code": code, "entry": entry},
+                       headers={**nav, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-User": "?1"})
+        assert 'id="approve"' in r.text
+        r = client.get("/services/podbay/pair", params={"code": code, "entry": "0" * 64},
+                       headers={**nav, "Sec-Fetch-Site": "same-origin"})
+        assert 'id="approve"' not in r.text
+
+
+def test_a_second_session_cookie_or_a_strange_one_is_no_session():
+    """A workspace's script can set a cookie of the same name for the whole origin (path=/),
+    which the browser sends too: a request with two is no session, and the login clears the
+    wider one. Non-ASCII values are refusals, never a 500."""
+    session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
+    good = session.cookie_value("oauth-token")
+    with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
+        r = client.get("/services/podbay/pair", headers={**nav, "Cookie": f"{SESSION_COOKIE}={good}"})
+        assert r.status_code == 200
+        r = client.get("/services/podbay/pair",
+                       headers={**nav, "Cookie": f"{SESSION_COOKIE}={good}; {SESSION_COOKIE}={session.cookie_value('bobs')}"})
+        assert r.status_code == 302
+        assert any(h.startswith(f'{SESSION_COOKIE}=""') and "Path=/" in h.split(";", 1)[1].replace(" path", " Path")
+                   for h in r.headers.get_list("set-cookie")), r.headers.get_list("set-cookie")
+        for strange in ("tok\u00e9n.ab\u00e7", "x.\u00ff"):
+            r = client.get("/services/podbay/pair", headers={**nav, "Cookie": f"{SESSION_COOKIE}={strange}".encode()})
+            assert r.status_code == 302
+        r = client.post("/services/podbay/pair", content="code=\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9&csrf=\u00e9&action=approve".encode(),
+                        headers={**nav, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-User": "?1",
+                                 "Cookie": f"{SESSION_COOKIE}={good}", "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400
 
 
 def test_the_origin_is_the_proxys_entry_and_one_address_cannot_fill_the_table(service):

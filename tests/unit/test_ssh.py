@@ -126,6 +126,9 @@ def test_websocket_urls_follow_the_hub():
     assert ssh.websocket_url("https://h.example.org/prefix", "/prefix/user/al%40ice/dev/") == \
         "wss://h.example.org/prefix/user/al%40ice/dev/sshd/"
     assert ssh.websocket_url("http://127.0.0.1:8000", "/user/alice/dev/") == "ws://127.0.0.1:8000/user/alice/dev/sshd/"
+    # With subdomain_host the hub gives the workspace's own origin.
+    assert ssh.websocket_url("https://hub.example.org", "https://alice.hub.example.org/user/alice/x/") == \
+        "wss://alice.hub.example.org/user/alice/x/sshd/"
 
 
 def test_sshd_reads_the_settings_and_the_sessions_environment_as_meant(tmp_path, capsys):
@@ -246,3 +249,15 @@ def test_a_workspace_of_another_account_takes_registered_keys_only(tmp_path, use
     # The launcher ends its sshd with it: nothing listens on the port any more.
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_workspace_on_an_origin_of_its_own_is_opened_there():
+    """With subdomain_host the hub gives each server an absolute URL on its own origin."""
+    from podbay.tui.client import PodbayClient, Workspace
+
+    client = PodbayClient("https://hub.example.org", "t", "alice")
+    own = Workspace("x", "ready", "base", "cpu", [], None, None, "https://alice.hub.example.org/user/alice/x/", None)
+    shared = Workspace("y", "ready", "base", "cpu", [], None, None, "/user/alice/y/", None)
+    assert client.server_url(own) == "https://alice.hub.example.org/user/alice/x/"
+    assert client.lab_url(own) == "https://alice.hub.example.org/user/alice/x/lab"
+    assert client.lab_url(shared) == "https://hub.example.org/user/alice/y/lab"
