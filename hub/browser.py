@@ -4,26 +4,24 @@ for the person in front of the browser.
 
 Without JupyterHub's `subdomain_host` every workspace is served from the hub's origin, and
 whoever runs a workspace decides what it serves: a page there is same-origin with podbay's
-pages. What stands between such a page and a visitor's session, in layers:
+pages and runs as whoever opens it. No header makes a page safe from a script of its own
+origin in every browser (a service worker, or JupyterHub's own token page read with fetch,
+are beyond podbay's reach), so:
 
-1. `Cross-Origin-Opener-Policy: same-origin` on every page: a page that opens one
-   (`window.open`) is put in another browsing context group and holds no handle on it, so
-   it cannot read its document (the approval form, its token) nor script it.
-2. Fetch Metadata: a page is served only to a top-level navigation (Sec-Fetch-Mode
-   `navigate`, Sec-Fetch-Dest `document`). A script's `fetch()` and a frame get a 403
-   (and X-Frame-Options / `frame-ancestors 'none'` keep frames out in older browsers).
-3. Actions (approving a login, cancelling a job) are forms posted from the page itself:
-   same origin, a navigation, a button the person pressed (Sec-Fetch-User), and a token
-   derived from the session and from what is acted on, which only the page holds.
-4. What a page's own script reads (a job's live logs) needs a token only that page holds.
-5. The session cookie holds only a token the hub issued to podbay's OAuth client when the
-   person logged in here, signed by the service (`BrowserSession.cookie_value`): any other
-   token of theirs (a workspace's own, one a VS Code link carries) is not a session.
-
-What no header can stop on a shared origin: a service worker that a workspace registers in
-a visitor's browser for the hub's whole origin sees every later request of that browser to
-it, the hub's own pages (its token page) included. Only origins of their own for workspaces
-(`subdomain_host`) end that; the README says what an operator must set.
+- Where people's workspaces share the pages' origin (a backend that isolates users, no
+  subdomain_host), `BrowserSession.exposed` is set and what a script there could turn into a
+  credential or an action is off: approving a command-line login, a job's logs and cancel.
+  The operator may accept the risk instead (PODBAY_SHARED_ORIGIN=accept).
+- Everywhere, in layers: pages are served only to a tab's own navigation (Fetch Metadata:
+  a script's fetch and frames get a 403); `Cross-Origin-Opener-Policy:
+  noopener-allow-popups` leaves no opener a handle on them, not even one of the same origin
+  (Chromium; elsewhere the same-origin policy stands); actions are forms posted from the
+  page itself by the person's click with a token bound to the session and to what is acted
+  on; a page's script reads with a token only that page holds; the session cookie holds only
+  the token the hub issued to this service's OAuth client at the login, signed, and only one
+  such cookie counts (another page may set a second one for a wider path).
+- A login code is never offered for approval because a page or link carried it: the person
+  types the code their own terminal shows (as GitHub's CLI has people do).
 
 Browsers send Fetch Metadata only to secure origins (HTTPS, or the loopback): a page that
 gets none is refused, with a sentence saying to use HTTPS.
@@ -49,8 +47,10 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    # No opener keeps a handle on the page, and the page keeps none on its opener.
-    "Cross-Origin-Opener-Policy": "same-origin",
+    # No opener keeps a handle on the page, even one of the same origin that sends the same
+    # policy (a workspace's page can: `same-origin` would keep it). Browsers that do not know
+    # this value treat it as unsafe-none, where the same-origin policy alone stands.
+    "Cross-Origin-Opener-Policy": "noopener-allow-popups",
     # Its bytes are not embedded by another site (<img>, <script> of another origin).
     "Cross-Origin-Resource-Policy": "same-origin",
     # A link out of the page does not carry its address (a login code) to the next site.
@@ -78,12 +78,6 @@ def page_script(request: Request) -> bool:
             and h.get("sec-fetch-dest") == "empty")
 
 
-def own_navigation(request: Request) -> bool:
-    """A page the person opened themselves: typed, pasted, a bookmark, or a link a program
-    (`podbay login`) handed to the browser. No page, of any site, made this request."""
-    return request.headers.get("sec-fetch-site") == "none"
-
-
 def cookie_once(request: Request, name: str) -> str:
     """The cookie `name`, only if the request carries exactly one: a page of a workspace on
     the same site can set another of that name for a wider path (cookie tossing), which the
@@ -107,8 +101,10 @@ def no_metadata(request: Request) -> bool:
 class BrowserSession:
     """The service's OAuth login to the hub, kept in a cookie under the service's prefix."""
 
-    def __init__(self, oauth, secret: bytes, prefix: str):
+    def __init__(self, oauth, secret: bytes, prefix: str, exposed: bool = False):
         self.oauth, self.secret, self.prefix = oauth, secret, prefix
+        # Other people's workspaces are served from this origin (the module's docstring).
+        self.exposed = exposed
 
     def mac(self, *parts: object) -> str:
         return hmac.new(self.secret, "\n".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()
@@ -156,18 +152,30 @@ class BrowserSession:
         return bool(self.raw(request)) and same(given or "", self.page_token(request, *what))
 
     def login_redirect(self, request: Request) -> RedirectResponse:
-        """To the hub's login, coming back to this page (the pairing router's oauth_callback),
-        remembering whether the person opened it themselves (own_navigation)."""
+        """To the hub's login, coming back to this page (the pairing router's oauth_callback)."""
         state = secrets.token_urlsafe(16)
         target = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
-        own = "own" if own_navigation(request) else "sent"
         r = RedirectResponse(f"{self.oauth.login_url}&state={state}", status_code=302)
-        r.set_cookie(STATE_COOKIE, f"{state}|{own}|{target}", max_age=600, httponly=True, samesite="lax",
+        r.set_cookie(STATE_COOKIE, f"{state}|{target}", max_age=600, httponly=True, samesite="lax",
                      path=self.prefix, secure=https(request))
-        # A session cookie another page set for a wider path would shadow the one this login
-        # makes: it goes.
-        r.delete_cookie(SESSION_COOKIE, path="/")
+        clear_tossed(r, request, SESSION_COOKIE)
         return r
+
+
+def clear_tossed(response, request: Request, name: str) -> None:
+    """Delete `name` for every path above and at this request's (and for the site's parent
+    domain): a cookie another page set there would otherwise shadow, or double, the one the
+    service sets, and every later request would be refused as carrying two."""
+    parts = [p for p in request.url.path.split("/") if p]
+    paths = ["/"] + ["/" + "/".join(parts[:i]) + end for i in range(1, len(parts) + 1) for end in ("", "/")]
+    host = request.url.hostname or ""
+    domains: list[str | None] = [None]
+    if "." in host and not host.replace(".", "").isdigit():
+        # A workspace on a subdomain can set a cookie for the hub's host and for its parent.
+        domains += [host, host.split(".", 1)[1]] if host.count(".") >= 2 else [host]
+    for path in dict.fromkeys(paths):
+        for domain in domains:
+            response.delete_cookie(name, path=path, domain=domain)
 
 
 def https(request: Request) -> bool:
@@ -197,10 +205,13 @@ class TrustedProxies:
         return str(ip) in self.found or any(ip in net for net in self.networks)
 
     def client(self, request: Request) -> str:
-        """The caller's address: the entry the trusted proxy appended to X-Forwarded-For (the
-        last one; those before it are whatever the caller sent), or the peer's own."""
+        """The caller's address: walking X-Forwarded-For from the right past every trusted
+        proxy (a front proxy before the hub's, such as the chart's autohttps), the first
+        address no trusted proxy is; the peer's own when the peer is not trusted. Entries
+        left of that one are whatever the caller sent."""
         peer = request.client.host if request.client else "?"
-        if not self.trusts(peer):
-            return peer
         forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
-        return forwarded[-1] if forwarded else peer
+        address = peer
+        while self.trusts(address) and forwarded:
+            address = forwarded.pop()
+        return address

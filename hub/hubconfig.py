@@ -298,8 +298,10 @@ def configure(c) -> None:
                         "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0"), "PODBAY_BACKEND": backend,
                         # People's secrets: the service opens them for the jobs it starts.
                         "PODBAY_SECRETS_KEY": os.environ["JUPYTERHUB_CRYPT_KEY"],
-                        # How to reach the engine, where the hub was told.
-                        **{k: os.environ[k] for k in ENGINE_ENV if os.environ.get(k)}},
+                        # How to reach the engine, where the hub was told; an operator's
+                        # acceptance of a shared origin (hub/browser.py).
+                        **{k: os.environ[k] for k in (*ENGINE_ENV, "PODBAY_SHARED_ORIGIN", "PODBAY_TRUSTED_PROXIES")
+                           if os.environ.get(k)}},
         "display": False,
         # Its pages (`podbay login`'s approval) log people in through the hub, without a
         # "grant access to podbay?" page of the hub's own: it is part of the portal.
@@ -399,18 +401,20 @@ def configure_culler(c, cfg) -> None:
 
 def harden_pages(c, backend: str) -> None:
     """The hub's own pages get Cross-Origin-Opener-Policy too (a workspace's page that opens
-    one keeps no handle on it), and a multi-user deployment on one origin is told what that
+    one keeps no handle on it, in browsers that know noopener-allow-popups), and a multi-user deployment on one origin is told what that
     leaves open."""
     settings = dict(_value(c.JupyterHub.get("tornado_settings"), {}))
     headers = dict(settings.get("headers") or {})
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Opener-Policy", "noopener-allow-popups")
     c.JupyterHub.tornado_settings = {**settings, "headers": headers}
     if backend != "local" and not _value(c.JupyterHub.get("subdomain_host"), ""):
         print("podbay: WARNING: every workspace is served from the hub's own origin (no "
               "c.JupyterHub.subdomain_host): a page a workspace serves runs as whoever opens it on "
               "the hub's origin, and can act for them on the hub itself (JupyterHub's token page "
-              "included). Set subdomain_host (a wildcard DNS name and certificate) for a portal "
-              "with several people.", file=sys.stderr)
+              "included). podbay turns off approving `podbay login` in the browser and jobs' output "
+              "and cancel on its pages there (PODBAY_SHARED_ORIGIN=accept turns them on). Set "
+              "subdomain_host (a wildcard DNS name and certificate) for a portal with several people.",
+              file=sys.stderr)
 
 
 def limit_usernames(c, cfg) -> None:

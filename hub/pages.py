@@ -43,6 +43,12 @@ _ENV.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(
 _ENV.filters["duration"] = fmt_duration
 
 
+# Why a job's output and cancel are not on its page (hub/browser.py: BrowserSession.exposed).
+EXPOSED = ("this portal serves people's workspaces from its own address, where a page of another person's "
+           "workspace could read a job's output or cancel it for you: use `podbay job logs` and `podbay job "
+           "cancel` (or the TUI)")
+
+
 def holders(portal: "Portal") -> dict[tuple[str, str], dict]:
     """(node, device key) → who holds it, from the quota book's claims."""
     with portal.book.read_session() as s:
@@ -167,13 +173,16 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: Bro
         if job is None:
             message = "This job belongs to another user." if status == 403 else f"There is no job {job_id}."
             return render("error.html", who, status=status, message=message)
-        return render("job.html", who, job=job, csrf=session.page_token(request, "cancel", job_id),
+        return render("job.html", who, job=job, exposed=session.exposed,
+                      csrf=session.page_token(request, "cancel", job_id),
                       logs_token=session.page_token(request, "logs", job_id), terminal=job.state in ("succeeded", "failed", "cancelled"))
 
     @router.get(f"{base}jobs/{{job_id}}/logs")
     async def job_logs(request: Request, job_id: int):
         # Only the job page's own script: it holds this job's token (a script of another page
         # on the hub's origin cannot read the page to learn it).
+        if session.exposed:
+            return Response(EXPOSED, 403)
         if not page_script(request) or not session.page_token_ok(
                 request, request.headers.get("x-podbay-page", ""), "logs", job_id):
             return Response("reload the job's page", 403)
@@ -195,6 +204,8 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: Bro
         # The page's own button, pressed by the person, with this job's token from the page.
         if not navigation(request, action=True):
             return Response("cancel with the button on the job's page", 403)
+        if session.exposed:
+            return Response(EXPOSED, 403)
         who = await person(request)
         if who is None:
             return Response("log in again", 401)

@@ -38,11 +38,11 @@ from .browser import (
     STATE_COOKIE,
     BrowserSession,
     TrustedProxies,
+    clear_tossed,
     cookie_once,
     https,
     navigation,
     no_metadata,
-    own_navigation,
     same,
 )
 from .hubapi import user_path
@@ -180,7 +180,8 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         except OverflowError as e:
             return JSONResponse({"error": "busy", "message": str(e)}, status_code=503)
         return {"device_code": p.device_code, "user_code": p.user_code,
-                "verification_path": f"{prefix}pair?code={p.user_code}",
+                # Where to type the code: the link carries none (pair_page says why).
+                "verification_path": f"{prefix}pair",
                 "expires_in": int(p.expires - p.created), "interval": 2}
 
     @router.post(f"{prefix}api/v1/pairings/token", summary="The token of an approved pairing, once",
@@ -219,26 +220,20 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
 
     @router.get(f"{prefix}oauth_callback", include_in_schema=False)
     async def oauth_callback(request: Request, code: str = "", state: str = ""):
-        saved, _, rest = cookie_once(request, STATE_COOKIE).partition("|")
-        own, _, target = rest.partition("|")
+        saved, _, target = cookie_once(request, STATE_COOKIE).partition("|")
         if not code or not saved or not same(saved, state):
             r = _page("Login failed", "<p>The login did not come back as it left (an old or forged link). "
                                       f"<a href='{html.escape(prefix)}pair'>Start again</a>.</p>", 400)
-            r.delete_cookie(STATE_COOKIE, path="/")
+            clear_tossed(r, request, STATE_COOKIE)
             return r
         if session is None or oauth is None:
             return login(request)
         token = await oauth.token_for_code(code, sync=False)
-        target = own_page(target)
-        cookie = session.cookie_value(token)
-        if own == "own" and urlsplit(target).path == f"{prefix}pair":
-            # The person opened the pairing link themselves before logging in: it shows its
-            # code as if they had (see pair_page).
-            target += ("&" if "?" in target else "?") + f"entry={session.token_for_cookie(cookie, 'entry')}"
-        r = RedirectResponse(target, status_code=302)
+        r = RedirectResponse(own_page(target), status_code=302)
         # The one token a session may hold: the one the hub just issued to this service's
         # OAuth client, signed, so no other token of the person's can be set as one.
-        r.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="lax", path=prefix, secure=https(request))
+        r.set_cookie(SESSION_COOKIE, session.cookie_value(token), httponly=True, samesite="lax", path=prefix,
+                     secure=https(request))
         r.delete_cookie(STATE_COOKIE, path=prefix)
         return r
 
@@ -247,7 +242,8 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         the hub's origin (`…/podbay/../../user/bob/`) or another host (`//evil`, `/\\evil`)."""
         parts = urlsplit(target)
         path = posixpath.normpath(parts.path) + ("/" if parts.path.endswith("/") else "")
-        if (parts.scheme or parts.netloc or "\\" in target or path.startswith("//")
+        # No escapes in the path: a browser reads %2e%2e as "..".
+        if (parts.scheme or parts.netloc or "\\" in target or "%" in parts.path or path.startswith("//")
                 or not path.startswith(prefix)):
             return f"{prefix}pair"
         return path + (f"?{parts.query}" if parts.query else "")
@@ -268,25 +264,35 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
                 f"(<span id='agent'>{html.escape(p.agent)}</span>).</div>")
 
     def enter_code(request: Request, sent: bool) -> HTMLResponse:
-        why = ("<p id='sent'>A page or a link brought you here with a code. Approve only a code that "
-               "<b>your own terminal</b> shows after you ran <code>podbay login</code>: type it here.</p>"
-               if sent else "<p>Enter the code your terminal shows.</p>")
+        why = ("<p id='sent'>Type the code <b>your own terminal</b> shows after you ran <code>podbay login</code>; "
+               "never one that a page, a link or a person gave you.</p>" if sent else
+               "<p>Enter the code your terminal shows.</p>")
         return _page("Log in a command line", f"""{why}
 <form method="get"><input name="code" id="code" autofocus placeholder="ABCD-EFGH" autocomplete="off">
-<input type="hidden" name="entry" value="{session.page_token(request, 'entry')}"> <button>Continue</button></form>""")
+<input type="hidden" name="entry" value="{session.page_token(request, 'entry')}"> <button id="continue">Continue</button></form>""")
+
+    def turned_off() -> HTMLResponse:
+        return _page("Not on this portal", "<p id='off'>Approving a command-line login in the browser is off here: "
+                                           "this portal serves people's workspaces from its own address, where a page "
+                                           "of another person's workspace could approve it for you. Log in with "
+                                           "<code>podbay login --paste</code> and a token from the hub's token page, "
+                                           "or ask the platform team to serve workspaces on subdomains "
+                                           "(subdomain_host).</p>", 403)
 
     @router.get(f"{prefix}pair", include_in_schema=False)
     async def pair_page(request: Request, code: str = "", entry: str = ""):
         if not navigation(request):
             return not_in_a_tab(request)
+        if session is not None and session.exposed:
+            return turned_off()
         who = await person(request)
         if who is None:
             return login(request)
-        # The code is shown for approval only where the person brought it: the link their
-        # terminal opened (or they pasted), or this page's own form they typed it into. A page
-        # of any site, a workspace's on the hub's origin included, that sends them here with
-        # another's code (one click, or a double click timed over the button) gets the form.
-        if not code or not (own_navigation(request) or session.page_token_ok(request, entry, "entry")):
+        # A code is shown for approval only once the person typed it into this page's own
+        # form (its token): never because a page, a link or the login carried it there, so a
+        # page that sends them here with another's code (for one click, or a double click
+        # timed over the button) gets the form.
+        if not code or not session.page_token_ok(request, entry, "entry"):
             return enter_code(request, sent=bool(code))
         p = pairings.by_user_code(code)
         if p is None or not pairings.live(p):
@@ -312,6 +318,8 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         code, action, csrf_token = (form.get(k, [""])[0] for k in ("code", "action", "csrf"))
         if not navigation(request, action=True):
             return _page("Not approved", "<p>Approve with the button on the page, in your browser.</p>", 403)
+        if session is not None and session.exposed:
+            return turned_off()
         who = await person(request)
         if who is None:
             return login(request)

@@ -843,8 +843,15 @@ def main() -> None:
     from .pairing import pairing_router
 
     oauth = HubOAuth(api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0) if env.get("JUPYTERHUB_CLIENT_ID") else None
+    # Other people's workspaces on the pages' own origin: no subdomain_host (the hub passes it
+    # as JUPYTERHUB_HOST) on a backend that keeps people apart (hub/browser.py says what is off).
+    exposed = (plugin.isolates_users and not env.get("JUPYTERHUB_HOST")
+               and env.get("PODBAY_SHARED_ORIGIN", "").lower() != "accept")
+    if exposed:
+        log.warning("workspaces share the hub's origin (no subdomain_host): approving `podbay login` in the browser, "
+                    "and jobs' output and cancel on the pages, are off (PODBAY_SHARED_ORIGIN=accept turns them on)")
     session = BrowserSession(oauth, hashlib.sha256(f"podbay-session:{env['JUPYTERHUB_API_TOKEN']}".encode()).digest(),
-                             prefix)
+                             prefix, exposed)
     url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8003"))
     bind = env.get("PODBAY_SERVICE_BIND") or url.hostname or "127.0.0.1"
     # Whose X-Forwarded-For is believed: the proxy's. By default this machine's own addresses

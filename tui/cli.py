@@ -77,7 +77,7 @@ def pair(url: str) -> str | None:
         if started is None:
             return None
         link = f"{url}{started['verification_path']}"
-        print(f"To log in, open\n\n    {link}\n\nin a browser, log in, and check that it shows the code "
+        print(f"To log in, open\n\n    {link}\n\nin a browser, log in, and enter the code "
               f"{started['user_code']}.", flush=True)
         if _can_open_browser():
             webbrowser.open(link)

@@ -379,7 +379,7 @@ class Login(ModalScreen[str | None]):
                 return
             link = f"{self.url}{started['verification_path']}"
             self.query_one("#code", Static).update(f"Code: {started['user_code']}")
-            self.query_one("#link", Static).update(f"Open {link} in a browser, log in, and approve.")
+            self.query_one("#link", Static).update(f"Open {link} in a browser, log in, enter the code and approve.")
             status.update("Waiting for the approval… (escape leaves)")
             if os.environ.get("BROWSER") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
                 webbrowser.open(link)

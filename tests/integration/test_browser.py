@@ -186,7 +186,14 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
     # The proxy passes the whole path on, as it does to a workspace's server.
     (tmp_path / "attack" / "user" / "bob" / "puzzle").mkdir(parents=True)
     (tmp_path / "attack" / "user" / "bob" / "puzzle" / "index.html").write_text(ATTACK)
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "attack"))  # noqa: E731
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self):
+            # bob sends the policy podbay's pages send, as a same-origin opener that keeps its
+            # handle where the pages' policy is only `same-origin`.
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            super().end_headers()
+
+    handler = lambda *a: Handler(*a, directory=str(tmp_path / "attack"))  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     hub.add_route("/user/bob/puzzle", f"http://127.0.0.1:{server.server_port}")
@@ -271,10 +278,9 @@ def test_only_the_services_own_login_is_a_session_not_a_workspace_or_vscode_toke
     hub.stop_server("alice", "tokens")
 
 
-def test_the_link_a_terminal_opens_before_the_login_still_shows_its_code_after_it(hub, browser):
+def test_the_link_a_terminal_opens_before_the_login_leads_to_the_approval_of_the_typed_code(hub, browser):
     """`podbay login` opens its link in a browser that has not logged in yet: the hub's login
-    comes first, then the approval of that code (the service remembers that the person
-    opened the link themselves)."""
+    comes first, then the page's form for the code the terminal shows, then its approval."""
     import httpx
 
     from tests.conftest import PASSWORD
@@ -284,11 +290,13 @@ def test_the_link_a_terminal_opens_before_the_login_still_shows_its_code_after_i
     try:
         page = context.new_page()
         page.set_default_timeout(60_000)
-        page.goto(f"{hub.url}/services/podbay/pair?code={code}")
+        page.goto(f"{hub.url}/services/podbay/pair")
         page.wait_for_selector("#username_input")
         page.fill("#username_input", "alice")
         page.fill("#password_input", PASSWORD)
         page.click("#login_submit")
+        page.fill("#code", code)
+        page.click("#continue")
         page.wait_for_selector("#approve")
         assert page.inner_text("#user-code") == code and page.inner_text("#who") == "alice"
         page.click("#deny")

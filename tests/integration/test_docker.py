@@ -152,6 +152,20 @@ def listening(docker, container: str) -> set[tuple[str, int]]:
     return found
 
 
+def test_on_a_shared_origin_browser_approval_and_job_output_on_pages_are_off(dhub):
+    """Workspaces of several people on the hub's own origin (no subdomain_host): what a page of
+    one could turn into another's credential or action is off, and the hub said so at start."""
+    navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
+    r = httpx.get(f"{dhub.url}/services/podbay/pair", headers=navigate, timeout=30)
+    assert r.status_code == 403 and "podbay login --paste" in r.text and "subdomain_host" in r.text
+    script = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "same-origin"}
+    r = httpx.get(f"{dhub.url}/services/podbay/pages/jobs/1/logs", headers=script, timeout=30)
+    assert r.status_code == 403 and "podbay job logs" in r.text
+    assert "no c.JupyterHub.subdomain_host" in dhub.log_path.read_text()
+    # The command line still pairs; its login goes through a token (podbay login --paste).
+    assert httpx.post(f"{dhub.url}/services/podbay/api/v1/pairings", json={}, timeout=30).status_code == 201
+
+
 def test_home_survives_stop_start_and_recreation(dhub, docker):
     opts = {"profile": "cpu", "image": "base"}
     dhub.start_server("alice", "home", opts)

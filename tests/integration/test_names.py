@@ -29,7 +29,7 @@ def test_by_default_the_hub_makes_no_user_with_such_a_name(hub):
 def test_the_hubs_own_pages_keep_no_opener(hub):
     """A workspace's page that opens the hub's token page (window.open) keeps no handle on it."""
     for path in ("/hub/login", "/hub/token"):
-        assert httpx.get(f"{hub.url}{path}", timeout=30).headers["cross-origin-opener-policy"] == "same-origin"
+        assert httpx.get(f"{hub.url}{path}", timeout=30).headers["cross-origin-opener-policy"] == "noopener-allow-popups"
 
 
 def test_where_a_deployment_allows_them_each_is_only_themselves(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def approve(browser, hub, user: str, link: str, code: str) -> str:
     try:
         browser_login(page, hub, user)
         page.goto(link)
+        page.fill("#code", code)
+        page.click("#continue")
         assert page.inner_text("#user-code") == code
         assert page.inner_text("#who") == user and page.inner_text("#host")
         page.click("#approve")
@@ -64,10 +67,9 @@ def test_login_workspace_job_and_logs_in_a_real_terminal(hub, tmp_path, browser)
     tmux("new-session", "-d", "-s", "e2e", "-x", "160", "-y", "40", "bash --norc --noprofile")
     try:
         tmux.keys(f"export {env}; {PODBAY} login {hub.url}", "Enter")
-        screen = tmux.wait_for("check that it shows the code")
-        link = next(word for word in screen.split() if word.startswith(f"{hub.url}/services/podbay/pair?code="))
-        code = link.rsplit("=", 1)[1]
-        assert f"the code {code}." in screen
+        screen = tmux.wait_for("enter the code")
+        link = next(word for word in screen.split() if word.startswith(f"{hub.url}/services/podbay/pair"))
+        code = re.search(r"enter the code ([A-Z]{4}-[A-Z]{4})\.", " ".join(screen.split())).group(1)
         assert "Return to your terminal" in approve(browser, hub, "alice", link, code)
         tmux.wait_for("Logged in to")
         token = json.loads((tmp_path / "podbay" / "credentials.json").read_text())["token"]
@@ -123,10 +125,13 @@ def test_the_token_is_the_approvers_and_a_code_works_once(hub, tmp_path, browser
     def login() -> tuple[subprocess.Popen, str, str]:
         proc = subprocess.Popen([PODBAY, "login", hub.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
+        link = None
         for line in proc.stdout:
-            if "/services/podbay/pair?code=" in line:
+            if "/services/podbay/pair" in line:
                 link = line.strip()
-                return proc, link, link.rsplit("=", 1)[1]
+            found = re.search(r"enter the code ([A-Z]{4}-[A-Z]{4})\.", line)
+            if link and found:
+                return proc, link, found.group(1)
         raise AssertionError(proc.stderr.read())
 
     proc, link, code = login()
@@ -140,6 +145,8 @@ def test_the_token_is_the_approvers_and_a_code_works_once(hub, tmp_path, browser
     try:
         browser_login(page, hub, "alice")
         page.goto(link)
+        page.fill("#code", code)
+        page.click("#continue")
         assert "unknown, has expired or was used already" in page.inner_text("#refused")
     finally:
         page.context.close()
@@ -149,6 +156,8 @@ def test_the_token_is_the_approvers_and_a_code_works_once(hub, tmp_path, browser
     try:
         browser_login(page, hub, "alice")
         page.goto(link)
+        page.fill("#code", code)
+        page.click("#continue")
         page.click("#deny")
         assert page.inner_text("#done") == "The command line was not logged in."
     finally:

@@ -184,14 +184,15 @@ async def test_with_no_login_the_tui_opens_on_a_login_screen_that_a_browser_appr
         await until(pilot, lambda: isinstance(app.screen, Login), what="the login screen")
         await until(pilot, lambda: "Open " in str(app.screen.query_one("#link").render()), what="the link")
         link = str(app.screen.query_one("#link").render()).split()[1]
-        await approve_over_http(hub, "alice", link)
+        code = str(app.screen.query_one("#code").render()).split()[-1]
+        await approve_over_http(hub, "alice", link, code)
         await until(pilot, lambda: "user: alice" in str(app.query_one("#topbar").render()), what="logged in")
         assert not isinstance(app.screen, Login)
     stored = (tmp_path / "podbay" / "credentials.json").read_text()
     assert hub.url in stored
 
 
-async def approve_over_http(hub, user: str, link: str) -> None:
+async def approve_over_http(hub, user: str, link: str, code: str) -> None:
     """What a person does in a browser, over HTTP: log in to the hub, open the link (the
     service's OAuth with the hub), approve the code it shows."""
     import re
@@ -205,8 +206,11 @@ async def approve_over_http(hub, user: str, link: str) -> None:
         assert r.status_code == 200, r.text[:300]
         # What a browser says of a page the person opened, and of a button they pressed.
         navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-        # Opened by the person (the link their terminal shows): Sec-Fetch-Site none.
-        page = await http.get(link, headers={**navigate, "Sec-Fetch-Site": "none"})
+        # The link their terminal shows, then the code typed into the page's own form.
+        form = await http.get(link, headers={**navigate, "Sec-Fetch-Site": "none"})
+        entry = re.search(r'name="entry" value="([0-9a-f]+)"', form.text).group(1)
+        page = await http.get(link, params={"code": code, "entry": entry},
+                              headers={**navigate, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-User": "?1"})
         fields = dict(re.findall(r'name="(code|csrf)" value="([^"]+)"', page.text))
         assert set(fields) == {"code", "csrf"}, page.text[:500]
         # A script on the hub's origin (another user's workspace page) cannot submit it for them.

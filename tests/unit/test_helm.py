@@ -60,10 +60,14 @@ def test_the_values_render_with_the_chart_into_valid_objects(kube):
     assert service["url"] == values["hub"]["config"]["PodbaySpawnerMixin"]["service_url"] == "http://hub:8083"
     assert service["environment"]["PODBAY_DB_URL"] == values["hub"]["config"]["PodbaySpawnerMixin"]["db_url"]
     assert "hub.services.podbay.apiToken" in secret, "the chart makes the service's token"
-    # The service believes X-Forwarded-For from the chart's proxy pods, found by their labels.
-    selector = dict(term.split("=") for term in service["environment"]["PODBAY_TRUSTED_PROXY_PODS"].split(","))
-    assert selector.items() <= by["Deployment", "proxy"]["spec"]["template"]["metadata"]["labels"].items()
-    assert selector["component"] == "proxy", "workspace pods (component: singleuser-server) are not trusted"
+    # The service believes X-Forwarded-For from the chart's proxy pods, found by their labels
+    # (as the API server reads the selector), and from no workspace's.
+    from tests.k8s_emulator import selector_matches
+
+    selector = service["environment"]["PODBAY_TRUSTED_PROXY_PODS"]
+    assert selector_matches(selector, by["Deployment", "proxy"]["spec"]["template"]["metadata"]["labels"].get)
+    assert selector_matches(selector, {"app": "jupyterhub", "component": "autohttps"}.get)
+    assert not selector_matches(selector, {"app": "jupyterhub", "component": "singleuser-server"}.get)
     # Workspaces and the proxy may reach podbay's service port.
     ingress = by["NetworkPolicy", "hub"]["spec"]["ingress"]
     assert any({"port": 8083, "protocol": "TCP"} in rule.get("ports", []) for rule in ingress)

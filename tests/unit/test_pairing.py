@@ -59,7 +59,8 @@ def service():
 def test_the_cli_polls_until_approved_and_gets_the_token_once(service):
     client, pairings = service
     started = client.post("/services/podbay/api/v1/pairings", json={"host": "laptop"}).json()
-    assert started["verification_path"] == f"/services/podbay/pair?code={started['user_code']}"
+    # The link carries no code: the person types the one their terminal shows.
+    assert started["verification_path"] == "/services/podbay/pair"
     poll = {"device_code": started["device_code"]}
     r = client.post("/services/podbay/api/v1/pairings/token", json=poll)
     assert (r.status_code, r.json()["error"]) == (400, "authorization_pending")
@@ -93,7 +94,7 @@ def test_the_approval_page_is_for_a_browser_tab_only(service):
     assert r.status_code == 403 and "opened in a browser tab" in r.text
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"] and r.headers["cache-control"] == "no-store"
     # No page that opens it keeps a handle on it (window.open from a workspace's page).
-    assert r.headers["cross-origin-opener-policy"] == "same-origin"
+    assert r.headers["cross-origin-opener-policy"] == "noopener-allow-popups"
     navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     r = client.post("/services/podbay/pair", content="code=ABCD-EFGH&action=approve", headers=navigate)
     assert r.status_code == 403, "approving needs the person's own click (Sec-Fetch-User)"
@@ -173,50 +174,74 @@ def test_the_login_comes_back_only_to_the_services_own_pages():
                               ("/services/podbay//evil.example/x", "/services/podbay/evil.example/x"),
                               ("//evil.example/services/podbay/", "/services/podbay/pair"),
                               ("/services/podbay/../../user/bob/x/", "/services/podbay/pair"),
+                              ("/services/podbay/%2e%2e/%2e%2e/user/bob/x", "/services/podbay/pair"),
                               ("https://evil.example/", "/services/podbay/pair")]:
-            client.cookies.set("podbay-login-state", f"s1|sent|{target}", path="/services/podbay/")
+            client.cookies.set("podbay-login-state", f"s1|{target}", path="/services/podbay/")
             r = client.get("/services/podbay/oauth_callback", params={"code": "c", "state": "s1"})
             assert r.headers["location"] == lands
             assert session.token_of(r.cookies[SESSION_COOKIE]) == "oauth-token"
-        # The pairing link the person opened themselves keeps showing its code after the login:
-        # the whole round, with the cookies as the service sets them (quoted, as browsers keep them).
+        # The whole round, with the cookies as the service sets them (quoted, as browsers keep them).
         client.cookies.clear()
-        r = client.get("/services/podbay/pair", params={"code": "ABCD-EFGH"},
-                       headers={"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"})
+        nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
+        r = client.get("/services/podbay/pair", params={"code": "ABCD-EFGH"}, headers=nav)
         assert r.status_code == 302 and r.headers["location"].startswith(FakeOAuth.login_url)
         state = r.headers["location"].rsplit("state=", 1)[1]
         r = client.get("/services/podbay/oauth_callback", params={"code": "c", "state": state})
-        cookie = r.cookies[SESSION_COOKIE]
-        assert r.headers["location"] == ("/services/podbay/pair?code=ABCD-EFGH&entry="
-                                         + session.token_for_cookie(cookie, "entry"))
+        assert r.headers["location"] == "/services/podbay/pair?code=ABCD-EFGH"
+        # Back there, the code the link carried is not offered for approval.
+        r = client.get(r.headers["location"], headers={**nav, "Sec-Fetch-Site": "same-origin"})
+        assert "id='sent'" in r.text and 'id="approve"' not in r.text
 
 
-def test_a_code_shows_for_approval_only_where_the_person_brought_it():
-    """A page of any site (a workspace's on the hub's origin too) that sends a logged-in
-    person to the approval of another's code, for one click or a double click timed over the
-    button, gets a form asking for the code their own terminal shows."""
+def test_a_code_is_offered_for_approval_only_once_the_person_typed_it():
+    """A page of any site (a workspace's on the hub's origin too), a link in a mail, or the
+    login coming back may carry a code: none is offered for approval (one click, or a double
+    click timed over the button, would approve another's). The person types the code their
+    own terminal shows into the page's own form (its token)."""
     session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
     router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
     nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
         code = client.post("/services/podbay/api/v1/pairings", json={}).json()["user_code"]
         client.cookies.set(SESSION_COOKIE, session.cookie_value("oauth-token"), path="/services/podbay/")
-        for site in ("same-origin", "cross-site", "same-site"):
+        for site in ("none", "same-origin", "cross-site", "same-site"):
             r = client.get("/services/podbay/pair", params={"code": code}, headers={**nav, "Sec-Fetch-Site": site})
             assert r.status_code == 200 and "id='sent'" in r.text and 'name="csrf"' not in r.text, site
             assert code not in r.text
-        # Opened by the person (the terminal's link, pasted): shown.
-        r = client.get("/services/podbay/pair", params={"code": code}, headers={**nav, "Sec-Fetch-Site": "none"})
-        assert 'id="approve"' in r.text and code in r.text
-        # Typed into the page's own form (its token), from the form the page showed.
         entry = re.search(r'name="entry" value="([0-9a-f]+)"', client.get(
             "/services/podbay/pair", headers={**nav, "Sec-Fetch-Site": "none"}).text).group(1)
-        r = client.get("/services/podbay/pair", params={"code": code, "entry": entry},
+        r = client.get("/services/podbay/pair", params={"code": code.lower().replace("-", " "), "entry": entry},
                        headers={**nav, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-User": "?1"})
-        assert 'id="approve"' in r.text
+        assert 'id="approve"' in r.text and code in r.text
         r = client.get("/services/podbay/pair", params={"code": code, "entry": "0" * 64},
                        headers={**nav, "Sec-Fetch-Site": "same-origin"})
         assert 'id="approve"' not in r.text
+
+
+def test_where_other_peoples_workspaces_share_the_origin_approval_is_off():
+    session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/", exposed=True)
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
+    with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
+        client.cookies.set(SESSION_COOKIE, session.cookie_value("oauth-token"), path="/services/podbay/")
+        r = client.get("/services/podbay/pair", headers=nav)
+        assert r.status_code == 403 and "podbay login --paste" in r.text and "subdomain_host" in r.text
+        r = client.post("/services/podbay/pair", content="code=ABCD-EFGH&csrf=x&action=approve",
+                        headers={**nav, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-User": "?1"})
+        assert r.status_code == 403 and "id='off'" in r.text
+        # The command line still starts a pairing (and says where it cannot be approved).
+        assert client.post("/services/podbay/api/v1/pairings", json={}).status_code == 201
+
+
+def test_forwarded_addresses_are_walked_past_every_trusted_proxy():
+    """A front proxy (the chart's autohttps, an ingress) before the hub's: the caller is the
+    first address, from the right, that no trusted proxy has."""
+    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600,
+                            proxies=TrustedProxies.parse("127.0.0.1, 10.0.0.0/24"))
+    with TestClient(app_of(router), client=("127.0.0.1", 50000)) as proxy:
+        for sent in ("203.0.113.9, 10.0.0.7", "1.2.3.4, 203.0.113.9, 10.0.0.7"):
+            made = proxy.post("/services/podbay/api/v1/pairings", json={}, headers={"X-Forwarded-For": sent}).json()
+            assert router.pairings.by_device(made["device_code"]).address == "203.0.113.9", sent
 
 
 def test_a_second_session_cookie_or_a_strange_one_is_no_session():
