@@ -14,6 +14,7 @@ import functools
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, Footer, Input, Label
 
 from .client import AuthError, ClientError, Forbidden, HubUnavailable, PodbayClient, Refused, Workspace
@@ -131,7 +132,11 @@ class PodbayApp(App):
         except ClientError as e:
             self._report(e)
             return
-        if view is self.view:
+        try:
+            shown = self.view
+        except NoMatches:  # the app closed while the answer came: its screens are gone
+            return
+        if view is shown:
             view.show(data)
             self.sub_title = f"{view.title} ({len(data)})" + (f"  /{view.filter}" if view.filter else "")
         if self.current == "ws":
