@@ -178,6 +178,15 @@ def clear_tossed(response, request: Request, name: str) -> None:
             response.delete_cookie(name, path=path, domain=domain)
 
 
+def shares_origin(env: dict, isolates_users: bool) -> bool:
+    """Whether other people's workspaces are served from the pages' own origin: a backend that
+    keeps people apart, with no subdomain_host (PODBAY_SUBDOMAIN_HOST, which podbay's hub
+    configuration passes on; JupyterHub's JUPYTERHUB_HOST is public_url's host where one is
+    set, so it cannot tell), unless the operator accepts it (PODBAY_SHARED_ORIGIN=accept)."""
+    return (isolates_users and not env.get("PODBAY_SUBDOMAIN_HOST")
+            and env.get("PODBAY_SHARED_ORIGIN", "").lower() != "accept")
+
+
 def https(request: Request) -> bool:
     return request.headers.get("x-forwarded-proto", request.url.scheme) == "https"
 

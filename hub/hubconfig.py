@@ -300,8 +300,10 @@ def configure(c) -> None:
                         "PODBAY_SECRETS_KEY": os.environ["JUPYTERHUB_CRYPT_KEY"],
                         # How to reach the engine, where the hub was told; an operator's
                         # acceptance of a shared origin (hub/browser.py).
-                        **{k: os.environ[k] for k in (*ENGINE_ENV, "PODBAY_SHARED_ORIGIN", "PODBAY_TRUSTED_PROXIES")
-                           if os.environ.get(k)}},
+                        **{k: os.environ[k] for k in (*ENGINE_ENV, *BROWSER_ENV) if os.environ.get(k)},
+                        # Whether other people's workspaces share the pages' origin (hub/browser.py):
+                        # set before configure(c) to count.
+                        "PODBAY_SUBDOMAIN_HOST": str(_value(c.JupyterHub.get("subdomain_host"), "") or "")},
         "display": False,
         # Its pages (`podbay login`'s approval) log people in through the hub, without a
         # "grant access to podbay?" page of the hub's own: it is part of the portal.
@@ -397,6 +399,10 @@ def configure_culler(c, cfg) -> None:
         # What jupyterhub-idle-culler's README lists for culling servers (not users).
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
     }]
+
+
+# What the service's browser side reads from the hub's environment (hub/browser.py).
+BROWSER_ENV = ("PODBAY_SHARED_ORIGIN", "PODBAY_TRUSTED_PROXIES", "PODBAY_TRUSTED_PROXY_PODS")
 
 
 def harden_pages(c, backend: str) -> None:
@@ -617,9 +623,13 @@ def configure_on_cluster(c) -> None:
             env.setdefault("PODBAY_BACKEND", backend)
             if key:
                 env.setdefault("PODBAY_SECRETS_KEY", key)
-            for k in ENGINE_ENV:
+            for k in (*ENGINE_ENV, *BROWSER_ENV):
                 if os.environ.get(k):
                     env.setdefault(k, os.environ[k])
+            # Whether other people's workspaces share the pages' origin (hub/browser.py).
+            subdomain_host = _value(c.JupyterHub.get("subdomain_host"), "")
+            if subdomain_host:
+                env.setdefault("PODBAY_SUBDOMAIN_HOST", str(subdomain_host))
     # On a cluster the chart's own culler (cull.enabled) is the same jupyterhub-idle-culler:
     # podbay.yaml's idle.culler is used only where the chart runs none.
     if not any(s.get("name") == "jupyterhub-idle-culler" for s in _value(c.JupyterHub.get("services"), [])):

@@ -170,6 +170,11 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
     @router.post(f"{prefix}api/v1/pairings", status_code=201, summary="Start logging in a command line",
                  tags=["login"])
     async def start(request: Request):
+        if session is not None and session.exposed:
+            # The command line pastes a token instead of waiting for an approval that is off.
+            return JSONResponse({"error": "not_here", "message": "approving a login in the browser is off on this "
+                                 "portal (its workspaces share the hub's address): paste a token instead"},
+                                status_code=404)
         try:
             body = await request.json()
         except ValueError:

@@ -838,15 +838,13 @@ def main() -> None:
     # browser logs in to the hub by OAuth (hub/browser.py).
     from jupyterhub.services.auth import HubOAuth
 
-    from .browser import BrowserSession, TrustedProxies
+    from .browser import BrowserSession, TrustedProxies, shares_origin
     from .pages import pages_router
     from .pairing import pairing_router
 
     oauth = HubOAuth(api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0) if env.get("JUPYTERHUB_CLIENT_ID") else None
-    # Other people's workspaces on the pages' own origin: no subdomain_host (the hub passes it
-    # as JUPYTERHUB_HOST) on a backend that keeps people apart (hub/browser.py says what is off).
-    exposed = (plugin.isolates_users and not env.get("JUPYTERHUB_HOST")
-               and env.get("PODBAY_SHARED_ORIGIN", "").lower() != "accept")
+    # Other people's workspaces on the pages' own origin (hub/browser.py says what is off then).
+    exposed = shares_origin(env, plugin.isolates_users)
     if exposed:
         log.warning("workspaces share the hub's origin (no subdomain_host): approving `podbay login` in the browser, "
                     "and jobs' output and cancel on the pages, are off (PODBAY_SHARED_ORIGIN=accept turns them on)")

@@ -162,8 +162,8 @@ def test_on_a_shared_origin_browser_approval_and_job_output_on_pages_are_off(dhu
     r = httpx.get(f"{dhub.url}/services/podbay/pages/jobs/1/logs", headers=script, timeout=30)
     assert r.status_code == 403 and "podbay job logs" in r.text
     assert "no c.JupyterHub.subdomain_host" in dhub.log_path.read_text()
-    # The command line still pairs; its login goes through a token (podbay login --paste).
-    assert httpx.post(f"{dhub.url}/services/podbay/api/v1/pairings", json={}, timeout=30).status_code == 201
+    # The command line is told at once and asks for a token (podbay login --paste) instead.
+    assert httpx.post(f"{dhub.url}/services/podbay/api/v1/pairings", json={}, timeout=30).status_code == 404
 
 
 def test_home_survives_stop_start_and_recreation(dhub, docker):

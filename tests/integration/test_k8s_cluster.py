@@ -380,6 +380,7 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
         c = chart_config(podbay_yaml)
         c.JupyterHub.load_groups = {"staff": {"users": ["carol"]}}  # the deployment's own group stays
         c.GenericOAuthenticator.admin_users = {"root"}  # an authenticator's own admins, beside podbay's
+        c.JupyterHub.subdomain_host = "https://hub.example.org"
         KubernetesBackend.view.ready.clear()
         # Only this test's background work (an earlier test's may belong to a loop now closed).
         hubconfig._serving.clear()
@@ -391,6 +392,10 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
             (service,) = c.JupyterHub.services
             assert service["environment"]["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
             assert service["environment"]["PODBAY_SERVICE_BIND"] == "0.0.0.0"
+            # The service knows workspaces have origins of their own (hub/browser.py: shares_origin).
+            assert service["environment"]["PODBAY_SUBDOMAIN_HOST"] == "https://hub.example.org"
+            # The chart's hub pages keep no opener.
+            assert c.JupyterHub.tornado_settings["headers"]["Cross-Origin-Opener-Policy"] == "noopener-allow-popups"
             await until(KubernetesBackend.view.ready.is_set)
             assert {n["metadata"]["name"] for n in KubernetesBackend.view()[0]} >= {"dev-01", "train-01"}
         finally:

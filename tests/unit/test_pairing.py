@@ -229,8 +229,21 @@ def test_where_other_peoples_workspaces_share_the_origin_approval_is_off():
         r = client.post("/services/podbay/pair", content="code=ABCD-EFGH&csrf=x&action=approve",
                         headers={**nav, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-User": "?1"})
         assert r.status_code == 403 and "id='off'" in r.text
-        # The command line still starts a pairing (and says where it cannot be approved).
-        assert client.post("/services/podbay/api/v1/pairings", json={}).status_code == 201
+        # The command line is told at once, and pastes a token instead of waiting.
+        r = client.post("/services/podbay/api/v1/pairings", json={})
+        assert r.status_code == 404 and r.json()["error"] == "not_here"
+
+
+def test_who_shares_the_pages_origin():
+    """JupyterHub's JUPYTERHUB_HOST is public_url's host where one is set: only the hub's
+    configuration knows subdomain_host, and passes it on (PODBAY_SUBDOMAIN_HOST)."""
+    from podbay.hub.browser import shares_origin
+
+    assert shares_origin({}, isolates_users=True)
+    assert shares_origin({"JUPYTERHUB_HOST": "https://hub.example.org"}, isolates_users=True), "public_url only"
+    assert not shares_origin({"PODBAY_SUBDOMAIN_HOST": "https://hub.example.org"}, isolates_users=True)
+    assert not shares_origin({"PODBAY_SHARED_ORIGIN": "accept"}, isolates_users=True)
+    assert not shares_origin({}, isolates_users=False), "the local backend keeps nobody apart anyway"
 
 
 def test_forwarded_addresses_are_walked_past_every_trusted_proxy():
