@@ -219,7 +219,7 @@ def configure(c) -> None:
 
     c.Authenticator.admin_users = set(cfg.admins)
     limit_usernames(c, cfg)
-    harden_pages(c, backend)
+    harden_pages(c, plugin)
     scheme = "https" if tls else "http"
     try:
         configure_auth(c, cfg, f"{scheme}://{host}:{port}", data_dir, public_ip)
@@ -405,15 +405,19 @@ def configure_culler(c, cfg) -> None:
 BROWSER_ENV = ("PODBAY_SHARED_ORIGIN", "PODBAY_TRUSTED_PROXIES", "PODBAY_TRUSTED_PROXY_PODS")
 
 
-def harden_pages(c, backend: str) -> None:
+def harden_pages(c, plugin) -> None:
     """The hub's own pages get Cross-Origin-Opener-Policy too (a workspace's page that opens
-    one keeps no handle on it, in browsers that know noopener-allow-popups), and a multi-user deployment on one origin is told what that
-    leaves open."""
+    one keeps no handle on it, in browsers that know noopener-allow-popups), and a deployment
+    whose people's workspaces share the hub's origin is told what that leaves open."""
     settings = dict(_value(c.JupyterHub.get("tornado_settings"), {}))
     headers = dict(settings.get("headers") or {})
     headers.setdefault("Cross-Origin-Opener-Policy", "noopener-allow-popups")
     c.JupyterHub.tornado_settings = {**settings, "headers": headers}
-    if backend != "local" and not _value(c.JupyterHub.get("subdomain_host"), ""):
+    from .browser import shares_origin
+
+    # The service decides the same way, from what the hub passes on (below).
+    env = {**os.environ, "PODBAY_SUBDOMAIN_HOST": str(_value(c.JupyterHub.get("subdomain_host"), "") or "")}
+    if shares_origin(env, plugin.isolates_users):
         print("podbay: WARNING: every workspace is served from the hub's own origin (no "
               "c.JupyterHub.subdomain_host): a page a workspace serves runs as whoever opens it on "
               "the hub's origin, and can act for them on the hub itself (JupyterHub's token page "
@@ -596,7 +600,7 @@ def configure_on_cluster(c) -> None:
     for section in [c.Authenticator, *(sec for sec in _sections(c) if "admin_users" in sec)]:
         section.admin_users = set(_value(section.get("admin_users"), set())) | set(cfg.admins)
     limit_usernames(c, cfg)
-    harden_pages(c, backend)
+    harden_pages(c, plugin)
     try:
         portal = shared_portal(os.path.abspath(settings.config_file), settings.db_url,
                                os.path.abspath(settings.data_dir), backend)
