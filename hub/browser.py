@@ -98,6 +98,14 @@ def no_metadata(request: Request) -> bool:
     return "sec-fetch-mode" not in request.headers
 
 
+def not_a_tab(request: Request) -> str:
+    """Why a page was refused to a request that is not a tab's own navigation."""
+    if no_metadata(request):
+        return ("This browser did not say how the page was opened, which browsers do only for HTTPS "
+                "addresses: ask the platform team for the hub's HTTPS address.")
+    return "This page only works opened in a browser tab."
+
+
 class BrowserSession:
     """The service's OAuth login to the hub, kept in a cookie under the service's prefix."""
 

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
-from .browser import PAGE_HEADERS, BrowserSession, navigation, no_metadata, page_script
+from .browser import PAGE_HEADERS, BrowserSession, navigation, not_a_tab, page_script
 from .quota import fmt_units
 from .quota.database import AllocationRow, ClaimRow
 from .usage.settings import fmt_duration
@@ -122,10 +122,7 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: Bro
         """(the person, None), or (None, the answer): not a tab's own navigation (a script's
         fetch or a frame, which must not read the page or its tokens), or a login first."""
         if not navigation(request):
-            why = ("This browser did not say how the page was opened, which browsers do only for HTTPS "
-                   "addresses: use the hub's HTTPS address." if no_metadata(request)
-                   else "This page only opens in a browser tab.")
-            return None, HTMLResponse(why, 403, headers=PAGE_HEADERS)
+            return None, HTMLResponse(not_a_tab(request), 403, headers=PAGE_HEADERS)
         who = await person(request)
         if who is None:
             if session.oauth is None:

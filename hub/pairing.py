@@ -43,6 +43,7 @@ from .browser import (
     https,
     navigation,
     no_metadata,
+    not_a_tab,
     same,
 )
 from .hubapi import user_path
@@ -143,11 +144,8 @@ button{{font-size:1rem;padding:.4rem 1rem;margin-right:.5rem}}</style></head>
 
 
 def not_in_a_tab(request: Request) -> HTMLResponse:
-    if no_metadata(request):
-        return _page("Open this over HTTPS", "<p>This browser did not say how the page was opened, which browsers "
-                                             "do only for HTTPS addresses: ask the platform team for the hub's "
-                                             "HTTPS address.</p>", 403)
-    return _page("Open this in your browser", "<p>This page only works opened in a browser tab.</p>", 403)
+    title = "Open this over HTTPS" if no_metadata(request) else "Open this in your browser"
+    return _page(title, f"<p>{html.escape(not_a_tab(request))}</p>", 403)
 
 
 def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
@@ -163,6 +161,8 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
     hub = httpx.AsyncClient(base_url=hub_api.rstrip("/") + "/", timeout=10,
                             headers={"Authorization": f"token {service_token}"})
     oauth = session.oauth if session else None
+    # Other people's workspaces share the pages' origin: approval in the browser is off.
+    off = session is not None and session.exposed
 
     def csrf(request: Request, code: str) -> str:
         return session.page_token(request, "pair", code)
@@ -170,7 +170,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
     @router.post(f"{prefix}api/v1/pairings", status_code=201, summary="Start logging in a command line",
                  tags=["login"])
     async def start(request: Request):
-        if session is not None and session.exposed:
+        if off:
             # The command line pastes a token instead of waiting for an approval that is off.
             return JSONResponse({"error": "not_here", "message": "approving a login in the browser is off on this "
                                  "portal (its workspaces share the hub's address): paste a token instead"},
@@ -288,7 +288,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
     async def pair_page(request: Request, code: str = "", entry: str = ""):
         if not navigation(request):
             return not_in_a_tab(request)
-        if session is not None and session.exposed:
+        if off:
             return turned_off()
         who = await person(request)
         if who is None:
@@ -323,7 +323,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         code, action, csrf_token = (form.get(k, [""])[0] for k in ("code", "action", "csrf"))
         if not navigation(request, action=True):
             return _page("Not approved", "<p>Approve with the button on the page, in your browser.</p>", 403)
-        if session is not None and session.exposed:
+        if off:
             return turned_off()
         who = await person(request)
         if who is None:

@@ -11,6 +11,14 @@ from tests.conftest import browser_login, environ_of
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
 
+
+def service(hub, user: str | None = None):
+    """podbay's service API as `user` (their token), or as nobody."""
+    import httpx
+
+    headers = {"Authorization": f"token {hub.token(user)}"} if user else {}
+    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", headers=headers, timeout=60)
+
 def test_spawn_form_to_jupyterlab(hub, browser, tmp_path):
     # Take the only 3g.40gb, so the form must show it disabled with the reason.
     assert hub.start_server("alice", "big", {"profile": "mig-3g.40gb"}).status_code in (201, 202)
@@ -47,18 +55,13 @@ def test_podbays_pages_capacity_jobs_and_usage(hub, browser, tmp_path):
     """podbay's own pages through the hub: linked from its navigation bar, behind its login."""
     import time
 
-    import httpx
     import yaml
 
     from tests.conftest import TEST_CONFIG, wait_job
 
     shots = str(os.environ.get("PODBAY_SCREENSHOT_DIR", tmp_path))
 
-    def svc(user):
-        return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
-                            headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
-
-    with svc("alice") as alice, svc("bob") as bob:
+    with service(hub, "alice") as alice, service(hub, "bob") as bob:
         talk = alice.post("/jobs", json={"name": "talk", "gpus": 1, "command": [
             "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 1; done"]}).json()
         long = alice.post("/jobs", json={"name": "long", "gpus": 0, "command": ["sleep", "120"]}).json()
@@ -123,7 +126,7 @@ def test_podbays_pages_capacity_jobs_and_usage(hub, browser, tmp_path):
     assert page.locator('#usage tr[data-key="alice"]').count() == 1
     page.screenshot(path=f"{shots}/pages-usage.png", full_page=True)
     page.close()
-    with svc("bob") as bob:
+    with service(hub, "bob") as bob:
         bob.delete(f"/jobs/{theirs['id']}")
 
 
@@ -179,7 +182,6 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
     import http.server
     import threading
 
-    import httpx
 
     from tests.conftest import wait_job
 
@@ -199,10 +201,9 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
     hub.add_route("/user/bob/puzzle", f"http://127.0.0.1:{server.server_port}")
     context = browser.new_context()
     try:
-        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60) as anon:
+        with service(hub) as anon:
             bobs = anon.post("/pairings", json={"host": "bobs-laptop"}).json()
-        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
-                          headers={"Authorization": f"token {hub.token('alice')}"}) as alice:
+        with service(hub, "alice") as alice:
             job = alice.post("/jobs", json={"name": "secret-output", "gpus": 0, "command": [
                 "sh", "-c", "echo API_KEY=hunter2; sleep 120"]}).json()
             wait_job(alice, job["id"], {"running"})
@@ -237,11 +238,10 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
             assert answer.startswith("403"), (what, answer)
         assert "hunter2" not in str(probe)
 
-        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60) as anon:
+        with service(hub) as anon:
             r = anon.post("/pairings/token", json={"device_code": bobs["device_code"]})
         assert r.json()["error"] == "authorization_pending", "alice's token reached bob's command line"
-        with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
-                          headers={"Authorization": f"token {hub.token('alice')}"}) as alice:
+        with service(hub, "alice") as alice:
             assert alice.get(f"/jobs/{job['id']}").json()["state"] == "running", "bob's page cancelled it"
             alice.delete(f"/jobs/{job['id']}")
     finally:
@@ -259,8 +259,7 @@ def test_only_the_services_own_login_is_a_session_not_a_workspace_or_vscode_toke
 
     assert hub.start_server("alice", "tokens", {"profile": "cpu"}).status_code in (201, 202)
     workspace_token = environ_of(hub.workspace_pid("alice", "tokens"))["JUPYTERHUB_API_TOKEN"]
-    with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
-                      headers={"Authorization": f"token {hub.token('alice')}"}) as api:
+    with service(hub, "alice") as api:
         r = api.post("/workspaces/tokens/jupyter-token", json={"days": 1})
         assert r.status_code == 201, r.text
         vscode_token = r.json()["token"]
