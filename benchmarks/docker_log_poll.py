@@ -36,9 +36,9 @@ async def main() -> None:
     ap.add_argument("-n", type=int, default=21, help="polls of each kind (default %(default)s)")
     args = ap.parse_args()
     from podbay.hub.config import load_config
-    from podbay.hub.images import docker_client
+    from podbay.hub.backends.docker.images import docker_client
     from podbay.hub.training import JobSpec
-    from podbay.hub.training.docker import DockerBackend
+    from podbay.hub.backends.docker.jobs import DockerBackend
 
     docker = docker_client()
     docker.images.get("podbay/base:2026.11")  # fails with a clear message if not built

@@ -45,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=11, help="spawns per hub (default %(default)s)")
     args = ap.parse_args()
-    from podbay.hub.images import docker_client
+    from podbay.hub.backends.docker.images import docker_client
 
     docker = docker_client()
     docker.images.get("podbay/base:2026.11")  # fails with a clear message if not built

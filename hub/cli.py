@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from importlib.metadata import entry_points
 from pathlib import Path
 
 # The hub-side modules (pydantic schemas, NVML) load inside the commands that need them:
@@ -30,78 +31,6 @@ def cmd_config_check(args) -> int:
           f"{len(cfg.profiles)} profiles, "
           f"{len(cfg.nodes)} nodes ({n_dev} GPUs declared), {len(cfg.volumes)} volumes, {len(cfg.teams)} teams")
     return 0
-
-
-def _kubernetes_config(path: str):
-    """podbay.yaml as the kubernetes backend reads it, or exit 1 with every error."""
-    from .backends import BackendError, load
-    from .config import ConfigError, load_config
-
-    try:
-        load("kubernetes")
-        return load_config(path, "kubernetes")
-    except BackendError as e:
-        raise SystemExit(f"podbay: {e}") from None
-    except ConfigError as e:
-        raise SystemExit(e.render()) from None
-
-
-def cmd_k8s_manifests(args) -> int:
-    """What the Zero to JupyterHub chart lacks, as YAML for `kubectl apply -f -`."""
-    import yaml
-
-    from .k8s.manifests import manifests
-
-    cfg = _kubernetes_config(args.config)
-    objects = manifests(cfg, cfg.kubernetes, hub_account=args.hub_account, hub_namespace=args.hub_namespace)
-    print(f"# podbay k8s manifests for {args.config}: apply after the chart "
-          f"(kubectl apply -f -); Kueue's objects need Kueue installed.")
-    print(yaml.safe_dump_all(objects, sort_keys=False), end="")
-    return 0
-
-
-def cmd_k8s_check(args) -> int:
-    """The cluster as podbay counts it: free GPUs per pool and profile, and the nodes whose
-    GPU Feature Discovery labels say what podbay.yaml does not know."""
-    import asyncio
-
-    from .k8s.api import KubernetesUnreachable, api_client, read_json
-    from .k8s.capacity import ClusterCapacity
-    from .quota.book import Snapshot
-
-    cfg = _kubernetes_config(args.config)
-
-    async def read() -> tuple[list[dict], list[dict]]:
-        from kubernetes_asyncio import client
-
-        api = await api_client(cfg.kubernetes.kubeconfig)
-        async with api:
-            core = client.CoreV1Api(api)
-            nodes = await read_json(core.list_node, _request_timeout=30)
-            pods = await read_json(core.list_pod_for_all_namespaces, _request_timeout=60)
-        return nodes.get("items") or [], pods.get("items") or []
-
-    try:
-        nodes, pods = asyncio.run(read())
-    except KubernetesUnreachable as e:
-        print(f"podbay: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - the API server's or the network's words
-        print(f"podbay: the API server does not answer ({e}); check kubernetes.kubeconfig", file=sys.stderr)
-        return 1
-    capacity = ClusterCapacity(cfg, cfg.kubernetes, lambda: (nodes, pods))
-    nothing = Snapshot(0, frozenset(), {}, {}, {})
-    print(f"{len(nodes)} nodes, {len(pods)} pods")
-    for prof in cfg.profiles:
-        if prof.spec.kind == "cpu":
-            continue
-        for pool in prof.pools:
-            total, free = capacity.counts(prof.spec, [pool], nothing)
-            print(f"  {pool:<12} {prof.id:<16} {free} free of {total}")
-    problems = capacity.unknown()
-    for problem in problems:
-        print(f"warning: {problem}")
-    return 1 if problems else 0
 
 
 def cmd_gpus(args) -> int:
@@ -144,37 +73,6 @@ def cmd_gpus(args) -> int:
     if not gpus:
         print("no GPUs found")
     return 0
-
-
-def cmd_images(args) -> int:
-    from .config import ConfigError, default_config_path, load_config
-    from .images import DockerUnavailable, ImageBuildError, build_image, buildable, docker_client, present
-
-    config = Path(args.config or default_config_path()).absolute()
-    try:
-        cfg = load_config(config)
-        client = docker_client(timeout=3600)
-        if args.images_command == "ls":
-            found = present(client, cfg.images)
-            for image in cfg.images:
-                state = "present" if found[image.name] else (
-                    "missing: podbay images build " + image.name if image.build else "missing (no build folder)")
-                print(f"{image.name:<12} {image.image:<32} {state}")
-            return 0
-        images = buildable(cfg, args.names)
-        if not images:
-            print(f"podbay images: no image in {config} has a build folder", file=sys.stderr)
-            return 1
-        cache = Path(args.cache_dir).absolute()
-        for image in images:
-            image_id = build_image(client, image, config, cache, lambda line: print(line, flush=True))
-            print(f"built {image.name}: {image.image} ({image_id[:19]})", flush=True)
-        return 0
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-    except (DockerUnavailable, ImageBuildError) as e:
-        print(f"podbay images: {e}", file=sys.stderr)
-    return 1
 
 
 def _wait_for_hub(url: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -358,18 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.add_argument("--pool", default="dev", help="pool for --as-inventory")
     gpus.set_defaults(func=cmd_gpus)
 
-    images = sub.add_parser("images", help="build and list the catalog's workspace images (Docker)")
-    images_sub = images.add_subparsers(dest="images_command", required=True)
-    build = images_sub.add_parser("build", help="build catalog images that have a build folder")
-    build.add_argument("names", nargs="*", metavar="NAME", help="catalog names (default: every buildable image)")
-    build.add_argument("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "podbay"),
-                       help="debootstrap root and wheels are prepared here (default: %(default)s)")
-    ls = images_sub.add_parser("ls", help="which catalog images this Docker engine has")
-    for p_ in (build, ls):
-        p_.add_argument("--config", help="podbay.yaml (default: PODBAY_CONFIG, ./config/podbay.yaml, "
-                                         "or the demo that ships with podbay)")
-        p_.set_defaults(func=cmd_images)
-
     up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
     up.add_argument("--config", help="podbay.yaml (default: PODBAY_CONFIG, ./config/podbay.yaml, or the "
                                      "demo that ships with podbay)")
@@ -390,19 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--start-timeout", type=float, default=60, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
-    k8s = sub.add_parser("k8s", help="podbay on a Kubernetes cluster")
-    k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True)
-    mf = k8s_sub.add_parser("manifests", help="print what the Zero to JupyterHub chart lacks (RBAC, Kueue "
-                                              "queues, the time-slicing config), for kubectl apply -f -")
-    mf.add_argument("--hub-account", default="hub", help="the hub's service account (the chart's: %(default)s)")
-    mf.add_argument("--hub-namespace", help="the hub's namespace (default: kubernetes.namespace)")
-    mf.set_defaults(func=cmd_k8s_manifests)
-    kc = k8s_sub.add_parser("check", help="free GPUs per pool and profile as podbay counts them, and nodes "
-                                          "whose GPU labels podbay.yaml does not know (exit 1)")
-    kc.set_defaults(func=cmd_k8s_check)
-    for p_ in (mf, kc):
-        p_.add_argument("--config", default=os.environ.get("PODBAY_CONFIG", "config/podbay.yaml"),
-                        help="podbay.yaml (default: PODBAY_CONFIG or %(default)s)")
+    # Each engine's own commands (`podbay k8s`, `podbay images`): its package registers them
+    # through the `podbay.commands` entry points.
+    for ep in sorted(entry_points(group="podbay.commands"), key=lambda ep: ep.name):
+        ep.load()(sub)
 
     from podbay.tui.cli import add_commands
 

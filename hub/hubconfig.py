@@ -264,7 +264,7 @@ def configure(c) -> None:
     db_url = database_url(settings.db_url)
     c.PodbaySpawnerMixin.db_url = db_url
 
-    from .spawners.mixin import shared_portal
+    from .spawner import shared_portal
 
     try:
         portal = shared_portal(config_file, db_url, str(data_dir), plugin.name)
@@ -559,7 +559,7 @@ def configure_on_cluster(c) -> None:
     the API server. It refuses to start the hub (exit 1) with a message where something is wrong."""
     from .backends import BackendError, load
     from .config import load_config
-    from .spawners.mixin import PodbaySpawnerMixin, shared_portal
+    from .spawner import PodbaySpawnerMixin, shared_portal
 
     settings = PodbaySpawnerMixin(config=c)
     backend = settings.podbay_backend or "kubernetes"
@@ -576,7 +576,7 @@ def configure_on_cluster(c) -> None:
     except BackendError as e:
         refuse(str(e))
     spawner = c.JupyterHub.get("spawner_class")
-    if spawner not in (plugin.spawner, "podbay.hub.spawners.kubernetes.PodbayKubeSpawner"):
+    if spawner not in (plugin.spawner, "podbay.hub.backends.kubernetes.spawner.PodbayKubeSpawner"):
         refuse(f"hub.config JupyterHub.spawner_class is {spawner!r}: podbay's {backend} backend needs "
                f"{plugin.spawner!r}")
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from .quota.capacity import CapacitySource, InventoryCapacity
 from .quota.placement import Placement
 
 if TYPE_CHECKING:
-    from .backends import Backend
+    from .backends.base import Backend
 
 
 class OptionsRefused(Exception):

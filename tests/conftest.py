@@ -381,7 +381,7 @@ DOCKER_TEST_PREFIXES = ("podbaytest", "podbayhosttest", "podbaycontract")
 
 @pytest.fixture(scope="session")
 def docker():
-    from podbay.hub.images import DockerUnavailable, docker_client
+    from podbay.hub.backends.docker.images import DockerUnavailable, docker_client
 
     try:
         client = docker_client()
@@ -454,7 +454,7 @@ def kubernetes_installed(monkeypatch):
     from podbay.hub import backends
     from podbay.hub.config import config_model
 
-    entry = EntryPoint("kubernetes", "podbay.hub.k8s.plugin:KubernetesBackend", backends.GROUP)
+    entry = EntryPoint("kubernetes", "podbay.hub.backends.kubernetes.plugin:KubernetesBackend", backends.GROUP)
     installed = {**backends.available(), "kubernetes": entry}
     monkeypatch.setattr(backends, "available", lambda: installed)
     config_model.cache_clear()

@@ -3,14 +3,16 @@ user's volumes and the team's quota, then left to the scheduler; reads; cancel."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from ..portal import OptionsRefused, Portal
 from ..training import TrainingBackend
-from .model import JOB_POOL, Job, JobRequest, JobRow
+from .model import JOB_POOL, TERMINAL, Job, JobRequest, JobRow
 from .scheduler import Scheduler
 from .store import JobStore
 
@@ -115,6 +117,22 @@ class JobManager:
         if not ref:
             return b"", None  # not started: nothing yet, and the next read starts at the start
         return await self.backend.read_logs(ref, cursor)
+
+    async def follow_logs(self, job_id: int, first: tuple[bytes, str | None],
+                          interval: float = 0.2) -> AsyncIterator[bytes]:
+        """Output as it comes, from a first read on (made by the caller, so that a bad cursor is
+        refused before a stream starts), until the job has ended and all of it is read."""
+        chunk, cursor = first
+        while True:
+            if chunk:
+                yield chunk
+            # Read whether it had ended before reading on, so no output after the end is lost.
+            done = (await asyncio.to_thread(self.get, job_id)).state in TERMINAL
+            chunk, cursor = await self.read_logs(job_id, cursor)
+            if not chunk and done:
+                return
+            if not chunk:
+                await asyncio.sleep(interval)
 
     # --- the scheduler's, for the service ----------------------------------------------
 

@@ -232,7 +232,7 @@ class Scheduler:
                 vols.append((self.backend.mount_source(vol, self.portal.volume_source(vol)),
                              str(self.home_of(job.user) / vol.target), vol.read_only))
         # The image's and the team's settings and the person's secrets, the job's own env over them.
-        apart = getattr(self.backend, "secrets_apart", False)
+        apart = self.backend.secrets_apart
         settings = self.portal.settings_env(job.user, job.team, job.image, with_secrets=not apart)
         env = job_env(job_id=job.id, name=job.name, image=job.image, team=job.team, volumes=job.volumes,
                       devices=devices, gpus=job.gpus, home=str(self.home_of(job.user)),

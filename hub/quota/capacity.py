@@ -25,7 +25,28 @@ class Usage:
     free: int
 
 
+@dataclass
+class NodeState:
+    """A node of a pool whose devices the engine places, as the capacity page draws it: its
+    whole GPUs and how many are taken, in the engine's words for its state."""
+
+    name: str
+    state: str
+    gpus: int
+    gpus_used: int
+    reason: str = ""
+
+    @property
+    def usable(self) -> bool:
+        """Takes new work (an engine with states such as drained says otherwise)."""
+        return True
+
+
 class CapacitySource(ABC):
+    """What is free, for the form, the API, the capacity page and the TUI. Every member the
+    core calls is declared here: abstract where each engine must answer, with a default where
+    one engine's answer is "nothing to say"."""
+
     @abstractmethod
     def unit_weight(self, spec: ProfileKind, pools: list[str]) -> Fraction:
         """GPU units one workspace of this profile weighs."""
@@ -47,6 +68,11 @@ class CapacitySource(ABC):
         """Why one more workspace of this profile cannot start now, where the engine places
         (the claim cannot find out by picking devices); None when it may."""
         return None
+
+    def node_states(self, pool: str) -> list[NodeState]:
+        """The nodes of a pool where the engine places devices (the capacity page draws
+        them); [] where podbay's inventory does (its devices are drawn from the book)."""
+        return []
 
 
 def default_weight(spec: ProfileKind) -> Fraction:

@@ -564,8 +564,8 @@ def test_the_host_network_is_an_opt_in_that_says_what_it_exposes(docker, image, 
 async def test_the_workspace_network_is_made_as_configured(docker):
     """podbay creates its network with inter-container traffic off, internal where
     outbound access is off, in the subnet asked for, and refuses one that differs."""
-    from podbay.hub.config import DockerSettings
-    from podbay.hub.dockernet import DockerNetworkError, ensure_network
+    from podbay.hub.backends.docker.settings import DockerSettings
+    from podbay.hub.backends.docker.network import DockerNetworkError, ensure_network
 
     name = f"{PREFIX}-net-internal"
     settings = DockerSettings(name_prefix=PREFIX, network={"name": name, "outbound": False, "subnet": "10.213.7.0/24"})
@@ -686,7 +686,7 @@ async def test_backend_finds_its_jobs_by_label_after_a_restart(docker, image, tm
     jobs that are not active, which would otherwise hold GPUs the ledger calls free."""
     from podbay.hub.config import load_config
     from podbay.hub.training import JobSpec
-    from podbay.hub.training.docker import DockerBackend
+    from podbay.hub.backends.docker.jobs import DockerBackend
 
     cfg = load_config(DOCKER_CONFIG)
     first = DockerBackend(cfg, tmp_path / "jobs", client=docker)
@@ -709,7 +709,7 @@ async def test_a_job_folder_left_by_an_earlier_run_is_not_the_new_jobs(docker, i
     jobs may still be there: the new job must not report the old one's exit or output."""
     from podbay.hub.config import load_config
     from podbay.hub.training import JobSpec
-    from podbay.hub.training.docker import DockerBackend
+    from podbay.hub.backends.docker.jobs import DockerBackend
 
     backend = DockerBackend(load_config(DOCKER_CONFIG), tmp_path / "jobs", client=docker)
     old = tmp_path / "jobs" / "9003"
@@ -735,7 +735,7 @@ async def test_a_running_jobs_output_is_streamed_once_and_read_from_offsets(dock
     service reads on from the same offsets."""
     from podbay.hub.config import load_config
     from podbay.hub.training import JobSpec
-    from podbay.hub.training.docker import DockerBackend
+    from podbay.hub.backends.docker.jobs import DockerBackend
 
     whole_reads, logs = [], docker.api.logs
 
@@ -780,7 +780,7 @@ async def test_a_running_jobs_output_is_streamed_once_and_read_from_offsets(dock
 async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, image, tmp_path, monkeypatch):
     from podbay.hub.jobs import JobManager, JobRequest
     from podbay.hub.portal import Portal
-    from podbay.hub.training.docker import DockerBackend
+    from podbay.hub.backends.docker.jobs import DockerBackend
 
     portal = Portal.open(DOCKER_CONFIG, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
     manager = JobManager(portal, DockerBackend(portal.cfg, tmp_path / "jobs"))

@@ -58,8 +58,8 @@ async def test_capacity_follows_the_cluster_through_the_watch(cluster, kubernete
     from kubernetes_asyncio import client
 
     from podbay.hub.config import load_config, parse_profile_id
-    from podbay.hub.k8s.capacity import ClusterCapacity
-    from podbay.hub.k8s.watch import ClusterView, ClusterWatch
+    from podbay.hub.backends.kubernetes.capacity import ClusterCapacity
+    from podbay.hub.backends.kubernetes.watch import ClusterView, ClusterWatch
     from podbay.hub.quota import Snapshot
 
     api, emu = cluster
@@ -129,7 +129,7 @@ class Controllers:
 async def k8s_jobs(cluster, kubernetes_installed, tmp_path):
     from podbay.hub.jobs import JobManager
     from podbay.hub.portal import Portal
-    from podbay.hub.training.kubernetes import KubernetesJobs
+    from podbay.hub.backends.kubernetes.jobs import KubernetesJobs
 
     api, emu = cluster
     async with watched(api, emu):
@@ -147,8 +147,8 @@ async def watched(api, emu):
     """Two DGX nodes in the training pool, watched into the backend's view as the hub does."""
     from kubernetes_asyncio import client
 
-    from podbay.hub.k8s.plugin import KubernetesBackend
-    from podbay.hub.k8s.watch import ClusterWatch
+    from podbay.hub.backends.kubernetes.plugin import KubernetesBackend
+    from podbay.hub.backends.kubernetes.watch import ClusterWatch
 
     for n in (1, 2):
         await emu.add_object("v1/nodes", gpu_node(f"dgx-{n}", "training", {}, {"nvidia.com/gpu": "8"}))
@@ -246,7 +246,7 @@ async def test_failure_cancel_and_a_restart_lose_nothing_and_start_nothing_twice
 async def test_without_kueue_a_job_waits_with_the_schedulers_reason(cluster, kubernetes_installed, tmp_path):
     from podbay.hub.jobs import JobManager
     from podbay.hub.portal import Portal
-    from podbay.hub.training.kubernetes import KubernetesJobs
+    from podbay.hub.backends.kubernetes.jobs import KubernetesJobs
 
     api, emu = cluster
     async with watched(api, emu):
@@ -344,7 +344,7 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
     from traitlets.config import Config
 
     from podbay.hub import hubconfig
-    from podbay.hub.k8s.plugin import KubernetesBackend
+    from podbay.hub.backends.kubernetes.plugin import KubernetesBackend
     from tests.conftest import ROOT, stand_in_cluster_running
 
     values = yaml.safe_load((ROOT / "config" / "helm" / "values.yaml").read_text())
@@ -472,8 +472,8 @@ async def test_the_stand_in_admits_pods_as_pod_security_restricted_does_and_a_re
     from kubernetes_asyncio.client.exceptions import ApiException
 
     from podbay.hub.config import load_config
-    from podbay.hub.k8s.objects import training_job
-    from podbay.hub.training.kubernetes import KubernetesJobs
+    from podbay.hub.backends.kubernetes.objects import training_job
+    from podbay.hub.backends.kubernetes.jobs import KubernetesJobs
     from tests.k8s_cluster import CLUSTER_RESOURCES, Cluster
 
     cfg = load_config(config(tmp_path, kueue=False), "kubernetes")
@@ -523,7 +523,7 @@ async def test_the_service_believes_forwarded_addresses_from_the_proxy_pods_only
     """On a cluster the proxy is a pod of its own: the service follows the addresses of the
     pods the chart labels as the proxy (PODBAY_TRUSTED_PROXY_PODS), never a workspace pod's."""
     from podbay.hub.browser import TrustedProxies
-    from podbay.hub.k8s.api import follow_pod_addresses
+    from podbay.hub.backends.kubernetes.api import follow_pod_addresses
 
     api, emu = cluster
     kubeconfig = tmp_path / "kubeconfig"

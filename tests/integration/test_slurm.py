@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from podbay.hub.config import parse_config
-from podbay.hub.slurm import NodeView, SlurmCapacity, SlurmError
+from podbay.hub.backends.slurm.commands import SlurmError
+from podbay.hub.backends.slurm.plugin import NodeView, SlurmCapacity
 from podbay.hub.training import BackendUnavailable, JobSpec
-from podbay.hub.training.slurm import SlurmJobs
+from podbay.hub.backends.slurm.jobs import SlurmJobs
 
 
 def config(cluster, **slurm):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import yaml
 
 from podbay.hub import backends
-from podbay.hub.backends import Backend
+from podbay.hub.backends.base import Backend
 from podbay.hub.cli import main
 from podbay.hub.config import ConfigError, config_model, load_config, parse_config
 

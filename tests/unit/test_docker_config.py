@@ -9,9 +9,10 @@ import pytest
 import yaml
 from docker.errors import APIError
 
-from podbay.hub.config import ConfigError, DockerSettings, load_config
-from podbay.hub.images import ImageBuildError, build_dir, buildable
-from podbay.hub.spawners.docker import _docker_words
+from podbay.hub.backends.docker.settings import DockerSettings
+from podbay.hub.config import ConfigError, load_config
+from podbay.hub.backends.docker.images import ImageBuildError, build_dir, buildable
+from podbay.hub.backends.docker.spawner import _docker_words
 
 from tests.conftest import ROOT
 
@@ -174,7 +175,7 @@ def test_the_local_backend_listens_on_the_loopback_unless_told(ip, backend, allo
 def test_the_docker_backend_without_its_extra_says_how_to_get_it(monkeypatch, missing):
     import sys
 
-    from podbay.hub.images import DockerUnavailable, docker_client
+    from podbay.hub.backends.docker.images import DockerUnavailable, docker_client
 
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
     with pytest.raises(DockerUnavailable, match=rf"needs the Python package {missing}, which is not installed: "
@@ -192,8 +193,8 @@ def test_a_local_install_needs_no_docker_packages():
             "    if name.split('.')[0] in ('docker', 'dockerspawner'): raise ImportError(name)\n"
             "    return real(name, *a, **k)\n"
             "builtins.__import__ = guard\n"
-            "import podbay.hub.config, podbay.hub.hubconfig, podbay.hub.service, podbay.hub.spawners.local\n"
-            "import podbay.hub.training.local, podbay.hub.cli, podbay.tui.cli\n")
+            "import podbay.hub.config, podbay.hub.hubconfig, podbay.hub.service, podbay.hub.backends.local.spawner\n"
+            "import podbay.hub.backends.local.jobs, podbay.hub.cli, podbay.tui.cli\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 

@@ -85,7 +85,7 @@ def test_the_values_settings_are_the_spawners_own():
     from traitlets.config import Config
 
     from podbay.hub.hubconfig import Podbay
-    from podbay.hub.spawners.mixin import PodbaySpawnerMixin
+    from podbay.hub.spawner import PodbaySpawnerMixin
 
     values = yaml.safe_load(VALUES.read_text())
     settings = values["hub"]["config"]["PodbaySpawnerMixin"]

@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from podbay.hub import backends
-from podbay.hub.backends import Backend
+from podbay.hub.backends.base import Backend
 from podbay.hub.config import ProfileKind
 from podbay.hub.jobs import JobManager, JobRequest
 from podbay.hub.portal import OptionsRefused, Portal
 from podbay.hub.quota import Demand, QuotaBook
 from podbay.hub.training import BackendStatus, BadCursor, JobSpec, TrainingBackend
-from podbay.hub.training.local import LocalBackend
+from podbay.hub.backends.local.jobs import LocalBackend
 
 from tests.conftest import TEST_CONFIG
 
@@ -332,7 +332,7 @@ async def test_an_engine_without_a_queue_starting_slowly_keeps_the_devices_podba
 def test_a_workspace_whose_engine_places_devices_gets_no_gpu_variable(engine_manager, tmp_path):
     """The spawner takes the deployment's backend (hubconfig sets it): where the engine
     places, the quota book counts the units and podbay names no device."""
-    from podbay.hub.spawners.local import PodbayLocalSpawner
+    from podbay.hub.backends.local.spawner import PodbayLocalSpawner
 
     spawner = PodbayLocalSpawner(config_file=str(tmp_path / "podbay.yaml"), data_dir=str(tmp_path),
                                  db_url=engine_manager.portal.book.url, podbay_backend="engine")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from podbay.hub.config import parse_config, parse_profile_id
-from podbay.hub.k8s.capacity import ClusterCapacity, pod_requests
-from podbay.hub.k8s.objects import (
+from podbay.hub.backends.kubernetes.capacity import ClusterCapacity, pod_requests
+from podbay.hub.backends.kubernetes.objects import (
     GpuAsk,
     ProfileUnavailable,
     container_resources,
@@ -26,7 +26,7 @@ from podbay.hub.k8s.objects import (
     training_job,
     volume_mounts,
 )
-from podbay.hub.k8s.settings import KubernetesSettings, PoolGpus, TimeSlicing
+from podbay.hub.backends.kubernetes.settings import KubernetesSettings, PoolGpus, TimeSlicing
 from podbay.hub.quota import Snapshot
 
 from tests.conftest import FIXTURES
@@ -276,7 +276,7 @@ def test_the_schema_check_is_strict():
 
 
 def test_rbac_lets_the_hub_read_capacity_cluster_wide_and_run_jobs_in_its_namespace():
-    from podbay.hub.k8s.manifests import rbac
+    from podbay.hub.backends.kubernetes.manifests import rbac
 
     objs = rbac(SETTINGS, hub_account="hub", hub_namespace="jhub")
     for obj in objs:
@@ -289,7 +289,7 @@ def test_rbac_lets_the_hub_read_capacity_cluster_wide_and_run_jobs_in_its_namesp
 
 
 def test_time_slicing_config_for_the_pools_that_share(cfg):
-    from podbay.hub.k8s.manifests import time_slicing
+    from podbay.hub.backends.kubernetes.manifests import time_slicing
 
     settings = SETTINGS.model_copy(update={"pools": {"dev": RENAMED, "training": WHOLE}})
     (cm,) = time_slicing(cfg, settings)
@@ -302,7 +302,7 @@ def test_time_slicing_config_for_the_pools_that_share(cfg):
 
 
 def test_kueue_queues_give_each_team_its_job_gpus_in_one_cohort(cfg):
-    from podbay.hub.k8s.manifests import kueue
+    from podbay.hub.backends.kubernetes.manifests import kueue
 
     objs = kueue(cfg, SETTINGS)
     by_kind: dict[str, list[dict]] = {}
@@ -366,8 +366,8 @@ def kube_spawner(kubernetes_installed, tmp_path, monkeypatch):
 
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(K8S_CONFIG))
-    from podbay.hub.k8s.plugin import KubernetesBackend
-    from podbay.hub.spawners.kubernetes import PodbayKubeSpawner
+    from podbay.hub.backends.kubernetes.plugin import KubernetesBackend
+    from podbay.hub.backends.kubernetes.spawner import PodbayKubeSpawner
 
     # No cluster view here (an earlier test may have left the process's one filled): the
     # scheduler would decide, so nothing is refused for capacity.
@@ -480,7 +480,7 @@ def _unschedulable(message: str) -> dict:
      60, None),
 ])
 def test_why_a_workspace_pod_does_not_start(pod, waited, said):
-    from podbay.hub.spawners.kubernetes import why_not_starting
+    from podbay.hub.backends.kubernetes.spawner import why_not_starting
 
     assert why_not_starting(pod, waited, grace=10) == said
 
@@ -488,7 +488,7 @@ def test_why_a_workspace_pod_does_not_start(pod, waited, said):
 def test_long_names_stay_unique_and_valid_for_any_username():
     """Names are cut to what Kubernetes takes; two long usernames sharing a prefix must not
     get each other's home or secrets, and a cut name must not end in '-'."""
-    from podbay.hub.k8s.objects import home_claim_name, k8s_name, label_value, user_secret, user_secret_name
+    from podbay.hub.backends.kubernetes.objects import home_claim_name, k8s_name, label_value, user_secret, user_secret_name
 
     long_a, long_b = "a" * 300 + "-alice", "a" * 300 + "-bob"
     for name_of in (home_claim_name, user_secret_name):
@@ -553,7 +553,7 @@ def reachable(policies: list[dict], src: dict, dst: dict, port: tuple[int, str] 
 def test_job_pods_reach_their_own_ranks_dns_and_the_internet_and_nothing_of_others(cfg):
     """bob's job must not reach alice's job pods (the rendezvous on 29500, TensorBoard), nor
     the cloud metadata server, nor other namespaces; a multi-node job's ranks reach each other."""
-    from podbay.hub.k8s.manifests import job_network_policy
+    from podbay.hub.backends.kubernetes.manifests import job_network_policy
 
     def objects(job_id, user):
         return training_job(cfg, SETTINGS, job_id=job_id, name="j", user=user, team=None, image="x", command=["t"],

@@ -1,7 +1,16 @@
-"""The TUI and the client stay free of jupyterhub (they run on laptops and in workspaces)."""
+"""The house rules of the code's layout: the TUI and the client stay free of jupyterhub (they
+run on laptops and in workspaces), podbay's modules import one another without cycles and
+never back up the layering (tests/tools/imports.py says which layer is which), and no engine
+is named outside its own package."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+from tests.tools import imports
+
+HUB = Path(__file__).resolve().parents[2] / "hub"
 
 
 def test_tui_never_imports_jupyterhub():
@@ -10,3 +19,50 @@ def test_tui_never_imports_jupyterhub():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_import_cycles():
+    assert imports.cycles(imports.imports()) == []
+
+
+def test_every_module_has_a_layer_and_none_imports_upwards():
+    graph = imports.imports()
+    unplaced = [m for m in imports.modules() if m.startswith("podbay.hub") and imports.layer(m) is None]
+    assert unplaced == [], "give these a layer in tests/tools/imports.py"
+    assert imports.upward(graph) == []
+
+
+def test_the_import_graph_is_read_as_python_reads_it(tmp_path, monkeypatch):
+    """The checks above see cycles and upward imports where there are some (relative imports
+    of every depth, function-level ones), and not in TYPE_CHECKING blocks."""
+    pkg = tmp_path / "hub"
+    (pkg / "backends" / "docker").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text("def f():\n    from .backends.docker import plugin\n")
+    (pkg / "backends" / "__init__.py").write_text("")
+    (pkg / "backends" / "docker" / "__init__.py").write_text("")
+    (pkg / "backends" / "docker" / "plugin.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ...service import app\nfrom ...config import f\n")
+    (pkg / "service.py").write_text("")
+    monkeypatch.setattr(imports, "PACKAGES", {"podbay.hub": pkg})
+    graph = imports.imports()
+    assert "podbay.hub.service" not in graph["podbay.hub.backends.docker.plugin"]
+    assert imports.cycles(graph) == [["podbay.hub.backends.docker.plugin", "podbay.hub.config"]]
+    assert ("podbay.hub.config", "podbay.hub.backends.docker.plugin", 2) in imports.upward(graph)
+
+
+ENGINES = ("docker", "kubernetes", "k8s", "slurm")
+
+
+def test_no_engine_is_imported_outside_its_package():
+    """The core reaches an engine only through its plugin (base.Backend): an import of an
+    engine's modules anywhere else is one more `if backend == …` waiting to happen."""
+    found = []
+    for path in HUB.rglob("*.py"):
+        rel = path.relative_to(HUB).as_posix()
+        if rel.startswith("backends/") or "migrations" in rel:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\bfrom \S*backends\.(local|docker|kubernetes|slurm)\b|import \S*backends\.(local|docker|kubernetes|slurm)\b", line):
+                found.append(f"{rel}:{n}: {line.strip()}")
+    assert found == []

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from podbay.hub.browser import SESSION_COOKIE, BrowserSession, TrustedProxies
-from podbay.hub.pairing import Pairings, normalize, pairing_router
+from podbay.hub.service.pairing import Pairings, normalize, pairing_router
 
 
 class Clock:

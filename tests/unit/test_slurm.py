@@ -8,9 +8,9 @@ import shlex
 import pytest
 
 from podbay.hub.config import parse_config
-from podbay.hub.slurm import parse_nodes
+from podbay.hub.backends.slurm.plugin import parse_nodes
 from podbay.hub.training import JobSpec
-from podbay.hub.training.slurm import SlurmJobs, account_gpus, enroot_image, exit_code, reason_words
+from podbay.hub.backends.slurm.jobs import SlurmJobs, account_gpus, enroot_image, exit_code, reason_words
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_an_accounts_gpu_limit_and_use():
 
 
 def test_time_limits(jobs, tmp_path):
-    from podbay.hub.slurm import seconds
+    from podbay.hub.backends.slurm.commands import seconds
 
     assert [seconds(t) for t in ("90", "10:30", "12:00:00", "2-00", "2-01:30", "1-00:00:01")] == \
         [5400, 630, 43200, 172800, 178200, 86401]
@@ -166,7 +166,7 @@ def test_time_limits(jobs, tmp_path):
 
 
 def test_engines_that_limit_no_time_refuse_a_time_limit(tmp_path):
-    from podbay.hub.training.local import LocalBackend
+    from podbay.hub.backends.local.jobs import LocalBackend
 
     with pytest.raises(ValueError, match="the local backend does not limit a job's time"):
         LocalBackend(tmp_path).check_submit(team=None, pool="training", gpus_per_node=1, nodes=1, time_limit="60")

@@ -22,7 +22,7 @@ from podbay.hub.portal import Portal
 from podbay.hub.quota import QuotaBook
 from podbay.hub.quota.database import HoldingRow, UsageHourRow
 from podbay.hub.service import HubClient, create_app
-from podbay.hub.training.local import LocalBackend
+from podbay.hub.backends.local.jobs import LocalBackend
 from podbay.hub.usage.policy import IdlePolicy, Matcher, Sampler
 from podbay.hub.usage.settings import parse_duration
 from podbay.hub.usage.sources import Source, parse_dcgm, parse_prometheus, read_nvml
@@ -594,7 +594,7 @@ def test_the_capacity_picture_where_an_engine_places(tmp_path):
     Kubernetes) is drawn from its engine's node states: GPUs used and free, state, reason."""
     from types import SimpleNamespace
 
-    from podbay.hub.pages import _ENV, capacity_picture
+    from podbay.hub.service.pages import _ENV, capacity_picture
 
     portal = Portal.open(TEST_CONFIG, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
     nodes = {"training": [SimpleNamespace(name="dgx-1", state="mixed", reason=None, gpus=8, gpus_used=3),

@@ -1,0 +1,134 @@
+"""Where workspaces and jobs run: one plugin per engine, found through the `podbay.backends`
+entry points, so a new engine (Kubernetes, Slurm) is one module and one entry point, never
+another `if backend == …` in the hub configuration, the service or the command line.
+
+A deployment names its backend in podbay.yaml (`backend: docker`), its settings under the
+backend's own key (`docker:`, validated by the model the plugin declares in
+`settings_model`, with the plugin's own `check` for what only it knows);
+`PODBAY_BACKEND` or `podbay up --backend` override it for a run.
+The plugin ties together what must match: the JupyterHub spawner (its entry point in
+`jupyterhub.spawners`), the training backend the REST service runs jobs on, who places
+devices and where capacity comes from (quota/), and what the hub does at start (check the
+engine, find where workspaces reach the hub, reconcile the quota book with what runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the hub-side modules load only in the process that uses them
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from pydantic import BaseModel
+
+    from ..config import PodbayConfig
+    from ..inventory import Inventory
+    from ..portal import Portal
+    from ..quota.capacity import CapacitySource
+    from ..quota.placement import Placement
+    from ..training import TrainingBackend
+
+
+@dataclass(frozen=True)
+class HubSide:
+    """What a backend tells the hub configuration at start."""
+
+    # The address where workspaces reach the hub's API and podbay's service.
+    workspace_side: str
+    # Ledger keys of workspaces whose devices were released because they no longer run.
+    released: list[str]
+
+
+class Backend:
+    name: str
+    # The JupyterHub spawner, by its `jupyterhub.spawners` entry point.
+    spawner: str
+    # Whether podbay places devices itself (the quota book picks UUIDs: local, docker) or the
+    # engine does (Kubernetes' device plugin, Slurm's GRES): then podbay never sets
+    # CUDA_VISIBLE_DEVICES.
+    places_devices: bool = True
+    # Whether workspaces of different users are isolated from each other.
+    isolates_users: bool = True
+
+    def describe(self, cfg: "PodbayConfig") -> str:
+        return self.name
+
+    def workspace_login(self) -> str:
+        """The account a workspace runs as, which `podbay ssh` logs in to: the images' user
+        (images/common/install-workspace.sh makes jovyan, uid 1000)."""
+        return "jovyan"
+
+    def workspace_home(self, data_dir: Path, user: str) -> str:
+        """Where a person's persistent home is, seen from inside their workspace."""
+        return "/home/jovyan"
+
+    @classmethod
+    def settings_model(cls) -> "type[BaseModel] | None":
+        """The schema of this backend's section of podbay.yaml (under its name), or None."""
+        return None
+
+    def check(self, cfg: "PodbayConfig") -> list[tuple[tuple, str]]:
+        """What is wrong in podbay.yaml for this backend only, as (place, sentence).
+
+        Here: a backend whose engine does not queue (podbay does) has no use for a pool's
+        `queue`; one whose engine does (Kueue, Slurm) overrides this."""
+        out = [(("pools", name, "queue"),
+                f"the {self.name} backend has no queue of its own (podbay queues its jobs): remove queue")
+               for name, pool in cfg.pools.items() if pool.queue]
+        out += [(("volumes", i), f"the {self.name} backend mounts a directory: give source (pvc is for kubernetes)")
+                for i, vol in enumerate(cfg.volumes) if not vol.source and not self._mounts_without_source(vol)]
+        return out
+
+    def _mounts_without_source(self, vol) -> bool:
+        return False
+
+    def placement(self, inventory: "Inventory") -> "Placement | None":
+        """Who picks devices: podbay from its inventory, or nobody here (the engine does)."""
+        if not self.places_devices:
+            return None
+        from ..quota.placement import DevicePlacement
+
+        return DevicePlacement(inventory)
+
+    def capacity(self, cfg: "PodbayConfig", inventory: "Inventory") -> "CapacitySource":
+        """What is free, for the form, the API and the TUI: on one machine, the inventory
+        minus the quota book's claims. A cluster backend returns its cluster's view."""
+        from ..quota.capacity import InventoryCapacity
+
+        return InventoryCapacity(inventory)
+
+    def configure(self, c) -> None:
+        """Settings of the JupyterHub configuration this backend's spawner needs."""
+
+    def prepare_volumes(self, cfg: "PodbayConfig", portal: "Portal") -> None:
+        """Relative volume sources are podbay's own (the demo's): create them."""
+        for vol in cfg.volumes:
+            if vol.source and not Path(vol.source).is_absolute():
+                portal.volume_source(vol).mkdir(parents=True, exist_ok=True)
+
+    async def serve(self, portal: "Portal") -> None:
+        """What the backend keeps running while a process serves (the REST service runs it
+        for its lifetime): watches that keep the capacity source current. Nothing on one
+        machine."""
+
+    def follow_proxies(self, env: "Mapping[str, str]", found: set) -> "Callable[[], Awaitable[None]] | None":
+        """Where the proxy in front of the service moves (a pod on a cluster), a task for the
+        service to run that keeps `found` at the proxy's current addresses, whose
+        X-Forwarded-For is then believed; None where the trusted networks say it all."""
+        return None
+
+    def job_pod_prefix(self, cfg: "PodbayConfig") -> str | None:
+        """The prefix of the names of job pods, where jobs are pods that DCGM's exporter
+        labels (usage matches them to jobs); None elsewhere."""
+        return None
+
+    def start_hub(self, cfg: "PodbayConfig", portal: "Portal", hub_port: int) -> HubSide:
+        """Check the engine and reconcile the quota book; raise BackendError to refuse to start."""
+        raise NotImplementedError
+
+    def training(self, portal: "Portal") -> "TrainingBackend":
+        raise NotImplementedError
+
+

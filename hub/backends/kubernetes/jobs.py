@@ -1,0 +1,281 @@
+"""Training jobs as batch/v1 Jobs on the cluster.
+
+The cluster queues: with Kueue a Job is created suspended with its team's (or its pool's)
+LocalQueue and runs when Kueue admits it; without Kueue its pods wait Pending for the
+scheduler. Either way podbay hands every job over at once (`queues_jobs`) and shows the
+engine's reason while the job waits. A Job is named after podbay's job id, so a second
+submit of the same job (a service restart in between) finds it instead of starting a
+second copy, and after a restart every job is found again by that name.
+
+Logs are the pods' (rank 0's for a job across nodes), read through the API; the cursor is
+"<pod>:<byte offset>", so a follower reads on where it stopped, and starts over if the pod
+it read was replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ...config import PodbayConfig
+from ...training import BackendStatus, BackendUnavailable, BadCursor, JobSpec, TrainingBackend
+from .api import read_bytes, read_json, sync_user_secret
+from .objects import training_job
+
+log = logging.getLogger("podbay.training.kubernetes")
+HOME = "/home/jovyan"
+
+
+class KubernetesJobs(TrainingBackend):
+    name = "kubernetes"
+    host_homes = False
+    secrets_apart = True
+    queues_jobs = True
+    multi_node = True
+
+    def __init__(self, cfg: PodbayConfig, api_client):
+        """`api_client`: a kubernetes_asyncio ApiClient, or an async function that makes one
+        (on the service's loop, at first use: a client belongs to the loop it was made on)."""
+        self.cfg = cfg
+        self.settings = cfg.kubernetes
+        self._api = api_client
+        self._apis = None
+
+    async def _ensure(self) -> None:
+        if self._apis is None:
+            from kubernetes_asyncio import client
+
+            from .api import KubernetesUnreachable
+
+            api = self._api
+            if callable(api):
+                try:
+                    api = await api()
+                except KubernetesUnreachable as e:
+                    raise BackendUnavailable(str(e)) from None
+            self._apis = (client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api),
+                          client.NetworkingV1Api(api))
+
+    async def aclose(self) -> None:
+        if self._apis is not None and callable(self._api):  # a client it made itself
+            await self._apis[0].api_client.close()
+            self._apis = None
+
+    @property
+    def core(self):
+        return self._apis[0]
+
+    @property
+    def batch(self):
+        return self._apis[1]
+
+    @property
+    def custom(self):
+        return self._apis[2]
+
+    @property
+    def networking(self):
+        return self._apis[3]
+
+    def home_of(self, user: str) -> Path:
+        return Path(HOME)
+
+    def mount_source(self, volume, path):
+        return volume.pvc or ""
+
+    def job_name(self, job_id: int) -> str:
+        return f"{self.settings.name_prefix}-job-{job_id}"
+
+    async def _call(self, fn, *args, **kwargs):
+        """An API call whose connection errors mean "try later", not "the job failed"."""
+        from aiohttp import ClientError
+
+        await self._ensure()
+        try:
+            return await fn(*args, **kwargs)
+        except (ClientError, OSError, TimeoutError) as e:
+            raise BackendUnavailable(f"the Kubernetes API is not reachable ({e}); the job is handed over when it is back") from None
+
+    async def submit(self, job: JobSpec) -> dict:
+        await self._ensure()
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        image = self.cfg.image(job.image)
+        # The person's secrets as their Secret, brought up to date: the Job takes it by name, and
+        # a secret wins over a setting of the same name (in a pod spec env would win over envFrom).
+        secret = await self._call(sync_user_secret, self.core, self.settings, job.user, job.secrets)
+        env = {k: v for k, v in job.env.items() if k not in job.secrets}
+        objects = training_job(
+            self.cfg, self.settings, job_id=job.id, name=job.name, user=job.user, team=job.team,
+            image=image.image if image else job.image, command=job.command, workdir=job.workdir, env=env,
+            volumes=job.volume_names, gpus_per_node=job.gpus_per_node, nodes=job.nodes, pool=job.pool,
+            queue=job.queue, workspace=job.workspace, secret=secret)
+        ns = self.settings.namespace
+        creators = {"Job": self.batch.create_namespaced_job, "Service": self.core.create_namespaced_service,
+                    "NetworkPolicy": self.networking.create_namespaced_network_policy}
+        # The policy and the Service first: the ranks reach and look each other up at once.
+        for obj in reversed(objects):
+            create = creators[obj["kind"]]
+            try:
+                await self._call(create, ns, obj)
+            except ApiException as e:
+                if e.status != 409:  # already there: this job was handed over before a restart
+                    raise
+        return {"name": self.job_name(job.id), "namespace": ns}
+
+    async def sync_secrets(self, user: str, values: dict[str, str]) -> None:
+        """A person changed their secrets: their Secret follows at once (a removed key leaves
+        the cluster now, not at their next start)."""
+        await self._call(sync_user_secret, self.core, self.settings, user, values)
+
+    async def _job(self, ref: dict) -> dict | None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            return await self._call(read_json, self.batch.read_namespaced_job, self.job_name(ref["job_id"]),
+                                    self.settings.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def _pods(self, ref: dict) -> list[dict]:
+        found = await self._call(read_json, self.core.list_namespaced_pod, self.settings.namespace,
+                                 label_selector=f"job-name={self.job_name(ref['job_id'])}")
+        items = found.get("items") or []
+        # An emulated API server may ignore the selector: the label decides.
+        name = self.job_name(ref["job_id"])
+        return [p for p in items if (p.get("metadata", {}).get("labels") or {}).get("job-name") == name]
+
+    async def status(self, ref: dict) -> BackendStatus:
+        await self._ensure()
+        job = await self._job(ref)
+        if job is None:
+            return BackendStatus("lost", message="the job's Kubernetes Job is gone")
+        spec, st = job.get("spec") or {}, job.get("status") or {}
+        completions = spec.get("completions") or 1
+        if (st.get("succeeded") or 0) >= completions:
+            return BackendStatus("exited", 0)
+        if st.get("failed"):
+            return BackendStatus("exited", await self._exit_code(ref))
+        if spec.get("suspend"):
+            return BackendStatus("pending", message=await self._kueue_reason(job))
+        pods = await self._pods(ref)
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        if running and len(running) >= (spec.get("parallelism") or 1):
+            return BackendStatus("running")
+        if not pods:
+            refused = await self._refused(job)
+            if refused:
+                return BackendStatus("pending", message=refused)
+        return BackendStatus("pending", message=_pending_reason(pods))
+
+    async def _refused(self, job: dict) -> str | None:
+        """Why the Job controller makes no pod: the API server refused them (Pod Security
+        admission, a quota), which its FailedCreate event says."""
+        name = job["metadata"]["name"]
+        try:
+            found = await self._call(read_json, self.core.list_namespaced_event, self.settings.namespace,
+                                     field_selector=f"involvedObject.name={name}")
+        except Exception:  # noqa: BLE001 - no events to read is no reason to give
+            return None
+        for ev in reversed(found.get("items") or []):
+            if ev.get("reason") == "FailedCreate" and (ev.get("involvedObject") or {}).get("name") == name:
+                return f"the cluster refuses its pods (tell the platform team): {ev.get('message', '')}"
+        return None
+
+    async def _exit_code(self, ref: dict) -> int:
+        for pod in await self._pods(ref):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
+                if code:
+                    return int(code)
+        return 1
+
+    async def _kueue_reason(self, job: dict) -> str:
+        """Why Kueue has not admitted the job: its Workload's QuotaReserved condition."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        uid = (job.get("metadata") or {}).get("uid")
+        try:
+            found = await self._call(self.custom.list_namespaced_custom_object, "kueue.x-k8s.io", "v1beta1",
+                                     self.settings.namespace, "workloads")
+        except ApiException:
+            found = {}
+        for wl in found.get("items") or []:
+            owners = (wl.get("metadata") or {}).get("ownerReferences") or []
+            if any(o.get("kind") == "Job" and (o.get("uid") == uid or o.get("name") == job["metadata"]["name"])
+                   for o in owners):
+                for cond in (wl.get("status") or {}).get("conditions") or []:
+                    if cond.get("type") == "QuotaReserved" and cond.get("status") == "False":
+                        return f"not admitted by Kueue: {cond.get('message') or cond.get('reason')}"
+        return "waiting for Kueue to admit it"
+
+    async def cancel(self, ref: dict) -> None:
+        await self._ensure()
+        from kubernetes_asyncio.client import V1DeleteOptions
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        name, ns = self.job_name(ref["job_id"]), self.settings.namespace
+        # Background: the Job goes now, its pods after it (SIGTERM, their grace period).
+        for delete in (self.batch.delete_namespaced_job, self.core.delete_namespaced_service):
+            try:
+                await self._call(delete, name, ns, body=V1DeleteOptions(propagation_policy="Background"))
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        # A multi-node job's own policy (none for one node). A hub whose rights predate it
+        # (`podbay k8s manifests` not applied again since) may not delete it: the job is gone
+        # all the same.
+        try:
+            await self._call(self.networking.delete_namespaced_network_policy, name, ns)
+        except ApiException as e:
+            if e.status == 403:
+                log.warning("cannot delete the NetworkPolicy %s of a cancelled job (403): apply `podbay k8s "
+                            "manifests` again for the hub's rights", name)
+            elif e.status != 404:
+                raise
+
+    async def read_logs(self, ref: dict, cursor: str | None = None) -> tuple[bytes, str | None]:
+        await self._ensure()
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        pod_name, offset = None, 0
+        if cursor:
+            pod_name, sep, at = cursor.rpartition(":")
+            if not sep or not (at.isascii() and at.isdigit()):
+                raise BadCursor(f"{cursor!r} is not a log cursor of this job; start without one")
+            offset = int(at)
+        pods = sorted(await self._pods(ref), key=_rank)
+        if not pods:
+            return b"", cursor
+        first = pods[0]["metadata"]["name"]
+        if pod_name != first:
+            offset = 0  # a new pod (the first was replaced): its output from the start
+        try:
+            data = await self._call(read_bytes, self.core.read_namespaced_pod_log, first, self.settings.namespace)
+        except ApiException as e:
+            if e.status in (400, 404):  # not started yet, or gone
+                return b"", f"{first}:{offset}"
+            raise
+        return data[offset:], f"{first}:{len(data) if len(data) > offset else offset}"
+
+
+def _rank(pod: dict) -> tuple:
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    return (int(ann.get("batch.kubernetes.io/job-completion-index", 0)), pod["metadata"]["name"])
+
+
+def _pending_reason(pods: list[dict]) -> str:
+    """The scheduler's word on a pod that waits (PodScheduled False: "0/12 nodes are
+    available: 12 Insufficient nvidia.com/gpu"), or the kubelet's (an image being pulled)."""
+    for pod in pods:
+        st = pod.get("status") or {}
+        for cond in st.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"not scheduled: {cond.get('message') or cond.get('reason')}"
+        for cs in st.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting:
+                return f"starting: {waiting.get('reason')}" + (f" ({waiting['message']})" if waiting.get("message") else "")
+    return "waiting for its pods to start" if pods else "waiting for the Job controller"

@@ -1,0 +1,114 @@
+"""`podbay-local`: workspaces as local JupyterLab processes, the embedded default.
+
+Based on JupyterHub's SimpleLocalProcessSpawner: the demo users need no system
+accounts. Each user has a persistent home under the data directory. Volumes appear under
+the home through bind mounts in a private mount namespace (`unshare`), so a read-only
+volume is read-only even for root, and one workspace's mounts are invisible to others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
+from traitlets import default
+
+from ...launch import launcher
+from ...procs import proc_start_time
+from ...quota import Allocation
+from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
+    @default("podbay_backend")
+    def _default_podbay_backend(self):
+        return "local"
+
+    @default("home_dir_template")
+    def _default_home_dir_template(self):
+        return str(Path(self.data_dir) / "homes" / "{username}")
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self):
+        return self.home_dir_template.format(username=self.user.name)
+
+    @default("args")
+    def _default_args(self):
+        # The single-user server refuses root without it; CI and small servers run as root.
+        return ["--allow-root"] if os.getuid() == 0 else []
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.data_dir) / "logs" / self.user.name / f"{self.name or 'default'}.log"
+
+    @classmethod
+    def is_alive(cls, allocation: Allocation) -> bool:
+        """Whether the process recorded for this allocation is still the one we started."""
+        pid, started = allocation.ref.get("pid"), allocation.ref.get("start_time")
+        if not pid:
+            return spawn_may_be_under_way(allocation)
+        return started is not None and proc_start_time(pid) == started
+
+    async def start(self):
+        # podbay_prepare puts the volume launcher in front of self.cmd; keep the configured
+        # command so a second start of this spawner does not wrap it twice.
+        if not hasattr(self, "_base_cmd"):
+            self._base_cmd = list(self.cmd)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        log.write(f"--- podbay: starting at {time.ctime()}\n".encode())
+        log.flush()
+        self.popen_kwargs = {**self.popen_kwargs, "stdout": log, "stderr": log}
+        try:
+            # The mixin claims devices (and sets podbay_request) before this reaches Popen.
+            ip, port = await super().start()
+        finally:
+            log.close()
+        ref = {"pid": self.pid, "start_time": proc_start_time(self.pid), "log": str(self.log_path)}
+        await asyncio.to_thread(self.portal.book.set_ref, self.podbay_key, ref)
+        try:
+            await self.wait_listening(ip, port, self._died)
+        except BaseException:
+            await self.stop(now=True)
+            raise
+        return ip, port
+
+    def podbay_prepare(self, request):
+        # Volumes are per workspace: wrap the configured command in the mount launcher.
+        self.cmd = self._launch_prefix() + self._base_cmd
+
+    def _launch_prefix(self) -> list[str]:
+        req = self.podbay_request
+        if req is None or not req.volumes:
+            return []
+        home = Path(self.home_dir_template.format(username=self.user.name))
+        binds = []
+        for vol in req.volumes:
+            src = self.portal.volume_source(vol)
+            if not src.is_dir():
+                raise SpawnException(
+                    f"Volume {vol.name} is not available: its source {src} does not exist. "
+                    "Ask your platform team.", reason="volume", status_code=503)
+            binds.append((str(src), str(home / vol.target), vol.read_only))
+        return launcher(binds)
+
+    async def _died(self) -> str | None:
+        status = self.proc.poll() if self.proc is not None else None
+        if status is None:
+            return None
+        return (f"The workspace exited with status {status} while starting. "
+                f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path, self.log_tail_lines)}")

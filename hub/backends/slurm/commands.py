@@ -1,0 +1,177 @@
+"""The slurm backend: workspaces on this development node (as the local backend runs them),
+training pools on a Slurm cluster (a DGX SuperPOD's, with Pyxis and Enroot for containers).
+
+A pool whose `queue` names a Slurm partition is Slurm's: its jobs are `sbatch`ed there
+(training/slurm.py), and its capacity is what Slurm says of its nodes (GRES configured and
+allocated, nodes down or drained), not podbay's inventory. Slurm queues, so podbay does not:
+its fair share, accounts, QOS and partitions decide when a job runs; a team's job-GPU quota
+is the limit the site sets in Slurm (an association's GrpTRES), which podbay shows.
+
+How podbay reaches Slurm: Slurm's own commands on this node, authenticated by munge, as on
+any login node of the cluster. They are Slurm's stable interface across its releases (the
+REST API's versions change with each), need no token to rotate, and are what a SuperPOD's
+login nodes have anyway. Errors that mean the controller is out of reach make jobs wait
+(BackendUnavailable); anything else Slurm refuses is quoted to the person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from ...config import PodbayConfig, _Model
+from ...training import BackendUnavailable
+
+# What Slurm's commands say when the controller (or slurmdbd) cannot be reached.
+UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused", "Zero Bytes were transmitted",
+               "Unable to connect to database", "slurmdbd: Connection", "Connection timed out", "Slurm backup controller")
+TIME = re.compile(r"^(\d{1,3}-)?\d{1,5}(:\d{2}){0,2}$")
+
+
+class SlurmSettings(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The pools whose jobs Slurm runs, each with its partition (a pool's `queue` names one
+    # too); the others are this node's (workspaces).
+    partitions: dict[str, str] = {}
+    # slurm.conf for the commands (SLURM_CONF); None: SLURM_CONF, else the node's own.
+    conf: str | None = None
+    # Where sbatch, squeue, sacct, scancel, scontrol live, if not on PATH.
+    bin_dir: str | None = None
+    # A team's Slurm account (default: the team's name); users in no team use default_account
+    # (None: their default in Slurm).
+    accounts: dict[str, str] = {}
+    default_account: str | None = None
+    qos: str | None = None
+    # --time of a job that asks for none, and the most one may ask for (Slurm's format:
+    # minutes, HH:MM:SS, D-HH:MM:SS; None: the partition's own maximum decides).
+    time_limit: str = "04:00:00"
+    time_max: str | None = None
+    # The GRES that counts GPUs, and a type to ask for (gpu:a100:N), if any.
+    gres: str = Field("gpu", pattern=r"^[a-z][a-z0-9_]*$")
+    gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    # What each GPU comes with (--cpus-per-gpu, --mem-per-gpu, e.g. 16 and 200G): without
+    # them a job gets one CPU per node and the partition's default memory.
+    cpus_per_gpu: int | None = Field(None, ge=1, le=1024)
+    mem_per_gpu: str | None = Field(None, pattern=r"^\d+[KMGT]?$")
+    # pyxis: the job runs in the catalog image (srun --container-image, Enroot); none: as a
+    # process on the nodes, for sites whose software is a shared tree.
+    container: Literal["pyxis", "none"] = "pyxis"
+    # Slurm job names are <job_prefix>-<podbay job id>.
+    job_prefix: str = Field("podbay", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    master_port: int = Field(29500, ge=1024, le=65535)
+    # How long what Slurm says of its nodes is reused before it is asked again (seconds).
+    refresh: float = Field(5.0, ge=0.5, le=300)
+    # Seconds a Slurm command may take.
+    timeout: float = Field(30.0, ge=1, le=600)
+
+    @field_validator("time_limit", "time_max")
+    @classmethod
+    def _slurm_time(cls, v: str | None) -> str | None:
+        if v is not None and not TIME.match(v):
+            raise ValueError("a Slurm time: minutes, HH:MM:SS or D-HH:MM:SS")
+        return v
+
+    @model_validator(mode="after")
+    def _default_within_max(self):
+        if seconds(self.time_limit) == 0 or (self.time_max and seconds(self.time_max) == 0):
+            raise ValueError("a time limit of 0 is no limit at all in Slurm: give one")
+        if self.time_max and seconds(self.time_limit) > seconds(self.time_max):
+            raise ValueError(f"time_limit {self.time_limit} is above time_max {self.time_max}")
+        return self
+
+    def partition(self, cfg: PodbayConfig, pool: str) -> str | None:
+        if pool in self.partitions:
+            return self.partitions[pool]
+        p = cfg.pools.get(pool)
+        return p.queue if p else None
+
+    def account_for(self, team: str | None) -> str | None:
+        return self.accounts.get(team, team) if team else self.default_account
+
+    def gpus(self, n: int) -> str:
+        """The GRES request for n GPUs on each node."""
+        return f"{self.gres}:{self.gpu_type}:{n}" if self.gpu_type else f"{self.gres}:{n}"
+
+
+def seconds(text: str) -> int:
+    """A Slurm time in seconds: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    days, _, rest = text.rpartition("-") if "-" in text else ("", "", text)
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + s
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return (parts[0] * 60 + parts[1]) * 60 + parts[2]
+
+
+class SlurmError(RuntimeError):
+    """Slurm refused (its words, for the person)."""
+
+
+# What Slurm's commands get of the service's environment: nothing else (the service holds
+# secrets, and SBATCH_*/SLURM_* variables would change what sbatch does).
+PASSED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "SLURM_CONF")
+
+
+@dataclass
+class Commands:
+    """Slurm's commands, with this deployment's slurm.conf."""
+
+    settings: SlurmSettings
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in PASSED_ENV or k.startswith("LC_")}
+        if self.settings.conf:
+            env["SLURM_CONF"] = self.settings.conf
+        return env
+
+    def program(self, name: str) -> str:
+        return os.path.join(self.settings.bin_dir, name) if self.settings.bin_dir else name
+
+    def _result(self, argv: list[str], code: int, out: str, err: str) -> str:
+        if code == 0:
+            return out
+        words = " ".join(err.split()) or f"{argv[0]} exited with status {code}"
+        if any(u.lower() in words.lower() for u in UNREACHABLE):
+            raise BackendUnavailable(f"Slurm is not reachable ({words}); waiting for it")
+        raise SlurmError(words.removeprefix("sbatch: error: ").removeprefix("error: "))
+
+    def run(self, name: str, *args: str, timeout: float | None = None) -> str:
+        argv = [self.program(name), *args]
+        timeout = timeout or self.settings.timeout
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env,
+                               stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise BackendUnavailable(f"{argv[0]} is not installed on this node (Slurm's client, slurm-client)") from None
+        except subprocess.TimeoutExpired:
+            raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
+        return self._result(argv, r.returncode, r.stdout, r.stderr)
+
+    async def arun(self, name: str, *args: str, stdin: str | None = None, pass_fds: tuple[int, ...] = (),
+                   timeout: float | None = None) -> str:
+        argv = [self.program(name), *args]
+        timeout = timeout or self.settings.timeout
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, pass_fds=pass_fds)
+        except FileNotFoundError:
+            raise BackendUnavailable(f"{argv[0]} is not installed on this node (Slurm's client, slurm-client)") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
+        return self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -1,0 +1,172 @@
+"""The slurm backend's plugin: capacity from what Slurm says of its partitions' nodes, jobs
+through `sbatch` (jobs.py), workspaces as the local backend runs them."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from ...config import PodbayConfig, ProfileKind
+from ...quota.book import Snapshot
+from ...quota.capacity import CapacitySource, InventoryCapacity, NodeState, Usage, default_weight
+from ...training import BackendUnavailable
+from ..local.plugin import LocalBackend
+from .commands import Commands, SlurmError, SlurmSettings
+
+# The most GPUs on a node of a pool Slurm has never described: no job is refused for its size.
+UNKNOWN_SIZE = 1 << 20
+
+# --- what Slurm says of its nodes ------------------------------------------------------
+
+
+@dataclass
+class SlurmNode(NodeState):
+    # state: Slurm's words: IDLE, MIXED, ALLOCATED, DOWN, DRAIN, IDLE+DRAIN, …
+    partitions: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """Takes new jobs: not down, drained, draining, failing or powered off."""
+        words = set(re.split(r"[+*~#!%$@^-]", self.state.upper()))
+        return not words & {"DOWN", "DRAIN", "DRAINING", "DRAINED", "FAIL", "FAILING", "POWERED_DOWN", "POWERING_DOWN",
+                            "NOT_RESPONDING", "INVAL", "FUTURE", "MAINT", "RESERVED", "UNKNOWN"}
+
+
+def gres_count(tres: str, gres: str) -> int:
+    """gres/gpu=N from a TRES list (CfgTRES, AllocTRES); 0 when absent."""
+    m = re.search(rf"(?:^|,)gres/{re.escape(gres)}=(\d+)(?:,|$)", tres or "")
+    return int(m.group(1)) if m else 0
+
+
+def parse_nodes(text: str, gres: str = "gpu") -> list[SlurmNode]:
+    """`scontrol show node --oneliner`: one node per line of key=value pairs."""
+    nodes = []
+    for line in text.splitlines():
+        fields = dict(re.findall(r"(\w+)=(.*?)(?=\s+\w+=|$)", line.strip()))
+        if "NodeName" not in fields:
+            continue
+        nodes.append(SlurmNode(
+            name=fields["NodeName"], state=fields.get("State", "UNKNOWN"),
+            partitions=[p for p in fields.get("Partitions", "").split(",") if p],
+            gpus=gres_count(fields.get("CfgTRES", ""), gres), gpus_used=gres_count(fields.get("AllocTRES", ""), gres),
+            reason=fields.get("Reason", "").split(" [")[0]))
+    return nodes
+
+
+@dataclass
+class NodeView:
+    """Slurm's nodes, asked again after `refresh` seconds (one `scontrol` for all pools)."""
+
+    commands: Commands
+    refresh: float
+    _at: float = -1e9
+    _nodes: list[SlurmNode] = field(default_factory=list)
+    error: str | None = None
+
+    def nodes(self) -> list[SlurmNode]:
+        """The nodes as Slurm last said; while it cannot be asked, the last answer (sizes
+        stay known, `error` says why nothing counts as free)."""
+        now = time.monotonic()
+        if now - self._at >= self.refresh:
+            try:
+                # Short: the spawn form asks on the hub's loop.
+                text = self.commands.run("scontrol", "show", "node", "--oneliner", timeout=3)
+                self._nodes, self.error = parse_nodes(text, self.commands.settings.gres), None
+            except (BackendUnavailable, SlurmError) as e:
+                self.error = str(e)
+            self._at = now
+        return self._nodes
+
+
+class SlurmCapacity(CapacitySource):
+    """Pools whose queue is a Slurm partition: Slurm's nodes. The others (the development
+    pool, where workspaces run on this node): the inventory and the quota book."""
+
+    def __init__(self, cfg: PodbayConfig, inventory, view: NodeView):
+        self.cfg, self.view = cfg, view
+        self.local = InventoryCapacity(inventory)
+
+    def partition(self, pool: str) -> str | None:
+        return self.cfg.slurm.partition(self.cfg, pool)
+
+    def nodes(self, pool: str) -> list[SlurmNode]:
+        partition = self.partition(pool)
+        return [n for n in self.view.nodes() if partition in n.partitions]
+
+    def unit_weight(self, spec, pools):
+        if all(self.partition(p) for p in pools):
+            return default_weight(spec)
+        return self.local.unit_weight(spec, [p for p in pools if not self.partition(p)])
+
+    def counts(self, spec: ProfileKind, pools, snap: Snapshot):
+        local = [p for p in pools if not self.partition(p)]
+        total, free = self.local.counts(spec, local, snap) if local else (0, 0)
+        if spec.kind == "cpu" or total == -1:
+            return (-1, -1)
+        for pool in pools:
+            if not self.partition(pool):
+                continue
+            if spec.kind != "full":
+                continue  # Slurm hands out whole GPUs
+            for node in self.nodes(pool):
+                total += node.gpus // spec.count
+                if node.usable and not self.view.error:
+                    free += max(node.gpus - node.gpus_used, 0) // spec.count
+        return total, free
+
+    def devices(self, pool, snap):
+        if not self.partition(pool):
+            return self.local.devices(pool, snap)
+        row = Usage(0, 0, 0)
+        for node in self.nodes(pool):
+            row.total += node.gpus
+            row.used += min(node.gpus_used, node.gpus)
+            row.free += max(node.gpus - node.gpus_used, 0) if node.usable and not self.view.error else 0
+        return {"gpu": row} if row.total else {}
+
+    def node_states(self, pool: str) -> list[SlurmNode]:
+        return self.nodes(pool) if self.partition(pool) else []
+
+    def most_gpus_per_node(self, pool):
+        if not self.partition(pool):
+            return self.local.most_gpus_per_node(pool)
+        nodes = self.nodes(pool)
+        if not nodes and self.view.error:
+            return UNKNOWN_SIZE  # never heard from Slurm: it decides when it answers
+        return max((n.gpus for n in nodes), default=0)
+
+
+class SlurmBackend(LocalBackend):
+    name = "slurm"
+    # Workspaces: processes on this development node, as the local backend runs them.
+    spawner = "podbay-local"
+
+    @classmethod
+    def settings_model(cls):
+        return SlurmSettings
+
+    def describe(self, cfg):
+        pools = ", ".join(f"{name} → partition {cfg.slurm.partition(cfg, name)}" for name in cfg.pools
+                          if cfg.slurm.partition(cfg, name)) or "none"
+        return f"slurm: workspaces on this node (NOT isolated from each other), training pools on Slurm ({pools})"
+
+    def check(self, cfg):
+        out = [(("volumes", i), "the slurm backend mounts a directory: give source (pvc is for kubernetes)")
+               for i, vol in enumerate(cfg.volumes) if not vol.source]
+        settings: SlurmSettings = cfg.slurm
+        for name in settings.partitions:
+            if name not in cfg.pools:
+                out.append((("slurm", "partitions", name), f"pool {name!r} is not declared under pools:"))
+        if not any(settings.partition(cfg, name) for name in cfg.pools):
+            out.append((("pools",), "no pool names a Slurm partition: give the training pool one "
+                                    "(slurm: partitions: {training: <partition>}, or the pool's queue)"))
+        return out
+
+    def capacity(self, cfg, inventory):
+        return SlurmCapacity(cfg, inventory, NodeView(Commands(cfg.slurm), cfg.slurm.refresh))
+
+    def training(self, portal):
+        from .jobs import SlurmJobs
+
+        return SlurmJobs(portal.cfg, portal.data_dir / "homes")

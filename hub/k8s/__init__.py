@@ -1,9 +1,0 @@
-"""The kubernetes backend: workspaces as pods (KubeSpawner), training jobs as batch/v1 Jobs
-(queued by Kueue where configured), devices placed by the NVIDIA device plugin and the
-kube-scheduler, capacity read from the cluster.
-
-- `settings`: the `kubernetes:` section of podbay.yaml (how the GPU operator offers each
-  pool's GPUs, resources per profile, homes);
-- `objects`: pure builders, podbay's config and a request in, Kubernetes objects out;
-- `capacity`: free GPUs per profile and pool from Node and Pod objects, as the scheduler counts.
-"""

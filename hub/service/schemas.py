@@ -1,0 +1,200 @@
+"""The service's request and response models: the OpenAPI schemas clients rely on."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class SecretOut(BaseModel):
+    name: str
+    updated: float
+
+
+class SecretIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # SecretStr: never in a repr, a log line or a validation error.
+    value: SecretStr = Field(max_length=8192)
+
+
+class SshKeyOut(BaseModel):
+    fingerprint: str
+    type: str
+    comment: str
+    added: float
+
+
+class SshOut(BaseModel):
+    # The account a workspace runs as: SSH logs in to it (`User` in ~/.ssh/config).
+    login: str
+    # The persistent home, where SSH sessions start.
+    home: str
+    # The workspace's sshd, under a running workspace's URL: raw TCP over a WebSocket.
+    path: str = "sshd/"
+    keys: int
+
+
+class JupyterTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    days: int = Field(30, ge=1, le=90)
+
+
+class JupyterTokenOut(BaseModel):
+    token: str
+    expires_at: str | None
+    scopes: list[str]
+    note: str
+
+
+class SshKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # One line of a .pub file.
+    key: str = Field(max_length=16384)
+
+
+class ImageOut(BaseModel):
+    name: str
+    display_name: str
+    description: str
+    image: str
+    default: bool
+
+
+class ProfileOut(BaseModel):
+    id: str
+    title: str
+    kind: str
+    description: str
+    pools: list[str]
+    gpu_units: float
+    gpu_units_text: str
+    total: int
+    free: int
+    available: bool
+    reason: str | None
+
+
+class CatalogOut(BaseModel):
+    images: list[ImageOut]
+    profiles: list[ProfileOut]
+
+
+class UsageRow(BaseModel):
+    total: int
+    used: int
+    free: int
+
+
+class NodeOut(BaseModel):
+    """A node of a pool whose engine reports them (Slurm): its state in the engine's words."""
+    name: str
+    state: str
+    # Whether it takes new jobs (not down, drained, draining, …), and why not.
+    usable: bool
+    reason: str = ""
+    gpus: int
+    gpus_used: int
+
+
+class PoolCapacity(BaseModel):
+    pool: str
+    profiles: dict[str, UsageRow]
+    devices: dict[str, UsageRow]
+    nodes: list[NodeOut] = []
+
+
+class CapacityOut(BaseModel):
+    pools: list[PoolCapacity]
+
+
+class QuotaOut(BaseModel):
+    gpu_units: float
+    workspaces_per_user: int
+    job_gpus: int
+
+
+class UsageOut(BaseModel):
+    gpu_units: float
+    workspaces: int
+    job_gpus: int
+
+
+class JobLimitOut(BaseModel):
+    """A team's job GPUs as the engine that runs its jobs enforces them (Slurm's account)."""
+    source: str
+    account: str
+    # None: no limit (or the engine could not be asked).
+    gpus: int | None
+    gpus_in_use: int | None
+
+
+class MeOut(BaseModel):
+    name: str
+    admin: bool
+    teams: list[str]
+    team: str | None
+    quota: QuotaOut
+    usage: UsageOut
+    # Where the engine enforces the team's job GPUs instead of quota.job_gpus.
+    job_limit: JobLimitOut | None = None
+
+
+class VolumeOut(BaseModel):
+    name: str
+    description: str
+    mount_path: str
+    read_only: bool
+
+
+class NoticeOut(BaseModel):
+    workspace: str
+    kind: str = Field(description="warning: an action is coming; or the action taken (release-gpu, stop, warn)")
+    profile: str
+    at: float = Field(description="when (unix time): the warning's, or the action's")
+    deadline: float | None = Field(None, description="warning: when the action will be taken")
+    action: str | None = None
+    state: str | None = Field(None, description="actions: started, done or failed")
+    message: str
+
+
+class KeepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hours: float = Field(gt=0, le=24 * 30, description="keep the GPU this many hours from now, idle or not")
+
+
+class KeepOut(BaseModel):
+    workspace: str
+    keep_until: float
+
+
+class UsageRowOut(BaseModel):
+    key: str | None = Field(description="the user, team, profile or pool")
+    gpu_hours_held: float
+    gpu_hours_used: float
+    utilization: float | None = Field(description="mean utilisation while held, percent (null: never measured)")
+    holdings: int
+
+
+class IdleJobOut(BaseModel):
+    job_id: int
+    user: str
+    profile: str
+    gpus: int
+    hours: float
+
+
+class ShowbackOut(BaseModel):
+    since: float
+    until: float
+    by: str
+    rows: list[UsageRowOut]
+    total: UsageRowOut
+    idle_jobs: list[IdleJobOut] = Field(description="jobs that ended in the period and never used their GPUs")
+    hourly: list[dict] = Field(default_factory=list, description="mean utilisation per hour (for charts)")
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+
+
+ERRORS = {s: {"model": ErrorOut} for s in (400, 401, 403, 404, 413, 422, 503)}
