@@ -181,7 +181,7 @@ case "$cmd" in
     ;;
   test)
     setup_system test
-    setup_python test,docker,postgresql,kubernetes
+    setup_python test,docs,docker,postgresql,kubernetes
     setup_proxy
     setup_helm
     setup_idp

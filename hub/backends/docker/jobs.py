@@ -65,7 +65,7 @@ class DockerBackend(TrainingBackend):
 
     def container_name(self, job_id: int) -> str:
         # The job's id is there for whoever reads `docker ps`; the hash keeps other
-        # workspaces from finding it by name (dockernet.opaque_name).
+        # workspaces from finding it by name (network.opaque_name).
         return f"{self.settings.name_prefix}-job-{job_id}-{keyed_digest('job', job_id)}"
 
     def mount_source(self, volume, path: Path | None) -> str:

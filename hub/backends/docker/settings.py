@@ -78,7 +78,7 @@ class DockerSettings(_Model):
     """The docker backend (one GPU server): what workspaces and jobs share."""
 
     # Containers are <prefix>-ws-<hash> and <prefix>-job-<id>-<hash> (names that do not say whose
-    # they are: dockernet.opaque_name); homes <prefix>-home-<user>.
+    # they are: network.opaque_name); homes <prefix>-home-<user>.
     name_prefix: Slug = "podbay"
     # One home volume per user, or one per named workspace.
     home_per_workspace: bool = False

@@ -12,7 +12,7 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
   the container, which is created afresh on every start so that it never keeps the
   devices of an earlier claim;
 - each workspace in its own network namespace on the install's bridge network (see
-  dockernet.py): the hub reaches it at its address there, on port 8888, and it reaches the
+  network.py): the hub reaches it at its address there, on port 8888, and it reaches the
   hub's API at the network's gateway. Nothing it or another workspace listens on at
   127.0.0.1 is visible to anyone else.
 - host networking only where the operator opts in (one user on the server): each
@@ -67,7 +67,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
     @default("object_name")
     def _object_name_default(self):
         """Not `<prefix>-<user>--<workspace>`, which Docker's DNS would hand to every other
-        workspace (dockernet.opaque_name). A running container keeps the name it had
+        workspace (network.opaque_name). A running container keeps the name it had
         (DockerSpawner's state)."""
         return opaque_name(self.docker_settings.name_prefix, "ws", self.user.name, self.name)
 

@@ -153,7 +153,7 @@ class ClusterCapacity(CapacitySource):
         """Refuse at once what the scheduler could not place now, rather than leave a pod
         Pending: nothing free of the profile's resource on any node of its pools. Two spawns
         at once may both see the last one; the scheduler then leaves the second Pending, and
-        the spawner reports its reason (spawners/kubernetes.py)."""
+        the spawner reports its reason (spawner.py)."""
         if spec.kind == "cpu" or not getattr(self.source, "ready", None) or not self.source.ready.is_set():
             return None  # no view of the cluster yet: the scheduler decides
         total = free = 0

@@ -1,7 +1,7 @@
 """Workspaces as pods: the podbay mixin over KubeSpawner.
 
 The validated request becomes KubeSpawner's settings just before it starts the pod, from
-the pure builders in k8s/objects.py: the profile's extended GPU resource (and node
+the pure builders in objects.py: the profile's extended GPU resource (and node
 selector) as the pool's GPU-operator setup offers it, the pool's node selector and
 tolerations, CPU and memory per profile, the home PVC (made by KubeSpawner from podbay's
 storage class) and the catalog volumes' PVCs at ~/data/<name>, and labels that say whose

@@ -2,7 +2,7 @@
 training pools on a Slurm cluster (a DGX SuperPOD's, with Pyxis and Enroot for containers).
 
 A pool whose `queue` names a Slurm partition is Slurm's: its jobs are `sbatch`ed there
-(training/slurm.py), and its capacity is what Slurm says of its nodes (GRES configured and
+(jobs.py), and its capacity is what Slurm says of its nodes (GRES configured and
 allocated, nodes down or drained), not podbay's inventory. Slurm queues, so podbay does not:
 its fair share, accounts, QOS and partitions decide when a job runs; a team's job-GPU quota
 is the limit the site sets in Slurm (an association's GrpTRES), which podbay shows.
