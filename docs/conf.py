@@ -1,5 +1,5 @@
 """Sphinx configuration: MyST Markdown, as JupyterHub, KubeSpawner and Zero to JupyterHub
-write their documentation. Built with warnings as errors (tests/integration/test_docs.py);
+write their documentation. Built with warnings as errors (tests/unit/test_docs.py);
 nothing is fetched from the network (no intersphinx, no link checks in CI)."""
 
 import sys

@@ -278,8 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each engine's own commands (`podbay k8s`, `podbay images`): its package registers them
     # through the `podbay.commands` entry points.
+    # One that cannot load (a broken or half-installed engine) costs its own commands only,
+    # never `podbay login` or `ssh-proxy`.
     for ep in sorted(entry_points(group="podbay.commands"), key=lambda ep: ep.name):
-        ep.load()(sub)
+        try:
+            ep.load()(sub)
+        except Exception as e:  # noqa: BLE001 - whatever the engine's package raised
+            print(f"podbay: the {ep.name} commands are unavailable ({type(e).__name__}: {e}); "
+                  "reinstall podbay", file=sys.stderr)
 
     from podbay.tui.cli import add_commands
 

@@ -7,7 +7,9 @@ the hub's settings from their traits. Written beside the hand-written pages in r
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
+import os
 import tempfile
 import textwrap
 import types
@@ -21,6 +23,18 @@ HERE = Path(__file__).resolve().parent.parent / "reference"
 
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]):
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 # --- podbay.yaml --------------------------------------------------------------------
@@ -119,13 +133,14 @@ def podbay_yaml() -> str:
 def openapi() -> dict:
     """The service's OpenAPI document, from an app made on the demo configuration."""
     from podbay.hub.backends import load
-    from podbay.hub.config import default_config_path
     from podbay.hub.jobs import JobManager
     from podbay.hub.portal import Portal
     from podbay.hub.service import HubClient, create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        portal = Portal.open(str(default_config_path()), f"sqlite:///{tmp}/book.db", tmp, "local")
+        # The demo that ships in the package, never the builder's own PODBAY_CONFIG.
+        demo = Path(inspect.getfile(Portal)).parent / "demo" / "podbay.yaml"
+        portal = Portal.open(str(demo), f"sqlite:///{tmp}/book.db", tmp, "local")
         jobs = JobManager(portal, load("local").training(portal))
         app = create_app(portal, jobs, HubClient("http://127.0.0.1:9/hub/api/", "unused"))
         return app.openapi()
@@ -196,7 +211,10 @@ def cli() -> str:
             for sub_name, sub in action.choices.items():
                 walk(sub, f"{name} {sub_name}")
 
-    parser = build_parser()
+    # Defaults that come from the environment are shown as a person's, not the builder's.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PODBAY_", "XDG_"))}
+    with _environ({**clean, "HOME": "~"}):
+        parser = build_parser()
     parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
     walk(parser, "podbay")
     return "\n".join(out)

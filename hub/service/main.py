@@ -75,6 +75,9 @@ def main() -> None:
     follow_proxies = plugin.follow_proxies(env, proxies.found)
     if follow_proxies is not None:
         background.append(follow_proxies)
+    elif env.get("PODBAY_TRUSTED_PROXY_PODS"):
+        log.warning("PODBAY_TRUSTED_PROXY_PODS is set, but the %s backend does not find proxies by their pods: "
+                    "only PODBAY_TRUSTED_PROXIES (and this machine's addresses) are trusted", plugin.name)
     pairing = pairing_router(prefix, env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"],
                              int(portal.cfg.auth.cli_token_days * 86400), session, hub.forget, proxies)
     from ..usage.policy import HubServers

@@ -32,8 +32,8 @@ from ..usage.settings import fmt_duration
 from ..usage.store import UsageStore
 
 if TYPE_CHECKING:
-    from .jobs import JobManager
-    from .portal import Portal
+    from ..jobs import JobManager
+    from ..portal import Portal
 
 # The hub package's templates and static files (the hub's own pages share them).
 HERE = Path(__file__).parent.parent

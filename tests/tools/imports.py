@@ -31,7 +31,7 @@ LAYERS = [
     {"podbay.hub.backends.base", "podbay.hub.backends.local", "podbay.hub.backends.docker",
      "podbay.hub.backends.kubernetes", "podbay.hub.backends.slurm"},
     # 6: what people and JupyterHub talk to
-    {"podbay.hub.service", "podbay.hub.pages", "podbay.hub.pairing", "podbay.hub.hubconfig",
+    {"podbay.hub.service", "podbay.hub.hubconfig",
      "podbay.hub.cli", "podbay.hub.auth", "podbay.hub.oidc", "podbay.hub"},
 ]
 

@@ -216,3 +216,41 @@ def test_the_backend_is_chosen_in_podbay_yaml_among_the_installed_ones(tmp_path)
         load_config(path)
     (issue,) = [str(i) for i in e.value.issues if "backend" in str(i)]
     assert issue.startswith("backend: unknown backend 'lsf': the installed ones are docker, kubernetes, local, slurm (line ")
+
+
+def test_what_every_image_build_copies_in_is_there():
+    """The sshd launcher and the notices live in the workspace package, wherever the docker
+    engine's own modules are (a move once pointed the build at a folder that did not exist)."""
+    from podbay.hub.backends.docker.images import WORKSPACE_FILES
+
+    assert WORKSPACE_FILES and all(f.is_file() for f in WORKSPACE_FILES)
+
+
+def test_the_docker_plugin_describes_and_reconciles_from_its_own_section(monkeypatch):
+    """The plugin reads its settings under docker: (cfg.docker), in what it says at start and
+    in what it asks each container at reconcile (the engine stood in for: no Docker here)."""
+    import sys
+    import types
+
+    from podbay.hub.backends import load
+    from podbay.hub.backends.docker import plugin as docker_plugin
+
+    cfg = load_config(DEMO, "docker")
+    assert cfg.docker.network_name in load("docker").describe(cfg)
+    asked = []
+
+    class Book:
+        def reconcile(self, alive, kinds):
+            alive(types.SimpleNamespace(key="workspace:alice/"))
+            return []
+
+    spawner = types.ModuleType("podbay.hub.backends.docker.spawner")
+    spawner.PodbayDockerSpawner = types.SimpleNamespace(
+        is_alive=lambda allocation, client, network: asked.append(network) or True)
+    images = types.ModuleType("podbay.hub.backends.docker.images")
+    images.DockerUnavailable, images.docker_client = RuntimeError, object
+    monkeypatch.setitem(sys.modules, spawner.__name__, spawner)
+    monkeypatch.setitem(sys.modules, images.__name__, images)
+    monkeypatch.setattr(docker_plugin, "docker_workspace_side", lambda client, settings, port: "10.0.0.1")
+    side = load("docker").start_hub(cfg, types.SimpleNamespace(book=Book()), 8001)
+    assert side.workspace_side == "10.0.0.1" and asked == [cfg.docker.network_name]

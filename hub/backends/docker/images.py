@@ -46,7 +46,7 @@ DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini", "procps
 ROOT_LABEL = "podbay.debian-packages"
 # Copied into every build's common/ (the install script puts them in the image): the sshd
 # launcher, and the idle GPU notices that login shells print.
-SSHD_LAUNCHER = Path(__file__).resolve().parent / "workspace" / "podbay_sshd.py"
+SSHD_LAUNCHER = Path(__file__).resolve().parents[2] / "workspace" / "podbay_sshd.py"
 WORKSPACE_FILES = [SSHD_LAUNCHER, SSHD_LAUNCHER.parent / "podbay_notices.py"]
 
 Progress = Callable[[str], None]

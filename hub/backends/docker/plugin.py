@@ -25,9 +25,9 @@ class DockerBackend(Backend):
         return bool(vol.docker_volume)
 
     def describe(self, cfg):
-        if cfg.network.mode == "host":
+        if cfg.docker.network.mode == "host":
             return "docker, on the host network: workspaces are NOT isolated from each other (one user only)"
-        return f"docker, each workspace in its own network namespace on {cfg.network_name}"
+        return f"docker, each workspace in its own network namespace on {cfg.docker.network_name}"
 
     def prepare_volumes(self, cfg, portal):
         for vol in cfg.volumes:
@@ -51,7 +51,7 @@ class DockerBackend(Backend):
 
         side = docker_workspace_side(client, cfg.docker, hub_port)
         released = portal.book.reconcile(
-            lambda a: PodbayDockerSpawner.is_alive(a, client, cfg.network_name), kinds=("workspace",))
+            lambda a: PodbayDockerSpawner.is_alive(a, client, cfg.docker.network_name), kinds=("workspace",))
         return HubSide(side, released)
 
     def training(self, portal):

@@ -16,7 +16,7 @@ from fractions import Fraction
 from ...config import PodbayConfig, ProfileKind
 from ...gpu import family_for, known_mig_profiles
 from ...quota.book import Snapshot
-from ...quota.capacity import CapacitySource, NodeState, Usage, default_weight
+from ...quota.capacity import CapacitySource, Usage, default_weight
 from .objects import GPU, PRODUCT, SHARED, ProfileUnavailable, gpu_ask
 from .settings import KubernetesSettings
 from .watch import TERMINATED
@@ -186,12 +186,6 @@ class ClusterCapacity(CapacitySource):
                 row.used += used
                 row.free += n - used
         return out
-
-    def node_states(self, pool):
-        """The pool's schedulable nodes with their whole GPUs (MIG slices and shares are in
-        `devices`): what the capacity page draws, as the scheduler counts them."""
-        return [NodeState(n.name, "ready", n.allocatable.get(GPU, 0), min(n.used.get(GPU, 0), n.allocatable.get(GPU, 0)))
-                for n in self._nodes(pool) if n.allocatable.get(GPU, 0)]
 
     def most_gpus_per_node(self, pool):
         return max((n.allocatable.get(GPU, 0) for n in self._nodes(pool)), default=0)
