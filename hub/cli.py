@@ -1,4 +1,6 @@
-"""The `podbay` command: check a config, list GPUs, start the portal."""
+"""The portal's own commands: `podbay config check`, `podbay gpus`, `podbay up`. The `podbay`
+command itself is the client's (podbay.tui.cli): these join it through the `podbay.commands`
+entry points when podbay is installed with its hub (`pip install 'podbay[hub]'`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from importlib.metadata import entry_points
 from pathlib import Path
 
 # The hub-side modules (pydantic schemas, NVML) load inside the commands that need them:
@@ -237,10 +238,8 @@ def _kill_leftovers(hub: subprocess.Popen, data_dir: Path) -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="podbay", description="Self-service GPU workspaces on JupyterHub.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def register(sub) -> None:
+    """Add the portal's commands to the `podbay` parser's subcommands."""
     cfg = sub.add_parser("config", help="work with podbay.yaml")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file; exit 1 with every error if invalid")
@@ -276,42 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--start-timeout", type=float, default=60, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
-    # Each engine's own commands (`podbay k8s`, `podbay images`): its package registers them
-    # through the `podbay.commands` entry points.
-    # One that cannot load (a broken or half-installed engine) costs its own commands only,
-    # never `podbay login` or `ssh-proxy`.
-    for ep in sorted(entry_points(group="podbay.commands"), key=lambda ep: ep.name):
-        try:
-            ep.load()(sub)
-        except Exception as e:  # noqa: BLE001 - whatever the engine's package raised
-            print(f"podbay: the {ep.name} commands are unavailable ({type(e).__name__}: {e}); "
-                  "reinstall podbay", file=sys.stderr)
-
-    from podbay.tui.cli import add_commands
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="the portal (default: PODBAY_URL, the workspace's hub, or `podbay login`)")
-    common.add_argument("--token", help="an API token (default: PODBAY_TOKEN, or `podbay login`)")
-    add_commands(sub, common)
-    return p
-
-
-# Commands whose words after `--` are a command line for elsewhere, taken whole: argparse
-# cannot put them in a positional after options that follow the other positionals
-# (`podbay ssh dev --start -- nvidia-smi`).
-PASS_THROUGH = {"ssh"}
-
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest: list[str] | None = None
-    if argv and argv[0] in PASS_THROUGH and "--" in argv:
-        cut = argv.index("--")
-        argv, rest = argv[:cut], argv[cut + 1:]
-    args = build_parser().parse_args(argv)
-    if rest is not None:
-        args.command = [*args.command, *rest]
-    return args.func(args)
+    """`python -m podbay.hub.cli`: the same `podbay` command."""
+    from podbay.tui.cli import main as podbay
+
+    return podbay(argv)
 
 
 if __name__ == "__main__":

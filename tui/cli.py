@@ -1,4 +1,8 @@
-"""The scriptable commands: `podbay login|logout|ws|job|capacity|tui`.
+"""The `podbay` command: the client's commands (`login`, `logout`, `ws`, `job`, `ssh`, `keys`,
+`secrets`, `usage`, `capacity`, `tui`, …), and those of whatever else is installed through the
+`podbay.commands` entry points (the portal's `config`, `gpus`, `up`; an engine's `k8s`,
+`images`). `pip install podbay` is the client alone; `pip install 'podbay[hub]'` adds the
+portal.
 
 Exit status: 0 success, 1 a refused or failed operation, 2 a usage error (argparse's).
 Every listing takes `--json`, which prints exactly what podbay's service (or, for
@@ -16,6 +20,7 @@ import sys
 import time
 import webbrowser
 from dataclasses import asdict
+from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable
 
 from .client import ClientError, PodbayClient
@@ -818,3 +823,51 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = sub.add_parser("tui", parents=[common], help="the terminal UI")
     p.add_argument("--first-paint", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_tui)
+
+
+# Commands whose words after `--` are a command line for elsewhere, taken whole: argparse
+# cannot put them in a positional after options that follow the other positionals
+# (`podbay ssh dev --start -- nvidia-smi`).
+PASS_THROUGH = {"ssh"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="podbay", description="Self-service GPU workspaces on JupyterHub.")
+    sub = p.add_subparsers(dest="command", required=True)
+    # The portal's and the engines' commands, where installed. One that cannot load (a broken
+    # or half-installed package) costs its own commands only, never `login` or `ssh-proxy`.
+    for ep in sorted(entry_points(group="podbay.commands"), key=lambda ep: ep.name):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # noqa: BLE001 - whatever the other package raised
+            print(f"podbay: the {ep.name} commands are unavailable ({type(e).__name__}: {e}); "
+                  "reinstall podbay", file=sys.stderr)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the portal (default: PODBAY_URL, the workspace's hub, or `podbay login`)")
+    common.add_argument("--token", help="an API token (default: PODBAY_TOKEN, or `podbay login`)")
+    add_commands(sub, common)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] | None = None
+    if argv and argv[0] in PASS_THROUGH and "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
+    args = build_parser().parse_args(argv)
+    if rest is not None:
+        args.command = [*args.command, *rest]
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        # The portal's commands on a client-only install (`pip install podbay`).
+        if not args.func.__module__.startswith("podbay.hub") or (e.name or "").startswith("podbay"):
+            raise
+        print(f"podbay {args.command}: this runs the portal, which needs {e.name} and the rest of the hub: "
+              "pip install 'podbay[hub]'", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

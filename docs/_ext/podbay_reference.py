@@ -199,7 +199,7 @@ def rest_api() -> str:
 def cli() -> str:
     import argparse
 
-    from podbay.hub.cli import build_parser
+    from podbay.tui.cli import build_parser
 
     out = ["# The `podbay` command", "", "Generated from its parser: what `podbay … --help` says.", ""]
 

@@ -6,8 +6,9 @@ import json
 import os
 import stat
 import subprocess
-import time
 import sys
+import time
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -194,3 +195,56 @@ def test_usage_and_keep(hub, cli, schemas):
     r = cli("ws", "keep", "nothing", env=bob)
     assert r.returncode == 1 and "no running workspace named nothing" in r.stderr
     assert cli("ws", "rm", "held", env=bob).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def client_only(tmp_path_factory):
+    """podbay as a data scientist installs it on a laptop: `pip install podbay`, no extra, in a
+    fresh venv (from a copy of the source, so that the checkout gets no build files)."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[2]
+    work = tmp_path_factory.mktemp("client")
+    src = work / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, src / name)
+    for name in ("hub", "tui"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    venv_alone = _site_size(venv)
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(src)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return venv, _site_size(venv) - venv_alone
+
+
+def _site_size(venv) -> int:
+    """Bytes in a venv's site-packages (pip's own included: subtract a bare venv's)."""
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    return sum(f.stat().st_size for f in Path(site).rglob("*") if f.is_file())
+
+
+def test_the_client_installs_alone_and_logs_in(hub, client_only, tmp_path):
+    """The client is small, brings no JupyterHub, runs its commands and logs in to a portal; the
+    portal's commands say which install they need."""
+    venv, size = client_only
+    assert size < 40 * 2**20, f"the client installs {size / 2**20:.1f} MiB"
+    for server_side in ("jupyterhub", "sqlalchemy", "pydantic", "pynvml", "fastapi"):
+        found = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {server_side}"], capture_output=True)
+        assert found.returncode != 0, f"{server_side} came with the client"
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    podbay = str(venv / "bin" / "podbay")
+    helped = subprocess.run([podbay, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert helped.returncode == 0 and "login" in helped.stdout and "tui" in helped.stdout, helped.stderr
+    assert helped.stderr == ""
+    assert subprocess.run([podbay, "tui", "--help"], capture_output=True, text=True, env=env, timeout=60).returncode == 0
+    up = subprocess.run([podbay, "up"], capture_output=True, text=True, env=env, timeout=60)
+    assert up.returncode == 1 and "pip install 'podbay[hub]'" in up.stderr, up.stderr
+    login = subprocess.run([podbay, "login", hub.url, "--paste"], input=hub.new_token("alice") + "\n",
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert login.returncode == 0 and "as alice" in login.stdout, login.stderr
+    listed = subprocess.run([podbay, "ws", "ls", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert listed.returncode == 0 and isinstance(json.loads(listed.stdout), list), listed.stderr
