@@ -15,6 +15,8 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
+from .hubapi import HubAPI
+
 
 class ClientError(Exception):
     """Something the user should read: `str(e)` says what happened and what to do."""
@@ -135,11 +137,12 @@ class PodbayClient:
         self.url = url.rstrip("/")
         self.service_url = (service_url or url).rstrip("/")
         self.user = user
-        self._hub_major: int | None = None
         self.http = httpx.AsyncClient(
             headers={"Authorization": f"token {token}", "Accept": "application/json"},
             timeout=httpx.Timeout(timeout, connect=5.0), transport=transport,
         )
+        # The hub's API through this client's connection and its words for failures.
+        self.hub = HubAPI(self.hub_api, http=self.http, send=self._request)
 
     def use_token(self, token: str) -> None:
         """A new login's token for every request from now on."""
@@ -199,60 +202,47 @@ class PodbayClient:
     # --- JupyterHub: who am I, workspaces ---------------------------------------------------
 
     async def whoami(self) -> dict[str, Any]:
-        model = (await self._request("GET", f"{self.hub_api}/user")).json()
+        model = (await self.hub.user()).json()
         self.user = model["name"]
         return model
-
-    async def hub_major(self) -> int:
-        if self._hub_major is None:
-            version = (await self._request("GET", f"{self.hub_api}/")).json().get("version", "5")
-            self._hub_major = int(version.split(".")[0])
-        return self._hub_major
 
     async def _me(self) -> str:
         if self.user is None:
             await self.whoami()
         return self.user
 
-    def _server_url(self, user: str, name: str) -> str:
-        return f"{self.hub_api}/users/{quote(user, safe='')}/servers/{quote(name, safe='')}"
-
     async def workspaces(self) -> list[Workspace]:
-        user = await self._me()
-        r = await self._request("GET", f"{self.hub_api}/users/{quote(user, safe='')}",
-                                params={"include_stopped_servers": "1"})
+        r = await self.hub.user(await self._me())
         servers = r.json().get("servers") or {}
         return [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
 
     async def start_workspace(self, name: str, options: dict[str, Any]) -> None:
         user = await self._me()
-        # JupyterHub 6 wraps the options; 5.x takes them as the whole body.
-        body = {"user_options": options} if await self.hub_major() >= 6 else options
         existed = any(w.name == name for w in await self.workspaces())
         try:
-            await self._request("POST", self._server_url(user, name), json=body, timeout=90)
+            await self.hub.start_server(user, name, options, timeout=90)
         except Refused:
             # JupyterHub keeps a record of a named server even when its first start is
             # refused; a workspace that never ran should not linger in the list.
             if not existed:
                 try:
-                    await self._request("DELETE", self._server_url(user, name), json={"remove": True})
+                    await self.hub.stop_server(user, name, remove=True)
                 except ClientError:
                     pass
             raise
 
     async def stop_workspace(self, name: str) -> None:
-        await self._request("DELETE", self._server_url(await self._me(), name), timeout=90)
+        await self.hub.stop_server(await self._me(), name, timeout=90)
 
     async def delete_workspace(self, name: str) -> None:
-        await self._request("DELETE", self._server_url(await self._me(), name), json={"remove": True}, timeout=90)
+        await self.hub.stop_server(await self._me(), name, remove=True, timeout=90)
 
     async def progress(self, name: str) -> AsyncIterator[dict[str, Any]]:
         """JupyterHub's spawn progress events, until ready or failed."""
         from httpx_sse import aconnect_sse
 
         user = await self._me()
-        url = f"{self._server_url(user, name)}/progress"
+        url = self.hub.url(self.hub.server_path(user, name) + "/progress")
         try:
             async with aconnect_sse(self.http, "GET", url, timeout=httpx.Timeout(None, connect=5.0)) as source:
                 self._raise_for(source.response)

@@ -22,6 +22,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import httpx
 
 from .credentials import Credentials
+from .hubapi import user_path
 
 HOST_PREFIX = "podbay."
 BEGIN = "# >>> podbay >>>"
@@ -90,7 +91,7 @@ def preflight(creds: Credentials, target: str, http: httpx.Client | None = None)
                 raise SshRefused("your podbay login was not accepted (expired or revoked?): run `podbay login` again")
             me = _json(r, creds.url)
             user = me["name"]
-            r = client.get(f"{api}/users/{quote(user, safe='')}", params={"include_stopped_servers": "1"}, headers=headers)
+            r = client.get(f"{api}/{user_path(user)}", params={"include_stopped_servers": "1"}, headers=headers)
         except httpx.HTTPError as e:
             raise SshRefused(f"cannot reach the hub at {creds.url} ({type(e).__name__}): is it running?") from None
         if r.status_code == 403:

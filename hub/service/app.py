@@ -43,8 +43,6 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         if sampler is not None:
             await sampler.source.aclose()
         await hub.aclose()
-        if pairing is not None:
-            await pairing.http.aclose()
 
 
     app = FastAPI(title="podbay", version="1", lifespan=lifespan,

@@ -1,6 +1,6 @@
 """The hub's REST API as the service uses it: resolving callers' tokens (cached for a short
 while), reading users' servers and making narrowly scoped tokens with the service's own token.
-Every user name goes through hubapi.user_path (quoted)."""
+Built on podbay.tui.hubapi.HubAPI, the one client of the hub's API (every name quoted)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from ..hubapi import user_path
+from podbay.tui.hubapi import HubAPI
 from .errors import ApiError
 
 # --- who is calling ------------------------------------------------------------------
@@ -47,8 +47,7 @@ class HubClient:
     short while) and reading users' servers with the service's own token."""
 
     def __init__(self, api_url: str, token: str, ttl: float = 30.0, transport=None):
-        self.http = httpx.AsyncClient(base_url=api_url.rstrip("/") + "/", timeout=10,
-                                      headers={"Authorization": f"token {token}"}, transport=transport)
+        self.api = HubAPI(api_url, token=token, transport=transport)
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
@@ -58,7 +57,7 @@ class HubClient:
         if hit and hit[0] > time.monotonic():
             return hit[1]
         try:
-            r = await self.http.get("user", headers={"Authorization": f"token {token}"})
+            r = await self.api.user(headers={"Authorization": f"token {token}"})
             if r.status_code in (401, 403):
                 caller = None
             else:
@@ -85,15 +84,14 @@ class HubClient:
         self._cache.pop(hashlib.sha256(token.encode()).hexdigest(), None)
 
     async def user(self, name: str) -> dict[str, Any]:
-        r = await self.http.get(user_path(name), params={"include_stopped_servers": "1"})
+        r = await self.api.user(name)
         r.raise_for_status()
         return r.json()
 
     async def new_token(self, user: str, note: str, seconds: int, scopes: list[str]) -> dict[str, Any]:
         """A token of `user`'s with only `scopes` (the service role's `tokens` scope)."""
         try:
-            r = await self.http.post(user_path(user, "tokens"),
-                                     json={"note": note[:200], "expires_in": seconds, "scopes": scopes})
+            r = await self.api.new_token(user, note, seconds, scopes)
         except httpx.HTTPError:
             raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
         if r.status_code >= 400:
@@ -101,4 +99,4 @@ class HubClient:
         return r.json()
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.api.aclose()

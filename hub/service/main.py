@@ -78,11 +78,11 @@ def main() -> None:
     elif env.get("PODBAY_TRUSTED_PROXY_PODS"):
         log.warning("PODBAY_TRUSTED_PROXY_PODS is set, but the %s backend does not find proxies by their pods: "
                     "only PODBAY_TRUSTED_PROXIES (and this machine's addresses) are trusted", plugin.name)
-    pairing = pairing_router(prefix, env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"],
+    pairing = pairing_router(prefix, hub.api,
                              int(portal.cfg.auth.cli_token_days * 86400), session, hub.forget, proxies)
     from ..usage.policy import HubServers
 
-    sampler = Sampler(portal.cfg, UsageStore(portal.book), portal.inventory, HubServers(hub.http),
+    sampler = Sampler(portal.cfg, UsageStore(portal.book), portal.inventory, HubServers(hub.api),
                       job_pod_prefix=plugin.job_pod_prefix(portal.cfg))
     pages = pages_router(prefix, portal, jobs, session)
     app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=background,

@@ -45,7 +45,7 @@ from ..browser import (
     not_a_tab,
     same,
 )
-from ..hubapi import user_path
+from podbay.tui.hubapi import HubAPI
 
 log = logging.getLogger("podbay.pairing")
 
@@ -147,18 +147,17 @@ def not_in_a_tab(request: Request) -> HTMLResponse:
     return _page(title, f"<p>{html.escape(not_a_tab(request))}</p>", 403)
 
 
-def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
+def pairing_router(prefix: str, hub: HubAPI, lifetime: int,
                    session: BrowserSession | None = None, forget_token=None,
                    proxies: TrustedProxies | None = None) -> APIRouter:
-    """The pairing endpoints under `prefix` (the service's URL prefix). `session` is the
+    """The pairing endpoints under `prefix` (the service's URL prefix), making tokens through
+    `hub` (the service's own, with the `tokens` scope). `session` is the
     browser's login to the hub (the service's OAuth; hub/browser.py); `forget_token` drops a
     revoked token from the service's cache of callers; `proxies` are the addresses whose
     X-Forwarded-For is believed."""
     router = APIRouter()
     pairings = Pairings()
     proxies = proxies or TrustedProxies.parse(None)
-    hub = httpx.AsyncClient(base_url=hub_api.rstrip("/") + "/", timeout=10,
-                            headers={"Authorization": f"token {service_token}"})
     oauth = session.oauth if session else None
     # Other people's workspaces share the pages' origin: approval in the browser is off.
     off = session is not None and session.exposed
@@ -256,7 +255,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         while pairings.orphans:
             user, token_id = pairings.orphans.pop()
             try:
-                await hub.delete(user_path(user, "tokens", token_id))
+                await hub.delete_token(user, token_id)
             except httpx.HTTPError:
                 log.warning("could not revoke the uncollected login token %s of %s", token_id, user)
 
@@ -341,8 +340,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         p.approved_by = who["name"]
         await revoke_orphans()
         note = f"podbay login on {p.host} from {p.address}, approved in the browser"
-        r = await hub.post(user_path(who["name"], "tokens"),
-                           json={"note": note[:200], "expires_in": lifetime, "scopes": CLI_SCOPES})
+        r = await hub.new_token(who["name"], note, lifetime, CLI_SCOPES)
         if r.status_code >= 400:
             p.approved_by = None
             return _page("Not approved", f"<p>The hub did not make the token ({r.status_code}): tell the platform "
@@ -360,7 +358,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         token = token.strip()
         if not token:
             return JSONResponse({"error": "unauthorized", "message": "no token to revoke"}, status_code=401)
-        r = await hub.get("user", headers={"Authorization": f"token {token}"})
+        r = await hub.user(headers={"Authorization": f"token {token}"})
         if r.status_code != 200:
             return JSONResponse({"error": "unauthorized", "message": "the token is not valid (already revoked "
                                                                      "or expired)"}, status_code=401)
@@ -369,7 +367,7 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
         if model.get("kind", "user") != "user" or not token_id:
             return JSONResponse({"error": "unsupported", "message": "this token cannot be revoked here"},
                                 status_code=400)
-        d = await hub.delete(user_path(model["name"], "tokens", token_id))
+        d = await hub.delete_token(model["name"], token_id)
         if d.status_code not in (200, 204, 404):
             return JSONResponse({"error": "hub_error", "message": f"the hub did not revoke it ({d.status_code})"},
                                 status_code=502)
@@ -377,6 +375,5 @@ def pairing_router(prefix: str, hub_api: str, service_token: str, lifetime: int,
             forget_token(token)
         return {"revoked": token_id, "user": model["name"]}
 
-    router.pairings = pairings  # for tests and for the service's shutdown
-    router.http = hub
+    router.pairings = pairings  # for tests
     return router

@@ -25,16 +25,17 @@ import json
 import logging
 import time
 from collections import defaultdict
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import httpx
 
 from ..config import PodbayConfig
-from ..hubapi import user_path
 from ..inventory import Inventory
 from .settings import IdleRule, fmt_duration
 from .sources import Reading, Source, SourceUnavailable
 from .store import Holding, Round, UsageStore
+
+if TYPE_CHECKING:
+    from podbay.tui.hubapi import HubAPI
 
 log = logging.getLogger("podbay.usage")
 
@@ -191,24 +192,24 @@ class HubServers:
     """Stopping and restarting a person's workspace through JupyterHub's REST API, as the
     service (its role has the `servers` scope)."""
 
-    def __init__(self, http: httpx.AsyncClient):
-        self.http = http
-        self._major: int | None = None
+    def __init__(self, api: "HubAPI"):
+        self.api = api
+
+    async def _server(self, user: str, server: str, stopped: bool) -> dict | None:
+        r = await self.api.user(user, stopped=stopped)
+        r.raise_for_status()
+        return (r.json().get("servers") or {}).get(server)
 
     async def options(self, user: str, server: str) -> dict | None:
-        r = await self.http.get(user_path(user), params={"include_stopped_servers": "1"})
-        r.raise_for_status()
-        model = (r.json().get("servers") or {}).get(server)
+        model = await self._server(user, server, stopped=True)
         return None if model is None else dict(model.get("user_options") or {})
 
     async def running(self, user: str, server: str) -> bool:
-        r = await self.http.get(user_path(user))
-        r.raise_for_status()
-        model = (r.json().get("servers") or {}).get(server)
+        model = await self._server(user, server, stopped=False)
         return bool(model and (model.get("ready") or model.get("pending")) and not model.get("stopped"))
 
     async def stop(self, user: str, server: str, timeout: float = 120) -> None:
-        r = await self.http.delete(user_path(user, "servers", server))
+        r = await self.api.stop_server(user, server)
         if r.status_code not in (202, 204, 404):
             raise RuntimeError(f"the hub refused to stop it ({r.status_code}: {r.text[:200]})")
         deadline = time.monotonic() + timeout
@@ -218,20 +219,13 @@ class HubServers:
             await asyncio.sleep(0.5)
 
     async def start(self, user: str, server: str, options: dict, timeout: float = 600) -> None:
-        if self._major is None:
-            r = await self.http.get("")
-            self._major = int(str(r.json().get("version", "6")).split(".")[0])
-        # JupyterHub 6 takes {"user_options": …}; 5.x the options as the whole body.
-        body = {"user_options": options} if self._major >= 6 else options
-        r = await self.http.post(user_path(user, "servers", server), json=body)
+        r = await self.api.start_server(user, server, options)
         if r.status_code not in (201, 202):
             raise RuntimeError(f"the hub did not start it ({r.status_code}: {r.text[:300]})")
         # 202: still starting. Done only when it is ready; a start that fails is a failure.
         deadline = time.monotonic() + timeout
         while True:
-            got = await self.http.get(user_path(user))
-            got.raise_for_status()
-            model = (got.json().get("servers") or {}).get(server) or {}
+            model = await self._server(user, server, stopped=False) or {}
             if model.get("ready"):
                 return
             if not model.get("pending"):

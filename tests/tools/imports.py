@@ -17,7 +17,7 @@ PACKAGES = {"podbay.hub": ROOT / "hub", "podbay.tui": ROOT / "tui"}
 LAYERS = [
     # 0: facts and helpers with no podbay imports of note
     {"podbay.hub.gpu", "podbay.hub.environment", "podbay.hub.procs", "podbay.hub.launch",
-     "podbay.hub.hubapi", "podbay.hub.browser", "podbay.hub.backends", "podbay.hub.workspace",
+     "podbay.hub.browser", "podbay.hub.backends", "podbay.hub.workspace",
      "podbay.hub.migrations"},
     # 1: podbay.yaml and what a machine has
     {"podbay.hub.config", "podbay.hub.usage.settings", "podbay.hub.discovery", "podbay.hub.inventory"},

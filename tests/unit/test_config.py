@@ -299,7 +299,7 @@ def test_member_and_admin_names_must_be_names_anyone_can_log_in_with(demo, tmp_p
 
 
 def test_hub_urls_take_a_name_as_one_segment():
-    from podbay.hub.hubapi import user_path
+    from podbay.tui.hubapi import user_path
 
     assert user_path("admin#x") == "users/admin%23x"
     assert user_path("alice?x", "servers", "a/b") == "users/alice%3Fx/servers/a%2Fb"

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from podbay.hub.browser import SESSION_COOKIE, BrowserSession, TrustedProxies
+from podbay.tui.hubapi import HubAPI
 from podbay.hub.service.pairing import Pairings, normalize, pairing_router
 
 
@@ -51,7 +52,7 @@ def app_of(router) -> FastAPI:
 @pytest.fixture
 def service():
     """The pairing endpoints, called through the proxy (a loopback peer, trusted by default)."""
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600)
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600)
     with TestClient(app_of(router), client=("127.0.0.1", 50000)) as client:
         yield client, router.pairings
 
@@ -109,7 +110,7 @@ def test_a_caller_other_than_the_proxy_is_counted_by_its_own_address():
     """A workspace calls the service directly (docker: the gateway's port; Kubernetes:
     hub:8083): what it says in X-Forwarded-For is not believed, so rotating it neither fills
     the table nor shows a forged address on the approval page; logins through the proxy go on."""
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600)
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600)
     app = app_of(router)
     with TestClient(app, client=("172.30.0.5", 40000)) as workspace, \
             TestClient(app, client=("127.0.0.1", 50000)) as proxy:
@@ -146,7 +147,7 @@ def test_only_a_cookie_the_service_made_at_a_login_is_a_session():
     the cookie, is no login (the hub would say whose it is): only the signed token that the
     OAuth callback stored."""
     session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600, session)
     navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
         for forged in ("workspace-api-token", "vscode-link-token", "workspace-api-token.0123abcd"):
@@ -163,7 +164,7 @@ def test_only_a_cookie_the_service_made_at_a_login_is_a_session():
 
 def test_the_login_comes_back_only_to_the_services_own_pages():
     session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600, session)
 
     async def token_for_code(code, sync=False):
         return "oauth-token"
@@ -199,7 +200,7 @@ def test_a_code_is_offered_for_approval_only_once_the_person_typed_it():
     click timed over the button, would approve another's). The person types the code their
     own terminal shows into the page's own form (its token)."""
     session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600, session)
     nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
         code = client.post("/services/podbay/api/v1/pairings", json={}).json()["user_code"]
@@ -220,7 +221,7 @@ def test_a_code_is_offered_for_approval_only_once_the_person_typed_it():
 
 def test_where_other_peoples_workspaces_share_the_origin_approval_is_off():
     session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/", exposed=True)
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600, session)
     nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
     with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
         client.cookies.set(SESSION_COOKIE, session.cookie_value("oauth-token"), path="/services/podbay/")
@@ -249,7 +250,7 @@ def test_who_shares_the_pages_origin():
 def test_forwarded_addresses_are_walked_past_every_trusted_proxy():
     """A front proxy (the chart's autohttps, an ingress) before the hub's: the caller is the
     first address, from the right, that no trusted proxy has."""
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600,
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600,
                             proxies=TrustedProxies.parse("127.0.0.1, 10.0.0.0/24"))
     with TestClient(app_of(router), client=("127.0.0.1", 50000)) as proxy:
         for sent in ("203.0.113.9, 10.0.0.7", "1.2.3.4, 203.0.113.9, 10.0.0.7"):
@@ -262,7 +263,7 @@ def test_a_second_session_cookie_or_a_strange_one_is_no_session():
     which the browser sends too: a request with two is no session, and the login clears the
     wider one. Non-ASCII values are refusals, never a 500."""
     session = BrowserSession(FakeOAuth(), b"k" * 32, "/services/podbay/")
-    router = pairing_router("/services/podbay/", "http://127.0.0.1:9/hub/api", "service-token", 3600, session)
+    router = pairing_router("/services/podbay/", HubAPI("http://127.0.0.1:9/hub/api", token="service-token"), 3600, session)
     nav = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
     good = session.cookie_value("oauth-token")
     with TestClient(app_of(router), client=("127.0.0.1", 50000), follow_redirects=False) as client:
