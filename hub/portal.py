@@ -69,6 +69,22 @@ class Request:
     demand: Demand | None = None
 
 
+@dataclass(frozen=True)
+class Standing:
+    """A person against their quota: the quota that counts (their team's, or the default), what
+    they hold now, and what is left of it."""
+
+    team: str | None
+    quota: Quota
+    units_used: Fraction
+    workspaces: int
+    job_gpus: int
+
+    @property
+    def units_left(self) -> Fraction:
+        return max(self.quota.units - self.units_used, Fraction(0))
+
+
 class Portal:
     """One deployment's config with its quota book, placement and capacity source.
 
@@ -178,12 +194,19 @@ class Portal:
     def demand(self, profile: Profile) -> Demand:
         return Demand(profile.id, profile.spec, tuple(profile.pools), self.profile_units(profile))
 
-    def choices(self, user: str, groups: list[str], team: str | None = None) -> list[ProfileChoice]:
+    def standing(self, user: str, team: str | None, snap: Snapshot | None = None) -> Standing:
+        """Where the person stands against the quota that counts for them (their team's, or
+        the default): one answer for the form, the catalog and `/me`."""
+        snap = snap or self.book.snapshot()
+        return Standing(team, self.quota_for(team), snap.units_of(team, user), snap.workspaces.get(user, 0),
+                        snap.job_gpus_of(team, user))
+
+    def choices(self, user: str, groups: list[str], team: str | None = None,
+                snap: Snapshot | None = None) -> list[ProfileChoice]:
         team = self.team_for(user, groups, team)
-        quota = self.quota_for(team)
-        snap = self.book.snapshot()
-        left = quota.units - snap.units_of(team, user)
-        n_ws = snap.workspaces.get(user, 0)
+        snap = snap or self.book.snapshot()
+        standing = self.standing(user, team, snap)
+        quota, left, n_ws = standing.quota, standing.units_left, standing.workspaces
         out = []
         for p in self.cfg.profiles:
             units = self.profile_units(p)
@@ -194,7 +217,7 @@ class Portal:
             elif units > left:
                 who = f"team {team}" if team else "users without a team"
                 reason = (f"needs {fmt_units(units)} GPU units; {who} has "
-                          f"{fmt_units(max(left, Fraction(0)))} of {fmt_units(quota.units)} left")
+                          f"{fmt_units(left)} of {fmt_units(quota.units)} left")
             elif free == 0:
                 reason = "none free right now" if total else "none on the nodes of this pool"
             out.append(ProfileChoice(p, units, free, total, reason))
@@ -205,6 +228,30 @@ class Portal:
         return self.capacity.counts(spec, pools, snap or self.book.snapshot())
 
     # --- validation ----------------------------------------------------------------
+
+    # --- the checks a workspace and a job share (one place for both) --------------------
+
+    def checked_image(self, name: str | None) -> Image:
+        """The catalog image of that name (None: the default), or OptionsRefused naming the choices."""
+        image = self.cfg.image(name) if name else self.cfg.default_image
+        if image is None:
+            names = ", ".join(i.name for i in self.cfg.images)
+            raise OptionsRefused(f"unknown image {name!r}; choose one of: {names}")
+        return image
+
+    def checked_volumes(self, user: str, teams: list[str], names) -> list[Volume]:
+        """The catalog volumes of those names (each once), all of which the person may mount,
+        or OptionsRefused for the first that is unknown or not theirs."""
+        volumes = []
+        for name in dict.fromkeys(names):
+            vol = self.cfg.volume(name)
+            if vol is None:
+                raise OptionsRefused(f"unknown volume {name!r}")
+            if not self.may_mount(vol, user, teams):
+                who = ", ".join(vol.allow.teams + vol.allow.users)
+                raise OptionsRefused(f"you may not mount volume {name!r} (it is for {who})")
+            volumes.append(vol)
+        return volumes
 
     def validate(self, user: str, groups: list[str], raw: dict[str, Any] | None) -> Request:
         """Turn raw user_options into a Request, or raise OptionsRefused saying why."""
@@ -220,23 +267,12 @@ class Portal:
                     problems.append(f"{name}: {err['msg']}")
             raise OptionsRefused("; ".join(problems)) from None
 
-        image = self.cfg.image(opts.image) if opts.image else self.cfg.default_image
-        if image is None:
-            names = ", ".join(i.name for i in self.cfg.images)
-            raise OptionsRefused(f"unknown image {opts.image!r}; choose one of: {names}")
+        image = self.checked_image(opts.image)
         profile = self.cfg.profile(opts.profile)
         if profile is None:
             ids = ", ".join(p.id for p in self.cfg.profiles)
             raise OptionsRefused(f"unknown GPU profile {opts.profile!r}; choose one of: {ids}")
         team = self.team_for(user, groups, opts.team)
         teams = self.cfg.teams_of(user, groups)
-        volumes = []
-        for name in dict.fromkeys(opts.volumes):
-            vol = self.cfg.volume(name)
-            if vol is None:
-                raise OptionsRefused(f"unknown volume {name!r}")
-            if not self.may_mount(vol, user, teams):
-                who = ", ".join(vol.allow.teams + vol.allow.users)
-                raise OptionsRefused(f"you may not mount volume {name!r} (it is for {who})")
-            volumes.append(vol)
+        volumes = self.checked_volumes(user, teams, opts.volumes)
         return Request(image, profile, volumes, team, self.quota_for(team), profile.pools, self.demand(profile))

@@ -128,19 +128,18 @@ class PodbaySpawnerMixin(Configurable):
     def _render_options_form(spawner: "PodbaySpawnerMixin") -> str:
         portal, user, groups = spawner.portal, spawner.user.name, spawner._groups()
         team = portal.team_for(user, groups)
-        choices = portal.choices(user, groups, team)
-        snap = portal.book.snapshot()  # the one choices() just used, unless the quota book moved
-        quota = portal.quota_for(team)
-        left, total = quota.units - snap.units_of(team, user), quota.units
+        snap = portal.book.snapshot()  # one for the choices and the quota line above them
+        choices = portal.choices(user, groups, team, snap)
+        standing = portal.standing(user, team, snap)
         available = [c.profile.id for c in choices if c.available]
         default_profile = "cpu" if "cpu" in available else (available[0] if available else None)
         return _TEMPLATES.get_template("options_form.html").render(
             team=team,
             teams=portal.cfg.teams_of(user, groups),
-            units_left=fmt_units(max(left, 0)),
-            units_total=fmt_units(total),
-            workspaces=snap.workspaces.get(user, 0),
-            workspaces_max=quota.workspaces_per_user,
+            units_left=fmt_units(standing.units_left),
+            units_total=fmt_units(standing.quota.units),
+            workspaces=standing.workspaces,
+            workspaces_max=standing.quota.workspaces_per_user,
             images=portal.cfg.images,
             default_image=portal.cfg.default_image.name,
             choices=choices,

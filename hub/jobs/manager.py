@@ -43,23 +43,15 @@ class JobManager:
         inherited = workspace_options or {}
         if req.from_workspace is not None and workspace_options is None:
             raise OptionsRefused(f"you have no workspace named {req.from_workspace!r}")
-        image_name = req.image or inherited.get("image") or cfg.default_image.name
-        image = cfg.image(image_name)
-        if image is None:
-            raise OptionsRefused(f"unknown image {image_name!r}; choose one of: "
-                                 + ", ".join(i.name for i in cfg.images))
+        # The checks a workspace's options get (Portal), on what the job asks or inherits.
+        image = portal.checked_image(req.image or inherited.get("image"))
         pool = req.pool or self.default_pool
         if pool not in cfg.pools:
             raise OptionsRefused(f"unknown pool {pool!r}; choose one of: {', '.join(cfg.pools)}")
         team = portal.team_for(user, groups)
         teams = cfg.teams_of(user, groups)
-        names = req.volumes if req.volumes is not None else list(inherited.get("volumes") or [])
-        for name in names:
-            vol = cfg.volume(name)
-            if vol is None:
-                raise OptionsRefused(f"unknown volume {name!r}")
-            if not portal.may_mount(vol, user, teams):
-                raise OptionsRefused(f"you may not mount volume {name!r}")
+        names = [v.name for v in portal.checked_volumes(
+            user, teams, req.volumes if req.volumes is not None else list(inherited.get("volumes") or []))]
         if req.nodes > 1 and not self.backend.multi_node:
             raise OptionsRefused(f"the {self.backend.name} backend runs a job on one machine: ask for nodes: 1 "
                                  f"(and up to {portal.capacity.most_gpus_per_node(pool)} GPUs on it)")
@@ -92,7 +84,7 @@ class JobManager:
         now = self.clock()
         row = JobRow(
             name=req.name, user=user, team=team, image=image.name, command=json.dumps(req.command),
-            workdir=str(workdir), volumes=json.dumps(names), env=json.dumps(req.env), gpus=req.gpus_per_node,
+            workdir=str(workdir), volumes=json.dumps(names), env=json.dumps(req.env), gpus_per_node=req.gpus_per_node,
             nodes=req.nodes, pool=pool, from_workspace=req.from_workspace, state="queued", time_limit=req.time_limit,
             message="waiting for the scheduler", devices="[]", created=now, ref="{}",
         )

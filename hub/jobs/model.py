@@ -37,8 +37,8 @@ class JobRow(Base):
     workdir: Mapped[str] = mapped_column(Text)
     volumes: Mapped[str] = mapped_column(Text, default="[]")
     env: Mapped[str] = mapped_column(Text, default="{}")
-    # Per node; `nodes` of them.
-    gpus: Mapped[int] = mapped_column(Integer)
+    # Whole GPUs on each of `nodes` nodes (Job.gpus is the total).
+    gpus_per_node: Mapped[int] = mapped_column(Integer)
     nodes: Mapped[int] = mapped_column(Integer, default=1)
     # The engine's time limit for it (Slurm's format), where the engine enforces one.
     time_limit: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -139,8 +139,8 @@ class Job(BaseModel):
         """From a row of the jobs table (an ORM object or a plain row)."""
         nodes = r.nodes or 1
         return cls(id=r.id, name=r.name, user=r.user, team=r.team, image=r.image, command=json.loads(r.command),
-                   workdir=r.workdir, volumes=json.loads(r.volumes), env=json.loads(r.env), gpus=r.gpus * nodes,
-                   gpus_per_node=r.gpus, nodes=nodes, pool=r.pool, from_workspace=r.from_workspace,
+                   workdir=r.workdir, volumes=json.loads(r.volumes), env=json.loads(r.env), gpus=r.gpus_per_node * nodes,
+                   gpus_per_node=r.gpus_per_node, nodes=nodes, pool=r.pool, from_workspace=r.from_workspace,
                    time_limit=r.time_limit,
                    state="queued" if r.state == PENDING else r.state, exit_code=r.exit_code,
                    message=r.message, devices=json.loads(r.devices), created=r.created, started=r.started,

@@ -51,13 +51,12 @@ def router(svc: Service, prefix: str) -> APIRouter:
     async def me(who: Caller = Depends(caller)):
         def compute():
             team = portal.team_for(who.name, list(who.groups))
-            q = portal.quota_for(team)
-            snap = portal.book.snapshot()
+            st = portal.standing(who.name, team)
+            q = st.quota
             return MeOut(
                 name=who.name, admin=who.admin, teams=portal.cfg.teams_of(who.name, list(who.groups)), team=team,
                 quota=QuotaOut(gpu_units=float(q.units), workspaces_per_user=q.workspaces_per_user, job_gpus=q.job_gpus),
-                usage=UsageOut(gpu_units=float(snap.units_of(team, who.name)),
-                               workspaces=snap.workspaces.get(who.name, 0), job_gpus=snap.job_gpus_of(team, who.name)))
+                usage=UsageOut(gpu_units=float(st.units_used), workspaces=st.workspaces, job_gpus=st.job_gpus))
         out = await asyncio.to_thread(compute)
         limit = await jobs.backend.team_limit(out.team)
         return out.model_copy(update={"job_limit": JobLimitOut(**limit)}) if limit else out
