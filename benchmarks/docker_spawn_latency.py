@@ -53,7 +53,8 @@ def main() -> None:
     podbay_opts = {"profile": "mig-1g.10gb", "image": "base"}
     with tempfile.TemporaryDirectory() as tmp:
         plain = Hub(DOCKER_CONFIG, Path(tmp) / "plain", free_port_block(), keep_workspaces=False,
-                    spawner="docker", extra_env=docker_env)
+                    spawner="benchmarks.plain_spawners:docker",
+                    extra_env={**docker_env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         plain.data_dir.mkdir()
         plain.start()
         podbay = Hub(DOCKER_CONFIG, Path(tmp) / "podbay", free_port_block(), keep_workspaces=False,

@@ -38,7 +38,7 @@ def main() -> None:
         with stand_in_cluster_running(tmp, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml",
                                       namespace="podbay-contract") as (_, kubeconfig):
             hubs = {}
-            for name, spawner in (("plain", "kubernetes"), ("podbay", None)):
+            for name, spawner in (("plain", "benchmarks.plain_spawners:kubernetes"), ("podbay", None)):
                 cfg = yaml.safe_load(CONTRACT.read_text())
                 cfg["backend"] = "kubernetes"
                 # Each hub its own namespace: both name their pod jupyter-alice--bench.
@@ -46,7 +46,7 @@ def main() -> None:
                 (tmp / name).mkdir()
                 (tmp / name / "podbay.yaml").write_text(yaml.safe_dump(cfg))
                 hubs[name] = Hub(tmp / name / "podbay.yaml", tmp / name, free_port_block(), keep_workspaces=False,
-                                 spawner=spawner, extra_env={"KUBECONFIG": str(kubeconfig)})
+                                 spawner=spawner, extra_env={"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
                 hubs[name].start()
             options = {"plain": None, "podbay": {"profile": "mig-1g.10gb", "image": "base"}}
             try:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The hub imports the plain spawner from benchmarks/plain_spawners.py.
+PLAIN_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 from tests.conftest import TEST_CONFIG, Hub, free_port_block  # noqa: E402
 
@@ -51,7 +53,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=15, help="spawns per hub (default %(default)s)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        plain = Hub(TEST_CONFIG, Path(tmp) / "plain", free_port_block(), keep_workspaces=False, spawner="simple")
+        plain = Hub(TEST_CONFIG, Path(tmp) / "plain", free_port_block(), keep_workspaces=False,
+                    spawner="benchmarks.plain_spawners:simple", extra_env=PLAIN_ENV)
         plain.data_dir.mkdir()
         plain.start()
         podbay = Hub(TEST_CONFIG, Path(tmp) / "podbay", free_port_block(), keep_workspaces=False)

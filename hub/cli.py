@@ -147,7 +147,7 @@ def cmd_up(args) -> int:
     }
     env["PODBAY_BACKEND"] = backend
     if args.spawner:
-        env["PODBAY_SPAWNER"] = args.spawner
+        env["PODBAY_PLAIN_SPAWNER"] = args.spawner
     # Asked for on the loopback: an address of all interfaces answers there too.
     local_ip = "127.0.0.1" if args.ip in ("0.0.0.0", "::") or is_loopback(args.ip) else args.ip
     tls = bool(args.ssl_cert or os.environ.get("PODBAY_SSL_CERT"))
