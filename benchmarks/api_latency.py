@@ -32,7 +32,7 @@ from podbay.hub.jobs import JobRow  # noqa: E402
 from podbay.hub.quota import Demand, QuotaBook  # noqa: E402
 from podbay.hub.quota.placement import DevicePlacement  # noqa: E402
 from podbay.hub.procs import proc_start_time  # noqa: E402
-from tests.conftest import TEST_CONFIG, Hub, free_port_block  # noqa: E402
+from tests.harness import TEST_CONFIG, Hub, free_port_block  # noqa: E402
 
 
 def write_config(path: Path, nodes: int) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import DOCKER_CONFIG  # noqa: E402
+from tests.harness import DOCKER_CONFIG  # noqa: E402
 
 
 async def main() -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.spawn_latency import summarize  # noqa: E402
-from tests.conftest import Hub, free_port_block  # noqa: E402
-from tests.conftest import DOCKER_CONFIG  # noqa: E402
+from tests.harness import Hub, free_port_block  # noqa: E402
+from tests.harness import DOCKER_CONFIG  # noqa: E402
 
 
 def spawn_once(hub: Hub, options: dict | None) -> float:

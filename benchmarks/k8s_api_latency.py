@@ -1,7 +1,7 @@
 """Latency of podbay's `GET catalog` and `GET capacity` on the kubernetes backend, against the
 local backend's on the same machine, in one run.
 
-The kubernetes hub reads an emulated cluster (tests/k8s_cluster.py, API server only) of 200
+The kubernetes hub reads an emulated cluster (tests/standins/k8s_cluster.py, API server only) of 200
 GPU nodes with 8 GPUs each and 5,000 pods in its watch cache (GPU workspaces and jobs, CPU
 pods, some ended); the local hub has the same 200 nodes as its inventory and 1,000 claims in
 its quota book. 20 concurrent clients call each endpoint for 10 s, through the proxy.
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.api_latency import fill_ledger, load, pct  # noqa: E402
-from tests.conftest import Hub, free_port_block, stand_in_cluster_running  # noqa: E402
+from tests.harness import Hub, free_port_block, stand_in_cluster_running  # noqa: E402
 
 NODES, GPUS, PODS = 200, 8, 5000
 NS = "podbay"

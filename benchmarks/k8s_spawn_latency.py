@@ -1,6 +1,6 @@
 """Spawn latency on the kubernetes backend: podbay-kubernetes against plain KubeSpawner 7.1.
 
-Two hubs run side by side on 127.0.0.1 against one stand-in cluster (tests/k8s_cluster.py:
+Two hubs run side by side on 127.0.0.1 against one stand-in cluster (tests/standins/k8s_cluster.py:
 the emulated API server with its scheduler, kubelet and device plugin, which runs each pod's
 JupyterLab as a host process). The same workspace is started N times on each, alternating,
 and each time is the REST call's duration until the server answers; podbay's asks for a
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.spawn_latency import spawn_once, summarize  # noqa: E402
-from tests.conftest import Hub, free_port_block, stand_in_cluster_running  # noqa: E402
+from tests.harness import Hub, free_port_block, stand_in_cluster_running  # noqa: E402
 
 CONTRACT = ROOT / "tests" / "data" / "podbay-contract.yaml"
 

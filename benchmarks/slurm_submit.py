@@ -1,6 +1,6 @@
 """Submitting to a full Slurm partition through podbay, against plain sbatch, in one run.
 
-A real Slurm (tests/slurm_cluster.py: slurmctld, two slurmd nodes with 4 GPUs each,
+A real Slurm (tests/standins/slurm_cluster.py: slurmctld, two slurmd nodes with 4 GPUs each,
 slurmdbd on MariaDB) and a hub on the slurm backend (the contract's podbay.yaml). A job of
 the cluster's own holds all eight GPUs, so every job submitted after it waits. Then:
 

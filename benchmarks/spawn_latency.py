@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The hub imports the plain spawner from benchmarks/plain_spawners.py.
 PLAIN_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
-from tests.conftest import TEST_CONFIG, Hub, free_port_block  # noqa: E402
+from tests.harness import TEST_CONFIG, Hub, free_port_block  # noqa: E402
 
 
 def spawn_once(hub: Hub, options: dict | None) -> float:

@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import environ_of, free_port_block  # noqa: E402
+from tests.harness import environ_of, free_port_block  # noqa: E402
 
 PROFILES = ["mig-1g.10gb", "shared-1/4", "gpu-1", "cpu", "mig-3g.40gb"]
 TIMING = re.compile(r"workspace:(\S+) (?:claimed .*\(([\d.]+) ms; ([\d.]+) ms with|refused \((quota|capacity)\) in ([\d.]+) ms)")

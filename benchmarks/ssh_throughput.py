@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import TEST_CONFIG, Hub, free_port_block  # noqa: E402
+from tests.harness import TEST_CONFIG, Hub, free_port_block  # noqa: E402
 from tests.integration.test_ssh import Person, free_port  # noqa: E402
 
 WS = "bench"

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from podbay.tui.app import PodbayApp  # noqa: E402
-from tests.conftest import TEST_CONFIG, Hub, free_port_block  # noqa: E402
+from tests.harness import TEST_CONFIG, Hub, free_port_block  # noqa: E402
 from tests.unit.test_tui_snapshots import NOW, FixedClient  # noqa: E402
 
 

@@ -39,8 +39,8 @@ from podbay.hub.quota.database import HoldingRow, UsageHourRow  # noqa: E402
 from podbay.hub.usage.policy import Sampler  # noqa: E402
 from podbay.hub.usage.sources import parse_dcgm  # noqa: E402
 from podbay.hub.usage.store import UsageStore  # noqa: E402
-from tests.conftest import TEST_CONFIG, Hub, free_port_block  # noqa: E402
-from tests.dcgm_exporter import exporter_text  # noqa: E402
+from tests.harness import TEST_CONFIG, Hub, free_port_block  # noqa: E402
+from tests.standins.dcgm_exporter import exporter_text  # noqa: E402
 
 H = 3600
 

@@ -82,7 +82,7 @@ setup_system() {
     command -v ssh >/dev/null || missing+=(openssh-client)
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || missing+=(libnss-wrapper)
-    # A real Slurm for the slurm backend's tests (tests/slurm_cluster.py starts its daemons).
+    # A real Slurm for the slurm backend's tests (tests/standins/slurm_cluster.py starts its daemons).
     local slurm=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
     local pkg
     for pkg in "${slurm[@]}"; do

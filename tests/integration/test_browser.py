@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.conftest import browser_login, environ_of
+from tests.harness import browser_login, environ_of
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
 
@@ -57,7 +57,7 @@ def test_podbays_pages_capacity_jobs_and_usage(hub, browser, tmp_path):
 
     import yaml
 
-    from tests.conftest import TEST_CONFIG, wait_job
+    from tests.harness import TEST_CONFIG, wait_job
 
     shots = str(os.environ.get("PODBAY_SCREENSHOT_DIR", tmp_path))
 
@@ -183,7 +183,7 @@ def test_a_workspace_page_cannot_approve_a_login_or_act_on_pages_for_its_visitor
     import threading
 
 
-    from tests.conftest import wait_job
+    from tests.harness import wait_job
 
     # The proxy passes the whole path on, as it does to a workspace's server.
     (tmp_path / "attack" / "user" / "bob" / "puzzle").mkdir(parents=True)
@@ -282,7 +282,7 @@ def test_the_link_a_terminal_opens_before_the_login_leads_to_the_approval_of_the
     comes first, then the page's form for the code the terminal shows, then its approval."""
     import httpx
 
-    from tests.conftest import PASSWORD
+    from tests.harness import PASSWORD
 
     code = httpx.post(f"{hub.url}/services/podbay/api/v1/pairings", json={"host": "laptop"}).json()["user_code"]
     context = browser.new_context()

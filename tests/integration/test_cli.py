@@ -14,7 +14,7 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.conftest import environ_of
+from tests.harness import environ_of
 
 pytestmark = pytest.mark.hub
 

@@ -7,7 +7,7 @@ inside a workspace (a process's mount namespace, a container, a pod), how it mak
 at start, and what the engine decides itself (Kubernetes places devices and queues jobs):
 that is each backend's small driver below. A backend is done when it passes all of it.
 
-The kubernetes backend runs against the stand-in cluster of tests/k8s_cluster.py (an
+The kubernetes backend runs against the stand-in cluster of tests/standins/k8s_cluster.py (an
 emulated API server with a scheduler, a kubelet with NVIDIA's device plugin, the Job
 controller and Kueue), which holds the same GPUs as the other backends' inventory.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import (
+from tests.harness import (
     ROOT,
     Hub,
     claimed,
@@ -105,7 +105,7 @@ class LocalDriver:
 
 class SlurmDriver(LocalDriver):
     """Workspaces on this node, as on the local backend; jobs on the tests' real Slurm
-    (tests/slurm_cluster.py), which picks their GPUs (by index: no driver to name them) and
+    (tests/standins/slurm_cluster.py), which picks their GPUs (by index: no driver to name them) and
     queues them, over two nodes."""
 
     name = "slurm"
@@ -170,7 +170,7 @@ class DockerDriver:
 
 
 class KubernetesDriver:
-    """Workspaces are pods of the stand-in cluster (tests/k8s_cluster.py): read through the
+    """Workspaces are pods of the stand-in cluster (tests/standins/k8s_cluster.py): read through the
     API server; looked into in the mount namespace its kubelet made for the container. The
     PVCs are directories of its storage root, which is the hub's data directory's volumes/,
     where the other backends keep the catalog's volumes too."""

@@ -25,8 +25,8 @@ import httpx
 import yaml
 import pytest
 
-from tests.dcgm_exporter import Exporter
-from tests.conftest import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, claimed, wait_job, Hub, browser_login, hub_on, real_browser, require
+from tests.standins.dcgm_exporter import Exporter
+from tests.harness import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, claimed, wait_job, Hub, browser_login, hub_on, real_browser, require
 
 
 PREFIX = DOCKER_TEST_PREFIXES[0]

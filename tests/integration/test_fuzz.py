@@ -10,7 +10,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import TEST_CONFIG, Hub, free_port_block, have_proxy, require
+from tests.harness import TEST_CONFIG, Hub, free_port_block, have_proxy, require
 
 pytestmark = pytest.mark.hub
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import (TEST_CONFIG, browser_login, claimed, have_proxy, hub_on, real_browser, require,
+from tests.harness import (TEST_CONFIG, browser_login, claimed, have_proxy, hub_on, real_browser, require,
                             wait_job)
-from tests.dcgm_exporter import Exporter
+from tests.standins.dcgm_exporter import Exporter
 
 pytestmark = pytest.mark.hub
 

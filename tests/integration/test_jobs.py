@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import claimed, environ_of, wait_job
+from tests.harness import claimed, environ_of, wait_job
 
 pytestmark = pytest.mark.hub
 

@@ -1,4 +1,4 @@
-"""The kubernetes backend against an emulated API server (tests/k8s_emulator.py): the real
+"""The kubernetes backend against an emulated API server (tests/standins/k8s_emulator.py): the real
 kubernetes_asyncio client, podbay's watches, capacity and job backend; the tests play the
 kubelet, the Job controller and Kueue's admission, which nothing here runs."""
 
@@ -11,7 +11,7 @@ import json
 import pytest
 import yaml
 
-from tests.k8s_emulator import emulated_cluster
+from tests.standins.k8s_emulator import emulated_cluster
 from tests.unit.test_k8s import K8S_CONFIG, MIXED_H100, mixed_allocatable
 
 NS = "ml"
@@ -345,7 +345,7 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
 
     from podbay.hub import hubconfig
     from podbay.hub.backends.kubernetes.plugin import KubernetesBackend
-    from tests.conftest import ROOT, stand_in_cluster_running
+    from tests.harness import ROOT, stand_in_cluster_running
 
     values = yaml.safe_load((ROOT / "config" / "helm" / "values.yaml").read_text())
 
@@ -436,7 +436,7 @@ async def test_podbay_k8s_check_counts_the_cluster_and_names_the_nodes_it_does_n
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, stand_in_cluster_running
+    from tests.harness import ROOT, stand_in_cluster_running
 
     contract = yaml.safe_load((ROOT / "tests" / "data" / "podbay-contract.yaml").read_text())
     nodes = (ROOT / "tests" / "data" / "k8s-contract-nodes.yaml").read_text()
@@ -474,7 +474,7 @@ async def test_the_stand_in_admits_pods_as_pod_security_restricted_does_and_a_re
     from podbay.hub.config import load_config
     from podbay.hub.backends.kubernetes.objects import training_job
     from podbay.hub.backends.kubernetes.jobs import KubernetesJobs
-    from tests.k8s_cluster import CLUSTER_RESOURCES, Cluster
+    from tests.standins.k8s_cluster import CLUSTER_RESOURCES, Cluster
 
     cfg = load_config(config(tmp_path, kueue=False), "kubernetes")
     settings = cfg.kubernetes

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import TEST_CONFIG, hub_on
+from tests.harness import TEST_CONFIG, hub_on
 
 pytestmark = pytest.mark.hub
 

@@ -1,4 +1,4 @@
-"""The slurm backend against a real Slurm (tests/slurm_cluster.py: munge, MariaDB and slurmdbd,
+"""The slurm backend against a real Slurm (tests/standins/slurm_cluster.py: munge, MariaDB and slurmdbd,
 slurmctld, two slurmd nodes with four GPUs each as GRES, accounts with GPU limits).
 
 Pyxis cannot run here: these jobs run with `container: none`, and the container flags are
@@ -232,8 +232,8 @@ def shub(slurm_cluster, tmp_path_factory):
     know, and a pool names a partition it does not have."""
     import shutil
 
-    from tests.conftest import have_proxy, require
-    from tests.slurm_cluster import start_hub
+    from tests.harness import have_proxy, require
+    from tests.standins.slurm_cluster import start_hub
 
     require(have_proxy(), "configurable-http-proxy is not installed")
     tmp = tmp_path_factory.mktemp("slurm-hub")
@@ -289,7 +289,7 @@ def test_what_slurm_would_reject_is_refused_at_submit_in_its_words(shub):
 
 
 def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):
-    from tests.conftest import wait_job
+    from tests.harness import wait_job
 
     with service(shub) as api:
         job = api.post("/jobs", json={"name": "long", "image": "base", "gpus": 1, "time_limit": "2",
@@ -308,7 +308,7 @@ def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):
 
 
 def test_jobs_wait_while_slurm_is_down_and_nothing_is_lost(shub, slurm_cluster):
-    from tests.conftest import wait_job
+    from tests.harness import wait_job
 
     slurm_cluster.stop_daemon("slurmctld")
     try:
@@ -332,7 +332,7 @@ def test_a_service_killed_during_a_submit_and_a_run_leaves_one_slurm_job_each(sh
     import os
     import signal
 
-    from tests.conftest import environ_of, wait_job
+    from tests.harness import environ_of, wait_job
 
     def service_pid() -> int:
         for entry in Path("/proc").iterdir():
@@ -380,7 +380,7 @@ def test_the_cli_shows_slurms_reason_and_the_pools_nodes(shub, slurm_cluster, tm
     import subprocess
     import sys
 
-    from tests.conftest import wait_job
+    from tests.harness import wait_job
 
     env = {"PODBAY_URL": shub.url, "PODBAY_TOKEN": shub.token("alice"), "XDG_CONFIG_HOME": str(tmp_path)}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import environ_of
+from tests.harness import environ_of
 
 pytestmark = pytest.mark.hub
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import claimed, environ_of, require
+from tests.harness import claimed, environ_of, require
 
 pytestmark = pytest.mark.hub
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TEST_CONFIG, Hub, environ_of, free_port_block, have_proxy, require
+from tests.harness import ROOT, TEST_CONFIG, Hub, environ_of, free_port_block, have_proxy, require
 
 IDP = ROOT / "tests" / "idp"
 SECRET = "hub-secret-0123456789"

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import browser_login, require
+from tests.harness import browser_login, require
 
 pytestmark = pytest.mark.hub
 PODBAY = str(Path(sys.executable).parent / "podbay")

@@ -197,7 +197,7 @@ async def approve_over_http(hub, user: str, link: str, code: str) -> None:
     service's OAuth with the hub), approve the code it shows."""
     import re
 
-    from tests.conftest import PASSWORD
+    from tests.harness import PASSWORD
 
     async with httpx.AsyncClient(follow_redirects=True, timeout=30) as http:
         await http.get(f"{hub.url}/hub/login")

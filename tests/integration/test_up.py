@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, TEST_CONFIG, Hub, free_port_block, have_proxy, read_banner, require
+from tests.harness import PASSWORD, TEST_CONFIG, Hub, free_port_block, have_proxy, read_banner, require
 
 pytestmark = pytest.mark.hub
 

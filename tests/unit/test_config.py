@@ -16,7 +16,7 @@ from podbay.hub.backends.base import Backend
 from podbay.hub.cli import main
 from podbay.hub.config import ConfigError, config_model, load_config, parse_config
 
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 DEMO = ROOT / "config" / "podbay.yaml"
 

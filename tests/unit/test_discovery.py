@@ -11,7 +11,7 @@ import pytest
 from podbay.hub.cli import main
 from podbay.hub.discovery import DiscoveryError, parse_smi_output
 
-from tests.conftest import FIXTURES
+from tests.harness import FIXTURES
 
 H100 = "NVIDIA H100 80GB HBM3"
 A100_40 = "A100-SXM4-40GB"

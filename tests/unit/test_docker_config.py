@@ -14,7 +14,7 @@ from podbay.hub.config import ConfigError, load_config
 from podbay.hub.backends.docker.images import ImageBuildError, build_dir, buildable
 from podbay.hub.backends.docker.spawner import _docker_words
 
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 DEMO = ROOT / "config" / "podbay.yaml"
 

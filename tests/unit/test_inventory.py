@@ -8,7 +8,7 @@ from podbay.hub.inventory import Inventory, InventoryError
 from podbay.hub.quota import Snapshot
 from podbay.hub.quota.capacity import InventoryCapacity
 
-from tests.conftest import FIXTURES
+from tests.harness import FIXTURES
 
 
 def discovered_config(**node):

@@ -20,7 +20,7 @@ from podbay.hub.quota import Demand, QuotaBook
 from podbay.hub.training import BackendStatus, BadCursor, JobSpec, TrainingBackend
 from podbay.hub.backends.local.jobs import LocalBackend
 
-from tests.conftest import TEST_CONFIG
+from tests.harness import TEST_CONFIG
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from podbay.hub.backends.kubernetes.objects import (
 from podbay.hub.backends.kubernetes.settings import KubernetesSettings, PoolGpus, TimeSlicing
 from podbay.hub.quota import Snapshot
 
-from tests.conftest import FIXTURES
+from tests.harness import FIXTURES
 
 # z2jh 4.4 needs 1.28; kubernetes-validate's newest schemas are 1.37.
 VERSIONS = ["1.28", "1.37"]
@@ -596,7 +596,7 @@ def test_job_pods_reach_their_own_ranks_dns_and_the_internet_and_nothing_of_othe
 
 def test_job_and_workspace_pods_meet_the_restricted_pod_security_standard(cfg):
     """What the stand-in cluster's admission (the API server's Pod Security `restricted`) checks."""
-    from tests.k8s_cluster import pod_security_violations
+    from tests.standins.k8s_cluster import pod_security_violations
 
     (job,) = training_job(cfg, SETTINGS, job_id=3, name="j", user="alice", team=None, image="x", command=["t"],
                           workdir="/", env={}, volumes=["imagenet"], gpus_per_node=1, nodes=1, pool="training",

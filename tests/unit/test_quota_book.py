@@ -11,7 +11,7 @@ from podbay.hub.quota import ClaimRefused, Demand, NoCapacity, QuotaBook, QuotaE
 from podbay.hub.quota.capacity import InventoryCapacity
 from podbay.hub.quota.placement import DevicePlacement
 
-from tests.conftest import ROOT, TEST_CONFIG
+from tests.harness import ROOT, TEST_CONFIG
 
 BIG = Quota(gpu_units=100, workspaces_per_user=100, job_gpus=100)
 

@@ -14,7 +14,7 @@ import pytest
 
 from podbay.hub.workspace import podbay_sshd
 from podbay.tui import ssh
-from tests.conftest import require
+from tests.harness import require
 
 HUB = "https://podbay.example.org"
 

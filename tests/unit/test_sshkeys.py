@@ -10,7 +10,7 @@ import pytest
 
 from podbay.hub.quota import QuotaBook
 from podbay.hub.sshkeys import KeyRefused, KeyStore, parse
-from tests.conftest import require
+from tests.harness import require
 
 
 def keygen(tmp_path, kind: str, bits: list[str] = ()) -> tuple[str, str, str]:

@@ -28,8 +28,8 @@ from podbay.hub.usage.settings import parse_duration
 from podbay.hub.usage.sources import Source, parse_dcgm, parse_prometheus, read_nvml
 from podbay.hub.usage.store import Holding, Round, UsageStore
 
-from tests.conftest import TEST_CONFIG
-from tests.dcgm_exporter import exporter_text
+from tests.harness import TEST_CONFIG
+from tests.standins.dcgm_exporter import exporter_text
 
 DCGM = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "dcgm"
 GPU0 = "GPU-11111111-0000-4000-8000-000000000000"  # MIG: 3g.40gb, 2g.20gb, 2 × 1g.10gb

@@ -2,7 +2,7 @@
 device plugin and the kube-scheduler place), capacity from the cluster's own view (kept by
 the watches `serve` runs), training jobs as batch/v1 Jobs, and at hub start the quota book
 reconciled with the workspace pods that run. It passes the backend contract suite
-(tests/integration/test_contract.py) against the stand-in cluster of tests/k8s_cluster.py.
+(tests/integration/test_contract.py) against the stand-in cluster of tests/standins/k8s_cluster.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A small stand-in cluster for the kubernetes backend's end-to-end tests: the emulated API
-server (tests/k8s_emulator.py) with what a real cluster runs beside it and nothing here can:
+server (tests/standins/k8s_emulator.py) with what a real cluster runs beside it and nothing here can:
 
 - a scheduler: binds a pending pod to a node that matches its node selector, tolerates the
   node's taints and has its requests free (allocatable − requests of the node's pods that
@@ -25,7 +25,7 @@ server (tests/k8s_emulator.py) with what a real cluster runs beside it and nothi
 Containers are the host's programs: an image is a name for an entrypoint and a command (the
 IMAGES table), its filesystem is the host's, with /home a tmpfs of the pod's own. Run as
 
-    python -m tests.k8s_cluster --state DIR --nodes nodes.yaml [--apply objects.yaml]
+    python -m tests.standins.k8s_cluster --state DIR --nodes nodes.yaml [--apply objects.yaml]
 
 It prints `ready <url>` when it serves, and ends every container it started on SIGTERM.
 """
@@ -49,7 +49,7 @@ from typing import Any
 
 import yaml
 
-from tests.k8s_emulator import RESOURCES, Emulator, emulated_cluster
+from tests.standins.k8s_emulator import RESOURCES, Emulator, emulated_cluster
 
 KUEUE = "kueue.x-k8s.io/v1beta1"
 CLUSTER_RESOURCES = {

@@ -12,7 +12,7 @@ Debian's Slurm 22.05 daemons, each started here with a configuration written her
   `nlp`, to 1).
 
 Everything runs as root (SlurmUser=root), with no cgroups (proctrack/linuxproc) and no
-system service touched. `python -m tests.slurm_cluster --state DIR` runs one until Ctrl-C.
+system service touched. `python -m tests.standins.slurm_cluster --state DIR` runs one until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def missing_programs() -> list[str]:
 
 
 def free_ports(n: int) -> list[int]:
-    """n free ports, below the kernel's ephemeral range (tests/conftest.py says why)."""
-    from tests.conftest import free_port_block
+    """n free ports, below the kernel's ephemeral range (tests/harness.py says why)."""
+    from tests.harness import free_port_block
 
     base = free_port_block(n)
     return list(range(base, base + n))
@@ -114,9 +114,9 @@ def start_hub(cluster: SlurmCluster, folder: Path, edit=None):
     here) as `edit(cfg)` changes it, with its files in `folder`."""
     import yaml
 
-    from tests.conftest import Hub, free_port_block
+    from tests.harness import Hub, free_port_block
 
-    cfg = yaml.safe_load((Path(__file__).parent / "data" / "podbay-contract.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "podbay-contract.yaml").read_text())
     cfg["images"][0].pop("build", None)
     if edit is not None:
         edit(cfg)

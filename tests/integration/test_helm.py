@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, require
+from tests.harness import ROOT, require
 from tests.unit.test_k8s import valid  # strict, for the oldest and newest versions podbay supports
 
 CHART = ROOT / "tests" / "data" / "z2jh" / "jupyterhub"
@@ -62,7 +62,7 @@ def test_the_values_render_with_the_chart_into_valid_objects(kube):
     assert "hub.services.podbay.apiToken" in secret, "the chart makes the service's token"
     # The service believes X-Forwarded-For from the chart's proxy pods, found by their labels
     # (as the API server reads the selector), and from no workspace's.
-    from tests.k8s_emulator import selector_matches
+    from tests.standins.k8s_emulator import selector_matches
 
     selector = service["environment"]["PODBAY_TRUSTED_PROXY_PODS"]
     assert selector_matches(selector, by["Deployment", "proxy"]["spec"]["template"]["metadata"]["labels"].get)
