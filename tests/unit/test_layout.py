@@ -66,3 +66,32 @@ def test_no_engine_is_imported_outside_its_package():
             if re.search(r"\bfrom \S*backends\.(local|docker|kubernetes|slurm)\b|import \S*backends\.(local|docker|kubernetes|slurm)\b", line):
                 found.append(f"{rel}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_every_import_of_podbays_own_names_resolves():
+    """Each module loads, and every `from <podbay module> import name` names something there,
+    function-level imports included (they run only when called: a move can break them
+    unseen)."""
+    import ast
+    import importlib
+
+    mods = imports.modules()
+    broken = []
+    for name, (path, is_pkg) in sorted(mods.items()):
+        if name.endswith("__main__"):
+            continue
+        importlib.import_module(name)
+        base = name if is_pkg else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").startswith("podbay.")):
+                continue
+            parts = base.split(".")[: len(base.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(parts + ([node.module] if node.module else [])) if node.level else node.module
+            if module not in mods:
+                broken.append(f"{path.name}:{node.lineno}: no module {module}")
+                continue
+            loaded = importlib.import_module(module)
+            for alias in node.names:
+                if alias.name != "*" and not hasattr(loaded, alias.name) and f"{module}.{alias.name}" not in mods:
+                    broken.append(f"{path.name}:{node.lineno}: {module} has no {alias.name}")
+    assert broken == []

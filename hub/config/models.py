@@ -1,38 +1,29 @@
-"""podbay.yaml: the one file in which the platform team describes images, GPU profiles,
-pools, the node inventory, volumes, teams and quotas.
+"""podbay.yaml's shape: one pydantic model per section, each field with the comment that says
+what it is (the generated reference, docs/reference/podbay-yaml.md, reads those comments)."""
 
-Loading is two passes: pydantic checks the shape of each entry, then `_check_semantics`
-checks what refers to what (a profile's pool exists, a MIG profile exists on the GPUs of
-that pool, …). Every error carries its place (`profiles[3]`) and, when the file is YAML,
-its line, so `podbay config check` can print all of them at once.
-"""
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
 
-from .gpu import GPU_UUID, MIG_NAME, MIG_UUID, family_for, known_mig_profiles, layout_fits
-from .usage.settings import IdleSettings, UsageSettings
+from ..gpu import GPU_UUID, MIG_NAME, MIG_UUID
+from ..usage.settings import IdleSettings, UsageSettings
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 UserName = Annotated[str, Field(min_length=1, max_length=255)]
@@ -54,7 +45,7 @@ def default_config_path() -> Path:
     here = Path("config/podbay.yaml")
     if here.is_file():
         return here
-    return Path(__file__).resolve().parent / "demo" / "podbay.yaml"
+    return Path(__file__).resolve().parent.parent / "demo" / "podbay.yaml"
 
 
 class _Model(BaseModel):
@@ -63,7 +54,7 @@ class _Model(BaseModel):
 
 
 def _settings_env(v: dict[str, str]) -> dict[str, str]:
-    from .environment import check_env_name
+    from ..environment import check_env_name
 
     for name, value in v.items():
         check_env_name(name)
@@ -423,320 +414,3 @@ class PodbayConfig(_Model):
     def demo_users(self) -> list[str]:
         users = {m for t in self.teams.values() for m in t.members} | set(self.admins)
         return sorted(users)
-
-
-# --- errors -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    loc: tuple[str | int, ...]
-    message: str
-    line: int | None = None
-
-    @property
-    def place(self) -> str:
-        out = ""
-        for part in self.loc:
-            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-        return out or "(top level)"
-
-    def __str__(self) -> str:
-        where = f" (line {self.line})" if self.line else ""
-        return f"{self.place}: {self.message}{where}"
-
-
-class ConfigError(Exception):
-    def __init__(self, path: str | Path, issues: list[ConfigIssue]):
-        self.path = str(path)
-        self.issues = issues
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        n = len(self.issues)
-        lines = [f"{self.path}: {n} error{'s' if n != 1 else ''}"]
-        lines += [f"  {i}" for i in self.issues]
-        return "\n".join(lines)
-
-
-def _line_index(text: str) -> dict[tuple, int]:
-    """Map each path in a YAML document to its 1-based line."""
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return {}
-    out: dict[tuple, int] = {}
-
-    def walk(node, path):
-        out[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                out[path + (k.value,)] = k.start_mark.line + 1
-                walk(v, path + (k.value,))
-                out[path + (k.value,)] = k.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                walk(v, path + (i,))
-
-    if root is not None:
-        walk(root, ())
-    return out
-
-
-def _located(issues: list[ConfigIssue], lines: dict[tuple, int]) -> list[ConfigIssue]:
-    out = []
-    for issue in issues:
-        loc = issue.loc
-        while loc and loc not in lines:
-            loc = loc[:-1]
-        out.append(ConfigIssue(issue.loc, issue.message, lines.get(loc)))
-    return sorted(out, key=lambda i: i.line or 0)
-
-
-def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
-    issues = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (a typo?)"
-            if len(e["loc"]) == 1:
-                msg += ("; a backend's settings go under its name, for an installed backend only "
-                        f"(here: {', '.join(sections()) or 'none'}): install its package or remove the section")
-        elif e["type"] == "missing":
-            msg = "required, but missing"
-        elif e["type"] == "string_pattern_mismatch":
-            msg = f"{e['input']!r} must be lower-case letters, digits and '-'"
-        issues.append(ConfigIssue(tuple(e["loc"]), msg))
-    return issues
-
-
-@lru_cache(maxsize=1)
-def config_model() -> type[PodbayConfig]:
-    """PodbayConfig with one section per installed backend that has settings, named after
-    the backend (`docker:`) and validated by the model it declares (`Backend.settings_model`):
-    a new backend brings its section with its entry point, config.py does not change."""
-    from .backends import available, load
-
-    sections: dict[str, Any] = {}
-    for name in sorted(available()):
-        try:
-            model = load(name).settings_model()
-        except Exception:  # noqa: BLE001 - a broken plugin: said in its words if it is chosen
-            continue
-        if model is not None:
-            sections[name] = (model, Field(default_factory=model))
-    return create_model("PodbayConfig", __base__=PodbayConfig, **sections)
-
-
-def sections() -> list[str]:
-    """The backends whose settings podbay.yaml may hold, by name."""
-    return sorted(set(config_model().model_fields) - set(PodbayConfig.model_fields))
-
-
-def parse_config(data: Any, path: str | Path = "<config>", text: str | None = None,
-                 backend: str | None = None) -> PodbayConfig:
-    """Validate a podbay.yaml's data. `backend` is the one the run uses, when it overrides
-    the file's `backend:` (PODBAY_BACKEND, --backend): its checks run, not the file's."""
-    lines = _line_index(text) if text else {}
-    if not isinstance(data, dict):
-        raise ConfigError(path, [ConfigIssue((), "the file must be a mapping (images:, profiles:, …)")])
-    try:
-        cfg = config_model().model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(path, _located(_pydantic_issues(e), lines)) from None
-    issues = _check_semantics(cfg, backend or cfg.backend)
-    if issues:
-        raise ConfigError(path, _located(issues, lines))
-    return cfg
-
-
-def load_config(path: str | Path, backend: str | None = None) -> PodbayConfig:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(path, [ConfigIssue((), f"cannot read the file: {e.strerror}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(
-            path, [ConfigIssue((), f"not valid YAML: {problem}", mark.line + 1 if mark else None)]
-        ) from None
-    return parse_config(data, path, text, backend)
-
-
-# --- what refers to what ------------------------------------------------------
-
-
-def _dupes(items, key):
-    seen, out = set(), []
-    for i, item in enumerate(items):
-        k = key(item)
-        if k in seen:
-            out.append((i, k))
-        seen.add(k)
-    return out
-
-
-def _check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
-
-    def err(loc, msg):
-        issues.append(ConfigIssue(tuple(loc), msg))
-
-    from .backends import available, load
-
-    if backend not in available():
-        err(("backend",), f"unknown backend {backend!r}: the installed ones are {', '.join(sorted(available()))}")
-    else:
-        try:
-            plugin = load(backend)
-        except Exception as e:  # noqa: BLE001 - whatever the plugin's package raised on import
-            err(("backend",), f"the {backend} backend is installed but cannot be loaded ({type(e).__name__}: "
-                              f"{e}): reinstall its package, or choose another backend")
-        else:
-            # What only the run's backend knows is wrong (a queue where it has none, …).
-            for loc, msg in plugin.check(cfg):
-                err(loc, msg)
-    for team_name, team in cfg.teams.items():
-        for i, member in enumerate(team.members):
-            if not cfg.auth.name_allowed(member):
-                err(("teams", team_name, "members", i),
-                    f"{member!r} is not a name anyone can log in with (auth.username_pattern "
-                    f"{cfg.auth.username_pattern}): names are lowercase, without #, ?, / or spaces")
-    for v, volume in enumerate(cfg.volumes):
-        for i, user in enumerate(volume.allow.users):
-            if not cfg.auth.name_allowed(user):
-                err(("volumes", v, "allow", "users", i),
-                    f"{user!r} is not a name anyone can log in with (auth.username_pattern "
-                    f"{cfg.auth.username_pattern}): names are lowercase, without #, ?, / or spaces")
-    for i, admin in enumerate(cfg.admins):
-        if not cfg.auth.name_allowed(admin):
-            err(("admins", i), f"{admin!r} is not a name anyone can log in with (auth.username_pattern "
-                               f"{cfg.auth.username_pattern}): names are lowercase, without #, ?, / or spaces")
-    for i, name in _dupes(cfg.images, lambda x: x.name):
-        err(("images", i, "name"), f"image {name!r} is declared twice")
-    if sum(1 for im in cfg.images if im.default) > 1:
-        err(("images",), "more than one image says default: true")
-    for i, pid in _dupes(cfg.profiles, lambda x: x.id):
-        err(("profiles", i, "id"), f"profile {pid!r} is declared twice")
-    for i, name in _dupes(cfg.volumes, lambda x: x.name):
-        err(("volumes", i, "name"), f"volume {name!r} is declared twice")
-    for i, name in _dupes(cfg.nodes, lambda x: x.name):
-        err(("nodes", i, "name"), f"node {name!r} is declared twice")
-
-    for r, rule in enumerate(cfg.idle.rules):
-        for i, pool in enumerate(rule.pools):
-            if pool not in cfg.pools:
-                err(("idle", "rules", r, "pools", i), f"pool {pool!r} is not declared under pools: ({', '.join(cfg.pools)})")
-        for i, pid in enumerate(rule.profiles):
-            if cfg.profile(pid) is None:
-                err(("idle", "rules", r, "profiles", i), f"profile {pid!r} is not declared under profiles:")
-        if rule.action != "warn" and rule.warn_before < 2 * cfg.usage.interval:
-            err(("idle", "rules", r, "warn_before"),
-                f"warn_before ({rule.warn_before:g} s) must give the notice at least two rounds of usage.interval "
-                f"({cfg.usage.interval:g} s) before the {rule.action}")
-    if any(rule.action == "release-gpu" for rule in cfg.idle.rules):
-        cpu = cfg.profile(cfg.idle.cpu_profile)
-        if cpu is None or cpu.spec.kind != "cpu":
-            err(("idle", "cpu_profile"), f"release-gpu restarts workspaces on the CPU profile {cfg.idle.cpu_profile!r}, "
-                                         "which must be declared under profiles: (id: cpu)")
-
-    uuids: dict[str, tuple] = {}
-    for n, node in enumerate(cfg.nodes):
-        if node.pool not in cfg.pools:
-            err(("nodes", n, "pool"), f"pool {node.pool!r} is not declared under pools: ({', '.join(cfg.pools)})")
-        if node.discover and node.gpus:
-            err(("nodes", n), "give either discover: true or a gpus: list, not both")
-        if node.time_slicing and not node.discover:
-            err(("nodes", n, "time_slicing"), "time_slicing is for discovered GPUs; declared GPUs set replicas:")
-        for i, _idx in _dupes(node.gpus, lambda g: g.index):
-            err(("nodes", n, "gpus", i, "index"), f"GPU index {node.gpus[i].index} appears twice on this node")
-        for g, gpu in enumerate(node.gpus):
-            loc = ("nodes", n, "gpus", g)
-            for where, uuid in [(loc + ("uuid",), gpu.uuid)] + [
-                (loc + ("mig", m, "uuid"), d.uuid) for m, d in enumerate(gpu.mig or [])
-            ]:
-                if uuid in uuids:
-                    err(where, f"UUID {uuid} is already used at {ConfigIssue(uuids[uuid], '').place}")
-                uuids.setdefault(uuid, where)
-            if gpu.mig is not None and gpu.replicas:
-                err(loc, "podbay does not time-slice MIG devices: give either mig: or replicas:")
-            if gpu.mig is None:
-                continue
-            family = family_for(gpu.model, gpu.memory_mib)
-            if family is None:
-                err(loc + ("mig",), f"{gpu.model} does not support MIG")
-                continue
-            gi_profiles: dict[str, int] = {}
-            bad = False
-            for m, dev in enumerate(gpu.mig):
-                ci, base = split_ci(dev.profile)
-                if base not in family.profiles:
-                    err(loc + ("mig", m, "profile"), f"MIG profile {dev.profile} does not exist on {gpu.model}")
-                    bad = True
-                    continue
-                gi_profiles[base] = gi_profiles.get(base, 0) + (ci or family.profiles[base].compute_slices)
-            if not bad:
-                # Compute instances of one GPU instance share it: count whole instances.
-                layout = [
-                    p for p, used in gi_profiles.items()
-                    for _ in range(-(-used // family.profiles[p].compute_slices))
-                ]
-                if not layout_fits(family, layout):
-                    err(loc + ("mig",), f"MIG layout {' + '.join(sorted(layout))} does not fit on one {gpu.model}")
-
-    for p, prof in enumerate(cfg.profiles):
-        loc = ("profiles", p)
-        for pool in prof.pools:
-            if pool not in cfg.pools:
-                err(loc + ("pools",), f"pool {pool!r} is not declared under pools: ({', '.join(cfg.pools)})")
-        issues += [ConfigIssue(loc, msg) for msg in _profile_fit_problems(cfg, prof)]
-
-    for v, vol in enumerate(cfg.volumes):
-        for t, team in enumerate(vol.allow.teams):
-            if team not in cfg.teams:
-                err(("volumes", v, "allow", "teams", t), f"team {team!r} is not declared under teams:")
-        target = vol.target
-        if target.startswith("/") or ".." in Path(target).parts:
-            err(("volumes", v, "mount_path"), "mount_path must be a path inside the home directory, like data/imagenet")
-    return issues
-
-
-def _profile_fit_problems(cfg: PodbayConfig, prof: Profile) -> list[str]:
-    """Whether a profile can ever be placed on the declared inventory of its pools.
-
-    Pools with no declared nodes (the kubernetes backend, where the device plugin owns the
-    inventory) are only checked for a MIG name that exists on some GPU."""
-    spec = prof.spec
-    if spec.kind == "cpu":
-        return []
-    nodes = [n for n in cfg.nodes if n.pool in prof.pools]
-    if spec.kind == "mig" and split_ci(spec.mig_profile)[1] not in known_mig_profiles():
-        return [f"MIG profile {spec.mig_profile} does not exist on any GPU podbay knows"]
-    if not nodes or any(n.discover for n in nodes):
-        return []
-    gpus = [g for n in nodes for g in n.gpus]
-    pools = ", ".join(prof.pools)
-    if spec.kind == "mig":
-        mig_gpus = [g for g in gpus if g.mig is not None]
-        if not mig_gpus:
-            return [f"no GPU in pool {pools} is in MIG mode, so {prof.id} can never start"]
-        if any(spec.mig_profile in {d.profile for d in g.mig} for g in mig_gpus):
-            return []
-        models = sorted({g.model for g in mig_gpus})
-        missing = [m for m in models if split_ci(spec.mig_profile)[1] not in
-                   family_for(m, next(g.memory_mib for g in mig_gpus if g.model == m)).profiles]
-        if missing:
-            return [f"MIG profile {spec.mig_profile} does not exist on {m}" for m in missing]
-        return [f"no GPU in pool {pools} has a {spec.mig_profile} MIG device"]
-    if spec.kind == "shared":
-        if not any(g.replicas == spec.replicas for g in gpus):
-            return [f"no GPU in pool {pools} is time-sliced into {spec.replicas} (replicas: {spec.replicas})"]
-        return []
-    most = max((sum(1 for g in n.gpus if g.mig is None and not g.replicas) for n in nodes), default=0)
-    if most < spec.count:
-        return [f"no node in pool {pools} has {spec.count} whole GPUs (the most is {most})"]
-    return []
