@@ -61,7 +61,7 @@ def fill_ledger(config: Path, data_dir: Path, claims: int, jobs: int) -> None:
         for j in range(jobs):
             s.add(JobRow(name=f"job-{j}", user=f"user{j % 50}", team="vision", image="pytorch",
                          command=json.dumps(["python", "train.py"]), workdir="/tmp", volumes="[]", env="{}",
-                         gpus=1, pool="training", state="succeeded", exit_code=0, message="finished",
+                         gpus_per_node=1, pool="training", state="succeeded", exit_code=0, message="finished",
                          devices="[]", created=now, started=now, finished=now, ref="{}"))
     ledger.dispose()
 

@@ -4,6 +4,9 @@
 the keys of the view; `esc` goes back; `r` refreshes. Only the visible view refreshes
 itself, in a worker, so typing is never blocked by the network. Every failure ends in a
 notification that says what to do (`_report`), never in a crash.
+
+Long because: it is one Textual App, whose bindings, views and workers belong to one class;
+the views and the dialogs live in views.py and screens.py.
 """
 
 from __future__ import annotations

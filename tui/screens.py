@@ -1,4 +1,7 @@
-"""Dialogs and full screens of the TUI. Dialogs return typed results (`ModalScreen[T]`)."""
+"""Dialogs and full screens of the TUI. Dialogs return typed results (`ModalScreen[T]`).
+
+Long because: it holds every dialog of the TUI, each one small and on its own.
+"""
 
 from __future__ import annotations
 

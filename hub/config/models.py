@@ -1,6 +1,8 @@
 """podbay.yaml's shape: one pydantic model per section, each field with the comment that says
-what it is (the generated reference, docs/reference/podbay-yaml.md, reads those comments)."""
+what it is (the generated reference, docs/reference/podbay-yaml.md, reads those comments).
 
+Long because: it is one model per section of podbay.yaml, each small.
+"""
 
 from __future__ import annotations
 

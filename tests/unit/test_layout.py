@@ -95,3 +95,16 @@ def test_every_import_of_podbays_own_names_resolves():
                 if alias.name != "*" and not hasattr(loaded, alias.name) and f"{module}.{alias.name}" not in mods:
                     broken.append(f"{path.name}:{node.lineno}: {module} has no {alias.name}")
     assert broken == []
+
+
+def test_a_long_module_says_why_at_its_top():
+    """A module over 400 lines has a reason written in its docstring ("Long because: …"), or
+    is split: a newcomer finds one behaviour in a file they can read."""
+    import ast
+
+    long = []
+    for name, (path, _) in imports.modules().items():
+        text = path.read_text()
+        if text.count("\n") > 400 and "Long because:" not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(f"{path} ({text.count(chr(10))} lines)")
+    assert long == []

@@ -1,5 +1,8 @@
 """Training jobs as Slurm batch jobs (the slurm backend: hub/backends/slurm/).
 
+Long because: it is one TrainingBackend (submit, status, logs, cancel, limits), and what it
+makes of Slurm's commands' output belongs next to the calls.
+
 A podbay job is one `sbatch`: named `<prefix>-<id>` (how podbay finds it again, in the
 queue or in accounting, after a restart), with the person and the job's own name in its
 comment, on the pool's partition and the team's account, with `--nodes`, `--gpus-per-node`,
