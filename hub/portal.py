@@ -248,8 +248,9 @@ class Portal:
             if vol is None:
                 raise OptionsRefused(f"unknown volume {name!r}")
             if not self.may_mount(vol, user, teams):
-                who = ", ".join(vol.allow.teams + vol.allow.users)
-                raise OptionsRefused(f"you may not mount volume {name!r} (it is for {who})")
+                # Not who may: the API can be asked about any name, and the teams and people
+                # behind a volume are not everyone's to list.
+                raise OptionsRefused(f"you may not mount volume {name!r}: ask its owners or the platform team")
             volumes.append(vol)
         return volumes
 

@@ -162,6 +162,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 # cannot put them in a positional after options that follow the other positionals
 # (`podbay ssh dev --start -- nvidia-smi`).
 PASS_THROUGH = {"ssh"}
+# Which extra brings a module the portal's commands need (pyproject.toml's extras).
+EXTRA_OF = {"kubernetes_asyncio": "kubernetes", "kubespawner": "kubernetes", "docker": "docker",
+            "dockerspawner": "docker", "psycopg": "postgresql"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="podbay", description="Self-service GPU workspaces on JupyterHub.")
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         # The portal's commands on a client-only install (`pip install podbay`).
         if not args.func.__module__.startswith("podbay.hub") or (e.name or "").startswith("podbay"):
             raise
-        print(f"podbay {args.command}: this runs the portal, which needs {e.name} and the rest of the hub: "
-              "pip install 'podbay[hub]'", file=sys.stderr)
+        extra = EXTRA_OF.get((e.name or "").split(".")[0], "hub")
+        print(f"podbay {args.command}: this runs the portal, which needs {e.name}: pip install 'podbay[{extra}]'",
+              file=sys.stderr)
         return 1

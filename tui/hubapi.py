@@ -63,7 +63,9 @@ class HubAPI:
         """JupyterHub's major version (cached): 6 wraps a start's options, 5.x does not."""
         if self._major is None:
             r = await self.request("GET", "")
-            self._major = int(str(r.json().get("version", "5")).split(".")[0]) if r.status_code == 200 else 5
+            if r.status_code != 200:
+                return 6  # asked again next time; 6.x accepts the wrapped body (and so do 5.3+'s successors)
+            self._major = int(str(r.json().get("version", "6")).split(".")[0])
         return self._major
 
     def server_path(self, user: str, server: str) -> str:

@@ -23,7 +23,7 @@ def configure_on_cluster(c) -> None:
 
     settings = PodbaySpawnerMixin(config=c)
     backend = settings.podbay_backend or "kubernetes"
-    cfg, plugin = load_checked(settings.config_file, backend)
+    cfg, plugin = load_checked(settings.config_file, backend, "c.PodbaySpawnerMixin.podbay_backend")
     spawner = c.JupyterHub.get("spawner_class")
     if spawner not in (plugin.spawner, "podbay.hub.backends.kubernetes.spawner.PodbayKubeSpawner"):
         refuse(f"hub.config JupyterHub.spawner_class is {spawner!r}: podbay's {backend} backend needs "

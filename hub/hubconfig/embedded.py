@@ -147,7 +147,14 @@ def configure(c) -> None:
         import importlib
 
         module, _, function = plain.partition(":")
-        getattr(importlib.import_module(module), function)(c, config_file, data_dir)
+        try:
+            configure_plain = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError, ValueError) as e:
+            refuse(f"PODBAY_PLAIN_SPAWNER={plain!r} is not module:function of an importable module ({e}); "
+                   "it is for benchmarks/ only: unset it")
+        print(f"podbay: WARNING: PODBAY_PLAIN_SPAWNER={plain}: a plain JupyterHub spawner for benchmarks, "
+              "without podbay's service, quotas or devices; unset it for a real hub", file=sys.stderr)
+        configure_plain(c, config_file, data_dir)
         return
 
     c.PodbaySpawnerMixin.config_file = config_file

@@ -28,8 +28,9 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def load_checked(config_file: str, backend: str | None):
-    """podbay.yaml as the backend reads it, and the backend's plugin; refuse() otherwise."""
+def load_checked(config_file: str, backend: str | None, where: str = "PODBAY_BACKEND or backend: in podbay.yaml"):
+    """podbay.yaml as the backend reads it, and the backend's plugin; refuse() otherwise,
+    naming `where` the backend is chosen."""
     from ..backends import BackendError, chosen, load
     from ..config import load_config
 
@@ -40,7 +41,7 @@ def load_checked(config_file: str, backend: str | None):
     try:
         plugin = load(chosen(cfg, backend or None))
     except BackendError as e:
-        refuse(f"{e} (PODBAY_BACKEND or backend: in podbay.yaml)")
+        refuse(f"{e} ({where})")
     return cfg, plugin
 
 
@@ -58,7 +59,9 @@ def start_portal(cfg, plugin, config_file: str, db_url: str, data_dir: str, hub_
     try:
         side = plugin.start_hub(cfg, portal, hub_port)
     except BackendError as e:
-        refuse(str(e))
+        # The engine's refusal says "refusing to start the … backend" itself.
+        print(f"podbay: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     if side.released:
         print(f"podbay: released devices of {len(side.released)} workspace(s) that no longer run: "
               + ", ".join(side.released), file=sys.stderr)

@@ -23,6 +23,7 @@ from tests.unit.test_quota_book import (  # noqa: F401 - collected here again
     test_whole_gpus_come_from_one_node,
     test_workspaces_per_user,
 )
+from tests.unit.test_jobs import test_jobs_stored_before_the_rename_keep_their_gpus_per_node  # noqa: F401
 from tests.unit.test_usage import store, test_showback_from_a_scripted_history  # noqa: F401
 
 

@@ -348,29 +348,27 @@ def test_a_workspace_whose_engine_places_devices_gets_no_gpu_variable(engine_man
     assert portal.book.taken() == set() and portal.book.snapshot().units_of("vision", "alice") == Fraction(3, 7)
 
 
-def test_jobs_stored_before_the_rename_keep_their_gpus_per_node(tmp_path):
+def test_jobs_stored_before_the_rename_keep_their_gpus_per_node(db_url, tmp_path):
     """Migration 0009: the column a job's GPUs per node are stored in is renamed, not recreated
     empty: a job queued before the upgrade asks for the same GPUs after it."""
-    import sqlite3
     from pathlib import Path
 
     from alembic import command
     from alembic.config import Config
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, text
 
-    url = f"sqlite:///{tmp_path / 'book.sqlite'}"
-    engine = create_engine(url)
+    engine = create_engine(db_url)
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[2] / "hub" / "migrations"))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0008")
-    with sqlite3.connect(tmp_path / "book.sqlite") as db:
-        db.execute("INSERT INTO podbay_jobs (id, name, user, team, image, command, workdir, volumes, env, gpus, nodes, "
-                   "pool, state, message, devices, created, ref) VALUES (1, 'j', 'alice', 'vision', 'base', '[\"true\"]', "
-                   "'/w', '[]', '{}', 2, 3, 'training', 'queued', '', '[]', 5.0, '{}')")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO podbay_jobs (id, name, \"user\", team, image, command, workdir, volumes, env, "
+                          "gpus, nodes, pool, state, message, devices, created, ref) VALUES (1, 'j', 'alice', 'vision', "
+                          "'base', '[\"true\"]', '/w', '[]', '{}', 2, 3, 'training', 'queued', '', '[]', 5.0, '{}')"))
     engine.dispose()
-    portal = Portal.open(TEST_CONFIG, url, tmp_path)  # migrates to the head
+    portal = Portal.open(TEST_CONFIG, db_url, tmp_path)  # migrates to the head
     try:
         job = JobManager(portal, LocalBackend(tmp_path / "jobs")).get(1)
     finally:
