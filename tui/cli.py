@@ -166,12 +166,14 @@ PASS_THROUGH = {"ssh"}
 EXTRA_OF = {"kubernetes_asyncio": "kubernetes", "kubespawner": "kubernetes", "docker": "docker",
             "dockerspawner": "docker", "psycopg": "postgresql"}
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(portal: bool = True) -> argparse.ArgumentParser:
+    """The `podbay` parser; portal=False leaves out the commands other packages add (a client
+    command does not wait for every installed distribution's entry points to be read)."""
     p = argparse.ArgumentParser(prog="podbay", description="Self-service GPU workspaces on JupyterHub.")
     sub = p.add_subparsers(dest="command", required=True)
     # The portal's and the engines' commands, where installed. One that cannot load (a broken
     # or half-installed package) costs its own commands only, never `login` or `ssh-proxy`.
-    for ep in sorted(entry_points(group="podbay.commands"), key=lambda ep: ep.name):
+    for ep in sorted(entry_points(group="podbay.commands") if portal else (), key=lambda ep: ep.name):
         try:
             ep.load()(sub)
         except Exception as e:  # noqa: BLE001 - whatever the other package raised
@@ -189,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in PASS_THROUGH and "--" in argv:
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1:]
-    args = build_parser().parse_args(argv)
+    client = build_parser(portal=False)
+    names = next(a for a in client._actions if isinstance(a, argparse._SubParsersAction)).choices
+    # `podbay tui` and `podbay ssh-proxy` (run by ssh for every connection) start quicker.
+    parser = client if argv and argv[0] in names else build_parser()
+    args = parser.parse_args(argv)
     if rest is not None:
         args.command = [*args.command, *rest]
     try:
