@@ -30,7 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import slurm_cluster as sc  # noqa: E402
+from tests.standins import slurm_cluster as sc  # noqa: E402
 
 
 

@@ -127,7 +127,7 @@ def image(docker):
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real Slurm cluster on the loopback (tests/standins/slurm_cluster.py), one for the whole run."""
-    from tests import slurm_cluster as sc
+    from tests.standins import slurm_cluster as sc
 
     missing = sc.missing_programs()
     require(not missing, f"Slurm's programs are not installed: {', '.join(missing)}")

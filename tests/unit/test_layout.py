@@ -74,6 +74,7 @@ def test_every_import_of_podbays_own_names_resolves():
     unseen)."""
     import ast
     import importlib
+    import importlib.util
 
     mods = imports.modules()
     broken = []
@@ -108,3 +109,27 @@ def test_a_long_module_says_why_at_its_top():
         if text.count("\n") > 400 and "Long because:" not in (ast.get_docstring(ast.parse(text)) or ""):
             long.append(f"{path} ({text.count(chr(10))} lines)")
     assert long == []
+
+
+def test_the_tests_and_benchmarks_import_what_exists():
+    """`from tests… import` in the tests and the benchmarks names modules and names that exist
+    (a stand-in moved once, and only the tests that used its fixture found out)."""
+    import ast
+    import importlib
+    import importlib.util
+
+    root = HUB.parent
+    broken = []
+    for path in [*(root / "tests").rglob("*.py"), *(root / "benchmarks").glob("*.py")]:
+        if {"node_modules", "data"} & set(path.parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError as e:
+                    broken.append(f"{path.name}:{node.lineno}: {e}")
+                    continue
+                broken += [f"{path.name}:{node.lineno}: {node.module} has no {a.name}" for a in node.names
+                           if not hasattr(module, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+    assert broken == []
