@@ -172,8 +172,10 @@ def test_podbay_up_anywhere_starts_the_demo_that_ships_with_it(tmp_path):
     try:
         banner = read_banner(proc)
         assert f"podbay is running at http://127.0.0.1:{port}" in banner, banner
-        from podbay.hub.config import load_config
-        shipped = Path(load_config.__code__.co_filename).parent / "demo" / "podbay.yaml"
+        import podbay.hub
+
+        # The package's own demo folder (beside the hub's modules, wherever it is installed).
+        shipped = Path(podbay.hub.__file__).parent / "demo" / "podbay.yaml"
         assert f"config: {shipped}" in banner, banner
         r = httpx.get(f"http://127.0.0.1:{port}/hub/api", timeout=5)
         assert r.status_code == 200
