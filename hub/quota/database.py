@@ -259,18 +259,24 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (alembic), under the write lock."""
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
-        with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                # Two processes starting at once must not both create the tables.
-                conn.execute(text("SELECT pg_advisory_xact_lock(7466821)"))
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        move_schema(self.engine)
 
     def dispose(self) -> None:
         for engine in {self.engine, self.read_engine, self.durable_engine}:
             engine.dispose()
+
+
+def move_schema(engine, revision: str = "head", downgrade: bool = False) -> None:
+    """Bring the quota book's schema to `revision` (alembic): up, as every start does, or down
+    before going back to an older podbay (docs/howto/production.md)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two processes starting at once must not both create the tables.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7466821)"))
+        cfg.attributes["connection"] = conn
+        (command.downgrade if downgrade else command.upgrade)(cfg, revision)

@@ -351,18 +351,12 @@ def test_a_workspace_whose_engine_places_devices_gets_no_gpu_variable(engine_man
 def test_jobs_stored_before_the_rename_keep_their_gpus_per_node(db_url, tmp_path):
     """Migration 0009: the column a job's GPUs per node are stored in is renamed, not recreated
     empty: a job queued before the upgrade asks for the same GPUs after it."""
-    from pathlib import Path
-
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import create_engine, text
 
+    from podbay.hub.quota.database import move_schema
+
     engine = create_engine(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[2] / "hub" / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0008")
+    move_schema(engine, "0008")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO podbay_jobs (id, name, \"user\", team, image, command, workdir, volumes, env, "
                           "gpus, nodes, pool, state, message, devices, created, ref) VALUES (1, 'j', 'alice', 'vision', "

@@ -523,24 +523,18 @@ async def test_release_gpu_acts_on_the_workspace_it_decided_on_and_survives_a_re
 def test_what_runs_at_the_upgrade_gets_a_holding_with_its_devices(tmp_path):
     import sqlite3
 
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import create_engine
+
+    from podbay.hub.quota.database import move_schema
 
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     engine = create_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[2] / "hub" / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0007")
+    move_schema(engine, "0007")
     with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
         db.execute("INSERT INTO podbay_allocations (id, key, kind, user, team, profile, units_num, units_den, gpus, "
                    "created, ref) VALUES (1, 'workspace:a/w', 'workspace', 'a', 't', 'gpu-1', 1, 1, 1, 5.0, '{}')")
         db.execute(f"INSERT INTO podbay_claims (allocation_id, node, device, visible_id) VALUES (1, 'n', '{FULL2}', '{FULL2}')")
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    move_schema(engine)
     engine.dispose()
     with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
         rows = db.execute("SELECT key, devices, started, ended FROM podbay_holdings").fetchall()
