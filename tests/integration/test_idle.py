@@ -151,6 +151,10 @@ def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_acros
 def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
     hub = idle_hub
     with service(hub, "bob") as bob:
+        # Busy until the keep is asked for: on a loaded machine the spawn alone may outlast
+        # the share's 6 s rule, which would then stop it before the test could keep it.
+        before = dict(hub.exporter.util)
+        hub.exporter.util.update({u: 60.0 for u in before})
         hub.start_server("bob", "share", {"profile": "shared-1/2"})
         gpu = claimed(hub, "workspace:bob/share")
         gpu_uuid = gpu[0]  # a share's visible id is its GPU's UUID
@@ -158,6 +162,8 @@ def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
         r = bob.post("/workspaces/share/keep", json={"hours": 2})
         assert r.status_code == 400 and "at most 1h" in r.json()["message"]
         assert bob.post("/workspaces/share/keep", json={"hours": 1}).status_code == 200
+        hub.exporter.util.update(before)
+        hub.exporter.util[gpu_uuid] = 0.0
         time.sleep(8)
         assert server(hub, "bob", "share")["ready"] and not bob.get("/notices").json()
         # The keep is taken back (a shorter one). The GPU is used for a while: no streak,
