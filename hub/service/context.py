@@ -14,7 +14,7 @@ from ..sshkeys import KeyStore
 from ..usage.policy import IdlePolicy, Sampler
 from ..usage.store import UsageStore
 from .errors import ApiError
-from .hubclient import ACCESS_SCOPE, Caller, HubClient
+from .hubclient import Caller, HubClient
 
 
 @dataclass
@@ -47,10 +47,11 @@ class Service:
             raise ApiError(401, "unauthorized",
                            "the token is not valid (expired or revoked?); make a new one at /hub/token")
         if not who.may_access:
+            needed = " or ".join(sorted(hub.auth.access_scopes))
             raise ApiError(403, "missing_scope",
-                           f"this token of {who.name} lacks the scope {ACCESS_SCOPE}, which podbay's service "
+                           f"this token of {who.name} lacks the scope {needed}, which podbay's service "
                            "requires: use a token made at /hub/token without narrowing its scopes, or one "
-                           f"that includes {ACCESS_SCOPE}")
+                           f"that includes {needed}")
         return who
 
 

@@ -1,15 +1,16 @@
-"""The hub's REST API as the service uses it: resolving callers' tokens (cached for a short
-while), reading users' servers and making narrowly scoped tokens with the service's own token.
-Built on podbay.tui.hubapi.HubAPI, the one client of the hub's API (every name quoted)."""
+"""The hub's REST API as the service uses it: who a token belongs to and what it may do,
+through JupyterHub's own HubAuth (its cache, its scope checks), and reading users' servers
+and making narrowly scoped tokens with the service's own token, through
+podbay.tui.hubapi.HubAPI, the one client of the hub's API (every name quoted)."""
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from jupyterhub.services.auth import HubAuth, check_scopes
+from tornado.web import HTTPError as _HubAuthError  # how HubAuth fails (hub down, 5xx)
 
 from podbay.tui.hubapi import HubAPI
 from .errors import ApiError
@@ -30,61 +31,52 @@ class Caller:
     def reaches_all_workspaces(self) -> bool:
         """Whether this token may reach every one of the person's workspaces: what making a
         token for one, or a key that opens them all, must not exceed. A workspace's own token
-        reaches only itself."""
-        return bool({"access:servers", f"access:servers!user={self.name}"} & self.scopes)
+        reaches only itself. Filters resolved as JupyterHub does (`access:servers` covers
+        `access:servers!user=alice`; `…!server=alice/x` does not)."""
+        return bool(check_scopes({f"access:servers!user={self.name}"}, self.scopes))
 
 
 # The scope that lets a token use this service. JupyterHub resolves any token of a user,
 # whatever it was made for (a notebook extension's token, a narrowly scoped one): only
 # those granted access to podbay may act here. The hub config grants it to every user's
-# own tokens and to workspaces' tokens.
+# own tokens and to workspaces' tokens. (The hub also tells a managed service its access
+# scopes in $JUPYTERHUB_OAUTH_ACCESS_SCOPES, which HubAuth reads: that wins when set.)
 ACCESS_SCOPE = "access:services!service=podbay"
-_ACCESS_SCOPES = {"access:services", ACCESS_SCOPE}
 
 
 class HubClient:
-    """The hub's REST API, as this service sees it: resolving callers' tokens (cached for a
-    short while) and reading users' servers with the service's own token."""
+    """The hub's REST API, as this service sees it: resolving callers' tokens (HubAuth, cached
+    for `ttl` seconds) and reading users' servers with the service's own token."""
 
     def __init__(self, api_url: str, token: str, ttl: float = 30.0, transport=None):
         self.api = HubAPI(api_url, token=token, transport=transport)
-        self.ttl = ttl
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self.auth = HubAuth(api_url=api_url, api_token=token, cache_max_age=int(ttl))
+        if not self.auth.access_scopes:
+            self.auth.access_scopes = {ACCESS_SCOPE}
 
     async def resolve(self, token: str) -> Caller | None:
-        key = hashlib.sha256(token.encode()).hexdigest()
-        hit = self._cache.get(key)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
         try:
-            r = await self.api.user(headers={"Authorization": f"token {token}"})
-            if r.status_code in (401, 403):
-                caller = None
-            else:
-                r.raise_for_status()
-                model = r.json()
-                if model.get("kind", "user") != "user":
-                    caller = None
-                else:
-                    # A workspace's own token may not read the user's groups: ask as the service.
-                    full = await self.user(model["name"])
-                    scopes = frozenset(model.get("scopes") or ())
-                    caller = Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()),
-                                    may_access=bool(_ACCESS_SCOPES & scopes), scopes=scopes)
-        except httpx.HTTPError as e:
+            model = await self.auth.user_for_token(token, sync=False)
+            if model is None or model.get("kind", "user") != "user":
+                return None
+            # A workspace's own token may not read the user's groups: ask as the service.
+            full = await self.user(model["name"])
+        except (httpx.HTTPError, ApiError, _HubAuthError, OSError) as e:
             raise ApiError(503, "hub_unavailable",
                            f"JupyterHub's API is not reachable ({type(e).__name__}); try again shortly") from None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic() + self.ttl, caller)
-        return caller
+        scopes = frozenset(model.get("scopes") or ())
+        return Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()),
+                      may_access=bool(self.auth.check_scopes(self.auth.access_scopes, model)), scopes=scopes)
 
     def forget(self, token: str) -> None:
-        """Drop a token from the cache (it was revoked)."""
-        self._cache.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+        """Forget what tokens resolved to (one was revoked): HubAuth's cache is keyed its own
+        way, and revoking is rare, so all of it goes."""
+        self.auth.cache.clear()
 
     async def user(self, name: str) -> dict[str, Any]:
         r = await self.api.user(name)
+        if r.status_code >= 500:
+            raise ApiError(503, "hub_unavailable", f"JupyterHub's API answered {r.status_code}; try again shortly")
         r.raise_for_status()
         return r.json()
 

@@ -3,11 +3,14 @@ numbers from a scripted history, and /metrics as Prometheus parses it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
 import time
 import types
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -307,22 +310,41 @@ def test_showback_from_a_scripted_history(store):
 # --- the service: notices, keep, usage and /metrics --------------------------------------
 
 
-def fake_hub(users: dict[str, dict]) -> HubClient:
-    """JupyterHub's API as the service calls it: tokens are user names."""
+@contextlib.contextmanager
+def fake_hub(users: dict[str, dict]):
+    """JupyterHub's API as the service calls it, on the loopback (HubAuth asks it over HTTP):
+    tokens are user names."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        path = request.url.path.rstrip("/")
-        token = request.headers["authorization"].split()[-1]
-        if path.endswith("/user"):
-            if token not in users:
-                return httpx.Response(403)
-            return httpx.Response(200, json={"name": token, "kind": "user",
-                                             "scopes": ["access:services!service=podbay", *users[token].get("scopes", [])]})
-        name = path.rsplit("/", 1)[-1]
-        return httpx.Response(200, json={"name": name, "admin": users[name].get("admin", False),
-                                         "groups": users[name].get("groups", []), "servers": {}})
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?")[0].rstrip("/")
+            token = self.headers.get("authorization", "").split()[-1]
+            if path.endswith("/user"):
+                if token not in users:
+                    return self.reply(403, {})
+                return self.reply(200, {"name": token, "kind": "user",
+                                        "scopes": ["access:services!service=podbay", *users[token].get("scopes", [])]})
+            name = path.rsplit("/", 1)[-1]
+            self.reply(200, {"name": name, "admin": users[name].get("admin", False),
+                             "groups": users[name].get("groups", []), "servers": {}})
 
-    return HubClient("http://hub/hub/api", "service-token", transport=httpx.MockTransport(handler))
+        def reply(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield HubClient(f"http://127.0.0.1:{server.server_address[1]}/hub/api", "service-token")
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture
@@ -336,12 +358,12 @@ def service(tmp_path):
     cfg_path.write_text(yaml.safe_dump(raw))
     portal = Portal.open(cfg_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
     jobs = JobManager(portal, LocalBackend(tmp_path / "jobs"))
-    hub = fake_hub({"alice": {"groups": ["vision"]}, "bob": {"groups": ["nlp"]}, "admin": {"admin": True},
-                    "scraper": {"scopes": ["read:metrics"]}})
-    app = create_app(portal, jobs, hub, run_scheduler=False)
-    with TestClient(app) as client:
-        client.podbay = portal
-        yield client
+    with fake_hub({"alice": {"groups": ["vision"]}, "bob": {"groups": ["nlp"]}, "admin": {"admin": True},
+                   "scraper": {"scopes": ["read:metrics"]}}) as hub:
+        app = create_app(portal, jobs, hub, run_scheduler=False)
+        with TestClient(app) as client:
+            client.podbay = portal
+            yield client
     portal.book.dispose()
 
 
