@@ -95,7 +95,12 @@ def _wait_for_hub(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 def cmd_up(args) -> int:
     from .config import ConfigError, default_config_path, load_config
+    from .settings import Podbay
 
+    defaults = Podbay()
+    args.ip = args.ip or defaults.ip
+    args.port = args.port or defaults.port
+    args.data_dir = args.data_dir or defaults.data_dir
     config = Path(args.config or default_config_path()).absolute()
     try:
         cfg = load_config(config)
@@ -258,14 +263,16 @@ def register(sub) -> None:
     up = sub.add_parser("up", help="start the portal on this machine (embedded mode)")
     up.add_argument("--config", help="podbay.yaml (default: PODBAY_CONFIG, ./config/podbay.yaml, or the "
                                      "demo that ships with podbay)")
-    up.add_argument("--port", type=int, default=8000, help="public port; the hub uses +1, the proxy API +2 (127.0.0.1 only), the service +3")
-    up.add_argument("--ip", default=os.environ.get("PODBAY_IP", "127.0.0.1"),
-                    help="public address (default: %(default)s); the local backend refuses any but the loopback")
+    # Unset options fall back to c.Podbay's defaults (hub/settings.py: PODBAY_* or the default).
+    up.add_argument("--port", type=int, help="public port (default: PODBAY_PORT or 8000); the hub uses +1, "
+                                             "the proxy API +2 (127.0.0.1 only), the service +3")
+    up.add_argument("--ip", help="public address (default: PODBAY_IP or 127.0.0.1); the local backend "
+                                 "refuses any but the loopback")
     up.add_argument("--ssl-cert", help="TLS certificate (PEM) for the public port (with --ssl-key)")
     up.add_argument("--ssl-key", help="the certificate's private key")
     up.add_argument("--allow-unisolated", action="store_true",
                     help="let the local backend, whose workspaces are not isolated from each other, listen beyond the loopback")
-    up.add_argument("--data-dir", default=".podbay", help="quota book, homes, logs (default: %(default)s)")
+    up.add_argument("--data-dir", help="quota book, homes, logs (default: PODBAY_DATA_DIR or .podbay)")
     up.add_argument("--keep-workspaces", action="store_true",
                     help="leave workspaces running when the hub stops, for restarts")
     up.add_argument("--backend", help="where workspaces and jobs run, over podbay.yaml's backend: local "

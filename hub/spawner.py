@@ -14,17 +14,17 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from pathlib import Path
 
 import jinja2
 from jupyterhub.spawner import SpawnException
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Integer, Unicode, default, validate
 from traitlets.config import Configurable
 
 from .environment import workspace_env
 from .quota import Allocation, ClaimRefused, QuotaExceeded, database_url, fmt_units
 from .portal import OptionsRefused, Portal, Request
 from .secrets import SecretsUnavailable
+from .settings import Podbay
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("podbay.hub", "templates"),
@@ -57,9 +57,13 @@ class PodbaySpawnerMixin(Configurable):
         """,
     )
 
+    # Each unset one falls back to c.Podbay's (hub/settings.py: the one place of defaults).
+    def _podbay(self) -> Podbay:
+        return Podbay(config=self.config)
+
     @default("config_file")
     def _default_config_file(self):
-        return os.environ.get("PODBAY_CONFIG", "podbay.yaml")
+        return self._podbay().config_file
 
     data_dir = Unicode(
         config=True,
@@ -71,7 +75,7 @@ class PodbaySpawnerMixin(Configurable):
 
     @default("data_dir")
     def _default_data_dir(self):
-        return os.environ.get("PODBAY_DATA_DIR", os.path.abspath(".podbay"))
+        return self._podbay().data_dir
 
     db_url = Unicode(
         config=True,
@@ -83,7 +87,12 @@ class PodbaySpawnerMixin(Configurable):
 
     @default("db_url")
     def _default_db_url(self):
-        return database_url(os.environ.get("PODBAY_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'ledger.sqlite'}")
+        # c.Podbay.db_url (or PODBAY_DB_URL) if set, else SQLite in this data_dir.
+        return Podbay(config=self.config, data_dir=self.data_dir).db_url
+
+    @validate("db_url")
+    def _driver(self, proposal):
+        return database_url(proposal.value)  # as c.Podbay.db_url: postgresql:// means psycopg 3
 
     service_url = Unicode(
         "",

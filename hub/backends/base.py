@@ -55,6 +55,16 @@ class Backend:
     def describe(self, cfg: "PodbayConfig") -> str:
         return self.name
 
+    def spawner_names(self) -> set[str]:
+        """The names a JupyterHub configuration may give this backend's spawner by: its entry
+        point and the dotted path of the class it points to."""
+        from importlib.metadata import entry_points
+
+        names = {self.spawner}
+        for ep in entry_points(group="jupyterhub.spawners", name=self.spawner):
+            names.add(ep.value.replace(":", "."))
+        return names
+
     def workspace_login(self) -> str:
         """The account a workspace runs as, which `podbay ssh` logs in to: the images' user
         (images/common/install-workspace.sh makes jovyan, uid 1000)."""

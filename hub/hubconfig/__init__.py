@@ -13,7 +13,7 @@
 from .cluster import configure_on_cluster
 from .embedded import check_public_ip, configure, find_proxy
 from .login import AuthError, configure_auth, discover
-from .settings import Podbay
+from ..settings import Podbay
 from .start import BROWSER_ENV, ENGINE_ENV, _serving, harden_pages, is_loopback, limit_usernames, serve_in_hub
 
 __all__ = ["BROWSER_ENV", "ENGINE_ENV", "_serving", "AuthError", "Podbay", "check_public_ip", "configure", "configure_auth",

@@ -22,12 +22,14 @@ def configure_on_cluster(c) -> None:
     from ..spawner import PodbaySpawnerMixin
 
     settings = PodbaySpawnerMixin(config=c)
-    backend = settings.podbay_backend or "kubernetes"
-    cfg, plugin = load_checked(settings.config_file, backend, "c.PodbaySpawnerMixin.podbay_backend")
+    # Named in the values (c.PodbaySpawnerMixin.podbay_backend), else podbay.yaml's backend:.
+    cfg, plugin = load_checked(settings.config_file, settings.podbay_backend or None,
+                               "c.PodbaySpawnerMixin.podbay_backend or backend: in podbay.yaml")
+    backend = plugin.name
     spawner = c.JupyterHub.get("spawner_class")
-    if spawner not in (plugin.spawner, "podbay.hub.backends.kubernetes.spawner.PodbayKubeSpawner"):
+    if spawner not in plugin.spawner_names():
         refuse(f"hub.config JupyterHub.spawner_class is {spawner!r}: podbay's {backend} backend needs "
-               f"{plugin.spawner!r}")
+               f"{plugin.spawner!r} (or name another backend in c.PodbaySpawnerMixin.podbay_backend)")
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     # podbay.yaml's login, where it names one (else the chart's hub.config sets the authenticator).
     if cfg.auth.type != "demo":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..quota import database_url
 from .login import AuthError, configure_auth, crypt_key
-from .settings import Podbay, _env
+from ..settings import Podbay, _env
 from .start import (
     configure_culler, configure_pages, harden_pages, is_loopback, limit_usernames, load_checked, refuse,
     service_environment, start_portal,

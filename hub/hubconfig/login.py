@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .settings import _env
+from ..settings import _env
 from .start import is_loopback
 
 

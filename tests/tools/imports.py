@@ -22,7 +22,8 @@ LAYERS = [
     # 1: podbay.yaml and what a machine has
     {"podbay.hub.config", "podbay.hub.usage.settings", "podbay.hub.discovery", "podbay.hub.inventory"},
     # 2: the quota book and the stores beside it, the training engines' base
-    {"podbay.hub.quota", "podbay.hub.secrets", "podbay.hub.sshkeys", "podbay.hub.training"},
+    {"podbay.hub.quota", "podbay.hub.secrets", "podbay.hub.sshkeys", "podbay.hub.training",
+     "podbay.hub.settings"},
     # 3: the decisions
     {"podbay.hub.portal"},
     # 4: what the decisions drive: the spawner mixin, jobs, usage

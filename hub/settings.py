@@ -1,15 +1,17 @@
 """podbay's settings for the hub (`c.Podbay.<name>`), each with its environment variable
-(what `podbay up` sets) and the embedded default: the one place those defaults live."""
+(what `podbay up` sets) and its default: the one place those defaults live. The embedded
+set-up, the cluster set-up (through the spawner mixin's own traits, which fall back to
+these) and `podbay up`'s options all read them here."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Integer, Unicode, default, validate
 from traitlets.config import Configurable
 
-from ..quota import database_url
+from .quota import database_url
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -87,3 +89,9 @@ class Podbay(Configurable):
     @default("allow_unisolated")
     def _allow(self):
         return _env("PODBAY_ALLOW_UNISOLATED", "0") == "1"
+
+    @validate("db_url", "hub_db_url")
+    def _driver(self, proposal):
+        # Given or defaulted, the same URL: postgresql:// means psycopg 3 either way.
+        return database_url(proposal.value)
+
