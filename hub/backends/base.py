@@ -87,11 +87,12 @@ class Backend:
         out = [(("pools", name, "queue"),
                 f"the {self.name} backend has no queue of its own (podbay queues its jobs): remove queue")
                for name, pool in cfg.pools.items() if pool.queue]
-        out += [(("volumes", i), f"the {self.name} backend mounts a directory: give source (pvc is for kubernetes)")
-                for i, vol in enumerate(cfg.volumes) if not vol.source and not self._mounts_without_source(vol)]
+        out += [(("volumes", i), f"the {self.name} backend mounts a directory: give source")
+                for i, vol in enumerate(cfg.volumes) if not vol.source and not self._mounts_without_source(cfg, vol)]
         return out
 
-    def _mounts_without_source(self, vol) -> bool:
+    def _mounts_without_source(self, cfg: "PodbayConfig", vol) -> bool:
+        """Whether this engine provides `vol` its own way (its section of podbay.yaml)."""
         return False
 
     def placement(self, inventory: "Inventory") -> "Placement | None":

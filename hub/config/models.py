@@ -235,12 +235,10 @@ class Volume(_Model):
     name: Slug
     description: str = ""
     # A directory (relative paths live under the data directory), bind-mounted. The docker
-    # backend needs it as a path on the Docker host.
+    # backend needs it as a path on the Docker host. An engine may provide the volume its own
+    # way instead, under its own section (docker.named_volumes, kubernetes.claims): whether
+    # each volume has a source the backend can mount is the backend's check.
     source: str | None = None
-    # Docker backend: mount this Docker named volume instead of the source directory.
-    docker_volume: str | None = None
-    # Kubernetes backend: the existing PersistentVolumeClaim to mount (in podbay's namespace).
-    pvc: str | None = None
     # Where it appears in the workspace; relative to the home directory.
     mount_path: str | None = None
     read_only: bool = True
@@ -250,11 +248,18 @@ class Volume(_Model):
     def target(self) -> str:
         return self.mount_path or f"data/{self.name}"
 
-    @model_validator(mode="after")
-    def _has_a_source(self):
-        if not (self.source or self.docker_volume or self.pvc):
-            raise ValueError("give where the data is: source (a directory), docker_volume or pvc")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_fields_moved(cls, data):
+        # Before 0.9 a volume named its PVC and Docker volume itself: say where they went.
+        if isinstance(data, dict):
+            name = data.get("name", "<name>")
+            moved = {"pvc": f"kubernetes: {{claims: {{{name}: {data.get('pvc')}}}}}",
+                     "docker_volume": f"docker: {{named_volumes: {{{name}: {data.get('docker_volume')}}}}}"}
+            for key, where in moved.items():
+                if key in data:
+                    raise ValueError(f"{key} moved to its engine's section: write {where}")
+        return data
 
 
 class Quota(_Model):

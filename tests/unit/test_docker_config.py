@@ -254,3 +254,24 @@ def test_the_docker_plugin_describes_and_reconciles_from_its_own_section(monkeyp
     monkeypatch.setattr(docker_plugin, "docker_workspace_side", lambda client, settings, port: "10.0.0.1")
     side = load("docker").start_hub(cfg, types.SimpleNamespace(book=Book()), 8001)
     assert side.workspace_side == "10.0.0.1" and asked == [cfg.docker.network_name]
+
+
+def test_a_volume_may_come_from_a_docker_named_volume(tmp_path):
+    data = yaml.safe_load(DEMO.read_text())
+    first = data["volumes"][0]
+    first.pop("source")
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, "docker")
+    assert [str(i).split(" (line")[0] for i in e.value.issues] == [
+        "volumes[0]: the docker backend mounts a directory: give source"]
+    data["docker"] = {"named_volumes": {first["name"]: "datasets-ro", "imagenet-typo": "x"}}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, "docker")
+    assert [str(i).split(" (line")[0] for i in e.value.issues] == [
+        "docker.named_volumes.imagenet-typo: no volume named 'imagenet-typo' under volumes:"]
+    del data["docker"]["named_volumes"]["imagenet-typo"]
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path, "docker").docker.named_volumes == {first["name"]: "datasets-ro"}

@@ -90,14 +90,15 @@ def cfg():
         "pools": {"dev": {"node_selector": {"podbay.io/pool": "dev"}},
                   "training": {"node_selector": {"podbay.io/pool": "training"},
                                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
-        "volumes": [{"name": "imagenet", "source": "/data/imagenet", "pvc": "imagenet-ro", "read_only": True},
-                    {"name": "scratch", "source": "/data/scratch", "pvc": "team-scratch", "read_only": False}],
+        "volumes": [{"name": "imagenet", "source": "/data/imagenet", "read_only": True},
+                    {"name": "scratch", "source": "/data/scratch", "read_only": False}],
         "teams": {"vision": {"members": ["alice"], "quota": {"gpu_units": 4, "job_gpus": 16}}},
     })
 
 
 SETTINGS = KubernetesSettings(namespace="podbay", kueue=True,
                               pools={"dev": MIXED, "training": WHOLE},
+                              claims={"imagenet": "imagenet-ro", "scratch": "team-scratch"},
                               resources={"default": {"cpu": "1", "memory": "4Gi"},
                                          "gpu-8": {"cpu": "32", "memory": "512Gi", "cpu_limit": "64"}},
                               home={"storage_class": "nfs", "size": "50Gi"})
@@ -340,9 +341,9 @@ K8S_CONFIG = {
     "pools": {"dev": {"node_selector": {"podbay.io/pool": "dev"}},
               "training": {"node_selector": {"podbay.io/pool": "training"},
                            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
-    "volumes": [{"name": "imagenet", "pvc": "imagenet-ro", "allow": {"teams": ["vision"]}}],
+    "volumes": [{"name": "imagenet", "allow": {"teams": ["vision"]}}],
     "teams": {"vision": {"members": ["alice"], "quota": {"gpu_units": 8, "workspaces_per_user": 4, "job_gpus": 16}}},
-    "kubernetes": {"namespace": "ml", "pools": {"dev": {"mig_strategy": "mixed", "time_slicing": None},
+    "kubernetes": {"namespace": "ml", "claims": {"imagenet": "imagenet-ro"}, "pools": {"dev": {"mig_strategy": "mixed", "time_slicing": None},
                                                 "training": {}},
                    "resources": {"default": {"cpu": "500m", "memory": "2Gi"},
                                  "gpu-8": {"cpu": "32", "memory": "256Gi", "memory_limit": "400Gi"}},
@@ -439,7 +440,8 @@ def test_config_check_knows_the_kubernetes_rules(kubernetes_installed, tmp_path)
         load_config(path)
     said = [str(i).split(" (line")[0] for i in e.value.issues]
     assert "profiles[4]: mig-3g.40gb can never start: pool training has no MIG (kubernetes.pools.training.mig_strategy is none)" in said
-    assert "volumes[1]: the kubernetes backend mounts a PersistentVolumeClaim: give pvc" in said
+    assert ("volumes[1]: the kubernetes backend mounts a PersistentVolumeClaim: name it in kubernetes.claims "
+            "(scratch: <claim>)") in said
     assert "pools.dev.queue: a pool's queue is a Kueue LocalQueue: set kubernetes.kueue: true, or remove queue" in said
     assert len(said) == 3, said
 

@@ -69,7 +69,7 @@ class DockerBackend(TrainingBackend):
         return f"{self.settings.name_prefix}-job-{job_id}-{keyed_digest('job', job_id)}"
 
     def mount_source(self, volume, path: Path | None) -> str:
-        return volume.docker_volume or str(path)
+        return self.settings.named_volumes.get(volume.name) or str(path)
 
     def home_of(self, user: str) -> Path:
         # Workdirs and volume targets are paths inside the container, under the home volume.

@@ -21,8 +21,14 @@ class DockerBackend(Backend):
 
         return DockerSettings
 
-    def _mounts_without_source(self, vol) -> bool:
-        return bool(vol.docker_volume)
+    def _mounts_without_source(self, cfg, vol) -> bool:
+        return vol.name in cfg.docker.named_volumes
+
+    def check(self, cfg):
+        out = super().check(cfg)
+        out += [(("docker", "named_volumes", name), f"no volume named {name!r} under volumes:")
+                for name in cfg.docker.named_volumes if cfg.volume(name) is None]
+        return out
 
     def describe(self, cfg):
         if cfg.docker.network.mode == "host":
@@ -31,7 +37,7 @@ class DockerBackend(Backend):
 
     def prepare_volumes(self, cfg, portal):
         for vol in cfg.volumes:
-            if vol.docker_volume or Path(vol.source).is_absolute():
+            if vol.name in cfg.docker.named_volumes or Path(vol.source).is_absolute():
                 continue
             src = portal.volume_source(vol)
             src.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,9 @@ class DockerSettings(_Model):
     network: DockerNetwork = DockerNetwork()
     # Jobs' network: the workspaces' (above), or none at all.
     job_network: Literal["workspaces", "none"] = "workspaces"
+    # Catalog volumes mounted from a Docker named volume instead of their source directory:
+    # {volume's name: Docker volume's name}.
+    named_volumes: dict[str, str] = {}
 
     @field_validator("job_network", mode="before")
     @classmethod

@@ -112,9 +112,8 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         self.image = request.image.image
         volumes = {self.home_volume(): {"bind": HOME, "mode": "rw"}}
         for vol in request.volumes:
-            if vol.docker_volume:
-                source = vol.docker_volume
-            else:
+            source = self.docker_settings.named_volumes.get(vol.name)
+            if not source:
                 src = self.portal.volume_source(vol)
                 if not src.is_dir():
                     raise SpawnException(

@@ -81,7 +81,7 @@ class KubernetesJobs(TrainingBackend):
         return Path(HOME)
 
     def mount_source(self, volume, path):
-        return volume.pvc or ""
+        return self.settings.claims.get(volume.name, "")
 
     def job_name(self, job_id: int) -> str:
         return f"{self.settings.name_prefix}-job-{job_id}"

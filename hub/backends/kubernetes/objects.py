@@ -193,11 +193,11 @@ def volume_mounts(cfg: PodbayConfig, settings: KubernetesSettings, names: list[s
     volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": home_claim}}]
     mounts = [{"name": "home", "mountPath": HOME}]
     for name in names:
-        vol = cfg.volume(name)
-        if vol is None or not vol.pvc:
+        vol, claim = cfg.volume(name), settings.claims.get(name)
+        if vol is None or not claim:
             continue
         key = k8s_name(f"data-{safe_name(name)}", 63)
-        volumes.append({"name": key, "persistentVolumeClaim": {"claimName": vol.pvc, "readOnly": vol.read_only}})
+        volumes.append({"name": key, "persistentVolumeClaim": {"claimName": claim, "readOnly": vol.read_only}})
         mounts.append({"name": key, "mountPath": f"{HOME}/{vol.target}", "readOnly": vol.read_only})
     return volumes, mounts
 

@@ -55,8 +55,12 @@ class KubernetesBackend(Backend):
             if name not in cfg.pools:
                 out.append((("kubernetes", "pools", name), f"pool {name!r} is not declared under pools:"))
         for i, vol in enumerate(cfg.volumes):
-            if not vol.pvc:
-                out.append((("volumes", i), "the kubernetes backend mounts a PersistentVolumeClaim: give pvc"))
+            if vol.name not in settings.claims:
+                out.append((("volumes", i), "the kubernetes backend mounts a PersistentVolumeClaim: name it in "
+                                            f"kubernetes.claims ({vol.name}: <claim>)"))
+        for name in settings.claims:
+            if cfg.volume(name) is None:
+                out.append((("kubernetes", "claims", name), f"no volume named {name!r} under volumes:"))
         for name, pool in cfg.pools.items():
             if pool.queue and not settings.kueue:
                 out.append((("pools", name, "queue"), "a pool's queue is a Kueue LocalQueue: set kubernetes.kueue: true, "

@@ -20,13 +20,15 @@ scheduler for, so it is declared per pool, the way the operator was installed:
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A Kubernetes quantity: 8Gi, 500Mi, 2, 0.5, 1500m.
 QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# An object's name such as a PersistentVolumeClaim's (RFC 1123 subdomain).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class _Model(BaseModel):
@@ -109,6 +111,8 @@ class KubernetesSettings(_Model):
     # Pods, Jobs, Services and PVCs are named <prefix>-…
     name_prefix: str = Field(default="podbay", pattern=DNS_LABEL, max_length=20)
     pools: dict[str, PoolGpus] = {}
+    # Each catalog volume's PersistentVolumeClaim, in this namespace: {volume's name: claim}.
+    claims: dict[str, Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = {}
     # By profile id; `default` for profiles not named.
     resources: dict[str, Resources] = {"default": Resources(cpu="1", memory="4Gi")}
     home: Home = Home()
