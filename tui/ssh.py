@@ -17,12 +17,12 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from .credentials import Credentials
-from .hubapi import user_path
+from .hubapi import HubAPI, segment
 
 HOST_PREFIX = "podbay."
 BEGIN = "# >>> podbay >>>"
@@ -77,42 +77,44 @@ def websocket_url(hub_url: str, server_path: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/sshd/", "", ""))
 
 
-def preflight(creds: Credentials, target: str, http: httpx.Client | None = None) -> tuple[str, str, str]:
+def preflight(creds: Credentials, target: str, transport: httpx.AsyncBaseTransport | None = None
+              ) -> tuple[str, str, str]:
     """(user, workspace, WebSocket URL) of a running workspace of the person's that this
     login may reach, or SshRefused saying why not."""
-    client = http or httpx.Client(timeout=httpx.Timeout(15, connect=5))
-    headers = {"Authorization": f"token {creds.token}"}
-    api = f"{creds.url}/hub/api"
+    return asyncio.run(_preflight(creds, target, transport))
+
+
+async def _preflight(creds: Credentials, target: str, transport) -> tuple[str, str, str]:
+    hub = HubAPI(f"{creds.url}/hub/api", token=creds.token, timeout=15, transport=transport)
     name = workspace_name(target)
     try:
         try:
-            r = client.get(f"{api}/user", headers=headers)
+            r = await hub.user()
             if r.status_code in (401, 403):
                 raise SshRefused("your podbay login was not accepted (expired or revoked?): run `podbay login` again")
             me = _json(r, creds.url)
             user = me["name"]
-            r = client.get(f"{api}/{user_path(user)}", params={"include_stopped_servers": "1"}, headers=headers)
+            r = await hub.user(user)
         except httpx.HTTPError as e:
             raise SshRefused(f"cannot reach the hub at {creds.url} ({type(e).__name__}): is it running?") from None
-        if r.status_code == 403:
-            raise SshRefused("this podbay login cannot list your workspaces: run `podbay login` again")
-        server = (_json(r, creds.url).get("servers") or {}).get(name)
-        if server is None:
-            raise SshRefused(f"you have no workspace named {name}: podbay ws ls lists them")
-        if not server.get("ready"):
-            if server.get("pending") == "spawn":
-                raise SshRefused(f"{name} is starting: try again when podbay ws ls shows it ready")
-            if server.get("pending") == "stop":
-                raise SshRefused(f"{name} is stopping: start it again with podbay ssh --start {name} once it stopped")
-            raise SshRefused(f"{name} is stopped: start it with podbay ssh --start {name} (or podbay ws new {name})")
-        scopes = {s.split("!")[0] for s in me.get("scopes") or []}
-        if not scopes & {"access:servers", "inherit"}:
-            raise SshRefused("this podbay login may not reach workspaces (it was made before podbay ssh): "
-                             "run `podbay login` again")
-        return user, name, websocket_url(creds.url, server.get("url") or f"/user/{quote(user, safe='')}/{quote(name, safe='')}/")
     finally:
-        if http is None:
-            client.close()
+        await hub.aclose()
+    if r.status_code == 403:
+        raise SshRefused("this podbay login cannot list your workspaces: run `podbay login` again")
+    server = (_json(r, creds.url).get("servers") or {}).get(name)
+    if server is None:
+        raise SshRefused(f"you have no workspace named {name}: podbay ws ls lists them")
+    if not server.get("ready"):
+        if server.get("pending") == "spawn":
+            raise SshRefused(f"{name} is starting: try again when podbay ws ls shows it ready")
+        if server.get("pending") == "stop":
+            raise SshRefused(f"{name} is stopping: start it again with podbay ssh --start {name} once it stopped")
+        raise SshRefused(f"{name} is stopped: start it with podbay ssh --start {name} (or podbay ws new {name})")
+    scopes = {s.split("!")[0] for s in me.get("scopes") or []}
+    if not scopes & {"access:servers", "inherit"}:
+        raise SshRefused("this podbay login may not reach workspaces (it was made before podbay ssh): "
+                         "run `podbay login` again")
+    return user, name, websocket_url(creds.url, server.get("url") or f"/user/{segment(user)}/{segment(name)}/")
 
 
 def _json(r: httpx.Response, url: str) -> dict:
