@@ -8,10 +8,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import struct
 import time
 import unicodedata
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from sqlalchemy import Float, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -20,6 +22,8 @@ from .quota.database import Base
 KEY_TYPES = {"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"}
 MAX_KEYS = 20
+# OpenSSH's own floor is 1024 (RequiredRSASize); 2048 is what NIST and every CA ask for.
+MIN_RSA_BITS = 2048
 
 
 class KeyRefused(ValueError):
@@ -57,14 +61,24 @@ def parse(line: str) -> tuple[str, str, str]:
         raise KeyRefused("not an SSH public key: expected a line like 'ssh-ed25519 AAAA… you@laptop' "
                          f"(types: {', '.join(sorted(KEY_TYPES))})")
     kind, blob = parts[0], parts[1]
+    # Read by cryptography as sshd would read it: a type that the data contradicts, a curve
+    # point that is not one, an Ed25519 key of the wrong length, a truncated RSA modulus are
+    # refused here, not at login.
     try:
         raw = base64.b64decode(blob, validate=True)
-        (n,) = struct.unpack(">I", raw[:4])
-        inner = raw[4:4 + n].decode()
-    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+    except binascii.Error:
         raise KeyRefused("the key's data is damaged (not the base64 of an SSH key)") from None
+    # The data's own first field is its type (cryptography would only say "invalid format").
+    inner = raw[4:4 + int.from_bytes(raw[:4], "big")].decode(errors="replace") if len(raw) > 4 else ""
     if inner != kind:
         raise KeyRefused(f"the key says it is {kind} but its data is {inner or 'something else'}")
+    try:
+        key = load_ssh_public_key(f"{kind} {blob}".encode())
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise KeyRefused(f"the key's data is damaged ({str(e).rstrip('.')})") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise KeyRefused(f"this RSA key has {key.key_size} bits; podbay takes {MIN_RSA_BITS} or more "
+                         "(make an Ed25519 key: ssh-keygen -t ed25519)")
     fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
     comment = parts[2].strip()[:255] if len(parts) > 2 else ""
     return f"{kind} {blob}", fingerprint, comment

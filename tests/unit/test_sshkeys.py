@@ -79,3 +79,20 @@ def test_a_line_break_or_control_character_in_a_key_is_refused_and_never_makes_a
     text = store.authorized_keys("alice")
     assert text.count("\n") == 1 and text.startswith(f"{kind} {blob} x command=")
     book.dispose()
+
+
+def test_a_key_is_read_as_sshd_would_read_it(tmp_path):
+    import base64
+    import struct
+
+    def field(b: bytes) -> bytes:
+        return struct.pack(">I", len(b)) + b
+
+    # Well-formed base64 of the right type, but not a key: an Ed25519 point of 3 bytes.
+    short = base64.b64encode(field(b"ssh-ed25519") + field(b"\x01\x02\x03")).decode()
+    with pytest.raises(KeyRefused, match="damaged .*32 bytes"):
+        parse(f"ssh-ed25519 {short}")
+    # A weak RSA key is refused with what to make instead.
+    public, _, _ = keygen(tmp_path, "rsa", ["-b", "1024"])
+    with pytest.raises(KeyRefused, match="has 1024 bits; podbay takes 2048 or more .*ssh-keygen -t ed25519"):
+        parse(public)
