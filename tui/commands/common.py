@@ -6,17 +6,40 @@ import asyncio
 import json
 import os
 import sys
+import unicodedata
 from typing import Any, Awaitable, Callable
 
 from ..client import ClientError, PodbayClient
 from ..credentials import NotLoggedIn, resolve
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    lines = ["  ".join(str(h).upper().ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+def _visible(text: str) -> str:
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
+def print_table(rows: list[list[object]], header: list[str]) -> None:
+    """Columns as rich lays them out (wide characters counted as the terminal shows them, a
+    header in bold on a terminal); piped, plain text that is never cut to a width. Cells are
+    text, not markup: a job named "[red]x" prints as it is, and control characters in what
+    someone else wrote (a job's message, a key's comment) are shown escaped (\\x1b), never
+    sent to the terminal (rich itself drops only a few of them, not ESC)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out = Console(highlight=False, width=100_000, color_system=None)
+    t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", show_header=True)
+    for h in header:
+        t.add_column(str(h).upper(), no_wrap=not out.is_terminal, overflow="fold")
+    for r in rows:
+        t.add_row(*(Text(_visible(str(c))) for c in r))
+    with out.capture() as captured:
+        out.print(t)
+    # Lines end where their text does (rich pads the last column), as `cut` and `awk` expect.
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def run(args, fn: Callable[[PodbayClient], Awaitable[int]]) -> int:

@@ -7,13 +7,13 @@ import sys
 from typing import Any
 
 from ..client import PodbayClient
-from .common import print_json, run, table
+from .common import print_json, print_table, run
 
 
-def _job_rows(jobs: list[dict]) -> str:
-    return table([[j["id"], j["name"], j["user"], j["state"], _gpus(j),
-                    "" if j["exit_code"] is None else j["exit_code"], j["message"]] for j in jobs],
-                  ["id", "name", "user", "state", "gpus", "exit", "message"])
+def _print_jobs(jobs: list[dict]) -> None:
+    print_table([[j["id"], j["name"], j["user"], j["state"], _gpus(j),
+                 "" if j["exit_code"] is None else j["exit_code"], j["message"]] for j in jobs],
+                ["id", "name", "user", "state", "gpus", "exit", "message"])
 
 
 def _gpus(job: dict) -> str:
@@ -67,7 +67,7 @@ def cmd_job_ls(args) -> int:
         if args.json:
             print_json(jobs)
         else:
-            print(_job_rows(jobs))
+            _print_jobs(jobs)
         return 0
     return run(args, go)
 

@@ -11,7 +11,7 @@ from typing import Any
 from ..client import ClientError, PodbayClient
 from ..credentials import NotLoggedIn, resolve
 
-from .common import print_json, run, table
+from .common import print_json, print_table, run
 
 
 def cmd_ssh_proxy(args) -> int:
@@ -169,8 +169,8 @@ def cmd_keys(args) -> int:
             elif not items:
                 print("No SSH keys. podbay keys add registers your ~/.ssh/id_ed25519.pub.")
             else:
-                print(table([[k["fingerprint"], k["type"], k["comment"]] for k in items],
-                             ["fingerprint", "type", "comment"]))
+                print_table([[k["fingerprint"], k["type"], k["comment"]] for k in items],
+                             ["fingerprint", "type", "comment"])
             return 0
         if args.keys_command == "add":
             added = await c.add_key(line)
@@ -206,8 +206,8 @@ def cmd_secrets(args) -> int:
             else:
                 import datetime
 
-                print(table([[s["name"], datetime.datetime.fromtimestamp(s["updated"]).strftime("%Y-%m-%d %H:%M")]
-                              for s in items], ["name", "set"]))
+                print_table([[s["name"], datetime.datetime.fromtimestamp(s["updated"]).strftime("%Y-%m-%d %H:%M")]
+                              for s in items], ["name", "set"])
             return 0
         if args.secrets_command == "set":
             await c.set_secret(args.name, value)

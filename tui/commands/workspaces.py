@@ -12,7 +12,7 @@ from typing import Any
 from ..client import ClientError, PodbayClient
 from ..credentials import NotLoggedIn, resolve
 
-from .common import can_open_browser, print_json, run, table
+from .common import can_open_browser, print_json, print_table, run
 
 
 def cmd_ws_ls(args) -> int:
@@ -21,8 +21,8 @@ def cmd_ws_ls(args) -> int:
         if args.json:
             print_json([asdict(w) for w in wss])
         else:
-            print(table([[w.name, w.state, w.image, w.profile, ",".join(w.volumes) or "-"] for w in wss],
-                         ["name", "state", "image", "profile", "volumes"]))
+            print_table([[w.name, w.state, w.image, w.profile, ",".join(w.volumes) or "-"] for w in wss],
+                         ["name", "state", "image", "profile", "volumes"])
             # Where people look: an idle GPU's warning before anything happens to it.
             await _print_notices(c, warnings_only=True, lead="\n")
         return 0
@@ -97,11 +97,11 @@ def cmd_usage(args) -> int:
         fmt = "%Y-%m-%d %H:%M"
         print(f"GPU usage {time.strftime(fmt, time.localtime(out['since']))} – "
               f"{time.strftime(fmt, time.localtime(out['until']))}, per {out['by']}")
-        print(table(rows, [out["by"], "GPU-h held", "GPU-h used", "util", "starts"]))
+        print_table(rows, [out["by"], "GPU-h held", "GPU-h used", "util", "starts"])
         if out["idle_jobs"]:
             print("\nJobs that never used their GPUs:")
-            print(table([[j["job_id"], j["user"], j["profile"], j["gpus"], f"{j['hours']:.1f}"]
-                          for j in out["idle_jobs"]], ["job", "user", "profile", "gpus", "hours"]))
+            print_table([[j["job_id"], j["user"], j["profile"], j["gpus"], f"{j['hours']:.1f}"]
+                          for j in out["idle_jobs"]], ["job", "user", "profile", "gpus", "hours"])
         return 0
     return run(args, go)
 
@@ -195,12 +195,12 @@ def cmd_capacity(args) -> int:
             return 0
         rows = [[p["pool"], name, r["used"], r["free"], r["total"]]
                 for p in cap["pools"] for name, r in p["profiles"].items()]
-        print(table(rows, ["pool", "profile", "used", "free", "total"]))
+        print_table(rows, ["pool", "profile", "used", "free", "total"])
         out = [[p["pool"], n["name"], n["state"], n["reason"] or "-", f"{n['gpus_used']}/{n['gpus']}"]
                for p in cap["pools"] for n in p.get("nodes") or [] if not n["usable"]]
         if out:
             print("\nNodes that take no jobs now:")
-            print(table(out, ["pool", "node", "state", "reason", "gpus used"]))
+            print_table(out, ["pool", "node", "state", "reason", "gpus used"])
         return 0
     return run(args, go)
 
