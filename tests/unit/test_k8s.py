@@ -609,3 +609,28 @@ def test_job_and_workspace_pods_meet_the_restricted_pod_security_standard(cfg):
     pod["spec"]["containers"][0]["securityContext"] = {}
     assert [v.split(" (")[0] for v in pod_security_violations(pod)] == ["allowPrivilegeEscalation != false",
                                                                        "unrestricted capabilities"]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("2", 2), ("500m", Fraction(1, 2)), ("1.5", Fraction(3, 2)), ("8Gi", 8 * 2**30), ("500M", 500 * 10**6),
+    ("1e3", 1000), ("1091738596n", Fraction(1091738596, 10**9)), (".5", Fraction(1, 2)), ("4000m", 4),
+])
+def test_quantities_are_read_with_the_api_servers_grammar(text, value):
+    from podbay.hub.backends.kubernetes.quantity import parse
+
+    assert Fraction(parse(text)) == value
+
+
+@pytest.mark.parametrize("text", ["8GB", "2 cores", "1.2.3", "Gi", "", "0x10"])
+def test_what_is_no_quantity_is_refused(text):
+    from podbay.hub.backends.kubernetes.quantity import parse
+
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        parse(text)
+
+
+def test_settings_keep_quantities_as_written_and_refuse_negative_ones():
+    res = KubernetesSettings(resources={"default": {"cpu": "1e1", "memory": "8Gi"}}).resources["default"]
+    assert (res.cpu, res.memory) == ("1e1", "8Gi")
+    with pytest.raises(ValueError, match="negative"):
+        KubernetesSettings(resources={"default": {"cpu": "-1"}})

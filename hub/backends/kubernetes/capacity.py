@@ -18,20 +18,11 @@ from ...gpu import family_for, known_mig_profiles
 from ...quota.book import Snapshot
 from ...quota.capacity import CapacitySource, Usage, default_weight
 from .objects import GPU, PRODUCT, SHARED, ProfileUnavailable, gpu_ask
+from .quantity import count
 from .settings import KubernetesSettings
 from .watch import TERMINATED
 
 MIG_LABEL = "nvidia.com/mig-"
-
-
-def quantity(text: str | int | None) -> int:
-    """A count of an extended resource (they are whole numbers: "4", or "4000m" at worst)."""
-    if text is None:
-        return 0
-    s = str(text)
-    if s.endswith("m"):
-        return int(s[:-1]) // 1000
-    return int(s)
 
 
 def pod_requests(pod: dict) -> dict[str, int]:
@@ -42,7 +33,7 @@ def pod_requests(pod: dict) -> dict[str, int]:
     def of(container: dict) -> dict[str, int]:
         res = container.get("resources") or {}
         asked = {**(res.get("limits") or {}), **(res.get("requests") or {})}
-        return {k: quantity(v) for k, v in asked.items() if k.startswith("nvidia.com/")}
+        return {k: count(v) for k, v in asked.items() if k.startswith("nvidia.com/")}
 
     total: dict[str, int] = {}
     for c in spec.get("containers") or []:
@@ -78,7 +69,7 @@ def gpu_nodes(nodes: Iterable[dict], pods: Iterable[dict]) -> list[NodeGpus]:
         meta, status = node.get("metadata") or {}, node.get("status") or {}
         if (node.get("spec") or {}).get("unschedulable"):
             continue  # cordoned: nothing new lands there
-        alloc = {k: quantity(v) for k, v in (status.get("allocatable") or {}).items() if k.startswith("nvidia.com/")}
+        alloc = {k: count(v) for k, v in (status.get("allocatable") or {}).items() if k.startswith("nvidia.com/")}
         out.append(NodeGpus(meta["name"], dict(meta.get("labels") or {}), alloc, used.get(meta["name"], {})))
     return out
 

@@ -142,25 +142,6 @@ def labels(*, user: str, team: str | None, profile: str, units: Fraction | None 
     return out
 
 
-_FACTORS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def cores(quantity: str | None) -> float | None:
-    """A CPU quantity in cores: "2" → 2.0, "500m" → 0.5."""
-    if quantity is None:
-        return None
-    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
-def bytes_of(quantity: str | None) -> int | None:
-    """A memory quantity in bytes: "8Gi", "500M", "1e9" is not one (settings refuse it)."""
-    if quantity is None:
-        return None
-    number = quantity.rstrip("kMGTPEi")
-    return int(float(number) * _FACTORS[quantity[len(number):]])
-
-
 def quantity_dict(resources: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in resources.items() if v is not None}
 

@@ -19,13 +19,12 @@ scheduler for, so it is declared per pool, the way the operator was installed:
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# A Kubernetes quantity: 8Gi, 500Mi, 2, 0.5, 1500m.
-QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+from .quantity import checked
+
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # An object's name such as a PersistentVolumeClaim's (RFC 1123 subdomain).
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -33,15 +32,6 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _quantity(v: str | int | float | None) -> str | None:
-    if v is None:
-        return None
-    text = str(v)
-    if not QUANTITY.match(text):
-        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 2, 500m, 8Gi")
-    return text
 
 
 class TimeSlicing(_Model):
@@ -77,7 +67,7 @@ class Resources(_Model):
     memory_limit: str | None = None
 
     _q = field_validator("cpu", "memory", "cpu_limit", "memory_limit", mode="before")(
-        lambda v: _quantity(v))
+        lambda v: checked(v))
 
 
 class Home(_Model):
@@ -93,7 +83,7 @@ class Home(_Model):
     delete_with_workspace: bool = False
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
 
-    _q = field_validator("size", mode="before")(lambda v: _quantity(v))
+    _q = field_validator("size", mode="before")(lambda v: checked(v))
 
     @model_validator(mode="after")
     def _only_own_homes_go(self):
@@ -128,7 +118,7 @@ class KubernetesSettings(_Model):
     # singleuser.networkPolicy.egress, e.g. [{to: [{ipBlock: {cidr: 10.20.0.0/16}}], ports: [{port: 443}]}].
     job_egress: list[dict] = []
 
-    _q = field_validator("kueue_cpu", "kueue_memory", mode="before")(lambda v: _quantity(v))
+    _q = field_validator("kueue_cpu", "kueue_memory", mode="before")(lambda v: checked(v))
 
     def pool(self, name: str) -> PoolGpus:
         return self.pools.get(name, PoolGpus())

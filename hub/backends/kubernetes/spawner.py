@@ -23,13 +23,12 @@ from ...portal import Request
 from ...secrets import SecretsUnavailable
 from ...spawner import PodbaySpawnerMixin
 from .api import sync_user_secret
+from .quantity import bytes_of, cores
 from .objects import (
     HOME,
     RESTRICTED_CONTAINER,
     RESTRICTED_POD,
-    bytes_of,
     container_resources,
-    cores,
     home_claim_name,
     labels,
     node_selector_of,
