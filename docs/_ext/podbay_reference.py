@@ -241,7 +241,24 @@ def hub_settings() -> str:
     return "\n".join(out)
 
 
-PAGES = {"podbay-yaml.md": podbay_yaml, "rest-api.md": rest_api, "cli.md": cli, "hub-settings.md": hub_settings}
+def metrics() -> str:
+    from podbay.hub.usage.metrics import METRICS
+
+    out = ["# Metrics", "",
+           "Generated from `podbay.hub.usage.metrics.METRICS`, which the collector builds its families "
+           "from. Served at `/services/podbay/api/v1/metrics` in Prometheus' text format, to admins and "
+           "to tokens with the `read:metrics` scope (a Prometheus scrape job sends one as a bearer "
+           "token). Counters are read from the quota book, so a restart of the service loses none; "
+           "`config/grafana-podbay.json` is a dashboard over them.", "",
+           "| metric | type | labels | what it is |", "|---|---|---|---|"]
+    for m in METRICS.values():
+        shown = f"{m.name}_total" if m.kind == "counter" else m.name
+        out.append(f"| `{shown}` | {m.kind} | {', '.join(f'`{x}`' for x in m.labels)} | {_cell(m.help)} |")
+    return "\n".join(out)
+
+
+PAGES = {"podbay-yaml.md": podbay_yaml, "rest-api.md": rest_api, "cli.md": cli, "hub-settings.md": hub_settings,
+         "metrics.md": metrics}
 
 
 def generate(_app=None) -> None:

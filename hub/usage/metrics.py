@@ -5,7 +5,7 @@ database)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -17,6 +17,48 @@ if TYPE_CHECKING:
     from .store import UsageStore
 
 
+class Metric(NamedTuple):
+    name: str
+    kind: str  # "gauge" or "counter"
+    help: str
+    labels: tuple[str, ...]
+
+
+# Every family podbay exports: what collect() builds, and what docs/reference/metrics.md lists.
+METRICS: dict[str, Metric] = {m.name: m for m in [
+    Metric("podbay_capacity_devices", "gauge", "Devices per pool and kind (full, mig, shared slots), by state",
+           ("pool", "kind", "state")),
+    Metric("podbay_capacity_profile_free", "gauge", "How many more of each GPU profile fit now",
+           ("pool", "profile")),
+    Metric("podbay_gpu_units_held", "gauge", "GPU units held now (workspaces) and whole GPUs (jobs)",
+           ("team", "kind")),
+    Metric("podbay_claims", "gauge", "Workspaces and jobs holding a claim now",
+           ("kind",)),
+    Metric("podbay_jobs", "gauge", "Training jobs by state (the queue: queued, starting)",
+           ("state",)),
+    Metric("podbay_gpu_hours_held", "counter", "GPU-hours held, since the oldest kept holding",
+           ("team", "kind")),
+    Metric("podbay_gpu_hours_used", "counter", "GPU-hours used (held × measured utilisation)",
+           ("team", "kind")),
+    Metric("podbay_idle_actions", "counter",
+           "Idle rules' actions taken (warn, release-gpu, stop), carried out or not",
+           ("action",)),
+    Metric("podbay_workspace_gpu_utilization", "gauge",
+           "Mean GPU utilisation (percent) of each open GPU workspace and job over its life so far",
+           ("user", "key", "profile")),
+    Metric("podbay_workspace_idle_seconds", "gauge", "How long each GPU workspace has been idle (0: active)",
+           ("user", "key", "profile")),
+    Metric("podbay_usage_source_up", "gauge", "1 if the last utilisation read worked",
+           ("type",)),
+]}
+
+
+def family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+    m = METRICS[name]
+    make = GaugeMetricFamily if m.kind == "gauge" else CounterMetricFamily
+    return make(m.name, m.help, labels=list(m.labels))
+
+
 class PodbayCollector(Collector):
     def __init__(self, portal: "Portal", jobs: "JobManager", store: "UsageStore", sampler: "Sampler | None",
                  capacity):
@@ -24,10 +66,8 @@ class PodbayCollector(Collector):
 
     def collect(self):
         cap = self.capacity()
-        devices = GaugeMetricFamily("podbay_capacity_devices", "Devices per pool and kind (full, mig, shared slots), "
-                                    "by state", labels=["pool", "kind", "state"])
-        profiles = GaugeMetricFamily("podbay_capacity_profile_free", "How many more of each GPU profile fit now",
-                                     labels=["pool", "profile"])
+        devices = family("podbay_capacity_devices")
+        profiles = family("podbay_capacity_profile_free")
         for pool in cap.pools:
             for kind, row in pool.devices.items():
                 devices.add_metric([pool.pool, kind, "used"], row.used)
@@ -37,9 +77,8 @@ class PodbayCollector(Collector):
         yield devices
         yield profiles
 
-        held = GaugeMetricFamily("podbay_gpu_units_held", "GPU units held now (workspaces) and whole GPUs (jobs)",
-                                 labels=["team", "kind"])
-        claims = GaugeMetricFamily("podbay_claims", "Workspaces and jobs holding a claim now", labels=["kind"])
+        held = family("podbay_gpu_units_held")
+        claims = family("podbay_claims")
         totals: dict = {}
         counts: dict = {}
         for a in self.portal.book.allocations():
@@ -53,32 +92,26 @@ class PodbayCollector(Collector):
         yield held
         yield claims
 
-        queue = GaugeMetricFamily("podbay_jobs", "Training jobs by state (the queue: queued, starting)",
-                                  labels=["state"])
+        queue = family("podbay_jobs")
         for state, n in sorted(self.jobs.store.count_by_state().items()):
             queue.add_metric([state], n)
         yield queue
 
-        held_h = CounterMetricFamily("podbay_gpu_hours_held", "GPU-hours held, since the oldest kept holding",
-                                     labels=["team", "kind"])
-        used_h = CounterMetricFamily("podbay_gpu_hours_used", "GPU-hours used (held × measured utilisation)",
-                                     labels=["team", "kind"])
+        held_h = family("podbay_gpu_hours_held")
+        used_h = family("podbay_gpu_hours_used")
         for team, kind, h, u in self.store.totals():
             held_h.add_metric([team or "", kind], h)
             used_h.add_metric([team or "", kind], u)
         yield held_h
         yield used_h
 
-        acts = CounterMetricFamily("podbay_idle_actions", "Idle rules' actions taken (warn, release-gpu, stop), "
-                                   "carried out or not", labels=["action"])
+        acts = family("podbay_idle_actions")
         for action, n in sorted(self.store.action_counts().items()):
             acts.add_metric([action], n)
         yield acts
 
-        util = GaugeMetricFamily("podbay_workspace_gpu_utilization", "Mean GPU utilisation (percent) of each "
-                                 "open GPU workspace and job over its life so far", labels=["user", "key", "profile"])
-        idle = GaugeMetricFamily("podbay_workspace_idle_seconds", "How long each GPU workspace has been idle "
-                                 "(0: active)", labels=["user", "key", "profile"])
+        util = family("podbay_workspace_gpu_utilization")
+        idle = family("podbay_workspace_idle_seconds")
         for h in self.store.open_holdings():
             if not h.holds_gpu:
                 continue
@@ -90,7 +123,7 @@ class PodbayCollector(Collector):
         yield util
         yield idle
 
-        up = GaugeMetricFamily("podbay_usage_source_up", "1 if the last utilisation read worked", labels=["type"])
+        up = family("podbay_usage_source_up")
         if self.sampler is not None:
             up.add_metric([self.portal.cfg.usage.source.type], 0 if self.sampler.last_error else 1)
         yield up
@@ -102,4 +135,4 @@ def registry_for(collector: PodbayCollector) -> CollectorRegistry:
     return registry
 
 
-__all__ = ["PodbayCollector", "registry_for"]
+__all__ = ["METRICS", "Metric", "PodbayCollector", "family", "registry_for"]

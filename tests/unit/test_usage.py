@@ -427,6 +427,10 @@ def test_the_grafana_dashboard_reads_only_what_metrics_exports(service):
     # Families with no sample yet (no jobs, no actions) still announce themselves.
     exported |= set(re.findall(r"^# TYPE (\S+) ", text, re.M))
     exported |= {n + "_total" for n in re.findall(r"^# TYPE (\S+) counter", text, re.M)}
+    # Every declared family is exported, and only those (the metrics reference lists METRICS).
+    from podbay.hub.usage.metrics import METRICS
+
+    assert {n.removesuffix("_total") for n in re.findall(r"^# TYPE (\S+) ", text, re.M)} == set(METRICS)
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "config" / "grafana-podbay.json").read_text())
     used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"\bpodbay_[a-z_]+", t["expr"])}
     assert used and used <= exported, used - exported

@@ -7,6 +7,7 @@ import time
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
+from jupyterhub.services.auth import check_scopes
 
 from ..context import Service
 from ..errors import ApiError
@@ -73,7 +74,7 @@ def router(svc: Service, prefix: str) -> APIRouter:
              summary="Prometheus metrics: capacity, claims, the job queue, GPU-hours, idle actions",
              description="For admins' tokens, or any token with JupyterHub's read:metrics scope.")
     async def metrics(who: Caller = Depends(caller)):
-        if not (who.admin or "read:metrics" in who.scopes):
+        if not (who.admin or check_scopes("read:metrics", who.scopes)):
             raise ApiError(403, "forbidden", "metrics are for admins, or a token with the read:metrics scope")
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
