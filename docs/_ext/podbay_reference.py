@@ -103,7 +103,7 @@ def podbay_yaml() -> str:
 
     root = config_model()
     out = ["# podbay.yaml, field by field", "",
-           "Generated from the models that validate it (`hub/config.py`, and each engine's "
+           "Generated from the models that validate it (`hub/config/models.py`, and each engine's "
            "`settings` under `hub/backends/`): a field's text is the comment above it in the code. "
            "`podbay config check FILE` checks a file against exactly this.", ""]
     seen: set[type] = set()
@@ -117,10 +117,15 @@ def podbay_yaml() -> str:
         if model.__doc__ and model is not root and not model.__doc__.startswith(model.__name__ + "("):
             out += [inspect.cleandoc(model.__doc__), ""]
         out += ["| field | type | default | what it is |", "|---|---|---|---|"]
-        comments = field_comments(model)
+        # A model made at run time (PodbayConfig with the engines' sections) has its
+        # comments in the classes it is made from.
+        comments = {}
+        for cls in reversed(model.__mro__):
+            if isinstance(cls, type) and issubclass(cls, BaseModel) and cls is not BaseModel:
+                comments.update({k: v for k, v in field_comments(cls).items() if v})
         for name, field in model.model_fields.items():
             out.append(f"| `{name}` | `{_cell(_type_name(field.annotation))}` | {_cell(_default(field))} | "
-                       f"{_cell(comments.get(name, field.description or ''))} |")
+                       f"{_cell(comments.get(name) or field.description or '')} |")
             for sub in _models_in(field.annotation):
                 todo.append((f"{where} → {name}" if where != "podbay.yaml" else name, sub))
         out.append("")

@@ -79,7 +79,8 @@ def config_model() -> type[PodbayConfig]:
         except Exception:  # noqa: BLE001 - a broken plugin: said in its words if it is chosen
             continue
         if model is not None:
-            sections[name] = (model, Field(default_factory=model))
+            sections[name] = (model, Field(default_factory=model,
+                                           description=f"The {name} backend's settings (below)."))
     return create_model("PodbayConfig", __base__=PodbayConfig, **sections)
 
 

@@ -66,8 +66,11 @@ def _settings_env(v: dict[str, str]) -> dict[str, str]:
 
 
 class Image(_Model):
+    # The image's name in the catalog, what people and jobs ask for (`--image pytorch`).
     name: Slug
+    # What the spawn form and the TUI show.
     display_name: str
+    # A line under it on the form (frameworks, CUDA version).
     description: str = ""
     # The container image for the docker and kubernetes backends. The local backend runs
     # the hub's own Python environment and treats the image as a label.
@@ -76,6 +79,7 @@ class Image(_Model):
     build: str | None = None
     # Docker build arguments for it (CODE_SERVER_VERSION, CODE_SERVER_SOURCE: npm, …).
     build_args: dict[str, BuildArg] = {}
+    # Preselected on the form and used when a request names no image (the first image otherwise).
     default: bool = False
     # Settings every workspace and job of this image gets (not secrets: podbay.yaml is no place for them).
     env: dict[str, str] = {}
@@ -137,9 +141,14 @@ def split_ci(mig_name: str) -> tuple[int | None, str]:
 
 
 class Profile(_Model):
+    # What it offers: cpu, mig-<profile> (mig-1g.10gb), shared-1/<N> (a time-sliced share) or
+    # gpu-<N> (N whole GPUs).
     id: str
+    # The form's name for it (default: said from the id, "MIG slice 1g.10gb").
     display_name: str | None = None
+    # A line under it on the form.
     description: str = ""
+    # The pools it runs in: workspaces in the dev pool, jobs in the training pool, or both.
     pools: list[str] = ["dev"]
 
     @field_validator("id")
@@ -166,16 +175,22 @@ class Profile(_Model):
 
 
 class Pool(_Model):
+    # What the pool is for, as the capacity views show it.
     description: str = ""
     # The engine's queue for jobs of this pool, where the backend has one: a Kueue
     # LocalQueue (kubernetes), a Slurm partition (slurm).
     queue: str | None = None
+    # Kubernetes: the labels of the pool's nodes (podbay.io/pool: dev).
     node_selector: dict[str, str] = {}
+    # Kubernetes: the taints its pods tolerate (a training pool's nvidia.com/gpu:NoSchedule), as in
+    # a pod spec.
     tolerations: list[dict[str, Any]] = []
 
 
 class MigDeviceDecl(_Model):
+    # The slice's MIG profile (1g.10gb), as `nvidia-smi -L` names it.
     profile: str
+    # The MIG device's UUID (MIG-…), what CUDA_VISIBLE_DEVICES gets.
     uuid: str
     # The GPU instance id (`nvidia-smi -L` of old drivers, NVML, `nvidia-smi mig -lgi`): how
     # DCGM names a MIG instance's utilisation (GPU_I_ID), which carries no MIG UUID.
@@ -190,9 +205,14 @@ class MigDeviceDecl(_Model):
 
 
 class GpuDecl(_Model):
+    # The GPU's index on its node (nvidia-smi's).
     index: int = Field(ge=0)
+    # The GPU's UUID (GPU-…): what a workspace's CUDA_VISIBLE_DEVICES names and DCGM's utilisation
+    # is matched by.
     uuid: str
+    # Its product name (NVIDIA A100-SXM4-80GB): which MIG profiles it has and what a slice weighs.
     model: str
+    # Its memory, shown on the capacity views.
     memory_mib: int | None = Field(default=None, gt=0)
     # A list means MIG mode is on, with these devices.
     mig: list[MigDeviceDecl] | None = None
@@ -208,13 +228,18 @@ class GpuDecl(_Model):
 
 
 class TimeSlicing(_Model):
+    # How many shares each of these GPUs is offered as.
     replicas: int = Field(ge=2, le=64)
+    # The discovered GPUs (by index) offered as shares.
     gpus: list[int]
 
 
 class Node(_Model):
+    # The machine's name, as the capacity views show it.
     name: Slug
+    # The pool it belongs to (a key of pools:).
     pool: str
+    # Its GPUs, as `podbay gpus --as-inventory` prints them (or use discover).
     gpus: list[GpuDecl] = []
     # Ask NVML on this machine at hub start instead of declaring `gpus`.
     discover: bool = False
@@ -223,7 +248,9 @@ class Node(_Model):
 
 
 class Access(_Model):
+    # Teams whose members may use it.
     teams: list[str] = []
+    # People who may use it, whatever their team. Both empty: everyone.
     users: list[str] = []
 
     @property
@@ -232,7 +259,9 @@ class Access(_Model):
 
 
 class Volume(_Model):
+    # The volume's name, what people attach (`--volume imagenet`); it appears at ~/data/<name>.
     name: Slug
+    # A line under it on the form.
     description: str = ""
     # A directory (relative paths live under the data directory), bind-mounted. The docker
     # backend needs it as a path on the Docker host. An engine may provide the volume its own
@@ -241,7 +270,9 @@ class Volume(_Model):
     source: str | None = None
     # Where it appears in the workspace; relative to the home directory.
     mount_path: str | None = None
+    # Mounted read-only (datasets); false for shared scratch space.
     read_only: bool = True
+    # Who may attach it; nobody else is shown it.
     allow: Access = Access()
 
     @property
@@ -264,6 +295,7 @@ class Volume(_Model):
 
 class Quota(_Model):
     gpu_units: Decimal = Field(default=Decimal(0), ge=0, description="GPU units held by workspaces at once")
+    # Workspaces one member may run at once, GPU or not.
     workspaces_per_user: int = Field(default=2, ge=1)
     job_gpus: int = Field(default=0, ge=0, description="whole GPUs held by training jobs at once")
 
@@ -273,11 +305,14 @@ class Quota(_Model):
 
 
 class Team(_Model):
+    # The team's name as people read it.
     display_name: str | None = None
+    # Login names of its members (with auth: oidc, the provider's groups add more: idp_groups).
     members: list[UserName] = []
     # The identity provider's groups that make a person a member (auth: oidc): "/ai/vision",
     # "vision-devs". Names at the provider need not be the team's.
     idp_groups: list[str] = []
+    # What the team may hold at once, together: GPU units for workspaces, whole GPUs for jobs.
     quota: Quota = Quota()
     # Settings every workspace and job of a member gets, for the services around the cluster
     # (WANDB_BASE_URL, WANDB_ENTITY, WANDB_PROJECT); a person's own keys are secrets
@@ -299,20 +334,28 @@ class Auth(_Model):
     its issuer by discovery; the provider's groups decide teams, who may log in and admins.
     github, gitlab, azuread: OAuthenticator's own classes, their settings under `options`."""
 
+    # demo, oidc, github, gitlab or azuread (above).
     type: Literal["demo", "oidc", "github", "gitlab", "azuread"] = "demo"
+    # oidc: the provider's issuer URL (its /.well-known/openid-configuration is read at start).
     issuer: str | None = None
+    # The client podbay is registered as at the provider.
     client_id: str | None = None
     # The client secret never in this file: the name of an environment variable that holds
     # it, or a file (a mounted Kubernetes Secret) that does.
     client_secret_env: Annotated[str, StringConstraints(pattern=ENV_NAME)] | None = None
+    # A file holding the client secret (a mounted Kubernetes Secret).
     client_secret_file: str | None = None
     # The claim that names the user, and the one that lists their groups; dotted for nested
     # claims (Keycloak's realm roles: realm_access.roles).
     username_claim: str = "preferred_username"
+    # The claim that lists the user's groups (dotted for nested claims).
     groups_claim: str = "groups"
+    # The scopes podbay asks the provider for (add groups where the provider needs it for the groups
+    # claim).
     scopes: list[str] = ["openid", "profile", "email"]
     # Who may log in: members of these groups, of any team's idp_groups, or of admin_groups.
     allowed_groups: list[str] = []
+    # Members of these groups at the provider are JupyterHub admins.
     admin_groups: list[str] = []
     # Everyone the provider authenticates (then those in no team get the default quota).
     allow_all: bool = False
@@ -380,15 +423,24 @@ class Auth(_Model):
 
 
 class PodbayConfig(_Model):
+    # The catalog of workspace and job images.
     images: list[Image] = Field(min_length=1)
+    # The GPU profiles people choose from (cpu, MIG slices, shares, whole GPUs).
     profiles: list[Profile] = Field(min_length=1)
+    # Groups of nodes: where workspaces (dev) and jobs (training) run.
     pools: dict[str, Pool] = {"dev": Pool(), "training": Pool()}
+    # The GPU nodes and their GPUs, where podbay places devices itself (local, docker); the
+    # cluster's own view otherwise.
     nodes: list[Node] = []
+    # The data volumes people may attach, each with who may.
     volumes: list[Volume] = []
+    # Teams (JupyterHub groups) with their members and quotas.
     teams: dict[Slug, Team] = {}
     # Quota for users who are in no team.
     default_quota: Quota = Quota(gpu_units=Decimal(0), workspaces_per_user=1, job_gpus=0)
+    # Login names of JupyterHub admins.
     admins: list[UserName] = []
+    # How people log in.
     auth: Auth = Auth()
     # Where workspaces and jobs run: a `podbay.backends` entry point (local, docker, …).
     # PODBAY_BACKEND or --backend override it. Each installed backend's settings live under
@@ -396,6 +448,7 @@ class PodbayConfig(_Model):
     backend: Slug = "local"
     # GPU utilisation (where it is read, how long it is kept) and the idle rules.
     usage: UsageSettings = UsageSettings()
+    # What happens to GPUs left idle, and to workspaces nobody uses.
     idle: IdleSettings = IdleSettings()
 
     # Lookups used everywhere else.

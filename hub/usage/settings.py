@@ -67,11 +67,15 @@ class UsageSource(_Model):
     none: no utilisation; holdings (showback) are still recorded, idle rules never act.
     """
 
+    # dcgm, prometheus, nvml or none (above).
     type: Literal["dcgm", "prometheus", "nvml", "none"] = "none"
+    # dcgm: the exporters' /metrics URLs, one per GPU node.
     urls: list[str] = []
+    # prometheus: the server's URL (http://prometheus:9090).
     url: str | None = None
     # Prometheus only: extra label matchers for the queries, e.g. `cluster="a"`.
     selector: str = ""
+    # How long one read may take.
     timeout: Duration = Field(default=10.0, gt=0, le=120)
 
     @model_validator(mode="after")
@@ -84,6 +88,7 @@ class UsageSource(_Model):
 
 
 class UsageSettings(_Model):
+    # Where utilisation is read.
     source: UsageSource = UsageSource()
     # How often utilisation is read and the idle rules are checked.
     interval: Duration = Field(default=60.0, ge=1, le=3600)
@@ -96,14 +101,18 @@ class IdleRule(_Model):
     """One idle rule. It applies to GPU workspaces of the listed pools and/or profiles (both
     empty: every GPU workspace). The first rule that applies wins."""
 
+    # What notices and logs call the rule.
     name: str | None = None
+    # The pools it applies to (empty: all).
     pools: list[str] = []
+    # The profiles it applies to (empty: all GPU profiles).
     profiles: list[str] = []
     # GPU utilisation (percent) below which the workspace counts as idle. On several GPUs,
     # any one at or above it is activity.
     below: float = Field(default=5.0, gt=0, le=100)
     # Idle this long: the action is taken.
     after: Duration = Field(gt=0)
+    # warn (a notice only), release-gpu (restart on the CPU profile, home and volumes kept) or stop.
     action: Literal["warn", "release-gpu", "stop"] = "warn"
     # The notice comes this long before the action (release-gpu, stop).
     warn_before: Duration = Field(default=1800.0, ge=0)
@@ -123,19 +132,24 @@ class CullerSettings(_Model):
     """jupyterhub-idle-culler, run by the hub as a managed service: stops whole workspaces
     that nobody used (browser, terminal, kernels) for `timeout`, GPU or not."""
 
+    # Unused this long: the workspace is stopped.
     timeout: Duration = Field(gt=0)
+    # How often the culler looks.
     every: Duration = Field(default=600.0, gt=0)
     # Stop workspaces this old even when active (0: never).
     max_age: Duration = Field(default=0.0, ge=0)
+    # How many hub API calls it makes at once.
     concurrency: int = Field(default=10, ge=1, le=100)
 
 
 class IdleSettings(_Model):
+    # The idle rules, first match wins.
     rules: list[IdleRule] = []
     # How far ahead a person may say "keep my GPU until …" (0: they may not).
     keep_max: Duration = Field(default=8 * 3600.0, ge=0)
     # The profile a `release-gpu` restarts a workspace on.
     cpu_profile: str = "cpu"
+    # Run jupyterhub-idle-culler (unset: no culler).
     culler: CullerSettings | None = None
 
     def rule_for(self, pool: str | None, profile: str) -> IdleRule | None:

@@ -22,3 +22,16 @@ def test_the_docs_build_without_a_warning(tmp_path):
     assert "`POST /services/podbay/api/v1/jobs`" in rest and "`GET /services/podbay/api/v1/catalog`" in rest
     cli = (DOCS / "reference" / "cli.md").read_text()
     assert "## `podbay k8s check`" in cli and "## `podbay job submit`" in cli
+
+
+def test_every_podbay_yaml_field_says_what_it_is():
+    import sys
+
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        import podbay_reference
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    rows = [line for line in podbay_reference.podbay_yaml().splitlines() if line.startswith("| `")]
+    bare = [line.split("|")[1].strip() for line in rows if line.rstrip().endswith("|  |")]
+    assert rows and not bare, f"fields with no comment above them in the models: {bare}"

@@ -30,6 +30,7 @@ class DockerNetwork(_Model):
     workspace can reach whatever any other workspace, or the server itself, listens on at
     127.0.0.1. Only for a server with one user."""
 
+    # bridge or host (above).
     mode: Literal["bridge", "host"] = "bridge"
     # The bridge network's name; "<name_prefix>-net" when unset.
     name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -84,6 +85,7 @@ class DockerSettings(_Model):
     home_per_workspace: bool = False
     # Device-request driver; the NVIDIA container toolkit registers "nvidia".
     gpu_driver: str = "nvidia"
+    # Where workspace and job containers are on the network.
     network: DockerNetwork = DockerNetwork()
     # Jobs' network: the workspaces' (above), or none at all.
     job_network: Literal["workspaces", "none"] = "workspaces"

@@ -37,6 +37,7 @@ class _Model(BaseModel):
 class TimeSlicing(_Model):
     """The device plugin's `sharing.timeSlicing` for this pool's GPUs."""
 
+    # How many shares each GPU is offered as (the device plugin's replicas).
     replicas: int = Field(ge=2, le=64)
     # renameByDefault: shares are advertised as nvidia.com/gpu.shared (the operator's
     # recommended setting); false: as nvidia.com/gpu, on nodes whose product label ends in -SHARED.
@@ -61,9 +62,13 @@ class PoolGpus(_Model):
 class Resources(_Model):
     """CPU and memory of a workspace: requests, and limits (the requests when not given)."""
 
+    # CPU request (a quantity: 2, 500m).
     cpu: str | None = None
+    # Memory request (8Gi).
     memory: str | None = None
+    # CPU limit (default: the request).
     cpu_limit: str | None = None
+    # Memory limit (default: the request).
     memory_limit: str | None = None
 
     _q = field_validator("cpu", "memory", "cpu_limit", "memory_limit", mode="before")(
@@ -73,7 +78,9 @@ class Resources(_Model):
 class Home(_Model):
     """Each user's persistent home: a PVC made from a storage class."""
 
-    storage_class: str | None = None  # None: the cluster's default class
+    # The StorageClass of homes (unset: the cluster's default class).
+    storage_class: str | None = None
+    # Each home's size (a quantity: 50Gi).
     size: str = "10Gi"
     # One home per named workspace instead of one per user.
     per_workspace: bool = False
@@ -81,6 +88,8 @@ class Home(_Model):
     # its own home too. Off by default: a home is never deleted by podbay otherwise, and one
     # shared by all of a person's workspaces never is (KubeSpawner's delete_pvc would).
     delete_with_workspace: bool = False
+    # The homes' access mode; jobs mount the person's home too, so on another node than the
+    # workspace they need ReadWriteMany.
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
 
     _q = field_validator("size", mode="before")(lambda v: checked(v))
@@ -94,17 +103,20 @@ class Home(_Model):
 
 
 class KubernetesSettings(_Model):
+    # The namespace of podbay's pods, Jobs, PVCs and Secrets.
     namespace: str = Field(default="podbay", pattern=DNS_LABEL)
     # How podbay reaches the API server: in a pod, its service account; elsewhere this
     # kubeconfig file (None: KUBECONFIG, else ~/.kube/config).
     kubeconfig: str | None = None
     # Pods, Jobs, Services and PVCs are named <prefix>-…
     name_prefix: str = Field(default="podbay", pattern=DNS_LABEL, max_length=20)
+    # How the GPU operator offers each pool's GPUs (MIG strategy, time-slicing).
     pools: dict[str, PoolGpus] = {}
     # Each catalog volume's PersistentVolumeClaim, in this namespace: {volume's name: claim}.
     claims: dict[str, Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = {}
     # By profile id; `default` for profiles not named.
     resources: dict[str, Resources] = {"default": Resources(cpu="1", memory="4Gi")}
+    # Each user's persistent home.
     home: Home = Home()
     # Kueue: jobs carry kueue.x-k8s.io/queue-name of their pool's `queue` (a LocalQueue in
     # this namespace), or of their team's queue `<prefix>-<team>` when the pool names none.
@@ -112,6 +124,7 @@ class KubernetesSettings(_Model):
     # What each team's ClusterQueue admits of CPU and memory (Kueue admits only covered
     # resources); GPUs are the team's job_gpus.
     kueue_cpu: str = "1000"
+    # …and of memory.
     kueue_memory: str = "16Ti"
     # Egress rules (NetworkPolicy's own form) that job pods get beyond DNS and addresses
     # outside the cluster: what the site's workspaces get through the chart's

@@ -46,24 +46,30 @@ class SlurmSettings(_Model):
     # A team's Slurm account (default: the team's name); users in no team use default_account
     # (None: their default in Slurm).
     accounts: dict[str, str] = {}
+    # The account of users in no team (unset: their default in Slurm).
     default_account: str | None = None
+    # The QOS jobs are submitted with (--qos), if any.
     qos: str | None = None
     # --time of a job that asks for none, and the most one may ask for (Slurm's format:
     # minutes, HH:MM:SS, D-HH:MM:SS; None: the partition's own maximum decides).
     time_limit: str = "04:00:00"
+    # The most a job may ask for (unset: the partition's maximum decides).
     time_max: str | None = None
     # The GRES that counts GPUs, and a type to ask for (gpu:a100:N), if any.
     gres: str = Field("gpu", pattern=r"^[a-z][a-z0-9_]*$")
+    # The GPU type to ask for (gpu:<type>:N), if any.
     gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     # What each GPU comes with (--cpus-per-gpu, --mem-per-gpu, e.g. 16 and 200G): without
     # them a job gets one CPU per node and the partition's default memory.
     cpus_per_gpu: int | None = Field(None, ge=1, le=1024)
+    # Memory per GPU (--mem-per-gpu: 200G).
     mem_per_gpu: str | None = Field(None, pattern=r"^\d+[KMGT]?$")
     # pyxis: the job runs in the catalog image (srun --container-image, Enroot); none: as a
     # process on the nodes, for sites whose software is a shared tree.
     container: Literal["pyxis", "none"] = "pyxis"
     # Slurm job names are <job_prefix>-<podbay job id>.
     job_prefix: str = Field("podbay", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    # The port of a multi-node job's rendezvous (MASTER_PORT).
     master_port: int = Field(29500, ge=1024, le=65535)
     # How long what Slurm says of its nodes is reused before it is asked again (seconds).
     refresh: float = Field(5.0, ge=0.5, le=300)
