@@ -101,6 +101,9 @@ def cmd_up(args) -> int:
     args.ip = args.ip or defaults.ip
     args.port = args.port or defaults.port
     args.data_dir = args.data_dir or defaults.data_dir
+    args.keep_workspaces = args.keep_workspaces or defaults.keep_workspaces
+    args.allow_unisolated = args.allow_unisolated or defaults.allow_unisolated
+    args.backend = args.backend or defaults.backend or None
     config = Path(args.config or default_config_path()).absolute()
     try:
         cfg = load_config(config)
@@ -109,8 +112,8 @@ def cmd_up(args) -> int:
         return 1
     from .backends import BackendError, chosen, load
     from .hubconfig import check_public_ip, find_proxy, is_loopback
-    backend = chosen(cfg, args.backend or os.environ.get("PODBAY_BACKEND"))
-    allow_unisolated = args.allow_unisolated or os.environ.get("PODBAY_ALLOW_UNISOLATED") == "1"
+    backend = chosen(cfg, args.backend)
+    allow_unisolated = args.allow_unisolated
     try:
         plugin = load(backend)
     except BackendError as e:

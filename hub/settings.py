@@ -24,7 +24,8 @@ class Podbay(Configurable):
     before `configure(c)`; each falls back to its environment variable (what `podbay up`
     sets), then to the embedded default."""
 
-    config_file = Unicode(config=True, help="podbay.yaml (env PODBAY_CONFIG; else ./config/podbay.yaml or the shipped demo).")
+    config_file = Unicode(config=True, help="podbay.yaml (env PODBAY_CONFIG; else ./config/podbay.yaml, else "
+                                            "./podbay.yaml; never the shipped demo).")
     data_dir = Unicode(config=True, help="Ledger, homes, logs, the hub's files (env PODBAY_DATA_DIR; default .podbay).")
     ip = Unicode(config=True, help="The public address (env PODBAY_IP; default 127.0.0.1).")
     port = Integer(config=True, help="The public port (env PODBAY_PORT; default 8000). The hub uses +1, "
@@ -45,7 +46,8 @@ class Podbay(Configurable):
     def _config_file(self):
         # Never the shipped demo here: a production hub with no file named must not start
         # on the demo's made-up GPUs (`podbay up` names the demo itself when asked for none).
-        named = _env("PODBAY_CONFIG") or ("config/podbay.yaml" if Path("config/podbay.yaml").is_file() else None)
+        named = _env("PODBAY_CONFIG") or next(
+            (p for p in ("config/podbay.yaml", "podbay.yaml") if Path(p).is_file()), None)
         if not named:
             raise SystemExit("podbay: no podbay.yaml named: set c.Podbay.config_file (or PODBAY_CONFIG)")
         return os.path.abspath(named)

@@ -24,6 +24,8 @@ KEY_TYPES = {"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp3
 MAX_KEYS = 20
 # OpenSSH's own floor is 1024 (RequiredRSASize); 2048 is what NIST and every CA ask for.
 MIN_RSA_BITS = 2048
+# …and OpenSSH's ceiling (SSH_RSA_MAXIMUM_MODULUS_SIZE): a larger key would fail at login.
+MAX_RSA_BITS = 16384
 
 
 class KeyRefused(ValueError):
@@ -76,6 +78,8 @@ def parse(line: str) -> tuple[str, str, str]:
         key = load_ssh_public_key(f"{kind} {blob}".encode())
     except (ValueError, UnsupportedAlgorithm) as e:
         raise KeyRefused(f"the key's data is damaged ({str(e).rstrip('.')})") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_RSA_BITS:
+        raise KeyRefused(f"this RSA key has {key.key_size} bits; sshd refuses more than {MAX_RSA_BITS}")
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise KeyRefused(f"this RSA key has {key.key_size} bits; podbay takes {MIN_RSA_BITS} or more "
                          "(make an Ed25519 key: ssh-keygen -t ed25519)")

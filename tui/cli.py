@@ -165,6 +165,8 @@ PASS_THROUGH = {"ssh"}
 # Which extra brings a module the portal's commands need (pyproject.toml's extras).
 EXTRA_OF = {"kubernetes_asyncio": "kubernetes", "kubespawner": "kubernetes", "docker": "docker",
             "dockerspawner": "docker", "psycopg": "postgresql"}
+# An engine's own commands need that engine's extra, whichever module is missing first.
+COMMAND_EXTRA = {"images": "docker", "k8s": "kubernetes"}
 
 def build_parser(portal: bool = True) -> argparse.ArgumentParser:
     """The `podbay` parser; portal=False leaves out the commands other packages add (a client
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         # The portal's commands on a client-only install (`pip install podbay`).
         if not args.func.__module__.startswith("podbay.hub") or (e.name or "").startswith("podbay"):
             raise
-        extra = EXTRA_OF.get((e.name or "").split(".")[0], "hub")
+        extra = COMMAND_EXTRA.get(args.command) or EXTRA_OF.get((e.name or "").split(".")[0], "hub")
         print(f"podbay {args.command}: this runs the portal, which needs {e.name}: pip install 'podbay[{extra}]'",
               file=sys.stderr)
         return 1

@@ -89,7 +89,7 @@ class LoginFailed(ClientError):
 
 
 async def start_pairing(url: str, host: str, transport: httpx.AsyncBaseTransport | None = None) -> dict | None:
-    """Ask podbay's service for a login code (hub/pairing.py): its answer, or None where the
+    """Ask podbay's service for a login code (hub/service/pairing.py): its answer, or None where the
     portal has none (an older podbay: paste a token instead)."""
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=15, transport=transport) as http:
         try:

@@ -345,7 +345,7 @@ class Help(ModalScreen[None]):
 
 class Login(ModalScreen[str | None]):
     """Log in without copying a token: the portal's code and link, approved in a browser
-    (hub/pairing.py); dismissed with the new token (also stored, as `podbay login` does), or
+    (hub/service/pairing.py); dismissed with the new token (also stored, as `podbay login` does), or
     None when the person leaves."""
 
     BINDINGS = [Binding("escape", "cancel", "cancel", id="login.cancel"),

@@ -48,6 +48,18 @@ def _located(issues: list[ConfigIssue], lines: dict[tuple, int]) -> list[ConfigI
     return sorted(out, key=lambda i: i.line or 0)
 
 
+# What a pattern asks for, in words (any other is quoted as it is).
+_PATTERN_WORDS = {
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$": "must be lower-case letters, digits and '-' (at most 63)",
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$":
+        "must be a Kubernetes object name: lower-case letters, digits, '-' and '.'",
+    r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$": "must be a Docker name: letters, digits, '_', '.' and '-' (2 or more, "
+                                    "starting with a letter or digit), not a path",
+    r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$": "must be a Docker name: letters, digits, '_', '.' and '-', starting "
+                                    "with a letter or digit",
+}
+
+
 def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
     issues = []
     for e in err.errors():
@@ -60,7 +72,8 @@ def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
         elif e["type"] == "missing":
             msg = "required, but missing"
         elif e["type"] == "string_pattern_mismatch":
-            msg = f"{e['input']!r} must be lower-case letters, digits and '-'"
+            pattern = (e.get("ctx") or {}).get("pattern", "")
+            msg = f"{e['input']!r} " + _PATTERN_WORDS.get(pattern, f"does not have the form {pattern}")
         issues.append(ConfigIssue(tuple(e["loc"]), msg))
     return issues
 

@@ -23,8 +23,12 @@ def configure_on_cluster(c) -> None:
 
     settings = PodbaySpawnerMixin(config=c)
     # Named in the values (c.PodbaySpawnerMixin.podbay_backend), else podbay.yaml's backend:.
-    cfg, plugin = load_checked(settings.config_file, settings.podbay_backend or None,
-                               "c.PodbaySpawnerMixin.podbay_backend or backend: in podbay.yaml")
+    from ..settings import Podbay
+
+    named = settings.podbay_backend or Podbay(config=c).backend or None
+    cfg, plugin = load_checked(settings.config_file, named,
+                               "c.PodbaySpawnerMixin.podbay_backend, c.Podbay.backend (PODBAY_BACKEND) "
+                               "or backend: in podbay.yaml")
     backend = plugin.name
     spawner = c.JupyterHub.get("spawner_class")
     if spawner not in plugin.spawner_names():

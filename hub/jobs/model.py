@@ -134,6 +134,10 @@ class Job(BaseModel):
     started: float | None
     finished: float | None
 
+    def seen_by(self, user: str, admin: bool) -> bool:
+        """Who may read a job (its logs too) and cancel it: its owner, and admins."""
+        return self.user == user or admin
+
     @classmethod
     def from_row(cls, r: JobRow) -> "Job":
         """From a row of the jobs table (an ORM object or a plain row)."""

@@ -5,6 +5,8 @@ podbay.tui.hubapi.HubAPI, the one client of the hub's API (every name quoted).""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,39 +47,59 @@ ACCESS_SCOPE = "access:services!service=podbay"
 
 
 class HubClient:
-    """The hub's REST API, as this service sees it: resolving callers' tokens (HubAuth, cached
-    for `ttl` seconds) and reading users' servers with the service's own token."""
+    """The hub's REST API, as this service sees it: resolving callers' tokens and reading
+    users' servers with the service's own token. A caller (who, admin, groups, scopes) is
+    kept `ttl` seconds: HubAuth keeps the token's model, this the user's groups beside it,
+    so a request within the ttl costs the hub nothing."""
 
     def __init__(self, api_url: str, token: str, ttl: float = 30.0, transport=None):
         self.api = HubAPI(api_url, token=token, transport=transport)
-        self.auth = HubAuth(api_url=api_url, api_token=token, cache_max_age=int(ttl))
+        # HubAuth takes 0 as "forever": never below a second.
+        self.auth = HubAuth(api_url=api_url, api_token=token, cache_max_age=max(1, int(ttl)))
         if not self.auth.access_scopes:
             self.auth.access_scopes = {ACCESS_SCOPE}
+        self.ttl = ttl
+        self._callers: dict[str, tuple[float, Caller | None]] = {}
 
     async def resolve(self, token: str) -> Caller | None:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        hit = self._callers.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
         try:
             model = await self.auth.user_for_token(token, sync=False)
             if model is None or model.get("kind", "user") != "user":
-                return None
-            # A workspace's own token may not read the user's groups: ask as the service.
-            full = await self.user(model["name"])
-        except (httpx.HTTPError, ApiError, _HubAuthError, OSError) as e:
+                caller = None
+            else:
+                # A workspace's own token may not read the user's groups: ask as the service.
+                full = await self.user(model["name"])
+                caller = Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()),
+                                may_access=bool(self.auth.check_scopes(self.auth.access_scopes, model)),
+                                scopes=frozenset(model.get("scopes") or ()))
+        except ApiError:
+            raise
+        except (httpx.HTTPError, _HubAuthError, OSError) as e:
             raise ApiError(503, "hub_unavailable",
                            f"JupyterHub's API is not reachable ({type(e).__name__}); try again shortly") from None
-        scopes = frozenset(model.get("scopes") or ())
-        return Caller(model["name"], bool(full.get("admin")), tuple(full.get("groups") or ()),
-                      may_access=bool(self.auth.check_scopes(self.auth.access_scopes, model)), scopes=scopes)
+        if len(self._callers) > 10_000:  # tokens nobody sends again do not pile up
+            self._callers.clear()
+        self._callers[key] = (time.monotonic() + self.ttl, caller)
+        return caller
 
     def forget(self, token: str) -> None:
-        """Forget what tokens resolved to (one was revoked): HubAuth's cache is keyed its own
-        way, and revoking is rare, so all of it goes."""
+        """Forget a token (it was revoked): ours by its hash; HubAuth's cache is keyed its own
+        way, and revoking is rare, so all of that goes."""
+        self._callers.pop(hashlib.sha256(token.encode()).hexdigest(), None)
         self.auth.cache.clear()
 
     async def user(self, name: str) -> dict[str, Any]:
-        r = await self.api.user(name)
-        if r.status_code >= 500:
+        """A user's model with their servers; ApiError 503 where the hub cannot answer."""
+        try:
+            r = await self.api.user(name)
+        except httpx.HTTPError:
+            raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
+        if r.status_code >= 400:
             raise ApiError(503, "hub_unavailable", f"JupyterHub's API answered {r.status_code}; try again shortly")
-        r.raise_for_status()
         return r.json()
 
     async def new_token(self, user: str, note: str, seconds: int, scopes: list[str]) -> dict[str, Any]:

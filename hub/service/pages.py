@@ -135,7 +135,7 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: Bro
         job = jobs.get(job_id)
         if job is None:
             return None, 404
-        if job.user != who["name"] and not who.get("admin"):
+        if not job.seen_by(who["name"], bool(who.get("admin"))):
             return None, 403
         return job, 200
 

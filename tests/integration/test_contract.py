@@ -402,7 +402,7 @@ def test_a_full_profile_is_refused_with_its_reason_shown_unavailable_and_free_ag
     with service(hub, "alice") as api:
         (mig,) = [p for p in api.get("/catalog").json()["profiles"] if p["id"] == "mig-1g.10gb"]
     # The catalog says it is not available, and why (the spawn form renders the same choices:
-    # spawners/mixin.py).
+    # hub/spawner.py).
     assert (mig["available"], mig["free"], mig["reason"]) == (False, 0, "none free right now"), mig
     hub.stop_server("alice", "m1")
     assert free(hub, "dev", "mig-1g.10gb", expect=1) == 1

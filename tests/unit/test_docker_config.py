@@ -266,7 +266,7 @@ def test_a_volume_may_come_from_a_docker_named_volume(tmp_path):
         load_config(path, "docker")
     assert [str(i).split(" (line")[0] for i in e.value.issues] == [
         "volumes[0]: the docker backend mounts a directory: give source"]
-    data["docker"] = {"named_volumes": {first["name"]: "datasets-ro", "imagenet-typo": "x"}}
+    data["docker"] = {"named_volumes": {first["name"]: "datasets-ro", "imagenet-typo": "scratch-2"}}
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as e:
         load_config(path, "docker")
@@ -275,3 +275,26 @@ def test_a_volume_may_come_from_a_docker_named_volume(tmp_path):
     del data["docker"]["named_volumes"]["imagenet-typo"]
     path.write_text(yaml.safe_dump(data))
     assert load_config(path, "docker").docker.named_volumes == {first["name"]: "datasets-ro"}
+
+
+@pytest.mark.parametrize("named, message", [
+    ("/", "must be a Docker name"),                   # a path, not a volume: the host's root
+    ("../etc", "docker.named_volumes"),
+    ("{username}-data", "docker.named_volumes"),        # no templating: one name for everyone
+    ("podbay-home-bob", "may not name podbay's own volumes"),
+])
+def test_a_named_volume_is_a_name_and_never_one_of_podbays_own(tmp_path, named, message):
+    data = yaml.safe_load(DEMO.read_text())
+    data["docker"] = {"named_volumes": {data["volumes"][0]["name"]: named}}
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, "docker")
+    assert any(message in str(i) for i in e.value.issues), [str(i) for i in e.value.issues]
+
+
+def test_the_docker_spawner_mounts_names_as_written():
+    from podbay.hub.backends.docker.spawner import PodbayDockerSpawner
+
+    literal = PodbayDockerSpawner().format_volume_name
+    assert literal("/srv/data/{username}", None) == "/srv/data/{username}"

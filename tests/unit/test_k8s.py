@@ -634,3 +634,13 @@ def test_settings_keep_quantities_as_written_and_refuse_negative_ones():
     assert (res.cpu, res.memory) == ("1e1", "8Gi")
     with pytest.raises(ValueError, match="negative"):
         KubernetesSettings(resources={"default": {"cpu": "-1"}})
+
+
+def test_exa_is_a_suffix_and_a_huge_exponent_an_error():
+    from podbay.hub.backends.kubernetes.quantity import parse
+
+    assert parse("1E") == 10**18 and parse("2Ei") == 2 * 2**60 and parse("5E2") == 500
+    with pytest.raises(ValueError, match="out of range"):
+        parse("1e999999999")
+    with pytest.raises(ValueError, match="out of range"):
+        KubernetesSettings(resources={"default": {"memory": "1e999999999"}})

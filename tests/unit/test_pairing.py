@@ -1,4 +1,4 @@
-"""`podbay login`'s pairings (hub/pairing.py): codes a person can read out, single use,
+"""`podbay login`'s pairings (hub/service/pairing.py): codes a person can read out, single use,
 expiring; the service's endpoints without a hub behind them."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_the_cli_polls_until_approved_and_gets_the_token_once(service):
     poll = {"device_code": started["device_code"]}
     r = client.post("/services/podbay/api/v1/pairings/token", json=poll)
     assert (r.status_code, r.json()["error"]) == (400, "authorization_pending")
-    # What an approval leaves (hub/pairing.py's pair_decide, tested end to end in test_tmux).
+    # What an approval leaves (hub/service/pairing.py's pair_decide, tested end to end in test_tmux).
     p = pairings.by_device(started["device_code"])
     p.approved_by, p.token = "alice", {"token": "t0k", "user": "alice"}
     assert client.post("/services/podbay/api/v1/pairings/token", json=poll).json() == {"token": "t0k", "user": "alice"}

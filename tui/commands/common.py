@@ -13,7 +13,8 @@ from ..client import ClientError, PodbayClient
 from ..credentials import NotLoggedIn, resolve
 
 
-def _visible(text: str) -> str:
+def visible(text: str) -> str:
+    """`text` with control and format characters shown escaped (\\x1b), for a terminal."""
     return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
                    if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
 
@@ -35,7 +36,7 @@ def print_table(rows: list[list[object]], header: list[str]) -> None:
     for h in header:
         t.add_column(str(h).upper(), no_wrap=not out.is_terminal, overflow="fold")
     for r in rows:
-        t.add_row(*(Text(_visible(str(c))) for c in r))
+        t.add_row(*(Text(visible(str(c))) for c in r))
     with out.capture() as captured:
         out.print(t)
     # Lines end where their text does (rich pads the last column), as `cut` and `awk` expect.

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..client import PodbayClient
-from .common import print_json, print_table, run
+from .common import print_json, print_table, run, visible
 
 
 def _print_jobs(jobs: list[dict]) -> None:
@@ -79,7 +79,7 @@ def cmd_job_show(args) -> int:
             print_json(job)
         else:
             for key, value in job.items():
-                print(f"{key:>15}: {value}")
+                print(f"{key:>15}: {visible(str(value))}")
         return 0
     return run(args, go)
 

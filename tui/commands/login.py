@@ -19,7 +19,7 @@ SERVICE = "/services/podbay"
 
 
 def pair(url: str) -> str | None:
-    """Log in by approving a code in a browser (hub/pairing.py); the token, or None where
+    """Log in by approving a code in a browser (hub/service/pairing.py); the token, or None where
     the portal has no pairing (an older one: paste a token instead). SystemExit with the
     reason when it fails."""
     import socket

@@ -12,7 +12,7 @@ from typing import Any
 from ..client import ClientError, PodbayClient
 from ..credentials import NotLoggedIn, resolve
 
-from .common import can_open_browser, print_json, print_table, run
+from .common import can_open_browser, print_json, print_table, run, visible
 
 
 def cmd_ws_ls(args) -> int:
@@ -38,7 +38,7 @@ async def _print_notices(c: PodbayClient, warnings_only: bool = False, lead: str
     for i, n in enumerate(notes):
         when = time.strftime("%a %H:%M", time.localtime(n["at"]))
         mark = "!" if n["kind"] == "warning" else ("x" if n.get("state") == "failed" else "-")
-        print(f"{lead if i == 0 else ''}{mark} {when}  {n['message']}")
+        print(f"{lead if i == 0 else ''}{mark} {when}  {visible(n['message'])}")
     return len(notes)
 
 
@@ -118,7 +118,7 @@ def cmd_ws_new(args) -> int:
             return 0
         async for event in c.progress(args.name):
             if not args.quiet:
-                print(f"[{event.get('progress', 0):>3}%] {event.get('message', '')}", flush=True)
+                print(f"[{event.get('progress', 0):>3}%] {visible(str(event.get('message', '')))}", flush=True)
             if event.get("failed"):
                 return 1
         ws = next((w for w in await c.workspaces() if w.name == args.name), None)

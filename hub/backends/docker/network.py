@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from .settings import DockerSettings
 
-log = logging.getLogger("podbay.dockernet")
+log = logging.getLogger("podbay.docker.network")
 
 ICC = "com.docker.network.bridge.enable_icc"
 

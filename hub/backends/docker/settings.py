@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -90,8 +90,8 @@ class DockerSettings(_Model):
     # Jobs' network: the workspaces' (above), or none at all.
     job_network: Literal["workspaces", "none"] = "workspaces"
     # Catalog volumes mounted from a Docker named volume instead of their source directory:
-    # {volume's name: Docker volume's name}.
-    named_volumes: dict[str, str] = {}
+    # {volume's name: Docker volume's name} (a name, never a path; not one of podbay's own).
+    named_volumes: dict[str, Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")]] = {}
 
     @field_validator("job_network", mode="before")
     @classmethod
@@ -102,6 +102,16 @@ class DockerSettings(_Model):
         return v
     # Seconds a cancelled job gets between SIGTERM and SIGKILL.
     stop_grace: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _named_volumes_are_not_podbays(self):
+        # podbay's own volumes (people's homes) are <name_prefix>-…: a catalog volume naming
+        # one would hand someone's home to everyone it is allowed to.
+        own = [f"{k}: {v}" for k, v in self.named_volumes.items() if v.startswith(f"{self.name_prefix}-")]
+        if own:
+            raise ValueError(f"named_volumes may not name podbay's own volumes ({self.name_prefix}-…): "
+                             + ", ".join(own))
+        return self
 
     @property
     def network_name(self) -> str:

@@ -44,6 +44,13 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
     def _default_podbay_backend(self):
         return "docker"
 
+    @default("format_volume_name")
+    def _literal_volume_names(self):
+        # podbay names every mount itself (homes, sources, named volumes): DockerSpawner's
+        # {username} templating would make a source mean one thing for a workspace and
+        # another for a job (which mounts it as written), and a brace in a path an error.
+        return lambda name, spawner: name
+
     # Names, homes and the GPU driver come from `docker:` in podbay.yaml, which the
     # service's docker training backend reads too.
     @property

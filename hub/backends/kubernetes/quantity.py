@@ -6,7 +6,7 @@ unlike the synchronous client, ships no parser (checked in 36.1)."""
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 _GRAMMAR = re.compile(r"^(?P<number>[+-]?(\d+\.?\d*|\.\d+))(?P<suffix>[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$")
 _SUFFIX = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
@@ -25,11 +25,11 @@ def parse(text: str | int | float) -> Decimal:
     suffix = m.group("suffix") or ""
     try:
         number = Decimal(m.group("number"))
-        if suffix[:1] in ("e", "E"):
+        if suffix not in _SUFFIX:  # an exponent: 1e3, 5E-2 ("E" alone is exa, a suffix)
             return number * Decimal(10) ** int(suffix[1:])
-    except InvalidOperation:
-        raise ValueError(f"{s!r} is not a Kubernetes quantity such as 2, 500m, 8Gi") from None
-    return number * _SUFFIX[suffix]
+        return number * _SUFFIX[suffix]
+    except ArithmeticError:  # decimal's Overflow and InvalidOperation: 1e999999999
+        raise ValueError(f"{s!r} is out of range for a Kubernetes quantity") from None
 
 
 def checked(v: str | int | float | None) -> str | None:

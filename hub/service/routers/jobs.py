@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import TypeAdapter
@@ -30,7 +29,7 @@ def router(svc: Service, prefix: str) -> APIRouter:
     def may_see(who: Caller, job: Job | None, job_id: int) -> Job:
         if job is None:
             raise ApiError(404, "not_found", f"there is no job {job_id}")
-        if job.user != who.name and not who.admin:
+        if not job.seen_by(who.name, who.admin):
             raise ApiError(403, "forbidden", f"job {job_id} belongs to another user")
         return job
 
@@ -38,10 +37,7 @@ def router(svc: Service, prefix: str) -> APIRouter:
     async def submit(req: JobRequest, who: Caller = Depends(caller)):
         ws_options = None
         if req.from_workspace is not None:
-            try:
-                model = await hub.user(who.name)
-            except httpx.HTTPError:
-                raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
+            model = await hub.user(who.name)
             server = (model.get("servers") or {}).get(req.from_workspace)
             ws_options = (server.get("user_options") or {}) if server is not None else None
         try:

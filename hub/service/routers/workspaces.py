@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 
-import httpx
 from fastapi import APIRouter, Depends, Path
 
 from ...usage.policy import notices_for
@@ -30,10 +29,7 @@ def router(svc: Service, prefix: str) -> APIRouter:
                             who: Caller = Depends(caller)):
         # Never more than the caller has: a workspace's token may not mint one for another.
         open_every_workspace(who, "a token for the Jupyter extension")
-        try:
-            model = await hub.user(who.name)
-        except httpx.HTTPError:
-            raise ApiError(503, "hub_unavailable", "JupyterHub's API is not reachable; try again shortly") from None
+        model = await hub.user(who.name)
         if name not in (model.get("servers") or {}):
             raise ApiError(404, "not_found", f"you have no workspace named {name}")
         # Reach this workspace and read it (the extension lists the person's servers and asks
