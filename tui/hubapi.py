@@ -20,8 +20,13 @@ import httpx
 
 
 def segment(name: object) -> str:
-    """One path segment: every character that could end it or change its meaning is quoted."""
-    return quote(str(name), safe="")
+    """One path segment: every character that could end it or change its meaning is quoted.
+    A name that is all dots is quoted too: `servers/..` would be resolved away by the HTTP
+    client (DELETE …/users/alice/servers/.. is DELETE …/users/alice), `%2E%2E` is sent as it is."""
+    text = str(name)
+    if text and set(text) == {"."}:
+        return "%2E" * len(text)
+    return quote(text, safe="")
 
 
 def user_path(user: str, *rest: object) -> str:

@@ -306,3 +306,27 @@ def test_hub_urls_take_a_name_as_one_segment():
     assert user_path("admin#x") == "users/admin%23x"
     assert user_path("alice?x", "servers", "a/b") == "users/alice%3Fx/servers/a%2Fb"
     assert user_path("alice/../admin", "tokens", 7) == "users/alice%2F..%2Fadmin/tokens/7"
+
+
+def test_a_name_of_dots_stays_a_name_on_the_wire():
+    """`podbay ws rm ..` by an admin must not become DELETE …/users/<admin> (the account)."""
+    import asyncio
+
+    import httpx
+
+    from podbay.tui.hubapi import HubAPI
+
+    sent = []
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        sent.append((request.method, request.url.raw_path.decode()))
+        return httpx.Response(404)
+
+    async def go():
+        api = HubAPI("http://hub/hub/api", token="t", transport=httpx.MockTransport(hub))
+        await api.stop_server("admin", "..")
+        await api.stop_server("admin", ".")
+        await api.aclose()
+
+    asyncio.run(go())
+    assert sent == [("DELETE", "/hub/api/users/admin/servers/%2E%2E"), ("DELETE", "/hub/api/users/admin/servers/%2E")]
