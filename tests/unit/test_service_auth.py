@@ -11,6 +11,8 @@ import pytest
 from podbay.hub.service import ACCESS_SCOPE, Caller, HubClient
 from podbay.hub.service.errors import ApiError
 
+from tests.standins.json_server import serve_json
+
 
 @pytest.mark.parametrize("scopes, reaches", [
     ({"access:servers"}, True),
@@ -45,34 +47,19 @@ def test_the_access_scope_is_the_hubs_when_it_names_one(monkeypatch):
 def test_a_caller_is_kept_a_while_and_a_revoked_token_is_forgotten():
     """One token, many requests: the hub is asked once per ttl; `forget` (podbay logout's
     revoke) makes the next request ask again."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     asked, valid = [], {"good"}
 
-    class Hub(BaseHTTPRequestHandler):
-        def do_GET(self):
-            asked.append(self.path.split("?")[0])
-            token = self.headers.get("authorization", "").split()[-1]
-            if self.path.startswith("/hub/api/user") and not self.path.startswith("/hub/api/users"):
-                body, status = ({"name": "alice", "kind": "user", "scopes": [ACCESS_SCOPE]}, 200) \
-                    if token in valid else ({}, 403)
-            else:
-                body, status = {"name": "alice", "admin": False, "groups": ["vision"]}, 200
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path, headers):
+        asked.append(path.split("?")[0])
+        token = headers.get("authorization", "").split()[-1]
+        if path.startswith("/hub/api/users"):
+            return 200, {"name": "alice", "admin": False, "groups": ["vision"]}
+        if token in valid:
+            return 200, {"name": "alice", "kind": "user", "scopes": [ACCESS_SCOPE]}
+        return 403, {}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hub = HubClient(f"http://127.0.0.1:{server.server_address[1]}/hub/api", "service-token", ttl=300)
+    with serve_json(answer) as url:
+        hub = HubClient(f"{url}/hub/api", "service-token", ttl=300)
 
         async def go():
             first = [await hub.resolve("good") for _ in range(3)]
@@ -86,5 +73,3 @@ def test_a_caller_is_kept_a_while_and_a_revoked_token_is_forgotten():
         assert all(c and c.name == "alice" and c.groups == ("vision",) for c in first)
         assert n == 2  # one /user, one /users/alice for three requests
         assert kept is not None and after is None
-    finally:
-        server.shutdown()

@@ -7,11 +7,9 @@ import contextlib
 import json
 import re
 import sys
-import threading
 import time
 import types
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -34,6 +32,7 @@ from podbay.hub.usage.store import Holding, Round, UsageStore
 
 from tests.harness import TEST_CONFIG
 from tests.standins.dcgm_exporter import exporter_text
+from tests.standins.json_server import serve_json
 
 DCGM = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "dcgm"
 GPU0 = "GPU-11111111-0000-4000-8000-000000000000"  # MIG: 3g.40gb, 2g.20gb, 2 × 1g.10gb
@@ -316,36 +315,20 @@ def fake_hub(users: dict[str, dict]):
     """JupyterHub's API as the service calls it, on the loopback (HubAuth asks it over HTTP):
     tokens are user names."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            path = self.path.split("?")[0].rstrip("/")
-            token = self.headers.get("authorization", "").split()[-1]
-            if path.endswith("/user"):
-                if token not in users:
-                    return self.reply(403, {})
-                return self.reply(200, {"name": token, "kind": "user",
-                                        "scopes": ["access:services!service=podbay", *users[token].get("scopes", [])]})
-            name = path.rsplit("/", 1)[-1]
-            self.reply(200, {"name": name, "admin": users[name].get("admin", False),
-                             "groups": users[name].get("groups", []), "servers": {}})
+    def answer(path, headers):
+        path = path.split("?")[0].rstrip("/")
+        token = headers.get("authorization", "").split()[-1]
+        if path.endswith("/user"):
+            if token not in users:
+                return 403, {}
+            return 200, {"name": token, "kind": "user",
+                         "scopes": ["access:services!service=podbay", *users[token].get("scopes", [])]}
+        name = path.rsplit("/", 1)[-1]
+        return 200, {"name": name, "admin": users[name].get("admin", False),
+                     "groups": users[name].get("groups", []), "servers": {}}
 
-        def reply(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield HubClient(f"http://127.0.0.1:{server.server_address[1]}/hub/api", "service-token")
-    finally:
-        server.shutdown()
+    with serve_json(answer) as url:
+        yield HubClient(f"{url}/hub/api", "service-token")
 
 
 @pytest.fixture
@@ -574,9 +557,6 @@ def test_what_runs_at_the_upgrade_gets_a_holding_with_its_devices(tmp_path):
 def test_a_workspace_login_shell_prints_the_notices(monkeypatch, capsys):
     """hub/workspace/podbay_notices.py, as the images' /etc/profile.d runs it: the person's
     warnings from the service with the workspace's token; silent when the service is away."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hub" / "workspace"))
     import podbay_notices
 
@@ -586,28 +566,18 @@ def test_a_workspace_login_shell_prints_the_notices(monkeypatch, capsys):
         {"workspace": "v", "kind": "stop", "at": time.time() - 7200, "message": "v (gpu-1): stopped: its GPU was idle"},
         {"workspace": "u", "kind": "stop", "at": time.time() - 9 * 86400, "message": "old news"}]).encode()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append((self.path, self.headers["Authorization"]))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path, headers):
+        seen.append((path, headers["Authorization"]))
+        return 200, body
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("PODBAY_SERVICE_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "workspace-token")
-    assert podbay_notices.main() == 0
-    err = capsys.readouterr().err.splitlines()
-    assert err == ["podbay: GPU idle: w (gpu-1) has used its GPU below 5% for 1h.",
-                   "podbay: v (gpu-1): stopped: its GPU was idle"]
-    assert seen == [("/services/podbay/api/v1/notices", "token workspace-token")]
-    server.shutdown()
-    server.server_close()
+    with serve_json(answer) as url:
+        monkeypatch.setenv("PODBAY_SERVICE_URL", url)
+        monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "workspace-token")
+        assert podbay_notices.main() == 0
+        err = capsys.readouterr().err.splitlines()
+        assert err == ["podbay: GPU idle: w (gpu-1) has used its GPU below 5% for 1h.",
+                       "podbay: v (gpu-1): stopped: its GPU was idle"]
+        assert seen == [("/services/podbay/api/v1/notices", "token workspace-token")]
     # Nobody answers: nothing printed, no wait beyond the timeout.
     t0 = time.monotonic()
     assert podbay_notices.main() == 0 and capsys.readouterr().err == "" and time.monotonic() - t0 < 3
