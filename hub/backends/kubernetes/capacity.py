@@ -16,7 +16,7 @@ from fractions import Fraction
 from ...config import PodbayConfig, ProfileKind
 from ...gpu import family_for, known_mig_profiles
 from ...quota.book import Snapshot
-from ...quota.capacity import CapacitySource, Usage, default_weight
+from ...quota.capacity import CapacitySource, NodeState, Usage, default_weight
 from .objects import GPU, PRODUCT, SHARED, ProfileUnavailable, gpu_ask
 from .quantity import count
 from .settings import KubernetesSettings
@@ -51,9 +51,37 @@ class NodeGpus:
     labels: dict[str, str]
     allocatable: dict[str, int]
     used: dict[str, int]
+    # Ready, NotReady (the kubelet does not report, or says it is not ready), SchedulingDisabled
+    # (cordoned): only a Ready node takes new pods, so only its GPUs are free.
+    state: str = "Ready"
+    reason: str = ""
 
     def free(self, resource: str) -> int:
+        if self.state != "Ready":
+            return 0
         return max(0, self.allocatable.get(resource, 0) - self.used.get(resource, 0))
+
+
+@dataclass
+class ClusterNode(NodeState):
+    """A node as the capacity page draws it, in Kubernetes' words for its state."""
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "Ready"
+
+
+def node_state(node: dict) -> tuple[str, str]:
+    """(state, reason) as `kubectl get nodes` says it: NotReady where the Ready condition is
+    not True (the node controller sets Unknown when the kubelet stops reporting), else
+    SchedulingDisabled where cordoned."""
+    conditions = {c.get("type"): c for c in (node.get("status") or {}).get("conditions") or []}
+    ready = conditions.get("Ready")
+    if ready is not None and ready.get("status") != "True":
+        return "NotReady", ready.get("message") or ready.get("reason") or ""
+    if (node.get("spec") or {}).get("unschedulable"):
+        return "SchedulingDisabled", "cordoned"
+    return "Ready", ""
 
 
 def gpu_nodes(nodes: Iterable[dict], pods: Iterable[dict]) -> list[NodeGpus]:
@@ -67,10 +95,11 @@ def gpu_nodes(nodes: Iterable[dict], pods: Iterable[dict]) -> list[NodeGpus]:
     out = []
     for node in nodes:
         meta, status = node.get("metadata") or {}, node.get("status") or {}
-        if (node.get("spec") or {}).get("unschedulable"):
-            continue  # cordoned: nothing new lands there
         alloc = {k: count(v) for k, v in (status.get("allocatable") or {}).items() if k.startswith("nvidia.com/")}
-        out.append(NodeGpus(meta["name"], dict(meta.get("labels") or {}), alloc, used.get(meta["name"], {})))
+        # A node that is not Ready or is cordoned takes nothing new: counted in totals, never free.
+        state, reason = node_state(node)
+        out.append(NodeGpus(meta["name"], dict(meta.get("labels") or {}), alloc, used.get(meta["name"], {}),
+                            state, reason))
     return out
 
 
@@ -175,7 +204,25 @@ class ClusterCapacity(CapacitySource):
                 used = min(n, node.used.get(resource, 0))
                 row.total += n
                 row.used += used
-                row.free += n - used
+                row.free += node.free(resource)
+        return out
+
+    def node_states(self, pool: str) -> list[NodeState]:
+        """Each node of the pool with its GPUs (GPU Feature Discovery's nvidia.com/gpu.count,
+        else the whole GPUs it offers) and how many are taken: whole GPUs, and a GPU for each
+        started set of time-sliced shares; MIG slices are told in the reason."""
+        out = []
+        replicas = (self.settings.pool(pool).time_slicing.replicas
+                    if self.settings.pool(pool).time_slicing else 1)
+        for node in self._nodes(pool):
+            gpus = count(node.labels.get("nvidia.com/gpu.count", "0")) or node.allocatable.get(GPU, 0)
+            taken = node.used.get(GPU, 0) + -(-node.used.get(SHARED, 0) // replicas)
+            slices = {r: n for r, n in node.allocatable.items() if r.startswith(MIG_LABEL)}
+            reason = node.reason
+            if slices:
+                used = sum(min(n, node.used.get(r, 0)) for r, n in slices.items())
+                reason = "; ".join(filter(None, [reason, f"MIG: {used} of {sum(slices.values())} slices in use"]))
+            out.append(ClusterNode(node.name, node.state, gpus, min(gpus, taken), reason))
         return out
 
     def most_gpus_per_node(self, pool):
