@@ -133,7 +133,8 @@ async def k8s_jobs(cluster, kubernetes_installed, tmp_path):
 
     api, emu = cluster
     async with watched(api, emu):
-        path = config(tmp_path, kueue=True)
+        path = config(tmp_path, kueue=True,
+                      home={"storage_class": "nfs-homes", "size": "20Gi", "access_mode": "ReadWriteMany"})
         portal = Portal.open(path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
 
         def manager():
@@ -554,3 +555,119 @@ async def test_the_service_believes_forwarded_addresses_from_the_proxy_pods_only
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_homes_bind_and_attach_as_a_cloud_cluster_does(kubernetes_installed, tmp_path):
+    """The stand-in's storage as a cloud cluster's: no class asks for the default one, "" for
+    none, a class cannot offer what its provisioner cannot; a ReadWriteOnce home is attached to
+    one node at a time. podbay's pods that mount such a home follow it to its node, so a job
+    waits for the person's workspace (and says so) instead of hanging in ContainerCreating,
+    and a job across nodes is refused at submit."""
+    from kubernetes_asyncio import client
+
+    from podbay.hub.backends.kubernetes.jobs import KubernetesJobs
+    from podbay.hub.backends.kubernetes.objects import (
+        RESTRICTED_CONTAINER, RESTRICTED_POD, home_claim_name, home_follows, home_pvc, labels, training_job)
+    from podbay.hub.config import load_config
+    from tests.harness import ROOT, require
+    from tests.standins.k8s_cluster import CLUSTER_RESOURCES, PLURALS, Cluster
+
+    require(__import__("os").geteuid() == 0, "the stand-in kubelet mounts volumes (needs root)")
+    data = yaml.safe_load((ROOT / "tests" / "data" / "podbay-contract.yaml").read_text())
+    data["kubernetes"].update(home={"size": "1Gi"}, kueue=False)  # today's default: RWO, the default class
+    for pool in data["pools"].values():
+        pool.pop("queue", None)
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_config(tmp_path / "podbay.yaml", "kubernetes")
+    settings, ns = cfg.kubernetes, cfg.kubernetes.namespace
+    async with emulated_cluster(CLUSTER_RESOURCES) as (url, emu):
+        for obj in yaml.safe_load_all((ROOT / "tests" / "data" / "k8s-contract-nodes.yaml").read_text()):
+            await emu.add_object(PLURALS[obj["kind"]], obj)
+        cluster = Cluster(emu, tmp_path)
+
+        async def settle(rounds: int = 6):
+            for _ in range(rounds):
+                await cluster.job_controller()
+                await cluster.volume_binder()
+                await cluster.scheduler()
+                await cluster.kubelet()
+
+        def pod_of(prefix: str) -> dict:
+            (pod,) = [p for p in cluster.objects("v1/pods") if p["metadata"]["name"].startswith(prefix)]
+            return pod
+
+        try:
+            async with client.ApiClient(client.Configuration(host=url)) as api:
+                core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+                jobs = KubernetesJobs(cfg, api)
+                # No class: the default one (block storage, WaitForFirstConsumer).
+                home = home_pvc(settings, "alice", "vision")
+                await core.create_namespaced_persistent_volume_claim(ns, home)
+                claim = home["metadata"]["name"]
+                assert emu.get_object("v1/persistentvolumeclaims", ns, claim)["spec"]["storageClassName"] == "standard"
+                # "" is no class: nothing provisions it. A class that cannot offer ReadWriteMany fails.
+                await core.create_namespaced_persistent_volume_claim(ns, {
+                    "metadata": {"name": "no-class"}, "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"],
+                                                               "resources": {"requests": {"storage": "1Gi"}}}})
+                await core.create_namespaced_persistent_volume_claim(ns, {
+                    "metadata": {"name": "shared-on-block"}, "spec": {"accessModes": ["ReadWriteMany"],
+                                                                      "resources": {"requests": {"storage": "1Gi"}}}})
+                await settle(2)
+                said = {e["metadata"]["name"]: e["message"] for e in cluster.objects("v1/events")}
+                assert said["no-class.failedbinding"].startswith("no persistent volumes available for this claim")
+                assert "access mode ReadWriteMany is not supported" in said["shared-on-block.provisioningfailed"]
+                assert said[f"{claim}.waitforfirstconsumer"].startswith("waiting for first consumer")
+
+                # Alice's workspace on a dev node, as the spawner makes it: her home's label and
+                # the affinity to it.
+                home_label, home_terms = home_follows(settings, home_claim_name(settings, "alice"))
+                assert home_terms, "a ReadWriteOnce home is followed"
+                await core.create_namespaced_pod(ns, {
+                    "metadata": {"name": "jupyter-alice", "labels": {
+                        **labels(user="alice", team="vision", profile="cpu", component="workspace"), **home_label}},
+                    "spec": {"nodeSelector": {"podbay.io/pool": "dev"}, "securityContext": dict(RESTRICTED_POD),
+                             "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": home_terms}},
+                             "containers": [{"name": "notebook", "image": "podbay/base:2026.11", "command": ["sleep", "600"],
+                                             "securityContext": dict(RESTRICTED_CONTAINER),
+                                             "volumeMounts": [{"name": "home", "mountPath": "/home/jovyan"}]}],
+                             "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": claim}}]}})
+                await settle()
+                workspace = emu.get_object("v1/pods", ns, "jupyter-alice")
+                assert workspace["status"]["phase"] == "Running", workspace["status"]
+                assert emu.get_object("v1/persistentvolumeclaims", ns, claim)["status"]["phase"] == "Bound"
+
+                def job(job_id: int) -> dict:
+                    made, = training_job(cfg, settings, job_id=job_id, name="train", user="alice", team="vision",
+                                         image="podbay/base:2026.11", command=["sleep", "600"], workdir="/home/jovyan",
+                                         env={}, volumes=[], gpus_per_node=1, nodes=1, pool="training", queue=None)
+                    return made
+
+                # Today's job pod (no affinity) lands on the training node and hangs in
+                # ContainerCreating, as on a real cluster: the stand-in catches it.
+                blind = job(1)
+                del blind["spec"]["template"]["spec"]["affinity"]
+                await batch.create_namespaced_job(ns, blind)
+                await settle()
+                hung = pod_of("podbay-job-1")
+                assert hung["spec"]["nodeName"] == "train-01"
+                assert hung["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
+                status = await jobs.status({"job_id": 1})
+                assert status.message.startswith("waiting for a volume that is attached to one node at a time"), status
+                assert "Multi-Attach error" in status.message and "jupyter-alice" in status.message
+                await batch.delete_namespaced_job("podbay-job-1", ns, propagation_policy="Background")
+
+                # podbay's job follows the home: it waits for the workspace, and says so.
+                await batch.create_namespaced_job(ns, job(2))
+                await settle()
+                status = await jobs.status({"job_id": 2})
+                assert status.state == "pending"
+                assert status.message.startswith("waiting for your home: it is attached to one node at a time"), status
+                with pytest.raises(ValueError, match="homes are ReadWriteOnce"):
+                    jobs.check_submit(team="vision", pool="training", gpus_per_node=1, nodes=2)
+                # The workspace stops: the job runs on the training node, with the home.
+                await core.delete_namespaced_pod("jupyter-alice", ns)
+                await settle(10)
+                running = pod_of("podbay-job-2")
+                assert running["spec"]["nodeName"] == "train-01" and running["status"]["phase"] == "Running", running
+        finally:
+            await cluster.shutdown()

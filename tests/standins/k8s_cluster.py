@@ -5,7 +5,7 @@ server (tests/standins/k8s_emulator.py) with what a real cluster runs beside it 
   node's taints and has its requests free (allocatable − requests of the node's pods that
   have not ended), else leaves it Pending with an Unschedulable reason in the scheduler's words;
 - a kubelet with NVIDIA's device plugin: hands the pod device IDs of what it asked for
-  (NVIDIA_VISIBLE_DEVICES, as the plugin's envvar strategy does), mounts its PVCs (a
+  (NVIDIA_VISIBLE_DEVICES, as the plugin's envvar strategy does; the pod's own env comes after it and wins, as on a real kubelet), mounts its PVCs (a
   directory per claim under the storage root, read-only where the pod says so, fsGroup
   applied) in a mount namespace of its own, and runs the container's command as a host
   process as its runAsUser, on an address of its own (127.N.x.y: the pod IP), writing its
@@ -17,7 +17,17 @@ server (tests/standins/k8s_emulator.py) with what a real cluster runs beside it 
 - Pod Security admission at the `restricted` level for every namespace (a Namespace's own
   pod-security.kubernetes.io/enforce label says otherwise): a pod below it is refused with
   the API server's words, and a Job's pods are not made (a FailedCreate event instead);
-- a storage provisioner with reclaimPolicy Delete: a deleted claim's files go once no pod uses it;
+- storage as the PV controller, a CSI provisioner and the attach-detach controller run it: a
+  claim with no storageClassName gets the default class (the DefaultStorageClass
+  admission), a claim of class "" binds only a PersistentVolume made by hand (none here: it
+  stays Pending, FailedBinding), an unknown class or an access mode the class's provisioner
+  cannot offer is ProvisioningFailed, WaitForFirstConsumer binds where the scheduler put the
+  first pod; the scheduler refuses a pod whose immediate claim is unbound or missing, and a
+  second ReadWriteOncePod user; a ReadWriteOnce volume is attached to one node at a time (a pod
+  on another node stays ContainerCreating with the Multi-Attach error); reclaimPolicy Delete: a
+  deleted claim's files go once no pod uses it;
+- the scheduler's required pod affinity (labelSelector, topologyKey; a pod that matches its own
+  term goes anywhere while no other matches);
 - Kueue: a Workload per suspended Job of a LocalQueue, admitted (the Job unsuspended) while
   its ClusterQueue's nominalQuota, or what its cohort leaves unused, covers it; otherwise
   QuotaReserved False with Kueue's reason.
@@ -92,6 +102,23 @@ def requests_of(pod: dict) -> dict[str, float]:
         for k, v in {**(res.get("limits") or {}), **(res.get("requests") or {})}.items():
             total[k] = total.get(k, 0) + quantity(v)
     return total
+
+
+RWO, RWOP, RWX, ROX = "ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany", "ReadOnlyMany"
+# The access modes each provisioner's volumes offer (its CSI driver's capabilities): block
+# storage, the default class of EKS, GKE and AKS, attaches to one node; file storage to many.
+PROVISIONER_MODES = {
+    "ebs.csi.aws.com": {RWO, RWOP},
+    "pd.csi.storage.gke.io": {RWO, RWOP, ROX},
+    "disk.csi.azure.com": {RWO, RWOP},
+    "rancher.io/local-path": {RWO, RWOP},
+    "efs.csi.aws.com": {RWO, RWX, ROX},
+    "filestore.csi.storage.gke.io": {RWO, RWX, ROX},
+    "file.csi.azure.com": {RWO, RWX, ROX},
+    "nfs.csi.k8s.io": {RWO, RWOP, RWX, ROX},
+}
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+SELECTED_NODE = "volume.kubernetes.io/selected-node"
 
 
 def condition(type_: str, status: str, reason: str = "", message: str = "") -> dict:
@@ -197,9 +224,23 @@ class Cluster:
                                                                       self.pod_security)
 
     def admit(self, plural: str, namespace: str | None, obj: dict) -> str | None:
+        if plural == "persistentvolumeclaims":
+            # The DefaultStorageClass admission plugin: a claim that names no class (the key
+            # absent, not "") gets the default one.
+            spec = obj.setdefault("spec", {})
+            default = self.default_class()
+            if "storageClassName" not in spec and default:
+                spec["storageClassName"] = default
+            return None
         if plural != "pods":
             return None
         return pod_security_refusal(obj, self.enforced(namespace))
+
+    def default_class(self) -> str | None:
+        for sc in self.objects("storage.k8s.io/v1/storageclasses"):
+            if (sc["metadata"].get("annotations") or {}).get(DEFAULT_CLASS) == "true":
+                return sc["metadata"]["name"]
+        return None
 
     # --- reading the emulator's objects --------------------------------------------------
 
@@ -217,6 +258,7 @@ class Cluster:
             try:
                 await self.kueue()
                 await self.job_controller()
+                await self.volume_binder()
                 await self.scheduler()
                 await self.kubelet()
                 await self.provisioner()
@@ -359,14 +401,14 @@ class Cluster:
             if any(status.get(k) != v for k, v in new.items()):
                 await self.patch("batch/v1/jobs", job, {"status": new})
 
-    async def event(self, obj: dict, reason: str, message: str) -> None:
+    async def event(self, obj: dict, reason: str, message: str, kind: str = "Job", type_: str = "Warning") -> None:
         meta = obj["metadata"]
         name = f"{meta['name']}.{reason.lower()}"
         if self.emu.get_object("v1/events", meta["namespace"], name) is None:
             await self.emu.add_object("v1/events", {
-                "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason, "message": message,
+                "apiVersion": "v1", "kind": "Event", "type": type_, "reason": reason, "message": message,
                 "metadata": {"name": name, "namespace": meta["namespace"]},
-                "involvedObject": {"kind": obj.get("kind", "Job"), "name": meta["name"], "namespace": meta["namespace"],
+                "involvedObject": {"kind": obj.get("kind", kind), "name": meta["name"], "namespace": meta["namespace"],
                                    "uid": meta["uid"]}})
 
     def job_pod(self, job: dict, index: int) -> dict:
@@ -402,9 +444,23 @@ class Cluster:
             if node and (pod.get("status") or {}).get("phase") not in TERMINATED:
                 for k, v in requests_of(pod).items():
                     used.setdefault(node, {})[k] = used.setdefault(node, {}).get(k, 0) + v
+        placed = {p["metadata"]["uid"]: p["spec"]["nodeName"] for p in pods
+                  if p["spec"].get("nodeName") and (p.get("status") or {}).get("phase") not in TERMINATED}
+        claims = {(c["metadata"]["namespace"], c["metadata"]["name"]): c
+                  for c in self.objects("v1/persistentvolumeclaims")}
+        classes = {c["metadata"]["name"]: c for c in self.objects("storage.k8s.io/v1/storageclasses")}
+        labels_of = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
         for pod in sorted((p for p in pods if not p["spec"].get("nodeName")), key=lambda p: int(p["metadata"]["resourceVersion"])):
             ask, why = requests_of(pod), {}
             chosen = None
+            refused = self.volumes_refusal(pod, pods, placed, claims, classes)
+            if refused:
+                msg = f"0/{len(nodes)} nodes are available: {refused}."
+                conds = [condition("PodScheduled", "False", "Unschedulable", msg)]
+                if pod["status"].get("conditions") != conds:
+                    await self.patch("v1/pods", pod, {"status": {"phase": "Pending", "conditions": conds}})
+                continue
+            allowed = self.affinity_domains(pod, pods, placed, labels_of)
             for node in nodes:
                 name, labels = node["metadata"]["name"], node["metadata"].get("labels") or {}
                 if (node.get("spec") or {}).get("unschedulable"):
@@ -418,6 +474,9 @@ class Cluster:
                     key = "node(s) had untolerated taint {%s: }" % taints[0]["key"]
                     why[key] = why.get(key, 0) + 1
                     continue
+                if allowed is not None and not all(labels.get(key) in values for key, values in allowed):
+                    why["node(s) didn't match pod affinity rules"] = why.get("node(s) didn't match pod affinity rules", 0) + 1
+                    continue
                 alloc = {k: quantity(v) for k, v in (node["status"].get("allocatable") or {}).items()}
                 short = [k for k, v in ask.items() if v > alloc.get(k, 0) - used.get(name, {}).get(k, 0)]
                 if short:
@@ -428,6 +487,13 @@ class Cluster:
             if chosen:
                 for k, v in ask.items():
                     used.setdefault(chosen, {})[k] = used.setdefault(chosen, {}).get(k, 0) + v
+                placed[pod["metadata"]["uid"]] = chosen
+                for claim in self.claims_of(pod):
+                    pvc = claims.get((pod["metadata"]["namespace"], claim))
+                    if pvc and (pvc.get("status") or {}).get("phase") != "Bound":
+                        # WaitForFirstConsumer: the volume is made where the pod goes.
+                        await self.patch("v1/persistentvolumeclaims", pvc,
+                                         {"metadata": {"annotations": {SELECTED_NODE: chosen}}})
                 await self.patch("v1/pods", pod, {"spec": {"nodeName": chosen}, "status": {
                     "phase": "Pending", "conditions": [condition("PodScheduled", "True")]}})
             else:
@@ -435,6 +501,111 @@ class Cluster:
                 conds = [condition("PodScheduled", "False", "Unschedulable", msg)]
                 if pod["status"].get("conditions") != conds:
                     await self.patch("v1/pods", pod, {"status": {"phase": "Pending", "conditions": conds}})
+
+    @staticmethod
+    def claims_of(pod: dict) -> list[str]:
+        return [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"].get("volumes") or []
+                if "persistentVolumeClaim" in v]
+
+    def volumes_refusal(self, pod: dict, pods: list[dict], placed: dict, claims: dict, classes: dict) -> str | None:
+        """The scheduler's VolumeBinding and VolumeRestrictions plugins: a claim that does not
+        exist, an unbound claim that will not be bound where the pod goes (an immediate class,
+        or no class), a ReadWriteOncePod claim another pod uses."""
+        ns = pod["metadata"]["namespace"]
+        for claim in self.claims_of(pod):
+            pvc = claims.get((ns, claim))
+            if pvc is None:
+                return f'persistentvolumeclaim "{claim}" not found'
+            spec = pvc.get("spec") or {}
+            if (pvc.get("status") or {}).get("phase") != "Bound":
+                cls = classes.get(spec.get("storageClassName") or "")
+                if cls is None or cls.get("volumeBindingMode", "Immediate") != "WaitForFirstConsumer":
+                    return "pod has unbound immediate PersistentVolumeClaims"
+            if RWOP in (spec.get("accessModes") or []):
+                if any(p["metadata"]["uid"] in placed and p["metadata"]["namespace"] == ns and claim in self.claims_of(p)
+                       for p in pods if p["metadata"]["uid"] != pod["metadata"]["uid"]):
+                    return "node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode"
+        return None
+
+    @staticmethod
+    def affinity_domains(pod: dict, pods: list[dict], placed: dict, labels_of: dict) -> list[tuple[str, set]] | None:
+        """Required pod affinity: for each term, the values of its topologyKey a node must have
+        (those of the nodes where a matching pod runs); None where there is no term. A pod
+        that matches its own term goes anywhere while no other pod matches (the first of a group)."""
+        terms = (((pod["spec"].get("affinity") or {}).get("podAffinity") or {})
+                 .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+        if not terms:
+            return None
+        out = []
+        own = pod["metadata"].get("labels") or {}
+        for term in terms:
+            want = (term.get("labelSelector") or {}).get("matchLabels") or {}
+            namespaces = set(term.get("namespaces") or [pod["metadata"]["namespace"]])
+            nodes = {placed[p["metadata"]["uid"]] for p in pods
+                     if p["metadata"]["uid"] in placed and p["metadata"]["uid"] != pod["metadata"]["uid"]
+                     and p["metadata"]["namespace"] in namespaces
+                     and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())}
+            if not nodes:
+                if all(own.get(k) == v for k, v in want.items()):
+                    continue
+                out.append((term["topologyKey"], set()))
+                continue
+            out.append((term["topologyKey"], {labels_of.get(n, {}).get(term["topologyKey"]) for n in nodes} - {None}))
+        return out
+
+    # --- storage: the PV controller and the provisioner ------------------------------------
+
+    async def volume_binder(self) -> None:
+        """Claims bound as the PV controller and a CSI provisioner bind them (no static
+        PersistentVolumes here), or left Pending with their events."""
+        classes = {c["metadata"]["name"]: c for c in self.objects("storage.k8s.io/v1/storageclasses")}
+        for pvc in self.objects("v1/persistentvolumeclaims"):
+            if (pvc.get("status") or {}).get("phase") == "Bound":
+                continue
+            spec, meta = pvc.get("spec") or {}, pvc["metadata"]
+            name = spec.get("storageClassName")
+            if not name:
+                await self.event(pvc, "FailedBinding", "no persistent volumes available for this claim and no "
+                                                       "storage class is set", kind="PersistentVolumeClaim")
+                continue
+            cls = classes.get(name)
+            if cls is None:
+                await self.event(pvc, "ProvisioningFailed", f'storageclass.storage.k8s.io "{name}" not found',
+                                 kind="PersistentVolumeClaim")
+                continue
+            offered = PROVISIONER_MODES.get(cls.get("provisioner"), {RWO, RWOP, RWX, ROX})
+            unsupported = sorted(set(spec.get("accessModes") or []) - offered)
+            if unsupported:
+                await self.event(pvc, "ProvisioningFailed", f'failed to provision volume with StorageClass "{name}": '
+                                 f"rpc error: code = InvalidArgument desc = access mode {', '.join(unsupported)} "
+                                 "is not supported", kind="PersistentVolumeClaim")
+                continue
+            if cls.get("volumeBindingMode") == "WaitForFirstConsumer" and \
+                    not (meta.get("annotations") or {}).get(SELECTED_NODE):
+                await self.event(pvc, "WaitForFirstConsumer", "waiting for first consumer to be created before binding",
+                                 kind="PersistentVolumeClaim", type_="Normal")
+                continue
+            await self.patch("v1/persistentvolumeclaims", pvc, {
+                "spec": {"volumeName": f"pvc-{meta['uid']}"},
+                "status": {"phase": "Bound", "accessModes": spec.get("accessModes") or [],
+                           "capacity": ((spec.get("resources") or {}).get("requests") or {})}})
+
+    def multi_attach(self, pod: dict) -> str | None:
+        """The attach-detach controller: a ReadWriteOnce volume in use by a running pod on
+        another node cannot be attached to this pod's node."""
+        ns, node = pod["metadata"]["namespace"], pod["spec"]["nodeName"]
+        claims = {(c["metadata"]["namespace"], c["metadata"]["name"]): c for c in self.objects("v1/persistentvolumeclaims")}
+        for claim in self.claims_of(pod):
+            pvc = claims.get((ns, claim)) or {}
+            if RWO not in ((pvc.get("spec") or {}).get("accessModes") or []):
+                continue
+            users = [p["metadata"]["name"] for p in self.objects("v1/pods")
+                     if p["metadata"]["uid"] in self.containers and p["metadata"]["namespace"] == ns
+                     and p["spec"].get("nodeName") != node and claim in self.claims_of(p)]
+            if users:
+                return (f'Multi-Attach error for volume "{(pvc.get("spec") or {}).get("volumeName", claim)}" '
+                        f"Volume is already used by pod(s) {', '.join(users)}")
+        return None
 
     @staticmethod
     def tolerated(taint: dict, tolerations: list[dict]) -> bool:
@@ -536,17 +707,25 @@ class Cluster:
     async def start(self, pod: dict) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         c = spec["containers"][0]
+        claims = {v["name"]: v["persistentVolumeClaim"] for v in spec.get("volumes") or [] if "persistentVolumeClaim" in v}
+        bound = {p["metadata"]["name"] for p in self.objects("v1/persistentvolumeclaims")
+                 if p["metadata"]["namespace"] == meta["namespace"] and (p.get("status") or {}).get("phase") == "Bound"}
+        if any(cl["claimName"] not in bound for cl in claims.values()):
+            return  # the kubelet waits for the volume (WaitForFirstConsumer: being made now)
+        attach = self.multi_attach(pod)
+        if attach:
+            # ContainerCreating until the other node lets go of the volume.
+            await self.event(pod, "FailedAttachVolume", attach, kind="Pod")
+            creating = [self.container_status(pod, {"waiting": {"reason": "ContainerCreating"}}, ready=False)]
+            if pod["status"].get("containerStatuses") != creating:
+                await self.patch("v1/pods", pod, {"status": {"containerStatuses": creating}})
+            return
+        # Volumes are attached and mounted before the image is pulled (the kubelet's SyncPod).
         image = IMAGES.get(c["image"])
         if image is None:
             await self.patch("v1/pods", pod, {"status": {"containerStatuses": [self.container_status(pod, {"waiting": {
                 "reason": "ErrImagePull", "message": f'failed to pull and unpack image "{c["image"]}": not found'}},
                 ready=False)]}})
-            return
-        claims = {v["name"]: v["persistentVolumeClaim"] for v in spec.get("volumes") or [] if "persistentVolumeClaim" in v}
-        pvcs = {p["metadata"]["name"] for p in self.objects("v1/persistentvolumeclaims")
-                if p["metadata"]["namespace"] == meta["namespace"]}
-        missing = sorted(cl["claimName"] for cl in claims.values() if cl["claimName"] not in pvcs)
-        if missing:  # the kubelet waits for the claim (a real one: FailedScheduling, unbound PVC)
             return
         ip = next(self.ips)
         devices = self.allocate(pod)
@@ -554,7 +733,14 @@ class Cluster:
         entrypoint, cmd, (image_uid, image_gid) = image
         uid, gid = security.get("runAsUser", image_uid), security.get("runAsGroup", image_gid)
         fs_group = security.get("fsGroup")
+        # The environment in the kubelet's order, a later entry winning (containerd replaces
+        # an image's variable by the runtime options' in order): the image's, then what the
+        # device plugin's Allocate answered, then the pod's own envFrom and env
+        # (GenerateRunContainerOptions appends the pod's after the device manager's).
         env = {"PATH": IMAGE_PATH, "HOME": "/home/jovyan", "HOSTNAME": spec.get("hostname") or meta["name"]}
+        if devices:
+            # A time-sliced share's ID is <GPU UUID>::<replica>; the container sees the GPU.
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(dict.fromkeys(d.split("::")[0] for d in devices))
         for source in c.get("envFrom") or []:  # a Secret's keys, as the kubelet reads them at start
             ref = source.get("secretRef") or {}
             secret = self.emu.get_object("v1/secrets", meta["namespace"], ref.get("name", "")) or {}
@@ -563,9 +749,6 @@ class Cluster:
         for e in c.get("env") or []:
             ref = (e.get("valueFrom") or {}).get("fieldRef")
             env[e["name"]] = self.field(pod, ref["fieldPath"], ip) if ref else str(e.get("value", ""))
-        if devices:
-            # A time-sliced share's ID is <GPU UUID>::<replica>; the container sees the GPU.
-            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(dict.fromkeys(d.split("::")[0] for d in devices))
         if "JUPYTERHUB_SERVICE_URL" in env:
             # Each pod has its own network namespace in a cluster; here they share the host's, so
             # the server listens on its pod IP instead of 0.0.0.0 (KubeSpawner's default).

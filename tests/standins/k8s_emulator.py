@@ -30,6 +30,7 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     'batch/v1/jobs': ('Job', True, {'status'}),
     'networking.k8s.io/v1/networkpolicies': ('NetworkPolicy', True, set()),
     'kueue.x-k8s.io/v1beta1/workloads': ('Workload', True, {'status'}),
+    'storage.k8s.io/v1/storageclasses': ('StorageClass', False, set()),
 }
 VERBS = {'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'}
 _TERM = re.compile(r'^(!?)([\w./-]+)(?:(==|=|!=)(.*)|\s+(in|notin)\s*\((.*)\))?$')

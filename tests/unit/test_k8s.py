@@ -230,6 +230,42 @@ def test_free_is_allocatable_minus_the_requests_of_pods_that_have_not_ended(cfg)
     assert capacity.unit_weight(parse_profile_id("mig-3g.40gb"), ["dev"]) == Fraction(3, 7)
 
 
+def test_nodes_not_ready_or_cordoned_are_counted_never_free_and_drawn_with_their_state(cfg, tmp_path):
+    """A node whose kubelet stopped reporting (Ready Unknown) or that is cordoned takes no new
+    pod: its GPUs are in the totals, never free. The capacity page and /capacity draw every
+    node of a Kubernetes pool from the real ClusterCapacity (not a stand-in object)."""
+    from podbay.hub.portal import Portal
+    from podbay.hub.service.pages import capacity_picture
+
+    lost = node("dgx-2", {"nvidia.com/gpu.count": "8"}, {"nvidia.com/gpu": "8"}, pool="training")
+    lost["status"]["conditions"] = [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                                     "message": "Kubelet stopped posting node status."}]
+    cordoned = node("dgx-3", {}, {"nvidia.com/gpu": "8"}, pool="training")
+    cordoned["spec"] = {"unschedulable": True}
+    nodes = [node("h100-a", MIXED_H100, mixed_allocatable(MIXED_H100)),
+             node("dgx-1", {}, {"nvidia.com/gpu": "8"}, pool="training"), lost, cordoned]
+    pods = [pod("dgx-1", {"nvidia.com/gpu": "3"}), pod("h100-a", {"nvidia.com/mig-1g.10gb": "1"})]
+    capacity = ClusterCapacity(cfg, SETTINGS, lambda: (nodes, pods))
+    assert capacity.counts(parse_profile_id("gpu-4"), ["training"], NOTHING) == (6, 1)
+    assert capacity.devices("training", NOTHING)["gpu"].free == 5
+    states = {n.name: (n.state, n.gpus, n.gpus_used, n.usable, n.reason) for n in capacity.node_states("training")}
+    assert states == {"dgx-1": ("Ready", 8, 3, True, ""),
+                      "dgx-2": ("NotReady", 8, 0, False, "Kubelet stopped posting node status."),
+                      "dgx-3": ("SchedulingDisabled", 8, 0, False, "cordoned")}
+    (h100,) = capacity.node_states("dev")
+    assert h100.reason.startswith("MIG: 1 of ") and h100.reason.endswith(" slices in use")
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(K8S_CONFIG))
+    portal = Portal.open(tmp_path / "podbay.yaml", f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+    try:
+        portal.capacity = capacity
+        picture = {p["name"]: p for p in capacity_picture(portal)}
+        drawn = {n["name"]: n for n in picture["training"]["nodes"]}
+        assert set(drawn) == {"dgx-1", "dgx-2", "dgx-3"} and drawn["dgx-2"]["state"] == "NotReady"
+        assert sum(1 for g in drawn["dgx-1"]["gpus"] if g["devices"][0]["holder"]) == 3
+    finally:
+        portal.book.dispose()
+
+
 def test_single_strategy_mig_nodes_are_found_by_their_product_label(cfg):
     cut = {**SINGLE_H100, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb", "nvidia.com/gpu.count": "7"}
     nodes = [node("h100-cut", cut, {"nvidia.com/gpu": "7"}), node("h100-whole", SINGLE_H100, {"nvidia.com/gpu": "1"})]
@@ -419,12 +455,68 @@ async def test_kubespawner_renders_each_profile_as_a_valid_pod(kube_spawner, pro
     assert mounts["/home/jovyan"] is False and mounts["/home/jovyan/data/imagenet"] is True
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"podbay-home-alice", "imagenet-ro"}
+    # The home is ReadWriteOnce: the pod goes where the person's other pods hold it.
+    assert pod["metadata"]["labels"]["podbay.io/home"] == "podbay-home-alice"
+    (term,) = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term == {"labelSelector": {"matchLabels": {"podbay.io/home": "podbay-home-alice"}},
+                    "topologyKey": "kubernetes.io/hostname"}
     if profile == "gpu-8":
         assert container["resources"]["requests"]["memory"] == 256 * 2**30
         assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     pvc.update(apiVersion="v1", kind="PersistentVolumeClaim")
     valid(pvc)
     assert pvc["spec"]["storageClassName"] == "nfs-homes" and pvc["metadata"]["name"] == "podbay-home-alice"
+
+
+async def rendered(spawner, profile: str) -> tuple[dict, dict]:
+    """The pod and home PVC one start of `spawner` on `profile` makes."""
+    from kubernetes_asyncio.client import ApiClient
+
+    portal = spawner.portal
+    request = portal.validate(spawner.user.name, [], {"profile": profile})
+    spawner.podbay_request = request
+    spawner.podbay_allocation = portal.claim(key=f"workspace:{spawner.user.name}/", kind="workspace",
+                                             user=spawner.user.name, team=request.team, demand=request.demand,
+                                             quota=request.quota, replace=True)
+    spawner.podbay_prepare(request)
+    async with ApiClient() as api:
+        return (api.sanitize_for_serialization(await spawner.get_pod_manifest()),
+                api.sanitize_for_serialization(spawner.get_pvc_manifest()))
+
+
+async def test_one_spawner_started_on_cpu_then_on_a_gpu_hides_nothing(kube_spawner):
+    """JupyterHub keeps the spawner of a start that failed after it was answered (202) and runs
+    the next start of that server on it. The kubelet puts the pod's env after the device
+    plugin's, so a "void" left from a CPU start would hide the GPU the next one is given."""
+    spawner = kube_spawner()
+    spawner.environment = {"SITE": "kept"}  # the deployment's own (c.KubeSpawner.environment)
+
+    def env(pod):
+        return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+
+    pod, _ = await rendered(spawner, "cpu")
+    assert env(pod)["NVIDIA_VISIBLE_DEVICES"] == "void" and env(pod)["SITE"] == "kept"
+    pod, _ = await rendered(spawner, "gpu-2")
+    assert "NVIDIA_VISIBLE_DEVICES" not in env(pod), "the device plugin's must stand"
+    assert env(pod)["SITE"] == "kept"
+    pod, _ = await rendered(spawner, "cpu")
+    assert env(pod)["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+async def test_a_home_with_no_storage_class_asks_for_the_clusters_default(kube_spawner, tmp_path):
+    """No storageClassName at all lets the DefaultStorageClass admission give the default
+    class; "" would mean "no class": no provisioning, a home that never binds."""
+    data = copy_of(K8S_CONFIG)
+    del data["kubernetes"]["home"]["storage_class"]
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    _, pvc = await rendered(kube_spawner(), "cpu")
+    assert "storageClassName" not in pvc["spec"], pvc
+    assert "volume.beta.kubernetes.io/storage-class" not in (pvc["metadata"].get("annotations") or {})
+    # A class the deployment gave KubeSpawner itself (the chart's singleuser.storage.dynamic) stays.
+    spawner = kube_spawner()
+    spawner.storage_class = "site-default"
+    _, pvc = await rendered(spawner, "cpu")
+    assert pvc["spec"]["storageClassName"] == "site-default"
 
 
 def test_config_check_knows_the_kubernetes_rules(kubernetes_installed, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 from ...config import PodbayConfig
 from ...training import BackendStatus, BackendUnavailable, BadCursor, JobSpec, TrainingBackend
 from .api import read_bytes, read_json, sync_user_secret
-from .objects import training_job
+from .objects import HOME_LABEL, training_job
 
 log = logging.getLogger("podbay.training.kubernetes")
 HOME = "/home/jovyan"
@@ -96,6 +96,17 @@ class KubernetesJobs(TrainingBackend):
         except (ClientError, OSError, TimeoutError) as e:
             raise BackendUnavailable(f"the Kubernetes API is not reachable ({e}); the job is handed over when it is back") from None
 
+    def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int,
+                     time_limit: str | None = None) -> None:
+        super().check_submit(team=team, pool=pool, gpus_per_node=gpus_per_node, nodes=nodes, time_limit=time_limit)
+        mode = self.settings.home.access_mode
+        if nodes > 1 and mode != "ReadWriteMany":
+            # Every rank mounts the home: a ReadWriteOnce one would attach to the first rank's
+            # node only, and the others would wait in ContainerCreating for ever.
+            raise ValueError(f"a job across {nodes} nodes mounts your home on each of them, and this cluster's "
+                             f"homes are {mode} (attached to one node at a time): run it on one node, or ask the "
+                             "platform team for homes on a ReadWriteMany storage class (kubernetes.home.access_mode)")
+
     async def submit(self, job: JobSpec) -> dict:
         await self._ensure()
         from kubernetes_asyncio.client.exceptions import ApiException
@@ -168,7 +179,25 @@ class KubernetesJobs(TrainingBackend):
             refused = await self._refused(job)
             if refused:
                 return BackendStatus("pending", message=refused)
-        return BackendStatus("pending", message=_pending_reason(pods))
+        return BackendStatus("pending", message=_pending_reason(pods, await self._volume_trouble(pods)))
+
+    async def _volume_trouble(self, pods: list[dict]) -> str | None:
+        """The attach-detach controller's or the kubelet's latest word on a volume of a pod
+        that was placed but does not start (Multi-Attach, a mount that fails): events, which
+        the pod's own status never carries."""
+        waiting = [p["metadata"]["name"] for p in pods if (p.get("spec") or {}).get("nodeName")
+                   and (p.get("status") or {}).get("phase") == "Pending"]
+        for name in waiting:
+            try:
+                found = await self._call(read_json, self.core.list_namespaced_event, self.settings.namespace,
+                                         field_selector=f"involvedObject.name={name}")
+            except Exception:  # noqa: BLE001 - no events to read is no reason to give
+                return None
+            for ev in reversed(found.get("items") or []):
+                if ev.get("reason") in ("FailedAttachVolume", "FailedMount") and \
+                        (ev.get("involvedObject") or {}).get("name") == name:
+                    return ev.get("message") or ev["reason"]
+        return None
 
     async def _refused(self, job: dict) -> str | None:
         """Why the Job controller makes no pod: the API server refused them (Pod Security
@@ -266,16 +295,42 @@ def _rank(pod: dict) -> tuple:
     return (int(ann.get("batch.kubernetes.io/job-completion-index", 0)), pod["metadata"]["name"])
 
 
-def _pending_reason(pods: list[dict]) -> str:
+def _pending_reason(pods: list[dict], volume_trouble: str | None = None) -> str:
     """The scheduler's word on a pod that waits (PodScheduled False: "0/12 nodes are
-    available: 12 Insufficient nvidia.com/gpu"), or the kubelet's (an image being pulled)."""
+    available: 12 Insufficient nvidia.com/gpu"), or the kubelet's (an image being pulled),
+    with what it means for the person where that is a volume."""
     for pod in pods:
         st = pod.get("status") or {}
         for cond in st.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return f"not scheduled: {cond.get('message') or cond.get('reason')}"
+                message = cond.get("message") or cond.get("reason") or ""
+                words = volume_words(message, pod)
+                return f"{words} (the scheduler: {message})" if words else f"not scheduled: {message}"
+    if volume_trouble:
+        return f"{volume_words(volume_trouble) or 'waiting for a volume'} ({volume_trouble})"
+    for pod in pods:
+        st = pod.get("status") or {}
         for cs in st.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting")
             if waiting:
                 return f"starting: {waiting.get('reason')}" + (f" ({waiting['message']})" if waiting.get("message") else "")
     return "waiting for its pods to start" if pods else "waiting for the Job controller"
+
+
+def volume_words(message: str, pod: dict | None = None) -> str | None:
+    """What a scheduler's or a volume controller's message about a pod's volumes means for the
+    person, or None when it is about something else."""
+    labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
+    if "didn't match pod affinity rules" in message and HOME_LABEL in labels:
+        return ("waiting for your home: it is attached to one node at a time (ReadWriteOnce), the node of your "
+                "running workspace, and that node has no room for this job; it starts when your workspaces stop")
+    if "Multi-Attach error" in message:
+        return ("waiting for a volume that is attached to one node at a time (ReadWriteOnce) and in use on another "
+                "node; it starts when the pods using it there stop")
+    if "unbound immediate PersistentVolumeClaims" in message or "unbound PersistentVolumeClaims" in message:
+        return "waiting for a volume that is not made yet (its claim is not bound); tell the platform team if this lasts"
+    if "persistentvolumeclaim" in message and "not found" in message:
+        return "a volume it mounts has no claim on the cluster (tell the platform team)"
+    if "MountVolume" in message or "Unable to attach or mount volumes" in message:
+        return "waiting for its volumes to be mounted"
+    return None

@@ -36,6 +36,8 @@ SHARED = "nvidia.com/gpu.shared"
 PRODUCT = "nvidia.com/gpu.product"
 LABEL = "podbay.io"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+HOME_LABEL = f"{LABEL}/home"
+HOSTNAME = "kubernetes.io/hostname"
 MASTER_PORT = 29500
 _SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789")
 
@@ -167,6 +169,21 @@ def home_pvc(settings: KubernetesSettings, user: str, team: str | None, workspac
 HOME = "/home/jovyan"
 
 
+def home_follows(settings: KubernetesSettings, claim: str) -> tuple[dict[str, str], list[dict]]:
+    """The label and the required pod-affinity term of a pod that mounts a person's home.
+
+    A ReadWriteOnce volume is attached to one node at a time: a second pod on another node
+    waits in ContainerCreating for ever (the attach-detach controller's Multi-Attach error),
+    and the scheduler does not know. So every pod that mounts such a home goes to the node
+    of the others that do (their workspaces, their jobs); the first goes anywhere, as the
+    scheduler lets a pod that matches its own term when no other does. ReadWriteMany homes
+    follow nothing; ReadWriteOncePod the scheduler enforces itself (one pod at all)."""
+    if settings.home.access_mode != "ReadWriteOnce":
+        return {}, []
+    value = label_value(claim)
+    return {HOME_LABEL: value}, [{"labelSelector": {"matchLabels": {HOME_LABEL: value}}, "topologyKey": HOSTNAME}]
+
+
 def volume_mounts(cfg: PodbayConfig, settings: KubernetesSettings, names: list[str], home_claim: str
                   ) -> tuple[list[dict], list[dict]]:
     """(volumes, volumeMounts): the home PVC at /home/jovyan and each catalog volume's PVC at
@@ -259,7 +276,9 @@ def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int
     if settings.kueue:
         kueue_queue = queue or f"{settings.name_prefix}-{team or 'no-team'}"
         meta_labels[KUEUE_QUEUE] = kueue_queue
-    vols, mounts = volume_mounts(cfg, settings, volumes, home_claim_name(settings, user, workspace))
+    home_claim = home_claim_name(settings, user, workspace)
+    vols, mounts = volume_mounts(cfg, settings, volumes, home_claim)
+    home_label, home_terms = home_follows(settings, home_claim)
     container_env = env_list(env)
     if nodes > 1:
         # torchrun's rendezvous: the first pod is the master; the completion index is the rank.
@@ -283,7 +302,9 @@ def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int
         # A job has no business with the Kubernetes API.
         "automountServiceAccountToken": False,
     }
-    job_spec: dict[str, Any] = {"backoffLimit": 0, "template": {"metadata": {"labels": dict(meta_labels)},
+    if home_terms:
+        pod_spec["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": home_terms}}
+    job_spec: dict[str, Any] = {"backoffLimit": 0, "template": {"metadata": {"labels": {**meta_labels, **home_label}},
                                                                 "spec": pod_spec}}
     if kueue_queue:
         # Created suspended: Kueue admits it (unsuspends) when its ClusterQueue has room.

@@ -12,6 +12,7 @@ does here (the backend has no placement, so the mixin's environment carries none
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from urllib.parse import urlparse
 
@@ -26,10 +27,12 @@ from .api import sync_user_secret
 from .quantity import bytes_of, cores
 from .objects import (
     HOME,
+    HOME_LABEL,
     RESTRICTED_CONTAINER,
     RESTRICTED_POD,
     container_resources,
     home_claim_name,
+    home_follows,
     labels,
     node_selector_of,
     pool_ask,
@@ -71,6 +74,11 @@ def why_not_starting(pod: dict | None, unschedulable_for: float, grace: float) -
     for cond in status.get("conditions") or []:
         if (cond.get("type"), cond.get("status"), cond.get("reason")) == ("PodScheduled", "False", "Unschedulable"):
             message = cond.get("message") or ""
+            home = HOME_LABEL in ((pod.get("metadata") or {}).get("labels") or {})
+            if home and "didn't match pod affinity rules" in message and unschedulable_for >= grace:
+                return ("Your home is attached to one node at a time (ReadWriteOnce), and your other workspaces or "
+                        "jobs use it on a node that has no room for this one: stop them, or choose what that "
+                        f"node has free. The scheduler: {message}", 503)
             if "Insufficient nvidia.com/" in message and unschedulable_for >= grace:
                 return f"No capacity: the cluster has no node for this workspace now: {message}", 503
     return None
@@ -194,7 +202,7 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
             values = await asyncio.to_thread(self.portal.secrets.values, self.user.name)
         except SecretsUnavailable as e:
             raise SpawnException(f"Cannot start this workspace: {e}.", reason="secrets", status_code=503) from None
-        base = dict(self._configured[3]) if self._configured else dict(self.extra_container_config)
+        base = dict((self._configured or {}).get("extra_container_config", self.extra_container_config))
         name = await sync_user_secret(self.api, self.k8s_settings, self.user.name, values)
         # A person's secret wins over a team's setting of the same name, as on every backend:
         # in a pod spec `env` would win over `envFrom`, so the setting is left out.
@@ -228,7 +236,11 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
             return ""
         return f" Last lines of its log:\n{text}" if text else ""
 
-    _configured: tuple[dict, list, dict, dict] | None = None
+    # The deployment's own settings of the traits podbay adds to, as they were before
+    # podbay's first start of this server: a spawner object may serve several starts.
+    _configured: dict | None = None
+    _OWN = ("node_selector", "tolerations", "extra_labels", "extra_container_config", "environment",
+            "storage_class", "pod_affinity_required")
     podbay_secrets_apart = True
 
     @property
@@ -251,25 +263,35 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         # Over the deployment's own (the chart's singleuser.nodeSelector, scheduling.userPods.tolerations),
         # kept from before the first workspace: a spawner object serves every start of its server.
         if self._configured is None:
-            self._configured = (dict(self.node_selector), list(self.tolerations), dict(self.extra_labels),
-                                dict(self.extra_container_config))
-        node_selector, tolerations, extra_labels, _ = self._configured
-        self.node_selector = {**node_selector, **node_selector_of(cfg, pool, ask)}
-        self.tolerations = [*tolerations, *tolerations_of(cfg, pool)]
+            self._configured = {name: copy.deepcopy(getattr(self, name)) for name in self._OWN}
+        own = self._configured
+        self.node_selector = {**own["node_selector"], **node_selector_of(cfg, pool, ask)}
+        self.tolerations = [*own["tolerations"], *tolerations_of(cfg, pool)]
         claim = home_claim_name(settings, self.user.name, self.name)
+        home_label, home_terms = home_follows(settings, claim)
+        self.pod_affinity_required = [*own["pod_affinity_required"], *home_terms]
         # KubeSpawner makes the home PVC the first time, from podbay's storage class.
         self.storage_pvc_ensure = True
         self.pvc_name = claim
         self.storage_capacity = settings.home.size
-        self.storage_class = settings.home.storage_class or ""
+        # Unset: no storageClassName at all, so the cluster's default class provisions the
+        # home. KubeSpawner would write "" for an empty string, which means "no class": no
+        # dynamic provisioning, and the home would wait for a PersistentVolume made by hand.
+        self.storage_class = settings.home.storage_class or own["storage_class"]
         self.storage_access_modes = [settings.home.access_mode]
         volumes, mounts = volume_mounts(cfg, settings, [v.name for v in request.volumes], claim)
         self.volumes, self.volume_mounts = volumes, mounts
         self.notebook_dir = HOME
         # Over the deployment's own labels (the chart's hub.jupyter.org/network-access-hub lets
         # the workspace reach the hub through its NetworkPolicy).
-        self.extra_labels = {**extra_labels, **labels(user=self.user.name, team=request.team, profile=request.profile.id,
-                                   units=self.portal.profile_units(request.profile), component="workspace")}
+        self.extra_labels = {**own["extra_labels"], **home_label,
+                             **labels(user=self.user.name, team=request.team, profile=request.profile.id,
+                                      units=self.portal.profile_units(request.profile), component="workspace")}
+        # Rebuilt from the deployment's own at every start: the same spawner serves a CPU start
+        # and then a GPU one (the idle policy's release-gpu makes that common), and the
+        # kubelet puts the pod's own env after the device plugin's, so a "void" left over from
+        # the CPU start would hide the GPU the plugin gave.
+        self.environment = dict(own["environment"])
         if not ask.resources:
             # NGC images ask for every GPU in their own environment: a CPU workspace sees none.
-            self.environment = {**self.environment, "NVIDIA_VISIBLE_DEVICES": "void"}
+            self.environment["NVIDIA_VISIBLE_DEVICES"] = "void"
