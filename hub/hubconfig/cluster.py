@@ -8,7 +8,7 @@ from pathlib import Path
 from .login import AuthError, configure_auth
 from .start import (
     _sections, _value, configure_culler, configure_pages, harden_pages, limit_usernames, load_checked, refuse,
-    service_environment, start_portal,
+    own_hub_api_url, service_environment, start_portal,
 )
 
 
@@ -72,8 +72,9 @@ def configure_on_cluster(c) -> None:
             # The chart's own values for these win (setdefault).
             for k, v in service_environment(c, key).items():
                 env.setdefault(k, v)
+            env.setdefault("PODBAY_HUB_API_URL", own_hub_api_url(c))
     # On a cluster the chart's own culler (cull.enabled) is the same jupyterhub-idle-culler:
     # podbay.yaml's idle.culler is used only where the chart runs none.
     if not any(s.get("name") == "jupyterhub-idle-culler" for s in _value(c.JupyterHub.get("services"), [])):
-        configure_culler(c, cfg)
+        configure_culler(c, cfg, own_hub_api_url(c))
     configure_pages(c, portal)

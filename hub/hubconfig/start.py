@@ -84,6 +84,21 @@ def service_environment(c, key: str | None) -> dict[str, str]:
     return env
 
 
+def own_hub_api_url(c) -> str:
+    """The hub's API as a process beside it reaches it: the loopback of the hub's own pod, on
+    the port it binds (the chart: hub_bind_url http://:8081), never its Service. A managed
+    service runs in the hub's pod, and JupyterHub would give it hub_connect_url
+    (http://hub:8081): a call through the hub's own Service, which needs hairpin traffic
+    (not every CNI passes it) and which the chart's hub NetworkPolicy admits only from pods
+    labelled hub.jupyter.org/network-access-hub, which the hub pod is not."""
+    from urllib.parse import urlparse
+
+    bind = urlparse(str(_value(c.JupyterHub.get("hub_bind_url"), "") or "http://:8081"))
+    base = str(_value(c.JupyterHub.get("base_url"), "/") or "/").strip("/")
+    path = f"/{base}/hub/api" if base else "/hub/api"
+    return f"http://127.0.0.1:{bind.port or 8081}{path}"
+
+
 class _OnFirstUse:
     """A list read when a template first looks at it (`{% if %}`, `{% for %}`), not before."""
 
@@ -132,7 +147,7 @@ def configure_pages(c, portal) -> None:
                                   "podbay_pages": f"{base}services/podbay/pages/", "podbay_notices": notices}
 
 
-def configure_culler(c, cfg) -> None:
+def configure_culler(c, cfg, api_url: str | None = None) -> None:
     """podbay.yaml's idle.culler as jupyterhub-idle-culler, a managed service of the hub's
     with only the scopes it needs: whole workspaces nobody used (browser, terminal, kernels)
     are stopped after idle.culler.timeout, GPU or not. (The GPU-aware rules are podbay's
@@ -144,6 +159,8 @@ def configure_culler(c, cfg) -> None:
             f"--cull-every={int(culler.every)}", f"--concurrency={culler.concurrency}"]
     if culler.max_age:
         args.append(f"--max-age={int(culler.max_age)}")
+    if api_url:  # else JUPYTERHUB_API_URL, which the hub gives it
+        args.append(f"--url={api_url}")
     services = [s for s in _value(c.JupyterHub.get("services"), []) if s.get("name") != "idle-culler"]
     c.JupyterHub.services = [*services, {"name": "idle-culler", "command": args, "display": False}]
     roles = [r for r in _value(c.JupyterHub.get("load_roles"), []) if r.get("name") != "podbay-idle-culler"]

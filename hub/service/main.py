@@ -41,7 +41,12 @@ def main() -> None:
     except BackendError as e:
         raise SystemExit(f"podbay-service: {e}") from None
     jobs = JobManager(portal, backend)
-    hub = HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
+    # Where the service itself reaches the hub's API. JupyterHub gives a managed service its
+    # hub_connect_url (on a cluster http://hub:8081: the hub pod calling its own Service, a
+    # hairpin that some CNIs drop and the chart's NetworkPolicy does not admit), so the
+    # cluster set-up passes the hub's own address in its pod (PODBAY_HUB_API_URL).
+    api_url = env.get("PODBAY_HUB_API_URL") or env["JUPYTERHUB_API_URL"]
+    hub = HubClient(api_url, env["JUPYTERHUB_API_TOKEN"])
     # PODBAY_PAUSE_JOBS=1: accept and queue jobs but start none (maintenance of the pool).
     paused = env.get("PODBAY_PAUSE_JOBS") == "1"
     if paused:
@@ -55,7 +60,8 @@ def main() -> None:
     from .pages import pages_router
     from .pairing import pairing_router
 
-    oauth = HubOAuth(api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0) if env.get("JUPYTERHUB_CLIENT_ID") else None
+    oauth = (HubOAuth(api_url=api_url, api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0)
+             if env.get("JUPYTERHUB_CLIENT_ID") else None)
     # Other people's workspaces on the pages' own origin (hub/browser.py says what is off then).
     exposed = shares_origin(env, plugin.isolates_users)
     if exposed:

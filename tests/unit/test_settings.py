@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from traitlets.config import Config
 
 from podbay.hub.settings import Podbay
@@ -52,3 +54,20 @@ def test_a_postgresql_url_means_psycopg_3_wherever_it_is_set():
     c.Podbay.hub_db_url = "postgres://hub@db/hub"
     assert PodbaySpawnerMixin(config=c).db_url == "postgresql+psycopg://podbay@db/podbay"
     assert Podbay(config=c).hub_db_url == "postgresql+psycopg://hub@db/hub"
+
+
+@pytest.mark.parametrize("bind, base, url", [
+    (None, None, "http://127.0.0.1:8081/hub/api"),                 # the chart's hub_bind_url http://:8081
+    ("http://:8081", "/jhub/", "http://127.0.0.1:8081/jhub/hub/api"),
+    ("http://0.0.0.0:9000", "/", "http://127.0.0.1:9000/hub/api"),
+])
+def test_the_service_on_a_cluster_reaches_the_hub_in_its_own_pod(bind, base, url):
+    from podbay.hub.hubconfig.start import own_hub_api_url
+
+    c = Config()
+    if bind:
+        c.JupyterHub.hub_bind_url = bind
+    if base:
+        c.JupyterHub.base_url = base
+    c.JupyterHub.hub_connect_url = "http://hub:8081"  # what JupyterHub would give the service
+    assert own_hub_api_url(c) == url
