@@ -77,6 +77,8 @@ setup_system() {
   if [ "${1:-}" = test ]; then
     command -v chromium >/dev/null || missing+=(chromium)
     command -v tmux >/dev/null || missing+=(tmux)
+    # GPU utilisation read through a real Prometheus scraping an exporter as a cluster's does.
+    command -v prometheus >/dev/null || missing+=(prometheus)
     # The quota book's tests run against a real PostgreSQL too.
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
     command -v ssh >/dev/null || missing+=(openssh-client)

@@ -4,7 +4,9 @@
   `DCGM_FI_DEV_GPU_UTIL` (percent) per GPU, and `DCGM_FI_PROF_GR_ENGINE_ACTIVE` (a ratio)
   per MIG instance, which NVML cannot measure. A MIG series carries its parent's UUID and
   `GPU_I_ID` / `GPU_I_PROFILE`, never a MIG UUID. With Kubernetes pod mapping on, series
-  carry `pod`/`namespace` (older exporters: `pod_name`/`pod_namespace`).
+  carry `pod`/`namespace` (older exporters: `pod_name`/`pod_namespace`); scraped by a
+  Prometheus that does not honour the exporter's labels (a ServiceMonitor's default), they
+  arrive as `exported_pod`/`exported_namespace`, and `pod` names the exporter's own pod.
 - A Prometheus server's query API, for the same series where Prometheus scrapes the exporters.
 - NVML (pynvml) on this machine, where no DCGM runs: whole GPUs only.
 
@@ -58,8 +60,14 @@ def reading_from(name: str, labels: dict[str, str], value: float) -> Reading | N
     if not uuid or math.isnan(value):
         return None
     gi = labels.get("gpu_i_id")
-    pod = labels.get("pod") or labels.get("pod_name")
-    namespace = labels.get("namespace") or labels.get("pod_namespace")
+    if labels.get("exported_pod"):
+        # Prometheus with honor_labels false (kube-prometheus-stack's ServiceMonitor default)
+        # renames the exporter's pod labels: pod/namespace then name the exporter's own pod.
+        pod = labels["exported_pod"]
+        namespace = labels.get("exported_namespace") or labels.get("namespace")
+    else:
+        pod = labels.get("pod") or labels.get("pod_name")
+        namespace = labels.get("namespace") or labels.get("pod_namespace")
     common = dict(uuid=uuid, hostname=labels.get("hostname"), pod=f"{namespace}/{pod}" if pod and namespace else None,
                   gpu_instance=int(gi) if gi not in (None, "") else None, mig_profile=labels.get("gpu_i_profile") or None)
     if name in UTIL_NAMES:
