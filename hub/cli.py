@@ -1,4 +1,4 @@
-"""The portal's own commands: `podbay config check`, `podbay gpus`, `podbay up`. The `podbay`
+"""The portal's own commands: `podbay config check`, `podbay doctor`, `podbay gpus`, `podbay up`. The `podbay`
 command itself is the client's (podbay.tui.cli): these join it through the `podbay.commands`
 entry points when podbay is installed with its hub (`pip install 'podbay[hub]'`)."""
 
@@ -32,6 +32,30 @@ def cmd_config_check(args) -> int:
           f"{len(cfg.profiles)} profiles, "
           f"{len(cfg.nodes)} nodes ({n_dev} GPUs declared), {len(cfg.volumes)} volumes, {len(cfg.teams)} teams")
     return 0
+
+
+def cmd_doctor(args) -> int:
+    """Every check of hub/doctor.py and the backend's own, against the real systems."""
+    import asyncio
+
+    from .backends import BackendError, chosen, load
+    from .config import ConfigError, load_config
+    from .doctor import Finding, diagnose, render
+
+    try:
+        cfg = load_config(args.config, args.backend)
+        plugin = load(chosen(cfg, args.backend))
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except BackendError as e:
+        print(render([Finding.fail(str(e), "install the backend's extra (pip install 'podbay[hub,<backend>]')")],
+                     args.json))
+        return 1
+    hub_url = args.hub_url or os.environ.get("PODBAY_HUB_API_URL") or os.environ.get("JUPYTERHUB_API_URL")
+    findings = asyncio.run(diagnose(cfg, plugin, hub_url=hub_url, token=os.environ.get("JUPYTERHUB_API_TOKEN")))
+    print(render(findings, args.json))
+    return 1 if any(f.level == "fail" for f in findings) else 0
 
 
 def cmd_gpus(args) -> int:
@@ -254,6 +278,16 @@ def register(sub) -> None:
     check.add_argument("file")
     check.add_argument("--backend", help="check for this backend instead of the file's backend:")
     check.set_defaults(func=cmd_config_check)
+
+    doctor = sub.add_parser("doctor", help="check the real engine, hub and utilisation source for what will not "
+                                           "work, each with its fix (exit 1 if anything must be fixed)")
+    doctor.add_argument("--config", default=os.environ.get("PODBAY_CONFIG", "config/podbay.yaml"),
+                        help="podbay.yaml (default: PODBAY_CONFIG or %(default)s)")
+    doctor.add_argument("--backend", help="check this backend instead of the file's backend:")
+    doctor.add_argument("--hub-url", help="the hub's API as the service reaches it (default: PODBAY_HUB_API_URL "
+                                          "or JUPYTERHUB_API_URL), e.g. http://127.0.0.1:8081/hub/api")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(func=cmd_doctor)
 
     gpus = sub.add_parser("gpus", help="list this machine's GPUs (NVML) or those of saved nvidia-smi output")
     gpus.add_argument("--from-file", metavar="FILE", help="saved `nvidia-smi -L` or `nvidia-smi -q -x` output")

@@ -315,9 +315,11 @@ def _sweep(client) -> None:
 
 @contextlib.contextmanager
 def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), namespace: str = "default",
-                             controllers: bool = True):
+                             controllers: bool = True, rbac: bool = False):
     """The stand-in cluster (tests/standins/k8s_cluster.py) in a process of its own, its storage and
-    logs under `state`; yields its URL and a kubeconfig for it. Ending it ends its containers."""
+    logs under `state`; yields its URL and a kubeconfig for it. Ending it ends its containers.
+    With `rbac`, the kubeconfig is the hub's ServiceAccount (`hub` in `namespace`), allowed
+    only what the applied Roles and bindings grant; tests look with ADMIN_TOKEN."""
     import json
 
     cmd = [sys.executable, "-m", "tests.standins.k8s_cluster", "--state", str(state), "--nodes", str(nodes)]
@@ -325,6 +327,11 @@ def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), n
         cmd += ["--apply", str(path)]
     if not controllers:
         cmd.append("--no-controllers")
+    user: dict = {}
+    if rbac:
+        (state / "tokens.yaml").write_text(json.dumps({"hub-token": f"system:serviceaccount:{namespace}:hub"}))
+        cmd += ["--tokens", str(state / "tokens.yaml")]
+        user = {"token": "hub-token"}
     with (state / "cluster.log").open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
     try:
@@ -335,7 +342,7 @@ def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), n
             "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
             "clusters": [{"name": "stand-in", "cluster": {"server": url}}],
             "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "hub", "namespace": namespace}}],
-            "users": [{"name": "hub", "user": {}}]}))
+            "users": [{"name": "hub", "user": user}]}))
         yield url, kubeconfig
     finally:
         proc.terminate()

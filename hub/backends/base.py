@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the hub-side modules load only in the process that uses the
     from pydantic import BaseModel
 
     from ..config import PodbayConfig
+    from ..doctor import Finding
     from ..inventory import Inventory
     from ..portal import Portal
     from ..quota.capacity import CapacitySource
@@ -138,6 +139,13 @@ class Backend:
     def start_hub(self, cfg: "PodbayConfig", portal: "Portal", hub_port: int) -> HubSide:
         """Check the engine and reconcile the quota book; raise BackendError to refuse to start."""
         raise NotImplementedError
+
+    async def doctor(self, cfg: "PodbayConfig") -> "list[Finding]":
+        """`podbay doctor`'s checks of this engine's prerequisites on the real thing (the
+        engine answers, podbay may do what it does there, what podbay.yaml names exists),
+        each failure with its fix. The core's own checks (the hub's API, the utilisation
+        source) are hub/doctor.py's."""
+        return []
 
     def training(self, portal: "Portal") -> "TrainingBackend":
         raise NotImplementedError

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.harness import (
     ROOT,
@@ -198,7 +199,10 @@ class KubernetesDriver:
     login = "jovyan"
 
     def pod(self, user: str, ws: str) -> dict:
-        pods = httpx.get(f"{self.url}/api/v1/namespaces/{self.NS}/pods", timeout=10).json()["items"]
+        from tests.standins.k8s_cluster import ADMIN_TOKEN
+
+        pods = httpx.get(f"{self.url}/api/v1/namespaces/{self.NS}/pods", timeout=10,
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["items"]
         for pod in pods:
             notes = pod["metadata"].get("annotations") or {}
             if (notes.get("hub.jupyter.org/username"), notes.get("hub.jupyter.org/servername")) == (user, ws):
@@ -228,16 +232,29 @@ class KubernetesDriver:
 
 @pytest.fixture(scope="module")
 def stand_in_cluster(tmp_path_factory):
-    """The stand-in cluster, with what `podbay k8s manifests` prints for the contract's
-    podbay.yaml applied (Kueue's queues); its storage root is the hub's data directory."""
+    """The stand-in cluster with RBAC on, the hub as the chart's ServiceAccount: what the
+    chart's hub Role (rendered by the real helm from config/helm/values.yaml) and `podbay k8s
+    manifests` (the hub's other rights, Kueue's queues) grant is all it may do. Its storage
+    root is the hub's data directory."""
+    from tests.integration.test_helm import render
+
     require(os.geteuid() == 0, "the stand-in kubelet mounts volumes (needs root)")
     data_dir = tmp_path_factory.mktemp("contract-kubernetes")
     manifests = data_dir / "manifests.yaml"
     out = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "k8s", "manifests", "--config", str(CONFIG)],
                          capture_output=True, text=True, check=True)
     manifests.write_text(out.stdout)
-    with stand_in_cluster_running(data_dir, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml", [manifests],
-                                  namespace=KubernetesDriver.NS) as (url, kubeconfig):
+    chart = render(ROOT / "config" / "helm" / "values.yaml", namespace=KubernetesDriver.NS)
+    assert chart.returncode == 0, chart.stderr
+    rights = [d for d in yaml.safe_load_all(chart.stdout)
+              if d and d["kind"] in ("Role", "RoleBinding") and d["metadata"]["name"] == "hub"]
+    assert len(rights) == 2, "the chart's hub Role and its binding"
+    for d in rights:
+        d["metadata"]["namespace"] = KubernetesDriver.NS
+    (data_dir / "chart-rbac.yaml").write_text(yaml.safe_dump_all(rights))
+    with stand_in_cluster_running(data_dir, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml",
+                                  [data_dir / "chart-rbac.yaml", manifests], namespace=KubernetesDriver.NS,
+                                  rbac=True) as (url, kubeconfig):
         yield data_dir, url, kubeconfig
 
 

@@ -29,8 +29,8 @@ def helm() -> str:
     return found
 
 
-def render(*values: Path, kube: str = "1.33.0") -> subprocess.CompletedProcess:
-    args = [helm(), "template", "podbay", str(CHART), "--namespace", "podbay", "--kube-version", kube]
+def render(*values: Path, kube: str = "1.33.0", namespace: str = "podbay") -> subprocess.CompletedProcess:
+    args = [helm(), "template", "podbay", str(CHART), "--namespace", namespace, "--kube-version", kube]
     for v in values:
         args += ["-f", str(v)]
     return subprocess.run(args, capture_output=True, text=True, timeout=120)

@@ -28,6 +28,9 @@ server (tests/standins/k8s_emulator.py) with what a real cluster runs beside it 
   deleted claim's files go once no pod uses it;
 - the scheduler's required pod affinity (labelSelector, topologyKey; a pod that matches its own
   term goes anywhere while no other matches);
+- with --tokens, authentication and RBAC as the API server's: each request is allowed only by
+  what the Roles, ClusterRoles and bindings applied to it grant (the chart's hub Role and
+  `podbay k8s manifests`), and SelfSubjectAccessReview answers from the same rules;
 - Kueue: a Workload per suspended Job of a LocalQueue, admitted (the Job unsuspended) while
   its ClusterQueue's nominalQuota, or what its cohort leaves unused, covers it; otherwise
   QuotaReserved False with Kueue's reason.
@@ -59,7 +62,7 @@ from typing import Any
 
 import yaml
 
-from tests.standins.k8s_emulator import RESOURCES, Emulator, emulated_cluster
+from tests.standins.k8s_emulator import ADMIN, RESOURCES, Emulator, Rbac, emulated_cluster
 
 KUEUE = "kueue.x-k8s.io/v1beta1"
 CLUSTER_RESOURCES = {
@@ -816,8 +819,17 @@ class Cluster:
         await asyncio.gather(*(self.kill(box.proc, grace=2) for box in self.containers.values()))
 
 
-async def serve(state: Path, nodes: Path, apply: list[Path], controllers: bool = True) -> None:
+# The token of the tests' own view of the stand-in (kubectl as a cluster admin) when RBAC is on.
+ADMIN_TOKEN = "stand-in-admin"
+
+
+async def serve(state: Path, nodes: Path, apply: list[Path], controllers: bool = True,
+                tokens: Path | None = None) -> None:
     async with emulated_cluster(CLUSTER_RESOURCES) as (url, emu):
+        if tokens is not None:
+            # Authentication and RBAC on: {token: user} (a ServiceAccount's user is
+            # system:serviceaccount:<namespace>:<name>), and the tests' admin token.
+            emu.rbac = Rbac({**yaml.safe_load(tokens.read_text()), ADMIN_TOKEN: ADMIN})
         for path in [nodes, *apply]:
             for obj in yaml.safe_load_all(path.read_text()):
                 if obj and obj.get("kind") in PLURALS:
@@ -839,11 +851,12 @@ def main() -> None:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--nodes", type=Path, required=True)
     parser.add_argument("--apply", type=Path, action="append", default=[])
+    parser.add_argument("--tokens", type=Path, help="YAML {token: user}: authentication and RBAC on")
     parser.add_argument("--no-controllers", action="store_true",
                         help="the API server only: objects stay as applied (benchmarks of reading)")
     args = parser.parse_args()
     args.state.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(args.state, args.nodes, args.apply, controllers=not args.no_controllers))
+    asyncio.run(serve(args.state, args.nodes, args.apply, controllers=not args.no_controllers, tokens=args.tokens))
 
 
 if __name__ == "__main__":

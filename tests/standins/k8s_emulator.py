@@ -31,7 +31,13 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     'networking.k8s.io/v1/networkpolicies': ('NetworkPolicy', True, set()),
     'kueue.x-k8s.io/v1beta1/workloads': ('Workload', True, {'status'}),
     'storage.k8s.io/v1/storageclasses': ('StorageClass', False, set()),
+    'rbac.authorization.k8s.io/v1/roles': ('Role', True, set()),
+    'rbac.authorization.k8s.io/v1/rolebindings': ('RoleBinding', True, set()),
+    'rbac.authorization.k8s.io/v1/clusterroles': ('ClusterRole', False, set()),
+    'rbac.authorization.k8s.io/v1/clusterrolebindings': ('ClusterRoleBinding', False, set()),
+    'authorization.k8s.io/v1/selfsubjectaccessreviews': ('SelfSubjectAccessReview', False, set()),
 }
+ADMIN = 'system:admin'
 VERBS = {'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'}
 _TERM = re.compile(r'^(!?)([\w./-]+)(?:(==|=|!=)(.*)|\s+(in|notin)\s*\((.*)\))?$')
 
@@ -63,12 +69,87 @@ def _field(obj: Any, path: str) -> str:
     return '' if obj is None else str(obj)
 
 
+def _verb(request: kmock.Request) -> str:
+    method = str(request.method).upper().rsplit('.', 1)[-1]
+    if method == 'GET':
+        if request.params.get('watch', '').lower() in ('true', '1'):
+            return 'watch'
+        return 'get' if request.name else 'list'
+    return {'POST': 'create', 'PUT': 'update', 'PATCH': 'patch',
+            'DELETE': 'delete' if request.name else 'deletecollection'}.get(method, method.lower())
+
+
+@attrs.define
+class Rbac:
+    """The API server's authentication by bearer token and its RBAC authorizer, over the
+    Role, ClusterRole and their bindings stored in the emulator (as the chart and `podbay k8s
+    manifests` make them). `tokens` maps a token to its user; a ServiceAccount's user is
+    system:serviceaccount:<namespace>:<name>. system:admin may do anything (system:masters)."""
+
+    tokens: dict[str, str]
+
+    def user(self, authorization: str | None) -> str | None:
+        scheme, _, token = (authorization or '').partition(' ')
+        return self.tokens.get(token) if scheme.lower() == 'bearer' else None
+
+    @staticmethod
+    def _subject_is(subject: dict[str, Any], user: str) -> bool:
+        kind, name = subject.get('kind'), subject.get('name')
+        if kind == 'User':
+            return name == user
+        if kind == 'ServiceAccount':
+            return user == f"system:serviceaccount:{subject.get('namespace')}:{name}"
+        if kind == 'Group':
+            sa = user.startswith('system:serviceaccount:')
+            groups = {'system:authenticated'} | ({'system:serviceaccounts',
+                                                   f"system:serviceaccounts:{user.split(':')[2]}"} if sa else set())
+            return name in groups
+        return False
+
+    @staticmethod
+    def _rule_allows(rule: dict[str, Any], verb: str, group: str, resource: str, name: str | None) -> bool:
+        def has(values: Any, value: str) -> bool:
+            return '*' in (values or []) or value in (values or [])
+        return (has(rule.get('apiGroups'), group) and has(rule.get('resources'), resource) and has(rule.get('verbs'), verb)
+                and (not rule.get('resourceNames') or (name is not None and name in rule['resourceNames'])))
+
+    def allows(self, emu: 'Emulator', user: str, verb: str, group: str, resource: str, namespace: str | None,
+               name: str | None) -> bool:
+        if user == ADMIN:
+            return True
+        roles = {(r['metadata'].get('namespace'), r['metadata']['name']): r
+                 for r in emu.stored('rbac.authorization.k8s.io/v1/roles')}
+        cluster_roles = {r['metadata']['name']: r for r in emu.stored('rbac.authorization.k8s.io/v1/clusterroles')}
+        granted: list[dict[str, Any]] = []
+        for b in emu.stored('rbac.authorization.k8s.io/v1/clusterrolebindings'):
+            if any(self._subject_is(s, user) for s in b.get('subjects') or []):
+                granted += (cluster_roles.get(b['roleRef']['name']) or {}).get('rules') or []
+        if namespace is not None:
+            for b in emu.stored('rbac.authorization.k8s.io/v1/rolebindings'):
+                if b['metadata'].get('namespace') != namespace or not any(
+                        self._subject_is(s, user) for s in b.get('subjects') or []):
+                    continue
+                ref = b['roleRef']
+                role = cluster_roles.get(ref['name']) if ref['kind'] == 'ClusterRole' else roles.get((namespace, ref['name']))
+                granted += (role or {}).get('rules') or []
+        return any(self._rule_allows(rule, verb, group, resource, name) for rule in granted)
+
+    @staticmethod
+    def refusal(user: str, verb: str, group: str, resource: str, namespace: str | None) -> str:
+        plural, _, sub = resource.partition('/')
+        what = f'resource "{plural}"' + (f' subresource "{sub}"' if sub else '')
+        where = f'in the namespace "{namespace}"' if namespace else 'at the cluster scope'
+        return f'{plural} is forbidden: User "{user}" cannot {verb} {what} in API group "{group}" {where}'
+
+
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     # (namespace, pod) -> its log: text, or the file a stand-in kubelet writes it to
     pod_logs: dict[tuple[str, str], str | Path] = attrs.field(factory=dict)
     # Admission: (resource, namespace, object) -> a refusal's message, or None to admit.
     admit: Any = attrs.field(default=None)
+    # Authentication and RBAC, as an API server with --authorization-mode=RBAC; None: anyone may do anything.
+    rbac: Rbac | None = attrs.field(default=None)
     last_rv: int = attrs.field(default=0, init=False)
     closing: bool = attrs.field(default=False, init=False)
 
@@ -100,6 +181,24 @@ class Emulator(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> Any:
         if len(request.url.path) > 1 and request.url.path.endswith('/'):  # kubernetes_asyncio: GET /apis/, /api/v1/
             object.__setattr__(request, 'url', request.url.with_path(request.url.path.rstrip('/')))
+        if self.rbac is not None:
+            user = self.rbac.user(request.headers.get('Authorization'))
+            if user is None:
+                raise kmock.KubernetesError(401, 'Unauthorized', 'Unauthorized')
+            if request.resource is not None:
+                group, plural = request.resource.group or '', request.resource.plural
+                if plural == 'selfsubjectaccessreviews':  # every authenticated user may ask (system:basic-user)
+                    attrs_ = ((request.data or {}).get('spec') or {}).get('resourceAttributes') or {}
+                    resource = attrs_.get('resource', '') + (f"/{attrs_['subresource']}" if attrs_.get('subresource') else '')
+                    allowed = self.rbac.allows(self, user, attrs_.get('verb', ''), attrs_.get('group', ''), resource,
+                                               attrs_.get('namespace') or None, attrs_.get('name') or None)
+                    return aiohttp.web.json_response(dict(request.data or {}, status={
+                        'allowed': allowed, **({} if allowed else {'reason': ''})}), status=201)
+                resource = plural + (f'/{request.subresource}' if request.subresource else '')
+                verb = _verb(request)
+                if not self.rbac.allows(self, user, verb, group, resource, request.namespace, request.name):
+                    raise kmock.KubernetesError(403, 'Forbidden', self.rbac.refusal(user, verb, group, resource,
+                                                                                     request.namespace))
         if request.resource is not None:
             if request.method == 'GET' and request.params.get('watch', '').lower() in ('true', '1'):
                 object.__setattr__(request, 'action', kmock.action.WATCH)  # in place: keeps identity in emu.requests
@@ -200,6 +299,11 @@ class Emulator(kmock.KubernetesEmulator):
         if key not in self.objects:
             self.objects[key] = []  # an empty history, i.e. "deleted"
         return await self._emit(resource, 'ADDED', self.objects[key], lambda: self.objects[key].create(obj))
+
+    def stored(self, resource: str) -> list[dict[str, Any]]:
+        """Every live object of a resource ('group/version/plural', core: 'v1/plural')."""
+        key = kmock.resource(resource)
+        return [o.raw for (res, _, _), o in list(self.objects.items()) if res == key and not o.deleted]
 
     def get_object(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         key = (kmock.resource(resource), namespace, name)

@@ -22,6 +22,34 @@ def _meta(name: str, namespace: str | None = None) -> dict:
     return meta
 
 
+def needed_access(settings: KubernetesSettings) -> list[tuple[str, str, str, str | None]]:
+    """Every call podbay's hub and service make to the API server, as (verb, API group,
+    resource[/subresource], namespace or None for the whole cluster). `podbay doctor` asks the
+    API server about each (SelfSubjectAccessReview); the chart's hub Role and rbac() grant
+    them (tested against the stand-in cluster's RBAC)."""
+    ns = settings.namespace
+    calls = [
+        # Capacity: every node, and every namespace's pods (their requests take the same GPUs).
+        *[(verb, "", res, None) for res in ("nodes", "pods") for verb in ("list", "watch")],
+        # Workspaces (KubeSpawner: its pods, their events, the homes), the hub's reconcile at start.
+        *[(verb, "", "pods", ns) for verb in ("get", "list", "watch", "create", "delete")],
+        ("get", "", "pods/log", ns),
+        *[(verb, "", "events", ns) for verb in ("list", "watch")],
+        *[(verb, "", "persistentvolumeclaims", ns) for verb in ("get", "list", "create", "delete")],
+        # People's secrets, one Secret each (created, replaced whole, deleted).
+        *[(verb, "", "secrets", ns) for verb in ("get", "create", "update", "delete")],
+        # Training jobs: the Job, and across nodes its headless Service and own NetworkPolicy.
+        *[(verb, "batch", "jobs", ns) for verb in ("get", "list", "create", "delete", "patch")],
+        *[(verb, "", "services", ns) for verb in ("create", "delete")],
+        *[(verb, "networking.k8s.io", "networkpolicies", ns) for verb in ("create", "delete")],
+    ]
+    if settings.kueue:
+        calls += [("list", "kueue.x-k8s.io", "workloads", ns), ("list", "kueue.x-k8s.io", "localqueues", ns)]
+    # `podbay doctor` from the hub's pod.
+    calls.append(("list", "storage.k8s.io", "storageclasses", None))
+    return calls
+
+
 def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: str | None = None) -> list[dict]:
     """The chart's hub Role covers pods, PVCs, secrets, services and events of its namespace:
     capacity needs Nodes and every namespace's pods (their requests use the same GPUs), and
@@ -32,7 +60,9 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
     runner = f"{prefix}-job-runner"
     return [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": _meta(reader),
-         "rules": [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]},
+         "rules": [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
+                   # `podbay doctor` in the hub's pod: how homes are provisioned.
+                   {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": _meta(reader),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
          "subjects": subject},
@@ -44,7 +74,8 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
               "verbs": ["get", "list", "watch", "create", "delete"]},
              # People's secrets, one Secret each, which their workspaces and jobs take as environment.
              {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "delete"]},
-             {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "watch"]},
+             {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads", "localqueues"],
+              "verbs": ["get", "list", "watch"]},
              # A multi-node job's own policy: its pods reach one another (NCCL, the rendezvous).
              {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
               "verbs": ["get", "create", "delete"]},

@@ -67,6 +67,11 @@ class KubernetesBackend(Backend):
                                                        "or remove queue"))
         return out
 
+    async def doctor(self, cfg):
+        from .doctor import diagnose
+
+        return await diagnose(cfg)
+
     def capacity(self, cfg, inventory):
         return ClusterCapacity(cfg, cfg.kubernetes, self.view)
 

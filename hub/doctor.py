@@ -1,0 +1,134 @@
+"""`podbay doctor`: what will not work, found before any user finds it, each with its fix.
+
+The stand-ins of the tests model what real systems refuse (tests/standins/); this runs the
+same checks against the real thing, from where podbay runs: podbay.yaml, the hub's API as
+the service reaches it, the utilisation source and the labels its series carry, and the
+backend's own prerequisites (`Backend.doctor`: the cluster's rights, storage, GPU nodes and
+Kueue; Docker's engine and GPU runtime; Slurm's commands, munge, partitions and accounts).
+A check that cannot be made says so (a warning), and never passes for want of an answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .config import PodbayConfig
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's outcome: what was checked (or found wrong), and what to do about it."""
+
+    level: Level
+    what: str
+    fix: str = ""
+
+    @classmethod
+    def ok(cls, what: str) -> "Finding":
+        return cls("ok", what)
+
+    @classmethod
+    def warn(cls, what: str, fix: str = "") -> "Finding":
+        return cls("warn", what, fix)
+
+    @classmethod
+    def fail(cls, what: str, fix: str) -> "Finding":
+        return cls("fail", what, fix)
+
+
+async def hub_api(url: str | None, token: str | None = None, timeout: float = 10) -> list[Finding]:
+    """The hub's REST API as podbay's service reaches it (`url`: its /hub/api)."""
+    import httpx
+
+    if not url:
+        return [Finding.warn("the hub's API was not checked: no URL given",
+                             "run where the service runs (PODBAY_HUB_API_URL or JUPYTERHUB_API_URL set), "
+                             "or give --hub-url http://HOST:8081/hub/api")]
+    headers = {"Authorization": f"token {token}"} if token else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            r = await http.get(url.rstrip("/") + "/", headers=headers)
+    except httpx.HTTPError as e:
+        return [Finding.fail(f"the hub's API at {url} does not answer ({type(e).__name__}: {e})",
+                             "podbay's service, the CLI and the TUI need it: check the address from where the "
+                             "service runs (on a cluster the hub's own pod: http://127.0.0.1:8081/hub/api, not "
+                             "the hub Service, which the chart's NetworkPolicy does not admit from the hub pod)")]
+    try:
+        version = r.json().get("version")
+    except ValueError:
+        version = None
+    if r.status_code != 200 or not version:
+        return [Finding.fail(f"{url} answered {r.status_code}, not JupyterHub's API",
+                             "give the hub's API URL, ending in /hub/api")]
+    return [Finding.ok(f"the hub's API answers at {url} (JupyterHub {version})")]
+
+
+async def utilisation(cfg: "PodbayConfig", engine_places: bool) -> list[Finding]:
+    """The utilisation source answers, and on an engine that places devices (Kubernetes) its
+    series name the pods that hold the GPUs, which is how workspaces are matched."""
+    from .usage.sources import Source, SourceUnavailable
+
+    settings = cfg.usage.source
+    if settings.type == "none":
+        return [Finding.ok("no utilisation source (usage.source.type: none): idle rules never act")] \
+            if not cfg.idle.rules else [Finding.fail(
+                "idle rules are set but usage.source.type is none: nothing is measured, so they never act",
+                "set usage.source (dcgm, prometheus or nvml)")]
+    source = Source(settings, window=60)
+    try:
+        readings = await source.read()
+    except SourceUnavailable as e:
+        return [Finding.fail(f"the utilisation source ({settings.type}) does not answer: {e}",
+                             "check usage.source's URL from where the service runs")]
+    except Exception as e:  # noqa: BLE001 - NVML without a driver, and the like
+        return [Finding.fail(f"the utilisation source ({settings.type}) cannot be read: {e}",
+                             "check usage.source")]
+    finally:
+        await source.aclose()
+    if not readings:
+        return [Finding.fail(f"the utilisation source ({settings.type}) answers but has no GPU series "
+                             "(DCGM_FI_DEV_GPU_UTIL, DCGM_FI_PROF_GR_ENGINE_ACTIVE)",
+                             "check that the DCGM exporters run on the GPU nodes and that the source scrapes them")]
+    out = [Finding.ok(f"the utilisation source ({settings.type}) answers: {len(readings)} GPU series")]
+    if not engine_places:
+        return out
+    if not any(r.pod for r in readings):
+        out.append(Finding.fail(
+            "no utilisation series names a pod: workspaces and jobs cannot be matched to their GPUs, so idle "
+            "GPUs are never released and showback's 'used' stays empty",
+            "turn the DCGM exporter's Kubernetes pod mapping on (the GPU operator's default; "
+            "DCGM_EXPORTER_KUBERNETES=true) and, with Prometheus, keep its pod labels (honorLabels, or the "
+            "exported_pod labels podbay reads)"))
+    else:
+        out.append(Finding.ok("utilisation series name their pods (pod/namespace, or exported_pod/"
+                              "exported_namespace behind a ServiceMonitor)"))
+    return out
+
+
+async def diagnose(cfg: "PodbayConfig", plugin: "Backend", *, hub_url: str | None = None,
+                   token: str | None = None) -> list[Finding]:
+    findings = [Finding.ok(f"podbay.yaml is valid ({plugin.describe(cfg)})")]
+    findings += await hub_api(hub_url, token)
+    findings += await utilisation(cfg, not plugin.places_devices)
+    findings += await plugin.doctor(cfg)
+    return findings
+
+
+def render(findings: list[Finding], as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps([asdict(f) for f in findings], indent=2)
+    lines = []
+    for f in findings:
+        lines.append(f"{f.level:<4}  {f.what}")
+        if f.fix:
+            lines.append(f"      fix: {f.fix}")
+    failed = sum(f.level == "fail" for f in findings)
+    warned = sum(f.level == "warn" for f in findings)
+    lines.append(f"{failed} to fix, {warned} to look at" if failed or warned else "nothing to fix")
+    return "\n".join(lines)
