@@ -862,3 +862,31 @@ def test_an_idle_gpu_container_is_restarted_on_cpu_with_its_home(dhub, docker):
     assert out.split("\n")[:2] == ["before the release", "scratch-mounted"], out
     assert claimed(dhub, "workspace:alice/idlegpu") == []
     dhub.stop_server("alice", "idlegpu")
+
+
+def test_podbay_doctor_checks_the_engine_as_the_spawner_uses_it(docker, image, tmp_path):
+    """The docker backend's `podbay doctor` against the real engine: it answers, the network,
+    the images, the volumes' folders, and a throwaway container that asks for a GPU as the
+    spawner does (here through the tests' GPU stand-in hook). A device driver the engine
+    lacks and an image not built are reported with their fixes."""
+    from podbay.hub.backends.docker.doctor import diagnose
+    from podbay.hub.config import load_config
+
+    data = yaml.safe_load(DOCKER_CONFIG.read_text())
+    built = dict(data, images=[i for i in data["images"] if i["name"] != "pytorch"])  # the one never built
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(built))
+    healthy = asyncio.run(diagnose(load_config(tmp_path / "podbay.yaml", "docker")))
+    assert [f for f in healthy if f.level == "fail"] == [], healthy
+    assert any(f.what.startswith("a container gets GPU GPU-11111111-0000-4000-8000-000000000000") for f in healthy)
+    data["docker"]["gpu_driver"] = "no-such-driver"
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    broken = {f.what: f.fix for f in asyncio.run(diagnose(load_config(tmp_path / "podbay.yaml", "docker")))
+              if f.level == "fail"}
+    assert "images not built on this engine: pytorch (a start on them fails)" in broken, broken
+    data["volumes"].append({"name": "gone", "source": str(tmp_path / "no-such-share")})
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    broken = {f.what: f.fix for f in asyncio.run(diagnose(load_config(tmp_path / "podbay.yaml", "docker")))
+              if f.level == "fail"}
+    assert f"volume gone: its source {tmp_path / 'no-such-share'} is not a folder on this host" in broken, broken
+    (driver,) = [w for w in broken if "device driver" in w]
+    assert driver.startswith("Docker's engine has no 'no-such-driver' device driver") and "toolkit" in broken[driver]

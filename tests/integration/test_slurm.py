@@ -411,3 +411,24 @@ def test_the_cli_shows_slurms_reason_and_the_pools_nodes(shub, slurm_cluster, tm
         with service(shub) as api:
             for job in (nxt, wide):
                 api.delete(f"/jobs/{job['id']}")
+
+
+def test_podbay_doctor_checks_slurm_as_the_service_calls_it(slurm_cluster):
+    """The slurm backend's `podbay doctor` against the real Slurm: commands, the controller,
+    munge on the socket slurm.conf names, each pool's partition and its GPU GRES, the teams'
+    accounts; a partition or an account podbay.yaml names and Slurm lacks is reported with
+    its fix."""
+    import asyncio
+
+    from podbay.hub.backends.slurm.doctor import diagnose
+
+    healthy = asyncio.run(diagnose(config(slurm_cluster, accounts={"vision": "contract-vision"})))
+    assert [f for f in healthy if f.level != "ok"] == [], healthy
+    said = [f.what for f in healthy]
+    assert "munge makes and reads credentials" in said and any(s.startswith("slurmctld answers") for s in said)
+    assert any(s.startswith("pool training: partition gpu, ") for s in said), said
+    broken = asyncio.run(diagnose(config(slurm_cluster, partitions={"short": "nosuch"},
+                                         accounts={"vision": "no-such-account"})))
+    failed = {f.what: f.fix for f in broken if f.level == "fail"}
+    assert any(w.startswith("pool short: Slurm has no partition 'nosuch'") for w in failed), failed
+    assert "Slurm has no account no-such-account (slurm.accounts): those teams' jobs are refused" in failed

@@ -27,7 +27,7 @@ LAYERS = [
     # 3: the decisions
     {"podbay.hub.portal"},
     # 4: what the decisions drive: the spawner mixin, jobs, usage
-    {"podbay.hub.spawner", "podbay.hub.jobs", "podbay.hub.usage"},
+    {"podbay.hub.spawner", "podbay.hub.jobs", "podbay.hub.usage", "podbay.hub.doctor"},
     # 5: the engines
     {"podbay.hub.backends.base", "podbay.hub.backends.local", "podbay.hub.backends.docker",
      "podbay.hub.backends.kubernetes", "podbay.hub.backends.slurm"},

@@ -319,7 +319,11 @@ def test_rbac_lets_the_hub_read_capacity_cluster_wide_and_run_jobs_in_its_namesp
     for obj in objs:
         valid(obj)
     cluster_role, _, role, binding = objs
-    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]
+    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
+                                     {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
+                                      "verbs": ["get", "list"]}]
+    # That these and the chart's hub Role grant every call podbay makes (needed_access) is
+    # asked of the stand-in cluster's RBAC by podbay doctor: tests/integration/test_doctor.py.
     assert {"create", "delete"} <= set(role["rules"][0]["verbs"]) and role["rules"][0]["resources"] == ["jobs"]
     assert role["metadata"]["namespace"] == "podbay"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "jhub"}]

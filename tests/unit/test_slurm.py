@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from podbay.hub.config import parse_config
-from podbay.hub.backends.slurm.plugin import parse_nodes
+from podbay.hub.backends.slurm.nodes import parse_nodes
 from podbay.hub.training import JobSpec
 from podbay.hub.backends.slurm.jobs import SlurmJobs, account_gpus, enroot_image, exit_code, reason_words
 

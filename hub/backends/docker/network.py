@@ -107,7 +107,7 @@ def ensure_network(client, settings: DockerSettings) -> WorkspaceNetwork | None:
         raise DockerNetworkError(f"the Docker network {name!r} cannot be read: {e}") from None
     if found is None:
         found = _create(api, settings, name)
-    return _check(found, settings)
+    return check_network(found, settings)
 
 
 def _create(api, settings: DockerSettings, name: str) -> dict:
@@ -137,7 +137,7 @@ def _create(api, settings: DockerSettings, name: str) -> dict:
                                  f"{getattr(failure or e, 'explanation', None) or failure or e}") from None
 
 
-def _check(found: dict, settings: DockerSettings) -> WorkspaceNetwork:
+def check_network(found: dict, settings: DockerSettings) -> WorkspaceNetwork:
     want = settings.network
     name = found["Name"]
     if found.get("Driver") != "bridge":

@@ -30,6 +30,11 @@ class DockerBackend(Backend):
                 for name in cfg.docker.named_volumes if cfg.volume(name) is None]
         return out
 
+    async def doctor(self, cfg):
+        from .doctor import diagnose
+
+        return await diagnose(cfg)
+
     def describe(self, cfg):
         if cfg.docker.network.mode == "host":
             return "docker, on the host network: workspaces are NOT isolated from each other (one user only)"

@@ -3,55 +3,19 @@ through `sbatch` (jobs.py), workspaces as the local backend runs them."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 
 from ...config import PodbayConfig, ProfileKind
 from ...quota.book import Snapshot
-from ...quota.capacity import CapacitySource, InventoryCapacity, NodeState, Usage, default_weight
+from ...quota.capacity import CapacitySource, InventoryCapacity, Usage, default_weight
 from ...training import BackendUnavailable
 from ..local.plugin import LocalBackend
 from .commands import Commands, SlurmError, SlurmSettings
+from .nodes import SlurmNode, parse_nodes
 
 # The most GPUs on a node of a pool Slurm has never described: no job is refused for its size.
 UNKNOWN_SIZE = 1 << 20
-
-# --- what Slurm says of its nodes ------------------------------------------------------
-
-
-@dataclass
-class SlurmNode(NodeState):
-    # state: Slurm's words: IDLE, MIXED, ALLOCATED, DOWN, DRAIN, IDLE+DRAIN, …
-    partitions: list[str] = field(default_factory=list)
-
-    @property
-    def usable(self) -> bool:
-        """Takes new jobs: not down, drained, draining, failing or powered off."""
-        words = set(re.split(r"[+*~#!%$@^-]", self.state.upper()))
-        return not words & {"DOWN", "DRAIN", "DRAINING", "DRAINED", "FAIL", "FAILING", "POWERED_DOWN", "POWERING_DOWN",
-                            "NOT_RESPONDING", "INVAL", "FUTURE", "MAINT", "RESERVED", "UNKNOWN"}
-
-
-def gres_count(tres: str, gres: str) -> int:
-    """gres/gpu=N from a TRES list (CfgTRES, AllocTRES); 0 when absent."""
-    m = re.search(rf"(?:^|,)gres/{re.escape(gres)}=(\d+)(?:,|$)", tres or "")
-    return int(m.group(1)) if m else 0
-
-
-def parse_nodes(text: str, gres: str = "gpu") -> list[SlurmNode]:
-    """`scontrol show node --oneliner`: one node per line of key=value pairs."""
-    nodes = []
-    for line in text.splitlines():
-        fields = dict(re.findall(r"(\w+)=(.*?)(?=\s+\w+=|$)", line.strip()))
-        if "NodeName" not in fields:
-            continue
-        nodes.append(SlurmNode(
-            name=fields["NodeName"], state=fields.get("State", "UNKNOWN"),
-            partitions=[p for p in fields.get("Partitions", "").split(",") if p],
-            gpus=gres_count(fields.get("CfgTRES", ""), gres), gpus_used=gres_count(fields.get("AllocTRES", ""), gres),
-            reason=fields.get("Reason", "").split(" [")[0]))
-    return nodes
 
 
 @dataclass
@@ -162,6 +126,11 @@ class SlurmBackend(LocalBackend):
             out.append((("pools",), "no pool names a Slurm partition: give the training pool one "
                                     "(slurm: partitions: {training: <partition>}, or the pool's queue)"))
         return out
+
+    async def doctor(self, cfg):
+        from .doctor import diagnose
+
+        return await diagnose(cfg)
 
     def capacity(self, cfg, inventory):
         return SlurmCapacity(cfg, inventory, NodeView(Commands(cfg.slurm), cfg.slurm.refresh))

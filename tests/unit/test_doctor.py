@@ -1,0 +1,58 @@
+"""podbay doctor's own checks (hub/doctor.py): the hub's API as the service reaches it, and
+how findings are told; the engines' checks are tested against their real parts or the
+stand-in cluster (tests/integration/test_doctor.py, test_docker.py, test_slurm.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+
+from podbay.hub.doctor import Finding, hub_api, render
+from tests.standins.json_server import serve_json
+
+
+def test_the_hubs_api_answers_or_its_fix_is_said():
+    seen = []
+
+    def answer(path, headers):
+        seen.append((path, headers.get("Authorization")))
+        return (200, {"version": "5.3.0"}) if path == "/hub/api/" else (404, {})
+
+    with serve_json(answer) as base:
+        (ok,) = asyncio.run(hub_api(f"{base}/hub/api", "service-token"))
+        (wrong,) = asyncio.run(hub_api(f"{base}/elsewhere"))
+    assert ok == Finding.ok(f"the hub's API answers at {base}/hub/api (JupyterHub 5.3.0)")
+    assert seen[0] == ("/hub/api/", "token service-token")
+    assert wrong.level == "fail" and "not JupyterHub's API" in wrong.what
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (down,) = asyncio.run(hub_api(f"http://127.0.0.1:{port}/hub/api"))
+    assert down.level == "fail" and "does not answer" in down.what and "127.0.0.1:8081/hub/api" in down.fix
+    (unchecked,) = asyncio.run(hub_api(None))
+    assert unchecked.level == "warn" and "--hub-url" in unchecked.fix
+
+
+def test_findings_are_told_with_their_fixes_and_as_json():
+    findings = [Finding.ok("fine"), Finding.fail("broken", "mend it"), Finding.warn("odd")]
+    assert render(findings).splitlines() == ["ok    fine", "fail  broken", "      fix: mend it", "warn  odd",
+                                             "1 to fix, 1 to look at"]
+    assert json.loads(render(findings, as_json=True))[1] == {"level": "fail", "what": "broken", "fix": "mend it"}
+
+
+def test_the_command_exits_1_when_something_must_be_fixed(tmp_path):
+    from tests.harness import TEST_CONFIG
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "doctor", "--config", str(TEST_CONFIG),
+                          "--backend", "local", "--hub-url", f"http://127.0.0.1:{port}/hub/api", "--json"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr
+    levels = {f["what"].split(" (")[0]: f["level"] for f in json.loads(run.stdout)}
+    assert levels["podbay.yaml is valid"] == "ok"
+    assert any(w.startswith("the hub's API at") and lvl == "fail" for w, lvl in levels.items()), levels
