@@ -88,8 +88,10 @@ class Home(_Model):
     # its own home too. Off by default: a home is never deleted by podbay otherwise, and one
     # shared by all of a person's workspaces never is (KubeSpawner's delete_pvc would).
     delete_with_workspace: bool = False
-    # The homes' access mode; jobs mount the person's home too, so on another node than the
-    # workspace they need ReadWriteMany.
+    # The homes' access mode. ReadWriteOnce (block storage, the clouds' default classes): a
+    # person's workspaces and jobs all run on the node where their home is attached (a job
+    # waits for their workspaces to stop; none runs across nodes). ReadWriteMany (a
+    # file-storage class): anywhere, the training pool and multi-node jobs included.
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
 
     _q = field_validator("size", mode="before")(lambda v: checked(v))
