@@ -198,9 +198,23 @@ async def test_a_two_node_job_waits_for_kueue_runs_and_succeeds(k8s_jobs):
     assert m.get(job.id).state == "running"
     assert m.portal.book.snapshot().job_gpus_of("vision", "alice") == 16, "8 GPUs on each of 2 nodes"
     data, cursor = await m.read_logs(job.id)
-    assert data == b"rank 0: epoch 1\n" and cursor == f"{name}-0:16"
+    assert data == b"rank 0: epoch 1\n" and cursor.startswith(f"{name}-0:16:")
     emu.pod_logs[NS, f"{name}-0"] += "rank 0: epoch 2\n"
-    assert await m.read_logs(job.id, cursor) == (b"rank 0: epoch 2\n", f"{name}-0:32")
+    data, cursor = await m.read_logs(job.id, cursor)
+    assert data == b"rank 0: epoch 2\n" and cursor.startswith(f"{name}-0:32:")
+    assert await m.read_logs(job.id, cursor) == (b"", cursor), "nothing new"
+    # The kubelet rotates the log (containerLogMaxSize): the API serves the new file only.
+    emu.pod_logs[NS, f"{name}-0"] = "rank 0: epoch 3\n"
+    data, cursor = await m.read_logs(job.id, cursor)
+    assert data.endswith(b"rank 0: epoch 3\n") and b"rotated" in data, data
+    # Rotated again into a file longer than the old offset: not read from the middle either.
+    emu.pod_logs[NS, f"{name}-0"] = "rank 0: epoch 4, a line longer than all that came before\n"
+    data, cursor = await m.read_logs(job.id, cursor)
+    assert data.endswith(b"rank 0: epoch 4, a line longer than all that came before\n") and b"rotated" in data
+    # A cursor of an older podbay (no fingerprint) still reads on.
+    emu.pod_logs[NS, f"{name}-0"] += "rank 0: epoch 5\n"
+    offset = len(emu.pod_logs[NS, f"{name}-0"]) - len("rank 0: epoch 5\n")
+    assert (await m.read_logs(job.id, f"{name}-0:{offset}"))[0] == b"rank 0: epoch 5\n"
     await controllers.end(name, 0)
     await m.tick()
     done = m.get(job.id)
@@ -674,3 +688,49 @@ async def test_homes_bind_and_attach_as_a_cloud_cluster_does(kubernetes_installe
                 assert running["spec"]["nodeName"] == "train-01" and running["status"]["phase"] == "Running", running
         finally:
             await cluster.shutdown()
+
+
+async def test_a_finished_job_and_what_it_owns_are_cleaned_up_after_its_ttl(kubernetes_installed, tmp_path):
+    """A job across nodes: its Job is made suspended, then its Service and NetworkPolicy owned
+    by it, then it runs; once finished for kubernetes.job_ttl, the TTL controller deletes the
+    Job and the garbage collector what it owned (nothing of it is left on the cluster)."""
+    from kubernetes_asyncio import client
+
+    from podbay.hub.backends.kubernetes.jobs import KubernetesJobs
+    from podbay.hub.config import load_config
+    from podbay.hub.training import JobSpec
+    from tests.standins.k8s_cluster import CLUSTER_RESOURCES, Cluster, condition
+
+    cfg = load_config(config(tmp_path, kueue=False, job_ttl="1m",
+                             home={"storage_class": "nfs-homes", "size": "20Gi", "access_mode": "ReadWriteMany"}),
+                      "kubernetes")
+    async with emulated_cluster(CLUSTER_RESOURCES) as (url, emu):
+        cluster = Cluster(emu, tmp_path)
+        async with client.ApiClient(client.Configuration(host=url)) as api:
+            jobs = KubernetesJobs(cfg, api)
+            spec = JobSpec(id=7, name="llm", user="alice", image="pytorch", command=["torchrun", "train.py"],
+                           workdir="/home/jovyan", env={}, gpus_per_node=8, nodes=2, pool="training", team="vision")
+            await jobs.submit(spec)
+            job = emu.get_object("batch/v1/jobs", NS, "podbay-job-7")
+            assert job["spec"]["suspend"] is False and job["spec"]["ttlSecondsAfterFinished"] == 60
+            for res in ("v1/services", "networking.k8s.io/v1/networkpolicies"):
+                owned = emu.get_object(res, NS, "podbay-job-7")
+                assert owned["metadata"]["ownerReferences"] == [
+                    {"apiVersion": "batch/v1", "kind": "Job", "name": "podbay-job-7", "uid": job["metadata"]["uid"]}]
+            # Handed over again after a restart: found, not made twice, not held.
+            await jobs.submit(spec)
+            assert emu.get_object("batch/v1/jobs", NS, "podbay-job-7")["metadata"]["uid"] == job["metadata"]["uid"]
+            ended = condition("Complete", "True")
+            await cluster.ttl_controller()
+            assert emu.get_object("batch/v1/jobs", NS, "podbay-job-7") is not None, "still running: kept"
+            await emu.patch_object("batch/v1/jobs", NS, "podbay-job-7", {"status": {"conditions": [ended]}})
+            await cluster.ttl_controller()
+            assert emu.get_object("batch/v1/jobs", NS, "podbay-job-7") is not None, "finished just now: kept"
+            ended["lastTransitionTime"] = "2026-01-01T00:00:00Z"
+            await emu.patch_object("batch/v1/jobs", NS, "podbay-job-7", {"status": {"conditions": [ended]}})
+            await cluster.ttl_controller()
+            await cluster.garbage_collector()
+            for res in ("batch/v1/jobs", "v1/services", "networking.k8s.io/v1/networkpolicies"):
+                assert emu.get_object(res, NS, "podbay-job-7") is None, res
+            status = await jobs.status({"job_id": 7})
+            assert status.state == "lost" and "kubernetes.job_ttl" in status.message

@@ -12,8 +12,8 @@ server (tests/standins/k8s_emulator.py) with what a real cluster runs beside it 
   output where `kubectl logs` reads it, and reports it Running, then its exit code (by its
   restartPolicy: ended, or CrashLoopBackOff, without running it again);
 - the Job controller: pods for a Job that is not suspended (`<job>-<index>-<suffix>` with
-  hostname `<job>-<index>` for an Indexed Job), the Job's status and conditions, and the
-  garbage collector (pods of a deleted Job go);
+  hostname `<job>-<index>` for an Indexed Job), the Job's status and conditions; the
+  TTL-after-finished controller; the garbage collector (what a deleted object owned goes);
 - Pod Security admission at the `restricted` level for every namespace (a Namespace's own
   pod-security.kubernetes.io/enforce label says otherwise): a pod below it is refused with
   the API server's words, and a Job's pods are not made (a FailedCreate event instead);
@@ -49,6 +49,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -124,9 +125,12 @@ DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
 
 
+def now_text() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def condition(type_: str, status: str, reason: str = "", message: str = "") -> dict:
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": "2026-11-30T00:00:00Z"}
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now_text()}
 
 
 ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
@@ -261,6 +265,8 @@ class Cluster:
             try:
                 await self.kueue()
                 await self.job_controller()
+                await self.ttl_controller()
+                await self.garbage_collector()
                 await self.volume_binder()
                 await self.scheduler()
                 await self.kubelet()
@@ -403,6 +409,33 @@ class Cluster:
                 new["conditions"] = [condition("Complete", "True")]
             if any(status.get(k) != v for k, v in new.items()):
                 await self.patch("batch/v1/jobs", job, {"status": new})
+
+    async def ttl_controller(self) -> None:
+        """The TTL-after-finished controller: a Job whose Complete or Failed condition is older
+        than its ttlSecondsAfterFinished is deleted (its pods and what it owns follow)."""
+        now = datetime.datetime.now(datetime.UTC)
+        for job in self.objects("batch/v1/jobs"):
+            ttl = job["spec"].get("ttlSecondsAfterFinished")
+            ended = [c for c in (job.get("status") or {}).get("conditions") or []
+                     if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
+            if ttl is None or not ended:
+                continue
+            at = datetime.datetime.strptime(ended[0]["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=datetime.UTC)
+            if (now - at).total_seconds() >= ttl:
+                with contextlib.suppress(KeyError):
+                    await self.emu.delete_object("batch/v1/jobs", job["metadata"]["namespace"], job["metadata"]["name"])
+
+    async def garbage_collector(self) -> None:
+        """Objects whose owner is gone are deleted (background propagation), as the garbage
+        collector does with ownerReferences."""
+        live = {o["metadata"]["uid"] for res in CLUSTER_RESOURCES for o in self.objects(res)}
+        for res in ("v1/services", "networking.k8s.io/v1/networkpolicies", "v1/pods"):
+            for obj in self.objects(res):
+                owners = obj["metadata"].get("ownerReferences") or []
+                if owners and not any(o.get("uid") in live for o in owners):
+                    with contextlib.suppress(KeyError):
+                        await self.emu.delete_object(res, obj["metadata"]["namespace"], obj["metadata"]["name"])
 
     async def event(self, obj: dict, reason: str, message: str, kind: str = "Job", type_: str = "Warning") -> None:
         meta = obj["metadata"]

@@ -8,12 +8,14 @@ submit of the same job (a service restart in between) finds it instead of starti
 second copy, and after a restart every job is found again by that name.
 
 Logs are the pods' (rank 0's for a job across nodes), read through the API; the cursor is
-"<pod>:<byte offset>", so a follower reads on where it stopped, and starts over if the pod
-it read was replaced.
+"<pod>:<byte offset>:<fingerprint of the bytes before it>", so a follower reads on where it
+stopped, starts over if the pod it read was replaced, and reads the new file whole (saying
+so) when the kubelet rotated the log under it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -122,16 +124,33 @@ class KubernetesJobs(TrainingBackend):
             volumes=job.volume_names, gpus_per_node=job.gpus_per_node, nodes=job.nodes, pool=job.pool,
             queue=job.queue, workspace=job.workspace, secret=secret)
         ns = self.settings.namespace
-        creators = {"Job": self.batch.create_namespaced_job, "Service": self.core.create_namespaced_service,
+        job_obj, *peers = objects
+        # A job across nodes waits suspended until its Service and policy exist (the ranks
+        # look each other up and connect at once); they are owned by the Job, so the garbage
+        # collector removes them with it (its TTL after it finished, or a cancel).
+        held = bool(peers) and not job_obj["spec"].get("suspend")
+        if held:
+            job_obj["spec"]["suspend"] = True
+        try:
+            made = await self._call(read_json, self.batch.create_namespaced_job, ns, job_obj)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            # Already there: this job was handed over before a restart.
+            made = await self._call(read_json, self.batch.read_namespaced_job, self.job_name(job.id), ns)
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": made["metadata"]["name"],
+                 "uid": made["metadata"]["uid"]}
+        creators = {"Service": self.core.create_namespaced_service,
                     "NetworkPolicy": self.networking.create_namespaced_network_policy}
-        # The policy and the Service first: the ranks reach and look each other up at once.
-        for obj in reversed(objects):
-            create = creators[obj["kind"]]
+        for obj in peers:
+            obj["metadata"]["ownerReferences"] = [dict(owner)]
             try:
-                await self._call(create, ns, obj)
+                await self._call(creators[obj["kind"]], ns, obj)
             except ApiException as e:
-                if e.status != 409:  # already there: this job was handed over before a restart
+                if e.status != 409:
                     raise
+        if held or (peers and not self.settings.kueue and (made.get("spec") or {}).get("suspend")):
+            await self._call(self.batch.patch_namespaced_job, self.job_name(job.id), ns, {"spec": {"suspend": False}})
         return {"name": self.job_name(job.id), "namespace": ns}
 
     async def sync_secrets(self, user: str, values: dict[str, str]) -> None:
@@ -162,7 +181,8 @@ class KubernetesJobs(TrainingBackend):
         await self._ensure()
         job = await self._job(ref)
         if job is None:
-            return BackendStatus("lost", message="the job's Kubernetes Job is gone")
+            return BackendStatus("lost", message="the job's Kubernetes Job is gone (deleted, or removed "
+                                                 "kubernetes.job_ttl after it finished)")
         spec, st = job.get("spec") or {}, job.get("status") or {}
         completions = spec.get("completions") or 1
         if (st.get("succeeded") or 0) >= completions:
@@ -269,12 +289,9 @@ class KubernetesJobs(TrainingBackend):
         await self._ensure()
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        pod_name, offset = None, 0
+        pod_name, offset, tail = None, 0, None
         if cursor:
-            pod_name, sep, at = cursor.rpartition(":")
-            if not sep or not (at.isascii() and at.isdigit()):
-                raise BadCursor(f"{cursor!r} is not a log cursor of this job; start without one")
-            offset = int(at)
+            pod_name, offset, tail = _parse_cursor(cursor)
         pods = sorted(await self._pods(ref), key=_rank)
         if not pods:
             return b"", cursor
@@ -285,9 +302,38 @@ class KubernetesJobs(TrainingBackend):
             data = await self._call(read_bytes, self.core.read_namespaced_pod_log, first, self.settings.namespace)
         except ApiException as e:
             if e.status in (400, 404):  # not started yet, or gone
-                return b"", f"{first}:{offset}"
+                return b"", _cursor(first, offset, tail)
             raise
-        return data[offset:], f"{first}:{len(data) if len(data) > offset else offset}"
+        if offset and (offset > len(data) or (tail is not None and _tail(data, offset) != tail)):
+            # The kubelet rotated the container's log (at containerLogMaxSize): the API serves
+            # the new file only, so the offset points into other text. Read the new file
+            # whole; what was written between the last read and the rotation is in the old one.
+            return ROTATED + data, _cursor(first, len(data), _tail(data, len(data)))
+        return data[offset:], _cursor(first, len(data), _tail(data, len(data)))
+
+
+ROTATED = b"[podbay: the kubelet rotated this log here; lines written just before may be missing]\n"
+
+
+def _tail(data: bytes, offset: int) -> str:
+    """A fingerprint of the bytes before `offset`: a rotated log no longer has them there."""
+    return hashlib.sha256(data[max(0, offset - 64):offset]).hexdigest()[:16]
+
+
+def _cursor(pod: str, offset: int, tail: str | None) -> str:
+    return f"{pod}:{offset}" + (f":{tail}" if tail and offset else "")
+
+
+def _parse_cursor(cursor: str) -> tuple[str, int, str | None]:
+    """`<pod>:<offset>[:<fingerprint>]` (older cursors have no fingerprint)."""
+    head, sep, last = cursor.rpartition(":")
+    tail = None
+    if sep and not last.isdigit() and len(last) == 16 and all(c in "0123456789abcdef" for c in last):
+        tail = last
+        head, sep, last = head.rpartition(":")
+    if not sep or not (last.isascii() and last.isdigit()):
+        raise BadCursor(f"{cursor!r} is not a log cursor of this job; start without one")
+    return head, int(last), tail
 
 
 def _rank(pod: dict) -> tuple:

@@ -304,7 +304,7 @@ def training_job(cfg: PodbayConfig, settings: KubernetesSettings, *, job_id: int
     }
     if home_terms:
         pod_spec["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": home_terms}}
-    job_spec: dict[str, Any] = {"backoffLimit": 0, "template": {"metadata": {"labels": {**meta_labels, **home_label}},
+    job_spec: dict[str, Any] = {"backoffLimit": 0, "ttlSecondsAfterFinished": int(settings.job_ttl), "template": {"metadata": {"labels": {**meta_labels, **home_label}},
                                                                 "spec": pod_spec}}
     if kueue_queue:
         # Created suspended: Kueue admits it (unsuspends) when its ClusterQueue has room.

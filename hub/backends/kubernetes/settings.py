@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ...usage.settings import Duration
 from .quantity import checked
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -132,6 +133,10 @@ class KubernetesSettings(_Model):
     # outside the cluster: what the site's workspaces get through the chart's
     # singleuser.networkPolicy.egress, e.g. [{to: [{ipBlock: {cidr: 10.20.0.0/16}}], ports: [{port: 443}]}].
     job_egress: list[dict] = []
+    # How long a finished job's Job, pods (and so its logs) and Service stay on the cluster
+    # (the Job's ttlSecondsAfterFinished; its Service and NetworkPolicy are owned by it and go
+    # with it). podbay keeps its record of the job; `podbay job logs` reads nothing after.
+    job_ttl: Duration = Field(default=7 * 86400.0, ge=60, le=365 * 86400.0)
 
     _q = field_validator("kueue_cpu", "kueue_memory", mode="before")(lambda v: checked(v))
 
