@@ -115,3 +115,25 @@ def test_podbay_k8s_manifests_prints_valid_objects():
             valid({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]})
         else:
             valid(doc)
+
+
+def test_podbay_k8s_values_pre_pull_the_catalog_on_the_gpu_nodes(tmp_path):
+    """`podbay k8s values` after podbay's values: the chart's continuous pre-puller pulls every
+    catalog image (the contract's and an NGC one) and tolerates the GPU pools' taints."""
+    data = yaml.safe_load((ROOT / "tests" / "data" / "podbay-contract.yaml").read_text())
+    data["images"].append({"name": "pytorch", "display_name": "PyTorch", "image": "nvcr.io/nvidia/pytorch:25.01-py3"})
+    data["pools"]["training"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    out = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "k8s", "values", "--config",
+                          str(tmp_path / "podbay.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "prepull.yaml").write_text(out.stdout)
+    rendered = render(VALUES, tmp_path / "prepull.yaml")
+    assert rendered.returncode == 0, rendered.stderr
+    (puller,) = [d for d in yaml.safe_load_all(rendered.stdout)
+                 if d and d["kind"] == "DaemonSet" and d["metadata"]["name"] == "continuous-image-puller"]
+    valid(puller)
+    pulled = {c["image"] for c in puller["spec"]["template"]["spec"]["initContainers"]}
+    assert {"nvcr.io/nvidia/pytorch:25.01-py3", "podbay/base:2026.11"} <= pulled, pulled
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        puller["spec"]["template"]["spec"]["tolerations"]

@@ -583,6 +583,52 @@ def test_why_a_workspace_pod_does_not_start(pod, waited, said):
     assert why_not_starting(pod, waited, grace=10) == said
 
 
+def test_what_is_not_capacity_is_not_called_capacity():
+    """An autoscaled pool adds a node for what waits (no refusal after the grace); a zonal
+    volume and a ReadWriteOnce home that pin the pod elsewhere are said as what they are."""
+    from podbay.hub.backends.kubernetes.spawner import why_not_starting
+
+    short = _pod(**_unschedulable("0/4 nodes are available: 4 Insufficient nvidia.com/gpu."))
+    assert why_not_starting(short, 60, grace=10, autoscaled=True) is None
+    zonal = _pod(**_unschedulable("0/5 nodes are available: 2 Insufficient nvidia.com/gpu, "
+                                  "3 node(s) had volume node affinity conflict."))
+    message, status = why_not_starting(zonal, 60, grace=10)
+    assert status == 503 and message.startswith("A volume of this workspace (its home or a data volume) is in "
+                                                 "another zone"), message
+    home = _pod(**_unschedulable("0/4 nodes are available: 1 Insufficient nvidia.com/gpu, "
+                                 "3 node(s) didn't match pod affinity rules."))
+    home["metadata"]["labels"] = {"podbay.io/home": "podbay-home-alice"}
+    message, status = why_not_starting(home, 60, grace=10)
+    assert status == 503 and message.startswith("Your home is attached to one node at a time (ReadWriteOnce)")
+
+
+def test_an_autoscaled_pool_with_no_node_yet_refuses_nothing_for_capacity(cfg):
+    """Scale from zero: no node of the pool has joined; a workspace is not refused at once, the
+    catalog does not say "none free", and a job is sized by the node group's GPUs."""
+    settings = KubernetesSettings(pools={"dev": {"mig_strategy": "mixed"},
+                                         "training": {"autoscaled": True, "node_gpus": 8}})
+    capacity = ClusterCapacity(cfg, settings, _ReadyView([node("h100-a", MIXED_H100, mixed_allocatable(MIXED_H100))]))
+    assert capacity.shortage(parse_profile_id("gpu-8"), ["training"]) is None
+    assert capacity.counts(parse_profile_id("gpu-8"), ["training"], NOTHING) == (0, -1)
+    assert capacity.most_gpus_per_node("training") == 8
+    # Not autoscaled: refused at once, with the reason.
+    fixed = ClusterCapacity(cfg, SETTINGS, _ReadyView([node("h100-a", MIXED_H100, mixed_allocatable(MIXED_H100))]))
+    assert fixed.shortage(parse_profile_id("gpu-8"), ["training"]) == "no node of training offers it"
+    assert fixed.most_gpus_per_node("training") == 0
+
+
+class _ReadyView:
+    """A cluster view the watch has filled: these nodes, no pods."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        self.ready = __import__("asyncio").Event()
+        self.ready.set()
+
+    def __call__(self):
+        return self.nodes, []
+
+
 def test_long_names_stay_unique_and_valid_for_any_username():
     """Names are cut to what Kubernetes takes; two long usernames sharing a prefix must not
     get each other's home or secrets, and a cut name must not end in '-'."""

@@ -23,6 +23,8 @@ from .settings import KubernetesSettings
 from .watch import TERMINATED
 
 MIG_LABEL = "nvidia.com/mig-"
+# The most GPUs on a node of an autoscaled pool that has none yet and declares no node_gpus.
+UNKNOWN_SIZE = 1 << 20
 
 
 def pod_requests(pod: dict) -> dict[str, int]:
@@ -166,6 +168,8 @@ class ClusterCapacity(CapacitySource):
                 nodes = self._nodes(pool)
                 total += self._fits(spec, pool, nodes, free=False)
                 free += self._fits(spec, pool, nodes, free=True)
+            if any(self.settings.pool(p).autoscaled for p in pools):
+                free = -1  # the autoscaler adds what is asked for
             counted = self._counted[key] = (total, free)
         return counted
 
@@ -176,6 +180,8 @@ class ClusterCapacity(CapacitySource):
         the spawner reports its reason (spawner.py)."""
         if spec.kind == "cpu" or not getattr(self.source, "ready", None) or not self.source.ready.is_set():
             return None  # no view of the cluster yet: the scheduler decides
+        if any(self.settings.pool(p).autoscaled for p in pools):
+            return None  # the autoscaler adds a node for what waits
         total = free = 0
         for pool in pools:
             nodes = self._nodes(pool)
@@ -226,7 +232,12 @@ class ClusterCapacity(CapacitySource):
         return out
 
     def most_gpus_per_node(self, pool):
-        return max((n.allocatable.get(GPU, 0) for n in self._nodes(pool)), default=0)
+        seen = max((n.allocatable.get(GPU, 0) for n in self._nodes(pool)), default=0)
+        gpus = self.settings.pool(pool)
+        if gpus.autoscaled:
+            # A node group the autoscaler grows: its declared size, or no refusal for size.
+            return max(seen, gpus.node_gpus or (0 if seen else UNKNOWN_SIZE))
+        return seen
 
     def unknown(self) -> list[str]:
         """Nodes whose GPU Feature Discovery labels say what the config does not know: a MIG

@@ -36,6 +36,22 @@ def cmd_k8s_manifests(args) -> int:
     return 0
 
 
+def cmd_k8s_values(args) -> int:
+    """The chart's values podbay.yaml decides: the pre-puller of the catalog's images."""
+    import yaml
+
+    from .manifests import image_ref, prepuller_values
+
+    cfg = _kubernetes_config(args.config)
+    print(f"# podbay k8s values for {args.config}: give to helm after config/helm/values.yaml "
+          "(-f config/helm/values.yaml -f this.yaml)")
+    for image in cfg.images:
+        if image_ref(image.image) is None:
+            print(f"# {image.name} ({image.image}) is named by digest, which the pre-puller cannot pull: give a tag")
+    print(yaml.safe_dump(prepuller_values(cfg), sort_keys=False), end="")
+    return 0
+
+
 def cmd_k8s_check(args) -> int:
     """The cluster as podbay counts it: free GPUs per pool and profile, and the nodes whose
     GPU Feature Discovery labels say what podbay.yaml does not know."""
@@ -88,9 +104,12 @@ def register(sub) -> None:
     mf.add_argument("--hub-account", default="hub", help="the hub's service account (the chart's: %(default)s)")
     mf.add_argument("--hub-namespace", help="the hub's namespace (default: kubernetes.namespace)")
     mf.set_defaults(func=cmd_k8s_manifests)
+    kv = k8s_sub.add_parser("values", help="print the chart's values podbay.yaml decides (the pre-puller of the "
+                                           "catalog's images), for helm -f")
+    kv.set_defaults(func=cmd_k8s_values)
     kc = k8s_sub.add_parser("check", help="free GPUs per pool and profile as podbay counts them, and nodes "
                                           "whose GPU labels podbay.yaml does not know (exit 1)")
     kc.set_defaults(func=cmd_k8s_check)
-    for p_ in (mf, kc):
+    for p_ in (mf, kv, kc):
         p_.add_argument("--config", default=os.environ.get("PODBAY_CONFIG", "config/podbay.yaml"),
                         help="podbay.yaml (default: PODBAY_CONFIG or %(default)s)")

@@ -137,9 +137,15 @@ def pools(cfg: PodbayConfig, nodes: list[dict], pods: list[dict]) -> list[Findin
         members = [n for n in nodes if all(((n.get("metadata") or {}).get("labels") or {}).get(k) == v
                                            for k, v in selector.items())]
         if not members:
-            out.append(Finding.fail(f"pool {name}: no node carries its node_selector {selector}",
-                                    f"label the pool's nodes (kubectl label node NODE "
-                                    f"{' '.join(f'{k}={v}' for k, v in selector.items())})"))
+            if settings.pool(name).autoscaled:
+                out.append(Finding.warn(f"pool {name}: no node yet (autoscaled: one joins when a pod waits)",
+                                        "make sure the node group gives its nodes the node_selector's labels "
+                                        f"{selector} and the GPU operator"))
+            else:
+                out.append(Finding.fail(f"pool {name}: no node carries its node_selector {selector}",
+                                        f"label the pool's nodes (kubectl label node NODE "
+                                        f"{' '.join(f'{k}={v}' for k, v in selector.items())}), or set "
+                                        f"kubernetes.pools.{name}.autoscaled where an autoscaler adds them"))
             continue
         bare = [n["metadata"]["name"] for n in members
                 if not any(k in (n["metadata"].get("labels") or {}) for k in ("nvidia.com/gpu.present",

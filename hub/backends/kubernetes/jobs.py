@@ -375,6 +375,9 @@ def volume_words(message: str, pod: dict | None = None) -> str | None:
                 "node; it starts when the pods using it there stop")
     if "unbound immediate PersistentVolumeClaims" in message or "unbound PersistentVolumeClaims" in message:
         return "waiting for a volume that is not made yet (its claim is not bound); tell the platform team if this lasts"
+    if "volume node affinity conflict" in message:
+        return ("waiting for a node in the zone of its volumes (its home or data volume is zonal storage, and no "
+                "node there has room); tell the platform team if this lasts")
     if "persistentvolumeclaim" in message and "not found" in message:
         return "a volume it mounts has no claim on the cluster (tell the platform team)"
     if "MountVolume" in message or "Unable to attach or mount volumes" in message:

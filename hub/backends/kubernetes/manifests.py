@@ -167,3 +167,30 @@ def manifests(cfg: PodbayConfig, settings: KubernetesSettings, hub_account: str 
     if settings.kueue:
         out += kueue(cfg, settings)
     return out
+
+
+def image_ref(image: str) -> tuple[str, str] | None:
+    """(name, tag) of an image reference, as the chart's extraImages take it; None for a
+    digest, which they cannot name."""
+    if "@" in image:
+        return None
+    repo, _, last = image.rpartition("/")
+    name, sep, tag = last.partition(":")
+    return (f"{repo}/{name}" if repo else name), (tag if sep else "latest")
+
+
+def prepuller_values(cfg: PodbayConfig) -> dict:
+    """The Zero to JupyterHub chart's pre-puller for the catalog: a DaemonSet that pulls every
+    catalog image on the user nodes before anyone asks (an NGC image is 15-20 GB: pulled at
+    a first start, it looks like a hung start), tolerating the pools' GPU taints."""
+    images = {}
+    for image in cfg.images:
+        ref = image_ref(image.image)
+        if ref:
+            images[f"podbay-{image.name}"] = {"name": ref[0], "tag": ref[1]}
+    tolerations = []
+    for pool in cfg.pools.values():
+        for t in pool.tolerations:
+            if dict(t) not in tolerations:
+                tolerations.append(dict(t))
+    return {"prePuller": {"continuous": {"enabled": True}, "extraImages": images, "extraTolerations": tolerations}}

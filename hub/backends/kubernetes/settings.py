@@ -58,6 +58,13 @@ class PoolGpus(_Model):
     # devices; a pool may have both, on different nodes (the plugin's config is chosen per
     # node, by its nvidia.com/device-plugin.config label).
     time_slicing: TimeSlicing | None = None
+    # A cluster autoscaler (or Karpenter) adds this pool's nodes when pods wait, from zero:
+    # nothing free now is no refusal (the workspace or job waits while a node joins, which the
+    # hub's start_timeout must cover), and no node yet is not "no GPUs".
+    autoscaled: bool = False
+    # With autoscaled: the GPUs of one node of the pool's node group, the largest job per node
+    # while none has joined yet (unset: no job is refused for its size until one has).
+    node_gpus: int | None = Field(default=None, ge=1, le=64)
 
 
 class Resources(_Model):

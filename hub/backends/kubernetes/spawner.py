@@ -45,11 +45,13 @@ NEVER_STARTS = {"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "Cr
                 "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
 
 
-def why_not_starting(pod: dict | None, unschedulable_for: float, grace: float) -> tuple[str, int] | None:
+def why_not_starting(pod: dict | None, unschedulable_for: float, grace: float,
+                     autoscaled: bool = False) -> tuple[str, int] | None:
     """What the user should read, and the status, when a workspace pod will not start: its
     container ended or cannot start, or for `grace` seconds no node has had the GPU it asks
-    for. Other reasons the scheduler waits (a volume being bound, a node being added by an
-    autoscaler, a preemption under way) are left to the start timeout."""
+    for (unless the pool is `autoscaled`: a node is being added), or its home or volume cannot
+    be where the GPU is. Other reasons the scheduler waits (a volume being bound, a
+    preemption under way) are left to the start timeout."""
     if pod is None:
         return None
     status = pod.get("status") or {}
@@ -79,7 +81,11 @@ def why_not_starting(pod: dict | None, unschedulable_for: float, grace: float) -
                 return ("Your home is attached to one node at a time (ReadWriteOnce), and your other workspaces or "
                         "jobs use it on a node that has no room for this one: stop them, or choose what that "
                         f"node has free. The scheduler: {message}", 503)
-            if "Insufficient nvidia.com/" in message and unschedulable_for >= grace:
+            if "volume node affinity conflict" in message and unschedulable_for >= grace:
+                return ("A volume of this workspace (its home or a data volume) is in another zone than the nodes "
+                        "with this GPU free; tell the platform team (homes need a class with volumeBindingMode "
+                        f"WaitForFirstConsumer, or a regional one). The scheduler: {message}", 503)
+            if "Insufficient nvidia.com/" in message and unschedulable_for >= grace and not autoscaled:
                 return f"No capacity: the cluster has no node for this workspace now: {message}", 503
     return None
 
@@ -133,6 +139,9 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         await self._hand_over_secrets()
         await self._start_watching_pods()
         ref_key = f"{self.namespace}/{self.pod_name}"
+        # A pool whose nodes an autoscaler adds: waiting for a GPU is waiting for a node.
+        autoscaled = any(self.k8s_settings.pool(p).autoscaled for p in (self.podbay_request.pools
+                                                                         if self.podbay_request else []))
         old = (self.pod_reflector.pods.get(ref_key) or {}).get("metadata", {}).get("uid")
         unschedulable_since: float | None = None
 
@@ -147,7 +156,7 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
             elif unschedulable_since is None:
                 unschedulable_since = time.monotonic()
             waited = time.monotonic() - unschedulable_since if unschedulable_since is not None else 0.0
-            return why_not_starting(pod, waited, self.unschedulable_grace)
+            return why_not_starting(pod, waited, self.unschedulable_grace, autoscaled)
 
         async def delete():
             # The pod goes; if deleting it fails, the user still reads why it did not start.
