@@ -330,3 +330,22 @@ def test_a_name_of_dots_stays_a_name_on_the_wire():
 
     asyncio.run(go())
     assert sent == [("DELETE", "/hub/api/users/admin/servers/%2E%2E"), ("DELETE", "/hub/api/users/admin/servers/%2E")]
+
+
+@pytest.mark.parametrize("example", ["docker", "kubernetes", "slurm"])
+def test_each_deployment_example_is_a_valid_complete_config(example, kubernetes_installed):
+    """config/examples/: a commented podbay.yaml per deployment, which the docs' steps use;
+    each passes `podbay config check` for its backend, and the cluster's makes every object
+    `podbay k8s manifests` and `podbay k8s values` print."""
+    import subprocess
+    import sys
+
+    path = ROOT / "config" / "examples" / f"{example}.yaml"
+    run = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "config", "check", str(path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and ": valid — backend " + example in run.stdout, run.stdout + run.stderr
+    if example == "kubernetes":
+        for command in ("manifests", "values"):
+            made = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "k8s", command, "--config", str(path)],
+                                  capture_output=True, text=True)
+            assert made.returncode == 0 and made.stdout.count("\n") > 10, made.stderr
