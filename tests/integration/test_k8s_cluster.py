@@ -734,3 +734,46 @@ async def test_a_finished_job_and_what_it_owns_are_cleaned_up_after_its_ttl(kube
                 assert emu.get_object(res, NS, "podbay-job-7") is None, res
             status = await jobs.status({"job_id": 7})
             assert status.state == "lost" and "kubernetes.job_ttl" in status.message
+
+
+async def test_watches_replay_what_changed_since_their_version_or_are_told_410(cluster, kubernetes_installed, tmp_path):
+    """The emulated API server as a real one serves watches: from a resourceVersion, every
+    change since, a deletion between the list and the watch included (the watch cache); from a
+    compacted one, 410 Gone. podbay's cluster watch lists again and its view stays right."""
+    from kubernetes_asyncio import client, watch
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from podbay.hub.backends.kubernetes.api import read_json
+    from podbay.hub.backends.kubernetes.watch import ClusterView, ClusterWatch
+
+    api, emu = cluster
+    core = client.CoreV1Api(api)
+    for name in ("a", "b"):
+        await emu.add_object("v1/pods", gpu_pod(name, "dgx-1", {"nvidia.com/gpu": "1"}))
+    listed = await read_json(core.list_pod_for_all_namespaces)
+    rv = listed["metadata"]["resourceVersion"]
+    await emu.delete_object("v1/pods", "other-team", "a")  # between the list and the watch
+    async with watch.Watch() as w:
+        seen = []
+        async for event in w.stream(core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=1):
+            seen.append((event["type"], event["raw_object"]["metadata"]["name"]))
+    assert seen == [("DELETED", "a")], "the deletion is not lost, and nothing listed is sent again"
+    emu.compact()
+    with pytest.raises(ApiException) as gone:
+        async with watch.Watch() as w:
+            async for _ in w.stream(core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=1):
+                pass
+    assert gone.value.status == 410 and "too old resource version" in gone.value.reason
+    # podbay's watch: a compaction under it changes nothing it shows.
+    view = ClusterView()
+    watcher = asyncio.create_task(ClusterWatch(view, core, watch_timeout=1).run())
+    try:
+        await until(view.ready.is_set)
+        await until(lambda: {p["metadata"]["name"] for p in view()[1]} == {"b"})
+        emu.compact()
+        await emu.delete_object("v1/pods", "other-team", "b")
+        await emu.add_object("v1/pods", gpu_pod("c", "dgx-1", {"nvidia.com/gpu": "1"}))
+        await until(lambda: {p["metadata"]["name"] for p in view()[1]} == {"c"})
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)

@@ -9,7 +9,7 @@ which running watches see.
 
 Nothing runs, schedules or garbage-collects here: that is the tests' part.
 """
-import asyncio, base64, contextlib, datetime, random, re, string, uuid  # noqa: E401
+import asyncio, base64, collections, contextlib, datetime, random, re, string, uuid  # noqa: E401
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
+from kmock._internal import aiobus  # the event bus the emulator streams watches from
 
 # 'group/version/plural' (core: 'v1/plural') -> (kind, namespaced, subresources)
 RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
@@ -142,6 +143,37 @@ class Rbac:
         return f'{plural} is forbidden: User "{user}" cannot {verb} {what} in API group "{group}" {where}'
 
 
+# How many changes of each resource the emulated API server replays to a watch from an older
+# resourceVersion; older ones are compacted away (etcd's compaction) and such a watch ends
+# with 410 Gone, as on a real API server.
+HISTORY = 2000
+
+
+@attrs.mutable(weakref_slot=True)
+class HistoryBus(aiobus.Bus):
+    """kmock's event bus, also keeping the last changes, newest last, for watches that start
+    from a resourceVersion (the API server's watch cache)."""
+
+    history: collections.deque = attrs.field(factory=lambda: collections.deque(maxlen=HISTORY))
+    compacted: int = 0
+
+    async def put(self, *items: Any) -> None:
+        for item in items:
+            if item is None:
+                continue
+            rv = int(((item.get('object') or {}).get('metadata') or {}).get('resourceVersion') or 0)
+            if len(self.history) == self.history.maxlen:
+                self.compacted = self.history[0][0]
+            self.history.append((rv, item))
+        await super().put(*items)
+
+    def compact(self) -> None:
+        """Forget every change so far: a watch from an older resourceVersion is told 410."""
+        if self.history:
+            self.compacted = self.history[-1][0]
+        self.history.clear()
+
+
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     # (namespace, pod) -> its log: text, or the file a stand-in kubelet writes it to
@@ -152,6 +184,15 @@ class Emulator(kmock.KubernetesEmulator):
     rbac: Rbac | None = attrs.field(default=None)
     last_rv: int = attrs.field(default=0, init=False)
     closing: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._buses = collections.defaultdict(HistoryBus)
+
+    def compact(self) -> None:
+        """etcd's compaction of every resource's history (a watch from before it gets 410)."""
+        for bus in list(self._buses.values()):
+            bus.compact()
 
     def next_rv(self) -> str:
         self.last_rv += 1
@@ -170,6 +211,13 @@ class Emulator(kmock.KubernetesEmulator):
         if obj.get('kind') == 'Pod':  # as the API server defaults a new pod (KubeSpawner reads it at once)
             obj['status'] = {'phase': 'Pending', 'qosClass': 'Burstable', **(obj.get('status') or {})}
         return obj
+
+    def matches(self, request: kmock.Request, obj: dict[str, Any]) -> bool:
+        """Namespace, name and selectors of a request, whatever the object's resourceVersion."""
+        meta, params = obj.get('metadata') or {}, request.params
+        return (request.namespace in (None, meta.get('namespace')) and request.name in (None, meta.get('name'))
+                and selector_matches(params.get('labelSelector'), (meta.get('labels') or {}).get)
+                and selector_matches(params.get('fieldSelector'), lambda path: _field(obj, path)))
 
     def visible(self, request: kmock.Request, obj: dict[str, Any]) -> bool:
         meta, params, rv = obj.get('metadata') or {}, request.params, request.params.get('resourceVersion', '')
@@ -241,10 +289,22 @@ class Emulator(kmock.KubernetesEmulator):
         # honours labelSelector, fieldSelector, resourceVersion, timeoutSeconds, and close_watches().
         yield b''  # send the response headers now
         bus = self._buses[request.resource]
+        rv = request.params.get('resourceVersion', '')
         async with self._lock:
             marker = await bus.mark()
-            events = [{'type': 'ADDED', 'object': obj.raw} for (res, _, _), obj in self.objects.items()
-                      if res == request.resource and not obj.deleted]
+            if rv.isdigit() and int(rv) > 0:
+                # From a resourceVersion: every change since, deletions included (the API
+                # server's watch cache), or 410 Gone where that history was compacted.
+                if int(rv) < bus.compacted:
+                    await bus.unmark(marker)
+                    yield {'type': 'ERROR', 'object': {
+                        'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure', 'reason': 'Expired',
+                        'code': 410, 'message': f'too old resource version: {rv} ({bus.compacted})'}}
+                    return
+                events = [dict(event, replayed=True) for at, event in bus.history if at > int(rv)]
+            else:  # "" or "0": the current state as ADDED events, then changes
+                events = [{'type': 'ADDED', 'object': obj.raw} for (res, _, _), obj in self.objects.items()
+                          if res == request.resource and not obj.deleted]
         loop, timeout = asyncio.get_running_loop(), request.params.get('timeoutSeconds')
         deadline = loop.time() + float(timeout) if timeout else None
         stream = aiter(bus.stream(since=marker))
@@ -254,7 +314,10 @@ class Emulator(kmock.KubernetesEmulator):
                     left = None if deadline is None else max(0.0, deadline - loop.time())
                     events.append(await asyncio.wait_for(anext(stream), left))
                 event = events.pop(0)
-                if event is not None and self.visible(request, event['object']):
+                if event is not None and event.pop('replayed', False):
+                    if self.matches(request, event['object']):
+                        yield event
+                elif event is not None and self.visible(request, event['object']):
                     yield event
         except asyncio.TimeoutError:
             pass  # server-side timeoutSeconds: end the stream cleanly
