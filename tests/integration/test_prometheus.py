@@ -102,3 +102,19 @@ def test_the_workspaces_gpu_is_measured_as_its_pods_either_way(prometheus, job):
                       ref={"pod": "/".join(WORKSPACE_POD)}, started=0.0, ended=None)
     matcher = Matcher(None)
     assert matcher.measure(holding, matcher.index(readings)) == (87.0, 87.0)
+
+
+def test_podbay_doctor_finds_the_pods_behind_a_servicemonitor(prometheus, tmp_path):
+    """`podbay doctor`'s utilisation check through the same Prometheus: the series name the
+    workspace's pod (as exported_pod), so nothing is reported to fix."""
+    from podbay.hub.config import load_config
+    from podbay.hub.doctor import utilisation
+    from tests.harness import ROOT
+
+    url, _ = prometheus
+    data = yaml.safe_load((ROOT / "tests" / "data" / "podbay-contract.yaml").read_text())
+    data["usage"] = {"source": {"type": "prometheus", "url": url, "selector": 'job="servicemonitor"'}}
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    findings = asyncio.run(utilisation(load_config(tmp_path / "podbay.yaml", "kubernetes"), True))
+    assert [f.level for f in findings] == ["ok", "ok"], findings
+    assert findings[1].what.startswith("utilisation series name their pods")
