@@ -540,6 +540,13 @@ def test_config_check_knows_the_kubernetes_rules(kubernetes_installed, tmp_path)
             "(scratch: <claim>)") in said
     assert "pools.dev.queue: a pool's queue is a Kueue LocalQueue: set kubernetes.kueue: true, or remove queue" in said
     assert len(said) == 3, said
+    data = copy_of(K8S_CONFIG)
+    data["kubernetes"]["home"]["access_mode"] = "ReadWriteOncePod"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    (issue,) = [str(i).split(" (line")[0] for i in e.value.issues]
+    assert issue.startswith("kubernetes.home.access_mode: a ReadWriteOncePod home admits one pod at a time")
 
 
 def copy_of(data):

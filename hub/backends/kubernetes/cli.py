@@ -63,18 +63,22 @@ def cmd_k8s_check(args) -> int:
 
     cfg = _kubernetes_config(args.config)
 
-    async def read() -> tuple[list[dict], list[dict]]:
+    async def read() -> tuple[list[dict], list[dict], list]:
         from kubernetes_asyncio import client
+
+        from .doctor import storage
 
         api = await api_client(cfg.kubernetes.kubeconfig)
         async with api:
             core = client.CoreV1Api(api)
             nodes = await read_json(core.list_node, _request_timeout=30)
             pods = await read_json(core.list_pod_for_all_namespaces, _request_timeout=60)
-        return nodes.get("items") or [], pods.get("items") or []
+            # Whether homes can bind and attach where they are used (podbay doctor says the rest).
+            homes = await storage(api, cfg)
+        return nodes.get("items") or [], pods.get("items") or [], homes
 
     try:
-        nodes, pods = asyncio.run(read())
+        nodes, pods, homes = asyncio.run(read())
     except KubernetesUnreachable as e:
         print(f"podbay: {e}", file=sys.stderr)
         return 1
@@ -93,7 +97,11 @@ def cmd_k8s_check(args) -> int:
     problems = capacity.unknown()
     for problem in problems:
         print(f"warning: {problem}")
-    return 1 if problems else 0
+    for finding in homes:
+        if finding.level != "ok":
+            print(f"{'error' if finding.level == 'fail' else 'warning'}: {finding.what}"
+                  + (f" (fix: {finding.fix})" if finding.fix else ""))
+    return 1 if problems or any(f.level == "fail" for f in homes) else 0
 
 
 def register(sub) -> None:

@@ -61,6 +61,13 @@ class KubernetesBackend(Backend):
         for name in settings.claims:
             if cfg.volume(name) is None:
                 out.append((("kubernetes", "claims", name), f"no volume named {name!r} under volumes:"))
+        home = settings.home
+        if home.access_mode == "ReadWriteOncePod" and not home.per_workspace:
+            # One pod at all may mount such a volume: a person's second workspace, or any job
+            # while a workspace runs, would wait for ever.
+            out.append((("kubernetes", "home", "access_mode"),
+                        "a ReadWriteOncePod home admits one pod at a time, and every workspace and job of a person "
+                        "mounts it: use ReadWriteOnce or ReadWriteMany, or home.per_workspace: true"))
         for name, pool in cfg.pools.items():
             if pool.queue and not settings.kueue:
                 out.append((("pools", name, "queue"), "a pool's queue is a Kueue LocalQueue: set kubernetes.kueue: true, "
