@@ -66,7 +66,29 @@ async def hub_api(url: str | None, token: str | None = None, timeout: float = 10
     if r.status_code != 200 or not version:
         return [Finding.fail(f"{url} answered {r.status_code}, not JupyterHub's API",
                              "give the hub's API URL, ending in /hub/api")]
-    return [Finding.ok(f"the hub's API answers at {url} (JupyterHub {version})")]
+    out = [Finding.ok(f"the hub's API answers at {url} (JupyterHub {version})")]
+    if token:
+        # The service's own token (JUPYTERHUB_API_TOKEN where it runs): the hub knows it.
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as http:
+                me = await http.get(url.rstrip("/") + "/user", headers=headers)
+        except httpx.HTTPError as e:
+            me = None
+            out.append(Finding.warn(f"the hub's API did not answer who the token is ({type(e).__name__})"))
+        if me is not None and me.status_code != 200:
+            out.append(Finding.fail(f"the hub refuses this token ({me.status_code}): podbay's service cannot check "
+                                    "anyone's login", "run where the service runs (its JUPYTERHUB_API_TOKEN), or "
+                                                      "check the service's api_token in the hub's configuration"))
+        elif me is not None:
+            out.append(Finding.ok(f"the hub accepts this token (as {me.json().get('name', '?')})"))
+    return out
+
+
+def redacted(text: str) -> str:
+    """A URL's user and password out of what doctor prints."""
+    import re
+
+    return re.sub(r"(//)[^/@\s]+@", r"\1***@", text)
 
 
 async def utilisation(cfg: "PodbayConfig", engine_places: bool) -> list[Finding]:
@@ -84,10 +106,10 @@ async def utilisation(cfg: "PodbayConfig", engine_places: bool) -> list[Finding]
     try:
         readings = await source.read()
     except SourceUnavailable as e:
-        return [Finding.fail(f"the utilisation source ({settings.type}) does not answer: {e}",
+        return [Finding.fail(f"the utilisation source ({settings.type}) does not answer: {redacted(str(e))}",
                              "check usage.source's URL from where the service runs")]
     except Exception as e:  # noqa: BLE001 - NVML without a driver, and the like
-        return [Finding.fail(f"the utilisation source ({settings.type}) cannot be read: {e}",
+        return [Finding.fail(f"the utilisation source ({settings.type}) cannot be read: {redacted(str(e))}",
                              "check usage.source")]
     finally:
         await source.aclose()
@@ -96,6 +118,12 @@ async def utilisation(cfg: "PodbayConfig", engine_places: bool) -> list[Finding]
                              "(DCGM_FI_DEV_GPU_UTIL, DCGM_FI_PROF_GR_ENGINE_ACTIVE)",
                              "check that the DCGM exporters run on the GPU nodes and that the source scrapes them")]
     out = [Finding.ok(f"the utilisation source ({settings.type}) answers: {len(readings)} GPU series")]
+    if settings.type == "prometheus" and not settings.selector:
+        # Every target's DCGM series count: a pod of anyone's that Prometheus scrapes could
+        # claim a workspace's GPU (its pod and UUID labels) and keep it looking busy.
+        out.append(Finding.warn("usage.source.selector is empty: DCGM series from any target Prometheus scrapes "
+                                "are read, not only the exporters'",
+                                'set usage.source.selector to the exporters\' job, e.g. job="nvidia-dcgm-exporter"'))
     if not engine_places:
         return out
     if not any(r.pod for r in readings):

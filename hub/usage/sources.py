@@ -60,14 +60,11 @@ def reading_from(name: str, labels: dict[str, str], value: float) -> Reading | N
     if not uuid or math.isnan(value):
         return None
     gi = labels.get("gpu_i_id")
-    if labels.get("exported_pod"):
-        # Prometheus with honor_labels false (kube-prometheus-stack's ServiceMonitor default)
-        # renames the exporter's pod labels: pod/namespace then name the exporter's own pod.
-        pod = labels["exported_pod"]
-        namespace = labels.get("exported_namespace") or labels.get("namespace")
-    else:
-        pod = labels.get("pod") or labels.get("pod_name")
-        namespace = labels.get("namespace") or labels.get("pod_namespace")
+    # Prometheus with honor_labels false (kube-prometheus-stack's ServiceMonitor default)
+    # renames each of the exporter's labels that its target also has: pod/namespace then name
+    # the exporter's own pod. Each is read on its own (a target may carry one and not the other).
+    pod = labels.get("exported_pod") or labels.get("pod") or labels.get("pod_name")
+    namespace = labels.get("exported_namespace") or labels.get("namespace") or labels.get("pod_namespace")
     common = dict(uuid=uuid, hostname=labels.get("hostname"), pod=f"{namespace}/{pod}" if pod and namespace else None,
                   gpu_instance=int(gi) if gi not in (None, "") else None, mig_profile=labels.get("gpu_i_profile") or None)
     if name in UTIL_NAMES:

@@ -26,9 +26,11 @@ def contract(tmp_path, **kubernetes) -> dict:
     return data
 
 
-async def doctor(tmp_path, data: dict, *, kueue: bool = True, drop=lambda obj: False, nodes=()) -> list:
+async def doctor(tmp_path, data: dict, *, kueue: bool = True, drop=lambda obj: False, nodes=(),
+                 token: str = "admin") -> list:
     """The kubernetes backend's findings against a stand-in cluster holding the contract's
-    nodes and storage, the chart's hub rights and `podbay k8s manifests` (less what `drop` says)."""
+    nodes and storage, the chart's hub rights and `podbay k8s manifests` (less what `drop`
+    says), run by an operator as a cluster admin (`token`), who asks about the hub's rights."""
     import subprocess
     import sys
 
@@ -60,7 +62,7 @@ async def doctor(tmp_path, data: dict, *, kueue: bool = True, drop=lambda obj: F
             "apiVersion": "v1", "kind": "Config", "current-context": "hub",
             "clusters": [{"name": "c", "cluster": {"server": url}}],
             "contexts": [{"name": "hub", "context": {"cluster": "c", "user": "hub"}}],
-            "users": [{"name": "hub", "user": {"token": "hub-token"}}]}))
+            "users": [{"name": "hub", "user": {"token": token}}]}))
         data["kubernetes"]["kubeconfig"] = str(tmp_path / "kubeconfig")
         path.write_text(yaml.safe_dump(data))
         return await diagnose(load_config(path, "kubernetes"))
@@ -75,7 +77,7 @@ async def test_a_healthy_cluster_has_nothing_to_fix(kubernetes_installed, tmp_pa
     assert failures(findings) == [], findings
     said = [f.what for f in findings]
     assert "the API server answers" in said
-    assert any(s.startswith("every call podbay makes is allowed") for s in said), said
+    assert "every call podbay makes is allowed for system:serviceaccount:podbay-contract:hub (" in " ".join(said), said
     assert "homes use StorageClass shared-files (nfs.csi.k8s.io, Immediate)" in said
     assert "pool dev: 3 nodes" in said and "pool training: 1 nodes" in said
     assert any(s.startswith("Kueue serves its API and podbay's") for s in said), said
@@ -85,10 +87,17 @@ async def test_a_role_not_applied_is_named_with_what_podbay_may_not_do(kubernete
     findings = await doctor(tmp_path, contract(tmp_path),
                             drop=lambda o: o["kind"] == "Role" and o["metadata"]["name"] == "podbay-job-runner")
     ((what, fix),) = failures(findings)
-    assert what.startswith("podbay may not: ") and "create jobs.batch in podbay-contract" in what, what
+    # Run by a cluster admin, about the hub's ServiceAccount (the admin may do all of it).
+    assert what.startswith("podbay (system:serviceaccount:podbay-contract:hub) may not: ") and \
+        "create jobs.batch in podbay-contract" in what, what
     assert "list workloads.kueue.x-k8s.io in podbay-contract" in what
     assert "create pods in" not in what, "the chart's hub Role grants that"
     assert "podbay k8s manifests" in fix
+    # As the hub itself (PODBAY_HUB_ACCOUNT unset, but no pod: the hub's token asks about
+    # another subject, which it may not): said, not passed.
+    own = await doctor(tmp_path, contract(tmp_path), token="hub-token")
+    (warned,) = [f for f in own if "may do" in f.what]
+    assert warned.level == "warn" and "subjectaccessreviews" in warned.fix
 
 
 async def test_no_default_storage_class_and_block_storage_for_shared_homes(kubernetes_installed, tmp_path):

@@ -211,6 +211,14 @@ async def test_a_two_node_job_waits_for_kueue_runs_and_succeeds(k8s_jobs):
     emu.pod_logs[NS, f"{name}-0"] = "rank 0: epoch 4, a line longer than all that came before\n"
     data, cursor = await m.read_logs(job.id, cursor)
     assert data.endswith(b"rank 0: epoch 4, a line longer than all that came before\n") and b"rotated" in data
+    # Rotated into a file whose bytes before the old offset happen to repeat the old ones (a
+    # warning printed again and again): the file's start tells.
+    warning = "NCCL WARN: the same long warning line, printed again and again by every step\n"
+    emu.pod_logs[NS, f"{name}-0"] = "step 1\n" + warning * 3
+    data, cursor = await m.read_logs(job.id, cursor)
+    emu.pod_logs[NS, f"{name}-0"] = "step 9\n" + warning * 4  # the same bytes before the old offset
+    data, cursor = await m.read_logs(job.id, cursor)
+    assert b"rotated" in data and data.endswith(warning.encode() * 4), data
     # A cursor of an older podbay (no fingerprint) still reads on.
     emu.pod_logs[NS, f"{name}-0"] += "rank 0: epoch 5\n"
     offset = len(emu.pod_logs[NS, f"{name}-0"]) - len("rank 0: epoch 5\n")
@@ -691,9 +699,9 @@ async def test_homes_bind_and_attach_as_a_cloud_cluster_does(kubernetes_installe
 
 
 async def test_a_finished_job_and_what_it_owns_are_cleaned_up_after_its_ttl(kubernetes_installed, tmp_path):
-    """A job across nodes: its Job is made suspended, then its Service and NetworkPolicy owned
-    by it, then it runs; once finished for kubernetes.job_ttl, the TTL controller deletes the
-    Job and the garbage collector what it owned (nothing of it is left on the cluster)."""
+    """A job across nodes: its Service and NetworkPolicy first, then its Job, which then owns
+    them; once finished for kubernetes.job_ttl, the TTL controller deletes the Job and the
+    garbage collector what it owned (nothing of it is left on the cluster)."""
     from kubernetes_asyncio import client
 
     from podbay.hub.backends.kubernetes.jobs import KubernetesJobs
@@ -701,7 +709,7 @@ async def test_a_finished_job_and_what_it_owns_are_cleaned_up_after_its_ttl(kube
     from podbay.hub.training import JobSpec
     from tests.standins.k8s_cluster import CLUSTER_RESOURCES, Cluster, condition
 
-    cfg = load_config(config(tmp_path, kueue=False, job_ttl="1m",
+    cfg = load_config(config(tmp_path, kueue=False, job_ttl="1h",
                              home={"storage_class": "nfs-homes", "size": "20Gi", "access_mode": "ReadWriteMany"}),
                       "kubernetes")
     async with emulated_cluster(CLUSTER_RESOURCES) as (url, emu):
@@ -712,12 +720,12 @@ async def test_a_finished_job_and_what_it_owns_are_cleaned_up_after_its_ttl(kube
                            workdir="/home/jovyan", env={}, gpus_per_node=8, nodes=2, pool="training", team="vision")
             await jobs.submit(spec)
             job = emu.get_object("batch/v1/jobs", NS, "podbay-job-7")
-            assert job["spec"]["suspend"] is False and job["spec"]["ttlSecondsAfterFinished"] == 60
+            assert not job["spec"].get("suspend") and job["spec"]["ttlSecondsAfterFinished"] == 3600
             for res in ("v1/services", "networking.k8s.io/v1/networkpolicies"):
                 owned = emu.get_object(res, NS, "podbay-job-7")
                 assert owned["metadata"]["ownerReferences"] == [
                     {"apiVersion": "batch/v1", "kind": "Job", "name": "podbay-job-7", "uid": job["metadata"]["uid"]}]
-            # Handed over again after a restart: found, not made twice, not held.
+            # Handed over again after a restart: found, not made twice.
             await jobs.submit(spec)
             assert emu.get_object("batch/v1/jobs", NS, "podbay-job-7")["metadata"]["uid"] == job["metadata"]["uid"]
             ended = condition("Complete", "True")

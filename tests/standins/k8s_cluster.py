@@ -64,6 +64,7 @@ from typing import Any
 import yaml
 
 from tests.standins.k8s_emulator import ADMIN, RESOURCES, Emulator, Rbac, emulated_cluster
+from tests.standins.netpol import selects
 
 KUEUE = "kueue.x-k8s.io/v1beta1"
 CLUSTER_RESOURCES = {
@@ -575,14 +576,14 @@ class Cluster:
         out = []
         own = pod["metadata"].get("labels") or {}
         for term in terms:
-            want = (term.get("labelSelector") or {}).get("matchLabels") or {}
+            want = term.get("labelSelector") or {}
             namespaces = set(term.get("namespaces") or [pod["metadata"]["namespace"]])
             nodes = {placed[p["metadata"]["uid"]] for p in pods
                      if p["metadata"]["uid"] in placed and p["metadata"]["uid"] != pod["metadata"]["uid"]
                      and p["metadata"]["namespace"] in namespaces
-                     and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())}
+                     and selects(want, p["metadata"].get("labels") or {})}
             if not nodes:
-                if all(own.get(k) == v for k, v in want.items()):
+                if selects(want, own):
                     continue
                 out.append((term["topologyKey"], set()))
                 continue

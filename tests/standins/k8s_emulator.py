@@ -37,6 +37,7 @@ RESOURCES: dict[str, tuple[str, bool, set[str]]] = {
     'rbac.authorization.k8s.io/v1/clusterroles': ('ClusterRole', False, set()),
     'rbac.authorization.k8s.io/v1/clusterrolebindings': ('ClusterRoleBinding', False, set()),
     'authorization.k8s.io/v1/selfsubjectaccessreviews': ('SelfSubjectAccessReview', False, set()),
+    'authorization.k8s.io/v1/subjectaccessreviews': ('SubjectAccessReview', False, set()),
 }
 ADMIN = 'system:admin'
 VERBS = {'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'}
@@ -94,12 +95,12 @@ class Rbac:
         return self.tokens.get(token) if scheme.lower() == 'bearer' else None
 
     @staticmethod
-    def _subject_is(subject: dict[str, Any], user: str) -> bool:
+    def _subject_is(subject: dict[str, Any], user: str, binding_ns: str | None = None) -> bool:
         kind, name = subject.get('kind'), subject.get('name')
         if kind == 'User':
             return name == user
-        if kind == 'ServiceAccount':
-            return user == f"system:serviceaccount:{subject.get('namespace')}:{name}"
+        if kind == 'ServiceAccount':  # a RoleBinding's subject without one: the binding's namespace
+            return user == f"system:serviceaccount:{subject.get('namespace') or binding_ns}:{name}"
         if kind == 'Group':
             sa = user.startswith('system:serviceaccount:')
             groups = {'system:authenticated'} | ({'system:serviceaccounts',
@@ -128,7 +129,7 @@ class Rbac:
         if namespace is not None:
             for b in emu.stored('rbac.authorization.k8s.io/v1/rolebindings'):
                 if b['metadata'].get('namespace') != namespace or not any(
-                        self._subject_is(s, user) for s in b.get('subjects') or []):
+                        self._subject_is(s, user, namespace) for s in b.get('subjects') or []):
                     continue
                 ref = b['roleRef']
                 role = cluster_roles.get(ref['name']) if ref['kind'] == 'ClusterRole' else roles.get((namespace, ref['name']))
@@ -233,12 +234,27 @@ class Emulator(kmock.KubernetesEmulator):
             user = self.rbac.user(request.headers.get('Authorization'))
             if user is None:
                 raise kmock.KubernetesError(401, 'Unauthorized', 'Unauthorized')
+            path = request.url.path
+            if request.resource is None and user != ADMIN and not (
+                    path in ('/api', '/apis', '/version', '/healthz', '/readyz', '/livez')
+                    or path.startswith(('/api/', '/apis/'))):
+                # Non-resource URLs beyond discovery (system:discovery, system:public-info-viewer).
+                raise kmock.KubernetesError(403, 'Forbidden', f'forbidden: User "{user}" cannot get path "{path}"')
             if request.resource is not None:
                 group, plural = request.resource.group or '', request.resource.plural
-                if plural == 'selfsubjectaccessreviews':  # every authenticated user may ask (system:basic-user)
-                    attrs_ = ((request.data or {}).get('spec') or {}).get('resourceAttributes') or {}
+                if plural in ('selfsubjectaccessreviews', 'subjectaccessreviews'):
+                    # Anyone may ask about themselves (system:basic-user); about another user,
+                    # only who may create subjectaccessreviews (the API server's delegated check).
+                    spec = (request.data or {}).get('spec') or {}
+                    subject = user
+                    if plural == 'subjectaccessreviews':
+                        if not self.rbac.allows(self, user, 'create', group, plural, None, None):
+                            raise kmock.KubernetesError(403, 'Forbidden', self.rbac.refusal(
+                                user, 'create', group, plural, None))
+                        subject = spec.get('user', '')
+                    attrs_ = spec.get('resourceAttributes') or {}
                     resource = attrs_.get('resource', '') + (f"/{attrs_['subresource']}" if attrs_.get('subresource') else '')
-                    allowed = self.rbac.allows(self, user, attrs_.get('verb', ''), attrs_.get('group', ''), resource,
+                    allowed = self.rbac.allows(self, subject, attrs_.get('verb', ''), attrs_.get('group', ''), resource,
                                                attrs_.get('namespace') or None, attrs_.get('name') or None)
                     return aiohttp.web.json_response(dict(request.data or {}, status={
                         'allowed': allowed, **({} if allowed else {'reason': ''})}), status=201)

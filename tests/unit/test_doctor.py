@@ -19,13 +19,18 @@ def test_the_hubs_api_answers_or_its_fix_is_said():
 
     def answer(path, headers):
         seen.append((path, headers.get("Authorization")))
+        if path == "/hub/api/user":
+            return (200, {"name": "service-podbay"}) if headers.get("Authorization") == "token right" else (403, {})
         return (200, {"version": "5.3.0"}) if path == "/hub/api/" else (404, {})
 
     with serve_json(answer) as base:
-        (ok,) = asyncio.run(hub_api(f"{base}/hub/api", "service-token"))
+        ok, known = asyncio.run(hub_api(f"{base}/hub/api", "right"))
+        _, refused = asyncio.run(hub_api(f"{base}/hub/api", "stale"))
         (wrong,) = asyncio.run(hub_api(f"{base}/elsewhere"))
     assert ok == Finding.ok(f"the hub's API answers at {base}/hub/api (JupyterHub 5.3.0)")
-    assert seen[0] == ("/hub/api/", "token service-token")
+    assert seen[:2] == [("/hub/api/", "token right"), ("/hub/api/user", "token right")]
+    assert known == Finding.ok("the hub accepts this token (as service-podbay)")
+    assert refused.level == "fail" and refused.what.startswith("the hub refuses this token (403)")
     assert wrong.level == "fail" and "not JupyterHub's API" in wrong.what
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -56,3 +61,11 @@ def test_the_command_exits_1_when_something_must_be_fixed(tmp_path):
     levels = {f["what"].split(" (")[0]: f["level"] for f in json.loads(run.stdout)}
     assert levels["podbay.yaml is valid"] == "ok"
     assert any(w.startswith("the hub's API at") and lvl == "fail" for w, lvl in levels.items()), levels
+
+
+def test_credentials_in_urls_are_not_printed():
+    from podbay.hub.doctor import redacted
+
+    assert redacted("Prometheus at https://ops:s3cret@prom.example:9090 is not reachable") == \
+        "Prometheus at https://***@prom.example:9090 is not reachable"
+    assert redacted("http://prom:9090/api") == "http://prom:9090/api"

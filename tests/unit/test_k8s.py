@@ -494,15 +494,25 @@ async def test_one_spawner_started_on_cpu_then_on_a_gpu_hides_nothing(kube_spawn
     plugin's, so a "void" left from a CPU start would hide the GPU the next one is given."""
     spawner = kube_spawner()
     spawner.environment = {"SITE": "kept"}  # the deployment's own (c.KubeSpawner.environment)
+    # The deployment's tolerations and affinity as KubeSpawner also takes them: named entries.
+    spawner.tolerations = {"site": {"key": "site.example/gpu", "operator": "Exists"}}
+    spawner.pod_affinity_required = {"rack": {"labelSelector": {"matchLabels": {"rack": "a"}},
+                                              "topologyKey": "kubernetes.io/hostname"}}
 
     def env(pod):
         return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
 
+    # The authenticator's pre_spawn_start sets a fresh token in the environment at every start.
+    spawner.environment["OAUTH_ACCESS_TOKEN"] = "first"
     pod, _ = await rendered(spawner, "cpu")
     assert env(pod)["NVIDIA_VISIBLE_DEVICES"] == "void" and env(pod)["SITE"] == "kept"
+    assert {"key": "site.example/gpu", "operator": "Exists"} in pod["spec"]["tolerations"]
+    terms = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms[0]["labelSelector"] == {"matchLabels": {"rack": "a"}} and len(terms) == 2
+    spawner.environment["OAUTH_ACCESS_TOKEN"] = "second"
     pod, _ = await rendered(spawner, "gpu-2")
     assert "NVIDIA_VISIBLE_DEVICES" not in env(pod), "the device plugin's must stand"
-    assert env(pod)["SITE"] == "kept"
+    assert env(pod)["SITE"] == "kept" and env(pod)["OAUTH_ACCESS_TOKEN"] == "second", "this start's token"
     pod, _ = await rendered(spawner, "cpu")
     assert env(pod)["NVIDIA_VISIBLE_DEVICES"] == "void"
 
@@ -793,3 +803,20 @@ def test_exa_is_a_suffix_and_a_huge_exponent_an_error():
         parse("1e999999999")
     with pytest.raises(ValueError, match="out of range"):
         KubernetesSettings(resources={"default": {"memory": "1e999999999"}})
+
+
+def test_log_cursors_read_back_whatever_their_fingerprint():
+    """Cursors are opaque to clients but must parse back: a fingerprint of digits only is not
+    an offset, an older cursor has none, anything else is refused."""
+    from podbay.hub.backends.kubernetes.jobs import _cursor, _parse_cursor, _tail
+    from podbay.hub.training import BadCursor
+
+    for data in (b"x" * 100, bytes(range(256)) * 3, b"0123456789" * 30):
+        tail = _tail(data, len(data))
+        assert tail[0] == "f" and _parse_cursor(_cursor("podbay-job-7-0-abcde", len(data), tail)) == \
+            ("podbay-job-7-0-abcde", len(data), tail)
+    assert _parse_cursor("podbay-job-7-0-abcde:1234:f0123456789012345") == ("podbay-job-7-0-abcde", 1234, "f0123456789012345")
+    assert _parse_cursor("podbay-job-7-0-abcde:16") == ("podbay-job-7-0-abcde", 16, None)
+    for bad in ("", "pod", "pod:", ":5", "pod:x", "pod:5:zzz", "a:b:5", "pod:5:0123456789012345"):
+        with pytest.raises(BadCursor):
+            _parse_cursor(bad)

@@ -605,3 +605,18 @@ def test_the_capacity_picture_where_an_engine_places(tmp_path):
                                                      hub_home="/hub/home", pools=list(picture.values()), places=True)
     assert "drained: bad DIMM" in html and html.count('data-node="dgx-2"') == 1
     portal.book.dispose()
+
+
+def test_pod_labels_renamed_one_by_one_are_read_one_by_one():
+    """A ServiceMonitor's target may carry namespace and not pod (or the reverse): Prometheus
+    renames only the exporter's labels that conflict, and each is read on its own."""
+    from podbay.hub.usage.sources import reading_from
+
+    base = {"UUID": "GPU-1", "container": "nvidia-dcgm-exporter"}
+    both = reading_from("DCGM_FI_DEV_GPU_UTIL", {**base, "pod": "dcgm-exporter-x", "namespace": "gpu-operator",
+                                                 "exported_pod": "jupyter-a", "exported_namespace": "podbay"}, 9)
+    only_ns = reading_from("DCGM_FI_DEV_GPU_UTIL", {**base, "pod": "jupyter-a", "namespace": "gpu-operator",
+                                                    "exported_namespace": "podbay"}, 9)
+    only_pod = reading_from("DCGM_FI_DEV_GPU_UTIL", {**base, "pod": "dcgm-exporter-x", "exported_pod": "jupyter-a",
+                                                     "namespace": "podbay"}, 9)
+    assert both.pod == only_ns.pod == only_pod.pod == "podbay/jupyter-a"

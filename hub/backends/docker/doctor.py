@@ -84,10 +84,18 @@ def _gpu_runtime(client, cfg: PodbayConfig, images: list[str]) -> list[Finding]:
         return [Finding.warn("the GPU runtime was not checked: no catalog image is built", "podbay images build")]
     image = cfg.image(images[0]).image
     driver = cfg.docker.gpu_driver
+    from docker.types import DeviceRequest
+
+    container = None
     try:
-        client.containers.run(image, ["true"], entrypoint=[], remove=True, network_mode="none",
-                              device_requests=[{"Driver": driver, "DeviceIDs": [gpus[0].uuid],
-                                                "Capabilities": [["gpu"]]}])
+        container = client.containers.create(image, ["true"], entrypoint=[], network_mode="none",
+                                             labels={"podbay.doctor": "gpu-runtime"},
+                                             device_requests=[DeviceRequest(driver=driver, device_ids=[gpus[0].uuid],
+                                                                            capabilities=[["gpu"]])])
+        container.start()  # the engine picks the device driver here
+        code = container.wait(timeout=60).get("StatusCode")
+        if code:
+            raise ContainerError(container, code, ["true"], image, container.logs())
     except (APIError, ContainerError, ImageNotFound) as e:
         text = str(getattr(e, "explanation", None) or e)
         if "could not select device driver" in text:
@@ -97,4 +105,10 @@ def _gpu_runtime(client, cfg: PodbayConfig, images: list[str]) -> list[Finding]:
         return [Finding.fail(f"a container asking for GPU {gpus[0].uuid} did not run: {text}",
                              "check the NVIDIA driver and container toolkit on this host (nvidia-smi, "
                              "nvidia-ctk), and that nodes: declares this host's GPUs")]
+    finally:
+        if container is not None:  # made but not started (the driver's refusal) is removed too
+            try:
+                container.remove(force=True)
+            except APIError:
+                pass
     return [Finding.ok(f"a container gets GPU {gpus[0].uuid} through the {driver!r} device driver")]

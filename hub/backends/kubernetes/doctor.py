@@ -49,7 +49,7 @@ async def diagnose(cfg: PodbayConfig) -> list[Finding]:
                 return [Finding.fail(f"the API server does not answer ({e})",
                                      "check kubernetes.kubeconfig, or the pod's service account and network")]
         out = [Finding.ok("the API server answers")]
-        out += await rights(api, cfg)
+        out += await rights(api, cfg, hub_identity(cfg))
         out += await storage(api, cfg)
         if nodes is not None:
             out += pools(cfg, nodes, pods)
@@ -59,29 +59,57 @@ async def diagnose(cfg: PodbayConfig) -> list[Finding]:
     return out
 
 
-async def rights(api, cfg: PodbayConfig) -> list[Finding]:
-    """Each call podbay makes, asked of the API server as the identity this runs as."""
+def hub_identity(cfg: PodbayConfig) -> str | None:
+    """Whose rights to check: None where this runs as the hub (its pod's service account),
+    else the hub's ServiceAccount, PODBAY_HUB_ACCOUNT (namespace:name) or the chart's `hub`
+    in podbay's namespace. An operator's own kubeconfig (a cluster admin's) says nothing
+    of what the hub may do."""
+    import os
+
+    from .plugin import _own_namespace
+
+    if os.environ.get("PODBAY_HUB_ACCOUNT"):
+        namespace, _, name = os.environ["PODBAY_HUB_ACCOUNT"].rpartition(":")
+        return f"system:serviceaccount:{namespace or cfg.kubernetes.namespace}:{name}"
+    if _own_namespace() is not None:
+        return None
+    return f"system:serviceaccount:{cfg.kubernetes.namespace}:hub"
+
+
+async def rights(api, cfg: PodbayConfig, subject: str | None = None) -> list[Finding]:
+    """Each call podbay makes, asked of the API server for the hub's identity: its own
+    (SelfSubjectAccessReview, in the hub's pod), or `subject`'s (SubjectAccessReview, which
+    an operator with the right to ask may make)."""
     from kubernetes_asyncio import client
 
     auth = client.AuthorizationV1Api(api)
+    who = subject or "this pod's service account"
     missing = []
     for verb, group, resource, namespace in needed_access(cfg.kubernetes):
         plural, _, sub = resource.partition("/")
-        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                  "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": plural,
-                                                  **({"subresource": sub} if sub else {}),
-                                                  **({"namespace": namespace} if namespace else {})}}}
+        spec = {"resourceAttributes": {"verb": verb, "group": group, "resource": plural,
+                                       **({"subresource": sub} if sub else {}),
+                                       **({"namespace": namespace} if namespace else {})}}
         try:
-            answer = await read_json(auth.create_self_subject_access_review, review)
+            if subject is None:
+                answer = await read_json(auth.create_self_subject_access_review, {
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": spec})
+            else:
+                answer = await read_json(auth.create_subject_access_review, {
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                    "spec": {**spec, "user": subject,
+                             "groups": ["system:serviceaccounts", f"system:serviceaccounts:{subject.split(':')[2]}",
+                                        "system:authenticated"] if subject.startswith("system:serviceaccount:") else []}})
         except Exception as e:  # noqa: BLE001
-            return [Finding.warn(f"cannot ask the API server what podbay may do ({e})",
-                                 "run `kubectl auth can-i --list` as the hub's service account")]
+            return [Finding.warn(f"cannot ask the API server what {who} may do ({e})",
+                                 "run podbay doctor in the hub's pod, or with a kubeconfig that may create "
+                                 "subjectaccessreviews")]
         if not (answer.get("status") or {}).get("allowed"):
             where = f"in {namespace}" if namespace else "cluster-wide"
             missing.append(f"{verb} {resource}{'.' + group if group else ''} {where}")
     if missing:
-        return [Finding.fail(f"podbay may not: {'; '.join(missing)}", APPLY)]
-    return [Finding.ok(f"every call podbay makes is allowed ({len(needed_access(cfg.kubernetes))} checked)")]
+        return [Finding.fail(f"podbay ({who}) may not: {'; '.join(missing)}", APPLY)]
+    return [Finding.ok(f"every call podbay makes is allowed for {who} ({len(needed_access(cfg.kubernetes))} checked)")]
 
 
 async def storage(api, cfg: PodbayConfig) -> list[Finding]:
@@ -103,7 +131,9 @@ async def storage(api, cfg: PodbayConfig) -> list[Finding]:
                                  f"create it, or set kubernetes.home.storage_class to one of: "
                                  f"{', '.join(sorted(by_name)) or 'none exists'}")]
     else:
-        defaults = [c for c in classes if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS) == "true"]
+        # Several defaults: the API server gives the newest (Kubernetes 1.26 and later).
+        defaults = sorted((c for c in classes if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS) == "true"),
+                          key=lambda c: c["metadata"].get("creationTimestamp") or "", reverse=True)
         if not defaults:
             return [Finding.fail("kubernetes.home.storage_class is unset and the cluster has no default "
                                  "StorageClass: no home would bind",
@@ -113,10 +143,18 @@ async def storage(api, cfg: PodbayConfig) -> list[Finding]:
     name, provisioner = cls["metadata"]["name"], cls.get("provisioner", "")
     mode = cls.get("volumeBindingMode", "Immediate")
     out = [Finding.ok(f"homes use StorageClass {name} ({provisioner}, {mode})")]
+    if provisioner in BLOCK_STORAGE and mode == "Immediate":
+        out.append(Finding.warn(f"{name} binds at once (Immediate) on zonal block storage: a home may be made in a "
+                                "zone where no node has the GPU a workspace asks for (volume node affinity conflict)",
+                                "use a class with volumeBindingMode: WaitForFirstConsumer for homes"))
     if home.access_mode == "ReadWriteMany" and provisioner in BLOCK_STORAGE:
         out.append(Finding.fail(f"homes are ReadWriteMany but {name}'s provisioner {provisioner} is block storage, "
                                 "which attaches to one node: no home would be provisioned",
                                 "use a file-storage class (NFS, CephFS, EFS, Filestore, Azure Files) for homes"))
+    elif home.access_mode == "ReadWriteOncePod":
+        out.append(Finding.warn("homes are ReadWriteOncePod: one pod at a time uses a home, so a job waits until "
+                                "the workspace whose home it mounts has stopped",
+                                "for jobs beside workspaces: kubernetes.home.access_mode: ReadWriteMany"))
     elif home.access_mode != "ReadWriteMany":
         job_pools = sorted(p for p in cfg.pools if not any(p in prof.pools for prof in cfg.profiles))
         out.append(Finding.warn(

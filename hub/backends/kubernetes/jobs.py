@@ -125,32 +125,37 @@ class KubernetesJobs(TrainingBackend):
             queue=job.queue, workspace=job.workspace, secret=secret)
         ns = self.settings.namespace
         job_obj, *peers = objects
-        # A job across nodes waits suspended until its Service and policy exist (the ranks
-        # look each other up and connect at once); they are owned by the Job, so the garbage
-        # collector removes them with it (its TTL after it finished, or a cancel).
-        held = bool(peers) and not job_obj["spec"].get("suspend")
-        if held:
-            job_obj["spec"]["suspend"] = True
+        # A job across nodes: its Service and policy first (the ranks look each other up and
+        # connect as soon as they run, which Kueue may allow at once), then the Job, which
+        # then owns them, so the garbage collector removes them with it (its TTL after it
+        # finished, or a cancel).
+        creators = {"Service": self.core.create_namespaced_service,
+                    "NetworkPolicy": self.networking.create_namespaced_network_policy}
+        for obj in peers:
+            try:
+                await self._call(creators[obj["kind"]], ns, obj)
+            except ApiException as e:
+                if e.status != 409:  # already there: this job was handed over before a restart
+                    raise
         try:
             made = await self._call(read_json, self.batch.create_namespaced_job, ns, job_obj)
         except ApiException as e:
             if e.status != 409:
                 raise
-            # Already there: this job was handed over before a restart.
             made = await self._call(read_json, self.batch.read_namespaced_job, self.job_name(job.id), ns)
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": made["metadata"]["name"],
                  "uid": made["metadata"]["uid"]}
-        creators = {"Service": self.core.create_namespaced_service,
-                    "NetworkPolicy": self.networking.create_namespaced_network_policy}
+        patchers = {"Service": self.core.patch_namespaced_service,
+                    "NetworkPolicy": self.networking.patch_namespaced_network_policy}
         for obj in peers:
-            obj["metadata"]["ownerReferences"] = [dict(owner)]
             try:
-                await self._call(creators[obj["kind"]], ns, obj)
+                await self._call(patchers[obj["kind"]], obj["metadata"]["name"], ns,
+                                 {"metadata": {"ownerReferences": [owner]}})
             except ApiException as e:
-                if e.status != 409:
-                    raise
-        if held or (peers and not self.settings.kueue and (made.get("spec") or {}).get("suspend")):
-            await self._call(self.batch.patch_namespaced_job, self.job_name(job.id), ns, {"spec": {"suspend": False}})
+                # A hub whose rights predate this (`podbay k8s manifests` not applied again):
+                # the job runs all the same; cancel still deletes them by name.
+                log.warning("cannot make the Job %s own its %s (%s): apply `podbay k8s manifests` again",
+                            owner["name"], obj["kind"], e.status)
         return {"name": self.job_name(job.id), "namespace": ns}
 
     async def sync_secrets(self, user: str, values: dict[str, str]) -> None:
@@ -205,8 +210,16 @@ class KubernetesJobs(TrainingBackend):
         """The attach-detach controller's or the kubelet's latest word on a volume of a pod
         that was placed but does not start (Multi-Attach, a mount that fails): events, which
         the pod's own status never carries."""
-        waiting = [p["metadata"]["name"] for p in pods if (p.get("spec") or {}).get("nodeName")
-                   and (p.get("status") or {}).get("phase") == "Pending"]
+        def creating(pod: dict) -> bool:
+            # Placed, and its containers not made yet: volumes are attached and mounted first.
+            # A pod waiting for anything else (an image) says so itself; an older volume event
+            # of it is stale.
+            st = pod.get("status") or {}
+            reasons = {((cs.get("state") or {}).get("waiting") or {}).get("reason") for cs in st.get("containerStatuses") or []}
+            return (bool((pod.get("spec") or {}).get("nodeName")) and st.get("phase") == "Pending"
+                    and reasons <= {"ContainerCreating", None})
+
+        waiting = [p["metadata"]["name"] for p in pods if creating(p)][:3]
         for name in waiting:
             try:
                 found = await self._call(read_json, self.core.list_namespaced_event, self.settings.namespace,
@@ -316,8 +329,10 @@ ROTATED = b"[podbay: the kubelet rotated this log here; lines written just befor
 
 
 def _tail(data: bytes, offset: int) -> str:
-    """A fingerprint of the bytes before `offset`: a rotated log no longer has them there."""
-    return hashlib.sha256(data[max(0, offset - 64):offset]).hexdigest()[:16]
+    """A fingerprint of what was read up to `offset`: the file's first bytes (a rotation
+    replaces them; they do not change while the file grows) and those just before `offset`."""
+    digest = hashlib.sha256(data[:min(256, offset)] + b"\0" + data[max(0, offset - 64):offset])
+    return "f" + digest.hexdigest()[:16]
 
 
 def _cursor(pod: str, offset: int, tail: str | None) -> str:
@@ -325,15 +340,16 @@ def _cursor(pod: str, offset: int, tail: str | None) -> str:
 
 
 def _parse_cursor(cursor: str) -> tuple[str, int, str | None]:
-    """`<pod>:<offset>[:<fingerprint>]` (older cursors have no fingerprint)."""
-    head, sep, last = cursor.rpartition(":")
+    """`<pod>:<offset>[:f<fingerprint>]` (older cursors have no fingerprint; a pod's name has
+    no ':')."""
+    parts = cursor.split(":")
     tail = None
-    if sep and not last.isdigit() and len(last) == 16 and all(c in "0123456789abcdef" for c in last):
-        tail = last
-        head, sep, last = head.rpartition(":")
-    if not sep or not (last.isascii() and last.isdigit()):
+    if len(parts) == 3 and len(parts[2]) == 17 and parts[2][0] == "f" and \
+            all(c in "0123456789abcdef" for c in parts[2][1:]):
+        tail = parts.pop()
+    if len(parts) != 2 or not parts[0] or not (parts[1].isascii() and parts[1].isdigit()):
         raise BadCursor(f"{cursor!r} is not a log cursor of this job; start without one")
-    return head, int(last), tail
+    return parts[0], int(parts[1]), tail
 
 
 def _rank(pod: dict) -> tuple:
@@ -370,6 +386,9 @@ def volume_words(message: str, pod: dict | None = None) -> str | None:
     if "didn't match pod affinity rules" in message and HOME_LABEL in labels:
         return ("waiting for your home: it is attached to one node at a time (ReadWriteOnce), the node of your "
                 "running workspace, and that node has no room for this job; it starts when your workspaces stop")
+    if "ReadWriteOncePod access mode" in message:
+        return ("waiting for a volume that one pod at a time may use (ReadWriteOncePod), which another pod uses "
+                "now (your workspace, if it is your home); it starts when that pod stops")
     if "Multi-Attach error" in message:
         return ("waiting for a volume that is attached to one node at a time (ReadWriteOnce) and in use on another "
                 "node; it starts when the pods using it there stop")

@@ -39,9 +39,9 @@ def needed_access(settings: KubernetesSettings) -> list[tuple[str, str, str, str
         # People's secrets, one Secret each (created, replaced whole, deleted).
         *[(verb, "", "secrets", ns) for verb in ("get", "create", "update", "delete")],
         # Training jobs: the Job, and across nodes its headless Service and own NetworkPolicy.
-        *[(verb, "batch", "jobs", ns) for verb in ("get", "list", "create", "delete", "patch")],
-        *[(verb, "", "services", ns) for verb in ("create", "delete")],
-        *[(verb, "networking.k8s.io", "networkpolicies", ns) for verb in ("create", "delete")],
+        *[(verb, "batch", "jobs", ns) for verb in ("get", "list", "create", "delete")],
+        *[(verb, "", "services", ns) for verb in ("create", "delete", "patch")],
+        *[(verb, "networking.k8s.io", "networkpolicies", ns) for verb in ("create", "delete", "patch")],
     ]
     if settings.kueue:
         calls += [("list", "kueue.x-k8s.io", "workloads", ns), ("list", "kueue.x-k8s.io", "localqueues", ns)]
@@ -72,13 +72,15 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
               "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
              {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "persistentvolumeclaims", "events"],
               "verbs": ["get", "list", "watch", "create", "delete"]},
+             # A multi-node job's Service and policy are made first, then owned by its Job.
+             {"apiGroups": [""], "resources": ["services"], "verbs": ["patch"]},
              # People's secrets, one Secret each, which their workspaces and jobs take as environment.
              {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "delete"]},
              {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads", "localqueues"],
               "verbs": ["get", "list", "watch"]},
              # A multi-node job's own policy: its pods reach one another (NCCL, the rendezvous).
              {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
-              "verbs": ["get", "create", "delete"]},
+              "verbs": ["get", "create", "delete", "patch"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(runner, ns),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": runner},

@@ -143,7 +143,9 @@ class KubernetesSettings(_Model):
     # How long a finished job's Job, pods (and so its logs) and Service stay on the cluster
     # (the Job's ttlSecondsAfterFinished; its Service and NetworkPolicy are owned by it and go
     # with it). podbay keeps its record of the job; `podbay job logs` reads nothing after.
-    job_ttl: Duration = Field(default=7 * 86400.0, ge=60, le=365 * 86400.0)
+    # At least an hour: a Job deleted while podbay's service was down (an upgrade) would be
+    # recorded as lost, not as finished.
+    job_ttl: Duration = Field(default=7 * 86400.0, ge=3600, le=365 * 86400.0)
 
     _q = field_validator("kueue_cpu", "kueue_memory", mode="before")(lambda v: checked(v))
 

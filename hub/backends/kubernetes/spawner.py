@@ -248,8 +248,11 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
     # The deployment's own settings of the traits podbay adds to, as they were before
     # podbay's first start of this server: a spawner object may serve several starts.
     _configured: dict | None = None
-    _OWN = ("node_selector", "tolerations", "extra_labels", "extra_container_config", "environment",
-            "storage_class", "pod_affinity_required")
+    _OWN = ("node_selector", "tolerations", "extra_labels", "extra_container_config", "storage_class",
+            "pod_affinity_required")
+    # Whether podbay's last start put NVIDIA_VISIBLE_DEVICES=void in the environment (which
+    # JupyterHub and the authenticator change between starts too: it is not rebuilt whole).
+    _podbay_void = False
     podbay_secrets_apart = True
 
     @property
@@ -275,10 +278,11 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
             self._configured = {name: copy.deepcopy(getattr(self, name)) for name in self._OWN}
         own = self._configured
         self.node_selector = {**own["node_selector"], **node_selector_of(cfg, pool, ask)}
-        self.tolerations = [*own["tolerations"], *tolerations_of(cfg, pool)]
+        # KubeSpawner takes these as a list or as a dict of named entries.
+        self.tolerations = [*self._sorted_dict_values(own["tolerations"]), *tolerations_of(cfg, pool)]
         claim = home_claim_name(settings, self.user.name, self.name)
         home_label, home_terms = home_follows(settings, claim)
-        self.pod_affinity_required = [*own["pod_affinity_required"], *home_terms]
+        self.pod_affinity_required = [*self._sorted_dict_values(own["pod_affinity_required"]), *home_terms]
         # KubeSpawner makes the home PVC the first time, from podbay's storage class.
         self.storage_pvc_ensure = True
         self.pvc_name = claim
@@ -296,11 +300,15 @@ class PodbayKubeSpawner(PodbaySpawnerMixin, KubeSpawner):
         self.extra_labels = {**own["extra_labels"], **home_label,
                              **labels(user=self.user.name, team=request.team, profile=request.profile.id,
                                       units=self.portal.profile_units(request.profile), component="workspace")}
-        # Rebuilt from the deployment's own at every start: the same spawner serves a CPU start
-        # and then a GPU one (the idle policy's release-gpu makes that common), and the
-        # kubelet puts the pod's own env after the device plugin's, so a "void" left over from
-        # the CPU start would hide the GPU the plugin gave.
-        self.environment = dict(own["environment"])
+        # The same spawner may serve a CPU start and then a GPU one, and the kubelet puts the
+        # pod's own env after the device plugin's: a "void" podbay left from the CPU start
+        # would hide the GPU the plugin gave. Only podbay's own entry is taken back; the rest
+        # (the deployment's, the authenticator's fresh token) stays as this start set it.
+        environment = dict(self.environment)
+        if self._podbay_void and environment.get("NVIDIA_VISIBLE_DEVICES") == "void":
+            del environment["NVIDIA_VISIBLE_DEVICES"]
+        self._podbay_void = not ask.resources
         if not ask.resources:
             # NGC images ask for every GPU in their own environment: a CPU workspace sees none.
-            self.environment["NVIDIA_VISIBLE_DEVICES"] = "void"
+            environment["NVIDIA_VISIBLE_DEVICES"] = "void"
+        self.environment = environment
