@@ -808,7 +808,7 @@ def test_exa_is_a_suffix_and_a_huge_exponent_an_error():
 def test_log_cursors_read_back_whatever_their_fingerprint():
     """Cursors are opaque to clients but must parse back: a fingerprint of digits only is not
     an offset, an older cursor has none, anything else is refused."""
-    from podbay.hub.backends.kubernetes.jobs import _cursor, _parse_cursor, _tail
+    from podbay.hub.backends.kubernetes.logs import cursor_of as _cursor, fingerprint as _tail, parse_cursor as _parse_cursor
     from podbay.hub.training import BadCursor
 
     for data in (b"x" * 100, bytes(range(256)) * 3, b"0123456789" * 30):

@@ -43,6 +43,15 @@ async def api_client(kubeconfig: str | None = None):
     return client.ApiClient(conf)
 
 
+def own_namespace() -> str | None:
+    """The namespace of the pod this runs in (its service account's), if it is one."""
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 class KubernetesUnreachable(RuntimeError):
     """No way to reach the API server; the message says what to set."""
 

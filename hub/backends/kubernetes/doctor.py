@@ -66,12 +66,12 @@ def hub_identity(cfg: PodbayConfig) -> str | None:
     of what the hub may do."""
     import os
 
-    from .plugin import _own_namespace
+    from .api import own_namespace
 
     if os.environ.get("PODBAY_HUB_ACCOUNT"):
         namespace, _, name = os.environ["PODBAY_HUB_ACCOUNT"].rpartition(":")
         return f"system:serviceaccount:{namespace or cfg.kubernetes.namespace}:{name}"
-    if _own_namespace() is not None:
+    if own_namespace() is not None:
         return None
     return f"system:serviceaccount:{cfg.kubernetes.namespace}:hub"
 

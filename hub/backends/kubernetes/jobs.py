@@ -8,20 +8,20 @@ submit of the same job (a service restart in between) finds it instead of starti
 second copy, and after a restart every job is found again by that name.
 
 Logs are the pods' (rank 0's for a job across nodes), read through the API; the cursor is
-"<pod>:<byte offset>:<fingerprint of the bytes before it>", so a follower reads on where it
+"<pod>:<byte offset>:<fingerprint>" (logs.py), so a follower reads on where it
 stopped, starts over if the pod it read was replaced, and reads the new file whole (saying
 so) when the kubelet rotated the log under it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from ...config import PodbayConfig
-from ...training import BackendStatus, BackendUnavailable, BadCursor, JobSpec, TrainingBackend
+from ...training import BackendStatus, BackendUnavailable, JobSpec, TrainingBackend
 from .api import read_bytes, read_json, sync_user_secret
+from .logs import ROTATED, cursor_of, fingerprint, parse_cursor
 from .objects import HOME_LABEL, training_job
 
 log = logging.getLogger("podbay.training.kubernetes")
@@ -304,7 +304,7 @@ class KubernetesJobs(TrainingBackend):
 
         pod_name, offset, tail = None, 0, None
         if cursor:
-            pod_name, offset, tail = _parse_cursor(cursor)
+            pod_name, offset, tail = parse_cursor(cursor)
         pods = sorted(await self._pods(ref), key=_rank)
         if not pods:
             return b"", cursor
@@ -315,41 +315,14 @@ class KubernetesJobs(TrainingBackend):
             data = await self._call(read_bytes, self.core.read_namespaced_pod_log, first, self.settings.namespace)
         except ApiException as e:
             if e.status in (400, 404):  # not started yet, or gone
-                return b"", _cursor(first, offset, tail)
+                return b"", cursor_of(first, offset, tail)
             raise
-        if offset and (offset > len(data) or (tail is not None and _tail(data, offset) != tail)):
+        if offset and (offset > len(data) or (tail is not None and fingerprint(data, offset) != tail)):
             # The kubelet rotated the container's log (at containerLogMaxSize): the API serves
             # the new file only, so the offset points into other text. Read the new file
             # whole; what was written between the last read and the rotation is in the old one.
-            return ROTATED + data, _cursor(first, len(data), _tail(data, len(data)))
-        return data[offset:], _cursor(first, len(data), _tail(data, len(data)))
-
-
-ROTATED = b"[podbay: the kubelet rotated this log here; lines written just before may be missing]\n"
-
-
-def _tail(data: bytes, offset: int) -> str:
-    """A fingerprint of what was read up to `offset`: the file's first bytes (a rotation
-    replaces them; they do not change while the file grows) and those just before `offset`."""
-    digest = hashlib.sha256(data[:min(256, offset)] + b"\0" + data[max(0, offset - 64):offset])
-    return "f" + digest.hexdigest()[:16]
-
-
-def _cursor(pod: str, offset: int, tail: str | None) -> str:
-    return f"{pod}:{offset}" + (f":{tail}" if tail and offset else "")
-
-
-def _parse_cursor(cursor: str) -> tuple[str, int, str | None]:
-    """`<pod>:<offset>[:f<fingerprint>]` (older cursors have no fingerprint; a pod's name has
-    no ':')."""
-    parts = cursor.split(":")
-    tail = None
-    if len(parts) == 3 and len(parts[2]) == 17 and parts[2][0] == "f" and \
-            all(c in "0123456789abcdef" for c in parts[2][1:]):
-        tail = parts.pop()
-    if len(parts) != 2 or not parts[0] or not (parts[1].isascii() and parts[1].isdigit()):
-        raise BadCursor(f"{cursor!r} is not a log cursor of this job; start without one")
-    return parts[0], int(parts[1]), tail
+            return ROTATED + data, cursor_of(first, len(data), fingerprint(data, len(data)))
+        return data[offset:], cursor_of(first, len(data), fingerprint(data, len(data)))
 
 
 def _rank(pod: dict) -> tuple:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ...config import PodbayConfig
 from .. import BackendError
 from ..base import Backend, HubSide
-from .api import KubernetesUnreachable, api_client, read_json
+from .api import KubernetesUnreachable, api_client, own_namespace, read_json
 from .capacity import ClusterCapacity
 from .objects import ProfileUnavailable, gpu_ask
 from .settings import KubernetesSettings
@@ -115,7 +115,7 @@ class KubernetesBackend(Backend):
             return None
         from .api import follow_pod_addresses
 
-        namespace = env.get("POD_NAMESPACE") or _own_namespace() or "default"
+        namespace = env.get("POD_NAMESPACE") or own_namespace() or "default"
         return lambda: follow_pod_addresses(selector, namespace, found)
 
     def job_pod_prefix(self, cfg):
@@ -169,12 +169,3 @@ class KubernetesBackend(Backend):
 
         released = portal.book.reconcile(runs, kinds=("workspace",))
         return HubSide("127.0.0.1", released)
-
-
-def _own_namespace() -> str | None:
-    """The namespace of the pod this runs in (its service account's), if it is one."""
-    try:
-        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
