@@ -139,9 +139,44 @@ async def utilisation(cfg: "PodbayConfig", engine_places: bool) -> list[Finding]
     return out
 
 
+def gpus_on_this_host(cfg: "PodbayConfig", discover=None) -> list[Finding]:
+    """Where podbay places devices from podbay.yaml's nodes: (local, docker, the slurm
+    backend's workspaces): every declared GPU and MIG device is one this host's driver sees,
+    so no workspace is handed a device that is not there. `discover`: NVML by default."""
+    from .discovery import DiscoveryError, discover_nvml
+
+    declared = {g.uuid for n in cfg.nodes for g in n.gpus} | {
+        m.uuid for n in cfg.nodes for g in n.gpus for m in (g.mig or [])}
+    if not declared:
+        return []
+    try:
+        found = (discover or discover_nvml)()
+    except DiscoveryError as e:
+        return [Finding.warn(f"this host's GPUs were not checked against nodes: ({e})",
+                             "run podbay doctor on the GPU server itself")]
+    seen = {g.uuid for g in found} | {m.uuid for g in found for m in g.mig_devices if m.uuid}
+    missing = sorted(declared - seen)
+    out = []
+    if missing:
+        out.append(Finding.fail(f"podbay.yaml's nodes: declare devices this host does not have: {', '.join(missing)} "
+                                "(a workspace or job given one sees no GPU)",
+                                "podbay gpus --as-inventory writes the nodes: entry from this host's driver"))
+    extra = sorted(seen - declared - {g.uuid for g in found if g.mig_enabled})
+    if extra:
+        out.append(Finding.warn(f"this host has devices podbay.yaml does not declare (never handed out): "
+                                f"{', '.join(extra)}", "add them under nodes: if they are for podbay"))
+    if not missing:
+        out.append(Finding.ok(f"the {len(declared)} declared GPUs and MIG devices are on this host"))
+    return out
+
+
 async def diagnose(cfg: "PodbayConfig", plugin: "Backend", *, hub_url: str | None = None,
                    token: str | None = None) -> list[Finding]:
+    import asyncio
+
     findings = [Finding.ok(f"podbay.yaml is valid ({plugin.describe(cfg)})")]
+    if plugin.places_devices:
+        findings += await asyncio.to_thread(gpus_on_this_host, cfg)
     findings += await hub_api(hub_url, token)
     findings += await utilisation(cfg, not plugin.places_devices)
     findings += await plugin.doctor(cfg)

@@ -69,3 +69,43 @@ def test_credentials_in_urls_are_not_printed():
     assert redacted("Prometheus at https://ops:s3cret@prom.example:9090 is not reachable") == \
         "Prometheus at https://***@prom.example:9090 is not reachable"
     assert redacted("http://prom:9090/api") == "http://prom:9090/api"
+
+
+def test_the_declared_gpus_are_checked_against_this_hosts_driver(tmp_path):
+    """Where podbay places devices from nodes:, each must be one the driver sees (here the
+    driver's answer is a recorded `nvidia-smi -L` of an H100 cut into MIG slices)."""
+    import yaml
+
+    from podbay.hub.config import load_config
+    from podbay.hub.discovery import DiscoveryError, parse_smi_output
+    from podbay.hub.doctor import gpus_on_this_host
+    from tests.harness import ROOT
+
+    recorded = (ROOT / "tests" / "fixtures" / "gpu" / "nvidia-smi-L" /
+                "cloud-native-docs_h100_7x1g.10gb_nvidia-smi-L.txt").read_text()
+    found = parse_smi_output(recorded)
+    (gpu,) = found
+    mig = [m.uuid for m in gpu.mig_devices]
+    data = {"images": [{"name": "base", "display_name": "Base", "image": "podbay/base:1"}],
+            "profiles": [{"id": "cpu"}, {"id": "mig-1g.10gb"}], "pools": {"dev": {}},
+            "nodes": [{"name": "h100", "pool": "dev", "gpus": [
+                {"index": 0, "uuid": gpu.uuid, "model": "NVIDIA H100 80GB HBM3",
+                 "mig": [{"profile": "1g.10gb", "uuid": u} for u in mig[:6]]}]}]}
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_config(tmp_path / "podbay.yaml")
+    findings = gpus_on_this_host(cfg, lambda: found)
+    assert [(f.level, f.what.split(":")[0]) for f in findings] == [
+        ("warn", "this host has devices podbay.yaml does not declare (never handed out)"),
+        ("ok", "the 7 declared GPUs and MIG devices are on this host")], findings
+    assert mig[6] in findings[0].what
+    data["nodes"][0]["gpus"][0]["mig"][0]["uuid"] = "MIG-00000000-0000-4000-8000-000000000000"
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(data))
+    (failed, _) = gpus_on_this_host(load_config(tmp_path / "podbay.yaml"), lambda: found)
+    assert failed.level == "fail" and "MIG-00000000-0000-4000-8000-000000000000" in failed.what
+    assert "podbay gpus --as-inventory" in failed.fix
+
+    def no_driver():
+        raise DiscoveryError("NVML is not available on this machine (NVML_ERROR_LIBRARY_NOT_FOUND): no NVIDIA driver?")
+
+    (unseen,) = gpus_on_this_host(cfg, no_driver)
+    assert unseen.level == "warn" and "not checked" in unseen.what
