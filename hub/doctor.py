@@ -58,7 +58,8 @@ async def hub_api(url: str | None, token: str | None = None, timeout: float = 10
         return [Finding.fail(f"the hub's API at {url} does not answer ({type(e).__name__}: {e})",
                              "podbay's service, the CLI and the TUI need it: check the address from where the "
                              "service runs (on a cluster the hub's own pod: http://127.0.0.1:8081/hub/api, not "
-                             "the hub Service, which the chart's NetworkPolicy does not admit from the hub pod)")]
+                             "the hub Service: a call from the hub pod through its own Service needs the CNI's hairpin "
+                             "mode)")]
     try:
         version = r.json().get("version")
     except ValueError:
@@ -88,7 +89,8 @@ def redacted(text: str) -> str:
     """A URL's user and password out of what doctor prints."""
     import re
 
-    return re.sub(r"(//)[^/@\s]+@", r"\1***@", text)
+    text = re.sub(r"(//)[^/\s]*@", r"\1***@", text)  # up to the last '@' before the host
+    return re.sub(r"((?:token|password|key)=)[^&\s]+", r"\1***", text)
 
 
 async def utilisation(cfg: "PodbayConfig", engine_places: bool) -> list[Finding]:

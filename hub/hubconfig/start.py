@@ -88,9 +88,9 @@ def own_hub_api_url(c) -> str:
     """The hub's API as a process beside it reaches it: the loopback of the hub's own pod, on
     the port it binds (the chart: hub_bind_url http://:8081), never its Service. A managed
     service runs in the hub's pod, and JupyterHub would give it hub_connect_url
-    (http://hub:8081): a call through the hub's own Service, which needs hairpin traffic
-    (not every CNI passes it) and which the chart's hub NetworkPolicy admits only from pods
-    labelled hub.jupyter.org/network-access-hub, which the hub pod is not."""
+    (http://hub:8081): a call through the hub's own Service, which is hairpin traffic (a
+    pod reaching itself through a Service's address), and not every CNI passes it. (A
+    NetworkPolicy cannot block a pod's traffic to itself: that is not the issue.)"""
     from urllib.parse import urlparse
 
     bind = urlparse(str(_value(c.JupyterHub.get("hub_bind_url"), "") or "http://:8081"))

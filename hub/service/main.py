@@ -43,7 +43,7 @@ def main() -> None:
     jobs = JobManager(portal, backend)
     # Where the service itself reaches the hub's API. JupyterHub gives a managed service its
     # hub_connect_url (on a cluster http://hub:8081: the hub pod calling its own Service, a
-    # hairpin that some CNIs drop and the chart's NetworkPolicy does not admit), so the
+    # hairpin that CNIs without hairpin mode drop), so the
     # cluster set-up passes the hub's own address in its pod (PODBAY_HUB_API_URL).
     api_url = env.get("PODBAY_HUB_API_URL") or env["JUPYTERHUB_API_URL"]
     hub = HubClient(api_url, env["JUPYTERHUB_API_TOKEN"])

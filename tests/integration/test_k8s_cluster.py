@@ -416,7 +416,7 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
             assert service["environment"]["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
             assert service["environment"]["PODBAY_SERVICE_BIND"] == "0.0.0.0"
             # The service reaches the hub in its own pod, not through the hub's Service (a
-            # hairpin the chart's NetworkPolicy does not admit).
+            # hairpin that not every CNI passes).
             assert service["environment"]["PODBAY_HUB_API_URL"] == "http://127.0.0.1:8081/hub/api"
             # The service knows workspaces have origins of their own (hub/browser.py: shares_origin).
             assert service["environment"]["PODBAY_SUBDOMAIN_HOST"] == "https://hub.example.org"

@@ -63,6 +63,9 @@ def cluster(tmp_path_factory):
         for rank in range(ranks):
             pods[f"job-{user}-{rank}"] = Peer(f"10.1.2.{job_id * 10 + rank}",
                                               {**template, "job-name": objects[0]["metadata"]["name"]}, NS)
+    # kube-dns, and a service of the cluster's own whose pods have addresses in 100.64.0.0/10.
+    pods["kube-dns"] = Peer("10.96.0.10", {"k8s-app": "kube-dns"}, "kube-system")
+    pods["prometheus"] = Peer("100.64.3.4", {"app": "prometheus"}, "monitoring")
     pods["metadata-server"] = Peer("169.254.169.254")
     pods["internet"] = Peer("151.101.0.223")
     return policies, pods
@@ -81,10 +84,15 @@ def cluster(tmp_path_factory):
     ("job-alice-0", "job-alice-1", 12345),  # NCCL, on ports of its own choosing
     ("job-alice-0", "internet", 443),  # pip, object storage, the model hub
     ("ws-alice", "internet", 443),
+    ("ws-alice", "kube-dns", 53),     # names: the hub's Service, the internet
+    ("job-alice-0", "kube-dns", 53),  # torchrun's MASTER_ADDR, a rank's name under the job's Service
+    ("hub", "hub", 8081),             # a pod cannot block itself, through its Service too
 ])
 def test_the_flows_podbay_needs_are_allowed(cluster, src, dst, port):
     policies, pods = cluster
-    assert allowed(policies, pods[src], pods[dst], port), f"{src} → {dst}:{port} is cut"
+    protocols = ("UDP", "TCP") if port == 53 else ("TCP",)
+    for protocol in protocols:
+        assert allowed(policies, pods[src], pods[dst], port, protocol), f"{src} → {dst}:{port}/{protocol} is cut"
 
 
 @pytest.mark.parametrize("src, dst, port", [
@@ -94,10 +102,10 @@ def test_the_flows_podbay_needs_are_allowed(cluster, src, dst, port):
     ("job-alice-0", "hub", 8081),     # a job has no business with the hub
     ("job-alice-0", "metadata-server", 80),  # the cloud's credentials
     ("ws-alice", "metadata-server", 80),
-    # The hub pod through its own Service: the chart admits 8081 only from pods labelled
-    # network-access-hub, which the hub pod is not; so podbay's service, in the hub pod,
-    # calls the hub on its loopback (PODBAY_HUB_API_URL), which no policy sees.
-    ("hub", "hub", 8081),
+    # A service of the cluster's own on pod addresses outside RFC 1918 (EKS custom
+    # networking, Calico pools): the chart's own rule would let workspaces reach it.
+    ("ws-alice", "prometheus", 9090),
+    ("job-alice-0", "prometheus", 9090),
 ])
 def test_what_must_not_connect_does_not(cluster, src, dst, port):
     policies, pods = cluster

@@ -306,21 +306,25 @@ class Emulator(kmock.KubernetesEmulator):
         yield b''  # send the response headers now
         bus = self._buses[request.resource]
         rv = request.params.get('resourceVersion', '')
+        expired = None
         async with self._lock:
             marker = await bus.mark()
             if rv.isdigit() and int(rv) > 0:
                 # From a resourceVersion: every change since, deletions included (the API
                 # server's watch cache), or 410 Gone where that history was compacted.
                 if int(rv) < bus.compacted:
-                    await bus.unmark(marker)
-                    yield {'type': 'ERROR', 'object': {
-                        'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure', 'reason': 'Expired',
-                        'code': 410, 'message': f'too old resource version: {rv} ({bus.compacted})'}}
-                    return
-                events = [dict(event, replayed=True) for at, event in bus.history if at > int(rv)]
+                    expired = f'too old resource version: {rv} ({bus.compacted})'
+                    events = []
+                else:
+                    events = [dict(event, replayed=True) for at, event in bus.history if at > int(rv)]
             else:  # "" or "0": the current state as ADDED events, then changes
                 events = [{'type': 'ADDED', 'object': obj.raw} for (res, _, _), obj in self.objects.items()
                           if res == request.resource and not obj.deleted]
+        if expired:  # told outside the lock: a client that stops reading holds nothing up
+            await bus.unmark(marker)
+            yield {'type': 'ERROR', 'object': {'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure',
+                                               'reason': 'Expired', 'code': 410, 'message': expired}}
+            return
         loop, timeout = asyncio.get_running_loop(), request.params.get('timeoutSeconds')
         deadline = loop.time() + float(timeout) if timeout else None
         stream = aiter(bus.stream(since=marker))

@@ -48,7 +48,7 @@ def selects(selector: dict | None, labels: dict) -> bool:
 
 def _types(policy: dict) -> list[str]:
     spec = policy["spec"]
-    return spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+    return spec.get("policyTypes") or (["Ingress"] + (["Egress"] if spec.get("egress") else []))
 
 
 def _peer_matches(peer: dict, policy_ns: str, other: Peer) -> bool:
@@ -100,6 +100,9 @@ def _side(policies: list[dict], pod: Peer, kind: str, other: Peer, port: int, pr
 
 
 def allowed(policies: list[dict], src: Peer, dst: Peer, port: int, protocol: str = "TCP") -> bool:
-    """Whether `src` may connect to `dst` on `port` under these policies."""
+    """Whether `src` may connect to `dst` on `port` under these policies. A pod cannot block
+    connections to itself (through its own Service too), as the API's documentation says."""
+    if src == dst and src.namespace is not None:
+        return True
     return (_side(policies, src, "Egress", dst, port, protocol, dst)
             and _side(policies, dst, "Ingress", src, port, protocol, dst))

@@ -69,6 +69,7 @@ def test_credentials_in_urls_are_not_printed():
     assert redacted("Prometheus at https://ops:s3cret@prom.example:9090 is not reachable") == \
         "Prometheus at https://***@prom.example:9090 is not reachable"
     assert redacted("http://prom:9090/api") == "http://prom:9090/api"
+    assert redacted("https://ops:p@ss@prom.example/x?token=abc&q=1") == "https://***@prom.example/x?token=***&q=1"
 
 
 def test_the_declared_gpus_are_checked_against_this_hosts_driver(tmp_path):

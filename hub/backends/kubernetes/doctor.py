@@ -123,6 +123,7 @@ async def storage(api, cfg: PodbayConfig) -> list[Finding]:
         return [Finding.warn(f"cannot read the StorageClasses ({e}): homes' storage was not checked",
                              "run podbay doctor with a kubeconfig that may list storageclasses")]
     by_name = {c["metadata"]["name"]: c for c in classes}
+    defaults: list[dict] = []
     if home.storage_class:
         cls = by_name.get(home.storage_class)
         if cls is None:
@@ -140,9 +141,16 @@ async def storage(api, cfg: PodbayConfig) -> list[Finding]:
                                  "set kubernetes.home.storage_class, or mark a class as the default "
                                  f"({DEFAULT_CLASS}: \"true\")")]
         cls = defaults[0]
+        if len(defaults) > 1:
+            several = Finding.warn(f"{len(defaults)} StorageClasses are marked default "
+                                   f"({', '.join(c['metadata']['name'] for c in defaults)}): the newest is used "
+                                   "(Kubernetes 1.26 and later; older API servers refuse such claims)",
+                                   "keep one default class, or set kubernetes.home.storage_class")
     name, provisioner = cls["metadata"]["name"], cls.get("provisioner", "")
     mode = cls.get("volumeBindingMode", "Immediate")
     out = [Finding.ok(f"homes use StorageClass {name} ({provisioner}, {mode})")]
+    if not home.storage_class and len(defaults) > 1:
+        out.append(several)
     if provisioner in BLOCK_STORAGE and mode == "Immediate":
         out.append(Finding.warn(f"{name} binds at once (Immediate) on zonal block storage: a home may be made in a "
                                 "zone where no node has the GPU a workspace asks for (volume node affinity conflict)",

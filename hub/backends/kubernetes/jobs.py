@@ -141,6 +141,8 @@ class KubernetesJobs(TrainingBackend):
             made = await self._call(read_json, self.batch.create_namespaced_job, ns, job_obj)
         except ApiException as e:
             if e.status != 409:
+                # Refused (a quota, an admission webhook): what was made for it would stay.
+                await self._delete_peers(job.id)
                 raise
             made = await self._call(read_json, self.batch.read_namespaced_job, self.job_name(job.id), ns)
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": made["metadata"]["name"],
@@ -226,9 +228,15 @@ class KubernetesJobs(TrainingBackend):
                                          field_selector=f"involvedObject.name={name}")
             except Exception:  # noqa: BLE001 - no events to read is no reason to give
                 return None
-            for ev in reversed(found.get("items") or []):
-                if ev.get("reason") in ("FailedAttachVolume", "FailedMount") and \
-                        (ev.get("involvedObject") or {}).get("name") == name:
+            mine = [ev for ev in found.get("items") or [] if (ev.get("involvedObject") or {}).get("name") == name]
+            # Newest last: a volume event is the pod's state only until its volumes are
+            # attached (the kubelet pulls the image after, with its own events).
+            mine.sort(key=lambda ev: ev.get("lastTimestamp") or ev.get("eventTime")
+                      or (ev.get("series") or {}).get("lastObservedTime") or ev.get("firstTimestamp") or "")
+            for ev in reversed(mine):
+                if ev.get("reason") in ("SuccessfulAttachVolume", "Pulling", "Pulled", "Created", "Started"):
+                    break
+                if ev.get("reason") in ("FailedAttachVolume", "FailedMount"):
                     return ev.get("message") or ev["reason"]
         return None
 
@@ -272,6 +280,18 @@ class KubernetesJobs(TrainingBackend):
                     if cond.get("type") == "QuotaReserved" and cond.get("status") == "False":
                         return f"not admitted by Kueue: {cond.get('message') or cond.get('reason')}"
         return "waiting for Kueue to admit it"
+
+    async def _delete_peers(self, job_id: int) -> None:
+        """A multi-node job's Service and NetworkPolicy, by name (none for one node)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        name, ns = self.job_name(job_id), self.settings.namespace
+        for delete in (self.core.delete_namespaced_service, self.networking.delete_namespaced_network_policy):
+            try:
+                await self._call(delete, name, ns)
+            except ApiException as e:
+                if e.status not in (403, 404):
+                    raise
 
     async def cancel(self, ref: dict) -> None:
         await self._ensure()

@@ -69,7 +69,7 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(runner, ns),
          "rules": [
              {"apiGroups": ["batch"], "resources": ["jobs"],
-              "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
+              "verbs": ["get", "list", "watch", "create", "delete"]},
              {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "persistentvolumeclaims", "events"],
               "verbs": ["get", "list", "watch", "create", "delete"]},
              # A multi-node job's Service and policy are made first, then owned by its Job.
