@@ -51,9 +51,15 @@ async def hub_api(url: str | None, token: str | None = None, timeout: float = 10
                              "run where the service runs (PODBAY_HUB_API_URL or JUPYTERHUB_API_URL set), "
                              "or give --hub-url http://HOST:8081/hub/api")]
     headers = {"Authorization": f"token {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
+        return await _hub_api(http, url, token)
+
+
+async def _hub_api(http, url: str, token: str | None) -> list[Finding]:
+    import httpx
+
     try:
-        async with httpx.AsyncClient(timeout=timeout) as http:
-            r = await http.get(url.rstrip("/") + "/", headers=headers)
+        r = await http.get(url.rstrip("/") + "/")
     except httpx.HTTPError as e:
         return [Finding.fail(f"the hub's API at {url} does not answer ({type(e).__name__}: {e})",
                              "podbay's service, the CLI and the TUI need it: check the address from where the "
@@ -71,8 +77,7 @@ async def hub_api(url: str | None, token: str | None = None, timeout: float = 10
     if token:
         # The service's own token (JUPYTERHUB_API_TOKEN where it runs): the hub knows it.
         try:
-            async with httpx.AsyncClient(timeout=timeout) as http:
-                me = await http.get(url.rstrip("/") + "/user", headers=headers)
+            me = await http.get(url.rstrip("/") + "/user")
         except httpx.HTTPError as e:
             me = None
             out.append(Finding.warn(f"the hub's API did not answer who the token is ({type(e).__name__})"))

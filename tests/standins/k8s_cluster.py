@@ -253,8 +253,7 @@ class Cluster:
     # --- reading the emulator's objects --------------------------------------------------
 
     def objects(self, resource: str) -> list[dict]:
-        return [o.raw for (res, _, _), o in list(self.emu.objects.items())
-                if f"{res.group + '/' if res.group else ''}{res.version}/{res.plural}" == resource and not o.deleted]
+        return self.emu.stored(resource)
 
     async def patch(self, resource: str, obj: dict, patch: dict) -> None:
         meta = obj["metadata"]

@@ -6,6 +6,7 @@ capacity arithmetic on node objects carrying GPU Feature Discovery's recorded la
 from __future__ import annotations
 
 import json
+import threading
 from fractions import Fraction
 
 import kubernetes_validate
@@ -639,7 +640,7 @@ class _ReadyView:
 
     def __init__(self, nodes):
         self.nodes = nodes
-        self.ready = __import__("asyncio").Event()
+        self.ready = threading.Event()  # as the ClusterView's
         self.ready.set()
 
     def __call__(self):

@@ -218,8 +218,8 @@ class ClusterCapacity(CapacitySource):
         else the whole GPUs it offers) and how many are taken: whole GPUs, and a GPU for each
         started set of time-sliced shares; MIG slices are told in the reason."""
         out = []
-        replicas = (self.settings.pool(pool).time_slicing.replicas
-                    if self.settings.pool(pool).time_slicing else 1)
+        sliced = self.settings.pool(pool).time_slicing
+        replicas = sliced.replicas if sliced else 1
         for node in self._nodes(pool):
             gpus = count(node.labels.get("nvidia.com/gpu.count", "0")) or node.allocatable.get(GPU, 0)
             taken = node.used.get(GPU, 0) + -(-node.used.get(SHARED, 0) // replicas)

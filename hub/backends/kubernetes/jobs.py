@@ -142,7 +142,10 @@ class KubernetesJobs(TrainingBackend):
         except ApiException as e:
             if e.status != 409:
                 # Refused (a quota, an admission webhook): what was made for it would stay.
-                await self._delete_peers(job.id)
+                try:
+                    await self._delete_peers(job.id)
+                except ApiException:
+                    pass  # the refusal is what to say
                 raise
             made = await self._call(read_json, self.batch.read_namespaced_job, self.job_name(job.id), ns)
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": made["metadata"]["name"],
@@ -282,41 +285,39 @@ class KubernetesJobs(TrainingBackend):
         return "waiting for Kueue to admit it"
 
     async def _delete_peers(self, job_id: int) -> None:
-        """A multi-node job's Service and NetworkPolicy, by name (none for one node)."""
+        """A multi-node job's Service and NetworkPolicy, by name (none for one node; a Job
+        made before they were owned by it leaves them to this). A hub whose rights predate
+        the policy (`podbay k8s manifests` not applied again since) may not delete it."""
         from kubernetes_asyncio.client.exceptions import ApiException
 
         name, ns = self.job_name(job_id), self.settings.namespace
-        for delete in (self.core.delete_namespaced_service, self.networking.delete_namespaced_network_policy):
-            try:
-                await self._call(delete, name, ns)
-            except ApiException as e:
-                if e.status not in (403, 404):
-                    raise
+        try:
+            await self._call(self.core.delete_namespaced_service, name, ns)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        try:
+            await self._call(self.networking.delete_namespaced_network_policy, name, ns)
+        except ApiException as e:
+            if e.status == 403:
+                log.warning("cannot delete the NetworkPolicy %s (403): apply `podbay k8s manifests` again for the "
+                            "hub's rights", name)
+            elif e.status != 404:
+                raise
 
     async def cancel(self, ref: dict) -> None:
         await self._ensure()
         from kubernetes_asyncio.client import V1DeleteOptions
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        name, ns = self.job_name(ref["job_id"]), self.settings.namespace
         # Background: the Job goes now, its pods after it (SIGTERM, their grace period).
-        for delete in (self.batch.delete_namespaced_job, self.core.delete_namespaced_service):
-            try:
-                await self._call(delete, name, ns, body=V1DeleteOptions(propagation_policy="Background"))
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-        # A multi-node job's own policy (none for one node). A hub whose rights predate it
-        # (`podbay k8s manifests` not applied again since) may not delete it: the job is gone
-        # all the same.
         try:
-            await self._call(self.networking.delete_namespaced_network_policy, name, ns)
+            await self._call(self.batch.delete_namespaced_job, self.job_name(ref["job_id"]), self.settings.namespace,
+                             body=V1DeleteOptions(propagation_policy="Background"))
         except ApiException as e:
-            if e.status == 403:
-                log.warning("cannot delete the NetworkPolicy %s of a cancelled job (403): apply `podbay k8s "
-                            "manifests` again for the hub's rights", name)
-            elif e.status != 404:
+            if e.status != 404:
                 raise
+        await self._delete_peers(ref["job_id"])
 
     async def read_logs(self, ref: dict, cursor: str | None = None) -> tuple[bytes, str | None]:
         await self._ensure()
