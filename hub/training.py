@@ -83,10 +83,11 @@ class TrainingBackend(ABC):
     secrets_apart: bool = False
 
     def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int,
-                     time_limit: str | None = None) -> None:
+                     time_limit: str | None = None, user: str | None = None) -> None:
         """Refuse now, with the engine's words (raise ValueError), a job the engine would
         reject outright; an engine out of reach refuses nothing (the job waits for it).
-        Called in a worker thread."""
+        `user` submits it (an engine that runs jobs as the person checks as them). Called in
+        a worker thread."""
         if time_limit is not None:
             raise ValueError(f"the {self.name} backend does not limit a job's time: leave time_limit out")
 

@@ -85,7 +85,8 @@ setup_system() {
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || missing+=(libnss-wrapper)
     # A real Slurm for the slurm backend's tests (tests/standins/slurm_cluster.py starts its daemons).
-    local slurm=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
+    # sudo: Slurm jobs run as the person's account, as a site's sudoers allows (config/slurm/sudoers).
+    local slurm=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server sudo)
     local pkg
     for pkg in "${slurm[@]}"; do
       dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -141,6 +141,21 @@ def slurm_cluster(tmp_path_factory):
     shutil.rmtree(state, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def slurm_people(slurm_cluster):
+    """Real accounts for alice and bob (pbt-alice, pbt-bob) with homes on a folder the portal and
+    the Slurm nodes share, the site's sudoers rules, their Slurm associations
+    (tests/standins/slurm_cluster.py: people)."""
+    from tests.standins import slurm_cluster as sc
+
+    require(shutil.which("sudo") and shutil.which("useradd"), "sudo and useradd are not installed")
+    # One place for every run, so that the accounts' homes stay where they are (usermod refuses
+    # to move the home of an account with processes running).
+    found = sc.people(slurm_cluster, Path("/var/tmp/podbay-tests/shared"))
+    yield found
+    found.remove()
+
+
 @pytest.fixture
 def kubernetes_installed(monkeypatch):
     """The kubernetes backend as an installed plugin (its entry point is not in pyproject.toml

@@ -16,6 +16,7 @@ from .models import (  # noqa: F401 - the schema, as podbay.hub.config
     USERNAME_PATTERN,
     Access,
     Auth,
+    ClusterAccounts,
     GpuDecl,
     Image,
     MigDeviceDecl,

@@ -422,6 +422,25 @@ class Auth(_Model):
         return value
 
 
+# A Unix account name as useradd and sudo take it (no "root"-like tricks: a number is not one).
+ACCOUNT_NAME = r"^[a-z_][a-z0-9_.-]{0,31}$"
+
+
+class ClusterAccounts(_Model):
+    """Whose cluster (Unix) account a person's Slurm jobs run as (`cluster_accounts:`).
+
+    By default a person's login name is their account. Where the identity provider's names
+    are not (an e-mail address, Entra ID's object IDs), `table` maps them, or `strip_domain`
+    takes the part before the @."""
+
+    # podbay login name -> cluster account, where they differ.
+    table: dict[UserName, Annotated[str, Field(pattern=ACCOUNT_NAME)]] = {}
+    # alice@corp.example -> alice (after the table, which wins).
+    strip_domain: bool = False
+    # Accounts below this uid are the system's (root, daemons): nobody's job runs as one.
+    min_uid: int = Field(1000, ge=1)
+
+
 class PodbayConfig(_Model):
     # The catalog of workspace and job images.
     images: list[Image] = Field(min_length=1)
@@ -442,6 +461,9 @@ class PodbayConfig(_Model):
     admins: list[UserName] = []
     # How people log in.
     auth: Auth = Auth()
+    # Which cluster account each person's jobs run as, where an engine runs them as the
+    # person (slurm).
+    cluster_accounts: ClusterAccounts = ClusterAccounts()
     # Where workspaces and jobs run: a `podbay.backends` entry point (local, docker, …).
     # PODBAY_BACKEND or --backend override it. Each installed backend's settings live under
     # its own key (docker:), validated by the model the backend declares: see config_model().

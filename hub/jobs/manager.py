@@ -64,7 +64,7 @@ class JobManager:
         # What the engine would reject outright, in its words (Slurm: an unknown account or
         # partition), before podbay's own view of the pool's size.
         try:
-            self.backend.check_submit(team=team, pool=pool, gpus_per_node=req.gpus_per_node, nodes=req.nodes,
+            self.backend.check_submit(team=team, pool=pool, gpus_per_node=req.gpus_per_node, nodes=req.nodes, user=user,
                                       time_limit=req.time_limit)
         except ValueError as e:
             raise OptionsRefused(str(e)) from None
@@ -72,7 +72,10 @@ class JobManager:
         if req.gpus_per_node > most:
             raise OptionsRefused(f"pool {pool} has at most {most} whole GPUs on one node; "
                                  f"this job asks for {req.gpus_per_node}")
-        home = self.home_of(user)
+        try:
+            home = self.home_of(user)  # the person's cluster home where jobs run as them
+        except ValueError as e:
+            raise OptionsRefused(str(e)) from None
         rel = Path(req.workdir or ".")
         if rel.is_absolute() or ".." in rel.parts:
             raise OptionsRefused("workdir must be a path inside your home directory, like projects/resnet")

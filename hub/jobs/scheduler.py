@@ -251,7 +251,7 @@ class Scheduler:
         It is `starting` while handed over: a service that stops in between finds it that way
         and asks the engine (by the job's id) whether it got it, rather than handing it over
         twice."""
-        await self.store.update(job.id, state="starting", ref={"job_id": job.id, "created": job.created},
+        await self.store.update(job.id, state="starting", ref={"job_id": job.id, "created": job.created, "user": job.user},
                                 message=f"handing over to {self.backend.name}")
         try:
             ref = await self.backend.submit(self._spec(job, None))

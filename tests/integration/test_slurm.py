@@ -28,7 +28,7 @@ def config(cluster, **slurm):
         "pools": {"dev": {}, "training": {"queue": "gpu"}, "short": {"queue": "debug"}},
         "teams": {"vision": {"members": ["alice"], "quota": {"gpu_units": 4, "job_gpus": 0}},
                   "nlp": {"members": ["bob"], "quota": {"gpu_units": 1, "job_gpus": 0}}},
-        "slurm": {"conf": str(cluster.conf), "container": "none", "gpu_type": "a100", "time_limit": "10",
+        "slurm": {"conf": str(cluster.conf), "run_as": "service", "container": "none", "gpu_type": "a100", "time_limit": "10",
                   "job_prefix": f"t{uuid.uuid4().hex[:6]}", **slurm},
     })
 
@@ -78,8 +78,8 @@ async def test_a_job_runs_on_its_gpus_and_its_output_is_followed(jobs, slurm_clu
                gpus=2, env={"WANDB_API_KEY": "s3cret"})
     ref = await jobs.submit(job)
     assert ref["slurm_id"].isdigit()
-    script = (jobs.job_dir("alice", job.id) / "job.sh").read_text()
-    assert "s3cret" not in script and "#SBATCH" not in script
+    script = slurm_cluster.run("scontrol", "write", "batch_script", ref["slurm_id"], "-").stdout
+    assert "s3cret" not in script and "#SBATCH" not in script and "srun" in script
     shown = slurm_cluster.run("scontrol", "show", "job", ref["slurm_id"]).stdout
     assert f"JobName={jobs.slurm_name(job.id)}" in shown and "Partition=gpu" in shown and "Account=vision" in shown
     assert "gres:gpu:a100:2" in shown or "gres/gpu:a100=2" in shown, shown

@@ -99,7 +99,9 @@ class SlurmCluster:
         # Jobs first: a slurmd that stops leaves its jobs' slurmstepd running.
         if "slurmctld" in self.procs:
             with contextlib.suppress(Exception):
-                self.run("scancel", "--user=root", check=False, timeout=10)
+                every = self.run("squeue", "-h", "-o", "%i", check=False, timeout=10).stdout.split()
+                if every:  # everyone's: the identity tests' jobs are their people's
+                    self.run("scancel", *every, check=False, timeout=10)
                 wait_for(lambda: not self.run("squeue", "-h", check=False, timeout=10).stdout.strip(), 15,
                          "the jobs to end")
         for name in ["slurmd-n2", "slurmd-n1", "slurmctld", "slurmdbd", "mariadb"]:
@@ -107,6 +109,79 @@ class SlurmCluster:
         pid = self.state / "munge" / "munged.pid"
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pid.read_text()), signal.SIGTERM)
+
+
+# The people of the identity tests, as real Unix accounts with their Slurm associations, and
+# the non-root account the sudoers rules are tried as (the service's, at a site).
+PEOPLE = {"pbt-alice": "vision", "pbt-bob": "nlp"}  # and the contract's account of the same team
+SERVICE = "pbt-svc"
+GROUP = "pbt-people"
+SUDOERS = Path("/etc/sudoers.d/podbay-tests")
+
+
+@dataclass
+class People:
+    """Real accounts (useradd) with homes on `shared`, the stand-in for a site's shared
+    filesystem that the portal and the nodes both see (one host here), and the site's sudoers
+    rules of config/slurm/sudoers for root (the tests' hub) and SERVICE."""
+
+    shared: Path
+    accounts: dict[str, str]
+
+    def home(self, account: str) -> Path:
+        return self.shared / "home" / account
+
+    def as_service(self, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        """A command as the non-root service account, as a site's hub would run it."""
+        return subprocess.run(["setpriv", f"--reuid={SERVICE}", f"--regid={SERVICE}", "--init-groups", "--", *argv],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, cwd="/")
+
+    def remove(self) -> None:
+        SUDOERS.unlink(missing_ok=True)
+
+
+def _account(name: str, home: Path, groups: list[str]) -> None:
+    import pwd
+
+    try:
+        if pwd.getpwnam(name).pw_dir != str(home):
+            subprocess.run(["usermod", f"--home={home}", name], check=True, capture_output=True)
+        subprocess.run(["usermod", f"--groups={','.join(groups)}", name], check=True, capture_output=True)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", f"--home-dir={home}", "--shell=/bin/sh",
+                        f"--groups={','.join(groups)}", "--user-group", name], check=True, capture_output=True)
+    entry = pwd.getpwnam(name)
+    home.mkdir(parents=True, exist_ok=True)
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    home.chmod(0o700)  # as Debian makes homes now: nobody else, the service included, looks in
+
+
+def people(cluster: SlurmCluster, shared: Path) -> People:
+    """Accounts pbt-alice (team vision) and pbt-bob (nlp) with 0700 homes under `shared`,
+    their associations in Slurm, and the sudoers rules. Made again on each run (the homes
+    move with `shared`); the accounts stay, as a site's would."""
+    if shared.exists():
+        shutil.rmtree(shared)  # a run's homes start empty
+    shared.mkdir(parents=True)
+    shared.chmod(0o755)
+    (shared / "home").mkdir(exist_ok=True)
+    (shared / "home").chmod(0o755)
+    if subprocess.run(["getent", "group", GROUP], capture_output=True).returncode != 0:
+        subprocess.run(["groupadd", GROUP], check=True, capture_output=True)
+    for account in PEOPLE:
+        _account(account, shared / "home" / account, [GROUP])
+    _account(SERVICE, shared / "service", [])
+    rules = (Path(__file__).resolve().parents[2] / "config" / "slurm" / "sudoers").read_text()
+    rules = rules.replace("User_Alias   PODBAY = podbay", f"User_Alias   PODBAY = root, {SERVICE}")
+    rules = rules.replace("Runas_Alias  PODBAY_PEOPLE = %podbay-users", f"Runas_Alias  PODBAY_PEOPLE = %{GROUP}")
+    staged = shared / "sudoers"
+    staged.write_text(rules)
+    subprocess.run(["visudo", "-cf", str(staged)], check=True, capture_output=True)
+    SUDOERS.write_bytes(staged.read_bytes())
+    SUDOERS.chmod(0o440)
+    for account, team in PEOPLE.items():
+        cluster.run("sacctmgr", "-i", "add", "user", account, f"Account={team},contract-{team}", f"DefaultAccount={team}")
+    return People(shared, dict(PEOPLE))
 
 
 def start_hub(cluster: SlurmCluster, folder: Path, edit=None):

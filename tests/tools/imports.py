@@ -20,7 +20,7 @@ LAYERS = [
      "podbay.hub.browser", "podbay.hub.backends", "podbay.hub.workspace",
      "podbay.hub.migrations"},
     # 1: podbay.yaml and what a machine has
-    {"podbay.hub.config", "podbay.hub.usage.settings", "podbay.hub.discovery", "podbay.hub.inventory"},
+    {"podbay.hub.config", "podbay.hub.identity", "podbay.hub.usage.settings", "podbay.hub.discovery", "podbay.hub.inventory"},
     # 2: the quota book and the stores beside it, the training engines' base
     {"podbay.hub.quota", "podbay.hub.secrets", "podbay.hub.sshkeys", "podbay.hub.training",
      "podbay.hub.settings"},

@@ -98,7 +98,7 @@ class KubernetesJobs(TrainingBackend):
         except (ClientError, OSError, TimeoutError) as e:
             raise BackendUnavailable(f"the Kubernetes API is not reachable ({e}); the job is handed over when it is back") from None
 
-    def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int,
+    def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int, user: str | None = None,
                      time_limit: str | None = None) -> None:
         super().check_submit(team=team, pool=pool, gpus_per_node=gpus_per_node, nodes=nodes, time_limit=time_limit)
         mode = self.settings.home.access_mode

@@ -8,7 +8,12 @@ its fair share, accounts, QOS and partitions decide when a job runs; a team's jo
 is the limit the site sets in Slurm (an association's GrpTRES), which podbay shows.
 
 How podbay reaches Slurm: Slurm's own commands on this node, authenticated by munge, as on
-any login node of the cluster. They are Slurm's stable interface across its releases (the
+any login node of the cluster. What a job does is done as the person (`run_as: person`, the
+default): the service runs `sbatch`, `scancel`, and `mkdir`/`tail` for the job's folder in
+their home, as the person's cluster account through `sudo -n -u <account>`, which the site's
+sudoers allows for exactly those commands and only as its people's accounts (config/slurm/
+sudoers; docs/howto/slurm.md compares this with slurmrestd's per-user tokens). Reading the
+queue and accounting needs no one's identity. They are Slurm's stable interface across its releases (the
 REST API's versions change with each), need no token to rotate, and are what a SuperPOD's
 login nodes have anyway. Errors that mean the controller is out of reach make jobs wait
 (BackendUnavailable); anything else Slurm refuses is quoted to the person.
@@ -36,6 +41,13 @@ TIME = re.compile(r"^(\d{1,3}-)?\d{1,5}(:\d{2}){0,2}$")
 
 class SlurmSettings(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # person: each job is submitted, cancelled and read as the person's own cluster account
+    # (cluster_accounts:), through sudo, so its files, Slurm's accounting, fair share and
+    # per-user limits are theirs. service: every job is the service's own (one trust domain:
+    # a test cluster, never a shared one).
+    run_as: Literal["person", "service"] = "person"
+    # The sudo that runs Slurm's commands as the person.
+    sudo: str = "sudo"
     # The pools whose jobs Slurm runs, each with its partition (a pool's `queue` names one
     # too); the others are this node's (workspaces).
     partitions: dict[str, str] = {}
@@ -123,6 +135,10 @@ class SlurmError(RuntimeError):
     """Slurm refused (its words, for the person)."""
 
 
+class NotPermitted(SlurmError):
+    """sudo would not let the service act as the person: the site's set-up, not the job."""
+
+
 # What Slurm's commands get of the service's environment: nothing else (the service holds
 # secrets, and SBATCH_*/SLURM_* variables would change what sbatch does).
 PASSED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "SLURM_CONF")
@@ -144,16 +160,30 @@ class Commands:
     def program(self, name: str) -> str:
         return os.path.join(self.settings.bin_dir, name) if self.settings.bin_dir else name
 
+    def argv(self, name: str, args: tuple[str, ...], user: str | None, pass_fds: tuple[int, ...] = ()) -> list[str]:
+        """The command line, through sudo as `user` where one is given. sudo closes every
+        descriptor above 2 unless told (-C, which sudoers must allow: closefrom_override)."""
+        # mkdir and tail are the system's, never from Slurm's bin_dir.
+        program = name if name in ("mkdir", "tail") else self.program(name)
+        if user is None:
+            return [program, *args]
+        keep = ["-C", str(max(pass_fds) + 1)] if pass_fds else []
+        return [self.settings.sudo, "-n", *keep, "-u", user, "--", program, *args]
+
     def _result(self, argv: list[str], code: int, out: str, err: str) -> str:
         if code == 0:
             return out
         words = " ".join(err.split()) or f"{argv[0]} exited with status {code}"
+        if argv[0] == self.settings.sudo and (words.startswith("sudo:") or "is not allowed to execute" in words):
+            user = argv[argv.index("-u") + 1] if "-u" in argv else "?"
+            raise NotPermitted(f"podbay may not act as {user} on this node ({words}): the site's sudoers must let "
+                               "the service run Slurm's commands as its people (docs/howto/slurm.md)")
         if any(u.lower() in words.lower() for u in UNREACHABLE):
             raise BackendUnavailable(f"Slurm is not reachable ({words}); waiting for it")
         raise SlurmError(words.removeprefix("sbatch: error: ").removeprefix("error: "))
 
-    def run(self, name: str, *args: str, timeout: float | None = None) -> str:
-        argv = [self.program(name), *args]
+    def run(self, name: str, *args: str, timeout: float | None = None, user: str | None = None) -> str:
+        argv = self.argv(name, args, user)
         timeout = timeout or self.settings.timeout
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env,
@@ -165,8 +195,9 @@ class Commands:
         return self._result(argv, r.returncode, r.stdout, r.stderr)
 
     async def arun(self, name: str, *args: str, stdin: str | None = None, pass_fds: tuple[int, ...] = (),
-                   timeout: float | None = None) -> str:
-        argv = [self.program(name), *args]
+                   timeout: float | None = None, user: str | None = None, raw: bool = False) -> str | bytes:
+        """Run a command (as `user`, through sudo); its output, as bytes where `raw`."""
+        argv = self.argv(name, args, user, pass_fds)
         timeout = timeout or self.settings.timeout
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -180,4 +211,5 @@ class Commands:
             proc.kill()
             await proc.wait()
             raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
-        return self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+        text = self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+        return out if raw else text

@@ -13,9 +13,16 @@ batch script runs the command once per node with `srun`, in the catalog image th
 `torchrun` needs across nodes: MASTER_ADDR (the allocation's first node), MASTER_PORT,
 WORLD_SIZE and NNODES (nodes), NODE_RANK (this node's).
 
+With `run_as: person` (the default) all of it is done as the person's cluster account
+(hub/identity.py): sbatch, scancel, the job's folder and the reading of its output run
+through sudo as them, so the Slurm job is theirs (squeue, sacct, fair share, limits) and so
+are its files; their home is the account's. The account follows from the authenticated
+user alone, never from anything in the request.
+
 The job's environment (podbay's variables, the team's and image's settings, the person's
-secrets) is handed to sbatch as its environment with `--export=ALL`, never written into the
-script; nothing of the service's own environment goes with it.
+secrets) is handed to sbatch through a file descriptor (`--export-file`, with
+`--export=ALL`), never written into the script or a file; nothing of the service's own
+environment goes with it.
 
 Slurm queues: a job is `pending` with Slurm's reason (Priority, Resources,
 AssocGrpGRES, …) until it runs. Ended jobs are read from accounting (`sacct`): COMPLETED is
@@ -34,6 +41,7 @@ import time
 from pathlib import Path
 
 from ...config import PodbayConfig
+from ...identity import cluster_account
 from ...launch import launcher
 from ...training import (
     BackendStatus,
@@ -43,7 +51,7 @@ from ...training import (
     offset_of,
     read_from,
 )
-from .commands import Commands, SlurmError, SlurmSettings, seconds
+from .commands import Commands, NotPermitted, SlurmError, SlurmSettings, seconds
 
 RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
@@ -130,6 +138,10 @@ class SlurmJobs(TrainingBackend):
         self.settings: SlurmSettings = cfg.slurm
         self.homes = Path(homes)
         self.commands = Commands(self.settings)
+        # As the person: their home is the account's, which the service may not see into (the
+        # job checks its working directory itself).
+        self.person = self.settings.run_as == "person"
+        self.host_homes = not self.person
         self._queue: tuple[float, dict[str, tuple[str, str]]] = (-1e9, {})
         self._queue_lock = asyncio.Lock()
         self._limits: dict[str, tuple[float, tuple[int | None, int | None]]] = {}
@@ -170,7 +182,7 @@ class SlurmJobs(TrainingBackend):
                 "--export=ALL", f"--export-file={export_fd}",
                 f"--comment=podbay job {job.id} of {job.user}: {job.name}"[:250], "--parsable"]
 
-    def check_submit(self, *, team, pool, gpus_per_node, nodes, time_limit=None):
+    def check_submit(self, *, team, pool, gpus_per_node, nodes, time_limit=None, user=None):
         partition = self.queue_of(pool)
         if not partition:
             raise ValueError(f"pool {pool} has no Slurm partition: ask your platform team")
@@ -183,7 +195,9 @@ class SlurmJobs(TrainingBackend):
             self.commands.run("sbatch", "--test-only",
                               *self._request(team=team, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes,
                                              time_limit=time_limit),
-                              "--wrap=true", timeout=10)
+                              "--wrap=true", timeout=10, user=self.account(user) if user else None)
+        except NotPermitted as e:
+            raise ValueError(f"{e}; ask your platform team") from None
         except BackendUnavailable:
             return  # the job waits for Slurm, which decides then
         except SlurmError as e:
@@ -218,8 +232,15 @@ class SlurmJobs(TrainingBackend):
     def slurm_name(self, job_id: int) -> str:
         return f"{self.settings.job_prefix}-{job_id}"
 
+    def account(self, user: str) -> str | None:
+        """The cluster account a person's jobs run as; None: the service's own."""
+        return cluster_account(self.cfg, user).name if self.person else None
+
+    def home_of(self, user: str) -> Path | None:
+        return cluster_account(self.cfg, user).home if self.person else None
+
     def job_dir(self, user: str, job_id: int) -> Path:
-        return self.homes / user / ".podbay" / "jobs" / str(job_id)
+        return (self.home_of(user) or self.homes / user) / ".podbay" / "jobs" / str(job_id)
 
     def script(self, job: JobSpec, out: Path) -> str:
         """The batch script: the command once per node (sbatch's options are on its command
@@ -230,7 +251,11 @@ class SlurmJobs(TrainingBackend):
                  "# What torchrun and srun need across nodes: the allocation's first node leads.",
                  'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
                  f"export MASTER_PORT={s.master_port}",
-                 'export NNODES="$SLURM_JOB_NUM_NODES" WORLD_SIZE="$SLURM_JOB_NUM_NODES"']
+                 'export NNODES="$SLURM_JOB_NUM_NODES" WORLD_SIZE="$SLURM_JOB_NUM_NODES"',
+                 "",
+                 # Slurm starts in /tmp when it cannot enter --chdir: say so and stop instead.
+                 f"cd -- {shlex.quote(job.workdir)} 2>/dev/null || "
+                 f"{{ echo {shlex.quote(f'podbay: cannot enter the working directory {job.workdir}')} >&2; exit 2; }}"]
         srun = ["srun", "--ntasks-per-node=1", f"--chdir={job.workdir}"]
         command = list(job.command)
         if s.container == "pyxis":
@@ -262,20 +287,23 @@ class SlurmJobs(TrainingBackend):
     async def submit(self, job: JobSpec) -> dict:
         if not job.queue:
             raise SlurmError(f"pool {job.pool} has no Slurm partition: give it one under slurm.partitions")
-        found = await self._find(job.id, job.created)
+        account = self.account(job.user)  # NoClusterAccount: the job fails saying why
+        found = await self._find(job.id, job.created, job.user)
         if found is not None:
             return found  # handed over before the service stopped: never twice
         d = self.job_dir(job.user, job.id)
-        await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
+        if account:
+            await self.commands.arun("mkdir", "-p", "-m", "0700", "--", str(d), user=account)
+        else:
+            await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
         out = d / "output.log"
         script = self.script(job, out)
-        await asyncio.to_thread((d / "job.sh").write_text, script)
         read, write = os.pipe()
         try:
             writer = asyncio.get_running_loop().run_in_executor(None, _write_all, write, self.export_env(job))
             try:
                 text = await self.commands.arun("sbatch", *self.sbatch_args(job, out, read), stdin=script,
-                                                pass_fds=(read,))
+                                                pass_fds=(read,), user=account)
             finally:
                 os.close(read)
                 read = -1
@@ -287,20 +315,28 @@ class SlurmJobs(TrainingBackend):
                 os.close(read)
         slurm_id = text.strip().split(";")[0]
         self._queue = (-1e9, {})  # the next status looks again
-        return {"slurm_id": slurm_id, "output": str(out)}
+        return {"slurm_id": slurm_id, "output": str(out), "user": job.user, **({"account": account} if account else {})}
 
-    async def _find(self, job_id: int, since: float | None = None) -> dict | None:
-        """The Slurm job of a podbay job: one of this service's account, by name, submitted
-        after the podbay job was made (so an earlier install's job of the same name is not
-        it). Several (a submit repeated after an answer was lost): the first one counts, the
-        others are cancelled."""
+    async def _find(self, job_id: int, since: float | None = None, user: str | None = None) -> dict | None:
+        """The Slurm job of a podbay job: one of its owner's account (the person's, or this
+        service's), by name, submitted after the podbay job was made (so an earlier install's
+        job of the same name is not it). Several (a submit repeated after an answer was
+        lost): the first one counts, the others are cancelled."""
         name = self.slurm_name(job_id)
         earliest = (since or 0) - 120  # the cluster's clock may be behind this node's a little
+        try:
+            account = self.account(user) if user and self.person else None
+        except ValueError:
+            account = None  # the account is gone: Slurm's job cannot be found as anyone's
+        if self.person and not account:
+            return None  # a job handed over before it was known whose: none of it reached Slurm
+        owner = [f"--user={account}"] if account else ["--me"]
         found = []
-        text = await self.commands.arun("squeue", "--me", "-h", "-t", "all", f"--name={name}", "-o", "%i|%V|%Z")
+        text = await self.commands.arun("squeue", *owner, "-h", "-t", "all", f"--name={name}", "-o", "%i|%V|%Z")
         if not text.strip():
             start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(earliest)) if since else "now-60days"
-            text = await self.commands.arun("sacct", "-n", "-X", "-P", f"--name={name}", "-S", start,
+            who = ["--allusers", f"--user={account}"] if account else []
+            text = await self.commands.arun("sacct", *who, "-n", "-X", "-P", f"--name={name}", "-S", start,
                                             "-o", "JobID,Submit,WorkDir")
         for line in text.splitlines():
             slurm_id, submitted, workdir = (line.split("|", 2) + ["", ""])[:3]
@@ -314,11 +350,15 @@ class SlurmJobs(TrainingBackend):
         found.sort()
         for extra, _ in found[1:]:
             with contextlib.suppress(SlurmError, BackendUnavailable):
-                await self.commands.arun("scancel", str(extra))
+                await self.commands.arun("scancel", str(extra), user=account)
+        if account:
+            return {"slurm_id": str(found[0][0]), "user": user, "account": account,
+                    "output": str(self.job_dir(user, job_id) / "output.log")}
         return self._ref(str(found[0][0]), found[0][1], job_id)
 
     def _ref(self, slurm_id: str, workdir: str, job_id: int) -> dict:
-        """Its output file, found from its working directory, which is in its owner's home."""
+        """Its output file, found from its working directory, which is in its owner's home
+        (the service's own jobs: podbay's homes)."""
         ref = {"slurm_id": slurm_id}
         try:
             user = Path(workdir).relative_to(self.homes).parts[0]
@@ -330,20 +370,23 @@ class SlurmJobs(TrainingBackend):
     async def _slurm_id(self, ref: dict) -> tuple[str | None, dict]:
         if ref.get("slurm_id"):
             return ref["slurm_id"], ref
-        found = await self._find(ref["job_id"], ref.get("created"))
+        found = await self._find(ref["job_id"], ref.get("created"), ref.get("user"))
         return (found["slurm_id"], {**ref, **found}) if found else (None, ref)
 
     async def _queued(self) -> dict[str, tuple[str, str]]:
-        """Slurm job id → (state, reason) of this service's jobs slurmctld holds: one squeue
-        for all of them, reused for QUEUE_TTL seconds (the scheduler asks about every job
-        twice a second)."""
+        """Slurm job id → (state, reason) of podbay's jobs slurmctld holds: one squeue for all
+        of them, reused for QUEUE_TTL seconds (the scheduler asks about every job twice a
+        second). As the person, jobs are many people's: podbay's are those of its prefix."""
         async with self._queue_lock:
             at, queue = self._queue
             if time.monotonic() - at >= self.QUEUE_TTL:
-                text = await self.commands.arun("squeue", "--me", "-h", "-t", "all", "-o", "%i|%T|%r")
+                who = ["--me"] if not self.person else []
+                text = await self.commands.arun("squeue", *who, "-h", "-t", "all", "-o", "%i|%T|%j|%r")
                 queue = {}
                 for line in text.splitlines():
-                    slurm_id, state, reason = (line.split("|", 2) + ["", ""])[:3]
+                    slurm_id, state, name, reason = (line.split("|", 3) + ["", "", ""])[:4]
+                    if self.person and not name.startswith(self.settings.job_prefix + "-"):
+                        continue
                     queue[slurm_id.strip()] = (state.strip(), reason.strip())
                 self._queue = (time.monotonic(), queue)
             return queue
@@ -397,7 +440,10 @@ class SlurmJobs(TrainingBackend):
         if slurm_id is None:
             return
         try:
-            await self.commands.arun("scancel", slurm_id)
+            # As its owner: Slurm itself refuses to cancel anyone else's job.
+            await self.commands.arun("scancel", slurm_id, user=ref.get("account"))
+        except NotPermitted:
+            raise
         except SlurmError:
             return  # "Invalid job id": it is gone already
         # scancel returns at once: wait (a little) until Slurm has it ended.
@@ -420,8 +466,21 @@ class SlurmJobs(TrainingBackend):
             path = ref.get("output")
         if path is None:
             return b"", str(offset)
-        data = await asyncio.to_thread(read_from, Path(path), offset)
+        if ref.get("account"):
+            data = await self._read_as(ref["account"], path, offset)
+        else:
+            data = await asyncio.to_thread(read_from, Path(path), offset)
         return data, str(offset + len(data))
+
+    async def _read_as(self, account: str, path: str, offset: int) -> bytes:
+        """The output file from `offset` on, read as its owner (the service may not see
+        into their home); nothing while it is not there."""
+        try:
+            return await self.commands.arun("tail", "-c", f"+{offset + 1}", "--", path, user=account, raw=True)
+        except NotPermitted:
+            raise
+        except SlurmError:
+            return b""  # not written yet
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,0 +1,62 @@
+"""Who a person is on the cluster: the Unix account their Slurm jobs run as.
+
+A person's podbay name (their login, which the hub verified) maps to an account by
+`cluster_accounts:` — the same name by default, a table entry or the part before the @
+where the identity provider's names differ. The account must exist on this node as the
+cluster sees it (the site's LDAP or SSSD through NSS, or /etc/passwd) and must not be a
+system account: nobody's job ever runs as root or a daemon.
+
+Nothing of a request takes part: the account follows from the authenticated name alone.
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PodbayConfig
+from .config.models import ACCOUNT_NAME
+
+
+@dataclass(frozen=True)
+class ClusterAccount:
+    name: str
+    uid: int
+    gid: int
+    # The home the cluster gives the account (on the site's shared filesystem).
+    home: Path
+
+
+class NoClusterAccount(ValueError):
+    """A person podbay cannot act for on the cluster, in words they can act on."""
+
+
+def account_name(cfg: PodbayConfig, user: str) -> str:
+    """The account name a podbay user maps to (not checked against the system)."""
+    ca = cfg.cluster_accounts
+    name = ca.table.get(user)
+    if name is None:
+        name = user.split("@", 1)[0] if ca.strip_domain else user
+    if not re.match(ACCOUNT_NAME, name):
+        raise NoClusterAccount(
+            f"your login {user!r} is not a cluster account name: ask your platform team to map it "
+            "(cluster_accounts.table in podbay.yaml)")
+    return name
+
+
+def cluster_account(cfg: PodbayConfig, user: str) -> ClusterAccount:
+    """The person's cluster account; NoClusterAccount saying why there is none."""
+    name = account_name(cfg, user)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise NoClusterAccount(
+            f"you have no account on the cluster (podbay looked for {name!r}): ask your platform team to "
+            "create it, or to map your login to yours (cluster_accounts.table)") from None
+    if entry.pw_uid < cfg.cluster_accounts.min_uid:
+        raise NoClusterAccount(
+            f"the account {name!r} is a system account (uid {entry.pw_uid}): podbay runs nobody's jobs as one; "
+            "ask your platform team to map your login to your own account")
+    return ClusterAccount(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=Path(entry.pw_dir))

@@ -1,0 +1,184 @@
+"""Slurm jobs run as the person: real Unix accounts (pbt-alice, pbt-bob, with 0700 homes on a
+folder the portal and the nodes share), the site's sudoers rules (config/slurm/sudoers), and
+the tests' real Slurm (tests/standins/slurm_cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import time
+import uuid
+
+import pytest
+
+from podbay.hub.backends.slurm.jobs import SlurmJobs
+from podbay.hub.config import parse_config
+from podbay.hub.training import JobSpec
+from tests.harness import wait_job
+from tests.integration.test_slurm import service, until
+
+
+def config(cluster, **top):
+    return parse_config({
+        "backend": "slurm",
+        "images": [{"name": "pytorch", "display_name": "PyTorch", "image": "nvcr.io/nvidia/pytorch:25.08-py3"}],
+        "profiles": [{"id": "cpu"}, {"id": "gpu-1", "pools": ["training"]}],
+        "pools": {"dev": {}, "training": {"queue": "gpu"}},
+        "teams": {"vision": {"members": ["alice"]}, "nlp": {"members": ["bob"]}},
+        "cluster_accounts": {"table": {"alice": "pbt-alice", "bob": "pbt-bob"}},
+        "slurm": {"conf": str(cluster.conf), "container": "none", "gpu_type": "a100", "time_limit": "10",
+                  "job_prefix": f"i{uuid.uuid4().hex[:6]}"},
+        **top,
+    })
+
+
+@pytest.fixture
+def jobs(slurm_cluster, slurm_people, tmp_path):
+    backend = SlurmJobs(config(slurm_cluster), tmp_path / "unused")
+    assert backend.person
+    yield backend
+    slurm_cluster.run("scancel", f"--name={backend.settings.job_prefix}", check=False)
+    mine = [line.split()[0] for line in slurm_cluster.run("squeue", "-h", "-o", "%i %j").stdout.splitlines()
+            if line.split()[1].startswith(backend.settings.job_prefix + "-")]
+    if mine:
+        slurm_cluster.run("scancel", *mine, check=False)
+
+
+_ids = iter(range(1, 10_000))
+
+
+def spec(backend: SlurmJobs, command: list[str], *, user="alice", team="vision", workdir=None, env=None,
+         name=None, image="pytorch") -> JobSpec:
+    job_id = next(_ids)
+    home = backend.home_of(user)
+    return JobSpec(id=job_id, name=name or f"job{job_id}", user=user, image=image, command=command,
+                   workdir=str(workdir or home), env={"HOME": str(home), **(env or {})}, pool="training",
+                   queue="gpu", team=team)
+
+
+def owner(path) -> str:
+    return pwd.getpwuid(os.stat(path).st_uid).pw_name
+
+
+async def test_a_job_runs_as_the_person_with_their_files_accounting_and_queue(jobs, slurm_cluster, slurm_people):
+    home = slurm_people.home("pbt-alice")
+    assert jobs.home_of("alice") == home and oct(home.stat().st_mode & 0o777) == "0o700"
+    ref = await jobs.submit(spec(jobs, ["sh", "-c", "id -un; echo weights > model.pt; sleep 2"]))
+    assert ref["account"] == "pbt-alice"
+    # squeue -u shows it while it runs, as hers.
+    await until(jobs, ref, {"running", "exited"})
+    queued = slurm_cluster.run("squeue", "-h", "-u", "pbt-alice", "-o", "%i %u").stdout.split()
+    assert ref["slurm_id"] in queued and "pbt-alice" in queued, queued
+    assert (await until(jobs, ref, {"exited"})).exit_code == 0
+    # Its output (read through sudo as her: the service is not let into a 0700 home at a site).
+    data, _ = await jobs.read_logs(ref)
+    assert data.decode().splitlines() == ["pbt-alice"]
+    for path in (home / "model.pt", ref["output"], os.path.dirname(ref["output"])):
+        assert owner(path) == "pbt-alice", path
+    # Accounting says whose (fair share and per-user limits count her).
+    deadline = time.monotonic() + 30
+    while True:
+        acct = slurm_cluster.run("sacct", "-n", "-X", "-P", "-j", ref["slurm_id"], "-o", "User,Account,State").stdout
+        if acct.strip():
+            break
+        assert time.monotonic() < deadline, "accounting never heard of the job"
+        await asyncio.sleep(0.3)
+    assert acct.split("|")[:2] == ["pbt-alice", "vision"], acct
+
+
+async def test_nothing_in_a_request_makes_a_job_someone_elses(jobs, slurm_cluster, slurm_people):
+    """The account follows from the authenticated user alone: the job's name, environment,
+    working directory and image are carried, never obeyed."""
+    bob_home = slurm_people.home("pbt-bob")
+    hostile_env = {"USER": "pbt-bob", "LOGNAME": "pbt-bob", "SUDO_USER": "pbt-bob", "SLURM_JOB_USER": "pbt-bob",
+                   "SBATCH_UID": "pbt-bob", "SLURM_CONF": "/nonexistent", "HOME": str(bob_home)}
+    tries = [
+        spec(jobs, ["id", "-un"], name="x --uid=pbt-bob -u pbt-bob", env=hostile_env),
+        spec(jobs, ["id", "-un"], image="pbt-bob; sudo -u pbt-bob id"),
+        spec(jobs, ["id", "-un"], workdir=bob_home),
+    ]
+    refs = [await jobs.submit(job) for job in tries]
+    ends = [await until(jobs, ref, {"exited", "lost"}) for ref in refs]
+    outputs = [(await jobs.read_logs(ref))[0].decode() for ref in refs]
+    assert outputs[0].splitlines() == ["pbt-alice"] and ends[0].exit_code == 0, (outputs[0], ends[0])
+    assert outputs[1].splitlines() == ["pbt-alice"] and ends[1].exit_code == 0, (outputs[1], ends[1])
+    # Bob's home is his: her job may not even enter it, and says so.
+    assert ends[2].exit_code == 2 and f"cannot enter the working directory {bob_home}" in outputs[2], outputs[2]
+    for ref in refs:
+        shown = slurm_cluster.run("scontrol", "show", "job", ref["slurm_id"]).stdout
+        assert "UserId=pbt-alice(" in shown, shown
+    assert not [p for p in bob_home.iterdir()], "nothing of alice's reached bob's home"
+
+
+async def test_cancel_and_slurms_own_refusal_of_anyone_elses_job(jobs, slurm_cluster, slurm_people):
+    ref = await jobs.submit(spec(jobs, ["sleep", "120"]))
+    await until(jobs, ref, {"running"})
+    # Slurm itself, asked as bob, will not cancel her job (the second wall behind podbay's).
+    as_bob = slurm_people.as_service("sudo", "-n", "-u", "pbt-bob", "--", "scancel", ref["slurm_id"],
+                                     env={"SLURM_CONF": str(slurm_cluster.conf)})
+    assert as_bob.returncode != 0 and "permission denied" in as_bob.stderr.lower(), as_bob
+    assert (await jobs.status(ref)).state == "running"
+    await jobs.cancel(ref)
+    end = await until(jobs, ref, {"lost", "exited"})
+    assert end.state == "lost" and end.message.startswith("CANCELLED"), end
+
+
+async def test_a_hub_restart_finds_a_persons_job_by_its_id(jobs, slurm_cluster):
+    job = spec(jobs, ["sleep", "60"])
+    first = await jobs.submit(job)
+    # A service that stopped before recording the reference knows the job's id and owner only.
+    found = await jobs.status({"job_id": job.id, "created": time.time(), "user": "alice"})
+    assert found.state in ("pending", "running")
+    assert (await jobs.submit(job))["slurm_id"] == first["slurm_id"]  # never twice
+
+
+def test_the_sites_sudoers_lets_the_service_act_only_as_its_people_and_only_for_jobs(slurm_cluster, slurm_people):
+    """config/slurm/sudoers, installed as a site would, tried as the non-root service account."""
+    env = {"SLURM_CONF": str(slurm_cluster.conf)}
+    ok = slurm_people.as_service("sudo", "-n", "-u", "pbt-alice", "--", "sbatch", "--version", env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("slurm"), ok
+    # SLURM_CONF reaches Slurm's commands (env_keep), and a descriptor survives sudo (-C).
+    queue = slurm_people.as_service("sh", "-c", "exec 5</dev/null; sudo -n -C 6 -u pbt-alice -- "
+                                    "sbatch --test-only --partition=gpu --wrap=true --export-file=5", env=env)
+    assert queue.returncode == 0 and "to start at" in queue.stderr, queue
+    refused = {
+        "root": ["-u", "root", "--", "sbatch", "--version"],
+        "the service's own account": ["-u", "pbt-svc", "--", "sbatch", "--version"],
+        "a shell as a person": ["-u", "pbt-alice", "--", "/bin/sh", "-c", "id"],
+        "another Slurm command": ["-u", "pbt-alice", "--", "scontrol", "show", "config"],
+    }
+    for what, argv in refused.items():
+        r = slurm_people.as_service("sudo", "-n", *argv, env=env)
+        assert r.returncode != 0 and ("is not allowed to execute" in r.stderr or "sudo:" in r.stderr), (what, r)
+
+
+def test_through_the_hub_bob_neither_reads_nor_cancels_alices_job_and_no_account_is_refused(
+        slurm_cluster, slurm_people, tmp_path):
+    from tests.standins.slurm_cluster import start_hub
+
+    def edit(cfg):
+        cfg["slurm"]["run_as"] = "person"
+        cfg["slurm"]["job_prefix"] = "ident"
+        # admin maps to an account nobody made.
+        cfg["cluster_accounts"] = {"table": {"alice": "pbt-alice", "bob": "pbt-bob", "admin": "pbt-nobody"}}
+
+    hub = start_hub(slurm_cluster, tmp_path, edit)
+    try:
+        alice, bob, admin = (service(hub, u) for u in ("alice", "bob", "admin"))
+        r = alice.post("/jobs", json={"name": "mine", "command": ["sh", "-c", "id -un; sleep 30"], "gpus": 1})
+        assert r.status_code == 201, r.text
+        job = wait_job(alice, r.json()["id"], {"running"})
+        for call in (bob.get(f"/jobs/{job['id']}"), bob.get(f"/jobs/{job['id']}/logs"),
+                     bob.delete(f"/jobs/{job['id']}")):
+            assert call.status_code == 403 and "another user" in call.text, call.text
+        assert job["id"] not in [j["id"] for j in bob.get("/jobs").json()]
+        assert wait_job(alice, job["id"], {"running"})["state"] == "running"
+        listed = slurm_cluster.run("squeue", "-h", "-u", "pbt-alice", "-n", "ident-" + str(job["id"]), "-o", "%u").stdout
+        assert listed.split() == ["pbt-alice"], listed
+        assert alice.delete(f"/jobs/{job['id']}").status_code in (200, 202)
+        assert wait_job(alice, job["id"], {"cancelled"})["state"] == "cancelled"
+        r = admin.post("/jobs", json={"name": "x", "command": ["true"]})
+        assert r.status_code == 400 and "no account on the cluster" in r.text and "pbt-nobody" in r.text, r.text
+    finally:
+        hub.stop()
