@@ -182,3 +182,28 @@ def test_through_the_hub_bob_neither_reads_nor_cancels_alices_job_and_no_account
         assert r.status_code == 400 and "no account on the cluster" in r.text and "pbt-nobody" in r.text, r.text
     finally:
         hub.stop()
+
+
+def test_podbay_doctor_tries_the_sites_set_up_for_acting_as_people(slurm_cluster, slurm_people):
+    from podbay.hub.backends.slurm.doctor import diagnose
+    from tests.standins.slurm_cluster import SUDOERS
+
+    cfg = config(slurm_cluster, cluster_accounts={"table": {"alice": "pbt-alice", "bob": "pbt-nobody"}})
+    found = {f.what: f for f in asyncio.run(diagnose(cfg))}
+    assert found["the service submits as the person (tried as pbt-alice: sudo, its descriptor and SLURM_CONF "
+                 "reach sbatch)"].level == "ok", found
+    lacking = next(f for w, f in found.items() if w.startswith("people without a usable cluster account"))
+    assert lacking.level == "warn" and "bob (you have no account on the cluster (podbay looked for 'pbt-nobody')" \
+        in lacking.what, lacking
+    # The tests' hub is root, which a site's is not: said, with the fix.
+    assert found["the service runs as root: it may act as anyone, not only as your people"].level == "warn"
+    # Without the site's rules (closefrom_override, env_keep), submitting as the person fails, and says so.
+    saved = SUDOERS.read_bytes()
+    SUDOERS.unlink()
+    try:
+        failed = [f for f in asyncio.run(diagnose(cfg)) if f.level == "fail"]
+    finally:
+        SUDOERS.write_bytes(saved)
+        SUDOERS.chmod(0o440)
+    assert any(f.what.startswith("sudo does not let the service submit as pbt-alice") and "config/slurm/sudoers"
+               in f.fix for f in failed), failed

@@ -1,16 +1,21 @@
 """`podbay doctor` for the slurm backend: what the service needs of Slurm from the node it
 runs on — Slurm's commands, a controller that answers, munge, and the partitions, accounts
 and GPU GRES podbay.yaml names — each checked with Slurm's own commands, as the service
-calls them (its environment, SLURM_CONF)."""
+calls them (its environment, SLURM_CONF). With `run_as: person`, also the site's set-up for
+acting as people: their accounts, the sudoers rules (tried, not read), and whether Slurm
+lets the service see their jobs."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import shutil
 import subprocess
 
 from ...config import PodbayConfig
 from ...doctor import Finding
+from ...identity import NoClusterAccount, cluster_account
 from ...training import BackendUnavailable
 from .commands import Commands, SlurmError
 from .nodes import parse_nodes
@@ -44,6 +49,8 @@ def _diagnose(cfg: PodbayConfig) -> list[Finding]:
     except (BackendUnavailable, SlurmError):
         config = ""
     out.append(_munge(_munge_socket(config)))
+    if settings.run_as == "person":
+        out += _people(cfg, commands, config)
     try:
         nodes = parse_nodes(commands.run("scontrol", "show", "node", "--oneliner", timeout=settings.timeout),
                             settings.gres)
@@ -84,6 +91,77 @@ def _diagnose(cfg: PodbayConfig) -> list[Finding]:
                                                             "fix slurm.accounts"))
             else:
                 out.append(Finding.ok(f"Slurm's accounts exist ({', '.join(accounts)})"))
+    return out
+
+
+def _people(cfg: PodbayConfig, commands: Commands, config: str) -> list[Finding]:
+    """Whether the service can act as the people podbay.yaml names, as it will."""
+    out = []
+    if os.geteuid() == 0:
+        out.append(Finding.warn("the service runs as root: it may act as anyone, not only as your people",
+                                "run the hub as an account of its own, with config/slurm/sudoers installed"))
+    names = sorted({m for team in cfg.teams.values() for m in team.members} | set(cfg.cluster_accounts.table))
+    found, lacking = [], []
+    for name in names:
+        try:
+            found.append(cluster_account(cfg, name))
+        except NoClusterAccount as e:
+            lacking.append(f"{name} ({e.args[0].split(':')[0]})")
+    if lacking:
+        out.append(Finding.warn(f"people without a usable cluster account: {'; '.join(lacking)}",
+                                "create their accounts, or map their logins (cluster_accounts.table)"))
+    if shutil.which(commands.settings.sudo) is None:
+        return out + [Finding.fail(f"{commands.settings.sudo} is not installed: jobs cannot run as their people",
+                                   "install sudo and config/slurm/sudoers (docs/howto/slurm.md)")]
+    if not found:
+        return out + [Finding.warn("no person to try the sudoers rules as (no team member has an account)",
+                                   "list members under teams:, or map them in cluster_accounts.table")]
+    account = found[0].name
+    # What a submit does: sbatch as the person, a descriptor kept open, SLURM_CONF kept.
+    read, write = os.pipe()
+    os.close(write)
+    try:
+        argv = commands.argv("sbatch", ("--test-only", "--wrap=true", f"--export-file={read}"), account, (read,))
+        tried = subprocess.run(argv, capture_output=True, text=True, timeout=commands.settings.timeout,
+                               env=commands.env, pass_fds=(read,), stdin=subprocess.DEVNULL, cwd="/")
+    except (OSError, subprocess.SubprocessError) as e:
+        tried = subprocess.CompletedProcess([], 1, "", str(e))
+    finally:
+        os.close(read)
+    words = " ".join(tried.stderr.split())
+    if tried.returncode == 0 or "to start at" in words or "allocation failure" in words.lower():
+        out.append(Finding.ok(f"the service submits as the person (tried as {account}: sudo, its descriptor "
+                              "and SLURM_CONF reach sbatch)"))
+    elif "sudo" in words.lower() or "not allowed" in words:
+        out.append(Finding.fail(f"sudo does not let the service submit as {account}: {words}",
+                                "install config/slurm/sudoers (closefrom_override and env_keep SLURM_CONF "
+                                "included) for the service's account and your people's group"))
+    else:
+        out.append(Finding.fail(f"sbatch as {account} fails: {words}",
+                                "check SLURM_CONF reaches it (env_keep) and the account's association "
+                                "(sacctmgr add user)"))
+    for program in ("scancel", "mkdir", "tail"):
+        listed = subprocess.run([commands.settings.sudo, "-n", "-l", "-u", account, commands.program(program)
+                                 if program == "scancel" else program], capture_output=True, text=True, timeout=10)
+        if listed.returncode != 0:
+            out.append(Finding.fail(f"sudo does not let the service run {program} as {account}",
+                                    "install config/slurm/sudoers: cancel and logs need it"))
+    root = subprocess.run([commands.settings.sudo, "-n", "-l", "-u", "root", commands.program("sbatch")],
+                          capture_output=True, text=True, timeout=10)
+    if root.returncode == 0 and os.geteuid() != 0:
+        out.append(Finding.warn("the service may run sbatch as root",
+                                "narrow its sudoers rule to your people's group (config/slurm/sudoers)"))
+    private = next((line.split("=", 1)[1].strip() for line in config.splitlines()
+                    if line.split("=", 1)[0].strip() == "PrivateData"), "")
+    if "jobs" in private.lower() and os.geteuid() != 0:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        try:
+            level = commands.run("sacctmgr", "-n", "-P", "show", "user", me, "format=AdminLevel").strip()
+        except (BackendUnavailable, SlurmError):
+            level = ""
+        if level not in ("Operator", "Administrator"):
+            out.append(Finding.fail(f"Slurm hides people's jobs from the service (PrivateData={private})",
+                                    f"sacctmgr modify user {me} set adminlevel=operator"))
     return out
 
 
