@@ -1,16 +1,17 @@
 """Who a person is on the cluster: the Unix account their Slurm jobs run as.
 
 A person's podbay name (their login, which the hub verified) maps to an account by
-`cluster_accounts:` — the same name by default, a table entry or the part before the @
-where the identity provider's names differ. The account must exist on this node as the
+`cluster_accounts:` — the same name by default, a table entry, or the part before the @ of
+the site's own domain where the identity provider's names differ. The account must exist on this node as the
 cluster sees it (the site's LDAP or SSSD through NSS, or /etc/passwd) and must not be a
-system account: nobody's job ever runs as root or a daemon.
+system account: nobody's job ever runs as root, a daemon, nobody, or the service itself.
 
 Nothing of a request takes part: the account follows from the authenticated name alone.
 """
 
 from __future__ import annotations
 
+import os
 import pwd
 import re
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ def account_name(cfg: PodbayConfig, user: str) -> str:
     ca = cfg.cluster_accounts
     name = ca.table.get(user)
     if name is None:
-        name = user.split("@", 1)[0] if ca.strip_domain else user
-    if not re.match(ACCOUNT_NAME, name):
+        local, at, domain = user.rpartition("@")
+        # Only the site's own domain: alice@elsewhere.example is not the cluster's alice.
+        name = local if ca.strip_domain and at and domain.lower() == ca.strip_domain.lower() else user
+    if not re.fullmatch(ACCOUNT_NAME, name):
         raise NoClusterAccount(
             f"your login {user!r} is not a cluster account name: ask your platform team to map it "
             "(cluster_accounts.table in podbay.yaml)")
@@ -55,7 +58,7 @@ def cluster_account(cfg: PodbayConfig, user: str) -> ClusterAccount:
         raise NoClusterAccount(
             f"you have no account on the cluster (podbay looked for {name!r}): ask your platform team to "
             "create it, or to map your login to yours (cluster_accounts.table)") from None
-    if entry.pw_uid < cfg.cluster_accounts.min_uid:
+    if entry.pw_uid < cfg.cluster_accounts.min_uid or entry.pw_uid in (65534, os.geteuid()):
         raise NoClusterAccount(
             f"the account {name!r} is a system account (uid {entry.pw_uid}): podbay runs nobody's jobs as one; "
             "ask your platform team to map your login to your own account")

@@ -431,12 +431,13 @@ class ClusterAccounts(_Model):
 
     By default a person's login name is their account. Where the identity provider's names
     are not (an e-mail address, Entra ID's object IDs), `table` maps them, or `strip_domain`
-    takes the part before the @."""
+    takes the part before the @ of the site's own domain."""
 
     # podbay login name -> cluster account, where they differ.
     table: dict[UserName, Annotated[str, Field(pattern=ACCOUNT_NAME)]] = {}
-    # alice@corp.example -> alice (after the table, which wins).
-    strip_domain: bool = False
+    # The site's domain: alice@corp.example -> alice for "corp.example" only (after the table,
+    # which wins); a login of any other domain is no account.
+    strip_domain: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
     # Accounts below this uid are the system's (root, daemons): nobody's job runs as one.
     min_uid: int = Field(1000, ge=1)
 

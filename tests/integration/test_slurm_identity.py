@@ -5,6 +5,7 @@ the tests' real Slurm (tests/standins/slurm_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pwd
 import time
@@ -124,13 +125,28 @@ async def test_cancel_and_slurms_own_refusal_of_anyone_elses_job(jobs, slurm_clu
     assert end.state == "lost" and end.message.startswith("CANCELLED"), end
 
 
-async def test_a_hub_restart_finds_a_persons_job_by_its_id(jobs, slurm_cluster):
+async def test_a_hub_restart_finds_a_persons_job_by_its_id_and_cancels_it_as_her(jobs, slurm_cluster):
     job = spec(jobs, ["sleep", "60"])
     first = await jobs.submit(job)
     # A service that stopped before recording the reference knows the job's id and owner only.
-    found = await jobs.status({"job_id": job.id, "created": time.time(), "user": "alice"})
+    known = {"job_id": job.id, "created": time.time(), "user": "alice"}
+    found = await jobs.status(known)
     assert found.state in ("pending", "running")
     assert (await jobs.submit(job))["slurm_id"] == first["slurm_id"]  # never twice
+    # Cancelled as her from that reference: really ended, not only said to be.
+    await jobs.cancel(known)
+    end = await until(jobs, first, {"lost", "exited"})
+    assert end.message.startswith("CANCELLED"), end
+
+
+async def test_a_log_made_endless_by_its_owner_costs_one_chunk(jobs, slurm_people):
+    job = spec(jobs, ["true"])
+    job = dataclasses.replace(job, command=["ln", "-sf", "/dev/zero", str(jobs.job_dir("alice", job.id) / "output.log")])
+    ref = await jobs.submit(job)
+    assert (await until(jobs, ref, {"exited", "lost"})).exit_code == 0
+    jobs.LOG_CHUNK = 4096
+    data, cursor = await jobs.read_logs(ref)
+    assert data == b"\0" * 4096 and cursor == "4096"
 
 
 def test_the_sites_sudoers_lets_the_service_act_only_as_its_people_and_only_for_jobs(slurm_cluster, slurm_people):

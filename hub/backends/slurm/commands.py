@@ -22,8 +22,10 @@ login nodes have anyway. Errors that mean the controller is out of reach make jo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Literal
@@ -36,6 +38,9 @@ from ...training import BackendUnavailable
 # What Slurm's commands say when the controller (or slurmdbd) cannot be reached.
 UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused", "Zero Bytes were transmitted",
                "Unable to connect to database", "slurmdbd: Connection", "Connection timed out", "Slurm backup controller")
+# What sudo says when it will not run a command (not its warnings, "unable to resolve host").
+SUDO_REFUSALS = ("a password is required", "is not allowed to", "not in the sudoers file", "unknown user",
+                 "you are not permitted to use the -C option", "sorry, you are not allowed")
 TIME = re.compile(r"^(\d{1,3}-)?\d{1,5}(:\d{2}){0,2}$")
 
 
@@ -167,6 +172,9 @@ class Commands:
         program = name if name in ("mkdir", "tail") else self.program(name)
         if user is None:
             return [program, *args]
+        # sudo matches the rules' full paths, and its secure_path may not hold Slurm's
+        # (/cm/shared/apps/slurm/…, /opt/slurm/bin): name the file the service would run.
+        program = shutil.which(program, path=self.env.get("PATH")) or program
         keep = ["-C", str(max(pass_fds) + 1)] if pass_fds else []
         return [self.settings.sudo, "-n", *keep, "-u", user, "--", program, *args]
 
@@ -174,7 +182,7 @@ class Commands:
         if code == 0:
             return out
         words = " ".join(err.split()) or f"{argv[0]} exited with status {code}"
-        if argv[0] == self.settings.sudo and (words.startswith("sudo:") or "is not allowed to execute" in words):
+        if argv[0] == self.settings.sudo and any(refusal in words for refusal in SUDO_REFUSALS):
             user = argv[argv.index("-u") + 1] if "-u" in argv else "?"
             raise NotPermitted(f"podbay may not act as {user} on this node ({words}): the site's sudoers must let "
                                "the service run Slurm's commands as its people (docs/howto/slurm.md)")
@@ -193,6 +201,39 @@ class Commands:
         except subprocess.TimeoutExpired:
             raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
         return self._result(argv, r.returncode, r.stdout, r.stderr)
+
+    async def read_as(self, user: str, path: str, offset: int, cap: int, timeout: float = 10) -> bytes:
+        """At most `cap` bytes of a file from `offset` on, read as `user`; nothing when it is
+        not there, or does not answer in `timeout` (a FIFO): a log the person made endless
+        (a link to /dev/zero) costs the service `cap` bytes, no more."""
+        argv = self.argv("tail", ("-c", f"+{offset + 1}", "--", path), user)
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE, env=self.env, cwd="/")
+        data, cut = b"", False
+        try:
+            while len(data) < cap:
+                chunk = await asyncio.wait_for(proc.stdout.read(cap - len(data)), timeout)
+                if not chunk:
+                    break
+                data += chunk
+            cut = len(data) >= cap
+        except asyncio.TimeoutError:
+            data, cut = b"", True
+        if cut:
+            # SIGTERM, which sudo hands on to tail (a SIGKILL would end sudo alone).
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        try:
+            err = (await asyncio.wait_for(proc.stderr.read(), timeout)).decode(errors="replace")
+            code = await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return b""
+        if not cut and code != 0 and any(r in err for r in SUDO_REFUSALS):
+            self._result(argv, code, "", err)  # raises NotPermitted
+        return data
 
     async def arun(self, name: str, *args: str, stdin: str | None = None, pass_fds: tuple[int, ...] = (),
                    timeout: float | None = None, user: str | None = None, raw: bool = False) -> str | bytes:

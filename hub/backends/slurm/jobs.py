@@ -131,6 +131,8 @@ class SlurmJobs(TrainingBackend):
     enforces_job_quota = True
     # How long one look at the queue (one squeue for every job) is reused.
     QUEUE_TTL = 2.0
+    # The most of a job's output one read returns as the person (the next reads on).
+    LOG_CHUNK = 1 << 20
     LIMIT_TTL = 5.0
 
     def __init__(self, cfg: PodbayConfig, homes: Path):
@@ -335,7 +337,7 @@ class SlurmJobs(TrainingBackend):
         text = await self.commands.arun("squeue", *owner, "-h", "-t", "all", f"--name={name}", "-o", "%i|%V|%Z")
         if not text.strip():
             start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(earliest)) if since else "now-60days"
-            who = ["--allusers", f"--user={account}"] if account else []
+            who = [f"--user={account}"] if account else []
             text = await self.commands.arun("sacct", *who, "-n", "-X", "-P", f"--name={name}", "-S", start,
                                             "-o", "JobID,Submit,WorkDir")
         for line in text.splitlines():
@@ -436,16 +438,21 @@ class SlurmJobs(TrainingBackend):
         return BackendStatus("lost", message=f"{word}: {meaning}" + (f" ({reason})" if reason and reason != "None" else ""))
 
     async def cancel(self, ref: dict) -> None:
-        slurm_id, _ = await self._slurm_id(ref)
+        slurm_id, ref = await self._slurm_id(ref)
         if slurm_id is None:
             return
+        account = ref.get("account")
+        if account is None and self.person and ref.get("user"):
+            account = self.account(ref["user"])
         try:
             # As its owner: Slurm itself refuses to cancel anyone else's job.
-            await self.commands.arun("scancel", slurm_id, user=ref.get("account"))
+            await self.commands.arun("scancel", slurm_id, user=account)
         except NotPermitted:
             raise
-        except SlurmError:
-            return  # "Invalid job id": it is gone already
+        except SlurmError as e:
+            if "invalid job id" in str(e).lower():
+                return  # it is gone already
+            raise
         # scancel returns at once: wait (a little) until Slurm has it ended.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -474,13 +481,9 @@ class SlurmJobs(TrainingBackend):
 
     async def _read_as(self, account: str, path: str, offset: int) -> bytes:
         """The output file from `offset` on, read as its owner (the service may not see
-        into their home); nothing while it is not there."""
-        try:
-            return await self.commands.arun("tail", "-c", f"+{offset + 1}", "--", path, user=account, raw=True)
-        except NotPermitted:
-            raise
-        except SlurmError:
-            return b""  # not written yet
+        into their home), a chunk at a time (the cursor reads on); nothing while it is not
+        there."""
+        return await self.commands.read_as(account, path, offset, self.LOG_CHUNK)
 
 
 def _write_all(fd: int, data: bytes) -> None:
