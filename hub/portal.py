@@ -18,7 +18,7 @@ from .inventory import Inventory
 from .environment import settings_env
 from .quota import Demand, QuotaBook, Snapshot, fmt_units
 from .quota.book import NoCapacity
-from .quota.capacity import CapacitySource, InventoryCapacity
+from .quota.capacity import CapacitySource, InventoryCapacity, PoolCapacities
 from .quota.placement import Placement
 
 if TYPE_CHECKING:
@@ -112,11 +112,17 @@ class Portal:
         from .backends import chosen, load
 
         cfg = load_config(config_path, backend)
-        plugin = load(chosen(cfg, backend))
+        name = chosen(cfg, backend)
+        plugin = load(name)
         inventory = Inventory.from_config(cfg)
+        capacity = plugin.capacity(cfg, inventory)
+        engines = cfg.pool_engines(name)
+        if engines:
+            # Pools another engine runs (a Slurm training pool): that engine's view of them.
+            sources = {engine: load(engine).capacity(cfg, inventory) for engine in set(engines.values())}
+            capacity = PoolCapacities(capacity, {pool: sources[engine] for pool, engine in engines.items()})
         return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(inventory),
-                   capacity=plugin.capacity(cfg, inventory), inventory=inventory,
-                   plugin=plugin)
+                   capacity=capacity, inventory=inventory, plugin=plugin)
 
     @property
     def places_devices(self) -> bool:

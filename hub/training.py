@@ -144,6 +144,60 @@ class TrainingBackend(ABC):
         """After a restart: the status of every job the service believed active."""
         return {job_id: await self.status(ref) for job_id, ref in refs.items()}
 
+    def for_pool(self, pool: str) -> "TrainingBackend":
+        """The engine that runs `pool`'s jobs: this one, unless pools have engines of their
+        own (PoolEngines)."""
+        return self
+
+
+class PoolEngines(TrainingBackend):
+    """The backend's engine for most pools, another for pools that name one (`pools.<name>.
+    engine`: workspaces on docker or kubernetes, the training pool on Slurm). Callers ask
+    `for_pool(job.pool)` for everything about one job; what is not about one job (a team's
+    limit, secrets, closing) goes to the engines concerned."""
+
+    def __init__(self, main: TrainingBackend, pools: dict[str, TrainingBackend], default_pool: str):
+        self.main, self.pools, self.default_pool = main, pools, default_pool
+        self.name = main.name
+        self.host_homes, self.queues_jobs, self.multi_node = main.host_homes, main.queues_jobs, main.multi_node
+        self.enforces_job_quota = main.enforces_job_quota
+        self.secrets_apart = any(e.secrets_apart for e in self.engines())
+
+    def engines(self) -> list[TrainingBackend]:
+        seen: list[TrainingBackend] = [self.main]
+        for engine in self.pools.values():
+            if all(engine is not e for e in seen):
+                seen.append(engine)
+        return seen
+
+    def for_pool(self, pool: str) -> TrainingBackend:
+        return self.pools.get(pool, self.main)
+
+    # One job's calls, for a caller that did not ask for_pool: the backend's own engine.
+    async def submit(self, job: JobSpec) -> dict:
+        return await self.for_pool(job.pool).submit(job)
+
+    async def status(self, ref: dict) -> BackendStatus:
+        return await self.main.status(ref)
+
+    async def cancel(self, ref: dict) -> None:
+        await self.main.cancel(ref)
+
+    async def read_logs(self, ref: dict, cursor: str | None = None) -> tuple[bytes, str | None]:
+        return await self.main.read_logs(ref, cursor)
+
+    async def team_limit(self, team: str | None) -> dict | None:
+        return await self.for_pool(self.default_pool).team_limit(team)
+
+    async def sync_secrets(self, user: str, values: dict[str, str]) -> None:
+        for engine in self.engines():
+            if engine.secrets_apart:
+                await engine.sync_secrets(user, values)
+
+    async def aclose(self) -> None:
+        for engine in self.engines():
+            await engine.aclose()
+
 
 class BadCursor(ValueError):
     """A log cursor that this backend did not give out."""

@@ -87,7 +87,7 @@ class Backend:
         `queue`; one whose engine does (Kueue, Slurm) overrides this."""
         out = [(("pools", name, "queue"),
                 f"the {self.name} backend has no queue of its own (podbay queues its jobs): remove queue")
-               for name, pool in cfg.pools.items() if pool.queue]
+               for name, pool in cfg.pools.items() if pool.queue and name not in cfg.pool_engines(self.name)]
         out += [(("volumes", i), f"the {self.name} backend mounts a directory: give source")
                 for i, vol in enumerate(cfg.volumes) if not vol.source and not self._mounts_without_source(cfg, vol)]
         return out
@@ -149,5 +149,12 @@ class Backend:
 
     def training(self, portal: "Portal") -> "TrainingBackend":
         raise NotImplementedError
+
+    def check_pools(self, cfg: "PodbayConfig", pools: list[str], backend: str) -> list[tuple[tuple, str]]:
+        """What is wrong in podbay.yaml for `pools`, whose jobs this engine runs while
+        `backend` runs the workspaces (pools.<name>.engine). Here: an engine that cannot run
+        another backend's pools."""
+        return [(("pools", pool, "engine"), f"the {self.name} engine runs no pool beside the {backend} backend's "
+                                            "workspaces: leave engine out, or choose slurm") for pool in pools]
 
 

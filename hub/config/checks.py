@@ -44,6 +44,20 @@ def check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
             # What only the run's backend knows is wrong (a queue where it has none, …).
             for loc, msg in plugin.check(cfg):
                 err(loc, msg)
+    # Pools whose jobs another engine runs: that engine says what it needs of them.
+    by_engine: dict[str, list[str]] = {}
+    for pool, engine in cfg.pool_engines(backend).items():
+        by_engine.setdefault(engine, []).append(pool)
+    for engine, pools in by_engine.items():
+        try:
+            other = load(engine)
+        except Exception:  # noqa: BLE001 - unknown, or its package is broken
+            for pool in pools:
+                err(("pools", pool, "engine"), f"unknown engine {engine!r}: the installed ones are "
+                                               f"{', '.join(sorted(available()))}")
+            continue
+        for loc, msg in other.check_pools(cfg, pools, backend):
+            err(loc, msg)
     for team_name, team in cfg.teams.items():
         for i, member in enumerate(team.members):
             if not cfg.auth.name_allowed(member):

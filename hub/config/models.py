@@ -177,6 +177,10 @@ class Profile(_Model):
 class Pool(_Model):
     # What the pool is for, as the capacity views show it.
     description: str = ""
+    # The engine that runs this pool's jobs, where it is not `backend:`'s: workspaces on one
+    # engine (docker, kubernetes), the training pool on another (slurm), over storage both
+    # sides share. None: the backend's own.
+    engine: Slug | None = None
     # The engine's queue for jobs of this pool, where the backend has one: a Kueue
     # LocalQueue (kubernetes), a Slurm partition (slurm).
     queue: str | None = None
@@ -475,6 +479,10 @@ class PodbayConfig(_Model):
     idle: IdleSettings = IdleSettings()
 
     # Lookups used everywhere else.
+    def pool_engines(self, backend: str) -> dict[str, str]:
+        """Pools whose jobs another engine than `backend` runs: pool → engine."""
+        return {name: pool.engine for name, pool in self.pools.items() if pool.engine and pool.engine != backend}
+
     def image(self, name: str) -> Image | None:
         return next((i for i in self.images if i.name == name), None)
 

@@ -30,9 +30,10 @@ class JobManager:
     def default_pool(self) -> str:
         return JOB_POOL if JOB_POOL in self.portal.cfg.pools else next(iter(self.portal.cfg.pools))
 
-    def home_of(self, user: str) -> Path:
-        """The home jobs work in: podbay's directory (local), or where the backend mounts it."""
-        return self.backend.home_of(user) or self.portal.data_dir / "homes" / user
+    def home_of(self, user: str, pool: str | None = None) -> Path:
+        """The home jobs (of `pool`) work in: podbay's directory (local), or where the pool's
+        engine mounts it."""
+        return self.backend.for_pool(pool or self.default_pool).home_of(user) or self.portal.data_dir / "homes" / user
 
     # --- submitting --------------------------------------------------------------------
 
@@ -52,19 +53,20 @@ class JobManager:
         teams = cfg.teams_of(user, groups)
         names = [v.name for v in portal.checked_volumes(
             user, teams, req.volumes if req.volumes is not None else list(inherited.get("volumes") or []))]
-        if req.nodes > 1 and not self.backend.multi_node:
-            raise OptionsRefused(f"the {self.backend.name} backend runs a job on one machine: ask for nodes: 1 "
+        engine = self.backend.for_pool(pool)
+        if req.nodes > 1 and not engine.multi_node:
+            raise OptionsRefused(f"the {engine.name} backend runs a job on one machine: ask for nodes: 1 "
                                  f"(and up to {portal.capacity.most_gpus_per_node(pool)} GPUs on it)")
         total = req.gpus_per_node * req.nodes
         quota = portal.quota_for(team)
-        if total > quota.job_gpus and not self.backend.enforces_job_quota:
+        if total > quota.job_gpus and not engine.enforces_job_quota:
             who = f"team {team}" if team else "users without a team"
             raise OptionsRefused(f"{who} may use at most {quota.job_gpus} job GPUs at once; this job asks for "
                                  + (f"{req.gpus_per_node} × {req.nodes} nodes = {total}" if req.nodes > 1 else str(total)))
         # What the engine would reject outright, in its words (Slurm: an unknown account or
         # partition), before podbay's own view of the pool's size.
         try:
-            self.backend.check_submit(team=team, pool=pool, gpus_per_node=req.gpus_per_node, nodes=req.nodes, user=user,
+            engine.check_submit(team=team, pool=pool, gpus_per_node=req.gpus_per_node, nodes=req.nodes, user=user,
                                       time_limit=req.time_limit)
         except ValueError as e:
             raise OptionsRefused(str(e)) from None
@@ -73,14 +75,14 @@ class JobManager:
             raise OptionsRefused(f"pool {pool} has at most {most} whole GPUs on one node; "
                                  f"this job asks for {req.gpus_per_node}")
         try:
-            home = self.home_of(user)  # the person's cluster home where jobs run as them
+            home = self.home_of(user, pool)  # the person's cluster home where jobs run as them
         except ValueError as e:
             raise OptionsRefused(str(e)) from None
         rel = Path(req.workdir or ".")
         if rel.is_absolute() or ".." in rel.parts:
             raise OptionsRefused("workdir must be a path inside your home directory, like projects/resnet")
         workdir = home / rel
-        if self.backend.host_homes:
+        if engine.host_homes:
             if req.workdir and not workdir.is_dir():
                 raise OptionsRefused(f"working directory ~/{rel} does not exist")
             workdir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,8 @@ class JobManager:
         ref = await self.store.job_ref(job_id)
         if not ref:
             return b"", None  # not started: nothing yet, and the next read starts at the start
-        return await self.backend.read_logs(ref, cursor)
+        job = await asyncio.to_thread(self.get, job_id)
+        return await self.backend.for_pool(job.pool).read_logs(ref, cursor)
 
     async def follow_logs(self, job_id: int, first: tuple[bytes, str | None],
                           interval: float = 0.2) -> AsyncIterator[bytes]:

@@ -37,7 +37,7 @@ log = logging.getLogger("podbay.jobs")
 
 class Scheduler:
     def __init__(self, portal: Portal, backend: TrainingBackend, store: JobStore,
-                 home_of: Callable[[str], Path], clock=time.time):
+                 home_of: Callable[[str, str | None], Path], clock=time.time):
         self.portal = portal
         self.backend = backend
         self.store = store
@@ -101,8 +101,9 @@ class Scheduler:
         # ended, or failed, whatever happens here.
         failure: BaseException | None = None
         try:
-            await self.backend.cancel(ref)
-            status = await self.backend.status(ref)
+            engine = self.backend.for_pool(job.pool)
+            await engine.cancel(ref)
+            status = await engine.status(ref)
             code = status.exit_code if status.state == "exited" else None
             async with self._lock:
                 await self.store.update(job_id, state="cancelled", exit_code=code, finished=self.clock(),
@@ -127,7 +128,10 @@ class Scheduler:
         """After a (re)start: learn what happened to the jobs the service believed active."""
         async with self._lock:
             active = await self.store.in_state("starting") + await self.store.in_state(PENDING) + await self.store.in_state("running")
-            statuses = await self.backend.reconcile({job.id: await self.store.job_ref(job.id) for job in active})
+            statuses = {}
+            for engine in {id(self.backend.for_pool(j.pool)): self.backend.for_pool(j.pool) for j in active}.values():
+                statuses |= await engine.reconcile({job.id: await self.store.job_ref(job.id) for job in active
+                                                    if self.backend.for_pool(job.pool) is engine})
             stored = await self.store.stored_states([j.id for j in active])
             for job in active:
                 status = statuses[job.id]
@@ -155,12 +159,13 @@ class Scheduler:
     async def _follow_engine(self, job: Job, stored: str, status: BackendStatus) -> None:
         """A job the engine runs or holds (stored starting, pending or running): record what
         it says."""
-        if status.state == "pending" and not self.backend.queues_jobs:
+        engine = self.backend.for_pool(job.pool)
+        if status.state == "pending" and not engine.queues_jobs:
             # An engine with no queue of its own still starting what podbay placed (an image
             # being pulled): it is running as far as podbay's queue goes, and keeps its devices.
             status = BackendStatus("running", message=status.message)
         if status.state == "running":
-            if self.backend.queues_jobs and stored != "running":
+            if engine.queues_jobs and stored != "running":
                 # From now on it holds GPUs: the quota book shows them. The engine's own
                 # quota (Kueue's ClusterQueue, Slurm's QOS) decided it may run.
                 await asyncio.to_thread(
@@ -170,7 +175,7 @@ class Scheduler:
             if stored != "running":
                 await self.store.update(job.id, state="running", started=job.started or self.clock(), message="running")
         elif status.state == "pending":
-            message = f"queued in {self.backend.name}: {status.message or 'waiting for the engine'}"
+            message = f"queued in {engine.name}: {status.message or 'waiting for the engine'}"
             if stored != PENDING:
                 # Running: taken back by the engine (preempted, requeued). Starting: handed
                 # over just before the service stopped. Either way it holds nothing now.
@@ -184,18 +189,19 @@ class Scheduler:
 
     async def tick(self) -> None:
         async with self._lock:
-            if self.backend.queues_jobs:
-                # The engine gets new jobs first, so this tick already shows its reason; once
-                # it cannot be reached, the others wait for the next tick.
-                for job in reversed(await self.store.in_state("queued")):
-                    if not await self._hand_over(job):
-                        break
+            # Engines that queue get new jobs first, so this tick already shows their reason;
+            # once one cannot be reached, its others wait for the next tick.
+            unreachable: set[int] = set()
+            for job in reversed(await self.store.in_state("queued")):
+                engine = self.backend.for_pool(job.pool)
+                if engine.queues_jobs and id(engine) not in unreachable and not await self._hand_over(job):
+                    unreachable.add(id(engine))
             for stored in ("running", PENDING):
                 for job in await self.store.in_state(stored):
                     if job.id in self.cancelling:
                         continue  # cancel records how it ended
                     try:
-                        status = await self.backend.status(await self.store.job_ref(job.id))
+                        status = await self.backend.for_pool(job.pool).status(await self.store.job_ref(job.id))
                     except BackendUnavailable:
                         return  # the engine is out of reach: every job stays as it was until it is back
                     except Exception:
@@ -209,11 +215,11 @@ class Scheduler:
                         await self.store.update(job.id, state="failed", finished=self.clock(), message=status.message)
                     else:
                         await self._follow_engine(job, stored, status)
-            if self.backend.queues_jobs:
-                return
-            # Only podbay queues: in submission order, devices freed above already free.
+            # Where only podbay queues: in submission order, devices freed above already free.
             blocked: set[str] = set()
             for job in reversed(await self.store.in_state("queued")):
+                if self.backend.for_pool(job.pool).queues_jobs:
+                    continue
                 if job.pool in blocked:
                     await self._set_message(job, f"waiting for earlier jobs in pool {job.pool}")
                     continue
@@ -225,23 +231,24 @@ class Scheduler:
 
     def _spec(self, job: Job, devices: list[str] | None) -> JobSpec:
         """What the backend runs: the job's request, its mounts and its environment."""
+        engine = self.backend.for_pool(job.pool)
         vols = []
         for name in job.volumes:
             vol = self.portal.cfg.volume(name)
             if vol is not None:
-                vols.append((self.backend.mount_source(vol, self.portal.volume_source(vol)),
-                             str(self.home_of(job.user) / vol.target), vol.read_only))
+                vols.append((engine.mount_source(vol, self.portal.volume_source(vol)),
+                             str(self.home_of(job.user, job.pool) / vol.target), vol.read_only))
         # The image's and the team's settings and the person's secrets, the job's own env over them.
-        apart = self.backend.secrets_apart
+        apart = engine.secrets_apart
         settings = self.portal.settings_env(job.user, job.team, job.image, with_secrets=not apart)
         env = job_env(job_id=job.id, name=job.name, image=job.image, team=job.team, volumes=job.volumes,
-                      devices=devices, gpus=job.gpus, home=str(self.home_of(job.user)),
+                      devices=devices, gpus=job.gpus, home=str(self.home_of(job.user, job.pool)),
                       user_env={**settings, **job.env})
         pool = self.portal.cfg.pools.get(job.pool)
         return JobSpec(id=job.id, name=job.name, user=job.user, image=job.image, command=job.command,
                        workdir=job.workdir, env=env, volumes=vols, devices=list(devices or []),
                        workspace=job.from_workspace, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
-                       pool=job.pool, queue=self.backend.queue_of(job.pool) or (pool.queue if pool else None),
+                       pool=job.pool, queue=engine.queue_of(job.pool) or (pool.queue if pool else None),
                        team=job.team, time_limit=job.time_limit, created=job.created,
                        volume_names=list(job.volumes), secrets=self.portal.secrets.values(job.user) if apart else {})
 
@@ -252,9 +259,9 @@ class Scheduler:
         and asks the engine (by the job's id) whether it got it, rather than handing it over
         twice."""
         await self.store.update(job.id, state="starting", ref={"job_id": job.id, "created": job.created, "user": job.user},
-                                message=f"handing over to {self.backend.name}")
+                                message=f"handing over to {self.backend.for_pool(job.pool).name}")
         try:
-            ref = await self.backend.submit(self._spec(job, None))
+            ref = await self.backend.for_pool(job.pool).submit(self._spec(job, None))
         except BackendUnavailable as e:
             await self.store.update(job.id, state="queued", ref={}, message=f"waiting: {e}")
             return False
@@ -263,7 +270,7 @@ class Scheduler:
             await self.store.update(job.id, state="failed", finished=self.clock(), message=f"not accepted: {e}")
             return True
         await self.store.update(job.id, state=PENDING, ref={**ref, "job_id": job.id, "created": job.created},
-                                message=f"queued in {self.backend.name}: submitted")
+                                message=f"queued in {self.backend.for_pool(job.pool).name}: submitted")
         return True
 
     async def _try_start(self, job: Job, blocked: set[str]) -> None:
@@ -285,7 +292,7 @@ class Scheduler:
         await self.store.update(job.id, state="starting", devices=list(alloc.devices), ref={"job_id": job.id},
                            message="starting")
         try:
-            ref = await self.backend.submit(self._spec(job, devices))
+            ref = await self.backend.for_pool(job.pool).submit(self._spec(job, devices))
         except BackendUnavailable as e:
             # Keep its place in line; nothing ran, so nothing is lost by trying again.
             await self._release(job.id)

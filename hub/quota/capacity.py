@@ -75,6 +75,54 @@ class CapacitySource(ABC):
         return []
 
 
+class PoolCapacities(CapacitySource):
+    """The backend's capacity source for most pools, another engine's for the pools it runs
+    (pools.<name>.engine: a Slurm training pool beside docker or local workspaces)."""
+
+    def __init__(self, main: CapacitySource, pools: dict[str, CapacitySource]):
+        self.main, self.pools = main, pools
+
+    def of(self, pool: str) -> CapacitySource:
+        return self.pools.get(pool, self.main)
+
+    def _split(self, pools: list[str]) -> list[tuple[CapacitySource, list[str]]]:
+        groups: list[tuple[CapacitySource, list[str]]] = []
+        for pool in pools:
+            source = self.of(pool)
+            for known, names in groups:
+                if known is source:
+                    names.append(pool)
+                    break
+            else:
+                groups.append((source, [pool]))
+        return groups
+
+    def unit_weight(self, spec, pools):
+        source, names = self._split(pools)[0] if pools else (self.main, pools)
+        return source.unit_weight(spec, names)
+
+    def counts(self, spec, pools, snap):
+        total = free = 0
+        for source, names in self._split(pools):
+            t, f = source.counts(spec, names, snap)
+            if t == -1 or f == -1:
+                return (-1, -1)
+            total, free = total + t, free + f
+        return total, free
+
+    def devices(self, pool, snap):
+        return self.of(pool).devices(pool, snap)
+
+    def most_gpus_per_node(self, pool):
+        return self.of(pool).most_gpus_per_node(pool)
+
+    def shortage(self, spec, pools):
+        return next((why for source, names in self._split(pools) if (why := source.shortage(spec, names))), None)
+
+    def node_states(self, pool):
+        return self.of(pool).node_states(pool)
+
+
 def default_weight(spec: ProfileKind) -> Fraction:
     """A profile's weight without a declared device to ask: full = count, shared =
     1/replicas, MIG = its compute slices in the common 7-slice geometry."""

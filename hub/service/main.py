@@ -8,6 +8,8 @@ import logging
 import os
 
 from ..jobs import JobManager
+from ..jobs.model import JOB_POOL
+from ..training import PoolEngines
 from ..portal import Portal
 from ..quota import LedgerUnavailable
 from ..usage.policy import Sampler
@@ -36,8 +38,15 @@ def main() -> None:
     except (LedgerUnavailable, BackendError) as e:
         raise SystemExit(f"podbay-service: {e}") from None
     try:
-        plugin = load(chosen(portal.cfg, env.get("PODBAY_BACKEND")))
+        name = chosen(portal.cfg, env.get("PODBAY_BACKEND"))
+        plugin = load(name)
         backend = plugin.training(portal)
+        engines = portal.cfg.pool_engines(name)
+        if engines:
+            # Pools another engine runs (workspaces on docker, training on Slurm).
+            trainers = {engine: load(engine).training(portal) for engine in set(engines.values())}
+            backend = PoolEngines(backend, {pool: trainers[engine] for pool, engine in engines.items()},
+                                  JOB_POOL if JOB_POOL in portal.cfg.pools else next(iter(portal.cfg.pools)))
     except BackendError as e:
         raise SystemExit(f"podbay-service: {e}") from None
     jobs = JobManager(portal, backend)

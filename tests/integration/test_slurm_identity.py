@@ -223,3 +223,40 @@ def test_podbay_doctor_tries_the_sites_set_up_for_acting_as_people(slurm_cluster
         SUDOERS.chmod(0o440)
     assert any(f.what.startswith("sudo does not let the service submit as pbt-alice") and "config/slurm/sudoers"
                in f.fix for f in failed), failed
+
+
+def test_local_workspaces_with_a_training_pool_on_slurm(slurm_cluster, tmp_path):
+    """The hybrid: `backend: local` runs the workspaces, `pools.training.engine: slurm` the
+    training pool's jobs. A job moved from a workspace runs on Slurm in the workspace's home,
+    the pool's capacity is Slurm's, and the dev pool's stays the inventory's."""
+    from tests.standins.slurm_cluster import start_hub, wait_for
+
+    def edit(cfg):
+        cfg["pools"]["training"] = {"engine": "slurm", "queue": "gpu"}
+        cfg["slurm"] = {**cfg["slurm"], "job_prefix": "hybrid", "partitions": {}}
+
+    hub = start_hub(slurm_cluster, tmp_path, edit, backend="local")
+    try:
+        r = hub.start_server("alice", "dev", {"profile": "cpu", "image": "base"})
+        assert r.status_code in (201, 202), r.text
+        proj = hub.data_dir / "homes" / "alice" / "proj"
+        proj.mkdir(parents=True)
+        (proj / "cfg").write_text("lr=0.1\n")
+        with service(hub, "alice") as api:
+            capacity = {p["pool"]: p for p in api.get("/capacity").json()["pools"]}
+            assert {n["name"] for n in capacity["training"]["nodes"]} == {"n1", "n2"}, capacity["training"]
+            r = api.post("/jobs", json={"name": "train", "from_workspace": "dev", "gpus": 1, "workdir": "proj",
+                                        "command": ["sh", "-c", "cat cfg; echo gpus=$CUDA_VISIBLE_DEVICES"]})
+            assert r.status_code == 201, r.text
+            job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
+            assert job["state"] == "succeeded", job
+            assert api.get(f"/jobs/{job['id']}/logs").text.splitlines() == ["lr=0.1", "gpus=0"]
+            # Accounting hears of it a moment after slurmctld.
+            wait_for(lambda: slurm_cluster.run("sacct", "-n", "-X", "-P", f"--name=hybrid-{job['id']}", "-S",
+                                               "now-1days", "-o", "Partition,State").stdout.split() == ["gpu|COMPLETED"],
+                     30, "accounting to record the job on the gpu partition")
+            # Several nodes: Slurm's pool takes them, the local backend would not.
+            r = api.post("/jobs", json={"name": "wide", "gpus": 1, "nodes": 2, "command": ["true"]})
+            assert r.status_code == 201, r.text
+    finally:
+        hub.stop()

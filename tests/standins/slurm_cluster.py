@@ -184,9 +184,10 @@ def people(cluster: SlurmCluster, shared: Path) -> People:
     return People(shared, dict(PEOPLE))
 
 
-def start_hub(cluster: SlurmCluster, folder: Path, edit=None):
-    """A started hub on the slurm backend, on the contract's podbay.yaml (its image not built
-    here) as `edit(cfg)` changes it, with its files in `folder`."""
+def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "slurm"):
+    """A started hub on the slurm backend (or `backend`, with a pool on Slurm: edit says
+    which), on the contract's podbay.yaml (its image not built here) as `edit(cfg)` changes
+    it, with its files in `folder`."""
     import yaml
 
     from tests.harness import Hub, free_port_block
@@ -199,7 +200,7 @@ def start_hub(cluster: SlurmCluster, folder: Path, edit=None):
     config.write_text(yaml.safe_dump(cfg))
     (folder / "data").mkdir()
     hub = Hub(config=config, data_dir=folder / "data", port=free_port_block(), keep_workspaces=False,
-              extra_env={"PODBAY_BACKEND": "slurm", "SLURM_CONF": str(cluster.conf)})
+              extra_env={"PODBAY_BACKEND": backend, "SLURM_CONF": str(cluster.conf)})
     hub.start()
     return hub
 

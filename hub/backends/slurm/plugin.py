@@ -127,6 +127,22 @@ class SlurmBackend(LocalBackend):
                                     "(slurm: partitions: {training: <partition>}, or the pool's queue)"))
         return out
 
+    def check_pools(self, cfg, pools, backend):
+        """A training pool on Slurm beside `backend`'s workspaces: each needs its partition,
+        and a job moved from a workspace must find the workspace's files on the nodes."""
+        out = [(("pools", pool, "queue"), f"pool {pool} runs on Slurm: give it its partition (queue: <partition>)")
+               for pool in pools if not cfg.slurm.partition(cfg, pool)]
+        out += [(("volumes", i), "jobs on Slurm mount a directory: give source (pvc is for kubernetes)")
+                for i, vol in enumerate(cfg.volumes) if not vol.source]
+        if backend != "local":
+            # docker's homes are Docker volumes, kubernetes' PVCs: no Slurm node sees them, so a
+            # job moved from a workspace would not find its files.
+            out += [(("pools", pool, "engine"),
+                     f"the {backend} backend keeps homes where Slurm's nodes cannot see them (a job moved from a "
+                     "workspace would not find its files): a Slurm pool runs beside local workspaces only, or "
+                     "with backend: slurm") for pool in pools]
+        return out
+
     async def doctor(self, cfg):
         from .doctor import diagnose
 
