@@ -18,6 +18,7 @@ from .inventory import Inventory
 from .environment import settings_env
 from .quota import Demand, QuotaBook, Snapshot, fmt_units
 from .quota.book import NoCapacity
+from .identity import ClusterAccount, cluster_account
 from .quota.capacity import CapacitySource, InventoryCapacity, PoolCapacities
 from .quota.placement import Placement
 
@@ -123,6 +124,19 @@ class Portal:
             capacity = PoolCapacities(capacity, {pool: sources[engine] for pool, engine in engines.items()})
         return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(inventory),
                    capacity=capacity, inventory=inventory, plugin=plugin)
+
+    def workspace_account(self, user: str) -> "ClusterAccount | None":
+        """The cluster account a person's workspaces run as, where an engine of this
+        deployment runs their jobs as them (slurm's run_as: person); None: the hub's own.
+        NoClusterAccount says why a person has none."""
+        from .backends import load
+
+        if self.plugin is None:
+            return None
+        engines = {self.plugin.name, *self.cfg.pool_engines(self.plugin.name).values()}
+        if not any(load(e).runs_as_person(self.cfg) for e in engines):
+            return None
+        return cluster_account(self.cfg, user)
 
     @property
     def places_devices(self) -> bool:

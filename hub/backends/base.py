@@ -150,6 +150,12 @@ class Backend:
     def training(self, portal: "Portal") -> "TrainingBackend":
         raise NotImplementedError
 
+    def runs_as_person(self, cfg: "PodbayConfig") -> bool:
+        """Whether this engine runs people's jobs as their own cluster accounts (slurm's
+        run_as: person): workspaces beside it then run as them too, in their cluster homes,
+        so that a job moved from one finds its files, and they are the person's."""
+        return False
+
     def check_pools(self, cfg: "PodbayConfig", pools: list[str], backend: str) -> list[tuple[tuple, str]]:
         """What is wrong in podbay.yaml for `pools`, whose jobs this engine runs while
         `backend` runs the workspaces (pools.<name>.engine). Here: an engine that cannot run

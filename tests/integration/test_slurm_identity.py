@@ -260,3 +260,50 @@ def test_local_workspaces_with_a_training_pool_on_slurm(slurm_cluster, tmp_path)
             assert r.status_code == 201, r.text
     finally:
         hub.stop()
+
+
+def test_a_workspace_is_the_persons_and_a_job_moved_from_it_finds_its_files(slurm_cluster, slurm_people, tmp_path):
+    """backend: slurm with run_as: person: the workspace on the portal's node runs as her
+    account in her cluster home, so what she makes there is hers and a job moved from it, on
+    Slurm and as her, works on the same files."""
+    import httpx
+
+    from tests.standins.slurm_cluster import start_hub
+
+    def edit(cfg):
+        cfg["slurm"] = {**cfg["slurm"], "run_as": "person", "job_prefix": "wsperson"}
+        cfg["cluster_accounts"] = {"table": {"alice": "pbt-alice", "bob": "pbt-bob", "admin": "pbt-nobody"}}
+
+    hub = start_hub(slurm_cluster, tmp_path, edit)
+    home = slurm_people.home("pbt-alice")
+    try:
+        r = hub.start_server("alice", "dev", {"profile": "cpu", "image": "base"})
+        assert r.status_code in (201, 202), r.text
+        pid = next(a.ref["pid"] for a in hub.book().allocations() if a.key == "workspace:alice/dev")
+        uid = int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("Uid:")))
+        assert uid == pwd.getpwnam("pbt-alice").pw_uid
+        # Made through JupyterLab's own contents API, by the workspace's process.
+        with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
+                          headers={"Authorization": f"token {hub.token('alice')}"}, timeout=30) as lab:
+            assert lab.put("/proj", json={"type": "directory"}).status_code in (200, 201)
+            r = lab.put("/proj/cfg", json={"type": "file", "format": "text", "content": "lr=0.1\n"})
+            assert r.status_code in (200, 201), r.text
+        assert (home / "proj" / "cfg").read_text() == "lr=0.1\n" and owner(home / "proj" / "cfg") == "pbt-alice"
+        with service(hub, "alice") as api:
+            r = api.post("/jobs", json={"name": "train", "from_workspace": "dev", "gpus": 1, "workdir": "proj",
+                                        "command": ["sh", "-c", "cat cfg; id -un; echo done > out"]})
+            assert r.status_code == 201, r.text
+            job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
+            assert job["state"] == "succeeded", job
+            assert api.get(f"/jobs/{job['id']}/logs").text.splitlines() == ["lr=0.1", "pbt-alice"]
+            # `podbay ssh` logs in as her account, in her home.
+            ssh = api.get("/ssh").json()
+            assert (ssh["login"], ssh["home"]) == ("pbt-alice", str(home)), ssh
+        assert owner(home / "proj" / "out") == "pbt-alice"
+        # Someone without an account is refused at start, in words.
+        with hub.api("admin") as api:
+            r = api.post("/users/admin/servers/x", json={"user_options": {"profile": "cpu", "image": "base"}})
+            assert r.status_code == 403 and "no account on the cluster" in r.json()["message"], r.text
+        hub.stop_server("alice", "dev")
+    finally:
+        hub.stop()

@@ -136,8 +136,31 @@ class People:
         return subprocess.run(["setpriv", f"--reuid={SERVICE}", f"--regid={SERVICE}", "--init-groups", "--", *argv],
                               capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, cwd="/")
 
+    # Folders opened to the people for the run (path → its mode before), restored at the end.
+    opened: dict[Path, int] = field(default_factory=dict)
+
     def remove(self) -> None:
         SUDOERS.unlink(missing_ok=True)
+        for path, mode in self.opened.items():
+            path.chmod(mode)
+
+
+def _reachable_python() -> dict[Path, int]:
+    """Let every account enter the folders above this run's Python (pyenv's under a 0700
+    /root, here) and podbay's checkout: a workspace that becomes the person runs the hub's
+    jupyterhub-singleuser, as a site's would from where it installed podbay for everyone.
+    Entering only (o+x), not listing; undone by People.remove."""
+    import stat
+    import sys
+
+    opened = {}
+    for target in (Path(sys.executable).resolve(), Path(__file__).resolve()):
+        for folder in target.parents:
+            mode = stat.S_IMODE(folder.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                opened.setdefault(folder, mode)
+                folder.chmod(mode | stat.S_IXOTH)
+    return opened
 
 
 def _account(name: str, home: Path, groups: list[str]) -> None:
@@ -181,7 +204,7 @@ def people(cluster: SlurmCluster, shared: Path) -> People:
     SUDOERS.chmod(0o440)
     for account, team in PEOPLE.items():
         cluster.run("sacctmgr", "-i", "add", "user", account, f"Account={team},contract-{team}", f"DefaultAccount={team}")
-    return People(shared, dict(PEOPLE))
+    return People(shared, dict(PEOPLE), _reachable_python())
 
 
 def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "slurm"):

@@ -1,7 +1,10 @@
 """`podbay-local`: workspaces as local JupyterLab processes, the embedded default.
 
 Based on JupyterHub's SimpleLocalProcessSpawner: the demo users need no system
-accounts. Each user has a persistent home under the data directory. Volumes appear under
+accounts. Each user has a persistent home under the data directory. Where an engine of the
+deployment runs people's jobs as their cluster accounts (slurm's run_as: person), the
+workspace does too: it becomes the person's account once its volumes are mounted, in the
+account's own home, so a job moved from it finds its files, and they are the person's. Volumes appear under
 the home through bind mounts in a private mount namespace (`unshare`), so a read-only
 volume is read-only even for root, and one workspace's mounts are invisible to others.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from traitlets import default
 
+from ...identity import NoClusterAccount
 from ...launch import launcher
 from ...procs import proc_start_time
 from ...quota import Allocation
@@ -68,6 +72,12 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         # command so a second start of this spawner does not wrap it twice.
         if not hasattr(self, "_base_cmd"):
             self._base_cmd = list(self.cmd)
+        try:
+            self._account = await asyncio.to_thread(self.portal.workspace_account, self.user.name)
+        except NoClusterAccount as e:
+            raise SpawnException(f"{e}.", reason="account", status_code=403) from None
+        if self._account is not None:
+            self.home_dir = self.notebook_dir = str(self._account.home)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         log.write(f"--- podbay: starting at {time.ctime()}\n".encode())
@@ -91,11 +101,19 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         # Volumes are per workspace: wrap the configured command in the mount launcher.
         self.cmd = self._launch_prefix() + self._base_cmd
 
+    def user_env(self, env):
+        env = super().user_env(env)
+        account = getattr(self, "_account", None)
+        if account is not None:
+            env.update(USER=account.name, LOGNAME=account.name, HOME=str(account.home))
+        return env
+
     def _launch_prefix(self) -> list[str]:
         req = self.podbay_request
+        account = getattr(self, "_account", None)
         if req is None or not req.volumes:
-            return []
-        home = Path(self.home_dir_template.format(username=self.user.name))
+            return launcher([], user=account.name) if account is not None else []
+        home = Path(self.home_dir)
         binds = []
         for vol in req.volumes:
             src = self.portal.volume_source(vol)
@@ -104,7 +122,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
                     f"Volume {vol.name} is not available: its source {src} does not exist. "
                     "Ask your platform team.", reason="volume", status_code=503)
             binds.append((str(src), str(home / vol.target), vol.read_only))
-        return launcher(binds)
+        return launcher(binds, user=account.name if account is not None else None)
 
     async def _died(self) -> str | None:
         status = self.proc.poll() if self.proc is not None else None

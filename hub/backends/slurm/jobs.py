@@ -7,7 +7,8 @@ A podbay job is one `sbatch`: named `<prefix>-<id>` (how podbay finds it again, 
 queue or in accounting, after a restart), with the person and the job's own name in its
 comment, on the pool's partition and the team's account, with `--nodes`, `--gpus-per-node`,
 one task per node, the working directory in the person's home and its output in
-`~/.podbay/jobs/<id>/output.log`, where podbay follows it and the person can read it. The
+`~/.podbay/jobs/<prefix>-<id>/output.log`, where podbay follows it and the person can read
+it (the prefix keeps two installs' job 7 apart: both may act as the same person). The
 batch script runs the command once per node with `srun`, in the catalog image through Pyxis
 (`--container-image`, the volumes as `--container-mounts`) or as a plain process, with what
 `torchrun` needs across nodes: MASTER_ADDR (the allocation's first node), MASTER_PORT,
@@ -242,7 +243,7 @@ class SlurmJobs(TrainingBackend):
         return cluster_account(self.cfg, user).home if self.person else None
 
     def job_dir(self, user: str, job_id: int) -> Path:
-        return (self.home_of(user) or self.homes / user) / ".podbay" / "jobs" / str(job_id)
+        return (self.home_of(user) or self.homes / user) / ".podbay" / "jobs" / self.slurm_name(job_id)
 
     def script(self, job: JobSpec, out: Path) -> str:
         """The batch script: the command once per node (sbatch's options are on its command

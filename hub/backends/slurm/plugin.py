@@ -113,7 +113,9 @@ class SlurmBackend(LocalBackend):
     def describe(self, cfg):
         pools = ", ".join(f"{name} → partition {cfg.slurm.partition(cfg, name)}" for name in cfg.pools
                           if cfg.slurm.partition(cfg, name)) or "none"
-        return f"slurm: workspaces on this node (NOT isolated from each other), training pools on Slurm ({pools})"
+        who = ("each as the person's cluster account" if self.runs_as_person(cfg)
+               else "as the hub's account, NOT isolated from each other")
+        return f"slurm: workspaces on this node ({who}), training pools on Slurm ({pools})"
 
     def check(self, cfg):
         out = [(("volumes", i), "the slurm backend mounts a directory: give source (pvc is for kubernetes)")
@@ -126,6 +128,9 @@ class SlurmBackend(LocalBackend):
             out.append((("pools",), "no pool names a Slurm partition: give the training pool one "
                                     "(slurm: partitions: {training: <partition>}, or the pool's queue)"))
         return out
+
+    def runs_as_person(self, cfg):
+        return cfg.slurm.run_as == "person"
 
     def check_pools(self, cfg, pools, backend):
         """A training pool on Slurm beside `backend`'s workspaces: each needs its partition,

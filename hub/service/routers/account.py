@@ -90,7 +90,13 @@ def router(svc: Service, prefix: str) -> APIRouter:
     @api.get("/ssh", response_model=SshOut, summary="How SSH reaches your workspaces")
     async def ssh(who: Caller = Depends(caller)):
         plugin = portal.plugin or Backend()
-        return SshOut(login=plugin.workspace_login(), home=plugin.workspace_home(portal.data_dir, who.name),
-                      keys=len(await asyncio.to_thread(keys.list, who.name)))
+        try:
+            # Workspaces that are the person's own account (beside Slurm's run_as: person).
+            account = await asyncio.to_thread(portal.workspace_account, who.name)
+        except ValueError:
+            account = None
+        login = account.name if account else plugin.workspace_login()
+        home = str(account.home) if account else plugin.workspace_home(portal.data_dir, who.name)
+        return SshOut(login=login, home=home, keys=len(await asyncio.to_thread(keys.list, who.name)))
 
     return api
