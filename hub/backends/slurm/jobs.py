@@ -146,6 +146,8 @@ class SlurmJobs(TrainingBackend):
         self.person = self.settings.run_as == "person"
         self.host_homes = not self.person
         self._queue: tuple[float, dict[str, tuple[str, str]]] = (-1e9, {})
+        # Whose jobs the queue is asked about (run_as: person): the owners of jobs seen.
+        self._accounts: set[str] = set()
         self._queue_lock = asyncio.Lock()
         self._limits: dict[str, tuple[float, tuple[int | None, int | None]]] = {}
 
@@ -290,7 +292,8 @@ class SlurmJobs(TrainingBackend):
     async def submit(self, job: JobSpec) -> dict:
         if not job.queue:
             raise SlurmError(f"pool {job.pool} has no Slurm partition: give it one under slurm.partitions")
-        account = self.account(job.user)  # NoClusterAccount: the job fails saying why
+        # NoClusterAccount: the job fails saying why. Off the loop: NSS may be LDAP, and slow.
+        account = await asyncio.to_thread(self.account, job.user)
         found = await self._find(job.id, job.created, job.user)
         if found is not None:
             return found  # handed over before the service stopped: never twice
@@ -383,7 +386,11 @@ class SlurmJobs(TrainingBackend):
         async with self._queue_lock:
             at, queue = self._queue
             if time.monotonic() - at >= self.QUEUE_TTL:
-                who = ["--me"] if not self.person else []
+                # As the person: the accounts of podbay's jobs, not the whole cluster's queue.
+                who = ["--me"] if not self.person else [f"--user={','.join(sorted(self._accounts))}"]
+                if self.person and not self._accounts:
+                    self._queue = (time.monotonic(), {})
+                    return {}
                 text = await self.commands.arun("squeue", *who, "-h", "-t", "all", "-o", "%i|%T|%j|%r")
                 queue = {}
                 for line in text.splitlines():
@@ -395,7 +402,10 @@ class SlurmJobs(TrainingBackend):
             return queue
 
     async def status(self, ref: dict) -> BackendStatus:
-        slurm_id, _ = await self._slurm_id(ref)
+        slurm_id, ref = await self._slurm_id(ref)
+        if ref.get("account") and ref["account"] not in self._accounts:
+            self._accounts.add(ref["account"])
+            self._queue = (-1e9, {})  # a new owner: their jobs were not asked for
         if slurm_id is None:
             return BackendStatus("lost", message="Slurm has no job of this name (it was never submitted)")
         state, reason = (await self._queued()).get(slurm_id, ("", ""))
@@ -445,6 +455,8 @@ class SlurmJobs(TrainingBackend):
         account = ref.get("account")
         if account is None and self.person and ref.get("user"):
             account = self.account(ref["user"])
+        if account:
+            self._accounts.add(account)  # the wait below asks the queue for its owner's jobs
         try:
             # As its owner: Slurm itself refuses to cancel anyone else's job.
             await self.commands.arun("scancel", slurm_id, user=account)
