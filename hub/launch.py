@@ -16,18 +16,26 @@ import subprocess
 import sys
 
 
-def launcher(binds: list[tuple[str, str, bool]], quiet: bool = False, user: str | None = None) -> list[str]:
+def launcher(binds: list[tuple[str, str, bool]], quiet: bool = False, user: str | None = None,
+             env_file: str | None = None) -> list[str]:
     """The command prefix that runs what follows it with `binds` (source, target, read-only)
     mounted in a private mount namespace: for workspaces (local spawner) and jobs (local
     training backend) alike; as `user` (an account name) once mounted, where given (the hub
-    is root and the workspace is the person's)."""
+    is root and the workspace is the person's), with the environment in `env_file` (root's
+    part runs with none of the person's: LD_PRELOAD and the like are theirs to set, for
+    their own processes only)."""
     unshare = ["unshare", "--mount", "--propagation", "private"]
     if os.getuid() != 0:
         # Without root, a user namespace grants the right to mount, as the same uid.
         unshare[1:1] = ["--user", "--map-current-user"]
     args = [f"--bind={src}:{dst}:{'ro' if ro else 'rw'}" for src, dst, ro in binds]
     who = [f"--user={user}"] if user else []
-    return unshare + [sys.executable, "-m", "podbay.hub.launch", *(["--quiet"] if quiet else []), *who, *args, "--"]
+    if user and env_file:
+        who.append(f"--env-file={env_file}")
+    # -I: Python reads no PYTHON* variable and imports nothing from the working directory
+    # (root starts it; the directory may be a person's home).
+    return unshare + [sys.executable, "-I", "-m", "podbay.hub.launch", *(["--quiet"] if quiet else []), *who, *args,
+                      "--"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bind", action="append", default=[], metavar="SRC:DST:ro|rw")
     parser.add_argument("--quiet", action="store_true", help="say nothing of the mounts (a job's output is the user's)")
     parser.add_argument("--user", help="the account to become once the volumes are mounted")
+    parser.add_argument("--env-file", help="the environment to run the command with, once it is the account's "
+                                           "(NAME=value, each ended by a NUL; removed once read)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -42,16 +52,28 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no command to run after --")
 
     account = pwd.getpwnam(args.user) if args.user else None
+    env = dict(os.environ)
+    if args.env_file:
+        with open(args.env_file, "rb") as f:
+            data = f.read()
+        os.unlink(args.env_file)
+        env = dict(item.decode().split("=", 1) for item in data.split(b"\0") if b"=" in item)
     for spec in args.bind:
         src, dst, mode = spec.rsplit(":", 2)
         try:
-            _makedirs(dst, account)
+            # In a person's home, the mount point is reached without following a link the
+            # person made (~/data -> /etc), and made as them.
+            fd = _mount_point(dst, account) if account is not None else _plain_mount_point(dst)
         except OSError as e:
-            sys.exit(f"podbay: cannot mount volume {src} at {dst}: {e.strerror}")
-        opts = ["-o", "ro"] if mode == "ro" else []
-        done = subprocess.run(["mount", "--bind", *opts, src, dst], capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"podbay: cannot mount volume {src} at {dst}: {done.stderr.strip()}")
+            sys.exit(f"podbay: cannot mount volume {src} at {dst}: {e.strerror or e}")
+        opts = ["-o", "ro,nosuid,nodev"] if mode == "ro" else ["-o", "nosuid,nodev"]
+        try:
+            done = subprocess.run(["mount", "--bind", *opts, src, f"/proc/self/fd/{fd}"], capture_output=True,
+                                  text=True, pass_fds=(fd,), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            if done.returncode != 0:
+                sys.exit(f"podbay: cannot mount volume {src} at {dst}: {done.stderr.strip()}")
+        finally:
+            os.close(fd)
         if mode == "ro" and not os.statvfs(dst).f_flag & os.ST_RDONLY:
             sys.exit(f"podbay: {dst} should be read-only but is writable; refusing to start")
         if not args.quiet:
@@ -64,21 +86,56 @@ def main(argv: list[str] | None = None) -> None:
         os.setuid(account.pw_uid)
         if os.getuid() != account.pw_uid or os.geteuid() != account.pw_uid:
             sys.exit(f"podbay: could not become {account.pw_name}; refusing to start")
-    os.execvp(command[0], command)
+        try:
+            os.chdir(account.pw_dir)
+        except OSError as e:
+            sys.exit(f"podbay: {account.pw_name} cannot enter their home {account.pw_dir}: {e.strerror}")
+    os.execvpe(command[0], command, env)
 
 
-def _makedirs(path: str, account) -> None:
-    """The mount point, made as the account it is for (a ~/data/<volume> of root's in a
-    person's home would be in their way)."""
-    missing = []
-    p = os.path.abspath(path)
-    while not os.path.exists(p):
-        missing.append(p)
-        p = os.path.dirname(p)
+def _plain_mount_point(path: str) -> int:
     os.makedirs(path, exist_ok=True)
-    if account is not None:
-        for made in missing:
-            os.chown(made, account.pw_uid, account.pw_gid)
+    return os.open(path, os.O_PATH | os.O_DIRECTORY)
+
+
+def _mount_point(path: str, account) -> int:
+    """An O_PATH descriptor of the mount point under the account's home, made as the account
+    where missing, each step taken without following a link: what is mounted on is in the
+    home, whatever the person did to it meanwhile."""
+    home = os.path.realpath(account.pw_dir)
+    rel = os.path.relpath(os.path.abspath(path), account.pw_dir)
+    if rel.startswith("..") or os.path.isabs(rel):
+        raise OSError(f"{path} is not under {account.pw_dir}")
+    fd = os.open(home, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in [p for p in rel.split(os.sep) if p not in ("", ".")]:
+            try:
+                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                parent = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _as(account, lambda: os.mkdir(part, 0o755, dir_fd=parent))
+                finally:
+                    os.close(parent)
+                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _as(account, make) -> None:
+    """`make()` with the account's uid and gid as the effective ones (so it is theirs, and
+    only where they may write)."""
+    os.setegid(account.pw_gid)
+    os.seteuid(account.pw_uid)
+    try:
+        make()
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
 
 
 if __name__ == "__main__":

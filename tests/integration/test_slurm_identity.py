@@ -300,6 +300,21 @@ def test_a_workspace_is_the_persons_and_a_job_moved_from_it_finds_its_files(slur
             ssh = api.get("/ssh").json()
             assert (ssh["login"], ssh["home"]) == ("pbt-alice", str(home)), ssh
         assert owner(home / "proj" / "out") == "pbt-alice"
+        # A volume's mount point is taken in her home without following a link she made
+        # (~/data -> a folder of root's): the workspace refuses to start, nothing is mounted there.
+        (hub.data_dir / "volumes" / "reference").mkdir(parents=True, exist_ok=True)
+        outside = tmp_path / "roots"
+        outside.mkdir()
+        (home / "data").symlink_to(outside)
+        r = hub.start_server("alice", "peek", {"profile": "cpu", "image": "base", "volumes": ["reference"]})
+        assert r.status_code >= 400 and "cannot mount volume" in r.text, r.text
+        assert list(outside.iterdir()) == [] and owner(outside) == "root"
+        (home / "data").unlink()
+        r = hub.start_server("alice", "peek", {"profile": "cpu", "image": "base", "volumes": ["reference"]})
+        assert r.status_code in (201, 202), r.text
+        hub.stop_server("alice", "peek")
+        # The mount points it made are hers (the volume itself was mounted over the last).
+        assert owner(home / "data") == owner(home / "data" / "reference") == "pbt-alice"
         # Someone without an account is refused at start, in words.
         with hub.api("admin") as api:
             r = api.post("/users/admin/servers/x", json={"user_options": {"profile": "cpu", "image": "base"}})

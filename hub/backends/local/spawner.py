@@ -77,6 +77,10 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         except NoClusterAccount as e:
             raise SpawnException(f"{e}.", reason="account", status_code=403) from None
         if self._account is not None:
+            if os.geteuid() != 0:
+                raise SpawnException(
+                    "Workspaces run as each person's cluster account here, and only a hub running as root can start "
+                    "them so. Ask your platform team (docs/howto/slurm.md).", reason="account", status_code=503)
             self.home_dir = self.notebook_dir = str(self._account.home)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
@@ -101,6 +105,25 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         # Volumes are per workspace: wrap the configured command in the mount launcher.
         self.cmd = self._launch_prefix() + self._base_cmd
 
+    def get_env(self):
+        env = super().get_env()
+        account = getattr(self, "_account", None)
+        if account is None:
+            return env
+        # The launcher runs as root until it becomes the person: it gets no variable of
+        # theirs (LD_PRELOAD, a secret's name, would be root's), and reads the workspace's
+        # environment from a file only root may read, which it removes.
+        path = self._env_file
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
+        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+    @property
+    def _env_file(self) -> Path:
+        return Path(self.data_dir) / "run" / self.user.name / f"{self.name or 'default'}.env"
+
     def user_env(self, env):
         env = super().user_env(env)
         account = getattr(self, "_account", None)
@@ -112,7 +135,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         req = self.podbay_request
         account = getattr(self, "_account", None)
         if req is None or not req.volumes:
-            return launcher([], user=account.name) if account is not None else []
+            return launcher([], user=account.name, env_file=str(self._env_file)) if account is not None else []
         home = Path(self.home_dir)
         binds = []
         for vol in req.volumes:
@@ -122,7 +145,9 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
                     f"Volume {vol.name} is not available: its source {src} does not exist. "
                     "Ask your platform team.", reason="volume", status_code=503)
             binds.append((str(src), str(home / vol.target), vol.read_only))
-        return launcher(binds, user=account.name if account is not None else None)
+        if account is None:
+            return launcher(binds)
+        return launcher(binds, user=account.name, env_file=str(self._env_file))
 
     async def _died(self) -> str | None:
         status = self.proc.poll() if self.proc is not None else None
