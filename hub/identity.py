@@ -58,7 +58,8 @@ def cluster_account(cfg: PodbayConfig, user: str) -> ClusterAccount:
         raise NoClusterAccount(
             f"you have no account on the cluster (podbay looked for {name!r}): ask your platform team to "
             "create it, or to map your login to yours (cluster_accounts.table)") from None
-    if entry.pw_uid < cfg.cluster_accounts.min_uid or entry.pw_uid in (65534, os.geteuid()):
+    if (entry.pw_uid < cfg.cluster_accounts.min_uid or entry.pw_uid in (65534, os.geteuid())
+            or entry.pw_name in cfg.cluster_accounts.never):
         raise NoClusterAccount(
             f"the account {name!r} is a system account (uid {entry.pw_uid}): podbay runs nobody's jobs as one; "
             "ask your platform team to map your login to your own account")

@@ -81,6 +81,9 @@ class TrainingBackend(ABC):
     # Whether the engine hands a person's secrets to their jobs its own way (a Kubernetes
     # Secret: sync_secrets), so that podbay leaves them out of the job's environment.
     secrets_apart: bool = False
+    # Whether the engine runs each job as the person's own cluster account (slurm's run_as:
+    # person), not as the service's.
+    as_person: bool = False
 
     def check_submit(self, *, team: str | None, pool: str, gpus_per_node: int, nodes: int,
                      time_limit: str | None = None, user: str | None = None) -> None:

@@ -444,6 +444,9 @@ class ClusterAccounts(_Model):
     strip_domain: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
     # Accounts below this uid are the system's (root, daemons): nobody's job runs as one.
     min_uid: int = Field(1000, ge=1)
+    # Accounts nobody's jobs or workspaces run as, whatever their uid: the service's own (which
+    # may act as everyone), administrators'.
+    never: list[Annotated[str, Field(pattern=ACCOUNT_NAME)]] = ["podbay"]
 
 
 class PodbayConfig(_Model):

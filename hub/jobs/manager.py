@@ -54,6 +54,15 @@ class JobManager:
         names = [v.name for v in portal.checked_volumes(
             user, teams, req.volumes if req.volumes is not None else list(inherited.get("volumes") or []))]
         engine = self.backend.for_pool(pool)
+        if not engine.as_person:
+            try:
+                as_person = self.portal.workspace_account(user) is not None
+            except ValueError:
+                as_person = True  # people are accounts here, and this one has none: no job as the portal
+            if as_person:
+                # Where people are their cluster accounts, no job of theirs runs as the portal's.
+                raise OptionsRefused(f"pool {pool}'s jobs would run as the portal's own account, not as you: "
+                                     "submit to a pool on Slurm")
         if req.nodes > 1 and not engine.multi_node:
             raise OptionsRefused(f"the {engine.name} backend runs a job on one machine: ask for nodes: 1 "
                                  f"(and up to {portal.capacity.most_gpus_per_node(pool)} GPUs on it)")

@@ -44,6 +44,8 @@ class Scheduler:
         self.home_of = home_of
         self.clock = clock
         self._lock = asyncio.Lock()
+        # Engines whose jobs a restart could not reconcile yet (out of reach then).
+        self._unreconciled: set[int] = set()
         # Jobs being stopped by cancel (outside the lock): their futures end with the stop.
         self.cancelling: dict[int, asyncio.Future] = {}
         self.wakeup = asyncio.Event()
@@ -125,30 +127,45 @@ class Scheduler:
     # --- scheduling ----------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """After a (re)start: learn what happened to the jobs the service believed active."""
+        """After a (re)start: learn what happened to the jobs the service believed active.
+        An engine out of reach is asked again at each tick until it answers; the others'
+        jobs go on meanwhile."""
         async with self._lock:
-            active = await self.store.in_state("starting") + await self.store.in_state(PENDING) + await self.store.in_state("running")
-            statuses = {}
-            for engine in {id(self.backend.for_pool(j.pool)): self.backend.for_pool(j.pool) for j in active}.values():
+            await self._reconcile(None)
+
+    async def _reconcile(self, only: set[int] | None) -> None:
+        active = await self.store.in_state("starting") + await self.store.in_state(PENDING) + await self.store.in_state("running")
+        if only is not None:
+            active = [j for j in active if id(self.backend.for_pool(j.pool)) in only]
+        statuses = {}
+        for engine in {id(self.backend.for_pool(j.pool)): self.backend.for_pool(j.pool) for j in active}.values():
+            try:
                 statuses |= await engine.reconcile({job.id: await self.store.job_ref(job.id) for job in active
                                                     if self.backend.for_pool(job.pool) is engine})
-            stored = await self.store.stored_states([j.id for j in active])
-            for job in active:
-                status = statuses[job.id]
-                if status.state == "exited":
-                    await self._finish(job, status.exit_code, status.message)
-                elif status.state in ("running", "pending"):
-                    await self._follow_engine(job, stored[job.id], status)
-                elif stored[job.id] == "starting":
-                    # It never started: queue it again, with its place in line.
-                    await self._release(job.id)
-                    await self.store.update(job.id, state="queued", devices=[], ref={}, message="requeued after a restart")
-                else:
-                    await self._release(job.id)
-                    await self.store.update(job.id, state="failed", finished=self.clock(), message=status.message)
-            # Claims of jobs that are not active any more (a crash between the two writes).
-            active = {f"job:{j.id}" for j in await self.store.in_state("running") + await self.store.in_state("starting")}
-            await asyncio.to_thread(self.portal.book.reconcile, lambda a: a.key in active, ("job",))
+            except BackendUnavailable as e:
+                log.warning("the %s engine is out of reach (%s): its jobs are reconciled when it answers", engine.name, e)
+                self._unreconciled.add(id(engine))
+            else:
+                self._unreconciled.discard(id(engine))
+        stored = await self.store.stored_states([j.id for j in active])
+        for job in active:
+            if job.id not in statuses:
+                continue  # its engine did not answer: as it was
+            status = statuses[job.id]
+            if status.state == "exited":
+                await self._finish(job, status.exit_code, status.message)
+            elif status.state in ("running", "pending"):
+                await self._follow_engine(job, stored[job.id], status)
+            elif stored[job.id] == "starting":
+                # It never started: queue it again, with its place in line.
+                await self._release(job.id)
+                await self.store.update(job.id, state="queued", devices=[], ref={}, message="requeued after a restart")
+            else:
+                await self._release(job.id)
+                await self.store.update(job.id, state="failed", finished=self.clock(), message=status.message)
+        # Claims of jobs that are not active any more (a crash between the two writes).
+        active = {f"job:{j.id}" for j in await self.store.in_state("running") + await self.store.in_state("starting")}
+        await asyncio.to_thread(self.portal.book.reconcile, lambda a: a.key in active, ("job",))
 
     async def _finish(self, job: Job, code: int | None, message: str = "") -> None:
         state = "succeeded" if code == 0 else "failed"
@@ -189,21 +206,26 @@ class Scheduler:
 
     async def tick(self) -> None:
         async with self._lock:
+            if self._unreconciled:
+                await self._reconcile(set(self._unreconciled))
             # Engines that queue get new jobs first, so this tick already shows their reason;
             # once one cannot be reached, its others wait for the next tick.
-            unreachable: set[int] = set()
+            unreachable: set[int] = set(self._unreconciled)
             for job in reversed(await self.store.in_state("queued")):
                 engine = self.backend.for_pool(job.pool)
                 if engine.queues_jobs and id(engine) not in unreachable and not await self._hand_over(job):
                     unreachable.add(id(engine))
             for stored in ("running", PENDING):
                 for job in await self.store.in_state(stored):
-                    if job.id in self.cancelling:
-                        continue  # cancel records how it ended
+                    engine = self.backend.for_pool(job.pool)
+                    if job.id in self.cancelling or id(engine) in unreachable:
+                        continue  # cancel records how it ended; an engine out of reach, when it is back
                     try:
-                        status = await self.backend.for_pool(job.pool).status(await self.store.job_ref(job.id))
+                        status = await engine.status(await self.store.job_ref(job.id))
                     except BackendUnavailable:
-                        return  # the engine is out of reach: every job stays as it was until it is back
+                        # Its jobs stay as they were until it is back; other engines' go on.
+                        unreachable.add(id(engine))
+                        continue
                     except Exception:
                         # One job the engine cannot answer for does not stop the others.
                         log.exception("could not read the state of job %s; trying again", job.id)
@@ -218,7 +240,8 @@ class Scheduler:
             # Where only podbay queues: in submission order, devices freed above already free.
             blocked: set[str] = set()
             for job in reversed(await self.store.in_state("queued")):
-                if self.backend.for_pool(job.pool).queues_jobs:
+                engine = self.backend.for_pool(job.pool)
+                if engine.queues_jobs or id(engine) in unreachable:
                     continue
                 if job.pool in blocked:
                     await self._set_message(job, f"waiting for earlier jobs in pool {job.pool}")

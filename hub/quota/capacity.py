@@ -98,7 +98,10 @@ class PoolCapacities(CapacitySource):
         return groups
 
     def unit_weight(self, spec, pools):
-        source, names = self._split(pools)[0] if pools else (self.main, pools)
+        # The backend's own pools weigh a workspace where they are among them (the inventory
+        # knows the devices), whatever the order.
+        groups = self._split(pools)
+        source, names = next(((src, n) for src, n in groups if src is self.main), groups[0] if groups else (self.main, []))
         return source.unit_weight(spec, names)
 
     def counts(self, spec, pools, snap):

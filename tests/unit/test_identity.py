@@ -54,6 +54,9 @@ def test_no_account_and_system_accounts_are_refused():
     with pytest.raises(NoClusterAccount, match="system account"):
         cluster_account(cfg(), "daemon")
     assert cluster_account(cfg(min_uid=1), "daemon").uid == daemon.pw_uid
+    # An account podbay.yaml says never to use (the service's own, admins'), whatever its uid.
+    with pytest.raises(NoClusterAccount, match="system account"):
+        cluster_account(cfg(min_uid=1, never=["daemon"]), "daemon")
     # nobody, and the service's own account, whatever their uid.
     with pytest.raises(NoClusterAccount, match="system account"):
         cluster_account(cfg(min_uid=1), "nobody")

@@ -10,7 +10,7 @@ import pytest
 
 from podbay.hub.config import ConfigError, parse_config
 from podbay.hub.quota.capacity import CapacitySource, PoolCapacities, Usage
-from podbay.hub.training import BackendStatus, PoolEngines, TrainingBackend
+from podbay.hub.training import BackendStatus, BackendUnavailable, PoolEngines, TrainingBackend
 
 
 def cfg(backend: str, training: dict, **extra):
@@ -104,3 +104,80 @@ def test_capacity_of_each_pool_comes_from_its_engine():
     assert both.counts(None, ["dev", "training"], None) == (10, 4)
     assert PoolCapacities(Source(-1, -1, 0), {"training": slurm}).counts(None, ["dev", "training"], None) == (-1, -1)
     assert both.devices("training", None)["gpu"].total == 8
+
+
+class Flaky(TrainingBackend):
+    """An engine that queues (Slurm's kind), which can be taken out of reach."""
+
+    name, queues_jobs, as_person = "slurm", True, False
+    up = True
+
+    async def submit(self, job):
+        if not self.up:
+            raise BackendUnavailable("controller down")
+        return {"slurm": 1}
+
+    async def status(self, ref):
+        if not self.up:
+            raise BackendUnavailable("controller down")
+        return BackendStatus("pending", message="Priority")
+
+    async def cancel(self, ref):
+        pass
+
+    async def read_logs(self, ref, cursor=None):
+        return b"", None
+
+
+def test_an_engine_out_of_reach_holds_up_only_its_own_pools_jobs(tmp_path):
+    """Slurm down (at the service's start, then while it runs): the local pool's jobs still
+    start and end; Slurm's are reconciled once it answers."""
+    from podbay.hub.backends.local.jobs import LocalBackend
+    from podbay.hub.jobs import JobManager, JobRequest
+    from podbay.hub.portal import Portal
+    from tests.harness import TEST_CONFIG
+
+    async def body():
+        portal = Portal.open(TEST_CONFIG, f"sqlite:///{tmp_path / 'l.sqlite'}", tmp_path)
+        slurm = Flaky()
+        jobs = JobManager(portal, PoolEngines(LocalBackend(tmp_path / "jobs", kill_grace=1), {"training": slurm},
+                                              "training"))
+        held = jobs.submit("alice", [], JobRequest(name="s", gpus=1, pool="training", command=["true"]))
+        await jobs.tick()
+        assert "queued in slurm: Priority" in jobs.get(held.id).message
+        slurm.up = False
+        await jobs.reconcile()  # a restart while Slurm is down: no error, its job as it was
+        assert jobs.get(held.id).state == "queued"
+        local = jobs.submit("alice", [], JobRequest(name="l", gpus=0, pool="dev", command=["true"]))
+        for _ in range(200):
+            await jobs.tick()
+            if jobs.get(local.id).state == "succeeded":
+                break
+            await asyncio.sleep(0.05)
+        assert jobs.get(local.id).state == "succeeded", jobs.get(local.id)
+        slurm.up = True
+        await jobs.tick()
+        assert "queued in slurm: Priority" in jobs.get(held.id).message
+
+    asyncio.run(body())
+
+
+def test_beside_a_pool_that_runs_jobs_as_the_person_no_job_runs_as_the_portal(tmp_path):
+    import yaml
+
+    from podbay.hub.backends.local.jobs import LocalBackend
+    from podbay.hub.jobs import JobManager, JobRequest
+    from podbay.hub.portal import OptionsRefused, Portal
+
+    config = tmp_path / "podbay.yaml"
+    config.write_text(yaml.safe_dump({
+        "backend": "local", "images": [{"name": "base", "display_name": "Base", "image": "debian:12"}],
+        "profiles": [{"id": "cpu"}], "pools": {"dev": {}, "training": {"engine": "slurm", "queue": "gpu"}},
+        "default_quota": {"gpu_units": 1, "job_gpus": 1}}))
+    portal = Portal.open(config, f"sqlite:///{tmp_path / 'l.sqlite'}", tmp_path)
+    slurm = Flaky()
+    slurm.as_person = True
+    jobs = JobManager(portal, PoolEngines(LocalBackend(tmp_path / "jobs", kill_grace=1), {"training": slurm},
+                                          "training"))
+    with pytest.raises(OptionsRefused, match="pool dev's jobs would run as the portal's own account, not as you"):
+        jobs.submit("alice", [], JobRequest(name="l", pool="dev", command=["id"]))

@@ -143,7 +143,7 @@ class SlurmJobs(TrainingBackend):
         self.commands = Commands(self.settings)
         # As the person: their home is the account's, which the service may not see into (the
         # job checks its working directory itself).
-        self.person = self.settings.run_as == "person"
+        self.person = self.as_person = self.settings.run_as == "person"
         self.host_homes = not self.person
         self._queue: tuple[float, dict[str, tuple[str, str]]] = (-1e9, {})
         # Whose jobs the queue is asked about (run_as: person): the owners of jobs seen.

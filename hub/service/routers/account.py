@@ -93,8 +93,8 @@ def router(svc: Service, prefix: str) -> APIRouter:
         try:
             # Workspaces that are the person's own account (beside Slurm's run_as: person).
             account = await asyncio.to_thread(portal.workspace_account, who.name)
-        except ValueError:
-            account = None
+        except ValueError as e:
+            raise ApiError(403, "no_account", str(e)) from None
         login = account.name if account else plugin.workspace_login()
         home = str(account.home) if account else plugin.workspace_home(portal.data_dir, who.name)
         return SshOut(login=login, home=home, keys=len(await asyncio.to_thread(keys.list, who.name)))
