@@ -9,7 +9,7 @@ is the limit the site sets in Slurm (an association's GrpTRES), which podbay sho
 
 How podbay reaches Slurm: Slurm's own commands on this node, authenticated by munge, as on
 any login node of the cluster. What a job does is done as the person (`run_as: person`, the
-default): the service runs `sbatch`, `scancel`, and `mkdir`/`tail` for the job's folder in
+default): the service runs `sbatch`, `scancel`, and `mkdir`/`dd` for the job's folder in
 their home, as the person's cluster account through `sudo -n -u <account>`, which the site's
 sudoers allows for exactly those commands and only as its people's accounts (config/slurm/
 sudoers; docs/howto/slurm.md compares this with slurmrestd's per-user tokens). Reading the
@@ -168,8 +168,8 @@ class Commands:
     def argv(self, name: str, args: tuple[str, ...], user: str | None, pass_fds: tuple[int, ...] = ()) -> list[str]:
         """The command line, through sudo as `user` where one is given. sudo closes every
         descriptor above 2 unless told (-C, which sudoers must allow: closefrom_override)."""
-        # mkdir and tail are the system's, never from Slurm's bin_dir.
-        program = name if name in ("mkdir", "tail") else self.program(name)
+        # mkdir and dd are the system's, never from Slurm's bin_dir.
+        program = name if name in ("mkdir", "dd") else self.program(name)
         if user is None:
             return [program, *args]
         # sudo matches the rules' full paths, and its secure_path may not hold Slurm's
@@ -206,7 +206,9 @@ class Commands:
         """At most `cap` bytes of a file from `offset` on, read as `user`; nothing when it is
         not there, or does not answer in `timeout` (a FIFO): a log the person made endless
         (a link to /dev/zero) costs the service `cap` bytes, no more."""
-        argv = self.argv("tail", ("-c", f"+{offset + 1}", "--", path), user)
+        # dd stops by itself after `cap` bytes: nothing to signal through sudo.
+        argv = self.argv("dd", (f"if={path}", "iflag=skip_bytes,count_bytes", f"skip={offset}", f"count={cap}",
+                                "bs=65536", "status=none"), user)
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE, env=self.env, cwd="/")
         data, cut = b"", False
@@ -220,7 +222,7 @@ class Commands:
         except asyncio.TimeoutError:
             data, cut = b"", True
         if cut:
-            # SIGTERM, which sudo hands on to tail (a SIGKILL would end sudo alone).
+            # SIGTERM, which sudo hands on to dd (a SIGKILL would end sudo alone).
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
         try:

@@ -140,7 +140,7 @@ def _people(cfg: PodbayConfig, commands: Commands, config: str) -> list[Finding]
         out.append(Finding.fail(f"sbatch as {account} fails: {words}",
                                 "check SLURM_CONF reaches it (env_keep) and the account's association "
                                 "(sacctmgr add user)"))
-    for program in ("scancel", "mkdir", "tail"):
+    for program in ("scancel", "mkdir", "dd"):
         listed = subprocess.run([commands.settings.sudo, "-n", "-l", "-u", account, commands.program(program)
                                  if program == "scancel" else program], capture_output=True, text=True, timeout=10)
         if listed.returncode != 0:
