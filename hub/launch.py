@@ -63,19 +63,15 @@ def main(argv: list[str] | None = None) -> None:
         try:
             # In a person's home, the mount point is reached without following a link the
             # person made (~/data -> /etc), and made as them.
-            fd = _mount_point(dst, account) if account is not None else _plain_mount_point(dst)
+            parent, name = _mount_point(dst, account) if account is not None else _plain_mount_point(dst)
         except OSError as e:
             sys.exit(f"podbay: cannot mount volume {src} at {dst}: {e.strerror or e}")
-        opts = ["-o", "ro,nosuid,nodev"] if mode == "ro" else ["-o", "nosuid,nodev"]
         try:
-            done = subprocess.run(["mount", "--bind", *opts, src, f"/proc/self/fd/{fd}"], capture_output=True,
-                                  text=True, pass_fds=(fd,), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-            if done.returncode != 0:
-                sys.exit(f"podbay: cannot mount volume {src} at {dst}: {done.stderr.strip()}")
+            _bind(src, parent, name, mode)
+        except OSError as e:
+            sys.exit(f"podbay: cannot mount volume {src} at {dst}: {e.strerror or e}")
         finally:
-            os.close(fd)
-        if mode == "ro" and not os.statvfs(dst).f_flag & os.ST_RDONLY:
-            sys.exit(f"podbay: {dst} should be read-only but is writable; refusing to start")
+            os.close(parent)
         if not args.quiet:
             print(f"podbay: mounted {src} at {dst} ({mode})", flush=True)
 
@@ -93,37 +89,71 @@ def main(argv: list[str] | None = None) -> None:
     os.execvpe(command[0], command, env)
 
 
-def _plain_mount_point(path: str) -> int:
+def _plain_mount_point(path: str) -> tuple[int, str]:
     os.makedirs(path, exist_ok=True)
-    return os.open(path, os.O_PATH | os.O_DIRECTORY)
+    path = os.path.abspath(path)
+    return os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY), os.path.basename(path)
 
 
-def _mount_point(path: str, account) -> int:
-    """An O_PATH descriptor of the mount point under the account's home, made as the account
-    where missing, each step taken without following a link: what is mounted on is in the
-    home, whatever the person did to it meanwhile."""
-    home = os.path.realpath(account.pw_dir)
+def _mount_point(path: str, account) -> tuple[int, str]:
+    """The mount point under the account's home as (an O_PATH descriptor of its folder, its
+    name), each folder on the way made as the account where missing and taken without
+    following a link: what is mounted on is in the home, whatever the person does to it."""
     rel = os.path.relpath(os.path.abspath(path), account.pw_dir)
-    if rel.startswith("..") or os.path.isabs(rel):
+    parts = [p for p in rel.split(os.sep) if p not in ("", ".")]
+    if not parts or parts[0] == ".." or os.path.isabs(rel):
         raise OSError(f"{path} is not under {account.pw_dir}")
-    fd = os.open(home, os.O_PATH | os.O_DIRECTORY)
+    fd = os.open(os.path.realpath(account.pw_dir), os.O_PATH | os.O_DIRECTORY)
     try:
-        for part in [p for p in rel.split(os.sep) if p not in ("", ".")]:
+        for i, part in enumerate(parts):
             try:
                 nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             except FileNotFoundError:
-                parent = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY)
+                folder = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    _as(account, lambda: os.mkdir(part, 0o755, dir_fd=parent))
+                    _as(account, lambda: os.mkdir(part, 0o755, dir_fd=folder))
                 finally:
-                    os.close(parent)
+                    os.close(folder)
                 nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            if i == len(parts) - 1:
+                os.close(nxt)
+                return fd, part
             os.close(fd)
             fd = nxt
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    raise AssertionError("unreachable")
+
+
+def _mount(args: list[str], fd: int) -> None:
+    """mount(8) on /proc/self/fd/<fd>, the path as given (never canonicalised: that would
+    follow the person's links again)."""
+    done = subprocess.run(["mount", "--no-canonicalize", *args], capture_output=True, text=True, pass_fds=(fd,),
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip() or f"mount exited with {done.returncode}")
+
+
+def _bind(src: str, parent: int, name: str, mode: str) -> None:
+    """Bind `src` on `name` in `parent` (nosuid, nodev, read-only where asked): the bind on
+    the folder's descriptor, the flags on the new mount's root, reached from the parent and
+    checked to be `src`'s before anything is changed on it."""
+    target = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    try:
+        _mount(["--bind", src, f"/proc/self/fd/{target}"], target)
+    finally:
+        os.close(target)
+    top = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    try:
+        want, got = os.stat(src), os.fstat(top)
+        if (want.st_dev, want.st_ino) != (got.st_dev, got.st_ino):
+            raise OSError("the mount point changed while it was mounted on; refusing to start")
+        _mount(["-o", "remount,bind,nosuid,nodev" + (",ro" if mode == "ro" else ""), f"/proc/self/fd/{top}"], top)
+        if mode == "ro" and not os.fstatvfs(top).f_flag & os.ST_RDONLY:
+            raise OSError("it should be read-only but is writable; refusing to start")
+    finally:
+        os.close(top)
 
 
 def _as(account, make) -> None:
