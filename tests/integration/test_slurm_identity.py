@@ -58,6 +58,17 @@ def spec(backend: SlurmJobs, command: list[str], *, user="alice", team="vision",
                    queue="gpu", team=team)
 
 
+def moved_job(api, script: str) -> tuple[dict, list[str]]:
+    """A one-GPU job moved from alice's workspace `dev`, working in ~/proj: it succeeds; its
+    output's lines."""
+    r = api.post("/jobs", json={"name": "train", "from_workspace": "dev", "gpus": 1, "workdir": "proj",
+                                "command": ["sh", "-c", script]})
+    assert r.status_code == 201, r.text
+    job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
+    assert job["state"] == "succeeded", job
+    return job, api.get(f"/jobs/{job['id']}/logs").text.splitlines()
+
+
 def owner(path) -> str:
     return pwd.getpwuid(os.stat(path).st_uid).pw_name
 
@@ -245,12 +256,8 @@ def test_local_workspaces_with_a_training_pool_on_slurm(slurm_cluster, tmp_path)
         with service(hub, "alice") as api:
             capacity = {p["pool"]: p for p in api.get("/capacity").json()["pools"]}
             assert {n["name"] for n in capacity["training"]["nodes"]} == {"n1", "n2"}, capacity["training"]
-            r = api.post("/jobs", json={"name": "train", "from_workspace": "dev", "gpus": 1, "workdir": "proj",
-                                        "command": ["sh", "-c", "cat cfg; echo gpus=$CUDA_VISIBLE_DEVICES"]})
-            assert r.status_code == 201, r.text
-            job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
-            assert job["state"] == "succeeded", job
-            assert api.get(f"/jobs/{job['id']}/logs").text.splitlines() == ["lr=0.1", "gpus=0"]
+            job, lines = moved_job(api, "cat cfg; echo gpus=$CUDA_VISIBLE_DEVICES")
+            assert lines == ["lr=0.1", "gpus=0"]
             # Accounting hears of it a moment after slurmctld.
             wait_for(lambda: slurm_cluster.run("sacct", "-n", "-X", "-P", f"--name=hybrid-{job['id']}", "-S",
                                                "now-1days", "-o", "Partition,State").stdout.split() == ["gpu|COMPLETED"],
@@ -290,12 +297,8 @@ def test_a_workspace_is_the_persons_and_a_job_moved_from_it_finds_its_files(slur
             assert r.status_code in (200, 201), r.text
         assert (home / "proj" / "cfg").read_text() == "lr=0.1\n" and owner(home / "proj" / "cfg") == "pbt-alice"
         with service(hub, "alice") as api:
-            r = api.post("/jobs", json={"name": "train", "from_workspace": "dev", "gpus": 1, "workdir": "proj",
-                                        "command": ["sh", "-c", "cat cfg; id -un; echo done > out"]})
-            assert r.status_code == 201, r.text
-            job = wait_job(api, r.json()["id"], {"succeeded", "failed"})
-            assert job["state"] == "succeeded", job
-            assert api.get(f"/jobs/{job['id']}/logs").text.splitlines() == ["lr=0.1", "pbt-alice"]
+            _, lines = moved_job(api, "cat cfg; id -un; echo done > out")
+            assert lines == ["lr=0.1", "pbt-alice"]
             # `podbay ssh` logs in as her account, in her home.
             ssh = api.get("/ssh").json()
             assert (ssh["login"], ssh["home"]) == ("pbt-alice", str(home)), ssh

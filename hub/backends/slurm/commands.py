@@ -238,8 +238,8 @@ class Commands:
         return data
 
     async def arun(self, name: str, *args: str, stdin: str | None = None, pass_fds: tuple[int, ...] = (),
-                   timeout: float | None = None, user: str | None = None, raw: bool = False) -> str | bytes:
-        """Run a command (as `user`, through sudo); its output, as bytes where `raw`."""
+                   timeout: float | None = None, user: str | None = None) -> str:
+        """Run a command (as `user`, through sudo); its output."""
         argv = self.argv(name, args, user, pass_fds)
         timeout = timeout or self.settings.timeout
         try:
@@ -254,5 +254,4 @@ class Commands:
             proc.kill()
             await proc.wait()
             raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
-        text = self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
-        return out if raw else text
+        return self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
