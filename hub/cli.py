@@ -130,7 +130,8 @@ def cmd_up(args) -> int:
     args.backend = args.backend or defaults.backend or None
     config = Path(args.config or default_config_path()).absolute()
     try:
-        cfg = load_config(config)
+        # Checked for the backend the hub will run (PODBAY_BACKEND, --backend), not the file's.
+        cfg = load_config(config, args.backend)
     except ConfigError as e:
         print(f"podbay: refusing to start, the configuration is invalid.\n{e.render()}", file=sys.stderr)
         return 1
@@ -276,7 +277,8 @@ def register(sub) -> None:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file; exit 1 with every error if invalid")
     check.add_argument("file")
-    check.add_argument("--backend", help="check for this backend instead of the file's backend:")
+    check.add_argument("--backend", default=os.environ.get("PODBAY_BACKEND") or None,
+                       help="check for this backend instead of the file's backend: (default: PODBAY_BACKEND)")
     check.set_defaults(func=cmd_config_check)
 
     doctor = sub.add_parser("doctor", help="check the real engine, hub and utilisation source for what will not "

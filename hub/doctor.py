@@ -182,10 +182,10 @@ async def diagnose(cfg: "PodbayConfig", plugin: "Backend", *, hub_url: str | Non
     import asyncio
 
     findings = [Finding.ok(f"podbay.yaml is valid ({plugin.describe(cfg)})")]
-    if plugin.places_devices:
+    if plugin.places(cfg):
         findings += await asyncio.to_thread(gpus_on_this_host, cfg)
     findings += await hub_api(hub_url, token)
-    findings += await utilisation(cfg, not plugin.places_devices)
+    findings += await utilisation(cfg, not plugin.places(cfg))
     findings += await plugin.doctor(cfg)
     return findings
 

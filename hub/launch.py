@@ -17,15 +17,16 @@ import sys
 
 
 def launcher(binds: list[tuple[str, str, bool]], quiet: bool = False, user: str | None = None,
-             env_file: str | None = None) -> list[str]:
+             env_file: str | None = None, unprivileged: bool | None = None) -> list[str]:
     """The command prefix that runs what follows it with `binds` (source, target, read-only)
     mounted in a private mount namespace: for workspaces (local spawner) and jobs (local
     training backend) alike; as `user` (an account name) once mounted, where given (the hub
     is root and the workspace is the person's), with the environment in `env_file` (root's
     part runs with none of the person's: LD_PRELOAD and the like are theirs to set, for
-    their own processes only)."""
+    their own processes only). `unprivileged`: whether it runs without root (default: as
+    this process does; a Slurm job as the person never has it, whoever submits)."""
     unshare = ["unshare", "--mount", "--propagation", "private"]
-    if os.getuid() != 0:
+    if unprivileged if unprivileged is not None else os.getuid() != 0:
         # Without root, a user namespace grants the right to mount, as the same uid.
         unshare[1:1] = ["--user", "--map-current-user"]
     args = [f"--bind={src}:{dst}:{'ro' if ro else 'rw'}" for src, dst, ro in binds]

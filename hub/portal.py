@@ -122,7 +122,7 @@ class Portal:
             # Pools another engine runs (a Slurm training pool): that engine's view of them.
             sources = {engine: load(engine).capacity(cfg, inventory) for engine in set(engines.values())}
             capacity = PoolCapacities(capacity, {pool: sources[engine] for pool, engine in engines.items()})
-        return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(inventory),
+        return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(cfg, inventory),
                    capacity=capacity, inventory=inventory, plugin=plugin)
 
     def workspace_account(self, user: str) -> "ClusterAccount | None":

@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import jinja2
 from jupyterhub.spawner import SpawnException
+from jupyterhub.utils import maybe_future
 from traitlets import Float, Integer, Unicode, default, validate
 from traitlets.config import Configurable
 
@@ -271,6 +272,14 @@ class PodbaySpawnerMixin(Configurable):
                     self.log.info("%s released its devices", self.podbay_key)
             else:
                 self.log.error("%s did not stop; its devices stay claimed", self.podbay_key)
+
+    async def run_post_stop_hook(self):
+        # JupyterHub calls stop() only on a workspace that still runs: one that ended by
+        # itself (it exited, Slurm's walltime, a node lost) passes through here alone, after
+        # every stop, and gives its devices back here.
+        await maybe_future(super().run_post_stop_hook())
+        if await self.poll() is not None and await asyncio.to_thread(self.portal.book.release, self.podbay_key):
+            self.log.info("%s ended by itself and released its devices", self.podbay_key)
 
     def get_env(self):
         env = super().get_env()

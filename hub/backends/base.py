@@ -56,13 +56,24 @@ class Backend:
     def describe(self, cfg: "PodbayConfig") -> str:
         return self.name
 
-    def spawner_names(self) -> set[str]:
+    def spawner_for(self, cfg: "PodbayConfig") -> str:
+        """The spawner of this deployment's workspaces (slurm's may be local processes or
+        Slurm jobs, as its settings say)."""
+        return self.spawner
+
+    def places(self, cfg: "PodbayConfig") -> bool:
+        """Whether podbay places this deployment's workspace devices (places_devices, unless
+        the settings hand the workspaces to an engine that places its own)."""
+        return self.places_devices
+
+    def spawner_names(self, cfg: "PodbayConfig") -> set[str]:
         """The names a JupyterHub configuration may give this backend's spawner by: its entry
         point and the dotted path of the class it points to."""
         from importlib.metadata import entry_points
 
-        names = {self.spawner}
-        for ep in entry_points(group="jupyterhub.spawners", name=self.spawner):
+        spawner = self.spawner_for(cfg)
+        names = {spawner}
+        for ep in entry_points(group="jupyterhub.spawners", name=spawner):
             names.add(ep.value.replace(":", "."))
         return names
 
@@ -96,9 +107,9 @@ class Backend:
         """Whether this engine provides `vol` its own way (its section of podbay.yaml)."""
         return False
 
-    def placement(self, inventory: "Inventory") -> "Placement | None":
+    def placement(self, cfg: "PodbayConfig", inventory: "Inventory") -> "Placement | None":
         """Who picks devices: podbay from its inventory, or nobody here (the engine does)."""
-        if not self.places_devices:
+        if not self.places(cfg):
             return None
         from ..quota.placement import DevicePlacement
 
@@ -111,7 +122,7 @@ class Backend:
 
         return InventoryCapacity(inventory)
 
-    def configure(self, c) -> None:
+    def configure(self, c, cfg: "PodbayConfig") -> None:
         """Settings of the JupyterHub configuration this backend's spawner needs."""
 
     def prepare_volumes(self, cfg: "PodbayConfig", portal: "Portal") -> None:

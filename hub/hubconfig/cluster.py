@@ -31,9 +31,9 @@ def configure_on_cluster(c) -> None:
                                "or backend: in podbay.yaml")
     backend = plugin.name
     spawner = c.JupyterHub.get("spawner_class")
-    if spawner not in plugin.spawner_names():
+    if spawner not in plugin.spawner_names(cfg):
         refuse(f"hub.config JupyterHub.spawner_class is {spawner!r}: podbay's {backend} backend needs "
-               f"{plugin.spawner!r} (or name another backend in c.PodbaySpawnerMixin.podbay_backend)")
+               f"{plugin.spawner_for(cfg)!r} (or name another backend in c.PodbaySpawnerMixin.podbay_backend)")
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     # podbay.yaml's login, where it names one (else the chart's hub.config sets the authenticator).
     if cfg.auth.type != "demo":

@@ -132,13 +132,13 @@ def configure(c) -> None:
     if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
         os.environ["JUPYTERHUB_CRYPT_KEY"] = crypt_key(data_dir)
 
-    c.JupyterHub.spawner_class = plugin.spawner
+    c.JupyterHub.spawner_class = plugin.spawner_for(cfg)
     c.Spawner.default_url = "/lab"
     c.Spawner.http_timeout = settings.http_timeout
     c.Spawner.start_timeout = settings.start_timeout
     if not plugin.isolates_users:
         print(LOCAL_NOT_ISOLATED.format(user=_user_name()), file=sys.stderr)
-    plugin.configure(c)
+    plugin.configure(c, cfg)
     # PODBAY_PLAIN_SPAWNER=module:function: a plain JupyterHub spawner instead of podbay's,
     # for benchmarks/' comparisons (benchmarks/plain_spawners.py); podbay's own set-up is
     # left out then.

@@ -123,7 +123,7 @@ async def test_waiting_jobs_say_slurms_reason(jobs):
     while "Resources" not in status.message and time.monotonic() < deadline:
         await asyncio.sleep(0.5)  # Priority first, until the scheduler has looked at it
         status = await jobs.status(waiting)
-    assert status.message == "Resources: waiting for GPUs to free up"
+    assert status.message == "Resources: waiting for the nodes it needs to free up"
     # A team over its account's limit in Slurm (nlp: one GPU at a time) waits for that.
     over = await jobs.submit(spec(jobs, ["true"], user="bob", team="nlp", gpus=2))
     status = await until(jobs, over, {"pending"})

@@ -102,7 +102,7 @@ def test_node_lines():
 
 
 def test_reasons_and_exit_codes():
-    assert reason_words("Resources") == "Resources: waiting for GPUs to free up"
+    assert reason_words("Resources") == "Resources: waiting for the nodes it needs to free up"
     assert reason_words("(QOSMaxGRESPerUser)") == "QOSMaxGRESPerUser: the QOS's per-user GPU limit is reached"
     assert reason_words("SomethingNew") == "SomethingNew"
     assert reason_words("None") == "waiting in Slurm's queue"

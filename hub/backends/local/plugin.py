@@ -27,7 +27,7 @@ class LocalBackend(Backend):
         # PodbayLocalSpawner's home_dir_template.
         return str(Path(data_dir) / "homes" / user)
 
-    def configure(self, c):
+    def configure(self, c, cfg):
         # The hub's own environment's jupyterhub-singleuser: the workspace runs this Python.
         singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
         c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import shutil
@@ -53,6 +54,20 @@ class SlurmSettings(_Model):
     run_as: Literal["person", "service"] = "person"
     # The sudo that runs Slurm's commands as the person.
     sudo: str = "sudo"
+    # Where workspaces run. local: processes on this node, the hub's. slurm: Slurm jobs on the
+    # partition of their profile's pool (a Slurm-only site's development partition), each
+    # running JupyterLab on a node, reached through the hub (backends/slurm/spawner.py).
+    workspaces: Literal["local", "slurm"] = "local"
+    # A workspace job's time limit (its walltime: Slurm ends it then, and the person is told).
+    workspace_time: str = "08:00:00"
+    # How long a workspace's start may wait in Slurm's queue (seconds) before it is given up.
+    workspace_wait: float = Field(600, ge=30, le=86400)
+    # Where the nodes reach this hub and podbay's service (the hub listens there): this node's
+    # address on the cluster's network. 127.0.0.1 only where the nodes are this host.
+    hub_address: str | None = None
+    # Where a workspace listens on its node: all its addresses by default (the hub reaches it
+    # at its NodeAddr); the server demands its user's login whoever connects.
+    workspace_bind: str = "0.0.0.0"
     # The pools whose jobs Slurm runs, each with its partition (a pool's `queue` names one
     # too); the others are this node's (workspaces).
     partitions: dict[str, str] = {}
@@ -93,15 +108,27 @@ class SlurmSettings(_Model):
     # Seconds a Slurm command may take.
     timeout: float = Field(30.0, ge=1, le=600)
 
-    @field_validator("time_limit", "time_max")
+    @field_validator("time_limit", "time_max", "workspace_time")
     @classmethod
     def _slurm_time(cls, v: str | None) -> str | None:
         if v is not None and not TIME.match(v):
             raise ValueError("a Slurm time: minutes, HH:MM:SS or D-HH:MM:SS")
         return v
 
+    @field_validator("hub_address", "workspace_bind")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.ip_address(v)  # ValueError: "does not appear to be an IPv4 or IPv6 address"
+        return v
+
     @model_validator(mode="after")
     def _default_within_max(self):
+        if self.workspaces == "slurm" and not self.hub_address:
+            raise ValueError("workspaces: slurm needs hub_address: where the nodes reach this hub (its address on "
+                             "the cluster's network)")
+        if seconds(self.workspace_time) == 0:
+            raise ValueError("workspace_time 0 would be no limit at all in Slurm: give one, like 08:00:00")
         if seconds(self.time_limit) == 0 or (self.time_max and seconds(self.time_max) == 0):
             raise ValueError("a time limit of 0 is no limit at all in Slurm: give one")
         if self.time_max and seconds(self.time_limit) > seconds(self.time_max):

@@ -70,7 +70,7 @@ ENDS = {
 # Why a job waits, as Slurm says (squeue %r), with what it means.
 REASONS = {
     "Priority": "jobs of higher priority come first",
-    "Resources": "waiting for GPUs to free up",
+    "Resources": "waiting for the nodes it needs to free up",
     "AssocGrpGRES": "the team's account is at its GPU limit in Slurm",
     "AssocGrpGRESMinutes": "the team's account has used its GPU minutes",
     "AssocMaxJobsLimit": "the account runs as many jobs as it may",
@@ -167,12 +167,14 @@ class SlurmJobs(TrainingBackend):
         if s.qos:
             args.append(f"--qos={s.qos}")
         if gpus_per_node:
-            args.append(f"--gres={s.gpus(gpus_per_node)}")
-            if s.cpus_per_gpu:
-                args.append(f"--cpus-per-gpu={s.cpus_per_gpu}")
-            if s.mem_per_gpu:
-                args.append(f"--mem-per-gpu={s.mem_per_gpu}")
+            args += [f"--gres={s.gpus(gpus_per_node)}", *self.per_gpu()]
         return args
+
+    def per_gpu(self) -> list[str]:
+        """What each GPU comes with (CPUs, memory), where the site says."""
+        s = self.settings
+        return ([f"--cpus-per-gpu={s.cpus_per_gpu}"] if s.cpus_per_gpu else []) + (
+            [f"--mem-per-gpu={s.mem_per_gpu}"] if s.mem_per_gpu else [])
 
     def sbatch_args(self, job: JobSpec, out: Path, export_fd: int) -> list[str]:
         """Everything sbatch is told, on its command line."""
@@ -272,7 +274,7 @@ class SlurmJobs(TrainingBackend):
                      "--no-container-mount-home"]
         elif job.volumes:
             # No container: the volumes appear under the home in a mount namespace of the task's.
-            command = launcher(job.volumes, quiet=True) + command
+            command = launcher(job.volumes, quiet=True, unprivileged=self.person) + command
         # NODE_RANK is each task's own: set where the task starts. Slurm names the GPUs it
         # gave in CUDA_VISIBLE_DEVICES; NVIDIA_VISIBLE_DEVICES says the same, as on podbay's
         # other backends (void: none), unless the runtime set it.

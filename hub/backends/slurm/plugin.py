@@ -1,5 +1,6 @@
 """The slurm backend's plugin: capacity from what Slurm says of its partitions' nodes, jobs
-through `sbatch` (jobs.py), workspaces as the local backend runs them."""
+through `sbatch` (jobs.py), workspaces as the local backend runs them or, with
+`slurm.workspaces: slurm`, as Slurm jobs on their pool's partition (spawner.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ...config import PodbayConfig, ProfileKind
 from ...quota.book import Snapshot
 from ...quota.capacity import CapacitySource, InventoryCapacity, Usage, default_weight
 from ...training import BackendUnavailable
+from ..base import HubSide
 from ..local.plugin import LocalBackend
 from .commands import Commands, SlurmError, SlurmSettings
 from .nodes import SlurmNode, parse_nodes
@@ -103,8 +105,35 @@ class SlurmCapacity(CapacitySource):
 
 class SlurmBackend(LocalBackend):
     name = "slurm"
-    # Workspaces: processes on this development node, as the local backend runs them.
+    # Workspaces: processes on this development node, as the local backend runs them, unless
+    # slurm.workspaces says Slurm jobs (spawner_for).
     spawner = "podbay-local"
+
+    def spawner_for(self, cfg):
+        return "podbay-slurm" if cfg.slurm.workspaces == "slurm" else self.spawner
+
+    def places(self, cfg):
+        # Slurm places its jobs' GPUs (GRES): podbay names none.
+        return cfg.slurm.workspaces != "slurm"
+
+    def configure(self, c, cfg):
+        if cfg.slurm.workspaces == "local":
+            return super().configure(c, cfg)
+        # The image's jupyterhub-singleuser (Pyxis), or the hub's own from the shared tree.
+        if cfg.slurm.container == "none":
+            super().configure(c, cfg)
+        # A workspace may wait in Slurm's queue: the start waits as long as the site says,
+        # and says why meanwhile (the job is cancelled if the wait runs out).
+        c.PodbaySlurmSpawner.start_timeout = int(cfg.slurm.workspace_wait)
+
+    def start_hub(self, cfg, portal, hub_port):
+        if cfg.slurm.workspaces == "local":
+            return super().start_hub(cfg, portal, hub_port)
+        from .spawner import slurm_job_alive
+
+        commands = Commands(cfg.slurm)
+        released = portal.book.reconcile(lambda a: slurm_job_alive(commands, a), kinds=("workspace",))
+        return HubSide(cfg.slurm.hub_address, released)
 
     @classmethod
     def settings_model(cls):
@@ -115,7 +144,8 @@ class SlurmBackend(LocalBackend):
                           if cfg.slurm.partition(cfg, name)) or "none"
         who = ("each as the person's cluster account" if self.runs_as_person(cfg)
                else "as the hub's account, NOT isolated from each other")
-        return f"slurm: workspaces on this node ({who}), training pools on Slurm ({pools})"
+        where = ("as Slurm jobs on their pool's partition" if cfg.slurm.workspaces == "slurm" else "on this node")
+        return f"slurm: workspaces {where} ({who}), training pools on Slurm ({pools})"
 
     def check(self, cfg):
         out = [(("volumes", i), "the slurm backend mounts a directory: give source (pvc is for kubernetes)")
@@ -124,6 +154,14 @@ class SlurmBackend(LocalBackend):
         for name in settings.partitions:
             if name not in cfg.pools:
                 out.append((("slurm", "partitions", name), f"pool {name!r} is not declared under pools:"))
+        if settings.workspaces == "slurm":
+            for i, profile in enumerate(cfg.profiles):
+                if not any(settings.partition(cfg, pool) for pool in profile.pools):
+                    out.append((("profiles", i, "pools"), f"workspaces are Slurm jobs (slurm.workspaces: slurm): profile "
+                                f"{profile.id} needs a pool with a Slurm partition"))
+                elif profile.spec.kind == "shared":
+                    out.append((("profiles", i, "id"), f"Slurm hands out whole GPUs and MIG slices, not time-sliced "
+                                f"shares: profile {profile.id} cannot run as a Slurm job"))
         if not any(settings.partition(cfg, name) for name in cfg.pools):
             out.append((("pools",), "no pool names a Slurm partition: give the training pool one "
                                     "(slurm: partitions: {training: <partition>}, or the pool's queue)"))

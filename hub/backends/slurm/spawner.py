@@ -1,0 +1,421 @@
+"""`podbay-slurm`: workspaces as Slurm jobs on the partition of their profile's pool
+(`slurm.workspaces: slurm`), as at Slurm-only sites, reached through the hub.
+
+On batchspawner's model (a batch job that runs jupyterhub-singleuser on a node, found again
+by its job id after a hub restart), but podbay's own: batchspawner needs its own package
+inside every image (its `batchspawner-singleuser` reports the port to an API handler of the
+hub's), and submits as the person with `sudo -E`, which hands the hub's environment on.
+Here the job needs nothing but jupyterhub-singleuser, which every workspace image has, and
+is submitted as the slurm backend submits jobs (jobs.py): as the person's cluster account
+through the site's sudoers, its environment through `--export-file`, every option on sbatch's
+command line.
+
+How the hub finds the workspace: the job picks a free port on its node and writes it to
+`~/.podbay/workspaces/<job name>/port` (as the person, in their home, read back through
+`dd` as them); the node is the one Slurm says the job runs on, its address Slurm's
+NodeAddr. A port in a file the person may write points the proxy at *their own* server's
+URL only: a server elsewhere would still demand its own user's login.
+
+While the job waits, its pending reason (Resources, Priority, AssocGrpGRES…) is the spawn's
+progress (the spawn page, `podbay start`, the TUI). The job's end is the server's: stopping
+the server cancels the job (as the person), and a job Slurm ends (walltime, preemption, a
+node failure) stops the server, with Slurm's word for why kept in the spawner's state and
+said at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+from functools import lru_cache
+from pathlib import Path
+
+from jupyterhub.spawner import Spawner, SpawnException
+from traitlets import Float, Unicode, default
+
+from ...identity import NoClusterAccount
+from ...launch import launcher
+from ...quota import Allocation
+from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
+from ...training import BackendUnavailable
+from .commands import Commands, SlurmError
+from .jobs import RUNNING, WAITING, SlurmJobs, enroot_image, reason_words
+
+# Picks a free port where the job runs and writes it where the hub reads it: plain Python,
+# which every workspace image has (jupyterhub-singleuser is Python).
+_FREE_PORT = ("import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")
+_WRAPPER = ('set -e; port="$("$PODBAY_PYTHON" -c "$PODBAY_FREE_PORT")"; '
+            'printf "%s %s\\n" "$SLURM_JOB_ID" "$port" > "$PODBAY_PORT_FILE.new"; mv -f "$PODBAY_PORT_FILE.new" "$PODBAY_PORT_FILE"; '
+            'exec "$@" --ip="$PODBAY_BIND_IP" --port="$port"')
+
+
+# Why a job waits that waiting will not change: a workspace's start fails at once, saying so,
+# rather than when its wait runs out.
+NEVER = ("PartitionTimeLimit", "PartitionNodeLimit", "InvalidAccount", "InvalidQOS", "AssocMaxWallDurationPerJobLimit",
+         "QOSMaxWallDurationPerJobLimit", "PartitionConfig", "ReqNodeNotAvail, UnavailableNodes", "BadConstraints")
+
+
+@lru_cache(maxsize=None)
+def _jobs(portal) -> SlurmJobs:
+    """One view of Slurm per portal (the hub's): the queue is asked once for every workspace."""
+    return SlurmJobs(portal.cfg, portal.data_dir / "homes")
+
+
+def slurm_job_alive(commands: Commands, allocation: Allocation) -> bool:
+    """Whether the Slurm job recorded for a workspace's claim still runs or waits (the hub's
+    reconciliation at start): one that cannot be asked is kept."""
+    slurm_id = allocation.ref.get("slurm_id")
+    if not slurm_id:
+        return spawn_may_be_under_way(allocation)
+    try:
+        state = commands.run("squeue", "-h", "-j", str(slurm_id), "-o", "%T", timeout=10).strip()
+    except BackendUnavailable:
+        return True
+    except SlurmError:
+        return False  # "Invalid job id": slurmctld has forgotten it
+    return state in RUNNING | WAITING
+
+
+# What the hub keeps of a workspace's job across its restarts (get_state).
+STATE = ("slurm_id", "node", "account", "job_dir", "home", "ended")
+
+
+class SlurmJobSpawner(Spawner):
+    """The workspace as a Slurm job; PodbaySlurmSpawner puts podbay's mixin in front."""
+
+    slurm_poll_interval = Float(1.0, config=True,
+                                help="Seconds between looks at a starting workspace's job in Slurm's queue.")
+    python = Unicode("python3", config=True,
+                     help="""The Python the job picks its port with, on the node or in the image
+                     (slurm.container: none uses the hub's own: the nodes share its software tree).""")
+
+    # What Slurm said of the job, kept in the hub's database (get_state) across restarts.
+    slurm_id: str = ""
+    node: str = ""
+    account: str = ""
+    job_dir: str = ""
+    home: str = ""
+    # Why the last job ended, when Slurm ended it: said at the next start.
+    ended: str = ""
+    _reason: str = ""
+    _last_end: str = ""
+
+    @property
+    def jobs(self) -> SlurmJobs:
+        return _jobs(self.portal)
+
+    @property
+    def commands(self) -> Commands:
+        return self.jobs.commands
+
+    @property
+    def job_name(self) -> str:
+        # The prefix keeps podbay's jobs together in the queue (jobs.py's _queued reads them).
+        return f"{self.jobs.settings.job_prefix}-ws-{self.user.name}" + (f"-{self.name}" if self.name else "")
+
+    # --- state ---------------------------------------------------------------------
+
+    def load_state(self, state):
+        super().load_state(state)
+        for key in STATE:
+            setattr(self, key, state.get(key, ""))
+
+    def get_state(self):
+        state = super().get_state()
+        state.update({k: v for k in STATE if (v := getattr(self, k))})
+        return state
+
+    def clear_state(self):
+        super().clear_state()
+        # `ended` stays: the next start says why the last workspace stopped.
+        self.slurm_id = self.node = self.account = self.job_dir = self.home = ""
+
+    # --- the job ---------------------------------------------------------------------
+
+    def _partition(self, request) -> str:
+        for pool in request.pools:
+            partition = self.jobs.queue_of(pool)
+            if partition:
+                return partition
+        raise SpawnException(f"Profile {request.profile.id} runs in no pool with a Slurm partition "
+                             f"({', '.join(request.pools)}): ask your platform team.", reason="options")
+
+    def _gres(self, request) -> list[str]:
+        spec, s = request.profile.spec, self.jobs.settings
+        if spec.kind == "full":
+            return [f"--gres={s.gpus(spec.count)}"] + self.jobs.per_gpu()
+        if spec.kind == "mig":
+            # Slurm names MIG slices as GRES types after their profile (AutoDetect=nvml: gpu:1g.10gb).
+            return [f"--gres={s.gres}:{spec.mig_profile}:1"]
+        if spec.kind == "shared":
+            raise SpawnException("Slurm hands out whole GPUs and MIG slices, not time-sliced shares: choose another "
+                                 "profile, or ask your platform team to remove this one from the pool.", reason="options")
+        return []
+
+    def sbatch_args(self, request, out: Path, export_fd: int) -> list[str]:
+        s = self.jobs.settings
+        args = [f"--job-name={self.job_name}", f"--partition={self._partition(request)}", "--nodes=1",
+                "--ntasks=1", f"--time={s.workspace_time}", *self._gres(request)]
+        account = s.account_for(request.team)
+        if account:
+            args.append(f"--account={account}")
+        if s.qos:
+            args.append(f"--qos={s.qos}")
+        return [*args, f"--chdir={self.home}", f"--output={out}", f"--error={out}", "--open-mode=append",
+                # Slurm signals the server before the walltime ends it: it saves what it can.
+                "--signal=TERM@60", "--export=ALL", f"--export-file={export_fd}",
+                f"--comment=podbay workspace {self.user.name}/{self.name or 'default'}"[:250], "--parsable"]
+
+    def script(self, request) -> str:
+        s = self.jobs.settings
+        home = self.home
+        lines = ["#!/bin/bash", f"# podbay workspace {self.user.name}/{self.name or 'default'}: "
+                                "sbatch's options are in `scontrol show job`.",
+                 f"cd -- {shlex.quote(home)} 2>/dev/null || "
+                 f"{{ echo {shlex.quote(f'podbay: cannot enter the home {home}')} >&2; exit 2; }}"]
+        binds = [(str(self.portal.volume_source(v)), str(Path(home) / v.target), v.read_only) for v in request.volumes]
+        command = [*self.cmd, *self.get_args()]
+        if s.container == "pyxis":
+            mounts = [f"{home}:{home}"] + [f"{src}:{dst}" + (":ro" if ro else "") for src, dst, ro in binds]
+            prefix = ["srun", "--ntasks=1", f"--container-image={enroot_image(request.image.image)}",
+                      f"--container-mounts={','.join(mounts)}", f"--container-workdir={home}",
+                      "--no-container-mount-home"]
+        else:
+            # No container: the volumes appear under the home in a mount namespace of the job's
+            # own (a user namespace: the job is the person's, not root's).
+            prefix = launcher(binds, quiet=True, unprivileged=True) if binds else []
+        lines.append(shlex.join(["exec", *prefix, "bash", "-c", _WRAPPER, "podbay-workspace", *command]))
+        return "\n".join(lines) + "\n"
+
+    def export_env(self) -> bytes:
+        env = {"PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **self.get_env(),
+               "PODBAY_PORT_FILE": str(Path(self.job_dir) / "port"), "PODBAY_FREE_PORT": _FREE_PORT,
+               "PODBAY_PYTHON": self._python(), "PODBAY_BIND_IP": self.jobs.settings.workspace_bind}
+        return b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
+
+    def _python(self) -> str:
+        if self.jobs.settings.container == "none" and self.python == "python3":
+            import sys
+
+            return sys.executable
+        return self.python
+
+    def user_env(self, env):
+        env = super().user_env(env)
+        if self.account:
+            env.update(USER=self.account, LOGNAME=self.account, HOME=self.home)
+        return env
+
+    # --- start, poll, stop --------------------------------------------------------------
+
+    async def _submit(self) -> None:
+        request, user = self._request, self.account or None
+        self.job_dir = str(Path(self.home) / ".podbay" / "workspaces" / self.job_name)
+        if user:
+            await self.commands.arun("mkdir", "-p", "-m", "0700", "--", self.job_dir, user=user)
+        else:
+            Path(self.job_dir).mkdir(parents=True, exist_ok=True)
+        out = Path(self.job_dir) / "output.log"
+        read, write = os.pipe()
+        try:
+            writer = asyncio.get_running_loop().run_in_executor(None, _write_all, write, self.export_env())
+            try:
+                text = await self.commands.arun("sbatch", *self.sbatch_args(request, out, read),
+                                                stdin=self.script(request), pass_fds=(read,), user=user)
+            finally:
+                os.close(read)
+                read = -1
+                await writer
+        finally:
+            if read != -1:
+                os.close(read)
+        self.slurm_id = text.strip().split(";")[0]
+        await asyncio.to_thread(self.portal.book.set_ref, self.podbay_key,
+                                {"slurm_id": self.slurm_id, "account": self.account, "job_dir": self.job_dir})
+
+    async def _look(self) -> tuple[str, str, str]:
+        """(state, reason, node) of the job, from the queue; ("", "", "") once it has left."""
+        try:
+            text = await self.commands.arun("squeue", "-h", "-j", self.slurm_id, "-o", "%T|%r|%B", timeout=15)
+        except SlurmError as e:
+            if "invalid job id" in str(e).lower():
+                return "", "", ""  # slurmctld has forgotten it: accounting says how it ended
+            raise
+        line = (text.strip().splitlines() or [""])[0]
+        state, reason, node = (line.split("|") + ["", ""])[:3]
+        return state.strip(), reason.strip(), node.strip()
+
+    async def _ending(self, state: str = "") -> tuple[int, str] | None:
+        """(exit status, why in words) once the job has ended; None while it runs."""
+        status = await self.jobs._ended(self.slurm_id, state)
+        if status.state in ("running", "pending"):
+            return None
+        if status.state == "exited":
+            code = status.exit_code or 0
+            return code, status.message or f"the workspace exited with status {code}"
+        return 1, status.message or "Slurm ended it"
+
+    async def _port(self) -> int | None:
+        path = str(Path(self.job_dir) / "port")
+        if self.account:
+            data = await self.commands.read_as(self.account, path, 0, 16)
+        else:
+            try:
+                data = await asyncio.to_thread(Path(path).read_bytes)
+            except OSError:
+                data = b""
+        # "<job id> <port>": a port an earlier job of this name left is not this one's.
+        job, _, port = data.decode(errors="replace").strip().partition(" ")
+        if job != self.slurm_id or not port.isdigit() or not 1024 <= int(port) <= 65535:
+            return None
+        return int(port)
+
+    async def _address(self, node: str) -> str:
+        text = await self.commands.arun("scontrol", "show", "node", node, "--oneliner", timeout=15)
+        m = re.search(r"\bNodeAddr=(\S+)", text)
+        return m.group(1) if m else node
+
+    async def _output_tail(self) -> str:
+        if not self.job_dir:
+            return ""
+        path = str(Path(self.job_dir) / "output.log")
+        try:
+            if self.account:
+                data = await self.commands.read_as(self.account, path, 0, 1 << 16)
+            else:
+                data = await asyncio.to_thread(Path(path).read_bytes)
+        except OSError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-self.log_tail_lines:])
+
+    async def start(self):
+        """Submit, wait in the queue, then for the server's port."""
+        # What ended the last one is said once, by this start's progress.
+        self._reason, self._last_end, self.ended = "", self.ended, ""
+        try:
+            await self._submit()
+        except NoClusterAccount as e:
+            raise SpawnException(f"{e}.", reason="account", status_code=403) from None
+        except (SlurmError, BackendUnavailable) as e:
+            raise SpawnException(f"Slurm did not take the workspace's job: {e}", reason="slurm", status_code=503) from None
+        self.log.info("%s is Slurm job %s (as %s)", self.podbay_key, self.slurm_id, self.account or "the hub")
+        try:
+            while True:
+                try:
+                    state, reason, node = await self._look()
+                except BackendUnavailable as e:
+                    self._reason = str(e)
+                    await asyncio.sleep(self.slurm_poll_interval)
+                    continue
+                if state in WAITING and reason.strip("()") in NEVER:
+                    raise SpawnException(f"Slurm will never start this workspace's job {self.slurm_id} as asked: "
+                                         f"{reason_words(reason)}. Ask your platform team (slurm.workspace_time, "
+                                         "the partition's limits).", reason="slurm", status_code=503)
+                if state in WAITING:
+                    self._reason = f"Waiting in Slurm's queue (job {self.slurm_id}): {reason_words(reason)}"
+                elif state in RUNNING:
+                    self.node = node
+                    port = await self._port()
+                    if port is not None:
+                        break
+                    self._reason = f"Starting on {node} (job {self.slurm_id})"
+                else:
+                    why = await self._died()
+                    if why:
+                        raise SpawnException(why, reason="exited", status_code=500)
+                await asyncio.sleep(self.slurm_poll_interval)
+            ip = await self._address(self.node)
+            await asyncio.to_thread(self.portal.book.set_ref, self.podbay_key,
+                                    {"slurm_id": self.slurm_id, "account": self.account, "job_dir": self.job_dir,
+                                     "node": self.node})
+            await self.wait_listening(ip, port, self._died)
+        except BaseException:
+            # Never a job left in the queue or on a node for a start that failed or timed out.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._cancel())
+            raise
+        return ip, port
+
+    async def _died(self) -> str | None:
+        try:
+            state, _, _ = await self._look()
+        except (BackendUnavailable, SlurmError):
+            return None
+        if state in RUNNING or state in WAITING:
+            return None
+        ending = await self._ending(state)
+        if ending is None:
+            return None
+        why = ending[1]
+        tail = await self._output_tail()
+        return f"The workspace's Slurm job {self.slurm_id} ended while starting: {why}." + (
+            f" Last lines of its output:\n{tail}" if tail else "")
+
+    async def progress(self):
+        if self._last_end:
+            yield {"progress": 5, "message": f"The last workspace stopped: {self._last_end}"}
+        said = ""
+        while True:
+            if self._reason and self._reason != said:
+                said = self._reason
+                yield {"progress": 60 if said.startswith("Starting") else 30, "message": said}
+            await asyncio.sleep(self.slurm_poll_interval / 2)
+
+    async def poll(self):
+        if not self.slurm_id:
+            return 0 if not self._spawn_pending else None
+        try:
+            state, _, _ = await self._look()
+        except BackendUnavailable:
+            return None  # Slurm out of reach: the workspace is taken to run until it says otherwise
+        except SlurmError:
+            state = ""
+        if state in RUNNING or state in WAITING:
+            return None
+        ending = await self._ending(state)
+        if ending is None:
+            return None
+        code, why = ending
+        self.ended = why
+        self.log.warning("%s: its Slurm job %s ended: %s", self.podbay_key, self.slurm_id, why)
+        return code
+
+    async def _cancel(self) -> None:
+        if not self.slurm_id:
+            return
+        await self.jobs.cancel({"slurm_id": self.slurm_id, "account": self.account or None})
+
+    async def stop(self, now=False):
+        await self._cancel()
+
+
+class PodbaySlurmSpawner(PodbaySpawnerMixin, SlurmJobSpawner):
+    @default("podbay_backend")
+    def _default_podbay_backend(self):
+        return "slurm"
+
+    def podbay_claim_ref(self) -> dict:
+        return {"slurm": True}
+
+    async def start(self):
+        try:
+            found = await asyncio.to_thread(self.portal.workspace_account, self.user.name)
+        except NoClusterAccount as e:
+            raise SpawnException(f"{e}.", reason="account", status_code=403) from None
+        self.account = found.name if found else ""
+        self.home = str(found.home) if found else str(Path(self.data_dir) / "homes" / self.user.name)
+        # The mixin validates and claims, then calls podbay_prepare and Spawner.start (ours below).
+        return await super().start()
+
+    def podbay_prepare(self, request):
+        self._request = request
+
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    from .jobs import _write_all as write
+
+    write(fd, data)
