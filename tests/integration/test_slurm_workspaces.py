@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.test_slurm import service
+from tests.integration.test_ssh import Person
 
 pytestmark = pytest.mark.usefixtures("slurm_people")
 
@@ -73,7 +73,8 @@ def progress(hub, user: str, name: str, wanted: str, timeout: float = 90) -> lis
     raise AssertionError(f"the progress never said {wanted!r}: {seen}")
 
 
-def test_a_workspace_is_a_slurm_job_of_the_persons_reached_through_the_hub(hub, slurm_cluster, slurm_people):
+def test_a_workspace_is_a_slurm_job_of_the_persons_reached_through_the_hub(hub, slurm_cluster, slurm_people,
+                                                                           tmp_path):
     home = slurm_people.home("pbt-alice")
     r = hub.start_server("alice", "dev", {"profile": "cpu", "image": "base"})
     assert r.status_code in (201, 202), r.text
@@ -86,9 +87,14 @@ def test_a_workspace_is_a_slurm_job_of_the_persons_reached_through_the_hub(hub, 
         assert r.status_code in (200, 201), r.text
     assert (home / "notes.txt").read_text() == "hello\n"
     assert pwd.getpwuid((home / "notes.txt").stat().st_uid).pw_name == "pbt-alice"
-    with service(hub, "alice") as api:
-        ssh = api.get("/ssh").json()
-        assert (ssh["login"], ssh["home"]) == ("pbt-alice", str(home)), ssh
+    # `podbay ssh` from her laptop: through the hub to the sshd her Jupyter server started
+    # on the node, as her account, in her home.
+    laptop = Person(hub, tmp_path / "laptop", "alice")
+    assert laptop.podbay("login", hub.url, "--token", hub.new_token("alice")).returncode == 0
+    assert laptop.podbay("keys", "add", str(laptop.key) + ".pub").returncode == 0
+    r = laptop.podbay("ssh", *laptop.ssh_options(), "dev", "--", "id -un; pwd; cat notes.txt")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["pbt-alice", str(home), "hello"], r.stdout
     # Bob's token opens none of it.
     with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
                       headers={"Authorization": f"token {hub.token('bob')}"}, timeout=30) as lab:

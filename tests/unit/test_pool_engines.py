@@ -181,3 +181,36 @@ def test_beside_a_pool_that_runs_jobs_as_the_person_no_job_runs_as_the_portal(tm
                                           "training"))
     with pytest.raises(OptionsRefused, match="pool dev's jobs would run as the portal's own account, not as you"):
         jobs.submit("alice", [], JobRequest(name="l", pool="dev", command=["id"]))
+
+
+def test_workspaces_as_slurm_jobs_need_a_partition_and_an_address_and_no_time_sliced_share():
+    def slurm_cfg(profiles, pools, **slurm):
+        return {"backend": "slurm", "images": [{"name": "base", "display_name": "Base", "image": "debian:12"}],
+                "profiles": profiles, "pools": pools, "slurm": {"workspaces": "slurm", **slurm}}
+
+    def found(data) -> dict[str, str]:
+        with pytest.raises(ConfigError) as e:
+            parse_config(data)
+        return {".".join(map(str, i.loc)): i.message for i in e.value.issues}
+
+    ok = parse_config(slurm_cfg([{"id": "cpu"}, {"id": "mig-1g.10gb"}, {"id": "gpu-2"}],
+                                {"dev": {"queue": "interactive"}, "training": {"queue": "batch"}},
+                                hub_address="10.0.0.5"))
+    from podbay.hub.backends import load
+
+    plugin = load("slurm")
+    assert plugin.spawner_for(ok) == "podbay-slurm" and not plugin.places(ok)
+    assert "podbay.hub.backends.slurm.spawner.PodbaySlurmSpawner" in plugin.spawner_names(ok)
+    assert "as Slurm jobs" in plugin.describe(ok)
+    # Without the setting, workspaces stay processes on this node, placed by podbay.
+    local = parse_config({**slurm_cfg([{"id": "cpu"}], {"dev": {}, "training": {"queue": "batch"}}),
+                          "slurm": {}})
+    assert plugin.spawner_for(local) == "podbay-local" and plugin.places(local)
+
+    assert "needs hub_address" in found(slurm_cfg([{"id": "cpu"}], {"dev": {"queue": "i"}}))["slurm"]
+    assert "IPv4 or IPv6" in found(slurm_cfg([{"id": "cpu"}], {"dev": {"queue": "i"}},
+                                             hub_address="hub.example"))["slurm.hub_address"]
+    refused = found(slurm_cfg([{"id": "cpu"}, {"id": "shared-1/4"}, {"id": "gpu-1", "pools": ["training"]}],
+                              {"dev": {"queue": "interactive"}, "training": {}}, hub_address="10.0.0.5"))
+    assert "not time-sliced shares" in refused["profiles.1.id"]
+    assert "needs a pool with a Slurm partition" in refused["profiles.2.pools"]
