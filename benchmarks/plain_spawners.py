@@ -52,3 +52,23 @@ def docker(c, config_file: str, data_dir: Path) -> None:
     c.DockerSpawner.ip = "127.0.0.1"
     c.DockerSpawner.prefix = "plain"
     c.DockerSpawner.volumes = {"plain-home-{username}": "/home/jovyan"}
+
+
+def batchspawner(c, config_file: str, data_dir: Path) -> None:
+    """batchspawner's SlurmSpawner as its README sets it up (benchmarks/slurm_workspace_start.py),
+    on podbay.yaml's workspace partition: the job runs `batchspawner-singleuser
+    jupyterhub-singleuser` from the hub's environment (the nodes share it here), as the hub's
+    account (exec_prefix: the demo's people have no Unix accounts of their own)."""
+    from podbay.hub.config import load_config
+
+    cfg = load_config(config_file, "slurm")
+    c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
+    c.BatchSpawnerBase.exec_prefix = ""
+    c.BatchSpawnerBase.req_partition = cfg.slurm.partition(cfg, "dev")
+    c.BatchSpawnerBase.req_runtime = cfg.slurm.workspace_time
+    c.BatchSpawnerBase.req_homedir = str(Path(data_dir) / "plain-homes")
+    (Path(data_dir) / "plain-homes").mkdir(parents=True, exist_ok=True)
+    # Its first look at the queue is after this many seconds (the default is 30 s between).
+    c.BatchSpawnerBase.startup_poll_interval = 0.5
+    c.Spawner.args = ["--allow-root"] if os.getuid() == 0 else []
+    c.Spawner.start_timeout = 300

@@ -207,7 +207,8 @@ def people(cluster: SlurmCluster, shared: Path) -> People:
     return People(shared, dict(PEOPLE), _reachable_python())
 
 
-def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "slurm", keep_workspaces: bool = False):
+def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "slurm", keep_workspaces: bool = False,
+              plain: str | None = None, extra_env: dict | None = None):
     """A started hub on the slurm backend (or `backend`, with a pool on Slurm: edit says
     which), on the contract's podbay.yaml (its image not built here) as `edit(cfg)` changes
     it, with its files in `folder`."""
@@ -223,7 +224,8 @@ def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "sl
     config.write_text(yaml.safe_dump(cfg))
     (folder / "data").mkdir()
     hub = Hub(config=config, data_dir=folder / "data", port=free_port_block(), keep_workspaces=keep_workspaces,
-              extra_env={"PODBAY_BACKEND": backend, "SLURM_CONF": str(cluster.conf)})
+              extra_env={"PODBAY_BACKEND": backend, "SLURM_CONF": str(cluster.conf), **(extra_env or {})},
+              spawner=plain)
     hub.start()
     return hub
 
