@@ -59,15 +59,29 @@ def batchspawner(c, config_file: str, data_dir: Path) -> None:
     on podbay.yaml's workspace partition: the job runs `batchspawner-singleuser
     jupyterhub-singleuser` from the hub's environment (the nodes share it here), as the hub's
     account (exec_prefix: the demo's people have no Unix accounts of their own)."""
+    from batchspawner import SlurmSpawner
+    from traitlets import default
+
     from podbay.hub.config import load_config
 
+    homes = Path(data_dir) / "plain-homes"
+
+    class PlainSlurmSpawner(SlurmSpawner):
+        # Its own default asks the password database for the hub's user name.
+        @default("req_homedir")
+        def _homedir(self):
+            return str(homes)
+
+        def user_env(self, env):
+            env.update(USER=self.user.name, HOME=str(homes), SHELL="/bin/bash")
+            return env
+
     cfg = load_config(config_file, "slurm")
-    c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
+    c.JupyterHub.spawner_class = PlainSlurmSpawner
     c.BatchSpawnerBase.exec_prefix = ""
     c.BatchSpawnerBase.req_partition = cfg.slurm.partition(cfg, "dev")
     c.BatchSpawnerBase.req_runtime = cfg.slurm.workspace_time
-    c.BatchSpawnerBase.req_homedir = str(Path(data_dir) / "plain-homes")
-    (Path(data_dir) / "plain-homes").mkdir(parents=True, exist_ok=True)
+    homes.mkdir(parents=True, exist_ok=True)
     # Its first look at the queue is after this many seconds (the default is 30 s between).
     c.BatchSpawnerBase.startup_poll_interval = 0.5
     c.Spawner.args = ["--allow-root"] if os.getuid() == 0 else []

@@ -41,7 +41,7 @@ def once(hub, name: str, cluster) -> float:
         t0 = time.perf_counter()
         r = client.post(f"{hub.url}/hub/api/users/alice/servers/{name}", json={"user_options": {"profile": "cpu"}})
         if r.status_code not in (201, 202):
-            raise SystemExit(f"the spawn failed: {r.status_code} {r.text}")
+            raise SystemExit(f"the spawn failed: {r.status_code} {r.text}\n{hub.log_path.read_text()[-4000:]}")
         while True:
             r = client.get(f"{hub.url}/user/alice/{name}/api/status", follow_redirects=False)
             if r.status_code == 200 and r.headers.get("content-type", "").startswith("application/json"):

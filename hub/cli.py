@@ -145,7 +145,7 @@ def cmd_up(args) -> int:
         print(f"podbay: {e}", file=sys.stderr)
         return 1
     try:
-        check_public_ip(args.ip, plugin, allow_unisolated)
+        check_public_ip(args.ip, plugin, allow_unisolated, cfg)
         if os.environ.get("PODBAY_PROXY") != "external":
             find_proxy()
     except SystemExit as e:

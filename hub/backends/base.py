@@ -61,6 +61,11 @@ class Backend:
         Slurm jobs, as its settings say)."""
         return self.spawner
 
+    def isolates(self, cfg: "PodbayConfig") -> bool:
+        """Whether this deployment's workspaces of different people are isolated from each
+        other (isolates_users, unless the settings make each a person's own account)."""
+        return self.isolates_users
+
     def places(self, cfg: "PodbayConfig") -> bool:
         """Whether podbay places this deployment's workspace devices (places_devices, unless
         the settings hand the workspaces to an engine that places its own)."""

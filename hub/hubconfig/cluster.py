@@ -55,7 +55,7 @@ def configure_on_cluster(c) -> None:
     for section in [c.Authenticator, *(sec for sec in _sections(c) if "admin_users" in sec)]:
         section.admin_users = set(_value(section.get("admin_users"), set())) | set(cfg.admins)
     limit_usernames(c, cfg)
-    harden_pages(c, plugin)
+    harden_pages(c, plugin, cfg)
     portal, _side = start_portal(cfg, plugin, os.path.abspath(settings.config_file), settings.db_url,
                                  os.path.abspath(settings.data_dir), 8081)
     # People's secrets are opened with the hub's crypt key (the chart's CryptKeeper.keys).

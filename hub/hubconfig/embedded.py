@@ -58,10 +58,10 @@ def _user_name() -> str:
         return str(os.getuid())
 
 
-def check_public_ip(ip: str, backend, allow_unisolated: bool) -> None:
+def check_public_ip(ip: str, backend, allow_unisolated: bool, cfg) -> None:
     """A backend with no isolation between users (local) listens on the loopback only,
     unless the operator says, knowingly, that they accept that."""
-    if not backend.isolates_users and not is_loopback(ip) and not allow_unisolated:
+    if not backend.isolates(cfg) and not is_loopback(ip) and not allow_unisolated:
         raise SystemExit(
             f"podbay: refusing to listen on {ip} with the {backend.name} backend: its workspaces all run "
             "as the hub's own user and are not isolated from each other, so anyone who can log "
@@ -117,11 +117,11 @@ def configure(c) -> None:
 
     cfg, plugin = load_checked(config_file, settings.backend)
     backend = plugin.name
-    check_public_ip(public_ip, plugin, settings.allow_unisolated)
+    check_public_ip(public_ip, plugin, settings.allow_unisolated, cfg)
 
     c.Authenticator.admin_users = set(cfg.admins)
     limit_usernames(c, cfg)
-    harden_pages(c, plugin)
+    harden_pages(c, plugin, cfg)
     scheme = "https" if tls else "http"
     try:
         configure_auth(c, cfg, f"{scheme}://{host}:{port}", data_dir, public_ip)
@@ -136,7 +136,7 @@ def configure(c) -> None:
     c.Spawner.default_url = "/lab"
     c.Spawner.http_timeout = settings.http_timeout
     c.Spawner.start_timeout = settings.start_timeout
-    if not plugin.isolates_users:
+    if not plugin.isolates(cfg):
         print(LOCAL_NOT_ISOLATED.format(user=_user_name()), file=sys.stderr)
     plugin.configure(c, cfg)
     # PODBAY_PLAIN_SPAWNER=module:function: a plain JupyterHub spawner instead of podbay's,

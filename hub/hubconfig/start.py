@@ -175,7 +175,7 @@ def configure_culler(c, cfg, api_url: str | None = None) -> None:
 BROWSER_ENV = ("PODBAY_SHARED_ORIGIN", "PODBAY_TRUSTED_PROXIES", "PODBAY_TRUSTED_PROXY_PODS")
 
 
-def harden_pages(c, plugin) -> None:
+def harden_pages(c, plugin, cfg) -> None:
     """The hub's own pages get Cross-Origin-Opener-Policy too (a workspace's page that opens
     one keeps no handle on it, in browsers that know noopener-allow-popups), and a deployment
     whose people's workspaces share the hub's origin is told what that leaves open."""
@@ -187,7 +187,7 @@ def harden_pages(c, plugin) -> None:
 
     # The service decides the same way, from what the hub passes on (below).
     env = {**os.environ, "PODBAY_SUBDOMAIN_HOST": str(_value(c.JupyterHub.get("subdomain_host"), "") or "")}
-    if shares_origin(env, plugin.isolates_users):
+    if shares_origin(env, plugin.isolates(cfg)):
         print("podbay: WARNING: every workspace is served from the hub's own origin (no "
               "c.JupyterHub.subdomain_host): a page a workspace serves runs as whoever opens it on "
               "the hub's origin, and can act for them on the hub itself (JupyterHub's token page "

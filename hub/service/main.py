@@ -72,7 +72,7 @@ def main() -> None:
     oauth = (HubOAuth(api_url=api_url, api_token=env["JUPYTERHUB_API_TOKEN"], cache_max_age=0)
              if env.get("JUPYTERHUB_CLIENT_ID") else None)
     # Other people's workspaces on the pages' own origin (hub/browser.py says what is off then).
-    exposed = shares_origin(env, plugin.isolates_users)
+    exposed = shares_origin(env, plugin.isolates(portal.cfg))
     if exposed:
         log.warning("workspaces share the hub's origin (no subdomain_host): approving `podbay login` in the browser, "
                     "and jobs' output and cancel on the pages, are off (PODBAY_SHARED_ORIGIN=accept turns them on)")

@@ -163,11 +163,12 @@ def test_the_local_backend_listens_on_the_loopback_unless_told(ip, backend, allo
     from podbay.hub.backends import load
     from podbay.hub.hubconfig import check_public_ip
 
+    cfg = load_config(DEMO)
     if not refused:
-        check_public_ip(ip, load(backend), allowed)
+        check_public_ip(ip, load(backend), allowed, cfg)
         return
     with pytest.raises(SystemExit) as e:
-        check_public_ip(ip, load(backend), allowed)
+        check_public_ip(ip, load(backend), allowed, cfg)
     assert "not isolated" in str(e.value) and "PODBAY_ALLOW_UNISOLATED=1" in str(e.value)
 
 
@@ -206,6 +207,12 @@ def test_the_backend_is_chosen_in_podbay_yaml_among_the_installed_ones(tmp_path)
     assert chosen(cfg) == "docker" and chosen(cfg, "local") == "local"
     assert load("docker").spawner == "podbay-docker" and load("local").spawner == "podbay-local"
     assert load("local").isolates_users is False and load("docker").isolates_users is True
+    # Beside Slurm jobs that run as the person, each local workspace is its person's account:
+    # isolated, with what sharing the hub's origin then leaves open turned off.
+    assert not load("local").isolates(cfg) and load("slurm").isolates(cfg), "slurm's run_as is person by default"
+    beside = cfg.model_copy(update={"pools": {**cfg.pools, "training": cfg.pools["training"].model_copy(
+        update={"engine": "slurm", "queue": "batch"})}})
+    assert load("local").isolates(beside) and load("slurm").isolates(beside)
     with pytest.raises(BackendError, match="unknown backend 'lsf': the installed ones are docker, kubernetes, local, slurm"):
         load("lsf")
     data = yaml.safe_load(DEMO.read_text())

@@ -208,8 +208,12 @@ def test_workspaces_as_slurm_jobs_need_a_partition_and_an_address_and_no_time_sl
     assert plugin.spawner_for(local) == "podbay-local" and plugin.places(local)
 
     assert "needs hub_address" in found(slurm_cfg([{"id": "cpu"}], {"dev": {"queue": "i"}}))["slurm"]
-    assert "IPv4 or IPv6" in found(slurm_cfg([{"id": "cpu"}], {"dev": {"queue": "i"}},
-                                             hub_address="hub.example"))["slurm.hub_address"]
+    for address in ("hub.example", "fd00::5"):
+        assert "an IPv4 address" in found(slurm_cfg([{"id": "cpu"}], {"dev": {"queue": "i"}},
+                                                    hub_address=address))["slurm.hub_address"]
+    # As the hub's own account, every workspace would be the service's (root's, often) on shared nodes.
+    assert "needs run_as: person" in found(slurm_cfg([{"id": "cpu"}], {"dev": {"queue": "i"}}, hub_address="10.0.0.5",
+                                                     run_as="service"))["slurm"]
     refused = found(slurm_cfg([{"id": "cpu"}, {"id": "shared-1/4"}, {"id": "gpu-1", "pools": ["training"]}],
                               {"dev": {"queue": "interactive"}, "training": {}}, hub_address="10.0.0.5"))
     assert "not time-sliced shares" in refused["profiles.1.id"]

@@ -20,6 +20,13 @@ class LocalBackend(Backend):
     def describe(self, cfg):
         return "local: workspaces run as this hub's user and are NOT isolated from each other (one person only)"
 
+    def isolates(self, cfg):
+        # Beside an engine that runs people's jobs as their cluster accounts (slurm's run_as:
+        # person), each workspace is its person's account too (Portal.workspace_account).
+        from .. import load
+
+        return any(load(engine).runs_as_person(cfg) for engine in {self.name, *cfg.pool_engines(self.name).values()})
+
     def workspace_login(self):
         return pwd.getpwuid(os.getuid()).pw_name
 

@@ -62,6 +62,10 @@ class SlurmSettings(_Model):
     workspace_time: str = "08:00:00"
     # How long a workspace's start may wait in Slurm's queue (seconds) before it is given up.
     workspace_wait: float = Field(600, ge=30, le=86400)
+    # What a workspace job gets besides its GPUs (--cpus-per-task, --mem); unset: the
+    # partition's defaults (often one CPU).
+    workspace_cpus: int | None = Field(None, ge=1, le=1024)
+    workspace_mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$")
     # Where the nodes reach this hub and podbay's service (the hub listens there): this node's
     # address on the cluster's network. 127.0.0.1 only where the nodes are this host.
     hub_address: str | None = None
@@ -118,12 +122,14 @@ class SlurmSettings(_Model):
     @field_validator("hub_address", "workspace_bind")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
-        if v is not None:
-            ipaddress.ip_address(v)  # ValueError: "does not appear to be an IPv4 or IPv6 address"
+        if v is not None and not isinstance(ipaddress.ip_address(v), ipaddress.IPv4Address):
+            raise ValueError("an IPv4 address (the hub's URLs are built from it)")
         return v
 
     @model_validator(mode="after")
     def _default_within_max(self):
+        if self.workspaces == "slurm" and self.run_as != "person":
+            raise ValueError("workspaces: slurm runs each workspace as its person's account: it needs run_as: person")
         if self.workspaces == "slurm" and not self.hub_address:
             raise ValueError("workspaces: slurm needs hub_address: where the nodes reach this hub (its address on "
                              "the cluster's network)")
@@ -277,8 +283,13 @@ class Commands:
             raise BackendUnavailable(f"{argv[0]} is not installed on this node (Slurm's client, slurm-client)") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
+        except BaseException as e:
+            # Timed out, or the caller gave up (a start cancelled): SIGTERM, which sudo hands on
+            # to the command (a SIGKILL would end sudo alone, and sbatch would go on to submit).
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            if not isinstance(e, asyncio.TimeoutError):
+                raise
             await proc.wait()
             raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
         return self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

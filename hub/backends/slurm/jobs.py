@@ -274,7 +274,8 @@ class SlurmJobs(TrainingBackend):
                      "--no-container-mount-home"]
         elif job.volumes:
             # No container: the volumes appear under the home in a mount namespace of the task's.
-            command = launcher(job.volumes, quiet=True, unprivileged=self.person) + command
+            # As the person the job has no root, whoever submits it: a user namespace mounts.
+            command = launcher(job.volumes, quiet=True, unprivileged=True if self.person else None) + command
         # NODE_RANK is each task's own: set where the task starts. Slurm names the GPUs it
         # gave in CUDA_VISIBLE_DEVICES; NVIDIA_VISIBLE_DEVICES says the same, as on podbay's
         # other backends (void: none), unless the runtime set it.

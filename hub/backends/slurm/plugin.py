@@ -124,15 +124,19 @@ class SlurmBackend(LocalBackend):
             super().configure(c, cfg)
         # A workspace may wait in Slurm's queue: the start waits as long as the site says,
         # and says why meanwhile (the job is cancelled if the wait runs out).
-        c.PodbaySlurmSpawner.start_timeout = int(cfg.slurm.workspace_wait)
+        # The wait in the queue is the spawner's to end (workspace_wait); the hub's own timeout
+        # leaves room after it for the image's pull and JupyterLab's start.
+        c.PodbaySlurmSpawner.start_timeout = int(cfg.slurm.workspace_wait) + 600
 
     def start_hub(self, cfg, portal, hub_port):
         if cfg.slurm.workspaces == "local":
             return super().start_hub(cfg, portal, hub_port)
-        from .spawner import slurm_job_alive
+        from .spawner import live_jobs, slurm_job_alive
 
-        commands = Commands(cfg.slurm)
-        released = portal.book.reconcile(lambda a: slurm_job_alive(commands, a), kinds=("workspace",))
+        # One squeue for every workspace's job (slurmctld out of reach: each is kept).
+        ids = [a.ref["slurm_id"] for a in portal.book.allocations() if a.kind == "workspace" and a.ref.get("slurm_id")]
+        live = live_jobs(Commands(cfg.slurm), ids)
+        released = portal.book.reconcile(lambda a: slurm_job_alive(live, a), kinds=("workspace",))
         return HubSide(cfg.slurm.hub_address, released)
 
     @classmethod

@@ -21,6 +21,10 @@ progress (the spawn page, `podbay start`, the TUI). The job's end is the server'
 the server cancels the job (as the person), and a job Slurm ends (walltime, preemption, a
 node failure) stops the server, with Slurm's word for why kept in the spawner's state and
 said at the next start.
+
+Long because: it is one spawner (the job's options and script, submit, the wait with its
+reasons, poll, stop, the state kept across restarts), and what it makes of Slurm's answers
+belongs next to the calls.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import contextlib
 import os
 import re
 import shlex
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,7 +60,7 @@ _WRAPPER = ('set -e; port="$("$PODBAY_PYTHON" -c "$PODBAY_FREE_PORT")"; '
 # Why a job waits that waiting will not change: a workspace's start fails at once, saying so,
 # rather than when its wait runs out.
 NEVER = ("PartitionTimeLimit", "PartitionNodeLimit", "InvalidAccount", "InvalidQOS", "AssocMaxWallDurationPerJobLimit",
-         "QOSMaxWallDurationPerJobLimit", "PartitionConfig", "ReqNodeNotAvail, UnavailableNodes", "BadConstraints")
+         "QOSMaxWallDurationPerJobLimit", "PartitionConfig", "BadConstraints")
 
 
 @lru_cache(maxsize=None)
@@ -64,19 +69,29 @@ def _jobs(portal) -> SlurmJobs:
     return SlurmJobs(portal.cfg, portal.data_dir / "homes")
 
 
-def slurm_job_alive(commands: Commands, allocation: Allocation) -> bool:
+def live_jobs(commands: Commands, ids: list[str]) -> set[str] | None:
+    """Which of these Slurm jobs still run or wait, in one squeue; None where Slurm cannot
+    say (out of reach, or refusing): then every one is taken to live."""
+    if not ids:
+        return set()
+    try:
+        text = commands.run("squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i %T", timeout=10)
+    except SlurmError as e:
+        # Every id unknown: slurmctld has forgotten them all (they ended long ago).
+        return set() if "invalid job id" in str(e).lower() else None
+    except BackendUnavailable:
+        return None
+    return {line.split()[0] for line in text.splitlines()
+            if len(line.split()) == 2 and line.split()[1] in RUNNING | WAITING}
+
+
+def slurm_job_alive(live: set[str] | None, allocation: Allocation) -> bool:
     """Whether the Slurm job recorded for a workspace's claim still runs or waits (the hub's
-    reconciliation at start): one that cannot be asked is kept."""
+    reconciliation at start)."""
     slurm_id = allocation.ref.get("slurm_id")
     if not slurm_id:
         return spawn_may_be_under_way(allocation)
-    try:
-        state = commands.run("squeue", "-h", "-j", str(slurm_id), "-o", "%T", timeout=10).strip()
-    except BackendUnavailable:
-        return True
-    except SlurmError:
-        return False  # "Invalid job id": slurmctld has forgotten it
-    return state in RUNNING | WAITING
+    return live is None or str(slurm_id) in live
 
 
 # What the hub keeps of a workspace's job across its restarts (get_state).
@@ -102,6 +117,7 @@ class SlurmJobSpawner(Spawner):
     ended: str = ""
     _reason: str = ""
     _last_end: str = ""
+    _stopping: bool = False
 
     @property
     def jobs(self) -> SlurmJobs:
@@ -164,9 +180,15 @@ class SlurmJobSpawner(Spawner):
             args.append(f"--account={account}")
         if s.qos:
             args.append(f"--qos={s.qos}")
-        return [*args, f"--chdir={self.home}", f"--output={out}", f"--error={out}", "--open-mode=append",
-                # Slurm signals the server before the walltime ends it: it saves what it can.
-                "--signal=TERM@60", "--export=ALL", f"--export-file={export_fd}",
+        if s.workspace_cpus:
+            args.append(f"--cpus-per-task={s.workspace_cpus}")
+        if s.workspace_mem:
+            args.append(f"--mem={s.workspace_mem}")
+        # One run's output (the last lines a failed start shows are its own); never requeued
+        # (after a node failure or preemption the server is gone: the hub must see it end, not
+        # keep a route to where it was).
+        return [*args, f"--chdir={self.home}", f"--output={out}", f"--error={out}", "--open-mode=truncate",
+                "--no-requeue", "--export=ALL", f"--export-file={export_fd}",
                 f"--comment=podbay workspace {self.user.name}/{self.name or 'default'}"[:250], "--parsable"]
 
     def script(self, request) -> str:
@@ -192,6 +214,7 @@ class SlurmJobSpawner(Spawner):
 
     def export_env(self) -> bytes:
         env = {"PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **self.get_env(),
+               "HOME": self.home, "USER": self.account, "LOGNAME": self.account,
                "PODBAY_PORT_FILE": str(Path(self.job_dir) / "port"), "PODBAY_FREE_PORT": _FREE_PORT,
                "PODBAY_PYTHON": self._python(), "PODBAY_BIND_IP": self.jobs.settings.workspace_bind}
         return b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
@@ -203,21 +226,15 @@ class SlurmJobSpawner(Spawner):
             return sys.executable
         return self.python
 
-    def user_env(self, env):
-        env = super().user_env(env)
-        if self.account:
-            env.update(USER=self.account, LOGNAME=self.account, HOME=self.home)
-        return env
-
     # --- start, poll, stop --------------------------------------------------------------
 
     async def _submit(self) -> None:
-        request, user = self._request, self.account or None
+        request, user = self._request, self.account
         self.job_dir = str(Path(self.home) / ".podbay" / "workspaces" / self.job_name)
-        if user:
-            await self.commands.arun("mkdir", "-p", "-m", "0700", "--", self.job_dir, user=user)
-        else:
-            Path(self.job_dir).mkdir(parents=True, exist_ok=True)
+        await self.commands.arun("mkdir", "-p", "-m", "0700", "--", self.job_dir, user=user)
+        # A job of this name left by a start the hub lost track of (it stopped, or its sbatch
+        # timed out after Slurm took the job) is never left running beside this one.
+        await self.commands.arun("scancel", f"--name={self.job_name}", user=user)
         out = Path(self.job_dir) / "output.log"
         read, write = os.pipe()
         try:
@@ -259,14 +276,7 @@ class SlurmJobSpawner(Spawner):
         return 1, status.message or "Slurm ended it"
 
     async def _port(self) -> int | None:
-        path = str(Path(self.job_dir) / "port")
-        if self.account:
-            data = await self.commands.read_as(self.account, path, 0, 16)
-        else:
-            try:
-                data = await asyncio.to_thread(Path(path).read_bytes)
-            except OSError:
-                data = b""
+        data = await self.commands.read_as(self.account, str(Path(self.job_dir) / "port"), 0, 32)
         # "<job id> <port>": a port an earlier job of this name left is not this one's.
         job, _, port = data.decode(errors="replace").strip().partition(" ")
         if job != self.slurm_id or not port.isdigit() or not 1024 <= int(port) <= 65535:
@@ -281,27 +291,21 @@ class SlurmJobSpawner(Spawner):
     async def _output_tail(self) -> str:
         if not self.job_dir:
             return ""
-        path = str(Path(self.job_dir) / "output.log")
-        try:
-            if self.account:
-                data = await self.commands.read_as(self.account, path, 0, 1 << 16)
-            else:
-                data = await asyncio.to_thread(Path(path).read_bytes)
-        except OSError:
-            return ""
+        data = await self.commands.read_as(self.account, str(Path(self.job_dir) / "output.log"), 0, 1 << 16)
         return "\n".join(data.decode(errors="replace").splitlines()[-self.log_tail_lines:])
 
     async def start(self):
         """Submit, wait in the queue, then for the server's port."""
         # What ended the last one is said once, by this start's progress.
-        self._reason, self._last_end, self.ended = "", self.ended, ""
+        self._reason, self._last_end, self.ended, self._stopping = "", self.ended, "", False
         try:
             await self._submit()
         except NoClusterAccount as e:
             raise SpawnException(f"{e}.", reason="account", status_code=403) from None
         except (SlurmError, BackendUnavailable) as e:
             raise SpawnException(f"Slurm did not take the workspace's job: {e}", reason="slurm", status_code=503) from None
-        self.log.info("%s is Slurm job %s (as %s)", self.podbay_key, self.slurm_id, self.account or "the hub")
+        self.log.info("%s is Slurm job %s (as %s)", self.podbay_key, self.slurm_id, self.account)
+        queued_at = time.monotonic()
         try:
             while True:
                 try:
@@ -316,6 +320,11 @@ class SlurmJobSpawner(Spawner):
                                          "the partition's limits).", reason="slurm", status_code=503)
                 if state in WAITING:
                     self._reason = f"Waiting in Slurm's queue (job {self.slurm_id}): {reason_words(reason)}"
+                    if time.monotonic() - queued_at > self.jobs.settings.workspace_wait:
+                        raise SpawnException(
+                            f"The workspace waited {self.jobs.settings.workspace_wait:g}s in Slurm's queue without "
+                            f"starting ({reason_words(reason)}); its job is cancelled. Try again later, or a smaller "
+                            "profile.", reason="slurm", status_code=503)
                 elif state in RUNNING:
                     self.node = node
                     port = await self._port()
@@ -332,12 +341,27 @@ class SlurmJobSpawner(Spawner):
                                     {"slurm_id": self.slurm_id, "account": self.account, "job_dir": self.job_dir,
                                      "node": self.node})
             await self.wait_listening(ip, port, self._died)
+            await self._is_hers(ip, port)
         except BaseException:
             # Never a job left in the queue or on a node for a start that failed or timed out.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._cancel())
             raise
         return ip, port
+
+    async def _is_hers(self, ip: str, port: int) -> None:
+        """What listens at the port the job wrote is this workspace's Jupyter server: it answers
+        under this server's own URL (another person's server on the node, or anything else a
+        port file could point at, does not)."""
+        from tornado.httpclient import AsyncHTTPClient
+
+        url = f"http://{ip}:{port}{self.server.base_url}api" if self.server else None
+        if url is None:
+            return
+        r = await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=10, follow_redirects=False)
+        if r.code != 200 or b'"version"' not in (r.body or b""):
+            raise SpawnException(f"What answers at {ip}:{port} is not this workspace's server (HTTP {r.code}); its job "
+                                 "is cancelled. Ask your platform team.", reason="exited", status_code=500)
 
     async def _died(self) -> str | None:
         try:
@@ -371,24 +395,31 @@ class SlurmJobSpawner(Spawner):
             state, _, _ = await self._look()
         except BackendUnavailable:
             return None  # Slurm out of reach: the workspace is taken to run until it says otherwise
-        except SlurmError:
-            state = ""
-        if state in RUNNING or state in WAITING:
+        if state in RUNNING or (state in WAITING and self._spawn_pending):
             return None
-        ending = await self._ending(state)
-        if ending is None:
-            return None
-        code, why = ending
-        self.ended = why
-        self.log.warning("%s: its Slurm job %s ended: %s", self.podbay_key, self.slurm_id, why)
+        if state in WAITING:
+            # Back in the queue after it ran (requeued by an administrator): the server is gone.
+            code, why = 1, f"Slurm put it back in its queue ({state})"
+        else:
+            ending = await self._ending(state)
+            if ending is None and state:
+                return None
+            # Neither the queue nor accounting knows it any more: it ended long ago.
+            code, why = ending or (1, "Slurm no longer knows its job")
+        if not self._stopping:
+            self.ended = why
+            self.log.warning("%s: its Slurm job %s ended: %s", self.podbay_key, self.slurm_id, why)
         return code
 
     async def _cancel(self) -> None:
-        if not self.slurm_id:
-            return
-        await self.jobs.cancel({"slurm_id": self.slurm_id, "account": self.account or None})
+        if self.slurm_id:
+            await self.jobs.cancel({"slurm_id": self.slurm_id, "account": self.account})
+        elif self.account:
+            # Its id never came back (sbatch cut short): the job of this name, if Slurm took it.
+            await self.commands.arun("scancel", f"--name={self.job_name}", user=self.account)
 
     async def stop(self, now=False):
+        self._stopping = True  # the stop's own CANCELLED is no end to tell of
         await self._cancel()
 
 
@@ -405,8 +436,11 @@ class PodbaySlurmSpawner(PodbaySpawnerMixin, SlurmJobSpawner):
             found = await asyncio.to_thread(self.portal.workspace_account, self.user.name)
         except NoClusterAccount as e:
             raise SpawnException(f"{e}.", reason="account", status_code=403) from None
-        self.account = found.name if found else ""
-        self.home = str(found.home) if found else str(Path(self.data_dir) / "homes" / self.user.name)
+        if found is None:
+            # podbay.yaml's check refuses workspaces: slurm with run_as: service.
+            raise SpawnException("Workspaces as Slurm jobs run as each person's cluster account (slurm.run_as: "
+                                 "person). Ask your platform team.", reason="account", status_code=503)
+        self.account, self.home = found.name, str(found.home)
         # The mixin validates and claims, then calls podbay_prepare and Spawner.start (ours below).
         return await super().start()
 
