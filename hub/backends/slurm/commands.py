@@ -122,8 +122,11 @@ class SlurmSettings(_Model):
     @field_validator("hub_address", "workspace_bind")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
-        if v is not None and not isinstance(ipaddress.ip_address(v), ipaddress.IPv4Address):
-            raise ValueError("an IPv4 address (the hub's URLs are built from it)")
+        try:
+            if v is not None:
+                ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError("an IPv4 address (the hub's URLs are built from it)") from None
         return v
 
     @model_validator(mode="after")
