@@ -86,3 +86,10 @@ def batchspawner(c, config_file: str, data_dir: Path) -> None:
     c.BatchSpawnerBase.startup_poll_interval = 0.5
     c.Spawner.args = ["--allow-root"] if os.getuid() == 0 else []
     c.Spawner.start_timeout = 300
+    # The test cluster's node names do not resolve: its nodes are this host (NodeAddr 127.0.0.1,
+    # which podbay-slurm reads from Slurm); batchspawner's own way to map a host to an address.
+    c.SlurmSpawner.state_exechost_re = r"^.*$"
+    c.SlurmSpawner.state_exechost_exp = "127.0.0.1"
+    # sbatch runs with the spawner's environment, not the hub's, and the job keeps only that
+    # (--export): the cluster's slurm.conf, and the PATH to batchspawner-singleuser.
+    c.Spawner.environment = {k: os.environ[k] for k in ("SLURM_CONF", "PATH") if k in os.environ}

@@ -41,13 +41,15 @@ def once(hub, name: str, cluster) -> float:
         t0 = time.perf_counter()
         r = client.post(f"{hub.url}/hub/api/users/alice/servers/{name}", json={"user_options": {"profile": "cpu"}})
         if r.status_code not in (201, 202):
-            raise SystemExit(f"the spawn failed: {r.status_code} {r.text}\n{hub.log_path.read_text()[-4000:]}")
+            logs = "".join(p.read_text() for p in (hub.data_dir / "plain-homes").glob("*.log"))
+            raise SystemExit(f"the spawn failed: {r.status_code} {r.text}\n{hub.log_path.read_text()[-3000:]}\n{logs}")
         while True:
             r = client.get(f"{hub.url}/user/alice/{name}/api/status", follow_redirects=False)
             if r.status_code == 200 and r.headers.get("content-type", "").startswith("application/json"):
                 break
-            if time.perf_counter() - t0 > 300:
-                raise SystemExit(f"{name} never answered: {r.status_code}")
+            if time.perf_counter() - t0 > 120:
+                said = [line for line in hub.log_path.read_text().splitlines() if "api/status" not in line]
+                raise SystemExit(f"{name} never answered: {r.status_code}\n" + "\n".join(said[-60:]))
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
     hub.stop_server("alice", name)

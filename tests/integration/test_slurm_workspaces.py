@@ -177,7 +177,7 @@ def test_what_slurm_refuses_is_said_and_nothing_is_left_held(hub, slurm_cluster)
             r = api.get("/users/alice")
     assert "Slurm did not take the workspace's job" in r.text or "gres" in r.text.lower(), r.text
     assert not [a for a in hub.book().allocations() if a.key == "workspace:alice/mig"]
-    assert not queued(slurm_cluster, "pbws-ws-alice-mig", "all")
+    assert not queued(slurm_cluster, "pbws-ws-alice-mig"), "its job, if Slurm took it, is not left behind"
     # Someone without a cluster account is refused at start, in words.
     with hub.api("admin") as api:
         r = api.post("/users/admin/servers/x", json={"user_options": {"profile": "cpu", "image": "base"}})
