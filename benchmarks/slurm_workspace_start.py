@@ -62,10 +62,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=7, help="rounds (default %(default)s; at least 5)")
     args = ap.parse_args()
-    try:
-        import batchspawner  # noqa: F401
-    except ImportError:
-        raise SystemExit("batchspawner is not installed: bash scripts/dev.sh setup (the test extra has it)") from None
+    import importlib.util
+
+    if importlib.util.find_spec("batchspawner") is None:
+        raise SystemExit("batchspawner is not installed: bash scripts/dev.sh test sets up the test extra, which has it")
     with tempfile.TemporaryDirectory(prefix="podbay-bench-") as tmp:
         Path(tmp).chmod(0o755)
         cluster = sc.start(Path(tmp) / "cluster")
