@@ -65,6 +65,7 @@ class SlurmSettings(_Model):
     # What a workspace job gets besides its GPUs (--cpus-per-task, --mem); unset: the
     # partition's defaults (often one CPU).
     workspace_cpus: int | None = Field(None, ge=1, le=1024)
+    # A workspace job's memory (--mem: 64G); unset: the partition's default.
     workspace_mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$")
     # Where the nodes reach this hub and podbay's service (the hub listens there): this node's
     # address on the cluster's network. 127.0.0.1 only where the nodes are this host.
