@@ -395,6 +395,10 @@ class SlurmJobSpawner(Spawner):
             state, _, _ = await self._look()
         except BackendUnavailable:
             return None  # Slurm out of reach: the workspace is taken to run until it says otherwise
+        if state == "COMPLETING" and self._stopping:
+            # Cancelled by this stop: Slurm is ending its processes, and frees its GPUs itself
+            # (it places nothing else there meanwhile): the claim need not wait for it.
+            return 0
         if state in RUNNING or (state in WAITING and self._spawn_pending):
             return None
         if state in WAITING:
