@@ -129,12 +129,9 @@ class Portal:
         """The cluster account a person's workspaces run as, where an engine of this
         deployment runs their jobs as them (slurm's run_as: person); None: the hub's own.
         NoClusterAccount says why a person has none."""
-        from .backends import load
+        from .backends import runs_as_people
 
-        if self.plugin is None:
-            return None
-        engines = {self.plugin.name, *self.cfg.pool_engines(self.plugin.name).values()}
-        if not any(load(e).runs_as_person(self.cfg) for e in engines):
+        if self.plugin is None or not runs_as_people(self.cfg, self.plugin.name):
             return None
         return cluster_account(self.cfg, user)
 

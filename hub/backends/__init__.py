@@ -42,3 +42,9 @@ def load(name: str) -> "Backend":
 def chosen(cfg: "PodbayConfig", override: str | None = None) -> str:
     """The backend of this run: the override (PODBAY_BACKEND, --backend), else podbay.yaml's."""
     return override or cfg.backend
+
+
+def runs_as_people(cfg: "PodbayConfig", backend: str) -> bool:
+    """Whether an engine of this deployment (the backend, or one running a pool's jobs) runs
+    people's jobs as their own cluster accounts: the workspaces beside it are theirs too."""
+    return any(load(engine).runs_as_person(cfg) for engine in {backend, *cfg.pool_engines(backend).values()})

@@ -58,6 +58,16 @@ def until(what, condition, timeout: float = 90):
         time.sleep(0.3)
 
 
+def block(cluster, hold: str) -> str:
+    """A running job of the cluster's own on both nodes of the workspaces' partition, holding
+    what `hold` says (--gres=gpu:4: every GPU; --exclusive: the nodes whole); its id."""
+    blocker = cluster.run("sbatch", "--parsable", "--job-name=blocker", "--partition=debug", "--nodes=2", hold,
+                          "--time=10", "--wrap=sleep 600").stdout.strip()
+    until("the blocker to run", lambda: cluster.run("squeue", "-h", "-j", blocker, "-o", "%T").stdout.strip()
+          == "RUNNING")
+    return blocker
+
+
 def progress(hub, user: str, name: str, wanted: str, timeout: float = 90) -> list[str]:
     """The spawn's progress messages, as the spawn page and the TUI read them, until one
     says `wanted`."""
@@ -107,10 +117,7 @@ def test_a_workspace_is_a_slurm_job_of_the_persons_reached_through_the_hub(hub, 
 
 def test_a_waiting_workspace_says_why_and_starts_when_slurm_has_room(hub, slurm_cluster, slurm_people):
     # Every GPU of both nodes held by another job: the workspace's waits for Resources.
-    blocker = slurm_cluster.run("sbatch", "--parsable", "--job-name=blocker", "--partition=debug", "--nodes=2",
-                                "--gres=gpu:4", "--time=10", "--wrap=sleep 600").stdout.strip()
-    until("the blocker to run", lambda: slurm_cluster.run("squeue", "-h", "-j", blocker, "-o", "%T").stdout.strip()
-          == "RUNNING")
+    blocker = block(slurm_cluster, "--gres=gpu:4")
     r = hub.start_server("alice", "gpu", {"profile": "gpu-1", "image": "base"}, wait=False)
     assert r.status_code == 202, r.text
     said = progress(hub, "alice", "gpu", "Resources")
@@ -155,10 +162,7 @@ def test_walltime_ends_the_server_says_why_and_a_restarted_hub_adopts_a_running_
         kept = api.get("/users/alice", params={"include_stopped_servers": "1"}).json()["servers"]["dev"]["state"]
     assert kept["ended"].startswith("TIMEOUT: it ran past its time limit"), kept
     # ...and the next start says it first, while its job waits (the nodes are taken whole).
-    blocker = slurm_cluster.run("sbatch", "--parsable", "--job-name=blocker", "--partition=debug", "--nodes=2",
-                                "--exclusive", "--time=10", "--wrap=sleep 600").stdout.strip()
-    until("the blocker to run", lambda: slurm_cluster.run("squeue", "-h", "-j", blocker, "-o", "%T").stdout.strip()
-          == "RUNNING")
+    blocker = block(slurm_cluster, "--exclusive")
     r = hub.start_server("alice", "dev", {"profile": "cpu", "image": "base"}, wait=False)
     assert r.status_code == 202, r.text
     said = progress(hub, "alice", "dev", "Waiting in Slurm's queue")

@@ -23,9 +23,9 @@ class LocalBackend(Backend):
     def isolates(self, cfg):
         # Beside an engine that runs people's jobs as their cluster accounts (slurm's run_as:
         # person), each workspace is its person's account too (Portal.workspace_account).
-        from .. import load
+        from .. import runs_as_people
 
-        return any(load(engine).runs_as_person(cfg) for engine in {self.name, *cfg.pool_engines(self.name).values()})
+        return runs_as_people(cfg, self.name)
 
     def workspace_login(self):
         return pwd.getpwuid(os.getuid()).pw_name

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -274,6 +275,24 @@ class Commands:
             self._result(argv, code, "", err)  # raises NotPermitted
         return data
 
+    async def sbatch(self, args_for: "Callable[[int], list[str]]", script: str, env: bytes, user: str | None) -> str:
+        """sbatch `script` (as `user`) with `env` (export_file's) as the job's environment,
+        handed over a file descriptor (`--export-file`: never in the script, a file or sbatch's
+        own environment); `args_for(fd)` gives sbatch's options for that descriptor. The job's id."""
+        read, write = os.pipe()
+        try:
+            writer = asyncio.get_running_loop().run_in_executor(None, _write_all, write, env)
+            try:
+                text = await self.arun("sbatch", *args_for(read), stdin=script, pass_fds=(read,), user=user)
+            finally:
+                os.close(read)
+                read = -1
+                await writer
+        finally:
+            if read != -1:
+                os.close(read)
+        return text.strip().split(";")[0]
+
     async def arun(self, name: str, *args: str, stdin: str | None = None, pass_fds: tuple[int, ...] = (),
                    timeout: float | None = None, user: str | None = None) -> str:
         """Run a command (as `user`, through sudo); its output."""
@@ -297,3 +316,19 @@ class Commands:
             await proc.wait()
             raise BackendUnavailable(f"{name} did not answer in {timeout:g}s; waiting for Slurm") from None
         return self._result(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def export_file(env: dict[str, str]) -> bytes:
+    """An environment as sbatch's --export-file reads it: NAME=value, each ended by a NUL."""
+    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        pass  # sbatch ended before reading it all: its own error says why
+    finally:
+        os.close(fd)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import shlex
 import time
@@ -52,7 +51,7 @@ from ...training import (
     offset_of,
     read_from,
 )
-from .commands import Commands, NotPermitted, SlurmError, SlurmSettings, seconds
+from .commands import Commands, NotPermitted, SlurmError, SlurmSettings, export_file, seconds
 
 RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
@@ -154,7 +153,7 @@ class SlurmJobs(TrainingBackend):
     def queue_of(self, pool: str) -> str | None:
         return self.settings.partition(self.cfg, pool)
 
-    def _request(self, *, team: str | None, partition: str | None, gpus_per_node: int, nodes: int,
+    def request_args(self, *, team: str | None, partition: str | None, gpus_per_node: int, nodes: int,
                  time_limit: str | None = None) -> list[str]:
         """The request's sbatch options. On sbatch's command line, which nothing in the job's
         environment (SBATCH_ACCOUNT, …) or its files can override."""
@@ -179,7 +178,7 @@ class SlurmJobs(TrainingBackend):
     def sbatch_args(self, job: JobSpec, out: Path, export_fd: int) -> list[str]:
         """Everything sbatch is told, on its command line."""
         return [f"--job-name={self.slurm_name(job.id)}",
-                *self._request(team=job.team, partition=job.queue, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
+                *self.request_args(team=job.team, partition=job.queue, gpus_per_node=job.gpus_per_node, nodes=job.nodes,
                                time_limit=job.time_limit),
                 f"--chdir={job.workdir}", f"--output={out}", f"--error={out}", "--open-mode=append",
                 # Two copies of one job (a submit repeated after a lost answer) never run at once;
@@ -200,7 +199,7 @@ class SlurmJobs(TrainingBackend):
             raise ValueError(f"time_limit {time_limit} is above the most a job may ask for here, {most}")
         try:
             self.commands.run("sbatch", "--test-only",
-                              *self._request(team=team, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes,
+                              *self.request_args(team=team, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes,
                                              time_limit=time_limit),
                               "--wrap=true", timeout=10, user=self.account(user) if user else None)
         except NotPermitted as e:
@@ -286,9 +285,8 @@ class SlurmJobs(TrainingBackend):
         return "\n".join(lines) + "\n"
 
     def export_env(self, job: JobSpec) -> bytes:
-        """The job's environment for --export-file: NAME=value, each ended by a NUL."""
-        env = {"PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **job.env}
-        return b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
+        """The job's environment for --export-file."""
+        return export_file({"PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **job.env})
 
     # --- the backend ---------------------------------------------------------------------
 
@@ -306,23 +304,11 @@ class SlurmJobs(TrainingBackend):
         else:
             await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
         out = d / "output.log"
-        script = self.script(job, out)
-        read, write = os.pipe()
         try:
-            writer = asyncio.get_running_loop().run_in_executor(None, _write_all, write, self.export_env(job))
-            try:
-                text = await self.commands.arun("sbatch", *self.sbatch_args(job, out, read), stdin=script,
-                                                pass_fds=(read,), user=account)
-            finally:
-                os.close(read)
-                read = -1
-                await writer
+            slurm_id = await self.commands.sbatch(lambda fd: self.sbatch_args(job, out, fd), self.script(job, out),
+                                                  self.export_env(job), account)
         except SlurmError as e:
             raise SlurmError(f"Slurm refused the job: {e}") from None
-        finally:
-            if read != -1:
-                os.close(read)
-        slurm_id = text.strip().split(";")[0]
         self._queue = (-1e9, {})  # the next status looks again
         return {"slurm_id": slurm_id, "output": str(out), "user": job.user, **({"account": account} if account else {})}
 
@@ -416,9 +402,9 @@ class SlurmJobs(TrainingBackend):
             return BackendStatus("running")
         if state in WAITING:
             return BackendStatus("pending", message=reason_words(reason))
-        return await self._ended(slurm_id, state)
+        return await self.ended(slurm_id, state)
 
-    async def _ended(self, slurm_id: str, queue_state: str) -> BackendStatus:
+    async def ended(self, slurm_id: str, queue_state: str) -> BackendStatus:
         """How it ended: from accounting, or from slurmctld where accounting has no word yet."""
         try:
             text = await self.commands.arun("sacct", "-n", "-X", "-P", "-j", slurm_id, "-o", "State,ExitCode,Reason")
@@ -500,17 +486,6 @@ class SlurmJobs(TrainingBackend):
         into their home), a chunk at a time (the cursor reads on); nothing while it is not
         there."""
         return await self.commands.read_as(account, path, offset, self.LOG_CHUNK)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    except BrokenPipeError:
-        pass  # sbatch ended before reading it all: its own error says why
-    finally:
-        os.close(fd)
 
 
 def _epoch(text: str) -> float | None:

@@ -122,8 +122,6 @@ class SlurmBackend(LocalBackend):
         # The image's jupyterhub-singleuser (Pyxis), or the hub's own from the shared tree.
         if cfg.slurm.container == "none":
             super().configure(c, cfg)
-        # A workspace may wait in Slurm's queue: the start waits as long as the site says,
-        # and says why meanwhile (the job is cancelled if the wait runs out).
         # The wait in the queue is the spawner's to end (workspace_wait); the hub's own timeout
         # leaves room after it for the image's pull and JupyterLab's start.
         c.PodbaySlurmSpawner.start_timeout = int(cfg.slurm.workspace_wait) + 600

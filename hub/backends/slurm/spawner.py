@@ -13,11 +13,11 @@ command line.
 How the hub finds the workspace: the job picks a free port on its node and writes it to
 `~/.podbay/workspaces/<job name>/port` (as the person, in their home, read back through
 `dd` as them); the node is the one Slurm says the job runs on, its address Slurm's
-NodeAddr. A port in a file the person may write points the proxy at *their own* server's
-URL only: a server elsewhere would still demand its own user's login.
+NodeAddr. The hub routes there only once what answers is this workspace's own server (it
+answers under the workspace's URL), whatever the person wrote in the file.
 
 While the job waits, its pending reason (Resources, Priority, AssocGrpGRES…) is the spawn's
-progress (the spawn page, `podbay start`, the TUI). The job's end is the server's: stopping
+progress (the spawn page, `podbay ws new`, the TUI). The job's end is the server's: stopping
 the server cancels the job (as the person), and a job Slurm ends (walltime, preemption, a
 node failure) stops the server, with Slurm's word for why kept in the spawner's state and
 said at the next start.
@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import shlex
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -46,7 +46,7 @@ from ...launch import launcher
 from ...quota import Allocation
 from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
 from ...training import BackendUnavailable
-from .commands import Commands, SlurmError
+from .commands import Commands, SlurmError, export_file
 from .jobs import RUNNING, WAITING, SlurmJobs, enroot_image, reason_words
 
 # Picks a free port where the job runs and writes it where the hub reads it: plain Python,
@@ -159,10 +159,8 @@ class SlurmJobSpawner(Spawner):
         raise SpawnException(f"Profile {request.profile.id} runs in no pool with a Slurm partition "
                              f"({', '.join(request.pools)}): ask your platform team.", reason="options")
 
-    def _gres(self, request) -> list[str]:
+    def _slice(self, request) -> list[str]:
         spec, s = request.profile.spec, self.jobs.settings
-        if spec.kind == "full":
-            return [f"--gres={s.gpus(spec.count)}"] + self.jobs.per_gpu()
         if spec.kind == "mig":
             # Slurm names MIG slices as GRES types after their profile (AutoDetect=nvml: gpu:1g.10gb).
             return [f"--gres={s.gres}:{spec.mig_profile}:1"]
@@ -172,14 +170,13 @@ class SlurmJobSpawner(Spawner):
         return []
 
     def sbatch_args(self, request, out: Path, export_fd: int) -> list[str]:
-        s = self.jobs.settings
-        args = [f"--job-name={self.job_name}", f"--partition={self._partition(request)}", "--nodes=1",
-                "--ntasks=1", f"--time={s.workspace_time}", *self._gres(request)]
-        account = s.account_for(request.team)
-        if account:
-            args.append(f"--account={account}")
-        if s.qos:
-            args.append(f"--qos={s.qos}")
+        s, spec = self.jobs.settings, request.profile.spec
+        # A job's own request (partition, one node and task, time, account, QOS, whole GPUs);
+        # a MIG slice is a GRES of its own type.
+        args = [f"--job-name={self.job_name}",
+                *self.jobs.request_args(team=request.team, partition=self._partition(request), nodes=1,
+                                        gpus_per_node=spec.count if spec.kind == "full" else 0,
+                                        time_limit=s.workspace_time), *self._slice(request)]
         if s.workspace_cpus:
             args.append(f"--cpus-per-task={s.workspace_cpus}")
         if s.workspace_mem:
@@ -213,16 +210,14 @@ class SlurmJobSpawner(Spawner):
         return "\n".join(lines) + "\n"
 
     def export_env(self) -> bytes:
-        env = {"PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **self.get_env(),
-               "HOME": self.home, "USER": self.account, "LOGNAME": self.account,
-               "PODBAY_PORT_FILE": str(Path(self.job_dir) / "port"), "PODBAY_FREE_PORT": _FREE_PORT,
-               "PODBAY_PYTHON": self._python(), "PODBAY_BIND_IP": self.jobs.settings.workspace_bind}
-        return b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
+        return export_file({
+            "PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **self.get_env(),
+            "HOME": self.home, "USER": self.account, "LOGNAME": self.account,
+            "PODBAY_PORT_FILE": str(Path(self.job_dir) / "port"), "PODBAY_FREE_PORT": _FREE_PORT,
+            "PODBAY_PYTHON": self._python(), "PODBAY_BIND_IP": self.jobs.settings.workspace_bind})
 
     def _python(self) -> str:
         if self.jobs.settings.container == "none" and self.python == "python3":
-            import sys
-
             return sys.executable
         return self.python
 
@@ -236,20 +231,8 @@ class SlurmJobSpawner(Spawner):
         # timed out after Slurm took the job) is never left running beside this one.
         await self.commands.arun("scancel", f"--name={self.job_name}", user=user)
         out = Path(self.job_dir) / "output.log"
-        read, write = os.pipe()
-        try:
-            writer = asyncio.get_running_loop().run_in_executor(None, _write_all, write, self.export_env())
-            try:
-                text = await self.commands.arun("sbatch", *self.sbatch_args(request, out, read),
-                                                stdin=self.script(request), pass_fds=(read,), user=user)
-            finally:
-                os.close(read)
-                read = -1
-                await writer
-        finally:
-            if read != -1:
-                os.close(read)
-        self.slurm_id = text.strip().split(";")[0]
+        self.slurm_id = await self.commands.sbatch(lambda fd: self.sbatch_args(request, out, fd), self.script(request),
+                                                   self.export_env(), user)
         await asyncio.to_thread(self.portal.book.set_ref, self.podbay_key,
                                 {"slurm_id": self.slurm_id, "account": self.account, "job_dir": self.job_dir})
 
@@ -267,7 +250,7 @@ class SlurmJobSpawner(Spawner):
 
     async def _ending(self, state: str = "") -> tuple[int, str] | None:
         """(exit status, why in words) once the job has ended; None while it runs."""
-        status = await self.jobs._ended(self.slurm_id, state)
+        status = await self.jobs.ended(self.slurm_id, state)
         if status.state in ("running", "pending"):
             return None
         if status.state == "exited":
@@ -355,9 +338,7 @@ class SlurmJobSpawner(Spawner):
         port file could point at, does not)."""
         from tornado.httpclient import AsyncHTTPClient
 
-        url = f"http://{ip}:{port}{self.server.base_url}api" if self.server else None
-        if url is None:
-            return
+        url = f"http://{ip}:{port}{self.server.base_url}api"
         r = await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=10, follow_redirects=False)
         if r.code != 200 or b'"version"' not in (r.body or b""):
             raise SpawnException(f"What answers at {ip}:{port} is not this workspace's server (HTTP {r.code}); its job "
@@ -450,10 +431,3 @@ class PodbaySlurmSpawner(PodbaySpawnerMixin, SlurmJobSpawner):
 
     def podbay_prepare(self, request):
         self._request = request
-
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    from .jobs import _write_all as write
-
-    write(fd, data)
