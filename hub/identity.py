@@ -26,8 +26,11 @@ class ClusterAccount:
     name: str
     uid: int
     gid: int
-    # The home the cluster gives the account (on the site's shared filesystem).
+    # The home the cluster gives the account (on the site's shared filesystem), as its nodes
+    # see it.
     home: Path
+    # The same folder as this server sees it (cluster_accounts.paths).
+    home_here: Path
 
 
 class NoClusterAccount(ValueError):
@@ -63,4 +66,38 @@ def cluster_account(cfg: PodbayConfig, user: str) -> ClusterAccount:
         raise NoClusterAccount(
             f"the account {name!r} is a system account (uid {entry.pw_uid}): podbay runs nobody's jobs as one; "
             "ask your platform team to map your login to your own account")
-    return ClusterAccount(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=Path(entry.pw_dir))
+    return ClusterAccount(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=Path(entry.pw_dir),
+                          home_here=Path(here(cfg, entry.pw_dir)))
+
+
+# The cluster's shared filesystem seen from two sides: its nodes (the password database's
+# homes, what Slurm is told) and this server (what podbay, Docker and local workspaces open).
+
+def _swap(path: str, pairs) -> str:
+    """`path` with the longest matching prefix of `pairs` (whole path components) replaced."""
+    best = None
+    for old, new in pairs:
+        if (path == old or path.startswith(old + "/")) and (best is None or len(old) > len(best[0])):
+            best = (old, new)
+    return path if best is None else best[1] + path[len(best[0]):]
+
+
+def here(cfg: PodbayConfig, path: str | Path) -> str:
+    """A path as the cluster's nodes see it, as this server sees it."""
+    return _swap(str(path), cfg.cluster_accounts.paths.items())
+
+
+def on_cluster(cfg: PodbayConfig, path: str | Path) -> str:
+    """A path as this server sees it, as the cluster's nodes see it."""
+    return _swap(str(path), ((h, c) for c, h in cfg.cluster_accounts.paths.items()))
+
+
+def home_missing(account: ClusterAccount) -> str | None:
+    """Why this server cannot give a workspace the account's home, in words; None: it can.
+    The home itself, not what is in it (which the service may not see)."""
+    if account.home_here.is_dir():
+        return None
+    where = f" (looked at {account.home_here}, cluster_accounts.paths)" if account.home_here != account.home else ""
+    return (f"your cluster home {account.home} is not on this server{where}: the shared filesystem is not "
+            "mounted here, or podbay.yaml does not say where (cluster_accounts.paths). Ask your platform team")
+

@@ -91,6 +91,11 @@ class Backend:
         """Where a person's persistent home is, seen from inside their workspace."""
         return "/home/jovyan"
 
+    def person_home(self, cfg, account) -> str:
+        """Where a person's workspace, running as their cluster account, sees their home:
+        where the cluster's nodes do (containers mount it there, Slurm's nodes have it)."""
+        return str(account.home)
+
     @classmethod
     def settings_model(cls) -> "type[BaseModel] | None":
         """The schema of this backend's section of podbay.yaml (under its name), or None."""

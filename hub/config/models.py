@@ -7,6 +7,7 @@ Long because: it is one model per section of podbay.yaml, each small.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -447,6 +448,20 @@ class ClusterAccounts(_Model):
     # Accounts nobody's jobs or workspaces run as, whatever their uid: the service's own (which
     # may act as everyone), administrators'.
     never: list[Annotated[str, Field(pattern=ACCOUNT_NAME)]] = ["podbay"]
+    # Where this server sees the cluster's shared filesystem, where it mounts it elsewhere than
+    # the cluster's nodes do: {path on the nodes: path here}, e.g. {/gpfs: /mnt/gpfs}. Homes
+    # (the accounts' own, as the password database gives them) and volumes' sources are read
+    # through it here, and handed to Slurm as the nodes see them. Unset: the same paths.
+    paths: dict[str, str] = {}
+
+    @field_validator("paths")
+    @classmethod
+    def _paths_are_absolute_and_plain(cls, v: dict[str, str]) -> dict[str, str]:
+        for cluster, here in v.items():
+            for path in (cluster, here):
+                if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or path == "/":
+                    raise ValueError(f"{path!r} is not a plain absolute folder such as /gpfs (no .., not /)")
+        return {k.rstrip("/"): here.rstrip("/") for k, here in v.items()}
 
 
 class PodbayConfig(_Model):

@@ -305,3 +305,26 @@ def test_the_docker_spawner_mounts_names_as_written():
 
     literal = PodbayDockerSpawner().format_volume_name
     assert literal("/srv/data/{username}", None) == "/srv/data/{username}"
+
+
+def test_a_persons_account_is_written_into_the_containers_password_database():
+    """Beside a Slurm pool of people's jobs, a docker workspace runs as the person's uid: the
+    image learns her name, home and group, and no entry of the image keeps her uid or name."""
+    from pathlib import Path
+
+    from podbay.hub.backends.docker.spawner import account_files
+    from podbay.hub.identity import ClusterAccount
+
+    passwd = ("root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n"
+              "jovyan:x:1000:100::/home/jovyan:/bin/bash\nalice:x:7:7::/tmp:/bin/sh\n")
+    group = "root:x:0:\nusers:x:100:\n"
+    alice = ClusterAccount(name="alice", uid=1000, gid=3000, home=Path("/gpfs/home/alice"),
+                           home_here=Path("/mnt/gpfs/home/alice"))
+    files = account_files(passwd, group, alice, "/gpfs/home/alice")
+    rows = [line.split(":") for line in files["passwd"].splitlines()]
+    assert [r[0] for r in rows] == ["root", "sshd", "alice"]
+    assert rows[-1] == ["alice", "x", "1000", "3000", "alice", "/gpfs/home/alice", "/bin/bash"]
+    assert files["group"].splitlines() == ["root:x:0:", "users:x:100:", "alice:x:3000:"]
+    # A group the image has already is kept as it is.
+    bob = ClusterAccount(name="bob", uid=2001, gid=100, home=Path("/h/bob"), home_here=Path("/h/bob"))
+    assert account_files(passwd, group, bob, "/h/bob")["group"] == group

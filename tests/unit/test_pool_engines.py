@@ -33,10 +33,41 @@ def test_a_slurm_training_pool_beside_local_workspaces():
     assert cfg("slurm", {"engine": "slurm", "queue": "gpu"}).pool_engines("slurm") == {}
 
 
+def test_docker_workspaces_beside_a_slurm_pool_whose_jobs_run_as_people():
+    c = cfg("docker", {"engine": "slurm", "queue": "gpu"}, slurm={"run_as": "person"},
+            cluster_accounts={"paths": {"/gpfs/": "/mnt/gpfs"}})
+    assert c.pool_engines("docker") == {"training": "slurm"}
+    assert c.cluster_accounts.paths == {"/gpfs": "/mnt/gpfs"}
+
+
+@pytest.mark.parametrize("paths", [{"gpfs": "/mnt/gpfs"}, {"/gpfs": "/mnt/../etc"}, {"/": "/mnt"}])
+def test_a_path_mapping_is_plain_absolute_folders(paths):
+    found = issues("local", {"engine": "slurm", "queue": "gpu"}, cluster_accounts={"paths": paths})
+    assert "not a plain absolute folder" in found["cluster_accounts.paths"]
+
+
+def test_paths_are_mapped_by_whole_components_longest_first():
+    from podbay.hub.identity import here, on_cluster
+
+    c = cfg("local", {"engine": "slurm", "queue": "gpu"},
+            cluster_accounts={"paths": {"/gpfs": "/mnt/gpfs", "/gpfs/home": "/homes"}})
+    assert here(c, "/gpfs/home/alice") == "/homes/alice"
+    assert here(c, "/gpfs/data/x") == "/mnt/gpfs/data/x"
+    assert here(c, "/gpfs2/x") == "/gpfs2/x" and here(c, "/gpfs") == "/mnt/gpfs"
+    assert on_cluster(c, "/mnt/gpfs/datasets/imagenet") == "/gpfs/datasets/imagenet"
+    assert on_cluster(c, "/homes/alice/proj") == "/gpfs/home/alice/proj"
+    assert on_cluster(c, "/srv/volumes/x") == "/srv/volumes/x"
+
+
 def test_what_cannot_work_is_refused_where_it_is_written():
     assert "give it its partition" in issues("local", {"engine": "slurm"})["pools.training.queue"]
-    found = issues("docker", {"engine": "slurm", "queue": "gpu"})["pools.training.engine"]
-    assert "keeps homes where Slurm's nodes cannot see them" in found
+    # Docker's homes are volumes no node sees, unless workspaces are the people's accounts.
+    found = issues("docker", {"engine": "slurm", "queue": "gpu"}, slurm={"run_as": "service"})["pools.training.engine"]
+    assert "keeps homes where Slurm's nodes cannot see them" in found and "slurm.run_as: person" in found
+    found = issues("kubernetes", {"engine": "slurm", "queue": "gpu"})["pools.training.engine"]
+    assert "keeps homes where Slurm's nodes cannot see them" in found and "local or docker workspaces" in found
+    assert "no home per workspace" in issues("docker", {"engine": "slurm", "queue": "gpu"},
+                                             docker={"home_per_workspace": True})["docker.home_per_workspace"]
     assert "unknown engine 'pbs'" in issues("local", {"engine": "pbs", "queue": "q"})["pools.training.engine"]
     assert "the docker engine runs no pool beside the local backend's workspaces" in \
         issues("local", {"engine": "docker"})["pools.training.engine"]

@@ -15,6 +15,11 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
   network.py): the hub reaches it at its address there, on port 8888, and it reaches the
   hub's API at the network's gateway. Nothing it or another workspace listens on at
   127.0.0.1 is visible to anyone else.
+- beside a Slurm pool whose jobs run as the person (the hybrid: `slurm.run_as: person`),
+  the workspace is the person's cluster account too: the container runs as its uid and
+  groups, with an entry of its own in the container's password database, and the home is
+  the account's on the site's shared filesystem, mounted where the nodes see it, so that a
+  job moved to Slurm finds the same files at the same paths;
 - host networking only where the operator opts in (one user on the server): each
   workspace then needs its own port on 127.0.0.1. DockerSpawner would add port bindings,
   which Docker refuses with the host network (dockerspawner issue 462); here no port is
@@ -24,7 +29,10 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import sys
+import tarfile
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from dockerspawner import DockerSpawner
@@ -32,6 +40,7 @@ from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import random_port
 from traitlets import default
 
+from ...identity import ClusterAccount, NoClusterAccount, home_missing
 from ...quota import Allocation
 from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
 from .network import DockerNetworkError, ensure_network, opaque_name, restricted_host_config
@@ -112,12 +121,27 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         # training backend mounts the same home for the same user without a spawner.
         return self.docker_settings.home_volume(self.user.name, self.name or None)
 
+    # The person's cluster account, where workspaces run as people (start).
+    _account: ClusterAccount | None = None
+
+    @property
+    def home(self) -> str:
+        """The home inside the container: the image's, or the account's where the nodes have it."""
+        return str(self._account.home) if self._account is not None else HOME
+
     def podbay_prepare(self, request):
         if self.network_name == "host":
             # Every workspace shares the host's ports: each needs its own.
             self.port = random_port()
         self.image = request.image.image
-        volumes = {self.home_volume(): {"bind": HOME, "mode": "rw"}}
+        home, account = self.home, self._account
+        if account is None:
+            volumes = {self.home_volume(): {"bind": HOME, "mode": "rw"}}
+        else:
+            # The account's own home, which the Slurm nodes see at the same path: what she
+            # writes here a job of hers reads there.
+            volumes = {str(account.home_here): {"bind": home, "mode": "rw"}}
+        self.notebook_dir = home
         for vol in request.volumes:
             source = self.docker_settings.named_volumes.get(vol.name)
             if not source:
@@ -127,7 +151,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                         f"Volume {vol.name} is not available: its source {src} does not exist on "
                         "this server. Ask your platform team.", reason="volume", status_code=503)
                 source = str(src)
-            volumes[source] = {"bind": f"{HOME}/{vol.target}", "mode": "ro" if vol.read_only else "rw"}
+            volumes[source] = {"bind": f"{home}/{vol.target}", "mode": "ro" if vol.read_only else "rw"}
         self.volumes = volumes
         self.read_only_volumes = {}
         # Should this spawner object serve a second start (JupyterHub 6.1 makes a new one per
@@ -151,6 +175,47 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                   "podbay.user": self.user.name,
                   "podbay.profile": request.profile.id, "podbay.image": request.image.name}
         self.extra_create_kwargs = {**self._base_create_kwargs, "labels": labels}
+        if account is not None:
+            # Her uid and groups, never the image's user: files on the shared filesystem are hers.
+            self.extra_create_kwargs["user"] = f"{account.uid}:{account.gid}"
+            self.extra_host_config["group_add"] = [str(g) for g in os.getgrouplist(account.name, account.gid) if g != account.gid]
+
+    def get_env(self):
+        env = super().get_env()
+        if self._account is not None:
+            env.update(HOME=self.home, USER=self._account.name, LOGNAME=self._account.name)
+        return env
+
+    async def create_object(self):
+        obj = await super().create_object()
+        if self._account is not None:
+            try:
+                await asyncio.to_thread(self._add_account, obj["Id"])
+            except (APIError, DockerException, KeyError, tarfile.TarError) as e:
+                await self.docker("remove_container", obj["Id"], force=True)
+                raise SpawnException(f"The workspace could not be given your account ({e}): is /etc/passwd in "
+                                     "the image a plain file?", reason="docker", status_code=503) from None
+        return obj
+
+    def _add_account(self, container: str) -> None:
+        """Her account in the container's /etc/passwd and /etc/group, written into the created
+        container before it starts: sshd (podbay ssh), `id`, the shell's prompt and git need a
+        name for her uid, which the image does not know."""
+        account = self._account
+        files = {}
+        for name in ("passwd", "group"):
+            stream, _ = self.client.get_archive(container, f"/etc/{name}")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.getmember(name)
+                files[name] = tar.extractfile(member).read().decode(errors="replace")
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, text in account_files(files["passwd"], files["group"], account, self.home).items():
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        self.client.put_archive(container, "/etc", out.getvalue())
 
     async def pull_image(self, image):
         try:
@@ -166,6 +231,16 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                                  status_code=503) from None
 
     async def start(self):
+        # Where people are their cluster accounts (a Slurm pool runs jobs as them): this one's,
+        # and her home on this server, before anything is claimed.
+        try:
+            self._account = await asyncio.to_thread(self.portal.workspace_account, self.user.name)
+        except NoClusterAccount as e:
+            raise SpawnException(f"{e}.", reason="account", status_code=403) from None
+        if self._account is not None:
+            missing = await asyncio.to_thread(home_missing, self._account)
+            if missing:
+                raise SpawnException(f"{missing}.", reason="home", status_code=503)
         await self._check_network()
         try:
             ip, port = await super().start()
@@ -261,6 +336,20 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             client.api.remove_container(container, force=True)
             return False
         return True
+
+
+def account_files(passwd: str, group: str, account: ClusterAccount, home: str) -> dict[str, str]:
+    """The image's passwd and group with the account in them: its own line replaces any of
+    the image's with its name or uid (jovyan is uid 1000, so may an account be); its primary
+    group is added where the image has none with that gid. The shell is the image's users'."""
+    rows = [line.split(":") for line in passwd.splitlines() if line.strip()]
+    shell = next((r[6] for r in rows if len(r) == 7 and r[2].isdigit() and int(r[2]) >= 1000), "/bin/sh")
+    kept = [":".join(r) for r in rows if not (r[0] == account.name or (len(r) > 2 and r[2] == str(account.uid)))]
+    kept.append(f"{account.name}:x:{account.uid}:{account.gid}:{account.name}:{home}:{shell}")
+    groups = [line for line in group.splitlines() if line.strip()]
+    if not any(len(g.split(":")) > 2 and g.split(":")[2] == str(account.gid) for g in groups):
+        groups.append(f"{account.name}:x:{account.gid}:")
+    return {"passwd": "\n".join(kept) + "\n", "group": "\n".join(groups) + "\n"}
 
 
 def _docker_words(e: Exception) -> str:

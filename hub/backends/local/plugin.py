@@ -34,6 +34,10 @@ class LocalBackend(Backend):
         # PodbayLocalSpawner's home_dir_template.
         return str(Path(data_dir) / "homes" / user)
 
+    def person_home(self, cfg, account):
+        # A process on this server: the home where this server mounts it.
+        return str(account.home_here)
+
     def configure(self, c, cfg):
         # The hub's own environment's jupyterhub-singleuser: the workspace runs this Python.
         singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"

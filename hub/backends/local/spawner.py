@@ -19,7 +19,7 @@ from pathlib import Path
 from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
 from traitlets import default
 
-from ...identity import NoClusterAccount
+from ...identity import NoClusterAccount, home_missing
 from ...launch import launcher
 from ...procs import proc_start_time
 from ...quota import Allocation
@@ -81,7 +81,10 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
                 raise SpawnException(
                     "Workspaces run as each person's cluster account here, and only a hub running as root can start "
                     "them so. Ask your platform team (docs/howto/slurm.md).", reason="account", status_code=503)
-            self.home_dir = self.notebook_dir = str(self._account.home)
+            missing = home_missing(self._account)
+            if missing:
+                raise SpawnException(f"{missing}.", reason="home", status_code=503)
+            self.home_dir = self.notebook_dir = str(self._account.home_here)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         log.write(f"--- podbay: starting at {time.ctime()}\n".encode())
@@ -128,7 +131,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         env = super().user_env(env)
         account = getattr(self, "_account", None)
         if account is not None:
-            env.update(USER=account.name, LOGNAME=account.name, HOME=str(account.home))
+            env.update(USER=account.name, LOGNAME=account.name, HOME=str(account.home_here))
         return env
 
     def _launch_prefix(self) -> list[str]:

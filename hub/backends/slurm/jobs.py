@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from ...config import PodbayConfig
-from ...identity import cluster_account
+from ...identity import cluster_account, here, on_cluster
 from ...launch import launcher
 from ...training import (
     BackendStatus,
@@ -246,7 +246,16 @@ class SlurmJobs(TrainingBackend):
         return cluster_account(self.cfg, user).home if self.person else None
 
     def job_dir(self, user: str, job_id: int) -> Path:
+        """The job's folder as the nodes see it (what Slurm is told); `here` for this server."""
         return (self.home_of(user) or self.homes / user) / ".podbay" / "jobs" / self.slurm_name(job_id)
+
+    def here(self, path: str | Path) -> str:
+        """A path the nodes see, as this server opens it (cluster_accounts.paths)."""
+        return here(self.cfg, path)
+
+    def mount_source(self, volume, path):
+        # The catalog's source is this server's path: the nodes may mount the filesystem elsewhere.
+        return on_cluster(self.cfg, path)
 
     def script(self, job: JobSpec, out: Path) -> str:
         """The batch script: the command once per node (sbatch's options are on its command
@@ -300,9 +309,9 @@ class SlurmJobs(TrainingBackend):
             return found  # handed over before the service stopped: never twice
         d = self.job_dir(job.user, job.id)
         if account:
-            await self.commands.arun("mkdir", "-p", "-m", "0700", "--", str(d), user=account)
+            await self.commands.arun("mkdir", "-p", "-m", "0700", "--", self.here(d), user=account)
         else:
-            await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(Path(self.here(d)).mkdir, parents=True, exist_ok=True)
         out = d / "output.log"
         try:
             slurm_id = await self.commands.sbatch(lambda fd: self.sbatch_args(job, out, fd), self.script(job, out),
@@ -476,9 +485,9 @@ class SlurmJobs(TrainingBackend):
         if path is None:
             return b"", str(offset)
         if ref.get("account"):
-            data = await self._read_as(ref["account"], path, offset)
+            data = await self._read_as(ref["account"], self.here(path), offset)
         else:
-            data = await asyncio.to_thread(read_from, Path(path), offset)
+            data = await asyncio.to_thread(read_from, Path(self.here(path)), offset)
         return data, str(offset + len(data))
 
     async def _read_as(self, account: str, path: str, offset: int) -> bytes:

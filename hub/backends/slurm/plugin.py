@@ -112,6 +112,9 @@ class SlurmBackend(LocalBackend):
     def spawner_for(self, cfg):
         return "podbay-slurm" if cfg.slurm.workspaces == "slurm" else self.spawner
 
+    def person_home(self, cfg, account):
+        return str(account.home) if cfg.slurm.workspaces == "slurm" else super().person_home(cfg, account)
+
     def places(self, cfg):
         # Slurm places its jobs' GPUs (GRES): podbay names none.
         return cfg.slurm.workspaces != "slurm"
@@ -179,13 +182,21 @@ class SlurmBackend(LocalBackend):
                for pool in pools if not cfg.slurm.partition(cfg, pool)]
         out += [(("volumes", i), "jobs on Slurm mount a directory: give source (pvc is for kubernetes)")
                 for i, vol in enumerate(cfg.volumes) if not vol.source]
-        if backend != "local":
-            # docker's homes are Docker volumes, kubernetes' PVCs: no Slurm node sees them, so a
-            # job moved from a workspace would not find its files.
+        if backend == "docker" and self.runs_as_person(cfg):
+            # Workspaces are the people's accounts with their cluster homes (podbay-docker):
+            # a moved job finds the same files. A home per workspace would be a Docker volume.
+            if cfg.docker.home_per_workspace:
+                out.append((("docker", "home_per_workspace"), "beside a Slurm pool workspaces use the person's "
+                            "cluster home, which Slurm's nodes see too: there is no home per workspace"))
+        elif backend != "local":
+            # docker's homes are Docker volumes (unless people are their accounts, above),
+            # kubernetes' PVCs: no Slurm node sees them, so a job moved from a workspace would
+            # not find its files.
+            fix = ("set slurm.run_as: person, so that workspaces use the people's cluster homes"
+                   if backend == "docker" else "a Slurm pool runs beside local or docker workspaces, or with backend: slurm")
             out += [(("pools", pool, "engine"),
                      f"the {backend} backend keeps homes where Slurm's nodes cannot see them (a job moved from a "
-                     "workspace would not find its files): a Slurm pool runs beside local workspaces only, or "
-                     "with backend: slurm") for pool in pools]
+                     f"workspace would not find its files): {fix}") for pool in pools]
         return out
 
     async def doctor(self, cfg):

@@ -41,7 +41,7 @@ from pathlib import Path
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Float, Unicode, default
 
-from ...identity import NoClusterAccount
+from ...identity import NoClusterAccount, here, on_cluster
 from ...launch import launcher
 from ...quota import Allocation
 from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
@@ -195,7 +195,9 @@ class SlurmJobSpawner(Spawner):
                                 "sbatch's options are in `scontrol show job`.",
                  f"cd -- {shlex.quote(home)} 2>/dev/null || "
                  f"{{ echo {shlex.quote(f'podbay: cannot enter the home {home}')} >&2; exit 2; }}"]
-        binds = [(str(self.portal.volume_source(v)), str(Path(home) / v.target), v.read_only) for v in request.volumes]
+        # Sources as the nodes see them (cluster_accounts.paths).
+        binds = [(on_cluster(self.portal.cfg, self.portal.volume_source(v)), str(Path(home) / v.target), v.read_only)
+                 for v in request.volumes]
         command = [*self.cmd, *self.get_args()]
         if s.container == "pyxis":
             mounts = [f"{home}:{home}"] + [f"{src}:{dst}" + (":ro" if ro else "") for src, dst, ro in binds]
@@ -226,7 +228,7 @@ class SlurmJobSpawner(Spawner):
     async def _submit(self) -> None:
         request, user = self._request, self.account
         self.job_dir = str(Path(self.home) / ".podbay" / "workspaces" / self.job_name)
-        await self.commands.arun("mkdir", "-p", "-m", "0700", "--", self.job_dir, user=user)
+        await self.commands.arun("mkdir", "-p", "-m", "0700", "--", here(self.portal.cfg, self.job_dir), user=user)
         # A job of this name left by a start the hub lost track of (it stopped, or its sbatch
         # timed out after Slurm took the job) is never left running beside this one.
         await self.commands.arun("scancel", f"--name={self.job_name}", user=user)
@@ -259,7 +261,7 @@ class SlurmJobSpawner(Spawner):
         return 1, status.message or "Slurm ended it"
 
     async def _port(self) -> int | None:
-        data = await self.commands.read_as(self.account, str(Path(self.job_dir) / "port"), 0, 32)
+        data = await self.commands.read_as(self.account, here(self.portal.cfg, Path(self.job_dir) / "port"), 0, 32)
         # "<job id> <port>": a port an earlier job of this name left is not this one's.
         job, _, port = data.decode(errors="replace").strip().partition(" ")
         if job != self.slurm_id or not port.isdigit() or not 1024 <= int(port) <= 65535:
@@ -274,7 +276,8 @@ class SlurmJobSpawner(Spawner):
     async def _output_tail(self) -> str:
         if not self.job_dir:
             return ""
-        data = await self.commands.read_as(self.account, str(Path(self.job_dir) / "output.log"), 0, 1 << 16)
+        data = await self.commands.read_as(self.account, here(self.portal.cfg, Path(self.job_dir) / "output.log"),
+                                           0, 1 << 16)
         return "\n".join(data.decode(errors="replace").splitlines()[-self.log_tail_lines:])
 
     async def start(self):

@@ -96,7 +96,7 @@ def router(svc: Service, prefix: str) -> APIRouter:
         except ValueError as e:
             raise ApiError(403, "no_account", str(e)) from None
         login = account.name if account else plugin.workspace_login()
-        home = str(account.home) if account else plugin.workspace_home(portal.data_dir, who.name)
+        home = plugin.person_home(portal.cfg, account) if account else plugin.workspace_home(portal.data_dir, who.name)
         return SshOut(login=login, home=home, keys=len(await asyncio.to_thread(keys.list, who.name)))
 
     return api
