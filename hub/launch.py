@@ -27,8 +27,10 @@ def launcher(binds: list[tuple[str, str, bool]], quiet: bool = False, user: str 
     this process does; a Slurm job as the person never has it, whoever submits)."""
     unshare = ["unshare", "--mount", "--propagation", "private"]
     if unprivileged if unprivileged is not None else os.getuid() != 0:
-        # Without root, a user namespace grants the right to mount, as the same uid.
-        unshare[1:1] = ["--user", "--map-current-user"]
+        # Without root, a user namespace grants the right to mount, as the same uid; its
+        # capabilities kept past unshare's exec (mount(8) has none otherwise), and dropped
+        # again before the command runs (main).
+        unshare[1:1] = ["--user", "--map-current-user", "--keep-caps"]
     args = [f"--bind={src}:{dst}:{'ro' if ro else 'rw'}" for src, dst, ro in binds]
     who = [f"--user={user}"] if user else []
     if user and env_file:
@@ -83,11 +85,26 @@ def main(argv: list[str] | None = None) -> None:
         os.setuid(account.pw_uid)
         if os.getuid() != account.pw_uid or os.geteuid() != account.pw_uid:
             sys.exit(f"podbay: could not become {account.pw_name}; refusing to start")
+        # The home as this server mounts it (cluster_accounts.paths), which the workspace's
+        # HOME says; the password database's is the nodes'.
+        home = env.get("HOME") or account.pw_dir
         try:
-            os.chdir(account.pw_dir)
+            os.chdir(home)
         except OSError as e:
-            sys.exit(f"podbay: {account.pw_name} cannot enter their home {account.pw_dir}: {e.strerror}")
+            sys.exit(f"podbay: {account.pw_name} cannot enter their home {home}: {e.strerror}")
+    _drop_ambient_capabilities()
     os.execvpe(command[0], command, env)
+
+
+def _drop_ambient_capabilities() -> None:
+    """Nothing unshare --keep-caps kept reaches the command: it runs with no capability, so
+    it cannot remount a read-only volume writable in its namespace."""
+    import ctypes
+
+    PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        sys.exit(f"podbay: cannot drop capabilities: {os.strerror(ctypes.get_errno())}")
 
 
 def _plain_mount_point(path: str) -> tuple[int, str]:

@@ -299,7 +299,7 @@ DOCKER_CONFIG = ROOT / "tests" / "data" / "podbay-docker.yaml"
 IMAGE = "podbay/base:2026.11"
 # Name prefixes of the test deployments' containers, volumes and networks: the docker
 # tests' hub, their host-network hub, the contract suite's. Swept before and after.
-DOCKER_TEST_PREFIXES = ("podbaytest", "podbayhosttest", "podbaycontract")
+DOCKER_TEST_PREFIXES = ("podbaytest", "podbayhosttest", "podbaycontract", "podbayhybrid")
 
 
 def _sweep(client) -> None:

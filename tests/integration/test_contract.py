@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +42,8 @@ from tests.harness import (
 
 CONFIG = ROOT / "tests" / "data" / "podbay-contract.yaml"
 BACKENDS = ["local", "docker", "kubernetes", "slurm"]
+# Workspaces on one engine, the training pool's jobs on another, as people's accounts.
+HYBRIDS = ["docker+slurm"]
 MIG = {"MIG-33333333-0003-4000-8000-000000000003", "MIG-33333333-0004-4000-8000-000000000004"}
 SHARED = "GPU-33333333-0000-4000-8000-000000000001"
 WHOLE = "GPU-33333333-0000-4000-8000-000000000002"
@@ -170,6 +174,46 @@ class DockerDriver:
         return {"profile": "mig-1g.10gb", "image": "broken"}, lambda: None
 
 
+class HybridDriver(DockerDriver):
+    """Docker's workspaces beside a training pool on the tests' real Slurm, as the people's
+    cluster accounts (pbt-alice, pbt-bob: tests/standins/slurm_cluster.py), homes on the folder
+    both see: containers as the accounts with those homes, jobs as on the slurm backend."""
+
+    name = "docker+slurm"
+    places_job_devices = SlurmDriver.places_job_devices
+    multi_node = SlurmDriver.multi_node
+    every_rank_logged = SlurmDriver.every_rank_logged
+    queued_because = SlurmDriver.queued_because
+    job_device = staticmethod(SlurmDriver.job_device)
+    login = "pbt-alice"
+
+    def __init__(self, hub: Hub, docker, people):
+        super().__init__(hub, docker)
+        self.people = people
+
+    def home(self, user: str) -> str:
+        return str(self.people.home(f"pbt-{user}"))
+
+    def inside_home(self, user: str) -> str:
+        # Where the nodes see it too: the same paths in a workspace and in its moved jobs.
+        return self.home(user)
+
+
+def hybrid_config(data_dir: Path, people) -> Path:
+    """The contract's podbay.yaml with the training pool on Slurm and people as their accounts."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    for image in cfg["images"]:
+        image.pop("build", None)  # built by the image fixture
+    cfg["pools"]["training"] = {**cfg["pools"]["training"], "engine": "slurm", "queue": "gpu"}
+    cfg["slurm"] = {**cfg["slurm"], "run_as": "person", "partitions": {}, "job_prefix": "hybrid"}
+    cfg["docker"] = {"name_prefix": "podbayhybrid"}
+    cfg["cluster_accounts"] = {"table": {user: account for account, user in
+                                         ((a, a.removeprefix("pbt-")) for a in people.accounts)}}
+    path = data_dir / "podbay.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 class KubernetesDriver:
     """Workspaces are pods of the stand-in cluster (tests/standins/k8s_cluster.py): read through the
     API server; looked into in the mount namespace its kubelet made for the container. The
@@ -258,12 +302,24 @@ def stand_in_cluster(tmp_path_factory):
         yield data_dir, url, kubeconfig
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS + HYBRIDS)
 def engine(request, tmp_path_factory):
     require(have_proxy(), "configurable-http-proxy is not installed")
     docker = None
     env = {"PODBAY_BACKEND": request.param}
-    if request.param == "docker":
+    config = CONFIG
+    if request.param == "docker+slurm":
+        docker = request.getfixturevalue("docker")
+        request.getfixturevalue("image")
+        people = request.getfixturevalue("slurm_people")
+        env = {"PODBAY_BACKEND": "docker", "SLURM_CONF": str(request.getfixturevalue("slurm_cluster").conf)}
+        # The people's jobs read the catalog's volumes from here: a folder their accounts can
+        # enter (pytest's own are root's alone).
+        data_dir = Path(tempfile.mkdtemp(prefix="podbay-hybrid-"))
+        data_dir.chmod(0o755)
+        config = hybrid_config(data_dir, people)
+        data_dir = data_dir / "data"
+    elif request.param == "docker":
         docker = request.getfixturevalue("docker")
         request.getfixturevalue("image")
         data_dir = tmp_path_factory.mktemp(f"contract-{request.param}")
@@ -275,9 +331,11 @@ def engine(request, tmp_path_factory):
         data_dir = tmp_path_factory.mktemp(f"contract-{request.param}")
     else:
         data_dir = tmp_path_factory.mktemp(f"contract-{request.param}")
-    hub = Hub(config=CONFIG, data_dir=data_dir, port=free_port_block(), keep_workspaces=True, extra_env=env)
+    hub = Hub(config=config, data_dir=data_dir, port=free_port_block(), keep_workspaces=True, extra_env=env)
     hub.start()
-    if request.param == "kubernetes":
+    if request.param == "docker+slurm":
+        driver = HybridDriver(hub, docker, people)
+    elif request.param == "kubernetes":
         driver = KubernetesDriver(hub, url)
     elif request.param == "slurm":
         driver = SlurmDriver(hub)
@@ -285,6 +343,8 @@ def engine(request, tmp_path_factory):
         driver = DockerDriver(hub, docker) if docker else LocalDriver(hub)
     yield driver
     hub.stop()
+    if request.param == "docker+slurm":
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
     if request.param in ("local", "slurm"):
         # Workspaces outlive the hub by design (--keep-workspaces): end the ones left.
         ledger = hub.book()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import subprocess
 import sys
 import tarfile
 
@@ -178,6 +179,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         if account is not None:
             # Her uid and groups, never the image's user: files on the shared filesystem are hers.
             self.extra_create_kwargs["user"] = f"{account.uid}:{account.gid}"
+            self.extra_create_kwargs["working_dir"] = home  # not the image's /home/jovyan
             self.extra_host_config["group_add"] = [str(g) for g in os.getgrouplist(account.name, account.gid) if g != account.gid]
 
     def get_env(self):
@@ -187,6 +189,8 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         return env
 
     async def create_object(self):
+        if self._account is not None and self.podbay_request is not None and self.podbay_request.volumes:
+            await asyncio.to_thread(self._make_mount_points)
         obj = await super().create_object()
         if self._account is not None:
             try:
@@ -196,6 +200,20 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                 raise SpawnException(f"The workspace could not be given your account ({e}): is /etc/passwd in "
                                      "the image a plain file?", reason="docker", status_code=503) from None
         return obj
+
+    def _make_mount_points(self) -> None:
+        """The volumes' mount points in her home, made as her: Docker would make them as root,
+        on the shared filesystem, where she could not write in them. As her, a link she put
+        in the way leads only where she may write anyway."""
+        if os.geteuid() != 0:
+            return  # a hub that cannot act as her: Docker makes them
+        account = self._account
+        paths = [str(account.home_here / vol.target) for vol in self.podbay_request.volumes]
+        run = subprocess.run(["mkdir", "-p", "--", *paths], user=account.uid, group=account.gid, extra_groups=[],
+                             cwd="/", env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
+        if run.returncode != 0:
+            raise SpawnException(f"Cannot make the volumes' folders in your home: {run.stderr.strip()}",
+                                 reason="volume", status_code=500)
 
     def _add_account(self, container: str) -> None:
         """Her account in the container's /etc/passwd and /etc/group, written into the created

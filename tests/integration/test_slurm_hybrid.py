@@ -1,0 +1,103 @@
+"""The hybrid: docker workspaces on the GPU server, the training pool on the tests' real Slurm,
+people as their own cluster accounts (pbt-alice, pbt-bob) with homes on the folder the server
+and the nodes share. The backend contract runs on it too (test_contract.py, docker+slurm);
+here is what only the hybrid has: the container is her account, her home is where this server
+mounts the shared filesystem (cluster_accounts.paths), and what she holds on both engines is
+counted together."""
+
+from __future__ import annotations
+
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.harness import DOCKER_CONFIG, hub_on, wait_job
+from tests.integration.test_docker import container_of, sh
+from tests.integration.test_slurm import service
+from tests.integration.test_slurm_identity import owner
+
+pytestmark = pytest.mark.hub
+
+
+def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_slurm_share_it(
+        docker, image, slurm_cluster, slurm_people):
+    # This server mounts the shared filesystem somewhere else than the nodes do: at a link to it.
+    view = Path(tempfile.mkdtemp(prefix="podbay-view-"))
+    view.chmod(0o755)
+    mount = view / "shared"
+    cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
+    for im in cfg["images"]:
+        im.pop("build", None)  # built by the image fixture
+    cfg["pools"]["training"] = {"engine": "slurm", "queue": "gpu"}
+    cfg["docker"] = {"name_prefix": "podbayhybrid"}
+    cfg["slurm"] = {"conf": str(slurm_cluster.conf), "run_as": "person", "container": "none",
+                    "job_prefix": "hybridws", "time_limit": "10"}
+    cfg["cluster_accounts"] = {"table": {"alice": "pbt-alice", "bob": "pbt-bob", "admin": "pbt-nobody"},
+                               "paths": {str(slurm_people.shared): str(mount)}}
+    # The hub's folder too: her job reads the scratch volume's source as her.
+    (view / "hub").mkdir(mode=0o755)
+    hub = hub_on(cfg, view / "hub", keep_workspaces=False)
+    home = slurm_people.home("pbt-alice")
+    alice = pwd.getpwnam("pbt-alice")
+    try:
+        # Not mounted here: refused in words, nothing claimed, no folder made by Docker.
+        with hub.api("alice") as api:
+            r = api.post("/users/alice/servers/dev", json={"user_options": {"profile": "cpu", "image": "base"}})
+        assert r.status_code == 503 and f"looked at {mount}/home/pbt-alice" in r.json()["message"], r.text
+        assert not mount.exists()
+        mount.symlink_to(slurm_people.shared)
+
+        r = hub.start_server("alice", "dev", {"profile": "cpu", "image": "base", "volumes": ["scratch"]})
+        assert r.status_code in (201, 202), r.text
+        container = container_of(hub, docker, "alice", "dev")
+        assert container["Config"]["User"] == f"{alice.pw_uid}:{alice.pw_gid}"
+        assert {m["Destination"] for m in container["Mounts"]} == {str(home), f"{home}/data/scratch"}
+        # Her name, her home at the nodes' path, as the image never knew her.
+        assert sh(docker, container["Id"], 'id -un; echo "$HOME"; pwd')[1].split() == ["pbt-alice", str(home), str(home)]
+        # The volume's mount point in her home is hers, not Docker's root's.
+        assert owner(home / "data" / "scratch") == "pbt-alice"
+        with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
+                          headers={"Authorization": f"token {hub.token('alice')}"}, timeout=30) as lab:
+            assert lab.put("/proj", json={"type": "directory"}).status_code in (200, 201)
+            r = lab.put("/proj/cfg", json={"type": "file", "format": "text", "content": "lr=0.1\n"})
+            assert r.status_code in (200, 201), r.text
+        assert (home / "proj" / "cfg").read_text() == "lr=0.1\n" and owner(home / "proj" / "cfg") == "pbt-alice"
+
+        # A MIG workspace on docker and a GPU job on Slurm: both counted as hers and her team's.
+        assert hub.start_server("alice", "gpu", {"profile": "mig-1g.10gb", "image": "base"}).status_code in (201, 202)
+        with service(hub, "alice") as api:
+            r = api.post("/jobs", json={"name": "train", "from_workspace": "dev", "gpus": 1, "workdir": "proj",
+                                        "command": ["sh", "-c", "cat cfg; id -un; pwd; echo done > out; "
+                                                                "while [ ! -e go ]; do sleep 0.2; done"]})
+            assert r.status_code == 201, r.text
+            job = wait_job(api, r.json()["id"], {"running"})
+            me = api.get("/me").json()
+            assert (me["usage"]["job_gpus"], me["usage"]["workspaces"]) == (1, 2), me["usage"]
+            assert me["usage"]["gpu_units"] > 0, me["usage"]
+            pools = {row["key"] for row in api.get("/usage", params={"by": "pool"}).json()["rows"]}
+            assert {"dev", "training"} <= pools, pools
+            (home / "proj" / "go").touch()
+            done = wait_job(api, job["id"], {"succeeded", "failed"})
+            assert done["state"] == "succeeded", done
+            assert api.get(f"/jobs/{job['id']}/logs").text.splitlines() == ["lr=0.1", "pbt-alice", f"{home}/proj"]
+            ssh = api.get("/ssh").json()
+            assert (ssh["login"], ssh["home"]) == ("pbt-alice", str(home)), ssh
+        # What the job wrote is hers, and the workspace sees it at the same path.
+        assert owner(home / "proj" / "out") == "pbt-alice"
+        assert sh(docker, container["Id"], "cat ~/proj/out")[1] == "done\n"
+        # Someone without an account is refused at start, in words.
+        with hub.api("admin") as api:
+            r = api.post("/users/admin/servers/x", json={"user_options": {"profile": "cpu", "image": "base"}})
+            assert r.status_code == 403 and "no account on the cluster" in r.json()["message"], r.text
+        for ws in ("dev", "gpu"):
+            hub.stop_server("alice", ws)
+    finally:
+        hub.stop()
+        shutil.rmtree(view, ignore_errors=True)
+        for leftover in ("proj", "data"):
+            shutil.rmtree(home / leftover, ignore_errors=True)
