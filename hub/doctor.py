@@ -187,6 +187,11 @@ async def diagnose(cfg: "PodbayConfig", plugin: "Backend", *, hub_url: str | Non
     findings += await hub_api(hub_url, token)
     findings += await utilisation(cfg, not plugin.places(cfg))
     findings += await plugin.doctor(cfg)
+    # The engines of pools that are not the backend's (the hybrid's Slurm pool): theirs too.
+    from .backends import load
+
+    for engine in sorted(set(cfg.pool_engines(plugin.name).values())):
+        findings += await load(engine).doctor(cfg)
     return findings
 
 

@@ -319,6 +319,7 @@ def engine(request, tmp_path_factory):
         data_dir.chmod(0o755)
         config = hybrid_config(data_dir, people)
         data_dir = data_dir / "data"
+        data_dir.mkdir(mode=0o755)
     elif request.param == "docker":
         docker = request.getfixturevalue("docker")
         request.getfixturevalue("image")

@@ -7,6 +7,7 @@ counted together."""
 
 from __future__ import annotations
 
+import asyncio
 import pwd
 import shutil
 import tempfile
@@ -16,6 +17,9 @@ import httpx
 import pytest
 import yaml
 
+from podbay.hub.backends import load
+from podbay.hub.config import parse_config
+from podbay.hub.doctor import diagnose
 from tests.harness import DOCKER_CONFIG, hub_on, wait_job
 from tests.integration.test_docker import container_of, sh
 from tests.integration.test_slurm import service
@@ -96,6 +100,11 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
             assert r.status_code == 403 and "no account on the cluster" in r.json()["message"], r.text
         for ws in ("dev", "gpu"):
             hub.stop_server("alice", ws)
+        # `podbay doctor` on the docker backend checks the Slurm pool's set-up too.
+        findings = {f.what: f.level for f in asyncio.run(diagnose(parse_config(cfg), load("docker")))}
+        assert findings["this server sees the people's homes (2) through cluster_accounts.paths"] == "ok", findings
+        assert findings["the service submits as the person (tried as pbt-alice: sudo, its descriptor and "
+                        "SLURM_CONF reach sbatch)"] == "ok", findings
     finally:
         hub.stop()
         shutil.rmtree(view, ignore_errors=True)

@@ -224,6 +224,14 @@ def test_podbay_doctor_tries_the_sites_set_up_for_acting_as_people(slurm_cluster
         in lacking.what, lacking
     # The tests' hub is root, which a site's is not: said, with the fix.
     assert found["the service runs as root: it may act as anyone, not only as your people"].level == "warn"
+    assert found["this server sees the people's homes (1)"].level == "ok"
+    # A mapping to where this server has nothing: both the mapping and the home are named.
+    moved = config(slurm_cluster, cluster_accounts={"table": {"alice": "pbt-alice"},
+                                                    "paths": {str(slurm_people.shared): "/nonexistent/shared"}})
+    failed = {f.what for f in asyncio.run(diagnose(moved)) if f.level == "fail"}
+    assert f"cluster_accounts.paths: /nonexistent/shared (the nodes' {slurm_people.shared}) is not a folder on " \
+           "this server" in failed, failed
+    assert "homes this server does not see: pbt-alice (/nonexistent/shared/home/pbt-alice)" in failed, failed
     # Without the site's rules (closefrom_override, env_keep), submitting as the person fails, and says so.
     saved = SUDOERS.read_bytes()
     SUDOERS.unlink()

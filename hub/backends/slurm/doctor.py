@@ -110,6 +110,7 @@ def _people(cfg: PodbayConfig, commands: Commands, config: str) -> list[Finding]
     if lacking:
         out.append(Finding.warn(f"people without a usable cluster account: {'; '.join(lacking)}",
                                 "create their accounts, or map their logins (cluster_accounts.table)"))
+    out += _shared_filesystem(cfg, found)
     if shutil.which(commands.settings.sudo) is None:
         return out + [Finding.fail(f"{commands.settings.sudo} is not installed: jobs cannot run as their people",
                                    "install sudo and config/slurm/sudoers (docs/howto/slurm.md)")]
@@ -162,6 +163,25 @@ def _people(cfg: PodbayConfig, commands: Commands, config: str) -> list[Finding]
         if level not in ("Operator", "Administrator"):
             out.append(Finding.fail(f"Slurm hides people's jobs from the service (PrivateData={private})",
                                     f"sacctmgr modify user {me} set adminlevel=operator"))
+    return out
+
+
+def _shared_filesystem(cfg: PodbayConfig, found: list) -> list[Finding]:
+    """Whether this server sees the shared filesystem where podbay.yaml says: each mapped
+    folder, and each person's home (workspaces mount it; their jobs' files are read there)."""
+    out = []
+    for cluster, here in cfg.cluster_accounts.paths.items():
+        if not os.path.isdir(here):
+            out.append(Finding.fail(f"cluster_accounts.paths: {here} (the nodes' {cluster}) is not a folder on this "
+                                    "server", "mount the shared filesystem there, or correct the mapping"))
+    missing = [f"{a.name} ({a.home_here})" for a in found if not a.home_here.is_dir()]
+    if missing:
+        out.append(Finding.fail(f"homes this server does not see: {', '.join(missing)}",
+                                "mount the shared filesystem the homes are on here, and say where in "
+                                "cluster_accounts.paths if not at the nodes' paths"))
+    elif found:
+        out.append(Finding.ok(f"this server sees the people's homes ({len(found)})"
+                              + (" through cluster_accounts.paths" if cfg.cluster_accounts.paths else "")))
     return out
 
 
