@@ -316,13 +316,14 @@ def test_a_persons_account_is_written_into_the_containers_password_database():
     from podbay.hub.identity import ClusterAccount
 
     passwd = ("root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n"
+              "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
               "jovyan:x:1000:100::/home/jovyan:/bin/bash\nalice:x:7:7::/tmp:/bin/sh\n")
     group = "root:x:0:\nusers:x:100:\n"
     alice = ClusterAccount(name="alice", uid=1000, gid=3000, home=Path("/gpfs/home/alice"),
                            home_here=Path("/mnt/gpfs/home/alice"))
     files = account_files(passwd, group, alice, "/gpfs/home/alice")
     rows = [line.split(":") for line in files["passwd"].splitlines()]
-    assert [r[0] for r in rows] == ["root", "sshd", "alice"]
+    assert [r[0] for r in rows] == ["root", "sshd", "nobody", "alice"]
     assert rows[-1] == ["alice", "x", "1000", "3000", "alice", "/gpfs/home/alice", "/bin/bash"]
     assert files["group"].splitlines() == ["root:x:0:", "users:x:100:", "alice:x:3000:"]
     # A group the image has already is kept as it is.

@@ -359,9 +359,11 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
 def account_files(passwd: str, group: str, account: ClusterAccount, home: str) -> dict[str, str]:
     """The image's passwd and group with the account in them: its own line replaces any of
     the image's with its name or uid (jovyan is uid 1000, so may an account be); its primary
-    group is added where the image has none with that gid. The shell is the image's users'."""
+    group is added where the image has none with that gid."""
     rows = [line.split(":") for line in passwd.splitlines() if line.strip()]
-    shell = next((r[6] for r in rows if len(r) == 7 and r[2].isdigit() and int(r[2]) >= 1000), "/bin/sh")
+    # A login shell of the image's people (jovyan's), never nobody's nologin.
+    shell = next((r[6] for r in rows if len(r) == 7 and r[2].isdigit() and 1000 <= int(r[2]) < 60000
+                  and not r[6].endswith(("nologin", "false"))), "/bin/sh")
     kept = [":".join(r) for r in rows if not (r[0] == account.name or (len(r) > 2 and r[2] == str(account.uid)))]
     kept.append(f"{account.name}:x:{account.uid}:{account.gid}:{account.name}:{home}:{shell}")
     groups = [line for line in group.splitlines() if line.strip()]
