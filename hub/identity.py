@@ -12,6 +12,7 @@ Nothing of a request takes part: the account follows from the authenticated name
 from __future__ import annotations
 
 import os
+import posixpath
 import pwd
 import re
 from dataclasses import dataclass
@@ -66,8 +67,12 @@ def cluster_account(cfg: PodbayConfig, user: str) -> ClusterAccount:
         raise NoClusterAccount(
             f"the account {name!r} is a system account (uid {entry.pw_uid}): podbay runs nobody's jobs as one; "
             "ask your platform team to map your login to your own account")
-    return ClusterAccount(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=Path(entry.pw_dir),
-                          home_here=Path(here(cfg, entry.pw_dir)))
+    home = entry.pw_dir
+    if not home.startswith("/") or any(c in home for c in ":\n") or posixpath.normpath(home) != home.rstrip("/"):
+        # It is written into a container's /etc/passwd and matched against path mappings.
+        raise NoClusterAccount(f"the account {name!r} has no usable home ({home!r}): ask your platform team")
+    return ClusterAccount(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=Path(home),
+                          home_here=Path(here(cfg, home)))
 
 
 # The cluster's shared filesystem seen from two sides: its nodes (the password database's

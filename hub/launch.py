@@ -17,14 +17,15 @@ import sys
 
 
 def launcher(binds: list[tuple[str, str, bool]], quiet: bool = False, user: str | None = None,
-             env_file: str | None = None, unprivileged: bool | None = None) -> list[str]:
+             env_file: str | None = None, unprivileged: bool | None = None, home: str | None = None) -> list[str]:
     """The command prefix that runs what follows it with `binds` (source, target, read-only)
     mounted in a private mount namespace: for workspaces (local spawner) and jobs (local
     training backend) alike; as `user` (an account name) once mounted, where given (the hub
     is root and the workspace is the person's), with the environment in `env_file` (root's
     part runs with none of the person's: LD_PRELOAD and the like are theirs to set, for
     their own processes only). `unprivileged`: whether it runs without root (default: as
-    this process does; a Slurm job as the person never has it, whoever submits)."""
+    this process does; a Slurm job as the person never has it, whoever submits). `home`: the
+    account's home as this server mounts it, where not the password database's (the nodes')."""
     unshare = ["unshare", "--mount", "--propagation", "private"]
     if unprivileged if unprivileged is not None else os.getuid() != 0:
         # Without root, a user namespace grants the right to mount, as the same uid; its
@@ -35,6 +36,8 @@ def launcher(binds: list[tuple[str, str, bool]], quiet: bool = False, user: str 
     who = [f"--user={user}"] if user else []
     if user and env_file:
         who.append(f"--env-file={env_file}")
+    if user and home:
+        who.append(f"--home={home}")
     # -I: Python reads no PYTHON* variable and imports nothing from the working directory
     # (root starts it; the directory may be a person's home).
     return unshare + [sys.executable, "-I", "-m", "podbay.hub.launch", *(["--quiet"] if quiet else []), *who, *args,
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--user", help="the account to become once the volumes are mounted")
     parser.add_argument("--env-file", help="the environment to run the command with, once it is the account's "
                                            "(NAME=value, each ended by a NUL; removed once read)")
+    parser.add_argument("--home", help="the account's home on this server, where not its password entry's")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no command to run after --")
 
     account = pwd.getpwnam(args.user) if args.user else None
+    # Root's own choice (the hub's), never the person's environment.
+    home = args.home or (account.pw_dir if account else None)
     env = dict(os.environ)
     if args.env_file:
         with open(args.env_file, "rb") as f:
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             # In a person's home, the mount point is reached without following a link the
             # person made (~/data -> /etc), and made as them.
-            parent, name = _mount_point(dst, account) if account is not None else _plain_mount_point(dst)
+            parent, name = _mount_point(dst, account, home) if account is not None else _plain_mount_point(dst)
         except OSError as e:
             sys.exit(f"podbay: cannot mount volume {src} at {dst}: {e.strerror or e}")
         try:
@@ -85,9 +91,6 @@ def main(argv: list[str] | None = None) -> None:
         os.setuid(account.pw_uid)
         if os.getuid() != account.pw_uid or os.geteuid() != account.pw_uid:
             sys.exit(f"podbay: could not become {account.pw_name}; refusing to start")
-        # The home as this server mounts it (cluster_accounts.paths), which the workspace's
-        # HOME says; the password database's is the nodes'.
-        home = env.get("HOME") or account.pw_dir
         try:
             os.chdir(home)
         except OSError as e:
@@ -113,15 +116,15 @@ def _plain_mount_point(path: str) -> tuple[int, str]:
     return os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY), os.path.basename(path)
 
 
-def _mount_point(path: str, account) -> tuple[int, str]:
+def _mount_point(path: str, account, home: str) -> tuple[int, str]:
     """The mount point under the account's home as (an O_PATH descriptor of its folder, its
     name), each folder on the way made as the account where missing and taken without
     following a link: what is mounted on is in the home, whatever the person does to it."""
-    rel = os.path.relpath(os.path.abspath(path), account.pw_dir)
+    rel = os.path.relpath(os.path.abspath(path), home)
     parts = [p for p in rel.split(os.sep) if p not in ("", ".")]
     if not parts or parts[0] == ".." or os.path.isabs(rel):
-        raise OSError(f"{path} is not under {account.pw_dir}")
-    fd = os.open(os.path.realpath(account.pw_dir), os.O_PATH | os.O_DIRECTORY)
+        raise OSError(f"{path} is not under {home}")
+    fd = os.open(os.path.realpath(home), os.O_PATH | os.O_DIRECTORY)
     try:
         for i, part in enumerate(parts):
             try:

@@ -461,7 +461,13 @@ class ClusterAccounts(_Model):
             for path in (cluster, here):
                 if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or path == "/":
                     raise ValueError(f"{path!r} is not a plain absolute folder such as /gpfs (no .., not /)")
-        return {k.rstrip("/"): here.rstrip("/") for k, here in v.items()}
+        v = {k.rstrip("/"): here.rstrip("/") for k, here in v.items()}
+        # Each folder here is one folder of the nodes': back from here must be unambiguous.
+        heres = sorted(v.values())
+        for a, b in zip(heres, heres[1:]):
+            if a == b or b.startswith(a + "/"):
+                raise ValueError(f"{a} and {b} overlap: two of the nodes' folders cannot be one here")
+        return v
 
 
 class PodbayConfig(_Model):

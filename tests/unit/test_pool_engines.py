@@ -40,10 +40,13 @@ def test_docker_workspaces_beside_a_slurm_pool_whose_jobs_run_as_people():
     assert c.cluster_accounts.paths == {"/gpfs": "/mnt/gpfs"}
 
 
-@pytest.mark.parametrize("paths", [{"gpfs": "/mnt/gpfs"}, {"/gpfs": "/mnt/../etc"}, {"/": "/mnt"}])
-def test_a_path_mapping_is_plain_absolute_folders(paths):
+@pytest.mark.parametrize("paths, words", [
+    ({"gpfs": "/mnt/gpfs"}, "not a plain absolute folder"), ({"/gpfs": "/mnt/../etc"}, "not a plain absolute folder"),
+    ({"/": "/mnt"}, "not a plain absolute folder"), ({"/gpfs": "/mnt", "/lustre": "/mnt"}, "overlap"),
+    ({"/gpfs": "/mnt", "/lustre": "/mnt/lustre"}, "overlap")])
+def test_a_path_mapping_is_plain_absolute_folders_one_for_one(paths, words):
     found = issues("local", {"engine": "slurm", "queue": "gpu"}, cluster_accounts={"paths": paths})
-    assert "not a plain absolute folder" in found["cluster_accounts.paths"]
+    assert words in found["cluster_accounts.paths"]
 
 
 def test_paths_are_mapped_by_whole_components_longest_first():
@@ -249,3 +252,22 @@ def test_workspaces_as_slurm_jobs_need_a_partition_and_an_address_and_no_time_sl
                               {"dev": {"queue": "interactive"}, "training": {}}, hub_address="10.0.0.5"))
     assert "not time-sliced shares" in refused["profiles.1.id"]
     assert "needs a pool with a Slurm partition" in refused["profiles.2.pools"]
+
+
+def test_a_workspaces_mount_points_are_under_its_home_as_this_server_mounts_it(tmp_path):
+    """cluster_accounts.paths: the launcher is told the home here (not the password entry's,
+    which is the nodes'), and makes the mount points under it, refusing anything outside."""
+    import os
+    import pwd
+
+    from podbay.hub.launch import _mount_point, launcher
+
+    assert "--home=/mnt/gpfs/home/alice" in launcher([], user="alice", env_file="/e", home="/mnt/gpfs/home/alice")
+    me = pwd.getpwuid(os.getuid())
+    here = tmp_path / "mnt" / "home" / me.pw_name
+    here.mkdir(parents=True)
+    fd, name = _mount_point(str(here / "data" / "scratch"), me, str(here))
+    os.close(fd)
+    assert name == "scratch" and (here / "data").is_dir()
+    with pytest.raises(OSError, match="is not under"):
+        _mount_point(str(tmp_path / "elsewhere" / "x"), me, str(here))

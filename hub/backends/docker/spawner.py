@@ -122,8 +122,9 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         # training backend mounts the same home for the same user without a spawner.
         return self.docker_settings.home_volume(self.user.name, self.name or None)
 
-    # The person's cluster account, where workspaces run as people (start).
+    # The person's cluster account, where workspaces run as people, and its groups (start).
     _account: ClusterAccount | None = None
+    _groups_of_account: list[int] = []
 
     @property
     def home(self) -> str:
@@ -180,12 +181,15 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             # Her uid and groups, never the image's user: files on the shared filesystem are hers.
             self.extra_create_kwargs["user"] = f"{account.uid}:{account.gid}"
             self.extra_create_kwargs["working_dir"] = home  # not the image's /home/jovyan
-            self.extra_host_config["group_add"] = [str(g) for g in os.getgrouplist(account.name, account.gid) if g != account.gid]
+            self.extra_host_config["group_add"] = [str(g) for g in self._groups_of_account if g != account.gid]
 
     def get_env(self):
         env = super().get_env()
         if self._account is not None:
-            env.update(HOME=self.home, USER=self._account.name, LOGNAME=self._account.name)
+            # Jupyter's runtime files (kernels' connection files, sockets) stay in the container:
+            # the shared filesystem's locking is no place for them.
+            env.update(HOME=self.home, USER=self._account.name, LOGNAME=self._account.name,
+                       JUPYTER_RUNTIME_DIR="/tmp/jupyter-runtime")
         return env
 
     async def create_object(self):
@@ -195,8 +199,11 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         if self._account is not None:
             try:
                 await asyncio.to_thread(self._add_account, obj["Id"])
-            except (APIError, DockerException, KeyError, tarfile.TarError) as e:
-                await self.docker("remove_container", obj["Id"], force=True)
+            except Exception as e:  # noqa: BLE001 - whatever it was, no container is left behind
+                try:
+                    await self.docker("remove_container", obj["Id"], force=True)
+                except Exception:  # noqa: BLE001 - the engine gone too: the hub's sweep at start removes it
+                    pass
                 raise SpawnException(f"The workspace could not be given your account ({e}): is /etc/passwd in "
                                      "the image a plain file?", reason="docker", status_code=503) from None
         return obj
@@ -209,8 +216,13 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             return  # a hub that cannot act as her: Docker makes them
         account = self._account
         paths = [str(account.home_here / vol.target) for vol in self.podbay_request.volumes]
-        run = subprocess.run(["mkdir", "-p", "--", *paths], user=account.uid, group=account.gid, extra_groups=[],
-                             cwd="/", env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
+        try:
+            run = subprocess.run(["mkdir", "-p", "--", *paths], user=account.uid, group=account.gid,
+                                 extra_groups=self._groups_of_account, cwd="/", env={"PATH": "/usr/bin:/bin"},
+                                 capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            raise SpawnException("Cannot make the volumes' folders in your home: the shared filesystem did not "
+                                 "answer in 30 s. Ask your platform team.", reason="volume", status_code=503) from None
         if run.returncode != 0:
             raise SpawnException(f"Cannot make the volumes' folders in your home: {run.stderr.strip()}",
                                  reason="volume", status_code=500)
@@ -222,10 +234,18 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         account = self._account
         files = {}
         for name in ("passwd", "group"):
-            stream, _ = self.client.get_archive(container, f"/etc/{name}")
+            try:
+                stream, _ = self.client.get_archive(container, f"/etc/{name}")
+            except NotFound:
+                if name == "passwd":
+                    raise
+                files[name] = ""  # an image without groups: hers is the first
+                continue
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                member = tar.getmember(name)
-                files[name] = tar.extractfile(member).read().decode(errors="replace")
+                member = tar.extractfile(tar.getmember(name))
+                if member is None:
+                    raise tarfile.TarError(f"/etc/{name} is not a plain file")
+                files[name] = member.read().decode(errors="replace")
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as tar:
             for name, text in account_files(files["passwd"], files["group"], account, self.home).items():
@@ -259,6 +279,8 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             missing = await asyncio.to_thread(home_missing, self._account)
             if missing:
                 raise SpawnException(f"{missing}.", reason="home", status_code=503)
+            # NSS may be LDAP or SSSD, and slow: off the hub's loop.
+            self._groups_of_account = await asyncio.to_thread(os.getgrouplist, self._account.name, self._account.gid)
         await self._check_network()
         try:
             ip, port = await super().start()

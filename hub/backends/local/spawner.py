@@ -138,7 +138,8 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         req = self.podbay_request
         account = getattr(self, "_account", None)
         if req is None or not req.volumes:
-            return launcher([], user=account.name, env_file=str(self._env_file)) if account is not None else []
+            return launcher([], user=account.name, env_file=str(self._env_file), home=self.home_dir) \
+                if account is not None else []
         home = Path(self.home_dir)
         binds = []
         for vol in req.volumes:
@@ -150,7 +151,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
             binds.append((str(src), str(home / vol.target), vol.read_only))
         if account is None:
             return launcher(binds)
-        return launcher(binds, user=account.name, env_file=str(self._env_file))
+        return launcher(binds, user=account.name, env_file=str(self._env_file), home=self.home_dir)
 
     async def _died(self) -> str | None:
         status = self.proc.poll() if self.proc is not None else None

@@ -250,8 +250,9 @@ class SlurmJobs(TrainingBackend):
         return (self.home_of(user) or self.homes / user) / ".podbay" / "jobs" / self.slurm_name(job_id)
 
     def here(self, path: str | Path) -> str:
-        """A path the nodes see, as this server opens it (cluster_accounts.paths)."""
-        return here(self.cfg, path)
+        """A path in a person's home (as the nodes see it), as this server opens it
+        (cluster_accounts.paths). The service's own jobs' folders are podbay's, as they are."""
+        return here(self.cfg, path) if self.person else str(path)
 
     def mount_source(self, volume, path):
         # The catalog's source is this server's path: the nodes may mount the filesystem elsewhere.
