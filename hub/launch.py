@@ -95,17 +95,39 @@ def main(argv: list[str] | None = None) -> None:
             os.chdir(home)
         except OSError as e:
             sys.exit(f"podbay: {account.pw_name} cannot enter their home {home}: {e.strerror}")
+    elif os.getuid() != 0 and args.bind:
+        _lock_mounts()
     _drop_ambient_capabilities()
     os.execvpe(command[0], command, env)
+
+
+def _libc():
+    import ctypes
+
+    return ctypes, ctypes.CDLL(None, use_errno=True)
+
+
+def _lock_mounts() -> None:
+    """Without root the mounts were made in a user namespace of the person's own, where any
+    other process of theirs (a shell on the node, another job) could enter and remount a
+    read-only volume writable. Moved into a namespace below it, the command sees copies the
+    kernel locks (a less privileged namespace may not change them), whoever enters it."""
+    ctypes, libc = _libc()
+    clone_newns, clone_newuser = 0x00020000, 0x10000000
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(clone_newuser | clone_newns) != 0:
+        sys.exit(f"podbay: cannot lock the volumes' mounts: {os.strerror(ctypes.get_errno())}")
+    # The same uid and gid inside: the person's files stay theirs, and nothing else is mapped.
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
 
 
 def _drop_ambient_capabilities() -> None:
     """Nothing unshare --keep-caps kept reaches the command: it runs with no capability, so
     it cannot remount a read-only volume writable in its namespace."""
-    import ctypes
-
+    ctypes, libc = _libc()
     PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
-    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         sys.exit(f"podbay: cannot drop capabilities: {os.strerror(ctypes.get_errno())}")
 

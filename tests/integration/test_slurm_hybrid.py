@@ -43,6 +43,12 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
                     "job_prefix": "hybridws", "time_limit": "10"}
     cfg["cluster_accounts"] = {"table": {"alice": "pbt-alice", "bob": "pbt-bob", "admin": "pbt-nobody"},
                                "paths": {str(slurm_people.shared): str(mount)}}
+    # The scratch volume on the shared filesystem, named as this server sees it.
+    datasets = slurm_people.shared / "datasets"
+    (datasets / "scratch").mkdir(parents=True, exist_ok=True)
+    (datasets / "scratch").chmod(0o1777)
+    cfg["volumes"] = [v for v in cfg["volumes"] if v["name"] != "scratch"] + [
+        {"name": "scratch", "source": f"{mount}/datasets/scratch", "read_only": False}]
     # The hub's folder too: her job reads the scratch volume's source as her.
     (view / "hub").mkdir(mode=0o755)
     hub = hub_on(cfg, view / "hub", keep_workspaces=False)
@@ -60,7 +66,9 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
         assert r.status_code in (201, 202), r.text
         container = container_of(hub, docker, "alice", "dev")
         assert container["Config"]["User"] == f"{alice.pw_uid}:{alice.pw_gid}"
-        assert {m["Destination"] for m in container["Mounts"]} == {str(home), f"{home}/data/scratch"}
+        # Docker is given this server's paths; the container has the nodes'.
+        assert sorted(container["HostConfig"]["Binds"]) == [f"{mount}/datasets/scratch:{home}/data/scratch:rw",
+                                                            f"{mount}/home/pbt-alice:{home}:rw"]
         # Her name, her home at the nodes' path, as the image never knew her.
         assert sh(docker, container["Id"], 'id -un; echo "$HOME"; pwd')[1].split() == ["pbt-alice", str(home), str(home)]
         # The volume's mount point in her home is hers, not Docker's root's.
@@ -80,6 +88,10 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
                                                                 "while [ ! -e go ]; do sleep 0.2; done"]})
             assert r.status_code == 201, r.text
             job = wait_job(api, r.json()["id"], {"running"})
+            # Slurm is given the nodes' path of the volume, never this server's.
+            slurm_id = slurm_cluster.run("squeue", "-h", "-n", f"hybridws-{job['id']}", "-o", "%i").stdout.strip()
+            script = slurm_cluster.run("scontrol", "write", "batch_script", slurm_id, "-").stdout
+            assert f"--bind={datasets}/scratch:{home}/data/scratch:rw" in script and str(mount) not in script, script
             me = api.get("/me").json()
             assert (me["usage"]["job_gpus"], me["usage"]["workspaces"]) == (1, 2), me["usage"]
             assert me["usage"]["gpu_units"] > 0, me["usage"]
@@ -108,5 +120,5 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
     finally:
         hub.stop()
         shutil.rmtree(view, ignore_errors=True)
-        for leftover in ("proj", "data"):
-            shutil.rmtree(home / leftover, ignore_errors=True)
+        for leftover in (home / "proj", home / "data", datasets):
+            shutil.rmtree(leftover, ignore_errors=True)

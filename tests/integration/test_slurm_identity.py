@@ -10,6 +10,7 @@ import os
 import pwd
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -333,3 +334,53 @@ def test_a_workspace_is_the_persons_and_a_job_moved_from_it_finds_its_files(slur
         hub.stop_server("alice", "dev")
     finally:
         hub.stop()
+
+
+ATTACK = """
+import ctypes, os, sys
+pid, dst = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+for ns in ("user", "mnt"):
+    fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY)
+    if libc.setns(fd, 0) != 0:
+        sys.exit("setns " + ns + ": " + os.strerror(ctypes.get_errno()))
+if libc.mount(None, dst.encode(), None, 4096 | 32 | 2 | 4, None) != 0:  # MS_BIND|MS_REMOUNT|NOSUID|NODEV: rw
+    sys.exit("remount: " + os.strerror(ctypes.get_errno()))
+open(os.path.join(dst, "written"), "w").write("x")
+"""
+
+
+def test_a_persons_job_cannot_make_its_read_only_volume_writable_from_outside(slurm_people, tmp_path):
+    """A job as the person without a container mounts its volumes in a user namespace of
+    theirs: another process of theirs (a shell on the node) that enters it still finds the
+    read-only volume locked read-only."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from podbay.hub.launch import launcher
+    from tests.standins.slurm_cluster import wait_for
+
+    top = Path(tempfile.mkdtemp(prefix="podbay-lock-"))
+    try:
+        top.chmod(0o755)
+        (top / "src").mkdir()
+        (top / "dst").mkdir(mode=0o777)
+        (top / "dst").chmod(0o777)
+        pidfile = top / "dst" / "pid"
+        job = subprocess.Popen(
+            ["sudo", "-u", "pbt-alice", *launcher([(str(top / "src"), str(top / "dst" / "ro"), True)], quiet=True,
+                                                  unprivileged=True),
+             "sh", "-c", f'echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; exec sleep 30'], cwd="/")
+        try:
+            wait_for(pidfile.exists, 30, "the job to start")
+            attack = subprocess.run(["sudo", "-u", "pbt-alice", sys.executable, "-I", "-c", ATTACK,
+                                     pidfile.read_text().strip(), str(top / "dst" / "ro")],
+                                    capture_output=True, text=True, cwd="/", timeout=30)
+        finally:
+            job.kill()
+            job.wait()
+        assert attack.returncode != 0 and "remount: Operation not permitted" in attack.stderr, attack
+        assert list((top / "src").iterdir()) == []
+    finally:
+        subprocess.run(["rm", "-rf", str(top)])

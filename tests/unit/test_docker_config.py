@@ -321,11 +321,15 @@ def test_a_persons_account_is_written_into_the_containers_password_database():
     group = "root:x:0:\nusers:x:100:\n"
     alice = ClusterAccount(name="alice", uid=1000, gid=3000, home=Path("/gpfs/home/alice"),
                            home_here=Path("/mnt/gpfs/home/alice"))
-    files = account_files(passwd, group, alice, "/gpfs/home/alice")
+    files = account_files(passwd, group, alice, "/gpfs/home/alice", {3000: "vision", 3001: "users", 100: "staff"})
     rows = [line.split(":") for line in files["passwd"].splitlines()]
     assert [r[0] for r in rows] == ["root", "sshd", "nobody", "alice"]
     assert rows[-1] == ["alice", "x", "1000", "3000", "alice", "/gpfs/home/alice", "/bin/bash"]
-    assert files["group"].splitlines() == ["root:x:0:", "users:x:100:", "alice:x:3000:"]
+    # Her groups by the cluster's names; a name the image uses already gets its gid added.
+    assert files["group"].splitlines() == ["root:x:0:", "users:x:100:", "vision:x:3000:", "users-3001:x:3001:alice"]
+    # An image with nobody of its own (NGC's): root's shell, not nologin.
+    ngc = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    assert account_files(ngc, "", alice, "/h")["passwd"].splitlines()[-1].endswith(":/h:/bin/bash")
     # A group the image has already is kept as it is.
     bob = ClusterAccount(name="bob", uid=2001, gid=100, home=Path("/h/bob"), home_here=Path("/h/bob"))
     assert account_files(passwd, group, bob, "/h/bob")["group"] == group

@@ -29,6 +29,7 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
 from __future__ import annotations
 
 import asyncio
+import grp
 import io
 import os
 import subprocess
@@ -125,6 +126,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
     # The person's cluster account, where workspaces run as people, and its groups (start).
     _account: ClusterAccount | None = None
     _groups_of_account: list[int] = []
+    _group_names: dict[int, str] = {}
 
     @property
     def home(self) -> str:
@@ -248,7 +250,8 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                 files[name] = member.read().decode(errors="replace")
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as tar:
-            for name, text in account_files(files["passwd"], files["group"], account, self.home).items():
+            for name, text in account_files(files["passwd"], files["group"], account, self.home,
+                                            self._group_names).items():
                 data = text.encode()
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = len(data), 0o644
@@ -280,7 +283,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             if missing:
                 raise SpawnException(f"{missing}.", reason="home", status_code=503)
             # NSS may be LDAP or SSSD, and slow: off the hub's loop.
-            self._groups_of_account = await asyncio.to_thread(os.getgrouplist, self._account.name, self._account.gid)
+            self._groups_of_account, self._group_names = await asyncio.to_thread(_groups_of, self._account)
         await self._check_network()
         try:
             ip, port = await super().start()
@@ -378,20 +381,45 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
         return True
 
 
-def account_files(passwd: str, group: str, account: ClusterAccount, home: str) -> dict[str, str]:
+def _groups_of(account: ClusterAccount) -> tuple[list[int], dict[int, str]]:
+    """The account's gids, and the cluster's names for them (where it has one)."""
+    gids = os.getgrouplist(account.name, account.gid)
+    names = {}
+    for gid in gids:
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            continue
+        if ":" not in name and "\n" not in name:
+            names[gid] = name
+    return gids, names
+
+
+def account_files(passwd: str, group: str, account: ClusterAccount, home: str,
+                  groups: dict[int, str] | None = None) -> dict[str, str]:
     """The image's passwd and group with the account in them: its own line replaces any of
-    the image's with its name or uid (jovyan is uid 1000, so may an account be); its primary
-    group is added where the image has none with that gid."""
+    the image's with its name or uid (jovyan is uid 1000, so may an account be); each of its
+    groups (`groups`: gid → the cluster's name for it) the image does not have is added under
+    its cluster name, with her as a member of the supplementary ones."""
     rows = [line.split(":") for line in passwd.splitlines() if line.strip()]
-    # A login shell of the image's people (jovyan's), never nobody's nologin.
-    shell = next((r[6] for r in rows if len(r) == 7 and r[2].isdigit() and 1000 <= int(r[2]) < 60000
-                  and not r[6].endswith(("nologin", "false"))), "/bin/sh")
+    # A login shell of the image's people (jovyan's), else root's (NGC images have no
+    # people), never nobody's nologin.
+    usable = [r for r in rows if len(r) == 7 and r[2].isdigit() and not r[6].endswith(("nologin", "false"))]
+    shell = next((r[6] for r in usable if 1000 <= int(r[2]) < 60000), None) or \
+        next((r[6] for r in usable if r[2] == "0"), "/bin/sh")
     kept = [":".join(r) for r in rows if not (r[0] == account.name or (len(r) > 2 and r[2] == str(account.uid)))]
     kept.append(f"{account.name}:x:{account.uid}:{account.gid}:{account.name}:{home}:{shell}")
-    groups = [line for line in group.splitlines() if line.strip()]
-    if not any(len(g.split(":")) > 2 and g.split(":")[2] == str(account.gid) for g in groups):
-        groups.append(f"{account.name}:x:{account.gid}:")
-    return {"passwd": "\n".join(kept) + "\n", "group": "\n".join(groups) + "\n"}
+    lines = [line for line in group.splitlines() if line.strip()]
+    have = {g.split(":")[2] for g in lines if len(g.split(":")) > 2}
+    names = {g.split(":")[0] for g in lines}
+    for gid, name in {account.gid: account.name, **(groups or {})}.items():
+        if str(gid) in have:
+            continue
+        if name in names:  # the image has a group of that name with another gid
+            name = f"{name}-{gid}"
+        lines.append(f"{name}:x:{gid}:" + ("" if gid == account.gid else account.name))
+        names.add(name)
+    return {"passwd": "\n".join(kept) + "\n", "group": "\n".join(lines) + "\n"}
 
 
 def _docker_words(e: Exception) -> str:
