@@ -147,6 +147,11 @@ class TrainingBackend(ABC):
         """After a restart: the status of every job the service believed active."""
         return {job_id: await self.status(ref) for job_id, ref in refs.items()}
 
+    def usage_ref(self, ref: dict) -> dict:
+        """What the quota book keeps of a running job's reference, for matching its GPUs'
+        utilisation where the engine placed them (Slurm: its job id, DCGM's hpc_job)."""
+        return {}
+
     def for_pool(self, pool: str) -> "TrainingBackend":
         """The engine that runs `pool`'s jobs: this one, unless pools have engines of their
         own (PoolEngines)."""

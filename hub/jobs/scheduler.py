@@ -185,10 +185,11 @@ class Scheduler:
             if engine.queues_jobs and stored != "running":
                 # From now on it holds GPUs: the quota book shows them. The engine's own
                 # quota (Kueue's ClusterQueue, Slurm's QOS) decided it may run.
+                ref = engine.usage_ref(await self.store.job_ref(job.id))
                 await asyncio.to_thread(
                     self.portal.book.claim, key=f"job:{job.id}", kind="job", user=job.user, team=job.team,
                     demand=self._demand(job), quota=self.portal.quota_for(job.team), enforce_job_quota=False,
-                    replace=True)
+                    replace=True, ref=ref)
             if stored != "running":
                 await self.store.update(job.id, state="running", started=job.started or self.clock(), message="running")
         elif status.state == "pending":

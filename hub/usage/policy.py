@@ -71,6 +71,8 @@ class Matcher:
                 by[("uuid", r.uuid)].append(r.util)
             if r.pod:
                 by[("pod", r.pod)].append(r.util)
+            if r.hpc_job:
+                by[("hpc_job", r.hpc_job)].append(r.util)
         return by
 
     def measure(self, holding: Holding, by: dict) -> tuple[float, float] | None:
@@ -87,9 +89,12 @@ class Matcher:
                 utils.append(max(found))
         if not holding.devices:
             # Where the engine places (Kubernetes): the pod mapping of DCGM's exporter.
-            pod = holding.ref.get("pod")
+            pod, slurm_id = holding.ref.get("pod"), holding.ref.get("slurm_id")
             if pod:
                 utils += by.get(("pod", pod), [])
+            elif slurm_id:
+                # Slurm placed it: DCGM's HPC job mapping names the job on each of its GPUs.
+                utils += by.get(("hpc_job", str(slurm_id)), [])
             elif holding.kind == "job" and self.job_pod_prefix:
                 job_id = holding.key.split(":", 1)[1]
                 prefix = f"{self.job_pod_prefix}-job-{job_id}-"

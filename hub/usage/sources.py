@@ -43,6 +43,9 @@ class Reading:
     mig_profile: str | None = None
     hostname: str | None = None
     pod: str | None = None  # "namespace/pod" with Kubernetes pod mapping
+    # The Slurm job on the GPU, with the exporter's HPC job mapping (`hpc_job`: the job id a
+    # Slurm prolog wrote in the mapping folder for the GPU).
+    hpc_job: str | None = None
 
     @property
     def is_mig(self) -> bool:
@@ -66,7 +69,8 @@ def reading_from(name: str, labels: dict[str, str], value: float) -> Reading | N
     pod = labels.get("exported_pod") or labels.get("pod") or labels.get("pod_name")
     namespace = labels.get("exported_namespace") or labels.get("namespace") or labels.get("pod_namespace")
     common = dict(uuid=uuid, hostname=labels.get("hostname"), pod=f"{namespace}/{pod}" if pod and namespace else None,
-                  gpu_instance=int(gi) if gi not in (None, "") else None, mig_profile=labels.get("gpu_i_profile") or None)
+                  gpu_instance=int(gi) if gi not in (None, "") else None, mig_profile=labels.get("gpu_i_profile") or None,
+                  hpc_job=labels.get("hpc_job") or None)
     if name in UTIL_NAMES:
         return Reading(util=float(value), **common)
     if name == ENGINE_ACTIVE:
@@ -87,7 +91,7 @@ def parse_dcgm(text: str) -> list[Reading]:
                 r = reading_from(sample.name, sample.labels, sample.value)
                 if r is None:
                     continue
-                key = (r.uuid, r.gpu_instance, r.pod)
+                key = (r.uuid, r.gpu_instance, r.pod, r.hpc_job)
                 (util if sample.name.lower() in UTIL_NAMES else engine)[key] = r
     except ValueError as e:
         raise SourceUnavailable(f"the exporter's answer is not Prometheus text format ({e})") from None
@@ -120,7 +124,7 @@ def parse_prometheus(answers: list[tuple[str, dict]]) -> list[Reading]:
                 continue
             r = reading_from(name, labels, value)
             if r is not None:
-                (util if name == GPU_UTIL else engine)[(r.uuid, r.gpu_instance, r.pod)] = r
+                (util if name == GPU_UTIL else engine)[(r.uuid, r.gpu_instance, r.pod, r.hpc_job)] = r
     return _combine(util, engine)
 
 

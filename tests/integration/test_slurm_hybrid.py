@@ -24,6 +24,8 @@ from tests.harness import DOCKER_CONFIG, hub_on, wait_job
 from tests.integration.test_docker import container_of, sh
 from tests.integration.test_slurm import service
 from tests.integration.test_slurm_identity import owner
+from tests.standins.dcgm_exporter import Exporter
+from tests.standins.slurm_cluster import wait_for
 
 pytestmark = pytest.mark.hub
 
@@ -49,6 +51,9 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
     (datasets / "scratch").chmod(0o1777)
     cfg["volumes"] = [v for v in cfg["volumes"] if v["name"] != "scratch"] + [
         {"name": "scratch", "source": f"{mount}/datasets/scratch", "read_only": False}]
+    # The training nodes' DCGM exporter, with its HPC job mapping (hpc_job on a job's GPUs).
+    exporter = Exporter(["GPU-99999999-0000-4000-8000-000000000000"], default=0.0)
+    cfg["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
     # The hub's folder too: her job reads the scratch volume's source as her.
     (view / "hub").mkdir(mode=0o755)
     hub = hub_on(cfg, view / "hub", keep_workspaces=False)
@@ -92,6 +97,16 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
             slurm_id = slurm_cluster.run("squeue", "-h", "-n", f"hybridws-{job['id']}", "-o", "%i").stdout.strip()
             script = slurm_cluster.run("scontrol", "write", "batch_script", slurm_id, "-").stdout
             assert f"--bind={datasets}/scratch:{home}/data/scratch:rw" in script and str(mount) not in script, script
+            # Its GPU's utilisation, found by the job's id on the node, is in the training pool's showback.
+            exporter.util["GPU-99999999-0000-4000-8000-000000000000"] = 80.0
+            exporter.jobs["GPU-99999999-0000-4000-8000-000000000000"] = slurm_id
+
+            def training_row():
+                rows = api.get("/usage", params={"by": "pool"}).json()["rows"]
+                return next((r for r in rows if r["key"] == "training" and r["utilization"] is not None), None)
+
+            wait_for(training_row, 30, "the Slurm job's GPU to be measured")
+            assert training_row()["utilization"] == pytest.approx(80.0), training_row()
             me = api.get("/me").json()
             assert (me["usage"]["job_gpus"], me["usage"]["workspaces"]) == (1, 2), me["usage"]
             assert me["usage"]["gpu_units"] > 0, me["usage"]
@@ -119,6 +134,7 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
                         "SLURM_CONF reach sbatch)"] == "ok", findings
     finally:
         hub.stop()
+        exporter.close()
         shutil.rmtree(view, ignore_errors=True)
         for leftover in (home / "proj", home / "data", datasets):
             shutil.rmtree(leftover, ignore_errors=True)

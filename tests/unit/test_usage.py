@@ -151,6 +151,26 @@ def test_claims_are_matched_by_gpu_uuid_mig_instance_and_pod(tmp_path):
     assert jobs.measure(holding([], kind="job", key="job:70"), by) is None
 
 
+def test_a_slurm_jobs_gpus_are_matched_by_dcgms_hpc_job_mapping():
+    """On Slurm's nodes the exporter's HPC job mapping labels each GPU's series with the job
+    on it (`hpc_job`, from the file a prolog writes per GPU); a GPU shared by two jobs' steps
+    has one series per job. podbay's claim of a running Slurm job keeps its id."""
+    text = ('DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a",Hostname="dgx-01",hpc_job="812"} 90\n'
+            'DCGM_FI_DEV_GPU_UTIL{gpu="1",UUID="GPU-b",Hostname="dgx-01",hpc_job="812"} 70\n'
+            'DCGM_FI_DEV_GPU_UTIL{gpu="2",UUID="GPU-c",Hostname="dgx-01",hpc_job="813"} 3\n'
+            'DCGM_FI_DEV_GPU_UTIL{gpu="2",UUID="GPU-c",Hostname="dgx-01",hpc_job="814"} 3\n')
+    readings = parse_dcgm(text)
+    assert sorted(r.hpc_job for r in readings) == ["812", "812", "813", "814"]
+    m = Matcher(None)
+    by = m.index(readings)
+    assert m.measure(holding([], kind="job", key="job:1", ref={"slurm_id": "812"}), by) == (80.0, 90.0)
+    assert m.measure(holding([], kind="job", key="job:2", ref={"slurm_id": "814"}), by) == (3.0, 3.0)
+    assert m.measure(holding([], kind="job", key="job:3", ref={"slurm_id": "999"}), by) is None
+    from podbay.hub.backends.slurm.jobs import SlurmJobs
+
+    assert SlurmJobs.usage_ref(None, {"slurm_id": "812", "output": "/x"}) == {"slurm_id": "812"}
+
+
 # --- the idle clock -------------------------------------------------------------------------
 
 

@@ -254,6 +254,9 @@ class SlurmJobs(TrainingBackend):
         (cluster_accounts.paths). The service's own jobs' folders are podbay's, as they are."""
         return here(self.cfg, path) if self.person else str(path)
 
+    def usage_ref(self, ref):
+        return {"slurm_id": ref["slurm_id"]} if ref.get("slurm_id") else {}
+
     def mount_source(self, volume, path):
         # The catalog's source is this server's path: the nodes may mount the filesystem elsewhere.
         return on_cluster(self.cfg, path)
