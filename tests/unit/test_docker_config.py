@@ -312,7 +312,7 @@ def test_a_persons_account_is_written_into_the_containers_password_database():
     image learns her name, home and group, and no entry of the image keeps her uid or name."""
     from pathlib import Path
 
-    from podbay.hub.backends.docker.spawner import account_files
+    from podbay.hub.backends.docker.accounts import account_files
     from podbay.hub.identity import ClusterAccount
 
     passwd = ("root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n"

@@ -29,12 +29,7 @@ The podbay mixin over DockerSpawner. What podbay decides, Docker carries out:
 from __future__ import annotations
 
 import asyncio
-import grp
-import io
-import os
-import subprocess
 import sys
-import tarfile
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from dockerspawner import DockerSpawner
@@ -43,6 +38,7 @@ from jupyterhub.utils import random_port
 from traitlets import default
 
 from ...identity import ClusterAccount, NoClusterAccount, home_missing
+from .accounts import groups_of, make_folders_as, write_account
 from ...quota import Allocation
 from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
 from .network import DockerNetworkError, ensure_network, opaque_name, restricted_host_config
@@ -196,11 +192,17 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
 
     async def create_object(self):
         if self._account is not None and self.podbay_request is not None and self.podbay_request.volumes:
-            await asyncio.to_thread(self._make_mount_points)
+            paths = [self._account.home_here / vol.target for vol in self.podbay_request.volumes]
+            try:
+                await asyncio.to_thread(make_folders_as, self._account, self._groups_of_account, paths)
+            except OSError as e:
+                raise SpawnException(f"Cannot make the volumes' folders in your home: {e}. Ask your platform "
+                                     "team if it persists.", reason="volume", status_code=503) from None
         obj = await super().create_object()
         if self._account is not None:
             try:
-                await asyncio.to_thread(self._add_account, obj["Id"])
+                await asyncio.to_thread(write_account, self.client, obj["Id"], self._account, self.home,
+                                        self._group_names)
             except Exception as e:  # noqa: BLE001 - whatever it was, no container is left behind
                 try:
                     await self.docker("remove_container", obj["Id"], force=True)
@@ -209,54 +211,6 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                 raise SpawnException(f"The workspace could not be given your account ({e}): is /etc/passwd in "
                                      "the image a plain file?", reason="docker", status_code=503) from None
         return obj
-
-    def _make_mount_points(self) -> None:
-        """The volumes' mount points in her home, made as her: Docker would make them as root,
-        on the shared filesystem, where she could not write in them. As her, a link she put
-        in the way leads only where she may write anyway."""
-        if os.geteuid() != 0:
-            return  # a hub that cannot act as her: Docker makes them
-        account = self._account
-        paths = [str(account.home_here / vol.target) for vol in self.podbay_request.volumes]
-        try:
-            run = subprocess.run(["mkdir", "-p", "--", *paths], user=account.uid, group=account.gid,
-                                 extra_groups=self._groups_of_account, cwd="/", env={"PATH": "/usr/bin:/bin"},
-                                 capture_output=True, text=True, timeout=30)
-        except subprocess.TimeoutExpired:
-            raise SpawnException("Cannot make the volumes' folders in your home: the shared filesystem did not "
-                                 "answer in 30 s. Ask your platform team.", reason="volume", status_code=503) from None
-        if run.returncode != 0:
-            raise SpawnException(f"Cannot make the volumes' folders in your home: {run.stderr.strip()}",
-                                 reason="volume", status_code=500)
-
-    def _add_account(self, container: str) -> None:
-        """Her account in the container's /etc/passwd and /etc/group, written into the created
-        container before it starts: sshd (podbay ssh), `id`, the shell's prompt and git need a
-        name for her uid, which the image does not know."""
-        account = self._account
-        files = {}
-        for name in ("passwd", "group"):
-            try:
-                stream, _ = self.client.get_archive(container, f"/etc/{name}")
-            except NotFound:
-                if name == "passwd":
-                    raise
-                files[name] = ""  # an image without groups: hers is the first
-                continue
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                member = tar.extractfile(tar.getmember(name))
-                if member is None:
-                    raise tarfile.TarError(f"/etc/{name} is not a plain file")
-                files[name] = member.read().decode(errors="replace")
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w") as tar:
-            for name, text in account_files(files["passwd"], files["group"], account, self.home,
-                                            self._group_names).items():
-                data = text.encode()
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        self.client.put_archive(container, "/etc", out.getvalue())
 
     async def pull_image(self, image):
         try:
@@ -283,7 +237,7 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             if missing:
                 raise SpawnException(f"{missing}.", reason="home", status_code=503)
             # NSS may be LDAP or SSSD, and slow: off the hub's loop.
-            self._groups_of_account, self._group_names = await asyncio.to_thread(_groups_of, self._account)
+            self._groups_of_account, self._group_names = await asyncio.to_thread(groups_of, self._account)
         await self._check_network()
         try:
             ip, port = await super().start()
@@ -379,47 +333,6 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
             client.api.remove_container(container, force=True)
             return False
         return True
-
-
-def _groups_of(account: ClusterAccount) -> tuple[list[int], dict[int, str]]:
-    """The account's gids, and the cluster's names for them (where it has one)."""
-    gids = os.getgrouplist(account.name, account.gid)
-    names = {}
-    for gid in gids:
-        try:
-            name = grp.getgrgid(gid).gr_name
-        except KeyError:
-            continue
-        if ":" not in name and "\n" not in name:
-            names[gid] = name
-    return gids, names
-
-
-def account_files(passwd: str, group: str, account: ClusterAccount, home: str,
-                  groups: dict[int, str] | None = None) -> dict[str, str]:
-    """The image's passwd and group with the account in them: its own line replaces any of
-    the image's with its name or uid (jovyan is uid 1000, so may an account be); each of its
-    groups (`groups`: gid → the cluster's name for it) the image does not have is added under
-    its cluster name, with her as a member of the supplementary ones."""
-    rows = [line.split(":") for line in passwd.splitlines() if line.strip()]
-    # A login shell of the image's people (jovyan's), else root's (NGC images have no
-    # people), never nobody's nologin.
-    usable = [r for r in rows if len(r) == 7 and r[2].isdigit() and not r[6].endswith(("nologin", "false"))]
-    shell = next((r[6] for r in usable if 1000 <= int(r[2]) < 60000), None) or \
-        next((r[6] for r in usable if r[2] == "0"), "/bin/sh")
-    kept = [":".join(r) for r in rows if not (r[0] == account.name or (len(r) > 2 and r[2] == str(account.uid)))]
-    kept.append(f"{account.name}:x:{account.uid}:{account.gid}:{account.name}:{home}:{shell}")
-    lines = [line for line in group.splitlines() if line.strip()]
-    have = {g.split(":")[2] for g in lines if len(g.split(":")) > 2}
-    names = {g.split(":")[0] for g in lines}
-    for gid, name in {account.gid: account.name, **(groups or {})}.items():
-        if str(gid) in have:
-            continue
-        if name in names:  # the image has a group of that name with another gid
-            name = f"{name}-{gid}"
-        lines.append(f"{name}:x:{gid}:" + ("" if gid == account.gid else account.name))
-        names.add(name)
-    return {"passwd": "\n".join(kept) + "\n", "group": "\n".join(lines) + "\n"}
 
 
 def _docker_words(e: Exception) -> str:
