@@ -68,7 +68,8 @@ def cluster_account(cfg: PodbayConfig, user: str) -> ClusterAccount:
             f"the account {name!r} is a system account (uid {entry.pw_uid}): podbay runs nobody's jobs as one; "
             "ask your platform team to map your login to your own account")
     home = entry.pw_dir
-    if not home.startswith("/") or any(c in home for c in ":\n") or posixpath.normpath(home) != home.rstrip("/"):
+    if (not home.startswith("/") or home.startswith("//") or any(c in home for c in ":\n")
+            or posixpath.normpath(home) != home.rstrip("/")):
         # It is written into a container's /etc/passwd and matched against path mappings.
         raise NoClusterAccount(f"the account {name!r} has no usable home ({home!r}): ask your platform team")
     return ClusterAccount(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=Path(home),

@@ -97,6 +97,18 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"podbay: {account.pw_name} cannot enter their home {home}: {e.strerror}")
     elif os.getuid() != 0 and args.bind:
         _lock_mounts()
+        # Until the lock another process of theirs could have changed a mount: what the
+        # command gets is checked again, locked.
+        for spec in args.bind:
+            src, dst, mode = spec.rsplit(":", 2)
+            try:
+                want, got = os.stat(src), os.stat(dst)
+                changed = (want.st_dev, want.st_ino) != (got.st_dev, got.st_ino) or \
+                    (mode == "ro" and not os.statvfs(dst).f_flag & os.ST_RDONLY)
+            except OSError:
+                changed = True
+            if changed:
+                sys.exit(f"podbay: volume {src} at {dst} changed while it was mounted; refusing to start")
     _drop_ambient_capabilities()
     os.execvpe(command[0], command, env)
 
@@ -119,8 +131,11 @@ def _lock_mounts() -> None:
         sys.exit(f"podbay: cannot lock the volumes' mounts: {os.strerror(ctypes.get_errno())}")
     # The same uid and gid inside: the person's files stay theirs, and nothing else is mapped.
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
+        try:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        except OSError as e:
+            sys.exit(f"podbay: cannot lock the volumes' mounts ({name}: {e.strerror or e})")
 
 
 def _drop_ambient_capabilities() -> None:

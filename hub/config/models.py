@@ -459,14 +459,16 @@ class ClusterAccounts(_Model):
     def _paths_are_absolute_and_plain(cls, v: dict[str, str]) -> dict[str, str]:
         for cluster, here in v.items():
             for path in (cluster, here):
-                if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or path == "/":
+                if (not path.startswith("/") or path.startswith("//") or path == "/"
+                        or posixpath.normpath(path) != path.rstrip("/")):
                     raise ValueError(f"{path!r} is not a plain absolute folder such as /gpfs (no .., not /)")
         v = {k.rstrip("/"): here.rstrip("/") for k, here in v.items()}
         # Each folder here is one folder of the nodes': back from here must be unambiguous.
-        heres = sorted(v.values())
-        for a, b in zip(heres, heres[1:]):
-            if a == b or b.startswith(a + "/"):
-                raise ValueError(f"{a} and {b} overlap: two of the nodes' folders cannot be one here")
+        heres = list(v.values())
+        for i, a in enumerate(heres):
+            for b in heres[i + 1:]:
+                if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
+                    raise ValueError(f"{a} and {b} overlap: two of the nodes' folders cannot be one here")
         return v
 
 

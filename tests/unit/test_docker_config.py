@@ -330,6 +330,9 @@ def test_a_persons_account_is_written_into_the_containers_password_database():
     # An image with nobody of its own (NGC's): root's shell, not nologin.
     ngc = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     assert account_files(ngc, "", alice, "/h")["passwd"].splitlines()[-1].endswith(":/h:/bin/bash")
+    # Her name leaves image groups that are not hers; a field with a \r stays one line.
+    mixed = account_files("root:x:0:0:r\roo t:/root:/bin/bash\n", "sudo:x:27:alice,bob\n", alice, "/h")
+    assert mixed["group"].splitlines()[0] == "sudo:x:27:bob" and mixed["passwd"].count("\n") == 2
     # A group the image has already is kept as it is.
     bob = ClusterAccount(name="bob", uid=2001, gid=100, home=Path("/h/bob"), home_here=Path("/h/bob"))
     assert account_files(passwd, group, bob, "/h/bob")["group"] == group

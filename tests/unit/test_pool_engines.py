@@ -43,7 +43,8 @@ def test_docker_workspaces_beside_a_slurm_pool_whose_jobs_run_as_people():
 @pytest.mark.parametrize("paths, words", [
     ({"gpfs": "/mnt/gpfs"}, "not a plain absolute folder"), ({"/gpfs": "/mnt/../etc"}, "not a plain absolute folder"),
     ({"/": "/mnt"}, "not a plain absolute folder"), ({"/gpfs": "/mnt", "/lustre": "/mnt"}, "overlap"),
-    ({"/gpfs": "/mnt", "/lustre": "/mnt/lustre"}, "overlap")])
+    ({"/gpfs": "/mnt", "/lustre": "/mnt/lustre"}, "overlap"),
+    ({"/x": "/a", "/y": "/a-b", "/z": "/a/c"}, "overlap"), ({"/gpfs": "//mnt"}, "not a plain absolute folder")])
 def test_a_path_mapping_is_plain_absolute_folders_one_for_one(paths, words):
     found = issues("local", {"engine": "slurm", "queue": "gpu"}, cluster_accounts={"paths": paths})
     assert words in found["cluster_accounts.paths"]

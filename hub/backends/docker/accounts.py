@@ -36,7 +36,8 @@ def account_files(passwd: str, group: str, account: ClusterAccount, home: str,
     the image's with its name or uid (jovyan is uid 1000, so may an account be); each of its
     groups (`groups`: gid → the cluster's name for it) the image does not have is added under
     its cluster name, with her as a member of the supplementary ones."""
-    rows = [line.split(":") for line in passwd.splitlines() if line.strip()]
+    # Lines end at newlines only (str.splitlines would also split at \r, \x1c, \u2028 in a field).
+    rows = [line.split(":") for line in passwd.split("\n") if line.strip()]
     # A login shell of the image's people (jovyan's), else root's (NGC images have no
     # people), never nobody's nologin.
     usable = [r for r in rows if len(r) == 7 and r[2].isdigit() and not r[6].endswith(("nologin", "false"))]
@@ -44,13 +45,23 @@ def account_files(passwd: str, group: str, account: ClusterAccount, home: str,
         next((r[6] for r in usable if r[2] == "0"), "/bin/sh")
     kept = [":".join(r) for r in rows if not (r[0] == account.name or (len(r) > 2 and r[2] == str(account.uid)))]
     kept.append(f"{account.name}:x:{account.uid}:{account.gid}:{account.name}:{home}:{shell}")
-    lines = [line for line in group.splitlines() if line.strip()]
+    lines = []
+    for line in group.split("\n"):
+        if not line.strip():
+            continue
+        fields = line.split(":")
+        if len(fields) == 4 and fields[2] not in {str(g) for g in (groups or {})} | {str(account.gid)}:
+            # Her name in an image group that is not hers (an image's `sudo:x:27:ubuntu` when
+            # she is ubuntu): initgroups would hand her that gid.
+            fields[3] = ",".join(m for m in fields[3].split(",") if m != account.name)
+            line = ":".join(fields)
+        lines.append(line)
     have = {g.split(":")[2] for g in lines if len(g.split(":")) > 2}
     names = {g.split(":")[0] for g in lines}
     for gid, name in {account.gid: account.name, **(groups or {})}.items():
         if str(gid) in have:
             continue
-        if name in names:  # the image has a group of that name with another gid
+        while name in names:  # the image has a group of that name with another gid
             name = f"{name}-{gid}"
         lines.append(f"{name}:x:{gid}:" + ("" if gid == account.gid else account.name))
         names.add(name)
@@ -75,11 +86,12 @@ def write_account(client, container: str, account: ClusterAccount, home: str, gr
             member = tar.extractfile(tar.getmember(name))
             if member is None:
                 raise tarfile.TarError(f"/etc/{name} is not a plain file")
-            files[name] = member.read().decode(errors="replace")
+            # Bytes kept as they are (a GECOS field need not be UTF-8).
+            files[name] = member.read().decode("utf-8", errors="surrogateescape")
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         for name, text in account_files(files["passwd"], files["group"], account, home, groups).items():
-            data = text.encode()
+            data = text.encode("utf-8", errors="surrogateescape")
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))

@@ -204,6 +204,8 @@ class PodbayDockerSpawner(PodbaySpawnerMixin, DockerSpawner):
                 await asyncio.to_thread(write_account, self.client, obj["Id"], self._account, self.home,
                                         self._group_names)
             except Exception as e:  # noqa: BLE001 - whatever it was, no container is left behind
+                self.log.exception("%s: writing %s's account into the container failed", self.podbay_key,
+                                   self._account.name)
                 try:
                     await self.docker("remove_container", obj["Id"], force=True)
                 except Exception:  # noqa: BLE001 - the engine gone too: the hub's sweep at start removes it
