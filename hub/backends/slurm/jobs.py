@@ -308,14 +308,21 @@ class SlurmJobs(TrainingBackend):
             raise SlurmError(f"pool {job.pool} has no Slurm partition: give it one under slurm.partitions")
         # NoClusterAccount: the job fails saying why. Off the loop: NSS may be LDAP, and slow.
         account = await asyncio.to_thread(self.account, job.user)
-        found = await self._find(job.id, job.created, job.user)
-        if found is not None:
-            return found  # handed over before the service stopped: never twice
         d = self.job_dir(job.user, job.id)
         if account:
-            await self.commands.arun("mkdir", "-p", "-m", "0700", "--", self.here(d), user=account)
+            make = self.commands.arun("mkdir", "-p", "-m", "0700", "--", self.here(d), user=account)
         else:
-            await asyncio.to_thread(Path(self.here(d)).mkdir, parents=True, exist_ok=True)
+            make = asyncio.to_thread(Path(self.here(d)).mkdir, parents=True, exist_ok=True)
+        # The folder is made while the queue is asked whether the job is there already (the
+        # person's mkdir costs a sudo: hidden behind the look, not added to it). Made for a
+        # job found, it is that job's own folder anyway.
+        found, made = await asyncio.gather(self._find(job.id, job.created, job.user), make, return_exceptions=True)
+        if isinstance(found, BaseException):
+            raise found
+        if found is not None:
+            return found  # handed over before the service stopped: never twice
+        if isinstance(made, BaseException):
+            raise made
         out = d / "output.log"
         try:
             slurm_id = await self.commands.sbatch(lambda fd: self.sbatch_args(job, out, fd), self.script(job, out),
