@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -23,7 +22,7 @@ from podbay.hub.doctor import diagnose
 from tests.harness import DOCKER_CONFIG, hub_on, wait_job
 from tests.integration.test_docker import container_of, sh
 from tests.integration.test_slurm import service
-from tests.integration.test_slurm_identity import owner
+from tests.integration.test_slurm_identity import lab_writes_her_config, owner
 from tests.standins.dcgm_exporter import Exporter
 from tests.standins.slurm_cluster import wait_for
 
@@ -78,12 +77,7 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
         assert sh(docker, container["Id"], 'id -un; echo "$HOME"; pwd')[1].split() == ["pbt-alice", str(home), str(home)]
         # The volume's mount point in her home is hers, not Docker's root's.
         assert owner(home / "data" / "scratch") == "pbt-alice"
-        with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
-                          headers={"Authorization": f"token {hub.token('alice')}"}, timeout=30) as lab:
-            assert lab.put("/proj", json={"type": "directory"}).status_code in (200, 201)
-            r = lab.put("/proj/cfg", json={"type": "file", "format": "text", "content": "lr=0.1\n"})
-            assert r.status_code in (200, 201), r.text
-        assert (home / "proj" / "cfg").read_text() == "lr=0.1\n" and owner(home / "proj" / "cfg") == "pbt-alice"
+        lab_writes_her_config(hub, home)
 
         # A MIG workspace on docker and a GPU job on Slurm: both counted as hers and her team's.
         assert hub.start_server("alice", "gpu", {"profile": "mig-1g.10gb", "image": "base"}).status_code in (201, 202)

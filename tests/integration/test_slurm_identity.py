@@ -74,6 +74,19 @@ def owner(path) -> str:
     return pwd.getpwuid(os.stat(path).st_uid).pw_name
 
 
+def lab_writes_her_config(hub, home) -> None:
+    """alice's workspace `dev` writes ~/proj/cfg through JupyterLab's own contents API (by the
+    workspace's process): in her cluster home, and hers."""
+    import httpx
+
+    with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
+                      headers={"Authorization": f"token {hub.token('alice')}"}, timeout=30) as lab:
+        assert lab.put("/proj", json={"type": "directory"}).status_code in (200, 201)
+        r = lab.put("/proj/cfg", json={"type": "file", "format": "text", "content": "lr=0.1\n"})
+        assert r.status_code in (200, 201), r.text
+    assert (home / "proj" / "cfg").read_text() == "lr=0.1\n" and owner(home / "proj" / "cfg") == "pbt-alice"
+
+
 async def test_a_job_runs_as_the_person_with_their_files_accounting_and_queue(jobs, slurm_cluster, slurm_people):
     home = slurm_people.home("pbt-alice")
     assert jobs.home_of("alice") == home and oct(home.stat().st_mode & 0o777) == "0o700"
@@ -285,8 +298,6 @@ def test_a_workspace_is_the_persons_and_a_job_moved_from_it_finds_its_files(slur
     """backend: slurm with run_as: person: the workspace on the portal's node runs as her
     account in her cluster home, so what she makes there is hers and a job moved from it, on
     Slurm and as her, works on the same files."""
-    import httpx
-
     from tests.standins.slurm_cluster import start_hub
 
     def edit(cfg):
@@ -301,13 +312,7 @@ def test_a_workspace_is_the_persons_and_a_job_moved_from_it_finds_its_files(slur
         pid = next(a.ref["pid"] for a in hub.book().allocations() if a.key == "workspace:alice/dev")
         uid = int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("Uid:")))
         assert uid == pwd.getpwnam("pbt-alice").pw_uid
-        # Made through JupyterLab's own contents API, by the workspace's process.
-        with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
-                          headers={"Authorization": f"token {hub.token('alice')}"}, timeout=30) as lab:
-            assert lab.put("/proj", json={"type": "directory"}).status_code in (200, 201)
-            r = lab.put("/proj/cfg", json={"type": "file", "format": "text", "content": "lr=0.1\n"})
-            assert r.status_code in (200, 201), r.text
-        assert (home / "proj" / "cfg").read_text() == "lr=0.1\n" and owner(home / "proj" / "cfg") == "pbt-alice"
+        lab_writes_her_config(hub, home)
         with service(hub, "alice") as api:
             _, lines = moved_job(api, "cat cfg; id -un; echo done > out")
             assert lines == ["lr=0.1", "pbt-alice"]

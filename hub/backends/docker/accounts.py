@@ -68,7 +68,6 @@ def account_files(passwd: str, group: str, account: ClusterAccount, home: str,
     return {"passwd": "\n".join(kept) + "\n", "group": "\n".join(lines) + "\n"}
 
 
-
 def write_account(client, container: str, account: ClusterAccount, home: str, groups: dict[int, str]) -> None:
     """Her account in the created container's /etc/passwd and /etc/group, before it starts:
     sshd (podbay ssh), `id`, the shell's prompt and git need a name for her uid, which the

@@ -38,9 +38,9 @@ from jupyterhub.utils import random_port
 from traitlets import default
 
 from ...identity import ClusterAccount, NoClusterAccount, home_missing
-from .accounts import groups_of, make_folders_as, write_account
 from ...quota import Allocation
 from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
+from .accounts import groups_of, make_folders_as, write_account
 from .network import DockerNetworkError, ensure_network, opaque_name, restricted_host_config
 
 HOME = "/home/jovyan"

@@ -81,7 +81,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
                 raise SpawnException(
                     "Workspaces run as each person's cluster account here, and only a hub running as root can start "
                     "them so. Ask your platform team (docs/howto/slurm.md).", reason="account", status_code=503)
-            missing = home_missing(self._account)
+            missing = await asyncio.to_thread(home_missing, self._account)  # a stat on the shared FS
             if missing:
                 raise SpawnException(f"{missing}.", reason="home", status_code=503)
             self.home_dir = self.notebook_dir = str(self._account.home_here)
