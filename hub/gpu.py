@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,54 @@ def layout_fits(family: GpuFamily, profiles: list[str]) -> bool:
     return place(0, frozenset())
 
 
+# One bit per memory slot of a GPU (bit i: slot i), and one more for the media engines a
+# `+me` instance takes: at most one of those per GPU.
+MEDIA_BIT = 1 << 8
+
+
+def instance_mask(profile: MigProfile, start: int) -> int:
+    """The memory slots (and the media-engine bit) a GPU instance at `start` takes."""
+    mask = ((1 << profile.memory_slices) - 1) << start
+    return mask | MEDIA_BIT if "+me" in profile.name else mask
+
+
+def free_starts(family: GpuFamily, profile: str, used: int, compute_used: int) -> tuple[int, ...]:
+    """Where a new instance of `profile` may start on a GPU whose instances take the slots in
+    `used` and `compute_used` compute slices: the profile's own start positions (`-lgipp`)
+    whose slots are all free, inside the GPU, within its compute slices."""
+    spec = family.profiles[profile]
+    if compute_used + spec.compute_slices > family.compute_slices:
+        return ()
+    return tuple(s for s in spec.starts
+                 if s + spec.memory_slices <= family.memory_slices and not instance_mask(spec, s) & used)
+
+
+def room_for(family: GpuFamily, used: int, compute_used: int) -> dict[str, int]:
+    """How many more instances of each profile fit on a GPU in this state, each counted alone.
+
+    Instances of one profile all have one length and fixed starts, so taking the earliest
+    free start each time packs the most (interval scheduling's greedy choice); compute slices
+    and the one `+me` instance cap it. A GPU has at most 2**9 states per family: cached."""
+    return _room_for(family.key, used, compute_used)
+
+
+@lru_cache(maxsize=None)
+def _room_for(key: str, used: int, compute_used: int) -> dict[str, int]:
+    family = FAMILIES[key]
+    room = {}
+    for name, spec in family.profiles.items():
+        n, mask, compute = 0, used, compute_used
+        while True:
+            starts = free_starts(family, name, mask, compute)
+            if not starts:
+                break
+            n += 1
+            mask |= instance_mask(spec, starts[0])
+            compute += spec.compute_slices
+        room[name] = n
+    return room
+
+
 GPU_UUID = re.compile(r"^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MIG_UUID = re.compile(
     r"^MIG-(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -156,10 +205,14 @@ __all__ = [
     "FAMILIES",
     "GPU_UUID",
     "MIG_NAME",
+    "MEDIA_BIT",
     "MIG_UUID",
     "GpuFamily",
     "MigProfile",
     "family_for",
+    "free_starts",
+    "instance_mask",
     "known_mig_profiles",
     "layout_fits",
+    "room_for",
 ]

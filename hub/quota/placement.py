@@ -5,19 +5,101 @@ so podbay picks them from its inventory, inside the quota book's transaction. A 
 whose engine places devices itself (Kubernetes' device plugin, Slurm's GRES) has no
 placement: podbay then records only what the request weighs and never sets
 `CUDA_VISIBLE_DEVICES`.
+
+The picks keep room for the requests likely to come next, rather than taking the first
+device that fits:
+
+- whole GPUs come from the node with the fewest free that still fit (best fit), so nodes
+  with many free GPUs stay whole for the big requests;
+- a time-sliced share or a MIG slice goes on the GPU already holding the most, so GPUs with
+  nothing on them stay empty: free for whole-GPU work, and for a new MIG layout without
+  interrupting anyone (`podbay advise`);
+- where the MIG instance is made for the request (`free_starts`), the start position is
+  the one that costs the fewest likely requests, by the MIG geometry of the GPU's model and
+  the mix of profiles people asked for (`Mix`): the fragmentation-gradient idea of FGD
+  (Weng et al., USENIX ATC '23), on MIG's fixed slots instead of fractional shares.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..config import ProfileKind
+from ..gpu import GpuFamily, free_starts, instance_mask, room_for
 from ..inventory import Device, Inventory
 
 
 class Placement(Protocol):
     def pick(self, spec: ProfileKind, pools: list[str], taken: set[tuple[str, str]]) -> list[Device] | None:
         """Free devices for one allocation, or None when none fit."""
+
+
+# How often each profile is asked for, by profile id (mig-1g.10gb, gpu-2, shared-1/4),
+# normalised to sum to 1: what "likely next requests" means.
+Mix = Mapping[str, float]
+
+
+def mix_of(counts: Mapping[str, float], prior: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Counts of requests per profile as a mix. The prior (one request each of the profiles
+    on offer, say) keeps a profile nobody asked for yet from being worth nothing."""
+    total: dict[str, float] = dict(prior or {})
+    for p, n in counts.items():
+        total[p] = total.get(p, 0.0) + n
+    s = sum(total.values())
+    return {p: n / s for p, n in total.items()} if s else {}
+
+
+def mig_room_value(family: GpuFamily, used: int, compute_used: int, mix: Mix) -> float:
+    """What a GPU in this state still offers the likely requests: for each MIG profile, its
+    share of the mix times the GPU units of the instances of it that still fit."""
+    room = room_for(family, used, compute_used)
+    value = 0.0
+    for name, n in room.items():
+        w = mix.get(f"mig-{name}", 0.0)
+        if w and n:
+            value += w * n * family.profiles[name].compute_slices / family.compute_slices
+    return value
+
+
+class MigGpu(Protocol):
+    """A GPU whose MIG instances are made for the requests (what `choose_mig_start` reads)."""
+
+    family: GpuFamily
+    used: int  # memory slots taken (gpu.instance_mask)
+    compute: int  # compute slices taken
+    held: int  # instances on it now
+
+
+def choose_mig_start(gpus: Sequence[MigGpu], profile: str, mix: Mix, *,
+                     keep_room: bool = True) -> tuple[int, int] | None:
+    """(the GPU's index in `gpus`, the start slot) for a new instance of `profile`, or None.
+
+    With `keep_room`, the start that loses the least of what the GPUs offer the mix; on a tie
+    the busier GPU (empty GPUs stay empty), then the lower index and slot. Without it, the
+    first GPU and its first free start: what a placement that does not look ahead does."""
+    best: tuple | None = None
+    for i, g in enumerate(gpus):
+        spec = g.family.profiles.get(profile)
+        if spec is None:
+            continue
+        starts = free_starts(g.family, profile, g.used, g.compute)
+        if not starts:
+            continue
+        if not keep_room:
+            return i, starts[0]
+        before = mig_room_value(g.family, g.used, g.compute, mix)
+        for s in starts:
+            after = mig_room_value(g.family, g.used | instance_mask(spec, s), g.compute + spec.compute_slices, mix)
+            key = (round(before - after, 12), -g.held, i, s)
+            if best is None or key < best[0]:
+                best = (key, i, s)
+    return None if best is None else (best[1], best[2])
+
+
+def gpu_of(d: Device) -> str:
+    """The UUID of the GPU a device is on: a MIG slice's parent, a share's or a whole GPU's own."""
+    return d.parent_uuid or d.visible_id
 
 
 class DevicePlacement:
@@ -27,8 +109,6 @@ class DevicePlacement:
         self.inventory = inventory
 
     def pick(self, spec: ProfileKind, pools: list[str], taken: set[tuple[str, str]]) -> list[Device] | None:
-        """Whole GPUs come from one node, best fit first, so big nodes stay whole for big
-        requests. Shares pack onto GPUs that are already shared, so whole GPUs stay free."""
         if spec.kind == "cpu":
             return []
         free = [d for d in self.inventory.candidates(spec, pools) if (d.node, d.key) not in taken]
@@ -43,7 +123,14 @@ class DevicePlacement:
             return sorted(best, key=lambda d: d.gpu_index)[: spec.count]
         if not free:
             return None
-        if spec.kind == "shared":
-            busy = {(n, k.split("::")[0]) for n, k in taken}
-            free.sort(key=lambda d: ((d.node, d.visible_id) not in busy, d.node, d.gpu_index, d.key))
-        return [free[0]]
+        held = self._held_per_gpu(taken)
+        return [min(free, key=lambda d: (-held.get((d.node, gpu_of(d)), 0), d.node, d.gpu_index, d.key))]
+
+    def _held_per_gpu(self, taken: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """How many claims each GPU holds, a MIG slice's or a share's counted for its GPU."""
+        held: dict[tuple[str, str], int] = {}
+        for node, key in taken:
+            d = self.inventory.by_key.get((node, key))
+            gpu = (node, gpu_of(d) if d else key.split("::")[0])
+            held[gpu] = held.get(gpu, 0) + 1
+        return held

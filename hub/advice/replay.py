@@ -1,0 +1,353 @@
+"""Replaying a demand trace against an inventory: how many requests a placement and a layout
+would have refused, how many GPU units they held, and how fragmented the free room was.
+
+The model is the one the local and docker backends place on (quota/placement.py), per GPU:
+
+- `whole`: one whole-GPU device (`gpu-N` takes N of them on one node);
+- `shared`: `replicas` time-sliced slots (`shared-1/<replicas>`);
+- `mig`: a fixed MIG layout, a count of devices per profile (what mig-parted applied);
+- `mig-dynamic`: MIG mode on with the instances made per request, at start positions the
+  GPU model's geometry allows (gpu.free_starts).
+
+A request that finds no room is refused at once (a workspace start: people do not queue for
+a workspace; they pick something else or come back), and never placed later.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+from ..config import PodbayConfig, ProfileKind, parse_profile_id, split_ci
+from ..gpu import GpuFamily, family_for, instance_mask, room_for
+from ..quota.placement import choose_mig_start, mix_of
+from .trace import Request
+
+Mode = Literal["whole", "shared", "mig", "mig-dynamic"]
+Policy = Literal["first-fit", "podbay"]
+
+
+@dataclass(frozen=True)
+class GpuLayout:
+    """How one GPU is offered."""
+
+    mode: Mode
+    replicas: int = 0
+    # mode mig: the instances' profiles (1g.10gb, …), as mig-parted's mig-devices counts.
+    mig: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if self.mode == "shared":
+            return f"shared 1/{self.replicas}"
+        if self.mode == "mig":
+            return "mig " + "+".join(f"{n}x{p}" for p, n in sorted(Counter(self.mig).items()))
+        return self.mode
+
+
+WHOLE = GpuLayout("whole")
+DYNAMIC = GpuLayout("mig-dynamic")
+
+
+@dataclass
+class SimGpu:
+    node: str
+    pool: str
+    index: int
+    model: str
+    family: GpuFamily | None
+    layout: GpuLayout
+    # whole: 1 when taken; shared: slots taken; mig: instances held.
+    held: int = 0
+    # mig: free devices per profile.
+    free: Counter = field(default_factory=Counter)
+    # mig-dynamic: memory slots and compute slices taken.
+    used: int = 0
+    compute: int = 0
+
+    def reset(self) -> None:
+        self.held, self.used, self.compute = 0, 0, 0
+        self.free = Counter(self.layout.mig) if self.layout.mode == "mig" else Counter()
+
+
+def gpus_of(cfg: PodbayConfig, layouts: Callable[["SimGpu"], GpuLayout] | None = None) -> list[SimGpu]:
+    """The inventory's GPUs as podbay.yaml declares them (`discover` nodes have none to replay),
+    each with the layout `layouts` gives it, else the declared one."""
+    out = []
+    for node in cfg.nodes:
+        for g in node.gpus:
+            if g.mig is not None:
+                declared = GpuLayout("mig", mig=tuple(d.profile for d in g.mig))
+            elif g.replicas:
+                declared = GpuLayout("shared", replicas=g.replicas)
+            else:
+                declared = WHOLE
+            gpu = SimGpu(node.name, node.pool, g.index, g.model, family_for(g.model, g.memory_mib), declared)
+            if layouts is not None:
+                gpu.layout = layouts(gpu)
+            gpu.reset()
+            out.append(gpu)
+    return out
+
+
+@dataclass
+class Result:
+    policy: str
+    layout: str
+    requests: int = 0
+    refused: int = 0
+    refused_by_profile: Counter = field(default_factory=Counter)
+    # GPU units held, integrated over the replay (unit-seconds), and the capacity's.
+    unit_seconds_held: float = 0.0
+    unit_seconds: float = 0.0
+    # GPU units free but of no use to the likely requests, averaged over the arrivals.
+    fragmentation: float = 0.0
+    # Which request got which GPUs (index into the request list → GPU indexes), for tests.
+    placed: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def refused_share(self) -> float:
+        return self.refused / self.requests if self.requests else 0.0
+
+    @property
+    def held_share(self) -> float:
+        return self.unit_seconds_held / self.unit_seconds if self.unit_seconds else 0.0
+
+
+class Replay:
+    """One replay of a trace over a list of GPUs with one policy."""
+
+    def __init__(self, cfg: PodbayConfig, gpus: list[SimGpu], policy: Policy = "podbay",
+                 prior: Mapping[str, float] | None = None):
+        self.cfg, self.gpus, self.policy = cfg, gpus, policy
+        self.keep_room = policy == "podbay"
+        # The likely next requests: one of each profile on offer, then what was asked so far
+        # (placement never looks at what comes later in the trace).
+        self.prior = dict(prior) if prior is not None else {p.id: 1.0 for p in cfg.profiles if p.spec.kind != "cpu"}
+        self.by_node: dict[str, list[int]] = {}
+        for i, g in enumerate(gpus):
+            self.by_node.setdefault(g.node, []).append(i)
+        self._specs: dict[str, tuple[ProfileKind, tuple[str, ...]]] = {}
+
+    def spec(self, profile: str) -> tuple[ProfileKind, tuple[str, ...]]:
+        """A profile's kind and pools: the catalog's, or all pools for a bare kind."""
+        if profile not in self._specs:
+            p = self.cfg.profile(profile)
+            spec = parse_profile_id(profile)
+            pools = tuple(p.pools) if p else tuple({g.pool for g in self.gpus})
+            self._specs[profile] = (spec, pools)
+        return self._specs[profile]
+
+    def weight(self, spec: ProfileKind, gpu: SimGpu) -> Fraction:
+        if spec.kind == "full":
+            return Fraction(1)
+        if spec.kind == "shared":
+            return Fraction(1, spec.replicas)
+        if spec.kind == "mig" and gpu.family:
+            ci, base = split_ci(spec.mig_profile)
+            return Fraction(ci or gpu.family.profiles[base].compute_slices, gpu.family.compute_slices)
+        return Fraction(0)
+
+    # --- placing ------------------------------------------------------------------------
+
+    def place(self, spec: ProfileKind, pools: tuple[str, ...], mix: Mapping[str, float]) -> list[tuple[int, object]] | None:
+        """[(gpu index, what it holds there)] or None: refused."""
+        if spec.kind == "cpu":
+            return []
+        if spec.kind == "full":
+            return self._place_whole(spec.count, pools)
+        if spec.kind == "shared":
+            free = [i for i, g in enumerate(self.gpus) if g.pool in pools and g.layout.mode == "shared"
+                    and g.layout.replicas == spec.replicas and g.held < spec.replicas]
+            if not free:
+                return None
+            i = min(free, key=lambda i: (-self.gpus[i].held, i)) if self.keep_room else free[0]
+            return [(i, None)]
+        return self._place_mig(split_ci(spec.mig_profile)[1], pools, mix)
+
+    def _place_whole(self, n: int, pools: tuple[str, ...]) -> list[tuple[int, object]] | None:
+        fitting = []
+        for node, idx in self.by_node.items():
+            free = [i for i in idx if self.gpus[i].pool in pools and self.gpus[i].layout.mode == "whole"
+                    and not self.gpus[i].held]
+            if len(free) >= n:
+                fitting.append(free)
+                if not self.keep_room:
+                    break
+        if not fitting:
+            return None
+        best = min(fitting, key=len) if self.keep_room else fitting[0]
+        return [(i, None) for i in best[:n]]
+
+    def _place_mig(self, profile: str, pools: tuple[str, ...], mix: Mapping[str, float]):
+        static = [i for i, g in enumerate(self.gpus) if g.pool in pools and g.layout.mode == "mig" and g.free[profile]]
+        dynamic = [i for i, g in enumerate(self.gpus) if g.pool in pools and g.layout.mode == "mig-dynamic"
+                   and g.family and profile in g.family.profiles]
+        if not self.keep_room:
+            # In inventory order, whatever kind of MIG GPU comes first.
+            for i in sorted(static + dynamic):
+                if i in static:
+                    return [(i, ("static", profile))]
+                at = choose_mig_start([self.gpus[i]], profile, mix, keep_room=False)
+                if at is not None:
+                    return [(i, ("dynamic", profile, at[1]))]
+            return None
+        if static:
+            # A slice of a fixed layout serves no other profile: use it before making one.
+            i = min(static, key=lambda i: (-self.gpus[i].held, i))
+            return [(i, ("static", profile))]
+        at = choose_mig_start([self.gpus[i] for i in dynamic], profile, mix, keep_room=True)
+        if at is None:
+            return None
+        return [(dynamic[at[0]], ("dynamic", profile, at[1]))]
+
+    def _take(self, i: int, what) -> None:
+        g = self.gpus[i]
+        g.held += 1
+        if what and what[0] == "static":
+            g.free[what[1]] -= 1
+        elif what and what[0] == "dynamic":
+            spec = g.family.profiles[what[1]]
+            g.used |= instance_mask(spec, what[2])
+            g.compute += spec.compute_slices
+
+    def _give_back(self, i: int, what) -> None:
+        g = self.gpus[i]
+        g.held -= 1
+        if what and what[0] == "static":
+            g.free[what[1]] += 1
+        elif what and what[0] == "dynamic":
+            spec = g.family.profiles[what[1]]
+            g.used &= ~instance_mask(spec, what[2])
+            g.compute -= spec.compute_slices
+
+    # --- measuring ----------------------------------------------------------------------
+
+    def capacity_units(self) -> Fraction:
+        return Fraction(len(self.gpus))
+
+    def free_units(self, g: SimGpu) -> Fraction:
+        if g.layout.mode == "whole":
+            return Fraction(0 if g.held else 1)
+        if g.layout.mode == "shared":
+            return Fraction(g.layout.replicas - g.held, g.layout.replicas)
+        if g.layout.mode == "mig":
+            fam = g.family
+            return sum((Fraction(fam.profiles[p].compute_slices, fam.compute_slices) * n
+                        for p, n in g.free.items() if n and fam), Fraction(0))
+        return Fraction(g.family.compute_slices - g.compute, g.family.compute_slices) if g.family else Fraction(0)
+
+    def fragmentation(self, mix: Mapping[str, float]) -> float:
+        """GPU units that are free but that the likely next request could not use, in
+        expectation over the mix (FGD's measure, per profile kind)."""
+        free_total = float(sum((self.free_units(g) for g in self.gpus), Fraction(0)))
+        if not free_total:
+            return 0.0
+        frag = 0.0
+        for profile, share in mix.items():
+            spec, pools = self.spec(profile)
+            frag += share * (free_total - self._usable(spec, pools))
+        return frag
+
+    def _usable(self, spec: ProfileKind, pools: tuple[str, ...]) -> float:
+        """Free GPU units that requests of this kind alone could still take."""
+        if spec.kind == "cpu":
+            return 0.0
+        if spec.kind == "full":
+            total = 0
+            for idx in self.by_node.values():
+                free = sum(1 for i in idx if self.gpus[i].pool in pools and self.gpus[i].layout.mode == "whole"
+                           and not self.gpus[i].held)
+                total += free // spec.count * spec.count
+            return float(total)
+        usable = 0.0
+        for g in self.gpus:
+            if g.pool not in pools:
+                continue
+            if spec.kind == "shared" and g.layout.mode == "shared" and g.layout.replicas == spec.replicas:
+                usable += (g.layout.replicas - g.held) / g.layout.replicas
+            elif spec.kind == "mig" and g.family:
+                base = split_ci(spec.mig_profile)[1]
+                p = g.family.profiles.get(base)
+                if p is None:
+                    continue
+                if g.layout.mode == "mig":
+                    usable += g.free[base] * p.compute_slices / g.family.compute_slices
+                elif g.layout.mode == "mig-dynamic":
+                    usable += room_for(g.family, g.used, g.compute)[base] * p.compute_slices / g.family.compute_slices
+        return usable
+
+    # --- the replay ---------------------------------------------------------------------
+
+    def run(self, requests: Sequence[Request], layout_name: str = "") -> Result:
+        for g in self.gpus:
+            g.reset()
+        result = Result(self.policy, layout_name, requests=len(requests))
+        if not requests:
+            return result
+        seen: Counter = Counter()
+        ends: list[tuple[float, int, list]] = []
+        held = Fraction(0)
+        last = requests[0].arrival
+        frag_sum = 0.0
+        mix = mix_of(seen, self.prior)
+        for n, r in enumerate(requests):
+            # What ended before this arrival goes back first, each at its own time.
+            while ends and ends[0][0] <= r.arrival:
+                t, _, taken = heapq.heappop(ends)
+                result.unit_seconds_held += float(held) * (t - last)
+                last = t
+                for i, what, w in taken:
+                    self._give_back(i, what)
+                    held -= w
+            result.unit_seconds_held += float(held) * (r.arrival - last)
+            last = r.arrival
+            spec, pools = self.spec(r.profile)
+            if spec.kind != "cpu":
+                frag_sum += self.fragmentation(mix)
+            placed = self.place(spec, pools, mix)
+            if placed is None:
+                result.refused += 1
+                result.refused_by_profile[r.profile] += 1
+            else:
+                taken = []
+                for i, what in placed:
+                    w = self.weight(spec, self.gpus[i])
+                    self._take(i, what)
+                    held += w
+                    taken.append((i, what, w))
+                result.placed[n] = tuple(i for i, _ in placed)
+                heapq.heappush(ends, (r.arrival + r.duration, n, taken))
+            seen[r.profile] += 1
+            mix = mix_of(seen, self.prior)
+        while ends:
+            t, _, taken = heapq.heappop(ends)
+            result.unit_seconds_held += float(held) * (t - last)
+            last = t
+            for i, what, w in taken:
+                self._give_back(i, what)
+                held -= w
+        span = last - requests[0].arrival
+        result.unit_seconds = float(self.capacity_units()) * span
+        gpu_requests = sum(1 for r in requests if self.spec(r.profile)[0].kind != "cpu")
+        result.fragmentation = frag_sum / gpu_requests if gpu_requests else 0.0
+        return result
+
+
+def replay(cfg: PodbayConfig, requests: Sequence[Request], policy: Policy = "podbay",
+           layouts: Callable[[SimGpu], GpuLayout] | None = None, layout_name: str = "as configured") -> Result:
+    return Replay(cfg, gpus_of(cfg, layouts), policy).run(requests, layout_name)
+
+
+def unknown_profiles(cfg: PodbayConfig, requests: Iterable[Request]) -> dict[str, str]:
+    """Profiles in a trace that cannot be replayed here, each with why."""
+    bad = {}
+    for p in {r.profile for r in requests}:
+        try:
+            parse_profile_id(p)
+        except ValueError as e:
+            bad[p] = str(e)
+    return bad
