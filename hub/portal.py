@@ -149,7 +149,7 @@ class Portal:
         if self.placement is None and kind == "workspace":
             why = self.capacity.shortage(demand.spec, list(demand.pools))
             if why:
-                self.book.release(key)
+                self.book.release(key, refused="capacity")
                 raise NoCapacity(f"no {demand.profile_id} is free: {why}")
         return allocation
 

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..config import ProfileKind, Quota
-from .database import AllocationRow, ClaimRow, Database, HoldingRow, MetaRow
+from .database import AllocationRow, ClaimRow, Database, DemandRow, HoldingRow, MetaRow
 from .placement import Placement
 
 
@@ -209,11 +209,14 @@ class QuotaBook:
                             self._end_holding(s, key)
                     return self._claim_locked(s, key, kind, user, team, demand, quota, placement, ref,
                                               enforce_job_quota, check_key=not replace)
-            except ClaimRefused:
+            except ClaimRefused as e:
                 if stale is not None:
                     # What the dead holder had goes back even when the new claim is refused
                     # (the refusal rolled its release back). Nothing held: no second write.
                     self.release(key)
+                if isinstance(e, (QuotaExceeded, NoCapacity)):
+                    self._record_refusal(key, kind, user, team, demand,
+                                         "quota" if isinstance(e, QuotaExceeded) else "capacity")
                 raise
             except IntegrityError as e:
                 # Only reachable on a backend without the lock above: someone else
@@ -287,16 +290,35 @@ class QuotaBook:
         )
         row.claims = [ClaimRow(node=d.node, device=d.key, visible_id=d.visible_id) for d in devices]
         s.add(row)
+        pool = devices[0].pool if devices else (demand.pools[0] if demand.pools else None)
         # The history (showback, the idle clock), in the same transaction as the claim.
         s.add(HoldingRow(
-            key=key, kind=kind, user=user, team=team, profile=demand.profile_id,
-            pool=devices[0].pool if devices else (demand.pools[0] if demand.pools else None),
+            key=key, kind=kind, user=user, team=team, profile=demand.profile_id, pool=pool,
             units_num=units.numerator, units_den=units.denominator, gpus=gpus,
             devices=json.dumps([[d.node, d.visible_id] for d in devices]), ref=json.dumps(ref or {}),
             started=time.time()))
+        self._record(s, key, kind, user, team, demand.profile_id, pool, "granted")
         self._bump(s)
         s.flush()
         return Allocation.from_row(row)
+
+    # --- demand ----------------------------------------------------------------------
+
+    @staticmethod
+    def _record(s: Session, key: str, kind: str, user: str, team: str | None, profile: str, pool: str | None,
+                outcome: str) -> None:
+        """One request and what it got. A job asks again each time the queue is looked at while
+        it waits: only its first ask is its demand."""
+        if kind == "job" and s.scalar(select(DemandRow.id).where(DemandRow.key == key).limit(1)) is not None:
+            return
+        s.add(DemandRow(at=time.time(), key=key, kind=kind, user=user, team=team, profile=profile, pool=pool,
+                        outcome=outcome))
+
+    def _record_refusal(self, key: str, kind: str, user: str, team: str | None, demand: Demand,
+                        outcome: str) -> None:
+        with self._writers, self.write_session() as s, s.begin():
+            self._record(s, key, kind, user, team, demand.profile_id,
+                         demand.pools[0] if demand.pools else None, outcome)
 
     def set_ref(self, key: str, ref: dict) -> None:
         with self._writers, self.write_session() as s, s.begin():
@@ -304,11 +326,19 @@ class QuotaBook:
             if row is not None:
                 row.ref = json.dumps(ref)
 
-    def release(self, key: str) -> bool:
+    def release(self, key: str, refused: str | None = None) -> bool:
+        """Give back what `key` holds. With `refused` ("capacity"), the claim just made is
+        taken back because the engine has no room after all (Kubernetes): its request is
+        recorded as refused, not granted."""
         with self._writers, self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             if row is None:
                 return False
+            if refused:
+                last = s.scalar(select(func.max(DemandRow.id)).where(DemandRow.key == key))
+                if last is not None:
+                    s.execute(update(DemandRow).where(DemandRow.id == last, DemandRow.outcome == "granted")
+                              .values(outcome=refused))
             s.delete(row)
             self._end_holding(s, key)
             self._bump(s)

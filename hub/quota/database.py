@@ -106,6 +106,29 @@ class HoldingRow(Base):
     acted: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
+class DemandRow(Base):
+    """One request to run something on GPUs and what it got: granted, or refused for capacity
+    or for quota (a job: it waited). Every backend's claims write it, the granted ones in the
+    claim's own transaction; showback counts it and `podbay advise` replays it. Kept for
+    `usage.retention_days`, like the holdings."""
+
+    __tablename__ = "podbay_demand"
+    __table_args__ = (Index("demand_period", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    # The allocation key it asked under ("workspace:<user>/<server>", "job:<id>"): a job's
+    # retries while it waits are one request, and a granted request's holding says how long.
+    key: Mapped[str] = mapped_column(String(512), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(255))
+    team: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    profile: Mapped[str] = mapped_column(String(64))
+    pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # granted | capacity | quota
+    outcome: Mapped[str] = mapped_column(String(16))
+
+
 class UsageHourRow(Base):
     """Utilisation of one holding in one hour: the compact time series showback and the
     charts read. One row per holding per hour it was measured."""

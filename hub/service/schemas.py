@@ -182,6 +182,15 @@ class IdleJobOut(BaseModel):
     hours: float
 
 
+class DemandOut(BaseModel):
+    kind: str = Field(description="workspace or job")
+    profile: str
+    pool: str | None
+    outcome: str = Field(description="granted; capacity: refused (a job: waited) for want of room; quota: refused "
+                                     "(a job: waited) for the team's quota")
+    requests: int
+
+
 class ShowbackOut(BaseModel):
     since: float
     until: float
@@ -189,6 +198,8 @@ class ShowbackOut(BaseModel):
     rows: list[UsageRowOut]
     total: UsageRowOut
     idle_jobs: list[IdleJobOut] = Field(description="jobs that ended in the period and never used their GPUs")
+    demand: list[DemandOut] = Field(default_factory=list,
+                                    description="requests in the period per profile, pool and outcome, most first")
     hourly: list[dict] = Field(default_factory=list, description="mean utilisation per hour (for charts)")
 
 

@@ -16,7 +16,7 @@ from fractions import Fraction
 from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 
 from ..quota.book import QuotaBook
-from ..quota.database import CounterRow, HoldingRow, IdleActionRow, UsageHourRow
+from ..quota.database import CounterRow, DemandRow, HoldingRow, IdleActionRow, UsageHourRow
 
 
 @dataclass
@@ -176,8 +176,8 @@ class UsageStore:
             return s.scalar(select(HoldingRow.id).where(HoldingRow.key == key, HoldingRow.ended.is_(None)))
 
     def prune(self, now: float, retention_days: int) -> int:
-        """Drop what is older than the retention: ended holdings (their hours go with them)
-        and hours of long holdings. What they added to /metrics' counters is kept in
+        """Drop what is older than the retention: ended holdings (their hours go with them),
+        hours of long holdings, idle actions and recorded demand. What they added to /metrics' counters is kept in
         podbay_counters first, in the same transaction. Returns the rows removed."""
         cutoff = now - retention_days * 86400
         old_holding = and_(HoldingRow.ended.is_not(None), HoldingRow.ended < cutoff)
@@ -199,7 +199,8 @@ class UsageStore:
             hours = s.execute(delete(UsageHourRow).where(UsageHourRow.hour < int(cutoff // 3600))).rowcount
             held = s.execute(delete(HoldingRow).where(old_holding)).rowcount
             acts = s.execute(delete(IdleActionRow).where(IdleActionRow.at < cutoff)).rowcount
-        return (hours or 0) + (held or 0) + (acts or 0)
+            asked = s.execute(delete(DemandRow).where(DemandRow.at < cutoff)).rowcount
+        return (hours or 0) + (held or 0) + (acts or 0) + (asked or 0)
 
     def counters(self, kind: str) -> dict[tuple[str, ...], float]:
         with self.db.read_session() as s:

@@ -23,6 +23,12 @@ from tests.unit.test_quota_book import (  # noqa: F401 - collected here again
     test_whole_gpus_come_from_one_node,
     test_workspaces_per_user,
 )
+from tests.unit.test_demand import (  # noqa: F401
+    test_a_job_waiting_for_room_is_one_request,
+    test_demand_is_pruned_with_the_usage_history,
+    test_demand_reads_back_as_a_trace,
+    test_each_request_is_recorded_with_what_it_got,
+)
 from tests.unit.test_jobs import test_jobs_stored_before_the_rename_keep_their_gpus_per_node  # noqa: F401
 from tests.unit.test_usage import store, test_showback_from_a_scripted_history  # noqa: F401
 

@@ -407,6 +407,10 @@ def test_notices_keep_usage_and_metrics_through_the_service(service):
     # Usage: one's own; a team's only for its members; anyone's for admins.
     mine = service.get("/services/podbay/api/v1/usage", headers=as_("alice")).json()
     assert [row["key"] for row in mine["rows"]] == ["alice"] and mine["total"]["gpu_hours_held"] > 0
+    # The requests of the period and what they got: alice's own.
+    assert mine["demand"] == [{"kind": "workspace", "profile": "gpu-1", "pool": "dev", "outcome": "granted",
+                               "requests": 1}]
+    assert service.get("/services/podbay/api/v1/usage", headers=as_("bob")).json()["demand"] == []
     assert service.get("/services/podbay/api/v1/usage", params={"team": "vision"}, headers=as_("bob")).status_code == 403
     assert service.get("/services/podbay/api/v1/usage", params={"user": "alice"}, headers=as_("bob")).status_code == 403
     assert service.get("/services/podbay/api/v1/usage", params={"by": "team"}, headers=as_("admin")).status_code == 200

@@ -76,6 +76,21 @@ def _period(text: str | None, default: float | None) -> float | None:
         raise SystemExit(f"podbay: {text!r} is neither a date (2026-11-01, 2026-11-01T08:00) nor a time ago (7d, 12h)")
 
 
+def refusal_lines(demand: list[dict]) -> list[str]:
+    """"refused for capacity: 37 requests for mig-3g.40gb (pool dev)", most first. A job is
+    not refused: it waits in the queue."""
+    out = []
+    for d in demand:
+        if d["outcome"] == "granted":
+            continue
+        verb = "waited" if d["kind"] == "job" else "refused"
+        what = "workspace" if d["kind"] == "workspace" else "job"
+        n = d["requests"]
+        out.append(f"{verb} for {d['outcome']}: {n} {what} request{'s' if n != 1 else ''} for {d['profile']}"
+                   + (f" (pool {d['pool']})" if d["pool"] else ""))
+    return out
+
+
 def cmd_usage(args) -> int:
     since = _period(args.since, None)
     until = _period(args.until, None)
@@ -98,6 +113,11 @@ def cmd_usage(args) -> int:
         print(f"GPU usage {time.strftime(fmt, time.localtime(out['since']))} – "
               f"{time.strftime(fmt, time.localtime(out['until']))}, per {out['by']}")
         print_table(rows, [out["by"], "GPU-h held", "GPU-h used", "util", "starts"])
+        lines = refusal_lines(out.get("demand", []))
+        if lines:
+            print("\nRequests not granted:")
+            for line in lines:
+                print(f"  {line}")
         if out["idle_jobs"]:
             print("\nJobs that never used their GPUs:")
             print_table([[j["job_id"], j["user"], j["profile"], j["gpus"], f"{j['hours']:.1f}"]

@@ -12,18 +12,22 @@ from jupyterhub.services.auth import check_scopes
 from ..context import Service
 from ..errors import ApiError
 from ..hubclient import Caller
-from ..schemas import ERRORS, IdleJobOut, ShowbackOut, UsageRowOut
+from ..schemas import ERRORS, DemandOut, IdleJobOut, ShowbackOut, UsageRowOut
+from ...usage.demand import DemandLog
 from .catalog import capacity_of
 
 
 def router(svc: Service, prefix: str) -> APIRouter:
     portal, jobs = svc.portal, svc.jobs
     usage, caller = svc.usage, svc.caller
+    demand = DemandLog(portal.book)
     api = APIRouter(prefix=prefix, responses=ERRORS)
 
     @api.get("/usage", response_model=ShowbackOut,
-             summary="GPU-hours held and used, and utilisation while held, per user, team, profile or pool",
-             description="Your own usage; a team's if you are in it (`team=`); anyone's for admins.")
+             summary="GPU-hours held and used, utilisation while held, and the requests refused",
+             description="Your own usage; a team's if you are in it (`team=`); anyone's for admins. `demand` "
+                         "counts the period's requests per profile and what they got (granted, or refused for "
+                         "capacity or quota), kept for `usage.retention_days`.")
     async def showback(who: Caller = Depends(caller),
                        since: float | None = Query(None, description="unix time; default: 30 days ago"),
                        until: float | None = Query(None, description="unix time; default: now"),
@@ -62,6 +66,7 @@ def router(svc: Service, prefix: str) -> APIRouter:
                                                                                    "utilization", "holdings")})
                                      for r in rows],
                                total=total, idle_jobs=jobs_idle,
+                               demand=[DemandOut(**d) for d in demand.counts(since, until, user=user, team=team)],
                                hourly=usage.hourly(since, until, user=user, team=team)
                                if until - since <= 93 * 86400 else [])
         return await asyncio.to_thread(compute)
