@@ -1,0 +1,280 @@
+"""Which MIG and time-slicing layout each node's GPUs should have, from the demand podbay saw.
+
+For a pool, every request replayed against a layout is served by one kind of room only: a
+MIG profile's devices, a shared GPU's slots of its replicas, or whole GPUs (a `gpu-N` takes N
+of one node's). Refusals therefore add up per kind of room: those of profile p depend on how
+many p devices the pool has (the replay of p's requests alone over k devices, `_LossCurve`),
+and those of whole GPUs on how many each node keeps whole. The search changes one GPU's
+layout at a time to the one that removes the most refusals, among the model's maximal MIG
+layouts of the profiles asked for, whole, and shared as the catalog offers it, until no
+change helps (coordinate descent: a local optimum, from the layout the nodes have now, so an
+advice never moves a GPU for nothing). The result is replayed in full (replay.py) for the
+figures it reports.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..config import PodbayConfig, split_ci
+from ..gpu import FAMILIES
+from .layouts import mig_layouts, predefined_name
+from .replay import WHOLE, GpuLayout, Replay, Result, SimGpu
+from .trace import Request
+
+
+@dataclass
+class GpuAdvice:
+    index: int
+    model: str
+    current: GpuLayout
+    advised: GpuLayout
+    # What runs on it now (a workspace or job per line): what changing it would interrupt.
+    holders: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return self.current != self.advised
+
+
+@dataclass
+class NodeAdvice:
+    node: str
+    pool: str
+    gpus: list[GpuAdvice]
+
+    @property
+    def changes(self) -> bool:
+        return any(g.changes for g in self.gpus)
+
+    @property
+    def interrupts(self) -> list[str]:
+        return [h for g in self.gpus if g.changes for h in g.holders]
+
+    @property
+    def config_name(self) -> str:
+        """The mig-parted config that gives this node its advised layout: a predefined one
+        where every GPU gets the same known layout, else podbay-<node>."""
+        names = {predefined_name(FAMILIES.get(_family_key(g.model)), g.advised) for g in self.gpus}
+        if len(names) == 1 and None not in names and len({g.advised for g in self.gpus}) == 1:
+            return names.pop()
+        return f"podbay-{self.node}"
+
+
+def _family_key(model: str) -> str:
+    from ..gpu import family_for
+
+    f = family_for(model)
+    return f.key if f else ""
+
+
+@dataclass
+class Advice:
+    since: float
+    until: float
+    pools: list[str]
+    requests: int
+    before: Result
+    after: Result
+    nodes: list[NodeAdvice]
+
+    @property
+    def changed(self) -> list[NodeAdvice]:
+        return [n for n in self.nodes if n.changes]
+
+
+class _LossCurve:
+    """Refusals of one kind of room's requests over k interchangeable devices, per k (lazy)."""
+
+    def __init__(self, spans: list[tuple[float, float]]):
+        self.spans = sorted(spans)
+        self.cache: dict[int, int] = {}
+
+    def __call__(self, k: int) -> int:
+        if k not in self.cache:
+            ends: list[float] = []
+            refused = 0
+            for a, d in self.spans:
+                while ends and ends[0] <= a:
+                    heapq.heappop(ends)
+                if len(ends) < k:
+                    heapq.heappush(ends, a + d)
+                else:
+                    refused += 1
+            self.cache[k] = refused
+        return self.cache[k]
+
+
+class _WholeCurve:
+    """Refusals of `gpu-N` requests over nodes keeping so many GPUs whole (replayed as the
+    placement does: the node with the fewest free that fit)."""
+
+    def __init__(self, requests: list[tuple[float, float, int]]):
+        self.requests = sorted(requests)
+        self.only_ones = all(n == 1 for _, _, n in requests)
+        self.ones = _LossCurve([(a, d) for a, d, _ in requests]) if self.only_ones else None
+        self.cache: dict[tuple[int, ...], int] = {}
+
+    def __call__(self, per_node: Sequence[int]) -> int:
+        if self.only_ones:
+            return self.ones(sum(per_node))
+        key = tuple(sorted(n for n in per_node if n))
+        if key not in self.cache:
+            self.cache[key] = self._replay(key)
+        return self.cache[key]
+
+    def _replay(self, key: tuple[int, ...]) -> int:
+        free = list(key)
+        ends: list[tuple[float, int, int, int]] = []
+        refused = 0
+        for seq, (a, d, n) in enumerate(self.requests):
+            while ends and ends[0][0] <= a:
+                _, _, node, m = heapq.heappop(ends)
+                free[node] += m
+            fitting = [i for i, f in enumerate(free) if f >= n]
+            if not fitting:
+                refused += 1
+                continue
+            node = min(fitting, key=lambda i: (free[i], i))
+            free[node] -= n
+            heapq.heappush(ends, (a + d, seq, node, n))
+        return refused
+
+
+def _room_of(spec, gpu: SimGpu) -> tuple | None:
+    """The kind of room a request of this spec takes on this GPU's family, or None."""
+    if spec.kind == "full":
+        return ("whole",)
+    if spec.kind == "shared":
+        return ("shared", spec.replicas)
+    if spec.kind == "mig" and gpu.family is not None:
+        base = split_ci(spec.mig_profile)[1]
+        if base in gpu.family.profiles:
+            return ("mig", gpu.family.key, base)
+    return None
+
+
+def candidates(gpu: SimGpu, asked: set[tuple]) -> list[GpuLayout]:
+    """The layouts worth trying on this GPU: its own, whole, shared as asked, and the
+    maximal MIG layouts of the profiles asked for on its model."""
+    out = [gpu.layout, WHOLE]
+    out += [GpuLayout("shared", replicas=r[1]) for r in asked if r[0] == "shared"]
+    if gpu.family is not None:
+        profiles = [r[2] for r in asked if r[0] == "mig" and r[1] == gpu.family.key]
+        out += [GpuLayout("mig", mig=m) for m in mig_layouts(gpu.family, profiles)]
+    seen, unique = set(), []
+    for c in out:
+        if c not in seen:
+            seen.add(c)
+            unique.append(c)
+    return unique
+
+
+def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *,
+           holders: Callable[[SimGpu], list[str]] = lambda g: [], since: float = 0.0, until: float = 0.0,
+           passes: int = 6) -> Advice:
+    """The advised layout of every GPU in `gpus` (one pool or several: requests only use
+    their profiles' pools), with the replayed refusals before and after."""
+    replay = Replay(cfg, [SimGpu(g.node, g.pool, g.index, g.model, g.family, g.layout) for g in gpus])
+    before = replay.run(requests, "now")
+    pools = sorted({g.pool for g in gpus})
+
+    # The requests by the kind of room they take, per pool.
+    per_room: dict[tuple, list] = defaultdict(list)
+    for r in requests:
+        spec, rpools = replay.spec(r.profile)
+        if spec.kind == "cpu":
+            continue
+        families = {g.family.key for g in gpus if g.family} or {""}
+        for pool in rpools:
+            if pool not in pools:
+                continue
+            if spec.kind == "mig":
+                base = split_ci(spec.mig_profile)[1]
+                for fam in families:
+                    if fam and base in FAMILIES[fam].profiles:
+                        per_room[(pool, "mig", fam, base)].append((r.arrival, r.duration))
+            elif spec.kind == "shared":
+                per_room[(pool, "shared", spec.replicas)].append((r.arrival, r.duration))
+            else:
+                per_room[(pool, "whole")].append((r.arrival, r.duration, spec.count))
+            break  # a request takes room in its first pool here (as the placement would try)
+    curves: dict[tuple, Callable] = {}
+    for room, spans in per_room.items():
+        curves[room] = _WholeCurve(spans) if room[1] == "whole" else _LossCurve(spans)
+    asked = {room[1:] for room in per_room}
+
+    layouts = [g.layout for g in gpus]
+    nodes = sorted({g.node for g in gpus})
+    node_of = [nodes.index(g.node) for g in gpus]
+
+    def counts(layouts: list[GpuLayout]) -> tuple[Counter, dict[str, list[int]]]:
+        devices: Counter = Counter()
+        whole: dict[str, list[int]] = {}
+        for g, lay in zip(gpus, layouts):
+            if lay.mode == "whole":
+                whole.setdefault(g.pool, [0] * len(nodes))[nodes.index(g.node)] += 1
+            elif lay.mode == "shared":
+                devices[(g.pool, "shared", lay.replicas)] += lay.replicas
+            elif lay.mode == "mig" and g.family:
+                for p in lay.mig:
+                    devices[(g.pool, "mig", g.family.key, p)] += 1
+        return devices, whole
+
+    def refusals(devices: Counter, whole: dict[str, list[int]]) -> int:
+        total = 0
+        for room, curve in curves.items():
+            if room[1] == "whole":
+                total += curve(whole.get(room[0], [0] * len(nodes)))
+            else:
+                total += curve(devices.get(room, 0))
+        return total
+
+    devices, whole = counts(layouts)
+    best_total = refusals(devices, whole)
+    options = [candidates(g, asked) for g in gpus]
+    for _ in range(passes):
+        improved = False
+        for i, g in enumerate(gpus):
+            current = layouts[i]
+            choice, choice_total = current, best_total
+            for cand in options[i]:
+                if cand == current:
+                    continue
+                d2, w2 = _moved(devices, whole, g, node_of[i], current, cand, len(nodes))
+                total = refusals(d2, w2)
+                if total < choice_total:
+                    choice, choice_total = cand, total
+            if choice != current:
+                devices, whole = _moved(devices, whole, g, node_of[i], current, choice, len(nodes))
+                layouts[i], best_total, improved = choice, choice_total, True
+        if not improved:
+            break
+
+    advised = [SimGpu(g.node, g.pool, g.index, g.model, g.family, lay) for g, lay in zip(gpus, layouts)]
+    after = Replay(cfg, advised).run(requests, "advised")
+    by_node: dict[str, NodeAdvice] = {}
+    for g, lay in zip(gpus, layouts):
+        node = by_node.setdefault(g.node, NodeAdvice(g.node, g.pool, []))
+        node.gpus.append(GpuAdvice(g.index, g.model, g.layout, lay, holders(g)))
+    return Advice(since, until, pools, len(requests), before, after, list(by_node.values()))
+
+
+def _moved(devices: Counter, whole: dict[str, list[int]], g: SimGpu, node: int, old: GpuLayout, new: GpuLayout,
+           n_nodes: int) -> tuple[Counter, dict[str, list[int]]]:
+    """The room counts after one GPU goes from `old` to `new` (copies; the inputs stay)."""
+    devices = Counter(devices)
+    whole = {pool: list(v) for pool, v in whole.items()}
+    for lay, sign in ((old, -1), (new, 1)):
+        if lay.mode == "whole":
+            whole.setdefault(g.pool, [0] * n_nodes)[node] += sign
+        elif lay.mode == "shared":
+            devices[(g.pool, "shared", lay.replicas)] += sign * lay.replicas
+        elif lay.mode == "mig" and g.family:
+            for p in lay.mig:
+                devices[(g.pool, "mig", g.family.key, p)] += sign
+    return devices, whole
+

@@ -1,0 +1,91 @@
+"""GPU layouts: which MIG layouts a GPU model allows, and how a chosen layout is written for
+the tools that apply it (NVIDIA's mig-parted / the GPU Operator's MIG Manager) and for
+podbay.yaml.
+
+A layout is applied per GPU, only when nothing runs on it: MIG Manager stops the GPU's
+clients (or waits for them), mig-parted needs the GPU idle. What advice changes is
+therefore said with what it would interrupt (advise.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from functools import lru_cache
+
+from ..gpu import FAMILIES, GpuFamily, layout_fits
+from .replay import WHOLE, GpuLayout
+
+
+def mig_layouts(family: GpuFamily, profiles: Iterable[str]) -> list[tuple[str, ...]]:
+    """Every maximal layout of these profiles on one GPU of `family`: no other instance of
+    any of them could be added. Largest instances first in each."""
+    return list(_mig_layouts(family.key, tuple(sorted(set(profiles) & set(family.profiles)))))
+
+
+@lru_cache(maxsize=256)
+def _mig_layouts(key: str, profiles: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    family = FAMILIES[key]
+    names = sorted((p for p in profiles if "+me" not in p),
+                   key=lambda p: (-family.profiles[p].memory_slices, -family.profiles[p].compute_slices, p))
+    found: set[tuple[str, ...]] = set()
+
+    def grow(layout: list[str], start: int) -> None:
+        grown = False
+        for i in range(len(names)):
+            if layout_fits(family, layout + [names[i]]):
+                grown = True
+                if i >= start:
+                    grow(layout + [names[i]], i)
+        if not grown and layout:
+            found.add(tuple(layout))
+
+    grow([], 0)
+    return tuple(sorted(found, key=lambda t: (len(t), t)))
+
+
+def mig_parted_devices(layout: GpuLayout) -> dict:
+    """One `mig-configs` entry's body for a GPU of this layout (devices: filled in by the caller)."""
+    if layout.mode != "mig":
+        return {"mig-enabled": False}
+    return {"mig-enabled": True, "mig-devices": dict(sorted(Counter(layout.mig).items()))}
+
+
+# Names every mig-parted config file of NVIDIA's carries (config-default.yaml; the GPU
+# Operator's default-mig-parted-config): a node whose GPUs all get one of these needs no
+# custom config.
+def predefined_name(family: GpuFamily | None, layout: GpuLayout) -> str | None:
+    if layout.mode in ("whole", "shared"):
+        return "all-disabled"
+    if layout.mode != "mig" or family is None:
+        return None
+    counts = Counter(layout.mig)
+    if len(counts) == 1:
+        (name, n), = counts.items()
+        if n == family.profiles[name].max_instances and "+me" not in name:
+            return f"all-{name}"
+    if family.compute_slices == 7:
+        # all-balanced: 2x 1g, 1x 2g, 1x 3g with each model's names.
+        one = min((p for p in family.profiles if p.startswith("1g.") and "+me" not in p),
+                  key=lambda p: family.profiles[p].memory_slices)
+        two = next(p for p in family.profiles if p.startswith("2g."))
+        three = next(p for p in family.profiles if p.startswith("3g."))
+        if counts == Counter({one: 2, two: 1, three: 1}):
+            return "all-balanced"
+    elif counts == Counter({min(p for p in family.profiles if p.startswith("1g.") and "+me" not in p): 2,
+                            next(p for p in family.profiles if p.startswith("2g.") and "+me" not in p): 1}):
+        return "all-balanced"
+    return None
+
+
+def layout_yaml(layout: GpuLayout) -> dict:
+    """A GPU's layout as podbay.yaml's GPU entry says it (without the UUIDs, which the GPU
+    has only once the layout is applied: `podbay gpus --as-inventory` prints them)."""
+    if layout.mode == "mig":
+        return {"mig": [{"profile": p} for p in layout.mig]}
+    if layout.mode == "shared":
+        return {"replicas": layout.replicas}
+    return {}
+
+
+__all__ = ["WHOLE", "layout_yaml", "mig_layouts", "mig_parted_devices", "predefined_name"]
