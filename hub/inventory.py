@@ -36,6 +36,8 @@ class Device:
     # MIG: the parent GPU's UUID and the GPU instance id (how DCGM names its utilisation).
     parent_uuid: str | None = None
     gpu_instance: int | None = None
+    # The GPU's memory, where declared or discovered (tells H100 NVL from H100 80GB).
+    memory_mib: int | None = None
 
 
 def mig_weight(model: str, memory_mib: int | None, profile: str) -> Fraction:
@@ -48,7 +50,7 @@ def mig_weight(model: str, memory_mib: int | None, profile: str) -> Fraction:
 
 
 def devices_of_gpu(node: Node, gpu: GpuDecl) -> list[Device]:
-    common = dict(node=node.name, pool=node.pool, gpu_index=gpu.index, model=gpu.model)
+    common = dict(node=node.name, pool=node.pool, gpu_index=gpu.index, model=gpu.model, memory_mib=gpu.memory_mib)
     if gpu.mig is not None:
         return [
             Device(key=d.uuid, visible_id=d.uuid, kind="mig", mig_profile=d.profile,

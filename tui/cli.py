@@ -15,6 +15,7 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
+from .commands.advice import cmd_advise
 from .commands.login import cmd_login, cmd_logout
 from .commands.workspaces import (
     cmd_capacity, cmd_notices, cmd_tui, cmd_usage, cmd_ws_keep, cmd_ws_ls, cmd_ws_new, cmd_ws_open, cmd_ws_rm, cmd_ws_stop,
@@ -154,6 +155,14 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = sub.add_parser("capacity", parents=[common], help="what is free, per pool and profile")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_capacity)
+    p = sub.add_parser("advise", parents=[common],
+                       help="admins: the MIG / time-slicing layout each node should have, from recorded demand")
+    p.add_argument("--days", type=float, default=30, help="the period of demand to replay (default 30)")
+    p.add_argument("--pool", action="append", help="only this pool's nodes (repeatable)")
+    p.add_argument("--mig-parted", metavar="FILE", help="write the mig-parted config file here")
+    p.add_argument("--apply", metavar="NODE", help="have the engine apply NODE's advised layout (Kubernetes)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_advise)
     p = sub.add_parser("tui", parents=[common], help="the terminal UI")
     p.add_argument("--first-paint", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_tui)

@@ -269,6 +269,14 @@ class PodbayClient:
     async def capacity(self) -> dict[str, Any]:
         return await self._svc("GET", "capacity")
 
+    async def advice(self, days: float = 30, pool: list[str] | None = None) -> dict[str, Any]:
+        # Replaying a month of demand takes the service a moment (benchmarks/placement_replay.py).
+        return await self._svc("GET", "advice", params={"days": days, **({"pool": pool} if pool else {})},
+                               timeout=120)
+
+    async def apply_advice(self, node: str, config: str) -> dict[str, Any]:
+        return await self._svc("POST", "advice/apply", json={"node": node, "config": config}, timeout=60)
+
     async def me(self) -> dict[str, Any]:
         return await self._svc("GET", "me")
 

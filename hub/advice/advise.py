@@ -8,8 +8,9 @@ and those of whole GPUs on how many each node keeps whole. The search changes on
 layout at a time to the one that removes the most refusals, among the model's maximal MIG
 layouts of the profiles asked for, whole, and shared as the catalog offers it, until no
 change helps (coordinate descent: a local optimum, from the layout the nodes have now, so an
-advice never moves a GPU for nothing). The result is replayed in full (replay.py) for the
-figures it reports.
+advice never moves a GPU for nothing); where no single change helps, several GPUs of one
+node change together (two more whole GPUs for a `gpu-2`). The result is replayed in full
+(replay.py) for the figures it reports.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from ..gpu import FAMILIES
 from .layouts import mig_layouts, predefined_name
 from .replay import WHOLE, GpuLayout, Replay, Result, SimGpu
 from .trace import Request
+
+
+class LayoutNotApplied(Exception):
+    """A layout the engine cannot, or may not now, apply; the message says why and what to do."""
 
 
 @dataclass
@@ -236,9 +241,18 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
     devices, whole = counts(layouts)
     best_total = refusals(devices, whole)
     options = [candidates(g, asked) for g in gpus]
+    by_node: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(gpus)):
+        by_node[node_of[i]].append(i)
+    # GPUs nothing runs on are tried first: of two changes that save as much, the one that
+    # interrupts nobody is made.
+    busy = [len(holders(g)) for g in gpus]
+    order = sorted(range(len(gpus)), key=lambda i: (busy[i] > 0, i))
     for _ in range(passes):
         improved = False
-        for i, g in enumerate(gpus):
+        # One GPU at a time.
+        for i in order:
+            g = gpus[i]
             current = layouts[i]
             choice, choice_total = current, best_total
             for cand in options[i]:
@@ -251,16 +265,39 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
             if choice != current:
                 devices, whole = _moved(devices, whole, g, node_of[i], current, choice, len(nodes))
                 layouts[i], best_total, improved = choice, choice_total, True
-        if not improved:
+        if improved:
+            continue
+        # Stuck: several GPUs of one node at once (two more whole GPUs for a gpu-2, where
+        # one alone helps nobody), the first t of those without the layout, best t.
+        best_move = None
+        for node, members in by_node.items():
+            members = sorted(members, key=lambda i: (busy[i] > 0, i))
+            for cand in {c for i in members for c in options[i]}:
+                d2, w2, moved = devices, whole, []
+                for i in members:
+                    if layouts[i] == cand or cand not in options[i]:
+                        continue
+                    d2, w2 = _moved(d2, w2, gpus[i], node, layouts[i], cand, len(nodes))
+                    moved.append(i)
+                    if len(moved) < 2:
+                        continue
+                    total = refusals(d2, w2)
+                    if total < best_total and (best_move is None or total < best_move[0]):
+                        best_move = (total, cand, list(moved), d2, w2)
+        if best_move is None:
             break
+        best_total, cand, moved, devices, whole = best_move
+        for i in moved:
+            layouts[i] = cand
 
     advised = [SimGpu(g.node, g.pool, g.index, g.model, g.family, lay) for g, lay in zip(gpus, layouts)]
     after = Replay(cfg, advised).run(requests, "advised")
     by_node: dict[str, NodeAdvice] = {}
-    for g, lay in zip(gpus, layouts):
-        node = by_node.setdefault(g.node, NodeAdvice(g.node, g.pool, []))
+    result: dict[str, NodeAdvice] = {}
+    for g, lay, n in zip(gpus, layouts, busy):
+        node = result.setdefault(g.node, NodeAdvice(g.node, g.pool, []))
         node.gpus.append(GpuAdvice(g.index, g.model, g.layout, lay, holders(g)))
-    return Advice(since, until, pools, len(requests), before, after, list(by_node.values()))
+    return Advice(since, until, pools, len(requests), before, after, list(result.values()))
 
 
 def _moved(devices: Counter, whole: dict[str, list[int]], g: SimGpu, node: int, old: GpuLayout, new: GpuLayout,

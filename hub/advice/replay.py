@@ -24,6 +24,7 @@ from typing import Literal
 
 from ..config import PodbayConfig, ProfileKind, parse_profile_id, split_ci
 from ..gpu import GpuFamily, family_for, instance_mask, room_for
+from ..inventory import Device
 from ..quota.placement import choose_mig_start, mix_of
 from .trace import Request
 
@@ -73,23 +74,36 @@ class SimGpu:
         self.free = Counter(self.layout.mig) if self.layout.mode == "mig" else Counter()
 
 
-def gpus_of(cfg: PodbayConfig, layouts: Callable[["SimGpu"], GpuLayout] | None = None) -> list[SimGpu]:
-    """The inventory's GPUs as podbay.yaml declares them (`discover` nodes have none to replay),
-    each with the layout `layouts` gives it, else the declared one."""
+def gpus_from_devices(devices: Iterable[Device]) -> list[SimGpu]:
+    """The GPUs of an inventory's devices, each with the layout it is offered in now."""
+    by_gpu: dict[tuple[str, int], list[Device]] = {}
+    for d in devices:
+        by_gpu.setdefault((d.node, d.gpu_index), []).append(d)
     out = []
-    for node in cfg.nodes:
-        for g in node.gpus:
-            if g.mig is not None:
-                declared = GpuLayout("mig", mig=tuple(d.profile for d in g.mig))
-            elif g.replicas:
-                declared = GpuLayout("shared", replicas=g.replicas)
-            else:
-                declared = WHOLE
-            gpu = SimGpu(node.name, node.pool, g.index, g.model, family_for(g.model, g.memory_mib), declared)
-            if layouts is not None:
-                gpu.layout = layouts(gpu)
+    for (node, index), ds in by_gpu.items():
+        first = ds[0]
+        if first.kind == "mig":
+            layout = GpuLayout("mig", mig=tuple(d.mig_profile for d in ds))
+        elif first.kind == "shared":
+            layout = GpuLayout("shared", replicas=first.replicas)
+        else:
+            layout = WHOLE
+        gpu = SimGpu(node, first.pool, index, first.model, family_for(first.model, first.memory_mib), layout)
+        gpu.reset()
+        out.append(gpu)
+    return out
+
+
+def gpus_of(cfg: PodbayConfig, layouts: Callable[["SimGpu"], GpuLayout] | None = None) -> list[SimGpu]:
+    """The inventory's GPUs as podbay.yaml declares them (`discover` nodes: as NVML finds
+    them), each with the layout `layouts` gives it, else its own."""
+    from ..inventory import Inventory
+
+    out = gpus_from_devices(Inventory.from_config(cfg).devices)
+    if layouts is not None:
+        for gpu in out:
+            gpu.layout = layouts(gpu)
             gpu.reset()
-            out.append(gpu)
     return out
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the hub-side modules load only in the process that uses the
 
     from pydantic import BaseModel
 
+    from ..advice.replay import SimGpu
     from ..config import PodbayConfig
     from ..doctor import Finding
     from ..inventory import Inventory
@@ -40,6 +41,15 @@ class HubSide:
     workspace_side: str
     # Ledger keys of workspaces whose devices were released because they no longer run.
     released: list[str]
+
+
+def holder_line(key: str, user: str, profile: str) -> str:
+    """What holds a GPU, for people: "alice's workspace train (mig-3g.40gb)", "job 12 of bob (gpu-2)"."""
+    kind, _, rest = key.partition(":")
+    if kind == "workspace":
+        server = rest.split("/", 1)[1] if "/" in rest else ""
+        return f"{user}'s workspace {server or '(default)'} ({profile})"
+    return f"{kind} {rest} of {user} ({profile})"
 
 
 class Backend:
@@ -170,6 +180,33 @@ class Backend:
 
     def training(self, portal: "Portal") -> "TrainingBackend":
         raise NotImplementedError
+
+    def layouts(self, portal: "Portal") -> "list[tuple[SimGpu, list[str]]]":
+        """The GPUs `podbay advise` advises on, each with the layout it has now and what runs
+        on it (a line per workspace or job). Here: the inventory podbay places on, and the
+        quota book's claims on each GPU. An engine that places returns its cluster's view."""
+        if not self.places(portal.cfg):
+            return []
+        from ..advice.replay import gpus_from_devices
+
+        inv = portal.inventory
+        gpu_of = {(d.node, d.visible_id): d.gpu_index for d in inv.devices}
+        holders: dict[tuple[str, int], list[str]] = {}
+        for a in portal.book.allocations():
+            for vid in dict.fromkeys(a.devices):
+                index = gpu_of.get((a.node, vid))
+                if index is not None:
+                    holders.setdefault((a.node, index), []).append(holder_line(a.key, a.user, a.profile))
+        return [(g, holders.get((g.node, g.index), [])) for g in gpus_from_devices(inv.devices)]
+
+    async def apply_layout(self, portal: "Portal", node: str, config: str) -> str:
+        """Have the engine give `node` the mig-parted config `config`, where it can and
+        nothing runs on the node's GPUs; say what was done. LayoutNotApplied says why not and
+        what to do instead. Here: podbay changes no GPU's settings on one machine."""
+        from ..advice.advise import LayoutNotApplied
+
+        raise LayoutNotApplied(f"podbay does not change GPU layouts on the {self.name} backend: apply it on "
+                               f"{node} with nvidia-mig-parted, as `podbay advise` prints it")
 
     def runs_as_person(self, cfg: "PodbayConfig") -> bool:
         """Whether this engine runs people's jobs as their own cluster accounts (slurm's

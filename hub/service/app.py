@@ -16,7 +16,7 @@ from ..usage.policy import Sampler
 from .context import Service
 from .errors import MAX_BODY, BodyLimit, install_handlers
 from .hubclient import HubClient
-from .routers import account, catalog, usage, workspaces
+from .routers import account, advice, catalog, usage, workspaces
 from .routers import jobs as jobs_router
 
 
@@ -56,6 +56,6 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         app.include_router(pages)
 
     install_handlers(app)
-    for resource in (catalog, account, workspaces, usage, jobs_router):
+    for resource in (catalog, account, workspaces, usage, jobs_router, advice):
         app.include_router(resource.router(svc, base))
     return app

@@ -203,9 +203,61 @@ class ShowbackOut(BaseModel):
     hourly: list[dict] = Field(default_factory=list, description="mean utilisation per hour (for charts)")
 
 
+class ReplayOut(BaseModel):
+    refused: int = Field(description="requests of the period the layout would have refused (replayed)")
+    refused_by_profile: dict[str, int]
+    gpu_hours_held: float
+    gpu_hours_idle: float
+
+
+class GpuAdviceOut(BaseModel):
+    index: int
+    model: str
+    current: str = Field(description="its layout now: whole, shared 1/N, mig 2x1g.10gb+1x3g.40gb")
+    advised: str
+    changes: bool
+    holders: list[str] = Field(description="what runs on it now")
+    known_config: str | None = Field(description="the predefined mig-parted config of this layout, if any")
+
+
+class NodeAdviceOut(BaseModel):
+    node: str
+    pool: str
+    changes: bool
+    config: str = Field(description="the mig-parted config that gives it the advised layout")
+    interrupts: list[str] = Field(description="what changing it would interrupt")
+    gpus: list[GpuAdviceOut]
+
+
+class AdviceOut(BaseModel):
+    since: float
+    until: float
+    pools: list[str]
+    requests: int = Field(description="requests of the period replayed")
+    engine: str
+    before: ReplayOut = Field(description="the layouts the nodes have now")
+    after: ReplayOut = Field(description="the advised layouts")
+    nodes: list[NodeAdviceOut]
+    mig_parted: dict = Field(description="a mig-parted config file (version v1) with the custom configs needed")
+    nodes_yaml: list[dict] = Field(description="podbay.yaml nodes entries of the changed nodes (local, docker)")
+    steps: list[str]
+
+
+class ApplyIn(BaseModel):
+    node: str = Field(max_length=253)
+    config: str = Field(max_length=63, pattern=r"^[a-z0-9]([a-z0-9.+-]*[a-z0-9])?$",
+                        description="the mig-parted config name (all-balanced, podbay-<node>)")
+
+
+class ApplyOut(BaseModel):
+    node: str
+    config: str
+    message: str
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str
 
 
-ERRORS = {s: {"model": ErrorOut} for s in (400, 401, 403, 404, 413, 422, 503)}
+ERRORS = {s: {"model": ErrorOut} for s in (400, 401, 403, 404, 409, 413, 422, 503)}

@@ -1,0 +1,68 @@
+"""Layout advice (admins): the MIG and time-slicing layout each node's GPUs should have, from
+the demand recorded over a period, and applying it where the engine can."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Depends, Query
+
+from ...advice.advise import LayoutNotApplied, advise
+from ...advice.render import as_dict
+from ...usage.demand import DemandLog
+from ..context import Service
+from ..errors import ApiError
+from ..hubclient import Caller
+from ..schemas import ERRORS, AdviceOut, ApplyIn, ApplyOut
+
+
+def advice_for(portal, since: float, until: float, pools: set[str] | None = None) -> dict:
+    """The advice on the GPUs this deployment's engines report, from the period's demand."""
+    backend = portal.plugin
+    found = [(g, h) for g, h in backend.layouts(portal) if pools is None or g.pool in pools]
+    holders = {(g.node, g.index): h for g, h in found}
+    gpus = [g for g, _ in found]
+    requests = DemandLog(portal.book).requests(since, until, time.time(), pools={g.pool for g in gpus})
+    advice = advise(portal.cfg, gpus, requests, holders=lambda g: holders.get((g.node, g.index), []),
+                    since=since, until=until)
+    return as_dict(advice, backend.name)
+
+
+def router(svc: Service, prefix: str) -> APIRouter:
+    portal, caller = svc.portal, svc.caller
+    api = APIRouter(prefix=prefix, responses=ERRORS)
+
+    def admin(who: Caller) -> None:
+        if not who.admin:
+            raise ApiError(403, "forbidden", "layout advice is for admins: it shows everyone's requests and "
+                                             "what runs on every GPU")
+
+    @api.get("/advice", response_model=AdviceOut,
+             summary="The MIG / time-slicing layout each node should have, from the demand of a period",
+             description="For each GPU, its layout now and the one that would have refused the fewest of the "
+                         "period's requests (replayed), with what changing it would interrupt; a mig-parted "
+                         "config, podbay.yaml's nodes entries and the steps. Admins only.")
+    async def get_advice(who: Caller = Depends(caller),
+                         days: float = Query(30, gt=0, le=400, description="the period: the last so many days"),
+                         pool: list[str] | None = Query(None, description="only these pools' nodes")):
+        admin(who)
+        unknown = [p for p in pool or [] if p not in portal.cfg.pools]
+        if unknown:
+            raise ApiError(400, "invalid_request", f"no pool {', '.join(unknown)}; pools: {', '.join(portal.cfg.pools)}")
+        until = time.time()
+        return await asyncio.to_thread(advice_for, portal, until - days * 86400, until, set(pool) if pool else None)
+
+    @api.post("/advice/apply", response_model=ApplyOut,
+              summary="Have the engine apply a node's advised layout (Kubernetes: MIG Manager's label)",
+              description="Only where the engine applies layouts and nothing runs on the node's GPUs; "
+                          "409 with what to do otherwise. Admins only.")
+    async def apply(body: ApplyIn, who: Caller = Depends(caller)):
+        admin(who)
+        try:
+            message = await portal.plugin.apply_layout(portal, body.node, body.config)
+        except LayoutNotApplied as e:
+            raise ApiError(409, "not_applied", str(e)) from None
+        return ApplyOut(node=body.node, config=body.config, message=message)
+
+    return api

@@ -1,0 +1,147 @@
+"""Layout advice: known answers on hand-made demand, what it would interrupt, how it is
+written for mig-parted and podbay.yaml, and the service's /advice for admins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from podbay.hub.advice.advise import advise
+from podbay.hub.advice.layouts import predefined_name
+from podbay.hub.advice.render import as_dict, mig_parted_config
+from podbay.hub.advice.replay import DYNAMIC, WHOLE, GpuLayout, gpus_of
+from podbay.hub.advice.trace import Request
+from podbay.hub.config import load_config, parse_profile_id
+from podbay.hub.gpu import FAMILIES
+from podbay.hub.jobs import JobManager
+from podbay.hub.backends.local.jobs import LocalBackend
+from podbay.hub.portal import Portal
+from podbay.hub.quota import Demand, NoCapacity
+from podbay.hub.quota.database import DemandRow
+from podbay.hub.service import create_app
+
+from tests.unit.test_usage import as_, fake_hub
+
+DATA = Path(__file__).parents[1] / "data" / "demand"
+BALANCED = GpuLayout("mig", mig=("3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"))
+
+
+def pairs_of(profile: str, n: int, every: float = 100, hold: float = 50) -> list[Request]:
+    """`n` rounds of two requests for `profile` at once."""
+    return [Request(i * every, hold, f"u{j}", None, profile) for i in range(n) for j in range(2)]
+
+
+def test_two_3g_at_once_get_a_gpu_cut_for_two():
+    cfg = load_config(DATA / "one-server.yaml")
+    # GPU 3 only, balanced now: one 3g.40gb. Demand: always two 3g at once.
+    gpus = [g for g in gpus_of(cfg) if g.index == 3]
+    advice = advise(cfg, gpus, pairs_of("mig-3g.40gb", 10))
+    (node,) = advice.nodes
+    assert node.gpus[0].current == BALANCED
+    assert node.gpus[0].advised == GpuLayout("mig", mig=("3g.40gb", "3g.40gb"))
+    assert (advice.before.refused, advice.after.refused) == (10, 0)
+    assert advice.after.unit_seconds_held > advice.before.unit_seconds_held
+    assert node.config_name == "all-3g.40gb"
+
+
+def test_nothing_moves_without_a_refusal_it_saves():
+    cfg = load_config(DATA / "one-server.yaml")
+    gpus = gpus_of(cfg)
+    # One 1g at a time: every layout serves it; nothing changes.
+    advice = advise(cfg, gpus, [Request(i * 10, 5, "u", None, "mig-1g.10gb") for i in range(20)])
+    assert advice.changed == [] and advice.before.refused == advice.after.refused == 0
+    assert as_dict(advice, "local")["steps"] == []
+
+
+def test_whole_gpus_for_a_pair_of_gpu_2_and_what_it_interrupts():
+    cfg = load_config(DATA / "one-server.yaml")
+    gpus = gpus_of(cfg)
+    # Two gpu-2 at once, on one node with two whole GPUs: one refused per round. Two more
+    # whole GPUs serve both, and one alone serves nobody. Idle GPUs go first: GPU 3; then
+    # the first of the busy ones, GPU 2 (alice's workspace), not the A30 (bob's job).
+    reqs = pairs_of("gpu-2", 5)
+    running = {2: ["alice's workspace a (mig-1g.10gb)"], 4: ["job 7 of bob (mig-2g.12gb)"]}
+    advice = advise(cfg, gpus, reqs, holders=lambda g: running.get(g.index, []))
+    assert (advice.before.refused, advice.after.refused) == (5, 0)
+    (node,) = advice.nodes
+    advised = {g.index: g.advised for g in node.gpus}
+    assert advised[0] == advised[1] == advised[2] == advised[3] == WHOLE
+    assert advised[4] == gpus[4].layout
+    assert node.interrupts == ["alice's workspace a (mig-1g.10gb)"]
+    assert node.config_name == "podbay-node-a"
+    config = mig_parted_config(advice)
+    assert config == {"version": "v1", "mig-configs": {"podbay-node-a": [
+        {"devices": [0, 1, 2, 3], "mig-enabled": False},
+        {"devices": [4], "mig-enabled": True, "mig-devices": {"2g.12gb": 2}}]}}
+    out = as_dict(advice, "local")
+    assert out["nodes_yaml"] == [{"name": "node-a", "pool": "dev", "gpus": [
+        {"index": i, "model": "NVIDIA H100 80GB HBM3"} for i in range(4)] + [
+        {"index": 4, "model": "NVIDIA A30", "mig": [{"profile": "2g.12gb"}, {"profile": "2g.12gb"}]}]}]
+    assert "stop what runs on the GPUs that change (alice's workspace a (mig-1g.10gb))" in out["steps"][1]
+    assert "nvidia-mig-parted apply -f podbay-mig.yaml -c podbay-node-a" in out["steps"][1]
+
+
+def test_predefined_mig_parted_names():
+    h100, a30 = FAMILIES["H100-80GB"], FAMILIES["A30-24GB"]
+    assert predefined_name(h100, BALANCED) == "all-balanced"
+    assert predefined_name(h100, GpuLayout("mig", mig=("1g.10gb",) * 7)) == "all-1g.10gb"
+    assert predefined_name(h100, GpuLayout("mig", mig=("1g.10gb",) * 6)) is None
+    assert predefined_name(h100, WHOLE) == "all-disabled"
+    assert predefined_name(a30, GpuLayout("mig", mig=("2g.12gb", "1g.6gb", "1g.6gb"))) == "all-balanced"
+    assert predefined_name(h100, DYNAMIC) is None
+
+
+@pytest.fixture
+def service(tmp_path):
+    from fastapi.testclient import TestClient
+
+    portal = Portal.open(DATA / "one-server.yaml", f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
+    jobs = JobManager(portal, LocalBackend(tmp_path / "jobs"))
+    with fake_hub({"alice": {}, "bob": {}, "admin": {"admin": True}}) as hub:
+        app = create_app(portal, jobs, hub, run_scheduler=False)
+        with TestClient(app) as client:
+            client.podbay = portal
+            yield client
+    portal.book.dispose()
+
+
+def test_the_service_advises_admins_from_recorded_demand(service):
+    portal = service.podbay
+    quota = portal.quota_for(None).model_copy(update={"gpu_units": 100, "workspaces_per_user": 100})
+
+    def ask(key, user, profile):
+        portal.claim(key=key, kind="workspace", user=user, team=None, quota=quota,
+                     demand=Demand(profile, parse_profile_id(profile), ("dev",)))
+
+    # Two 3g.40gb held; a third refused, asked again within a minute (one request).
+    ask("workspace:alice/a", "alice", "mig-3g.40gb")
+    ask("workspace:alice/b", "alice", "mig-3g.40gb")
+    for _ in range(2):
+        with pytest.raises(NoCapacity):
+            ask("workspace:bob/a", "bob", "mig-3g.40gb")
+    assert service.get("/services/podbay/api/v1/advice", headers=as_("alice")).status_code == 403
+    r = service.get("/services/podbay/api/v1/advice", headers=as_("admin"))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["requests"] == 3 and out["before"]["refused"] == 1 and out["after"]["refused"] == 0
+    (node,) = out["nodes"]
+    changed = [g for g in node["gpus"] if g["changes"]]
+    assert len(changed) == 1 and changed[0]["advised"] == "mig 2x3g.40gb"
+    # Nobody asked for a whole GPU: an idle whole one is cut, not a GPU alice's workspaces run on.
+    assert changed[0]["current"] == "whole" and changed[0]["holders"] == [] and node["interrupts"] == []
+    held = {g["index"]: g["holders"] for g in node["gpus"]}
+    assert held[2] == ["alice's workspace a (mig-3g.40gb)"] and held[3] == ["alice's workspace b (mig-3g.40gb)"]
+    assert service.get("/services/podbay/api/v1/advice", params={"pool": "gpu"},
+                       headers=as_("admin")).json()["message"] == "no pool gpu; pools: dev"
+    # Demand older than the period is not replayed.
+    with portal.book.write_session() as s, s.begin():
+        s.execute(update(DemandRow).values(at=DemandRow.at - 40 * 86400))
+    assert service.get("/services/podbay/api/v1/advice", headers=as_("admin")).json()["requests"] == 0
+    # On one machine podbay changes no GPU's settings: the steps say how.
+    r = service.post("/services/podbay/api/v1/advice/apply", json={"node": "node-a", "config": "podbay-node-a"},
+                     headers=as_("admin"))
+    assert r.status_code == 409 and "nvidia-mig-parted" in r.json()["message"]
+    assert service.post("/services/podbay/api/v1/advice/apply", json={"node": "node-a", "config": "x"},
+                        headers=as_("bob")).status_code == 403
