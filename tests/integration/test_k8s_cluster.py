@@ -785,3 +785,55 @@ async def test_watches_replay_what_changed_since_their_version_or_are_told_410(c
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_advise_apply_labels_an_idle_node_for_mig_manager_as_rbac_allows(kubernetes_installed, tmp_path):
+    """`podbay advise --apply`: the real client patches the node's nvidia.com/mig.config through
+    the API server's RBAC, only with the permission rbac() grants when apply_mig_layouts is on."""
+    from podbay.hub.advice.advise import LayoutNotApplied
+    from podbay.hub.backends.kubernetes.layouts import apply
+    from podbay.hub.backends.kubernetes.manifests import rbac
+    from podbay.hub.config import load_config
+
+    from tests.standins.k8s_emulator import ADMIN, Rbac
+
+    async with emulated_cluster() as (url, emu):
+        emu.rbac = Rbac({"hub-token": f"system:serviceaccount:{NS}:hub", "admin": ADMIN})
+        await emu.add_object("v1/nodes", gpu_node("h100-a", "dev", MIXED_H100, mixed_allocatable(MIXED_H100)))
+        await emu.add_object("v1/nodes", gpu_node("h100-b", "dev", MIXED_H100, mixed_allocatable(MIXED_H100)))
+        await emu.add_object("v1/pods", gpu_pod("w-alice", "h100-b", {"nvidia.com/mig-1g.10gb": "1"}))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "hub",
+            "clusters": [{"name": "c", "cluster": {"server": url}}],
+            "contexts": [{"name": "hub", "context": {"cluster": "c", "user": "hub"}}],
+            "users": [{"name": "hub", "user": {"token": "hub-token"}}]}))
+        settings = load_config(config(tmp_path, kubeconfig=str(kubeconfig), apply_mig_layouts=True)).kubernetes
+
+        def view():
+            return emu.stored("v1/nodes"), emu.stored("v1/pods")
+
+        def label(node):
+            return emu.get_object("v1/nodes", None, node)["metadata"]["labels"].get("nvidia.com/mig.config")
+
+        # The hub's roles as they were before the option: the API server refuses the patch.
+        for obj in rbac(settings.model_copy(update={"apply_mig_layouts": False}), hub_namespace=NS):
+            await emu.add_object(PLURAL[obj["kind"]], obj)
+        with pytest.raises(LayoutNotApplied, match="podbay may not patch Nodes"):
+            await apply(settings, view, "h100-a", "all-1g.10gb")
+        assert label("h100-a") == "all-balanced"
+        # With the roles apply_mig_layouts grants: labelled; the busy node is not.
+        for obj in rbac(settings, hub_namespace=NS):
+            if obj["kind"] == "ClusterRole":
+                await emu.patch_object(PLURAL["ClusterRole"], None, obj["metadata"]["name"], {"rules": obj["rules"]})
+        said = await apply(settings, view, "h100-a", "all-1g.10gb")
+        assert label("h100-a") == "all-1g.10gb" and "nvidia.com/mig.config.state" in said
+        assert "already has" in await apply(settings, view, "h100-a", "all-1g.10gb")
+        with pytest.raises(LayoutNotApplied, match="h100-b runs pod other-team/w-alice"):
+            await apply(settings, view, "h100-b", "all-1g.10gb")
+        assert label("h100-b") == "all-balanced"
+
+
+PLURAL = {"ClusterRole": "rbac.authorization.k8s.io/v1/clusterroles",
+          "ClusterRoleBinding": "rbac.authorization.k8s.io/v1/clusterrolebindings",
+          "Role": "rbac.authorization.k8s.io/v1/roles", "RoleBinding": "rbac.authorization.k8s.io/v1/rolebindings"}

@@ -15,7 +15,7 @@ from podbay.hub.usage.demand import DemandLog
 from podbay.hub.usage.store import UsageStore
 from podbay.tui.commands.workspaces import refusal_lines
 
-from tests.unit.test_quota_book import BIG, claim, demand, placement
+from tests.unit.test_quota_book import BIG, claim, demand
 
 SMALL = Quota(gpu_units=1, workspaces_per_user=5, job_gpus=2)
 

@@ -821,3 +821,65 @@ def test_log_cursors_read_back_whatever_their_fingerprint():
     for bad in ("", "pod", "pod:", ":5", "pod:x", "pod:5:zzz", "a:b:5", "pod:5:0123456789012345"):
         with pytest.raises(BadCursor):
             _parse_cursor(bad)
+
+
+# --- layouts: what the nodes' GPUs are cut into, and MIG Manager's label -------------------
+
+
+def test_a_nodes_gpus_and_their_layouts_come_from_gfds_labels(cfg):
+    from podbay.hub.advice.replay import GpuLayout
+    from podbay.hub.backends.kubernetes.layouts import cluster_layouts
+
+    single = {**SINGLE_H100, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb", "nvidia.com/gpu.count": "14"}
+    nodes = [node("h100-a", MIXED_H100, mixed_allocatable(MIXED_H100)),
+             node("h100-s", single, {"nvidia.com/gpu": "14"}),
+             node("dgx-1", {"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                  {"nvidia.com/gpu": "8"}, pool="training"),
+             node("cpu-1", {}, {}, pool="elsewhere")]
+    pods = [{**pod("h100-a", {"nvidia.com/mig-1g.10gb": "1"}), "metadata": {"namespace": "ml", "name": "w-alice"}},
+            {**pod("h100-a", {"nvidia.com/mig-1g.10gb": "1"}, phase="Succeeded"),
+             "metadata": {"namespace": "ml", "name": "done"}}]
+    found = {(g.node, g.index): (g, holders) for g, holders in cluster_layouts(cfg, nodes, pods)}
+    gpu, holders = found[("h100-a", 0)]
+    assert gpu.model == "NVIDIA H100 80GB HBM3" and gpu.family.key == "H100-80GB" and gpu.pool == "dev"
+    # The fixture's node: one H100 in all-balanced.
+    assert gpu.layout == GpuLayout("mig", mig=("3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"))
+    assert holders == ["pod ml/w-alice"]
+    # Single strategy: the profile in the product label, every GPU cut alike.
+    assert found[("h100-s", 0)][0].layout == found[("h100-s", 1)][0].layout == GpuLayout("mig", mig=("1g.10gb",) * 7)
+    assert [found[("dgx-1", i)][0].layout.mode for i in range(8)] == ["whole"] * 8
+    assert not any(n == "cpu-1" for n, _ in found)
+
+
+def test_mig_managers_label_is_set_only_when_allowed_and_nothing_holds_the_gpus():
+    from podbay.hub.advice.advise import LayoutNotApplied
+    from podbay.hub.backends.kubernetes.layouts import check_apply
+
+    on = KubernetesSettings(apply_mig_layouts=True)
+    labels = {**MIXED_H100}
+    nodes = [node("h100-a", labels, mixed_allocatable(labels)),
+             node("h100-b", {**labels, "nvidia.com/gpu.deploy.mig-manager": "false"}, {})]
+    busy = [{**pod("h100-a", {"nvidia.com/mig-1g.10gb": "1"}), "metadata": {"namespace": "ml", "name": "w-alice"}}]
+    with pytest.raises(LayoutNotApplied, match="apply_mig_layouts is off.*kubectl label node h100-a "
+                                               "nvidia.com/mig.config=all-1g.10gb --overwrite"):
+        check_apply(KubernetesSettings(), nodes, [], "h100-a", "all-1g.10gb")
+    with pytest.raises(LayoutNotApplied, match="no node h100-z"):
+        check_apply(on, nodes, [], "h100-z", "all-1g.10gb")
+    with pytest.raises(LayoutNotApplied, match="MIG Manager does not run on h100-b"):
+        check_apply(on, nodes, [], "h100-b", "all-1g.10gb")
+    with pytest.raises(LayoutNotApplied, match="h100-a runs pod ml/w-alice on its GPUs"):
+        check_apply(on, nodes, busy, "h100-a", "all-1g.10gb")
+    assert check_apply(on, nodes, [], "h100-a", "all-1g.10gb")["metadata"]["name"] == "h100-a"
+
+
+def test_patching_nodes_is_granted_only_with_apply_mig_layouts():
+    from podbay.hub.backends.kubernetes.manifests import needed_access, rbac
+
+    assert ("patch", "", "nodes", None) not in needed_access(SETTINGS)
+    on = SETTINGS.model_copy(update={"apply_mig_layouts": True})
+    assert ("patch", "", "nodes", None) in needed_access(on)
+    rules = rbac(on)[0]["rules"]
+    assert {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]} in rules
+    assert not any("patch" in r["verbs"] for r in rbac(SETTINGS)[0]["rules"])
+    for obj in rbac(on):
+        valid(obj)

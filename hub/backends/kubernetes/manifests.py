@@ -47,6 +47,9 @@ def needed_access(settings: KubernetesSettings) -> list[tuple[str, str, str, str
         calls += [("list", "kueue.x-k8s.io", "workloads", ns), ("list", "kueue.x-k8s.io", "localqueues", ns)]
     # `podbay doctor` from the hub's pod.
     calls.append(("list", "storage.k8s.io", "storageclasses", None))
+    if settings.apply_mig_layouts:
+        # `podbay advise --apply`: MIG Manager's label on a node.
+        calls.append(("patch", "", "nodes", None))
     return calls
 
 
@@ -62,7 +65,10 @@ def rbac(settings: KubernetesSettings, hub_account: str = "hub", hub_namespace: 
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": _meta(reader),
          "rules": [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
                    # `podbay doctor` in the hub's pod: how homes are provisioned.
-                   {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list"]}]},
+                   {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list"]},
+                   # `podbay advise --apply` (apply_mig_layouts): MIG Manager's label on a node.
+                   *([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
+                     if settings.apply_mig_layouts else [])]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": _meta(reader),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
          "subjects": subject},

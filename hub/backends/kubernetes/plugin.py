@@ -118,6 +118,16 @@ class KubernetesBackend(Backend):
         namespace = env.get("POD_NAMESPACE") or own_namespace() or "default"
         return lambda: follow_pod_addresses(selector, namespace, found)
 
+    def layouts(self, portal):
+        from .layouts import cluster_layouts
+
+        return cluster_layouts(portal.cfg, *self.view())
+
+    async def apply_layout(self, portal, node, config):
+        from .layouts import apply
+
+        return await apply(portal.cfg.kubernetes, self.view, node, config)
+
     def job_pod_prefix(self, cfg):
         return cfg.kubernetes.name_prefix
 

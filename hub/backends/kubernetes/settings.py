@@ -146,6 +146,10 @@ class KubernetesSettings(_Model):
     # At least an hour: a Job deleted while podbay's service was down (an upgrade) would be
     # recorded as lost, not as finished.
     job_ttl: Duration = Field(default=7 * 86400.0, ge=3600, le=365 * 86400.0)
+    # `podbay advise --apply <node>` sets the node's nvidia.com/mig.config label, which the GPU
+    # Operator's MIG Manager acts on (only where no pod holds the node's GPUs). Off by default:
+    # it needs the permission to patch every Node (rbac() grants it only then).
+    apply_mig_layouts: bool = False
 
     _q = field_validator("kueue_cpu", "kueue_memory", mode="before")(lambda v: checked(v))
 

@@ -1,0 +1,142 @@
+"""GPU layouts on a Kubernetes cluster: what each node's GPUs are cut into now, read from
+GPU Feature Discovery's labels and the device plugin's allocatable, and applying a new one
+through the GPU Operator's MIG Manager (it acts on the node label nvidia.com/mig.config).
+
+MIG Manager reconfigures a whole node at once and stops the GPU clients it finds, so podbay
+sets the label only where no pod holds a GPU of the node, and only when the operator allowed
+it (kubernetes.apply_mig_layouts: patching Nodes is a cluster-wide permission)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ...advice.advise import LayoutNotApplied
+from ...advice.replay import WHOLE, GpuLayout, SimGpu
+from ...gpu import family_for, layout_fits
+from .capacity import MIG_LABEL, NodeGpus, gpu_nodes, pod_requests
+from .objects import GPU, PRODUCT, SHARED
+from .quantity import count
+from .watch import TERMINATED
+
+MIG_CONFIG = "nvidia.com/mig.config"
+MIG_STATE = "nvidia.com/mig.config.state"
+MIG_MANAGER = "nvidia.com/gpu.deploy.mig-manager"
+
+
+def _model(labels: dict[str, str]) -> str:
+    """GFD's product label as NVML names the model: NVIDIA-H100-80GB-HBM3-MIG-1g.10gb → NVIDIA H100 80GB HBM3."""
+    product = labels.get(PRODUCT, "")
+    product = product.split("-MIG-")[0]
+    if product.endswith("-SHARED"):
+        product = product[: -len("-SHARED")]
+    return product.replace("-", " ")
+
+
+def _split(family, counts: Counter, gpus: int) -> list[tuple[str, ...]]:
+    """A node's MIG devices (counted per node) dealt out to its MIG GPUs, largest first, each
+    GPU taking what still fits its geometry."""
+    layouts: list[list[str]] = [[] for _ in range(gpus)]
+    for name in sorted(counts.elements(), key=lambda p: -family.profiles[p].memory_slices if p in family.profiles else 0):
+        for lay in layouts:
+            if name in family.profiles and layout_fits(family, lay + [name]):
+                lay.append(name)
+                break
+    return [tuple(lay) for lay in layouts]
+
+
+def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu]:
+    """The GPUs of one node, each with the layout it is offered in now."""
+    labels = node.labels
+    model = _model(labels)
+    memory = count(labels["nvidia.com/gpu.memory"]) if labels.get("nvidia.com/gpu.memory", "").isdigit() else None
+    family = family_for(model, memory)
+    physical = count(labels.get("nvidia.com/gpu.count", "0"))
+    mig = Counter({r[len(MIG_LABEL):]: n for r, n in node.allocatable.items() if r.startswith(MIG_LABEL) and n})
+    whole = node.allocatable.get(GPU, 0)
+    layouts: list[GpuLayout] = []
+    if "-MIG-" in labels.get(PRODUCT, "") and family is not None:
+        # Single strategy: every GPU cut alike into one profile, offered as nvidia.com/gpu;
+        # GFD's gpu.count then counts the MIG devices, not the GPUs.
+        profile = labels[PRODUCT].split("-MIG-")[1]
+        per_gpu = family.profiles[profile].max_instances if profile in family.profiles else 1
+        n = -(-(physical or whole) // per_gpu)
+        layouts = [GpuLayout("mig", mig=(profile,) * per_gpu)] * n
+    elif node.allocatable.get(SHARED) or count(labels.get("nvidia.com/gpu.replicas", "0") or "0") > 1:
+        replicas = count(labels.get("nvidia.com/gpu.replicas", "0") or "0")
+        layouts = [GpuLayout("shared", replicas=replicas)] * (physical or 1)
+    else:
+        mig_gpus = max(0, physical - whole) if mig else 0
+        layouts = [WHOLE] * (physical - mig_gpus if physical else whole)
+        if mig_gpus and family is not None:
+            layouts += [GpuLayout("mig", mig=lay) for lay in _split(family, mig, mig_gpus)]
+    return [SimGpu(node.name, pool, i, model, family, lay) for i, lay in enumerate(layouts)]
+
+
+def gpu_pods(pods: list[dict], node: str) -> list[str]:
+    """The pods holding GPUs of `node` that have not ended, as namespace/name."""
+    out = []
+    for p in pods:
+        if (p.get("spec") or {}).get("nodeName") != node or (p.get("status") or {}).get("phase") in TERMINATED:
+            continue
+        if any(k.startswith("nvidia.com/") and v for k, v in pod_requests(p).items()):
+            meta = p.get("metadata") or {}
+            out.append(f"pod {meta.get('namespace', '')}/{meta.get('name')}")
+    return out
+
+
+def cluster_layouts(cfg, nodes: list[dict], pods: list[dict]) -> list[tuple[SimGpu, list[str]]]:
+    """Every GPU node of the pools, its GPUs and what runs on them (MIG Manager changes a
+    node at once, so each GPU names every GPU pod of its node)."""
+    out = []
+    for node in gpu_nodes(nodes, pods):
+        # A node's pool as capacity finds it: the first whose node_selector it matches.
+        pool = next((name for name, p in cfg.pools.items()
+                     if all(node.labels.get(k) == v for k, v in p.node_selector.items())), None)
+        if pool is None:
+            continue
+        holders = gpu_pods(pods, node.name)
+        out += [(g, holders) for g in node_gpus(node, pool)]
+    return out
+
+
+def check_apply(settings, nodes: list[dict], pods: list[dict], name: str, config: str) -> dict:
+    """The node to label, or LayoutNotApplied with why not and what to do."""
+    by_hand = f"label it yourself: kubectl label node {name} {MIG_CONFIG}={config} --overwrite"
+    if not settings.apply_mig_layouts:
+        raise LayoutNotApplied("kubernetes.apply_mig_layouts is off in podbay.yaml (podbay then may patch Nodes: "
+                               f"`podbay k8s manifests` grants it), or {by_hand}")
+    node = next((n for n in nodes if (n.get("metadata") or {}).get("name") == name), None)
+    if node is None:
+        raise LayoutNotApplied(f"the cluster has no node {name}")
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    if labels.get(MIG_MANAGER) != "true":
+        raise LayoutNotApplied(f"MIG Manager does not run on {name} ({MIG_MANAGER} is not true): the GPU Operator "
+                               "applies MIG layouts only where it deploys MIG Manager")
+    busy = gpu_pods(pods, name)
+    if busy:
+        raise LayoutNotApplied(f"{name} runs {', '.join(busy)} on its GPUs; MIG Manager would stop them. Apply it "
+                               f"once they end (podbay advise names them), or {by_hand}")
+    return node
+
+
+async def apply(settings, view, name: str, config: str) -> str:
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from .api import api_client
+
+    nodes, pods = view()
+    node = check_apply(settings, nodes, pods, name, config)
+    if ((node.get("metadata") or {}).get("labels") or {}).get(MIG_CONFIG) == config:
+        return f"{name} already has {MIG_CONFIG}={config}"
+    api = await api_client(settings.kubeconfig)
+    async with api:
+        try:
+            await client.CoreV1Api(api).patch_node(name, {"metadata": {"labels": {MIG_CONFIG: config}}})
+        except ApiException as e:
+            if e.status == 403:
+                raise LayoutNotApplied(f"the API server refused to label {name}: podbay may not patch Nodes "
+                                       "(apply `podbay k8s manifests` with apply_mig_layouts on)") from None
+            raise LayoutNotApplied(f"the API server refused to label {name}: {e.status} {e.reason}") from None
+    return (f"{name}: {MIG_CONFIG}={config}. MIG Manager applies it and reports in {MIG_STATE} "
+            f"(kubectl get node {name} -L {MIG_STATE}); podbay's capacity follows the node's new devices.")
