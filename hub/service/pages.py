@@ -147,12 +147,21 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: Bro
         return FileResponse(path, headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
     @router.get(f"{base}capacity")
-    async def capacity(request: Request):
+    async def capacity(request: Request, advice: float | None = None):
         who, redirect = await page_or_login(request)
         if redirect:
             return redirect
         picture = await asyncio.to_thread(capacity_picture, portal)
-        return render("capacity.html", who, pools=picture, places=portal.places_devices)
+        advised = None
+        if who.get("admin") and advice is not None and 0 < advice <= 400:
+            # Admins: the layout advice from the last `advice` days of demand (routers/advice.py),
+            # asked for by a link, since replaying a month of a big cluster takes a moment.
+            from .routers.advice import advice_for
+
+            until = time.time()
+            advised = await asyncio.to_thread(advice_for, portal, until - advice * 86400, until)
+        return render("capacity.html", who, pools=picture, places=portal.places_devices, advice=advised,
+                      advice_days=advice)
 
     @router.get(f"{base}jobs")
     async def jobs_page(request: Request):

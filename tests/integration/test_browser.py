@@ -125,7 +125,20 @@ def test_podbays_pages_capacity_jobs_and_usage(hub, browser, tmp_path):
     page.wait_for_selector("body[data-charts=drawn]")
     assert page.locator('#usage tr[data-key="alice"]').count() == 1
     page.screenshot(path=f"{shots}/pages-usage.png", full_page=True)
+    # Layout advice is for admins, who see everyone's requests and holders: not alice.
+    page.goto(f"{hub.url}/services/podbay/pages/capacity?advice=30")
+    assert page.locator("#advice").count() == 0
     page.close()
+    admin = browser.new_page()
+    admin.set_default_timeout(60_000)
+    browser_login(admin, hub, "admin")
+    admin.goto(f"{hub.url}/services/podbay/pages/capacity")
+    admin.click("#advice a")
+    admin.wait_for_url("**/capacity?advice=30#advice")
+    said = admin.inner_text("#advice")
+    assert "refused with today's layouts" in said and "requests over the last 30 days" in said, said
+    admin.screenshot(path=f"{shots}/pages-capacity-advice.png", full_page=True)
+    admin.close()
     with service(hub, "bob") as bob:
         bob.delete(f"/jobs/{theirs['id']}")
 
