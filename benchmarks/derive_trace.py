@@ -25,7 +25,10 @@ request is never refused for GPU room):
 - user: the trace has none; `u<NN>`, the pod's number modulo `--users` (50), so requests
   spread over people the way a portal's do;
 - `--keep K` keeps every K-th GPU pod (by its number), to scale the cluster's load (about
-  6,200 GPUs) to the inventory it is replayed on.
+  6,200 GPUs) to the inventory it is replayed on;
+- `--last-days D` keeps the trace's last D days (most of its arrivals are there): a pod that
+  arrived before and still runs arrives at the window's start with what it had left, so the
+  window starts with the load it had.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pods", help="an openb_pod_list_*.csv of cluster-trace-gpu-v2023")
     ap.add_argument("--keep", type=int, default=1, help="keep every K-th GPU pod (default: all)")
     ap.add_argument("--users", type=int, default=50)
+    ap.add_argument("--last-days", type=float, default=None, help="keep only the trace's last D days")
     ap.add_argument("--family", default="H100-80GB", help="the MIG names' GPU family (podbay.hub.gpu.FAMILIES)")
     args = ap.parse_args(argv)
 
@@ -75,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((created, deleted - created, f"u{number % args.users:02d}",
                          TEAMS.get(row["qos"], "research"), profile_for(num_gpu, int(row["gpu_milli"]), names)))
     rows.sort()
+    if args.last_days and rows:
+        end = max(a + d for a, d, *_ in rows)
+        start = end - args.last_days * 86400
+        rows = [(max(a, start), a + d - max(a, start), *rest) for a, d, *rest in rows if a + d > start]
+        rows.sort()
     origin = rows[0][0] if rows else 0
     out = csv.writer(sys.stdout, lineterminator="\n")
     out.writerow(["arrival", "duration", "user", "team", "profile"])

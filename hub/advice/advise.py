@@ -3,19 +3,24 @@
 For a pool, every request replayed against a layout is served by one kind of room only: a
 MIG profile's devices, a shared GPU's slots of its replicas, or whole GPUs (a `gpu-N` takes N
 of one node's). Refusals therefore add up per kind of room: those of profile p depend on how
-many p devices the pool has (the replay of p's requests alone over k devices, `_LossCurve`),
-and those of whole GPUs on how many each node keeps whole. The search changes one GPU's
+many p devices the pool has (the replay of p's requests alone over k devices, `_LossCurve`,
+one replay for every k), and those of whole GPUs on how many the pool keeps whole (an
+estimate where `gpu-N` asks for several: a node's own count matters there). The search
+scores layouts with these; it changes one GPU's
 layout at a time to the one that removes the most refusals, among the model's maximal MIG
 layouts of the profiles asked for, whole, and shared as the catalog offers it, until no
 change helps (coordinate descent: a local optimum, from the layout the nodes have now, so an
 advice never moves a GPU for nothing); where no single change helps, several GPUs of one
 node change together (two more whole GPUs for a `gpu-2`). The result is replayed in full
-(replay.py) for the figures it reports.
+(replay.py) for the figures it reports, and kept only if that replay refuses no more than
+today's layouts.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +30,14 @@ from ..gpu import FAMILIES
 from .layouts import mig_layouts, predefined_name
 from .replay import WHOLE, GpuLayout, Replay, Result, SimGpu
 from .trace import Request
+
+
+# How much a refused request's GPU time counts beside the refusal itself, per average
+# request's worth of it. 0: refusals alone (a month-long request weighs what a minute's
+# does); 1: GPU time as much as requests. 0.05 was the best of both on every trace tried
+# (benchmarks/placement_replay.py: the shipped sample and four other cuts of Alibaba's
+# trace): fewer refusals than refusals alone found on two, and far less idle time on all.
+IDLE_WEIGHT = 0.05
 
 
 class LayoutNotApplied(Exception):
@@ -92,61 +105,44 @@ class Advice:
 
 
 class _LossCurve:
-    """Refusals of one kind of room's requests over k interchangeable devices, per k (lazy)."""
+    """Refusals of one kind of room's requests over k interchangeable devices, for every k
+    from one replay: with ordered entry (each request takes the lowest-numbered free device,
+    and a new one past them where none is free), devices 0..k-1 serve exactly what k devices
+    alone would, so a request given device s is refused by every k ≤ s.
 
-    def __init__(self, spans: list[tuple[float, float]]):
-        self.spans = sorted(spans)
-        self.cache: dict[int, int] = {}
+    A request taking `units` devices at once (`gpu-N` on the pool's whole GPUs) takes the N
+    lowest free ones, and counts as refused by every k up to the highest; for those this is
+    an estimate (a real node either has N whole GPUs free or not), which the full replay of
+    the chosen layout corrects (`advise`)."""
 
-    def __call__(self, k: int) -> int:
-        if k not in self.cache:
-            ends: list[float] = []
-            refused = 0
-            for a, d in self.spans:
-                while ends and ends[0] <= a:
-                    heapq.heappop(ends)
-                if len(ends) < k:
-                    heapq.heappush(ends, a + d)
-                else:
-                    refused += 1
-            self.cache[k] = refused
-        return self.cache[k]
-
-
-class _WholeCurve:
-    """Refusals of `gpu-N` requests over nodes keeping so many GPUs whole (replayed as the
-    placement does: the node with the fewest free that fit)."""
-
-    def __init__(self, requests: list[tuple[float, float, int]]):
-        self.requests = sorted(requests)
-        self.only_ones = all(n == 1 for _, _, n in requests)
-        self.ones = _LossCurve([(a, d) for a, d, _ in requests]) if self.only_ones else None
-        self.cache: dict[tuple[int, ...], int] = {}
-
-    def __call__(self, per_node: Sequence[int]) -> int:
-        if self.only_ones:
-            return self.ones(sum(per_node))
-        key = tuple(sorted(n for n in per_node if n))
-        if key not in self.cache:
-            self.cache[key] = self._replay(key)
-        return self.cache[key]
-
-    def _replay(self, key: tuple[int, ...]) -> int:
-        free = list(key)
-        ends: list[tuple[float, int, int, int]] = []
-        refused = 0
-        for seq, (a, d, n) in enumerate(self.requests):
+    def __init__(self, spans: list[tuple[float, float, int, float]]):
+        levels = []
+        free: list[int] = []
+        ends: list[tuple[float, int, list[int]]] = []
+        next_device = 0
+        for seq, (a, d, units, weight) in enumerate(sorted(spans)):
             while ends and ends[0][0] <= a:
-                _, _, node, m = heapq.heappop(ends)
-                free[node] += m
-            fitting = [i for i, f in enumerate(free) if f >= n]
-            if not fitting:
-                refused += 1
-                continue
-            node = min(fitting, key=lambda i: (free[i], i))
-            free[node] -= n
-            heapq.heappush(ends, (a + d, seq, node, n))
-        return refused
+                for device in heapq.heappop(ends)[2]:
+                    heapq.heappush(free, device)
+            taken = []
+            for _ in range(units):
+                if free:
+                    taken.append(heapq.heappop(free))
+                else:
+                    taken.append(next_device)
+                    next_device += 1
+            levels.append((max(taken), units * weight * d))
+            heapq.heappush(ends, (a + d, seq, taken))
+        levels.sort()
+        self.levels = [lv for lv, _ in levels]
+        # GPU unit-seconds of the requests from each level up: what k devices refuse.
+        self.tail = list(itertools.accumulate((us for _, us in reversed(levels)), initial=0.0))[::-1]
+        self.demand = self.tail[0]
+
+    def __call__(self, k: int) -> tuple[int, float]:
+        """(requests refused, GPU unit-seconds they asked for) with k devices."""
+        i = bisect.bisect_left(self.levels, k)
+        return len(self.levels) - i, self.tail[i]
 
 
 def _room_of(spec, gpu: SimGpu) -> tuple | None:
@@ -180,36 +176,35 @@ def candidates(gpu: SimGpu, asked: set[tuple]) -> list[GpuLayout]:
 
 def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *,
            holders: Callable[[SimGpu], list[str]] = lambda g: [], since: float = 0.0, until: float = 0.0,
-           passes: int = 6) -> Advice:
+           passes: int = 6, idle_weight: float = IDLE_WEIGHT) -> Advice:
     """The advised layout of every GPU in `gpus` (one pool or several: requests only use
     their profiles' pools), with the replayed refusals before and after."""
-    replay = Replay(cfg, [SimGpu(g.node, g.pool, g.index, g.model, g.family, g.layout) for g in gpus])
+    replay = Replay(cfg, [SimGpu(g.node, g.pool, g.index, g.model, g.family, g.layout) for g in gpus], measure=False)
     before = replay.run(requests, "now")
     pools = sorted({g.pool for g in gpus})
 
     # The requests by the kind of room they take, per pool.
     per_room: dict[tuple, list] = defaultdict(list)
+    families = {g.family.key for g in gpus if g.family}
     for r in requests:
         spec, rpools = replay.spec(r.profile)
         if spec.kind == "cpu":
             continue
-        families = {g.family.key for g in gpus if g.family} or {""}
         for pool in rpools:
             if pool not in pools:
                 continue
             if spec.kind == "mig":
                 base = split_ci(spec.mig_profile)[1]
                 for fam in families:
-                    if fam and base in FAMILIES[fam].profiles:
-                        per_room[(pool, "mig", fam, base)].append((r.arrival, r.duration))
+                    if base in FAMILIES[fam].profiles:
+                        weight = FAMILIES[fam].profiles[base].compute_slices / FAMILIES[fam].compute_slices
+                        per_room[(pool, "mig", fam, base)].append((r.arrival, r.duration, 1, weight))
             elif spec.kind == "shared":
-                per_room[(pool, "shared", spec.replicas)].append((r.arrival, r.duration))
+                per_room[(pool, "shared", spec.replicas)].append((r.arrival, r.duration, 1, 1 / spec.replicas))
             else:
-                per_room[(pool, "whole")].append((r.arrival, r.duration, spec.count))
+                per_room[(pool, "whole")].append((r.arrival, r.duration, spec.count, 1.0))
             break  # a request takes room in its first pool here (as the placement would try)
-    curves: dict[tuple, Callable] = {}
-    for room, spans in per_room.items():
-        curves[room] = _WholeCurve(spans) if room[1] == "whole" else _LossCurve(spans)
+    curves = {room: _LossCurve(spans) for room, spans in per_room.items()}
     asked = {room[1:] for room in per_room}
 
     layouts = [g.layout for g in gpus]
@@ -229,13 +224,17 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
                     devices[(g.pool, "mig", g.family.key, p)] += 1
         return devices, whole
 
-    def refusals(devices: Counter, whole: dict[str, list[int]]) -> int:
-        total = 0
+    # The score of a layout: requests refused, plus the GPU time they asked for (left idle)
+    # counted as `idle_weight` refusals per average request's worth of it, so that refusing
+    # one month-long request to serve two one-minute ones is not "better".
+    asked_for = sum(c.demand for c in curves.values())
+    each = asked_for / max(1, sum(len(c.levels) for c in curves.values())) or 1.0
+
+    def refusals(devices: Counter, whole: dict[str, list[int]]) -> float:
+        total = 0.0
         for room, curve in curves.items():
-            if room[1] == "whole":
-                total += curve(whole.get(room[0], [0] * len(nodes)))
-            else:
-                total += curve(devices.get(room, 0))
+            n, unit_seconds = curve(sum(whole.get(room[0], ())) if room[1] == "whole" else devices.get(room, 0))
+            total += n + idle_weight * unit_seconds / each
         return total
 
     devices, whole = counts(layouts)
@@ -291,7 +290,11 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
             layouts[i] = cand
 
     advised = [SimGpu(g.node, g.pool, g.index, g.model, g.family, lay) for g, lay in zip(gpus, layouts)]
-    after = Replay(cfg, advised).run(requests, "advised")
+    after = Replay(cfg, advised, measure=False).run(requests, "advised")
+    if (after.refused - idle_weight * after.unit_seconds_held / each
+            > before.refused - idle_weight * before.unit_seconds_held / each):
+        # The search's estimate of whole GPUs was wrong here: never advise worse than today.
+        layouts, after = [g.layout for g in gpus], before
     by_node: dict[str, NodeAdvice] = {}
     result: dict[str, NodeAdvice] = {}
     for g, lay, n in zip(gpus, layouts, busy):

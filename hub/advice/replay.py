@@ -25,7 +25,7 @@ from typing import Literal
 from ..config import PodbayConfig, ProfileKind, parse_profile_id, split_ci
 from ..gpu import GpuFamily, family_for, instance_mask, room_for
 from ..inventory import Device
-from ..quota.placement import choose_mig_start, mix_of
+from ..quota.placement import choose_mig_start, mig_room_value, mix_of
 from .trace import Request
 
 Mode = Literal["whole", "shared", "mig", "mig-dynamic"]
@@ -131,13 +131,132 @@ class Result:
         return self.unit_seconds_held / self.unit_seconds if self.unit_seconds else 0.0
 
 
+class _Buckets:
+    """GPUs by how much they hold, so that the busiest one with room is found without a scan:
+    held count → the GPUs (an insertion-ordered dict as an ordered set)."""
+
+    def __init__(self):
+        self.by_held: dict[int, dict[int, None]] = {}
+        self.where: dict[int, int] = {}
+
+    def put(self, i: int, held: int) -> None:
+        self.drop(i)
+        self.by_held.setdefault(held, {})[i] = None
+        self.where[i] = held
+
+    def drop(self, i: int) -> None:
+        held = self.where.pop(i, None)
+        if held is not None:
+            bucket = self.by_held[held]
+            del bucket[i]
+            if not bucket:
+                del self.by_held[held]
+
+    def busiest(self) -> int | None:
+        if not self.by_held:
+            return None
+        bucket = self.by_held[max(self.by_held)]
+        return next(iter(bucket))
+
+
+class _Index:
+    """Where each kind of room is, kept as GPUs are taken and given back, for a keep-room
+    replay of a large inventory: O(kinds) per request instead of a scan of every GPU."""
+
+    def __init__(self, gpus: list[SimGpu]):
+        self.gpus = gpus
+        # whole: pool → node → free whole GPUs (their indexes, lowest first); and the nodes by
+        # how many they have free (best fit: the fewest that fit).
+        self.whole: dict[str, dict[str, list[int]]] = {}
+        self.whole_by_free: dict[str, dict[int, dict[str, None]]] = {}
+        # shared (pool, replicas) and static MIG (pool, profile): the GPUs with room, by held.
+        self.rooms: dict[tuple, _Buckets] = {}
+        # mig-dynamic (pool, family): GPUs by state (used, compute, held) → their indexes.
+        self.states: dict[tuple, dict[tuple, dict[int, None]]] = {}
+        self.state_of: dict[int, tuple] = {}
+        for i, g in enumerate(gpus):
+            mode = g.layout.mode
+            if mode == "whole":
+                self.whole.setdefault(g.pool, {}).setdefault(g.node, []).append(i)
+            elif mode == "shared":
+                self.rooms.setdefault((g.pool, "shared", g.layout.replicas), _Buckets()).put(i, 0)
+            elif mode == "mig":
+                for p in set(g.layout.mig):
+                    self.rooms.setdefault((g.pool, "mig", p), _Buckets()).put(i, 0)
+            elif mode == "mig-dynamic" and g.family:
+                self._set_state(i)
+        for pool, nodes in self.whole.items():
+            for node, free in nodes.items():
+                self.whole_by_free.setdefault(pool, {}).setdefault(len(free), {})[node] = None
+
+    def _set_state(self, i: int) -> None:
+        g = self.gpus[i]
+        key = (g.pool, g.family.key)
+        old = self.state_of.get(i)
+        if old is not None:
+            members = self.states[key][old]
+            del members[i]
+            if not members:
+                del self.states[key][old]
+        state = (g.used, g.compute, g.held)
+        self.states.setdefault(key, {}).setdefault(state, {})[i] = None
+        self.state_of[i] = state
+
+    # whole GPUs
+    def take_whole(self, pool: str, n: int) -> list[int] | None:
+        by_free = self.whole_by_free.get(pool, {})
+        for count in sorted(c for c in by_free if c >= n):
+            node = next(iter(by_free[count]))
+            free = self.whole[pool][node]
+            taken, self.whole[pool][node] = free[:n], free[n:]
+            self._move(pool, node, count, count - n)
+            return taken
+        return None
+
+    def give_whole(self, i: int) -> None:
+        g = self.gpus[i]
+        free = self.whole[g.pool][g.node]
+        self._move(g.pool, g.node, len(free), len(free) + 1)
+        free.append(i)
+        free.sort()
+
+    def _move(self, pool: str, node: str, old: int, new: int) -> None:
+        by_free = self.whole_by_free[pool]
+        del by_free[old][node]
+        if not by_free[old]:
+            del by_free[old]
+        by_free.setdefault(new, {})[node] = None
+
+    # shared slots and fixed MIG slices: the busiest GPU with room
+    def busiest(self, key: tuple) -> int | None:
+        rooms = self.rooms.get(key)
+        return rooms.busiest() if rooms else None
+
+    def changed(self, i: int) -> None:
+        """GPU i took or gave back a share or a slice: file it again under what it holds."""
+        g = self.gpus[i]
+        if g.layout.mode == "shared":
+            rooms = self.rooms[(g.pool, "shared", g.layout.replicas)]
+            rooms.put(i, g.held) if g.held < g.layout.replicas else rooms.drop(i)
+        elif g.layout.mode == "mig":
+            for p in set(g.layout.mig):
+                rooms = self.rooms[(g.pool, "mig", p)]
+                rooms.put(i, g.held) if g.free[p] else rooms.drop(i)
+        elif g.layout.mode == "mig-dynamic" and g.family:
+            self._set_state(i)
+
+
 class Replay:
     """One replay of a trace over a list of GPUs with one policy."""
 
     def __init__(self, cfg: PodbayConfig, gpus: list[SimGpu], policy: Policy = "podbay",
-                 prior: Mapping[str, float] | None = None):
+                 prior: Mapping[str, float] | None = None, measure: bool = True):
         self.cfg, self.gpus, self.policy = cfg, gpus, policy
         self.keep_room = policy == "podbay"
+        # Fragmentation at every arrival looks at every GPU: for the benchmark's comparisons,
+        # not for advice over a large cluster.
+        self.measure = measure
+        self.index: _Index | None = None
         # The likely next requests: one of each profile on offer, then what was asked so far
         # (placement never looks at what comes later in the trace).
         self.prior = dict(prior) if prior is not None else {p.id: 1.0 for p in cfg.profiles if p.spec.kind != "cpu"}
@@ -145,6 +264,10 @@ class Replay:
         for i, g in enumerate(gpus):
             self.by_node.setdefault(g.node, []).append(i)
         self._specs: dict[str, tuple[ProfileKind, tuple[str, ...]]] = {}
+        self._bases: dict[str, tuple[int | None, str]] = {}
+        # Whether any GPU makes MIG instances per request: only then does a placement need
+        # the mix of likely requests (and the fragmentation measure does).
+        self.dynamic = any(g.layout.mode == "mig-dynamic" for g in gpus)
 
     def spec(self, profile: str) -> tuple[ProfileKind, tuple[str, ...]]:
         """A profile's kind and pools: the catalog's, or all pools for a bare kind."""
@@ -155,15 +278,24 @@ class Replay:
             self._specs[profile] = (spec, pools)
         return self._specs[profile]
 
-    def weight(self, spec: ProfileKind, gpu: SimGpu) -> Fraction:
+    def weight(self, spec: ProfileKind, gpu: SimGpu) -> float:
+        """GPU units one device of this kind weighs on this GPU (a float: a replay's sums are
+        statistics, not a quota)."""
         if spec.kind == "full":
-            return Fraction(1)
+            return 1.0
         if spec.kind == "shared":
-            return Fraction(1, spec.replicas)
+            return 1.0 / spec.replicas
         if spec.kind == "mig" and gpu.family:
-            ci, base = split_ci(spec.mig_profile)
-            return Fraction(ci or gpu.family.profiles[base].compute_slices, gpu.family.compute_slices)
-        return Fraction(0)
+            ci, base = self.base(spec)
+            return (ci or gpu.family.profiles[base].compute_slices) / gpu.family.compute_slices
+        return 0.0
+
+    def base(self, spec: ProfileKind) -> tuple[int | None, str]:
+        """A MIG profile's compute instance count and GPU instance profile (split_ci), cached."""
+        found = self._bases.get(spec.mig_profile)
+        if found is None:
+            found = self._bases[spec.mig_profile] = split_ci(spec.mig_profile)
+        return found
 
     # --- placing ------------------------------------------------------------------------
 
@@ -171,6 +303,8 @@ class Replay:
         """[(gpu index, what it holds there)] or None: refused."""
         if spec.kind == "cpu":
             return []
+        if self.index is not None:
+            return self._place_indexed(spec, pools, mix)
         if spec.kind == "full":
             return self._place_whole(spec.count, pools)
         if spec.kind == "shared":
@@ -180,7 +314,51 @@ class Replay:
                 return None
             i = min(free, key=lambda i: (-self.gpus[i].held, i)) if self.keep_room else free[0]
             return [(i, None)]
-        return self._place_mig(split_ci(spec.mig_profile)[1], pools, mix)
+        return self._place_mig(self.base(spec)[1], pools, mix)
+
+    def _place_indexed(self, spec: ProfileKind, pools: tuple[str, ...], mix: Mapping[str, float]):
+        """What `place` does with keep_room, from the index: the same choices, found faster
+        (on a tie between best-fit nodes or equally busy GPUs, the index's order decides)."""
+        index = self.index
+        for pool in pools:
+            if spec.kind == "full":
+                taken = index.take_whole(pool, spec.count)
+                if taken is not None:
+                    return [(i, None) for i in taken]
+            elif spec.kind == "shared":
+                i = index.busiest((pool, "shared", spec.replicas))
+                if i is not None:
+                    return [(i, None)]
+            else:
+                profile = self.base(spec)[1]
+                i = index.busiest((pool, "mig", profile))
+                if i is not None:
+                    return [(i, ("static", profile))]
+        if spec.kind != "mig" or not self.dynamic:
+            return None
+        profile = self.base(spec)[1]
+        # One GPU of each state stands for all GPUs in it (the same starts, the same loss).
+        best = None
+        for pool in pools:
+            for (p, fam), states in index.states.items():
+                if p != pool:
+                    continue
+                for state, members in states.items():
+                    i = next(iter(members))
+                    at = choose_mig_start([self.gpus[i]], profile, mix)
+                    if at is None:
+                        continue
+                    g = self.gpus[i]
+                    spec_p = g.family.profiles[profile]
+                    loss = (mig_room_value(g.family, g.used, g.compute, mix)
+                            - mig_room_value(g.family, g.used | instance_mask(spec_p, at[1]),
+                                             g.compute + spec_p.compute_slices, mix))
+                    key = (round(loss, 12), -g.held, min(members), at[1])
+                    if best is None or key < best[0]:
+                        best = (key, min(members), at[1])
+            if best is not None:
+                return [(best[1], ("dynamic", profile, best[2]))]
+        return None
 
     def _place_whole(self, n: int, pools: tuple[str, ...]) -> list[tuple[int, object]] | None:
         fitting = []
@@ -227,6 +405,8 @@ class Replay:
             spec = g.family.profiles[what[1]]
             g.used |= instance_mask(spec, what[2])
             g.compute += spec.compute_slices
+        if self.index is not None and g.layout.mode != "whole":
+            self.index.changed(i)
 
     def _give_back(self, i: int, what) -> None:
         g = self.gpus[i]
@@ -237,6 +417,11 @@ class Replay:
             spec = g.family.profiles[what[1]]
             g.used &= ~instance_mask(spec, what[2])
             g.compute -= spec.compute_slices
+        if self.index is not None:
+            if g.layout.mode == "whole":
+                self.index.give_whole(i)
+            else:
+                self.index.changed(i)
 
     # --- measuring ----------------------------------------------------------------------
 
@@ -299,28 +484,30 @@ class Replay:
     def run(self, requests: Sequence[Request], layout_name: str = "") -> Result:
         for g in self.gpus:
             g.reset()
+        self.index = _Index(self.gpus) if self.keep_room else None
         result = Result(self.policy, layout_name, requests=len(requests))
         if not requests:
             return result
         seen: Counter = Counter()
         ends: list[tuple[float, int, list]] = []
-        held = Fraction(0)
+        held = 0.0
         last = requests[0].arrival
         frag_sum = 0.0
-        mix = mix_of(seen, self.prior)
+        needs_mix = self.dynamic or self.measure
+        mix = mix_of(seen, self.prior) if needs_mix else {}
         for n, r in enumerate(requests):
             # What ended before this arrival goes back first, each at its own time.
             while ends and ends[0][0] <= r.arrival:
                 t, _, taken = heapq.heappop(ends)
-                result.unit_seconds_held += float(held) * (t - last)
+                result.unit_seconds_held += held * (t - last)
                 last = t
                 for i, what, w in taken:
                     self._give_back(i, what)
                     held -= w
-            result.unit_seconds_held += float(held) * (r.arrival - last)
+            result.unit_seconds_held += held * (r.arrival - last)
             last = r.arrival
             spec, pools = self.spec(r.profile)
-            if spec.kind != "cpu":
+            if spec.kind != "cpu" and self.measure:
                 frag_sum += self.fragmentation(mix)
             placed = self.place(spec, pools, mix)
             if placed is None:
@@ -335,11 +522,12 @@ class Replay:
                     taken.append((i, what, w))
                 result.placed[n] = tuple(i for i, _ in placed)
                 heapq.heappush(ends, (r.arrival + r.duration, n, taken))
-            seen[r.profile] += 1
-            mix = mix_of(seen, self.prior)
+            if needs_mix:
+                seen[r.profile] += 1
+                mix = mix_of(seen, self.prior)
         while ends:
             t, _, taken = heapq.heappop(ends)
-            result.unit_seconds_held += float(held) * (t - last)
+            result.unit_seconds_held += held * (t - last)
             last = t
             for i, what, w in taken:
                 self._give_back(i, what)

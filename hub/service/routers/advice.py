@@ -8,7 +8,7 @@ import time
 
 from fastapi import APIRouter, Depends, Query
 
-from ...advice.advise import LayoutNotApplied, advise
+from ...advice.advise import IDLE_WEIGHT, LayoutNotApplied, advise
 from ...advice.render import as_dict
 from ...usage.demand import DemandLog
 from ..context import Service
@@ -17,7 +17,8 @@ from ..hubclient import Caller
 from ..schemas import ERRORS, AdviceOut, ApplyIn, ApplyOut
 
 
-def advice_for(portal, since: float, until: float, pools: set[str] | None = None) -> dict:
+def advice_for(portal, since: float, until: float, pools: set[str] | None = None,
+               idle_weight: float = IDLE_WEIGHT) -> dict:
     """The advice on the GPUs this deployment's engines report, from the period's demand."""
     backend = portal.plugin
     found = [(g, h) for g, h in backend.layouts(portal) if pools is None or g.pool in pools]
@@ -25,7 +26,7 @@ def advice_for(portal, since: float, until: float, pools: set[str] | None = None
     gpus = [g for g, _ in found]
     requests = DemandLog(portal.book).requests(since, until, time.time(), pools={g.pool for g in gpus})
     advice = advise(portal.cfg, gpus, requests, holders=lambda g: holders.get((g.node, g.index), []),
-                    since=since, until=until)
+                    since=since, until=until, idle_weight=idle_weight)
     return as_dict(advice, backend.name)
 
 
@@ -45,13 +46,17 @@ def router(svc: Service, prefix: str) -> APIRouter:
                          "config, podbay.yaml's nodes entries and the steps. Admins only.")
     async def get_advice(who: Caller = Depends(caller),
                          days: float = Query(30, gt=0, le=400, description="the period: the last so many days"),
-                         pool: list[str] | None = Query(None, description="only these pools' nodes")):
+                         pool: list[str] | None = Query(None, description="only these pools' nodes"),
+                         idle_weight: float = Query(IDLE_WEIGHT, ge=0, le=10,
+                                                    description="how much GPU time left idle counts beside "
+                                                                "refusals, per average request's worth")):
         admin(who)
         unknown = [p for p in pool or [] if p not in portal.cfg.pools]
         if unknown:
             raise ApiError(400, "invalid_request", f"no pool {', '.join(unknown)}; pools: {', '.join(portal.cfg.pools)}")
         until = time.time()
-        return await asyncio.to_thread(advice_for, portal, until - days * 86400, until, set(pool) if pool else None)
+        return await asyncio.to_thread(advice_for, portal, until - days * 86400, until, set(pool) if pool else None,
+                                       idle_weight)
 
     @api.post("/advice/apply", response_model=ApplyOut,
               summary="Have the engine apply a node's advised layout (Kubernetes: MIG Manager's label)",
