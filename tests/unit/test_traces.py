@@ -65,4 +65,5 @@ def test_the_replay_benchmark_takes_any_trace_of_the_shape(tmp_path):
     assert placement["podbay"]["refused"] <= placement["first-fit"]["refused"]
     # Here the advice refuses fewer than the layout it started from (4g.40gb: none declared).
     assert layouts["advised (in sample)"]["refused"] < layouts["as configured"]["refused"]
-    assert result["advice_speed"]["nodes"] == 2 and result["advice_speed"]["requests"] == 2 * 40
+    # Two copies of the node; the 40-minute trace tiled over the day, for each.
+    assert result["advice_speed"]["nodes"] == 2 and result["advice_speed"]["requests"] > 2 * 40 * 30
