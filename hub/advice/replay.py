@@ -11,6 +11,10 @@ The model is the one the local and docker backends place on (quota/placement.py)
 
 A request that finds no room is refused at once (a workspace start: people do not queue for
 a workspace; they pick something else or come back), and never placed later.
+
+Long because: one replay holds both placements compared (first fit by a scan, podbay's from
+the index in rooms.py, which must choose as the placement does) and what it measures on the
+way (units held, fragmentation); apart, each would need the replay's state passed around.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..config import PodbayConfig, ProfileKind, parse_profile_id, split_ci
 from ..gpu import GpuFamily, family_for, instance_mask, room_for
 from ..inventory import Device
 from ..quota.placement import choose_mig_start, mig_room_value, mix_of
+from .rooms import Index
 from .trace import Request
 
 Mode = Literal["whole", "shared", "mig", "mig-dynamic"]
@@ -131,121 +136,6 @@ class Result:
         return self.unit_seconds_held / self.unit_seconds if self.unit_seconds else 0.0
 
 
-class _Buckets:
-    """GPUs by how much they hold, so that the busiest one with room is found without a scan:
-    held count → the GPUs (an insertion-ordered dict as an ordered set)."""
-
-    def __init__(self):
-        self.by_held: dict[int, dict[int, None]] = {}
-        self.where: dict[int, int] = {}
-
-    def put(self, i: int, held: int) -> None:
-        self.drop(i)
-        self.by_held.setdefault(held, {})[i] = None
-        self.where[i] = held
-
-    def drop(self, i: int) -> None:
-        held = self.where.pop(i, None)
-        if held is not None:
-            bucket = self.by_held[held]
-            del bucket[i]
-            if not bucket:
-                del self.by_held[held]
-
-    def busiest(self) -> int | None:
-        if not self.by_held:
-            return None
-        bucket = self.by_held[max(self.by_held)]
-        return next(iter(bucket))
-
-
-class _Index:
-    """Where each kind of room is, kept as GPUs are taken and given back, for a keep-room
-    replay of a large inventory: O(kinds) per request instead of a scan of every GPU."""
-
-    def __init__(self, gpus: list[SimGpu]):
-        self.gpus = gpus
-        # whole: pool → node → free whole GPUs (their indexes, lowest first); and the nodes by
-        # how many they have free (best fit: the fewest that fit).
-        self.whole: dict[str, dict[str, list[int]]] = {}
-        self.whole_by_free: dict[str, dict[int, dict[str, None]]] = {}
-        # shared (pool, replicas) and static MIG (pool, profile): the GPUs with room, by held.
-        self.rooms: dict[tuple, _Buckets] = {}
-        # mig-dynamic (pool, family): GPUs by state (used, compute, held) → their indexes.
-        self.states: dict[tuple, dict[tuple, dict[int, None]]] = {}
-        self.state_of: dict[int, tuple] = {}
-        for i, g in enumerate(gpus):
-            mode = g.layout.mode
-            if mode == "whole":
-                self.whole.setdefault(g.pool, {}).setdefault(g.node, []).append(i)
-            elif mode == "shared":
-                self.rooms.setdefault((g.pool, "shared", g.layout.replicas), _Buckets()).put(i, 0)
-            elif mode == "mig":
-                for p in set(g.layout.mig):
-                    self.rooms.setdefault((g.pool, "mig", p), _Buckets()).put(i, 0)
-            elif mode == "mig-dynamic" and g.family:
-                self._set_state(i)
-        for pool, nodes in self.whole.items():
-            for node, free in nodes.items():
-                self.whole_by_free.setdefault(pool, {}).setdefault(len(free), {})[node] = None
-
-    def _set_state(self, i: int) -> None:
-        g = self.gpus[i]
-        key = (g.pool, g.family.key)
-        old = self.state_of.get(i)
-        if old is not None:
-            members = self.states[key][old]
-            del members[i]
-            if not members:
-                del self.states[key][old]
-        state = (g.used, g.compute, g.held)
-        self.states.setdefault(key, {}).setdefault(state, {})[i] = None
-        self.state_of[i] = state
-
-    # whole GPUs
-    def take_whole(self, pool: str, n: int) -> list[int] | None:
-        by_free = self.whole_by_free.get(pool, {})
-        for count in sorted(c for c in by_free if c >= n):
-            node = next(iter(by_free[count]))
-            free = self.whole[pool][node]
-            taken, self.whole[pool][node] = free[:n], free[n:]
-            self._move(pool, node, count, count - n)
-            return taken
-        return None
-
-    def give_whole(self, i: int) -> None:
-        g = self.gpus[i]
-        free = self.whole[g.pool][g.node]
-        self._move(g.pool, g.node, len(free), len(free) + 1)
-        free.append(i)
-        free.sort()
-
-    def _move(self, pool: str, node: str, old: int, new: int) -> None:
-        by_free = self.whole_by_free[pool]
-        del by_free[old][node]
-        if not by_free[old]:
-            del by_free[old]
-        by_free.setdefault(new, {})[node] = None
-
-    # shared slots and fixed MIG slices: the busiest GPU with room
-    def busiest(self, key: tuple) -> int | None:
-        rooms = self.rooms.get(key)
-        return rooms.busiest() if rooms else None
-
-    def changed(self, i: int) -> None:
-        """GPU i took or gave back a share or a slice: file it again under what it holds."""
-        g = self.gpus[i]
-        if g.layout.mode == "shared":
-            rooms = self.rooms[(g.pool, "shared", g.layout.replicas)]
-            rooms.put(i, g.held) if g.held < g.layout.replicas else rooms.drop(i)
-        elif g.layout.mode == "mig":
-            for p in set(g.layout.mig):
-                rooms = self.rooms[(g.pool, "mig", p)]
-                rooms.put(i, g.held) if g.free[p] else rooms.drop(i)
-        elif g.layout.mode == "mig-dynamic" and g.family:
-            self._set_state(i)
-
-
 class Replay:
     """One replay of a trace over a list of GPUs with one policy."""
 
@@ -256,7 +146,7 @@ class Replay:
         # Fragmentation at every arrival looks at every GPU: for the benchmark's comparisons,
         # not for advice over a large cluster.
         self.measure = measure
-        self.index: _Index | None = None
+        self.index: Index | None = None
         # The likely next requests: one of each profile on offer, then what was asked so far
         # (placement never looks at what comes later in the trace).
         self.prior = dict(prior) if prior is not None else {p.id: 1.0 for p in cfg.profiles if p.spec.kind != "cpu"}
@@ -484,7 +374,7 @@ class Replay:
     def run(self, requests: Sequence[Request], layout_name: str = "") -> Result:
         for g in self.gpus:
             g.reset()
-        self.index = _Index(self.gpus) if self.keep_room else None
+        self.index = Index(self.gpus) if self.keep_room else None
         result = Result(self.policy, layout_name, requests=len(requests))
         if not requests:
             return result

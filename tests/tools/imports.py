@@ -26,8 +26,8 @@ LAYERS = [
      "podbay.hub.settings"},
     # 3: the decisions
     {"podbay.hub.portal"},
-    # 4: what the decisions drive: the spawner mixin, jobs, usage
-    {"podbay.hub.spawner", "podbay.hub.jobs", "podbay.hub.usage", "podbay.hub.doctor"},
+    # 4: what the decisions drive: the spawner mixin, jobs, usage, advice
+    {"podbay.hub.spawner", "podbay.hub.jobs", "podbay.hub.usage", "podbay.hub.doctor", "podbay.hub.advice"},
     # 5: the engines
     {"podbay.hub.backends.base", "podbay.hub.backends.local", "podbay.hub.backends.docker",
      "podbay.hub.backends.kubernetes", "podbay.hub.backends.slurm"},
