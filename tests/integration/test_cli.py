@@ -248,3 +248,31 @@ def test_the_client_installs_alone_and_logs_in(hub, client_only, tmp_path):
     assert login.returncode == 0 and "as alice" in login.stdout, login.stderr
     listed = subprocess.run([podbay, "ws", "ls", "--json"], capture_output=True, text=True, env=env, timeout=60)
     assert listed.returncode == 0 and isinstance(json.loads(listed.stdout), list), listed.stderr
+
+
+def test_refusals_in_usage_and_layout_advice_for_admins(hub, cli, schemas):
+    bob = {"PODBAY_URL": hub.url, "PODBAY_TOKEN": hub.token("bob")}
+    admin = {"PODBAY_URL": hub.url, "PODBAY_TOKEN": hub.token("admin")}
+    # nlp's quota is one GPU unit: two whole GPUs are refused, and the refusal is recorded.
+    assert cli("ws", "new", "big", "--profile", "gpu-2", "-q", env=bob).returncode == 1
+    usage = cli("usage", env=bob).stdout
+    assert "Requests not granted:" in usage and "refused for quota: 1 workspace request for gpu-2 (pool dev)" in usage
+    # Advice: admins only.
+    refused = cli("advise", env=bob)
+    assert refused.returncode == 1 and "layout advice is for admins" in refused.stderr
+    out = cli("advise", "--json", "--days", "1", env=admin)
+    assert out.returncode == 0, out.stderr
+    advice = json.loads(out.stdout)
+    schemas(advice, "AdviceOut")
+    assert advice["engine"] == "local" and advice["requests"] >= 1
+    assert {n["node"] for n in advice["nodes"]} == {"dev-01", "train-01"}
+    table = cli("advise", "--days", "1", env=admin).stdout
+    assert "Layout advice from" in table and "refused with today's layouts" in table
+    # On one machine podbay changes no GPU's settings: applying says how instead.
+    applied = httpx.post(f"{hub.url}/services/podbay/api/v1/advice/apply", json={"node": "dev-01", "config": "all-balanced"},
+                         headers={"Authorization": f"token {hub.token('admin')}"})
+    assert applied.status_code == 409 and "podbay does not change GPU layouts on the local backend" in applied.text
+    unknown = cli("advise", "--apply", "dev-99", env=admin)
+    assert unknown.returncode == 1 and "no node dev-99 in the advice" in unknown.stderr
+    bad = cli("advise", "--pool", "nowhere", env=admin)
+    assert bad.returncode == 1 and "no pool nowhere" in bad.stderr
