@@ -432,14 +432,3 @@ class Replay:
 def replay(cfg: PodbayConfig, requests: Sequence[Request], policy: Policy = "podbay",
            layouts: Callable[[SimGpu], GpuLayout] | None = None, layout_name: str = "as configured") -> Result:
     return Replay(cfg, gpus_of(cfg, layouts), policy).run(requests, layout_name)
-
-
-def unknown_profiles(cfg: PodbayConfig, requests: Iterable[Request]) -> dict[str, str]:
-    """Profiles in a trace that cannot be replayed here, each with why."""
-    bad = {}
-    for p in {r.profile for r in requests}:
-        try:
-            parse_profile_id(p)
-        except ValueError as e:
-            bad[p] = str(e)
-    return bad

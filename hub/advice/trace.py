@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..config import parse_profile_id
+
 COLUMNS = ("arrival", "duration", "user", "team", "profile")
 
 
@@ -76,6 +78,10 @@ def read_trace(source: str | Path | io.TextIOBase) -> list[Request]:
         profile = (row["profile"] or "").strip()
         if not profile:
             raise TraceError(f"line {line}: no profile")
+        try:
+            parse_profile_id(profile)
+        except ValueError as e:
+            raise TraceError(f"line {line}: {e}") from None
         out.append(Request(arrival, duration, (row["user"] or "").strip(), (row["team"] or "").strip() or None,
                            profile))
     out.sort(key=lambda r: r.arrival)

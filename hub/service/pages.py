@@ -11,6 +11,7 @@ forbids inline ones); a page's data for its script is JSON in a non-executed blo
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import os
 import time
@@ -34,6 +35,8 @@ from ..usage.store import UsageStore
 if TYPE_CHECKING:
     from ..jobs import JobManager
     from ..portal import Portal
+
+log = logging.getLogger(__name__)
 
 # The hub package's templates and static files (the hub's own pages share them).
 HERE = Path(__file__).parent.parent
@@ -159,7 +162,11 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: Bro
             from .routers.advice import advice_for
 
             until = time.time()
-            advised = await asyncio.to_thread(advice_for, portal, until - advice * 86400, until)
+            try:
+                advised = await asyncio.to_thread(advice_for, portal, until - advice * 86400, until)
+            except Exception as e:  # noqa: BLE001 - the page still shows capacity; the log has it
+                log.exception("layout advice failed")
+                advised = {"error": f"{type(e).__name__}: {e}"}
         return render("capacity.html", who, pools=picture, places=portal.places_devices, advice=advised,
                       advice_days=advice)
 

@@ -3,6 +3,7 @@ showback, and the requests as a trace for `podbay advise`."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 
@@ -77,5 +78,14 @@ class DemandLog:
                 duration = (ended or now) - started
             else:
                 duration = statistics.median(held[profile]) if held[profile] else fallback
-            out.append(Request(at, duration, user, team, profile))
+            out += [Request(at, duration, user, team, p) for p in as_profiles(profile)]
         return out
+
+
+def as_profiles(profile: str) -> list[str]:
+    """A recorded request in the trace's profiles: a job's `gpu-0` asks for no GPU (`cpu`), a
+    multi-node job's `gpu-4×2` for `gpu-4` on each of two nodes."""
+    if profile == "gpu-0":
+        return ["cpu"]
+    m = re.fullmatch(r"(gpu-\d+)×(\d+)", profile)
+    return [m[1]] * int(m[2]) if m else [profile]

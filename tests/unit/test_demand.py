@@ -105,3 +105,19 @@ def test_demand_is_pruned_with_the_usage_history(db_url):
     UsageStore(book).prune(time.time() + 2 * 86400, 1)
     assert outcomes(book) == []
     book.dispose()
+
+
+def test_jobs_without_gpus_and_across_nodes_read_back_as_the_traces_profiles(db_url):
+    from podbay.hub.quota import Demand
+    from podbay.hub.usage.demand import as_profiles
+
+    assert as_profiles("gpu-0") == ["cpu"]
+    assert as_profiles("gpu-4×2") == ["gpu-4", "gpu-4"]
+    assert as_profiles("mig-1g.10gb") == ["mig-1g.10gb"]
+    book = QuotaBook(db_url)
+    # A two-node job with four GPUs on each, as the job scheduler names its demand.
+    book.claim(key="job:7", kind="job", user="alice", team="vision", quota=BIG,
+               demand=Demand("gpu-4×2", demand("gpu-4").spec, ("dev",), gpus=8))
+    trace = DemandLog(book).requests(0, time.time() + 1, now=time.time() + 1)
+    assert [r.profile for r in trace] == ["gpu-4", "gpu-4"]
+    book.dispose()

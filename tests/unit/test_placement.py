@@ -97,6 +97,8 @@ def test_a_trace_reads_back_what_was_written_and_bad_lines_are_named():
         read_trace(io.StringIO("arrival,duration,user,team\n0,1,a,b\n"))
     with pytest.raises(TraceError, match="line 3: duration 'soon' is not a number"):
         read_trace(io.StringIO("arrival,duration,user,team,profile\n0,1,a,,gpu-1\n5,soon,a,,gpu-1\n"))
+    with pytest.raises(TraceError, match="line 2: profile id 'gpu-0.5' is not one of"):
+        read_trace(io.StringIO("arrival,duration,user,team,profile\n0,1,a,,gpu-0.5\n"))
     with pytest.raises(TraceError, match="line 2: duration -1.0 is negative"):
         read_trace(io.StringIO("arrival,duration,user,team,profile\n0,-1,a,,gpu-1\n"))
 
