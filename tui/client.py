@@ -274,8 +274,8 @@ class PodbayClient:
         return await self._svc("GET", "advice", params={"days": days, **({"pool": pool} if pool else {})},
                                timeout=120)
 
-    async def apply_advice(self, node: str, config: str) -> dict[str, Any]:
-        return await self._svc("POST", "advice/apply", json={"node": node, "config": config}, timeout=60)
+    async def apply_advice(self, node: str, days: float = 30) -> dict[str, Any]:
+        return await self._svc("POST", "advice/apply", json={"node": node, "days": days}, timeout=120)
 
     async def me(self) -> dict[str, Any]:
         return await self._svc("GET", "me")

@@ -12,13 +12,14 @@ layouts of the profiles asked for, whole, and shared as the catalog offers it, u
 change helps (coordinate descent: a local optimum, from the layout the nodes have now, so an
 advice never moves a GPU for nothing); where no single change helps, several GPUs of one
 node change together (two more whole GPUs for a `gpu-2`). The result is replayed in full
-(replay.py) for the figures it reports, and kept only if that replay refuses no more than
-today's layouts.
+(replay.py) for the figures it reports, and kept only if that replay scores better than
+today's layouts (the same score: refusals and, at `idle_weight`, idle GPU time).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 import itertools
 from collections import Counter, defaultdict
@@ -52,6 +53,8 @@ class GpuAdvice:
     advised: GpuLayout
     # What runs on it now (a workspace or job per line): what changing it would interrupt.
     holders: list[str] = field(default_factory=list)
+    # Its MIG family's key (gpu.FAMILIES), if any.
+    family: str | None = None
 
     @property
     def changes(self) -> bool:
@@ -75,18 +78,15 @@ class NodeAdvice:
     @property
     def config_name(self) -> str:
         """The mig-parted config that gives this node its advised layout: a predefined one
-        where every GPU gets the same known layout, else podbay-<node>."""
-        names = {predefined_name(FAMILIES.get(_family_key(g.model)), g.advised) for g in self.gpus}
+        where every GPU gets the same known layout, else podbay-<node> (within a label
+        value's 63 characters)."""
+        names = {predefined_name(FAMILIES.get(g.family), g.advised) for g in self.gpus}
         if len(names) == 1 and None not in names and len({g.advised for g in self.gpus}) == 1:
             return names.pop()
-        return f"podbay-{self.node}"
-
-
-def _family_key(model: str) -> str:
-    from ..gpu import family_for
-
-    f = family_for(model)
-    return f.key if f else ""
+        name = f"podbay-{self.node}"
+        if len(name) > 63:
+            name = f"podbay-{self.node[:46].rstrip('.-')}-{hashlib.sha256(self.node.encode()).hexdigest()[:8]}"
+        return name
 
 
 @dataclass
@@ -158,13 +158,18 @@ def _room_of(spec, gpu: SimGpu) -> tuple | None:
     return None
 
 
-def candidates(gpu: SimGpu, asked: set[tuple]) -> list[GpuLayout]:
+def candidates(gpu: SimGpu, asked: set[tuple], modes: frozenset[str] = frozenset({"whole", "shared", "mig"})
+               ) -> list[GpuLayout]:
     """The layouts worth trying on this GPU: its own, whole, shared as asked, and the
-    maximal MIG layouts of the profiles asked for on its model."""
-    out = [gpu.layout, WHOLE]
-    out += [GpuLayout("shared", replicas=r[1]) for r in asked if r[0] == "shared"]
-    if gpu.family is not None:
-        profiles = [r[2] for r in asked if r[0] == "mig" and r[1] == gpu.family.key]
+    maximal MIG layouts of the profiles asked for on its model; of these, those the engine
+    can give a GPU (`modes`)."""
+    out = [gpu.layout]
+    if "whole" in modes:
+        out.append(WHOLE)
+    if "shared" in modes:
+        out += [GpuLayout("shared", replicas=r[1]) for r in asked if r[0] == "shared"]
+    if gpu.family is not None and "mig" in modes:
+        profiles = [r[1] for r in asked if r[0] == "mig" and r[1] in gpu.family.profiles]
         out += [GpuLayout("mig", mig=m) for m in mig_layouts(gpu.family, profiles)]
     seen, unique = set(), []
     for c in out:
@@ -176,7 +181,8 @@ def candidates(gpu: SimGpu, asked: set[tuple]) -> list[GpuLayout]:
 
 def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *,
            holders: Callable[[SimGpu], list[str]] = lambda g: [], since: float = 0.0, until: float = 0.0,
-           passes: int = 6, idle_weight: float = IDLE_WEIGHT) -> Advice:
+           passes: int = 6, idle_weight: float = IDLE_WEIGHT,
+           modes: frozenset[str] = frozenset({"whole", "shared", "mig"})) -> Advice:
     """The advised layout of every GPU in `gpus` (one pool or several: requests only use
     their profiles' pools), with the replayed refusals before and after."""
     replay = Replay(cfg, [SimGpu(g.node, g.pool, g.index, g.model, g.family, g.layout) for g in gpus], measure=False)
@@ -194,11 +200,13 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
             if pool not in pools:
                 continue
             if spec.kind == "mig":
+                # One room per profile name, whichever models offer it (A100 80GB and H100
+                # 80GB share theirs): a request is counted once, however many models have it.
                 base = split_ci(spec.mig_profile)[1]
-                for fam in families:
-                    if base in FAMILIES[fam].profiles:
-                        weight = FAMILIES[fam].profiles[base].compute_slices / FAMILIES[fam].compute_slices
-                        per_room[(pool, "mig", fam, base)].append((r.arrival, r.duration, 1, weight))
+                fam = next((FAMILIES[f] for f in sorted(families) if base in FAMILIES[f].profiles), None)
+                if fam is not None:
+                    weight = fam.profiles[base].compute_slices / fam.compute_slices
+                    per_room[(pool, "mig", base)].append((r.arrival, r.duration, 1, weight))
             elif spec.kind == "shared":
                 per_room[(pool, "shared", spec.replicas)].append((r.arrival, r.duration, 1, 1 / spec.replicas))
             else:
@@ -221,7 +229,7 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
                 devices[(g.pool, "shared", lay.replicas)] += lay.replicas
             elif lay.mode == "mig" and g.family:
                 for p in lay.mig:
-                    devices[(g.pool, "mig", g.family.key, p)] += 1
+                    devices[(g.pool, "mig", p)] += 1
         return devices, whole
 
     # The score of a layout: requests refused, plus the GPU time they asked for (left idle)
@@ -239,7 +247,7 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
 
     devices, whole = counts(layouts)
     best_total = refusals(devices, whole)
-    options = [candidates(g, asked) for g in gpus]
+    options = [candidates(g, asked, modes) for g in gpus]
     by_node: dict[int, list[int]] = defaultdict(list)
     for i in range(len(gpus)):
         by_node[node_of[i]].append(i)
@@ -292,14 +300,15 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
     advised = [SimGpu(g.node, g.pool, g.index, g.model, g.family, lay) for g, lay in zip(gpus, layouts)]
     after = Replay(cfg, advised, measure=False).run(requests, "advised")
     if (after.refused - idle_weight * after.unit_seconds_held / each
-            > before.refused - idle_weight * before.unit_seconds_held / each):
-        # The search's estimate of whole GPUs was wrong here: never advise worse than today.
+            >= before.refused - idle_weight * before.unit_seconds_held / each - 1e-9):
+        # No better than today in the full replay (the search's estimate of whole GPUs can
+        # be wrong): change nothing, interrupt nobody.
         layouts, after = [g.layout for g in gpus], before
     by_node: dict[str, NodeAdvice] = {}
     result: dict[str, NodeAdvice] = {}
     for g, lay, n in zip(gpus, layouts, busy):
         node = result.setdefault(g.node, NodeAdvice(g.node, g.pool, []))
-        node.gpus.append(GpuAdvice(g.index, g.model, g.layout, lay, holders(g)))
+        node.gpus.append(GpuAdvice(g.index, g.model, g.layout, lay, holders(g), g.family.key if g.family else None))
     return Advice(since, until, pools, len(requests), before, after, list(result.values()))
 
 
@@ -315,6 +324,6 @@ def _moved(devices: Counter, whole: dict[str, list[int]], g: SimGpu, node: int, 
             devices[(g.pool, "shared", lay.replicas)] += sign * lay.replicas
         elif lay.mode == "mig" and g.family:
             for p in lay.mig:
-                devices[(g.pool, "mig", g.family.key, p)] += sign
+                devices[(g.pool, "mig", p)] += sign
     return devices, whole
 

@@ -62,20 +62,42 @@ def predefined_name(family: GpuFamily | None, layout: GpuLayout) -> str | None:
     counts = Counter(layout.mig)
     if len(counts) == 1:
         (name, n), = counts.items()
-        if n == family.profiles[name].max_instances and "+me" not in name:
+        if name in family.profiles and n == family.profiles[name].max_instances and "+me" not in name:
             return f"all-{name}"
-    if family.compute_slices == 7:
-        # all-balanced: 2x 1g, 1x 2g, 1x 3g with each model's names.
-        one = min((p for p in family.profiles if p.startswith("1g.") and "+me" not in p),
-                  key=lambda p: family.profiles[p].memory_slices)
-        two = next(p for p in family.profiles if p.startswith("2g."))
-        three = next(p for p in family.profiles if p.startswith("3g."))
-        if counts == Counter({one: 2, two: 1, three: 1}):
-            return "all-balanced"
-    elif counts == Counter({min(p for p in family.profiles if p.startswith("1g.") and "+me" not in p): 2,
-                            next(p for p in family.profiles if p.startswith("2g.") and "+me" not in p): 1}):
+    if any(counts == Counter(lay) for lay in _balanced(family)):
         return "all-balanced"
     return None
+
+
+def predefined_layout(family: GpuFamily | None, name: str) -> GpuLayout | None:
+    """The layout a predefined mig-parted config gives each GPU of `family`, or None for a
+    name this does not know (a custom config)."""
+    if name == "all-disabled":
+        return WHOLE
+    if family is None or not name.startswith("all-"):
+        return None
+    if name == "all-balanced":
+        found = _balanced(family)
+        return GpuLayout("mig", mig=found[0]) if found else None
+    profile = name[len("all-"):].replace(".me", "+me")
+    if profile in family.profiles:
+        return GpuLayout("mig", mig=(profile,) * family.profiles[profile].max_instances)
+    return None
+
+
+def _balanced(family: GpuFamily) -> list[tuple[str, ...]]:
+    """mig-parted's all-balanced for this model: 2x 1g, 1x 2g and (seven-slice GPUs) 1x 3g,
+    each the smallest-memory profile of its compute size."""
+    def smallest(slices: int) -> str | None:
+        names = [p for p, spec in family.profiles.items() if spec.compute_slices == slices and "+me" not in p]
+        return min(names, key=lambda p: family.profiles[p].memory_slices) if names else None
+
+    one, two, three = smallest(1), smallest(2), smallest(3)
+    if family.compute_slices == 7 and one and two and three:
+        return [(three, two, one, one)]
+    if one and two:
+        return [(two, one, one)]
+    return []
 
 
 def layout_yaml(layout: GpuLayout) -> dict:

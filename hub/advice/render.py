@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ..gpu import family_for
+from ..gpu import FAMILIES
 from .advise import Advice, NodeAdvice
 from .layouts import layout_yaml, mig_parted_devices, predefined_name
 
@@ -94,4 +94,4 @@ def _node(n: NodeAdvice) -> dict:
             "interrupts": n.interrupts,
             "gpus": [{"index": g.index, "model": g.model, "current": str(g.current), "advised": str(g.advised),
                       "changes": g.changes, "holders": g.holders,
-                      "known_config": predefined_name(family_for(g.model), g.advised)} for g in n.gpus]}
+                      "known_config": predefined_name(FAMILIES.get(g.family), g.advised)} for g in n.gpus]}

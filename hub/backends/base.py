@@ -199,6 +199,11 @@ class Backend:
                     holders.setdefault((a.node, index), []).append(holder_line(a.key, a.user, a.profile))
         return [(g, holders.get((g.node, g.index), [])) for g in gpus_from_devices(inv.devices)]
 
+    def layout_modes(self, cfg: "PodbayConfig") -> frozenset[str]:
+        """The GPU layouts advice may propose here, per GPU: whole, shared (time-sliced, as
+        podbay.yaml's `replicas:`) and fixed MIG layouts."""
+        return frozenset({"whole", "shared", "mig"})
+
     async def apply_layout(self, portal: "Portal", node: str, config: str) -> str:
         """Have the engine give `node` the mig-parted config `config`, where it can and
         nothing runs on the node's GPUs; say what was done. LayoutNotApplied says why not and

@@ -245,8 +245,8 @@ class AdviceOut(BaseModel):
 
 class ApplyIn(BaseModel):
     node: str = Field(max_length=253)
-    config: str = Field(max_length=63, pattern=r"^[a-z0-9]([a-z0-9.+-]*[a-z0-9])?$",
-                        description="the mig-parted config name (all-balanced, podbay-<node>)")
+    days: float = Field(30, gt=0, le=400, description="the period the advice is made from, as for GET /advice")
+    idle_weight: float = Field(0.05, ge=0, le=10, description="as for GET /advice")
 
 
 class ApplyOut(BaseModel):

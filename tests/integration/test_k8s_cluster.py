@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 
 import pytest
 import yaml
@@ -810,8 +811,20 @@ async def test_advise_apply_labels_an_idle_node_for_mig_manager_as_rbac_allows(k
             "users": [{"name": "hub", "user": {"token": "hub-token"}}]}))
         settings = load_config(config(tmp_path, kubeconfig=str(kubeconfig), apply_mig_layouts=True)).kubernetes
 
-        def view():
-            return emu.stored("v1/nodes"), emu.stored("v1/pods")
+        class View:
+            """podbay's view as the watch keeps it; `stale` pods are ones it has not seen yet."""
+            ready = threading.Event()
+            hidden: set[str] = set()
+
+            def __call__(self):
+                return emu.stored("v1/nodes"), [p for p in emu.stored("v1/pods")
+                                                if p["metadata"]["name"] not in self.hidden]
+
+        view = View()
+        # The watches have not listed everything yet: nothing is applied from half a view.
+        with pytest.raises(LayoutNotApplied, match="not complete yet"):
+            await apply(settings, view, "h100-a", "all-1g.10gb")
+        view.ready.set()
 
         def label(node):
             return emu.get_object("v1/nodes", None, node)["metadata"]["labels"].get("nvidia.com/mig.config")
@@ -829,6 +842,12 @@ async def test_advise_apply_labels_an_idle_node_for_mig_manager_as_rbac_allows(k
         said = await apply(settings, view, "h100-a", "all-1g.10gb")
         assert label("h100-a") == "all-1g.10gb" and "nvidia.com/mig.config.state" in said
         assert "already has" in await apply(settings, view, "h100-a", "all-1g.10gb")
+        with pytest.raises(LayoutNotApplied, match="h100-b runs pod other-team/w-alice"):
+            await apply(settings, view, "h100-b", "all-1g.10gb")
+        assert label("h100-b") == "all-balanced"
+        # A pod bound to the node that the watch has not brought yet: the API server's own
+        # list, asked just before the label, has it.
+        view.hidden.add("w-alice")
         with pytest.raises(LayoutNotApplied, match="h100-b runs pod other-team/w-alice"):
             await apply(settings, view, "h100-b", "all-1g.10gb")
         assert label("h100-b") == "all-balanced"

@@ -99,7 +99,8 @@ def service(tmp_path):
 
     portal = Portal.open(DATA / "one-server.yaml", f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
     jobs = JobManager(portal, LocalBackend(tmp_path / "jobs"))
-    with fake_hub({"alice": {}, "bob": {}, "admin": {"admin": True}}) as hub:
+    with fake_hub({"alice": {}, "bob": {}, "admin": {"admin": True, "scopes": ["access:servers!user=admin"]},
+                   "admins-workspace": {"admin": True}}) as hub:
         app = create_app(portal, jobs, hub, run_scheduler=False)
         with TestClient(app) as client:
             client.podbay = portal
@@ -139,9 +140,17 @@ def test_the_service_advises_admins_from_recorded_demand(service):
     with portal.book.write_session() as s, s.begin():
         s.execute(update(DemandRow).values(at=DemandRow.at - 40 * 86400))
     assert service.get("/services/podbay/api/v1/advice", headers=as_("admin")).json()["requests"] == 0
-    # On one machine podbay changes no GPU's settings: the steps say how.
-    r = service.post("/services/podbay/api/v1/advice/apply", json={"node": "node-a", "config": "podbay-node-a"},
-                     headers=as_("admin"))
+    # Applying: admins only, and not from a token code in a workspace can read.
+    apply = "/services/podbay/api/v1/advice/apply"
+    assert service.post(apply, json={"node": "node-a"}, headers=as_("bob")).status_code == 403
+    r = service.post(apply, json={"node": "node-a"}, headers=as_("admins-workspace"))
+    assert r.status_code == 403 and "reaches all your workspaces" in r.json()["message"]
+    # The advice is made again for the node: with the demand of the last 50 days, node-a
+    # changes, and on one machine podbay changes no GPU's settings: the steps say how.
+    r = service.post(apply, json={"node": "node-a", "days": 50}, headers=as_("admin"))
     assert r.status_code == 409 and "nvidia-mig-parted" in r.json()["message"]
-    assert service.post("/services/podbay/api/v1/advice/apply", json={"node": "node-a", "config": "x"},
-                        headers=as_("bob")).status_code == 403
+    # Nothing to change in the last 30 days; no node of another name.
+    r = service.post(apply, json={"node": "node-a"}, headers=as_("admin"))
+    assert r.status_code == 200 and r.json()["message"] == "node-a already has the advised layout"
+    r = service.post(apply, json={"node": "gpu-box"}, headers=as_("admin"))
+    assert r.status_code == 404 and "its nodes: node-a" in r.json()["message"]

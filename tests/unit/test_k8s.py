@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from fractions import Fraction
 
 import kubernetes_validate
@@ -849,6 +850,26 @@ def test_a_nodes_gpus_and_their_layouts_come_from_gfds_labels(cfg):
     assert found[("h100-s", 0)][0].layout == found[("h100-s", 1)][0].layout == GpuLayout("mig", mig=("1g.10gb",) * 7)
     assert [found[("dgx-1", i)][0].layout.mode for i in range(8)] == ["whole"] * 8
     assert not any(n == "cpu-1" for n, _ in found)
+
+
+def test_labels_that_do_not_say_each_gpus_layout_get_no_advice(cfg):
+    from podbay.hub.advice.replay import GpuLayout
+    from podbay.hub.backends.kubernetes.layouts import cluster_layouts
+
+    # MIG devices time-sliced on top (single strategy, renameByDefault off: …-SHARED).
+    shared_mig = {**SINGLE_H100, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb-SHARED",
+                  "nvidia.com/gpu.count": "7", "nvidia.com/gpu.replicas": "2"}
+    # Mixed, two MIG GPUs in a custom config: which GPU has which slices is dealt out,
+    # largest first (a guess at which GPU; the counts are right).
+    custom = {**MIXED_H100, "nvidia.com/gpu.count": "2", "nvidia.com/mig.config": "custom-mig",
+              "nvidia.com/mig-4g.40gb.count": "1", "nvidia.com/mig-3g.40gb.count": "2",
+              "nvidia.com/mig-2g.20gb.count": "1", "nvidia.com/mig-1g.10gb.count": "1"}
+    nodes = [node("h100-ts", shared_mig, {"nvidia.com/gpu": "14"}),
+             node("h100-c", custom, mixed_allocatable(custom))]
+    found = {(g.node, g.index): g.layout for g, _ in cluster_layouts(cfg, nodes, [])}
+    assert not any(n == "h100-ts" for n, _ in found)
+    assert sorted(Counter(lay.mig) for (n, _), lay in found.items() if n == "h100-c") == sorted(
+        [Counter({"4g.40gb": 1, "3g.40gb": 1}), Counter({"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1})])
 
 
 def test_mig_managers_label_is_set_only_when_allowed_and_nothing_holds_the_gpus():

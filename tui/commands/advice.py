@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from ..client import PodbayClient
 from .common import print_json, print_table, run, visible
@@ -25,19 +24,12 @@ def _refused(r: dict) -> str:
 
 def cmd_advise(args) -> int:
     async def go(c: PodbayClient) -> int:
-        out = await c.advice(days=args.days, pool=args.pool or None)
         if args.apply:
-            node = next((n for n in out["nodes"] if n["node"] == args.apply), None)
-            if node is None:
-                print(f"podbay: no node {args.apply} in the advice; nodes: "
-                      f"{', '.join(n['node'] for n in out['nodes']) or 'none'}", file=sys.stderr)
-                return 1
-            if not node["changes"]:
-                print(f"{args.apply} already has the advised layout")
-                return 0
-            done = await c.apply_advice(args.apply, node["config"])
+            # The service makes the advice again and applies that node's part of it.
+            done = await c.apply_advice(args.apply, days=args.days)
             print(visible(done["message"]))
             return 0
+        out = await c.advice(days=args.days, pool=args.pool or None)
         if args.mig_parted:
             with open(args.mig_parted, "w") as f:
                 f.write(_dump(out["mig_parted"]))

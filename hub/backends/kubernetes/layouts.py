@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ...advice.advise import LayoutNotApplied
+from ...advice.layouts import predefined_layout
 from ...advice.replay import WHOLE, GpuLayout, SimGpu
 from ...gpu import family_for, layout_fits
 from .capacity import MIG_LABEL, NodeGpus, gpu_nodes, pod_requests
@@ -23,20 +24,26 @@ MIG_STATE = "nvidia.com/mig.config.state"
 MIG_MANAGER = "nvidia.com/gpu.deploy.mig-manager"
 
 
+def _product(labels: dict[str, str]) -> str:
+    """GFD's product label without the time-slicing suffix (…-SHARED, renameByDefault off)."""
+    product = labels.get(PRODUCT, "")
+    return product[: -len("-SHARED")] if product.endswith("-SHARED") else product
+
+
 def _model(labels: dict[str, str]) -> str:
     """GFD's product label as NVML names the model: NVIDIA-H100-80GB-HBM3-MIG-1g.10gb → NVIDIA H100 80GB HBM3."""
-    product = labels.get(PRODUCT, "")
-    product = product.split("-MIG-")[0]
-    if product.endswith("-SHARED"):
-        product = product[: -len("-SHARED")]
-    return product.replace("-", " ")
+    return _product(labels).split("-MIG-")[0].replace("-", " ")
 
 
 def _split(family, counts: Counter, gpus: int) -> list[tuple[str, ...]]:
     """A node's MIG devices (counted per node) dealt out to its MIG GPUs, largest first, each
     GPU taking what still fits its geometry."""
     layouts: list[list[str]] = [[] for _ in range(gpus)]
-    for name in sorted(counts.elements(), key=lambda p: -family.profiles[p].memory_slices if p in family.profiles else 0):
+    def size(p: str) -> tuple[int, int, str]:
+        spec = family.profiles.get(p)
+        return (-spec.memory_slices, -spec.compute_slices, p) if spec else (0, 0, p)
+
+    for name in sorted(counts.elements(), key=size):
         for lay in layouts:
             if name in family.profiles and layout_fits(family, lay + [name]):
                 lay.append(name)
@@ -44,8 +51,9 @@ def _split(family, counts: Counter, gpus: int) -> list[tuple[str, ...]]:
     return [tuple(lay) for lay in layouts]
 
 
-def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu]:
-    """The GPUs of one node, each with the layout it is offered in now."""
+def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu] | None:
+    """The GPUs of one node, each with the layout it is offered in now; None where the labels
+    do not say it (MIG devices time-sliced on top): advice then leaves the node alone."""
     labels = node.labels
     model = _model(labels)
     memory = count(labels["nvidia.com/gpu.memory"]) if labels.get("nvidia.com/gpu.memory", "").isdigit() else None
@@ -53,22 +61,32 @@ def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu]:
     physical = count(labels.get("nvidia.com/gpu.count", "0"))
     mig = Counter({r[len(MIG_LABEL):]: n for r, n in node.allocatable.items() if r.startswith(MIG_LABEL) and n})
     whole = node.allocatable.get(GPU, 0)
-    layouts: list[GpuLayout] = []
-    if "-MIG-" in labels.get(PRODUCT, "") and family is not None:
+    replicas = count(labels.get("nvidia.com/gpu.replicas", "0") or "0")
+    product = _product(labels)
+    if replicas > 1 and (mig or "-MIG-" in product):
+        return None
+    if "-MIG-" in product and family is not None:
         # Single strategy: every GPU cut alike into one profile, offered as nvidia.com/gpu;
         # GFD's gpu.count then counts the MIG devices, not the GPUs.
-        profile = labels[PRODUCT].split("-MIG-")[1]
-        per_gpu = family.profiles[profile].max_instances if profile in family.profiles else 1
-        n = -(-(physical or whole) // per_gpu)
-        layouts = [GpuLayout("mig", mig=(profile,) * per_gpu)] * n
-    elif node.allocatable.get(SHARED) or count(labels.get("nvidia.com/gpu.replicas", "0") or "0") > 1:
-        replicas = count(labels.get("nvidia.com/gpu.replicas", "0") or "0")
+        profile = product.split("-MIG-")[1]
+        if profile not in family.profiles:
+            return None
+        per_gpu = family.profiles[profile].max_instances
+        layouts = [GpuLayout("mig", mig=(profile,) * per_gpu)] * -(-(physical or whole) // per_gpu)
+    elif node.allocatable.get(SHARED) or replicas > 1:
         layouts = [GpuLayout("shared", replicas=replicas)] * (physical or 1)
+    elif mig and family is not None:
+        # Mixed strategy: MIG Manager's config, where it is a predefined one, says each GPU's
+        # layout; otherwise the node's devices are dealt out to its MIG GPUs (which GPU has
+        # which is then a guess: a custom config's own devices: lists say it exactly).
+        mig_gpus = max(1, physical - whole)
+        same = predefined_layout(family, labels.get(MIG_CONFIG, ""))
+        if same is not None and same.mode == "mig" and Counter({p: n * mig_gpus for p, n in Counter(same.mig).items()}) == mig:
+            layouts = [WHOLE] * whole + [same] * mig_gpus
+        else:
+            layouts = [WHOLE] * whole + [GpuLayout("mig", mig=lay) for lay in _split(family, mig, mig_gpus)]
     else:
-        mig_gpus = max(0, physical - whole) if mig else 0
-        layouts = [WHOLE] * (physical - mig_gpus if physical else whole)
-        if mig_gpus and family is not None:
-            layouts += [GpuLayout("mig", mig=lay) for lay in _split(family, mig, mig_gpus)]
+        layouts = [WHOLE] * (physical or whole)
     return [SimGpu(node.name, pool, i, model, family, lay) for i, lay in enumerate(layouts)]
 
 
@@ -85,17 +103,20 @@ def gpu_pods(pods: list[dict], node: str) -> list[str]:
 
 
 def cluster_layouts(cfg, nodes: list[dict], pods: list[dict]) -> list[tuple[SimGpu, list[str]]]:
-    """Every GPU node of the pools, its GPUs and what runs on them (MIG Manager changes a
-    node at once, so each GPU names every GPU pod of its node)."""
+    """Every GPU node of the pools Kubernetes runs, its GPUs and what runs on them (MIG
+    Manager changes a node at once, so each GPU names every GPU pod of its node). A node
+    matching several pools' node_selectors is advised for the first."""
     out = []
     for node in gpu_nodes(nodes, pods):
-        # A node's pool as capacity finds it: the first whose node_selector it matches.
         pool = next((name for name, p in cfg.pools.items()
                      if all(node.labels.get(k) == v for k, v in p.node_selector.items())), None)
         if pool is None:
             continue
+        gpus = node_gpus(node, pool)
+        if not gpus:
+            continue
         holders = gpu_pods(pods, node.name)
-        out += [(g, holders) for g in node_gpus(node, pool)]
+        out += [(g, holders) for g in gpus]
     return out
 
 
@@ -125,14 +146,24 @@ async def apply(settings, view, name: str, config: str) -> str:
 
     from .api import api_client
 
+    if not getattr(view, "ready", None) or not view.ready.is_set():
+        raise LayoutNotApplied("podbay's view of the cluster is not complete yet (its watches are starting): "
+                               "try again in a moment")
     nodes, pods = view()
     node = check_apply(settings, nodes, pods, name, config)
     if ((node.get("metadata") or {}).get("labels") or {}).get(MIG_CONFIG) == config:
         return f"{name} already has {MIG_CONFIG}={config}"
     api = await api_client(settings.kubeconfig)
     async with api:
+        core = client.CoreV1Api(api)
         try:
-            await client.CoreV1Api(api).patch_node(name, {"metadata": {"labels": {MIG_CONFIG: config}}})
+            # The node's pods as the API server has them now, not as the watch last saw them.
+            # A pod bound between this and the label is MIG Manager's to stop: the window is
+            # this request's, not the watch's.
+            fresh = await core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}")
+            check_apply(settings, nodes, [core.api_client.sanitize_for_serialization(p) for p in fresh.items],
+                        name, config)
+            await core.patch_node(name, {"metadata": {"labels": {MIG_CONFIG: config}}})
         except ApiException as e:
             if e.status == 403:
                 raise LayoutNotApplied(f"the API server refused to label {name}: podbay may not patch Nodes "

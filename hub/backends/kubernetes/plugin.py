@@ -123,6 +123,11 @@ class KubernetesBackend(Backend):
 
         return cluster_layouts(portal.cfg, *self.view())
 
+    def layout_modes(self, cfg):
+        # Time-slicing is the device plugin's config of a whole node (its replicas, renamed or
+        # not), not a GPU's layout MIG Manager applies: advice proposes MIG and whole only.
+        return frozenset({"whole", "mig"})
+
     async def apply_layout(self, portal, node, config):
         from .layouts import apply
 

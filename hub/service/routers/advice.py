@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from ...advice.advise import IDLE_WEIGHT, LayoutNotApplied, advise
 from ...advice.render import as_dict
 from ...usage.demand import DemandLog
-from ..context import Service
+from ..context import Service, open_every_workspace
 from ..errors import ApiError
 from ..hubclient import Caller
 from ..schemas import ERRORS, AdviceOut, ApplyIn, ApplyOut
@@ -21,12 +21,14 @@ def advice_for(portal, since: float, until: float, pools: set[str] | None = None
                idle_weight: float = IDLE_WEIGHT) -> dict:
     """The advice on the GPUs this deployment's engines report, from the period's demand."""
     backend = portal.plugin
+    if backend is None:
+        raise ApiError(503, "unavailable", "no engine is loaded in this service: layout advice needs one")
     found = [(g, h) for g, h in backend.layouts(portal) if pools is None or g.pool in pools]
     holders = {(g.node, g.index): h for g, h in found}
     gpus = [g for g, _ in found]
     requests = DemandLog(portal.book).requests(since, until, time.time(), pools={g.pool for g in gpus})
     advice = advise(portal.cfg, gpus, requests, holders=lambda g: holders.get((g.node, g.index), []),
-                    since=since, until=until, idle_weight=idle_weight)
+                    since=since, until=until, idle_weight=idle_weight, modes=backend.layout_modes(portal.cfg))
     return as_dict(advice, backend.name)
 
 
@@ -60,14 +62,27 @@ def router(svc: Service, prefix: str) -> APIRouter:
 
     @api.post("/advice/apply", response_model=ApplyOut,
               summary="Have the engine apply a node's advised layout (Kubernetes: MIG Manager's label)",
-              description="Only where the engine applies layouts and nothing runs on the node's GPUs; "
-                          "409 with what to do otherwise. Admins only.")
+              description="The advice is made again here, from the same period, and only its config for "
+                          "the node is applied: only where the engine applies layouts and nothing runs on "
+                          "the node's GPUs; 409 with what to do otherwise. Admins, with a login that reaches "
+                          "all their workspaces (not a workspace's token).")
     async def apply(body: ApplyIn, who: Caller = Depends(caller)):
         admin(who)
+        # It can stop GPU work on a node: not from a token that code in a workspace can read.
+        open_every_workspace(who, "applying a GPU layout")
+        until = time.time()
+        advice = await asyncio.to_thread(advice_for, portal, until - body.days * 86400, until, None,
+                                         body.idle_weight)
+        node = next((n for n in advice["nodes"] if n["node"] == body.node), None)
+        if node is None:
+            raise ApiError(404, "not_found", f"podbay advises on no node {body.node}; its nodes: "
+                                             f"{', '.join(n['node'] for n in advice['nodes']) or 'none'}")
+        if not node["changes"]:
+            return ApplyOut(node=body.node, config=node["config"], message=f"{body.node} already has the advised layout")
         try:
-            message = await portal.plugin.apply_layout(portal, body.node, body.config)
+            message = await portal.plugin.apply_layout(portal, body.node, node["config"])
         except LayoutNotApplied as e:
             raise ApiError(409, "not_applied", str(e)) from None
-        return ApplyOut(node=body.node, config=body.config, message=message)
+        return ApplyOut(node=body.node, config=node["config"], message=message)
 
     return api
