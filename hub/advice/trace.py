@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,9 +45,12 @@ class TraceError(ValueError):
 
 def _seconds(value: str, line: int, column: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if math.isfinite(number):
+            return number
     if column == "arrival":
         try:
             at = datetime.fromisoformat(value.replace("Z", "+00:00"))

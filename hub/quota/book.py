@@ -316,6 +316,12 @@ class QuotaBook:
 
     def _record_refusal(self, key: str, kind: str, user: str, team: str | None, demand: Demand,
                         outcome: str) -> None:
+        if kind == "job":
+            # A waiting job is asked about at every turn of the queue: look before taking the
+            # write lock, which claims need, for the one record it keeps.
+            with self.read_session() as s:
+                if s.scalar(select(DemandRow.id).where(DemandRow.key == key).limit(1)) is not None:
+                    return
         with self._writers, self.write_session() as s, s.begin():
             self._record(s, key, kind, user, team, demand.profile_id,
                          demand.pools[0] if demand.pools else None, outcome)

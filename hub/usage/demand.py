@@ -7,7 +7,7 @@ import re
 import statistics
 from collections import defaultdict
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, or_, select
 
 from ..advice.trace import Request
 from ..quota import QuotaBook
@@ -40,19 +40,41 @@ class DemandLog:
 
     def requests(self, since: float, until: float, now: float, pools: set[str] | None = None) -> list[Request]:
         """The period's requests as a trace: a granted one for as long as it held (until now
-        if it still does), a refused one for the median hold of its profile's granted ones,
-        retries folded into one request."""
-        q = (select(DemandRow, HoldingRow.started, HoldingRow.ended)
-             .outerjoin(HoldingRow, and_(HoldingRow.key == DemandRow.key, DemandRow.outcome == "granted",
-                                         HoldingRow.started >= DemandRow.at - 1, HoldingRow.started <= DemandRow.at + 1))
-             .where(DemandRow.at >= since, DemandRow.at < until)
-             .order_by(DemandRow.at, DemandRow.id))
+        if it still does), a job that waited for as long as it then ran, a refused one for
+        the median hold of its profile's granted ones, retries folded into one request. What
+        was already held when the period began comes first, at its start, for what it still
+        held: the period starts as full as it was."""
         with self.db.read_session() as s:
-            rows = [(d.at, d.kind, d.user, d.team, d.profile, d.pool, d.outcome, started, ended)
-                    for d, started, ended in s.execute(q)]
+            demand = list(s.execute(
+                select(DemandRow.at, DemandRow.key, DemandRow.kind, DemandRow.user, DemandRow.team,
+                       DemandRow.profile, DemandRow.pool, DemandRow.outcome)
+                .where(DemandRow.at >= since, DemandRow.at < until).order_by(DemandRow.at, DemandRow.id)))
+            keys = {d.key for d in demand}
+            holdings: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+            for key, started, ended in s.execute(select(HoldingRow.key, HoldingRow.started, HoldingRow.ended)
+                                                 .where(HoldingRow.started >= since - 1, HoldingRow.started < until)
+                                                 .order_by(HoldingRow.started)):
+                if key in keys:
+                    holdings[key].append((started, ended))
+            already = list(s.execute(
+                select(HoldingRow.user, HoldingRow.team, HoldingRow.profile, HoldingRow.pool, HoldingRow.ended)
+                .where(HoldingRow.started < since, or_(HoldingRow.ended.is_(None), HoldingRow.ended > since))))
+
+        def holding_of(at: float, key: str, kind: str, outcome: str) -> tuple[float, float | None] | None:
+            # A granted request's holding began with it (the same transaction); a waiting
+            # job's began when it was let run.
+            for started, ended in holdings.get(key, ()):
+                if (outcome == "granted" and abs(started - at) <= 1) or (kind == "job" and started >= at - 1):
+                    return started, ended
+            return None
+
+        rows = []
+        for at, key, kind, user, team, profile, pool, outcome in demand:
+            got = holding_of(at, key, kind, outcome)
+            rows.append((at, kind, user, team, profile, pool, outcome, *(got or (None, None))))
         held: dict[str, list[float]] = defaultdict(list)
         for at, _k, _u, _t, profile, _p, outcome, started, ended in rows:
-            if outcome == "granted" and started is not None:
+            if started is not None:
                 held[profile].append((ended or now) - started)
         everyone = [d for ds in held.values() for d in ds]
         fallback = statistics.median(everyone) if everyone else DEFAULT_HOLD
@@ -69,12 +91,14 @@ class DemandLog:
             if outcome != "granted":
                 last_refusal[who] = len(kept)
             kept.append(row)
-        out = []
+        out = [Request(since, (ended or now) - since, user, team, p)
+               for user, team, profile, pool, ended in already if pools is None or pool in pools
+               for p in as_profiles(profile)]
         for row in kept:
             if row is None:
                 continue
             at, kind, user, team, profile, pool, outcome, started, ended = row
-            if outcome == "granted" and started is not None:
+            if started is not None:
                 duration = (ended or now) - started
             else:
                 duration = statistics.median(held[profile]) if held[profile] else fallback

@@ -121,3 +121,24 @@ def test_jobs_without_gpus_and_across_nodes_read_back_as_the_traces_profiles(db_
     trace = DemandLog(book).requests(0, time.time() + 1, now=time.time() + 1)
     assert [r.profile for r in trace] == ["gpu-4", "gpu-4"]
     book.dispose()
+
+
+def test_a_waited_job_runs_as_long_as_it_did_and_what_ran_before_the_period_fills_its_start(db_url):
+    book = QuotaBook(db_url)
+    claim(book, "job:1", "gpu-2", kind="job")
+    with pytest.raises(NoCapacity):
+        claim(book, "job:2", "gpu-2", kind="job")
+    book.release("job:1")
+    claim(book, "job:2", "gpu-2", kind="job")
+    t0 = 1_800_000_000.0
+    with book.write_session() as s, s.begin():
+        # job 1 asked and ran from t0 - 1 h to t0 + 1 h; job 2 asked at t0, ran t0 + 1 h to + 4 h.
+        s.execute(update(DemandRow).where(DemandRow.key == "job:1").values(at=t0 - 3600))
+        s.execute(update(DemandRow).where(DemandRow.key == "job:2").values(at=t0))
+        s.execute(update(HoldingRow).where(HoldingRow.key == "job:1").values(started=t0 - 3600, ended=t0 + 3600))
+        s.execute(update(HoldingRow).where(HoldingRow.key == "job:2").values(started=t0 + 3600, ended=t0 + 4 * 3600))
+    trace = DemandLog(book).requests(t0 - 1, t0 + 86400, now=t0 + 86400)
+    assert [(r.arrival - t0, r.duration, r.profile) for r in trace] == [
+        (-1, 3601, "gpu-2"),      # job 1, held when the period began: from its start, what was left
+        (0, 3 * 3600, "gpu-2")]   # job 2, which waited: for as long as it then ran
+    book.dispose()
