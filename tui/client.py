@@ -274,8 +274,10 @@ class PodbayClient:
         return await self._svc("GET", "advice", params={"days": days, **({"pool": pool} if pool else {})},
                                timeout=120)
 
-    async def apply_advice(self, node: str, days: float = 30) -> dict[str, Any]:
-        return await self._svc("POST", "advice/apply", json={"node": node, "days": days}, timeout=120)
+    async def apply_advice(self, node: str, days: float = 30, pool: list[str] | None = None,
+                           config: str | None = None) -> dict[str, Any]:
+        return await self._svc("POST", "advice/apply", json={"node": node, "days": days, "pool": pool, "config": config},
+                               timeout=120)
 
     async def me(self) -> dict[str, Any]:
         return await self._svc("GET", "me")

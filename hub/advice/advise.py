@@ -145,19 +145,6 @@ class _LossCurve:
         return len(self.levels) - i, self.tail[i]
 
 
-def _room_of(spec, gpu: SimGpu) -> tuple | None:
-    """The kind of room a request of this spec takes on this GPU's family, or None."""
-    if spec.kind == "full":
-        return ("whole",)
-    if spec.kind == "shared":
-        return ("shared", spec.replicas)
-    if spec.kind == "mig" and gpu.family is not None:
-        base = split_ci(spec.mig_profile)[1]
-        if base in gpu.family.profiles:
-            return ("mig", gpu.family.key, base)
-    return None
-
-
 def candidates(gpu: SimGpu, asked: set[tuple], modes: frozenset[str] = frozenset({"whole", "shared", "mig"})
                ) -> list[GpuLayout]:
     """The layouts worth trying on this GPU: its own, whole, shared as asked, and the

@@ -204,6 +204,12 @@ class Backend:
         podbay.yaml's `replicas:`) and fixed MIG layouts."""
         return frozenset({"whole", "shared", "mig"})
 
+    def cannot_apply_layouts(self, portal: "Portal") -> str | None:
+        """Why this engine applies no layout now (asked before an advice is made for it), or
+        None. Here: podbay changes no GPU's settings on one machine."""
+        return (f"podbay does not change GPU layouts on the {self.name} backend: apply them with "
+                "nvidia-mig-parted, as `podbay advise` prints it")
+
     async def apply_layout(self, portal: "Portal", node: str, config: str) -> str:
         """Have the engine give `node` the mig-parted config `config`, where it can and
         nothing runs on the node's GPUs; say what was done. LayoutNotApplied says why not and

@@ -244,9 +244,15 @@ class AdviceOut(BaseModel):
 
 
 class ApplyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     node: str = Field(max_length=253)
     days: float = Field(30, gt=0, le=400, description="the period the advice is made from, as for GET /advice")
+    pool: list[str] | None = Field(None, description="as for GET /advice")
     idle_weight: float = Field(0.05, ge=0, le=10, description="as for GET /advice")
+    config: str | None = Field(None, max_length=63,
+                               description="the config the caller was shown for the node: refused (409) if the "
+                                           "advice made now differs")
 
 
 class ApplyOut(BaseModel):

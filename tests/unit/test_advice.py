@@ -136,21 +136,40 @@ def test_the_service_advises_admins_from_recorded_demand(service):
     assert held[2] == ["alice's workspace a (mig-3g.40gb)"] and held[3] == ["alice's workspace b (mig-3g.40gb)"]
     assert service.get("/services/podbay/api/v1/advice", params={"pool": "gpu"},
                        headers=as_("admin")).json()["message"] == "no pool gpu; pools: dev"
-    # Demand older than the period is not replayed.
+    # Requests older than the period are not replayed; what they still hold is (alice's two
+    # workspaces run on): nothing refused, nothing to change.
     with portal.book.write_session() as s, s.begin():
         s.execute(update(DemandRow).values(at=DemandRow.at - 40 * 86400))
-    assert service.get("/services/podbay/api/v1/advice", headers=as_("admin")).json()["requests"] == 0
+    out = service.get("/services/podbay/api/v1/advice", headers=as_("admin")).json()
+    assert out["requests"] == 2 and out["before"]["refused"] == 0 and not out["nodes"][0]["changes"]
     # Applying: admins only, and not from a token code in a workspace can read.
     apply = "/services/podbay/api/v1/advice/apply"
     assert service.post(apply, json={"node": "node-a"}, headers=as_("bob")).status_code == 403
     r = service.post(apply, json={"node": "node-a"}, headers=as_("admins-workspace"))
     assert r.status_code == 403 and "reaches all your workspaces" in r.json()["message"]
-    # The advice is made again for the node: with the demand of the last 50 days, node-a
-    # changes, and on one machine podbay changes no GPU's settings: the steps say how.
+    # On one machine podbay changes no GPU's settings: refused before any advice is made,
+    # with how to apply it instead.
     r = service.post(apply, json={"node": "node-a", "days": 50}, headers=as_("admin"))
     assert r.status_code == 409 and "nvidia-mig-parted" in r.json()["message"]
+    assert service.post(apply, json={"node": "node-a", "configs": "x"}, headers=as_("admin")).status_code == 400
+    # An engine that applies layouts (as Kubernetes does): the advice is made again for the
+    # node, and only its config for it is applied.
+    applied = []
+
+    async def apply_layout(portal, node, config):
+        applied.append((node, config))
+        return f"{node}: {config}"
+
+    portal.plugin.cannot_apply_layouts = lambda portal: None
+    portal.plugin.apply_layout = apply_layout
+    # With the demand of the last 50 days node-a changes (a whole GPU cut into two 3g).
+    r = service.post(apply, json={"node": "node-a", "days": 50, "config": "all-balanced"}, headers=as_("admin"))
+    assert r.status_code == 409 and r.json()["error"] == "advice_changed" and applied == []
+    r = service.post(apply, json={"node": "node-a", "days": 50}, headers=as_("admin"))
+    assert r.status_code == 200 and applied == [("node-a", "podbay-node-a")], r.text
     # Nothing to change in the last 30 days; no node of another name.
     r = service.post(apply, json={"node": "node-a"}, headers=as_("admin"))
     assert r.status_code == 200 and r.json()["message"] == "node-a already has the advised layout"
     r = service.post(apply, json={"node": "gpu-box"}, headers=as_("admin"))
     assert r.status_code == 404 and "its nodes: node-a" in r.json()["message"]
+    assert len(applied) == 1

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from podbay.hub.config import Quota
-from podbay.hub.quota import NoCapacity, QuotaBook, QuotaExceeded
+from podbay.hub.quota import Demand, NoCapacity, QuotaBook, QuotaExceeded
 from podbay.hub.quota.database import DemandRow, HoldingRow
 from podbay.hub.usage.demand import DemandLog
 from podbay.hub.usage.store import UsageStore
@@ -108,10 +108,9 @@ def test_demand_is_pruned_with_the_usage_history(db_url):
 
 
 def test_jobs_without_gpus_and_across_nodes_read_back_as_the_traces_profiles(db_url):
-    from podbay.hub.quota import Demand
     from podbay.hub.usage.demand import as_profiles
 
-    assert as_profiles("gpu-0") == ["cpu"]
+    assert as_profiles("gpu-0") == as_profiles("gpu-0×2") == ["cpu"]
     assert as_profiles("gpu-4×2") == ["gpu-4", "gpu-4"]
     assert as_profiles("mig-1g.10gb") == ["mig-1g.10gb"]
     book = QuotaBook(db_url)
@@ -141,4 +140,24 @@ def test_a_waited_job_runs_as_long_as_it_did_and_what_ran_before_the_period_fill
     assert [(r.arrival - t0, r.duration, r.profile) for r in trace] == [
         (-1, 3601, "gpu-2"),      # job 1, held when the period began: from its start, what was left
         (0, 3 * 3600, "gpu-2")]   # job 2, which waited: for as long as it then ran
+    book.dispose()
+
+
+def test_only_refused_workspaces_fold_into_the_request_after_them(db_url):
+    book = QuotaBook(db_url)
+    # Two jobs of one person and profile in a sweep, each a request of its own.
+    for n in (1, 2):
+        claim(book, f"job:{n}", "gpu-1", kind="job")
+    # A refused workspace, asked again a minute later and granted: one request.
+    claim(book, "workspace:bob/w", "mig-3g.40gb", user="bob", team="nlp")
+    with pytest.raises(NoCapacity):
+        claim(book, "workspace:carol/w", "mig-3g.40gb", user="carol", team=None)
+    book.release("workspace:bob/w")
+    claim(book, "workspace:carol/w", "mig-3g.40gb", user="carol", team=None)
+    # A CPU job across two nodes: no GPU, never an error.
+    book.claim(key="job:9", kind="job", user="alice", team="vision", quota=BIG,
+               demand=Demand("gpu-0×2", demand("cpu").spec, ("dev",)))
+    trace = DemandLog(book).requests(0, time.time() + 1, now=time.time() + 1)
+    assert sorted((r.user, r.profile) for r in trace) == sorted(
+        [("alice", "gpu-1")] * 2 + [("bob", "mig-3g.40gb"), ("carol", "mig-3g.40gb"), ("alice", "cpu")])
     book.dispose()

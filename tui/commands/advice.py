@@ -24,12 +24,19 @@ def _refused(r: dict) -> str:
 
 def cmd_advise(args) -> int:
     async def go(c: PodbayClient) -> int:
+        out = await c.advice(days=args.days, pool=args.pool or None)
         if args.apply:
-            # The service makes the advice again and applies that node's part of it.
-            done = await c.apply_advice(args.apply, days=args.days)
+            node = next((n for n in out["nodes"] if n["node"] == args.apply), None)
+            if node is not None and node["changes"]:
+                for g in node["gpus"]:
+                    if g["changes"]:
+                        print(f"{args.apply} GPU {g['index']}: {g['current']} → {g['advised']}")
+            # The service makes the advice again and applies that node's part of it, if it is
+            # still what was shown here.
+            done = await c.apply_advice(args.apply, days=args.days, pool=args.pool or None,
+                                        config=node["config"] if node else None)
             print(visible(done["message"]))
             return 0
-        out = await c.advice(days=args.days, pool=args.pool or None)
         if args.mig_parted:
             with open(args.mig_parted, "w") as f:
                 f.write(_dump(out["mig_parted"]))

@@ -8,6 +8,7 @@ it (kubernetes.apply_mig_layouts: patching Nodes is a cluster-wide permission)."
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from ...advice.advise import LayoutNotApplied
@@ -52,8 +53,9 @@ def _split(family, counts: Counter, gpus: int) -> list[tuple[str, ...]]:
 
 
 def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu] | None:
-    """The GPUs of one node, each with the layout it is offered in now; None where the labels
-    do not say it (MIG devices time-sliced on top): advice then leaves the node alone."""
+    """The GPUs of one node, each with the layout it is offered in now; None where advice
+    leaves the node alone: time-sliced (a node-wide device plugin setting), or MIG on a model
+    without known geometry."""
     labels = node.labels
     model = _model(labels)
     memory = count(labels["nvidia.com/gpu.memory"]) if labels.get("nvidia.com/gpu.memory", "").isdigit() else None
@@ -63,8 +65,12 @@ def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu] | None:
     whole = node.allocatable.get(GPU, 0)
     replicas = count(labels.get("nvidia.com/gpu.replicas", "0") or "0")
     product = _product(labels)
-    if replicas > 1 and (mig or "-MIG-" in product):
+    if node.allocatable.get(SHARED) or replicas > 1:
+        # Time-sliced by the device plugin's config for the node: not a layout MIG Manager
+        # sets, and on MIG devices not one these labels describe per GPU. Left alone.
         return None
+    if (mig or "-MIG-" in product) and family is None:
+        return None  # MIG on a model podbay has no geometry for: never taken for whole GPUs
     if "-MIG-" in product and family is not None:
         # Single strategy: every GPU cut alike into one profile, offered as nvidia.com/gpu;
         # GFD's gpu.count then counts the MIG devices, not the GPUs.
@@ -73,9 +79,7 @@ def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu] | None:
             return None
         per_gpu = family.profiles[profile].max_instances
         layouts = [GpuLayout("mig", mig=(profile,) * per_gpu)] * -(-(physical or whole) // per_gpu)
-    elif node.allocatable.get(SHARED) or replicas > 1:
-        layouts = [GpuLayout("shared", replicas=replicas)] * (physical or 1)
-    elif mig and family is not None:
+    elif mig:
         # Mixed strategy: MIG Manager's config, where it is a predefined one, says each GPU's
         # layout; otherwise the node's devices are dealt out to its MIG GPUs (which GPU has
         # which is then a guess: a custom config's own devices: lists say it exactly).
@@ -140,15 +144,26 @@ def check_apply(settings, nodes: list[dict], pods: list[dict], name: str, config
     return node
 
 
+def cannot_apply(settings, view) -> str | None:
+    """Why no layout can be applied now, before any advice is made for it; None: it may be."""
+    if not settings.apply_mig_layouts:
+        return ("kubernetes.apply_mig_layouts is off in podbay.yaml (podbay then may patch Nodes: `podbay k8s "
+                f"manifests` grants it); or label the node yourself: kubectl label node <node> {MIG_CONFIG}=<config> "
+                "--overwrite")
+    if not getattr(view, "ready", None) or not view.ready.is_set():
+        return "podbay's view of the cluster is not complete yet (its watches are starting): try again in a moment"
+    return None
+
+
 async def apply(settings, view, name: str, config: str) -> str:
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
 
-    from .api import api_client
+    from .api import KubernetesUnreachable, api_client, read_json
 
-    if not getattr(view, "ready", None) or not view.ready.is_set():
-        raise LayoutNotApplied("podbay's view of the cluster is not complete yet (its watches are starting): "
-                               "try again in a moment")
+    why = cannot_apply(settings, view)
+    if why:
+        raise LayoutNotApplied(why)
     nodes, pods = view()
     node = check_apply(settings, nodes, pods, name, config)
     if ((node.get("metadata") or {}).get("labels") or {}).get(MIG_CONFIG) == config:
@@ -160,9 +175,11 @@ async def apply(settings, view, name: str, config: str) -> str:
             # The node's pods as the API server has them now, not as the watch last saw them.
             # A pod bound between this and the label is MIG Manager's to stop: the window is
             # this request's, not the watch's.
-            fresh = await core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}")
-            check_apply(settings, nodes, [core.api_client.sanitize_for_serialization(p) for p in fresh.items],
-                        name, config)
+            fresh = await read_json(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={name}")
+        except (ApiException, KubernetesUnreachable, OSError, asyncio.TimeoutError) as e:
+            raise LayoutNotApplied(f"could not list {name}'s pods to check nothing runs on its GPUs: {e}") from None
+        check_apply(settings, nodes, fresh.get("items") or [], name, config)
+        try:
             await core.patch_node(name, {"metadata": {"labels": {MIG_CONFIG: config}}})
         except ApiException as e:
             if e.status == 403:

@@ -128,6 +128,11 @@ class KubernetesBackend(Backend):
         # not), not a GPU's layout MIG Manager applies: advice proposes MIG and whole only.
         return frozenset({"whole", "mig"})
 
+    def cannot_apply_layouts(self, portal):
+        from .layouts import cannot_apply
+
+        return cannot_apply(portal.cfg.kubernetes, self.view)
+
     async def apply_layout(self, portal, node, config):
         from .layouts import apply
 

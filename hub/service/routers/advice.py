@@ -70,15 +70,26 @@ def router(svc: Service, prefix: str) -> APIRouter:
         admin(who)
         # It can stop GPU work on a node: not from a token that code in a workspace can read.
         open_every_workspace(who, "applying a GPU layout")
+        if portal.plugin is None:
+            raise ApiError(503, "unavailable", "no engine is loaded in this service")
+        why = portal.plugin.cannot_apply_layouts(portal)
+        if why:
+            raise ApiError(409, "not_applied", why)
+        unknown = [p for p in body.pool or [] if p not in portal.cfg.pools]
+        if unknown:
+            raise ApiError(400, "invalid_request", f"no pool {', '.join(unknown)}; pools: {', '.join(portal.cfg.pools)}")
         until = time.time()
-        advice = await asyncio.to_thread(advice_for, portal, until - body.days * 86400, until, None,
-                                         body.idle_weight)
+        advice = await asyncio.to_thread(advice_for, portal, until - body.days * 86400, until,
+                                         set(body.pool) if body.pool else None, body.idle_weight)
         node = next((n for n in advice["nodes"] if n["node"] == body.node), None)
         if node is None:
             raise ApiError(404, "not_found", f"podbay advises on no node {body.node}; its nodes: "
                                              f"{', '.join(n['node'] for n in advice['nodes']) or 'none'}")
         if not node["changes"]:
             return ApplyOut(node=body.node, config=node["config"], message=f"{body.node} already has the advised layout")
+        if body.config is not None and body.config != node["config"]:
+            raise ApiError(409, "advice_changed", f"the advice for {body.node} is now {node['config']}, not "
+                                                  f"{body.config} (new demand since): look again with podbay advise")
         try:
             message = await portal.plugin.apply_layout(portal, body.node, node["config"])
         except LayoutNotApplied as e:
