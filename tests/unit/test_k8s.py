@@ -853,7 +853,6 @@ def test_a_nodes_gpus_and_their_layouts_come_from_gfds_labels(cfg):
 
 
 def test_labels_that_do_not_say_each_gpus_layout_get_no_advice(cfg):
-    from podbay.hub.advice.replay import GpuLayout
     from podbay.hub.backends.kubernetes.layouts import cluster_layouts
 
     # MIG devices time-sliced on top (single strategy, renameByDefault off: …-SHARED).
@@ -864,10 +863,13 @@ def test_labels_that_do_not_say_each_gpus_layout_get_no_advice(cfg):
     custom = {**MIXED_H100, "nvidia.com/gpu.count": "2", "nvidia.com/mig.config": "custom-mig",
               "nvidia.com/mig-4g.40gb.count": "1", "nvidia.com/mig-3g.40gb.count": "2",
               "nvidia.com/mig-2g.20gb.count": "1", "nvidia.com/mig-1g.10gb.count": "1"}
+    # Whole GPUs time-sliced (renamed): the device plugin's node-wide setting, not MIG Manager's.
+    sliced = {**SINGLE_H100, "nvidia.com/gpu.count": "2", "nvidia.com/gpu.replicas": "4"}
     nodes = [node("h100-ts", shared_mig, {"nvidia.com/gpu": "14"}),
+             node("h100-sl", sliced, {"nvidia.com/gpu.shared": "8"}),
              node("h100-c", custom, mixed_allocatable(custom))]
     found = {(g.node, g.index): g.layout for g, _ in cluster_layouts(cfg, nodes, [])}
-    assert not any(n == "h100-ts" for n, _ in found)
+    assert not any(n in ("h100-ts", "h100-sl") for n, _ in found)
     assert sorted(Counter(lay.mig) for (n, _), lay in found.items() if n == "h100-c") == sorted(
         [Counter({"4g.40gb": 1, "3g.40gb": 1}), Counter({"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1})])
 
