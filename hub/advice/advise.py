@@ -291,9 +291,8 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
         # No better than today in the full replay (the search's estimate of whole GPUs can
         # be wrong): change nothing, interrupt nobody.
         layouts, after = [g.layout for g in gpus], before
-    by_node: dict[str, NodeAdvice] = {}
     result: dict[str, NodeAdvice] = {}
-    for g, lay, n in zip(gpus, layouts, busy):
+    for g, lay in zip(gpus, layouts):
         node = result.setdefault(g.node, NodeAdvice(g.node, g.pool, []))
         node.gpus.append(GpuAdvice(g.index, g.model, g.layout, lay, holders(g), g.family.key if g.family else None))
     return Advice(since, until, pools, len(requests), before, after, list(result.values()))
