@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from podbay.hub.advice.advise import advise
     from podbay.hub.advice.bound import refusal_bound, unfragmented_refusals
+    from podbay.hub.advice.layouts import predefined_layout
     from podbay.hub.advice.replay import DYNAMIC, WHOLE, GpuLayout, Replay, gpus_of
     from podbay.hub.advice.trace import read_trace
     from podbay.hub.config import load_config
@@ -93,14 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return GpuLayout("mig", mig=(one,) * g.family.profiles[one].max_instances)
 
     def balanced(g):
-        names = sorted(p for p in g.family.profiles if "+me" not in p)
-        wanted = {1: 2, 2: 1, 3: 1} if g.family.compute_slices == 7 else {1: 2, 2: 1}
-        mig = []
-        for slices, n in wanted.items():
-            name = min((p for p in names if g.family.profiles[p].compute_slices == slices),
-                       key=lambda p: g.family.profiles[p].memory_slices)
-            mig += [name] * n
-        return GpuLayout("mig", mig=tuple(mig))
+        return predefined_layout(g.family, "all-balanced") or WHOLE
 
     layouts = {
         "all 1g": row(Replay(cfg, gpus_of(cfg, every(all_1g))).run(requests, "all 1g")),

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import split_ci
+from ..gpu import FAMILIES
 from .replay import Replay, SimGpu
 from .trace import Request
 
@@ -53,6 +54,31 @@ def _rooms(gpus: Sequence[SimGpu]) -> dict[tuple, int]:
     return rooms
 
 
+def _options(spec, pools: Sequence[str], rooms: dict[tuple, int]) -> list[tuple[tuple, list[tuple[tuple, int, int]]]]:
+    """The kinds of room a request of `spec` may take, each with the limits it counts
+    against: (limit, capacity, what one such request weighs)."""
+    out = []
+    for room, count in rooms.items():
+        kind, pool = room[0], room[1]
+        if pool not in pools:
+            continue
+        if spec.kind == "full" and kind == "whole" and spec.count <= count:
+            out.append((room, [((room, "gpus"), count, spec.count)]))
+        elif spec.kind == "shared" and kind == "shared" and room[2] == spec.replicas:
+            out.append((room, [((room, "devices"), count, 1)]))
+        elif spec.kind == "mig":
+            base = split_ci(spec.mig_profile)[1]
+            if kind == "mig" and room[2] == base:
+                out.append((room, [((room, "devices"), count, 1)]))
+            elif kind == "dynamic" and base in FAMILIES[room[2]].profiles:
+                fam = FAMILIES[room[2]]
+                p = fam.profiles[base]
+                out.append((room, [((room, "compute"), count * fam.compute_slices, p.compute_slices),
+                                   ((room, "memory"), count * fam.memory_slices, p.memory_slices),
+                                   ((room, p.name), count * p.max_instances, 1)]))
+    return out
+
+
 def refusal_bound(replay: Replay, requests: Sequence[Request], time_limit: float = 60.0) -> Bound:
     import time
 
@@ -60,30 +86,14 @@ def refusal_bound(replay: Replay, requests: Sequence[Request], time_limit: float
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_array
 
-    from ..gpu import FAMILIES
-
     t0 = time.perf_counter()
     rooms = _rooms(replay.gpus)
-    # Variables: (request, room) pairs the request may take.
-    variables: list[tuple[int, tuple]] = []
+    # Variables: (request, room) pairs the request may take, with the room's limits.
+    variables: list[tuple[int, list[tuple[tuple, int, int]]]] = []
     for n, r in enumerate(requests):
         spec, pools = replay.spec(r.profile)
-        if spec.kind == "cpu":
-            continue
-        for room in rooms:
-            kind, pool = room[0], room[1]
-            if pool not in pools:
-                continue
-            if spec.kind == "full" and kind == "whole" and spec.count <= rooms[room]:
-                variables.append((n, room))
-            elif spec.kind == "shared" and kind == "shared" and room[2] == spec.replicas:
-                variables.append((n, room))
-            elif spec.kind == "mig":
-                base = split_ci(spec.mig_profile)[1]
-                if kind == "mig" and room[2] == base:
-                    variables.append((n, room))
-                elif kind == "dynamic" and base in FAMILIES[room[2]].profiles:
-                    variables.append((n, room))
+        if spec.kind != "cpu":
+            variables += [(n, weights) for _, weights in _options(spec, pools, rooms)]
     if not variables:
         gpu = sum(1 for r in requests if replay.spec(r.profile)[0].kind != "cpu")
         return Bound(gpu, True, time.perf_counter() - t0)
@@ -91,20 +101,8 @@ def refusal_bound(replay: Replay, requests: Sequence[Request], time_limit: float
     # Capacity rows: one per (limit, arrival of a request that may take that room).
     # A limit is (room, what is counted): weights per variable.
     limits: dict[tuple, tuple[float, dict[int, float]]] = {}
-    for v, (n, room) in enumerate(variables):
-        spec, _ = replay.spec(requests[n].profile)
-        kind = room[0]
-        if kind == "whole":
-            weights = {(room, "gpus"): (rooms[room], spec.count)}
-        elif kind in ("shared", "mig"):
-            weights = {(room, "devices"): (rooms[room], 1)}
-        else:
-            fam = FAMILIES[room[2]]
-            p = fam.profiles[split_ci(spec.mig_profile)[1]]
-            weights = {(room, "compute"): (rooms[room] * fam.compute_slices, p.compute_slices),
-                       (room, "memory"): (rooms[room] * fam.memory_slices, p.memory_slices),
-                       (room, p.name): (rooms[room] * p.max_instances, 1)}
-        for limit, (cap, w) in weights.items():
+    for v, (_, weights) in enumerate(variables):
+        for limit, cap, w in weights:
             limits.setdefault(limit, (cap, {}))[1][v] = w
 
     rows, cols, vals, upper = [], [], [], []
@@ -171,8 +169,6 @@ def unfragmented_refusals(replay: Replay, requests: Sequence[Request]) -> int:
     (the limits of `refusal_bound`). What a placement refuses beyond this, fragmentation
     cost it; it is the reference for placement alone, since the offline bound may also
     refuse a long request to make room for many short ones, which no placement decides."""
-    from ..gpu import FAMILIES
-
     rooms = _rooms(replay.gpus)
     held: dict[tuple, float] = defaultdict(float)
     ends: list[tuple[float, int, list]] = []
@@ -184,25 +180,7 @@ def unfragmented_refusals(replay: Replay, requests: Sequence[Request]) -> int:
         spec, pools = replay.spec(r.profile)
         if spec.kind == "cpu":
             continue
-        options = []
-        for room, count in rooms.items():
-            kind, pool = room[0], room[1]
-            if pool not in pools:
-                continue
-            if spec.kind == "full" and kind == "whole":
-                options.append([((room, "gpus"), count, spec.count)])
-            elif spec.kind == "shared" and kind == "shared" and room[2] == spec.replicas:
-                options.append([((room, "devices"), count, 1)])
-            elif spec.kind == "mig":
-                base = split_ci(spec.mig_profile)[1]
-                if kind == "mig" and room[2] == base:
-                    options.append([((room, "devices"), count, 1)])
-                elif kind == "dynamic" and base in FAMILIES[room[2]].profiles:
-                    fam = FAMILIES[room[2]]
-                    p = fam.profiles[base]
-                    options.append([((room, "compute"), count * fam.compute_slices, p.compute_slices),
-                                    ((room, "memory"), count * fam.memory_slices, p.memory_slices),
-                                    ((room, p.name), count * p.max_instances, 1)])
+        options = [weights for _, weights in _options(spec, pools, rooms)]
         # Fixed devices first, as the placement takes them.
         options.sort(key=lambda o: o[0][0][0][0] == "dynamic")
         for option in options:

@@ -20,6 +20,7 @@ way (units held, fragmentation); apart, each would need the replay's state passe
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +44,12 @@ class GpuLayout:
 
     mode: Mode
     replicas: int = 0
-    # mode mig: the instances' profiles (1g.10gb, …), as mig-parted's mig-devices counts.
+    # mode mig: the instances' profiles (1g.10gb, …), as mig-parted's mig-devices counts:
+    # kept sorted, so that one layout is one value whatever order it was declared in.
     mig: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "mig", tuple(sorted(self.mig)))
 
     def __str__(self) -> str:
         if self.mode == "shared":
@@ -385,17 +390,23 @@ class Replay:
         frag_sum = 0.0
         needs_mix = self.dynamic or self.measure
         mix = mix_of(seen, self.prior) if needs_mix else {}
-        for n, r in enumerate(requests):
-            # What ended before this arrival goes back first, each at its own time.
-            while ends and ends[0][0] <= r.arrival:
+
+        def advance(to: float) -> None:
+            """Give back what ended by `to`, each at its own time, counting what was held."""
+            nonlocal held, last
+            while ends and ends[0][0] <= to:
                 t, _, taken = heapq.heappop(ends)
                 result.unit_seconds_held += held * (t - last)
                 last = t
                 for i, what, w in taken:
                     self._give_back(i, what)
                     held -= w
-            result.unit_seconds_held += held * (r.arrival - last)
-            last = r.arrival
+            if to != math.inf:
+                result.unit_seconds_held += held * (to - last)
+                last = to
+
+        for n, r in enumerate(requests):
+            advance(r.arrival)
             spec, pools = self.spec(r.profile)
             if spec.kind != "cpu" and self.measure:
                 frag_sum += self.fragmentation(mix)
@@ -415,13 +426,7 @@ class Replay:
             if needs_mix:
                 seen[r.profile] += 1
                 mix = mix_of(seen, self.prior)
-        while ends:
-            t, _, taken = heapq.heappop(ends)
-            result.unit_seconds_held += held * (t - last)
-            last = t
-            for i, what, w in taken:
-                self._give_back(i, what)
-                held -= w
+        advance(math.inf)
         span = last - requests[0].arrival
         result.unit_seconds = float(self.capacity_units()) * span
         gpu_requests = sum(1 for r in requests if self.spec(r.profile)[0].kind != "cpu")

@@ -216,8 +216,7 @@ class Backend:
         what to do instead. Here: podbay changes no GPU's settings on one machine."""
         from ..advice.advise import LayoutNotApplied
 
-        raise LayoutNotApplied(f"podbay does not change GPU layouts on the {self.name} backend: apply it on "
-                               f"{node} with nvidia-mig-parted, as `podbay advise` prints it")
+        raise LayoutNotApplied(self.cannot_apply_layouts(portal) or f"the {self.name} backend applies no layouts")
 
     def runs_as_person(self, cfg: "PodbayConfig") -> bool:
         """Whether this engine runs people's jobs as their own cluster accounts (slurm's

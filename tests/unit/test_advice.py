@@ -83,6 +83,14 @@ def test_whole_gpus_for_a_pair_of_gpu_2_and_what_it_interrupts():
     assert "nvidia-mig-parted apply -f podbay-mig.yaml -c podbay-node-a" in out["steps"][1]
 
 
+def test_a_layout_is_one_value_whatever_order_it_was_declared_in():
+    assert GpuLayout("mig", mig=("1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb")) == BALANCED
+    cfg = load_config(DATA / "one-server.yaml")
+    # GPU 2 declared 3g, 2g, 1g, 1g; the same slices listed the other way round are no change.
+    (gpu,) = [g for g in gpus_of(cfg) if g.index == 2]
+    assert gpu.layout == GpuLayout("mig", mig=tuple(reversed(BALANCED.mig)))
+
+
 def test_predefined_mig_parted_names():
     h100, a30 = FAMILIES["H100-80GB"], FAMILIES["A30-24GB"]
     assert predefined_name(h100, BALANCED) == "all-balanced"

@@ -124,12 +124,20 @@ def cluster_layouts(cfg, nodes: list[dict], pods: list[dict]) -> list[tuple[SimG
     return out
 
 
+def _by_hand(name: str, config: str) -> str:
+    return f"label it yourself: kubectl label node {name} {MIG_CONFIG}={config} --overwrite"
+
+
+def _off(name: str = "<node>", config: str = "<config>") -> str:
+    return ("kubernetes.apply_mig_layouts is off in podbay.yaml (podbay then may patch Nodes: `podbay k8s "
+            f"manifests` grants it), or {_by_hand(name, config)}")
+
+
 def check_apply(settings, nodes: list[dict], pods: list[dict], name: str, config: str) -> dict:
     """The node to label, or LayoutNotApplied with why not and what to do."""
-    by_hand = f"label it yourself: kubectl label node {name} {MIG_CONFIG}={config} --overwrite"
+    by_hand = _by_hand(name, config)
     if not settings.apply_mig_layouts:
-        raise LayoutNotApplied("kubernetes.apply_mig_layouts is off in podbay.yaml (podbay then may patch Nodes: "
-                               f"`podbay k8s manifests` grants it), or {by_hand}")
+        raise LayoutNotApplied(_off(name, config))
     node = next((n for n in nodes if (n.get("metadata") or {}).get("name") == name), None)
     if node is None:
         raise LayoutNotApplied(f"the cluster has no node {name}")
@@ -147,9 +155,7 @@ def check_apply(settings, nodes: list[dict], pods: list[dict], name: str, config
 def cannot_apply(settings, view) -> str | None:
     """Why no layout can be applied now, before any advice is made for it; None: it may be."""
     if not settings.apply_mig_layouts:
-        return ("kubernetes.apply_mig_layouts is off in podbay.yaml (podbay then may patch Nodes: `podbay k8s "
-                f"manifests` grants it); or label the node yourself: kubectl label node <node> {MIG_CONFIG}=<config> "
-                "--overwrite")
+        return _off()
     if not getattr(view, "ready", None) or not view.ready.is_set():
         return "podbay's view of the cluster is not complete yet (its watches are starting): try again in a moment"
     return None
