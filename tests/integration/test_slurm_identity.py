@@ -267,9 +267,13 @@ def test_local_workspaces_with_a_training_pool_on_slurm(slurm_cluster, tmp_path)
     the pool's capacity is Slurm's, and the dev pool's stays the inventory's."""
     from tests.standins.slurm_cluster import start_hub, wait_for
 
+    # A prefix of its own: the cluster is the whole run's, and the contract suite's hybrid hub
+    # numbers its jobs from 1 too, so a shared name would find its job in accounting as well.
+    prefix = f"hybrid{uuid.uuid4().hex[:6]}"
+
     def edit(cfg):
         cfg["pools"]["training"] = {"engine": "slurm", "queue": "gpu"}
-        cfg["slurm"] = {**cfg["slurm"], "job_prefix": "hybrid", "partitions": {}}
+        cfg["slurm"] = {**cfg["slurm"], "job_prefix": prefix, "partitions": {}}
 
     hub = start_hub(slurm_cluster, tmp_path, edit, backend="local")
     try:
@@ -284,7 +288,7 @@ def test_local_workspaces_with_a_training_pool_on_slurm(slurm_cluster, tmp_path)
             job, lines = moved_job(api, "cat cfg; echo gpus=$CUDA_VISIBLE_DEVICES")
             assert lines == ["lr=0.1", "gpus=0"]
             # Accounting hears of it a moment after slurmctld.
-            wait_for(lambda: slurm_cluster.run("sacct", "-n", "-X", "-P", f"--name=hybrid-{job['id']}", "-S",
+            wait_for(lambda: slurm_cluster.run("sacct", "-n", "-X", "-P", f"--name={prefix}-{job['id']}", "-S",
                                                "now-1days", "-o", "Partition,State").stdout.split() == ["gpu|COMPLETED"],
                      30, "accounting to record the job on the gpu partition")
             # Several nodes: Slurm's pool takes them, the local backend would not.
