@@ -8,6 +8,11 @@ time-sliced slots of a shared GPU. Its `key` is unique on its node (the quota bo
 constraint); its `visible_id` is what CUDA/NVIDIA_VISIBLE_DEVICES get. Slots of a shared
 GPU use the device plugin's annotated form `<uuid>::<n>` as key, and the bare UUID as
 visible id.
+
+A GPU whose MIG instances podbay makes per request (`mig_on_request`) offers one device per
+profile and start position (`<uuid>/<profile>@<start>`): the placement never picks two that
+overlap (gpu.free_starts), and the instance is made after the claim (hub/mig.py), which then
+records its MIG UUID as the claim's visible id.
 """
 
 from __future__ import annotations
@@ -38,6 +43,29 @@ class Device:
     gpu_instance: int | None = None
     # The GPU's memory, where declared or discovered (tells H100 NVL from H100 80GB).
     memory_mib: int | None = None
+    # A MIG instance made per request: the memory slot it starts at.
+    mig_start: int | None = None
+
+    @property
+    def on_request(self) -> bool:
+        return self.mig_start is not None
+
+
+def on_request_key(gpu_uuid: str, profile: str, start: int) -> str:
+    return f"{gpu_uuid}/{profile}@{start}"
+
+
+def parse_on_request_key(key: str) -> tuple[str, str, int] | None:
+    """(GPU UUID, profile, start) of an on-request device's key; None for other keys."""
+    gpu, sep, rest = key.partition("/")
+    profile, at, start = rest.rpartition("@")
+    if not (sep and at and start.isdigit()):
+        return None
+    return gpu, profile, int(start)
+
+
+class InventoryError(Exception):
+    pass
 
 
 def mig_weight(model: str, memory_mib: int | None, profile: str) -> Fraction:
@@ -51,6 +79,15 @@ def mig_weight(model: str, memory_mib: int | None, profile: str) -> Fraction:
 
 def devices_of_gpu(node: Node, gpu: GpuDecl) -> list[Device]:
     common = dict(node=node.name, pool=node.pool, gpu_index=gpu.index, model=gpu.model, memory_mib=gpu.memory_mib)
+    if gpu.mig_on_request:
+        family = family_for(gpu.model, gpu.memory_mib)
+        return [
+            Device(key=on_request_key(gpu.uuid, p.name, start), visible_id=on_request_key(gpu.uuid, p.name, start),
+                   kind="mig", mig_profile=p.name, weight=family.weight(p.name), parent_uuid=gpu.uuid,
+                   mig_start=start, **common)
+            for p in family.profiles.values() for start in p.starts
+            if start + p.memory_slices <= family.memory_slices
+        ] if family else []
     if gpu.mig is not None:
         return [
             Device(key=d.uuid, visible_id=d.uuid, kind="mig", mig_profile=d.profile,
@@ -67,10 +104,20 @@ def devices_of_gpu(node: Node, gpu: GpuDecl) -> list[Device]:
     return [Device(key=gpu.uuid, visible_id=gpu.uuid, kind="full", weight=Fraction(1), **common)]
 
 
-def gpus_to_decls(gpus: list[Gpu], time_sliced: dict[int, int] | None = None) -> list[GpuDecl]:
-    """Discovered GPUs as config declarations (also what `podbay gpus --as-inventory` prints)."""
+def gpus_to_decls(gpus: list[Gpu], time_sliced: dict[int, int] | None = None,
+                  on_request: frozenset[int] = frozenset()) -> list[GpuDecl]:
+    """Discovered GPUs as config declarations (also what `podbay gpus --as-inventory` prints).
+    The GPUs in `on_request` have their MIG instances made per request: what is on them now
+    is not offered (podbay removes it once nothing runs on it)."""
     decls = []
     for g in gpus:
+        if g.index in on_request:
+            if not g.mig_enabled:
+                raise InventoryError(f"GPU {g.index} ({g.model}) is listed under mig_on_request, but its MIG "
+                                     f"mode is off: enable it (nvidia-smi -i {g.index} -mig 1) or take it off the list")
+            decls.append(GpuDecl(index=g.index, uuid=g.uuid, model=g.model, memory_mib=g.memory_mib,
+                                 mig_on_request=True))
+            continue
         mig = None
         if g.mig_enabled:
             mig = [MigDeviceDecl(profile=m.profile, uuid=m.uuid, gpu_instance=m.gpu_instance_id) for m in g.mig_devices
@@ -81,14 +128,12 @@ def gpus_to_decls(gpus: list[Gpu], time_sliced: dict[int, int] | None = None) ->
     return decls
 
 
-class InventoryError(Exception):
-    pass
-
-
 class Inventory:
     def __init__(self, devices: list[Device]):
         self.devices = devices
         self.by_key = {(d.node, d.key): d for d in devices}
+        # The devices of the GPUs whose MIG instances are made per request.
+        self.on_request = [d for d in devices if d.on_request]
         # The inventory never changes while it lives: candidates per (profile, pools) once.
         self._candidates: dict[tuple, list[Device]] = {}
 
@@ -104,7 +149,11 @@ class Inventory:
                 except Exception as e:
                     raise InventoryError(f"node {node.name}: discover is set, but {e}") from e
                 ts = node.time_slicing
-                gpus = gpus_to_decls(found, {i: ts.replicas for i in ts.gpus} if ts else None)
+                try:
+                    gpus = gpus_to_decls(found, {i: ts.replicas for i in ts.gpus} if ts else None,
+                                         frozenset(node.mig_on_request))
+                except InventoryError as e:
+                    raise InventoryError(f"node {node.name}: {e}") from e
             for gpu in gpus:
                 devices += devices_of_gpu(node, gpu)
         return cls(devices)

@@ -6,6 +6,9 @@ object, so the form can never offer what the server would refuse.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -14,13 +17,20 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
+from .gpu import family_for
 from .inventory import Inventory
 from .environment import settings_env
 from .quota import Demand, QuotaBook, Snapshot, fmt_units
-from .quota.book import NoCapacity
+from .quota.book import ClaimRefused, NoCapacity
 from .identity import ClusterAccount, cluster_account
 from .quota.capacity import CapacitySource, InventoryCapacity, PoolCapacities
-from .quota.placement import Placement
+from .quota.placement import DevicePlacement, Mix, Placement, mix_of
+
+log = logging.getLogger("podbay.portal")
+# How far back the recorded demand says what people ask for (where MIG instances are made
+# per request), and how long that answer is kept.
+MIX_PERIOD = 30 * 86400.0
+MIX_TTL = 600.0
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -105,6 +115,18 @@ class Portal:
         self.capacity = capacity or InventoryCapacity(self.inventory)
         self._secrets = None
         self.data_dir = Path(data_dir)
+        # GPUs whose MIG instances are made per request (hub/mig.py): made after each claim,
+        # removed after each release.
+        self.mig = None
+        if placement is not None and self.inventory.on_request:
+            from .mig import MigMaker
+
+            self.mig = MigMaker(self.data_dir / "mig.lock", book.visible_ids)
+            book.after_release.append(lambda _key: self.tidy_mig())
+            if isinstance(placement, DevicePlacement) and placement.mix is None:
+                placement.mix = self.demand_mix
+        self._mix: tuple[float, Mix] | None = None
+        self._mix_lock = threading.Lock()
 
     @classmethod
     def open(cls, config_path: str | Path, db_url: str, data_dir: str | Path, backend: str | None = None) -> "Portal":
@@ -146,12 +168,70 @@ class Portal:
         first, and after the book replaced what a dead holder of the key held)."""
         allocation = self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
                                      placement=self.placement, **kw)
+        if self.mig is not None:
+            allocation = self._make_mig(allocation)
         if self.placement is None and kind == "workspace":
             why = self.capacity.shortage(demand.spec, list(demand.pools))
             if why:
                 self.book.release(key, refused="capacity")
                 raise NoCapacity(f"no {demand.profile_id} is free: {why}")
         return allocation
+
+    # --- MIG instances made per request ------------------------------------------------
+
+    def _make_mig(self, allocation):
+        """Make the MIG instances an allocation's on-request devices need and record their
+        UUIDs; a failure takes the claim back and refuses the request with the reason."""
+        from .mig import MigError
+
+        todo = [d for k in allocation.device_keys
+                if (d := self.inventory.by_key.get((allocation.node, k))) is not None and d.on_request]
+        if not todo:
+            return allocation
+        recorded = []
+
+        def record(made):
+            recorded.append(self.book.record_made(allocation.key, {
+                key: (m.uuid, {"gpu": m.gpu_uuid, "gpu_instance": m.gpu_instance, "profile": m.profile})
+                for key, m in made.items()}))
+
+        try:
+            self.mig.make(todo, record)
+        except MigError as e:
+            self.book.release(allocation.key, refused="capacity")
+            raise NoCapacity(f"no {allocation.profile} could be made: {e}") from e
+        except KeyError:
+            raise ClaimRefused(f"{allocation.key} was stopped while its MIG instance was being made") from None
+        except BaseException:
+            self.book.release(allocation.key)
+            raise
+        return recorded[0]
+
+    def tidy_mig(self) -> None:
+        """Remove the MIG instances no claim holds on the on-request GPUs (after a release,
+        and at the hub's start). Never raises: what cannot be removed now is at the next."""
+        if self.mig is None:
+            return
+        gpus = {(d.parent_uuid, d.model, d.memory_mib) for d in self.inventory.on_request}
+        try:
+            self.mig.tidy([(uuid, family_for(model, mem)) for uuid, model, mem in sorted(gpus)])
+        except Exception as e:  # noqa: BLE001 - the release has happened; say why nothing was removed
+            log.warning("could not remove the MIG instances of ended workspaces and jobs: %s", e)
+
+    def demand_mix(self) -> Mix:
+        """What people asked for over MIX_PERIOD (granted or not), one request of each MIG
+        profile on offer added, so that nothing on offer counts for nothing."""
+        now = time.time()
+        with self._mix_lock:
+            if self._mix is None or now - self._mix[0] > MIX_TTL:
+                from .usage.demand import DemandLog
+
+                prior = {p.id: 1.0 for p in self.cfg.profiles if p.spec.kind == "mig"}
+                counts: dict[str, float] = {}
+                for row in DemandLog(self.book).counts(now - MIX_PERIOD, now):
+                    counts[row["profile"]] = counts.get(row["profile"], 0.0) + row["requests"]
+                self._mix = (now, mix_of(counts, prior))
+            return self._mix[1]
 
     # --- settings and secrets ----------------------------------------------------------
 

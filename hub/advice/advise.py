@@ -149,8 +149,11 @@ def candidates(gpu: SimGpu, asked: set[tuple], modes: frozenset[str] = frozenset
                ) -> list[GpuLayout]:
     """The layouts worth trying on this GPU: its own, whole, shared as asked, and the
     maximal MIG layouts of the profiles asked for on its model; of these, those the engine
-    can give a GPU (`modes`)."""
+    can give a GPU (`modes`). A GPU whose MIG instances are made per request keeps that: it
+    has no layout to change."""
     out = [gpu.layout]
+    if gpu.layout.mode == "mig-dynamic":
+        return out
     if "whole" in modes:
         out.append(WHOLE)
     if "shared" in modes:

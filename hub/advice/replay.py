@@ -92,7 +92,9 @@ def gpus_from_devices(devices: Iterable[Device]) -> list[SimGpu]:
     out = []
     for (node, index), ds in by_gpu.items():
         first = ds[0]
-        if first.kind == "mig":
+        if first.on_request:
+            layout = DYNAMIC
+        elif first.kind == "mig":
             layout = GpuLayout("mig", mig=tuple(d.mig_profile for d in ds))
         elif first.kind == "shared":
             layout = GpuLayout("shared", replicas=first.replicas)

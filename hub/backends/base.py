@@ -190,11 +190,10 @@ class Backend:
         from ..advice.replay import gpus_from_devices
 
         inv = portal.inventory
-        gpu_of = {(d.node, d.visible_id): d.gpu_index for d in inv.devices}
+        gpu_of = {(d.node, d.key): d.gpu_index for d in inv.devices}
         holders: dict[tuple[str, int], list[str]] = {}
         for a in portal.book.allocations():
-            for vid in dict.fromkeys(a.devices):
-                index = gpu_of.get((a.node, vid))
+            for index in dict.fromkeys(gpu_of.get((a.node, k)) for k in a.device_keys):
                 if index is not None:
                     holders.setdefault((a.node, index), []).append(holder_line(a.key, a.user, a.profile))
         return [(g, holders.get((g.node, g.index), [])) for g in gpus_from_devices(inv.devices)]

@@ -110,6 +110,11 @@ def check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
             err(("nodes", n), "give either discover: true or a gpus: list, not both")
         if node.time_slicing and not node.discover:
             err(("nodes", n, "time_slicing"), "time_slicing is for discovered GPUs; declared GPUs set replicas:")
+        if node.mig_on_request and not node.discover:
+            err(("nodes", n, "mig_on_request"), "mig_on_request here is for discovered GPUs; declared GPUs set "
+                                                "mig_on_request: true each")
+        if node.time_slicing and set(node.time_slicing.gpus) & set(node.mig_on_request):
+            err(("nodes", n, "mig_on_request"), "a GPU is either time-sliced or MIG, not both")
         for i, _idx in _dupes(node.gpus, lambda g: g.index):
             err(("nodes", n, "gpus", i, "index"), f"GPU index {node.gpus[i].index} appears twice on this node")
         for g, gpu in enumerate(node.gpus):
@@ -122,6 +127,14 @@ def check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
                 uuids.setdefault(uuid, where)
             if gpu.mig is not None and gpu.replicas:
                 err(loc, "podbay does not time-slice MIG devices: give either mig: or replicas:")
+            if gpu.mig_on_request:
+                if gpu.mig is not None or gpu.replicas:
+                    err(loc + ("mig_on_request",), "podbay makes this GPU's MIG instances per request: "
+                                                   "give no mig: list and no replicas:")
+                elif family_for(gpu.model, gpu.memory_mib) is None:
+                    err(loc + ("mig_on_request",), f"{gpu.model} does not support MIG, or podbay does not "
+                                                   "know its MIG geometry")
+                continue
             if gpu.mig is None:
                 continue
             family = family_for(gpu.model, gpu.memory_mib)
@@ -179,14 +192,19 @@ def _profile_fit_problems(cfg: PodbayConfig, prof: Profile) -> list[str]:
     gpus = [g for n in nodes for g in n.gpus]
     pools = ", ".join(prof.pools)
     if spec.kind == "mig":
-        mig_gpus = [g for g in gpus if g.mig is not None]
+        mig_gpus = [g for g in gpus if g.mig is not None or g.mig_on_request]
         if not mig_gpus:
             return [f"no GPU in pool {pools} is in MIG mode, so {prof.id} can never start"]
-        if any(spec.mig_profile in {d.profile for d in g.mig} for g in mig_gpus):
+        if any(spec.mig_profile in {d.profile for d in g.mig or []} for g in mig_gpus):
+            return []
+        # podbay makes whole GPU instances, not compute instances inside one (1c.3g.40gb).
+        made = [family_for(g.model, g.memory_mib) for g in mig_gpus if g.mig_on_request]
+        if any(f is not None and spec.mig_profile in f.profiles for f in made):
             return []
         models = sorted({g.model for g in mig_gpus})
-        missing = [m for m in models if split_ci(spec.mig_profile)[1] not in
-                   family_for(m, next(g.memory_mib for g in mig_gpus if g.model == m)).profiles]
+        families = {m: family_for(m, next(g.memory_mib for g in mig_gpus if g.model == m)) for m in models}
+        # (A model without MIG is reported at its GPU.)
+        missing = [m for m, f in families.items() if f is not None and split_ci(spec.mig_profile)[1] not in f.profiles]
         if missing:
             return [f"MIG profile {spec.mig_profile} does not exist on {m}" for m in missing]
         return [f"no GPU in pool {pools} has a {spec.mig_profile} MIG device"]
@@ -194,7 +212,8 @@ def _profile_fit_problems(cfg: PodbayConfig, prof: Profile) -> list[str]:
         if not any(g.replicas == spec.replicas for g in gpus):
             return [f"no GPU in pool {pools} is time-sliced into {spec.replicas} (replicas: {spec.replicas})"]
         return []
-    most = max((sum(1 for g in n.gpus if g.mig is None and not g.replicas) for n in nodes), default=0)
+    most = max((sum(1 for g in n.gpus if g.mig is None and not g.replicas and not g.mig_on_request) for n in nodes),
+               default=0)
     if most < spec.count:
         return [f"no node in pool {pools} has {spec.count} whole GPUs (the most is {most})"]
     return []

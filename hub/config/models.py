@@ -223,6 +223,11 @@ class GpuDecl(_Model):
     mig: list[MigDeviceDecl] | None = None
     # Time-slicing: this GPU is offered as N shares (no memory isolation between them).
     replicas: int | None = Field(default=None, ge=2, le=64)
+    # MIG mode is on and podbay makes each MIG instance when a request is granted (at the start
+    # position that keeps the most room for what people ask for), and removes it when the
+    # workspace or job ends: no fixed layout, so no `mig:` list. podbay owns this GPU's MIG
+    # instances; one it did not make is removed once nothing runs on it.
+    mig_on_request: bool = False
 
     @field_validator("uuid")
     @classmethod
@@ -250,6 +255,9 @@ class Node(_Model):
     discover: bool = False
     # With `discover`: which discovered GPUs (by index) to offer as time-sliced shares.
     time_slicing: TimeSlicing | None = None
+    # With `discover`: which discovered GPUs (by index, MIG mode on) get their MIG instances
+    # made per request (see the GPU's `mig_on_request`).
+    mig_on_request: list[int] = []
 
 
 class Access(_Model):

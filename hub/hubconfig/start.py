@@ -65,6 +65,8 @@ def start_portal(cfg, plugin, config_file: str, db_url: str, data_dir: str, hub_
     if side.released:
         print(f"podbay: released devices of {len(side.released)} workspace(s) that no longer run: "
               + ", ".join(side.released), file=sys.stderr)
+    # MIG instances made for what no longer holds them (a crash, a release while the hub was down).
+    portal.tidy_mig()
     serve_in_hub(plugin, portal)
     return portal, side
 

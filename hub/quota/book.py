@@ -43,6 +43,8 @@ class Allocation:
     node: str | None
     ref: dict
     created: float
+    # The inventory's keys of the devices, in the same order.
+    device_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: AllocationRow) -> "Allocation":
@@ -53,6 +55,7 @@ class Allocation:
             devices=tuple(c.visible_id for c in claims),
             node=claims[0].node if claims else None,
             ref=json.loads(row.ref or "{}"), created=row.created,
+            device_keys=tuple(c.device for c in claims),
         )
 
 
@@ -123,6 +126,9 @@ class QuotaBook:
         self._writers = self.db.writers
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
+        # Called with the key after each release has committed (the portal removes MIG
+        # instances made for it).
+        self.after_release: list[Callable[[str], None]] = []
 
     # --- reading -----------------------------------------------------------------
 
@@ -332,6 +338,34 @@ class QuotaBook:
             if row is not None:
                 row.ref = json.dumps(ref)
 
+    def record_made(self, key: str, made: dict[str, tuple[str, dict]]) -> Allocation:
+        """Record what was made for `key`'s claims (MIG instances made per request): device
+        key → (its visible id, facts for the ref's "made" entry: parent GPU, instance id,
+        profile). The claims, the open holding (utilisation is matched by them) and both
+        refs say it. Raises KeyError when the claim is gone (released meanwhile)."""
+        with self._writers, self.write_session() as s, s.begin():
+            row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
+            if row is None:
+                raise KeyError(key)
+            for c in row.claims:
+                if c.device in made:
+                    c.visible_id = made[c.device][0]
+            facts = {vid: info for vid, info in made.values()}
+            ref = {**json.loads(row.ref or "{}"), "made": facts}
+            row.ref = json.dumps(ref)
+            holding = s.scalar(select(HoldingRow).where(HoldingRow.key == key, HoldingRow.ended.is_(None)))
+            if holding is not None:
+                holding.devices = json.dumps([[c.node, c.visible_id] for c in sorted(row.claims, key=lambda c: c.id)])
+                holding.ref = json.dumps({**json.loads(holding.ref or "{}"), "made": facts})
+            self._bump(s)
+            s.flush()
+            return Allocation.from_row(row)
+
+    def visible_ids(self) -> set[str]:
+        """Every visible id the claims hold (what a MIG tidy keeps)."""
+        with self.read_session() as s:
+            return set(s.scalars(select(ClaimRow.visible_id)))
+
     def release(self, key: str, refused: str | None = None) -> bool:
         """Give back what `key` holds. With `refused` ("capacity"), the claim just made is
         taken back because the engine has no room after all (Kubernetes): its request is
@@ -348,7 +382,9 @@ class QuotaBook:
             s.delete(row)
             self._end_holding(s, key)
             self._bump(s)
-            return True
+        for hook in self.after_release:
+            hook(key)
+        return True
 
     @staticmethod
     def _end_holding(s: Session, key: str) -> None:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..config import ProfileKind
+from ..gpu import room_for
 from ..inventory import Inventory, mig_weight
 from .book import Snapshot
+from .placement import on_request_gpus
 
 
 @dataclass
@@ -155,9 +157,15 @@ class InventoryCapacity(CapacitySource):
     def _free(self, spec: ProfileKind, pools: list[str], taken) -> int:
         if spec.kind == "cpu":
             return -1  # unlimited
-        free = [d for d in self.inventory.candidates(spec, pools) if (d.node, d.key) not in taken]
+        cands = self.inventory.candidates(spec, pools)
+        free = [d for d in cands if (d.node, d.key) not in taken and not d.on_request]
         if spec.kind != "full":
-            return len(free)
+            made = 0
+            if any(d.on_request for d in cands):
+                # GPUs whose instances are made per request: how many more fit, by their geometry.
+                made = sum(room_for(g.family, g.used, g.compute).get(spec.mig_profile, 0)
+                           for g in on_request_gpus(self.inventory, taken).values() if g.pool in pools)
+            return len(free) + made
         per_node: dict[str, int] = {}
         for d in free:
             per_node[d.node] = per_node.get(d.node, 0) + 1
@@ -171,8 +179,16 @@ class InventoryCapacity(CapacitySource):
 
     def devices(self, pool, snap):
         out: dict[str, Usage] = {}
+        for g in on_request_gpus(self.inventory, snap.taken).values():
+            if g.pool != pool:
+                continue
+            # Each profile: the instances held, and how many more would fit now.
+            for name, room in room_for(g.family, g.used, g.compute).items():
+                row = out.setdefault(f"mig-{name}", Usage(0, 0, 0))
+                used = g.by_profile.get(name, 0)
+                row.total, row.used, row.free = row.total + used + room, row.used + used, row.free + room
         for d in self.inventory.devices:
-            if d.pool != pool:
+            if d.pool != pool or d.on_request:
                 continue
             kind = {"full": "gpu", "mig": f"mig-{d.mig_profile}", "shared": f"shared-1/{d.replicas}"}[d.kind]
             row = out.setdefault(kind, Usage(0, 0, 0))

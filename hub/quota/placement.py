@@ -22,12 +22,13 @@ device that fits:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import ProfileKind
-from ..gpu import GpuFamily, free_starts, instance_mask, room_for
-from ..inventory import Device, Inventory
+from ..gpu import GpuFamily, family_for, free_starts, instance_mask, room_for
+from ..inventory import Device, Inventory, on_request_key, parse_on_request_key
 
 
 class Placement(Protocol):
@@ -97,16 +98,55 @@ def choose_mig_start(gpus: Sequence[MigGpu], profile: str, mix: Mix, *,
     return None if best is None else (best[1], best[2])
 
 
+@dataclass
+class OnRequestGpu:
+    """A GPU whose MIG instances are made per request, as the quota book's claims leave it."""
+
+    node: str
+    pool: str
+    uuid: str
+    family: GpuFamily
+    used: int = 0
+    compute: int = 0
+    held: int = 0
+    # The claims on it, by profile.
+    by_profile: dict[str, int] | None = None
+
+
+def on_request_gpus(inventory: Inventory, taken) -> dict[tuple[str, str], OnRequestGpu]:
+    """Every on-request GPU of the inventory, (node, GPU UUID) → its state under `taken`."""
+    gpus: dict[tuple[str, str], OnRequestGpu] = {}
+    for d in inventory.on_request:
+        if (d.node, d.parent_uuid) not in gpus:
+            gpus[(d.node, d.parent_uuid)] = OnRequestGpu(d.node, d.pool, d.parent_uuid, family_for(d.model, d.memory_mib),
+                                                         by_profile={})
+    for node, key in taken:
+        parsed = parse_on_request_key(key)
+        g = gpus.get((node, parsed[0])) if parsed else None
+        if g is None or parsed[1] not in g.family.profiles:
+            continue
+        spec = g.family.profiles[parsed[1]]
+        g.used |= instance_mask(spec, parsed[2])
+        g.compute += spec.compute_slices
+        g.held += 1
+        g.by_profile[parsed[1]] = g.by_profile.get(parsed[1], 0) + 1
+    return gpus
+
+
 def gpu_of(d: Device) -> str:
     """The UUID of the GPU a device is on: a MIG slice's parent, a share's or a whole GPU's own."""
     return d.parent_uuid or d.visible_id
 
 
 class DevicePlacement:
-    """Placement from the inventory: the quota book's claims say what is taken."""
+    """Placement from the inventory: the quota book's claims say what is taken.
 
-    def __init__(self, inventory: Inventory):
+    `mix` tells what people ask for (the portal gives the recorded demand's); without it
+    every MIG profile counts the same."""
+
+    def __init__(self, inventory: Inventory, mix: Callable[[], Mix] | None = None):
         self.inventory = inventory
+        self.mix = mix
 
     def pick(self, spec: ProfileKind, pools: list[str], taken: set[tuple[str, str]]) -> list[Device] | None:
         if spec.kind == "cpu":
@@ -121,10 +161,29 @@ class DevicePlacement:
                 return None
             best = min(fitting, key=len)
             return sorted(best, key=lambda d: d.gpu_index)[: spec.count]
-        if not free:
+        # A slice that exists costs nothing to give: those first, then one made on request.
+        fixed = [d for d in free if not d.on_request]
+        if fixed:
+            held = self._held_per_gpu(taken)
+            return [min(fixed, key=lambda d: (-held.get((d.node, gpu_of(d)), 0), d.node, d.gpu_index, d.key))]
+        if spec.kind == "mig" and free:
+            return self._pick_on_request(spec.mig_profile, free, taken)
+        return None
+
+    def _pick_on_request(self, profile: str, free: list[Device], taken) -> list[Device] | None:
+        """The start, on the GPUs whose instances are made per request, that loses the least
+        room for what people ask for (choose_mig_start)."""
+        states = on_request_gpus(self.inventory, taken)
+        wanted = sorted({(d.node, d.parent_uuid) for d in free}, key=lambda k: (k[0], k[1]))
+        gpus = [states[k] for k in wanted]
+        mix = self.mix() if self.mix is not None else {}
+        if not mix:
+            mix = mix_of({}, {f"mig-{p}": 1.0 for g in gpus for p in g.family.profiles})
+        chosen = choose_mig_start(gpus, profile, mix)
+        if chosen is None:
             return None
-        held = self._held_per_gpu(taken)
-        return [min(free, key=lambda d: (-held.get((d.node, gpu_of(d)), 0), d.node, d.gpu_index, d.key))]
+        g = gpus[chosen[0]]
+        return [self.inventory.by_key[(g.node, on_request_key(g.uuid, profile, chosen[1]))]]
 
     def _held_per_gpu(self, taken: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """How many claims each GPU holds, a MIG slice's or a share's counted for its GPU."""

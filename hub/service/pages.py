@@ -76,15 +76,24 @@ def capacity_picture(portal: "Portal") -> list[dict]:
             node = pools.setdefault(d.pool, {"name": d.pool, "nodes": {}})["nodes"].setdefault(
                 d.node, {"name": d.node, "gpus": {}, "state": None, "reason": None})
             gpu = node["gpus"].setdefault(d.gpu_index, {"index": d.gpu_index, "model": d.model, "devices": [],
-                                                        "kind": d.kind, "replicas": d.replicas})
+                                                        "kind": d.kind, "replicas": d.replicas,
+                                                        "on_request": d.on_request})
+            if d.on_request and (d.node, d.key) not in held:
+                # A GPU whose MIG instances are made per request: only those made are drawn,
+                # the rest of it is its unsliced room.
+                continue
             gpu["devices"].append({"label": d.mig_profile or (f"1/{d.replicas}" if d.kind == "shared" else "GPU"),
                                    "id": d.key, "units": d.weight, "weight": float(d.weight),
                                    "holder": held.get((d.node, d.key))})
         for pool in pools.values():
             for node in pool["nodes"].values():
                 for gpu in node["gpus"].values():
-                    gpu["free_units"] = fmt_units(sum((dev["units"] for dev in gpu["devices"]
-                                                       if dev["holder"] is None), Fraction(0)))
+                    if gpu.get("on_request"):
+                        # Instances are made from what no instance covers.
+                        free = 1 - sum((dev["units"] for dev in gpu["devices"]), Fraction(0))
+                    else:
+                        free = sum((dev["units"] for dev in gpu["devices"] if dev["holder"] is None), Fraction(0))
+                    gpu["free_units"] = fmt_units(free)
                     # A MIG GPU's unsliced room (its holes) is what its slices do not cover.
                     covered = sum(dev["weight"] for dev in gpu["devices"]) if gpu["kind"] == "mig" else 1
                     gpu["unsliced"] = max(0.0, 1 - covered)

@@ -85,6 +85,9 @@ class Matcher:
                 found = by.get(("gi", parent, gi)) if gi is not None else None
                 if not found and (parent, profile) in self.unique_profile:
                     found = by.get(("profile", parent, profile))
+            if not found and (made := holding.ref.get("made", {}).get(visible)):
+                # A MIG instance made for this holding: its GPU instance id was recorded then.
+                found = by.get(("gi", made["gpu"], made["gpu_instance"]))
             if found:
                 utils.append(max(found))
         if not holding.devices:
