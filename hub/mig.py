@@ -119,8 +119,16 @@ class MigMaker:
         with self._session() as nv:
             return self._instances(nv, gpu_uuid, family)
 
+    @staticmethod
+    def _device(nv, gpu_uuid: str):
+        try:
+            return nv.nvmlDeviceGetHandleByUUID(gpu_uuid)
+        except nv.NVMLError_NotFound:
+            raise MigError(f"GPU {gpu_uuid} is not on this machine: check its uuid in podbay.yaml "
+                           "(podbay gpus lists this machine's)") from None
+
     def _instances(self, nv, gpu_uuid: str, family: GpuFamily) -> list[Made]:
-        dev = nv.nvmlDeviceGetHandleByUUID(gpu_uuid)
+        dev = self._device(nv, gpu_uuid)
         uuids = self._mig_uuids(nv, dev)
         out = []
         for profile in family.profiles.values():
@@ -175,6 +183,10 @@ class MigMaker:
                     self._tidy(nv, d.parent_uuid, family)
                     made[d.key] = self._make(nv, d, family)
                 record(made)
+            except nv.NVMLError as e:
+                for m in made.values():
+                    self._remove(nv, m)
+                raise MigError(f"the NVIDIA driver refused: {e}") from e
             except BaseException:
                 for m in made.values():
                     self._remove(nv, m)
@@ -183,7 +195,10 @@ class MigMaker:
 
     def _make(self, nv, d: Device, family: GpuFamily) -> Made:
         profile = family.profiles[d.mig_profile]
-        dev = nv.nvmlDeviceGetHandleByUUID(d.parent_uuid)
+        dev = self._device(nv, d.parent_uuid)
+        if nv.nvmlDeviceGetMigMode(dev)[0] != nv.NVML_DEVICE_MIG_ENABLE:
+            raise MigError(f"GPU {d.gpu_index} on {d.node} is not in MIG mode: enable it "
+                           f"(nvidia-smi -i {d.gpu_index} -mig 1) or set mig_on_request: false")
         info = self._profile_info(nv, dev, profile)
         if info is None or info.sliceCount != profile.compute_slices:
             raise MigError(f"the driver of GPU {d.gpu_index} on {d.node} ({d.model}) does not offer MIG profile "
@@ -199,9 +214,6 @@ class MigMaker:
             raise MigError("making MIG instances needs root (or the MIG config capability, "
                            "/proc/driver/nvidia/capabilities/mig/config): run the hub and the service "
                            "as root, or declare this GPU's instances under mig: instead") from e
-        except nv.NVMLError_NotSupported as e:
-            raise MigError(f"GPU {d.gpu_index} on {d.node} is not in MIG mode: enable it "
-                           f"(nvidia-smi -i {d.gpu_index} -mig 1) or set mig_on_request: false") from e
         try:
             ci_info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(
                 gi, _CI_PROFILE[profile.compute_slices], _CI_ENGINE_SHARED)

@@ -1,0 +1,249 @@
+"""MIG instances made per request (`mig_on_request`): the placement's start, the instance
+made through NVML (the real pynvml on the stand-in driver, tests/standins/nvml.py), its UUID
+in the claim, its removal after the release, and the driver's refusals as the person's
+message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from podbay.hub.config import ConfigError, load_config
+from podbay.hub.discovery import discover_nvml
+from podbay.hub.gpu import FAMILIES
+from podbay.hub.inventory import Inventory, InventoryError, on_request_key
+from podbay.hub.mig import MigError, MigMaker
+from podbay.hub.portal import Portal
+from podbay.hub.quota import NoCapacity, QuotaBook
+from podbay.hub.quota.database import DemandRow
+from podbay.hub.quota.placement import DevicePlacement, mix_of
+
+from tests.standins import nvml as fake
+from tests.unit.test_quota_book import BIG, demand
+
+H100 = "GPU-0a000000-0000-4000-8000-000000000000"
+H100_B = "GPU-0b000000-0000-4000-8000-000000000000"
+A30 = "GPU-0c000000-0000-4000-8000-000000000000"
+MODEL = "NVIDIA H100 80GB HBM3"
+
+
+def config(tmp_path: Path, gpus: list[dict] | None = None, profiles=("mig-1g.10gb", "mig-3g.40gb", "mig-4g.40gb",
+                                                                      "mig-7g.80gb")) -> Path:
+    cfg = {
+        "images": [{"name": "base", "display_name": "Base", "image": "podbay/base:1"}],
+        "profiles": [{"id": "cpu"}] + [{"id": p} for p in profiles],
+        "pools": {"dev": {}},
+        "nodes": [{"name": "node-a", "pool": "dev", "gpus": gpus or [
+            {"index": 0, "uuid": H100, "model": MODEL, "memory_mib": 81559, "mig_on_request": True}]}],
+    }
+    path = tmp_path / "podbay.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def driver(tmp_path):
+    """The stand-in driver with one H100 (MIG on) and one A30, bound to pynvml."""
+    state = fake.write_state(tmp_path / "nvml.json", [
+        fake.gpu(H100), fake.gpu(H100_B),
+        fake.gpu(A30, name="NVIDIA A30", memory_mib=24576, geometry="four")])
+    yield state, fake.install(state)
+
+
+@pytest.fixture
+def portal(tmp_path, driver, db_url):
+    state, nv = driver
+    cfg = load_config(config(tmp_path))
+    inventory = Inventory.from_config(cfg)
+    book = QuotaBook(db_url)
+    p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
+    p.mig._nvml = nv
+    yield p
+    book.dispose()
+
+
+def claim(portal: Portal, key: str, profile: str, kind: str = "workspace"):
+    return portal.claim(key=key, kind=kind, user="alice", team="vision", demand=demand(profile), quota=BIG)
+
+
+def made(state) -> list[tuple[int, int]]:
+    """(profile id, start) of every GPU instance on the first H100."""
+    return sorted((i["profile_id"], i["start"]) for i in fake.instances(state) if i["gpu"] == H100)
+
+
+def test_an_instance_is_made_where_it_keeps_room_and_removed_after_the_release(portal, driver):
+    state, _ = driver
+    a = claim(portal, "workspace:alice/a", "mig-3g.40gb")
+    # The 3g goes to slot 4: slot 0 stays free for a 4g (MIG profile id 9 is 3g.40gb).
+    assert made(state) == [(9, 4)]
+    [inst] = fake.instances(state)
+    assert a.devices == tuple(inst["uuids"]) and a.devices[0].startswith("MIG-")
+    assert a.device_keys == (on_request_key(H100, "3g.40gb", 4),)
+    assert a.ref["made"][a.devices[0]] == {"gpu": H100, "gpu_instance": 2, "profile": "3g.40gb"}
+    b = claim(portal, "workspace:alice/b", "mig-4g.40gb")
+    assert made(state) == [(5, 0), (9, 4)]
+    # Full: nothing else fits, and the form says so before anyone asks.
+    total, free = portal.counts(demand("mig-1g.10gb").spec, ["dev"], portal.book.snapshot())
+    assert (total, free) == (7, 0)
+    with pytest.raises(NoCapacity):
+        claim(portal, "workspace:alice/c", "mig-1g.10gb")
+    assert made(state) == [(5, 0), (9, 4)]
+    portal.book.release(a.key)
+    assert made(state) == [(5, 0)]
+    assert portal.counts(demand("mig-1g.10gb").spec, ["dev"], portal.book.snapshot())[1] == 3
+    # Made again at the same start, it is a new MIG device.
+    again = claim(portal, "workspace:alice/a", "mig-3g.40gb")
+    assert again.devices != a.devices and made(state) == [(5, 0), (9, 4)]
+    portal.book.release(b.key)
+    portal.book.release(again.key)
+    assert made(state) == []
+
+
+def test_an_instance_in_use_stays_until_it_is_not_and_its_slots_stay_taken(portal, driver):
+    state, _ = driver
+    a = claim(portal, "workspace:alice/a", "mig-7g.80gb")
+    fake.mark_busy(state, a.devices[0])  # a process that outlived its workspace
+    portal.book.release(a.key)
+    assert made(state) == [(0, 0)]
+    with pytest.raises(NoCapacity, match="held by an instance something still runs on") as e:
+        claim(portal, "workspace:alice/b", "mig-1g.10gb")
+    assert "nvidia-smi mig -lgi" in str(e.value)
+    # The refused claim was taken back and recorded as refused for capacity.
+    assert portal.book.get("workspace:alice/b") is None
+    with portal.book.read_session() as s:
+        assert s.scalars(select(DemandRow.outcome).where(DemandRow.key == "workspace:alice/b")).all() == ["capacity"]
+    fake.mark_busy(state, a.devices[0], busy=False)
+    b = claim(portal, "workspace:alice/b", "mig-1g.10gb")
+    [start] = [portal.inventory.by_key[("node-a", k)].mig_start for k in b.device_keys]
+    assert made(state) == [(19, start)] and b.devices[0] not in a.devices
+
+
+def test_what_no_claim_records_is_removed_at_start(portal, driver):
+    """An instance made by a process that died before recording it, or by someone else."""
+    state, nv = driver
+    stray = MigMaker(portal.data_dir / "other.lock", set, nvml=nv)
+    dev = portal.inventory.by_key[("node-a", on_request_key(H100, "1g.10gb", 3))]
+    stray.make([dev], lambda m: None)
+    assert made(state) == [(19, 3)]
+    portal.tidy_mig()
+    assert made(state) == []
+    # And before making one: the starts of what ended are free again.
+    stray.make([dev], lambda m: None)
+    kept = claim(portal, "workspace:alice/a", "mig-4g.40gb")
+    assert made(state) == [(5, 0)] and fake.instances(state)[0]["uuids"] == list(kept.devices)
+
+
+def test_the_drivers_refusals_say_what_to_do(tmp_path, db_url):
+    state = fake.write_state(tmp_path / "nvml.json", [fake.gpu(H100)], root=False)
+    nv = fake.install(state)
+    cfg = load_config(config(tmp_path))
+    inventory = Inventory.from_config(cfg)
+    book = QuotaBook(db_url)
+    p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
+    p.mig._nvml = nv
+    with pytest.raises(NoCapacity, match="needs root"):
+        claim(p, "workspace:alice/a", "mig-1g.10gb")
+    assert book.allocations() == []
+    # MIG mode off.
+    fake.write_state(state, [fake.gpu(H100, mig=False)])
+    with pytest.raises(NoCapacity, match="not in MIG mode: enable it"):
+        claim(p, "workspace:alice/a", "mig-1g.10gb")
+    # No driver at all.
+    state.unlink()
+    with pytest.raises(NoCapacity, match="NVML is not available"):
+        claim(p, "workspace:alice/a", "mig-1g.10gb")
+    assert book.allocations() == []
+    book.dispose()
+
+
+@pytest.mark.parametrize("family, uuid", [("H100-80GB", H100), ("A30-24GB", A30)])
+def test_every_profile_is_made_at_each_of_its_starts_with_the_drivers_profile_id(tmp_path, driver, family, uuid):
+    """podbay's names → NVML's profile constants, checked against the driver's own ids
+    (`-lgip` of real GPUs, as the stand-in has them)."""
+    state, nv = driver
+    fam = FAMILIES[family]
+    model, mem = ("NVIDIA A30", 24576) if family == "A30-24GB" else (MODEL, 81559)
+    cfg = load_config(config(tmp_path, [{"index": 0, "uuid": uuid, "model": model, "memory_mib": mem,
+                                         "mig_on_request": True}], profiles=[f"mig-{p}" for p in fam.profiles]))
+    inventory = Inventory.from_config(cfg)
+    recorded: set[str] = set()
+    maker = MigMaker(tmp_path / "mig.lock", lambda: recorded, nvml=nv)
+    ids = {"1g.10gb": 19, "1g.10gb+me": 20, "1g.20gb": 15, "2g.20gb": 14, "3g.40gb": 9, "4g.40gb": 5,
+           "7g.80gb": 0, "1g.6gb": 14, "1g.6gb+me": 21, "2g.12gb": 5, "2g.12gb+me": 6, "4g.24gb": 0}
+    for d in inventory.on_request:
+        m = maker.make([d], lambda out: recorded.update(x.uuid for x in out.values()))[d.key]
+        [inst] = [i for i in fake.instances(state) if i["gpu"] == uuid]
+        assert (inst["profile_id"], inst["start"], inst["uuids"]) == (ids[d.mig_profile], d.mig_start, [m.uuid])
+        assert maker.instances(uuid, fam) == [m]
+        recorded.clear()
+        assert maker.tidy([(uuid, fam)]) == [m]
+    assert len(inventory.on_request) == sum(len(p.starts) for p in fam.profiles.values())
+
+
+def test_an_overlapping_instance_is_refused_by_the_driver_and_nothing_is_left(tmp_path, driver):
+    state, nv = driver
+    cfg = load_config(config(tmp_path))
+    inventory = Inventory.from_config(cfg)
+    recorded: set[str] = set()
+    maker = MigMaker(tmp_path / "mig.lock", lambda: recorded, nvml=nv)
+    keep = maker.make([inventory.by_key[("node-a", on_request_key(H100, "3g.40gb", 4))]],
+                      lambda out: recorded.update(x.uuid for x in out.values()))
+    with pytest.raises(MigError, match="slots 4–5"):
+        maker.make([inventory.by_key[("node-a", on_request_key(H100, "1g.10gb", 0))],
+                    inventory.by_key[("node-a", on_request_key(H100, "2g.20gb", 4))]], lambda out: None)
+    # The 1g this call made first was removed again; the recorded 3g stays.
+    assert [i["uuids"] for i in fake.instances(state) if i["gpu"] == H100] == [[m.uuid for m in keep.values()]]
+
+
+def test_placement_prefers_slices_that_exist_then_the_start_the_demand_needs(tmp_path):
+    gpus = [{"index": 0, "uuid": H100, "model": MODEL, "memory_mib": 81559, "mig_on_request": True},
+            {"index": 1, "uuid": H100_B, "model": MODEL, "memory_mib": 81559,
+             "mig": [{"profile": "1g.10gb", "uuid": "MIG-0b000000-0000-4000-8000-000000000001"}]}]
+    inventory = Inventory.from_config(load_config(config(tmp_path, gpus)))
+    placement = DevicePlacement(inventory)
+    spec = demand("mig-1g.10gb").spec
+    assert placement.pick(spec, ["dev"], set())[0].key == "MIG-0b000000-0000-4000-8000-000000000001"
+    taken = {("node-a", "MIG-0b000000-0000-4000-8000-000000000001")}
+    # Then one made on request, at the start that costs the least of what people ask for:
+    # mostly 2g.20gb (starts 0, 2, 4): slot 6, which no 2g can use;
+    placement.mix = lambda: mix_of({"mig-2g.20gb": 10, "mig-1g.10gb": 1})
+    first = placement.pick(spec, ["dev"], taken)[0]
+    assert (first.parent_uuid, first.mig_start) == (H100, 6)
+    # mostly 4g.40gb (start 0 only): out of slots 0-3;
+    placement.mix = lambda: mix_of({"mig-4g.40gb": 10, "mig-1g.10gb": 1})
+    assert placement.pick(spec, ["dev"], taken)[0].mig_start == 4
+    # with the 1g at 6 taken, a 2g goes where a 3g.40gb still fits beside it.
+    taken |= {("node-a", first.key)}
+    placement.mix = lambda: mix_of({"mig-3g.40gb": 10, "mig-2g.20gb": 1})
+    assert placement.pick(demand("mig-2g.20gb").spec, ["dev"], taken)[0].mig_start == 4
+
+
+def test_config_says_what_an_on_request_gpu_may_not_have(tmp_path):
+    bad = [{"index": 0, "uuid": H100, "model": MODEL, "mig_on_request": True,
+            "mig": [{"profile": "1g.10gb", "uuid": "MIG-0a000000-0000-4000-8000-000000000001"}]},
+           {"index": 1, "uuid": H100_B, "model": "NVIDIA L40S", "mig_on_request": True}]
+    with pytest.raises(ConfigError) as e:
+        load_config(config(tmp_path, bad))
+    assert "give no mig: list and no replicas:" in str(e.value)
+    assert "NVIDIA L40S does not support MIG" in str(e.value)
+    # An on-request GPU serves any profile of its model: no "no device" complaint.
+    load_config(config(tmp_path, [{"index": 0, "uuid": H100, "model": MODEL, "mig_on_request": True}]))
+
+
+def test_discovered_gpus_made_on_request(tmp_path, driver):
+    state, nv = driver
+    cfg = yaml.safe_load(config(tmp_path).read_text())
+    cfg["nodes"] = [{"name": "node-a", "pool": "dev", "discover": True, "mig_on_request": [0]}]
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(cfg))
+    inventory = Inventory.from_config(load_config(tmp_path / "podbay.yaml"), discover=discover_nvml)
+    on = {d.parent_uuid for d in inventory.on_request}
+    assert on == {H100}
+    # GPU 1 is offered whole... it is in MIG mode with no instances: no device of it.
+    assert not [d for d in inventory.devices if d.parent_uuid == H100_B or d.visible_id == H100_B]
+    # A GPU with MIG off cannot be made on request.
+    fake.write_state(state, [fake.gpu(H100, mig=False)])
+    with pytest.raises(InventoryError, match="node node-a: GPU 0 .* MIG mode is off"):
+        Inventory.from_config(load_config(tmp_path / "podbay.yaml"), discover=discover_nvml)
