@@ -224,13 +224,8 @@ class Portal:
         now = time.time()
         with self._mix_lock:
             if self._mix is None or now - self._mix[0] > MIX_TTL:
-                from .usage.demand import DemandLog
-
                 prior = {p.id: 1.0 for p in self.cfg.profiles if p.spec.kind == "mig"}
-                counts: dict[str, float] = {}
-                for row in DemandLog(self.book).counts(now - MIX_PERIOD, now):
-                    counts[row["profile"]] = counts.get(row["profile"], 0.0) + row["requests"]
-                self._mix = (now, mix_of(counts, prior))
+                self._mix = (now, mix_of(self.book.requests_per_profile(now - MIX_PERIOD), prior))
             return self._mix[1]
 
     # --- settings and secrets ----------------------------------------------------------

@@ -9,7 +9,13 @@ claim rows: the allocation carries the units the profile weighs.
 
 The quota check, the placement and the record happen in one transaction that holds the
 write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: a table lock), so two racing spawns
-cannot both squeeze under a quota, nor both take one device.
+cannot both squeeze under a quota, nor both take one device. (Two MIG instances made per
+request that would overlap have different keys: the lock alone keeps them apart, as the
+placement reads every claim under it.)
+
+Long because: the claim, its release and what they record (the demand, the holdings, the
+MIG instances made for a claim) share one transaction and one lock; split apart, each part
+would reach into the others' sessions.
 """
 
 from __future__ import annotations
@@ -339,10 +345,10 @@ class QuotaBook:
                 row.ref = json.dumps(ref)
 
     def record_made(self, key: str, made: dict[str, tuple[str, dict]]) -> Allocation:
-        """Record what was made for `key`'s claims (MIG instances made per request): device
-        key → (its visible id, facts for the ref's "made" entry: parent GPU, instance id,
-        profile). The claims, the open holding (utilisation is matched by them) and both
-        refs say it. Raises KeyError when the claim is gone (released meanwhile)."""
+        """Record what was made for `key`'s claims (MIG instances made per request): device key
+        → (its visible id, the ref's "made" facts: parent GPU, instance id, profile), in the
+        claims, the open holding (utilisation is matched by them) and both refs. KeyError:
+        the claim is gone."""
         with self._writers, self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             if row is None:
@@ -365,6 +371,12 @@ class QuotaBook:
         """Every visible id the claims hold (what a MIG tidy keeps)."""
         with self.read_session() as s:
             return set(s.scalars(select(ClaimRow.visible_id)))
+
+    def requests_per_profile(self, since: float) -> dict[str, int]:
+        """Requests since then per profile, whatever they got (what people ask for)."""
+        with self.read_session() as s:
+            return dict(s.execute(select(DemandRow.profile, func.count()).where(DemandRow.at >= since)
+                                  .group_by(DemandRow.profile)).all())
 
     def release(self, key: str, refused: str | None = None) -> bool:
         """Give back what `key` holds. With `refused` ("capacity"), the claim just made is

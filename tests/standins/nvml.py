@@ -398,6 +398,23 @@ def install(state: Path):
     return pynvml
 
 
+def uninstall() -> None:
+    """Unbind pynvml again (a later test in the process finds no driver, as on this machine)."""
+    import pynvml
+
+    pynvml.nvmlLib = None
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def stray_instance(gpu_state: dict, start: int = 0) -> dict:
+    """A 1-slice instance already on a GPU's state (made by someone, or by a process that
+    died before recording it), for `gpu(...)`'s dict."""
+    gpu_state["instances"].append({"gi": 7 + start, "profile_index": 0x0, "start": start, "size": 1,
+                                   "ci": [{"id": 0, "profile": 0x0, "slices": 1, "uuid": f"MIG-{uuidlib.uuid4()}",
+                                           "busy": False}]})
+    return gpu_state
+
+
 def mark_busy(state: Path, mig_uuid: str, busy: bool = True) -> None:
     """Something runs on (or stopped running on) a MIG device: its compute instance is in use."""
     lib = FakeNvmlLib(state)

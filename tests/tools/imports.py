@@ -23,7 +23,7 @@ LAYERS = [
     {"podbay.hub.config", "podbay.hub.identity", "podbay.hub.usage.settings", "podbay.hub.discovery", "podbay.hub.inventory"},
     # 2: the quota book and the stores beside it, the training engines' base
     {"podbay.hub.quota", "podbay.hub.secrets", "podbay.hub.sshkeys", "podbay.hub.training",
-     "podbay.hub.settings"},
+     "podbay.hub.settings", "podbay.hub.mig"},
     # 3: the decisions
     {"podbay.hub.portal"},
     # 4: what the decisions drive: the spawner mixin, jobs, usage, advice

@@ -44,6 +44,12 @@ def config(tmp_path: Path, gpus: list[dict] | None = None, profiles=("mig-1g.10g
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_driver_after():
+    yield
+    fake.uninstall()
+
+
 @pytest.fixture
 def driver(tmp_path):
     """The stand-in driver with one H100 (MIG on) and one A30, bound to pynvml."""
