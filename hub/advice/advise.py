@@ -23,7 +23,7 @@ import hashlib
 import heapq
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..config import PodbayConfig, split_ci
@@ -172,7 +172,7 @@ def candidates(gpu: SimGpu, asked: set[tuple], modes: frozenset[str] = frozenset
 def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *,
            holders: Callable[[SimGpu], list[str]] = lambda g: [], since: float = 0.0, until: float = 0.0,
            passes: int = 6, idle_weight: float = IDLE_WEIGHT,
-           modes: frozenset[str] = frozenset({"whole", "shared", "mig"})) -> Advice:
+           modes: frozenset[str] | Mapping[str, frozenset[str]] = frozenset({"whole", "shared", "mig"})) -> Advice:
     """The advised layout of every GPU in `gpus` (one pool or several: requests only use
     their profiles' pools), with the replayed refusals before and after."""
     replay = Replay(cfg, [SimGpu(g.node, g.pool, g.index, g.model, g.family, g.layout) for g in gpus], measure=False)
@@ -237,7 +237,9 @@ def advise(cfg: PodbayConfig, gpus: list[SimGpu], requests: Sequence[Request], *
 
     devices, whole = counts(layouts)
     best_total = refusals(devices, whole)
-    options = [candidates(g, asked, modes) for g in gpus]
+    # The layouts each GPU's engine can give it (`modes`: all GPUs', or each pool's).
+    options = [candidates(g, asked, modes if isinstance(modes, frozenset) else modes.get(g.pool, frozenset()))
+               for g in gpus]
     by_node: dict[int, list[int]] = defaultdict(list)
     for i in range(len(gpus)):
         by_node[node_of[i]].append(i)

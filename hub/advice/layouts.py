@@ -111,3 +111,33 @@ def layout_yaml(layout: GpuLayout) -> dict:
 
 
 __all__ = ["WHOLE", "layout_yaml", "mig_layouts", "mig_parted_devices", "predefined_name"]
+
+
+def deal_out(family: GpuFamily, counts: Counter, gpus: int) -> list[tuple[str, ...]]:
+    """MIG devices counted per node (what Kubernetes' allocatable and Slurm's GRES say) dealt
+    out to the node's MIG GPUs, largest first, each GPU taking what still fits its geometry:
+    the counts are right, which GPU has which slices is a guess."""
+    layouts: list[list[str]] = [[] for _ in range(gpus)]
+
+    def size(p: str) -> tuple[int, int, str]:
+        spec = family.profiles.get(p)
+        return (-spec.memory_slices, -spec.compute_slices, p) if spec else (0, 0, p)
+
+    for name in sorted(counts.elements(), key=size):
+        for lay in layouts:
+            if name in family.profiles and layout_fits(family, lay + [name]):
+                lay.append(name)
+                break
+    return [tuple(lay) for lay in layouts]
+
+
+def fewest_gpus(family: GpuFamily, counts: Counter) -> list[tuple[str, ...]]:
+    """The MIG devices dealt out to as few GPUs as hold them all (where the engine does not
+    say how many GPUs its MIG devices are cut from)."""
+    known = Counter({p: n for p, n in counts.items() if p in family.profiles})
+    need = sum(family.profiles[p].compute_slices * n for p, n in known.items())
+    for gpus in range(max(1, -(-need // family.compute_slices)), sum(known.values()) + 1):
+        dealt = deal_out(family, known, gpus)
+        if sum(len(d) for d in dealt) == sum(known.values()):
+            return dealt
+    return []

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Mapping
+
 from ..gpu import FAMILIES
 from .advise import Advice, NodeAdvice
 from .layouts import layout_yaml, mig_parted_devices, predefined_name
@@ -26,27 +29,36 @@ def mig_parted_config(advice: Advice) -> dict:
     return {"version": "v1", "mig-configs": configs}
 
 
-def nodes_entries(advice: Advice) -> list[dict]:
-    """The changed nodes as podbay.yaml's `nodes:` says them (local, docker). MIG UUIDs exist
-    only once the layout is applied: `podbay gpus --as-inventory` prints the entry whole."""
+def nodes_entries(advice: Advice, placed: Callable[[str], bool] = lambda pool: True) -> list[dict]:
+    """The changed nodes as podbay.yaml's `nodes:` says them, of the pools podbay places on
+    (`placed`: local, docker). MIG UUIDs exist only once the layout is applied: `podbay gpus
+    --as-inventory` prints the entry whole."""
     out = []
     for node in advice.changed:
+        if not placed(node.pool):
+            continue
         out.append({"name": node.node, "pool": node.pool,
                     "gpus": [{"index": g.index, "model": g.model, **layout_yaml(g.advised)} for g in node.gpus]})
     return out
 
 
-def steps(advice: Advice, engine: str) -> list[str]:
-    """What an operator does to apply the advice, node by node, in order."""
+def steps(advice: Advice, engines: str | Mapping[str, str]) -> list[str]:
+    """What an operator does to apply the advice, node by node, in order. `engines`: the
+    engine of every node, or of each pool (a Slurm training pool beside docker workspaces)."""
+    def engine_of(pool: str) -> str:
+        return engines if isinstance(engines, str) else engines.get(pool, "local")
+
     out = []
     custom = any(n.config_name.startswith("podbay-") for n in advice.changed)
     if custom:
         out.append("Save the mig-parted config below as podbay-mig.yaml"
                    + (" and add its configs to MIG Manager's ConfigMap (the GPU Operator's "
-                      "migManager.config.name)" if engine == "kubernetes" else "") + ".")
+                      "migManager.config.name)" if any(engine_of(n.pool) == "kubernetes" for n in advice.changed)
+                      else "") + ".")
     for node in advice.changed:
         stop = "; ".join(node.interrupts)
         name = node.config_name
+        engine = engine_of(node.pool)
         if engine == "kubernetes":
             out.append(f"{node.node}: " + (f"wait for, or stop, what runs on its GPUs ({stop}); " if stop else "")
                        + f"`podbay advise --apply {node.node}` (or `kubectl label node {node.node} "
@@ -54,9 +66,11 @@ def steps(advice: Advice, engine: str) -> list[str]:
                        "nvidia.com/mig.config.state to success.")
         elif engine == "slurm":
             out.append(f"{node.node}: drain it in Slurm (`scontrol update nodename={node.node} state=drain "
-                       f"reason=mig-layout`), then on the node `nvidia-mig-parted apply -f "
-                       f"{'podbay-mig.yaml' if name.startswith('podbay-') else '<config-default.yaml>'} -c {name}`, "
-                       "update gres.conf (or AutoDetect=nvml) and restart slurmd, then resume it.")
+                       f"reason=mig-layout`)" + (f" and wait for {stop}" if stop else "") + "; on the node "
+                       f"`nvidia-mig-parted apply -f {'podbay-mig.yaml' if name.startswith('podbay-') else '<config-default.yaml>'}"
+                       f" -c {name}`; give it `Gres={slurm_gres(node)}` in slurm.conf (gres.conf: AutoDetect=nvml, or "
+                       "one line per MIG device), restart its slurmd, then resume it (`scontrol update "
+                       f"nodename={node.node} state=resume`).")
         else:
             out.append(f"{node.node}: " + (f"stop what runs on the GPUs that change ({stop}); " if stop else "")
                        + f"on the node, `nvidia-mig-parted apply -f "
@@ -65,15 +79,27 @@ def steps(advice: Advice, engine: str) -> list[str]:
                        "(or use discover: true), and restart the hub.")
     shared = sorted({g.advised.replicas for n in advice.changed for g in n.gpus
                      if g.changes and g.advised.mode == "shared"})
-    if shared and engine == "kubernetes":
+    if shared and any(engine_of(n.pool) == "kubernetes" for n in advice.changed):
         out.append("GPUs advised as shared are time-sliced by the device plugin: give their nodes a "
                    f"time-slicing config with replicas {', '.join(map(str, shared))} (the node label "
                    "nvidia.com/device-plugin.config names it) and kubernetes.pools.<pool>.time_slicing in podbay.yaml.")
     return out
 
 
-def as_dict(advice: Advice, engine: str) -> dict:
-    """The advice as the API and `podbay advise --json` give it."""
+def slurm_gres(node: NodeAdvice) -> str:
+    """The node's Gres= for its advised layout: whole GPUs counted, MIG slices typed by their
+    profile (gres.conf's MIG naming)."""
+    whole = sum(1 for g in node.gpus if g.advised.mode != "mig")
+    slices = Counter(p for g in node.gpus if g.advised.mode == "mig" for p in g.advised.mig)
+    return ",".join(([f"gpu:{whole}"] if whole else []) + [f"gpu:{p}:{n}" for p, n in sorted(slices.items())])
+
+
+def as_dict(advice: Advice, engines: str | Mapping[str, str]) -> dict:
+    """The advice as the API and `podbay advise --json` give it. `engines`: the engine, or
+    each pool's."""
+    engine = engines if isinstance(engines, str) else ", ".join(sorted({engines[p] for p in advice.pools
+                                                                         if p in engines})) or "local"
+    placed = {"local", "docker"}
     def result(r):
         return {"refused": r.refused, "refused_by_profile": dict(r.refused_by_profile),
                 "gpu_hours_held": round(r.unit_seconds_held / 3600, 3),
@@ -84,8 +110,9 @@ def as_dict(advice: Advice, engine: str) -> dict:
         "engine": engine, "before": result(advice.before), "after": result(advice.after),
         "nodes": [_node(n) for n in advice.nodes],
         "mig_parted": mig_parted_config(advice),
-        "nodes_yaml": nodes_entries(advice) if engine in ("local", "docker") else [],
-        "steps": steps(advice, engine),
+        "nodes_yaml": nodes_entries(advice, lambda pool: (engines if isinstance(engines, str)
+                                                          else engines.get(pool, "local")) in placed),
+        "steps": steps(advice, engines),
     }
 
 

@@ -198,6 +198,18 @@ class Backend:
                     holders.setdefault((a.node, index), []).append(holder_line(a.key, a.user, a.profile))
         return [(g, holders.get((g.node, g.index), [])) for g in gpus_from_devices(inv.devices)]
 
+    def engine_of(self, cfg: "PodbayConfig", pool: str) -> str:
+        """The engine whose nodes run `pool`'s work: another engine where the pool names one
+        (pools.<name>.engine), else this backend's (the slurm backend: local for the pools
+        without a partition)."""
+        return cfg.pools[pool].engine or self.name
+
+    def pool_layouts(self, portal: "Portal", pools: list[str]) -> "list[tuple[SimGpu, list[str]]]":
+        """What `layouts` says, for pools this engine runs beside another backend's
+        workspaces (pools.<name>.engine). Here: none (an engine that says nothing of its
+        nodes gets no advice)."""
+        return []
+
     def layout_modes(self, cfg: "PodbayConfig") -> frozenset[str]:
         """The GPU layouts advice may propose here, per GPU: whole, shared (time-sliced, as
         podbay.yaml's `replicas:`) and fixed MIG layouts."""

@@ -432,3 +432,31 @@ def test_podbay_doctor_checks_slurm_as_the_service_calls_it(slurm_cluster):
     failed = {f.what: f.fix for f in broken if f.level == "fail"}
     assert any(w.startswith("pool short: Slurm has no partition 'nosuch'") for w in failed), failed
     assert "Slurm has no account no-such-account (slurm.accounts): those teams' jobs are refused" in failed
+
+
+def test_layout_advice_reads_slurms_nodes_and_the_jobs_on_them(shub, slurm_cluster):
+    """`podbay advise` on a Slurm pool: each node's GPUs from its GRES, and what runs there from
+    squeue, as the real Slurm says them."""
+    from tests.harness import wait_job
+
+    with service(shub) as api:
+        job = api.post("/jobs", json={"name": "hold", "image": "base", "gpus": 1, "command": ["sleep", "120"]}).json()
+        try:
+            job = wait_job(api, job["id"], {"running"}, timeout=60)
+            (slurm_id,) = slurm_jobs_named(slurm_cluster, f"api-{job['id']}")
+            with service(shub, "admin") as admin:
+                r = admin.get("/advice", params={"days": 1, "pool": "training"})
+                assert r.status_code == 200, r.text
+                out = r.json()
+                # Not an admin: refused.
+                assert api.get("/advice").status_code == 403
+            nodes = {n["node"]: n for n in out["nodes"]}
+            assert set(nodes) == {"n1", "n2"} and out["engine"] == "slurm", out
+            assert all([g["current"] for g in n["gpus"]] == ["whole"] * 4 for n in nodes.values())
+            where = slurm_cluster.run("squeue", "-h", "-j", slurm_id, "-o", "%N").stdout.strip()
+            held = {name: {h for g in n["gpus"] for h in g["holders"]} for name, n in nodes.items()}
+            [line] = held[where]
+            assert line.startswith(f"Slurm job {slurm_id} of ") and line.endswith(f"(api-{job['id']})"), line
+            assert held[{"n1": "n2", "n2": "n1"}[where]] == set()
+        finally:
+            api.delete(f"/jobs/{job['id']}")

@@ -181,3 +181,57 @@ def test_the_service_advises_admins_from_recorded_demand(service):
     r = service.post(apply, json={"node": "gpu-box"}, headers=as_("admin"))
     assert r.status_code == 404 and "its nodes: node-a" in r.json()["message"]
     assert len(applied) == 1
+
+
+# --- Slurm pools: layouts read from the nodes' GRES ------------------------------------------
+
+def slurm_settings(**kw):
+    from podbay.hub.backends.slurm.commands import SlurmSettings
+
+    return SlurmSettings(**kw)
+
+
+def test_a_slurm_nodes_gres_says_its_gpus_and_their_slices():
+    from podbay.hub.backends.slurm.layouts import node_gpus, parse_gres
+    from podbay.hub.backends.slurm.nodes import parse_nodes
+
+    assert parse_gres("gpu:a100:4(S:0-1),shard:a100:16,gpu:1g.10gb:7(S:0)") == [("a100", 4), ("1g.10gb", 7)]
+    assert parse_gres("gpu:2") == [(None, 2)] and parse_gres("(null)") == []
+    text = ("NodeName=dgx01 State=IDLE Partitions=train Gres=gpu:a100:2(S:0-1),gpu:3g.40gb:2,gpu:1g.10gb:2\n"
+            "NodeName=dgx02 State=IDLE Partitions=train Gres=gpu:1g.10gb:14\n"
+            "NodeName=dgx03 State=IDLE Partitions=train Gres=gpu:1g.99gb:7\n")
+    nodes = {n.name: n for n in parse_nodes(text)}
+    settings = slurm_settings(gpu_models={"a100": "NVIDIA A100-SXM4-80GB"})
+    one = node_gpus(nodes["dgx01"], "train", settings)
+    # Two whole A100 80GB (the model the setting names), and the slices dealt out to as few GPUs
+    # as hold them by the geometry: two 3g.40gb take all eight memory slots of one.
+    assert [g.layout for g in one] == [WHOLE, WHOLE, GpuLayout("mig", mig=("3g.40gb", "3g.40gb")),
+                                       GpuLayout("mig", mig=("1g.10gb", "1g.10gb"))]
+    assert {g.family.key for g in one} == {"A100-80GB"} and one[0].model == "NVIDIA A100-SXM4-80GB"
+    # Fourteen 1g slices: two GPUs cut into seven each (as few GPUs as hold them).
+    two = node_gpus(nodes["dgx02"], "train", settings)
+    assert [g.layout.mig for g in two] == [("1g.10gb",) * 7] * 2
+    # A profile no model has: left alone.
+    assert node_gpus(nodes["dgx03"], "train", settings) is None
+
+
+def test_slurm_and_docker_pools_each_get_their_engines_steps():
+    from podbay.hub.advice.replay import SimGpu
+    from podbay.hub.advice.render import slurm_gres
+
+    cfg = load_config(DATA / "one-server.yaml")
+    h100 = FAMILIES["H100-80GB"]
+    gpus = [SimGpu("dgx01", "dev", i, "NVIDIA H100 80GB HBM3", h100, WHOLE) for i in range(2)]
+    advice = advise(cfg, gpus, pairs_of("mig-3g.40gb", 10),
+                    holders=lambda g: ["Slurm job 7 of alice (train)"],
+                    modes={"dev": frozenset({"whole", "mig"})})
+    [node] = advice.changed
+    out = as_dict(advice, {"dev": "slurm"})
+    assert out["nodes_yaml"] == []  # Slurm's nodes are in slurm.conf, not podbay.yaml
+    [step] = [s for s in out["steps"] if s.startswith("dgx01")]
+    assert "scontrol update nodename=dgx01 state=drain" in step and f"Gres={slurm_gres(node)}" in step
+    assert "wait for Slurm job 7 of alice (train)" in step and "state=resume" in step
+    assert slurm_gres(node).startswith("gpu:") and "gpu:3g.40gb:" in slurm_gres(node)
+    # The same GPUs on one machine: podbay.yaml's entry, and no Slurm in the steps.
+    local = as_dict(advice, {"dev": "docker"})
+    assert local["nodes_yaml"] and not any("scontrol" in s for s in local["steps"])

@@ -12,9 +12,9 @@ import asyncio
 from collections import Counter
 
 from ...advice.advise import LayoutNotApplied
-from ...advice.layouts import predefined_layout
+from ...advice.layouts import deal_out, predefined_layout
 from ...advice.replay import WHOLE, GpuLayout, SimGpu
-from ...gpu import family_for, layout_fits
+from ...gpu import family_for
 from .capacity import MIG_LABEL, NodeGpus, gpu_nodes, pod_requests
 from .objects import GPU, PRODUCT, SHARED
 from .quantity import count
@@ -34,22 +34,6 @@ def _product(labels: dict[str, str]) -> str:
 def _model(labels: dict[str, str]) -> str:
     """GFD's product label as NVML names the model: NVIDIA-H100-80GB-HBM3-MIG-1g.10gb → NVIDIA H100 80GB HBM3."""
     return _product(labels).split("-MIG-")[0].replace("-", " ")
-
-
-def _split(family, counts: Counter, gpus: int) -> list[tuple[str, ...]]:
-    """A node's MIG devices (counted per node) dealt out to its MIG GPUs, largest first, each
-    GPU taking what still fits its geometry."""
-    layouts: list[list[str]] = [[] for _ in range(gpus)]
-    def size(p: str) -> tuple[int, int, str]:
-        spec = family.profiles.get(p)
-        return (-spec.memory_slices, -spec.compute_slices, p) if spec else (0, 0, p)
-
-    for name in sorted(counts.elements(), key=size):
-        for lay in layouts:
-            if name in family.profiles and layout_fits(family, lay + [name]):
-                lay.append(name)
-                break
-    return [tuple(lay) for lay in layouts]
 
 
 def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu] | None:
@@ -88,7 +72,7 @@ def node_gpus(node: NodeGpus, pool: str) -> list[SimGpu] | None:
         if same is not None and same.mode == "mig" and Counter({p: n * mig_gpus for p, n in Counter(same.mig).items()}) == mig:
             layouts = [WHOLE] * whole + [same] * mig_gpus
         else:
-            layouts = [WHOLE] * whole + [GpuLayout("mig", mig=lay) for lay in _split(family, mig, mig_gpus)]
+            layouts = [WHOLE] * whole + [GpuLayout("mig", mig=lay) for lay in deal_out(family, mig, mig_gpus)]
     else:
         layouts = [WHOLE] * (physical or whole)
     return [SimGpu(node.name, pool, i, model, family, lay) for i, lay in enumerate(layouts)]

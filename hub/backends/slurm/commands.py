@@ -97,6 +97,11 @@ class SlurmSettings(_Model):
     gres: str = Field("gpu", pattern=r"^[a-z][a-z0-9_]*$")
     # The GPU type to ask for (gpu:<type>:N), if any.
     gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    # The GPU model each GRES type of whole GPUs is, as NVML names it (a100: NVIDIA
+    # A100-SXM4-80GB): which MIG profiles and geometry `podbay advise` gives a node's GPUs.
+    # Unset, the type's name says (a100 → A100 40GB: name the 80 GB model here). MIG slices
+    # are GRES typed by their profile (gpu:1g.10gb:7) and need no entry.
+    gpu_models: dict[str, str] = {}
     # What each GPU comes with (--cpus-per-gpu, --mem-per-gpu, e.g. 16 and 200G): without
     # them a job gets one CPU per node and the partition's default memory.
     cpus_per_gpu: int | None = Field(None, ge=1, le=1024)

@@ -15,6 +15,8 @@ from ...quota.capacity import NodeState
 class SlurmNode(NodeState):
     # state: Slurm's words: IDLE, MIXED, ALLOCATED, DOWN, DRAIN, IDLE+DRAIN, …
     partitions: list[str] = field(default_factory=list)
+    # The node's Gres= as Slurm has it: gpu:a100:4(S:0-1), gpu:1g.10gb:7, …
+    gres: str = ""
 
     @property
     def usable(self) -> bool:
@@ -41,5 +43,5 @@ def parse_nodes(text: str, gres: str = "gpu") -> list[SlurmNode]:
             name=fields["NodeName"], state=fields.get("State", "UNKNOWN"),
             partitions=[p for p in fields.get("Partitions", "").split(",") if p],
             gpus=gres_count(fields.get("CfgTRES", ""), gres), gpus_used=gres_count(fields.get("AllocTRES", ""), gres),
-            reason=fields.get("Reason", "").split(" [")[0]))
+            reason=fields.get("Reason", "").split(" [")[0], gres=fields.get("Gres", "")))
     return nodes

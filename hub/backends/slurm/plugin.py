@@ -199,6 +199,31 @@ class SlurmBackend(LocalBackend):
                      f"workspace would not find its files): {fix}") for pool in pools]
         return out
 
+    def layouts(self, portal):
+        # This node's inventory (local workspaces), and the nodes of Slurm's partitions.
+        pools = [p for p in portal.cfg.pools if portal.cfg.slurm.partition(portal.cfg, p)]
+        return super().layouts(portal) + self.pool_layouts(portal, pools)
+
+    def pool_layouts(self, portal, pools):
+        from .layouts import slurm_layouts
+
+        try:
+            return slurm_layouts(portal.cfg, pools)
+        except (BackendUnavailable, SlurmError) as e:
+            raise BackendUnavailable(f"Slurm could not say what its nodes have: {e}") from None
+
+    def engine_of(self, cfg, pool):
+        # The pools without a partition are this node's (local workspaces).
+        return "slurm" if cfg.slurm.partition(cfg, pool) else "local"
+
+    def layout_modes(self, cfg):
+        # Slurm hands out whole GPUs and MIG slices (time-sliced shares run no podbay job there).
+        return frozenset({"whole", "mig"})
+
+    def cannot_apply_layouts(self, portal):
+        return ("podbay does not re-cut Slurm's nodes: drain the node, apply the layout with nvidia-mig-parted, "
+                "update its Gres and resume it, as `podbay advise` prints it")
+
     async def doctor(self, cfg):
         from .doctor import diagnose
 

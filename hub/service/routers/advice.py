@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 
 from ...advice.advise import IDLE_WEIGHT, LayoutNotApplied, advise
 from ...advice.render import as_dict
+from ...training import BackendUnavailable
 from ...usage.demand import DemandLog
 from ..context import Service, open_every_workspace
 from ..errors import ApiError
@@ -19,17 +20,32 @@ from ..schemas import ERRORS, AdviceOut, ApplyIn, ApplyOut
 
 def advice_for(portal, since: float, until: float, pools: set[str] | None = None,
                idle_weight: float = IDLE_WEIGHT) -> dict:
-    """The advice on the GPUs this deployment's engines report, from the period's demand."""
+    """The advice on the GPUs this deployment's engines report (the backend's, and those of
+    the pools another engine runs: a Slurm training pool), from the period's demand."""
+    from ...backends import load
+
     backend = portal.plugin
     if backend is None:
         raise ApiError(503, "unavailable", "no engine is loaded in this service: layout advice needs one")
-    found = [(g, h) for g, h in backend.layouts(portal) if pools is None or g.pool in pools]
+    others: dict[str, list[str]] = {}
+    for pool, engine in portal.cfg.pool_engines(backend.name).items():
+        others.setdefault(engine, []).append(pool)
+    try:
+        found = list(backend.layouts(portal))
+        for engine, names in others.items():
+            found += load(engine).pool_layouts(portal, names)
+    except BackendUnavailable as e:
+        raise ApiError(503, "unavailable", str(e)) from None
+    found = [(g, h) for g, h in found if pools is None or g.pool in pools]
     holders = {(g.node, g.index): h for g, h in found}
     gpus = [g for g, _ in found]
+    engines = {pool: backend.engine_of(portal.cfg, pool) for pool in portal.cfg.pools}
+    modes = {engine: load(engine).layout_modes(portal.cfg) for engine in set(engines.values())}
     requests = DemandLog(portal.book).requests(since, until, time.time(), pools={g.pool for g in gpus})
     advice = advise(portal.cfg, gpus, requests, holders=lambda g: holders.get((g.node, g.index), []),
-                    since=since, until=until, idle_weight=idle_weight, modes=backend.layout_modes(portal.cfg))
-    return as_dict(advice, backend.name)
+                    since=since, until=until, idle_weight=idle_weight,
+                    modes={pool: modes[engine] for pool, engine in engines.items()})
+    return as_dict(advice, engines)
 
 
 def router(svc: Service, prefix: str) -> APIRouter:
