@@ -58,7 +58,8 @@ def on_request_key(gpu_uuid: str, profile: str, start: int) -> str:
 def parse_on_request_key(key: str) -> tuple[str, str, int] | None:
     """(GPU UUID, profile, start) of an on-request device's key; None for other keys."""
     gpu, sep, rest = key.partition("/")
-    profile, at, start = rest.rpartition("@")
+    # A leftover's claim (quota book: hold_leftover) is the key with "#leftover".
+    profile, at, start = rest.split("#", 1)[0].rpartition("@")
     if not (sep and at and start.isdigit()):
         return None
     return gpu, profile, int(start)
@@ -109,6 +110,10 @@ def gpus_to_decls(gpus: list[Gpu], time_sliced: dict[int, int] | None = None,
     """Discovered GPUs as config declarations (also what `podbay gpus --as-inventory` prints).
     The GPUs in `on_request` have their MIG instances made per request: what is on them now
     is not offered (podbay removes it once nothing runs on it)."""
+    missing = sorted(set(on_request) - {g.index for g in gpus})
+    if missing:
+        raise InventoryError(f"mig_on_request lists GPU {', '.join(map(str, missing))}, which this machine does not "
+                             f"have (it has {', '.join(str(g.index) for g in gpus) or 'none'})")
     decls = []
     for g in gpus:
         if g.index in on_request:

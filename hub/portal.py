@@ -21,7 +21,7 @@ from .gpu import family_for
 from .inventory import Inventory
 from .environment import settings_env
 from .quota import Demand, QuotaBook, Snapshot, fmt_units
-from .quota.book import ClaimRefused, NoCapacity
+from .quota.book import ClaimGone, ClaimRefused, NoCapacity
 from .identity import ClusterAccount, cluster_account
 from .quota.capacity import CapacitySource, InventoryCapacity, PoolCapacities
 from .quota.placement import DevicePlacement, Mix, Placement, mix_of
@@ -121,8 +121,12 @@ class Portal:
         if placement is not None and self.inventory.on_request:
             from .mig import MigMaker
 
-            self.mig = MigMaker(self.data_dir / "mig.lock", book.visible_ids)
-            book.after_release.append(lambda _key: self.tidy_mig())
+            self.mig = MigMaker(self.data_dir / "mig.lock", book,
+                                {d.parent_uuid: d.node for d in self.inventory.on_request})
+            made_here = {d.key for d in self.inventory.on_request}
+            # Only a release of such a device costs an NVML session (not every CPU workspace's).
+            book.after_release.append(lambda _key, devices: self.tidy_mig() if any(
+                k in made_here for k in devices) else None)
             if isinstance(placement, DevicePlacement) and placement.mix is None:
                 placement.mix = self.demand_mix
         self._mix: tuple[float, Mix] | None = None
@@ -166,10 +170,17 @@ class Portal:
         """The quota book's claim, with this deployment's placement. Where the engine places,
         a workspace the cluster has no room for now is refused (after the quota, which comes
         first, and after the book replaced what a dead holder of the key held)."""
-        allocation = self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
-                                     placement=self.placement, **kw)
+        def claim():
+            return self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
+                                   placement=self.placement, **kw)
+
+        if self.mig is not None and demand.spec.kind == "mig" and any(
+                k.endswith("#leftover") for _, k in self.book.snapshot().taken):
+            # An instance that outlived its claim may have ended since: its slots first.
+            self.tidy_mig()
+        allocation = claim()
         if self.mig is not None:
-            allocation = self._make_mig(allocation)
+            allocation = self._make_mig(allocation, again=claim)
         if self.placement is None and kind == "workspace":
             why = self.capacity.shortage(demand.spec, list(demand.pools))
             if why:
@@ -179,10 +190,12 @@ class Portal:
 
     # --- MIG instances made per request ------------------------------------------------
 
-    def _make_mig(self, allocation):
+    def _make_mig(self, allocation, again=None):
         """Make the MIG instances an allocation's on-request devices need and record their
-        UUIDs; a failure takes the claim back and refuses the request with the reason."""
-        from .mig import MigError
+        UUIDs. Where the start was held by an instance that outlived its claim (now recorded
+        as a leftover), the claim is made `again` once, elsewhere. A failure takes the claim
+        back (that claim: not a later one under the same key) and refuses the request."""
+        from .mig import MigError, MigSetupError, MigSlotsHeld
 
         todo = [d for k in allocation.device_keys
                 if (d := self.inventory.by_key.get((allocation.node, k))) is not None and d.on_request]
@@ -191,19 +204,35 @@ class Portal:
         recorded = []
 
         def record(made):
-            recorded.append(self.book.record_made(allocation.key, {
+            recorded.append(self.book.record_made(allocation, {
                 key: (m.uuid, {"gpu": m.gpu_uuid, "gpu_instance": m.gpu_instance, "profile": m.profile})
                 for key, m in made.items()}))
 
+        def take_back(**kw):
+            self.book.release(allocation.key, only=allocation, **kw)
+
         try:
             self.mig.make(todo, record)
+        except MigSlotsHeld as e:
+            if again is not None:
+                take_back(forget=True)  # asked again at once: one request
+                return self._make_mig(again())
+            take_back(refused="capacity")
+            raise NoCapacity(f"no {allocation.profile} could be made: {e}; it is removed once that ends") from e
+        except MigSetupError as e:
+            take_back(refused="capacity")
+            # The operator's to fix: the whole of it in the log, the person told that much.
+            log.error("could not make a %s MIG instance for %s: %s", allocation.profile, allocation.key, e)
+            raise NoCapacity(f"no {allocation.profile} can be made on this server now (a set-up problem that "
+                             "podbay's log shows the administrators); pick another profile") from e
         except MigError as e:
-            self.book.release(allocation.key, refused="capacity")
+            take_back(refused="capacity")
             raise NoCapacity(f"no {allocation.profile} could be made: {e}") from e
-        except KeyError:
-            raise ClaimRefused(f"{allocation.key} was stopped while its MIG instance was being made") from None
+        except ClaimGone:
+            raise ClaimRefused(f"{allocation.key} was stopped or started again while its MIG instance was being "
+                               "made") from None
         except BaseException:
-            self.book.release(allocation.key)
+            take_back()
             raise
         return recorded[0]
 

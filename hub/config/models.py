@@ -226,7 +226,8 @@ class GpuDecl(_Model):
     # MIG mode is on and podbay makes each MIG instance when a request is granted (at the start
     # position that keeps the most room for what people ask for), and removes it when the
     # workspace or job ends: no fixed layout, so no `mig:` list. podbay owns this GPU's MIG
-    # instances; one it did not make is removed once nothing runs on it.
+    # instances: one no workspace or job holds is removed (once nothing runs on it: until
+    # then its slots count as taken).
     mig_on_request: bool = False
 
     @field_validator("uuid")

@@ -51,6 +51,12 @@ class Allocation:
     created: float
     # The inventory's keys of the devices, in the same order.
     device_keys: tuple[str, ...] = ()
+    # The row's id: with `created`, this claim and not a later one under the same key (a
+    # restart; SQLite may give the new row the old one's id).
+    row_id: int = 0
+
+    def is_row(self, row: AllocationRow | None) -> bool:
+        return row is not None and (row.id, row.key, row.created) == (self.row_id, self.key, self.created)
 
     @classmethod
     def from_row(cls, row: AllocationRow) -> "Allocation":
@@ -61,7 +67,7 @@ class Allocation:
             devices=tuple(c.visible_id for c in claims),
             node=claims[0].node if claims else None,
             ref=json.loads(row.ref or "{}"), created=row.created,
-            device_keys=tuple(c.device for c in claims),
+            device_keys=tuple(c.device for c in claims), row_id=row.id,
         )
 
 
@@ -105,6 +111,10 @@ class Demand:
     gpus: int = 0
 
 
+class ClaimGone(Exception):
+    """The claim was released (or replaced by a later one under its key) meanwhile."""
+
+
 class ClaimRefused(Exception):
     """A claim that cannot be granted; the message is meant for the user."""
 
@@ -124,6 +134,11 @@ def fmt_units(u: Fraction) -> str:
     return f"{float(u):.2f}".rstrip("0").rstrip(".")
 
 
+def _devices_json(devices: Iterable[tuple[str, str]]) -> str:
+    """A holding's devices: [[node, visible id], …], what utilisation samples are matched by."""
+    return json.dumps([[node, visible] for node, visible in devices])
+
+
 class QuotaBook:
     def __init__(self, url: str):
         self.db = Database(url)
@@ -132,8 +147,8 @@ class QuotaBook:
         self._writers = self.db.writers
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
-        # Called with the key after each release has committed (the portal removes MIG
-        # instances made for it).
+        # Called with the key and its device keys after each release has committed (the
+        # portal removes MIG instances made for it).
         self.after_release: list[Callable[[str], None]] = []
 
     # --- reading -----------------------------------------------------------------
@@ -307,7 +322,7 @@ class QuotaBook:
         s.add(HoldingRow(
             key=key, kind=kind, user=user, team=team, profile=demand.profile_id, pool=pool,
             units_num=units.numerator, units_den=units.denominator, gpus=gpus,
-            devices=json.dumps([[d.node, d.visible_id] for d in devices]), ref=json.dumps(ref or {}),
+            devices=_devices_json((d.node, d.visible_id) for d in devices), ref=json.dumps(ref or {}),
             started=time.time()))
         self._record(s, key, kind, user, team, demand.profile_id, pool, "granted")
         self._bump(s)
@@ -344,33 +359,49 @@ class QuotaBook:
             if row is not None:
                 row.ref = json.dumps(ref)
 
-    def record_made(self, key: str, made: dict[str, tuple[str, dict]]) -> Allocation:
-        """Record what was made for `key`'s claims (MIG instances made per request): device key
-        → (its visible id, the ref's "made" facts: parent GPU, instance id, profile), in the
-        claims, the open holding (utilisation is matched by them) and both refs. KeyError:
-        the claim is gone."""
+    def record_made(self, allocation: Allocation, made: dict[str, tuple[str, dict]]) -> Allocation:
+        """Record what was made for this allocation's claims (MIG instances made per request):
+        device key → (its visible id, the ref's "made" facts: parent GPU, instance id,
+        profile), in the claims, the open holding (utilisation is matched by them) and both
+        refs. ClaimGone: that claim is no more (released, or replaced by a restart)."""
         with self._writers, self.write_session() as s, s.begin():
-            row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
-            if row is None:
-                raise KeyError(key)
+            row = s.get(AllocationRow, allocation.row_id)
+            if not allocation.is_row(row) or not set(made) <= {c.device for c in row.claims}:
+                raise ClaimGone(allocation.key)
             for c in row.claims:
                 if c.device in made:
                     c.visible_id = made[c.device][0]
             facts = {vid: info for vid, info in made.values()}
             ref = {**json.loads(row.ref or "{}"), "made": facts}
             row.ref = json.dumps(ref)
-            holding = s.scalar(select(HoldingRow).where(HoldingRow.key == key, HoldingRow.ended.is_(None)))
+            holding = s.scalar(select(HoldingRow).where(HoldingRow.key == allocation.key, HoldingRow.ended.is_(None)))
             if holding is not None:
-                holding.devices = json.dumps([[c.node, c.visible_id] for c in sorted(row.claims, key=lambda c: c.id)])
+                holding.devices = _devices_json((c.node, c.visible_id) for c in sorted(row.claims, key=lambda c: c.id))
                 holding.ref = json.dumps({**json.loads(holding.ref or "{}"), "made": facts})
             self._bump(s)
             s.flush()
             return Allocation.from_row(row)
 
-    def visible_ids(self) -> set[str]:
-        """Every visible id the claims hold (what a MIG tidy keeps)."""
+    def visible_ids(self) -> dict[str, str]:
+        """Every visible id the claims hold → the key of its allocation (what a MIG tidy keeps)."""
         with self.read_session() as s:
-            return set(s.scalars(select(ClaimRow.visible_id)))
+            return dict(s.execute(select(ClaimRow.visible_id, AllocationRow.key)
+                                  .join(AllocationRow, AllocationRow.id == ClaimRow.allocation_id)).all())
+
+    def hold_leftover(self, node: str, device: str, visible_id: str, profile: str) -> None:
+        """Record a MIG instance that outlived its claim (something still runs on it) as held
+        by nobody (`leftover:` key, device `<key>#leftover`): its slots are taken for the
+        placement and the capacity views, in no one's quota, usage or demand, until a tidy
+        removes it."""
+        key = f"leftover:{device}"
+        with self._writers, self.write_session() as s, s.begin():
+            if s.scalar(select(AllocationRow.id).where(AllocationRow.key == key)):
+                return
+            row = AllocationRow(key=key, kind="leftover", user="", team=None, profile=profile, gpus=0,
+                                units_num=0, units_den=1, ref="{}")
+            row.claims = [ClaimRow(node=node, device=f"{device}#leftover", visible_id=visible_id)]
+            s.add(row)
+            self._bump(s)
 
     def requests_per_profile(self, since: float) -> dict[str, int]:
         """Requests since then per profile, whatever they got (what people ask for)."""
@@ -378,24 +409,30 @@ class QuotaBook:
             return dict(s.execute(select(DemandRow.profile, func.count()).where(DemandRow.at >= since)
                                   .group_by(DemandRow.profile)).all())
 
-    def release(self, key: str, refused: str | None = None) -> bool:
-        """Give back what `key` holds. With `refused` ("capacity"), the claim just made is
-        taken back because the engine has no room after all (Kubernetes): its request is
-        recorded as refused, not granted."""
+    def release(self, key: str, refused: str | None = None, *, only: Allocation | None = None,
+                forget: bool = False, notify: bool = True) -> bool:
+        """Give back what `key` holds (with `only`: if that claim is still the one it holds). With `refused` ("capacity"), the claim just made is taken back because the
+        engine has no room after all: its request is recorded as refused, not granted; with
+        `forget`, its request is struck (it is asked again at once). `notify`: call
+        `after_release`."""
         with self._writers, self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
-            if row is None:
+            if row is None or (only is not None and not only.is_row(row)):
                 return False
-            if refused:
+            devices = [c.device for c in row.claims]
+            if refused or forget:
                 last = s.scalar(select(func.max(DemandRow.id)).where(DemandRow.key == key))
-                if last is not None:
+                if last is not None and forget:
+                    s.execute(delete(DemandRow).where(DemandRow.id == last))
+                elif last is not None:
                     s.execute(update(DemandRow).where(DemandRow.id == last, DemandRow.outcome == "granted")
                               .values(outcome=refused))
             s.delete(row)
             self._end_holding(s, key)
             self._bump(s)
-        for hook in self.after_release:
-            hook(key)
+        if notify:
+            for hook in self.after_release:
+                hook(key, devices)
         return True
 
     @staticmethod

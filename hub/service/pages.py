@@ -27,8 +27,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
 from ..browser import PAGE_HEADERS, BrowserSession, navigation, not_a_tab, page_script
+from ..gpu import room_for
 from ..quota import fmt_units
 from ..quota.database import AllocationRow, ClaimRow
+from ..quota.placement import on_request_gpus
 from ..usage.settings import fmt_duration
 from ..usage.store import UsageStore
 
@@ -64,6 +66,18 @@ def holders(portal: "Portal") -> dict[tuple[str, str], dict]:
                 for node, dev, key, user, kind, profile in rows}
 
 
+def on_request_room(portal: "Portal") -> dict[tuple[str, int], Fraction]:
+    """(node, GPU index) → the GPU units of the largest MIG instance that can still be made
+    there, for the GPUs whose instances are made per request."""
+    states = on_request_gpus(portal.inventory, portal.book.snapshot().taken)
+    index = {(d.node, d.parent_uuid): d.gpu_index for d in portal.inventory.on_request}
+    room = {}
+    for g in states.values():
+        fits = [g.family.weight(p) for p, n in room_for(g.family, g.used, g.compute).items() if n]
+        room[(g.node, index[(g.node, g.uuid)])] = max(fits, default=Fraction(0))
+    return room
+
+
 def capacity_picture(portal: "Portal") -> list[dict]:
     """Pools → nodes → GPUs → devices (a whole GPU, its MIG slices, its shared slots), each
     with its holder or none. A pool whose devices podbay does not place (Kubernetes, a
@@ -72,25 +86,31 @@ def capacity_picture(portal: "Portal") -> list[dict]:
     placed = {d.pool for d in portal.inventory.devices} if portal.places_devices else set()
     if placed:
         held = holders(portal)
+        made_room = on_request_room(portal)
         for d in portal.inventory.devices:
             node = pools.setdefault(d.pool, {"name": d.pool, "nodes": {}})["nodes"].setdefault(
                 d.node, {"name": d.node, "gpus": {}, "state": None, "reason": None})
             gpu = node["gpus"].setdefault(d.gpu_index, {"index": d.gpu_index, "model": d.model, "devices": [],
                                                         "kind": d.kind, "replicas": d.replicas,
                                                         "on_request": d.on_request})
-            if d.on_request and (d.node, d.key) not in held:
-                # A GPU whose MIG instances are made per request: only those made are drawn,
-                # the rest of it is its unsliced room.
-                continue
+            holder = held.get((d.node, d.key))
+            if d.on_request:
+                # A GPU whose MIG instances are made per request: only those made are drawn (an
+                # instance that outlived its claim as "in use"), in slot order; the rest of it
+                # is its room.
+                holder = holder or held.get((d.node, f"{d.key}#leftover"))
+                if holder is None:
+                    continue
             gpu["devices"].append({"label": d.mig_profile or (f"1/{d.replicas}" if d.kind == "shared" else "GPU"),
                                    "id": d.key, "units": d.weight, "weight": float(d.weight),
-                                   "holder": held.get((d.node, d.key))})
+                                   "holder": holder, "start": d.mig_start or 0})
         for pool in pools.values():
             for node in pool["nodes"].values():
                 for gpu in node["gpus"].values():
                     if gpu.get("on_request"):
-                        # Instances are made from what no instance covers.
-                        free = 1 - sum((dev["units"] for dev in gpu["devices"]), Fraction(0))
+                        gpu["devices"].sort(key=lambda dev: dev["start"])
+                        # By the geometry: the largest instance that can still be made.
+                        free = made_room.get((node["name"], gpu["index"]), Fraction(0))
                     else:
                         free = sum((dev["units"] for dev in gpu["devices"] if dev["holder"] is None), Fraction(0))
                     gpu["free_units"] = fmt_units(free)

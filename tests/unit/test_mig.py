@@ -71,6 +71,31 @@ def portal(tmp_path, driver, db_url):
     book.dispose()
 
 
+class Recorded:
+    """The quota book as MigMaker reads and writes it, for the maker alone: the UUIDs claims
+    record, and the leftovers."""
+
+    def __init__(self):
+        self.uuids: dict[str, str] = {}
+        self.leftovers: dict[str, str] = {}
+
+    def visible_ids(self):
+        return {**self.uuids, **{u: k for k, u in self.leftovers.items()}}
+
+    def hold_leftover(self, node, device, visible_id, profile):
+        self.leftovers[f"leftover:{device}"] = visible_id
+
+    def release(self, key, **kw):
+        return self.leftovers.pop(key, None) is not None
+
+    def record(self, made):
+        self.uuids.update({m.uuid: f"workspace:{key}" for key, m in made.items()})
+
+
+def maker(tmp_path, nv, book=None) -> MigMaker:
+    return MigMaker(tmp_path / "mig.lock", book or Recorded(), {}, nvml=nv)
+
+
 def claim(portal: Portal, key: str, profile: str, kind: str = "workspace"):
     return portal.claim(key=key, kind=kind, user="alice", team="vision", demand=demand(profile), quota=BIG)
 
@@ -114,23 +139,62 @@ def test_an_instance_in_use_stays_until_it_is_not_and_its_slots_stay_taken(porta
     fake.mark_busy(state, a.devices[0])  # a process that outlived its workspace
     portal.book.release(a.key)
     assert made(state) == [(0, 0)]
-    with pytest.raises(NoCapacity, match="held by an instance something still runs on") as e:
+    # Recorded as held by nobody: the form, the placement and the page count its slots taken.
+    [left] = portal.book.allocations(kind="leftover")
+    assert left.devices == a.devices and left.user == "" and left.units == 0
+    assert portal.counts(demand("mig-1g.10gb").spec, ["dev"], portal.book.snapshot()) == (7, 0)
+    with pytest.raises(NoCapacity, match="no mig-1g.10gb is free"):
         claim(portal, "workspace:alice/b", "mig-1g.10gb")
-    assert "nvidia-smi mig -lgi" in str(e.value)
-    # The refused claim was taken back and recorded as refused for capacity.
-    assert portal.book.get("workspace:alice/b") is None
     with portal.book.read_session() as s:
         assert s.scalars(select(DemandRow.outcome).where(DemandRow.key == "workspace:alice/b")).all() == ["capacity"]
+    # It ends: the next request for a slice finds it gone.
     fake.mark_busy(state, a.devices[0], busy=False)
     b = claim(portal, "workspace:alice/b", "mig-1g.10gb")
     [start] = [portal.inventory.by_key[("node-a", k)].mig_start for k in b.device_keys]
-    assert made(state) == [(19, start)] and b.devices[0] not in a.devices
+    assert made(state) == [(19, start)] and portal.book.allocations(kind="leftover") == []
+
+
+def test_a_start_held_by_an_unknown_instance_is_claimed_again_elsewhere(portal, driver):
+    """An instance podbay never knew of, in use: found when the chosen start is made, recorded
+    as a leftover, and the request placed again beside it, as one request."""
+    state, nv = driver
+    stray = maker(portal.data_dir, nv)
+    # A 4g at slot 0: where the placement puts a 4g, unaware of it.
+    m = stray.make([portal.inventory.by_key[("node-a", on_request_key(H100, "3g.40gb", 4))]], lambda made: None)
+    fake.mark_busy(state, next(iter(m.values())).uuid)
+    a = claim(portal, "workspace:alice/a", "mig-3g.40gb")
+    assert made(state) == [(9, 0), (9, 4)]
+    assert [x.key for x in portal.book.allocations(kind="leftover")] == [f"leftover:{H100}/3g.40gb@4"]
+    assert a.device_keys == (on_request_key(H100, "3g.40gb", 0),)
+    with portal.book.read_session() as s:
+        assert s.scalars(select(DemandRow.outcome).where(DemandRow.key == a.key)).all() == ["granted"]
+
+
+def test_a_claim_replaced_while_its_instance_was_made_keeps_nothing_of_it(portal, driver):
+    """A restart under the same key while the first start's instance is made: the first
+    finds its claim gone, removes what it made, and never touches the second's."""
+    from podbay.hub.quota import ClaimRefused
+
+    state, _ = driver
+    book = portal.book
+
+    def raw_claim():
+        return book.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision",
+                          demand=demand("mig-3g.40gb"), quota=BIG, placement=portal.placement, replace=True)
+
+    first = raw_claim()
+    second = raw_claim()  # replaced: a new row under the same key
+    with pytest.raises(ClaimRefused, match="stopped or started again"):
+        portal._make_mig(first)
+    assert made(state) == [] and book.get("workspace:alice/a").row_id == second.row_id
+    done = portal._make_mig(second)
+    assert made(state) == [(9, 4)] and done.devices == tuple(fake.instances(state)[0]["uuids"])
 
 
 def test_what_no_claim_records_is_removed_at_start(portal, driver):
     """An instance made by a process that died before recording it, or by someone else."""
     state, nv = driver
-    stray = MigMaker(portal.data_dir / "other.lock", set, nvml=nv)
+    stray = maker(portal.data_dir, nv)
     dev = portal.inventory.by_key[("node-a", on_request_key(H100, "1g.10gb", 3))]
     stray.make([dev], lambda m: None)
     assert made(state) == [(19, 3)]
@@ -142,7 +206,7 @@ def test_what_no_claim_records_is_removed_at_start(portal, driver):
     assert made(state) == [(5, 0)] and fake.instances(state)[0]["uuids"] == list(kept.devices)
 
 
-def test_the_drivers_refusals_say_what_to_do(tmp_path, db_url):
+def test_the_drivers_refusals_say_what_to_do(tmp_path, db_url, caplog):
     state = fake.write_state(tmp_path / "nvml.json", [fake.gpu(H100)], root=False)
     nv = fake.install(state)
     cfg = load_config(config(tmp_path))
@@ -150,18 +214,18 @@ def test_the_drivers_refusals_say_what_to_do(tmp_path, db_url):
     book = QuotaBook(db_url)
     p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
     p.mig._nvml = nv
-    with pytest.raises(NoCapacity, match="needs root"):
-        claim(p, "workspace:alice/a", "mig-1g.10gb")
-    assert book.allocations() == []
-    # MIG mode off.
-    fake.write_state(state, [fake.gpu(H100, mig=False)])
-    with pytest.raises(NoCapacity, match="not in MIG mode: enable it"):
-        claim(p, "workspace:alice/a", "mig-1g.10gb")
-    # No driver at all.
-    state.unlink()
-    with pytest.raises(NoCapacity, match="NVML is not available"):
-        claim(p, "workspace:alice/a", "mig-1g.10gb")
-    assert book.allocations() == []
+    # The person is told it is a set-up problem; the log says what it is and what to do.
+    for fault, said in [(None, "needs root"), ([fake.gpu(H100, mig=False)], "not in MIG mode: enable it"),
+                        ("no driver", "NVML is not available")]:
+        if fault == "no driver":
+            state.unlink()
+        elif fault:
+            fake.write_state(state, fault)
+        caplog.clear()
+        with pytest.raises(NoCapacity, match="a set-up problem that podbay's log shows the administrators"):
+            claim(p, "workspace:alice/a", "mig-1g.10gb")
+        assert said in caplog.text
+        assert book.allocations() == []
     book.dispose()
 
 
@@ -175,33 +239,52 @@ def test_every_profile_is_made_at_each_of_its_starts_with_the_drivers_profile_id
     cfg = load_config(config(tmp_path, [{"index": 0, "uuid": uuid, "model": model, "memory_mib": mem,
                                          "mig_on_request": True}], profiles=[f"mig-{p}" for p in fam.profiles]))
     inventory = Inventory.from_config(cfg)
-    recorded: set[str] = set()
-    maker = MigMaker(tmp_path / "mig.lock", lambda: recorded, nvml=nv)
+    book = Recorded()
+    mk = maker(tmp_path, nv, book)
     ids = {"1g.10gb": 19, "1g.10gb+me": 20, "1g.20gb": 15, "2g.20gb": 14, "3g.40gb": 9, "4g.40gb": 5,
            "7g.80gb": 0, "1g.6gb": 14, "1g.6gb+me": 21, "2g.12gb": 5, "2g.12gb+me": 6, "4g.24gb": 0}
     for d in inventory.on_request:
-        m = maker.make([d], lambda out: recorded.update(x.uuid for x in out.values()))[d.key]
+        m = mk.make([d], book.record)[d.key]
         [inst] = [i for i in fake.instances(state) if i["gpu"] == uuid]
         assert (inst["profile_id"], inst["start"], inst["uuids"]) == (ids[d.mig_profile], d.mig_start, [m.uuid])
-        assert maker.instances(uuid, fam) == [m]
-        recorded.clear()
-        assert maker.tidy([(uuid, fam)]) == [m]
-    assert len(inventory.on_request) == sum(len(p.starts) for p in fam.profiles.values())
+        assert mk.instances(uuid, fam) == [m]
+        book.uuids.clear()
+        assert mk.tidy([(uuid, fam)]) == [m]
 
 
 def test_an_overlapping_instance_is_refused_by_the_driver_and_nothing_is_left(tmp_path, driver):
     state, nv = driver
     cfg = load_config(config(tmp_path))
     inventory = Inventory.from_config(cfg)
-    recorded: set[str] = set()
-    maker = MigMaker(tmp_path / "mig.lock", lambda: recorded, nvml=nv)
-    keep = maker.make([inventory.by_key[("node-a", on_request_key(H100, "3g.40gb", 4))]],
-                      lambda out: recorded.update(x.uuid for x in out.values()))
+    book = Recorded()
+    mk = maker(tmp_path, nv, book)
+    keep = mk.make([inventory.by_key[("node-a", on_request_key(H100, "3g.40gb", 4))]], book.record)
     with pytest.raises(MigError, match="slots 4–5"):
-        maker.make([inventory.by_key[("node-a", on_request_key(H100, "1g.10gb", 0))],
-                    inventory.by_key[("node-a", on_request_key(H100, "2g.20gb", 4))]], lambda out: None)
+        mk.make([inventory.by_key[("node-a", on_request_key(H100, "1g.10gb", 0))],
+                 inventory.by_key[("node-a", on_request_key(H100, "2g.20gb", 4))]], book.record)
     # The 1g this call made first was removed again; the recorded 3g stays.
     assert [i["uuids"] for i in fake.instances(state) if i["gpu"] == H100] == [[m.uuid for m in keep.values()]]
+    # Two made in one call are both kept (the GPU is tidied once, before either).
+    two = mk.make([inventory.by_key[("node-a", on_request_key(H100, "1g.10gb", 0))],
+                   inventory.by_key[("node-a", on_request_key(H100, "1g.10gb", 1))]], book.record)
+    assert sorted(u for i in fake.instances(state) for u in i["uuids"]) == sorted(
+        [m.uuid for m in keep.values()] + [m.uuid for m in two.values()])
+
+
+def test_an_instance_made_by_hand_in_any_profile_is_removed(tmp_path, driver):
+    """Tidy reads every profile the driver has, not only podbay's (1g.10gb+me here, made by
+    hand), and every compute instance in it."""
+    state, nv = driver
+    nv.nvmlInit()
+    dev = nv.nvmlDeviceGetHandleByUUID(H100)
+    info = nv.nvmlDeviceGetGpuInstanceProfileInfo(dev, nv.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1)
+    gi = nv.nvmlDeviceCreateGpuInstanceWithPlacement(dev, info.id, nv.c_nvmlGpuInstancePlacement_t(3, 1))
+    ci = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, nv.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE, 0)
+    nv.nvmlGpuInstanceCreateComputeInstance(gi, ci.id)
+    nv.nvmlShutdown()
+    assert made(state) == [(20, 3)]
+    [gone] = maker(tmp_path, nv).tidy([(H100, FAMILIES["H100-80GB"])])
+    assert (gone.profile, gone.start) == ("1g.10gb+me", 3) and made(state) == []
 
 
 def test_placement_prefers_slices_that_exist_then_the_start_the_demand_needs(tmp_path):
