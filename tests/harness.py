@@ -209,12 +209,13 @@ class Hub:
         return alloc.ref["pid"]
 
 
-def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool) -> Hub:
+def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool, extra_env: dict[str, str] | None = None) -> Hub:
     """A hub of its own, started on this podbay.yaml (written under tmp_path)."""
     config = tmp_path / "podbay.yaml"
     config.write_text(yaml.safe_dump(cfg))
     (tmp_path / "data").mkdir()
-    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=keep_workspaces)
+    hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=keep_workspaces,
+              extra_env=extra_env or {})
     hub.start()
     return hub
 

@@ -801,6 +801,40 @@ async def test_jobs_wait_while_docker_is_down_and_start_when_it_is_back(docker, 
     portal.book.dispose()
 
 
+def test_a_slice_made_on_request_reaches_the_container(docker, image, tmp_path):
+    """A GPU whose MIG instances podbay makes per request (mig_on_request, the stand-in NVIDIA
+    driver in the hub's process): the container is handed the MIG device made for it, and
+    stopping it removes the instance."""
+    from tests.standins import nvml as fake
+
+    gpu = "GPU-0e000000-0000-4000-8000-000000000000"
+    state = fake.write_state(tmp_path / "nvml.json", [fake.gpu(gpu, name="NVIDIA A100-SXM4-80GB", memory_mib=81920)])
+    cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
+    cfg["images"][0]["build"] = str(ROOT / "images" / "base")
+    cfg["nodes"] = [{"name": "dev-01", "pool": "dev", "gpus": [
+        {"index": 0, "uuid": gpu, "model": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "mig_on_request": True}]}]
+    cfg["profiles"] = [{"id": "cpu"}, {"id": "mig-3g.40gb"}]
+    hub = hub_on(cfg, tmp_path, keep_workspaces=False, extra_env=fake.process_env(state))
+    try:
+        hub.start_server("alice", "slice", {"profile": "mig-3g.40gb", "image": "base"})
+        [inst] = fake.instances(state)
+        assert inst["start"] == 4 and claimed(hub, "workspace:alice/slice") == inst["uuids"]
+        c = container_of(hub, docker, "alice", "slice")
+        (request,) = c["HostConfig"]["DeviceRequests"]
+        assert request["DeviceIDs"] == inst["uuids"]
+        shim = SHIM_LOG / f"{c['Id']}.json"
+        require(shim.exists(), "dockerd does not run the GPU stand-in hook (start it as scripts/dev.sh test does)")
+        assert json.loads(shim.read_text())["env"]["NVIDIA_VISIBLE_DEVICES"] == inst["uuids"][0]
+        hub.stop_server("alice", "slice")
+        # The release (and its tidy) is the stop's last step: waited on as the driver reports it.
+        deadline = time.monotonic() + 30
+        while fake.instances(state) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert fake.instances(state) == []
+    finally:
+        hub.stop()
+
+
 def test_homes_per_workspace_where_configured(docker, image, tmp_path):
     cfg = yaml.safe_load(DOCKER_CONFIG.read_text())
     cfg["docker"]["home_per_workspace"] = True

@@ -5,9 +5,7 @@ removes the instance."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +14,6 @@ from tests.harness import TEST_CONFIG, Hub, environ_of, free_port_block
 from tests.standins import nvml as fake
 
 GPU = "GPU-0d000000-0000-4000-8000-000000000000"
-SITE = Path(__file__).resolve().parents[1] / "standins" / "nvml_site"
 
 
 @pytest.fixture
@@ -31,9 +28,8 @@ def mig_hub(tmp_path):
     config = tmp_path / "podbay.yaml"
     config.write_text(yaml.safe_dump(cfg))
     (tmp_path / "data").mkdir()
-    path = os.pathsep.join(p for p in (str(SITE), os.environ.get("PYTHONPATH", "")) if p)
     hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=False,
-              extra_env={"PYTHONPATH": path, "PODBAY_TEST_NVML_STATE": str(state)})
+              extra_env=fake.process_env(state))
     hub.start()
     yield hub, state
     hub.stop()

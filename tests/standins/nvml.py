@@ -389,6 +389,18 @@ class FakeNvmlLib:
         return SUCCESS
 
 
+SITE = Path(__file__).resolve().parent / "nvml_site"
+
+
+def process_env(state: Path) -> dict[str, str]:
+    """The environment that makes a test hub's process (and the Python processes it starts
+    with its environment) talk to the stand-in driver in `state` (nvml_site/sitecustomize.py)."""
+    import os
+
+    path = os.pathsep.join(p for p in (str(SITE), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "PODBAY_TEST_NVML_STATE": str(state)}
+
+
 def install(state: Path):
     """Bind the real pynvml module to the stand-in library for this process; returns it."""
     import pynvml
