@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Callable, Literal
 
 from .config import GpuDecl, MigDeviceDecl, Node, PodbayConfig, ProfileKind, split_ci
@@ -55,6 +56,7 @@ def on_request_key(gpu_uuid: str, profile: str, start: int) -> str:
     return f"{gpu_uuid}/{profile}@{start}"
 
 
+@lru_cache(maxsize=1 << 16)  # every placement reads every claim's key: the same keys again
 def parse_on_request_key(key: str) -> tuple[str, str, int] | None:
     """(GPU UUID, profile, start) of an on-request device's key; None for other keys."""
     gpu, sep, rest = key.partition("/")
@@ -137,8 +139,11 @@ class Inventory:
     def __init__(self, devices: list[Device]):
         self.devices = devices
         self.by_key = {(d.node, d.key): d for d in devices}
-        # The devices of the GPUs whose MIG instances are made per request.
+        # The devices of the GPUs whose MIG instances are made per request, and those GPUs:
+        # (node, UUID) → (pool, MIG family).
         self.on_request = [d for d in devices if d.on_request]
+        self.on_request_info = {(d.node, d.parent_uuid): (d.pool, family_for(d.model, d.memory_mib))
+                                for d in self.on_request}
         # The inventory never changes while it lives: candidates per (profile, pools) once.
         self._candidates: dict[tuple, list[Device]] = {}
 
@@ -163,11 +168,22 @@ class Inventory:
                 devices += devices_of_gpu(node, gpu)
         return cls(devices)
 
-    def candidates(self, spec: ProfileKind, pools: list[str]) -> list[Device]:
-        """Devices that could serve one unit of this profile, in the given pools."""
-        key = (spec, tuple(pools))
+    def candidates(self, spec: ProfileKind, pools: list[str], made: bool = True) -> list[Device]:
+        """Devices that could serve one unit of this profile, in the given pools (without
+        `made`: not those of GPUs whose instances are made per request)."""
+        key = (spec, tuple(pools), made)
         if key not in self._candidates:
-            self._candidates[key] = self._find_candidates(spec, pools)
+            found = self._find_candidates(spec, pools)
+            self._candidates[key] = found if made else [d for d in found if not d.on_request]
+        return self._candidates[key]
+
+    def on_request_for(self, spec: ProfileKind, pools: list[str]) -> list[tuple[str, str]]:
+        """(node, GPU UUID) of the on-request GPUs that can make this profile in these pools,
+        in order."""
+        key = ("on-request", spec, tuple(pools))
+        if key not in self._candidates:
+            self._candidates[key] = sorted({(d.node, d.parent_uuid) for d in self.candidates(spec, pools)
+                                            if d.on_request})
         return self._candidates[key]
 
     def _find_candidates(self, spec: ProfileKind, pools: list[str]) -> list[Device]:

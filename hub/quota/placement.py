@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import ProfileKind
-from ..gpu import GpuFamily, family_for, free_starts, instance_mask, room_for
+from ..gpu import GpuFamily, free_starts, instance_mask, room_for
 from ..inventory import Device, Inventory, on_request_key, parse_on_request_key
 
 
@@ -80,19 +80,26 @@ def choose_mig_start(gpus: Sequence[MigGpu], profile: str, mix: Mix, *,
     the busier GPU (empty GPUs stay empty), then the lower index and slot. Without it, the
     first GPU and its first free start: what a placement that does not look ahead does."""
     best: tuple | None = None
+    # GPUs in one state lose the same for each start: each state is valued once (a server
+    # room of GPUs is a handful of states).
+    losses: dict[tuple[str, int, int], list[tuple[float, int]]] = {}
     for i, g in enumerate(gpus):
         spec = g.family.profiles.get(profile)
         if spec is None:
             continue
-        starts = free_starts(g.family, profile, g.used, g.compute)
-        if not starts:
-            continue
         if not keep_room:
-            return i, starts[0]
-        before = mig_room_value(g.family, g.used, g.compute, mix)
-        for s in starts:
-            after = mig_room_value(g.family, g.used | instance_mask(spec, s), g.compute + spec.compute_slices, mix)
-            key = (round(before - after, 12), -g.held, i, s)
+            starts = free_starts(g.family, profile, g.used, g.compute)
+            if starts:
+                return i, starts[0]
+            continue
+        state = (g.family.key, g.used, g.compute)
+        if state not in losses:
+            before = mig_room_value(g.family, g.used, g.compute, mix)
+            losses[state] = [(round(before - mig_room_value(g.family, g.used | instance_mask(spec, s),
+                                                             g.compute + spec.compute_slices, mix), 12), s)
+                             for s in free_starts(g.family, profile, g.used, g.compute)]
+        for loss, s in losses[state]:
+            key = (loss, -g.held, i, s)
             if best is None or key < best[0]:
                 best = (key, i, s)
     return None if best is None else (best[1], best[2])
@@ -113,23 +120,29 @@ class OnRequestGpu:
     by_profile: dict[str, int] | None = None
 
 
-def on_request_gpus(inventory: Inventory, taken) -> dict[tuple[str, str], OnRequestGpu]:
-    """Every on-request GPU of the inventory, (node, GPU UUID) → its state under `taken`."""
+def on_request_gpus(inventory: Inventory, taken, only_held: bool = False) -> dict[tuple[str, str], OnRequestGpu]:
+    """The on-request GPUs of the inventory, (node, GPU UUID) → its state under `taken`
+    (with `only_held`: only those holding something)."""
+    info = inventory.on_request_info
     gpus: dict[tuple[str, str], OnRequestGpu] = {}
-    for d in inventory.on_request:
-        if (d.node, d.parent_uuid) not in gpus:
-            gpus[(d.node, d.parent_uuid)] = OnRequestGpu(d.node, d.pool, d.parent_uuid, family_for(d.model, d.memory_mib),
-                                                         by_profile={})
     for node, key in taken:
         parsed = parse_on_request_key(key)
-        g = gpus.get((node, parsed[0])) if parsed else None
-        if g is None or parsed[1] not in g.family.profiles:
+        if parsed is None or (node, parsed[0]) not in info:
             continue
-        spec = g.family.profiles[parsed[1]]
+        g = gpus.get((node, parsed[0]))
+        if g is None:
+            pool, family = info[(node, parsed[0])]
+            g = gpus[(node, parsed[0])] = OnRequestGpu(node, pool, parsed[0], family, by_profile={})
+        spec = g.family.profiles.get(parsed[1])
+        if spec is None:
+            continue
         g.used |= instance_mask(spec, parsed[2])
         g.compute += spec.compute_slices
         g.held += 1
         g.by_profile[parsed[1]] = g.by_profile.get(parsed[1], 0) + 1
+    if not only_held:
+        for (node, uuid), (pool, family) in info.items():
+            gpus.setdefault((node, uuid), OnRequestGpu(node, pool, uuid, family, by_profile={}))
     return gpus
 
 
@@ -151,7 +164,8 @@ class DevicePlacement:
     def pick(self, spec: ProfileKind, pools: list[str], taken: set[tuple[str, str]]) -> list[Device] | None:
         if spec.kind == "cpu":
             return []
-        free = [d for d in self.inventory.candidates(spec, pools) if (d.node, d.key) not in taken]
+        # (Devices made on request are chosen by their GPU's state, below.)
+        free = [d for d in self.inventory.candidates(spec, pools, made=False) if (d.node, d.key) not in taken]
         if spec.kind == "full":
             per_node: dict[str, list[Device]] = {}
             for d in free:
@@ -162,23 +176,34 @@ class DevicePlacement:
             best = min(fitting, key=len)
             return sorted(best, key=lambda d: d.gpu_index)[: spec.count]
         # A slice that exists costs nothing to give: those first, then one made on request.
-        fixed = [d for d in free if not d.on_request]
-        if fixed:
+        if free:
             held = self._held_per_gpu(taken)
-            return [min(fixed, key=lambda d: (-held.get((d.node, gpu_of(d)), 0), d.node, d.gpu_index, d.key))]
-        if spec.kind == "mig" and free:
-            return self._pick_on_request(spec.mig_profile, free, taken)
+            return [min(free, key=lambda d: (-held.get((d.node, gpu_of(d)), 0), d.node, d.gpu_index, d.key))]
+        if spec.kind == "mig":
+            return self._pick_on_request(spec, pools, taken)
         return None
 
-    def _pick_on_request(self, profile: str, free: list[Device], taken) -> list[Device] | None:
+    def _pick_on_request(self, spec: ProfileKind, pools: list[str], taken) -> list[Device] | None:
         """The start, on the GPUs whose instances are made per request, that loses the least
         room for what people ask for (choose_mig_start)."""
-        states = on_request_gpus(self.inventory, taken)
-        wanted = sorted({(d.node, d.parent_uuid) for d in free}, key=lambda k: (k[0], k[1]))
-        gpus = [states[k] for k in wanted]
+        wanted = self.inventory.on_request_for(spec, pools)
+        if not wanted:
+            return None
+        profile = spec.mig_profile
+        states = on_request_gpus(self.inventory, taken, only_held=True)
+        # GPUs holding nothing are all alike: the first of each model stands for them (the
+        # choice would fall on it: it comes first of equals).
+        gpus, empty = [], set()
+        for k in wanted:
+            if k in states:
+                gpus.append(states[k])
+            elif (family := self.inventory.on_request_info[k][1]).key not in empty:
+                empty.add(family.key)
+                gpus.append(OnRequestGpu(k[0], self.inventory.on_request_info[k][0], k[1], family, by_profile={}))
         mix = self.mix() if self.mix is not None else {}
         if not mix:
-            mix = mix_of({}, {f"mig-{p}": 1.0 for g in gpus for p in g.family.profiles})
+            mix = mix_of({}, {f"mig-{p}": 1.0 for f in {g.family.key: g.family for g in gpus}.values()
+                              for p in f.profiles})
         chosen = choose_mig_start(gpus, profile, mix)
         if chosen is None:
             return None
