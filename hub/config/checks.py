@@ -113,6 +113,9 @@ def check_semantics(cfg: PodbayConfig, backend: str) -> list[ConfigIssue]:
         if node.mig_on_request and not node.discover:
             err(("nodes", n, "mig_on_request"), "mig_on_request here is for discovered GPUs; declared GPUs set "
                                                 "mig_on_request: true each")
+        if backend == "kubernetes" and (node.mig_on_request or any(g.mig_on_request for g in node.gpus)):
+            err(("nodes", n), "mig_on_request is for the local and docker backends, where podbay places devices; "
+                              "on Kubernetes MIG Manager sets each node's layout (podbay advise --apply)")
         if node.time_slicing and set(node.time_slicing.gpus) & set(node.mig_on_request):
             err(("nodes", n, "mig_on_request"), "a GPU is either time-sliced or MIG, not both")
         for i, _idx in _dupes(node.gpus, lambda g: g.index):

@@ -336,3 +336,11 @@ def test_discovered_gpus_made_on_request(tmp_path, driver):
     fake.write_state(state, [fake.gpu(H100, mig=False)])
     with pytest.raises(InventoryError, match="node node-a: GPU 0 .* MIG mode is off"):
         Inventory.from_config(load_config(tmp_path / "podbay.yaml"), discover=discover_nvml)
+
+
+def test_kubernetes_has_no_slices_made_on_request(tmp_path):
+    cfg = yaml.safe_load(config(tmp_path).read_text())
+    cfg["backend"] = "kubernetes"
+    (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="mig_on_request is for the local and docker backends"):
+        load_config(tmp_path / "podbay.yaml")
