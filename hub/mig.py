@@ -87,6 +87,8 @@ class Made:
     gpu_instance: int
     compute_instance: int
     uuid: str
+    # Memory slots it spans (its placement's size).
+    size: int = 0
 
     @property
     def key(self) -> str:
@@ -154,6 +156,9 @@ class MigMaker:
         dev = self._device(nv, gpu_uuid)
         uuids = self._mig_uuids(nv, dev)
         names = {gi_profile_index(p): p.name for p in family.profiles.values()}
+        # A profile podbay does not offer (+gfx, -me) goes by the one of its size, so that the
+        # slots of a leftover of it count as taken.
+        by_size = {(p.memory_slices, p.compute_slices): p.name for p in family.profiles.values() if "+me" not in p.name}
         out = []
         for index in range(nv.NVML_GPU_INSTANCE_PROFILE_COUNT):
             info = self._profile_info(nv, dev, index)
@@ -165,8 +170,10 @@ class MigMaker:
             for i in range(count.value):
                 gi = nv.nvmlGpuInstanceGetInfo(found[i])
                 ci, uuid = min(((c, u) for (g, c), u in uuids.items() if g == gi.id), default=(-1, ""))
-                out.append(Made(gpu_uuid, names.get(index, f"gi-profile-{info.id}"), int(gi.placement.start),
-                                int(gi.id), ci, uuid))
+                size = int(gi.placement.size)
+                name = names.get(index) or by_size.get((size, int(info.sliceCount))) or next(
+                    (n for (m, _c), n in sorted(by_size.items()) if m == size), f"gi-profile-{info.id}")
+                out.append(Made(gpu_uuid, name, int(gi.placement.start), int(gi.id), ci, uuid, size))
         return out
 
     @staticmethod
@@ -200,9 +207,9 @@ class MigMaker:
         devices = list(devices)
         made: dict[str, Made] = {}
         with self._session() as nv:
-            for uuid, family in {d.parent_uuid: family_for(d.model, d.memory_mib) for d in devices}.items():
-                self._tidy(nv, uuid, family)
             try:
+                for uuid, family in {d.parent_uuid: family_for(d.model, d.memory_mib) for d in devices}.items():
+                    self._tidy(nv, uuid, family)
                 for d in devices:
                     made[d.key] = self._make(nv, d, family_for(d.model, d.memory_mib))
                 record(made)
@@ -247,7 +254,7 @@ class MigMaker:
         except BaseException:
             self._destroy_gi(nv, gi)
             raise
-        made = Made(d.parent_uuid, profile.name, d.mig_start, gi_id, ci_id, uuid)
+        made = Made(d.parent_uuid, profile.name, d.mig_start, gi_id, ci_id, uuid, profile.memory_slices)
         log.info("made MIG %s at slot %d on GPU %s (%s): %s", profile.name, d.mig_start, d.parent_uuid,
                  d.node, uuid)
         return made
@@ -283,8 +290,8 @@ class MigMaker:
                             "slots stay taken until what runs on it ends", m.profile, m.start, gpu_uuid)
                 self.book.hold_leftover(self.node_of.get(gpu_uuid, ""), m.key, m.uuid or m.key,
                                         f"mig-{m.profile}")
-        # Leftovers something else removed meanwhile.
-        here = {m.uuid for m in found}
+        # Leftovers something else removed meanwhile (one without a MIG device goes by its key).
+        here = {m.uuid or m.key for m in found}
         for uuid, owner in recorded.items():
             if owner.startswith(f"leftover:{gpu_uuid}/") and uuid not in here:
                 self.book.release(owner, notify=False)

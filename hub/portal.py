@@ -208,14 +208,18 @@ class Portal:
                 key: (m.uuid, {"gpu": m.gpu_uuid, "gpu_instance": m.gpu_instance, "profile": m.profile})
                 for key, m in made.items()}))
 
-        def take_back(**kw):
-            self.book.release(allocation.key, only=allocation, **kw)
+        def take_back(**kw) -> bool:
+            return self.book.release(allocation.key, only=allocation, **kw)
 
+        gone = ClaimRefused(f"{allocation.key} was stopped or started again while its MIG instance was being made")
         try:
             self.mig.make(todo, record)
         except MigSlotsHeld as e:
             if again is not None:
-                take_back(forget=True)  # asked again at once: one request
+                # Asked again at once: one request. Unless a restart took the key meanwhile
+                # (then its claim is not this one to replace).
+                if not take_back(forget=True):
+                    raise gone from None
                 return self._make_mig(again())
             take_back(refused="capacity")
             raise NoCapacity(f"no {allocation.profile} could be made: {e}; it is removed once that ends") from e
@@ -229,8 +233,7 @@ class Portal:
             take_back(refused="capacity")
             raise NoCapacity(f"no {allocation.profile} could be made: {e}") from e
         except ClaimGone:
-            raise ClaimRefused(f"{allocation.key} was stopped or started again while its MIG instance was being "
-                               "made") from None
+            raise gone from None
         except BaseException:
             take_back()
             raise

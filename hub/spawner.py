@@ -233,7 +233,7 @@ class PodbaySpawnerMixin(Configurable):
             self.podbay_prepare(request)
             return await super().start()
         except BaseException:
-            await asyncio.to_thread(portal.book.release, self.podbay_key)
+            await asyncio.to_thread(self._release)
             raise
 
     async def wait_listening(self, ip: str, port: int, died: Callable[[], Awaitable[str | None]]) -> None:
@@ -268,7 +268,7 @@ class PodbaySpawnerMixin(Configurable):
         finally:
             # Keep the devices claimed while the workspace may still be using them.
             if await self.poll() is not None:
-                if await asyncio.to_thread(self.portal.book.release, self.podbay_key):
+                if await asyncio.to_thread(self._release):
                     self.log.info("%s released its devices", self.podbay_key)
             else:
                 self.log.error("%s did not stop; its devices stay claimed", self.podbay_key)
@@ -278,8 +278,13 @@ class PodbaySpawnerMixin(Configurable):
         # itself (it exited, Slurm's walltime, a node lost) passes through here alone, after
         # every stop, and gives its devices back here.
         await maybe_future(super().run_post_stop_hook())
-        if await self.poll() is not None and await asyncio.to_thread(self.portal.book.release, self.podbay_key):
+        if await self.poll() is not None and await asyncio.to_thread(self._release):
             self.log.info("%s ended by itself and released its devices", self.podbay_key)
+
+    def _release(self) -> bool:
+        """Give back this workspace's claim: the one this spawner made where it knows it (not
+        a later one under the same key), else whatever the key holds (after a hub restart)."""
+        return self.portal.book.release(self.podbay_key, only=getattr(self, "podbay_allocation", None))
 
     def get_env(self):
         env = super().get_env()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from ..gpu import FAMILIES
 from .advise import Advice, NodeAdvice
@@ -42,7 +43,16 @@ def nodes_entries(advice: Advice, placed: Callable[[str], bool] = lambda pool: T
     return out
 
 
-def steps(advice: Advice, engines: str | Mapping[str, str]) -> list[str]:
+@dataclass(frozen=True)
+class GresNames:
+    """How a Slurm cluster names its GPUs' GRES types: the whole GPUs' type (slurm.gpu_type)
+    and each MIG profile's (slurm.mig_types; else the profile's own name)."""
+
+    whole: str | None = None
+    mig: Mapping[str, str] = field(default_factory=dict)
+
+
+def steps(advice: Advice, engines: str | Mapping[str, str], gres: GresNames = GresNames()) -> list[str]:
     """What an operator does to apply the advice, node by node, in order. `engines`: the
     engine of every node, or of each pool (a Slurm training pool beside docker workspaces)."""
     def engine_of(pool: str) -> str:
@@ -68,9 +78,9 @@ def steps(advice: Advice, engines: str | Mapping[str, str]) -> list[str]:
             out.append(f"{node.node}: drain it in Slurm (`scontrol update nodename={node.node} state=drain "
                        f"reason=mig-layout`)" + (f" and wait for {stop}" if stop else "") + "; on the node "
                        f"`nvidia-mig-parted apply -f {'podbay-mig.yaml' if name.startswith('podbay-') else '<config-default.yaml>'}"
-                       f" -c {name}`; give it `Gres={slurm_gres(node)}` in slurm.conf (gres.conf: AutoDetect=nvml, or "
-                       "one line per MIG device), restart its slurmd, then resume it (`scontrol update "
-                       f"nodename={node.node} state=resume`).")
+                       f" -c {name}`; give it `Gres={slurm_gres(node, gres)}` in slurm.conf (gres.conf: AutoDetect=nvml, "
+                       "or one line per MIG device); `scontrol reconfigure` (slurm.conf is the whole cluster's) and "
+                       f"restart its slurmd; then resume it (`scontrol update nodename={node.node} state=resume`).")
         else:
             out.append(f"{node.node}: " + (f"stop what runs on the GPUs that change ({stop}); " if stop else "")
                        + f"on the node, `nvidia-mig-parted apply -f "
@@ -79,6 +89,10 @@ def steps(advice: Advice, engines: str | Mapping[str, str]) -> list[str]:
                        "(or use discover: true), and restart the hub.")
     shared = sorted({g.advised.replicas for n in advice.changed for g in n.gpus
                      if g.changes and g.advised.mode == "shared"})
+    if gres.whole is None and any(engine_of(n.pool) == "slurm" and any(g.advised.mode == "mig" for g in n.gpus)
+                                  for n in advice.changed):
+        out.append("Set slurm.gpu_type in podbay.yaml to the whole GPUs' type (and give it them in slurm.conf): a job "
+                   "that asks for untyped GPUs (gpu:N) may otherwise be given MIG slices.")
     if shared and any(engine_of(n.pool) == "kubernetes" for n in advice.changed):
         out.append("GPUs advised as shared are time-sliced by the device plugin: give their nodes a "
                    f"time-slicing config with replicas {', '.join(map(str, shared))} (the node label "
@@ -86,17 +100,19 @@ def steps(advice: Advice, engines: str | Mapping[str, str]) -> list[str]:
     return out
 
 
-def slurm_gres(node: NodeAdvice) -> str:
-    """The node's Gres= for its advised layout: whole GPUs counted, MIG slices typed by their
-    profile (gres.conf's MIG naming)."""
+def slurm_gres(node: NodeAdvice, gres: GresNames = GresNames()) -> str:
+    """The node's Gres= for its advised layout: its whole GPUs under their type, and its MIG
+    slices under theirs."""
     whole = sum(1 for g in node.gpus if g.advised.mode != "mig")
     slices = Counter(p for g in node.gpus if g.advised.mode == "mig" for p in g.advised.mig)
-    return ",".join(([f"gpu:{whole}"] if whole else []) + [f"gpu:{p}:{n}" for p, n in sorted(slices.items())])
+    out = [f"gpu:{gres.whole}:{whole}" if gres.whole else f"gpu:{whole}"] if whole else []
+    return ",".join(out + [f"gpu:{gres.mig.get(p, p)}:{n}" for p, n in sorted(slices.items())])
 
 
-def as_dict(advice: Advice, engines: str | Mapping[str, str]) -> dict:
+def as_dict(advice: Advice, engines: str | Mapping[str, str], gres: GresNames = GresNames(),
+            left_out: list[str] | None = None) -> dict:
     """The advice as the API and `podbay advise --json` give it. `engines`: the engine, or
-    each pool's."""
+    each pool's; `left_out`: the engines that could not say what their nodes have, and why."""
     engine = engines if isinstance(engines, str) else ", ".join(sorted({engines[p] for p in advice.pools
                                                                          if p in engines})) or "local"
     placed = {"local", "docker"}
@@ -112,7 +128,8 @@ def as_dict(advice: Advice, engines: str | Mapping[str, str]) -> dict:
         "mig_parted": mig_parted_config(advice),
         "nodes_yaml": nodes_entries(advice, lambda pool: (engines if isinstance(engines, str)
                                                           else engines.get(pool, "local")) in placed),
-        "steps": steps(advice, engines),
+        "steps": steps(advice, engines, gres),
+        "left_out": left_out or [],
     }
 
 

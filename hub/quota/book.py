@@ -420,11 +420,14 @@ class QuotaBook:
             if row is None or (only is not None and not only.is_row(row)):
                 return False
             devices = [c.device for c in row.claims]
-            if refused or forget:
+            if forget:
+                # The request this claim recorded as granted (a job that waited recorded its
+                # request when it asked: that one stays).
+                s.execute(delete(DemandRow).where(DemandRow.key == key, DemandRow.outcome == "granted",
+                                                  DemandRow.at >= row.created - 1))
+            elif refused:
                 last = s.scalar(select(func.max(DemandRow.id)).where(DemandRow.key == key))
-                if last is not None and forget:
-                    s.execute(delete(DemandRow).where(DemandRow.id == last))
-                elif last is not None:
+                if last is not None:
                     s.execute(update(DemandRow).where(DemandRow.id == last, DemandRow.outcome == "granted")
                               .values(outcome=refused))
             s.delete(row)

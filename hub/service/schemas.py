@@ -241,6 +241,8 @@ class AdviceOut(BaseModel):
     mig_parted: dict = Field(description="a mig-parted config file (version v1) with the custom configs needed")
     nodes_yaml: list[dict] = Field(description="podbay.yaml nodes entries of the changed nodes (local, docker)")
     steps: list[str]
+    left_out: list[str] = Field([], description="engines whose nodes are not in this advice, and why (Slurm "
+                                                "could not be asked)")
 
 
 class ApplyIn(BaseModel):

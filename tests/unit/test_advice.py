@@ -215,9 +215,32 @@ def test_a_slurm_nodes_gres_says_its_gpus_and_their_slices():
     assert node_gpus(nodes["dgx03"], "train", settings) is None
 
 
+def test_slurms_autodetected_mig_types_read_as_their_profiles():
+    """AutoDetect=nvml names a slice <gpu>_<profile> with the driver's GiB (3g.40gb of an A100
+    80GB: a100_3g.39gb); a site may name them its own way (slurm.mig_types)."""
+    from podbay.hub.backends.slurm.layouts import node_gpus
+    from podbay.hub.backends.slurm.nodes import parse_nodes
+
+    text = ("NodeName=a State=IDLE Partitions=train Gres=gpu:a100:1(S:0),gpu:a100_3g.39gb:2(S:0),gpu:a100_1g.10gb:2\n"
+            "NodeName=b State=IDLE Partitions=train Gres=gpu:nvidia_h100_7g.79gb:1,gpu:nvidia_h100_2g.20gb:3\n"
+            "NodeName=c State=IDLE Partitions=train Gres=gpu:big:2,gpu:small:7\n")
+    nodes = {n.name: n for n in parse_nodes(text)}
+    settings = slurm_settings(gpu_models={"a100": "NVIDIA A100-SXM4-80GB", "nvidia_h100": "NVIDIA H100 80GB HBM3"},
+                              mig_types={"4g.40gb": "big", "1g.10gb": "small"})
+    a = node_gpus(nodes["a"], "train", settings)
+    assert [g.layout for g in a] == [WHOLE, GpuLayout("mig", mig=("3g.40gb", "3g.40gb")),
+                                     GpuLayout("mig", mig=("1g.10gb", "1g.10gb"))]
+    assert {g.family.key for g in a} == {"A100-80GB"}
+    b = node_gpus(nodes["b"], "train", settings)
+    assert [g.layout for g in b] == [GpuLayout("mig", mig=("7g.80gb",)), GpuLayout("mig", mig=("2g.20gb",) * 3)]
+    # The site's own names, through slurm.mig_types; dealt out: 4g + 3×1g on one GPU, 4×1g on another.
+    c = node_gpus(nodes["c"], "train", settings)
+    assert sorted(p for g in c for p in g.layout.mig) == ["1g.10gb"] * 7 + ["4g.40gb"] * 2
+
+
 def test_slurm_and_docker_pools_each_get_their_engines_steps():
     from podbay.hub.advice.replay import SimGpu
-    from podbay.hub.advice.render import slurm_gres
+    from podbay.hub.advice.render import GresNames, slurm_gres
 
     cfg = load_config(DATA / "one-server.yaml")
     h100 = FAMILIES["H100-80GB"]
@@ -231,7 +254,12 @@ def test_slurm_and_docker_pools_each_get_their_engines_steps():
     [step] = [s for s in out["steps"] if s.startswith("dgx01")]
     assert "scontrol update nodename=dgx01 state=drain" in step and f"Gres={slurm_gres(node)}" in step
     assert "wait for Slurm job 7 of alice (train)" in step and "state=resume" in step
-    assert slurm_gres(node).startswith("gpu:") and "gpu:3g.40gb:" in slurm_gres(node)
+    assert "scontrol reconfigure" in step
+    # Two 3g.40gb at once on two GPUs: one cut for two, one whole.
+    assert slurm_gres(node) == "gpu:1,gpu:3g.40gb:2"
+    assert slurm_gres(node, GresNames("h100", {"3g.40gb": "h100_3g.39gb"})) == "gpu:h100:1,gpu:h100_3g.39gb:2"
+    # Without a type for the whole GPUs, a job asking for gpu:N could get a slice: said.
+    assert any("Set slurm.gpu_type" in s for s in out["steps"])
     # The same GPUs on one machine: podbay.yaml's entry, and no Slurm in the steps.
     local = as_dict(advice, {"dev": "docker"})
     assert local["nodes_yaml"] and not any("scontrol" in s for s in local["steps"])

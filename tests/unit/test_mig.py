@@ -344,3 +344,41 @@ def test_kubernetes_has_no_slices_made_on_request(tmp_path):
     (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="mig_on_request is for the local and docker backends"):
         load_config(tmp_path / "podbay.yaml")
+
+
+def test_a_restart_during_a_retry_keeps_the_restarts_claim(portal, monkeypatch):
+    """The start was held (the claim would be made again), but a restart took the key
+    meanwhile: that claim is the restart's, and it stays."""
+    from podbay.hub.mig import MigSlotsHeld
+    from podbay.hub.quota import ClaimRefused
+
+    book = portal.book
+    restarted = []
+
+    def make(devices, record):
+        restarted.append(book.claim(key="workspace:alice/a", kind="workspace", user="alice", team="vision",
+                                    demand=demand("mig-1g.10gb"), quota=BIG, placement=portal.placement, replace=True))
+        raise MigSlotsHeld("slots held")
+
+    monkeypatch.setattr(portal.mig, "make", make)
+    with pytest.raises(ClaimRefused, match="stopped or started again"):
+        claim(portal, "workspace:alice/a", "mig-3g.40gb")
+    [held] = book.allocations()
+    assert held.row_id == restarted[0].row_id and held.profile == "mig-1g.10gb"
+
+
+def test_a_stray_that_cannot_be_removed_for_want_of_root_is_a_set_up_fault(tmp_path, db_url, caplog):
+    state = fake.write_state(tmp_path / "nvml.json", [fake.stray_instance(fake.gpu(H100), start=6)], root=False)
+    nv = fake.install(state)
+    cfg = load_config(config(tmp_path))
+    inventory = Inventory.from_config(cfg)
+    book = QuotaBook(db_url)
+    p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
+    p.mig._nvml = nv
+    with pytest.raises(NoCapacity, match="a set-up problem"):
+        claim(p, "workspace:alice/a", "mig-1g.10gb")
+    assert "Insufficient Permissions" in caplog.text or "stand-in NVML error 4" in caplog.text
+    assert book.allocations() == []
+    with book.read_session() as s:
+        assert s.scalars(select(DemandRow.outcome)).all() == ["capacity"]
+    book.dispose()

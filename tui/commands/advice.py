@@ -51,6 +51,8 @@ def cmd_advise(args) -> int:
         print(f"  refused with the advised ones: {_refused(a)}")
         print(f"  GPU-hours held {b['gpu_hours_held']:g} → {a['gpu_hours_held']:g}, "
               f"idle {b['gpu_hours_idle']:g} → {a['gpu_hours_idle']:g}")
+        for why in out.get("left_out", []):
+            print(f"  not in this advice: {visible(why)}")
         changed = [n for n in out["nodes"] if n["changes"]]
         if not changed:
             print("\nEvery node already has the advised layout.")

@@ -99,9 +99,14 @@ class SlurmSettings(_Model):
     gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     # The GPU model each GRES type of whole GPUs is, as NVML names it (a100: NVIDIA
     # A100-SXM4-80GB): which MIG profiles and geometry `podbay advise` gives a node's GPUs.
-    # Unset, the type's name says (a100 → A100 40GB: name the 80 GB model here). MIG slices
-    # are GRES typed by their profile (gpu:1g.10gb:7) and need no entry.
+    # Unset, the type's name says (a100 → A100 40GB: name the 80 GB model here). The prefix
+    # of AutoDetect's MIG types (a100 in a100_3g.39gb) is looked up here too.
     gpu_models: dict[str, str] = {}
+    # The GRES type each MIG profile has in this cluster's gres.conf, where it is not the
+    # profile's own name: AutoDetect=nvml names slices <gpu>_<profile> with the memory in
+    # whole GiB as the driver reports it (3g.40gb: a100_3g.39gb). Workspaces on Slurm ask for
+    # it; advice reads it (and recognises <gpu>_<N>g.<M>gb by the nearest profile).
+    mig_types: dict[str, str] = {}
     # What each GPU comes with (--cpus-per-gpu, --mem-per-gpu, e.g. 16 and 200G): without
     # them a job gets one CPU per node and the partition's default memory.
     cpus_per_gpu: int | None = Field(None, ge=1, le=1024)
@@ -163,6 +168,10 @@ class SlurmSettings(_Model):
     def gpus(self, n: int) -> str:
         """The GRES request for n GPUs on each node."""
         return f"{self.gres}:{self.gpu_type}:{n}" if self.gpu_type else f"{self.gres}:{n}"
+
+    def mig_type(self, profile: str) -> str:
+        """The GRES type of a MIG profile's slices here (gpu:<type>:1)."""
+        return self.mig_types.get(profile, profile)
 
 
 def seconds(text: str) -> int:

@@ -1,7 +1,7 @@
 """GPU layouts on a Slurm cluster, for `podbay advise`: what each node's GPUs are cut into,
-read from the node's GRES (whole GPUs of a type, gpu:a100:4; MIG slices typed by their
-profile, gpu:1g.10gb:7, as gres.conf's MIG section and AutoDetect=nvml name them), and the
-jobs running on each node.
+read from the node's GRES (whole GPUs of a type, gpu:a100:4; MIG slices of a type per
+profile: AutoDetect=nvml's gpu:a100_3g.39gb:2, or a site's own names, slurm.mig_types), and
+the jobs running on each node.
 
 Slurm does not say which GPU holds which slice, nor how many GPUs its slices are cut from:
 the slices are dealt out to as few GPUs as hold them (advice.layouts.fewest_gpus). podbay
@@ -15,7 +15,7 @@ from collections import Counter
 
 from ...advice.layouts import fewest_gpus
 from ...advice.replay import WHOLE, GpuLayout, SimGpu
-from ...gpu import FAMILIES, MIG_NAME, family_for
+from ...gpu import FAMILIES, GpuFamily, family_for
 from .commands import Commands, SlurmSettings
 from .nodes import SlurmNode, parse_nodes
 
@@ -32,31 +32,71 @@ def parse_gres(text: str, gres: str = "gpu") -> list[tuple[str | None, int]]:
     return out
 
 
+# A MIG slice's GRES type: the profile's name, or AutoDetect=nvml's <gpu>_<N>g.<M>gb (M in
+# whole GiB as the driver reports the slice: 3g.40gb of an A100 80GB is a100_3g.39gb).
+MIG_TYPE = re.compile(r"^(?:(?P<gpu>.+)_)?(?P<c>\d+)g\.(?P<gb>\d+)gb(?P<me>\+me)?$")
+
+
+def _gb(profile: str) -> int:
+    return int(profile.split(".")[1].split("gb")[0])
+
+
+def mig_profile(kind: str, family: GpuFamily, settings: SlurmSettings) -> str | None:
+    """The profile of `family` a MIG GRES type names: the site's own name for it
+    (slurm.mig_types), the profile's name, or the profile with its compute slices and the
+    nearest memory; None if the family has none such."""
+    named = {t: p for p, t in settings.mig_types.items()}
+    if named.get(kind) in family.profiles:
+        return named[kind]
+    m = MIG_TYPE.match(kind)
+    if m is None:
+        return None
+    bare = kind.rsplit("_", 1)[1] if m["gpu"] else kind
+    if bare in family.profiles:
+        return bare
+    # The driver's GiB differ from NVIDIA's names by rounding only (39 for 3g.40gb): a profile
+    # further off is not this one.
+    gb = int(m["gb"])
+    same = [p for p, spec in family.profiles.items()
+            if spec.compute_slices == int(m["c"]) and ("+me" in p) == bool(m["me"])
+            and abs(_gb(p) - gb) <= max(2, _gb(p) * 0.15)]
+    return min(same, key=lambda p: (abs(_gb(p) - gb), p), default=None)
+
+
 def node_gpus(node: SlurmNode, pool: str, settings: SlurmSettings) -> list[SimGpu] | None:
     """The GPUs of one node with the layout each has now; None where advice leaves it alone:
-    MIG slices of no profile set podbay knows the geometry of."""
-    items = parse_gres(node.gres, settings.gres)
-    mig = Counter()
+    MIG slices whose type no model's geometry explains."""
+    named = set(settings.mig_types.values())
+    mig_types: Counter = Counter()
     whole: list[tuple[str | None, int]] = []
-    for kind, n in items:
-        if kind and MIG_NAME.match(kind):
-            mig[kind] += n
+    for kind, n in parse_gres(node.gres, settings.gres):
+        if kind and (kind in named or MIG_TYPE.match(kind)):
+            mig_types[kind] += n
         else:
             whole.append((kind, n))
-    model = next((settings.gpu_models.get(kind, kind) for kind, _ in whole if kind), "")
+    # The model: the whole GPUs' type, else the GPU named in AutoDetect's MIG types.
+    prefixes = [m["gpu"] for t in mig_types if (m := MIG_TYPE.match(t)) and m["gpu"]]
+    kind = next((k for k, _ in whole if k), prefixes[0] if prefixes else "")
+    model = settings.gpu_models.get(kind, kind)
     family = family_for(model) if model else None
     layouts = [WHOLE] * sum(n for _, n in whole)
     mig_model, mig_family = model, family
-    dealt: list[tuple[str, ...]] = []
-    if mig:
-        if family is not None and set(mig) <= set(family.profiles):
-            dealt = fewest_gpus(family, mig)
-        else:
-            # The profiles' names tell the geometry (A100 80GB and H100 80GB share theirs). A
-            # name two geometries use (1g.10gb: one memory slot of an A100 80GB, two of an
-            # A100 40GB) is read as the one that needs the fewest GPUs for the node's slices.
-            fits = [(len(d), i, f, d) for i, f in enumerate(FAMILIES.values())
-                    if set(mig) <= set(f.profiles) and (d := fewest_gpus(f, mig))]
+    if mig_types:
+        def dealt_on(f: GpuFamily) -> list[tuple[str, ...]] | None:
+            profiles = Counter()
+            for t, n in mig_types.items():
+                p = mig_profile(t, f, settings)
+                if p is None:
+                    return None
+                profiles[p] += n
+            return fewest_gpus(f, profiles) or None
+
+        dealt = dealt_on(family) if family is not None else None
+        if dealt is None:
+            # The types alone say the geometry. A name two geometries read differently
+            # (1g.10gb: one memory slot of an A100 80GB, two of an A100 40GB) is read as the one
+            # needing the fewest GPUs for the node's slices.
+            fits = [(len(d), i, f, d) for i, f in enumerate(FAMILIES.values()) if (d := dealt_on(f))]
             if not fits:
                 return None
             _, _, mig_family, dealt = min(fits, key=lambda t: t[:2])
@@ -71,13 +111,14 @@ def node_gpus(node: SlurmNode, pool: str, settings: SlurmSettings) -> list[SimGp
 
 def running_jobs(commands: Commands) -> dict[str, list[str]]:
     """node → the jobs running on it, as lines for people ("Slurm job 12 of alice (train)")."""
-    text = commands.run("squeue", "-h", "-t", "RUNNING,COMPLETING", "-o", "%i|%u|%j|%N")
+    # Every partition's (--all), the name last: it may hold the separator.
+    text = commands.run("squeue", "--all", "-h", "-t", "RUNNING,COMPLETING", "-o", "%i|%u|%N|%j")
     out: dict[str, list[str]] = {}
     for line in text.splitlines():
-        parts = line.split("|")
+        parts = line.split("|", 3)
         if len(parts) != 4:
             continue
-        job, user, name, nodes = parts
+        job, user, nodes, name = parts
         hosts = (commands.run("scontrol", "show", "hostnames", nodes).split() if "[" in nodes
                  else [h for h in nodes.split(",") if h])
         for host in hosts:

@@ -162,8 +162,8 @@ class SlurmJobSpawner(Spawner):
     def _slice(self, request) -> list[str]:
         spec, s = request.profile.spec, self.jobs.settings
         if spec.kind == "mig":
-            # Slurm names MIG slices as GRES types after their profile (AutoDetect=nvml: gpu:1g.10gb).
-            return [f"--gres={s.gres}:{spec.mig_profile}:1"]
+            # A MIG slice is a GRES type of its own (slurm.mig_types: the site's name for it).
+            return [f"--gres={s.gres}:{s.mig_type(spec.mig_profile)}:1"]
         if spec.kind == "shared":
             raise SpawnException("Slurm hands out whole GPUs and MIG slices, not time-sliced shares: choose another "
                                  "profile, or ask your platform team to remove this one from the pool.", reason="options")

@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, Depends, Query
 
 from ...advice.advise import IDLE_WEIGHT, LayoutNotApplied, advise
-from ...advice.render import as_dict
+from ...advice.render import GresNames, as_dict
 from ...training import BackendUnavailable
 from ...usage.demand import DemandLog
 from ..context import Service, open_every_workspace
@@ -21,31 +21,43 @@ from ..schemas import ERRORS, AdviceOut, ApplyIn, ApplyOut
 def advice_for(portal, since: float, until: float, pools: set[str] | None = None,
                idle_weight: float = IDLE_WEIGHT) -> dict:
     """The advice on the GPUs this deployment's engines report (the backend's, and those of
-    the pools another engine runs: a Slurm training pool), from the period's demand."""
+    the pools another engine runs: a Slurm training pool), from the period's demand. An
+    engine that cannot be asked is left out and said to be; only when it is all there is, the
+    advice is refused."""
     from ...backends import load
 
     backend = portal.plugin
     if backend is None:
         raise ApiError(503, "unavailable", "no engine is loaded in this service: layout advice needs one")
+    engines = {pool: backend.engine_of(portal.cfg, pool) for pool in portal.cfg.pools}
+    wanted = [p for p in portal.cfg.pools if pools is None or p in pools]
     others: dict[str, list[str]] = {}
     for pool, engine in portal.cfg.pool_engines(backend.name).items():
-        others.setdefault(engine, []).append(pool)
-    try:
-        found = list(backend.layouts(portal))
-        for engine, names in others.items():
-            found += load(engine).pool_layouts(portal, names)
-    except BackendUnavailable as e:
-        raise ApiError(503, "unavailable", str(e)) from None
-    found = [(g, h) for g, h in found if pools is None or g.pool in pools]
+        if pool in wanted:
+            others.setdefault(engine, []).append(pool)
+    asks = [(backend.name, backend.layouts, (portal,))]
+    asks += [(engine, load(engine).pool_layouts, (portal, names)) for engine, names in others.items()]
+    found, left_out = [], []
+    for name, ask, args in asks:
+        try:
+            found += ask(*args)
+        except BackendUnavailable as e:
+            left_out.append(f"{name}: {e}")
+    if left_out and not found:
+        raise ApiError(503, "unavailable", "; ".join(left_out))
+    found = [(g, h) for g, h in found if g.pool in wanted]
     holders = {(g.node, g.index): h for g, h in found}
     gpus = [g for g, _ in found]
-    engines = {pool: backend.engine_of(portal.cfg, pool) for pool in portal.cfg.pools}
     modes = {engine: load(engine).layout_modes(portal.cfg) for engine in set(engines.values())}
     requests = DemandLog(portal.book).requests(since, until, time.time(), pools={g.pool for g in gpus})
     advice = advise(portal.cfg, gpus, requests, holders=lambda g: holders.get((g.node, g.index), []),
                     since=since, until=until, idle_weight=idle_weight,
                     modes={pool: modes[engine] for pool, engine in engines.items()})
-    return as_dict(advice, engines)
+    slurm = getattr(portal.cfg, "slurm", None)
+    gres = GresNames(slurm.gpu_type, dict(slurm.mig_types)) if slurm is not None else GresNames()
+    out = as_dict(advice, engines, gres, left_out)
+    out["engines"] = engines
+    return out
 
 
 def router(svc: Service, prefix: str) -> APIRouter:
@@ -101,6 +113,10 @@ def router(svc: Service, prefix: str) -> APIRouter:
         if node is None:
             raise ApiError(404, "not_found", f"podbay advises on no node {body.node}; its nodes: "
                                              f"{', '.join(n['node'] for n in advice['nodes']) or 'none'}")
+        if advice["engines"].get(node["pool"]) != portal.plugin.name:
+            raise ApiError(409, "not_applied", f"{body.node} is in pool {node['pool']}, which "
+                                               f"{advice['engines'].get(node['pool'])} runs: apply it there, as the "
+                                               "advice's steps say")
         if not node["changes"]:
             return ApplyOut(node=body.node, config=node["config"], message=f"{body.node} already has the advised layout")
         if body.config is not None and body.config != node["config"]:
