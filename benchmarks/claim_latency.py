@@ -8,7 +8,7 @@ release of one more, repeated. Prints the median claim time (target < 5 ms).
 
 With `mig-on-request` the GPUs' MIG instances are made per request: what is timed is the
 claim with its placement (the start that keeps room, over every GPU's geometry), not the
-making of the instance, which is the NVIDIA driver's (hub/mig.py).
+making of the instance, which is the NVIDIA driver's (hub/mig/).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ visible id.
 
 A GPU whose MIG instances podbay makes per request (`mig_on_request`) offers one device per
 profile and start position (`<uuid>/<profile>@<start>`): the placement never picks two that
-overlap (gpu.free_starts), and the instance is made after the claim (hub/mig.py), which then
+overlap (gpu.free_starts), and the instance is made after the claim (hub/mig/), which then
 records its MIG UUID as the claim's visible id.
 """
 

@@ -6,7 +6,6 @@ object, so the form can never offer what the server would refuse.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,16 +16,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Image, PodbayConfig, Profile, Quota, Volume, load_config
-from .gpu import family_for
 from .inventory import Inventory
 from .environment import settings_env
 from .quota import Demand, QuotaBook, Snapshot, fmt_units
-from .quota.book import ClaimGone, ClaimRefused, NoCapacity
+from .quota.book import NoCapacity
 from .identity import ClusterAccount, cluster_account
 from .quota.capacity import CapacitySource, InventoryCapacity, PoolCapacities
 from .quota.placement import DevicePlacement, Mix, Placement, mix_of
 
-log = logging.getLogger("podbay.portal")
 # How far back the recorded demand says what people ask for (where MIG instances are made
 # per request), and how long that answer is kept.
 MIX_PERIOD = 30 * 86400.0
@@ -115,18 +112,13 @@ class Portal:
         self.capacity = capacity or InventoryCapacity(self.inventory)
         self._secrets = None
         self.data_dir = Path(data_dir)
-        # GPUs whose MIG instances are made per request (hub/mig.py): made after each claim,
+        # GPUs whose MIG instances are made per request (hub/mig): made after each claim,
         # removed after each release.
         self.mig = None
         if placement is not None and self.inventory.on_request:
-            from .mig import MigMaker
+            from .mig import OnRequestSlices
 
-            self.mig = MigMaker(self.data_dir / "mig.lock", book,
-                                {d.parent_uuid: d.node for d in self.inventory.on_request})
-            made_here = {d.key for d in self.inventory.on_request}
-            # Only a release of such a device costs an NVML session (not every CPU workspace's).
-            book.after_release.append(lambda _key, devices: self.tidy_mig() if any(
-                k in made_here for k in devices) else None)
+            self.mig = OnRequestSlices(self.inventory, book, self.data_dir)
             if isinstance(placement, DevicePlacement) and placement.mix is None:
                 placement.mix = self.demand_mix
         self._mix: tuple[float, Mix] | None = None
@@ -174,13 +166,11 @@ class Portal:
             return self.book.claim(key=key, kind=kind, user=user, team=team, demand=demand, quota=quota,
                                    placement=self.placement, **kw)
 
-        if self.mig is not None and demand.spec.kind == "mig" and any(
-                k.endswith("#leftover") for _, k in self.book.snapshot().taken):
-            # An instance that outlived its claim may have ended since: its slots first.
-            self.tidy_mig()
+        if self.mig is not None:
+            self.mig.before_claim(demand.spec)
         allocation = claim()
         if self.mig is not None:
-            allocation = self._make_mig(allocation, again=claim)
+            allocation = self.mig.make_for(allocation, again=claim)
         if self.placement is None and kind == "workspace":
             why = self.capacity.shortage(demand.spec, list(demand.pools))
             if why:
@@ -188,67 +178,10 @@ class Portal:
                 raise NoCapacity(f"no {demand.profile_id} is free: {why}")
         return allocation
 
-    # --- MIG instances made per request ------------------------------------------------
-
-    def _make_mig(self, allocation, again=None):
-        """Make the MIG instances an allocation's on-request devices need and record their
-        UUIDs. Where the start was held by an instance that outlived its claim (now recorded
-        as a leftover), the claim is made `again` once, elsewhere. A failure takes the claim
-        back (that claim: not a later one under the same key) and refuses the request."""
-        from .mig import MigError, MigSetupError, MigSlotsHeld
-
-        todo = [d for k in allocation.device_keys
-                if (d := self.inventory.by_key.get((allocation.node, k))) is not None and d.on_request]
-        if not todo:
-            return allocation
-        recorded = []
-
-        def record(made):
-            recorded.append(self.book.record_made(allocation, {
-                key: (m.uuid, {"gpu": m.gpu_uuid, "gpu_instance": m.gpu_instance, "profile": m.profile})
-                for key, m in made.items()}))
-
-        def take_back(**kw) -> bool:
-            return self.book.release(allocation.key, only=allocation, **kw)
-
-        gone = ClaimRefused(f"{allocation.key} was stopped or started again while its MIG instance was being made")
-        try:
-            self.mig.make(todo, record)
-        except MigSlotsHeld as e:
-            if again is not None:
-                # Asked again at once: one request. Unless a restart took the key meanwhile
-                # (then its claim is not this one to replace).
-                if not take_back(forget=True):
-                    raise gone from None
-                return self._make_mig(again())
-            take_back(refused="capacity")
-            raise NoCapacity(f"no {allocation.profile} could be made: {e}; it is removed once that ends") from e
-        except MigSetupError as e:
-            take_back(refused="capacity")
-            # The operator's to fix: the whole of it in the log, the person told that much.
-            log.error("could not make a %s MIG instance for %s: %s", allocation.profile, allocation.key, e)
-            raise NoCapacity(f"no {allocation.profile} can be made on this server now (a set-up problem that "
-                             "podbay's log shows the administrators); pick another profile") from e
-        except MigError as e:
-            take_back(refused="capacity")
-            raise NoCapacity(f"no {allocation.profile} could be made: {e}") from e
-        except ClaimGone:
-            raise gone from None
-        except BaseException:
-            take_back()
-            raise
-        return recorded[0]
-
     def tidy_mig(self) -> None:
-        """Remove the MIG instances no claim holds on the on-request GPUs (after a release,
-        and at the hub's start). Never raises: what cannot be removed now is at the next."""
-        if self.mig is None:
-            return
-        gpus = {(d.parent_uuid, d.model, d.memory_mib) for d in self.inventory.on_request}
-        try:
-            self.mig.tidy([(uuid, family_for(model, mem)) for uuid, model, mem in sorted(gpus)])
-        except Exception as e:  # noqa: BLE001 - the release has happened; say why nothing was removed
-            log.warning("could not remove the MIG instances of ended workspaces and jobs: %s", e)
+        """Remove the MIG instances no claim holds on the on-request GPUs (at the hub's start)."""
+        if self.mig is not None:
+            self.mig.tidy()
 
     def demand_mix(self) -> Mix:
         """What people asked for over MIX_PERIOD (granted or not), one request of each MIG

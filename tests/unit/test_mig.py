@@ -66,7 +66,7 @@ def portal(tmp_path, driver, db_url):
     inventory = Inventory.from_config(cfg)
     book = QuotaBook(db_url)
     p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
-    p.mig._nvml = nv
+    p.mig.maker._nvml = nv
     yield p
     book.dispose()
 
@@ -185,9 +185,9 @@ def test_a_claim_replaced_while_its_instance_was_made_keeps_nothing_of_it(portal
     first = raw_claim()
     second = raw_claim()  # replaced: a new row under the same key
     with pytest.raises(ClaimRefused, match="stopped or started again"):
-        portal._make_mig(first)
+        portal.mig.make_for(first)
     assert made(state) == [] and book.get("workspace:alice/a").row_id == second.row_id
-    done = portal._make_mig(second)
+    done = portal.mig.make_for(second)
     assert made(state) == [(9, 4)] and done.devices == tuple(fake.instances(state)[0]["uuids"])
 
 
@@ -213,7 +213,7 @@ def test_the_drivers_refusals_say_what_to_do(tmp_path, db_url, caplog):
     inventory = Inventory.from_config(cfg)
     book = QuotaBook(db_url)
     p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
-    p.mig._nvml = nv
+    p.mig.maker._nvml = nv
     # The person is told it is a set-up problem; the log says what it is and what to do.
     for fault, said in [(None, "needs root"), ([fake.gpu(H100, mig=False)], "not in MIG mode: enable it"),
                         ("no driver", "NVML is not available")]:
@@ -360,7 +360,7 @@ def test_a_restart_during_a_retry_keeps_the_restarts_claim(portal, monkeypatch):
                                     demand=demand("mig-1g.10gb"), quota=BIG, placement=portal.placement, replace=True))
         raise MigSlotsHeld("slots held")
 
-    monkeypatch.setattr(portal.mig, "make", make)
+    monkeypatch.setattr(portal.mig.maker, "make", make)
     with pytest.raises(ClaimRefused, match="stopped or started again"):
         claim(portal, "workspace:alice/a", "mig-3g.40gb")
     [held] = book.allocations()
@@ -374,7 +374,7 @@ def test_a_stray_that_cannot_be_removed_for_want_of_root_is_a_set_up_fault(tmp_p
     inventory = Inventory.from_config(cfg)
     book = QuotaBook(db_url)
     p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
-    p.mig._nvml = nv
+    p.mig.maker._nvml = nv
     with pytest.raises(NoCapacity, match="a set-up problem"):
         claim(p, "workspace:alice/a", "mig-1g.10gb")
     assert "Insufficient Permissions" in caplog.text or "stand-in NVML error 4" in caplog.text

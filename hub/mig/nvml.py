@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .gpu import GpuFamily, MigProfile, family_for
-from .inventory import Device, on_request_key
+from ..gpu import GpuFamily, MigProfile, family_for
+from ..inventory import Device, on_request_key
 
 if TYPE_CHECKING:
-    from .quota.book import QuotaBook
+    from ..quota.book import QuotaBook
 
 log = logging.getLogger("podbay.mig")
 
