@@ -382,3 +382,19 @@ def test_a_stray_that_cannot_be_removed_for_want_of_root_is_a_set_up_fault(tmp_p
     with book.read_session() as s:
         assert s.scalars(select(DemandRow.outcome)).all() == ["capacity"]
     book.dispose()
+
+
+def test_a_made_instance_is_measured_by_its_gpu_instance(portal):
+    """DCGM names a MIG instance's utilisation by its parent GPU and GPU instance id: the id
+    recorded when the instance was made matches it to the holding."""
+    from podbay.hub.usage.policy import Matcher
+    from podbay.hub.usage.sources import Reading
+    from podbay.hub.usage.store import UsageStore
+
+    a = claim(portal, "workspace:alice/a", "mig-3g.40gb")
+    holding = UsageStore(portal.book).open_holding(a.key)
+    assert holding.devices == [("node-a", a.devices[0])]
+    matcher = Matcher(portal.inventory)
+    busy = matcher.index([Reading(uuid=H100, util=42.0, gpu_instance=2, mig_profile="3g.40gb"),
+                          Reading(uuid=H100, util=5.0, gpu_instance=7, mig_profile="1g.10gb")])
+    assert matcher.measure(holding, busy) == (42.0, 42.0)
