@@ -43,6 +43,10 @@ def nodes_entries(advice: Advice, placed: Callable[[str], bool] = lambda pool: T
     return out
 
 
+# The engines on whose nodes podbay itself places devices (podbay.yaml's nodes: say their GPUs).
+PLACING_ENGINES = frozenset({"local", "docker"})
+
+
 @dataclass(frozen=True)
 class GresNames:
     """How a Slurm cluster names its GPUs' GRES types: the whole GPUs' type (slurm.gpu_type)
@@ -115,7 +119,6 @@ def as_dict(advice: Advice, engines: str | Mapping[str, str], gres: GresNames = 
     each pool's; `left_out`: the engines that could not say what their nodes have, and why."""
     engine = engines if isinstance(engines, str) else ", ".join(sorted({engines[p] for p in advice.pools
                                                                          if p in engines})) or "local"
-    placed = {"local", "docker"}
     def result(r):
         return {"refused": r.refused, "refused_by_profile": dict(r.refused_by_profile),
                 "gpu_hours_held": round(r.unit_seconds_held / 3600, 3),
@@ -127,7 +130,7 @@ def as_dict(advice: Advice, engines: str | Mapping[str, str], gres: GresNames = 
         "nodes": [_node(n) for n in advice.nodes],
         "mig_parted": mig_parted_config(advice),
         "nodes_yaml": nodes_entries(advice, lambda pool: (engines if isinstance(engines, str)
-                                                          else engines.get(pool, "local")) in placed),
+                                                          else engines.get(pool, "local")) in PLACING_ENGINES),
         "steps": steps(advice, engines, gres),
         "left_out": left_out or [],
     }

@@ -187,16 +187,20 @@ class Backend:
         quota book's claims on each GPU. An engine that places returns its cluster's view."""
         if not self.places(portal.cfg):
             return []
+        from ..advice.render import PLACING_ENGINES
         from ..advice.replay import gpus_from_devices
 
         inv = portal.inventory
-        gpu_of = {(d.node, d.key): d.gpu_index for d in inv.devices}
+        # The pools podbay places on, not the declared nodes of a pool Slurm runs (its nodes
+        # are Slurm's to say: pool_layouts).
+        devices = [d for d in inv.devices if self.engine_of(portal.cfg, d.pool) in PLACING_ENGINES]
+        gpu_of = {(d.node, d.key): d.gpu_index for d in devices}
         holders: dict[tuple[str, int], list[str]] = {}
         for a in portal.book.allocations():
             for index in dict.fromkeys(gpu_of.get((a.node, k)) for k in a.device_keys):
                 if index is not None:
                     holders.setdefault((a.node, index), []).append(holder_line(a.key, a.user, a.profile))
-        return [(g, holders.get((g.node, g.index), [])) for g in gpus_from_devices(inv.devices)]
+        return [(g, holders.get((g.node, g.index), [])) for g in gpus_from_devices(devices)]
 
     def engine_of(self, cfg: "PodbayConfig", pool: str) -> str:
         """The engine whose nodes run `pool`'s work: another engine where the pool names one

@@ -813,7 +813,7 @@ def test_a_slice_made_on_request_reaches_the_container(docker, image, tmp_path):
     cfg["images"][0]["build"] = str(ROOT / "images" / "base")
     cfg["nodes"] = [{"name": "dev-01", "pool": "dev", "gpus": [
         {"index": 0, "uuid": gpu, "model": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "mig_on_request": True}]}]
-    cfg["profiles"] = [{"id": "cpu"}, {"id": "mig-3g.40gb"}]
+    cfg["profiles"] = [{"id": "cpu"}, {"id": "mig-1g.10gb"}, {"id": "mig-3g.40gb"}]
     hub = hub_on(cfg, tmp_path, keep_workspaces=False, extra_env=fake.process_env(state))
     try:
         hub.start_server("alice", "slice", {"profile": "mig-3g.40gb", "image": "base"})
