@@ -46,9 +46,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--db", help="SQLAlchemy URL (default: a SQLite file in a temp dir)")
     ap.add_argument("--gpus", choices=("whole", "mig-on-request"), default="whole")
+    ap.add_argument("--nodes", type=int, default=150, help="servers of 8 GPUs (1: one server, as local and docker run)")
     args = ap.parse_args()
     on_request = args.gpus == "mig-on-request"
-    cfg = big_config(nodes=150, on_request=on_request)
+    cfg = big_config(nodes=args.nodes, on_request=on_request)
     held, probe = ("mig-1g.10gb", "mig-3g.40gb") if on_request else ("gpu-1", "gpu-1")
     quota = Quota(gpu_units=10_000, workspaces_per_user=10_000)
     with tempfile.TemporaryDirectory() as tmp:
