@@ -161,10 +161,11 @@ class InventoryCapacity(CapacitySource):
         free = [d for d in cands if (d.node, d.key) not in taken and not d.on_request]
         if spec.kind != "full":
             made = 0
-            if any(d.on_request for d in cands):
+            if wanted := self.inventory.on_request_for(spec, pools):
                 # GPUs whose instances are made per request: how many more fit, by their geometry.
-                made = sum(room_for(g.family, g.used, g.compute).get(spec.mig_profile, 0)
-                           for g in on_request_gpus(self.inventory, taken).values() if g.pool in pools)
+                states = on_request_gpus(self.inventory, taken)
+                made = sum(room_for(states[k].family, states[k].used, states[k].compute)[spec.mig_profile]
+                           for k in wanted)
             return len(free) + made
         per_node: dict[str, int] = {}
         for d in free:

@@ -23,7 +23,7 @@ device that fits:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import ProfileKind
@@ -117,7 +117,7 @@ class OnRequestGpu:
     compute: int = 0
     held: int = 0
     # The claims on it, by profile.
-    by_profile: dict[str, int] | None = None
+    by_profile: dict[str, int] = field(default_factory=dict)
 
 
 def on_request_gpus(inventory: Inventory, taken, only_held: bool = False) -> dict[tuple[str, str], OnRequestGpu]:
@@ -132,7 +132,7 @@ def on_request_gpus(inventory: Inventory, taken, only_held: bool = False) -> dic
         g = gpus.get((node, parsed[0]))
         if g is None:
             pool, family = info[(node, parsed[0])]
-            g = gpus[(node, parsed[0])] = OnRequestGpu(node, pool, parsed[0], family, by_profile={})
+            g = gpus[(node, parsed[0])] = OnRequestGpu(node, pool, parsed[0], family)
         spec = g.family.profiles.get(parsed[1])
         if spec is None:
             continue
@@ -142,7 +142,7 @@ def on_request_gpus(inventory: Inventory, taken, only_held: bool = False) -> dic
         g.by_profile[parsed[1]] = g.by_profile.get(parsed[1], 0) + 1
     if not only_held:
         for (node, uuid), (pool, family) in info.items():
-            gpus.setdefault((node, uuid), OnRequestGpu(node, pool, uuid, family, by_profile={}))
+            gpus.setdefault((node, uuid), OnRequestGpu(node, pool, uuid, family))
     return gpus
 
 
@@ -199,7 +199,7 @@ class DevicePlacement:
                 gpus.append(states[k])
             elif (family := self.inventory.on_request_info[k][1]).key not in empty:
                 empty.add(family.key)
-                gpus.append(OnRequestGpu(k[0], self.inventory.on_request_info[k][0], k[1], family, by_profile={}))
+                gpus.append(OnRequestGpu(k[0], self.inventory.on_request_info[k][0], k[1], family))
         mix = self.mix() if self.mix is not None else {}
         if not mix:
             mix = mix_of({}, {f"mig-{p}": 1.0 for f in {g.family.key: g.family for g in gpus}.values()

@@ -186,19 +186,20 @@ class FakeNvmlLib:
         _put_handle(ref, _handle(MIG_DEVICE, g, *found[i]))
         return SUCCESS
 
-    def nvmlDeviceGetGpuInstanceId(self, handle, ref):
-        kind, g, gi, ci = _unhandle(handle)
-        if kind != MIG_DEVICE:
+    @staticmethod
+    def _mig_id(handle, ref, which: int):
+        """A MIG device handle's GPU (which=2) or compute (which=3) instance id."""
+        parts = _unhandle(handle)
+        if parts[0] != MIG_DEVICE:
             return INVALID_ARGUMENT
-        _obj(ref).value = gi
+        _obj(ref).value = parts[which]
         return SUCCESS
 
+    def nvmlDeviceGetGpuInstanceId(self, handle, ref):
+        return self._mig_id(handle, ref, 2)
+
     def nvmlDeviceGetComputeInstanceId(self, handle, ref):
-        kind, g, gi, ci = _unhandle(handle)
-        if kind != MIG_DEVICE:
-            return INVALID_ARGUMENT
-        _obj(ref).value = ci
-        return SUCCESS
+        return self._mig_id(handle, ref, 3)
 
     def nvmlDeviceGetAttributes_v2(self, handle, ref):
         kind, g, gi, ci = _unhandle(handle)

@@ -59,16 +59,20 @@ def driver(tmp_path):
     yield state, fake.install(state)
 
 
-@pytest.fixture
-def portal(tmp_path, driver, db_url):
-    state, nv = driver
+def portal_on(tmp_path, db_url, nv) -> Portal:
+    """A portal on the test config's on-request H100, its MIG maker bound to the stand-in."""
     cfg = load_config(config(tmp_path))
     inventory = Inventory.from_config(cfg)
-    book = QuotaBook(db_url)
-    p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
+    p = Portal(cfg, QuotaBook(db_url), tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
     p.mig.maker._nvml = nv
+    return p
+
+
+@pytest.fixture
+def portal(tmp_path, driver, db_url):
+    p = portal_on(tmp_path, db_url, driver[1])
     yield p
-    book.dispose()
+    p.book.dispose()
 
 
 class Recorded:
@@ -208,12 +212,8 @@ def test_what_no_claim_records_is_removed_at_start(portal, driver):
 
 def test_the_drivers_refusals_say_what_to_do(tmp_path, db_url, caplog):
     state = fake.write_state(tmp_path / "nvml.json", [fake.gpu(H100)], root=False)
-    nv = fake.install(state)
-    cfg = load_config(config(tmp_path))
-    inventory = Inventory.from_config(cfg)
-    book = QuotaBook(db_url)
-    p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
-    p.mig.maker._nvml = nv
+    p = portal_on(tmp_path, db_url, fake.install(state))
+    book = p.book
     # The person is told it is a set-up problem; the log says what it is and what to do.
     for fault, said in [(None, "needs root"), ([fake.gpu(H100, mig=False)], "not in MIG mode: enable it"),
                         ("no driver", "NVML is not available")]:
@@ -369,12 +369,8 @@ def test_a_restart_during_a_retry_keeps_the_restarts_claim(portal, monkeypatch):
 
 def test_a_stray_that_cannot_be_removed_for_want_of_root_is_a_set_up_fault(tmp_path, db_url, caplog):
     state = fake.write_state(tmp_path / "nvml.json", [fake.stray_instance(fake.gpu(H100), start=6)], root=False)
-    nv = fake.install(state)
-    cfg = load_config(config(tmp_path))
-    inventory = Inventory.from_config(cfg)
-    book = QuotaBook(db_url)
-    p = Portal(cfg, book, tmp_path, placement=DevicePlacement(inventory), inventory=inventory)
-    p.mig.maker._nvml = nv
+    p = portal_on(tmp_path, db_url, fake.install(state))
+    book = p.book
     with pytest.raises(NoCapacity, match="a set-up problem"):
         claim(p, "workspace:alice/a", "mig-1g.10gb")
     assert "Insufficient Permissions" in caplog.text or "stand-in NVML error 4" in caplog.text
