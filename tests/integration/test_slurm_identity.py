@@ -90,13 +90,19 @@ def lab_writes_her_config(hub, home) -> None:
 async def test_a_job_runs_as_the_person_with_their_files_accounting_and_queue(jobs, slurm_cluster, slurm_people):
     home = slurm_people.home("pbt-alice")
     assert jobs.home_of("alice") == home and oct(home.stat().st_mode & 0o777) == "0o700"
-    ref = await jobs.submit(spec(jobs, ["sh", "-c", "id -un; echo weights > model.pt; sleep 2"]))
+    # The job holds on until the test lets it go, so that it is surely in the queue when
+    # squeue is asked (a fixed sleep lost that race on a slow CI machine).
+    release = home / f"go-{uuid.uuid4().hex[:8]}"
+    script = f"id -un; echo weights > model.pt; while [ ! -e {release.name} ]; do sleep 0.1; done"
+    ref = await jobs.submit(spec(jobs, ["sh", "-c", script]))
     assert ref["account"] == "pbt-alice"
     # squeue -u shows it while it runs, as hers.
-    await until(jobs, ref, {"running", "exited"})
+    assert (await until(jobs, ref, {"running", "exited"})).state == "running"
     queued = slurm_cluster.run("squeue", "-h", "-u", "pbt-alice", "-o", "%i %u").stdout.split()
+    release.touch()
     assert ref["slurm_id"] in queued and "pbt-alice" in queued, queued
     assert (await until(jobs, ref, {"exited"})).exit_code == 0
+    release.unlink()
     # Its output (read through sudo as her: the service is not let into a 0700 home at a site).
     data, _ = await jobs.read_logs(ref)
     assert data.decode().splitlines() == ["pbt-alice"]
