@@ -133,3 +133,19 @@ def test_the_tests_and_benchmarks_import_what_exists():
                 broken += [f"{path.name}:{node.lineno}: {node.module} has no {a.name}" for a in node.names
                            if not hasattr(module, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
     assert broken == []
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists podbay's packages by hand (the two source folders map onto one
+    namespace): a package missing there works in the editable checkout and is absent from
+    an installed podbay."""
+    import tomllib
+
+    root = HUB.parent
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for name, folder in tool["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(root / folder).parts
+            found.add(".".join((name, *parts)))
+    assert sorted(found - set(tool["packages"])) == [], "add these to [tool.setuptools] packages"
