@@ -11,6 +11,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from .client import PodbayClient, Workspace
+from .fmt import gpu_hours
 
 # Big tables stay fast: show a page of the newest rows (filter to reach the others).
 MAX_ROWS = 200
@@ -211,6 +212,6 @@ class UsageView(View):
 
     def cells(self, row: dict) -> list[Any]:
         util = row["utilization"]
-        return [str(row["key"] or "-"), f"{row['gpu_hours_held']:.1f}", f"{row['gpu_hours_used']:.1f}",
+        return [str(row["key"] or "-"), gpu_hours(row["gpu_hours_held"]), gpu_hours(row["gpu_hours_used"]),
                 "-" if util is None else f"{util:.0f}%", str(row["holdings"]),
                 bar(round(util or 0), 100) if util is not None else ""]

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
+
+from podbay.tui.fmt import gpu_hours
 
 from ..browser import PAGE_HEADERS, BrowserSession, navigation, not_a_tab, page_script
 from ..gpu import room_for
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent.parent
 STATIC = HERE / "static"
 _ENV = Environment(loader=FileSystemLoader(HERE / "templates" / "pages"), autoescape=select_autoescape(["html"]))
-_ENV.filters["hours"] = lambda v: f"{v:.1f}"
+_ENV.filters["hours"] = gpu_hours
 _ENV.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
 _ENV.filters["duration"] = fmt_duration
 
@@ -177,6 +179,15 @@ def pages_router(prefix: str, portal: "Portal", jobs: "JobManager", session: Bro
         if "/" in name or not path.is_file():
             return Response("not found", 404)
         return FileResponse(path, headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
+
+    # Someone who types the portal's address, or trims a page's, lands on the pages, not on
+    # the API's JSON 404.
+    @router.get(prefix.rstrip("/"))
+    @router.get(prefix)
+    @router.get(base.rstrip("/"))
+    @router.get(base)
+    async def landing():
+        return RedirectResponse(f"{base}capacity", status_code=302)
 
     @router.get(f"{base}capacity")
     async def capacity(request: Request, advice: float | None = None):

@@ -4,6 +4,7 @@ start, land in JupyterLab."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -124,6 +125,9 @@ def test_podbays_pages_capacity_jobs_and_usage(hub, browser, tmp_path):
     page.goto(f"{hub.url}/services/podbay/pages/usage?days=1")
     page.wait_for_selector("body[data-charts=drawn]")
     assert page.locator('#usage tr[data-key="alice"]').count() == 1
+    # GPU-hours as a person reads them: her few minutes of GPUs are minutes, never "0.0".
+    held = page.locator('#usage tr[data-key="alice"] td').nth(1).inner_text()
+    assert re.fullmatch(r"<1 min|\d+ min|\d+\.\d|[\d,]+", held) and held not in ("0", "0.0"), held
     page.screenshot(path=f"{shots}/pages-usage.png", full_page=True)
     # Layout advice is for admins, who see everyone's requests and holders: not alice.
     page.goto(f"{hub.url}/services/podbay/pages/capacity?advice=30")

@@ -159,9 +159,20 @@ def test_the_hub_and_its_ledger_on_postgresql(postgres_url, tmp_path):
         hub.stop()
 
 
-def test_podbay_up_anywhere_starts_the_demo_that_ships_with_it(tmp_path):
+# Every device label on the capacity page whose text reaches past its box (cut off).
+CUT_LABELS = """() => [...document.querySelectorAll('.dev .label')].filter(label => {
+  const dev = label.closest('.dev'), text = document.createRange();
+  text.selectNodeContents(label);
+  const t = text.getBoundingClientRect(), box = dev.getBoundingClientRect(), style = getComputedStyle(dev);
+  return t.right > box.right - parseFloat(style.paddingRight) + 0.5 || t.bottom > box.bottom + 0.5;
+}).map(label => label.textContent)"""
+
+
+@pytest.mark.browser
+def test_podbay_up_anywhere_starts_the_demo_that_ships_with_it(tmp_path, browser):
     """Run outside a checkout, with no --config: the demo inside the package, not a search
-    for config/podbay.yaml in whatever directory the person is in."""
+    for config/podbay.yaml in whatever directory the person is in. Then a new user's first
+    minutes in it, in a real browser."""
     require(have_proxy(), "configurable-http-proxy is not installed")
     port = free_port_block()
     env = {k: v for k, v in os.environ.items() if k != "PODBAY_CONFIG"}
@@ -179,9 +190,30 @@ def test_podbay_up_anywhere_starts_the_demo_that_ships_with_it(tmp_path):
         assert f"config: {shipped}" in banner, banner
         r = httpx.get(f"http://127.0.0.1:{port}/hub/api", timeout=5)
         assert r.status_code == 200
+        first_minutes(browser, f"http://127.0.0.1:{port}")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def first_minutes(browser, url: str) -> None:
+    from types import SimpleNamespace
+
+    from tests.harness import browser_login
+
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    browser_login(page, SimpleNamespace(url=url), "alice")
+    # The portal's address, typed or trimmed, leads to its pages (not to the API's 404).
+    for path in ("/services/podbay", "/services/podbay/", "/services/podbay/pages/"):
+        page.goto(url + path)
+        page.wait_for_url("**/services/podbay/pages/capacity")
+    # The demo's A100 in seven 1g.10gb slices: each slice's name reads whole.
+    labels = page.evaluate("() => [...document.querySelectorAll('.gpu')].map("
+                           "gpu => [...gpu.querySelectorAll('.dev .label')].map(label => label.innerText))")
+    assert ["1g.10gb"] * 7 in labels, labels
+    assert page.evaluate(CUT_LABELS) == []
+    page.close()
 
 
 def test_podbay_up_serves_the_public_port_over_tls(tmp_path):

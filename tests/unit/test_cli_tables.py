@@ -21,3 +21,11 @@ def test_cells_are_text_and_piped_lines_are_never_cut(capsys):
     # Columns line up as a terminal shows them (日本語 is six cells wide).
     assert cell_len(out[1][:out[1].index("done")]) == cell_len(out[2][:out[2].index("failed")])
     assert all(line == line.rstrip() for line in out)
+
+
+def test_gpu_hours_read_as_people_read_them():
+    from podbay.tui.fmt import gpu_hours
+
+    # A short run is minutes, never "0.0" beside a chart that shows it.
+    assert [gpu_hours(h) for h in (0, 0.005, 0.03, 0.5, 0.99, 0.999)] == ["0", "<1 min", "2 min", "30 min", "59 min", "1.0"]
+    assert [gpu_hours(h) for h in (1, 12.34, 99.94, 1234.5)] == ["1.0", "12.3", "99.9", "1,234"]

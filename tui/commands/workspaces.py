@@ -12,6 +12,7 @@ from typing import Any
 from ..client import ClientError, PodbayClient
 from ..credentials import NotLoggedIn, resolve
 
+from ..fmt import gpu_hours
 from .common import can_open_browser, print_json, print_table, run, visible
 
 
@@ -104,10 +105,10 @@ def cmd_usage(args) -> int:
         def pct(v):
             return "-" if v is None else f"{v:.0f}%"
 
-        rows = [[r["key"] or "-", f"{r['gpu_hours_held']:.1f}", f"{r['gpu_hours_used']:.1f}", pct(r["utilization"]),
+        rows = [[r["key"] or "-", gpu_hours(r["gpu_hours_held"]), gpu_hours(r["gpu_hours_used"]), pct(r["utilization"]),
                  r["holdings"]] for r in out["rows"]]
         t = out["total"]
-        rows.append(["total", f"{t['gpu_hours_held']:.1f}", f"{t['gpu_hours_used']:.1f}", pct(t["utilization"]),
+        rows.append(["total", gpu_hours(t["gpu_hours_held"]), gpu_hours(t["gpu_hours_used"]), pct(t["utilization"]),
                      t["holdings"]])
         fmt = "%Y-%m-%d %H:%M"
         print(f"GPU usage {time.strftime(fmt, time.localtime(out['since']))} – "
@@ -120,7 +121,7 @@ def cmd_usage(args) -> int:
                 print(f"  {line}")
         if out["idle_jobs"]:
             print("\nJobs that never used their GPUs:")
-            print_table([[j["job_id"], j["user"], j["profile"], j["gpus"], f"{j['hours']:.1f}"]
+            print_table([[j["job_id"], j["user"], j["profile"], j["gpus"], gpu_hours(j["hours"])]
                           for j in out["idle_jobs"]], ["job", "user", "profile", "gpus", "hours"])
         return 0
     return run(args, go)
