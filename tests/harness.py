@@ -94,7 +94,9 @@ class Hub:
             **self.extra_env,
         }
 
-    def start(self) -> None:
+    def start(self, own_config: bool = False) -> None:
+        """`podbay up`; with own_config, `jupyterhub -f` the operator's own
+        jupyterhub_config.py that the test wrote in the data directory."""
         self.log_path = self.data_dir / "podbay-up.log"
         cmd = [sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(self.config),
                "--port", str(self.port), "--data-dir", str(self.data_dir)]
@@ -102,9 +104,12 @@ class Hub:
             cmd.append("--keep-workspaces")
         if self.spawner:
             cmd += ["--spawner", self.spawner]
+        if own_config:
+            cmd = [sys.executable, "-m", "jupyterhub", "-f", str(self.data_dir / "jupyterhub_config.py")]
         env = self.env
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=self.data_dir if own_config else None)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .login import AuthError, configure_auth
 from .start import (
-    _sections, _value, configure_culler, configure_pages, harden_pages, limit_usernames, load_checked, refuse,
-    own_hub_api_url, service_environment, start_portal,
+    TeamGroups, _sections, _value, configure_culler, configure_pages, harden_pages, limit_usernames, load_checked,
+    manages_groups, own_hub_api_url, refuse, service_environment, start_portal,
 )
 
 
@@ -43,13 +43,14 @@ def configure_on_cluster(c) -> None:
             refuse(str(e))
     # Teams are JupyterHub groups (the quota book reads a user's groups); an authenticator
     # that manages groups itself (from the identity provider's claims, set on any
-    # authenticator's section) keeps them: JupyterHub refuses load_groups then.
-    if not any(_value(section.get("manage_groups"), False) for section in _sections(c)):
+    # authenticator's section, here or in a later extraConfig) keeps them: JupyterHub
+    # refuses load_groups then (TeamGroups).
+    if not manages_groups(c):
         groups = dict(_value(c.JupyterHub.get("load_groups"), {}))
         for name, team in cfg.teams.items():
             users = list(dict.fromkeys([*(groups.get(name) or {}).get("users", []), *team.members]))
             groups[name] = {**(groups.get(name) or {}), "users": users}
-        c.JupyterHub.load_groups = groups
+        c.JupyterHub.load_groups = TeamGroups(c, groups, cfg.teams)
     # podbay.yaml's admins, beside whatever the deployment names, on every section that
     # names admins (an authenticator's own section wins over Authenticator's).
     for section in [c.Authenticator, *(sec for sec in _sections(c) if "admin_users" in sec)]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..settings import _env
-from .start import is_loopback
+from .start import TeamGroups, is_loopback
 
 
 class AuthError(Exception):
@@ -20,7 +20,8 @@ def configure_auth(c, cfg, public_url: str | None, data_dir: Path, public_ip: st
     where it has them (oidc: JupyterHub groups are the provider's, kept in step at each login);
     otherwise they are podbay.yaml's members, loaded as groups."""
     auth = cfg.auth
-    teams = {name: {"users": list(team.members)} for name, team in cfg.teams.items()}
+    # Decided as JupyterHub loads them: none where the authenticator manages groups.
+    teams = TeamGroups(c, {name: {"users": list(team.members)} for name, team in cfg.teams.items()}, cfg.teams)
     if auth.type == "demo":
         c.JupyterHub.load_groups = teams
         password = _env("PODBAY_DEMO_PASSWORD")
@@ -73,8 +74,7 @@ def configure_auth(c, cfg, public_url: str | None, data_dir: Path, public_ip: st
                    "azuread": "AzureAdOAuthenticator"}
         c.JupyterHub.authenticator_class = auth.type
         section = c[classes[auth.type]]
-        if not auth.options.get("manage_groups"):  # JupyterHub refuses load_groups with it
-            c.JupyterHub.load_groups = teams
+        c.JupyterHub.load_groups = teams
         if auth.allow_all:
             section.allow_all = True
     section.client_id = auth.client_id

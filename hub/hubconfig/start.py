@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from traitlets.config.loader import DeferredConfig
+
 from ..config import ConfigError
 from ..inventory import InventoryError
 from ..quota import LedgerUnavailable
@@ -206,6 +208,32 @@ def limit_usernames(c, cfg) -> None:
     if any("username_pattern" in section for section in [c.Authenticator, *_sections(c)]):
         return
     c.Authenticator.username_pattern = cfg.auth.username_pattern
+
+
+def manages_groups(c) -> bool:
+    """Whether an authenticator keeps JupyterHub's groups itself (manage_groups, on any
+    authenticator's section): the provider's groups, which teams' idp_groups map to teams.
+    JupyterHub then refuses to start with load_groups."""
+    return any(_value(section.get("manage_groups"), False) for section in _sections(c))
+
+
+class TeamGroups(dict, DeferredConfig):
+    """podbay.yaml's teams as JupyterHub's load_groups, decided when JupyterHub loads its
+    configuration, after the whole jupyterhub_config.py ran: an authenticator set after
+    configure(c) that manages groups (c.GenericOAuthenticator.manage_groups = True) gets
+    none of podbay's loaded. Team members count anyway: PodbayConfig.teams_of reads them
+    from podbay.yaml, and a team's idp_groups from the authenticator's groups. A dict until
+    then, for a config that adds groups of its own after configure(c)."""
+
+    def __init__(self, c, groups: dict, teams):
+        super().__init__(groups)
+        self._config, self._teams = c, set(teams)
+
+    def get_value(self, trait) -> dict:
+        if manages_groups(self._config):
+            # The deployment's own groups stay (JupyterHub says what is wrong with them).
+            return {name: group for name, group in self.items() if name not in self._teams}
+        return dict(self)
 
 
 def _sections(c) -> list:

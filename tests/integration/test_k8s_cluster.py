@@ -383,6 +383,8 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
 
     from sqlalchemy import update
 
+    from jupyterhub.app import JupyterHub
+
     from podbay.hub.portal import Portal
     from podbay.hub.quota.database import AllocationRow
 
@@ -411,6 +413,11 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
         hubconfig.configure_on_cluster(c)
         try:
             assert c.JupyterHub.load_groups == {"staff": {"users": ["carol"]}, "vision": {"users": ["alice"]}}
+            # A later extraConfig whose authenticator manages groups: JupyterHub loads the
+            # deployment's own only (it refuses to start with podbay's teams beside it).
+            c.GenericOAuthenticator.manage_groups = True
+            assert JupyterHub(config=c).load_groups == {"staff": {"users": ["carol"]}}
+            del c.GenericOAuthenticator.manage_groups
             assert c.GenericOAuthenticator.admin_users == {"root", "ops"} and c.Authenticator.admin_users == {"ops"}
             assert portal.book.get("workspace:alice/gone") is None, "reconciled with the pods that run"
             (service,) = c.JupyterHub.services

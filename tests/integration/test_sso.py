@@ -189,6 +189,52 @@ def test_a_login_that_goes_wrong_says_why_and_makes_no_user(sso, browser):
         wrong.stop()
 
 
+# An operator's own jupyterhub_config.py: podbay's configure(c), then a login of their own
+# that manages groups, as Zero to JupyterHub's hub.config writes it (issue 29).
+OPERATORS_LOGIN = """from podbay.hub.hubconfig import configure
+
+configure(c)
+c.JupyterHub.authenticator_class = "generic-oauth"
+g = c.GenericOAuthenticator
+g.client_id, g.client_secret = "podbay", {secret!r}
+g.oauth_callback_url = "{hub}/hub/oauth_callback"
+g.authorize_url, g.token_url, g.userdata_url = "{issuer}/auth", "{issuer}/token", "{issuer}/me"
+g.scope = ["openid", "profile", "groups"]
+g.username_claim = "preferred_username"
+g.allowed_groups = {{"gpu-users", "students"}}
+g.manage_groups = True
+g.auth_state_groups_key = "oauth_user.groups"
+"""
+
+
+def test_an_authenticator_of_the_operators_own_that_manages_groups_maps_them_to_teams(tmp_path, browser):
+    """Its groups are the hub's (JupyterHub refuses to start with podbay's teams loaded as
+    groups beside them); teams follow them through idp_groups, as with auth: oidc, and
+    podbay.yaml's members still count."""
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    port = free_port_block()
+    with identity_provider(tmp_path, [f"http://127.0.0.1:{port}/hub/oauth_callback"], [ALICE, BOB]) as issuer:
+        cfg = yaml.safe_load(TEST_CONFIG.read_text())
+        cfg["teams"]["vision"].update(members=[], idp_groups=["/ai/vision"])  # bob stays nlp's member
+        (tmp_path / "podbay.yaml").write_text(yaml.safe_dump(cfg))
+        hub = Hub(tmp_path / "podbay.yaml", tmp_path / "hub", port, extra_env={"PODBAY_DEMO_PASSWORD": ""})
+        hub.data_dir.mkdir()
+        (hub.data_dir / "jupyterhub_config.py").write_text(
+            OPERATORS_LOGIN.format(secret=SECRET, hub=hub.url, issuer=issuer))
+        hub.start(own_config=True)
+        try:
+            for name, password, team in (("alice", "alice-pw", "vision"), ("bob", "bob-pw", "nlp")):
+                page = login(browser, hub, name, password)
+                page.goto(f"{hub.url}/hub/spawn/{name}/w1")
+                assert f"Team {team}" in page.inner_text("#podbay-quota")
+                page.context.close()
+            with hub.api("admin") as api:
+                assert set(api.get("/users/alice").json()["groups"]) == {"gpu-users", "/ai/vision"}
+                assert {g["name"] for g in api.get("/groups").json()} == {"gpu-users", "/ai/vision", "students"}
+        finally:
+            hub.stop()
+
+
 def hub_config_error(tmp_path, monkeypatch, capsys, cfg: Path, **env) -> str:
     from traitlets.config import Config
 
@@ -277,3 +323,10 @@ def test_the_other_providers_are_oauthenticators_own_with_options_passed_through
     assert gh.oauth_callback_url == f"http://127.0.0.1:{c.JupyterHub.bind_url.rsplit(':', 1)[1]}/hub/oauth_callback"
     # Teams from podbay.yaml's members, as groups (GitHub's teams are not podbay's).
     assert c.JupyterHub.load_groups["vision"] == {"users": ["alice"]}
+    from jupyterhub.app import JupyterHub
+
+    assert JupyterHub(config=c).load_groups["vision"] == {"users": ["alice"]}
+    # Unless the operator's config has the authenticator manage groups, after configure(c):
+    # JupyterHub loads none then (it refuses to start with load_groups beside it).
+    gh.manage_groups = True
+    assert JupyterHub(config=c).load_groups == {}
