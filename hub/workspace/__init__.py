@@ -1,1 +1,26 @@
-"""What runs inside workspaces, copied into the images as is (standard library only)."""
+"""What runs inside workspaces, copied into the images as is (standard library only), and
+the settings workspaces start with.
+
+A new person's workspace starts quiet: no JupyterLab news question (nor a call to the
+outside for news or updates), no VS Code Restricted Mode, trust prompt, welcome tab or chat
+panel. These are defaults, never locks: a person's own settings win. Images install them
+(images/common/install-workspace.sh); workspaces that run the hub's own Python (local, and
+Slurm without a container) get them through JUPYTER_CONFIG_PATH."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# A Jupyter config folder: JupyterLab's default settings (labconfig/) and the server's.
+JUPYTER_CONFIG = HERE / "jupyter"
+# code-server's user settings, seeded at a person's first start (their home is a mount).
+CODE_SERVER_SETTINGS = HERE / "code-server-settings.json"
+
+
+def quiet_jupyter(env: dict[str, str]) -> dict[str, str]:
+    """`env` with podbay's Jupyter config folder on JUPYTER_CONFIG_PATH, after any the site
+    set (a person's ~/.jupyter comes before both)."""
+    paths = [p for p in env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep) if p]
+    return {**env, "JUPYTER_CONFIG_PATH": os.pathsep.join([*paths, str(JUPYTER_CONFIG)])}

@@ -45,6 +45,15 @@ pip_install() {
   fi
 }
 pip_install "jupyterhub==${JUPYTERHUB_VERSION}" jupyterlab
+# A new person's JupyterLab starts quiet: no news question, nothing fetched from outside
+# for news or updates (hub/workspace/jupyter, copied in by podbay images build). In the
+# venv's own config folder, which every JupyterLab run from it reads; a person's own
+# settings still win.
+if [ -d "$here/jupyter" ]; then
+  install -d /opt/podbay/etc/jupyter
+  cp -R "$here/jupyter/." /opt/podbay/etc/jupyter/
+  chmod -R a+rX /opt/podbay/etc/jupyter
+fi
 
 code_server_release() {
   # Upstream's standalone build: Node.js and the native modules included.
@@ -56,7 +65,7 @@ with urllib.request.urlopen(sys.argv[1]) as r, tarfile.open(fileobj=r, mode="r|g
     t.extractall("/opt", filter="data")
 PY
   ln -sfn /opt/code-server-"${CODE_SERVER_VERSION}"-linux-"$arch" /opt/code-server
-  ln -sf /opt/code-server/bin/code-server /usr/local/bin/code-server
+  ln -sf /opt/code-server/bin/code-server /usr/local/libexec/code-server
 }
 
 code_server_npm() {
@@ -92,15 +101,36 @@ PY
   rm -rf /root/.npm /root/.cache/node-gyp
   # Run by that node directly, so that the workspace's PATH, and with it VS Code's
   # terminals, get no second Node.js.
-  cat > /usr/local/bin/code-server <<EOF
+  cat > /usr/local/libexec/code-server <<EOF
 #!/bin/sh
 exec $nodejs/bin/node /opt/code-server/lib/node_modules/code-server/out/node/entry.js "\$@"
+EOF
+  chmod 755 /usr/local/libexec/code-server
+}
+
+code_server_quiet() {
+  # What jupyter-vscode-proxy runs as `code-server` (it takes no extra arguments): the
+  # real one, started quiet. Workspace trust is off (the files are the person's own: no
+  # Restricted Mode, no prompt), and no update check. Its settings (no welcome tab, no chat
+  # panel) are seeded in the person's settings at their first start, since the home is a
+  # mount, and never over settings of their own.
+  install -d /opt/podbay/etc/code-server
+  install -m 0644 "$here/code-server-settings.json" /opt/podbay/etc/code-server/settings.json
+  cat > /usr/local/bin/code-server <<'EOF'
+#!/bin/sh
+settings="${XDG_DATA_HOME:-$HOME/.local/share}/code-server/User/settings.json"
+if [ ! -e "$settings" ]; then
+  mkdir -p "${settings%/*}" 2>/dev/null && cp /opt/podbay/etc/code-server/settings.json "$settings" 2>/dev/null
+fi
+exec /usr/local/libexec/code-server --disable-workspace-trust --disable-update-check "$@"
 EOF
   chmod 755 /usr/local/bin/code-server
 }
 
 if [ -n "${CODE_SERVER_VERSION:-}" ]; then
+  install -d /usr/local/libexec
   "code_server_$CODE_SERVER_SOURCE"
+  code_server_quiet
   # It writes a config file into its HOME even for --version: keep root's out of the image.
   HOME=/tmp/code-server-check code-server --version && rm -rf /tmp/code-server-check
   # jupyter-vscode-proxy only describes code-server to jupyter-server-proxy (it does not

@@ -282,10 +282,20 @@ def test_vscode_opens_on_the_home_in_a_real_browser(dhub, docker):
         # The explorer lists the home: the workbench talks to the server in the container
         # over its websocket, through the proxy.
         vscode.locator(".explorer-folders-view").get_by_text("train.py", exact=True).wait_for()
+        # It started quiet: her home is trusted (no Restricted Mode, no trust prompt), no
+        # welcome tab, no chat panel.
+        assert vscode.get_by_text("Restricted Mode").count() == 0
+        assert vscode.locator(".monaco-dialog-box").count() == 0
+        assert not vscode.locator(".part.auxiliarybar").is_visible()
+        assert vscode.locator(".tab", has_text="Welcome").count() == 0
     # code-server's node names its main thread, so look for it by its arguments.
     code, out = sh(docker, cid, "ps -eo user=,args=")
     processes = [line.split(None, 1) for line in out.strip().splitlines()]
-    assert any("code-server/out/node/entry.js" in args for _, args in processes), out
+    assert any("code-server/out/node/entry.js" in args and "--disable-workspace-trust" in args
+               for _, args in processes), out
+    # Seeded at her first start, in her own settings (hers to change, on her home).
+    code, seeded = sh(docker, cid, "cat ~/.local/share/code-server/User/settings.json")
+    assert code == 0 and '"chat.disableAIFeatures": true' in seeded, seeded
     assert {user for user, _ in processes} == {"jovyan"}, out
     dhub.stop_server("alice", "code")
 

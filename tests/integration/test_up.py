@@ -213,6 +213,18 @@ def first_minutes(browser, url: str) -> None:
                            "gpu => [...gpu.querySelectorAll('.dev .label')].map(label => label.innerText))")
     assert ["1g.10gb"] * 7 in labels, labels
     assert page.evaluate(CUT_LABELS) == []
+    # Her first workspace, from the form as it comes: JupyterLab starts quiet. It asks the
+    # server for updates (answered there, nothing fetched from outside) only once it has
+    # decided not to ask her about news, so that request is the moment to look.
+    with page.expect_response("**/lab/api/update*", timeout=180_000) as update:
+        page.goto(f"{url}/hub/spawn/alice/first")
+        page.locator("#podbay-options").wait_for()
+        page.click("form input[type=submit], form button[type=submit]")
+        page.wait_for_url("**/user/alice/first/lab**", timeout=180_000)
+    assert update.value.ok and update.value.json() == {"notification": None}
+    page.locator(".jp-Notification-Status-Text").wait_for()
+    assert page.locator(".Toastify__toast").count() == 0
+    assert page.inner_text(".jp-Notification-Status-Text") == "0"
     page.close()
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...config import Image, PodbayConfig
+from ...workspace import CODE_SERVER_SETTINGS, JUPYTER_CONFIG
 
 DEBIAN_ROOT = "podbay/debian-root:bookworm"
 DEBIAN_SUITE = "bookworm"
@@ -45,9 +46,10 @@ DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini", "procps
 # The root records what it was made with: one made with another package list is made again.
 ROOT_LABEL = "podbay.debian-packages"
 # Copied into every build's common/ (the install script puts them in the image): the sshd
-# launcher, and the idle GPU notices that login shells print.
+# launcher, the idle GPU notices that login shells print, and the quiet first start's
+# settings (JupyterLab's, code-server's).
 SSHD_LAUNCHER = Path(__file__).resolve().parents[2] / "workspace" / "podbay_sshd.py"
-WORKSPACE_FILES = [SSHD_LAUNCHER, SSHD_LAUNCHER.parent / "podbay_notices.py"]
+WORKSPACE_FILES = [SSHD_LAUNCHER, SSHD_LAUNCHER.parent / "podbay_notices.py", JUPYTER_CONFIG, CODE_SERVER_SETTINGS]
 
 Progress = Callable[[str], None]
 
@@ -211,7 +213,10 @@ def build_image(client, image: Image, config_file: Path, cache_dir: Path, progre
             shutil.copytree(common, ctx / "common")
         if (ctx / "common").is_dir():
             for path in WORKSPACE_FILES:
-                shutil.copyfile(path, ctx / "common" / path.name)
+                if path.is_dir():
+                    shutil.copytree(path, ctx / "common" / path.name, dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(path, ctx / "common" / path.name)
         ca = host_ca_bundle()
         if ca and (ctx / "common").is_dir():
             shutil.copyfile(ca, ctx / "common" / "host-ca.crt")

@@ -24,6 +24,7 @@ from ...launch import launcher
 from ...procs import proc_start_time
 from ...quota import Allocation
 from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
+from ...workspace import quiet_jupyter
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -109,7 +110,8 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         self.cmd = self._launch_prefix() + self._base_cmd
 
     def get_env(self):
-        env = super().get_env()
+        # The hub's own JupyterLab, started quiet (workspace/__init__.py).
+        env = quiet_jupyter(super().get_env())
         account = getattr(self, "_account", None)
         if account is None:
             return env

@@ -46,6 +46,7 @@ from ...launch import launcher
 from ...quota import Allocation
 from ...spawner import PodbaySpawnerMixin, spawn_may_be_under_way
 from ...training import BackendUnavailable
+from ...workspace import quiet_jupyter
 from .commands import Commands, SlurmError, export_file
 from .jobs import RUNNING, WAITING, SlurmJobs, enroot_image, reason_words
 
@@ -212,8 +213,12 @@ class SlurmJobSpawner(Spawner):
         return "\n".join(lines) + "\n"
 
     def export_env(self) -> bytes:
+        env = self.get_env()
+        if self.jobs.settings.container == "none":
+            # The hub's own JupyterLab (the nodes share its software tree), started quiet.
+            env = quiet_jupyter(env)
         return export_file({
-            "PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **self.get_env(),
+            "PATH": self.commands.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"), **env,
             "HOME": self.home, "USER": self.account, "LOGNAME": self.account,
             "PODBAY_PORT_FILE": str(Path(self.job_dir) / "port"), "PODBAY_FREE_PORT": _FREE_PORT,
             "PODBAY_PYTHON": self._python(), "PODBAY_BIND_IP": self.jobs.settings.workspace_bind})
