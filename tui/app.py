@@ -21,7 +21,7 @@ from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, Footer, Input, Label
 
 from .client import AuthError, ClientError, Forbidden, HubUnavailable, PodbayClient, Refused, Workspace
-from .screens import (Confirm, Connect, Details, Help, JobForm, Login, Logs, NewWorkspace, SetSecret,
+from .screens import (Confirm, Connect, Details, Help, Holders, JobForm, Login, Logs, NewWorkspace, SetSecret,
                       SpawnProgress, SubmitJob, WorkspaceForm)
 from .views import CapacityView, JobsView, SecretsView, UsageView, View, VolumesView, WorkspacesView
 
@@ -62,6 +62,7 @@ class PodbayApp(App):
         Binding("t", "train", "to training", id="ws.train"),
         Binding("l", "logs", "logs", id="job.logs"),
         Binding("d", "details", "details", id="view.details"),
+        Binding("h", "holders", "who holds what", id="gpu.holders"),
         Binding("ctrl+d", "delete", "delete", id="view.delete"),
     ]
 
@@ -261,7 +262,7 @@ class PodbayApp(App):
         if (self.command_box.has_focus or self.filter_box.has_focus) and action != "back":
             return False
         per_view = {"open": "ws", "connect": "ws", "edit": "ws", "stop": "ws", "train": "ws",
-                    "logs": "jobs"}
+                    "logs": "jobs", "holders": "gpu"}
         if action in per_view:
             return self.current == per_view[action]
         if action == "new":
@@ -434,7 +435,7 @@ class PodbayApp(App):
                 self._report(e)
                 return
             self.notify(f"job {job['id']} ({job['name']}) {job['state']} — :jobs to follow it")
-        self.push_screen(SubmitJob(ws.name), submitted)
+        self.push_screen(SubmitJob(ws.name, self.client), submitted)
 
     # --- jobs and shared verbs ------------------------------------------------------------------
 
@@ -444,6 +445,9 @@ class PodbayApp(App):
             self.notify("No job selected.", severity="warning")
             return
         self.push_screen(Logs(self.client, job))
+
+    def action_holders(self) -> None:
+        self.push_screen(Holders(self.client, self.client.user))
 
     def action_details(self) -> None:
         item = self.view.selected()

@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from .commands.advice import cmd_advise
 from .commands.login import cmd_login, cmd_logout
 from .commands.workspaces import (
-    cmd_capacity, cmd_notices, cmd_tui, cmd_usage, cmd_ws_keep, cmd_ws_ls, cmd_ws_new, cmd_ws_open, cmd_ws_rm, cmd_ws_stop,
+    cmd_capacity, cmd_notices, cmd_quota, cmd_tui, cmd_usage, cmd_ws_keep, cmd_ws_ls, cmd_ws_new, cmd_ws_open, cmd_ws_rm, cmd_ws_stop,
 )
 from .commands.ssh import cmd_keys, cmd_secrets, cmd_ssh, cmd_ssh_config, cmd_ssh_proxy
 from .commands.jobs import cmd_job_cancel, cmd_job_logs, cmd_job_ls, cmd_job_show, cmd_job_submit
@@ -153,8 +153,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(func=cmd_job_cancel)
 
     p = sub.add_parser("capacity", parents=[common], help="what is free, per pool and profile")
+    p.add_argument("--gpus", action="store_true", help="every node's GPUs and who holds each GPU or slice")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_capacity)
+    p = sub.add_parser("quota", parents=[common], help="your team, its quota and what you use of it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quota)
     p = sub.add_parser("advise", parents=[common],
                        help="admins: the MIG / time-slicing layout each node should have, from recorded demand")
     p.add_argument("--days", type=float, default=30, help="the period of demand to replay (default 30)")

@@ -8,6 +8,7 @@ can act on. One shared httpx client, timeouts set; tokens never appear in messag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -57,6 +58,9 @@ class Workspace:
     last_activity: str | None
     url: str | None
     pending: str | None
+    # Started without naming an image: `image` is then the catalog's default, which is what
+    # such a workspace runs (and runs again at a restart, even if the default changed).
+    image_default: bool = False
 
     @classmethod
     def from_model(cls, name: str, model: dict[str, Any]) -> "Workspace":
@@ -143,6 +147,7 @@ class PodbayClient:
         )
         # The hub's API through this client's connection and its words for failures.
         self.hub = HubAPI(self.hub_api, http=self.http, send=self._request)
+        self._default_image: str | None = None
 
     def use_token(self, token: str) -> None:
         """A new login's token for every request from now on."""
@@ -214,7 +219,19 @@ class PodbayClient:
     async def workspaces(self) -> list[Workspace]:
         r = await self.hub.user(await self._me())
         servers = r.json().get("servers") or {}
-        return [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
+        found = [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
+        if any(not ws.image for ws in found):
+            default = await self.default_image()
+            found = [ws if ws.image else dataclasses.replace(ws, image=default, image_default=True) for ws in found]
+        return found
+
+    async def default_image(self) -> str:
+        """The catalog's default image (asked once per client: it changes with podbay.yaml)."""
+        if self._default_image is None:
+            images = (await self.catalog())["images"]
+            self._default_image = next((i["name"] for i in images if i["default"]),
+                                       images[0]["name"] if images else "")
+        return self._default_image
 
     async def start_workspace(self, name: str, options: dict[str, Any]) -> None:
         user = await self._me()
@@ -268,6 +285,10 @@ class PodbayClient:
 
     async def capacity(self) -> dict[str, Any]:
         return await self._svc("GET", "capacity")
+
+    async def gpus(self) -> dict[str, Any]:
+        """Every node's GPUs and who holds each device (the capacity page's picture)."""
+        return await self._svc("GET", "capacity/gpus")
 
     async def advice(self, days: float = 30, pool: list[str] | None = None) -> dict[str, Any]:
         # Replaying a month of demand takes the service a moment (benchmarks/placement_replay.py).

@@ -188,20 +188,36 @@ class SubmitJob(ModalScreen[JobForm | None]):
     BINDINGS = [Binding("escape", "cancel", "cancel", id="job.cancel"),
                 Binding("ctrl+s", "submit", "submit", id="job.submit")]
 
-    def __init__(self, workspace: str):
+    def __init__(self, workspace: str, client: PodbayClient | None = None):
         super().__init__()
-        self.workspace = workspace
+        self.workspace, self.client = workspace, client
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
             yield Label(f"Move a training run from {self.workspace} to the training pool", classes="title")
             yield Label("Same image, volumes and home directory as the workspace.")
+            yield Label("", id="job-gpus")
             yield Input(placeholder="command, e.g. python train.py --epochs 3", id="job-command")
             yield Input(value="1", placeholder="GPUs", id="gpus", type="integer")
             yield Input(value=f"{self.workspace}-train", placeholder="job name", id="jobname")
             with Horizontal(classes="buttons"):
                 yield Button("Submit", variant="primary", id="submit")
                 yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        if self.client is not None:
+            self._standing()
+
+    @work(group="job-gpus")
+    async def _standing(self) -> None:
+        # The team's job GPUs as whoever enforces them says (a Slurm account's limit).
+        from .fmt import job_gpus
+
+        try:
+            me = await self.client.me()
+        except ClientError:
+            return
+        self.query_one("#job-gpus", Label).update(f"Team {me['team'] or '(none)'} job GPUs: {job_gpus(me)}")
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -292,6 +308,37 @@ class Details(Screen[None]):
         with VerticalScroll():
             yield Static(json.dumps(self.data, indent=2, default=str), id="details")
         yield Footer()
+
+
+class Holders(Screen[None]):
+    """Who holds which GPU or slice, node by node: the capacity page's picture."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "back", id="holders.back"),
+                Binding("r", "refresh", "refresh", id="holders.refresh")]
+
+    def __init__(self, client: PodbayClient, me: str | None):
+        super().__init__()
+        self.client, self.me = client, me
+
+    def compose(self) -> ComposeResult:
+        yield Label("GPUs: who holds what (yours in blue, free in green)", classes="title")
+        with VerticalScroll():
+            yield Static("loading…", id="holders")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_refresh()
+
+    @work(exclusive=True, group="holders")
+    async def action_refresh(self) -> None:
+        from .picture import picture
+
+        try:
+            drawn = picture(await self.client.gpus(), self.me)
+        except ClientError as e:
+            self.query_one("#holders", Static).update(f"cannot load: {e}")
+            return
+        self.query_one("#holders", Static).update(drawn)
 
 
 class Connect(ModalScreen[None]):

@@ -128,7 +128,10 @@ class WorkspacesView(View):
         return ws.name
 
     def cells(self, ws: Workspace) -> list[Any]:
-        return [ws.name, ws.image or "-", ws.profile, ",".join(ws.volumes) or "-",
+        image = Text(ws.image or "-")
+        if ws.image_default:
+            image.append(" (default)", style="dim")
+        return [ws.name, image, ws.profile, ",".join(ws.volumes) or "-",
                 Text(ws.state, style=STATE_STYLE.get(ws.state, "")), age(ws.started, self.clock())]
 
 

@@ -106,6 +106,46 @@ class CapacityOut(BaseModel):
     pools: list[PoolCapacity]
 
 
+class HolderOut(BaseModel):
+    user: str | None = Field(None, description="None where the engine says only that it is in use")
+    what: str = Field(description="the workspace's name, the job's key, or 'in use'")
+    profile: str | None = None
+    kind: str | None = Field(None, description="workspace, job, or leftover (a MIG instance still being freed)")
+
+
+class DeviceOut(BaseModel):
+    id: str
+    label: str = Field(description="GPU, a MIG profile (1g.10gb), or a shared slot (1/4)")
+    units: str = Field(description="GPU units, as the quota counts them")
+    holder: HolderOut | None = Field(description="None: free")
+
+
+class GpuOut(BaseModel):
+    index: int
+    model: str
+    kind: str = Field(description="full, mig or shared")
+    on_request: bool = Field(False, description="its MIG slices are made as they are asked for: only those made are listed")
+    free_units: str = Field(description="what is free on it, in GPU units (on request: the largest slice that still fits)")
+    devices: list[DeviceOut]
+
+
+class NodePictureOut(BaseModel):
+    name: str
+    state: str | None = Field(None, description="the engine's word for it, where the engine reports nodes")
+    reason: str | None = None
+    gpus: list[GpuOut]
+
+
+class PoolPictureOut(BaseModel):
+    name: str
+    nodes: list[NodePictureOut]
+
+
+class GpusOut(BaseModel):
+    """Every node's GPUs and who holds each device: the capacity page's picture."""
+    pools: list[PoolPictureOut]
+
+
 class QuotaOut(BaseModel):
     gpu_units: float
     workspaces_per_user: int

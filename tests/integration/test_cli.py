@@ -94,6 +94,31 @@ def test_job_commands_and_json_match_the_service_schema(hub, cli, schemas):
     assert "POOL" in cli("capacity").stdout
 
 
+def test_quota_and_who_holds_which_gpu(hub, cli, schemas):
+    assert cli("ws", "new", "holds", "--profile", "mig-1g.10gb", "-q").returncode == 0
+    try:
+        # The capacity page's picture, in a terminal: her slice, with her name and its workspace.
+        drawn = cli("capacity", "--gpus")
+        assert drawn.returncode == 0, drawn.stderr
+        lines = [line.split() for line in drawn.stdout.splitlines()]
+        assert ["1g.10gb", "alice", "holds", "(mig-1g.10gb)"] in lines, drawn.stdout
+        assert ["pool", "training"] in lines and ["train-01"] in lines
+        gpus = json.loads(cli("capacity", "--gpus", "--json").stdout)
+        schemas(gpus, "GpusOut")
+        mine = [d for p in gpus["pools"] for n in p["nodes"] for g in n["gpus"] for d in g["devices"]
+                if d["holder"] and d["holder"]["what"] == "holds"]
+        assert [(d["label"], d["holder"]["user"]) for d in mine] == [("1g.10gb", "alice")]
+        # Her standing: team, units, workspaces, job GPUs (podbay's quota: no engine limit here).
+        quota = cli("quota")
+        assert quota.returncode == 0, quota.stderr
+        said = quota.stdout.splitlines()
+        assert said[0].startswith("user alice, team vision") and said[3].startswith("job GPUs"), said
+        assert "in use" in said[3] and "set by" not in said[3], said
+        schemas(json.loads(cli("quota", "--json").stdout), "MeOut")
+    finally:
+        cli("ws", "rm", "holds")
+
+
 def test_exit_codes(hub, cli):
     assert cli("job", "submit", "--gpus", "1").returncode == 2          # no command: usage
     assert cli("job", "logs", "not-a-number").returncode == 2           # usage

@@ -7,6 +7,9 @@ checked on the batch script the backend writes (tests/unit/test_slurm.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -286,6 +289,12 @@ def test_what_slurm_would_reject_is_refused_at_submit_in_its_words(shub):
         # Over the team's limit is not refused: Slurm queues it (and says why).
         me = alice.get("/me").json()
         assert me["job_limit"] == {"source": "slurm", "account": "contract-vision", "gpus": 2, "gpus_in_use": 0}
+    # And `podbay quota` says so, in Slurm's name.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODBAY_", "JUPYTERHUB_"))}
+    said = subprocess.run([sys.executable, "-m", "podbay.hub.cli", "quota"], capture_output=True, text=True, timeout=60,
+                          env={**env, "PODBAY_URL": shub.url, "PODBAY_TOKEN": shub.token("alice")})
+    assert said.returncode == 0, said.stderr
+    assert "job GPUs     0 in use, limit 2 (set by slurm for account contract-vision)" in said.stdout, said.stdout
 
 
 def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):

@@ -7,11 +7,11 @@ import time
 
 import httpx
 import pytest
-from textual.widgets import Input, OptionList
+from textual.widgets import Input, Label, OptionList, Static
 
 from podbay.tui.app import PodbayApp
 from podbay.tui.client import Refused
-from podbay.tui.screens import Confirm, Connect, Help, Login, Logs, NewWorkspace, SetSecret, SubmitJob
+from podbay.tui.screens import Confirm, Connect, Help, Holders, Login, Logs, NewWorkspace, SetSecret, SubmitJob
 
 pytestmark = pytest.mark.hub
 SIZE = (120, 40)
@@ -48,6 +48,8 @@ async def test_views_commands_filter_help_and_back(hub):
         ws = app.query_one("#ws")
         await until(pilot, lambda: ws.row_count == 2, what="workspaces")
         assert [ws.get_row_at(i)[0] for i in range(2)] == ["alpha", "beta"]
+        # Started without naming an image: the catalog's default, said to be it (not "-").
+        assert [str(ws.get_row_at(i)[1]) for i in range(2)] == ["pytorch (default)"] * 2
 
         await pilot.press("slash", *"bet", "enter")
         assert ws.row_count == 1 and ws.get_row_at(0)[0] == "beta"
@@ -61,6 +63,16 @@ async def test_views_commands_filter_help_and_back(hub):
         cap = app.query_one("#gpu")
         await until(pilot, lambda: cap.row_count > 0, what="capacity")
         assert any(cap.get_row_at(i)[1] == "mig-1g.10gb" and cap.get_row_at(i)[2] == "1" for i in range(cap.row_count))
+        # h: who holds which GPU or slice, node by node (the capacity page's picture): beta's
+        # slice is hers, by name.
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, Holders), what="the holders' picture")
+        holders = app.screen.query_one("#holders", Static)
+        await until(pilot, lambda: "dev-01" in str(holders.render()), what="the picture drawn")
+        drawn = [line.split() for line in str(holders.render()).splitlines()]
+        assert ["1g.10gb", "alice", "beta", "(mig-1g.10gb)"] in drawn and ["train-01"] in drawn, drawn
+        await pilot.press("escape")
+        assert app.current == "gpu" and not isinstance(app.screen, Holders)
         # :usage: alice's GPU-hours so far (beta holds a MIG slice), and the total.
         await pilot.press(":", *"usage", "enter")
         use = app.query_one("#usage")
@@ -136,6 +148,10 @@ async def test_move_a_job_then_logs_and_cancel(hub):
         ws.move_cursor(row=[ws.get_row_at(i)[0] for i in range(ws.row_count)].index("beta"))
         await pilot.press("t")
         await until(pilot, lambda: form_ready(app, SubmitJob), what="job form")
+        # The team's job GPUs, where the person decides how many to ask for.
+        said = app.screen.query_one("#job-gpus", Label)
+        await until(pilot, lambda: "job GPUs" in str(said.render()), what="the team's job GPUs")
+        assert str(said.render()).startswith("Team vision job GPUs: 0 of "), str(said.render())
         app.screen.query_one("#job-command", Input).value = "sh -c 'echo step-1; sleep 120'"
         await pilot.press("ctrl+s")
         await until(pilot, lambda: any("beta-train" in n for n in notes(app)), what="submitted")
@@ -145,6 +161,8 @@ async def test_move_a_job_then_logs_and_cancel(hub):
         await until(pilot, lambda: jobs.row_count == 1, what="jobs")
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, Logs) and "step-1" in app.screen.text, what="logs")
+        # The job's own output from its first line: nothing of the host's (its mounts' paths).
+        assert app.screen.text.splitlines()[0] == "step-1", app.screen.text
         await pilot.press("escape")
         await pilot.press("ctrl+d")
         await until(pilot, lambda: isinstance(app.screen, Confirm), what="confirm")
@@ -282,6 +300,8 @@ async def test_logs_keys_and_refusal_notifications(hub, tmp_path, monkeypatch):
         await until(pilot, lambda: jobs.row_count >= 1, what="jobs")
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, Logs) and "step-1" in app.screen.text, what="logs")
+        # The job's own output from its first line: nothing of the host's (its mounts' paths).
+        assert app.screen.text.splitlines()[0] == "step-1", app.screen.text
         await pilot.press("w")
         await pilot.press("f")
         await until(pilot, lambda: any("not following" in n for n in notes(app)), what="notification")

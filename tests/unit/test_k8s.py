@@ -237,7 +237,7 @@ def test_nodes_not_ready_or_cordoned_are_counted_never_free_and_drawn_with_their
     pod: its GPUs are in the totals, never free. The capacity page and /capacity draw every
     node of a Kubernetes pool from the real ClusterCapacity (not a stand-in object)."""
     from podbay.hub.portal import Portal
-    from podbay.hub.service.pages import capacity_picture
+    from podbay.hub.service.picture import capacity_picture
 
     lost = node("dgx-2", {"nvidia.com/gpu.count": "8"}, {"nvidia.com/gpu": "8"}, pool="training")
     lost["status"]["conditions"] = [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",

@@ -25,7 +25,7 @@ class FixedClient(PodbayClient):
         return [
             Workspace("resnet", "ready", "pytorch", "mig-1g.10gb", ["imagenet"], "2026-11-22T09:00:00Z", None,
                       "/user/alice/resnet/", None),
-            Workspace("notes", "stopped", "base", "cpu", [], None, None, None, None),
+            Workspace("notes", "stopped", "pytorch", "cpu", [], None, None, None, None, image_default=True),
             Workspace("llm-ft", "starting", "pytorch", "gpu-2", ["scratch"], "2026-11-22T11:59:30Z", None, None, "spawn"),
         ]
 

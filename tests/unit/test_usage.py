@@ -612,7 +612,8 @@ def test_the_capacity_picture_where_an_engine_places(tmp_path):
     Kubernetes) is drawn from its engine's node states: GPUs used and free, state, reason."""
     from types import SimpleNamespace
 
-    from podbay.hub.service.pages import _ENV, capacity_picture
+    from podbay.hub.service.pages import _ENV
+    from podbay.hub.service.picture import capacity_picture
 
     portal = Portal.open(TEST_CONFIG, f"sqlite:///{tmp_path / 'ledger.sqlite'}", tmp_path)
     nodes = {"training": [SimpleNamespace(name="dgx-1", state="mixed", reason=None, gpus=8, gpus_used=3),

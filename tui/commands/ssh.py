@@ -59,7 +59,7 @@ def cmd_ssh(args) -> int:
             raise SystemExit(f"podbay: you have no workspace named {name}: podbay ws new {name} makes one")
         if ws.state == "stopped" and args.start:
             options: dict[str, Any] = {"profile": ws.profile, "volumes": ws.volumes}
-            if ws.image:
+            if ws.image and not ws.image_default:
                 options["image"] = ws.image
             await c.start_workspace(name, options)
         if ws.state == "starting" or (ws.state == "stopped" and args.start):

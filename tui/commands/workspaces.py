@@ -12,7 +12,7 @@ from typing import Any
 from ..client import ClientError, PodbayClient
 from ..credentials import NotLoggedIn, resolve
 
-from ..fmt import gpu_hours
+from ..fmt import gpu_hours, quota_lines
 from .common import can_open_browser, print_json, print_table, run, visible
 
 
@@ -22,7 +22,8 @@ def cmd_ws_ls(args) -> int:
         if args.json:
             print_json([asdict(w) for w in wss])
         else:
-            print_table([[w.name, w.state, w.image, w.profile, ",".join(w.volumes) or "-"] for w in wss],
+            print_table([[w.name, w.state, w.image + (" (default)" if w.image_default else ""), w.profile,
+                          ",".join(w.volumes) or "-"] for w in wss],
                          ["name", "state", "image", "profile", "volumes"])
             # Where people look: an idle GPU's warning before anything happens to it.
             await _print_notices(c, warnings_only=True, lead="\n")
@@ -210,6 +211,17 @@ async def vscode_text(c: PodbayClient, ws, days: int = 30) -> str:
 
 def cmd_capacity(args) -> int:
     async def go(c: PodbayClient) -> int:
+        if args.gpus:
+            from rich.console import Console
+
+            from ..picture import picture
+
+            gpus = await c.gpus()
+            if args.json:
+                print_json(gpus)
+            else:
+                Console(highlight=False).print(picture(gpus, (await c.whoami())["name"]), end="", soft_wrap=True)
+            return 0
         cap = await c.capacity()
         if args.json:
             print_json(cap)
@@ -222,6 +234,18 @@ def cmd_capacity(args) -> int:
         if out:
             print("\nNodes that take no jobs now:")
             print_table(out, ["pool", "node", "state", "reason", "gpus used"])
+        return 0
+    return run(args, go)
+
+
+def cmd_quota(args) -> int:
+    async def go(c: PodbayClient) -> int:
+        me = await c.me()
+        if args.json:
+            print_json(me)
+            return 0
+        for line in quota_lines(me):
+            print(line)
         return 0
     return run(args, go)
 

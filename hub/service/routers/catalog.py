@@ -10,15 +10,22 @@ from ...portal import Portal
 from ...quota import fmt_units
 from ..context import Service
 from ..hubclient import Caller
+from ..picture import capacity_picture
 from ..schemas import (
     ERRORS,
     CapacityOut,
     CatalogOut,
+    DeviceOut,
+    GpuOut,
+    GpusOut,
+    HolderOut,
     ImageOut,
     JobLimitOut,
     MeOut,
     NodeOut,
+    NodePictureOut,
     PoolCapacity,
+    PoolPictureOut,
     ProfileOut,
     QuotaOut,
     UsageOut,
@@ -46,6 +53,10 @@ def router(svc: Service, prefix: str) -> APIRouter:
     @api.get("/capacity", response_model=CapacityOut, summary="Per pool: profiles and devices, total, used and free")
     async def capacity(who: Caller = Depends(caller)):
         return await asyncio.to_thread(capacity_of, portal)
+
+    @api.get("/capacity/gpus", response_model=GpusOut, summary="Every node's GPUs and who holds each device")
+    async def gpus(who: Caller = Depends(caller)):
+        return await asyncio.to_thread(gpus_of, portal)
 
     @api.get("/me", response_model=MeOut, summary="The caller, their teams, quota and usage")
     async def me(who: Caller = Depends(caller)):
@@ -88,3 +99,19 @@ def capacity_of(portal: Portal) -> CapacityOut:
         pools.append(PoolCapacity(pool=pool, profiles=profiles, devices=devices, nodes=nodes))
     snap.memo["capacity"] = CapacityOut(pools=pools)
     return snap.memo["capacity"]
+
+
+def gpus_of(portal: Portal) -> GpusOut:
+    def holder(h: dict | None) -> HolderOut | None:
+        if h is None:
+            return None
+        return HolderOut(user=h.get("user"), what=h["what"], profile=h.get("profile"), kind=h.get("kind"))
+
+    return GpusOut(pools=[PoolPictureOut(name=pool["name"], nodes=[
+        NodePictureOut(name=node["name"], state=node.get("state"), reason=node.get("reason"), gpus=[
+            GpuOut(index=g["index"], model=g["model"], kind=g["kind"], on_request=bool(g.get("on_request")),
+                   free_units=g["free_units"],
+                   devices=[DeviceOut(id=d["id"], label=d["label"], units=fmt_units(d.get("units", 1)),
+                                      holder=holder(d["holder"])) for d in g["devices"]])
+            for g in node["gpus"]])
+        for node in pool["nodes"]]) for pool in capacity_picture(portal)])
