@@ -20,6 +20,25 @@ from .hubclient import HubClient
 log = logging.getLogger("podbay.service")
 
 
+async def follow_the_hub(every: float = 1.0) -> None:
+    """End with the hub that started this service. JupyterHub stops its managed services when
+    it stops, but not when it is killed (SIGKILL, the OOM killer): this service would then run
+    its job scheduler on the quota book beside the next hub's service, each starting the
+    same queued jobs. A service started by something else than a hub process (a container's
+    init, pid 1) has no parent to follow."""
+    import asyncio
+    import signal
+
+    parent = os.getppid()
+    if parent <= 1:
+        return
+    while os.getppid() == parent:
+        await asyncio.sleep(every)
+    log.error("the hub that started this service (pid %d) is gone: stopping, so that a new hub's service "
+              "runs alone", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> None:
     from urllib.parse import urlparse
 
@@ -86,7 +105,7 @@ def main() -> None:
     # its own address.
     own = [bind] if bind not in ("0.0.0.0", "::", "") else []
     proxies = TrustedProxies.parse(env.get("PODBAY_TRUSTED_PROXIES"), ["127.0.0.0/8", "::1/128", *own])
-    background = [lambda: plugin.serve(portal)]
+    background = [lambda: plugin.serve(portal), follow_the_hub]
     follow_proxies = plugin.follow_proxies(env, proxies.found)
     if follow_proxies is not None:
         background.append(follow_proxies)

@@ -68,6 +68,32 @@ def test_ctrl_c_stops_everything(tmp_path):
     ledger.dispose()
 
 
+def test_a_killed_hubs_service_stops_too(tmp_path):
+    """A hub killed outright (SIGKILL, the OOM killer) does not stop its managed services:
+    podbay's would go on running jobs from the quota book beside the next hub's."""
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    hub = Hub(TEST_CONFIG, tmp_path, free_port_block(), keep_workspaces=False)
+    hub.start()
+    try:
+        jupyterhub = next(int(p) for p in subprocess.run(["pgrep", "-P", str(hub.proc.pid)], capture_output=True,
+                                                           text=True).stdout.split())
+        children = subprocess.run(["pgrep", "-a", "-P", str(jupyterhub)], capture_output=True, text=True).stdout
+        service = next(int(line.split()[0]) for line in children.splitlines() if "podbay.hub.service" in line)
+        proxy = int((tmp_path / "proxy.pid").read_text())
+        os.kill(jupyterhub, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not gone(service):
+            assert time.monotonic() < deadline, "the service outlived its hub"
+            time.sleep(0.1)
+        assert "the hub that started this service" in (tmp_path / "podbay-up.log").read_text()
+    finally:
+        hub.stop()
+        # What a killed hub leaves behind: its proxy, and (were this failing) its service.
+        for pid in (locals().get("proxy"), locals().get("service")):
+            if pid and not gone(pid):
+                os.kill(pid, signal.SIGTERM)
+
+
 @pytest.mark.parametrize("how", [["--ip", "0.0.0.0"], ["--ip", "192.0.2.10"]])
 def test_the_local_backend_refuses_to_listen_beyond_the_loopback(tmp_path, how):
     # Refused before anything starts or listens, with what to do instead.
