@@ -143,10 +143,11 @@ class PodbayApp(App):
         if view is shown:
             view.show(data)
             self.sub_title = f"{view.title} ({len(data)})" + (f"  /{view.filter}" if view.filter else "")
-        if self.current == "ws":
-            await self._notices()
         if self.exit_after_first_paint:
             self.call_after_refresh(self.exit)
+            return
+        if self.current == "ws":
+            await self._notices()
 
     async def _notices(self) -> None:
         """An idle GPU's warning, once, where the person looks (the notices of podbay's

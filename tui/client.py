@@ -8,6 +8,7 @@ can act on. One shared httpx client, timeouts set; tokens never appear in messag
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -217,13 +218,38 @@ class PodbayClient:
         return self.user
 
     async def workspaces(self) -> list[Workspace]:
-        r = await self.hub.user(await self._me())
-        servers = r.json().get("servers") or {}
-        found = [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
-        if any(not ws.image for ws in found):
-            default = await self.default_image()
-            found = [ws if ws.image else dataclasses.replace(ws, image=default, image_default=True) for ws in found]
-        return found
+        # The TUI's first paint waits on this: one round trip to the hub where it can be (the
+        # token's own user, with its servers), and the catalog's default image asked for
+        # beside it the first time, not after it.
+        default = None
+        if self._default_image is None:
+            default = asyncio.ensure_future(self._default_image_if_known())
+        try:
+            if self.user is None:
+                model = (await self.hub.user()).json()
+                self.user = model["name"]
+                if "servers" not in model:  # a token that may not read its user's servers there
+                    model = (await self.hub.user(self.user)).json()
+            else:
+                model = (await self.hub.user(self.user)).json()
+            servers = model.get("servers") or {}
+            found = [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
+            if any(not ws.image for ws in found):
+                image = await (default or self._default_image_if_known())
+                if image:
+                    found = [ws if ws.image else dataclasses.replace(ws, image=image, image_default=True)
+                             for ws in found]
+            return found
+        finally:
+            if default is not None and not default.done():
+                default.cancel()
+
+    async def _default_image_if_known(self) -> str | None:
+        # The list of workspaces is shown even when the service cannot say (an old portal, down).
+        try:
+            return await self.default_image()
+        except ClientError:
+            return None
 
     async def default_image(self) -> str:
         """The catalog's default image (asked once per client: it changes with podbay.yaml)."""

@@ -59,10 +59,10 @@ class HubAPI:
     async def user(self, name: str | None = None, *, stopped: bool = True, **kw: Any) -> httpx.Response:
         """A user's model with their servers (stopped named ones too); None: the token's own
         user (`GET user`, which also says the token's scopes)."""
+        params = {"include_stopped_servers": "1"} if stopped else None
         if name is None:
-            return await self.request("GET", "user", **kw)
-        return await self.request("GET", user_path(name), params={"include_stopped_servers": "1"} if stopped else None,
-                                  **kw)
+            return await self.request("GET", "user", params=params, **kw)
+        return await self.request("GET", user_path(name), params=params, **kw)
 
     async def major(self) -> int:
         """JupyterHub's major version (cached): 6 wraps a start's options, 5.x does not."""
