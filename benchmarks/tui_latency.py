@@ -60,7 +60,7 @@ def cold_start(runs: int, compare: Path | None = None) -> dict[str, list[float]]
             hub.start_server("alice", "bench", {"profile": "cpu"})
             hub.start_server("alice", "named", {"profile": "cpu", "image": "base"})
             env = {**os.environ, "PODBAY_URL": hub.url, "PODBAY_TOKEN": hub.token("alice")}
-            tui = [sys.executable, "-m", "podbay.hub.cli", "tui", "--first-paint"]
+            tui = [str(Path(sys.executable).parent / "podbay"), "tui", "--first-paint"]
             commands = {"podbay": (tui, env), "empty Textual app": ([sys.executable, "-c", EMPTY_APP], env)}
             if compare is not None:
                 path = shadow(compare, Path(tmp) / "compare")

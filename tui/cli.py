@@ -15,6 +15,12 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
+# httpx imports its own command line (click, pygments) whenever they are installed: half of
+# httpx's import time, paid by every `podbay` start (the TUI's first paint, ssh-proxy at each
+# connection) for a command podbay never runs. httpx then offers a stub in its place.
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)
+
 from .commands.advice import cmd_advise
 from .commands.login import cmd_login, cmd_logout
 from .commands.workspaces import (
