@@ -578,9 +578,14 @@ def test_jobs_fail_with_their_exit_code_wait_for_gpus_follow_and_cancel(engine):
         wide = wait_job(api, r.json()["id"], {"running"})
         r = api.post("/jobs", json={"name": "next", "image": "base", "gpus": 1, "command": ["echo", "my turn"]})
         nxt = r.json()
-        time.sleep(1.5)
-        waiting = api.get(f"/jobs/{nxt['id']}").json()
-        assert waiting["state"] == "queued" and engine.queued_because in waiting["message"], waiting
+        # Until the scheduler has looked at it and says why it waits (not the submit's own
+        # "waiting for the scheduler").
+        deadline = time.monotonic() + 30
+        while (waiting := api.get(f"/jobs/{nxt['id']}").json())["message"] == "waiting for the scheduler" or \
+                engine.queued_because not in waiting["message"]:
+            assert time.monotonic() < deadline, waiting
+            time.sleep(0.2)
+        assert waiting["state"] == "queued", waiting
         assert not booked(hub, f"job:{nxt['id']}")
 
         # Following streams the output as it comes, until cancel ends the job.

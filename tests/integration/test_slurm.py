@@ -412,9 +412,12 @@ def test_the_cli_shows_slurms_reason_and_the_pools_nodes(shub, slurm_cluster, tm
     assert "queued" in line and "queued in slurm: AssocGrpGRES: the team's account is at its GPU limit" in line
     slurm_cluster.run("scontrol", "update", "NodeName=n2", "State=DRAIN", "Reason=fan swap")
     try:
-        time.sleep(6)  # podbay asks Slurm about its nodes every few seconds
-        cap = podbay("capacity")
-        assert "Nodes that take no jobs now" in cap.stdout and "fan swap" in cap.stdout, cap.stdout
+        # podbay asks Slurm about its nodes every few seconds: until it has.
+        deadline = time.monotonic() + 30
+        while "fan swap" not in (cap := podbay("capacity")).stdout:
+            assert time.monotonic() < deadline, cap.stdout
+            time.sleep(0.5)
+        assert "Nodes that take no jobs now" in cap.stdout, cap.stdout
     finally:
         slurm_cluster.run("scontrol", "update", "NodeName=n2", "State=RESUME")
         with service(shub) as api:
