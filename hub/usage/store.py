@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (Column, Float, Integer, MetaData, Table, and_, bindparam, case, delete, func, or_, select,
+                        update)
 
 from ..quota.book import QuotaBook
 from ..quota.database import CounterRow, DemandRow, HoldingRow, IdleActionRow, UsageHourRow
@@ -66,6 +67,17 @@ class Holding:
 
 # The idle clock's columns: what a round may change on a holding.
 CLOCK = ("last_sample", "idle_since", "warned_at", "acted")
+
+# Showback over SQLite reads a month of hourly rows twice a request (the measured sums per
+# holding, the hourly chart): most of its time (benchmarks/usage_policy.py). Both depend on
+# the hours of the period only, not on the moment asked, so each reading connection keeps
+# its last answers and SQLite says whether anything was written since: PRAGMA data_version
+# changes on a connection whenever any other connection, of any process, has committed (the
+# reading connections never write the book). The measured sums are kept in a temporary
+# table of the connection's own, so the showback query adds them up exactly as before.
+_MEASURED = Table("podbay_measured", MetaData(), Column("holding_id", Integer, primary_key=True),
+                  Column("s", Float), Column("n", Integer), schema="temp")
+_MEASURED_DDL = "CREATE TEMP TABLE IF NOT EXISTS podbay_measured (holding_id INTEGER PRIMARY KEY, s REAL, n INTEGER)"
 
 
 @dataclass
@@ -248,6 +260,36 @@ class UsageStore:
                 out[action] = out.get(action, 0.0) + n
         return out
 
+    def _data_version(self, conn) -> int | None:
+        """What changes whenever the book was written by another connection (SQLite); None
+        where nothing is kept between requests (PostgreSQL)."""
+        if conn.dialect.name != "sqlite":
+            return None
+        return conn.exec_driver_sql("PRAGMA data_version").scalar()
+
+    @staticmethod
+    def _measured_query(h0: int, h1: int):
+        return (select(UsageHourRow.holding_id, func.sum(UsageHourRow.util_sum).label("s"),
+                       func.sum(UsageHourRow.samples).label("n"))
+                .where(UsageHourRow.hour >= h0, UsageHourRow.hour <= h1)
+                .group_by(UsageHourRow.holding_id))
+
+    def _measured_kept(self, conn, h0: int, h1: int) -> int | None:
+        """The connection's temp.podbay_measured holding the sums of hours h0..h1 as the book
+        is now; the data version they are filed under, None where not kept (PostgreSQL)."""
+        version = self._data_version(conn)
+        if version is None:
+            return None
+        if conn.info.get("podbay_measured") != (version, h0, h1):
+            conn.info.pop("podbay_measured", None)
+            conn.exec_driver_sql(_MEASURED_DDL)
+            conn.execute(_MEASURED.delete())
+            conn.execute(_MEASURED.insert().from_select(["holding_id", "s", "n"], self._measured_query(h0, h1)))
+            # Filed under the version read before the sums: a commit in between makes the
+            # next request's version differ, and it sums again.
+            conn.info["podbay_measured"] = (version, h0, h1)
+        return version
+
     def usage(self, since: float, until: float, by: str, user: str | None = None,
               team: str | None = None) -> list[dict]:
         """Held and used GPU-hours between `since` and `until`, per `by` (user, team, profile,
@@ -260,26 +302,37 @@ class UsageStore:
         greatest, least = self._greatest_least()
         lo, hi = greatest(HoldingRow.started, since), least(end, until)
         weight = _weight()
-        measured = (select(UsageHourRow.holding_id, func.sum(UsageHourRow.util_sum).label("s"),
-                           func.sum(UsageHourRow.samples).label("n"))
-                    .where(UsageHourRow.hour >= int(since // 3600), UsageHourRow.hour <= int(until // 3600))
-                    .group_by(UsageHourRow.holding_id).subquery())
-        # A period partly or wholly in the future holds nothing there.
-        span = greatest(hi - lo, 0.0)
-        held_h = span / 3600.0 * weight
-        mean = measured.c.s / func.nullif(measured.c.n, 0)
-        q = (select(column.label("key"), func.sum(held_h), func.sum(held_h * func.coalesce(mean, 0) / 100.0),
-                    func.sum(case((measured.c.n > 0, held_h), else_=0.0)), func.count(HoldingRow.id))
-             .select_from(HoldingRow).outerjoin(measured, measured.c.holding_id == HoldingRow.id)
-             .where(HoldingRow.started < until, or_(HoldingRow.ended.is_(None), HoldingRow.ended > since),
-                    or_(HoldingRow.units_num > 0, HoldingRow.gpus > 0))
-             .group_by(column).order_by(column))
-        if user is not None:
-            q = q.where(HoldingRow.user == user)
-        if team is not None:
-            q = q.where(HoldingRow.team == team)
+        h0, h1 = int(since // 3600), int(until // 3600)
+
+        def query(measured):
+            # A period partly or wholly in the future holds nothing there.
+            span = greatest(hi - lo, 0.0)
+            held_h = span / 3600.0 * weight
+            mean = measured.c.s / func.nullif(measured.c.n, 0)
+            q = (select(column.label("key"), func.sum(held_h), func.sum(held_h * func.coalesce(mean, 0) / 100.0),
+                        func.sum(case((measured.c.n > 0, held_h), else_=0.0)), func.count(HoldingRow.id))
+                 .select_from(HoldingRow).outerjoin(measured, measured.c.holding_id == HoldingRow.id)
+                 .where(HoldingRow.started < until, or_(HoldingRow.ended.is_(None), HoldingRow.ended > since),
+                        or_(HoldingRow.units_num > 0, HoldingRow.gpus > 0))
+                 .group_by(column).order_by(column))
+            if user is not None:
+                q = q.where(HoldingRow.user == user)
+            if team is not None:
+                q = q.where(HoldingRow.team == team)
+            return q
+
         with self.db.read_session() as s:
-            rows = s.execute(q).all()
+            conn = s.connection()
+            version = self._measured_kept(conn, h0, h1)
+            rows = None
+            if version is not None:
+                rows = conn.execute(query(_MEASURED)).all()
+                # Nothing committed from before the sums to after the holdings were read: as
+                # one statement would have seen it. Otherwise (a round came between) read it so.
+                if self._data_version(conn) != version:
+                    rows = None
+            if rows is None:
+                rows = conn.execute(query(self._measured_query(h0, h1).subquery())).all()
         out = []
         for key, held, used, held_measured, n in rows:
             held, used, held_measured = float(held or 0), float(used or 0), float(held_measured or 0)
@@ -291,16 +344,29 @@ class UsageStore:
 
     def hourly(self, since: float, until: float, user: str | None = None, team: str | None = None) -> list[dict]:
         """Per hour: mean utilisation of the GPUs measured (for charts)."""
+        h0, h1 = int(since // 3600), int(until // 3600)
         q = (select(UsageHourRow.hour, func.sum(UsageHourRow.util_sum), func.sum(UsageHourRow.samples))
              .join(HoldingRow, HoldingRow.id == UsageHourRow.holding_id)
-             .where(UsageHourRow.hour >= int(since // 3600), UsageHourRow.hour <= int(until // 3600))
+             .where(UsageHourRow.hour >= h0, UsageHourRow.hour <= h1)
              .group_by(UsageHourRow.hour).order_by(UsageHourRow.hour))
         if user is not None:
             q = q.where(HoldingRow.user == user)
         if team is not None:
             q = q.where(HoldingRow.team == team)
         with self.db.read_session() as s:
-            return [{"hour": h * 3600, "utilization": (u / n) if n else None} for h, u, n in s.execute(q)]
+            conn = s.connection()
+            version = self._data_version(conn)
+            kept = conn.info.get("podbay_hourly")
+            if version is not None and (kept is None or kept[0] != version):
+                kept = conn.info["podbay_hourly"] = (version, {})
+            key = (h0, h1, user, team)
+            rows = kept[1].get(key) if version is not None else None
+            if rows is None:
+                rows = conn.execute(q).all()
+                if version is not None and len(kept[1]) < 64:
+                    # Under the version read before the query (see _measured_kept).
+                    kept[1][key] = rows
+        return [{"hour": h * 3600, "utilization": (u / n) if n else None} for h, u, n in rows]
 
     def idle_jobs(self, since: float, until: float, user: str | None = None) -> list[Holding]:
         """Jobs that ended in the period, were measured, and never used their GPUs."""

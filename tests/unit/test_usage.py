@@ -645,3 +645,37 @@ def test_pod_labels_renamed_one_by_one_are_read_one_by_one():
     only_pod = reading_from("DCGM_FI_DEV_GPU_UTIL", {**base, "pod": "dcgm-exporter-x", "exported_pod": "jupyter-a",
                                                      "namespace": "podbay"}, 9)
     assert both.pod == only_ns.pod == only_pod.pod == "podbay/jupyter-a"
+
+
+def test_showback_reuses_its_sums_until_the_book_is_written(db_url):
+    """On SQLite a reading connection keeps a month's sums between requests, for as long as
+    nothing was committed (PRAGMA data_version): the same answers, without reading the hours
+    again; a write by any other connection (here another book, as another process would be)
+    shows at the next request."""
+    from sqlalchemy import event
+
+    book = QuotaBook(db_url)
+    store = UsageStore(book)
+    script(store, [{"user": "alice", "team": "vision", "profile": "gpu-1", "pool": "dev", "start": 0, "end": 10}],
+           {1: [(h, 50.0) for h in range(10)]})
+    reads: list[str] = []
+    event.listen(book.db.read_engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: reads.append(statement))
+
+    def ask():
+        return store.usage(T0, T0 + 24 * H, "user"), store.hourly(T0, T0 + 24 * H)
+
+    first = ask()
+    hour_reads = sum("podbay_usage_hours" in s for s in reads)
+    assert ask() == first and ask() == first
+    if book.db.url.startswith("sqlite"):
+        assert sum("podbay_usage_hours" in s for s in reads) == hour_reads, "the kept sums were read again"
+    other = QuotaBook(db_url)
+    with other.write_session() as s, s.begin():
+        s.add(UsageHourRow(holding_id=1, hour=int(T0 // H) + 10, samples=60, util_sum=60 * 100.0))
+        s.execute(HoldingRow.__table__.update().where(HoldingRow.id == 1).values(ended=T0 + 11 * H))
+    other.dispose()
+    usage, hourly = ask()
+    assert usage[0]["gpu_hours_held"] == pytest.approx(11) and usage[0]["gpu_hours_used"] == pytest.approx(6)
+    assert len(hourly) == 11 and hourly[-1]["utilization"] == pytest.approx(100.0)
+    book.dispose()
