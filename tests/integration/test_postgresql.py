@@ -30,7 +30,9 @@ from tests.unit.test_demand import (  # noqa: F401
     test_each_request_is_recorded_with_what_it_got,
 )
 from tests.unit.test_jobs import test_jobs_stored_before_the_rename_keep_their_gpus_per_node  # noqa: F401
-from tests.unit.test_usage import store, test_showback_from_a_scripted_history  # noqa: F401
+from tests.unit.test_usage import (  # noqa: F401
+    store, test_showback_from_a_scripted_history, test_showback_reuses_its_sums_until_the_book_is_written,
+)
 
 
 @pytest.fixture
