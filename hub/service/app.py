@@ -22,7 +22,11 @@ from .routers import jobs as jobs_router
 
 def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "/services/podbay/",
                run_scheduler: bool = True, background: Sequence[Callable[[], Awaitable[None]]] = (),
-               pairing=None, sampler: Sampler | None = None, pages=None) -> FastAPI:
+               pairing=None, sampler: Sampler | None = None, pages=None,
+               watch: Callable[[Callable[[], None]], Awaitable[None]] | None = None) -> FastAPI:
+    """`watch`, where given, runs beside the rest and is handed what stops the service's own
+    work (the scheduler, the sampler, the background tasks) at once, before the requests
+    still being answered have ended (main.py: the hub that started it is gone)."""
     base = prefix.rstrip("/") + "/api/v1"
     svc = Service(portal, jobs, hub, sampler)
 
@@ -33,6 +37,9 @@ def create_app(portal: Portal, jobs: JobManager, hub: HubClient, prefix: str = "
         tasks += [asyncio.create_task(run()) for run in background]
         if sampler is not None:
             tasks.append(asyncio.create_task(sampler.run()))
+        work = list(tasks)
+        if watch is not None:
+            tasks.append(asyncio.create_task(watch(lambda: [task.cancel() for task in work])))
         yield
         for task in tasks:
             task.cancel()

@@ -20,12 +20,14 @@ from .hubclient import HubClient
 log = logging.getLogger("podbay.service")
 
 
-async def follow_the_hub(every: float = 1.0) -> None:
+async def follow_the_hub(stop_work, every: float = 1.0) -> None:
     """End with the hub that started this service. JupyterHub stops its managed services when
     it stops, but not when it is killed (SIGKILL, the OOM killer): this service would then run
     its job scheduler on the quota book beside the next hub's service, each starting the
-    same queued jobs. A service started by something else than a hub process (a container's
-    init, pid 1) has no parent to follow."""
+    same queued jobs. So the scheduler and the sampler stop at once (`stop_work`), before the
+    requests still open (a followed job log, through a proxy that outlived the hub) are cut
+    at the end of uvicorn's grace period. A service started by something else than a hub
+    process (a container's init, pid 1) has no parent to follow."""
     import asyncio
     import signal
 
@@ -36,6 +38,7 @@ async def follow_the_hub(every: float = 1.0) -> None:
         await asyncio.sleep(every)
     log.error("the hub that started this service (pid %d) is gone: stopping, so that a new hub's service "
               "runs alone", parent)
+    stop_work()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -105,7 +108,7 @@ def main() -> None:
     # its own address.
     own = [bind] if bind not in ("0.0.0.0", "::", "") else []
     proxies = TrustedProxies.parse(env.get("PODBAY_TRUSTED_PROXIES"), ["127.0.0.0/8", "::1/128", *own])
-    background = [lambda: plugin.serve(portal), follow_the_hub]
+    background = [lambda: plugin.serve(portal)]
     follow_proxies = plugin.follow_proxies(env, proxies.found)
     if follow_proxies is not None:
         background.append(follow_proxies)
@@ -120,10 +123,11 @@ def main() -> None:
                       job_pod_prefix=plugin.job_pod_prefix(portal.cfg))
     pages = pages_router(prefix, portal, jobs, session)
     app = create_app(portal, jobs, hub, prefix, run_scheduler=not paused, background=background,
-                     pairing=pairing, sampler=sampler, pages=pages)
+                     pairing=pairing, sampler=sampler, pages=pages, watch=follow_the_hub)
     # On a cluster the URL names the hub's Service, which the pod cannot bind: PODBAY_SERVICE_BIND
     # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.
     # proxy_headers off: the peer stays the peer (TrustedProxies decides whose header counts).
+    # A stop waits this long for open requests (a followed log runs until its job ends).
     uvicorn.run(app, host=bind, port=url.port or 8003, proxy_headers=False,
-                log_level="info",
+                log_level="info", timeout_graceful_shutdown=10,
                 access_log=False)

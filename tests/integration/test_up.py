@@ -3,6 +3,7 @@ no process behind (hub, proxy, workspaces)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -70,23 +71,45 @@ def test_ctrl_c_stops_everything(tmp_path):
 
 def test_a_killed_hubs_service_stops_too(tmp_path):
     """A hub killed outright (SIGKILL, the OOM killer) does not stop its managed services:
-    podbay's would go on running jobs from the quota book beside the next hub's."""
+    podbay's would go on running jobs from the quota book beside the next hub's. It stops,
+    even with a job's log being followed through the proxy that outlived the hub."""
+    import threading
+
+    from tests.harness import wait_job
+
     require(have_proxy(), "configurable-http-proxy is not installed")
     hub = Hub(TEST_CONFIG, tmp_path, free_port_block(), keep_workspaces=False)
     hub.start()
+    flag = tmp_path / "job-may-end"
     try:
-        jupyterhub = next(int(p) for p in subprocess.run(["pgrep", "-P", str(hub.proc.pid)], capture_output=True,
-                                                           text=True).stdout.split())
+        children = subprocess.run(["pgrep", "-a", "-P", str(hub.proc.pid)], capture_output=True, text=True).stdout
+        jupyterhub = next(int(line.split()[0]) for line in children.splitlines() if "jupyterhub" in line)
         children = subprocess.run(["pgrep", "-a", "-P", str(jupyterhub)], capture_output=True, text=True).stdout
         service = next(int(line.split()[0]) for line in children.splitlines() if "podbay.hub.service" in line)
         proxy = int((tmp_path / "proxy.pid").read_text())
+        api = httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
+                           headers={"Authorization": f"token {hub.token('alice')}"})
+        job = api.post("/jobs", json={"name": "follow", "gpus": 0, "command": [
+            "sh", "-c", f"echo started; while [ ! -e {flag} ]; do sleep 0.2; done"]}).json()
+        wait_job(api, job["id"], {"running"})
+        following = threading.Event()
+
+        def follow():
+            with contextlib.suppress(httpx.HTTPError):
+                with api.stream("GET", f"/jobs/{job['id']}/logs", params={"follow": "true"}) as stream:
+                    for _ in stream.iter_bytes():
+                        following.set()
+
+        threading.Thread(target=follow, daemon=True).start()
+        assert following.wait(30), "the log was not followed"
         os.kill(jupyterhub, signal.SIGKILL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not gone(service):
             assert time.monotonic() < deadline, "the service outlived its hub"
             time.sleep(0.1)
         assert "the hub that started this service" in (tmp_path / "podbay-up.log").read_text()
     finally:
+        flag.touch()
         hub.stop()
         # What a killed hub leaves behind: its proxy, and (were this failing) its service.
         for pid in (locals().get("proxy"), locals().get("service")):
