@@ -1,5 +1,9 @@
 """One async client for everything the TUI and the commands do.
 
+Long because: it is the one place where every call to the hub and to podbay's service is
+made and its failures put into words, so that the TUI, the commands and `podbay ssh` say
+the same things.
+
 Workspaces are JupyterHub named servers, so they go through JupyterHub's REST API (both
 the 5.x and the 6.x request body for starting one); everything else goes through
 podbay's service. Failures become a few exception types that carry a sentence a person
@@ -149,6 +153,7 @@ class PodbayClient:
         # The hub's API through this client's connection and its words for failures.
         self.hub = HubAPI(self.hub_api, http=self.http, send=self._request)
         self._default_image: str | None = None
+        self._default_asked: asyncio.Future | None = None
 
     def use_token(self, token: str) -> None:
         """A new login's token for every request from now on."""
@@ -221,34 +226,31 @@ class PodbayClient:
         # The TUI's first paint waits on this: one round trip to the hub where it can be (the
         # token's own user, with its servers), and the catalog's default image asked for
         # beside it the first time, not after it.
-        default = None
-        if self._default_image is None:
-            default = asyncio.ensure_future(self._default_image_if_known())
-        try:
-            if self.user is None:
-                model = (await self.hub.user()).json()
-                self.user = model["name"]
-                if "servers" not in model:  # a token that may not read its user's servers there
-                    model = (await self.hub.user(self.user)).json()
-            else:
+        if self._default_image is None and self._default_asked is None:
+            # Asked once per client, and let finish even when this list needs no default.
+            self._default_asked = asyncio.ensure_future(self._default_image_if_known())
+        if self.user is None:
+            model = (await self.hub.user()).json()
+            self.user = model["name"]
+            if "servers" not in model:  # a token that may not read its user's servers there
                 model = (await self.hub.user(self.user)).json()
-            servers = model.get("servers") or {}
-            found = [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
-            if any(not ws.image for ws in found):
-                image = await (default or self._default_image_if_known())
-                if image:
-                    found = [ws if ws.image else dataclasses.replace(ws, image=image, image_default=True)
-                             for ws in found]
-            return found
-        finally:
-            if default is not None and not default.done():
-                default.cancel()
+        else:
+            model = (await self.hub.user(self.user)).json()
+        servers = model.get("servers") or {}
+        found = [Workspace.from_model(n, m) for n, m in sorted(servers.items()) if n]
+        if any(not ws.image for ws in found):
+            image = self._default_image or await (self._default_asked or self._default_image_if_known())
+            if image:
+                found = [ws if ws.image else dataclasses.replace(ws, image=image, image_default=True) for ws in found]
+        return found
 
     async def _default_image_if_known(self) -> str | None:
-        # The list of workspaces is shown even when the service cannot say (an old portal, down).
+        # The list of workspaces is shown even when the service cannot say (an old portal, down);
+        # it is asked again next time.
         try:
             return await self.default_image()
         except ClientError:
+            self._default_asked = None
             return None
 
     async def default_image(self) -> str:

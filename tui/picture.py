@@ -11,6 +11,8 @@ STYLE = {"free": "green", "mine": "bold blue", "held": "yellow"}
 def holder_text(holder: dict | None) -> str:
     if holder is None:
         return "free"
+    if holder.get("kind") == "leftover":
+        return "in use (a MIG slice being freed)"
     if not holder.get("user"):
         return holder["what"]
     profile = f" ({holder['profile']})" if holder.get("profile") else ""

@@ -323,8 +323,11 @@ class Team(_Model):
     display_name: str | None = None
     # Login names of its members (with auth: oidc, the provider's groups add more: idp_groups).
     members: list[UserName] = []
-    # The identity provider's groups that make a person a member (auth: oidc): "/ai/vision",
-    # "vision-devs". Names at the provider need not be the team's.
+    # The identity provider's groups that make a person a member (auth: oidc, or an
+    # authenticator of your own that manages groups): "/ai/vision", "vision-devs". Names at
+    # the provider need not be the team's. A team that lists them is joined through them
+    # only: a JupyterHub group of the team's own name no longer counts (with groups from a
+    # provider where people make their own, anyone could make one called "vision").
     idp_groups: list[str] = []
     # What the team may hold at once, together: GPU units for workspaces, whole GPUs for jobs.
     quota: Quota = Quota()
@@ -532,10 +535,12 @@ class PodbayConfig(_Model):
         return next((i for i in self.images if i.default), self.images[0])
 
     def teams_of(self, user: str, groups: list[str] | tuple[str, ...] = ()) -> list[str]:
-        """Teams in config order: declared members, JupyterHub groups of the same name, or
-        the identity provider's groups a team lists (which the login keeps in step)."""
+        """Teams in config order: declared members, or the identity provider's groups a team
+        lists (which the login keeps in step), or else a JupyterHub group of the team's name
+        (podbay loads teams as groups; an admin may add people to one)."""
         return [t for t, team in self.teams.items()
-                if user in team.members or t in groups or any(g in groups for g in team.idp_groups)]
+                if user in team.members or (any(g in groups for g in team.idp_groups) if team.idp_groups
+                                            else t in groups)]
 
     def demo_users(self) -> list[str]:
         users = {m for t in self.teams.values() for m in t.members} | set(self.admins)

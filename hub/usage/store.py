@@ -4,6 +4,9 @@
 A holding is one start of a workspace or job (the quota book writes it with the claim and
 ends it with the release). Utilisation is kept per holding per hour (`podbay_usage_hours`):
 one row per held thing per hour, whatever the sampling interval, for `usage.retention_days`.
+
+Long because: the idle rules' rounds and showback read and write the same two tables, and
+their SQL stays together so that one change to them is made in one place.
 """
 
 from __future__ import annotations

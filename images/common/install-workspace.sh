@@ -112,10 +112,15 @@ code_server_quiet() {
   # What jupyter-vscode-proxy runs as `code-server` (it takes no extra arguments): the
   # real one, started quiet. Workspace trust is off (the files are the person's own: no
   # Restricted Mode, no prompt), and no update check. Its settings (no welcome tab, no chat
-  # panel) are seeded in the person's settings at their first start, since the home is a
-  # mount, and never over settings of their own.
+  # panel, and no task that runs by itself when a folder opens: a shared volume's folder
+  # is trusted too) are seeded in the person's settings at their first start, since the
+  # home is a mount, and never over settings of their own.
   install -d /opt/podbay/etc/code-server
-  install -m 0644 "$here/code-server-settings.json" /opt/podbay/etc/code-server/settings.json
+  if [ -f "$here/code-server-settings.json" ]; then
+    install -m 0644 "$here/code-server-settings.json" /opt/podbay/etc/code-server/settings.json
+  else
+    echo '{}' > /opt/podbay/etc/code-server/settings.json
+  fi
   cat > /usr/local/bin/code-server <<'EOF'
 #!/bin/sh
 settings="${XDG_DATA_HOME:-$HOME/.local/share}/code-server/User/settings.json"

@@ -46,6 +46,20 @@ def test_demo_config_is_valid_and_simulates_a_dgx():
     assert cfg.admins == ["admin"]
 
 
+def test_a_team_with_idp_groups_is_joined_through_them_only():
+    """A JupyterHub group of a team's name makes its members members (podbay loads teams as
+    groups; an admin adds people to one), unless the team names its identity provider's
+    groups: where the provider's groups are the hub's, anyone who can make a group there
+    could make one called "vision"."""
+    cfg = load_config(DEMO)
+    mapped = cfg.model_copy(update={"teams": {**cfg.teams, "vision": cfg.teams["vision"].model_copy(
+        update={"members": [], "idp_groups": ["/ai/vision"]})}})
+    assert cfg.teams_of("carol", ["vision"]) == ["vision"]
+    assert mapped.teams_of("carol", ["vision"]) == []
+    assert mapped.teams_of("carol", ["/ai/vision"]) == ["vision"]
+    assert mapped.teams_of("bob", ["vision"]) == ["nlp"]
+
+
 def edit(data, path, value):
     *head, last = path
     node = data

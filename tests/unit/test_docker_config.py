@@ -226,11 +226,12 @@ def test_the_backend_is_chosen_in_podbay_yaml_among_the_installed_ones(tmp_path)
 
 
 def test_what_every_image_build_copies_in_is_there():
-    """The sshd launcher and the notices live in the workspace package, wherever the docker
-    engine's own modules are (a move once pointed the build at a folder that did not exist)."""
+    """The sshd launcher, the notices and the quiet first start's settings live in the
+    workspace package, wherever the docker engine's own modules are (a move once pointed the
+    build at a folder that did not exist)."""
     from podbay.hub.backends.docker.images import WORKSPACE_FILES
 
-    assert WORKSPACE_FILES and all(f.is_file() for f in WORKSPACE_FILES)
+    assert WORKSPACE_FILES and all(f.is_file() or (f.is_dir() and any(f.rglob("*.json"))) for f in WORKSPACE_FILES)
 
 
 def test_the_docker_plugin_describes_and_reconciles_from_its_own_section(monkeypatch):

@@ -214,7 +214,7 @@ class SlurmJobSpawner(Spawner):
 
     def export_env(self) -> bytes:
         env = self.get_env()
-        if self.jobs.settings.container == "none":
+        if self._python() == sys.executable:
             # The hub's own JupyterLab (the nodes share its software tree), started quiet.
             env = quiet_jupyter(env)
         return export_file({
