@@ -41,15 +41,17 @@ WS = "bench"
 
 
 def plain_sshd(person: Person, home: Path, keys: Path) -> tuple[subprocess.Popen, int]:
-    """The launcher's own sshd command line, with a keys command that prints a local file."""
+    """The launcher's own sshd settings, with the keys in a local file."""
     import pwd
 
     from podbay.hub.workspace import podbay_sshd
 
     port = free_port()
     login = pwd.getpwuid(os.getuid()).pw_name
-    args = podbay_sshd.sshd_command(podbay_sshd.find("sshd"), port, login, podbay_sshd.host_key(str(home)),
-                                    f"/bin/cat {keys}", {"PATH": os.environ["PATH"]})
+    config = home.parent / "plain_sshd_config"
+    podbay_sshd.private_file(str(config), podbay_sshd.sshd_config(
+        port, login, {"AuthorizedKeysFile": str(keys), "StrictModes": "no"}, {"PATH": os.environ["PATH"]}))
+    args = [podbay_sshd.find("sshd"), "-D", "-e", "-f", str(config), "-h", podbay_sshd.host_key(str(home))]
     if os.getuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     # Sessions in the same kind of home as the workspace's (not the account's own, whose

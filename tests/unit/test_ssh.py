@@ -261,3 +261,85 @@ def test_a_workspace_on_an_origin_of_its_own_is_opened_there():
     assert client.server_url(own) == "https://alice.hub.example.org/user/alice/x/"
     assert client.lab_url(own) == "https://alice.hub.example.org/user/alice/x/lab"
     assert client.lab_url(shared) == "https://hub.example.org/user/alice/y/lab"
+
+
+@pytest.mark.parametrize("own_model_has_servers", [True, False])
+def test_one_request_to_the_hub_where_the_logins_own_model_has_its_servers(own_model_has_servers):
+    """`ssh-proxy` runs at every connection: a login's GET user has the servers already."""
+    import httpx
+
+    from podbay.tui.credentials import Credentials
+
+    asked = []
+    servers = {"box": {"ready": True, "url": "/user/alice/box/"}}
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        model = {"name": "alice", "servers": servers}
+        if request.url.path == "/hub/api/user":
+            model["scopes"] = ["access:servers!user=alice", "read:servers!user=alice"]
+            if not own_model_has_servers:
+                del model["servers"]
+        return httpx.Response(200, json=model)
+
+    creds = Credentials(url=HUB, token="t", source="test")
+    assert ssh.preflight(creds, "podbay.box", httpx.MockTransport(hub)) == (
+        "alice", "box", "wss://podbay.example.org/user/alice/box/sshd/")
+    assert asked == ["/hub/api/user"] + ([] if own_model_has_servers else ["/hub/api/users/alice"])
+
+
+def test_the_bridge_carries_every_byte_in_order_and_ends_with_its_input():
+    """The bridge against a WebSocket server that greets, then keeps what comes: input
+    written in pieces of every size (one byte; more than one read takes) arrives whole and
+    in order, what the server says reaches the output, and the end of the input closes the
+    WebSocket, which ends the bridge."""
+    import threading
+
+    from websockets.sync.server import serve
+
+    received = []
+
+    def handler(conn):
+        assert conn.request.headers["Authorization"] == "token t0ken"
+        conn.send(b"SSH-2.0-test\r\n")
+        kept = bytearray()
+        for message in conn:  # until the bridge closes
+            kept += message
+        received.append(bytes(kept))
+
+    payload = os.urandom(3 << 20)
+    sizes = [1, 7, 4096, 65536, 300_000, 1 << 20]
+    out = bytearray()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+
+    def feed():
+        with os.fdopen(in_w, "wb") as f:
+            at, i = 0, 0
+            while at < len(payload):
+                f.write(payload[at:at + sizes[i % len(sizes)]])
+                f.flush()
+                at += sizes[i % len(sizes)]
+                i += 1
+
+    def drain():
+        while chunk := os.read(out_r, 1 << 16):
+            out.extend(chunk)
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        threads = [threading.Thread(target=feed), threading.Thread(target=drain)]
+        for t in threads:
+            t.start()
+        try:
+            assert ssh.bridge(f"ws://127.0.0.1:{port}/sshd/", "t0ken", in_r, out_w) == 0
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+            for t in threads:
+                t.join(10)
+            os.close(out_r)
+            server.shutdown()
+    assert received == [payload]
+    assert bytes(out) == b"SSH-2.0-test\r\n"
