@@ -82,8 +82,8 @@ class PodbayApp(App):
     def compose(self) -> ComposeResult:
         yield Label(f"podbay  {self.client.url}", id="topbar")
         with ContentSwitcher(initial="ws", id="views"):
-            for key, cls in VIEWS.items():
-                yield cls(id=key, **({"clock": self.clock} if self.clock else {}))
+            # The other views are made when first shown: the first paint waits for none of them.
+            yield self._new_view("ws")
         yield Input(placeholder=":ws :jobs :gpu :vol", id="command", classes="prompt")
         yield Input(placeholder="/filter (regex, ! inverts)", id="filter", classes="prompt")
         yield Footer()
@@ -191,13 +191,21 @@ class PodbayApp(App):
 
     # --- navigation ---------------------------------------------------------------------------
 
-    def switch(self, key: str, remember: bool = True) -> None:
+    def _new_view(self, key: str) -> View:
+        return VIEWS[key](id=key, **({"clock": self.clock} if self.clock else {}))
+
+    async def switch(self, key: str, remember: bool = True) -> None:
         if key == self.current:
             return
+        switcher = self.screen_stack[0].query_one(ContentSwitcher)
+        if not switcher.query_children(f"#{key}"):
+            view = self._new_view(key)
+            view.display = False  # until the switcher shows it
+            await switcher.mount(view)
         if remember:
             self.history.append(self.current)
         self.current = key
-        self.screen_stack[0].query_one(ContentSwitcher).current = key
+        switcher.current = key
         self.view.focus()
         self.sub_title = self.view.title
         self.load_view()
@@ -217,7 +225,7 @@ class PodbayApp(App):
         self.set_focus(box)
 
     @on(Input.Submitted, "#command")
-    def _run_command(self, event: Input.Submitted) -> None:
+    async def _run_command(self, event: Input.Submitted) -> None:
         word = event.value.strip().lstrip(":").lower()
         event.input.display = False
         if word in ("q", "quit"):
@@ -227,7 +235,7 @@ class PodbayApp(App):
             self.notify(f"unknown command :{word}; try :ws :jobs :gpu :vol :sec :usage", severity="warning")
             self.view.focus()
             return
-        self.switch(ALIASES[word])
+        await self.switch(ALIASES[word])
         self.view.focus()
 
     @on(Input.Changed, "#filter")
@@ -240,7 +248,7 @@ class PodbayApp(App):
         event.input.display = False
         self.view.focus()
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:
         for box in (self.command_box, self.filter_box):
             if box.display:
                 box.display = False
@@ -250,7 +258,7 @@ class PodbayApp(App):
             self.view.filter = ""
             self.view.show(self.view.data)
         elif self.history:
-            self.switch(self.history.pop(), remember=False)
+            await self.switch(self.history.pop(), remember=False)
 
     def action_help(self) -> None:
         self.push_screen(Help(self.view.title, VIEW_KEYS[self.current] + COMMON_KEYS))
