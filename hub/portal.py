@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,13 +144,19 @@ class Portal:
         return cls(cfg, QuotaBook(db_url), Path(data_dir), placement=plugin.placement(cfg, inventory),
                    capacity=capacity, inventory=inventory, plugin=plugin)
 
+    @cached_property
+    def runs_as_people(self) -> bool:
+        """Whether workspaces run as people's cluster accounts (an engine of this deployment
+        runs their jobs as them: slurm's run_as: person). podbay.yaml says; it is read once."""
+        from .backends import runs_as_people
+
+        return self.plugin is not None and runs_as_people(self.cfg, self.plugin.name)
+
     def workspace_account(self, user: str) -> "ClusterAccount | None":
         """The cluster account a person's workspaces run as, where an engine of this
         deployment runs their jobs as them (slurm's run_as: person); None: the hub's own.
         NoClusterAccount says why a person has none."""
-        from .backends import runs_as_people
-
-        if self.plugin is None or not runs_as_people(self.cfg, self.plugin.name):
+        if not self.runs_as_people:
             return None
         return cluster_account(self.cfg, user)
 

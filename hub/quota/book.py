@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterable
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -139,6 +139,29 @@ def _devices_json(devices: Iterable[tuple[str, str]]) -> str:
     return json.dumps([[node, visible] for node, visible in devices])
 
 
+# Statements on the tables (Core), made once: under the write lock they skip the ORM's bulk
+# bookkeeping and the building of the statement at every call.
+_ALLOCATIONS, _CLAIMS, _HOLDINGS = AllocationRow.__table__, ClaimRow.__table__, HoldingRow.__table__
+_DEMAND, _META = DemandRow.__table__, MetaRow.__table__
+_BUMP = update(_META).where(_META.c.key == "version").values(value=_META.c.value + 1)
+_TAKEN = select(_CLAIMS.c.node, _CLAIMS.c.device)
+_KEY_HELD = select(_ALLOCATIONS.c.id).where(_ALLOCATIONS.c.key == bindparam("key"))
+_ASKED = select(_DEMAND.c.id).where(_DEMAND.c.key == bindparam("key")).limit(1)
+_SET_REF = update(_ALLOCATIONS).where(_ALLOCATIONS.c.key == bindparam("of_key")).values(ref=bindparam("new_ref"))
+
+
+def _held_statement(alone: bool):
+    """What _held reads: one row per (kind, the user's?, the owner's?, denominator)."""
+    a = _ALLOCATIONS.c
+    is_user = a.user == bindparam("user")
+    is_owner = (a.team.is_(None) & is_user) if alone else (a.team == bindparam("team"))
+    return (select(a.kind, is_user, is_owner, a.units_den, func.sum(a.units_num), func.count(), func.sum(a.gpus))
+            .where(is_user | is_owner).group_by(a.kind, is_user, is_owner, a.units_den))
+
+
+_HELD_BY_TEAM, _HELD_ALONE = _held_statement(alone=False), _held_statement(alone=True)
+
+
 class QuotaBook:
     def __init__(self, url: str):
         self.db = Database(url)
@@ -184,8 +207,10 @@ class QuotaBook:
             self._snapshot = Snapshot(version, taken, units, workspaces, job_gpus)
             return self._snapshot
 
-    def _bump(self, s: Session) -> None:
-        s.execute(update(MetaRow).where(MetaRow.key == "version").values(value=MetaRow.value + 1))
+    @staticmethod
+    def _bump(s: Session) -> None:
+        # On the table, not the ORM class: no ORM bulk-update bookkeeping under the write lock.
+        s.execute(_BUMP)
 
     def taken(self, session: Session | None = None) -> set[tuple[str, str]]:
         s = session or self.read_session()
@@ -223,6 +248,7 @@ class QuotaBook:
         its own queue (Kueue, Slurm) holds the job until its own quota lets it run."""
         stale = None
         for _attempt in range(3):
+            recorded: ClaimRefused | None = None
             try:
                 with self._writers, self.write_session() as s, s.begin():
                     if self.engine.dialect.name == "postgresql":
@@ -230,13 +256,27 @@ class QuotaBook:
                         s.execute(text("LOCK TABLE podbay_allocations IN SHARE ROW EXCLUSIVE MODE"))
                     if replace:
                         # One statement; its claims go with it (ON DELETE CASCADE).
-                        stale = s.scalar(delete(AllocationRow).where(AllocationRow.key == key)
-                                         .returning(AllocationRow.id))
+                        stale = s.scalar(delete(_ALLOCATIONS).where(_ALLOCATIONS.c.key == key)
+                                         .returning(_ALLOCATIONS.c.id))
                         if stale is not None:
                             self._end_holding(s, key)
-                    return self._claim_locked(s, key, kind, user, team, demand, quota, placement, ref,
-                                              enforce_job_quota, check_key=not replace)
+                    try:
+                        return self._claim_locked(s, key, kind, user, team, demand, quota, placement, ref,
+                                                  enforce_job_quota, check_key=not replace)
+                    except (QuotaExceeded, NoCapacity) as e:
+                        if stale is not None:
+                            raise
+                        # A refusal writes nothing but its record: that record is this
+                        # transaction's, not a second turn at the write lock (a storm of starts
+                        # is mostly refusals, benchmarks/spawn_storm.py).
+                        self._record(s, key, kind, user, team, demand.profile_id,
+                                     demand.pools[0] if demand.pools else None,
+                                     "quota" if isinstance(e, QuotaExceeded) else "capacity")
+                        recorded = e
+                raise recorded
             except ClaimRefused as e:
+                if e is recorded:
+                    raise
                 if stale is not None:
                     # What the dead holder had goes back even when the new claim is refused
                     # (the refusal rolled its release back). Nothing held: no second write.
@@ -256,13 +296,7 @@ class QuotaBook:
         """(the user's workspaces, the owner's workspace units, the owner's job GPUs) in one
         query: a claim holds the write lock, and each statement it makes is a turn it waits
         for the GIL in a busy hub (benchmarks/spawn_storm.py)."""
-        is_user = AllocationRow.user == user
-        is_owner = (AllocationRow.team == team) if team else (AllocationRow.team.is_(None) & is_user)
-        rows = s.execute(
-            select(AllocationRow.kind, is_user, is_owner, AllocationRow.units_den, func.sum(AllocationRow.units_num),
-                   func.count(), func.sum(AllocationRow.gpus))
-            .where(is_user | is_owner)
-            .group_by(AllocationRow.kind, is_user, is_owner, AllocationRow.units_den))
+        rows = s.execute(_HELD_BY_TEAM if team else _HELD_ALONE, {"user": user, "team": team})
         workspaces, units, job_gpus = 0, Fraction(0), 0
         for kind, mine, owners, den, num, n, gpus in rows:
             if kind == "workspace":
@@ -274,7 +308,7 @@ class QuotaBook:
 
     def _claim_locked(self, s: Session, key, kind, user, team, demand: Demand, quota: Quota,
                       placement: Placement | None, ref, enforce_job_quota: bool, check_key: bool = True):
-        if check_key and s.scalar(select(AllocationRow.id).where(AllocationRow.key == key)):
+        if check_key and s.scalar(_KEY_HELD, {"key": key}):
             raise ClaimRefused(f"{key} already holds devices; stop it first")
         who = f"team {team}" if team else "you (you are in no team)"
         n, used, used_gpus = self._held(s, user, team)
@@ -291,7 +325,7 @@ class QuotaBook:
                     f"{quota.job_gpus} job GPUs; this job needs {demand.gpus}"
                 )
         if placement is not None:
-            devices = placement.pick(demand.spec, list(demand.pools), self.taken(s))
+            devices = placement.pick(demand.spec, list(demand.pools), {(n, d) for n, d in s.execute(_TAKEN)})
             units = sum((d.weight for d in devices or []), Fraction(0))
             # A job's GPUs are what it asked for in all (over its nodes); a workspace's, the
             # whole GPUs picked.
@@ -310,24 +344,30 @@ class QuotaBook:
                 f"no {demand.profile_id} is free in pool {', '.join(demand.pools)} right now; "
                 "pick another profile or try again when one is released"
             )
-        row = AllocationRow(
-            key=key, kind=kind, user=user, team=team, profile=demand.profile_id,
-            units_num=units.numerator, units_den=units.denominator,
-            gpus=gpus, ref=json.dumps(ref or {}),
-        )
-        row.claims = [ClaimRow(node=d.node, device=d.key, visible_id=d.visible_id) for d in devices]
-        s.add(row)
+        # The rows, written on the tables (Core): the ORM's unit of work, under the write lock,
+        # cost more than the statements themselves.
+        ref_json, created = json.dumps(ref or {}), time.time()
+        row_id = s.execute(insert(_ALLOCATIONS).returning(_ALLOCATIONS.c.id), {
+            "key": key, "kind": kind, "user": user, "team": team, "profile": demand.profile_id,
+            "units_num": units.numerator, "units_den": units.denominator, "gpus": gpus, "ref": ref_json,
+            "created": created}).scalar_one()
+        if devices:
+            s.execute(insert(_CLAIMS), [{"allocation_id": row_id, "node": d.node, "device": d.key,
+                                         "visible_id": d.visible_id} for d in devices])
         pool = devices[0].pool if devices else (demand.pools[0] if demand.pools else None)
         # The history (showback, the idle clock), in the same transaction as the claim.
-        s.add(HoldingRow(
-            key=key, kind=kind, user=user, team=team, profile=demand.profile_id, pool=pool,
-            units_num=units.numerator, units_den=units.denominator, gpus=gpus,
-            devices=_devices_json((d.node, d.visible_id) for d in devices), ref=json.dumps(ref or {}),
-            started=time.time()))
+        s.execute(insert(_HOLDINGS), {
+            "key": key, "kind": kind, "user": user, "team": team, "profile": demand.profile_id, "pool": pool,
+            "units_num": units.numerator, "units_den": units.denominator, "gpus": gpus,
+            "devices": _devices_json((d.node, d.visible_id) for d in devices), "ref": ref_json,
+            "started": created})
         self._record(s, key, kind, user, team, demand.profile_id, pool, "granted")
         self._bump(s)
-        s.flush()
-        return Allocation.from_row(row)
+        # As Allocation.from_row would read it back.
+        return Allocation(key=key, kind=kind, user=user, team=team, profile=demand.profile_id, units=units,
+                          gpus=gpus, devices=tuple(d.visible_id for d in devices),
+                          node=devices[0].node if devices else None, ref=json.loads(ref_json), created=created,
+                          device_keys=tuple(d.key for d in devices), row_id=row_id)
 
     # --- demand ----------------------------------------------------------------------
 
@@ -336,10 +376,10 @@ class QuotaBook:
                 outcome: str) -> None:
         """One request and what it got. A job asks again each time the queue is looked at while
         it waits: only its first ask is its demand."""
-        if kind == "job" and s.scalar(select(DemandRow.id).where(DemandRow.key == key).limit(1)) is not None:
+        if kind == "job" and s.scalar(_ASKED, {"key": key}) is not None:
             return
-        s.add(DemandRow(at=time.time(), key=key, kind=kind, user=user, team=team, profile=profile, pool=pool,
-                        outcome=outcome))
+        s.execute(insert(_DEMAND), {"at": time.time(), "key": key, "kind": kind, "user": user, "team": team,
+                                    "profile": profile, "pool": pool, "outcome": outcome})
 
     def _record_refusal(self, key: str, kind: str, user: str, team: str | None, demand: Demand,
                         outcome: str) -> None:
@@ -354,10 +394,10 @@ class QuotaBook:
                          demand.pools[0] if demand.pools else None, outcome)
 
     def set_ref(self, key: str, ref: dict) -> None:
+        params = {"of_key": key, "new_ref": json.dumps(ref)}
+        # One statement under the write lock (each spawn makes one, beside the claims).
         with self._writers, self.write_session() as s, s.begin():
-            row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
-            if row is not None:
-                row.ref = json.dumps(ref)
+            s.execute(_SET_REF, params)
 
     def record_made(self, allocation: Allocation, made: dict[str, tuple[str, dict]]) -> Allocation:
         """Record what was made for this allocation's claims (MIG instances made per request):
@@ -415,6 +455,16 @@ class QuotaBook:
         engine has no room after all: its request is recorded as refused, not granted; with
         `forget`, its request is struck (it is asked again at once). `notify`: call
         `after_release`."""
+        # Look first, without the write lock: a release of nothing (a start that was refused,
+        # a second stop) is then a read, not a turn at the lock the claims wait for. What is
+        # found is looked at again under the lock; one that was not there cannot be this
+        # release's to give back (a later claim under the key is not `only`, and without
+        # `only` a release that finds nothing is one that came just before that claim).
+        with self.read_session() as s:
+            found = s.execute(select(AllocationRow.id, AllocationRow.created)
+                              .where(AllocationRow.key == key)).first()
+        if found is None or (only is not None and (found.id, found.created) != (only.row_id, only.created)):
+            return False
         with self._writers, self.write_session() as s, s.begin():
             row = s.scalar(select(AllocationRow).where(AllocationRow.key == key))
             if row is None or (only is not None and not only.is_row(row)):
@@ -440,7 +490,7 @@ class QuotaBook:
 
     @staticmethod
     def _end_holding(s: Session, key: str) -> None:
-        s.execute(update(HoldingRow).where(HoldingRow.key == key, HoldingRow.ended.is_(None))
+        s.execute(update(_HOLDINGS).where(_HOLDINGS.c.key == key, _HOLDINGS.c.ended.is_(None))
                   .values(ended=time.time()))
 
     def reconcile(self, alive: Callable[[Allocation], bool], kinds: Iterable[str] = ("workspace",)) -> list[str]:

@@ -150,6 +150,40 @@ def test_a_claim_can_replace_what_its_key_still_holds_in_one_transaction(db_url)
     assert ledger.get("workspace:alice/a") is None and ledger.taken() == set()
 
 
+def test_a_claim_answers_what_the_book_reads_back(db_url):
+    """The claim is written on the tables and answered from what it wrote: the answer is the
+    allocation as anyone reads it back, devices in their order, on more than one GPU too."""
+    ledger = make_book(db_url)
+    for key, profile in (("workspace:alice/a", "gpu-2"), ("workspace:alice/b", "mig-1g.10gb"),
+                         ("workspace:alice/c", "cpu")):
+        got = claim(ledger, key, profile)
+        assert got == ledger.get(key)
+    ledger.set_ref("workspace:alice/a", {"pid": 7})
+    assert ledger.get("workspace:alice/a").ref == {"pid": 7}
+
+
+def test_a_release_of_nothing_does_not_wait_for_the_claims_lock(db_url):
+    """A refused start's stop, a second stop: a release that finds nothing reads and answers,
+    while a claim holds the write lock; one that finds something waits its turn."""
+    import threading
+
+    ledger = make_book(db_url)
+    held = claim(ledger, "workspace:alice/a", "cpu")
+    answered = []
+    with ledger._writers:
+        for key in ("workspace:alice/none", "workspace:alice/a"):
+            t = threading.Thread(target=lambda key=key: answered.append(ledger.release(key)), daemon=True)
+            t.start()
+            if key.endswith("none"):
+                t.join(60)
+                assert answered == [False], "a release of nothing waited for the write lock"
+    t.join(60)
+    assert answered == [False, True] and ledger.get(held.key) is None
+    # A release of one claim (`only`) leaves a later claim under the same key alone.
+    later = claim(ledger, "workspace:alice/a", "cpu")
+    assert not ledger.release("workspace:alice/a", only=held) and ledger.get("workspace:alice/a") == later
+
+
 def test_where_the_engine_places_the_book_records_units_and_no_device(db_url):
     """Kubernetes' device plugin or Slurm's GRES pick the devices: the quota book still
     counts what the profile weighs against the team, and holds no device claim."""
