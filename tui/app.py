@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -21,9 +22,12 @@ from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, Footer, Input, Label
 
 from .client import AuthError, ClientError, Forbidden, HubUnavailable, PodbayClient, Refused, Workspace
-from .screens import (Confirm, Connect, Details, Help, Holders, JobForm, Login, Logs, NewWorkspace, SetSecret,
-                      SpawnProgress, SubmitJob, WorkspaceForm)
 from .views import CapacityView, JobsView, SecretsView, UsageView, View, VolumesView, WorkspacesView
+
+if TYPE_CHECKING:
+    from .screens import Connect, JobForm, WorkspaceForm
+
+# The dialogs (screens.py) are imported where each first opens: the first paint waits for none.
 
 VIEWS = {"ws": WorkspacesView, "jobs": JobsView, "gpu": CapacityView, "vol": VolumesView, "sec": SecretsView,
          "usage": UsageView}
@@ -104,6 +108,7 @@ class PodbayApp(App):
 
     def login(self, reason: str) -> None:
         """The login screen, once at a time; a new login reloads everything."""
+        from .screens import Login
         if any(isinstance(s, Login) for s in self.screen_stack):
             return
 
@@ -261,6 +266,7 @@ class PodbayApp(App):
             await self.switch(self.history.pop(), remember=False)
 
     def action_help(self) -> None:
+        from .screens import Help
         self.push_screen(Help(self.view.title, VIEW_KEYS[self.current] + COMMON_KEYS))
 
     def action_refresh(self) -> None:
@@ -290,6 +296,7 @@ class PodbayApp(App):
 
     @work(group="forms")
     async def action_new(self, name: str = "", current: dict | None = None, editing: bool = False) -> None:
+        from .screens import NewWorkspace, SetSecret, SpawnProgress
         if self.current == "sec":
             secret = await self.push_screen_wait(SetSecret())
             if secret is not None:
@@ -318,6 +325,7 @@ class PodbayApp(App):
         self.load_view()
 
     def action_edit(self) -> None:
+        from .screens import Confirm
         ws = self._selected_ws()
         if ws is None:
             return
@@ -374,6 +382,7 @@ class PodbayApp(App):
                 "Desktop VS Code, Jupyter extension (notebooks on this workspace's kernels):\n"
                 "  j makes a token for this workspace only, then Select Kernel → Existing JupyterHub Server\n\n"
                 "s copy ssh · v copy the Remote-SSH link · j Jupyter token · w write ~/.ssh/config · esc close")
+        from .screens import Connect
         self.push_screen(Connect(text, {"ssh": f"ssh {host}", "vscode": link},
                                  on_jupyter=lambda screen: self._jupyter_token(screen, ws),
                                  on_write=self._write_ssh_config))
@@ -431,6 +440,7 @@ class PodbayApp(App):
         self.load_view()
 
     def action_train(self) -> None:
+        from .screens import SubmitJob
         ws = self._selected_ws()
         if ws is None:
             return
@@ -449,6 +459,7 @@ class PodbayApp(App):
     # --- jobs and shared verbs ------------------------------------------------------------------
 
     def action_logs(self) -> None:
+        from .screens import Logs
         job = self.view.selected()
         if job is None:
             self.notify("No job selected.", severity="warning")
@@ -456,9 +467,11 @@ class PodbayApp(App):
         self.push_screen(Logs(self.client, job))
 
     def action_holders(self) -> None:
+        from .screens import Holders
         self.push_screen(Holders(self.client, self.client.user))
 
     def action_details(self) -> None:
+        from .screens import Details
         item = self.view.selected()
         if item is None:
             return
@@ -466,6 +479,7 @@ class PodbayApp(App):
         self.push_screen(Details(f"{self.view.title}: {self.view.key_of(item)}", data))
 
     def action_delete(self) -> None:
+        from .screens import Confirm
         item = self.view.selected()
         if item is None:
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import import_module
 from importlib.metadata import entry_points
 
 # httpx imports its own command line (click, pygments) whenever they are installed: half of
@@ -21,16 +22,16 @@ from importlib.metadata import entry_points
 if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)
 
-from .commands.advice import cmd_advise
-from .commands.login import cmd_login, cmd_logout
-from .commands.workspaces import (
-    cmd_capacity, cmd_notices, cmd_quota, cmd_tui, cmd_usage, cmd_ws_keep, cmd_ws_ls, cmd_ws_new, cmd_ws_open, cmd_ws_rm, cmd_ws_stop,
-)
-from .commands.ssh import cmd_keys, cmd_secrets, cmd_ssh, cmd_ssh_config, cmd_ssh_proxy
-from .commands.jobs import cmd_job_cancel, cmd_job_logs, cmd_job_ls, cmd_job_show, cmd_job_submit
-
-
 # --- wiring --------------------------------------------------------------------------------
+
+
+def _command(module: str, name: str):
+    """A command's function from podbay/tui/commands/<module>.py, imported when it runs: a
+    command loads its own module only (`podbay tui`'s first paint, ssh-proxy's start)."""
+    def run(args):
+        return getattr(import_module(f"podbay.tui.commands.{module}"), name)(args)
+    run.__module__, run.__qualname__, run.target = f"podbay.tui.commands.{module}", name, (module, name)
+    return run
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -38,13 +39,14 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = sub.add_parser("login", parents=[common], help="log in to a podbay portal: approve a code in a browser")
     p.add_argument("login_url", nargs="?", metavar="URL", help="the portal, e.g. https://podbay.example.org")
     p.add_argument("--paste", action="store_true", help="paste a token made at /hub/token instead")
-    p.set_defaults(func=cmd_login)
-    sub.add_parser("logout", parents=[common], help="forget the stored token").set_defaults(func=cmd_logout)
+    p.set_defaults(func=_command("login", "cmd_login"))
+    p = sub.add_parser("logout", parents=[common], help="forget the stored token")
+    p.set_defaults(func=_command("login", "cmd_logout"))
 
     ws = sub.add_parser("ws", help="workspaces").add_subparsers(dest="ws_command", required=True)
     p = ws.add_parser("ls", parents=[common], help="list your workspaces")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_ws_ls)
+    p.set_defaults(func=_command("workspaces", "cmd_ws_ls"))
     p = ws.add_parser("new", parents=[common], help="start a workspace (and wait until it is ready)")
     p.add_argument("name")
     p.add_argument("--image")
@@ -52,14 +54,14 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--volume", action="append", help="a volume to mount; repeat for more")
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
-    p.set_defaults(func=cmd_ws_new)
+    p.set_defaults(func=_command("workspaces", "cmd_ws_new"))
     p = ws.add_parser("keep", parents=[common], help="keep a workspace's GPU for some hours even while it is idle")
     p.add_argument("name")
     p.add_argument("--hours", type=float, default=2.0, help="how long (default 2; the portal sets the most)")
-    p.set_defaults(func=cmd_ws_keep)
+    p.set_defaults(func=_command("workspaces", "cmd_ws_keep"))
     p = sub.add_parser("notices", parents=[common], help="idle GPU warnings on your workspaces, and what was done")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_notices)
+    p.set_defaults(func=_command("workspaces", "cmd_notices"))
     p = sub.add_parser("usage", parents=[common], help="GPU-hours held and used, per user, team, profile or pool")
     p.add_argument("--since", help="a date (2026-11-01) or a time ago (7d); default 30 days ago")
     p.add_argument("--until", help="a date, or a time ago; default now")
@@ -67,10 +69,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--user", help="someone else's (admins)")
     p.add_argument("--team", help="a team's (its members, admins)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_usage)
-    for name, fn, text in [("stop", cmd_ws_stop, "stop a workspace (its home is kept)"),
-                           ("rm", cmd_ws_rm, "delete a stopped or running workspace"),
-                           ("open", cmd_ws_open, "print (and open) a workspace's JupyterLab URL")]:
+    p.set_defaults(func=_command("workspaces", "cmd_usage"))
+    for name, fn, text in [("stop", _command("workspaces", "cmd_ws_stop"), "stop a workspace (its home is kept)"),
+                           ("rm", _command("workspaces", "cmd_ws_rm"), "delete a stopped or running workspace"),
+                           ("open", _command("workspaces", "cmd_ws_open"),
+                            "print (and open) a workspace's JupyterLab URL")]:
         p = ws.add_parser(name, parents=[common], help=text)
         p.add_argument("name")
         if name == "open":
@@ -89,40 +92,40 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("-o", dest="option", action="append", metavar="OPTION", help="an ssh option (as ssh -o)")
     # Not REMAINDER: options after the name (podbay ssh dev --start) stay options.
     p.add_argument("command", nargs="*", help="-- then the command line (default: a shell)")
-    p.set_defaults(func=cmd_ssh)
+    p.set_defaults(func=_command("ssh", "cmd_ssh"))
     p = sub.add_parser("ssh-proxy", parents=[common],
                        help="ssh's ProxyCommand: the connection over the hub, with your podbay login")
     p.add_argument("workspace", metavar="WORKSPACE", help="NAME or podbay.NAME")
-    p.set_defaults(func=cmd_ssh_proxy)
+    p.set_defaults(func=_command("ssh", "cmd_ssh_proxy"))
     p = sub.add_parser("ssh-config", parents=[common],
                        help="Host entries for ssh, scp, rsync and VS Code Remote-SSH (podbay.NAME)")
     p.add_argument("--write", action="store_true", help="write them into ~/.ssh/config, in a block podbay owns")
     p.add_argument("--file", default="~/.ssh/config", help="the file --write writes (default: %(default)s)")
-    p.set_defaults(func=cmd_ssh_config)
+    p.set_defaults(func=_command("ssh", "cmd_ssh_config"))
 
     keys = sub.add_parser("keys", help="your SSH public keys, for SSH into workspaces").add_subparsers(
         dest="keys_command", required=True)
     p = keys.add_parser("ls", parents=[common], help="list them")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_keys)
+    p.set_defaults(func=_command("ssh", "cmd_keys"))
     p = keys.add_parser("add", parents=[common], help="register a public key (default ~/.ssh/id_ed25519.pub)")
     p.add_argument("file", nargs="?", help="a .pub file")
-    p.set_defaults(func=cmd_keys)
+    p.set_defaults(func=_command("ssh", "cmd_keys"))
     p = keys.add_parser("rm", parents=[common], help="remove one, by its fingerprint (SHA256:…)")
     p.add_argument("fingerprint")
-    p.set_defaults(func=cmd_keys)
+    p.set_defaults(func=_command("ssh", "cmd_keys"))
 
     sec = sub.add_parser("secrets", help="your secrets for workspaces and jobs (WANDB_API_KEY, …)").add_subparsers(
         dest="secrets_command", required=True)
     p = sec.add_parser("ls", parents=[common], help="their names (never their values)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_secrets)
+    p.set_defaults(func=_command("ssh", "cmd_secrets"))
     p = sec.add_parser("set", parents=[common], help="set one; the value from a prompt or standard input")
     p.add_argument("name", help="an environment variable name, e.g. WANDB_API_KEY")
-    p.set_defaults(func=cmd_secrets)
+    p.set_defaults(func=_command("ssh", "cmd_secrets"))
     p = sec.add_parser("rm", parents=[common], help="remove one")
     p.add_argument("name")
-    p.set_defaults(func=cmd_secrets)
+    p.set_defaults(func=_command("ssh", "cmd_secrets"))
 
     job = sub.add_parser("job", help="training jobs").add_subparsers(dest="job_command", required=True)
     p = job.add_parser("submit", parents=[common], help="move a training run to the training pool")
@@ -139,32 +142,32 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--env", action="append", metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
-    p.set_defaults(func=cmd_job_submit)
+    p.set_defaults(func=_command("jobs", "cmd_job_submit"))
     p = job.add_parser("ls", parents=[common], help="list jobs")
     p.add_argument("--user")
     p.add_argument("--team")
     p.add_argument("--state")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_job_ls)
+    p.set_defaults(func=_command("jobs", "cmd_job_ls"))
     p = job.add_parser("show", parents=[common], help="one job")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_job_show)
+    p.set_defaults(func=_command("jobs", "cmd_job_show"))
     p = job.add_parser("logs", parents=[common], help="a job's output")
     p.add_argument("id", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="stream until the job ends")
-    p.set_defaults(func=cmd_job_logs)
+    p.set_defaults(func=_command("jobs", "cmd_job_logs"))
     p = job.add_parser("cancel", parents=[common], help="cancel a job")
     p.add_argument("id", type=int)
-    p.set_defaults(func=cmd_job_cancel)
+    p.set_defaults(func=_command("jobs", "cmd_job_cancel"))
 
     p = sub.add_parser("capacity", parents=[common], help="what is free, per pool and profile")
     p.add_argument("--gpus", action="store_true", help="every node's GPUs and who holds each GPU or slice")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_capacity)
+    p.set_defaults(func=_command("workspaces", "cmd_capacity"))
     p = sub.add_parser("quota", parents=[common], help="your team, its quota and what you use of it")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_quota)
+    p.set_defaults(func=_command("workspaces", "cmd_quota"))
     p = sub.add_parser("advise", parents=[common],
                        help="admins: the MIG / time-slicing layout each node should have, from recorded demand")
     p.add_argument("--days", type=float, default=30, help="the period of demand to replay (default 30)")
@@ -172,10 +175,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--mig-parted", metavar="FILE", help="write the mig-parted config file here")
     p.add_argument("--apply", metavar="NODE", help="have the engine apply NODE's advised layout (Kubernetes)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_advise)
+    p.set_defaults(func=_command("advice", "cmd_advise"))
     p = sub.add_parser("tui", parents=[common], help="the terminal UI")
     p.add_argument("--first-paint", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_tui)
+    p.set_defaults(func=_command("workspaces", "cmd_tui"))
 
 # Commands whose words after `--` are a command line for elsewhere, taken whole: argparse
 # cannot put them in a positional after options that follow the other positionals

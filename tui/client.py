@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import quote, urljoin
@@ -140,6 +141,31 @@ async def wait_for_pairing(url: str, started: dict, clock=None, sleep=None,
     raise LoginFailed("login failed: the code expired before it was approved; log in again")
 
 
+def _TRANSPORTS() -> dict:
+    """httpx's transports, with https's made at its first request. httpx reads its CA bundle
+    (certifi's, 20-40 ms) whenever a transport is made, and every `podbay` command makes one:
+    a portal on plain http (embedded mode, 127.0.0.1) never needs it, an https one reads it
+    at the first request, as before (benchmarks/tui_latency.py)."""
+    # The plain transport never makes a TLS connection: every https:// URL goes to the other
+    # one. Were it asked to, its context knows no CA and refuses the server: it fails closed.
+    return {"transport": httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)),
+            "mounts": {"https://": _TLSOnFirstUse()}}
+
+
+class _TLSOnFirstUse(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self._transport: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = httpx.AsyncHTTPTransport()
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+
+
 class PodbayClient:
     def __init__(self, url: str, token: str, user: str | None = None, *, timeout: float = 15.0,
                  transport: httpx.AsyncBaseTransport | None = None, service_url: str | None = None):
@@ -148,7 +174,8 @@ class PodbayClient:
         self.user = user
         self.http = httpx.AsyncClient(
             headers={"Authorization": f"token {token}", "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=5.0), transport=transport,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            **({"transport": transport} if transport else _TRANSPORTS()),
         )
         # The hub's API through this client's connection and its words for failures.
         self.hub = HubAPI(self.hub_api, http=self.http, send=self._request)

@@ -298,6 +298,15 @@ def test_podbay_up_serves_the_public_port_over_tls(tmp_path):
         assert r.status_code == 200 and r.json()["info"]["title"]
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/hub/api", timeout=5)  # no plain HTTP on the public port
+        # The client checks the certificate too (its TLS is set up at its first https request):
+        # refused where it is not trusted, and trusted through SSL_CERT_FILE as httpx reads it.
+        ls = [str(Path(sys.executable).parent / "podbay"), "ws", "ls", "--url", f"https://127.0.0.1:{port}",
+              "--token", "not-a-token"]
+        env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        untrusted = subprocess.run(ls, capture_output=True, text=True, env=env, timeout=60)
+        assert untrusted.returncode == 1 and "cannot reach" in untrusted.stderr, untrusted.stderr
+        trusted = subprocess.run(ls, capture_output=True, text=True, env={**env, "SSL_CERT_FILE": str(cert)}, timeout=60)
+        assert trusted.returncode == 1 and "token was not accepted" in trusted.stderr, trusted.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)

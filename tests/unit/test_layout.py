@@ -3,6 +3,7 @@ run on laptops and in workspaces), podbay's modules import one another without c
 never back up the layering (tests/tools/imports.py says which layer is which), and no engine
 is named outside its own package."""
 
+import importlib
 import re
 import subprocess
 import sys
@@ -14,11 +15,34 @@ HUB = Path(__file__).resolve().parents[2] / "hub"
 
 
 def test_tui_never_imports_jupyterhub():
-    code = ("import sys, podbay.tui.app, podbay.tui.cli, podbay.tui.client; "
+    # Every module of the client, those its commands and dialogs import when first used too.
+    code = ("import sys, importlib, pkgutil, podbay.tui; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(podbay.tui.__path__, 'podbay.tui.')]; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('jupyterhub', 'sqlalchemy') or m.startswith('podbay.hub')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_client_command_names_a_function_that_exists():
+    """The client's commands are imported when they run (tui/cli.py's _command): each one's
+    module and function are there, so a misspelt name fails here, not in a user's terminal."""
+    import argparse
+
+    from podbay.tui.cli import build_parser
+
+    def functions(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from functions(sub)
+        if parser._defaults.get("func") is not None:
+            yield parser._defaults["func"]
+
+    targets = [f.target for f in functions(build_parser(portal=False))]
+    assert len(targets) >= 25 and ("workspaces", "cmd_tui") in targets
+    for module, name in targets:
+        assert callable(getattr(importlib.import_module(f"podbay.tui.commands.{module}"), name)), (module, name)
 
 
 def test_no_import_cycles():
