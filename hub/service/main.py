@@ -128,6 +128,9 @@ def main() -> None:
     # (config/helm/values.yaml sets 0.0.0.0) says where to listen instead.
     # proxy_headers off: the peer stays the peer (TrustedProxies decides whose header counts).
     # A stop waits this long for open requests (a followed log runs until its job ends).
+    # Idle connections stay open for an hour, as the hub's Tornado server keeps them: the proxy
+    # keeps its connections here for the next request with no idle limit of its own, and one
+    # closed by uvicorn's default (5 s) just as the proxy sends on it is a 503 to the person.
     uvicorn.run(app, host=bind, port=url.port or 8003, proxy_headers=False,
-                log_level="info", timeout_graceful_shutdown=10,
+                log_level="info", timeout_graceful_shutdown=10, timeout_keep_alive=3600,
                 access_log=False)

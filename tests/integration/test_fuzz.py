@@ -55,3 +55,28 @@ def test_no_server_errors(fuzz_hub):
                 assert token not in response.text
 
         check()
+
+
+def test_the_service_leaves_the_proxys_idle_connections_open(fuzz_hub):
+    """configurable-http-proxy keeps its connections to the service for the next request (its
+    agent's keep-alive, with no idle limit of its own). A service that closes an idle one first
+    (uvicorn's default, after 5 s) races the request the proxy sends on it at that moment, and
+    the person gets the proxy's 503 (seen once in benchmarks/morning.py). The service leaves
+    them open, as the hub's own Tornado server does. Load cannot make it close sooner: the
+    wait below is a lower bound only."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", fuzz_hub.port + 3), timeout=30) as s:
+        s.sendall(b"GET /services/podbay/api/v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += s.recv(65536)
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            body += s.recv(65536)
+        s.settimeout(7)  # past uvicorn's default keep-alive of 5 s
+        with pytest.raises(socket.timeout):
+            assert s.recv(1) != b"", "the service closed an idle connection the proxy may reuse"
