@@ -19,6 +19,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import quote, urljoin
+from urllib.request import getproxies
 
 import httpx
 
@@ -141,11 +142,14 @@ async def wait_for_pairing(url: str, started: dict, clock=None, sleep=None,
     raise LoginFailed("login failed: the code expired before it was approved; log in again")
 
 
-def _TRANSPORTS() -> dict:
+def _transports() -> dict:
     """httpx's transports, with https's made at its first request. httpx reads its CA bundle
     (certifi's, 20-40 ms) whenever a transport is made, and every `podbay` command makes one:
     a portal on plain http (embedded mode, 127.0.0.1) never needs it, an https one reads it
-    at the first request, as before (benchmarks/tui_latency.py)."""
+    at the first request, as before (benchmarks/tui_latency.py). Where the environment names a
+    proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY), httpx's own transports: only they use it."""
+    if any(scheme != "no" for scheme in getproxies()):
+        return {}
     # The plain transport never makes a TLS connection: every https:// URL goes to the other
     # one. Were it asked to, its context knows no CA and refuses the server: it fails closed.
     return {"transport": httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)),
@@ -175,7 +179,7 @@ class PodbayClient:
         self.http = httpx.AsyncClient(
             headers={"Authorization": f"token {token}", "Accept": "application/json"},
             timeout=httpx.Timeout(timeout, connect=5.0),
-            **({"transport": transport} if transport else _TRANSPORTS()),
+            **({"transport": transport} if transport else _transports()),
         )
         # The hub's API through this client's connection and its words for failures.
         self.hub = HubAPI(self.hub_api, http=self.http, send=self._request)

@@ -57,13 +57,14 @@ def configure_on_cluster(c) -> None:
         section.admin_users = set(_value(section.get("admin_users"), set())) | set(cfg.admins)
     limit_usernames(c, cfg)
     harden_pages(c, plugin, cfg)
-    portal, _side = start_portal(cfg, plugin, os.path.abspath(settings.config_file), settings.db_url,
-                                 os.path.abspath(settings.data_dir), 8081)
-    # People's secrets are opened with the hub's crypt key (the chart's CryptKeeper.keys).
+    # People's secrets are opened with the hub's crypt key (the chart's CryptKeeper.keys), known
+    # before anything of the portal starts.
     keys = [k.decode() if isinstance(k, bytes) else str(k) for k in _value(c.CryptKeeper.get("keys"), [])]
     key = ";".join(keys) or os.environ.get("JUPYTERHUB_CRYPT_KEY")
     if key:
         os.environ["PODBAY_SECRETS_KEY"] = key
+    portal, _side = start_portal(cfg, plugin, os.path.abspath(settings.config_file), settings.db_url,
+                                 os.path.abspath(settings.data_dir), 8081)
     # The managed service inherits little of the hub's environment: how to reach the API
     # server (the pod's service account) and the key are passed on.
     for service in _value(c.JupyterHub.get("services"), []):

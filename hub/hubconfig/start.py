@@ -58,10 +58,14 @@ def start_portal(cfg, plugin, config_file: str, db_url: str, data_dir: str, hub_
     except (InventoryError, LedgerUnavailable) as e:
         refuse(str(e))
     plugin.prepare_volumes(cfg, portal)
-    # Open people's secrets now (cryptography's import, the keys, the table's mapping and its
-    # query): the first spawns of a storm would otherwise wait for it, one at a time, inside
-    # their quota-and-claim step (benchmarks/spawn_storm.py).
-    portal.secrets.values("")
+    # Warm what opening people's secrets costs (cryptography's import, the table's mapping and
+    # its query): the first spawns of a storm would otherwise wait for it, one at a time, inside
+    # their quota-and-claim step (benchmarks/spawn_storm.py). A store of its own, keyless, that
+    # opens nothing: the portal's reads its key at the first spawn, and a deployment may set it
+    # after this (cluster.py: the chart's CryptKeeper.keys).
+    from ..secrets import SecretStore
+
+    SecretStore(portal.book, None).values("")
     try:
         side = plugin.start_hub(cfg, portal, hub_port)
     except BackendError as e:

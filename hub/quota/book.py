@@ -170,6 +170,10 @@ class QuotaBook:
         self._writers = self.db.writers
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
+        # Keys with a claim under way in this process: a release of one waits for it to end,
+        # so that a stop during a start's claim gives back what that claim took.
+        self._claiming: dict[str, int] = {}
+        self._claims_done = threading.Condition()
         # Called with the key and its device keys after each release has committed (the
         # portal removes MIG instances made for it).
         self.after_release: list[Callable[[str], None]] = []
@@ -246,6 +250,19 @@ class QuotaBook:
         workspace that died without being stopped): one write, not two, per start. Without
         `enforce_job_quota` a job is recorded whatever its team already runs: an engine with
         its own queue (Kueue, Slurm) holds the job until its own quota lets it run."""
+        with self._claims_done:
+            self._claiming[key] = self._claiming.get(key, 0) + 1
+        try:
+            return self._claim(key, kind, user, team, demand, quota, placement, ref, replace, enforce_job_quota)
+        finally:
+            with self._claims_done:
+                self._claiming[key] -= 1
+                if not self._claiming[key]:
+                    del self._claiming[key]
+                self._claims_done.notify_all()
+
+    def _claim(self, key, kind, user, team, demand: Demand, quota: Quota, placement: Placement | None, ref,
+               replace: bool, enforce_job_quota: bool) -> Allocation:
         stale = None
         for _attempt in range(3):
             recorded: ClaimRefused | None = None
@@ -280,7 +297,7 @@ class QuotaBook:
                 if stale is not None:
                     # What the dead holder had goes back even when the new claim is refused
                     # (the refusal rolled its release back). Nothing held: no second write.
-                    self.release(key)
+                    self._release(key)
                 if isinstance(e, (QuotaExceeded, NoCapacity)):
                     self._record_refusal(key, kind, user, team, demand,
                                          "quota" if isinstance(e, QuotaExceeded) else "capacity")
@@ -454,12 +471,19 @@ class QuotaBook:
         """Give back what `key` holds (with `only`: if that claim is still the one it holds). With `refused` ("capacity"), the claim just made is taken back because the
         engine has no room after all: its request is recorded as refused, not granted; with
         `forget`, its request is struck (it is asked again at once). `notify`: call
-        `after_release`."""
+        `after_release`. A claim of the same key under way in this process (a stop while
+        the start claims) ends first: what it took is then given back."""
+        with self._claims_done:
+            self._claims_done.wait_for(lambda: key not in self._claiming)
+        return self._release(key, refused, only=only, forget=forget, notify=notify)
+
+    def _release(self, key: str, refused: str | None = None, *, only: Allocation | None = None,
+                 forget: bool = False, notify: bool = True) -> bool:
         # Look first, without the write lock: a release of nothing (a start that was refused,
         # a second stop) is then a read, not a turn at the lock the claims wait for. What is
         # found is looked at again under the lock; one that was not there cannot be this
-        # release's to give back (a later claim under the key is not `only`, and without
-        # `only` a release that finds nothing is one that came just before that claim).
+        # release's to give back (a later claim under the key is not `only`; no claim of the
+        # key is under way here, and one elsewhere that commits after this read came after it).
         with self.read_session() as s:
             found = s.execute(select(AllocationRow.id, AllocationRow.created)
                               .where(AllocationRow.key == key)).first()

@@ -68,15 +68,20 @@ def test_the_service_leaves_the_proxys_idle_connections_open(fuzz_hub):
 
     with socket.create_connection(("127.0.0.1", fuzz_hub.port + 3), timeout=30) as s:
         s.sendall(b"GET /services/podbay/api/v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        def more() -> bytes:
+            got = s.recv(65536)
+            assert got, "the service closed the connection before its answer ended"
+            return got
+
         answer = b""
         while b"\r\n\r\n" not in answer:
-            answer += s.recv(65536)
+            answer += more()
         head, body = answer.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 200"), head
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length:")))
         while len(body) < length:
-            body += s.recv(65536)
+            body += more()
         s.settimeout(7)  # past uvicorn's default keep-alive of 5 s
         with pytest.raises(socket.timeout):
             assert s.recv(1) != b"", "the service closed an idle connection the proxy may reuse"

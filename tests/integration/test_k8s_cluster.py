@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 
 import pytest
@@ -379,6 +380,7 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
         c.PodbaySpawnerMixin.data_dir = str(tmp_path / "srv")
         c.PodbaySpawnerMixin.db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
         c.JupyterHub.services = [{"name": "podbay", **values["hub"]["services"]["podbay"]}]
+        c.CryptKeeper.keys = ["chart-key"]
         return c
 
     from sqlalchemy import update
@@ -388,7 +390,9 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
     from podbay.hub.portal import Portal
     from podbay.hub.quota.database import AllocationRow
 
-    monkeypatch.setenv("PODBAY_SECRETS_KEY", "test-key")  # configure_on_cluster sets it: this test's only
+    # The chart gives the hub's key as CryptKeeper.keys only (its values set no environment).
+    monkeypatch.delenv("PODBAY_SECRETS_KEY", raising=False)
+    monkeypatch.delenv("JUPYTERHUB_CRYPT_KEY", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     with stand_in_cluster_running(tmp_path, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml") as (_, kubeconfig):
@@ -420,6 +424,15 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
             del c.GenericOAuthenticator.manage_groups
             assert c.GenericOAuthenticator.admin_users == {"root", "ops"} and c.Authenticator.admin_users == {"ops"}
             assert portal.book.get("workspace:alice/gone") is None, "reconciled with the pods that run"
+            # A secret set through the service (its key passed on) opens in the hub's spawns.
+            from podbay.hub.secrets import SecretStore
+            from podbay.hub.spawner import shared_portal
+
+            SecretStore(portal.book, c.JupyterHub.services[0]["environment"]["PODBAY_SECRETS_KEY"]).put(
+                "alice", "TOKEN", "s3cret")
+            hubs = shared_portal(os.path.abspath(podbay_yaml), c.PodbaySpawnerMixin.db_url,
+                                 os.path.abspath(tmp_path / "srv"), "kubernetes")
+            assert hubs.secrets.values("alice") == {"TOKEN": "s3cret"}
             (service,) = c.JupyterHub.services
             assert service["environment"]["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
             assert service["environment"]["PODBAY_SERVICE_BIND"] == "0.0.0.0"

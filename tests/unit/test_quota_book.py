@@ -184,6 +184,27 @@ def test_a_release_of_nothing_does_not_wait_for_the_claims_lock(db_url):
     assert not ledger.release("workspace:alice/a", only=held) and ledger.get("workspace:alice/a") == later
 
 
+def test_a_stop_during_a_starts_claim_gives_back_what_the_claim_took(db_url):
+    """JupyterHub stops a start that timed out while its claim was still being written (in a
+    thread the timeout does not stop): the release waits for that claim and gives it back."""
+    import threading
+
+    ledger = make_book(db_url)
+    key, answered, claimed = "workspace:alice/slow", [], []
+    with ledger._writers:  # the claim waits its turn at the write lock
+        starting = threading.Thread(target=lambda: claimed.append(claim(ledger, key, "gpu-1")), daemon=True)
+        starting.start()
+        while key not in ledger._claiming:  # the claim is under way
+            starting.join(0.01)
+        stopping = threading.Thread(target=lambda: answered.append(ledger.release(key)), daemon=True)
+        stopping.start()
+        stopping.join(1)
+        assert answered == [], "the release did not wait for the claim under way"
+    starting.join(60)
+    stopping.join(60)
+    assert claimed and answered == [True] and ledger.get(key) is None and ledger.taken() == set()
+
+
 def test_where_the_engine_places_the_book_records_units_and_no_device(db_url):
     """Kubernetes' device plugin or Slurm's GRES pick the devices: the quota book still
     counts what the profile weighs against the team, and holds no device claim."""

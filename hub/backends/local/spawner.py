@@ -73,7 +73,6 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         # command so a second start of this spawner does not wrap it twice.
         if not hasattr(self, "_base_cmd"):
             self._base_cmd = list(self.cmd)
-            self._base_popen_kwargs = dict(self.popen_kwargs)
         try:
             # An account to look up (a lookup that may block) only where workspaces run as
             # people; elsewhere no hop to a thread and back through the hub's busy loop.
@@ -94,36 +93,44 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         log = self.log_path.open("ab")
         log.write(f"--- podbay: starting at {time.ctime()}\n".encode())
         log.flush()
-        self.popen_kwargs = {**self._base_popen_kwargs, "stdout": log, "stderr": log}
+        # This start's own (its log, podbay_prepare's), on what is configured now (a
+        # pre_spawn_hook's included), which they never replace for the next start.
+        self._configured_popen_kwargs = configured = self.popen_kwargs
+        self.popen_kwargs = {**configured, "stdout": log, "stderr": log}
         try:
             # The mixin claims devices (and sets podbay_request) before this reaches Popen.
             ip, port = await super().start()
         finally:
             log.close()
+            self.popen_kwargs = configured
         ref = {"pid": self.pid, "start_time": proc_start_time(self.pid), "log": str(self.log_path)}
         # Recorded while the workspace comes up, and before start returns.
         recording = asyncio.ensure_future(asyncio.to_thread(self.portal.book.set_ref, self.podbay_key, ref))
         try:
             await self.wait_listening(ip, port, self._died)
+            await recording
         except BaseException:
             await asyncio.gather(recording, return_exceptions=True)
             await self.stop(now=True)
             raise
-        await recording
         return ip, port
 
     def podbay_prepare(self, request):
         # Volumes are per workspace: wrap the configured command in the mount launcher.
         self.cmd = self._launch_prefix() + self._base_cmd
-        if self._account is None and not {"preexec_fn", "cwd"} & set(self._base_popen_kwargs):
+        if (self._account is None and not {"preexec_fn", "cwd"} & set(self._configured_popen_kwargs)
+                and type(self).make_preexec_fn is SimpleLocalProcessSpawner.make_preexec_fn):
             # The home is the hub's own: made here and entered through Popen's cwd, as
             # JupyterHub's preexec_fn does in the child. With no Python to run in the child,
             # Popen uses vfork instead of copying the hub's memory (fork): 8-16 ms less of the
-            # hub's loop per start, more as the hub grows (benchmarks/spawn_storm.py).
+            # hub's loop per start, more as the hub grows (benchmarks/spawn_storm.py). Only
+            # where nobody configured what the child does (popen_kwargs, a subclass's preexec).
             try:
                 os.makedirs(self.home_dir, 0o755, exist_ok=True)
             except OSError:
                 return  # JupyterHub's preexec_fn tries again, and says why not
+            if not os.access(self.home_dir, os.X_OK):
+                return  # the same: Popen's cwd would fail with a message that names the program
             self.popen_kwargs = {**self.popen_kwargs, "preexec_fn": None, "cwd": self.home_dir}
 
     def get_env(self):
