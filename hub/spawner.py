@@ -182,6 +182,9 @@ class PodbaySpawnerMixin(Configurable):
         return {}
 
     async def start(self):
+        # A spawner whose start failed is started again (JupyterHub keeps it): a stop during
+        # this start's claim must give back this claim, not look for the last one.
+        self.podbay_request = self.podbay_allocation = None
         portal = self.portal
         # The user, the groups and the key are the hub's ORM objects: read them here, on the
         # hub's loop, never in the thread below.

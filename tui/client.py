@@ -148,7 +148,9 @@ def _transports() -> dict:
     a portal on plain http (embedded mode, 127.0.0.1) never needs it, an https one reads it
     at the first request, as before (benchmarks/tui_latency.py). Where the environment names a
     proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY), httpx's own transports: only they use it."""
-    if any(scheme != "no" for scheme in getproxies()):
+    proxies = getproxies()
+    if (any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+            and "*" not in {host.strip() for host in proxies.get("no", "").split(",")}):
         return {}
     # The plain transport never makes a TLS connection: every https:// URL goes to the other
     # one. Were it asked to, its context knows no CA and refuses the server: it fails closed.

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ..quota import database_url
+from ..secrets import key_from_env
 from .login import AuthError, configure_auth, crypt_key
 from ..settings import Podbay, _env
 from .start import (
@@ -180,7 +181,8 @@ def configure(c) -> None:
         "environment": {"PODBAY_CONFIG": config_file, "PODBAY_DATA_DIR": str(data_dir), "PODBAY_DB_URL": db_url,
                         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                         "PODBAY_PAUSE_JOBS": _env("PODBAY_PAUSE_JOBS", "0"), "PODBAY_BACKEND": backend,
-                        **service_environment(c, os.environ["JUPYTERHUB_CRYPT_KEY"])},
+                        # The keys the hub's spawns open secrets with (PODBAY_SECRETS_KEY first).
+                        **service_environment(c, ";".join(key_from_env()))},
         "display": False,
         # Its pages (`podbay login`'s approval) log people in through the hub, without a
         # "grant access to podbay?" page of the hub's own: it is part of the portal.

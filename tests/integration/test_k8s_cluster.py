@@ -391,8 +391,10 @@ async def test_the_charts_hub_runs_podbays_part_of_the_configuration(tmp_path, m
     from podbay.hub.quota.database import AllocationRow
 
     # The chart gives the hub's key as CryptKeeper.keys only (its values set no environment).
-    monkeypatch.delenv("PODBAY_SECRETS_KEY", raising=False)
-    monkeypatch.delenv("JUPYTERHUB_CRYPT_KEY", raising=False)
+    # configure_on_cluster sets PODBAY_SECRETS_KEY: set first, so that the teardown removes it.
+    for name in ("PODBAY_SECRETS_KEY", "JUPYTERHUB_CRYPT_KEY"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     with stand_in_cluster_running(tmp_path, ROOT / "tests" / "data" / "k8s-contract-nodes.yaml") as (_, kubeconfig):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from fractions import Fraction
 
 import pytest
@@ -194,7 +195,9 @@ def test_a_stop_during_a_starts_claim_gives_back_what_the_claim_took(db_url):
     with ledger._writers:  # the claim waits its turn at the write lock
         starting = threading.Thread(target=lambda: claimed.append(claim(ledger, key, "gpu-1")), daemon=True)
         starting.start()
+        deadline = time.monotonic() + 60
         while key not in ledger._claiming:  # the claim is under way
+            assert starting.is_alive() and time.monotonic() < deadline, "the claim never got under way"
             starting.join(0.01)
         stopping = threading.Thread(target=lambda: answered.append(ledger.release(key)), daemon=True)
         stopping.start()
