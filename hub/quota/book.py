@@ -219,7 +219,7 @@ class QuotaBook:
     def taken(self, session: Session | None = None) -> set[tuple[str, str]]:
         s = session or self.read_session()
         try:
-            return {(node, dev) for node, dev in s.execute(select(ClaimRow.node, ClaimRow.device))}
+            return {(node, dev) for node, dev in s.execute(_TAKEN)}
         finally:
             if session is None:
                 s.close()
@@ -342,7 +342,7 @@ class QuotaBook:
                     f"{quota.job_gpus} job GPUs; this job needs {demand.gpus}"
                 )
         if placement is not None:
-            devices = placement.pick(demand.spec, list(demand.pools), {(n, d) for n, d in s.execute(_TAKEN)})
+            devices = placement.pick(demand.spec, list(demand.pools), self.taken(s))
             units = sum((d.weight for d in devices or []), Fraction(0))
             # A job's GPUs are what it asked for in all (over its nodes); a workspace's, the
             # whole GPUs picked.
