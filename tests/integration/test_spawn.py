@@ -7,13 +7,15 @@ them, and restart the hub while workspaces run.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.harness import environ_of
+from tests.harness import environ_of, free_port_block, have_proxy, Hub, require, TEST_CONFIG
 
 pytestmark = pytest.mark.hub
 
@@ -152,7 +154,7 @@ def test_restart_keeps_workspaces_and_their_devices(hub):
         os.kill(pid, 0)  # still running without a hub
     hub.start()
     for (user, name), pid in pids.items():
-        server = hub.wait_ready(user, name, timeout=30)
+        server = hub.wait_ready(user, name)
         assert server["ready"]
         os.kill(pid, 0)
     assert ledger.taken() == held
@@ -168,6 +170,8 @@ def test_restart_keeps_workspaces_and_their_devices(hub):
 
 def test_restart_releases_devices_of_workspaces_that_died_meanwhile(hub):
     ledger = hub.book()
+    if ledger.get("workspace:alice/shared2") is None:  # the test before failed before it started
+        assert hub.start_server("alice", "shared2", {"profile": "shared-1/2"}).status_code in (201, 202)
     pid = hub.workspace_pid("alice", "shared2")
     hub.stop()
     os.kill(pid, 9)
@@ -180,3 +184,49 @@ def test_restart_releases_devices_of_workspaces_that_died_meanwhile(hub):
 def test_logs_are_kept_per_workspace(hub):
     log = Path(hub.data_dir) / "logs" / "alice" / "cpu.log"
     assert "podbay: starting" in log.read_text()
+
+
+# The operator's own jupyterhub_config.py, with JupyterHub's port picker made to hand out,
+# first, a port the test holds: what an outgoing connection does when it takes the port between
+# JupyterHub's choice and the server's bind (jupyterhub/jupyterhub#3005), made certain.
+TAKEN_FIRST = """from podbay.hub.hubconfig import configure
+import jupyterhub.spawner
+
+configure(c)
+_taken, _pick = [{port}], jupyterhub.spawner.random_port
+jupyterhub.spawner.random_port = lambda: _taken.pop() if _taken else _pick()
+"""
+
+
+def test_a_workspace_whose_port_was_taken_meanwhile_starts_on_another(tmp_path):
+    require(have_proxy(), "configurable-http-proxy is not installed")
+    hub = Hub(TEST_CONFIG, tmp_path / "hub", free_port_block())
+    hub.data_dir.mkdir()
+    # An outgoing connection holds the port, as in the race: a listener would answer the
+    # hub's own check that the server listens.
+    with socket.create_server(("127.0.0.1", 0)) as peer, \
+            socket.create_connection(peer.getsockname(), source_address=("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        (hub.data_dir / "jupyterhub_config.py").write_text(TAKEN_FIRST.format(port=port))
+        hub.start(own_config=True)
+        try:
+            r = hub.start_server("alice", "w", {"profile": "mig-1g.10gb"})
+            assert r.status_code in (201, 202), r.text
+            with hub.api("alice") as api:
+                url = api.get("/users/alice").json()["servers"]["w"]["url"]
+            log = (hub.data_dir / "logs" / "alice" / "w.log").read_text()
+            assert f"The port {port} is already in use" in log and f"port {port} was taken" in log
+            # The claim made for the first try is the workspace's: one device, in its env.
+            ledger = hub.book()
+            held_devices = [k for _node, k in ledger.taken()]
+            env = environ_of(hub.workspace_pid("alice", "w"))
+            assert held_devices == [env["CUDA_VISIBLE_DEVICES"]]
+            assert ledger.get("workspace:alice/w").ref["pid"] == hub.workspace_pid("alice", "w")
+            ledger.dispose()
+            # The hub routes to the port the server did bind.
+            status = httpx.get(f"{hub.url}{url}api/status", timeout=30,
+                               headers={"Authorization": f"token {hub.token('alice')}"})
+            assert status.status_code == 200, status.text
+            hub.stop_server("alice", "w")
+        finally:
+            hub.stop()

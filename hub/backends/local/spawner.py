@@ -73,6 +73,7 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         # command so a second start of this spawner does not wrap it twice.
         if not hasattr(self, "_base_cmd"):
             self._base_cmd = list(self.cmd)
+            self._configured_port = self.port
         try:
             # An account to look up (a lookup that may block) only where workspaces run as
             # people; elsewhere no hop to a thread and back through the hub's busy loop.
@@ -93,27 +94,73 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         log = self.log_path.open("ab")
         log.write(f"--- podbay: starting at {time.ctime()}\n".encode())
         log.flush()
+        self._watch_log_from(log.tell())
         # This start's own (its log, podbay_prepare's), on what is configured now (a
         # pre_spawn_hook's included), which they never replace for the next start.
         self._configured_popen_kwargs = configured = self.popen_kwargs
         self.popen_kwargs = {**configured, "stdout": log, "stderr": log}
+        recording = launched = None
         try:
             # The mixin claims devices (and sets podbay_request) before this reaches Popen.
             ip, port = await super().start()
+            launched = True
+            for tries_left in range(self.port_tries - 1, -1, -1):
+                ref = {"pid": self.pid, "start_time": proc_start_time(self.pid), "log": str(self.log_path)}
+                # Recorded while the workspace comes up, and before start returns.
+                recording = asyncio.ensure_future(asyncio.to_thread(self.portal.book.set_ref, self.podbay_key, ref))
+                try:
+                    await self.wait_listening(ip, port, self._died)
+                    break
+                except SpawnException:
+                    if not tries_left or self._configured_port or not self._port_taken(port):
+                        raise
+                await recording
+                # JupyterHub's port was free when it chose it (bind, close, hand the number
+                # over) and taken by the time the server bound it: an outgoing connection
+                # got it from the same ephemeral range meanwhile (jupyterhub/jupyterhub#3005),
+                # the likelier the busier the machine. The same claim, another port.
+                self.log.warning("%s: port %s was taken before its server bound it; starting again on another",
+                                 self.podbay_key, port)
+                await super(PodbaySpawnerMixin, self).stop(now=True)  # the server, not the claim
+                log.write(f"--- podbay: port {port} was taken meanwhile; starting again on another\n".encode())
+                log.flush()
+                self._watch_log_from(log.tell())
+                self.port = 0
+                ip, port = await super(PodbaySpawnerMixin, self).start()
+            await recording
+        except BaseException:
+            if recording is not None:
+                await asyncio.gather(recording, return_exceptions=True)
+            if launched:
+                await self.stop(now=True)
+            raise
         finally:
             log.close()
             self.popen_kwargs = configured
-        ref = {"pid": self.pid, "start_time": proc_start_time(self.pid), "log": str(self.log_path)}
-        # Recorded while the workspace comes up, and before start returns.
-        recording = asyncio.ensure_future(asyncio.to_thread(self.portal.book.set_ref, self.podbay_key, ref))
-        try:
-            await self.wait_listening(ip, port, self._died)
-            await recording
-        except BaseException:
-            await asyncio.gather(recording, return_exceptions=True)
-            await self.stop(now=True)
-            raise
         return ip, port
+
+    port_tries = 3
+
+    def _watch_log_from(self, offset: int) -> None:
+        """Where this try's output starts in the log (_port_taken reads on from there)."""
+        self._log_seen, self._log_carry, self._port_lost = offset, b"", None
+
+    def _port_taken(self, port: int) -> bool:
+        """Whether the server found its port taken, in jupyter-server's own words (it says so,
+        and may linger for seconds before it exits). Read on from where the last look ended:
+        it runs at every poll of a starting workspace, on the hub's loop."""
+        if self._port_lost != port:
+            try:
+                with self.log_path.open("rb") as f:
+                    f.seek(self._log_seen)
+                    new = f.read()
+            except OSError:
+                return False
+            text, self._log_seen = self._log_carry + new, self._log_seen + len(new)
+            self._log_carry = text[-80:]  # a line cut between two looks
+            if f"The port {port} is already in use".encode() in text:
+                self._port_lost = port
+        return self._port_lost == port
 
     def podbay_prepare(self, request):
         # Volumes are per workspace: wrap the configured command in the mount launcher.
@@ -182,6 +229,9 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
     async def _died(self) -> str | None:
         status = self.proc.poll() if self.proc is not None else None
         if status is None:
-            return None
+            if not self._port_taken(self.port):
+                return None
+            return (f"The workspace could not listen on port {self.port}: another program has it. "
+                    f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path, self.log_tail_lines)}")
         return (f"The workspace exited with status {status} while starting. "
                 f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path, self.log_tail_lines)}")
