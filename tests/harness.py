@@ -27,6 +27,14 @@ TEST_CONFIG = ROOT / "tests" / "data" / "podbay-test.yaml"
 PASSWORD = "podbay-test-password"
 
 
+def http_client(**kw) -> httpx.Client:
+    """A client for the portal that keeps idle connections as podbay's own do (tui/hubapi.py,
+    KEEPALIVE): a test that waits between two requests must not meet the proxy closing one."""
+    from podbay.tui.hubapi import KEEPALIVE
+
+    return httpx.Client(limits=KEEPALIVE, **kw)
+
+
 def require(condition: bool, reason: str):
     """Skip when a real part is missing here; in CI (PODBAY_REQUIRE_ALL) fail instead,
     because the README's test command installs every part."""
@@ -146,7 +154,7 @@ class Hub:
         return out.stdout.strip().splitlines()[-1]
 
     def api(self, user: str) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/hub/api",
+        return http_client(base_url=f"{self.url}/hub/api",
                             headers={"Authorization": f"token {self.token(user)}"}, timeout=90)
 
     def start_server(self, user: str, name: str, options: dict | None, wait: bool = True) -> httpx.Response:

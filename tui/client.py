@@ -23,7 +23,7 @@ from urllib.request import getproxies
 
 import httpx
 
-from .hubapi import HubAPI
+from .hubapi import HubAPI, KEEPALIVE
 
 
 class ClientError(Exception):
@@ -154,7 +154,7 @@ def _transports() -> dict:
         return {}
     # The plain transport never makes a TLS connection: every https:// URL goes to the other
     # one. Were it asked to, its context knows no CA and refuses the server: it fails closed.
-    return {"transport": httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)),
+    return {"transport": httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), limits=KEEPALIVE),
             "mounts": {"https://": _TLSOnFirstUse()}}
 
 
@@ -164,7 +164,7 @@ class _TLSOnFirstUse(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._transport is None:
-            self._transport = httpx.AsyncHTTPTransport()
+            self._transport = httpx.AsyncHTTPTransport(limits=KEEPALIVE)
         return await self._transport.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -180,7 +180,7 @@ class PodbayClient:
         self.user = user
         self.http = httpx.AsyncClient(
             headers={"Authorization": f"token {token}", "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            timeout=httpx.Timeout(timeout, connect=5.0), limits=KEEPALIVE,
             **({"transport": transport} if transport else _transports()),
         )
         # The hub's API through this client's connection and its words for failures.

@@ -36,6 +36,12 @@ def user_path(user: str, *rest: object) -> str:
 
 Send = Callable[..., Awaitable[httpx.Response]]
 
+# How long an idle connection is kept for the next request: under the 5 s after which
+# configurable-http-proxy (Node's keepAliveTimeout), in front of every portal, closes it.
+# httpx's own 5 s met the proxy's at the same moment, and a request sent on a connection as
+# the proxy closed it failed ("Server disconnected", a reset): the TUI refreshes every 5 s.
+KEEPALIVE = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
+
 
 class HubAPI:
     """`…/hub/api/` with one token (the service's, or the person's). Every method answers the
@@ -45,7 +51,7 @@ class HubAPI:
     def __init__(self, api_url: str, *, token: str | None = None, http: httpx.AsyncClient | None = None,
                  send: Send | None = None, timeout: float = 10, transport: httpx.AsyncBaseTransport | None = None):
         self.base = api_url.rstrip("/") + "/"
-        self.http = http or httpx.AsyncClient(timeout=timeout, transport=transport,
+        self.http = http or httpx.AsyncClient(timeout=timeout, transport=transport, limits=KEEPALIVE,
                                               headers={"Authorization": f"token {token}"} if token else None)
         self._send = send or self.http.request
         self._major: int | None = None

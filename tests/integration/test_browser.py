@@ -8,17 +8,15 @@ import re
 
 import pytest
 
-from tests.harness import browser_login, environ_of
+from tests.harness import browser_login, environ_of, http_client
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
 
 
 def service(hub, user: str | None = None):
     """podbay's service API as `user` (their token), or as nobody."""
-    import httpx
-
     headers = {"Authorization": f"token {hub.token(user)}"} if user else {}
-    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", headers=headers, timeout=60)
+    return http_client(base_url=f"{hub.url}/services/podbay/api/v1", headers=headers, timeout=60)
 
 def test_spawn_form_to_jupyterlab(hub, browser, tmp_path):
     # Take the only 3g.40gb, so the form must show it disabled with the reason.
@@ -285,7 +283,7 @@ def test_only_the_services_own_login_is_a_session_not_a_workspace_or_vscode_toke
     for token in (workspace_token, vscode_token):
         # The hub knows whose it is...
         assert httpx.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"}).status_code == 200
-        with httpx.Client(cookies={SESSION_COOKIE: token}, timeout=60) as browser:
+        with http_client(cookies={SESSION_COOKIE: token}, timeout=60) as browser:
             r = browser.get(f"{hub.url}/services/podbay/pair", params={"code": code}, headers=navigate)
             # ... and podbay still asks for a login of its own.
             assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"], r.text[:300]

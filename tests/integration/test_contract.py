@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from tests.harness import (
+    http_client,
     ROOT,
     Hub,
     claimed,
@@ -357,7 +358,7 @@ def engine(request, tmp_path_factory):
 
 
 def service(hub: Hub, user: str) -> httpx.Client:
-    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+    return http_client(base_url=f"{hub.url}/services/podbay/api/v1",
                         headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
 
 
@@ -684,7 +685,7 @@ def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     assert booked(hub, "workspace:alice/stays") and claimed(hub, "workspace:alice/stays") == held, \
         "a running workspace keeps its devices"
     assert hub.wait_ready("alice", "stays", timeout=30)["ready"]
-    with httpx.Client(headers={"Authorization": f"token {hub.token('alice')}"}) as http:
+    with http_client(headers={"Authorization": f"token {hub.token('alice')}"}) as http:
         assert http.get(f"{hub.url}/user/alice/stays/api/status", timeout=30).status_code == 200
     with service(hub, "alice") as api:
         time.sleep(1)  # a scheduler tick or two after the restart

@@ -26,7 +26,7 @@ import yaml
 import pytest
 
 from tests.standins.dcgm_exporter import Exporter
-from tests.harness import DOCKER_CONFIG, DOCKER_TEST_PREFIXES, IMAGE, ROOT, claimed, wait_job, Hub, browser_login, hub_on, real_browser, require
+from tests.harness import browser_login, claimed, DOCKER_CONFIG, DOCKER_TEST_PREFIXES, http_client, Hub, hub_on, IMAGE, real_browser, require, ROOT, wait_job
 
 
 PREFIX = DOCKER_TEST_PREFIXES[0]
@@ -116,7 +116,7 @@ def test_cpu_workspace_is_a_container_with_volumes_and_no_gpu(dhub, docker):
     assert (dhub.data_dir / "volumes" / "scratch" / "from-alice").read_text() == "shared\n"
 
     # Reachable through the proxy, at its own address on the workspace network.
-    with httpx.Client(headers={"Authorization": f"token {dhub.token('alice')}"}) as http:
+    with http_client(headers={"Authorization": f"token {dhub.token('alice')}"}) as http:
         status = http.get(f"{dhub.url}/user/alice/cpu/api/status", timeout=30)
     assert status.status_code == 200, status.text
     env = dict(e.split("=", 1) for e in c["Config"]["Env"])
@@ -404,7 +404,7 @@ def cross_user_probe(hub: Hub, docker, prefix: str = PREFIX) -> dict:
     facts: dict = {"alice_network": alice["HostConfig"]["NetworkMode"], "bob_network": bob["HostConfig"]["NetworkMode"]}
 
     # alice's own way to VS Code: through the hub, with her login.
-    with httpx.Client(headers={"Authorization": f"token {hub.token('alice')}"}, timeout=120,
+    with http_client(headers={"Authorization": f"token {hub.token('alice')}"}, timeout=120,
                       follow_redirects=True) as http:
         r = http.get(f"{hub.url}/user/alice/iso/vscode/")
         facts["alice_vscode"] = r.status_code
@@ -417,7 +417,7 @@ def cross_user_probe(hub: Hub, docker, prefix: str = PREFIX) -> dict:
     facts["alice_listens"] = listening(docker, alice["Id"])
 
     headers = {"Authorization": f"token {hub.token('alice')}"}
-    with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", headers=headers, timeout=30) as api:
+    with http_client(base_url=f"{hub.url}/services/podbay/api/v1", headers=headers, timeout=30) as api:
         r = api.post("/jobs", json={"name": "listener", "image": "base", "gpus": 1, "command": [
             "python3", "-m", "http.server", "--bind", "127.0.0.1", str(JOB_LOOPBACK_PORT)]})
         assert r.status_code == 201, r.text
@@ -465,7 +465,7 @@ def cross_user_probe(hub: Hub, docker, prefix: str = PREFIX) -> dict:
 
         # Through the hub, with bob's own login: alice's workspace, and bob's own
         # jupyter-server-proxy pointed at her loopback server or her address.
-        with httpx.Client(headers={"Authorization": f"token {bob_token}"}, timeout=60) as http:
+        with http_client(headers={"Authorization": f"token {bob_token}"}, timeout=60) as http:
             facts["via_hub"] = {
                 "alice_workspace": http.get(f"{hub.url}/user/alice/iso/api/status").status_code,
                 "alice_vscode": http.get(f"{hub.url}/user/alice/iso/vscode/").status_code,
@@ -656,7 +656,7 @@ def test_training_job_runs_as_a_container_and_cancels(dhub, docker):
     dhub.start_server("alice", "train", {"profile": "cpu", "image": "base", "volumes": ["imagenet"]})
     sh(docker, container_of(dhub, docker, "alice", "train")["Id"], "mkdir -p ~/proj && echo 'lr=0.1' > ~/proj/cfg")
     headers = {"Authorization": f"token {dhub.token('alice')}"}
-    with httpx.Client(base_url=f"{dhub.url}/services/podbay/api/v1", headers=headers, timeout=30) as api:
+    with http_client(base_url=f"{dhub.url}/services/podbay/api/v1", headers=headers, timeout=30) as api:
         r = api.post("/jobs", json={
             "name": "resnet", "from_workspace": "train", "gpus": 1, "workdir": "proj",
             "command": ["sh", "-c", "id -un; pwd; cat cfg; cat ~/data/imagenet/README; "
@@ -879,7 +879,7 @@ def test_an_idle_gpu_container_is_restarted_on_cpu_with_its_home(dhub, docker):
     code, out = sh(docker, first["Id"], "echo 'before the release' > ~/idle-notes.txt")
     assert code == 0, out
     dhub.exporter.util[gpu[0]] = 0.0
-    with httpx.Client(base_url=f"{dhub.url}/services/podbay/api/v1",
+    with http_client(base_url=f"{dhub.url}/services/podbay/api/v1",
                       headers={"Authorization": f"token {dhub.token('alice')}"}, timeout=30) as api:
         deadline = time.monotonic() + 30
         while not [n for n in api.get("/notices").json() if n["kind"] == "warning"] and time.monotonic() < deadline:

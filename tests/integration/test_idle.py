@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import (TEST_CONFIG, browser_login, claimed, have_proxy, hub_on, real_browser, require,
+from tests.harness import (http_client, TEST_CONFIG, browser_login, claimed, have_proxy, hub_on, real_browser, require,
                             wait_job)
 from tests.standins.dcgm_exporter import Exporter
 
@@ -55,7 +55,7 @@ def idle_hub(tmp_path_factory):
 
 
 def service(hub, user: str) -> httpx.Client:
-    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+    return http_client(base_url=f"{hub.url}/services/podbay/api/v1",
                         headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
 
 

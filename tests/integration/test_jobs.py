@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import claimed, environ_of, wait_job
+from tests.harness import claimed, environ_of, http_client, wait_job
 
 pytestmark = pytest.mark.hub
 
@@ -27,7 +27,7 @@ def svc(hub):
 
 
 def api(hub, user: str) -> httpx.Client:
-    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+    return http_client(base_url=f"{hub.url}/services/podbay/api/v1",
                         headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import TEST_CONFIG, hub_on
+from tests.harness import http_client, hub_on, TEST_CONFIG
 
 pytestmark = pytest.mark.hub
 
@@ -18,7 +18,7 @@ WIDENED = ODD[:2]
 
 
 def test_by_default_the_hub_makes_no_user_with_such_a_name(hub):
-    with httpx.Client(base_url=f"{hub.url}/hub/api", headers={"Authorization": f"token {hub.token('admin')}"},
+    with http_client(base_url=f"{hub.url}/hub/api", headers={"Authorization": f"token {hub.token('admin')}"},
                       timeout=60) as api:
         for name in ODD:
             r = api.post("/users", json={"usernames": [name]})
@@ -41,7 +41,7 @@ def test_where_a_deployment_allows_them_each_is_only_themselves(tmp_path):
     hub = hub_on(cfg, tmp_path, keep_workspaces=False)
     try:
         for name in WIDENED:
-            with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
+            with http_client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
                               headers={"Authorization": f"token {hub.token(name)}"}) as api:
                 me = api.get("/me")
                 assert me.status_code == 200, me.text

@@ -260,9 +260,9 @@ def shub(slurm_cluster, tmp_path_factory):
 
 
 def service(hub, user="alice"):
-    import httpx
+    from tests.harness import http_client
 
-    return httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+    return http_client(base_url=f"{hub.url}/services/podbay/api/v1",
                         headers={"Authorization": f"token {hub.token(user)}"}, timeout=60)
 
 

@@ -17,7 +17,7 @@ import pytest
 from podbay.hub.backends.slurm.jobs import SlurmJobs
 from podbay.hub.config import parse_config
 from podbay.hub.training import JobSpec
-from tests.harness import wait_job
+from tests.harness import http_client, wait_job
 from tests.integration.test_slurm import service, until
 
 
@@ -77,9 +77,7 @@ def owner(path) -> str:
 def lab_writes_her_config(hub, home) -> None:
     """alice's workspace `dev` writes ~/proj/cfg through JupyterLab's own contents API (by the
     workspace's process): in her cluster home, and hers."""
-    import httpx
-
-    with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
+    with http_client(base_url=f"{hub.url}/user/alice/dev/api/contents",
                       headers={"Authorization": f"token {hub.token('alice')}"}, timeout=30) as lab:
         assert lab.put("/proj", json={"type": "directory"}).status_code in (200, 201)
         r = lab.put("/proj/cfg", json={"type": "file", "format": "text", "content": "lr=0.1\n"})

@@ -9,9 +9,9 @@ import json
 import pwd
 import time
 
-import httpx
 import pytest
 
+from tests.harness import http_client
 from tests.integration.test_ssh import Person
 
 pytestmark = pytest.mark.usefixtures("slurm_people")
@@ -72,7 +72,7 @@ def progress(hub, user: str, name: str, wanted: str, timeout: float = 90) -> lis
     """The spawn's progress messages, as the spawn page and the TUI read them, until one
     says `wanted`."""
     seen = []
-    with httpx.Client(timeout=timeout) as client, client.stream(
+    with http_client(timeout=timeout) as client, client.stream(
             "GET", f"{hub.url}/hub/api/users/{user}/servers/{name}/progress",
             headers={"Authorization": f"token {hub.token(user)}"}) as r:
         for line in r.iter_lines():
@@ -91,7 +91,7 @@ def test_a_workspace_is_a_slurm_job_of_the_persons_reached_through_the_hub(hub, 
     [job] = queued(slurm_cluster, "pbws-ws-alice-dev")
     assert job[1:3] == ["RUNNING", "pbt-alice"], job
     # JupyterLab's contents API through the hub's proxy: the server is hers, in her home.
-    with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
+    with http_client(base_url=f"{hub.url}/user/alice/dev/api/contents",
                       headers={"Authorization": f"token {hub.token('alice')}"}, timeout=30) as lab:
         r = lab.put("/notes.txt", json={"type": "file", "format": "text", "content": "hello\n"})
         assert r.status_code in (200, 201), r.text
@@ -106,7 +106,7 @@ def test_a_workspace_is_a_slurm_job_of_the_persons_reached_through_the_hub(hub, 
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["pbt-alice", str(home), "hello"], r.stdout
     # Bob's token opens none of it.
-    with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api/contents",
+    with http_client(base_url=f"{hub.url}/user/alice/dev/api/contents",
                       headers={"Authorization": f"token {hub.token('bob')}"}, timeout=30) as lab:
         assert lab.get("/notes.txt").status_code in (403, 404)
     # Stopping the server ends the job, as her.
@@ -127,7 +127,7 @@ def test_a_waiting_workspace_says_why_and_starts_when_slurm_has_room(hub, slurm_
     slurm_cluster.run("scancel", blocker)
     hub.wait_ready("alice", "gpu", timeout=120)
     # Slurm gave it one GPU, and said which.
-    with httpx.Client(base_url=f"{hub.url}/user/alice/gpu/api", headers={"Authorization": f"token {hub.token('alice')}"},
+    with http_client(base_url=f"{hub.url}/user/alice/gpu/api", headers={"Authorization": f"token {hub.token('alice')}"},
                       timeout=30) as lab:
         assert lab.get("/status").status_code == 200
     shown = slurm_cluster.run("scontrol", "show", "job", job[0], "--oneliner").stdout
@@ -146,7 +146,7 @@ def test_walltime_ends_the_server_says_why_and_a_restarted_hub_adopts_a_running_
         server = api.get("/users/alice").json()["servers"]["dev"]
         assert server["ready"], server
     assert queued(slurm_cluster, "pbws-ws-alice-dev")[0][:2] == [job[0], "RUNNING"]
-    with httpx.Client(base_url=f"{hub.url}/user/alice/dev/api", headers={"Authorization": f"token {hub.token('alice')}"},
+    with http_client(base_url=f"{hub.url}/user/alice/dev/api", headers={"Authorization": f"token {hub.token('alice')}"},
                       timeout=30) as lab:
         assert lab.get("/status").status_code == 200
     # Its walltime runs out (cut short here as an administrator would): the server stops.

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import claimed, environ_of, require
+from tests.harness import claimed, environ_of, http_client, require
 
 pytestmark = pytest.mark.hub
 
@@ -202,7 +202,7 @@ def test_another_persons_registered_key_opens_nothing_here(hub, alice):
     """bob's key, registered with podbay, over a tunnel alice's login opened: the workspace
     asks for alice's keys only."""
     bob_key = alice.keygen(f"bob-{uuid.uuid4().hex[:6]}")
-    with httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1",
+    with http_client(base_url=f"{hub.url}/services/podbay/api/v1",
                       headers={"Authorization": f"token {hub.token('bob')}"}) as bob:
         assert bob.post("/keys", json={"key": Path(f"{bob_key}.pub").read_text()}).status_code == 201
     r = alice.podbay_ssh("true", key=bob_key)

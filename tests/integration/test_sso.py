@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import ROOT, TEST_CONFIG, Hub, environ_of, free_port_block, have_proxy, require
+from tests.harness import environ_of, free_port_block, have_proxy, http_client, Hub, require, ROOT, TEST_CONFIG
 
 IDP = ROOT / "tests" / "idp"
 SECRET = "hub-secret-0123456789"
@@ -101,7 +101,7 @@ def login(browser, hub: Hub, username: str, password: str):
 
 
 def user_model(hub: Hub, name: str) -> dict | None:
-    with httpx.Client(base_url=f"{hub.url}/hub/api", headers={"Authorization": f"token {hub.token('carol')}"}) as api:
+    with http_client(base_url=f"{hub.url}/hub/api", headers={"Authorization": f"token {hub.token('carol')}"}) as api:
         r = api.get(f"/users/{name}")
     return r.json() if r.status_code == 200 else None
 

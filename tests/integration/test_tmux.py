@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import browser_login, require
+from tests.harness import browser_login, http_client, require
 
 pytestmark = pytest.mark.hub
 PODBAY = str(Path(sys.executable).parent / "podbay")
@@ -73,7 +73,7 @@ def test_login_workspace_job_and_logs_in_a_real_terminal(hub, tmp_path, browser)
         assert "Return to your terminal" in approve(browser, hub, "alice", link, code)
         tmux.wait_for("Logged in to")
         token = json.loads((tmp_path / "podbay" / "credentials.json").read_text())["token"]
-        with httpx.Client(base_url=f"{hub.url}/hub/api", headers={"Authorization": f"token {token}"}) as api:
+        with http_client(base_url=f"{hub.url}/hub/api", headers={"Authorization": f"token {token}"}) as api:
             assert api.get("/user").json()["name"] == "alice"
             # Only what the TUI and CLI need: it cannot make tokens of its own.
             assert api.post("/users/alice/tokens", json={}).status_code == 403

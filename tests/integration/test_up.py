@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import PASSWORD, TEST_CONFIG, Hub, free_port_block, have_proxy, read_banner, require
+from tests.harness import free_port_block, have_proxy, http_client, Hub, PASSWORD, read_banner, require, TEST_CONFIG
 
 pytestmark = pytest.mark.hub
 
@@ -87,7 +87,7 @@ def test_a_killed_hubs_service_stops_too(tmp_path):
         children = subprocess.run(["pgrep", "-a", "-P", str(jupyterhub)], capture_output=True, text=True).stdout
         service = next(int(line.split()[0]) for line in children.splitlines() if "podbay.hub.service" in line)
         proxy = int((tmp_path / "proxy.pid").read_text())
-        api = httpx.Client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
+        api = http_client(base_url=f"{hub.url}/services/podbay/api/v1", timeout=60,
                            headers={"Authorization": f"token {hub.token('alice')}"})
         job = api.post("/jobs", json={"name": "follow", "gpus": 0, "command": [
             "sh", "-c", f"echo started; while [ ! -e {flag} ]; do sleep 0.2; done"]}).json()
