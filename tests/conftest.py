@@ -125,7 +125,7 @@ def image(docker):
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster(tmp_path_factory, request):
     """A real Slurm cluster on the loopback (tests/standins/slurm_cluster.py), one for the whole run."""
     from tests.standins import slurm_cluster as sc
 
@@ -138,6 +138,8 @@ def slurm_cluster(tmp_path_factory):
     cluster = sc.start(state / "cluster")
     yield cluster
     cluster.stop()
+    if request.session.testsfailed:  # the daemons' logs, kept where pytest keeps its last runs
+        shutil.copytree(state / "cluster" / "log", tmp_path_factory.getbasetemp() / "slurm-logs", dirs_exist_ok=True)
     shutil.rmtree(state, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from podbay.hub.config import parse_config
@@ -372,8 +373,8 @@ def test_a_service_killed_during_a_submit_and_a_run_leaves_one_slurm_job_each(sh
             try:
                 if service_pid() != old and api.get("/me").status_code == 200:
                     break
-            except (AssertionError, OSError, ValueError):
-                pass
+            except (AssertionError, OSError, ValueError, httpx.HTTPError):
+                pass  # not yet: no service, or the proxy's route to it not yet there
             assert time.monotonic() < deadline, "the hub did not start the service again"
             time.sleep(0.5)
         first = wait_job(api, running["id"], {"succeeded", "failed"}, timeout=90)

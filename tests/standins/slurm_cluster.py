@@ -73,7 +73,11 @@ class SlurmCluster:
         self.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, **self.env}, start_new_session=True)
 
-    def stop_daemon(self, name: str, timeout: float = 15) -> None:
+    def stop_daemon(self, name: str, timeout: float = 180) -> None:
+        """Stop a daemon as an operator does (SIGTERM) and wait until it has: slurmctld saves
+        its state on the way out, which takes longer on a busy machine. The kill is for a
+        daemon that hangs, not for a slow one: killed mid-save, its next start finds the
+        state broken and refuses (every test after it then meets 'Connection refused')."""
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
@@ -83,17 +87,27 @@ class SlurmCluster:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            raise RuntimeError(f"{name} did not stop in {timeout:.0f} s of SIGTERM: killed") from None
 
     def start_daemon_again(self, name: str) -> None:
         """slurmctld after a test stopped it (state kept in StateSaveLocation)."""
         argv = {"slurmctld": ["slurmctld", "-D"]}[name]
         self.daemon(name, argv)
-        wait_for(lambda: self.run("scontrol", "ping", check=False).returncode == 0 and
-                 "UP" in self.run("scontrol", "ping", check=False).stdout, 30, "slurmctld to answer again")
+        proc = self.procs[name]
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                log = (self.state / "log" / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with status {proc.returncode} as it started again:\n{log}")
+            ping = self.run("scontrol", "ping", check=False)
+            return ping.returncode == 0 and "UP" in ping.stdout
+
+        # Polls, their limits for a machine that never gets there (they return at the event).
+        wait_for(answers, 120, "slurmctld to answer again")
         # Its nodes are UNKNOWN until their slurmd registers again.
         wait_for(lambda: not any("unk" in state or "not_resp" in state for state in
                                  self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()),
-                 60, "the nodes to register again")
+                 120, "the nodes to register again")
 
     def stop(self) -> None:
         # Jobs first: a slurmd that stops leaves its jobs' slurmstepd running.
