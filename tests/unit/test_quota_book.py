@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import time
 from fractions import Fraction
 
@@ -241,28 +242,56 @@ def test_fmt_units():
         ["0", "1", "0.5", "0.43", "2.25"]
 
 
-def _race(db_url: str, config: str, key: str, barrier, results) -> None:
+def _racing(target, arglists: list[tuple]) -> list:
+    """Run target(*args, barrier, results) in one process per arglist, started at once (spawned,
+    as hub and service are separate processes), and answer what each put in results.
+
+    Waits for the processes themselves to end, not for a result within a time: a process
+    that raised puts its traceback, one that died without a word is named with its exit
+    code, and a slow start on a busy machine (each imports podbay anew) is only slow. The
+    barrier's own limit is for a partner that never comes."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(len(arglists)), ctx.Queue()
+    procs = [ctx.Process(target=_reporting, args=(target, args, barrier, results)) for args in arglists]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    # Each has ended, what it put with it (a process's queue is flushed before it exits).
+    outcomes = []
+    for _ in procs:
+        try:
+            outcomes.append(results.get(timeout=10))
+        except queue.Empty:
+            raise AssertionError(f"a racer ended without a word: exit codes {[p.exitcode for p in procs]}") from None
+    errors = [o[1] for o in outcomes if o[0] == "error"]
+    assert not errors, "\n".join(errors)
+    return [o[1] for o in outcomes]
+
+
+def _reporting(target, args, barrier, results) -> None:
+    import traceback
+
+    try:
+        results.put(("ok", target(*args, barrier)))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+
+
+def _race(db_url: str, config: str, key: str, barrier):
     ledger = QuotaBook(db_url)
-    barrier.wait()
+    barrier.wait(timeout=300)
     try:
         a = claim(ledger, key, "mig-3g.40gb", config=config)
-        results.put((key, a.devices))
+        return key, a.devices
     except NoCapacity:
-        results.put((key, None))
+        return key, None
 
 
 @pytest.mark.parametrize("round_", range(4))
 def test_two_processes_racing_for_the_last_device(db_url, round_):
     QuotaBook(db_url).dispose()  # migrate first
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(db_url, str(TEST_CONFIG), f"workspace:u{i}/x", barrier, results))
-             for i in range(2)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(30)
+    outcomes = _racing(_race, [(db_url, str(TEST_CONFIG), f"workspace:u{i}/x") for i in range(2)])
     winners = [o for o in outcomes if o[1] is not None]
     assert len(winners) == 1, outcomes
     ledger = QuotaBook(db_url)
@@ -281,15 +310,7 @@ def test_quota_holds_under_concurrent_claims(db_url):
     refusal was right at the end state: a quota refusal would still overrun the quota, a
     capacity refusal has no device of its kind left."""
     QuotaBook(db_url).dispose()
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(len(RACERS)), ctx.Queue()
-    procs = [ctx.Process(target=_quota_race, args=(db_url, str(TEST_CONFIG), i, profile, barrier, results))
-             for i, profile in enumerate(RACERS)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(30)
+    outcomes = _racing(_quota_race, [(db_url, str(TEST_CONFIG), i, profile) for i, profile in enumerate(RACERS)])
     ledger = QuotaBook(db_url)
     held = ledger.snapshot().units_of("vision", "alice")
     granted = [profile for _, profile, outcome in outcomes if outcome == "granted"]
@@ -307,17 +328,17 @@ def test_quota_holds_under_concurrent_claims(db_url):
     ledger.dispose()
 
 
-def _quota_race(db_url: str, config: str, i: int, profile: str, barrier, results) -> None:
+def _quota_race(db_url: str, config: str, i: int, profile: str, barrier):
     ledger = QuotaBook(db_url)
-    barrier.wait()
+    barrier.wait(timeout=300)
     try:
         claim(ledger, f"workspace:alice/q{i}", profile, quota=Quota(gpu_units=1, workspaces_per_user=10),
               config=config)
-        results.put((i, profile, "granted"))
+        return i, profile, "granted"
     except QuotaExceeded:
-        results.put((i, profile, "quota"))
+        return i, profile, "quota"
     except NoCapacity:
-        results.put((i, profile, "capacity"))
+        return i, profile, "capacity"
 
 
 def test_demo_inventory_counts():
