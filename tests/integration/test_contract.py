@@ -537,7 +537,9 @@ def test_a_workspace_that_dies_while_starting_fails_at_once_and_frees_its_device
         undo()
     assert r.status_code == 500, r.text
     assert "exited with status" in r.json()["message"], r.text
-    assert elapsed < 10, f"{elapsed:.1f}s to report that the workspace died"
+    # The message proves the quick path (the slow one is the hub's own wait, which times out
+    # after http_timeout, 60 s, in words of its own); the bound only rules that wait out.
+    assert elapsed < 30, f"{elapsed:.1f}s to report that the workspace died"
     assert not booked(hub, "workspace:alice/doomed")
 
 
@@ -684,11 +686,15 @@ def test_a_hub_restart_adopts_running_workspaces_and_jobs(engine):
     hub.start()
     assert booked(hub, "workspace:alice/stays") and claimed(hub, "workspace:alice/stays") == held, \
         "a running workspace keeps its devices"
-    assert hub.wait_ready("alice", "stays", timeout=30)["ready"]
+    assert hub.wait_ready("alice", "stays")["ready"]
     with http_client(headers={"Authorization": f"token {hub.token('alice')}"}) as http:
         assert http.get(f"{hub.url}/user/alice/stays/api/status", timeout=30).status_code == 200
     with service(hub, "alice") as api:
-        time.sleep(1)  # a scheduler tick or two after the restart
+        # A scheduler pass after the restart, seen as a job it started: it looked at the
+        # adopted one on that pass too.
+        tick = api.post("/jobs", json={"name": "tick", "image": "base", "gpus": 0, "command": ["true"]})
+        assert tick.status_code == 201, tick.text
+        wait_job(api, tick.json()["id"], {"running", "succeeded", "failed"})
         assert api.get(f"/jobs/{job['id']}").json()["state"] == "running"
         assert booked(hub, f"job:{job['id']}") and claimed(hub, f"job:{job['id']}") == job_devices, \
             "an adopted job keeps its GPU"

@@ -623,7 +623,9 @@ def test_a_workspace_that_dies_while_starting_fails_at_once_and_frees_its_gpu(dh
     elapsed = time.monotonic() - t0
     assert r.status_code == 500, r.text
     assert "container exited with status 0 while starting" in r.json()["message"]
-    assert elapsed < 8, f"took {elapsed:.1f}s to report the failure"
+    # The message proves the quick path (the slow one is the hub's own wait, which times out
+    # after http_timeout, 60 s, in words of its own); the bound only rules that wait out.
+    assert elapsed < 30, f"took {elapsed:.1f}s to report the failure"
     assert claimed(dhub, "workspace:alice/doomed") == []
     assert not docker.api.containers(all=True, filters={"name": f"{PREFIX}-alice--doomed"})
 
@@ -639,7 +641,7 @@ def test_hub_restart_keeps_running_containers_and_frees_dead_ones(dhub, docker):
     dhub.start()
     assert claimed(dhub, "workspace:alice/dies") == [], "a container that died meanwhile frees its GPU"
     assert claimed(dhub, "workspace:alice/stays") == held
-    assert dhub.wait_ready("alice", "stays", timeout=30)["ready"]
+    assert dhub.wait_ready("alice", "stays")["ready"]
     assert container_of(dhub, docker, "alice", "stays")["Id"] == stays
     dhub.stop_server("alice", "stays")
     with dhub.api("alice") as api:

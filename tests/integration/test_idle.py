@@ -73,6 +73,18 @@ def db(hub) -> sqlite3.Connection:
     return sqlite3.connect(hub.data_dir / "ledger.sqlite")
 
 
+def sampled_past(hub, key: str, t: float) -> float:
+    """Wait for the service's first round after `t` that measured this holding (its
+    last_sample), and answer its time."""
+    def last() -> float | None:
+        with db(hub) as conn:
+            row = conn.execute("SELECT last_sample FROM podbay_holdings WHERE key=? AND ended IS NULL",
+                               (key,)).fetchone()
+        return row[0] if row and row[0] and row[0] > t else None
+
+    return wait_for(f"a usage round after {t:.1f}", last, 90)
+
+
 def server(hub, user, name) -> dict | None:
     with hub.api(user) as api:
         return api.get(f"/users/{user}").json()["servers"].get(name)
@@ -155,7 +167,8 @@ def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
         # the share's 6 s rule, which would then stop it before the test could keep it.
         before = dict(hub.exporter.util)
         hub.exporter.util.update({u: 60.0 for u in before})
-        hub.start_server("bob", "share", {"profile": "shared-1/2"})
+        r = hub.start_server("bob", "share", {"profile": "shared-1/2"})
+        assert r.status_code in (201, 202), r.text
         gpu = claimed(hub, "workspace:bob/share")
         gpu_uuid = gpu[0]  # a share's visible id is its GPU's UUID
         # Kept for an hour: no notice, no stop, however idle.
@@ -164,7 +177,9 @@ def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
         assert bob.post("/workspaces/share/keep", json={"hours": 1}).status_code == 200
         hub.exporter.util.update(before)
         hub.exporter.util[gpu_uuid] = 0.0
-        time.sleep(8)
+        # The service's own rounds, past the time its rule would have warned (3 s) and stopped
+        # (6 s) at: its clock, however slowly its rounds come on a busy machine.
+        sampled_past(hub, "workspace:bob/share", time.time() + 9)
         assert server(hub, "bob", "share")["ready"] and not bob.get("/notices").json()
         # The keep is taken back (a shorter one). The GPU is used for a while: no streak,
         # no notice. Then idle → warned → stopped.
@@ -172,7 +187,8 @@ def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
         with db(hub) as conn:
             conn.execute("UPDATE podbay_holdings SET keep_until=? WHERE key=? AND ended IS NULL",
                          (time.time(), "workspace:bob/share"))
-        time.sleep(8)
+        # Two rounds after the change: the first may have read the GPU or the keep before it.
+        sampled_past(hub, "workspace:bob/share", sampled_past(hub, "workspace:bob/share", time.time()))
         with db(hub) as conn:
             streak = conn.execute("SELECT idle_since FROM podbay_holdings WHERE key=? AND ended IS NULL",
                                   ("workspace:bob/share",)).fetchone()[0]

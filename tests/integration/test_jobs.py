@@ -62,8 +62,11 @@ def test_waits_behind_a_full_pool_then_runs_streams_and_ends(svc):
         wait_job(c, big["id"], {"running"})
         small = submit(c, name="small", gpus=1,
                        command=["sh", "-c", "for i in 1 2 3 4; do echo line $i; sleep 0.5; done; exit 3"])
-        time.sleep(1.5)
-        queued = c.get(f"/jobs/{small['id']}").json()
+        # Queued from the start, with its reason once the scheduler has looked at it.
+        deadline = time.monotonic() + 60
+        while "waiting for" not in (queued := c.get(f"/jobs/{small['id']}").json())["message"]:
+            assert queued["state"] == "queued" and time.monotonic() < deadline, queued
+            time.sleep(0.2)
         assert queued["state"] == "queued" and "waiting for 1 free GPUs in pool training" in queued["message"]
 
         assert c.delete(f"/jobs/{big['id']}").json()["state"] == "cancelled"
@@ -266,21 +269,22 @@ def test_a_slow_database_write_does_not_stall_other_requests(svc):
         db = sqlite3.connect(svc.data_dir / "ledger.sqlite", timeout=10, isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         try:
-            held_until = time.monotonic() + 4
-            slowest = 0.0
-            while time.monotonic() < held_until:  # the job ends meanwhile; its record waits
-                t0 = time.monotonic()
+            # Reads answer while the write lock is held: one that waited for it could not
+            # answer before the ROLLBACK below (only its busy timeout's 503). No bound on how
+            # long they take, which only says how busy the machine is.
+            ended = svc.data_dir / "jobs" / str(job["id"]) / "exit_code"
+            held_until, answered, deadline = time.monotonic() + 4, 0, time.monotonic() + 120
+            # The job ends meanwhile (its exit code written); the scheduler's record of it waits.
+            while time.monotonic() < held_until or answered < 3 or not ended.exists():
+                assert time.monotonic() < deadline, "the job did not end"
                 assert c.get("/catalog").status_code == 200
                 assert c.get(f"/jobs/{job['id']}").status_code == 200
-                slowest = max(slowest, time.monotonic() - t0)
+                answered += 1
                 time.sleep(0.1)
-            # The job did end while the lock was held, and the scheduler's write of it waits.
-            assert (svc.data_dir / "jobs" / str(job["id"]) / "exit_code").exists()
             assert c.get(f"/jobs/{job['id']}").json()["state"] == "running"
         finally:
             db.execute("ROLLBACK")
             db.close()
-        assert slowest < 1.0, f"a request took {slowest:.2f}s while a write waited for the lock"
         assert wait_job(c, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
 
 

@@ -140,7 +140,9 @@ def test_a_workspace_that_dies_while_starting_fails_at_once_with_its_log(hub):
     assert r.status_code == 500, r.text
     msg = r.json()["message"]
     assert "exited with status" in msg and "cannot mount volume" in msg
-    assert elapsed < 8, f"took {elapsed:.1f}s to report the failure"
+    # The message proves the quick path (the slow one is the hub's own wait, which times out
+    # after http_timeout, 60 s, in words of its own); the bound only rules that wait out.
+    assert elapsed < 30, f"took {elapsed:.1f}s to report the failure"
     assert ledger.taken() == before
     ledger.dispose()
 

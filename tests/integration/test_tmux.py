@@ -43,6 +43,13 @@ class Tmux:
             time.sleep(0.25)
         raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
 
+    def wait_for_shell(self, timeout: float = 60) -> None:
+        """Until the pane's foreground program is the shell again (the TUI has quit)."""
+        deadline = time.monotonic() + timeout
+        while self("display-message", "-p", "-t", "e2e", "#{pane_current_command}").strip() != "bash":
+            assert time.monotonic() < deadline, f"the TUI did not quit; the screen was:\n{self.screen()}"
+            time.sleep(0.1)
+
 
 def approve(browser, hub, user: str, link: str, code: str) -> str:
     """A browser session of `user` opens the link, checks the code and approves; the page's words."""
@@ -105,9 +112,9 @@ def test_login_workspace_job_and_logs_in_a_real_terminal(hub, tmp_path, browser)
         # A terminal cannot tell Escape-then-q from Alt-q when they come together.
         tmux.wait_for("user: alice")
         tmux.keys("q")
-        time.sleep(1)
+        tmux.wait_for_shell()
         tmux.keys("echo back-in-$((40+2))", "Enter")
-        tmux.wait_for("back-in-42", timeout=10)
+        tmux.wait_for("back-in-42")
         tmux.keys(f"{PODBAY} logout", "Enter")
         tmux.wait_for("Logged out.")
         # Revoked at the hub, not only forgotten here.
