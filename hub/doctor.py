@@ -11,7 +11,10 @@ A check that cannot be made says so (a warning), and never passes for want of an
 from __future__ import annotations
 
 import json
+import stat
+import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -177,6 +180,45 @@ def gpus_on_this_host(cfg: "PodbayConfig", discover=None) -> list[Finding]:
     return out
 
 
+def closed_to_others(path: Path) -> Path | None:
+    """Where another account is stopped on its way to `path` (a folder above it it may not
+    enter, or the file itself it may not read or run); None where it is open to all."""
+    path = path.resolve()
+    for folder in reversed(path.parents):  # from / down
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    mode = path.stat().st_mode
+    runs = path.is_dir() or mode & stat.S_IXUSR
+    return None if mode & stat.S_IROTH and (not runs or mode & stat.S_IXOTH) else path
+
+
+def installed_for_people(cfg: "PodbayConfig", backend: str) -> list[Finding]:
+    """Where people's workspaces or jobs run podbay's own Python as their accounts (local
+    workspaces, or Slurm without a container, beside slurm's run_as: person), every account
+    must reach it: podbay installed in a home, a checkout or a venv private to its owner works
+    for the hub and fails for everyone else, with no sentence but a Permission denied in a log."""
+    import sysconfig
+
+    from .backends import runs_as_people
+
+    if not runs_as_people(cfg, backend) or (backend != "local" and cfg.slurm.container != "none"):
+        return []
+    python = Path(sys.executable)
+    podbay = Path(__file__).resolve().parent
+    needed = [python, Path(sysconfig.get_paths()["stdlib"]), podbay, python.parent / "jupyterhub-singleuser"]
+    for path in needed:
+        closed = closed_to_others(path) if path.exists() else None
+        if closed is not None:
+            return [Finding.fail(
+                f"people's workspaces and jobs run podbay's Python ({python}) as their own accounts, but those "
+                f"cannot reach {path}: {closed} is closed to them (mode {stat.S_IMODE(closed.stat().st_mode):o})",
+                "install podbay where every account may read it, as a site installs its software "
+                "(python3 -m venv /opt/podbay && /opt/podbay/bin/pip install 'podbay[hub]'), and run the hub "
+                "from there; or open that folder to others (chmod o+x)")]
+    return [Finding.ok(f"podbay's Python ({python}) and podbay itself are open to the accounts people's "
+                       "workspaces and jobs run as")]
+
+
 async def diagnose(cfg: "PodbayConfig", plugin: "Backend", *, hub_url: str | None = None,
                    token: str | None = None) -> list[Finding]:
     import asyncio
@@ -187,6 +229,7 @@ async def diagnose(cfg: "PodbayConfig", plugin: "Backend", *, hub_url: str | Non
     findings += await hub_api(hub_url, token)
     findings += await utilisation(cfg, not plugin.places(cfg))
     findings += await plugin.doctor(cfg)
+    findings += installed_for_people(cfg, plugin.name)
     # The engines of pools that are not the backend's (the hybrid's Slurm pool): theirs too.
     from .backends import load
 

@@ -85,6 +85,9 @@ class Hub:
     log_path: Path | None = None
     # The proxy's API token, so a test can add a route of its own (what a workspace serves).
     proxy_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    # The Python podbay runs on: this run's, or a site install every account may run (where
+    # the hub's workspaces or jobs become people: tests/standins/site_install.py).
+    python: str = sys.executable
 
     @property
     def url(self) -> str:
@@ -106,14 +109,14 @@ class Hub:
         """`podbay up`; with own_config, `jupyterhub -f` the operator's own
         jupyterhub_config.py that the test wrote in the data directory."""
         self.log_path = self.data_dir / "podbay-up.log"
-        cmd = [sys.executable, "-m", "podbay.hub.cli", "up", "--config", str(self.config),
+        cmd = [self.python, "-m", "podbay.hub.cli", "up", "--config", str(self.config),
                "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.keep_workspaces:
             cmd.append("--keep-workspaces")
         if self.spawner:
             cmd += ["--spawner", self.spawner]
         if own_config:
-            cmd = [sys.executable, "-m", "jupyterhub", "-f", str(self.data_dir / "jupyterhub_config.py")]
+            cmd = [self.python, "-m", "jupyterhub", "-f", str(self.data_dir / "jupyterhub_config.py")]
         env = self.env
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -222,13 +225,14 @@ class Hub:
         return alloc.ref["pid"]
 
 
-def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool, extra_env: dict[str, str] | None = None) -> Hub:
+def hub_on(cfg: dict, tmp_path: Path, keep_workspaces: bool, extra_env: dict[str, str] | None = None,
+           python: str = sys.executable) -> Hub:
     """A hub of its own, started on this podbay.yaml (written under tmp_path)."""
     config = tmp_path / "podbay.yaml"
     config.write_text(yaml.safe_dump(cfg))
     (tmp_path / "data").mkdir()
     hub = Hub(config=config, data_dir=tmp_path / "data", port=free_port_block(), keep_workspaces=keep_workspaces,
-              extra_env=extra_env or {})
+              extra_env=extra_env or {}, python=python)
     hub.start()
     return hub
 
@@ -336,7 +340,10 @@ def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), n
     only what the applied Roles and bindings grant; tests look with ADMIN_TOKEN."""
     import json
 
-    cmd = [sys.executable, "-m", "tests.standins.k8s_cluster", "--state", str(state), "--nodes", str(nodes)]
+    from tests.standins.site_install import site_python
+
+    cmd = [sys.executable, "-m", "tests.standins.k8s_cluster", "--state", str(state), "--nodes", str(nodes),
+           "--image-bin", str(site_python().parent)]
     for path in apply:
         cmd += ["--apply", str(path)]
     if not controllers:

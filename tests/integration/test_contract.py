@@ -40,6 +40,7 @@ from tests.harness import (
     stand_in_cluster_running,
     wait_job,
 )
+from tests.standins.site_install import site_python
 
 CONFIG = ROOT / "tests" / "data" / "podbay-contract.yaml"
 BACKENDS = ["local", "docker", "kubernetes", "slurm"]
@@ -333,7 +334,10 @@ def engine(request, tmp_path_factory):
         data_dir = tmp_path_factory.mktemp(f"contract-{request.param}")
     else:
         data_dir = tmp_path_factory.mktemp(f"contract-{request.param}")
-    hub = Hub(config=config, data_dir=data_dir, port=free_port_block(), keep_workspaces=True, extra_env=env)
+    # Where people's jobs run podbay as them, from where the site installed it for everyone.
+    python = str(site_python()) if request.param == "docker+slurm" else sys.executable
+    hub = Hub(config=config, data_dir=data_dir, port=free_port_block(), keep_workspaces=True, extra_env=env,
+              python=python)
     hub.start()
     if request.param == "docker+slurm":
         driver = HybridDriver(hub, docker, people)

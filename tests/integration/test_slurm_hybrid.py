@@ -24,6 +24,7 @@ from tests.integration.test_docker import container_of, sh
 from tests.integration.test_slurm import service
 from tests.integration.test_slurm_identity import lab_writes_her_config, owner
 from tests.standins.dcgm_exporter import Exporter
+from tests.standins.site_install import site_python
 from tests.standins.slurm_cluster import wait_for
 
 pytestmark = pytest.mark.hub
@@ -55,7 +56,8 @@ def test_a_docker_workspace_is_her_account_in_her_cluster_home_and_her_jobs_on_s
     cfg["usage"] = {"source": {"type": "dcgm", "urls": [exporter.url]}, "interval": 1}
     # The hub's folder too: her job reads the scratch volume's source as her.
     (view / "hub").mkdir(mode=0o755)
-    hub = hub_on(cfg, view / "hub", keep_workspaces=False)
+    # Her workspace and jobs run podbay as her: from where the site installed it for everyone.
+    hub = hub_on(cfg, view / "hub", keep_workspaces=False, python=str(site_python()))
     home = slurm_people.home("pbt-alice")
     alice = pwd.getpwnam("pbt-alice")
     try:

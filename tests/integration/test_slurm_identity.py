@@ -35,6 +35,18 @@ def config(cluster, **top):
     })
 
 
+@pytest.fixture(autouse=True)
+def podbay_as_the_site_installed_it(monkeypatch):
+    """The engine in this process starts podbay's launcher as the person (sys.executable -m
+    podbay.hub.launch): from the site's install, which every account may run, as a hub
+    installed for its people does; not from this checkout, which may be private."""
+    import sys
+
+    from tests.standins.site_install import site_python
+
+    monkeypatch.setattr(sys, "executable", str(site_python()))
+
+
 @pytest.fixture
 def jobs(slurm_cluster, slurm_people, tmp_path):
     backend = SlurmJobs(config(slurm_cluster), tmp_path / "unused")

@@ -77,6 +77,9 @@ PLURALS = {kind: key for key, (kind, _, _) in CLUSTER_RESOURCES.items()}
 TERMINATED = {"Succeeded", "Failed"}
 # Where the device plugin keeps the IDs it hands out: a test-only annotation on the Node.
 DEVICES = "devices.test.podbay.io/"
+# The images' software (jupyterhub-singleuser, podbay's workspace files): a site install of
+# podbay that every account may run (tests/standins/site_install.py; --image-bin), as an
+# image carries its own, never the checkout the tests run from.
 BIN = str(Path(sys.executable).parent)
 # image -> (entrypoint, cmd, (uid, gid)), as its Dockerfile says (images/base: USER 1000:100,
 # tini -- jupyterhub-singleuser).
@@ -887,7 +890,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, help="YAML {token: user}: authentication and RBAC on")
     parser.add_argument("--no-controllers", action="store_true",
                         help="the API server only: objects stay as applied (benchmarks of reading)")
+    parser.add_argument("--image-bin", type=Path, help="the images' programs (default: beside this Python)")
     args = parser.parse_args()
+    if args.image_bin:
+        global IMAGE_PATH
+        IMAGE_PATH = IMAGE_PATH.replace(BIN, str(args.image_bin), 1)
     args.state.mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(args.state, args.nodes, args.apply, controllers=not args.no_controllers, tokens=args.tokens))
 

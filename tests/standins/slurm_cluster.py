@@ -150,31 +150,8 @@ class People:
         return subprocess.run(["setpriv", f"--reuid={SERVICE}", f"--regid={SERVICE}", "--init-groups", "--", *argv],
                               capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, cwd="/")
 
-    # Folders opened to the people for the run (path → its mode before), restored at the end.
-    opened: dict[Path, int] = field(default_factory=dict)
-
     def remove(self) -> None:
         SUDOERS.unlink(missing_ok=True)
-        for path, mode in self.opened.items():
-            path.chmod(mode)
-
-
-def _reachable_python() -> dict[Path, int]:
-    """Let every account enter the folders above this run's Python (pyenv's under a 0700
-    /root, here) and podbay's checkout: a workspace that becomes the person runs the hub's
-    jupyterhub-singleuser, as a site's would from where it installed podbay for everyone.
-    Entering only (o+x), not listing; undone by People.remove."""
-    import stat
-    import sys
-
-    opened = {}
-    for target in (Path(sys.executable).resolve(), Path(__file__).resolve()):
-        for folder in target.parents:
-            mode = stat.S_IMODE(folder.stat().st_mode)
-            if not mode & stat.S_IXOTH:
-                opened.setdefault(folder, mode)
-                folder.chmod(mode | stat.S_IXOTH)
-    return opened
 
 
 def _account(name: str, home: Path, groups: list[str]) -> None:
@@ -218,7 +195,7 @@ def people(cluster: SlurmCluster, shared: Path) -> People:
     SUDOERS.chmod(0o440)
     for account, team in PEOPLE.items():
         cluster.run("sacctmgr", "-i", "add", "user", account, f"Account={team},contract-{team}", f"DefaultAccount={team}")
-    return People(shared, dict(PEOPLE), _reachable_python())
+    return People(shared, dict(PEOPLE))
 
 
 def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "slurm", keep_workspaces: bool = False,
@@ -229,6 +206,7 @@ def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "sl
     import yaml
 
     from tests.harness import Hub, free_port_block
+    from tests.standins.site_install import site_python
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "podbay-contract.yaml").read_text())
     cfg["images"][0].pop("build", None)
@@ -239,7 +217,7 @@ def start_hub(cluster: SlurmCluster, folder: Path, edit=None, backend: str = "sl
     (folder / "data").mkdir()
     hub = Hub(config=config, data_dir=folder / "data", port=free_port_block(), keep_workspaces=keep_workspaces,
               extra_env={"PODBAY_BACKEND": backend, "SLURM_CONF": str(cluster.conf), **(extra_env or {})},
-              spawner=plain)
+              spawner=plain, python=str(site_python()))
     hub.start()
     return hub
 

@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from podbay.hub.doctor import Finding, hub_api, render
 from tests.standins.json_server import serve_json
@@ -110,3 +111,41 @@ def test_the_declared_gpus_are_checked_against_this_hosts_driver(tmp_path):
 
     (unseen,) = gpus_on_this_host(cfg, no_driver)
     assert unseen.level == "warn" and "not checked" in unseen.what
+
+
+def test_podbay_must_be_open_to_the_accounts_that_run_it(tmp_path, monkeypatch):
+    """Where people's workspaces and jobs run podbay's own Python as their accounts, an install
+    private to its owner (a 0700 home or checkout, pytest's tmp here) is said, with its fix."""
+    import os
+    import shutil
+    import tempfile
+
+    from podbay.hub import backends
+    from podbay.hub.config import load_config
+    from podbay.hub.doctor import closed_to_others, installed_for_people
+    from tests.harness import TEST_CONFIG
+
+    private = tmp_path / "venv" / "bin"
+    private.mkdir(parents=True)
+    (private / "python").write_text("")
+    (private / "python").chmod(0o755)
+    closed = closed_to_others(private / "python")
+    assert closed is not None and closed in (private / "python").parents
+    shared = Path(tempfile.mkdtemp(prefix="podbay-open-"))
+    try:
+        shared.chmod(0o755)
+        (shared / "python").write_text("")
+        (shared / "python").chmod(0o755)
+        assert closed_to_others(shared / "python") is None
+        (shared / "python").chmod(0o700)  # a program only its owner may run
+        assert closed_to_others(shared / "python") == shared / "python"
+    finally:
+        shutil.rmtree(shared)
+
+    cfg = load_config(TEST_CONFIG)
+    assert installed_for_people(cfg, "local") == []  # workspaces run as the hub: nothing to say
+    monkeypatch.setattr(backends, "runs_as_people", lambda cfg, backend: True)
+    monkeypatch.setattr(sys, "executable", str(private / "python"))
+    (finding,) = installed_for_people(cfg, "local")
+    assert finding.level == "fail" and str(closed) in finding.what and "/opt/podbay" in finding.fix
+    assert os.path.exists(sys.executable)

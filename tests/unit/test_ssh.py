@@ -214,17 +214,24 @@ def test_a_workspace_of_another_account_takes_registered_keys_only(tmp_path, use
     home = Path(tempfile.mkdtemp(prefix="podbay-nobody-"))  # nobody must reach it: not under pytest's 0700 tmp
     home.chmod(0o755)
     os.chown(home, 65534, 65534)
+    # The launcher as an image installs it (install -m 0644 into its site-packages): nobody
+    # runs a copy in a folder of root's open to all, not the file in this checkout.
+    installed = Path(tempfile.mkdtemp(prefix="podbay-sshd-"))
+    installed.chmod(0o755)
+    shutil.copyfile(podbay_sshd.__file__, installed / "podbay_sshd.py")
+    (installed / "podbay_sshd.py").chmod(0o644)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     launcher = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                 *(["unshare", "--user", "--map-current-user"] if user_namespace else []),
                 "env", f"HOME={home}", f"PODBAY_SERVICE_URL=http://127.0.0.1:{service.server_port}",
-                "JUPYTERHUB_API_TOKEN=workspace-token", "/usr/bin/python3", "-I", podbay_sshd.__file__, "serve", str(port)]
+                "JUPYTERHUB_API_TOKEN=workspace-token", "/usr/bin/python3", "-I", str(installed / "podbay_sshd.py"), "serve",
+                str(port)]
     log = tmp_path / "sshd.log"
     proc = subprocess.Popen(launcher, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # a poll's limit: it returns when sshd listens
         while "Server listening" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
@@ -245,7 +252,7 @@ def test_a_workspace_of_another_account_takes_registered_keys_only(tmp_path, use
         proc.terminate()
         proc.wait(10)
         service.shutdown()
-        subprocess.run(["rm", "-rf", str(home)])
+        subprocess.run(["rm", "-rf", str(home), str(installed)])
     # The launcher ends its sshd with it: nothing listens on the port any more.
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
