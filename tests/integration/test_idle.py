@@ -90,6 +90,7 @@ def server(hub, user, name) -> dict | None:
         return api.get(f"/users/{user}").json()["servers"].get(name)
 
 
+@pytest.mark.timing
 def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_across_a_hub_restart(idle_hub, tmp_path):
     hub = idle_hub
     shots = str(os.environ.get("PODBAY_SCREENSHOT_DIR", tmp_path))
@@ -160,6 +161,7 @@ def test_idle_gpu_is_warned_then_restarted_on_cpu_keeping_home_and_volumes_acros
         hub.stop_server("alice", "idle")
 
 
+@pytest.mark.timing
 def test_stop_rule_stops_and_activity_or_keep_holds_it(idle_hub):
     hub = idle_hub
     with service(hub, "bob") as bob:

@@ -56,6 +56,7 @@ def test_submit_from_a_running_workspace(svc):
     assert done["devices"][0].startswith("GPU-22222222")
 
 
+@pytest.mark.timing
 def test_waits_behind_a_full_pool_then_runs_streams_and_ends(svc):
     with api(svc, "alice") as c:
         big = submit(c, name="big", gpus=2, command=["sleep", "300"])
@@ -64,7 +65,7 @@ def test_waits_behind_a_full_pool_then_runs_streams_and_ends(svc):
                        command=["sh", "-c", "for i in 1 2 3 4; do echo line $i; sleep 0.5; done; exit 3"])
         # Queued from the start, with its reason once the scheduler has looked at it.
         deadline = time.monotonic() + 60
-        while "waiting for" not in (queued := c.get(f"/jobs/{small['id']}").json())["message"]:
+        while "free GPUs" not in (queued := c.get(f"/jobs/{small['id']}").json())["message"]:
             assert queued["state"] == "queued" and time.monotonic() < deadline, queued
             time.sleep(0.2)
         assert queued["state"] == "queued" and "waiting for 1 free GPUs in pool training" in queued["message"]
@@ -120,6 +121,7 @@ def _service_pid(hub) -> int:
     raise AssertionError("podbay service not found")
 
 
+@pytest.mark.timing
 def test_kill_9_of_the_service_loses_nothing_and_runs_nothing_twice(svc):
     with api(svc, "alice") as c:
         marker = svc.data_dir / "homes" / "alice" / "runs.txt"
@@ -258,6 +260,7 @@ def test_logs_come_as_bytes_so_a_read_may_end_inside_a_character(svc):
         assert c.get(logs, params={"cursor": "²"}).status_code == 400
 
 
+@pytest.mark.timing
 def test_a_slow_database_write_does_not_stall_other_requests(svc):
     """The scheduler records a job's end while another program holds the database's write
     lock (a long transaction, a slow disk): that write waits, in a thread, and the service
@@ -288,6 +291,7 @@ def test_a_slow_database_write_does_not_stall_other_requests(svc):
         assert wait_job(c, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
 
 
+@pytest.mark.timing
 def test_cancelling_a_slow_job_does_not_hold_up_the_others(svc):
     """A job that ignores SIGTERM takes the whole grace period to stop: meanwhile the
     scheduler starts and finishes other jobs, and a second cancel waits for the first."""

@@ -141,6 +141,7 @@ async def test_waiting_jobs_say_slurms_reason(jobs):
         assert (await until(jobs, ref, {"lost", "exited"})).message.startswith("CANCELLED")
 
 
+@pytest.mark.timing
 async def test_cancel_ends_a_running_job(jobs):
     ref = await jobs.submit(spec(jobs, ["sleep", "300"], gpus=1))
     await until(jobs, ref, {"running"})
@@ -183,6 +184,7 @@ async def test_what_slurm_refuses_is_quoted(jobs):
         await jobs.submit(spec(jobs, ["true"], queue="nosuch"))
 
 
+@pytest.mark.timing
 async def test_jobs_wait_while_slurm_is_down(jobs, slurm_cluster):
     running = await jobs.submit(spec(jobs, ["sleep", "20"]))
     await until(jobs, running, {"running"})
@@ -298,6 +300,7 @@ def test_what_slurm_would_reject_is_refused_at_submit_in_its_words(shub):
     assert "job GPUs     0 in use, limit 2 (set by slurm for account contract-vision)" in said.stdout, said.stdout
 
 
+@pytest.mark.timing
 def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):
     from tests.harness import wait_job
 
@@ -317,6 +320,7 @@ def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):
         assert done["state"] == "failed" and done["message"].startswith("TIMEOUT: it ran past its time limit"), done
 
 
+@pytest.mark.timing
 def test_jobs_wait_while_slurm_is_down_and_nothing_is_lost(shub, slurm_cluster):
     from tests.harness import wait_job
 
@@ -338,6 +342,7 @@ def test_jobs_wait_while_slurm_is_down_and_nothing_is_lost(shub, slurm_cluster):
     assert len(slurm_jobs_named(slurm_cluster, f"api-{job['id']}")) == 1
 
 
+@pytest.mark.timing
 def test_a_service_killed_during_a_submit_and_a_run_leaves_one_slurm_job_each(shub, slurm_cluster):
     import os
     import signal
@@ -386,6 +391,7 @@ def test_a_service_killed_during_a_submit_and_a_run_leaves_one_slurm_job_each(sh
         assert len(slurm_jobs_named(slurm_cluster, f"api-{job['id']}")) == 1, job
 
 
+@pytest.mark.timing
 def test_the_cli_shows_slurms_reason_and_the_pools_nodes(shub, slurm_cluster, tmp_path):
     import subprocess
     import sys

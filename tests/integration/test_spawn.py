@@ -17,7 +17,8 @@ import pytest
 
 from tests.harness import environ_of, free_port_block, have_proxy, Hub, require, TEST_CONFIG
 
-pytestmark = pytest.mark.hub
+# Restarts, kills and ports taken meanwhile: its tests share one hub and run in order.
+pytestmark = [pytest.mark.hub, pytest.mark.timing]
 
 MIG_1G = {"MIG-11111111-0003-4000-8000-000000000003", "MIG-11111111-0004-4000-8000-000000000004"}
 SHARED = "GPU-11111111-0000-4000-8000-000000000001"

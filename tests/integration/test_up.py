@@ -69,6 +69,7 @@ def test_ctrl_c_stops_everything(tmp_path):
     ledger.dispose()
 
 
+@pytest.mark.timing
 def test_a_killed_hubs_service_stops_too(tmp_path):
     """A hub killed outright (SIGKILL, the OOM killer) does not stop its managed services:
     podbay's would go on running jobs from the quota book beside the next hub's. It stops,

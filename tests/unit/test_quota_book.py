@@ -289,6 +289,7 @@ def _race(db_url: str, config: str, key: str, barrier):
 
 
 @pytest.mark.parametrize("round_", range(4))
+@pytest.mark.timing
 def test_two_processes_racing_for_the_last_device(db_url, round_):
     QuotaBook(db_url).dispose()  # migrate first
     outcomes = _racing(_race, [(db_url, str(TEST_CONFIG), f"workspace:u{i}/x") for i in range(2)])
@@ -304,6 +305,7 @@ RACERS = ["mig-3g.40gb", "shared-1/2", "mig-1g.10gb", "shared-1/2",
 UNITS = {"mig-3g.40gb": Fraction(3, 7), "shared-1/2": Fraction(1, 2), "mig-1g.10gb": Fraction(1, 7)}
 
 
+@pytest.mark.timing
 def test_quota_holds_under_concurrent_claims(db_url):
     """Eight processes at once ask for slices of 3/7, 1/2 and 1/7 GPU against one 1-unit
     quota. What is granted is exactly what is held, never above the quota, and every
