@@ -11,6 +11,7 @@ A check that cannot be made says so (a warning), and never passes for want of an
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 from dataclasses import asdict, dataclass
@@ -183,10 +184,12 @@ def gpus_on_this_host(cfg: "PodbayConfig", discover=None) -> list[Finding]:
 def closed_to_others(path: Path) -> Path | None:
     """Where another account is stopped on its way to `path` (a folder above it it may not
     enter, or the file itself it may not read or run); None where it is open to all."""
+    # The way as named (a venv's bin/python is a link in the venv's folder) and where it leads.
+    for way in dict.fromkeys((Path(os.path.abspath(path)), path.resolve())):
+        for folder in reversed(way.parents):  # from / down
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                return folder
     path = path.resolve()
-    for folder in reversed(path.parents):  # from / down
-        if not folder.stat().st_mode & stat.S_IXOTH:
-            return folder
     mode = path.stat().st_mode
     runs = path.is_dir() or mode & stat.S_IXUSR
     return None if mode & stat.S_IROTH and (not runs or mode & stat.S_IXOTH) else path

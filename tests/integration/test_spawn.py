@@ -224,6 +224,11 @@ def test_a_workspace_whose_port_was_taken_meanwhile_starts_on_another(tmp_path):
             held_devices = [k for _node, k in ledger.taken()]
             env = environ_of(hub.workspace_pid("alice", "w"))
             assert held_devices == [env["CUDA_VISIBLE_DEVICES"]]
+            # The server has this start's token (the hub knows it as the server's own), which
+            # a browser's login to it and its activity reports need.
+            me = httpx.get(f"{hub.url}/hub/api/user", timeout=30,
+                           headers={"Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}"})
+            assert me.status_code == 200 and me.json().get("name") == "alice", me.text
             assert ledger.get("workspace:alice/w").ref["pid"] == hub.workspace_pid("alice", "w")
             ledger.dispose()
             # The hub routes to the port the server did bind.

@@ -9,10 +9,12 @@ everyone. This is that install, made once per test run:
 - a virtual environment in a root-owned 0755 folder under /tmp, on a Python every account may
   run (this run's own where every folder above it is open to all, else the system's of the
   same version);
-- the run's dependencies hard-linked into it from the checkout's .venv (no copy, no download);
-- podbay itself from a wheel built from the checkout (`pip wheel`), installed as a user
-  installs it, with its console scripts; the other distributions' console scripts
-  (jupyterhub-singleuser) written for it as pip writes them.
+- the run's dependencies hard-linked into it from the checkout's .venv (copied where /tmp is
+  another filesystem);
+- podbay itself from a wheel built from a clean copy of the checkout's sources (`pip wheel`,
+  its build backend fetched as any build does), installed as a user installs it, with its
+  console scripts; the other distributions' console scripts (jupyterhub-singleuser)
+  written for it as pip writes them.
 
 Nothing in the checkout is opened to anyone.
 """
@@ -63,6 +65,15 @@ def _console_script(python: Path, module: str, attr: str) -> str:
 def build(dest: Path) -> Path:
     """Install podbay and this run's environment under `dest` (a new, empty folder); answer
     the install's Python."""
+    # What is made here is for every account to read, whatever the run's own umask.
+    umask = os.umask(0o022)
+    try:
+        return _build(dest)
+    finally:
+        os.umask(umask)
+
+
+def _build(dest: Path) -> Path:
     dest.chmod(0o755)
     venv = dest / "venv"
     subprocess.run([str(_interpreter()), "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
@@ -98,10 +109,18 @@ def build(dest: Path) -> Path:
             script = venv / "bin" / name.strip()
             script.write_text(_console_script(python, module.strip(), attr.split("[")[0].strip()))
             script.chmod(0o755)
-    with tempfile.TemporaryDirectory() as wheels:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, str(ROOT)],
-                       check=True, capture_output=True, cwd=ROOT)
-        (wheel,) = Path(wheels).glob("podbay-*.whl")
+    with tempfile.TemporaryDirectory() as tmp:
+        # From a copy of what the wheel is made of: a build in the checkout keeps setuptools'
+        # build/ there, where a module deleted since would still go into the wheel.
+        source, wheels = Path(tmp) / "source", Path(tmp) / "wheels"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(ROOT / name, source / name)
+        for package in ("hub", "tui"):
+            shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
+                       check=True, capture_output=True, cwd=tmp)
+        (wheel,) = wheels.glob("podbay-*.whl")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
                         str(wheel)], check=True, capture_output=True)
     # configurable-http-proxy and the other programs the README's setup links beside Python.
@@ -118,7 +137,10 @@ def site_python() -> Path:
     dest = Path(tempfile.mkdtemp(prefix="podbay-site-"))
     atexit.register(shutil.rmtree, dest, ignore_errors=True)
     python = build(dest)
-    bad = [p for p in (python, python.parent / "jupyterhub-singleuser") if not open_to_all(p)]
+    installed = python.parent.parent / "lib" / VERSION / "site-packages"
+    needed = [python, python.parent / "jupyterhub-singleuser", installed / "podbay" / "hub" / "__init__.py",
+              installed / "jupyterhub" / "__init__.py"]
+    bad = [p for p in needed if not open_to_all(p)]
     assert not bad, f"the site install is not open to every account: {bad}"
     return python
 

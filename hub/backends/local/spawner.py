@@ -121,7 +121,11 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
                 # the likelier the busier the machine. The same claim, another port.
                 self.log.warning("%s: port %s was taken before its server bound it; starting again on another",
                                  self.podbay_key, port)
-                await super(PodbaySpawnerMixin, self).stop(now=True)  # the server, not the claim
+                # The server, not the claim; and the token JupyterHub made for this start, which
+                # the stop forgets (clear_state) and the next try's server must present.
+                token = self.api_token
+                await super(PodbaySpawnerMixin, self).stop(now=True)
+                self.api_token = token
                 log.write(f"--- podbay: port {port} was taken meanwhile; starting again on another\n".encode())
                 log.flush()
                 self._watch_log_from(log.tell())
@@ -147,16 +151,22 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
 
     def _port_taken(self, port: int) -> bool:
         """Whether the server found its port taken, in jupyter-server's own words (it says so,
-        and may linger for seconds before it exits). Read on from where the last look ended:
-        it runs at every poll of a starting workspace, on the hub's loop."""
+        and may linger for seconds before it exits). It runs at every poll of a starting
+        workspace, on the hub's loop: a stat while the log has not grown, and never more than
+        its last 64 KiB read (a person's startup files may print without end)."""
         if self._port_lost != port:
             try:
+                size = os.stat(self.log_path).st_size
+                if size <= self._log_seen:
+                    return False
                 with self.log_path.open("rb") as f:
-                    f.seek(self._log_seen)
-                    new = f.read()
+                    start = max(self._log_seen, size - 65536)
+                    f.seek(start)
+                    new = f.read(size - start)
             except OSError:
                 return False
-            text, self._log_seen = self._log_carry + new, self._log_seen + len(new)
+            carry = self._log_carry if start == self._log_seen else b""
+            text, self._log_seen = carry + new, start + len(new)
             self._log_carry = text[-80:]  # a line cut between two looks
             if f"The port {port} is already in use".encode() in text:
                 self._port_lost = port
