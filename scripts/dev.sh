@@ -77,7 +77,7 @@ setup_system() {
   if [ "${1:-}" = test ]; then
     command -v chromium >/dev/null || missing+=(chromium)
     command -v tmux >/dev/null || missing+=(tmux)
-    # The CPU load the timing tests run a second time beside (run_tests below).
+    # The CPU load the timing tests run beside (run_tests below).
     command -v stress-ng >/dev/null || missing+=(stress-ng)
     # GPU utilisation read through a real Prometheus scraping an exporter as a cluster's does.
     command -v prometheus >/dev/null || missing+=(prometheus)
@@ -182,31 +182,14 @@ start_image_build() {
 }
 
 # Shared CI runners and laptops are busy machines. A whole-suite run runs the tests whose
-# outcome depends on time or concurrency (pytest -m timing: restarts, kills, races, idle
-# clocks, Slurm outages) beside a CPU load of one busy process per core, at the suite's own
-# priority, after the others. Once, not twice: a second, idle pass of them (about 6 minutes
-# here) would take the whole run past CI's 40; what passes beside the load passes without.
-LOAD=""
+# outcome depends on time or concurrency (the `timing` marker: restarts, kills, races, idle
+# clocks, Slurm outages) last, beside a CPU load of one busy process per core at the suite's
+# own priority (tests/conftest.py, --cpu-load). Once, in the same run: a second, idle pass
+# of them (about 6 minutes here) would take CI past its 40; what passes beside the load
+# passes without it.
 run_tests() {
-  local arg
-  for arg in "$@"; do
-    case "$arg" in -m|-m*) "$VENV/bin/python" -m pytest "$@"; return ;; esac  # their own selection
-  done
-  whole_suite "$@" || { "$VENV/bin/python" -m pytest "$@"; return; }
-  local first=0 second=0
-  "$VENV/bin/python" -m pytest "$@" -m "not timing" || first=$?
-  log "the timing tests, beside stress-ng --cpu $(nproc)"
-  stress-ng --cpu "$(nproc)" --quiet &
-  LOAD=$!
-  "$VENV/bin/python" -m pytest "$@" -m timing || second=$?
-  kill "$LOAD" 2>/dev/null || true
-  wait "$LOAD" 2>/dev/null || true
-  LOAD=""
-  # 5: a pass that an option (-k) left with no test, which is no failure while the other ran some.
-  if [ "$first" = 5 ] && [ "$second" != 5 ]; then first=0; fi
-  if [ "$second" = 5 ] && [ "$first" != 5 ]; then second=0; fi
-  if [ "$first" != 0 ]; then return "$first"; fi
-  return "$second"
+  if whole_suite "$@"; then set -- "$@" --cpu-load; fi
+  "$VENV/bin/python" -m pytest "$@"
 }
 
 cmd="${1:-}"; shift || true
@@ -226,7 +209,6 @@ case "$cmd" in
     setup_docker
     start_image_build "$@"
     export PODBAY_REQUIRE_ALL="${CI:-}"
-    trap '[ -z "$LOAD" ] || kill "$LOAD" 2>/dev/null' EXIT
     status=0
     run_tests "$@" || status=$?
     stop_docker

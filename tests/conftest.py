@@ -17,6 +17,12 @@ import pytest
 from tests.harness import _sweep, DOCKER_CONFIG, free_port_block, have_proxy, Hub, IMAGE, real_browser, require, TEST_CONFIG
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cpu-load", action="store_true",
+                     help="run the timing tests (marker: timing) last, beside stress-ng keeping every core busy at "
+                          "the suite's own priority, as on a shared CI runner or a laptop doing other work")
+
+
 def pytest_sessionstart(session):
     # CI runs from a checkout private to its owner (.ci/run): a test that passes only where
     # the checkout is open to all would hide what a person's account cannot reach.
@@ -29,20 +35,49 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
-    # The docker tests last (the docker file, the contract suite's docker half): scripts/dev.sh
-    # builds their image meanwhile. A stable sort keeps each hub's tests together.
-    def needs_the_image(item) -> bool:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        return item.nodeid.startswith("tests/integration/test_docker.py") or params.get("engine") == "docker"
-
-    items.sort(key=needs_the_image)
     # The contract's restarts and deaths on the local engine are timing tests too (the other
-    # engines' run in the main pass only: their cluster or image is not worth a second start).
+    # engines' are not worth their cluster or image under load).
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if item.nodeid.startswith("tests/integration/test_contract.py") and params.get("engine") == "local" and \
                 item.originalname in CONTRACT_TIMING:
             item.add_marker(pytest.mark.timing)
+
+    # The docker tests last (the docker file, the contract suite's docker half): scripts/dev.sh
+    # builds their image meanwhile. With --cpu-load the timing tests after them, beside the
+    # load. A stable sort keeps each hub's tests together.
+    def needs_the_image(item) -> bool:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        return item.nodeid.startswith("tests/integration/test_docker.py") or params.get("engine") == "docker"
+
+    loaded = config.getoption("--cpu-load")
+    items.sort(key=lambda item: (loaded and item.get_closest_marker("timing") is not None, needs_the_image(item)))
+
+
+_load: subprocess.Popen | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """The CPU load starts with the first timing test (they run last with --cpu-load) and
+    lasts to the end of the run: one busy process per core, at the suite's own priority."""
+    global _load
+    if _load is not None or not item.config.getoption("--cpu-load") or item.get_closest_marker("timing") is None:
+        return
+    require(shutil.which("stress-ng") is not None, "stress-ng is not installed (apt-get install stress-ng)")
+    cores = os.cpu_count() or 1
+    _load = subprocess.Popen(["stress-ng", "--cpu", str(cores), "--quiet"], stdin=subprocess.DEVNULL)
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    capture = item.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # said in the run's output, not the test's
+            reporter.write_line(f"\nthe timing tests from here, beside stress-ng --cpu {cores}")
+
+
+def pytest_sessionfinish(session):
+    if _load is not None:
+        _load.terminate()
+        _load.wait()
 
 
 CONTRACT_TIMING = {"test_a_hub_restart_adopts_running_workspaces_and_jobs",
