@@ -251,13 +251,18 @@ def shub(slurm_cluster, tmp_path_factory):
                                     f"sleep 2;; esac\nexec {shutil.which('sbatch')} \"$@\"\n")
     (bin_dir / "sbatch").chmod(0o755)
 
+    # Its own job names: this hub's job ids start at 1 like every hub's of the run on this
+    # cluster (the timing tests' hub comes after the others'), and Slurm remembers them all.
+    prefix = f"api{uuid.uuid4().hex[:6]}"
+
     def edit(cfg):
         cfg["pools"]["ghost"] = {}
-        cfg["slurm"] = {**cfg["slurm"], "bin_dir": str(bin_dir), "job_prefix": "api", "time_max": "1-00:00:00",
+        cfg["slurm"] = {**cfg["slurm"], "bin_dir": str(bin_dir), "job_prefix": prefix, "time_max": "1-00:00:00",
                         "partitions": {"training": "gpu", "ghost": "nosuch"},
                         "accounts": {"vision": "contract-vision", "nlp": "no-such-account"}}
     hub = start_hub(slurm_cluster, tmp, edit)
     hub.sbatch_started = tmp / "sbatch-started"
+    hub.job_name = lambda job: f"{prefix}-{job['id']}"
     yield hub
     hub.stop()
 
@@ -309,7 +314,7 @@ def test_a_time_limit_overrun_fails_with_slurms_reason(shub, slurm_cluster):
                                       "command": ["sleep", "300"]}).json()
         assert job["time_limit"] == "2"
         job = wait_job(api, job["id"], {"running"}, timeout=60)
-        (slurm_id,) = slurm_jobs_named(slurm_cluster, f"api-{job['id']}")
+        (slurm_id,) = slurm_jobs_named(slurm_cluster, shub.job_name(job))
         assert "TimeLimit=00:02:00" in slurm_cluster.run("scontrol", "show", "job", slurm_id).stdout
         deadline = time.monotonic() + 15  # podbay asks Slurm again after a few seconds
         while api.get("/me").json()["job_limit"]["gpus_in_use"] != 1:
@@ -339,7 +344,7 @@ def test_jobs_wait_while_slurm_is_down_and_nothing_is_lost(shub, slurm_cluster):
     with service(shub) as api:
         done = wait_job(api, job["id"], {"succeeded", "failed"}, timeout=90)
         assert done["state"] == "succeeded" and api.get(f"/jobs/{job['id']}/logs").text == "done\n"
-    assert len(slurm_jobs_named(slurm_cluster, f"api-{job['id']}")) == 1
+    assert len(slurm_jobs_named(slurm_cluster, shub.job_name(job))) == 1
 
 
 @pytest.mark.timing
@@ -388,7 +393,7 @@ def test_a_service_killed_during_a_submit_and_a_run_leaves_one_slurm_job_each(sh
         assert api.get(f"/jobs/{running['id']}/logs").text == "start\nend\n"
         assert api.get(f"/jobs/{handed['id']}/logs").text == "once\n"
     for job in (running, handed):
-        assert len(slurm_jobs_named(slurm_cluster, f"api-{job['id']}")) == 1, job
+        assert len(slurm_jobs_named(slurm_cluster, shub.job_name(job))) == 1, job
 
 
 @pytest.mark.timing
@@ -462,7 +467,7 @@ def test_layout_advice_reads_slurms_nodes_and_the_jobs_on_them(shub, slurm_clust
         job = api.post("/jobs", json={"name": "hold", "image": "base", "gpus": 1, "command": ["sleep", "120"]}).json()
         try:
             job = wait_job(api, job["id"], {"running"}, timeout=60)
-            (slurm_id,) = slurm_jobs_named(slurm_cluster, f"api-{job['id']}")
+            (slurm_id,) = slurm_jobs_named(slurm_cluster, shub.job_name(job))
             with service(shub, "admin") as admin:
                 r = admin.get("/advice", params={"days": 1, "pool": "training"})
                 assert r.status_code == 200, r.text
@@ -475,7 +480,7 @@ def test_layout_advice_reads_slurms_nodes_and_the_jobs_on_them(shub, slurm_clust
             where = slurm_cluster.run("squeue", "-h", "-j", slurm_id, "-o", "%N").stdout.strip()
             held = {name: {h for g in n["gpus"] for h in g["holders"]} for name, n in nodes.items()}
             [line] = held[where]
-            assert line.startswith(f"Slurm job {slurm_id} of ") and line.endswith(f"(api-{job['id']})"), line
+            assert line.startswith(f"Slurm job {slurm_id} of ") and line.endswith(f"({shub.job_name(job)})"), line
             assert held[{"n1": "n2", "n2": "n1"}[where]] == set()
         finally:
             api.delete(f"/jobs/{job['id']}")

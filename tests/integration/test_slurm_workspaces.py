@@ -149,8 +149,8 @@ def test_walltime_ends_the_server_says_why_and_a_restarted_hub_adopts_a_running_
     with http_client(base_url=f"{hub.url}/user/alice/dev/api", headers={"Authorization": f"token {hub.token('alice')}"},
                       timeout=30) as lab:
         assert lab.get("/status").status_code == 200
-    # Its walltime runs out (cut short here as an administrator would, at once: a time limit
-    # of a minute is checked by slurmctld only every half minute): the server stops.
+    # Its walltime runs out (cut short here as an administrator would: its end now, which
+    # slurmctld acts on at its next check of time limits, not a minute from now): the server stops.
     slurm_cluster.run("scontrol", "update", f"jobid={job[0]}", "EndTime=now")
     with hub.api("alice") as api:
         until("the hub to see the workspace gone", lambda: "dev" not in api.get("/users/alice").json()["servers"]

@@ -157,6 +157,8 @@ class PodbayLocalSpawner(PodbaySpawnerMixin, SimpleLocalProcessSpawner):
         if self._port_lost != port:
             try:
                 size = os.stat(self.log_path).st_size
+                if size < self._log_seen:  # cut short (an operator's logrotate): read it anew
+                    self._log_seen, self._log_carry = 0, b""
                 if size <= self._log_seen:
                     return False
                 with self.log_path.open("rb") as f:
