@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import _sweep, DOCKER_CONFIG, free_port_block, have_proxy, Hub, IMAGE, real_browser, require, TEST_CONFIG
+from tests.harness import _sweep, DOCKER_CONFIG, end, free_port_block, have_proxy, Hub, IMAGE, real_browser, require, TEST_CONFIG
 
 
 def pytest_addoption(parser):
@@ -94,12 +94,7 @@ def pytest_runtest_setup(item):
 def _stop_load() -> None:
     global _load
     if _load is not None:
-        _load.terminate()
-        try:
-            _load.wait(30)
-        except subprocess.TimeoutExpired:
-            _load.kill()
-            _load.wait()
+        end(_load)
         _load = None
 
 

@@ -27,6 +27,17 @@ TEST_CONFIG = ROOT / "tests" / "data" / "podbay-test.yaml"
 PASSWORD = "podbay-test-password"
 
 
+def end(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a process the tests started: SIGTERM, and SIGKILL if it is still there after
+    `grace` seconds. Cleanup, never a check of how quickly it goes."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def http_client(**kw) -> httpx.Client:
     """A client for the portal that keeps idle connections as podbay's own do (tui/hubapi.py,
     KEEPALIVE): a test that waits between two requests must not meet the proxy closing one."""
@@ -366,10 +377,5 @@ def stand_in_cluster_running(state: Path, nodes: Path, apply: list[Path] = (), n
             "users": [{"name": "hub", "user": user}]}))
         yield url, kubeconfig
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end(proc)
         proc.stdout.close()

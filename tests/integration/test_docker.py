@@ -26,7 +26,7 @@ import yaml
 import pytest
 
 from tests.standins.dcgm_exporter import Exporter
-from tests.harness import browser_login, claimed, DOCKER_CONFIG, DOCKER_TEST_PREFIXES, http_client, Hub, hub_on, IMAGE, real_browser, require, ROOT, wait_job
+from tests.harness import browser_login, claimed, DOCKER_CONFIG, DOCKER_TEST_PREFIXES, end, http_client, Hub, hub_on, IMAGE, real_browser, require, ROOT, wait_job
 
 
 PREFIX = DOCKER_TEST_PREFIXES[0]
@@ -242,12 +242,7 @@ def test_ssh_into_a_container_workspace_through_the_hub(dhub, docker, tmp_path_f
         finally:
             # Cleanup, not a check: ssh waits for its ProxyCommand, which waits up to websockets'
             # close timeout (10 s) for the hub's answer to its close, longer on a busy machine.
-            tunnel.terminate()
-            try:
-                tunnel.wait(60)
-            except subprocess.TimeoutExpired:
-                tunnel.kill()
-                tunnel.wait()
+            end(tunnel, 60)
         # A new container after a restart: the host key is the one on the home.
         dhub.stop_server("alice", "ssh")
         dhub.start_server("alice", "ssh", opts)

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import claimed, environ_of, http_client, require
+from tests.harness import claimed, end, environ_of, http_client, require
 
 pytestmark = pytest.mark.hub
 
@@ -161,12 +161,7 @@ def test_a_port_forwarded_into_the_workspace(hub, alice, tmp_path):
     finally:
         # Cleanup, not a check: ssh waits for its ProxyCommand, which waits up to websockets'
         # close timeout (10 s) for the hub's answer to its close, longer on a busy machine.
-        tunnel.terminate()
-        try:
-            tunnel.wait(60)
-        except subprocess.TimeoutExpired:
-            tunnel.kill()
-            tunnel.wait()
+        end(tunnel, 60)
 
 
 def test_keys_added_and_removed_reach_the_running_workspace(alice):
